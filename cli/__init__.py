@@ -1,0 +1,50 @@
+"""The `geovlm` command line. Each command module registers its subcommands; heavy imports stay inside the
+command functions, so `geovlm --help` is instant."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+# Modules that define `register(subparsers)`; each adds its own subcommands.
+COMMAND_MODULES = ("parse_cmd", "engine_cmds", "serve_cmds")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="geovlm", description="Remote-sensing vision-language models, answered in map coordinates."
+    )
+    parser.add_argument("--version", action="version", version=f"geovlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(name):
+                continue  # that group of commands is not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"geovlm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"geovlm {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,501 @@
+"""Answer parsing: model text -> objects (polygons in pixels of the sent image) and relations.
+
+One grammar per box syntax reads the numbers as written (`RawBox`); `parse_answer` then maps them through
+the family's coordinate convention and the fit of the image into the model's input. Parsing never raises
+on model text: what cannot be read is reported in `Answer.skipped`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .answer import (
+    CLIPPED,
+    DEGENERATE,
+    REORDERED,
+    REPEATED,
+    Answer,
+    GeoObject,
+    RawBox,
+    Relation,
+    Skipped,
+)
+from .georef import FitPlan, fit_plan, model_to_input, rotated_corners
+from .profiles import Profile
+from .vocab import PREDICATES_LONGEST_FIRST
+
+NUM = r"[-+]?\d+(?:\.\d+)?"
+_TAGS = re.compile(
+    r"</?(?:p|ref|rel|rbox|box|delim|s|ph_st|ph_ed|obj)>|<\|[a-z_]+\|>|<loc_\d+>", re.IGNORECASE
+)
+
+
+@dataclass
+class RawRelation:
+    """A relation as read: subject and object are lists of raw-box indices, or the target region ("it")."""
+
+    subject: List[int]
+    predicate: str
+    object: List[int]
+    subject_label: str
+    object_label: str
+    span: Tuple[int, int]
+
+
+@dataclass
+class Reading:
+    """What a grammar read from the text, before any geometry."""
+
+    boxes: List[RawBox] = field(default_factory=list)
+    relations: List[RawRelation] = field(default_factory=list)
+    skipped: List[Skipped] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- labels
+
+_FILLER_START = re.compile(
+    r"^(?:(?:there\s+(?:is|are)|in\s+the\s+image|we\s+can\s+see|i\s+see|and|with|of|some|a|an|the|"
+    r"located|at|is|are)\b[\s,]*)+",
+    re.IGNORECASE,
+)
+_ENUM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
+_DELIMS_ONLY = re.compile(r"^(?:\s|,|;|\]|\[|\(|\)|\}|\{|<delim>|</?rbox>|\band\b)*$", re.IGNORECASE)
+_BOUNDARY = re.compile(r"(?:[.!?;:](?:\s|$)|\n)")
+_IN_IMAGE = re.compile(r"\s+in\s+the\s+image\s*$", re.IGNORECASE)
+
+
+def clean_label(segment: str, max_words: int = 6) -> str:
+    """A short label from the text before a box: tags, numbering and filler words removed."""
+    text = _TAGS.sub(" ", segment)
+    parts = _BOUNDARY.split(text)
+    text = parts[-1] if parts[-1].strip() else (parts[-2] if len(parts) > 1 else "")
+    text = _ENUM.sub("", text).strip(" ,:;-\t")
+    text = _IN_IMAGE.sub("", text)
+    text = _FILLER_START.sub("", text).strip(" ,:;-\t")
+    words = text.split()
+    return " ".join(words[-max_words:])
+
+
+def _label_between(text: str, prev_end: int, start: int, prev_label: str) -> str:
+    segment = text[prev_end:start]
+    if _DELIMS_ONLY.match(segment) and prev_label:
+        return prev_label
+    return clean_label(segment)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _floats(values: Sequence[str]) -> Optional[Tuple[float, ...]]:
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(f):
+            return None
+        out.append(f)
+    return tuple(out)
+
+
+def _skip_unmatched(text: str, starts: re.Pattern, covered: List[Tuple[int, int]], reason: str) -> List[Skipped]:
+    """Box-like starts that no full match covers: truncated or malformed boxes."""
+    out = []
+    for m in starts.finditer(text):
+        if any(a <= m.start() < b for a, b in covered):
+            continue
+        end = min(len(text), m.start() + 48)
+        out.append(Skipped(text[m.start() : end], (m.start(), end), reason))
+    return out
+
+
+# ---------------------------------------------------------------- grammars
+
+_GEOCHAT_BOX = re.compile(
+    rf"\{{\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*"
+    rf"(?:\|\s*<\s*({NUM})\s*>\s*)?\}}"
+)
+_GEOCHAT_START = re.compile(r"\{\s*<")
+
+
+def read_geochat(text: str, profile: Profile) -> Reading:
+    """GeoChat and MiniGPT-v2: {<x1><y1><x2><y2>|<angle>}, groups joined by }{, <delim> or ', '."""
+    reading = Reading()
+    prev_end, prev_label = 0, ""
+    for m in _GEOCHAT_BOX.finditer(text):
+        values = _floats(m.group(1, 2, 3, 4))
+        angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
+        label = _label_between(text, prev_end, m.start(), prev_label)
+        reading.boxes.append(RawBox(values, angle, "xyxy", m.span(), label))
+        prev_end, prev_label = m.end(), label
+    covered = [b.span for b in reading.boxes]
+    reading.skipped += _skip_unmatched(text, _GEOCHAT_START, covered, "incomplete {<..>} box")
+    return reading
+
+
+_EARTHDIAL_BOX = re.compile(rf"\[\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM})\s*(?:,\s*({NUM})\s*)?\]")
+_EARTHDIAL_START = re.compile(rf"\[\s*\[|\[\s*{NUM}\s*,")
+
+
+def read_earthdial(text: str, profile: Profile) -> Reading:
+    """EarthDial: [[x1, y1, x2, y2, angle]], several as [[..]][[..]] or [[..], [..]]."""
+    reading = Reading()
+    prev_end, prev_label = 0, ""
+    for m in _EARTHDIAL_BOX.finditer(text):
+        values = _floats(m.group(1, 2, 3, 4))
+        angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
+        label = _label_between(text, prev_end, m.start(), prev_label)
+        reading.boxes.append(RawBox(values, angle, "xyxy", m.span(), label))
+        prev_end, prev_label = m.end(), label
+    covered = [b.span for b in reading.boxes]
+    # A group opener "[[" is covered when the box right after it matched.
+    covered += [(b.span[0] - 2, b.span[1]) for b in reading.boxes]
+    covered += [(b.span[0] - 3, b.span[1]) for b in reading.boxes]
+    reading.skipped += _skip_unmatched(text, _EARTHDIAL_START, covered, "incomplete [[..]] box")
+    return reading
+
+
+_LLAVA_BOX = re.compile(rf"\[\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM})\s*\]")
+
+
+def read_llava(text: str, profile: Profile) -> Reading:
+    """LLaVA-1.5: [x1, y1, x2, y2] as fractions of the (padded) input."""
+    reading = Reading()
+    prev_end, prev_label = 0, ""
+    for m in _LLAVA_BOX.finditer(text):
+        values = _floats(m.group(1, 2, 3, 4))
+        label = _label_between(text, prev_end, m.start(), prev_label)
+        reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
+        prev_end, prev_label = m.end(), label
+    return reading
+
+
+_RBOX_GROUP = re.compile(r"<rbox>\s*\((.*?)\)\s*</rbox>", re.DOTALL)
+_RBOX_ITEM = re.compile(
+    rf"\{{\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*"
+    rf"(?:\|\s*<\s*({NUM})\s*>\s*)?\}}"
+)
+_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
+_REL = re.compile(r"<rel>(.*?)</rel>", re.DOTALL)
+_IT = re.compile(r"\bit\b", re.IGNORECASE)
+
+
+def read_skysense(text: str, profile: Profile) -> Reading:
+    """SkySenseGPT: <ref>label</ref><rbox>({<cx><cy><w><h>|<a>}, ..)</rbox>, <rel>predicate</rel>."""
+    reading = Reading()
+    groups: List[Tuple[int, int, List[int], str]] = []  # (start, end, box indices, label)
+    refs = [(m.start(), m.end(), m.group(1).strip()) for m in _REF.finditer(text)]
+    prev_end, prev_label = 0, ""
+    for g in _RBOX_GROUP.finditer(text):
+        ref = next((r for r in reversed(refs) if r[1] <= g.start() and not text[r[1] : g.start()].strip()), None)
+        label = ref[2] if ref else _label_between(text, prev_end, g.start(), prev_label)
+        indices = []
+        for m in _RBOX_ITEM.finditer(g.group(1)):
+            values = _floats(m.group(1, 2, 3, 4))
+            angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
+            span = (g.start(1) + m.start(), g.start(1) + m.end())
+            indices.append(len(reading.boxes))
+            reading.boxes.append(RawBox(values, angle, "cxcywh", span, label))
+        groups.append((ref[0] if ref else g.start(), g.end(), indices, label))
+        prev_end, prev_label = g.end(), label
+    covered = [b.span for b in reading.boxes]
+    reading.skipped += _skip_unmatched(text, _GEOCHAT_START, covered, "incomplete {<..>} rotated box")
+    open_groups = [m.start() for m in re.finditer(r"<rbox>", text)]
+    closed = {g.start() for g in _RBOX_GROUP.finditer(text)}
+    for start in open_groups:
+        if start not in closed:
+            reading.skipped.append(Skipped(text[start : start + 48], (start, start + 48), "unclosed <rbox>"))
+
+    lone_refs = [r for r in refs if not any(g[0] == r[0] for g in groups)]
+    for rel in _REL.finditer(text):
+        subject = _entity_before(text, rel.start(), groups, lone_refs)
+        obj = _entity_after(text, rel.end(), groups, lone_refs)
+        predicate = " ".join(rel.group(1).split())
+        if subject is None or obj is None:
+            reading.skipped.append(Skipped(rel.group(0), rel.span(), "relation without subject or object"))
+            continue
+        reading.relations.append(RawRelation(subject[0], predicate, obj[0], subject[1], obj[1], rel.span()))
+    reading.relations += _category_relations(text)
+    return reading
+
+
+def _entity_before(text, pos, groups, lone_refs):
+    """The boxes (or the target "it") just before a <rel>, with the label."""
+    window = text[:pos].rstrip()
+    window = re.sub(r"\b(?:is|are)$", "", window).rstrip()
+    end = len(window)
+    for start, g_end, indices, label in groups:
+        if g_end == end:
+            return indices, label
+    for start, r_end, label in lone_refs:
+        if r_end == end:
+            return [], label
+    if _IT.search(window[-3:] if len(window) >= 2 else window) and window.lower().endswith("it"):
+        return [-1], "it"
+    return None
+
+
+def _entity_after(text, pos, groups, lone_refs):
+    """The boxes (or the target "it") just after a </rel>, with the label."""
+    rest = text[pos:]
+    start = pos + (len(rest) - len(rest.lstrip()))
+    for g_start, _, indices, label in groups:
+        if g_start == start:
+            return indices, label
+    for r_start, _, label in lone_refs:
+        if r_start == start:
+            return [], label
+    if re.match(r"it\b", text[start : start + 3], re.IGNORECASE):
+        return [-1], "it"
+    return None
+
+
+_CATEGORY_REL = re.compile(r"([A-Za-z_]+)\s*<([a-z][a-z -]+?)>\s*([A-Za-z_]+)")
+
+
+def _category_relations(text: str) -> List[RawRelation]:
+    """Category-level relations without boxes: `tank <not co-storage with> tank`."""
+    out = []
+    for m in _CATEGORY_REL.finditer(text):
+        predicate = " ".join(m.group(2).split()).lower()
+        if predicate in PREDICATES_LONGEST_FIRST:
+            out.append(RawRelation([], predicate, [], m.group(1), m.group(3), m.span()))
+    return out
+
+
+_QWEN2_BOX = re.compile(
+    rf"<\|box_start\|>\s*((?:\(\s*{NUM}\s*,\s*{NUM}\s*\)\s*,?\s*)+)<\|box_end\|>"
+)
+_QWEN2_PAIR = re.compile(rf"\(\s*({NUM})\s*,\s*({NUM})\s*\)")
+_QWEN2_REF = re.compile(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
+
+
+def read_qwen2(text: str, profile: Profile) -> Reading:
+    """Qwen2-VL: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>."""
+    reading = Reading()
+    refs = [(m.end(), m.group(1).strip()) for m in _QWEN2_REF.finditer(text)]
+    for m in _QWEN2_BOX.finditer(text):
+        pairs = _QWEN2_PAIR.findall(m.group(1))
+        label = next((lab for end, lab in reversed(refs) if end <= m.start()), "")
+        if len(pairs) % 2:
+            reading.skipped.append(Skipped(m.group(0), m.span(), "odd number of corner points"))
+            continue
+        for i in range(0, len(pairs), 2):
+            values = _floats(pairs[i] + pairs[i + 1])
+            reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
+    covered = [m.span() for m in _QWEN2_BOX.finditer(text)]
+    reading.skipped += _skip_unmatched(text, re.compile(r"<\|box_start\|>"), covered, "incomplete box tokens")
+    return reading
+
+
+_QWEN25_OBJECT = re.compile(r"\{[^{}]*\"bbox_2d\"[^{}]*\}")
+
+
+def read_qwen25(text: str, profile: Profile) -> Reading:
+    """Qwen2.5-VL: a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."} in input pixels."""
+    reading = Reading()
+    covered = []
+    for m in _QWEN25_OBJECT.finditer(text):
+        covered.append(m.span())
+        try:
+            item = json.loads(m.group(0))
+        except ValueError:
+            reading.skipped.append(Skipped(m.group(0), m.span(), "object is not valid JSON"))
+            continue
+        bbox = item.get("bbox_2d") if isinstance(item, dict) else None
+        values = _floats(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
+        if values is None:
+            reading.skipped.append(Skipped(m.group(0), m.span(), "bbox_2d is not four numbers"))
+            continue
+        label = item.get("label", "")
+        reading.boxes.append(RawBox(values, None, "xyxy", m.span(), str(label)))
+    reading.skipped += _skip_unmatched(text, re.compile(r"\"bbox_2d\""), covered, "incomplete JSON object")
+    return reading
+
+
+_FLORENCE_RUN = re.compile(r"([^<]*)((?:<loc_\d+>)+)")
+_LOC = re.compile(r"<loc_(\d+)>")
+
+
+def read_florence2(text: str, profile: Profile) -> Reading:
+    """Florence-2: label<loc_x1><loc_y1><loc_x2><loc_y2>, location bins of 1/1000."""
+    reading = Reading()
+    label = ""
+    for m in _FLORENCE_RUN.finditer(text):
+        written = _TAGS.sub("", m.group(1)).strip()
+        label = written or label
+        locs = _LOC.findall(m.group(2))
+        base = m.start(2)
+        for i in range(0, len(locs) - len(locs) % 4, 4):
+            values = _floats(locs[i : i + 4])
+            reading.boxes.append(RawBox(values, None, "xyxy", (base, m.end(2)), label))
+        if len(locs) % 4:
+            reading.skipped.append(Skipped(m.group(2), m.span(2), f"{len(locs) % 4} location bins left over"))
+    return reading
+
+
+def read_none(text: str, profile: Profile) -> Reading:
+    return Reading()
+
+
+GRAMMARS: Dict[str, Callable[[str, Profile], Reading]] = {
+    "geochat": read_geochat,
+    "minigpt": read_geochat,
+    "skysense": read_skysense,
+    "earthdial": read_earthdial,
+    "llava": read_llava,
+    "qwen2": read_qwen2,
+    "qwen25": read_qwen25,
+    "florence2": read_florence2,
+    "none": read_none,
+}
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _model_range(profile: Profile, plan: FitPlan) -> Tuple[float, float]:
+    if profile.coord_mode == "input_pixels":
+        return float(plan.input_width), float(plan.input_height)
+    return profile.coord_scale, profile.coord_scale
+
+
+def _clip(v: float, hi: float) -> float:
+    return min(max(v, 0.0), hi)
+
+
+def box_to_object(raw: RawBox, profile: Profile, plan: FitPlan, obj_id: int) -> GeoObject:
+    """Map one written box to a polygon in pixels of the sent image (exact; rotation in input space)."""
+    flags = []
+    v0, v1, v2, v3 = raw.values
+    max_x, max_y = _model_range(profile, plan)
+    if raw.layout == "cxcywh":
+        cx, cy, w, h = v0, v1, abs(v2), abs(v3)
+        ccx, ccy = _clip(cx, max_x), _clip(cy, max_y)
+        cw, ch = min(w, max_x), min(h, max_y)
+        if (ccx, ccy, cw, ch) != (cx, cy, w, h):
+            flags.append(CLIPPED)
+        x1, y1, x2, y2 = ccx - cw / 2, ccy - ch / 2, ccx + cw / 2, ccy + ch / 2
+    else:
+        x1, y1, x2, y2 = v0, v1, v2, v3
+        if x2 < x1 or y2 < y1:
+            flags.append(REORDERED)
+            x1, x2 = min(x1, x2), max(x1, x2)
+            y1, y2 = min(y1, y2), max(y1, y2)
+        clipped = (_clip(x1, max_x), _clip(y1, max_y), _clip(x2, max_x), _clip(y2, max_y))
+        if clipped != (x1, y1, x2, y2):
+            flags.append(CLIPPED)
+        x1, y1, x2, y2 = clipped
+    # model numbers -> input pixels
+    ix1, iy1 = model_to_input(profile, plan, x1, y1)
+    ix2, iy2 = model_to_input(profile, plan, x2, y2)
+    w_in, h_in = ix2 - ix1, iy2 - iy1
+    # The smallest valid box around a zero-size one: one pixel of the sent image.
+    min_w, min_h = plan.scale_x, plan.scale_y
+    if w_in <= 0 or h_in <= 0:
+        flags.append(DEGENERATE)
+        w_in, h_in = max(w_in, min_w), max(h_in, min_h)
+    turn = 0.0
+    if raw.angle is not None:
+        turn = profile.angle_sense * (raw.angle - profile.upright_angle)
+        turn = math.fmod(turn, 360.0)
+    corners_in = rotated_corners((ix1 + ix2) / 2, (iy1 + iy2) / 2, w_in, h_in, turn)
+    polygon = [plan.input_to_image(x, y) for x, y in corners_in]
+    kind = "box" if math.isclose(math.fmod(abs(turn), 90.0), 0.0, abs_tol=1e-9) else "rbox"
+    return GeoObject(
+        id=obj_id,
+        label=raw.label,
+        kind=kind,
+        polygon=polygon,
+        angle=turn,
+        span=raw.span,
+        source="",
+        flags=tuple(flags),
+    )
+
+
+# ---------------------------------------------------------------- the whole answer
+
+_SENTENCE = re.compile(r"[^.!?\n]{20,}[.!?\n]")
+
+
+def repetition_warning(text: str, min_repeats: int = 3) -> Optional[str]:
+    """A warning when one sentence comes back `min_repeats` times or more (a decoding loop)."""
+    counts: Dict[str, int] = {}
+    for m in _SENTENCE.finditer(text):
+        key = " ".join(m.group(0).split()).lower()
+        counts[key] = counts.get(key, 0) + 1
+    worst = max(counts.items(), key=lambda kv: kv[1], default=None)
+    if worst and worst[1] >= min_repeats:
+        return f"repetition loop: a sentence comes {worst[1]} times ({worst[0][:60]!r})"
+    return None
+
+
+def plain_text(text: str, boxes: Sequence[RawBox]) -> str:
+    """The answer without box syntax, for display."""
+    pieces, pos = [], 0
+    for a, b in sorted({box.span for box in boxes}):
+        if a >= pos:
+            pieces.append(text[pos:a])
+            pos = b
+    pieces.append(text[pos:])
+    out = _TAGS.sub("", "".join(pieces))
+    out = re.sub(r"\(\s*(?:,\s*)*\)|\[\s*(?:,\s*)*\]|\{\s*\}|\|\s*<\s*\d+\s*>", "", out)
+    return re.sub(r"[ \t]{2,}", " ", out).strip()
+
+
+def parse_answer(
+    text: str,
+    profile: Profile,
+    image_size: Tuple[int, int] = (100, 100),
+    region: Optional[Tuple[float, float, float, float]] = None,
+) -> Answer:
+    """Parse one answer. `image_size` is (width, height) of the image that was sent; `region` is the box the
+    question asked about (region-level scene graphs), in the family's numbers, which becomes object 0."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    width, height = image_size
+    plan = fit_plan(profile, int(width), int(height))
+    reading = GRAMMARS[profile.box_syntax](text, profile)
+    answer = Answer(text=text, plain_text=plain_text(text, reading.boxes), skipped=list(reading.skipped))
+
+    target_id = None
+    if region is not None:
+        layout = profile.box_layout
+        raw = RawBox(tuple(float(v) for v in region), None, layout, (0, 0), "target")
+        answer.objects.append(box_to_object(raw, profile, plan, 0))
+        target_id = 0
+    index_to_id: Dict[int, int] = {}
+    seen = set()
+    for i, raw in enumerate(reading.boxes):
+        if raw.values is None:
+            answer.skipped.append(Skipped(text[raw.span[0] : raw.span[1]], raw.span, "unreadable number"))
+            continue
+        obj = box_to_object(raw, profile, plan, len(answer.objects))
+        obj.source = text[raw.span[0] : raw.span[1]]
+        key = (raw.label.lower(), raw.values, raw.angle)
+        if key in seen:
+            obj.flags += (REPEATED,)
+        seen.add(key)
+        index_to_id[i] = obj.id
+        answer.objects.append(obj)
+
+    for rel in reading.relations:
+        subjects = [target_id if i == -1 else index_to_id.get(i) for i in rel.subject] or [None]
+        objects = [target_id if i == -1 else index_to_id.get(i) for i in rel.object] or [None]
+        for s in subjects:
+            for o in objects:
+                answer.relations.append(
+                    Relation(s, rel.predicate, o, rel.subject_label, rel.object_label, rel.span)
+                )
+
+    warning = repetition_warning(text)
+    if warning:
+        answer.warnings.append(warning)
+    if any(DEGENERATE in o.flags for o in answer.objects):
+        answer.warnings.append("some boxes have zero width or height; they were widened to one pixel")
+    return answer

@@ -1,0 +1,316 @@
+"""Model-family profiles: how each family is prompted and what its numbers mean.
+
+A profile is plain data. Every field can be overridden (`Profile.with_overrides`), since checkpoints
+fine-tuned on other conventions exist. Facts come from the families' public code and model cards.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+LLAVA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+# How the exported image was fitted into the model's input.
+FIT_MODES = ("pad", "stretch", "crop", "dynamic")
+# What the numbers in a box mean.
+COORD_MODES = ("percent", "bins", "input_pixels")
+# The syntax a family writes boxes in (the parser's grammar).
+BOX_SYNTAXES = ("geochat", "skysense", "earthdial", "minigpt", "llava", "qwen2", "qwen25", "florence2", "none")
+# Box shapes: corners (x1, y1, x2, y2) or centre-size (cx, cy, w, h).
+BOX_LAYOUTS = ("xyxy", "cxcywh")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything GeoVLM needs to know about a model family."""
+
+    name: str
+    title: str
+    prompt_template: str  # {question} is replaced; {image} marks where the image goes
+    system: str = ""
+    task_words: Dict[str, str] = field(default_factory=dict)  # task -> format string with {question}
+    input_size: Optional[int] = 336  # square side in pixels; None for dynamic resolution
+    fit: str = "pad"
+    pad_color: Tuple[int, int, int] = (122, 116, 104)  # CLIP mean as 0-255
+    coord_mode: str = "percent"
+    coord_scale: float = 100.0  # the value that means the full width/height
+    coord_offset: float = 0.0  # added to a value before scaling (0.5 for bin centres)
+    box_syntax: str = "none"
+    box_layout: str = "xyxy"
+    # +1: a positive angle turns the box counter-clockwise as displayed (y down); -1: clockwise.
+    angle_sense: int = 1
+    # The written angle that means "not rotated": the turn applied is angle_sense * (angle - upright_angle).
+    # GeoChat writes |<90> for upright boxes. SkySenseGPT needs 0: its upright boxes come as 90 with w and h
+    # swapped, which a 90-degree turn of (w, h) already gives.
+    upright_angle: float = 0.0
+    dynamic_factor: int = 28
+    dynamic_min_pixels: int = 4 * 28 * 28
+    dynamic_max_pixels: int = 16384 * 28 * 28
+    stop: Tuple[str, ...] = ("</s>",)
+    licence_note: str = ""
+
+    def __post_init__(self):
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
+        if self.coord_mode not in COORD_MODES:
+            raise ValueError(f"coord_mode must be one of {COORD_MODES}, not {self.coord_mode!r}")
+        if self.box_syntax not in BOX_SYNTAXES:
+            raise ValueError(f"box_syntax must be one of {BOX_SYNTAXES}, not {self.box_syntax!r}")
+        if self.box_layout not in BOX_LAYOUTS:
+            raise ValueError(f"box_layout must be one of {BOX_LAYOUTS}, not {self.box_layout!r}")
+        if self.angle_sense not in (1, -1):
+            raise ValueError("angle_sense must be 1 (counter-clockwise) or -1 (clockwise)")
+        if self.fit == "dynamic" and self.input_size is not None:
+            raise ValueError("a dynamic-resolution profile has input_size None")
+        if self.fit != "dynamic" and not self.input_size:
+            raise ValueError("a fixed-size profile needs input_size")
+
+    @property
+    def tasks(self) -> Tuple[str, ...]:
+        return tuple(self.task_words)
+
+    def question(self, task: str, text: str) -> str:
+        """The question with the family's task word for `task` (vqa and caption may have none)."""
+        if task not in self.task_words:
+            raise ValueError(f"{self.name} has no task {task!r}; it knows {', '.join(self.task_words)}")
+        return self.task_words[task].format(question=text)
+
+    def prompt(self, question: str, task: Optional[str] = None) -> str:
+        """The full prompt text for one turn, with `<image>` where the image tokens go."""
+        if task is not None:
+            question = self.question(task, question)
+        body = self.prompt_template.format(question=question)
+        return f"{self.system} {body}" if self.system else body
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some fields replaced; unknown names raise a clear error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown profile field(s): {', '.join(unknown)}")
+        if "pad_color" in changes:
+            changes["pad_color"] = tuple(int(v) for v in changes["pad_color"])
+        if "stop" in changes and isinstance(changes["stop"], str):
+            changes["stop"] = (changes["stop"],)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_GEOCHAT_TASKS = {
+    "grounding": "[grounding]{question}",
+    "refer": "[refer] Give me the location of <p> {question} </p>",
+    "identify": "[identify] What is the object present at {question}",
+    "caption": "{question}",
+    "vqa": "{question} Answer the question using a single word or phrase.",
+    "classify": "{question} Classify the image from the following classes. Answer in one word or a short phrase.",
+}
+
+_PROFILES = {
+    "llava15": Profile(
+        name="llava15",
+        title="LLaVA-1.5 (llava-hf)",
+        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        task_words={"caption": "{question}", "vqa": "{question}"},
+        input_size=336,
+        fit="pad",
+        coord_scale=1.0,
+        box_syntax="llava",
+        licence_note="LLaVA-1.5 weights follow the Llama 2 community licence.",
+    ),
+    "geochat": Profile(
+        name="geochat",
+        title="GeoChat",
+        system=LLAVA_SYSTEM,
+        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        task_words=dict(_GEOCHAT_TASKS),
+        input_size=504,
+        fit="pad",
+        box_syntax="geochat",
+        angle_sense=1,
+        upright_angle=90.0,
+        licence_note="GeoChat is released for research use; check its model card.",
+    ),
+    "skysensegpt": Profile(
+        name="skysensegpt",
+        title="SkySenseGPT (FIT-RS)",
+        system=LLAVA_SYSTEM,
+        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        task_words={
+            **_GEOCHAT_TASKS,
+            "detection": "[detection]{question}",
+            "scene_graph": "[detection]{question}",
+        },
+        input_size=504,
+        fit="stretch",
+        box_syntax="skysense",
+        box_layout="cxcywh",
+        angle_sense=-1,
+        licence_note="SkySenseGPT weights are for non-commercial research use; check its model card.",
+    ),
+    "rsllava": Profile(
+        name="rsllava",
+        title="RS-LLaVA",
+        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        task_words={"caption": "{question}", "vqa": "{question}"},
+        input_size=336,
+        fit="pad",
+        box_syntax="none",
+        licence_note="RS-LLaVA is a LoRA on a Mistral-7B base; check both licences.",
+    ),
+    "earthdial": Profile(
+        name="earthdial",
+        title="EarthDial",
+        prompt_template="{question}",
+        task_words={
+            "refer": "[refer] [hr_rgb_0.5] <image> \n Give me the location of <ref>{question}</ref>",
+            "grounding": "[grounding] [hr_rgb_0.5] <image> \n {question}",
+            "identify": "[identify] [hr_rgb_0.5] <image> \n What is the object present at <box>{question}</box>",
+            "caption": "[caption] [hr_rgb_0.5] <image> \n {question}",
+            "vqa": "[vqa] [hr_rgb_0.5] <image> \n {question}",
+        },
+        input_size=448,
+        fit="stretch",
+        box_syntax="earthdial",
+        angle_sense=1,
+        stop=("<|im_end|>",),
+        licence_note="EarthDial is MIT-licensed (IBM Research).",
+    ),
+    "minigptv2": Profile(
+        name="minigptv2",
+        title="MiniGPT-v2 / SkyEyeGPT",
+        prompt_template="<s>[INST] <Img><image></Img> {question} [/INST]",
+        task_words={
+            "grounding": "[grounding] {question}",
+            "refer": "[refer] {question}",
+            "identify": "[identify] {question}",
+            "detection": "[detection] {question}",
+            "caption": "[caption] {question}",
+            "vqa": "[vqa] {question}",
+        },
+        input_size=448,
+        fit="stretch",
+        box_syntax="minigpt",
+        licence_note="Check the model card of the checkpoint.",
+    ),
+    "qwen2vl": Profile(
+        name="qwen2vl",
+        title="Qwen2-VL",
+        prompt_template="<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        task_words={
+            "grounding": "{question} Give the bounding boxes of what you name.",
+            "refer": "Locate {question} in the image.",
+            "detection": "Detect {question} in the image.",
+            "caption": "{question}",
+            "vqa": "{question}",
+        },
+        input_size=None,
+        fit="dynamic",
+        coord_mode="bins",
+        coord_scale=1000.0,
+        box_syntax="qwen2",
+        stop=("<|im_end|>",),
+        licence_note="Qwen2-VL: Apache-2.0 for most sizes; check the model card.",
+    ),
+    "qwen25vl": Profile(
+        name="qwen25vl",
+        title="Qwen2.5-VL",
+        prompt_template="<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        task_words={
+            "grounding": "{question} Output the bounding boxes in JSON format.",
+            "refer": "Locate {question}, output its bbox coordinates using JSON format.",
+            "detection": "Locate every {question} in the image, output bbox coordinates in JSON format.",
+            "caption": "{question}",
+            "vqa": "{question}",
+        },
+        input_size=None,
+        fit="dynamic",
+        coord_mode="input_pixels",
+        coord_scale=1.0,
+        box_syntax="qwen25",
+        stop=("<|im_end|>",),
+        licence_note="Qwen2.5-VL: Apache-2.0 for 3B/7B, Qwen licence for 72B; check the model card.",
+    ),
+    "florence2": Profile(
+        name="florence2",
+        title="Florence-2",
+        prompt_template="{question}",
+        task_words={
+            "detection": "<OD>",
+            "grounding": "<CAPTION_TO_PHRASE_GROUNDING>{question}",
+            "caption": "<MORE_DETAILED_CAPTION>",
+            "refer": "<CAPTION_TO_PHRASE_GROUNDING>{question}",
+        },
+        input_size=768,
+        fit="stretch",
+        coord_mode="bins",
+        coord_scale=1000.0,
+        coord_offset=0.5,
+        box_syntax="florence2",
+        stop=("</s>",),
+        licence_note="Florence-2 is MIT-licensed.",
+    ),
+}
+
+ALIASES = {
+    "llava": "llava15",
+    "llava-1.5": "llava15",
+    "llava_1.5": "llava15",
+    "rs-llava": "rsllava",
+    "skysense": "skysensegpt",
+    "fit-rs": "skysensegpt",
+    "minigpt-v2": "minigptv2",
+    "skyeyegpt": "minigptv2",
+    "qwen2-vl": "qwen2vl",
+    "qwen2.5-vl": "qwen25vl",
+    "florence-2": "florence2",
+}
+
+
+def family_names() -> Tuple[str, ...]:
+    return tuple(_PROFILES)
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """The profile of a family by name or alias, with optional field overrides."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in _PROFILES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(_PROFILES)}")
+    profile = _PROFILES[key]
+    return profile.with_overrides(**overrides) if overrides else profile
+
+
+def parse_overrides(pairs) -> dict:
+    """`key=value` strings (from a command line or settings) into typed profile overrides."""
+    types = {f.name: f.type for f in dataclasses.fields(Profile)}
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} is not key=value")
+        key, value = (part.strip() for part in pair.split("=", 1))
+        if key not in types:
+            raise ValueError(f"unknown profile field {key!r}")
+        kind = str(types[key])
+        if "Tuple[int" in kind:
+            out[key] = tuple(int(v) for v in value.split(","))
+        elif "Tuple[str" in kind:
+            out[key] = tuple(v for v in value.split(",") if v)
+        elif kind.startswith("bool"):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif "int" in kind and "Optional" in kind:
+            out[key] = None if value.lower() in ("", "none") else int(value)
+        elif kind.startswith("int"):
+            out[key] = int(value)
+        elif kind.startswith("float"):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
