@@ -1,0 +1,139 @@
+"""Load llava-hf checkpoints from a local folder: safetensors only, never remote code, never the hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..core.profiles import get_profile
+
+LLAVA_FAMILIES = ("llava15", "geochat", "skysensegpt", "rsllava")
+META_FILE = "geovlm.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint folder holds, read without loading any weights."""
+
+    path: Path
+    family: str
+    name: str
+    licence: str
+    random_stand_in: bool
+    config: dict
+
+
+def _family_of(path: Path, meta: dict, family: Optional[str]) -> str:
+    name = family or meta.get("family")
+    if not name:
+        raise CheckpointError(
+            f"{path} does not say which model family it is: pass --family "
+            f'({", ".join(LLAVA_FAMILIES)}) or write {{"family": ...}} into {META_FILE}'
+        )
+    try:
+        key = get_profile(name).name
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    if key not in LLAVA_FAMILIES:
+        raise CheckpointError(
+            f"family {key!r} is not served by the LLaVA engine; it serves {', '.join(LLAVA_FAMILIES)}"
+        )
+    return key
+
+
+def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInfo:
+    """Check that `model_dir` is a loadable llava-hf folder and read its family; clear errors otherwise."""
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"model folder {path} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: it is not a Hugging Face checkpoint folder")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    original = model_type in ("geochat", "llava_llama", "llava_mistral") or (
+        model_type == "llava" and "mm_projector_type" in config
+    )
+    if original:
+        raise CheckpointError(
+            f"{path} is in the original LLaVA/GeoChat layout (model_type {model_type!r}); convert it first: "
+            "geovlm convert geochat --src DIR --clip CLIP_DIR --out OUT"
+        )
+    if model_type != "llava":
+        raise CheckpointError(
+            f"{path} holds a {model_type!r} model; the LLaVA engine loads llava-hf checkpoints"
+            " (model_type 'llava')"
+        )
+    if not list(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise CheckpointError(
+                f"{path} has only pickled weights ({', '.join(pickled[:3])}); GeoVLM loads safetensors only. "
+                "Convert them with `geovlm convert safetensors --src DIR --out OUT` (reads with "
+                "torch.load(weights_only=True), writes .safetensors)"
+            )
+        raise CheckpointError(f"{path} has no .safetensors weights")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the base model's"
+        )
+    meta_file = path / META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    key = _family_of(path, meta, family)
+    return CheckpointInfo(
+        path=path,
+        family=key,
+        name=meta.get("name", path.name),
+        licence=meta.get("licence", get_profile(key).licence_note),
+        random_stand_in=bool(meta.get("random_stand_in", False)),
+        config=config,
+    )
+
+
+def encoder_weights_hash(model_dir) -> str:
+    """sha256 over the vision-tower and projector tensors as stored (names, dtypes, shapes, bytes)."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="numpy") as f:
+            for key in sorted(k for k in f.keys() if "vision_tower" in k or "multi_modal_projector" in k):
+                tensor = f.get_slice(key)
+                digest.update(f"{key}:{tensor.get_dtype()}:{tensor.get_shape()}".encode())
+                digest.update(f.get_tensor(key).tobytes())
+    return digest.hexdigest()
+
+
+def load_tokenizer(model_dir):
+    """The checkpoint's tokenizer (local files, no remote code), padding on the left for batches."""
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(model_dir, dtype=None, device: str = "cpu"):
+    """The LlavaForConditionalGeneration of a checked folder, from safetensors, in eval mode on `device`."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = LlavaForConditionalGeneration.from_pretrained(
+        str(model_dir),
+        dtype=dtype or torch.float32,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
+    )
+    return model.to(device).eval()

@@ -1,0 +1,169 @@
+"""Run an exported vision encoder with onnxruntime: providers in a chosen order, batches, metadata checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .encoder_export import SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class EncoderError(RuntimeError):
+    """An encoder file that cannot be used, or one that does not fit the language model."""
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxEncoder:
+    """An onnxruntime session over a GeoVLM encoder graph, with its metadata."""
+
+    def __init__(self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EncoderError(f"encoder file {self.path} does not exist")
+        wanted = list(providers or DEFAULT_PROVIDERS)
+        available = set(ort.get_available_providers())
+        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises several untyped errors for bad files
+            raise EncoderError(
+                f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})"
+            ) from None
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        if meta.get("geovlm.schema") != SCHEMA:
+            raise EncoderError(
+                f"{self.path} is an ONNX model but not a GeoVLM encoder (no {SCHEMA} metadata)"
+            )
+        if meta.get("geovlm.schema_version") != SCHEMA_VERSION:
+            raise EncoderError(
+                f"{self.path} has encoder schema version {meta.get('geovlm.schema_version')}, this GeoVLM "
+                f"reads version {SCHEMA_VERSION}: export it again with `geovlm export-encoder`"
+            )
+        self.metadata: Dict[str, str] = meta
+        self.provider = self.session.get_providers()[0]
+        log.info(
+            "vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted)
+        )
+        self.max_batch = max_batch
+        self.input_name = self.session.get_inputs()[0].name
+        self.file_hash = _file_sha256(self.path)
+
+    @property
+    def family(self) -> str:
+        return self.metadata["geovlm.family"]
+
+    @property
+    def input_size(self) -> int:
+        return int(self.metadata["geovlm.input_size"])
+
+    @property
+    def fit(self) -> str:
+        return self.metadata["geovlm.fit"]
+
+    @property
+    def image_tokens(self) -> int:
+        return int(self.metadata["geovlm.image_tokens"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.metadata["geovlm.hidden_size"])
+
+    @property
+    def mean(self):
+        return tuple(json.loads(self.metadata["geovlm.mean"]))
+
+    @property
+    def std(self):
+        return tuple(json.loads(self.metadata["geovlm.std"]))
+
+    @property
+    def source_hash(self) -> str:
+        return self.metadata["geovlm.source_sha256"]
+
+    def check_fits(self, hidden_size: int, image_tokens: int, source_hash: Optional[str] = None) -> None:
+        """Raise unless this encoder's output is what the language model expects."""
+        if self.hidden_size != hidden_size:
+            raise EncoderError(
+                f"encoder {self.path.name} outputs hidden size {self.hidden_size}, "
+                f"the language model needs {hidden_size}"
+            )
+        if self.image_tokens != image_tokens:
+            raise EncoderError(
+                f"encoder {self.path.name} gives {self.image_tokens} image tokens, "
+                f"the checkpoint expects {image_tokens}"
+            )
+        if source_hash is not None and source_hash != self.source_hash:
+            raise EncoderError(
+                f"encoder {self.path.name} was exported from other vision weights than this checkpoint's; "
+                "export it again with `geovlm export-encoder`"
+            )
+
+    def run(self, pixel_values: np.ndarray) -> np.ndarray:
+        """[n, 3, size, size] float32 -> [n, tokens, hidden] float32, in chunks of at most `max_batch`."""
+        pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        size = self.input_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size):
+            raise EncoderError(
+                f"encoder input must be [n, 3, {size}, {size}], got {list(pixel_values.shape)}"
+            )
+        parts = [
+            self.session.run(None, {self.input_name: pixel_values[i : i + self.max_batch]})[0]
+            for i in range(0, len(pixel_values), self.max_batch)
+        ]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+class EncodingCache:
+    """Image encodings keyed by image content and encoder hash, least recently used dropped first."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(image: np.ndarray, encoder_hash: str) -> str:
+        digest = hashlib.sha256(encoder_hash.encode())
+        digest.update(f"{image.shape}:{image.dtype}".encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Optional[np.ndarray]:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)

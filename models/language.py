@@ -1,0 +1,228 @@
+"""The language model of a llava-hf checkpoint: image features spliced into `inputs_embeds`, then our own
+decoding loop (greedy or sampled, stop strings, streaming deltas, batches with left padding)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .checkpoints import load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: Optional[str] = None):
+    """(device, dtype): CUDA in bf16 (fp16 where bf16 is missing) when present, else CPU in fp32."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA was asked for but torch sees no GPU")
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.float32
+
+
+@dataclass
+class DecodeSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: Tuple[str, ...] = ()
+    seed: Optional[int] = None
+
+
+@dataclass
+class Decoded:
+    """One sequence's outcome."""
+
+    token_ids: List[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+    emitted: int = 0  # characters of `text` already streamed
+    done: bool = False
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters could still become a stop string (or are half a UTF-8 character)."""
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    if text.endswith("\ufffd"):
+        hold = max(hold, 1)
+    return hold
+
+
+class Decoding:
+    """An ongoing batched generation; iterate it for per-step text deltas, read `results` afterwards."""
+
+    def __init__(self, lm: LanguageModel, prompts, features, settings: Sequence[DecodeSettings]):
+        self.lm = lm
+        self.prompts = prompts
+        self.features = features
+        self.settings = list(settings)
+        self.results = [Decoded() for _ in prompts]
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+
+    def _choose(self, logits, generators):
+        import torch
+
+        out = []
+        for row, s in enumerate(self.settings):
+            if s.temperature <= 0:
+                out.append(int(torch.argmax(logits[row])))
+                continue
+            probs = torch.softmax(logits[row] / s.temperature, dim=-1)
+            if s.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            out.append(int(torch.multinomial(probs / probs.sum(), 1, generator=generators[row])))
+        return out
+
+    def _update(self, row: int, token: int) -> str:
+        """Record one token of `row`; return its new streamable text."""
+        res, s = self.results[row], self.settings[row]
+        res.token_ids.append(token)
+        if token in self.lm.eos_ids:
+            res.finish_reason, res.done = "stop", True
+            text = self.lm.tokenizer.decode(res.token_ids[:-1], skip_special_tokens=True)
+        else:
+            text = self.lm.tokenizer.decode(res.token_ids, skip_special_tokens=True)
+            cuts = [text.find(stop) for stop in s.stop if stop and stop in text]
+            if cuts:
+                text = text[: min(cuts)]
+                res.finish_reason, res.done = "stop", True
+            elif len(res.token_ids) >= s.max_new_tokens:
+                res.finish_reason, res.done = "length", True
+        res.text = text
+        safe = len(text) if res.done else len(text) - _held_back(text, s.stop)
+        delta = text[res.emitted : max(safe, res.emitted)]
+        res.emitted += len(delta)
+        return delta
+
+    def __iter__(self) -> Iterator[List[str]]:
+        import torch
+        from transformers import DynamicCache
+
+        lm = self.lm
+        generators = []
+        for s in self.settings:
+            g = torch.Generator(device=lm.device)
+            g.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
+            generators.append(g)
+        cache = DynamicCache(config=lm.model.config.text_config)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            embeds, mask = lm.embed_batch(self.prompts, self.features)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = lm.model(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self.prefill_s = time.perf_counter() - start
+            start = time.perf_counter()
+            while True:
+                tokens = self._choose(out.logits[:, -1].float(), generators)
+                deltas = []
+                for row, token in enumerate(tokens):
+                    if self.results[row].done:
+                        tokens[row] = lm.pad_id
+                        deltas.append("")
+                    else:
+                        deltas.append(self._update(row, token))
+                yield deltas
+                if all(r.done for r in self.results):
+                    break
+                step = torch.tensor(tokens, device=lm.device).unsqueeze(1)
+                mask = torch.cat([mask, mask.new_ones((len(tokens), 1))], dim=1)
+                positions = positions[:, -1:] + 1
+                out = lm.model(
+                    input_ids=step,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        self.decode_s = time.perf_counter() - start
+
+    def run(self) -> List[Decoded]:
+        for _ in self:
+            pass
+        return self.results
+
+
+class LanguageModel:
+    """A llava-hf checkpoint's language side on one device."""
+
+    def __init__(self, model, tokenizer, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        config = model.config
+        self.image_token_id = int(config.image_token_id)
+        self.hidden_size = int(config.text_config.hidden_size)
+        self.image_tokens = int(config.image_seq_length)
+        eos = model.generation_config.eos_token_id
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        pad = getattr(config, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else tokenizer.pad_token_id or 0)
+
+    @classmethod
+    def load(cls, model_dir, device: Optional[str] = None) -> LanguageModel:
+        device, dtype = pick_device(device)
+        model = load_model(model_dir, dtype=dtype, device=device)
+        log.info("language model on %s in %s", device, str(dtype).replace("torch.", ""))
+        return cls(model, load_tokenizer(model_dir), device)
+
+    def prompt_ids(self, text: str) -> List[int]:
+        """Token ids of a prompt, each `<image>` expanded to the image's tokens."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        out: List[int] = []
+        for i in ids:
+            out.extend([i] * self.image_tokens if i == self.image_token_id else [i])
+        return out
+
+    def embed_batch(self, prompts: Sequence[Sequence[int]], features: Sequence[Optional[np.ndarray]]):
+        """Left-padded inputs_embeds (each row's image features at its image-token positions) and mask."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        embeds = self.model.get_input_embeddings()(ids)
+        for row, feats in enumerate(features):
+            slots = (ids[row] == self.image_token_id) & (mask[row] == 1)
+            n = int(slots.sum())
+            if feats is None:
+                if n:
+                    raise ValueError("a prompt has image tokens but no image features were given")
+                continue
+            feats = torch.as_tensor(np.asarray(feats)).reshape(-1, self.hidden_size)
+            if n != len(feats):
+                raise ValueError(f"prompt has {n} image tokens but the image gives {len(feats)} features")
+            embeds[row, slots] = feats.to(embeds.device, embeds.dtype)
+        return embeds, mask
+
+    def decoding(self, prompts, features, settings: Sequence[DecodeSettings]) -> Decoding:
+        return Decoding(self, prompts, features, settings)

@@ -1,0 +1,214 @@
+"""The engine-facing API: one image plus a conversation in, the model's answer out.
+
+    pipe = VlmPipeline.load("models/geochat-7b-hf")
+    [result] = pipe.generate_batch([GenRequest(image, [("user", "[grounding]Describe the image")])])
+    for delta in pipe.stream(request): ...   # the last item is a StreamDone ("" carrying the GenResult)
+
+The image given is the exact image whose pixels the client georeferences: the preprocessing is
+core.georef.fit_plan's geometry, so boxes parsed against `image.shape` land where the model saw them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..core.georef import fit_plan
+from ..core.profiles import Profile, get_profile
+from .checkpoints import CheckpointInfo, encoder_weights_hash, inspect_checkpoint
+from .encoder_runtime import EncodingCache, OnnxEncoder
+from .language import DecodeSettings, LanguageModel
+from .preprocess import check_rgb, fit_image, normalise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenRequest:
+    image: np.ndarray  # HxWx3 uint8 RGB, the exact image whose pixels the client georeferences
+    messages: (
+        list  # [("user", text), ("assistant", text), ("user", text), ...]; the image is in the first turn
+    )
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple = ()  # extra stop strings (the profile's are always used)
+    seed: Optional[int] = None
+
+
+@dataclass
+class GenResult:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" | "length"
+    timings: dict = field(default_factory=dict)  # seconds: preprocess, encode, prefill, decode
+
+
+class StreamDone(str):
+    """The last item of `VlmPipeline.stream`: an empty string that carries the finished GenResult."""
+
+    result: GenResult
+
+    def __new__(cls, result: GenResult):
+        done = super().__new__(cls, "")
+        done.result = result
+        return done
+
+
+def cache_dir() -> Path:
+    """Where GeoVLM keeps generated files: $GEOVLM_CACHE, else ~/.cache/geovlm."""
+    return Path(os.environ.get("GEOVLM_CACHE") or Path.home() / ".cache" / "geovlm")
+
+
+def ensure_encoder(model_dir, family: Optional[str] = None, model=None) -> Path:
+    """The ONNX encoder of a checkpoint, exported on first use next to it (or in the cache if read-only)."""
+    source = encoder_weights_hash(model_dir)[:16]
+    name = f"encoder-{source}-float32.onnx"
+    for folder in (Path(model_dir), cache_dir() / "encoders"):
+        if (folder / name).is_file():
+            return folder / name
+    from .encoder_export import export_encoder
+
+    folder = Path(model_dir) if os.access(model_dir, os.W_OK) else cache_dir() / "encoders"
+    report = export_encoder(model_dir, folder / name, family=family, model=model)
+    log.info(
+        "exported the vision encoder to %s (max abs diff %.2e)",
+        report.path,
+        max(report.max_abs_diff.values()),
+    )
+    return report.path
+
+
+def _turns(messages) -> List[Tuple[str, str]]:
+    turns = []
+    for m in messages:
+        role, text = (m["role"], m["content"]) if isinstance(m, dict) else m
+        turns.append((str(role), str(text)))
+    roles = [r for r, _ in turns]
+    expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(turns))]
+    if not turns or roles != expected or roles[-1] != "user":
+        raise ValueError("messages must alternate user/assistant, starting and ending with a user turn")
+    return turns
+
+
+class VlmPipeline:
+    """An ONNX vision encoder and a llava-hf language model, prompted by the family profile."""
+
+    def __init__(self, checkpoint: CheckpointInfo, profile: Profile, lm: LanguageModel, encoder: OnnxEncoder):
+        self.checkpoint = checkpoint
+        self.profile = profile
+        self.lm = lm
+        self.encoder = encoder
+        self.cache = EncodingCache()
+        self._lock = threading.Lock()
+        self.pad_color = tuple(int(v) for v in json.loads(encoder.metadata["geovlm.pad_color"]))
+
+    @classmethod
+    def load(cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None) -> VlmPipeline:
+        checkpoint = inspect_checkpoint(model_dir, family)
+        lm = LanguageModel.load(checkpoint.path, device)
+        if encoder_onnx is None:
+            cpu_fp32 = (
+                lm.device == "cpu" and lm.model.dtype.is_floating_point and lm.model.dtype.itemsize == 4
+            )
+            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, lm.model if cpu_fp32 else None)
+        encoder = OnnxEncoder(encoder_onnx, providers=providers)
+        encoder.check_fits(lm.hidden_size, lm.image_tokens, encoder_weights_hash(checkpoint.path))
+        profile = get_profile(checkpoint.family)
+        if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):
+            log.warning("encoder metadata overrides the %s profile's input size / fit", profile.name)
+            profile = profile.with_overrides(input_size=encoder.input_size, fit=encoder.fit)
+        return cls(checkpoint, profile, lm, encoder)
+
+    def info(self) -> dict:
+        return {
+            "model": self.checkpoint.name,
+            "family": self.profile.name,
+            "input_size": self.profile.input_size,
+            "fit": self.profile.fit,
+            "image_tokens": self.encoder.image_tokens,
+            "licence": self.checkpoint.licence,
+            "random_stand_in": self.checkpoint.random_stand_in,
+            "device": str(self.lm.device),
+            "encoder_provider": self.encoder.provider,
+        }
+
+    def prompt(self, messages) -> str:
+        """The conversation as the family's prompt text: the image in the first user turn."""
+        turns = _turns(messages)
+        text = self.profile.prompt(turns[0][1])
+        later = self.profile.prompt_template.replace("<image>\n", "").replace("<image>", "")
+        sep = self.profile.stop[0] if self.profile.stop else ""
+        for (_, answer), (_, question) in zip(turns[1::2], turns[2::2]):
+            text += f" {answer}{sep}" + later.format(question=question)
+        return text
+
+    def _encode(self, images: Sequence[np.ndarray]):
+        """Features of each image (cached), with the seconds spent preprocessing and encoding."""
+        keys = [EncodingCache.key(check_rgb(im), self.encoder.file_hash) for im in images]
+        with self._lock:
+            found = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
+        todo = [k for k, v in found.items() if v is None]
+        start = time.perf_counter()
+        first = {k: images[keys.index(k)] for k in todo}
+        fitted = []
+        for k in todo:
+            image = first[k]
+            plan = fit_plan(self.profile, image.shape[1], image.shape[0])
+            fitted.append(fit_image(image, plan, self.pad_color))
+        preprocess_s = time.perf_counter() - start
+        start = time.perf_counter()
+        if todo:
+            feats = self.encoder.run(normalise(fitted, self.encoder.mean, self.encoder.std))
+            with self._lock:
+                for k, f in zip(todo, feats):
+                    self.cache.put(k, f)
+                    found[k] = f
+        encode_s = time.perf_counter() - start
+        return np.stack([found[k] for k in keys]), preprocess_s, encode_s
+
+    def encode(self, images: List[np.ndarray]) -> np.ndarray:
+        """[n, image_tokens, hidden] float32 features of HxWx3 uint8 images, through the encoding cache."""
+        return self._encode(images)[0]
+
+    def _settings(self, r: GenRequest) -> DecodeSettings:
+        if r.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        stops = tuple(dict.fromkeys(tuple(self.profile.stop) + tuple(r.stop)))
+        return DecodeSettings(r.max_new_tokens, float(r.temperature), float(r.top_p), stops, r.seed)
+
+    def _decoding(self, requests: Sequence[GenRequest]):
+        settings = [self._settings(r) for r in requests]
+        prompts = [self.lm.prompt_ids(self.prompt(r.messages)) for r in requests]
+        feats, pre_s, enc_s = self._encode([r.image for r in requests])
+        return self.lm.decoding(prompts, list(feats), settings), {"preprocess": pre_s, "encode": enc_s}
+
+    @staticmethod
+    def _result(decoded, decoding, timings) -> GenResult:
+        timings = dict(timings, prefill=decoding.prefill_s, decode=decoding.decode_s)
+        return GenResult(decoded.text, len(decoded.token_ids), decoded.finish_reason, timings)
+
+    def generate_batch(self, requests: List[GenRequest]) -> List[GenResult]:
+        """One encoder batch and one left-padded batched generation; greedy tokens equal one-by-one runs.
+        Timings are those of the whole batch."""
+        if not requests:
+            return []
+        decoding, timings = self._decoding(requests)
+        decoding.run()
+        return [self._result(d, decoding, timings) for d in decoding.results]
+
+    def stream(self, request: GenRequest) -> Iterator[str]:
+        """Text deltas as they are decoded; the last item is a StreamDone carrying the GenResult."""
+        decoding, timings = self._decoding([request])
+        for deltas in decoding:
+            if deltas[0]:
+                yield deltas[0]
+        yield StreamDone(self._result(decoding.results[0], decoding, timings))
