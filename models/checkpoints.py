@@ -127,8 +127,10 @@ def load_model(model_dir, dtype=None, device: str = "cpu"):
     """The LlavaForConditionalGeneration of a checked folder, from safetensors, in eval mode on `device`."""
     import torch
     from transformers import LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.disable_progress_bar()
     model = LlavaForConditionalGeneration.from_pretrained(
         str(model_dir),
         dtype=dtype or torch.float32,

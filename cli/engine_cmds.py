@@ -1,0 +1,191 @@
+"""Engine commands: `demo-model`, `convert`, `export-encoder`, `ask`; heavy imports stay inside them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from . import CliError
+
+STAND_IN_NOTE = (
+    "NOTE: this is the demo model, a tiny randomly initialised stand-in: its answers are noise, "
+    "not a reading of the image."
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo-model", help="write the tiny random stand-in checkpoint (for demos and tests)")
+    p.add_argument("dir", help="folder to write the llava-hf checkpoint into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", default="geochat", help="family whose input size and prompts it follows")
+    p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("convert", help="convert a checkpoint to the llava-hf safetensors layout")
+    conv = p.add_subparsers(dest="kind", metavar="KIND")
+    conv.required = True
+    for family in ("geochat", "skysensegpt"):
+        c = conv.add_parser(
+            family, help=f"{family} (original LLaVA/GeoChat layout) + a local CLIP ViT-L/14-336"
+        )
+        c.add_argument("--src", required=True, help=f"the {family} checkpoint folder")
+        c.add_argument("--clip", required=True, help="local openai/clip-vit-large-patch14-336 folder")
+        c.add_argument("--out", required=True)
+        c.add_argument("--image-size", type=int, default=504)
+        c.set_defaults(func=cmd_convert, family=family)
+    c = conv.add_parser("rsllava", help="RS-LLaVA: merge its LoRA onto the Mistral base, add CLIP")
+    c.add_argument("--lora", required=True, help="the RS-LLaVA LoRA folder (adapter + non-LoRA trainables)")
+    c.add_argument("--base", required=True, help="the base model folder (neural-chat-7b-v3-3)")
+    c.add_argument("--clip", required=True, help="local openai/clip-vit-large-patch14-336 folder")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_convert, family="rsllava")
+    c = conv.add_parser("safetensors", help="a llava-hf folder with pickled .bin weights -> safetensors")
+    c.add_argument("--src", required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_convert, family=None)
+
+    p = sub.add_parser("export-encoder", help="export the vision encoder to ONNX and check it against torch")
+    p.add_argument("--model", required=True, help="llava-hf checkpoint folder")
+    p.add_argument("--out", required=True, help="FILE.onnx")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights (GPU inference)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--family", help="model family, when the folder has no geovlm.json")
+    p.set_defaults(func=cmd_export_encoder)
+
+    p = sub.add_parser("ask", help="ask a model about a raster; stream the answer, optionally save its boxes")
+    p.add_argument("raster")
+    p.add_argument("question", help="the question, with the family's task word if any, e.g. '[grounding]...'")
+    p.add_argument("--model", help="llava-hf checkpoint folder (default: the random demo model)")
+    p.add_argument("--family", help="model family (default: from the checkpoint's geovlm.json)")
+    p.add_argument("--encoder", help="an exported encoder .onnx (default: exported next to the model)")
+    p.add_argument("--window", help="col,row,width,height of the raster to send")
+    p.add_argument("--bands", default=None, help="three 1-based bands as red,green,blue (default 1,2,3)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--providers", help="onnxruntime providers in order, comma-separated")
+    p.add_argument("--out", help="OUT.gpkg or OUT.geojson for the grounded objects")
+    p.set_defaults(func=cmd_ask)
+
+
+def demo_model_dir() -> Path:
+    """Where `ask` keeps the demo model: $GEOVLM_CACHE/demo-model, else the repository's .cache/."""
+    root = os.environ.get("GEOVLM_CACHE")
+    base = Path(root) if root else Path(__file__).resolve().parents[1] / ".cache"
+    return base / "demo-model"
+
+
+def cmd_demo_model(args) -> int:
+    from ..models.demo_model import write_demo_model
+
+    out = write_demo_model(args.dir, seed=args.seed, family=args.family)
+    print(f"wrote the demo model to {out}")
+    print(STAND_IN_NOTE)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from ..models import convert
+    from ..models.checkpoints import CheckpointError
+
+    try:
+        if args.kind in ("geochat", "skysensegpt"):
+            out = convert.convert_geochat(
+                args.src, args.clip, args.out, family=args.family, image_size=args.image_size
+            )
+        elif args.kind == "rsllava":
+            out = convert.convert_rsllava(args.lora, args.base, args.clip, args.out)
+        else:
+            out = convert.convert_safetensors(args.src, args.out)
+    except (CheckpointError, convert.ConversionError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export_encoder(args) -> int:
+    from ..models.checkpoints import CheckpointError
+    from ..models.encoder_export import ExportError, export_encoder
+
+    try:
+        report = export_encoder(args.model, args.out, fp16=args.fp16, opset=args.opset, family=args.family)
+    except (CheckpointError, ExportError) as exc:
+        raise CliError(str(exc)) from None
+    diffs = ", ".join(f"batch {n}: {d:.2e}" for n, d in report.max_abs_diff.items())
+    meta = report.metadata
+    print(f"wrote {report.path} ({meta['geovlm.dtype']}, {meta['geovlm.image_tokens']} image tokens)")
+    print(f"max abs difference ONNX vs torch: {diffs} (tolerance {report.tolerance:g})")
+    return 0
+
+
+def _bands(text):
+    if not text:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise CliError(f"--bands needs three integers, got {text!r}") from None
+    if len(bands) != 3:
+        raise CliError(f"--bands needs three bands (red,green,blue), got {text!r}")
+    return bands
+
+
+def cmd_ask(args) -> int:
+    from ..core.parsing import parse_answer
+    from ..models.checkpoints import CheckpointError
+    from ..models.encoder_runtime import EncoderError
+    from ..models.imagery import ImageryError, read_rgb
+    from ..models.pipeline import GenRequest, VlmPipeline
+    from .rasters import open_frame, parse_window
+
+    if args.max_new_tokens < 1:
+        raise CliError("--max-new-tokens must be at least 1")
+    window = parse_window(args.window)
+    frame = open_frame(args.raster, window)
+    try:
+        image = read_rgb(args.raster, window, _bands(args.bands))
+    except ImageryError as exc:
+        raise CliError(str(exc)) from None
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = demo_model_dir()
+        if not (model_dir / "geovlm.json").is_file():
+            from ..models.demo_model import write_demo_model
+
+            write_demo_model(model_dir)
+    providers = args.providers.split(",") if args.providers else None
+    try:
+        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers)
+    except (CheckpointError, EncoderError) as exc:
+        raise CliError(str(exc)) from None
+    info = pipe.info()
+    if info["random_stand_in"]:
+        print(STAND_IN_NOTE, file=sys.stderr)
+    print(
+        f"[{info['model']} ({info['family']}), {image.shape[1]}x{image.shape[0]} px, "
+        f"encoder on {info['encoder_provider']}, LM on {info['device']}; licence: {info['licence']}]",
+        file=sys.stderr,
+    )
+    request = GenRequest(
+        image, [("user", args.question)], args.max_new_tokens, args.temperature, seed=args.seed
+    )
+    result = None
+    for delta in pipe.stream(request):
+        if hasattr(delta, "result"):
+            result = delta.result
+        else:
+            print(delta, end="", flush=True)
+    print()
+    times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    print(f"[{result.tokens} tokens, finish: {result.finish_reason}; {times}]", file=sys.stderr)
+    answer = parse_answer(result.text, pipe.profile, image_size=(image.shape[1], image.shape[0]))
+    print(f"[parsed: {answer.summary()}]", file=sys.stderr)
+    if args.out:
+        from .layers_io import ParsedRecord, write_layers
+
+        write_layers([ParsedRecord(1, pipe.profile.name, answer, frame)], args.out)
+        print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
+    if info["random_stand_in"]:
+        print(STAND_IN_NOTE, file=sys.stderr)
+    return 0

@@ -1,0 +1,78 @@
+"""Raster windows as the uint8 RGB the encoder sees: band choice, grey replication, percentile stretch."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+Window = Tuple[int, int, int, int]  # col, row, width, height
+STRETCH = (2.0, 98.0)  # percentiles mapped to 0 and 255 for non-8-bit data
+
+
+class ImageryError(ValueError):
+    """A raster or window that cannot become an RGB image, with the reason."""
+
+
+def _rasterio():
+    for var in ("PROJ_LIB", "PROJ_DATA"):  # a QGIS or system PROJ breaks rasterio's bundled one
+        os.environ.pop(var, None)
+    import rasterio
+
+    return rasterio
+
+
+def default_bands(count: int) -> Tuple[int, int, int]:
+    """Bands 1, 2, 3 as red, green, blue; a single band (or two) as grey."""
+    return (1, 2, 3) if count >= 3 else (1, 1, 1)
+
+
+def stretch_band(values: np.ndarray, valid: np.ndarray, percentiles=STRETCH) -> np.ndarray:
+    """Map the band's [p2, p98] over valid pixels to 0..255 (clipped); invalid pixels become 0."""
+    data = values.astype(np.float64)
+    valid = valid & np.isfinite(data)
+    out = np.zeros(values.shape, dtype=np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(data[valid], percentiles)
+    if hi <= lo:
+        out[valid] = 255 if hi > 0 else 0
+        return out
+    scaled = np.clip((data - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    out[valid] = np.round(scaled[valid]).astype(np.uint8)
+    return out
+
+
+def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[3, H, W] band data and its validity mask -> HxWx3 uint8; 8-bit data is kept, other types stretched."""
+    if not valid.any():
+        raise ImageryError("every pixel of the image is nodata")
+    if bands.dtype == np.uint8:
+        out = np.where(valid, bands, 0).astype(np.uint8)
+    else:
+        out = np.stack([stretch_band(b, v) for b, v in zip(bands, valid)])
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int]] = None) -> np.ndarray:
+    """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata and alpha-masked pixels black."""
+    rasterio = _rasterio()
+    from rasterio.windows import Window as RioWindow
+
+    try:
+        with rasterio.open(path) as ds:
+            chosen = tuple(bands) if bands else default_bands(ds.count)
+            if len(chosen) != 3 or not all(1 <= b <= ds.count for b in chosen):
+                raise ImageryError(f"bands must be three of 1..{ds.count}, got {chosen}")
+            rio_window = None
+            if window is not None:
+                col, row, w, h = window
+                if col < 0 or row < 0 or w <= 0 or h <= 0 or col + w > ds.width or row + h > ds.height:
+                    raise ImageryError(f"window {window} lies outside the raster ({ds.width}x{ds.height})")
+                rio_window = RioWindow(col, row, w, h)
+            data = ds.read(list(chosen), window=rio_window, masked=True)
+    except rasterio.errors.RasterioError as exc:
+        raise ImageryError(f"cannot read raster {path}: {exc}") from None
+    valid = ~np.ma.getmaskarray(data)
+    return to_rgb8(np.ma.getdata(data), valid)
