@@ -33,13 +33,13 @@ class GeoTransform:
             raise ValueError("geotransform is singular (its pixels have no area)")
 
     @classmethod
-    def from_gdal(cls, gt: Sequence[float]) -> "GeoTransform":
+    def from_gdal(cls, gt: Sequence[float]) -> GeoTransform:
         """From GDAL's order (c, a, b, f, d, e)."""
         c, a, b, f, d, e = (float(v) for v in gt)
         return cls(a, b, c, d, e, f)
 
     @classmethod
-    def parse(cls, text: str) -> "GeoTransform":
+    def parse(cls, text: str) -> GeoTransform:
         """From 'a,b,c,d,e,f' (rasterio's affine order)."""
         parts = [p for p in text.replace(" ", "").split(",") if p]
         if len(parts) != 6:
@@ -47,7 +47,7 @@ class GeoTransform:
         return cls(*(float(p) for p in parts))
 
     @classmethod
-    def identity(cls) -> "GeoTransform":
+    def identity(cls) -> GeoTransform:
         return cls(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
     def to_gdal(self) -> Tuple[float, ...]:
@@ -74,12 +74,12 @@ class GeoTransform:
         dx, dy = x - self.c, y - self.f
         return ((self.e * dx - self.b * dy) / det, (self.a * dy - self.d * dx) / det)
 
-    def window(self, col_off: float, row_off: float) -> "GeoTransform":
+    def window(self, col_off: float, row_off: float) -> GeoTransform:
         """The geotransform of a window whose top-left pixel is (col_off, row_off)."""
         x, y = self.to_map(col_off, row_off)
         return GeoTransform(self.a, self.b, x, self.d, self.e, y)
 
-    def scaled(self, sx: float, sy: float) -> "GeoTransform":
+    def scaled(self, sx: float, sy: float) -> GeoTransform:
         """The geotransform of the same footprint rendered with pixels sx, sy times as many per axis."""
         return GeoTransform(self.a / sx, self.b / sy, self.c, self.d / sx, self.e / sy, self.f)
 

@@ -64,12 +64,13 @@ _FILLER_START = re.compile(
 _ENUM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 _DELIMS_ONLY = re.compile(r"^(?:\s|,|;|\]|\[|\(|\)|\}|\{|<delim>|</?rbox>|\band\b)*$", re.IGNORECASE)
 _BOUNDARY = re.compile(r"(?:[.!?;:](?:\s|$)|\n)")
+_BRACKETS = re.compile(r"[\[\]{}()|]")
 _IN_IMAGE = re.compile(r"\s+in\s+the\s+image\s*$", re.IGNORECASE)
 
 
 def clean_label(segment: str, max_words: int = 6) -> str:
     """A short label from the text before a box: tags, numbering and filler words removed."""
-    text = _TAGS.sub(" ", segment)
+    text = _BRACKETS.sub(" ", _TAGS.sub(" ", segment))
     parts = _BOUNDARY.split(text)
     text = parts[-1] if parts[-1].strip() else (parts[-2] if len(parts) > 1 else "")
     text = _ENUM.sub("", text).strip(" ,:;-\t")
@@ -181,7 +182,6 @@ _RBOX_ITEM = re.compile(
 )
 _REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
 _REL = re.compile(r"<rel>(.*?)</rel>", re.DOTALL)
-_IT = re.compile(r"\bit\b", re.IGNORECASE)
 
 
 def read_skysense(text: str, profile: Profile) -> Reading:
@@ -225,16 +225,15 @@ def read_skysense(text: str, profile: Profile) -> Reading:
 
 def _entity_before(text, pos, groups, lone_refs):
     """The boxes (or the target "it") just before a <rel>, with the label."""
-    window = text[:pos].rstrip()
-    window = re.sub(r"\b(?:is|are)$", "", window).rstrip()
+    window = re.sub(r"\b(?:is|are)$", "", text[:pos].rstrip()).rstrip()
     end = len(window)
-    for start, g_end, indices, label in groups:
+    for _, g_end, indices, label in groups:
         if g_end == end:
             return indices, label
-    for start, r_end, label in lone_refs:
+    for _, r_end, label in lone_refs:
         if r_end == end:
             return [], label
-    if _IT.search(window[-3:] if len(window) >= 2 else window) and window.lower().endswith("it"):
+    if re.search(r"\bit$", window, re.IGNORECASE):
         return [-1], "it"
     return None
 

@@ -1,0 +1,108 @@
+"""Writing parsed answers as GIS layers (geopandas/pyogrio, engine side): `objects` and `relations`."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List
+
+from ..core.answer import Answer
+from ..core.georef import ImageFrame, centroid
+from . import CliError
+
+GPKG_OPTIONS = {"VERSION": "1.3"}  # QGIS 3.22 opens GeoPackage 1.3 without warnings
+
+
+@dataclass
+class ParsedRecord:
+    """One answer and the image it was about."""
+
+    line: int
+    family: str
+    answer: Answer
+    frame: ImageFrame
+
+
+def _frames(records: List[ParsedRecord]):
+    import geopandas as gpd
+    from shapely.geometry import LineString, Polygon
+
+    objects, relations = [], []
+    for rec in records:
+        polygons = {}
+        for obj in rec.answer.objects:
+            ring = rec.frame.to_map(obj.polygon)
+            polygons[obj.id] = ring
+            objects.append(
+                {
+                    "line": rec.line,
+                    "object_id": obj.id,
+                    "label": obj.label,
+                    "family": rec.family,
+                    "kind": obj.kind,
+                    "angle": obj.angle,
+                    "flags": ",".join(obj.flags),
+                    "source": obj.source,
+                    "geometry": Polygon(ring),
+                }
+            )
+        for rel in rec.answer.relations:
+            if rel.subject not in polygons or rel.object not in polygons:
+                continue
+            relations.append(
+                {
+                    "line": rec.line,
+                    "subject_id": rel.subject,
+                    "predicate": rel.predicate,
+                    "object_id": rel.object,
+                    "subject_label": rel.subject_label,
+                    "object_label": rel.object_label,
+                    "family": rec.family,
+                    "geometry": LineString(
+                        [centroid(polygons[rel.subject]), centroid(polygons[rel.object])]
+                    ),
+                }
+            )
+    crs = next((r.frame.crs for r in records if r.frame.crs), None)
+    obj_cols = ["line", "object_id", "label", "family", "kind", "angle", "flags", "source", "geometry"]
+    rel_cols = ["line", "subject_id", "predicate", "object_id", "subject_label", "object_label", "family",
+                "geometry"]
+    obj_df = gpd.GeoDataFrame(objects, columns=obj_cols, geometry="geometry", crs=crs)
+    rel_df = gpd.GeoDataFrame(relations, columns=rel_cols, geometry="geometry", crs=crs)
+    return obj_df, rel_df
+
+
+def write_layers(records: Iterable[ParsedRecord], out_path) -> dict:
+    """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations."""
+    records = list(records)
+    out = Path(out_path)
+    if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
+        raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
+    crs_set = {r.frame.crs for r in records if r.frame.crs}
+    if len(crs_set) > 1:
+        raise CliError("answers refer to images in different CRSs; write them separately")
+    obj_df, rel_df = _frames(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # Pixel-space output has no CRS on purpose; pyogrio warns about that.
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        return _write(obj_df, rel_df, out)
+
+
+def _write(obj_df, rel_df, out: Path) -> dict:
+    if out.suffix.lower() == ".gpkg":
+        if out.exists():
+            out.unlink()
+        obj_df.to_file(out, layer="objects", driver="GPKG", engine="pyogrio", layer_options=None,
+                       dataset_options=GPKG_OPTIONS, geometry_type="Polygon")
+        rel_df.to_file(out, layer="relations", driver="GPKG", engine="pyogrio", append=False,
+                       geometry_type="LineString")
+        paths = {"objects": f"{out}|layername=objects", "relations": f"{out}|layername=relations"}
+    else:
+        rel_path = out.with_name(out.stem + "_relations" + out.suffix)
+        for path, df in ((out, obj_df), (rel_path, rel_df)):
+            if path.exists():
+                path.unlink()
+            df.to_file(path, driver="GeoJSON", engine="pyogrio")
+        paths = {"objects": str(out), "relations": str(rel_path)}
+    return {"objects": len(obj_df), "relations": len(rel_df), "paths": paths}

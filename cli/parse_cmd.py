@@ -1,0 +1,109 @@
+"""`geovlm parse`: saved model answers -> georeferenced `objects` and `relations` layers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Tuple
+
+from ..core.georef import GeoTransform, ImageFrame
+from ..core.parsing import parse_answer
+from ..core.profiles import family_names, get_profile, parse_overrides
+from . import CliError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "parse",
+        help="turn saved answers into GIS layers",
+        description="Parse saved answers (JSON lines or one answer a line) into `objects` and `relations` "
+        "layers. Without --raster or --geotransform, coordinates stay in the pixel space of --image-size.",
+    )
+    p.add_argument("input", help="JSON lines (answer in --field) or plain text, one answer a line")
+    p.add_argument("--family", required=True, help=f"model family: {', '.join(family_names())}")
+    p.add_argument("--field", default="answer", help="JSON field holding the answer (default: answer)")
+    p.add_argument("--raster", help="the raster the answers are about (its size, geotransform and CRS)")
+    p.add_argument("--window", help="with --raster: the window col,row,width,height that was sent")
+    p.add_argument("--geotransform", help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
+    p.add_argument("--crs", help="CRS of --geotransform (EPSG:xxxx, WKT, PROJ string)")
+    p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a profile field, e.g. --set angle_sense=-1 --set upright_angle=0")
+    p.add_argument("--out", required=True, help="OUT.gpkg or OUT.geojson")
+    p.set_defaults(func=run)
+
+
+def _image_size(text: str) -> Tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--image-size needs WxH, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise CliError(f"--image-size must be positive, got {text!r}")
+    return w, h
+
+
+def frame_from_args(args) -> ImageFrame:
+    if args.raster and args.geotransform:
+        raise CliError("give --raster or --geotransform, not both")
+    if args.raster:
+        from .rasters import open_frame, parse_window
+
+        return open_frame(args.raster, parse_window(args.window))
+    width, height = _image_size(args.image_size)
+    if args.geotransform:
+        try:
+            gt = GeoTransform.parse(args.geotransform)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        return ImageFrame(width, height, gt, args.crs)
+    if args.crs:
+        raise CliError("--crs needs --geotransform")
+    return ImageFrame(width, height, None, None)
+
+
+def read_answers(path: Path, field: str) -> Iterator[Tuple[int, str]]:
+    """(line number from 1, answer text); JSON lines when the first non-empty line is a JSON object."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    first = next((ln for ln in lines if ln.strip()), "")
+    is_jsonl = first.lstrip().startswith("{")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            yield number, line
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise CliError(f"{path}:{number}: not a JSON object (the file looks like JSON lines)") from None
+        if not isinstance(record, dict) or field not in record:
+            raise CliError(f"{path}:{number}: no field {field!r}")
+        yield number, "" if record[field] is None else str(record[field])
+
+
+def run(args) -> int:
+    from .layers_io import ParsedRecord, write_layers
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise CliError(f"input not found: {path}")
+    try:
+        profile = get_profile(args.family, **parse_overrides(args.set))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    frame = frame_from_args(args)
+    records = []
+    for number, text in read_answers(path, args.field):
+        answer = parse_answer(text, profile, (frame.width, frame.height))
+        records.append(ParsedRecord(number, profile.name, answer, frame))
+    result = write_layers(records, args.out)
+    skipped = sum(len(r.answer.skipped) for r in records)
+    warned = sum(1 for r in records if r.answer.warnings)
+    print(
+        f"{len(records)} answers, {result['objects']} objects, {result['relations']} relations, "
+        f"{skipped} skipped fragments, {warned} answers with warnings -> {args.out}"
+    )
+    return 0

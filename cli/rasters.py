@@ -1,0 +1,74 @@
+"""Raster metadata for the command line (rasterio, engine side only): where an image lies on the map."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..core.georef import GeoTransform, ImageFrame
+from . import CliError
+
+Window = Tuple[int, int, int, int]  # col, row, width, height
+
+
+def import_rasterio():
+    """rasterio with PROJ variables unset (a QGIS or system PROJ_LIB breaks rasterio's bundled PROJ)."""
+    for var in ("PROJ_LIB", "PROJ_DATA"):
+        os.environ.pop(var, None)
+    import rasterio
+
+    return rasterio
+
+
+def parse_window(text: Optional[str]) -> Optional[Window]:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise CliError(f"--window needs col,row,width,height, got {text!r}")
+    try:
+        col, row, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise CliError(f"--window needs four integers, got {text!r}") from None
+    if w <= 0 or h <= 0 or col < 0 or row < 0:
+        raise CliError(f"--window {text!r} must have col,row >= 0 and a positive size")
+    return col, row, w, h
+
+
+def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
+    """Size, geotransform and CRS of a raster (or of a window of it), with clear errors for bad files."""
+    rasterio = import_rasterio()
+    path = Path(path)
+    if not path.exists():
+        raise CliError(f"raster not found: {path}")
+    try:
+        with rasterio.open(path) as ds:
+            width, height = ds.width, ds.height
+            affine = ds.transform
+            crs = ds.crs.to_wkt() if ds.crs else None
+            gcps_only = ds.transform.is_identity and bool(ds.gcps[0])
+    except rasterio.errors.RasterioIOError as exc:
+        raise CliError(f"cannot read raster {path}: {exc}") from None
+    if width == 0 or height == 0:
+        raise CliError(f"raster {path} has no pixels")
+    if gcps_only:
+        raise CliError(f"raster {path} is georeferenced by GCPs only; warp it to a geotransform first")
+    gt = GeoTransform(affine.a, affine.b, affine.c, affine.d, affine.e, affine.f)
+    if window is not None:
+        col, row, w, h = window
+        if col + w > width or row + h > height:
+            raise CliError(f"window {window} lies outside the raster ({width}x{height})")
+        gt, width, height = gt.window(col, row), w, h
+    return ImageFrame(width, height, gt, crs)
+
+
+def tile_has_data(path, window: Window, max_side: int = 64) -> bool:
+    """False when every pixel of the window is nodata (read decimated: a mask, not the pixels, matters)."""
+    rasterio = import_rasterio()
+    from rasterio.windows import Window as RioWindow
+
+    col, row, w, h = window
+    shape = (max(1, min(h, max_side)), max(1, min(w, max_side)))
+    with rasterio.open(path) as ds:
+        mask = ds.dataset_mask(window=RioWindow(col, row, w, h), out_shape=shape)
+    return bool(mask.any())

@@ -1,0 +1,478 @@
+"""The engine client: OpenAI chat completions with an image, over one or several endpoints (stdlib only).
+
+It speaks the protocol of `geovlm serve`, vLLM, SGLang and Ollama alike. The image goes into the first user
+message as a data URI; the text of that message is the plain question (with the family's task words when a
+task is given), never the `<image>` marker: the server applies the family's prompt template.
+
+Several endpoints share the work: each has a concurrency limit and every request goes to the least busy one
+that is up. Connection errors, 429 and 5xx are retried with exponential backoff (honouring Retry-After),
+preferably on another endpoint; an endpoint that failed rests for a while. Each job of `ask_many` yields
+exactly one result, however often its request had to be sent.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .answer import Answer
+from .parsing import parse_answer
+from .profiles import Profile, get_profile
+from .transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport, TransportError
+
+__all__ = ["AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "image_size_of"]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Messages = Sequence[Tuple[str, str]]
+
+
+class EngineError(Exception):
+    """The engine refused the request or could not be reached after all retries."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: Optional[float] = None, status: Optional[int] = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass
+class Endpoint:
+    """One engine URL (the part before /v1) with its own concurrency limit and health state."""
+
+    url: str
+    max_concurrent: int = 4
+    inflight: int = 0
+    failures: int = 0
+    down_until: float = 0.0
+    model: Optional[str] = None  # the served model id, read from /v1/models on first use
+    info: Dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.url = self.url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[:-3]
+
+
+@dataclass
+class AskJob:
+    """One question about one encoded image, for `EngineClient.ask_many`."""
+
+    image: bytes
+    image_size: Tuple[int, int]
+    question: Union[str, Messages]
+    task: Optional[str] = None
+
+
+def image_size_of(data: bytes) -> Tuple[int, int]:
+    """(width, height) read from a PNG or JPEG header."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        pos = 2
+        while pos + 9 < len(data):
+            if data[pos] != 0xFF:
+                break
+            marker = data[pos + 1]
+            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+                return width, height
+            pos += 2 + length
+    raise ValueError("image is neither a PNG nor a JPEG with a readable size")
+
+
+def _mime_of(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:2] == b"\xff\xd8":
+        return "image/jpeg"
+    raise ValueError("the client sends PNG or JPEG images only")
+
+
+class _Pool:
+    """Endpoints under one condition: `acquire` waits for the least busy endpoint that is up and has room."""
+
+    def __init__(self, endpoints: List[Endpoint], rest: float, max_rest: float):
+        self.endpoints = endpoints
+        self.rest = rest
+        self.max_rest = max_rest
+        self._cond = threading.Condition()
+        self._turn = 0
+
+    def acquire(self, cancel: CancelToken, avoid: Optional[Endpoint] = None) -> Endpoint:
+        with self._cond:
+            while True:
+                cancel.check()
+                now = time.monotonic()
+                free = [e for e in self.endpoints if e.inflight < e.max_concurrent]
+                up = [e for e in free if e.down_until <= now] or (
+                    [] if any(e.down_until <= now for e in self.endpoints) else free
+                )
+                if False:
+                    up.remove(avoid)
+                if up:
+                    self._turn += 1
+                    n = len(self.endpoints)
+                    best = min(up, key=lambda e: (0, (self.endpoints.index(e) - self._turn) % n))
+                    best.inflight += 1
+                    return best
+                self._cond.wait(0.05)
+
+    def release(self, endpoint: Endpoint, ok: Optional[bool]) -> None:
+        """Give the slot back; `ok` False puts the endpoint to rest, True clears its failures."""
+        with self._cond:
+            endpoint.inflight -= 1
+            if ok is True:
+                endpoint.failures = 0
+                endpoint.down_until = 0.0
+            elif ok is False:
+                endpoint.failures += 1
+                pause = min(self.max_rest, self.rest * 2 ** (endpoint.failures - 1))
+                endpoint.down_until = time.monotonic() + pause
+            self._cond.notify_all()
+
+    @property
+    def capacity(self) -> int:
+        return sum(e.max_concurrent for e in self.endpoints)
+
+
+class EngineClient:
+    """Asks vision-language questions of OpenAI-compatible engines.
+
+    `endpoints`: URLs such as "http://127.0.0.1:8000" (a trailing /v1 is accepted). `profile`: the model
+    family; when None it is read from our server's /v1/models (vLLM does not report it, so give it there).
+    `timeout` bounds the connect and each wait for data of one attempt; `attempts` is the number of tries
+    per request. `transport` replaces the standard-library HTTP transport.
+    """
+
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]],
+        api_key: Optional[str] = None,
+        profile: Optional[Union[str, Profile]] = None,
+        model: Optional[str] = None,
+        max_concurrent: int = 4,
+        timeout: float = 120.0,
+        attempts: int = 5,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        transport: Optional[Transport] = None,
+    ):
+        urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not urls:
+            raise ValueError("at least one engine URL is needed")
+        if max_concurrent < 1 or attempts < 1:
+            raise ValueError("max_concurrent and attempts must be at least 1")
+        self.endpoints = [Endpoint(u, max_concurrent=max_concurrent) for u in urls]
+        self.api_key = api_key
+        self._profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.model = model
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.transport = transport or HttpClientTransport()
+        self._pool = _Pool(self.endpoints, rest=backoff * 4, max_rest=30.0)
+        self._info_lock = threading.Lock()
+
+    # ------------------------------------------------------------ public API
+
+    def models(self, cancel: Optional[CancelToken] = None) -> Dict:
+        """The /v1/models answer of an endpoint (ours adds a "geovlm" entry: family, input size, fit)."""
+        return self._with_retries(lambda ep, token: self._get_json(ep, "/v1/models", token), cancel)
+
+    def health(self, cancel: Optional[CancelToken] = None) -> Dict:
+        return self._with_retries(lambda ep, token: self._get_json(ep, "/health", token), cancel)
+
+    def profile(self, cancel: Optional[CancelToken] = None) -> Profile:
+        """The family profile: the one configured, else the one the engine reports."""
+        if self._profile is None:
+            info = self._with_retries(lambda ep, token: self._model_info(ep, token), cancel)
+            family = info.get("family")
+            if not family:
+                raise EngineError("the engine does not report its model family; configure the profile")
+            self._profile = get_profile(family)
+        return self._profile
+
+    def ask(
+        self,
+        image: bytes,
+        image_size: Optional[Tuple[int, int]],
+        question: Union[str, Messages],
+        profile: Optional[Profile] = None,
+        task: Optional[str] = None,
+        on_token: Optional[Callable[[str], None]] = None,
+        on_restart: Optional[Callable[[], None]] = None,
+        cancel: Optional[CancelToken] = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: Optional[int] = None,
+    ) -> Tuple[str, Answer]:
+        """Ask about one encoded image (PNG or JPEG bytes); returns the text and the parsed answer.
+
+        `question` is a string or a conversation [("user", q), ("assistant", a), ("user", q2), ...] whose
+        first user turn carries the image. With `on_token` the answer is streamed, each text piece passed
+        as it arrives; if the stream breaks and is sent again, `on_restart` is called first so the caller
+        can clear what it showed. The size is read from the image header when `image_size` is None.
+        """
+        cancel = cancel or CancelToken()
+        profile = profile or self.profile(cancel)
+        size = tuple(image_size) if image_size else image_size_of(image)
+        body = self._chat_body(image, question, profile, task, bool(on_token), max_tokens, temperature, seed)
+        started = []
+
+        def attempt(endpoint: Endpoint, token: CancelToken) -> str:
+            if started and on_restart is not None:
+                on_restart()
+            started.append(True)
+            body["model"] = endpoint.model or self._model_info(endpoint, token)["id"]
+            return self._complete(endpoint, body, on_token, token)
+
+        text = self._with_retries(attempt, cancel)
+        return text, parse_answer(text, profile, image_size=size)
+
+    def ask_many(
+        self,
+        jobs: Sequence[AskJob],
+        on_result: Optional[Callable[[int, object], None]] = None,
+        cancel: Optional[CancelToken] = None,
+        **options,
+    ) -> List[object]:
+        """Run many jobs over all endpoints at once; returns, in job order, (text, Answer) or the exception
+        of each job. `on_result(index, result)` is called exactly once per job, from a worker thread."""
+        cancel = cancel or CancelToken()
+        profile = options.pop("profile", None) or self.profile(cancel)
+        results: List[object] = [None] * len(jobs)
+        done = [False] * len(jobs)
+        lock = threading.Lock()
+
+        def run(index: int) -> None:
+            job = jobs[index]
+            try:
+                result: object = self.ask(
+                    job.image, job.image_size, job.question, profile, job.task, cancel=cancel, **options
+                )
+            except Exception as exc:  # a job's failure is its result
+                result = exc
+            with lock:
+                if done[index]:
+                    raise RuntimeError(f"job {index} answered twice")
+                done[index] = True
+                results[index] = result
+            if on_result is not None:
+                on_result(index, result)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self._pool.capacity, len(jobs)))) as executor:
+            for future in [executor.submit(run, i) for i in range(len(jobs))]:
+                future.result()
+        return results
+
+    # ------------------------------------------------------------ requests
+
+    def _chat_body(self, image, question, profile, task, stream, max_tokens, temperature, seed) -> Dict:
+        turns = [("user", question)] if isinstance(question, str) else [tuple(t) for t in question]
+        if not turns or turns[0][0] != "user":
+            raise ValueError("a conversation starts with a user turn")
+        url = f"data:{_mime_of(image)};base64,{base64.b64encode(image).decode('ascii')}"
+        messages = []
+        for i, (role, text) in enumerate(turns):
+            if role not in ("user", "assistant"):
+                raise ValueError(f"conversation roles are user and assistant, not {role!r}")
+            if i == 0:
+                text = profile.question(task, text) if task else text
+                content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+                messages.append({"role": role, "content": content})
+            else:
+                messages.append({"role": role, "content": text})
+        body = {
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "temperature": float(temperature),
+            "stream": stream,
+        }
+        if profile.stop:
+            body["stop"] = list(profile.stop)
+        if seed is not None:
+            body["seed"] = int(seed)
+        return body
+
+    def _headers(self, json_body: bool) -> Dict[str, str]:
+        headers = {"Accept": "application/json, text/event-stream"}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _send(self, endpoint, method, path, token, payload=None) -> HttpResponse:
+        """One HTTP exchange; statuses worth a retry become `_Retryable`, other errors `EngineError`."""
+        data = json.dumps(payload).encode("utf-8") if payload is not None else None
+        try:
+            response = self.transport.request(
+                method, endpoint.url + path, self._headers(data is not None), data, self.timeout, token
+            )
+        except TransportError as exc:
+            raise _Retryable(str(exc)) from exc
+        if response.status < 400:
+            return response
+        with response:
+            try:
+                detail = _error_message(response.read())
+            except TransportError:
+                detail = ""
+        message = f"{endpoint.url}{path}: HTTP {response.status} {detail}".strip()
+        if response.status in RETRY_STATUSES:
+            raise _Retryable(message, _retry_after(response.headers.get("retry-after")), response.status)
+        raise EngineError(message, response.status)
+
+    def _get_json(self, endpoint, path, token) -> Dict:
+        with self._send(endpoint, "GET", path, token) as response:
+            return _json_or_retry(_read(response), endpoint.url + path)
+
+    def _model_info(self, endpoint: Endpoint, token: CancelToken) -> Dict:
+        """The served model of an endpoint: its id, plus our server's "geovlm" details when present."""
+        with self._info_lock:
+            if endpoint.model is not None:
+                return dict(endpoint.info, id=endpoint.model)
+        listing = self._get_json(endpoint, "/v1/models", token)
+        entries = listing.get("data") or []
+        if not entries:
+            raise EngineError(f"{endpoint.url} serves no model")
+        ids = [e.get("id") for e in entries]
+        chosen = self.model if self.model in ids else None
+        if self.model is not None and chosen is None:
+            raise EngineError(f"{endpoint.url} does not serve {self.model!r}; it serves {ids}")
+        entry = entries[ids.index(chosen)] if chosen else entries[0]
+        with self._info_lock:
+            endpoint.info = dict(entry.get("geovlm") or {})
+            endpoint.model = entry["id"]
+            return dict(endpoint.info, id=endpoint.model)
+
+    def _complete(self, endpoint, body, on_token, token) -> str:
+        with self._send(endpoint, "POST", "/v1/chat/completions", token, body) as response:
+            if not body["stream"]:
+                reply = _json_or_retry(_read(response), endpoint.url)
+                try:
+                    return reply["choices"][0]["message"]["content"] or ""
+                except (KeyError, IndexError, TypeError) as exc:
+                    raise EngineError(f"{endpoint.url}: unexpected completion {str(reply)[:200]}") from exc
+            pieces = []
+            finished = False
+            for event in _sse_events(_guarded(response.chunks())):
+                if event == "[DONE]":
+                    finished = True
+                    break
+                chunk = json.loads(event)
+                if "error" in chunk:
+                    raise _Retryable(f"{endpoint.url}: stream error {_error_message(event.encode())}")
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        pieces.append(delta)
+                        on_token(delta)
+            if not finished:
+                raise _Retryable(f"{endpoint.url}: stream ended without [DONE]")
+            return "".join(pieces)
+
+    def _with_retries(self, call, cancel: Optional[CancelToken]):
+        """Run `call(endpoint, token)` on the least busy endpoint, retrying with backoff elsewhere."""
+        token = cancel or CancelToken()
+        last: Optional[Endpoint] = None
+        for attempt in range(1, self.attempts + 1):
+            endpoint = self._pool.acquire(token, avoid=last)
+            ok = None
+            try:
+                result = call(endpoint, token)
+                ok = True
+                return result
+            except _Retryable as exc:
+                ok = False
+                last = endpoint
+                if attempt == self.attempts:
+                    raise EngineError(f"gave up after {attempt} attempts: {exc}", exc.status) from exc
+                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())  # jitter
+                delay = min(self.max_backoff, exc.retry_after if exc.retry_after is not None else delay)
+            finally:
+                self._pool.release(endpoint, ok)
+            token.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------ helpers
+
+
+def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except TransportError as exc:
+        raise _Retryable(str(exc)) from exc
+
+
+def _read(response: HttpResponse) -> bytes:
+    return b"".join(_guarded(response.chunks()))
+
+
+def _json_or_retry(data: bytes, where: str) -> Dict:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # a truncated body from a dying server
+        raise _Retryable(f"{where}: unreadable JSON reply") from exc
+
+
+def _sse_events(chunks: Iterator[bytes]) -> Iterator[str]:
+    """The data of each server-sent event; multi-line data joined with newlines, other fields ignored."""
+    buffer = b""
+    data: List[str] = []
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end].rstrip(b"\r").decode("utf-8"), buffer[end + 1 :]
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+            elif line.startswith("data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def _error_message(data: bytes) -> str:
+    """The message of an OpenAI-style error body (ours, vLLM's), else the start of the body."""
+    text = data.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:300]
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if body.get("detail"):
+            return str(body["detail"])
+    return text[:300]
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,135 @@
+"""Tiling plans over a raster or a map extent: stable tile ids, overlap, edge handling, empty-tile skipping.
+
+A plan is pure arithmetic on the raster's size and geotransform; reading pixels is the caller's business.
+Tile ids depend only on the plan's parameters and the tile's grid position, so a batch can resume by them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from .georef import GeoTransform
+
+EDGE_MODES = ("shift", "partial", "drop")
+
+
+@dataclass(frozen=True)
+class Tile:
+    id: str  # "<plan fingerprint>:r<row>c<col>"
+    row: int
+    col: int
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+    @property
+    def window(self) -> Tuple[int, int, int, int]:
+        return (self.col_off, self.row_off, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of `tile` x `tile` pixels with `overlap` pixels shared between neighbours.
+
+    Edge tiles: "shift" moves the last tile back inside the raster (all tiles full size where the raster is
+    large enough), "partial" keeps a smaller last tile, "drop" leaves the uncovered strip out.
+    """
+
+    width: int
+    height: int
+    tile: int
+    overlap: int = 0
+    edge: str = "shift"
+
+    def __post_init__(self):
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"raster size must be positive, got {self.width}x{self.height}")
+        if self.tile <= 0:
+            raise ValueError("tile size must be positive")
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError("overlap must be at least 0 and smaller than the tile size")
+        if self.edge not in EDGE_MODES:
+            raise ValueError(f"edge must be one of {EDGE_MODES}")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the parameters: tiles of different plans never share an id."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def _starts(self, length: int) -> List[Tuple[int, int]]:
+        """(offset, size) along one axis."""
+        if length <= self.tile:
+            return [(0, length)] if self.edge != "drop" or length == self.tile else []
+        starts = list(range(0, length - self.tile + 1, self.stride))
+        covered = starts[-1] + self.tile
+        if covered < length:
+            if self.edge == "shift":
+                starts.append(length - self.tile)
+            elif self.edge == "partial":
+                starts.append(starts[-1] + self.stride)
+        return [(s, min(self.tile, length - s)) for s in starts]
+
+    def tiles(self) -> Iterator[Tile]:
+        fp = self.fingerprint
+        for r, (row_off, h) in enumerate(self._starts(self.height)):
+            for c, (col_off, w) in enumerate(self._starts(self.width)):
+                yield Tile(f"{fp}:r{r}c{c}", r, c, col_off, row_off, w, h)
+
+    def __len__(self) -> int:
+        return len(self._starts(self.height)) * len(self._starts(self.width))
+
+    def select(self, keep: Callable[[Tile], bool]) -> List[Tile]:
+        """The tiles for which `keep` is true (e.g. not nodata-only)."""
+        return [t for t in self.tiles() if keep(t)]
+
+
+def tile_pixels_for_ground(size: float, gt: GeoTransform) -> int:
+    """A tile side in pixels for a side in ground units (the larger pixel side counts)."""
+    if size <= 0:
+        raise ValueError("tile size in ground units must be positive")
+    return max(1, math.ceil(size / max(gt.pixel_size) - 1e-9))
+
+
+def plan_for_raster(
+    width: int,
+    height: int,
+    tile: float,
+    overlap: float = 0,
+    units: str = "pixels",
+    gt: Optional[GeoTransform] = None,
+    edge: str = "shift",
+) -> TilePlan:
+    """A plan with sizes in pixels or in ground units (then `gt` gives the pixel size)."""
+    if units == "pixels":
+        return TilePlan(width, height, int(tile), int(overlap), edge)
+    if units != "ground":
+        raise ValueError("units must be 'pixels' or 'ground'")
+    if gt is None:
+        raise ValueError("tiling in ground units needs a geotransform")
+    tile_px = tile_pixels_for_ground(tile, gt)
+    overlap_px = math.floor(overlap / max(gt.pixel_size) + 1e-9) if overlap else 0
+    return TilePlan(width, height, tile_px, overlap_px, edge)
+
+
+def plan_for_extent(
+    xmin: float, ymin: float, xmax: float, ymax: float, resolution: float, tile: int, overlap: int = 0,
+    edge: str = "shift",
+) -> Tuple[TilePlan, GeoTransform]:
+    """A plan over a north-up map extent rendered at `resolution` ground units per pixel (e.g. a canvas)."""
+    if xmax <= xmin or ymax <= ymin:
+        raise ValueError("extent is empty")
+    if resolution <= 0:
+        raise ValueError("resolution must be positive")
+    width = max(1, math.ceil((xmax - xmin) / resolution - 1e-9))
+    height = max(1, math.ceil((ymax - ymin) / resolution - 1e-9))
+    gt = GeoTransform(resolution, 0.0, xmin, 0.0, -resolution, ymax)
+    return TilePlan(width, height, tile, overlap, edge), gt
