@@ -7,6 +7,7 @@ runtime and the preprocessing follow.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +143,9 @@ def export_encoder(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_model(model_dir)
-    encoder = vision_encoder(model)
     dtype = "float16" if fp16 else "float32"
-    if fp16:
-        encoder = encoder.half()
+    # fp16 converts a copy: `model` stays fp32 as the reference of the parity check.
+    encoder = vision_encoder(copy.deepcopy(model)).half() if fp16 else vision_encoder(model)
     size = model.config.vision_config.image_size
     example = torch.zeros(2, 3, size, size)
     # The dynamo exporter (torch.export) gives a clean graph with a symbolic batch axis; the TorchScript
@@ -179,7 +179,6 @@ def export_encoder(
         diffs[n] = float(abs(got - ref).max())
     worst = max(diffs.values())
     if not worst <= tolerance:
-        raise ExportError(
-            f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected"
-        )
+        out_path.unlink()
+        raise ExportError(f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected")
     return ExportReport(out_path, diffs, tolerance, props)

@@ -1,0 +1,143 @@
+"""ONNX vision encoder: parity with torch, metadata schema, runtime errors, providers, encoding cache."""
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import models_support as ms  # noqa: E402
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return ms.demo_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(demo, tmp_path_factory):
+    from geovlm.models.encoder_export import export_encoder
+
+    out = tmp_path_factory.mktemp("enc") / "encoder.onnx"
+    return export_encoder(demo, out, check_batches=(1, 2, 5), model=ms.hf_model(str(demo)))
+
+
+def test_export_parity_batches_1_2_5(exported):
+    assert set(exported.max_abs_diff) == {1, 2, 5}
+    for batch, diff in exported.max_abs_diff.items():
+        assert diff <= 1e-4, (batch, diff)
+
+
+def test_parity_on_real_preprocessed_tiles(demo, exported):
+    from geovlm.core.georef import fit_plan
+    from geovlm.core.profiles import get_profile
+    from geovlm.models.encoder_export import torch_image_features
+    from geovlm.models.encoder_runtime import OnnxEncoder
+    from geovlm.models.preprocess import fit_image, normalise
+
+    enc = OnnxEncoder(exported.path, providers=["CPUExecutionProvider"])
+    profile = get_profile(enc.family)
+    tiles = ms.cogeo_tiles(5)
+    fitted = [fit_image(t, fit_plan(profile, t.shape[1], t.shape[0]), profile.pad_color) for t in tiles]
+    pixels = normalise(fitted, enc.mean, enc.std)
+    model = ms.hf_model(str(demo))
+    for n in (1, 2, 5):
+        got = enc.run(pixels[:n])
+        ref = torch_image_features(model, torch.from_numpy(pixels[:n])).numpy()
+        assert got.shape == (n, enc.image_tokens, enc.hidden_size)
+        assert np.abs(got - ref).max() <= 1e-4
+    # different tiles give different features (the check above is not vacuous)
+    assert np.abs(enc.run(pixels[:1]) - enc.run(pixels[1:2])).max() > 1e-2
+
+
+def test_metadata_schema(demo, exported):
+    from geovlm.models.checkpoints import encoder_weights_hash
+
+    meta = exported.metadata
+    graph = onnx.load(str(exported.path))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert props == meta
+    assert props["geovlm.schema"] == "geovlm-encoder" and props["geovlm.schema_version"] == "1"
+    assert props["geovlm.family"] == "geochat" and props["geovlm.fit"] == "pad"
+    assert props["geovlm.input_size"] == "504" and props["geovlm.image_tokens"] == "64"
+    assert props["geovlm.hidden_size"] == "64" and props["geovlm.feature_layer"] == "-2"
+    assert props["geovlm.dtype"] == "float32"
+    assert props["geovlm.source_sha256"] == encoder_weights_hash(demo)
+    dim0 = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value  # a symbolic (dynamic) batch axis
+
+
+def test_export_rejects_mismatch(demo, tmp_path, monkeypatch):
+    from geovlm.models import encoder_export
+
+    monkeypatch.setitem(encoder_export.TOLERANCE, "float32", 0.0)
+    with pytest.raises(encoder_export.ExportError, match="export rejected"):
+        encoder_export.export_encoder(demo, tmp_path / "e.onnx", check_batches=(1,), model=ms.hf_model(str(demo)))
+    assert not (tmp_path / "e.onnx").exists()
+
+
+def test_corrupt_and_foreign_onnx(tmp_path):
+    from onnx import TensorProto, helper
+
+    from geovlm.models.encoder_runtime import EncoderError, OnnxEncoder
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is not a protobuf" * 10)
+    with pytest.raises(EncoderError, match="not a readable ONNX"):
+        OnnxEncoder(bad)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(foreign))
+    with pytest.raises(EncoderError, match="not a GeoVLM encoder"):
+        OnnxEncoder(foreign)
+    with pytest.raises(EncoderError, match="does not exist"):
+        OnnxEncoder(tmp_path / "missing.onnx")
+
+
+def test_metadata_must_fit_language_model(exported, caplog):
+    from geovlm.models.encoder_runtime import EncoderError, OnnxEncoder
+
+    with caplog.at_level(logging.INFO, logger="geovlm.models.encoder_runtime"):
+        enc = OnnxEncoder(
+            exported.path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
+    assert enc.provider == "CPUExecutionProvider"  # no GPU here: the first available one runs
+    assert "runs on CPUExecutionProvider" in caplog.text
+    enc.check_fits(64, 64, exported.metadata["geovlm.source_sha256"])
+    with pytest.raises(EncoderError, match="hidden size"):
+        enc.check_fits(128, 64)
+    with pytest.raises(EncoderError, match="image tokens"):
+        enc.check_fits(64, 576)
+    with pytest.raises(EncoderError, match="other vision weights"):
+        enc.check_fits(64, 64, "0" * 64)
+    with pytest.raises(EncoderError, match="encoder input"):
+        enc.run(np.zeros((1, 3, 336, 336), np.float32))
+
+
+def test_fp16_export_close(demo, tmp_path):
+    from geovlm.models.encoder_export import export_encoder
+
+    report = export_encoder(demo, tmp_path / "e16.onnx", fp16=True, check_batches=(2,), model=ms.hf_model(str(demo)))
+    assert report.metadata["geovlm.dtype"] == "float16"
+    assert report.max_abs_diff[2] <= 2e-2
+
+
+def test_encoding_cache_skips_encoder(demo, monkeypatch):
+    pipe = ms.pipeline(str(demo))
+    calls = []
+    real_run = pipe.encoder.run
+    monkeypatch.setattr(pipe.encoder, "run", lambda px: calls.append(len(px)) or real_run(px))
+    a, b = ms.random_image(101), ms.random_image(102)
+    first = pipe.encode([a, b])
+    again = pipe.encode([b.copy(), a.copy()])
+    assert calls == [2]  # the second call found both in the cache
+    np.testing.assert_array_equal(first[::-1], again)
+    pipe.encode([a, ms.random_image(103)])
+    assert calls == [2, 1]
