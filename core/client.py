@@ -120,12 +120,12 @@ class _Pool:
                 up = [e for e in free if e.down_until <= now] or (
                     [] if any(e.down_until <= now for e in self.endpoints) else free
                 )
-                if False:
+                if len(up) > 1 and avoid in up:
                     up.remove(avoid)
                 if up:
                     self._turn += 1
                     n = len(self.endpoints)
-                    best = min(up, key=lambda e: (0, (self.endpoints.index(e) - self._turn) % n))
+                    best = min(up, key=lambda e: (e.inflight, (self.endpoints.index(e) - self._turn) % n))
                     best.inflight += 1
                     return best
                 self._cond.wait(0.05)

@@ -1,0 +1,342 @@
+"""The engine client against small standard-library HTTP servers on loopback that misbehave on cue:
+429, 5xx, slow replies, dropped connections, broken streams; several endpoints; cancellation."""
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from geovlm.core.client import AskJob, Cancelled, CancelToken, EngineClient, EngineError, image_size_of
+from geovlm.core.profiles import get_profile
+from geovlm.core.transport import HttpResponse, Transport
+
+GEOCHAT = get_profile("geochat")
+BOX_TEXT = "a plane {<10><20><50><60>|<90>}"
+
+
+def png(width=200, height=100, color=(10, 120, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Script:
+    """What a fake engine does, request by request: a list of actions consumed in order, then `default`."""
+
+    def __init__(self, actions=(), default="ok", text=BOX_TEXT, delay=0.0):
+        self.actions = list(actions)
+        self.default = default
+        self.text = text
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.posts = []  # parsed bodies of the chat requests, in arrival order
+        self.active = 0
+        self.peak = 0
+
+    def next_action(self):
+        with self.lock:
+            return self.actions.pop(0) if self.actions else self.default
+
+
+class Handler(BaseHTTPRequestHandler):
+    script: Script
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def _json(self, status, body, headers=()):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": "fake", "geovlm": {"family": "geochat"}}]})
+        else:
+            self._json(200, {"status": "ok"})
+
+    def do_POST(self):  # noqa: N802
+        script = self.script
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with script.lock:
+            script.posts.append(body)
+            script.active += 1
+            script.peak = max(script.peak, script.active)
+        try:
+            self._answer(script, script.next_action(), body)
+        finally:
+            with script.lock:
+                script.active -= 1
+
+    def _answer(self, script, action, body):
+        if action == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if action == "slow":
+            time.sleep(3.0)
+        time.sleep(script.delay)
+        if action in ("429", "503-wait"):
+            wait = "0" if action == "429" else "30"
+            self._json(int(action[:3]), {"error": {"message": "busy"}}, [("Retry-After", wait)])
+        elif action in ("500", "503"):
+            self._json(int(action), {"error": {"message": "it broke"}})
+        elif action == "400":
+            self._json(400, {"error": {"message": "bad image, says the server"}})
+        elif body.get("stream"):
+            self._stream(script.text, broken=action == "stream-drop")
+        else:
+            reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": script.text}}]}
+            self._json(200, reply)
+
+    def _stream(self, text, broken):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+        for n, piece in enumerate(pieces):
+            if broken and n == 2:
+                self.connection.shutdown(2)
+                return
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b": a comment line\n\ndata: [DONE]\n\n")
+
+
+class FakeEngines:
+    """Fake engines on free loopback ports: `start(script)` gives a URL, `stop(url)` closes its port."""
+
+    def __init__(self):
+        self.servers = {}
+
+    def __call__(self, script):
+        handler = type("ScriptedHandler", (Handler,), {"script": script})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        self.servers[url] = server
+        return url
+
+    def stop(self, url):
+        server = self.servers.pop(url)
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def serve():
+    engines = FakeEngines()
+    yield engines
+    for url in list(engines.servers):
+        engines.stop(url)
+
+
+def client_for(urls, **options):
+    options.setdefault("backoff", 0.02)
+    options.setdefault("timeout", 5.0)
+    return EngineClient(urls, **options)
+
+
+def test_request_body_and_parsed_answer(serve):
+    script = Script()
+    client = client_for(serve(script) + "/v1")
+    image = png(200, 100)
+    text, answer = client.ask(image, None, "the plane", task="refer")
+    assert text == BOX_TEXT
+    [body] = script.posts
+    assert body["model"] == "fake"
+    assert body["temperature"] == 0.0 and body["stream"] is False and body["stop"] == ["</s>"]
+    image_part, text_part = body["messages"][0]["content"]
+    assert base64.b64decode(image_part["image_url"]["url"].split(",", 1)[1]) == image
+    assert text_part["text"] == "[refer] Give me the location of <p> the plane </p>"
+    assert "<image>" not in json.dumps(body)
+    # The family profile (read from /v1/models) parsed the box in pixels of the 200x100 image sent.
+    [obj] = answer.objects
+    xs = [p[0] for p in obj.polygon]
+    assert min(xs) == pytest.approx(20, abs=1.5) and max(xs) == pytest.approx(100, abs=1.5)
+
+
+def test_conversation_turns_keep_their_roles(serve):
+    script = Script()
+    client = client_for(serve(script), profile="llava15")
+    turns = [("user", "what is this?"), ("assistant", "a field"), ("user", "and the road?")]
+    client.ask(png(), (200, 100), turns)
+    messages = script.posts[0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] == "a field" and messages[2]["content"] == "and the road?"
+    with pytest.raises(ValueError):
+        client.ask(png(), (200, 100), [("assistant", "hi")])
+
+
+def test_retries_429_and_5xx_with_backoff(serve):
+    script = Script(["429", "500", "503"])
+    client = client_for(serve(script), backoff=0.1)
+    started = time.monotonic()
+    text, _ = client.ask(png(), (200, 100), "q")
+    assert text == BOX_TEXT and len(script.posts) == 4
+    # 429 said Retry-After: 0; then 0.2 and 0.4 s nominal, jittered to at least half.
+    assert time.monotonic() - started >= 0.3
+
+
+def test_gives_up_after_the_attempts(serve):
+    script = Script(default="500")
+    client = client_for(serve(script), attempts=3)
+    with pytest.raises(EngineError, match="after 3 attempts.*it broke") as caught:
+        client.ask(png(), (200, 100), "q")
+    assert caught.value.status == 500 and len(script.posts) == 3
+
+
+def test_client_errors_are_not_retried(serve):
+    script = Script(["400"])
+    client = client_for(serve(script))
+    with pytest.raises(EngineError, match="bad image, says the server") as caught:
+        client.ask(png(), (200, 100), "q")
+    assert caught.value.status == 400 and len(script.posts) == 1
+
+
+def test_dropped_connection_is_retried(serve):
+    script = Script(["drop", "drop"])
+    client = client_for(serve(script))
+    assert client.ask(png(), (200, 100), "q")[0] == BOX_TEXT
+    assert len(script.posts) == 3
+
+
+def test_timeout_then_retry(serve):
+    script = Script(["slow"])
+    client = client_for(serve(script), timeout=0.5)
+    started = time.monotonic()
+    assert client.ask(png(), (200, 100), "q")[0] == BOX_TEXT
+    assert len(script.posts) == 2 and time.monotonic() - started < 2.5
+
+
+def test_stream_pieces_and_restart_after_a_broken_stream(serve):
+    script = Script(["stream-drop"])
+    client = client_for(serve(script))
+    shown = []
+    text, answer = client.ask(
+        png(), (200, 100), "q", on_token=shown.append, on_restart=lambda: shown.append("<restart>")
+    )
+    assert text == BOX_TEXT and len(answer.objects) == 1
+    restart = shown.index("<restart>")
+    assert "".join(shown[:restart]) == BOX_TEXT[:8]  # two pieces came before the drop
+    assert "".join(shown[restart + 1 :]) == BOX_TEXT
+    assert all(body["stream"] for body in script.posts) and len(script.posts) == 2
+
+
+def test_cancel_from_another_thread_during_a_slow_reply(serve):
+    script = Script(default="slow")
+    client = client_for(serve(script), timeout=30)
+    token = CancelToken()
+    threading.Timer(0.3, token.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        client.ask(png(), (200, 100), "q", cancel=token)
+    assert time.monotonic() - started < 1.5 and len(script.posts) == 1
+
+
+def test_cancel_during_backoff(serve):
+    script = Script(default="503-wait")  # Retry-After: 30, capped to max_backoff
+    client = client_for(serve(script), max_backoff=20)
+    token = CancelToken()
+    threading.Timer(0.3, token.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        client.ask(png(), (200, 100), "q", cancel=token)
+    assert time.monotonic() - started < 1.5 and len(script.posts) == 1
+
+
+def test_each_request_goes_to_the_least_busy_endpoint(serve):
+    slow, fast = Script(delay=1.0), Script(delay=0.02)
+    client = client_for([serve(slow), serve(fast)], max_concurrent=3)
+    threads = []
+    for i in range(6):
+        threads.append(threading.Thread(target=client.ask, args=(png(), (200, 100), f"q{i}")))
+        threads[-1].start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    # Once the slow endpoint holds one request, the idle one is always less busy.
+    assert len(slow.posts) <= 1 and len(fast.posts) >= 5
+
+
+def test_concurrency_limit_per_endpoint(serve):
+    scripts = [Script(delay=0.3), Script(delay=0.3)]
+    client = client_for([serve(s) for s in scripts], max_concurrent=2)
+    jobs = [AskJob(png(), (200, 100), f"q{i}") for i in range(8)]
+    started = time.monotonic()
+    results = client.ask_many(jobs)
+    elapsed = time.monotonic() - started
+    assert all(r[0] == BOX_TEXT for r in results)
+    assert [len(s.posts) for s in scripts] == [4, 4]
+    assert [s.peak for s in scripts] == [2, 2]  # never more than the limit on one endpoint
+    assert 0.55 < elapsed < 1.2  # two rounds of four at once
+
+
+def test_a_dead_endpoint_is_avoided_and_every_job_answered_once(serve):
+    live = Script()
+    dead = serve(Script())
+    client = client_for([dead, serve(live)], max_concurrent=2)
+    client.profile()  # learnt from the first endpoint while it was up
+    serve.stop(dead)  # from now on its connections are refused
+    calls = []
+    jobs = [AskJob(png(), (200, 100), f"question {i}") for i in range(12)]
+    results = client.ask_many(jobs, on_result=lambda i, r: calls.append(i))
+    assert sorted(calls) == list(range(12))
+    assert all(r[0] == BOX_TEXT for r in results)
+    asked = sorted(body["messages"][0]["content"][1]["text"] for body in live.posts)
+    assert asked == sorted(f"question {i}" for i in range(12))
+    assert client.endpoints[0].failures >= 1
+
+
+def test_replaceable_transport():
+    """A transport that is not HTTP at all (as the QGIS one will be): whole bodies, no streaming."""
+
+    class Canned(Transport):
+        def __init__(self):
+            self.seen = []
+
+        def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+            self.seen.append((method, url, headers.get("Authorization")))
+            if url.endswith("/v1/models"):
+                data = {"data": [{"id": "canned"}]}
+            else:
+                data = {"choices": [{"message": {"content": BOX_TEXT}}]}
+            return HttpResponse(200, {}, iter([json.dumps(data).encode()]), lambda: None)
+
+    transport = Canned()
+    client = EngineClient("https://engine.example:9000", api_key="k", profile="geochat", transport=transport)
+    text, answer = client.ask(png(), (200, 100), "q")
+    assert text == BOX_TEXT and len(answer.objects) == 1
+    assert transport.seen == [
+        ("GET", "https://engine.example:9000/v1/models", "Bearer k"),
+        ("POST", "https://engine.example:9000/v1/chat/completions", "Bearer k"),
+    ]
+
+
+def test_engine_without_a_family_needs_a_profile():
+    class NoFamily(Transport):
+        def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+            return HttpResponse(200, {}, iter([b'{"data": [{"id": "llava-hf/llava-1.5-7b-hf"}]}']), lambda: None)
+
+    with pytest.raises(EngineError, match="configure the profile"):
+        EngineClient("http://127.0.0.1:1", transport=NoFamily()).ask(png(), (200, 100), "q")
+
+
+def test_image_size_from_png_and_jpeg():
+    assert image_size_of(png(321, 123)) == (321, 123)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="JPEG")
+    assert image_size_of(buffer.getvalue()) == (64, 48)
+    with pytest.raises(ValueError):
+        image_size_of(b"GIF89a....")
