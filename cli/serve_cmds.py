@@ -1,0 +1,185 @@
+"""`geovlm serve` (the engine server) and `geovlm engine-check`; `engine_for(args)` gives other commands a
+client, starting a local engine when no `--engine URL` is given."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from . import CliError
+
+KEY_VARIABLE = "GEOVLM_API_KEY"
+
+
+def register(sub) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Serve a vision-language model over the OpenAI chat-completions API (with images). "
+        "Without --model it serves the demo model, a random stand-in whose answers are noise.",
+    )
+    serve.add_argument("--model", metavar="DIR", help="llava-hf checkpoint folder (default: the demo model)")
+    serve.add_argument("--family", help="model family, when the checkpoint does not say")
+    serve.add_argument("--encoder", metavar="FILE.onnx", help="ONNX vision encoder (default: exported once)")
+    serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port; 0 takes a free one (default: 8000)")
+    serve.add_argument("--api-key", help=f"require this bearer key (or set {KEY_VARIABLE})")
+    serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
+    serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
+    serve.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens accepted")
+    serve.add_argument("--batch-window-ms", type=float, default=10.0, help="batching window (default: 10)")
+    serve.add_argument("--max-batch", type=int, default=8, help="largest batch (default: 8)")
+    serve.add_argument("--max-queue", type=int, default=256, help="queued requests before 429")
+    serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
+    serve.add_argument("--ready-file", help="write {url, pid} as JSON here once listening (for launchers)")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser(
+        "engine-check",
+        help="ask an engine (or a local one) one question about a test image",
+        description="Check an engine: health, the served model, and one streamed answer about a test image.",
+    )
+    add_engine_args(check)
+    check.add_argument("--question", default="Describe the image.", help="the question to ask")
+    check.add_argument("--max-tokens", type=int, default=32)
+    check.set_defaults(func=cmd_engine_check)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The options `engine_for` reads: --engine, --api-key, --family, --model, --engine-python."""
+    parser.add_argument("--engine", metavar="URL[,URL...]", help="engine URL(s); default: a local one")
+    parser.add_argument("--api-key", help=f"bearer key of the engine (or set {KEY_VARIABLE})")
+    parser.add_argument("--family", help="model family (needed for vLLM: it does not report it)")
+    parser.add_argument("--model", metavar="DIR", help="checkpoint of the local engine (default: demo)")
+    parser.add_argument("--engine-python", help="Python that runs the local engine (default: this one)")
+    parser.add_argument("--max-concurrent", type=int, default=4, help="requests in flight per engine")
+
+
+def engine_for(args):
+    """An `EngineClient` for `args`: the --engine URLs, else a local engine started now (and stopped when
+    this process exits). The client's `local_engine` is that launcher, or None."""
+    from ..core.client import EngineClient
+    from ..engine.launcher import EngineStartError, LocalEngine
+
+    family = getattr(args, "family", None)
+    concurrent = getattr(args, "max_concurrent", 4)
+    if getattr(args, "engine", None):
+        key = getattr(args, "api_key", None) or os.environ.get(KEY_VARIABLE)
+        urls = [u.strip() for u in args.engine.split(",") if u.strip()]
+        client = EngineClient(urls, api_key=key, profile=family, max_concurrent=concurrent)
+        client.local_engine = None
+        return client
+    engine = LocalEngine(
+        python=getattr(args, "engine_python", None), model=getattr(args, "model", None), family=family
+    )
+    print("geovlm: starting a local engine ...", file=sys.stderr)
+    try:
+        url = engine.start()
+    except EngineStartError as exc:
+        raise CliError(f"the local engine did not start: {exc}") from exc
+    # More attempts than for a remote engine: a crashed local engine is restarted, which takes seconds.
+    client = EngineClient(url, api_key=engine.api_key, profile=family, max_concurrent=concurrent, attempts=8)
+    client.local_engine = engine
+    return client
+
+
+def default_model_dir():
+    """The demo model where `geovlm ask` keeps it, written with its encoder on first use; both are built in
+    a scratch folder that is then renamed, so engines started side by side never see half a model."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..models.demo_model import write_demo_model
+    from ..models.pipeline import ensure_encoder
+    from .engine_cmds import demo_model_dir
+
+    target = demo_model_dir()
+    if not (target / "geovlm.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        write_demo_model(scratch)
+        ensure_encoder(scratch)
+        try:
+            scratch.rename(target)
+        except OSError:  # another engine was faster
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def cmd_serve(args) -> int:
+    from ..engine.server import Settings, create_app, run
+    from ..models.checkpoints import CheckpointError
+    from ..models.encoder_runtime import EncoderError
+    from ..models.pipeline import VlmPipeline
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    key = args.api_key or os.environ.get(KEY_VARIABLE) or None
+    if not _is_loopback(args.host) and not key:
+        print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
+    if args.max_body_mb <= 0 or args.max_pixels <= 0 or args.max_batch < 1 or args.max_queue < 1:
+        raise CliError("--max-body-mb, --max-pixels, --max-batch and --max-queue must be positive")
+    model = args.model
+    if model is None:
+        model = default_model_dir()
+        print(f"geovlm serve: no --model given; serving the demo model at {model}, a random stand-in: "
+              "its answers are noise", file=sys.stderr)
+    try:
+        pipeline = VlmPipeline.load(model, family=args.family, encoder_onnx=args.encoder, device=args.device)
+    except (OSError, ValueError, CheckpointError, EncoderError) as exc:
+        raise CliError(str(exc)) from exc
+    settings = Settings(
+        api_key=key,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_tokens_limit=args.max_tokens,
+        batch_window_s=args.batch_window_ms / 1000.0,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+    )
+    try:
+        run(create_app(pipeline, settings), args.host, args.port, args.ready_file)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
+def cmd_engine_check(args) -> int:
+    import io
+    import json
+
+    from PIL import Image, ImageDraw
+
+    from ..core.client import EngineError
+
+    client = engine_for(args)
+    try:
+        health = client.health()
+        listing = client.models()
+        print(json.dumps({"health": health, "models": listing}, indent=2))
+        image = Image.new("RGB", (320, 240), (70, 110, 60))
+        ImageDraw.Draw(image).rectangle((100, 80, 180, 140), fill=(200, 200, 210))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        text, answer = client.ask(
+            buffer.getvalue(), (320, 240), args.question, max_tokens=args.max_tokens,
+            on_token=lambda piece: print(piece, end="", flush=True),
+        )
+        print(f"\n-- {answer.summary()}")
+    except EngineError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        if client.local_engine is not None:
+            client.local_engine.stop()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

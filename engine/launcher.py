@@ -1,0 +1,227 @@
+"""The embedded local engine: `geovlm serve` in a child process on a free loopback port.
+
+Standard library only, so the QGIS side can import it. The child runs from a configured Python with a clean
+environment (no QGIS PYTHONPATH, no PROJ/GDAL/Qt variables), binds port 0 on 127.0.0.1 and reports its URL
+through a ready file; the launcher then waits for /health. A failed start raises `EngineStartError` with
+the end of the engine's own output. A crashed engine is started again on the same port (a few times at
+most), and the engine is stopped when the launcher stops or the interpreter exits. Each launch gets a random
+API key, handed over in the environment (never on the command line), so other local users cannot use it.
+"""
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+log = logging.getLogger("geovlm.launcher")
+
+DROP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONUSERBASE")
+DROP_PREFIXES = ("QGIS", "PROJ_", "GDAL_", "CPL_", "OGR_", "QT_", "PYQGIS")
+KEY_VARIABLE = "GEOVLM_API_KEY"
+
+
+class EngineStartError(RuntimeError):
+    """The engine did not come up; the message ends with the engine's own last output."""
+
+
+def clean_environment(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """A copy of `base` (the current environment) without the variables QGIS sets for its own Python and
+    libraries, with the hub offline and output unbuffered."""
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if k not in DROP_VARIABLES and not k.upper().startswith(DROP_PREFIXES)
+    }
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+class LocalEngine:
+    """Starts, watches and stops one local engine. Use `start()` / `stop()` or a `with` block. `env` is the
+    environment to clean (default: this process's); `api_key` defaults to a fresh random one."""
+
+    def __init__(
+        self,
+        python: Optional[str] = None,
+        model: Optional[str] = None,
+        family: Optional[str] = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 300.0,
+        max_restarts: int = 3,
+        env: Optional[Mapping[str, str]] = None,
+        api_key: Optional[str] = None,
+    ):
+        self.python = python or sys.executable
+        self.model = model
+        self.family = family
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.max_restarts = max_restarts
+        self.api_key = api_key or secrets.token_urlsafe(24)
+        self.url: Optional[str] = None
+        self.restarts = 0
+        self.last_error: Optional[str] = None
+        self._env = clean_environment(env)
+        self._env[KEY_VARIABLE] = self.api_key
+        self._dir: Optional[Path] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Optional[Path]:
+        return self._dir / "engine.log" if self._dir else None
+
+    def command(self, port: int) -> List[str]:
+        args = [self.python, "-m", "geovlm", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--ready-file", str(self._dir / "ready.json")]
+        if self.model:
+            args += ["--model", str(self.model)]
+        if self.family:
+            args += ["--family", self.family]
+        return args + self.extra_args
+
+    def start(self) -> str:
+        """Start the engine and wait until it answers /health; returns its URL."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return self.url
+            self._stopping.clear()
+            self._dir = Path(tempfile.mkdtemp(prefix="geovlm-engine-"))
+            self._launch(0)
+            atexit.register(self.stop)
+            self._watcher = threading.Thread(target=self._watch, name="geovlm-engine-watch", daemon=True)
+            self._watcher.start()
+            return self.url
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the engine (SIGTERM, so requests in flight finish; killed after `timeout`)."""
+        self._stopping.set()
+        with self._lock:
+            if self._proc is not None:
+                _terminate(self._proc, timeout)
+                self._proc = None
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+        atexit.unregister(self.stop)
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(5)
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> LocalEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ internals
+
+    def _launch(self, port: int) -> None:
+        ready = self._dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        logfile = open(self.log_path, "ab")  # the child writes to it
+        # Windows: no console window, and Ctrl+C in QGIS's console does not reach the engine.
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        flags |= getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+        try:
+            self._proc = subprocess.Popen(  # a fixed argument list, no shell
+                self.command(port),
+                env=self._env,
+                cwd=str(self._dir),
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=os.name == "posix",
+                creationflags=flags,
+            )
+        except OSError as exc:
+            raise EngineStartError(f"could not run {self.python}: {exc}") from exc
+        finally:
+            logfile.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if self._proc.poll() is not None:
+                status = self._proc.returncode
+                raise EngineStartError(self._failure(f"the engine exited with status {status}"))
+            if ready.is_file():
+                url = json.loads(ready.read_text(encoding="utf-8"))["url"]
+                if _healthy(url):
+                    self.url = url
+                    log.info("local engine %s running at %s", self._proc.pid, url)
+                    return
+            time.sleep(0.1)
+        _terminate(self._proc, 5)
+        if self._stopping.is_set():
+            raise EngineStartError("the engine was stopped while starting")
+        raise EngineStartError(self._failure(f"no answer on /health within {self.start_timeout:.0f} s"))
+
+    def _failure(self, what: str, lines: int = 30) -> str:
+        try:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = []
+        self.last_error = what + (":\n" + "\n".join(tail) if tail else " (it wrote nothing)")
+        return self.last_error
+
+    def _watch(self) -> None:
+        """Start the engine again on its port when it dies, at most `max_restarts` times."""
+        while not self._stopping.wait(0.25):
+            with self._lock:
+                proc = self._proc
+                if proc is None or proc.poll() is None or self._stopping.is_set():
+                    continue
+                log.error("%s", self._failure(f"the local engine crashed (status {proc.returncode})"))
+                if self.restarts >= self.max_restarts:
+                    log.error("not restarting the local engine: %d restarts already", self.restarts)
+                    self._proc = None
+                    return
+                self.restarts += 1
+                port = int(self.url.rsplit(":", 1)[1])
+                try:
+                    self._launch(port)
+                except EngineStartError as exc:
+                    log.error("restarting the local engine failed: %s", exc)
+
+
+def _healthy(url: str) -> bool:
+    host, port = url[len("http://") :].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

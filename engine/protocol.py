@@ -1,0 +1,191 @@
+"""The OpenAI chat-completions body, read strictly: messages, one image as a data URI, sampling options.
+
+How plain OpenAI messages map onto a family's prompt: the image (an `image_url` part holding a PNG or JPEG
+data URI) belongs to the first user message, and the text parts of that message are the question; the
+server puts them into the family's prompt template, so no text may contain the `<image>` marker. Later
+user and assistant messages are further turns about the same image. System messages are not sent to the
+model: every family brings its own system prompt. Anything else malformed is a `ProtocolError` (HTTP 400).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+IMAGE_MARKER = "<image>"
+MAX_STOP = 4
+_DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
+
+
+class ProtocolError(Exception):
+    """A request the server cannot serve: `status` (400, 404, 413) and an OpenAI error type."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass
+class ChatRequest:
+    """What the server needs from one chat-completions body."""
+
+    image: np.ndarray
+    messages: List[Tuple[str, str]]
+    model: Optional[str] = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: Tuple[str, ...] = ()
+    seed: Optional[int] = None
+    stream: bool = False
+    include_usage: bool = False
+
+
+def decode_image(url: str, max_pixels: int) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from a PNG or JPEG data URI; the pixel count is checked before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    match = _DATA_URI.match(url)
+    if not match:
+        raise ProtocolError("image_url must be a data URI of a PNG or JPEG image (data:image/png;base64,...)")
+    try:
+        data = base64.b64decode(url[match.end() :], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("image_url holds invalid base64") from exc
+    try:
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as image:
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise ProtocolError(
+                    f"image has {pixels} pixels ({image.width}x{image.height}); the limit is {max_pixels}",
+                    status=413,
+                )
+            image.load()
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except ProtocolError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ProtocolError(f"image is too large: {exc}", status=413) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ProtocolError(f"image could not be decoded as PNG or JPEG: {exc}") from exc
+
+
+def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatRequest:
+    """Read a chat-completions body (bytes of JSON) into a `ChatRequest`."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("body must be a JSON object")
+    image, messages = _read_messages(body.get("messages"), max_pixels)
+    request = ChatRequest(image=image, messages=messages)
+    request.model = _opt(body, "model", str)
+    n = _opt(body, "n", int)
+    if n not in (None, 1):
+        raise ProtocolError("only n=1 is supported")
+    limit = _opt(body, "max_completion_tokens", int) or _opt(body, "max_tokens", int)
+    if limit is not None:
+        if not 1 <= limit <= max_tokens_limit:
+            raise ProtocolError(f"max_tokens must be between 1 and {max_tokens_limit}")
+        request.max_tokens = limit
+    temperature = _opt(body, "temperature", float)
+    if temperature is not None:
+        if not 0.0 <= temperature <= 2.0:
+            raise ProtocolError("temperature must be between 0 and 2")
+        request.temperature = temperature
+    top_p = _opt(body, "top_p", float)
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ProtocolError("top_p must be in (0, 1]")
+        request.top_p = top_p
+    request.stop = _read_stop(body.get("stop"))
+    request.seed = _opt(body, "seed", int)
+    request.stream = bool(_opt(body, "stream", bool))
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ProtocolError("stream_options must be an object")
+    request.include_usage = bool(options.get("include_usage"))
+    return request
+
+
+def _opt(body: dict, key: str, kind: type):
+    value = body.get(key)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{key} must be of type {kind.__name__}")
+    return value
+
+
+def _read_stop(value) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    valid = isinstance(stops, list) and len(stops) <= MAX_STOP
+    if not valid or not all(isinstance(s, str) and s for s in stops):
+        raise ProtocolError(f"stop must be a non-empty string or a list of at most {MAX_STOP} of them")
+    return tuple(stops)
+
+
+def _read_messages(messages, max_pixels: int) -> Tuple[np.ndarray, List[Tuple[str, str]]]:
+    if not isinstance(messages, list) or not messages:
+        raise ProtocolError("messages must be a non-empty list")
+    image = None
+    turns: List[Tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ProtocolError(f"messages[{i}] must be an object")
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise ProtocolError(f"messages[{i}].role {role!r} is not supported")
+        texts, urls = _read_content(message.get("content"), i)
+        if role in ("system", "developer"):
+            continue  # the family's own system prompt applies
+        if urls:
+            if role != "user" or turns or image is not None or len(urls) > 1:
+                raise ProtocolError("exactly one image is supported, in the first user message")
+            image = decode_image(urls[0], max_pixels)
+        text = "\n".join(t.strip() for t in texts if t.strip())
+        if IMAGE_MARKER in text:
+            raise ProtocolError(f"text must not contain {IMAGE_MARKER!r}; send the image as image_url")
+        if not turns and role != "user":
+            raise ProtocolError("the conversation must start with a user message")
+        if turns and turns[-1][0] == role:
+            raise ProtocolError("user and assistant messages must alternate")
+        turns.append((role, text))
+    if image is None:
+        raise ProtocolError("the first user message must carry an image (image_url with a data URI)")
+    if turns[-1][0] != "user":
+        raise ProtocolError("the last message must be a user message")
+    return image, turns
+
+
+def _read_content(content, index: int) -> Tuple[List[str], List[str]]:
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list):
+        raise ProtocolError(f"messages[{index}].content must be a string or a list of parts")
+    texts, urls = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str):
+                raise ProtocolError(f"messages[{index}]: image_url needs a url")
+            urls.append(url)
+        else:
+            raise ProtocolError(f"messages[{index}]: content parts must be text or image_url")
+    return texts, urls

@@ -1,0 +1,98 @@
+"""Reading OpenAI chat-completions bodies: messages to turns, the image data URI, limits, clear 400s."""
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geovlm.engine.protocol import ProtocolError, decode_image, parse_chat
+
+
+def data_uri(width=40, height=30, fmt="PNG", seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}", pixels
+
+
+def body(messages, **options):
+    return json.dumps({"model": "m", "messages": messages, **options}).encode()
+
+
+def first_turn(text="What is here?", url=None):
+    url = url or data_uri()[0]
+    parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return {"role": "user", "content": parts}
+
+
+def parse(raw, max_pixels=10_000, max_tokens=64):
+    return parse_chat(raw, max_pixels, max_tokens)
+
+
+def test_png_is_decoded_exactly_and_text_parts_become_the_question():
+    url, pixels = data_uri()
+    raw = body([first_turn("Describe", url)], max_tokens=20, temperature=0.5, stop="##", seed=3, stream=True)
+    chat = parse(raw)
+    assert np.array_equal(chat.image, pixels)
+    assert chat.messages == [("user", "Describe")]
+    assert (chat.max_tokens, chat.temperature, chat.stop, chat.seed, chat.stream) == (20, 0.5, ("##",), 3, True)
+
+
+def test_jpeg_and_a_multi_turn_conversation_without_system_messages():
+    url, _ = data_uri(fmt="JPEG")
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        first_turn("What is it?", url),
+        {"role": "assistant", "content": "A harbour."},
+        {"role": "user", "content": [{"type": "text", "text": "How many ships?"}]},
+    ]
+    chat = parse(body(messages))
+    assert chat.image.shape == (30, 40, 3) and chat.image.dtype == np.uint8
+    assert chat.messages == [("user", "What is it?"), ("assistant", "A harbour."), ("user", "How many ships?")]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (body([]), "non-empty list"),
+        (body([{"role": "user", "content": "no image"}]), "must carry an image"),
+        (body([first_turn("look at <image> here")]), "<image>"),
+        (body([first_turn(url="https://example.org/a.png")]), "data URI"),
+        (body([first_turn(url="data:image/png;base64,@@@")]), "invalid base64"),
+        (body([first_turn(url="data:image/png;base64," + base64.b64encode(b"not a png").decode())]), "decoded"),
+        (body([first_turn(url="data:image/gif;base64,R0lGODlh")]), "data URI"),
+        (body([first_turn(), {"role": "assistant", "content": "x"}]), "last message"),
+        (body([first_turn(), first_turn()]), "one image"),
+        (body([{"role": "tool", "content": "x"}]), "not supported"),
+        (body([first_turn()], n=2), "n=1"),
+        (body([first_turn()], max_tokens=65), "between 1 and 64"),
+        (body([first_turn()], max_tokens="5"), "type int"),
+        (body([first_turn()], temperature=3), "temperature"),
+        (body([first_turn()], stop=["a", "b", "c", "d", "e"]), "stop"),
+    ],
+)
+def test_malformed_bodies_are_clear_400s(raw, message):
+    with pytest.raises(ProtocolError, match=message) as caught:
+        parse(raw)
+    assert caught.value.status == 400
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    url, _ = data_uri(200, 100)
+    with pytest.raises(ProtocolError, match="20000 pixels") as caught:
+        decode_image(url, max_pixels=19_999)
+    assert caught.value.status == 413
+    assert decode_image(url, max_pixels=20_000).shape == (100, 200, 3)
+
+
+def test_truncated_png_is_a_400():
+    url, _ = data_uri(64, 64)
+    raw = base64.b64decode(url.split(",", 1)[1])
+    broken = "data:image/png;base64," + base64.b64encode(raw[: len(raw) // 2]).decode()
+    with pytest.raises(ProtocolError) as caught:
+        decode_image(broken, max_pixels=10_000)
+    assert caught.value.status == 400
