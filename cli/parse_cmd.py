@@ -1,12 +1,12 @@
 """`geovlm parse`: saved model answers -> georeferenced `objects` and `relations` layers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Tuple
 
+from ..core.answer_files import read_answers
 from ..core.georef import GeoTransform, ImageFrame
-from ..core.parsing import parse_answer
+from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile, parse_overrides
 from . import CliError
 
@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("input", help="JSON lines (answer in --field) or plain text, one answer a line")
     p.add_argument("--family", required=True, help=f"model family: {', '.join(family_names())}")
     p.add_argument("--field", default="answer", help="JSON field holding the answer (default: answer)")
+    p.add_argument("--question-field", default="question",
+                   help="JSON field holding the question; its <ref>/<p> phrase names unnamed boxes")
     p.add_argument("--raster", help="the raster the answers are about (its size, geotransform and CRS)")
     p.add_argument("--window", help="with --raster: the window col,row,width,height that was sent")
     p.add_argument("--geotransform", help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
@@ -61,29 +63,6 @@ def frame_from_args(args) -> ImageFrame:
     return ImageFrame(width, height, None, None)
 
 
-def read_answers(path: Path, field: str) -> Iterator[Tuple[int, str]]:
-    """(line number from 1, answer text); JSON lines when the first non-empty line is a JSON object."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc}") from None
-    first = next((ln for ln in lines if ln.strip()), "")
-    is_jsonl = first.lstrip().startswith("{")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            yield number, line
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise CliError(f"{path}:{number}: not a JSON object (the file looks like JSON lines)") from None
-        if not isinstance(record, dict) or field not in record:
-            raise CliError(f"{path}:{number}: no field {field!r}")
-        yield number, "" if record[field] is None else str(record[field])
-
-
 def run(args) -> int:
     from .layers_io import ParsedRecord, write_layers
 
@@ -96,9 +75,12 @@ def run(args) -> int:
         raise CliError(str(exc)) from None
     frame = frame_from_args(args)
     records = []
-    for number, text in read_answers(path, args.field):
-        answer = parse_answer(text, profile, (frame.width, frame.height))
-        records.append(ParsedRecord(number, profile.name, answer, frame))
+    try:
+        for number, text, question in read_answers(path, args.field, args.question_field):
+            answer = parse_answer(text, profile, (frame.width, frame.height), default_label=referred_phrase(question))
+            records.append(ParsedRecord(number, profile.name, answer, frame))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     result = write_layers(records, args.out)
     skipped = sum(len(r.answer.skipped) for r in records)
     warned = sum(1 for r in records if r.answer.warnings)

@@ -447,14 +447,25 @@ def plain_text(text: str, boxes: Sequence[RawBox]) -> str:
     return re.sub(r"[ \t]{2,}", " ", out).strip()
 
 
+_REFERRED = re.compile(r"<(?:ref|p)>(.*?)</(?:ref|p)>", re.DOTALL)
+
+
+def referred_phrase(question: str) -> str:
+    """The referring expression of a [refer] question (`<ref>..</ref>` or `<p>..</p>`), else ''."""
+    m = _REFERRED.search(question or "")
+    return " ".join(m.group(1).split()) if m else ""
+
+
 def parse_answer(
     text: str,
     profile: Profile,
     image_size: Tuple[int, int] = (100, 100),
     region: Optional[Tuple[float, float, float, float]] = None,
+    default_label: str = "",
 ) -> Answer:
     """Parse one answer. `image_size` is (width, height) of the image that was sent; `region` is the box the
-    question asked about (region-level scene graphs), in the family's numbers, which becomes object 0."""
+    question asked about (region-level scene graphs), in the family's numbers, which becomes object 0;
+    `default_label` names boxes the answer leaves unnamed (the phrase of a referring question)."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     width, height = image_size
@@ -476,6 +487,7 @@ def parse_answer(
             continue
         obj = box_to_object(raw, profile, plan, len(answer.objects))
         obj.source = text[raw.span[0] : raw.span[1]]
+        obj.label = obj.label or default_label
         key = (raw.label.lower(), raw.values, raw.angle)
         if key in seen:
             obj.flags += (REPEATED,)

@@ -1,0 +1,1 @@
+"""QGIS side of GeoVLM: the plugin, its Processing provider and algorithms (PyQGIS, Qt and numpy only)."""

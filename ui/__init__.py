@@ -1,0 +1,1 @@
+"""Qt widgets of the plugin (PyQGIS and Qt only)."""

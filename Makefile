@@ -1,0 +1,50 @@
+# GeoVLM: two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+PROFILE_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default/python/plugins
+DEMO_DIR ?= .demo
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export QT_QPA_PLATFORM := offscreen
+export GEOVLM_SHARED := $(abspath $(SHARED))
+unexport PROJ_LIB PROJ_DATA
+
+.PHONY: setup demo test bench lint zip install-plugin clean
+
+setup: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+# The main job on the embedded default: the demo model (a tiny random stand-in) answers about a real
+# aerial photo, and the answer's boxes land in a georeferenced layer.
+demo: setup
+	@mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/geovlm ask $(SHARED)/data/rasters/cogeo.tif "[grounding]Describe the image and locate what you name." \
+		--family geochat --max-new-tokens 48 --out $(DEMO_DIR)/ask.gpkg
+	$(VENV)/bin/geovlm parse $(SHARED)/data/answers/earthdial_refer_nwpu_vhr10.jsonl --family earthdial \
+		--image-size 800x800 --out $(DEMO_DIR)/earthdial_refer.gpkg
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/bandit -q -r . -c pyproject.toml -ll
+
+# A release zip for the QGIS plugin repository: one folder geovlm/, no tests, no venv.
+zip:
+	python3 scripts/make_zip.py dist/geovlm.zip
+
+install-plugin:
+	mkdir -p "$(PROFILE_DIR)"
+	ln -sfn "$(CURDIR)" "$(PROFILE_DIR)/geovlm"
+	@echo "linked $(CURDIR) as $(PROFILE_DIR)/geovlm; enable GeoVLM in QGIS's plugin manager"
+
+clean:
+	rm -rf build dist $(DEMO_DIR) .pytest_cache

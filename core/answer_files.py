@@ -1,0 +1,41 @@
+"""Saved answers on disk: JSON lines (the answer in one field) or plain text, one answer a line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Tuple
+
+
+def read_answers(path, field: str = "answer", question_field: str = "question") -> Iterator[Tuple[int, str, str]]:
+    """(line number from 1, answer text, question text or ''); JSON lines when the first non-empty line parses
+    as a JSON object.
+
+    Raises ValueError with the file and line for anything that is not readable as such.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            yield number, line, ""
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not a JSON object (the file looks like JSON lines)") from None
+        if not isinstance(record, dict) or field not in record:
+            raise ValueError(f"{path}:{number}: no field {field!r}")
+        question = record.get(question_field)
+        yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

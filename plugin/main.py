@@ -1,0 +1,46 @@
+"""The plugin object QGIS creates: registers the Processing provider and the toolbar entry."""
+from __future__ import annotations
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from .provider import ICON, GeoVlmProvider
+
+LOG_TAG = "GeoVLM"
+
+
+class GeoVlmPlugin:
+    def __init__(self, iface):
+        self.iface = iface
+        self.provider = None
+        self.actions = []
+
+    def initProcessing(self):  # noqa: N802 (QGIS calls it by this name)
+        self.provider = GeoVlmProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self):  # noqa: N802
+        self.initProcessing()
+        parse = QAction(QIcon(str(ICON)), "Parse saved answers into layers…", self.iface.mainWindow())
+        parse.triggered.connect(self.open_parse_dialog)
+        self.iface.addPluginToMenu("&GeoVLM", parse)
+        self.iface.addToolBarIcon(parse)
+        self.actions.append(parse)
+        QgsMessageLog.logMessage("GeoVLM loaded", LOG_TAG, Qgis.MessageLevel.Info)
+
+    def unload(self):
+        for action in self.actions:
+            self.iface.removePluginMenu("&GeoVLM", action)
+            self.iface.removeToolBarIcon(action)
+            action.deleteLater()
+        self.actions = []
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+
+    def open_parse_dialog(self):
+        """The GUI reuses the Processing algorithm: its own dialog, history and batch mode."""
+        from processing import execAlgorithmDialog
+
+        execAlgorithmDialog("geovlm:parseanswers", {})

@@ -1,0 +1,25 @@
+"""The GeoVLM Processing provider: its algorithms run from the toolbox, models and qgis_process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .alg_parse_answers import ParseAnswersAlgorithm
+
+ICON = Path(__file__).resolve().parents[1] / "icons" / "geovlm.svg"
+
+
+class GeoVlmProvider(QgsProcessingProvider):
+    def id(self):
+        return "geovlm"
+
+    def name(self):
+        return "GeoVLM"
+
+    def icon(self):
+        return QIcon(str(ICON))
+
+    def loadAlgorithms(self):  # noqa: N802
+        self.addAlgorithm(ParseAnswersAlgorithm())

@@ -1,0 +1,25 @@
+"""The release zip for the QGIS plugin repository: the tracked files under one folder `geovlm/`,
+without tests, benchmarks, CI or development files."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEFT_OUT_DIRS = ("tests/", "bench/", ".ci/", "scripts/", "docs/")
+LEFT_OUT_FILES = {"Makefile", "pyproject.toml", ".gitignore"}
+
+
+def main(out: Path) -> int:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    keep = [f for f in files if not f.startswith(LEFT_OUT_DIRS) and f not in LEFT_OUT_FILES and (ROOT / f).is_file()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(keep):
+            zf.write(ROOT / name, f"geovlm/{name}")
+    print(f"{out} ({len(keep)} files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "dist" / "geovlm.zip"))

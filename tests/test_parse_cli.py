@@ -1,0 +1,101 @@
+"""`geovlm parse`: saved answers -> layers that QGIS opens, with clear errors for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+from qgis.core import QgsVectorLayer
+
+from geovlm.cli import main
+
+
+def _layer(path, name):
+    layer = QgsVectorLayer(f"{path}|layername={name}", name, "ogr")
+    assert layer.isValid(), f"QGIS cannot open {path} {name}"
+    return layer
+
+
+def test_real_answers_to_a_geopackage_that_qgis_opens(data_dir, tmp_path, capsys):
+    out = tmp_path / "refer.gpkg"
+    src = data_dir / "answers" / "earthdial_refer_nwpu_vhr10.jsonl"
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("1601 answers, ")
+    objects = _layer(out, "objects")
+    n_objects = int(printed.split(", ")[1].split()[0])
+    assert objects.featureCount() == n_objects > 1000
+    assert [f.name() for f in objects.fields()][1:5] == ["line", "object_id", "label", "family"]
+    first = next(objects.getFeatures())
+    assert first["line"] == 1 and first["family"] == "earthdial" and first["kind"] in ("box", "rbox")
+    assert first["label"] == "4 white small storage tank at the top left"
+    assert _layer(out, "relations").featureCount() == 0
+
+
+def test_geotransform_and_crs_place_boxes_on_the_map(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n\n<p>ship</p> {<50><50><100><100>|<90>}\n")
+    out = tmp_path / "a.geojson"
+    args = ["parse", str(src), "--family", "geochat", "--geotransform", "2,0,1000,0,-2,5000",
+            "--crs", "EPSG:32631", "--image-size", "200x100", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert [f["properties"]["line"] for f in data["features"]] == [1, 3]
+    ring = data["features"][1]["geometry"]["coordinates"][0]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    # GeoChat pads 200x100 to a 200-pixel square, the image in its rows 50..150: 50..100 % is columns 100..200
+    # and rows 100..200 of the square, rows 50..150 of the image (the lower half lies in the padding).
+    assert (min(xs), max(xs)) == (1200, 1400) and (min(ys), max(ys)) == (4700, 4900)
+    assert "32631" in json.dumps(data.get("crs", {})) or _layer_crs(out) == "EPSG:32631"
+    assert (tmp_path / "a_relations.geojson").exists()
+
+
+def _layer_crs(path):
+    return QgsVectorLayer(str(path), "x", "ogr").crs().authid()
+
+
+def test_scene_graph_relations_become_lines(tmp_path):
+    src = tmp_path / "sg.jsonl"
+    text = ("<ref>cars</ref><rbox>({<10><10><4><2>|<90>}, {<20><10><4><2>|<90>})</rbox> "
+            "<rel>parked alongside with</rel> <ref>car_parking</ref><rbox>({<15><15><30><20>|<90>})</rbox>.")
+    src.write_text(json.dumps({"answer": text}) + "\n")
+    out = tmp_path / "sg.gpkg"
+    assert main(["parse", str(src), "--family", "skysensegpt", "--image-size", "512x512", "--out", str(out)]) == 0
+    rel = _layer(out, "relations")
+    assert rel.featureCount() == 2
+    feats = list(rel.getFeatures())
+    assert {f["predicate"] for f in feats} == {"parked alongside with"}
+    assert {f["object_id"] for f in feats} == {2}
+    line = feats[0].geometry().asPolyline()
+    assert (line[-1].x(), line[-1].y()) == pytest.approx((0.15 * 512, 0.15 * 512))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--family", "nosuch"], "unknown model family"),
+        (["--family", "geochat", "--geotransform", "1,2,3"], "six numbers"),
+        (["--family", "geochat", "--geotransform", "0,0,0,0,0,0"], "singular"),
+        (["--family", "geochat", "--image-size", "axb"], "WxH"),
+        (["--family", "geochat", "--raster", "RASTER/../SOURCES.md"], "cannot read raster"),
+        (["--family", "geochat", "--raster", "RASTER/missing.tif"], "raster not found"),
+        (["--family", "geochat", "--set", "angle_sense=2"], "angle_sense"),
+    ],
+)
+def test_bad_input_gives_a_clear_message(data_dir, tmp_path, capsys, args, message):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    args = [a.replace("RASTER", str(data_dir / "rasters")) for a in args]
+    assert main(["parse", str(src), *args, "--out", str(tmp_path / "o.gpkg")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_broken_json_lines_name_the_line(tmp_path, capsys):
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"answer": "x"}\n{"answer": \n')
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 2
+    assert "a.jsonl:2" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "geovlm", "--help"], capture_output=True, text=True, check=True)
+    assert "parse" in out.stdout
