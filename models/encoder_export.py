@@ -140,6 +140,7 @@ def export_encoder(
     import torch
 
     model_dir = Path(model_dir)
+    inspect_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_model(model_dir)

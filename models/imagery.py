@@ -29,7 +29,8 @@ def default_bands(count: int) -> Tuple[int, int, int]:
 
 
 def stretch_band(values: np.ndarray, valid: np.ndarray, percentiles=STRETCH) -> np.ndarray:
-    """Map the band's [p2, p98] over valid pixels to 0..255 (clipped); invalid pixels become 0."""
+    """Map the band's [p2, p98] over valid pixels to 0..255 (clipped); invalid pixels become 0, a constant
+    band 255 (0 where it is 0)."""
     data = values.astype(np.float64)
     valid = valid & np.isfinite(data)
     out = np.zeros(values.shape, dtype=np.uint8)

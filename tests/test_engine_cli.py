@@ -1,0 +1,83 @@
+"""`geovlm demo-model`, `export-encoder`, `ask` end to end on the demo model and the shared rasters."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import models_support as ms  # noqa: E402
+
+from geovlm.cli import main  # noqa: E402
+
+COGEO = ms.RASTERS / "cogeo.tif"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return ms.demo_dir(tmp_path_factory)
+
+
+def test_demo_model_command(tmp_path, capsys):
+    assert main(["demo-model", str(tmp_path / "d"), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and (tmp_path / "d" / "model.safetensors").is_file()
+    assert (tmp_path / "d" / "model.safetensors").stat().st_size < 5 << 20
+
+
+def test_export_encoder_command(demo, tmp_path, capsys):
+    out = tmp_path / "e.onnx"
+    assert main(["export-encoder", "--model", str(demo), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "max abs difference ONNX vs torch" in text and "batch 2" in text
+
+
+def test_ask_streams_and_writes_a_layer(demo, tmp_path, capsys):
+    import geopandas as gpd
+
+    out = tmp_path / "answer.gpkg"
+    argv = [
+        "ask",
+        str(COGEO),
+        "[grounding]Describe the image",
+        "--model",
+        str(demo),
+        "--window",
+        "256,256,400,300",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        str(out),
+        "--providers",
+        "CPUExecutionProvider",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "random" in captured.err and "stand-in" in captured.err
+    assert "12 tokens" in captured.err and "400x300 px" in captured.err
+    assert captured.out.strip()
+    layer = gpd.read_file(out, layer="objects")
+    assert layer.crs is not None and layer.crs.to_epsg() == 3857
+
+
+def test_ask_without_model_uses_the_demo_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GEOVLM_CACHE", str(tmp_path / "cache"))
+    assert main(["ask", str(ms.RASTERS / "sample_geotiff.tif"), "What is this?", "--max-new-tokens", "4"]) == 0
+    assert "demo model" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "demo-model" / "geovlm.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["ask", str(ms.RASTERS / "corrupt.tif"), "q"], "cannot read raster"),
+        (["ask", str(ms.RASTERS / "all-nodata.tif"), "q"], "nodata"),
+        (["ask", str(ms.RASTERS / "missing.tif"), "q"], "not found"),
+        (["ask", str(COGEO), "q", "--window", "1000,0,100,100"], "outside"),
+        (["ask", str(COGEO), "q", "--model", "/nonexistent/model"], "does not exist"),
+        (["export-encoder", "--model", "/nonexistent/model", "--out", "x.onnx"], "does not exist"),
+    ],
+)
+def test_clear_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""Rasters to RGB (band choice, grey, percentile stretch, nodata) and preprocessing geometry."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import models_support as ms  # noqa: E402
+
+from geovlm.models.imagery import ImageryError, read_rgb, stretch_band  # noqa: E402
+
+R = ms.RASTERS
+
+
+def _rio():
+    from geovlm.models.imagery import _rasterio
+
+    return _rasterio()
+
+
+def test_uint8_rgb_is_read_unchanged_and_windows_cut_right():
+    with _rio().open(R / "cogeo.tif") as ds:
+        full = ds.read().transpose(1, 2, 0)
+    image = read_rgb(R / "cogeo.tif")
+    assert image.dtype == np.uint8 and image.shape == (1024, 1024, 3)
+    np.testing.assert_array_equal(image, full)
+    np.testing.assert_array_equal(read_rgb(R / "cogeo.tif", (100, 200, 50, 30)), full[200:230, 100:150])
+    swapped = read_rgb(R / "cogeo.tif", (0, 0, 64, 64), bands=(3, 2, 1))
+    np.testing.assert_array_equal(swapped, full[:64, :64, ::-1])
+
+
+def test_four_band_uint16_uses_bands_1_2_3_and_the_alpha_mask():
+    image = read_rgb(R / "RGBA.uint16.tif")
+    with _rio().open(R / "RGBA.uint16.tif") as ds:
+        valid = ds.dataset_mask() > 0
+    assert image.shape == (411, 634, 3) and image.dtype == np.uint8
+    assert 0 < valid.sum() < valid.size
+    assert (image[~valid] == 0).all()
+    assert (image[valid] == 255).all()  # its valid pixels are a constant 10000: a constant band is white
+
+
+def test_one_band_uint16_becomes_grey_with_a_2_98_stretch():
+    image = read_rgb(R / "sample_geotiff.tif", (0, 0, 300, 200))
+    with _rio().open(R / "sample_geotiff.tif") as ds:
+        band = ds.read(1)[:200, :300].astype(float)
+        valid = band != ds.nodata
+    assert image.shape == (200, 300, 3)
+    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+    lo, hi = np.percentile(band[valid], (2, 98))
+    expected = np.round(np.clip((band - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0][valid], expected[valid])
+    assert image.max() == 255 and image.std() > 10
+
+
+def test_float_raster_is_stretched():
+    image = read_rgb(R / "float32.tif")
+    assert image.shape == (2, 3, 3) and image.dtype == np.uint8
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_stretch_ignores_nodata_and_outliers():
+    values = np.concatenate([np.zeros(500), np.arange(1, 1001), [60000]]).astype(np.uint16)
+    valid = values != 0
+    out = stretch_band(values, valid)
+    assert (out[~valid] == 0).all()
+    assert out[-1] == 255 and out[500] == 0  # the outlier clips; the 500 nodata zeros do not pull p2 down
+    assert abs(int(out[1000]) - 128) <= 2  # the median of the valid values lands mid-grey
+
+
+def test_bad_rasters_raise_clear_errors(tmp_path):
+    with pytest.raises(ImageryError, match="nodata"):
+        read_rgb(R / "all-nodata.tif")
+    with pytest.raises(ImageryError, match="cannot read raster"):
+        read_rgb(R / "corrupt.tif")
+    with pytest.raises(ImageryError, match="cannot read raster"):
+        read_rgb(tmp_path / "missing.tif")
+    with pytest.raises(ImageryError, match="outside the raster"):
+        read_rgb(R / "cogeo.tif", (1000, 0, 100, 10))
+    with pytest.raises(ImageryError, match="bands"):
+        read_rgb(R / "sample_geotiff.tif", bands=(1, 2, 3))
+
+
+@pytest.mark.parametrize("family,size", [("geochat", (300, 120)), ("geochat", (90, 200)), ("skysensegpt", (300, 120))])
+def test_fit_follows_the_georef_plan(family, size):
+    """A marker pixel block lands in the model input where core.georef says it does."""
+    from geovlm.core.georef import fit_plan
+    from geovlm.core.profiles import get_profile
+    from geovlm.models.preprocess import fit_image
+
+    profile = get_profile(family)
+    w, h = size
+    image = np.full((h, w, 3), 255, np.uint8)
+    x0, y0, x1, y1 = w // 4, h // 3, w // 4 + 20, h // 3 + 20
+    image[y0:y1, x0:x1] = (255, 0, 0)
+    plan = fit_plan(profile, w, h)
+    out = fit_image(image, plan, profile.pad_color)
+    assert out.shape == (plan.input_height, plan.input_width, 3)
+    red = (out[..., 0] > 200) & (out[..., 1] < 60)
+    rows, cols = np.nonzero(red)
+    (ix0, iy0), (ix1, iy1) = plan.image_to_input(x0, y0), plan.image_to_input(x1, y1)
+    assert abs(cols.min() - ix0) <= 2 and abs(cols.max() + 1 - ix1) <= 2
+    assert abs(rows.min() - iy0) <= 2 and abs(rows.max() + 1 - iy1) <= 2
+    if plan.mode == "pad":
+        corner = out[0, 0] if plan.offset_y > 0 else out[0, 0]
+        lx, ly = plan.image_to_input(0, 0)
+        if lx > 2 or ly > 2:
+            np.testing.assert_array_equal(corner, profile.pad_color)
