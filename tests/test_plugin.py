@@ -74,8 +74,11 @@ def test_algorithm_runs_from_qgis_process(data_dir, tmp_path):
     (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
     (tmp_path / "home").mkdir()
     env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"),
                XDG_RUNTIME_DIR=str(tmp_path), QT_QPA_PLATFORM="offscreen")
-    subprocess.run([str(exe), "plugins", "enable", "geovlm"], env=env, check=True, capture_output=True, timeout=120)
+    enable = subprocess.run([str(exe), "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
     answers = tmp_path / "a.txt"
     answers.write_text("{<0><0><50><50>|<90>}\n{<50><50><100><100>|<90>}\n")
     out = tmp_path / "objects.gpkg"
