@@ -1,9 +1,10 @@
 """What the QGIS plugin repository checks: metadata, licence, the release zip."""
 import configparser
 import subprocess
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 import geovlm
 
