@@ -72,8 +72,10 @@ def _frames(records: List[ParsedRecord]):
     return obj_df, rel_df
 
 
-def write_layers(records: Iterable[ParsedRecord], out_path) -> dict:
-    """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations."""
+def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None) -> dict:
+    """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations.
+
+    With `to_crs`, every vertex is reprojected (pyproj) from the images' CRS."""
     records = list(records)
     out = Path(out_path)
     if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
@@ -82,6 +84,13 @@ def write_layers(records: Iterable[ParsedRecord], out_path) -> dict:
     if len(crs_set) > 1:
         raise CliError("answers refer to images in different CRSs; write them separately")
     obj_df, rel_df = _frames(records)
+    if to_crs:
+        if obj_df.crs is None:
+            raise CliError("--to-crs needs answers about a georeferenced image with a CRS")
+        try:
+            obj_df, rel_df = obj_df.to_crs(to_crs), rel_df.to_crs(to_crs)
+        except Exception as exc:  # pyproj raises several types for a bad CRS
+            raise CliError(f"cannot reproject to {to_crs!r}: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # Pixel-space output has no CRS on purpose; pyogrio warns about that.

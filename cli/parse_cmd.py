@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--window", help="with --raster: the window col,row,width,height that was sent")
     p.add_argument("--geotransform", help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
     p.add_argument("--crs", help="CRS of --geotransform (EPSG:xxxx, WKT, PROJ string)")
+    p.add_argument("--to-crs", help="reproject the output to this CRS (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field, e.g. --set angle_sense=-1 --set upright_angle=0")
@@ -81,7 +82,7 @@ def run(args) -> int:
             records.append(ParsedRecord(number, profile.name, answer, frame))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    result = write_layers(records, args.out)
+    result = write_layers(records, args.out, to_crs=args.to_crs)
     skipped = sum(len(r.answer.skipped) for r in records)
     warned = sum(1 for r in records if r.answer.warnings)
     print(

@@ -99,3 +99,21 @@ def test_broken_json_lines_name_the_line(tmp_path, capsys):
 def test_console_script_and_module_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "geovlm", "--help"], capture_output=True, text=True, check=True)
     assert "parse" in out.stdout
+
+
+def test_to_crs_reprojects_every_vertex(data_dir, tmp_path):
+    from pyproj import Transformer
+
+    src = tmp_path / "a.txt"
+    src.write_text("{<10><20><60><70>|<120>}\n")
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    native, wgs84 = tmp_path / "native.geojson", tmp_path / "wgs84.geojson"
+    assert main(["parse", str(src), "--family", "geochat", "--raster", str(raster), "--out", str(native)]) == 0
+    assert main(["parse", str(src), "--family", "geochat", "--raster", str(raster), "--to-crs", "EPSG:4326",
+                 "--out", str(wgs84)]) == 0
+    ring_utm = json.loads(native.read_text())["features"][0]["geometry"]["coordinates"][0]
+    ring_geo = json.loads(wgs84.read_text())["features"][0]["geometry"]["coordinates"][0]
+    to_geo = Transformer.from_crs("EPSG:32616", "EPSG:4326", always_xy=True)
+    for (x, y), (lon, lat) in zip(ring_utm, ring_geo):
+        assert to_geo.transform(x, y) == pytest.approx((lon, lat), abs=1e-9)
+    assert main(["parse", str(src), "--family", "geochat", "--to-crs", "EPSG:4326", "--out", str(wgs84)]) == 2
