@@ -69,7 +69,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         await run_in_threadpool(batcher.stop, settings.request_timeout_s)
 
     app = FastAPI(title="GeoVLM engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_RequestLog)
+    in_flight = {"/v1/chat/completions": 0}
+    app.add_middleware(_RequestLog, in_flight=in_flight)
     app.state.batcher = batcher
 
     @app.exception_handler(ApiError)
@@ -100,6 +101,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
             "status": "ok",
             "model": model_name,
             "random_stand_in": bool(info.get("random_stand_in")),
+            "in_flight": in_flight["/v1/chat/completions"],
             "waiting": batcher.waiting,
             "requests": stats.requests,
             "batches": stats.batches,
@@ -248,10 +250,12 @@ def _sse_error(message: str) -> bytes:
 
 
 class _RequestLog:
-    """ASGI middleware: one log line per request (client, method, path, status, bytes, seconds, note)."""
+    """ASGI middleware: one log line per request (client, method, path, status, bytes, seconds, note), and
+    the number of requests in flight for the paths counted in `in_flight`."""
 
-    def __init__(self, app):
+    def __init__(self, app, in_flight: dict):
         self.app = app
+        self.in_flight = in_flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -266,9 +270,14 @@ class _RequestLog:
                 sent[0] += len(message.get("body", b""))
             await send(message)
 
+        counted = scope["path"] in self.in_flight
+        if counted:
+            self.in_flight[scope["path"]] += 1
         try:
             await self.app(scope, receive, send_logged)
         finally:
+            if counted:
+                self.in_flight[scope["path"]] -= 1
             client = scope.get("client") or ("-", 0)
             note = getattr(scope.get("state", {}), "get", lambda *_: "")("note", "")
             log.info(

@@ -1,0 +1,121 @@
+"""The embedded local engine: a clean environment, the demo model by default, a failed start reported with
+the engine's own error, a restart after a crash, a graceful stop; and the command line around it."""
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from geovlm.cli.serve_cmds import engine_for
+from geovlm.core.client import EngineClient
+from geovlm.engine.launcher import EngineStartError, LocalEngine, clean_environment
+
+QGIS_VARIABLES = {
+    "PYTHONPATH": "/usr/share/qgis/python",
+    "PYTHONHOME": "/usr",
+    "PROJ_LIB": "/qgis/proj",
+    "PROJ_DATA": "/qgis/proj",
+    "GDAL_DATA": "/qgis/gdal",
+    "GDAL_DRIVER_PATH": "/qgis/gdalplugins",
+    "QGIS_PREFIX_PATH": "/usr",
+    "QT_PLUGIN_PATH": "/qgis/qt",
+}
+
+
+def png(seed=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (seed * 40 % 256, 120, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_clean_environment_drops_what_qgis_sets():
+    env = clean_environment({"PATH": "/usr/bin", "HOME": "/home/u", "GEOVLM_CACHE": "/c", **QGIS_VARIABLES})
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/u" and env["GEOVLM_CACHE"] == "/c"
+    assert not set(QGIS_VARIABLES) & set(env)
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_failed_start_reports_the_engines_own_error(tmp_path):
+    engine = LocalEngine(model=str(tmp_path / "no-such-model"), start_timeout=120)
+    with pytest.raises(EngineStartError, match=r"exited with status 2(.|\n)*no-such-model does not exist"):
+        engine.start()
+    assert not engine.running()
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("geovlm-cache")
+
+
+def test_local_engine_lifecycle(cache, tmp_path):
+    # A QGIS-like environment whose PYTHONPATH would stop any Python that used it.
+    poisoned = tmp_path / "qgis-python"
+    poisoned.mkdir()
+    (poisoned / "sitecustomize.py").write_text("raise SystemExit('the QGIS PYTHONPATH reached the engine')\n")
+    env = {**os.environ, "GEOVLM_CACHE": str(cache), **QGIS_VARIABLES, "PYTHONPATH": str(poisoned)}
+    engine = LocalEngine(env=env, extra_args=["--batch-window-ms", "1500"], start_timeout=240)
+    try:
+        url = engine.start()
+        assert url.startswith("http://127.0.0.1:") and engine.running()
+        if Path(f"/proc/{engine.pid}/environ").exists():
+            environ = Path(f"/proc/{engine.pid}/environ").read_bytes().split(b"\0")
+            names = {item.split(b"=", 1)[0].decode() for item in environ if item}
+            assert not set(QGIS_VARIABLES) & names and "GEOVLM_API_KEY" in names
+            assert engine.api_key.encode() not in Path(f"/proc/{engine.pid}/cmdline").read_bytes()
+
+        client = EngineClient(url, api_key=engine.api_key, attempts=10, backoff=0.5)
+        [model] = client.models()["data"]
+        assert model["geovlm"]["random_stand_in"] is True  # no --model: the demo model, and it says so
+        assert (cache / "demo-model" / "geovlm.json").is_file()
+        first = client.ask(png(1), None, "Describe the image", max_tokens=6)[0]
+
+        crashed = engine.pid
+        os.kill(crashed, signal.SIGKILL)
+        again = client.ask(png(1), None, "Describe the image", max_tokens=6)[0]  # retried until it is back
+        assert again == first
+        assert engine.restarts == 1 and engine.pid != crashed and engine.url == url
+
+        # A request in flight (waiting in the 1.5 s batching window) when the engine is stopped still finishes.
+        result = {}
+        asking = threading.Thread(
+            target=lambda: result.update(text=client.ask(png(1), None, "Describe the image", max_tokens=6)[0])
+        )
+        asking.start()
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/health").json()["in_flight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        log_dir = engine.log_path.parent
+        engine.stop()
+        asking.join(30)
+        assert result == {"text": first}
+        assert not engine.running() and engine.pid is None and not log_dir.exists()
+    finally:
+        engine.stop()
+
+
+def test_engine_for_a_url_starts_nothing():
+    args = argparse.Namespace(engine="http://127.0.0.1:9/v1, http://127.0.0.1:10", api_key="k", family="llava")
+    client = engine_for(args)
+    assert [e.url for e in client.endpoints] == ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    assert client.local_engine is None and client.api_key == "k" and client.profile().name == "llava15"
+
+
+def test_engine_check_with_a_local_engine(cache):
+    env = dict(os.environ, GEOVLM_CACHE=str(cache))
+    out = subprocess.run(
+        [sys.executable, "-m", "geovlm", "engine-check", "--max-tokens", "5"],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "starting a local engine" in out.stderr
+    assert '"random_stand_in": true' in out.stdout and "objects" in out.stdout
