@@ -103,6 +103,18 @@ def test_local_engine_lifecycle(cache, tmp_path):
         engine.stop()
 
 
+def test_the_launcher_imports_only_the_standard_library():
+    """QGIS imports the launcher: it must not pull in the engine's packages."""
+    import ast
+
+    import geovlm.engine.launcher as launcher
+
+    tree = ast.parse(Path(launcher.__file__).read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
+    assert names and all(name.split(".")[0] in sys.stdlib_module_names | {"__future__"} for name in names)
+
+
 def test_engine_for_a_url_starts_nothing():
     args = argparse.Namespace(engine="http://127.0.0.1:9/v1, http://127.0.0.1:10", api_key="k", family="llava")
     client = engine_for(args)

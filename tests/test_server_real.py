@@ -136,6 +136,12 @@ def test_limits_and_errors_and_the_server_goes_on(engines):
         assert reply.status_code == 400
         still_serving()
 
+    # One log line per request, with its status.
+    log = engines[0].log_path.read_text()
+    assert log.count('"POST /v1/chat/completions" 401') == 3
+    assert log.count('"POST /v1/chat/completions" 413') == 2
+    assert log.count('"GET /v1/models" 401') == 1
+
 
 def test_a_full_queue_answers_429_with_retry_after(engines):
     url = engines[1].url + "/v1/chat/completions"
