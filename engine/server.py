@@ -71,7 +71,6 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     app = FastAPI(title="GeoVLM engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = {"/v1/chat/completions": 0}
     app.add_middleware(_RequestLog, in_flight=in_flight)
-    app.state.batcher = batcher
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
