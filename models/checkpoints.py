@@ -70,8 +70,7 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
         )
     if model_type != "llava":
         raise CheckpointError(
-            f"{path} holds a {model_type!r} model; the LLaVA engine loads llava-hf checkpoints"
-            " (model_type 'llava')"
+            f"{path} holds a {model_type!r} model; the LLaVA engine loads llava-hf checkpoints (model_type 'llava')"
         )
     if not list(path.glob("*.safetensors")):
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
@@ -83,9 +82,7 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
             )
         raise CheckpointError(f"{path} has no .safetensors weights")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(
-            f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the base model's"
-        )
+        raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); copy the base model's")
     meta_file = path / META_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     key = _family_of(path, meta, family)

@@ -21,8 +21,7 @@ _CORPUS = [
     "USER: <image>\nDescribe the image in detail.\n ASSISTANT: The image shows a harbour with several ships.",
     "[grounding]Describe the image [refer] Give me the location of <p> the white plane </p>",
     "[identify] What is the object present at [detection]Can you locate all the ships in the image?",
-    "<p>1 large harbor</p> {<36><56><76><80>|<90>} <p>1 white plane</p> "
-    "{<49><48><57><56>|<90>}<delim>{<35><54>}",
+    "<p>1 large harbor</p> {<36><56><76><80>|<90>} <p>1 white plane</p> {<49><48><57><56>|<90>}<delim>{<35><54>}",
     "There is 1 ship in the image: <rbox>({<50.00><50.00><7.81><1.95>|<30>})</rbox>",
     "<ref>cars</ref><rbox>({<12.50><40.00><3.00><1.50>|<90>})</rbox> <rel>parked alongside with</rel>",
     "airplane boat taxiway tank ship crane car apron dock storehouse truck terminal runway bridge road river",
@@ -54,9 +53,7 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
-def demo_config(
-    family: str = "geochat", vocab_size: int = 512, vision_hidden: int = 32, text_hidden: int = 64
-):
+def demo_config(family: str = "geochat", vocab_size: int = 512, vision_hidden: int = 32, text_hidden: int = 64):
     """The LlavaConfig of the demo model for `family` (its input size, 64 image tokens)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 

@@ -47,14 +47,10 @@ class OnnxEncoder:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises several untyped errors for bad files
-            raise EncoderError(
-                f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})"
-            ) from None
+            raise EncoderError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         if meta.get("geovlm.schema") != SCHEMA:
-            raise EncoderError(
-                f"{self.path} is an ONNX model but not a GeoVLM encoder (no {SCHEMA} metadata)"
-            )
+            raise EncoderError(f"{self.path} is an ONNX model but not a GeoVLM encoder (no {SCHEMA} metadata)")
         if meta.get("geovlm.schema_version") != SCHEMA_VERSION:
             raise EncoderError(
                 f"{self.path} has encoder schema version {meta.get('geovlm.schema_version')}, this GeoVLM "
@@ -62,9 +58,7 @@ class OnnxEncoder:
             )
         self.metadata: Dict[str, str] = meta
         self.provider = self.session.get_providers()[0]
-        log.info(
-            "vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted)
-        )
+        log.info("vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted))
         self.max_batch = max_batch
         self.input_name = self.session.get_inputs()[0].name
         self.file_hash = _file_sha256(self.path)
@@ -124,9 +118,7 @@ class OnnxEncoder:
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
         size = self.input_size
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size):
-            raise EncoderError(
-                f"encoder input must be [n, 3, {size}, {size}], got {list(pixel_values.shape)}"
-            )
+            raise EncoderError(f"encoder input must be [n, 3, {size}, {size}], got {list(pixel_values.shape)}")
         parts = [
             self.session.run(None, {self.input_name: pixel_values[i : i + self.max_batch]})[0]
             for i in range(0, len(pixel_values), self.max_batch)

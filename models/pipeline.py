@@ -34,9 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class GenRequest:
     image: np.ndarray  # HxWx3 uint8 RGB, the exact image whose pixels the client georeferences
-    messages: (
-        list  # [("user", text), ("assistant", text), ("user", text), ...]; the image is in the first turn
-    )
+    messages: list  # [("user", text), ("assistant", text), ("user", text), ...]; the image is in the first turn
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
@@ -116,9 +114,7 @@ class VlmPipeline:
         checkpoint = inspect_checkpoint(model_dir, family)
         lm = LanguageModel.load(checkpoint.path, device)
         if encoder_onnx is None:
-            cpu_fp32 = (
-                lm.device == "cpu" and lm.model.dtype.is_floating_point and lm.model.dtype.itemsize == 4
-            )
+            cpu_fp32 = lm.device == "cpu" and lm.model.dtype.is_floating_point and lm.model.dtype.itemsize == 4
             encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, lm.model if cpu_fp32 else None)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)
         encoder.check_fits(lm.hidden_size, lm.image_tokens, encoder_weights_hash(checkpoint.path))
