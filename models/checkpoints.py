@@ -110,12 +110,25 @@ def encoder_weights_hash(model_dir) -> str:
     return digest.hexdigest()
 
 
+def from_local_folder(cls, folder, **kwargs):
+    """`cls.from_pretrained` on a local folder only: never the hub, never remote code.
+
+    Every load of GeoVLM goes through here. The folder must exist; `local_files_only` and HF_HUB_OFFLINE stop
+    any download, so there is no hub revision to pin.
+    """
+    path = Path(folder).resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"not a folder: {path}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    kwargs.update(local_files_only=True, trust_remote_code=False)
+    return cls.from_pretrained(str(path), **kwargs)  # nosec B615 - a local folder, downloads are switched off
+
+
 def load_tokenizer(model_dir):
     """The checkpoint's tokenizer (local files, no remote code), padding on the left for batches."""
     from transformers import AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+    tok = from_local_folder(AutoTokenizer, model_dir)
     tok.padding_side = "left"
     return tok
 
@@ -126,13 +139,7 @@ def load_model(model_dir, dtype=None, device: str = "cpu"):
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()
-    model = LlavaForConditionalGeneration.from_pretrained(
-        str(model_dir),
-        dtype=dtype or torch.float32,
-        use_safetensors=True,
-        trust_remote_code=False,
-        local_files_only=True,
-    )
+    model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=dtype or torch.float32,
+                              use_safetensors=True)
     return model.to(device).eval()

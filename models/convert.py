@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 from ..core.profiles import get_profile
-from .checkpoints import META_FILE
+from .checkpoints import META_FILE, from_local_folder
 from .encoder_export import CLIP_MEAN, CLIP_STD
 
 SHARD_BYTES = 4 << 30
@@ -137,7 +137,7 @@ def _tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        tok = from_local_folder(AutoTokenizer, folder)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot load the tokenizer of {folder}: {exc}") from None
     tok.add_tokens(["<image>"], special_tokens=True)
@@ -302,7 +302,7 @@ def convert_rsllava(lora_dir, base, clip, out) -> Path:
     vision, vision_tensors = _clip(clip, None)
     tok = _tokenizer(lora_dir if any((lora_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")) else base)
     try:
-        text = AutoConfig.from_pretrained(str(base), local_files_only=True, trust_remote_code=False)
+        text = from_local_folder(AutoConfig, base)
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read the base config of {base}: {exc}") from None
     vocab = max(_vocab_rows(tok), text.vocab_size)
