@@ -74,6 +74,9 @@ def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int
                 rio_window = RioWindow(col, row, w, h)
             data = ds.read(list(chosen), window=rio_window, masked=True)
     except rasterio.errors.RasterioError as exc:
-        raise ImageryError(f"cannot read raster {path}: {exc}") from None
+        detail = str(exc)
+        if detail.startswith("Read failed"):
+            detail = "its header opens but its pixels cannot be read (a truncated or damaged file)"
+        raise ImageryError(f"cannot read raster {path}: {detail}") from None
     valid = ~np.ma.getmaskarray(data)
     return to_rgb8(np.ma.getdata(data), valid)

@@ -72,7 +72,7 @@ def test_stretch_ignores_nodata_and_outliers():
 def test_bad_rasters_raise_clear_errors(tmp_path):
     with pytest.raises(ImageryError, match="nodata"):
         read_rgb(R / "all-nodata.tif")
-    with pytest.raises(ImageryError, match="cannot read raster"):
+    with pytest.raises(ImageryError, match="truncated or damaged"):
         read_rgb(R / "corrupt.tif")
     with pytest.raises(ImageryError, match="cannot read raster"):
         read_rgb(tmp_path / "missing.tif")
