@@ -123,16 +123,23 @@ _GEOCHAT_BOX = re.compile(
 _GEOCHAT_START = re.compile(r"\{\s*<")
 
 
-def read_geochat(text: str, profile: Profile) -> Reading:
-    """GeoChat and MiniGPT-v2: {<x1><y1><x2><y2>|<angle>}, groups joined by }{, <delim> or ', '."""
+def _read_inline_boxes(text: str, pattern: re.Pattern) -> Reading:
+    """Boxes written inline as four numbers and an optional angle (groups 1-4 and 5), labelled by the text
+    before them; a box right after another inherits its label."""
     reading = Reading()
     prev_end, prev_label = 0, ""
-    for m in _GEOCHAT_BOX.finditer(text):
+    for m in pattern.finditer(text):
         values = _floats(m.group(1, 2, 3, 4))
-        angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
+        angle = _floats([m.group(5)])[0] if pattern.groups >= 5 and m.group(5) is not None else None
         label = _label_between(text, prev_end, m.start(), prev_label)
         reading.boxes.append(RawBox(values, angle, "xyxy", m.span(), label))
         prev_end, prev_label = m.end(), label
+    return reading
+
+
+def read_geochat(text: str, profile: Profile) -> Reading:
+    """GeoChat and MiniGPT-v2: {<x1><y1><x2><y2>|<angle>}, groups joined by }{, <delim> or ', '."""
+    reading = _read_inline_boxes(text, _GEOCHAT_BOX)
     covered = [b.span for b in reading.boxes]
     reading.skipped += _skip_unmatched(text, _GEOCHAT_START, covered, "incomplete {<..>} box")
     return reading
@@ -144,18 +151,10 @@ _EARTHDIAL_START = re.compile(rf"\[\s*\[|\[\s*{NUM}\s*,")
 
 def read_earthdial(text: str, profile: Profile) -> Reading:
     """EarthDial: [[x1, y1, x2, y2, angle]], several as [[..]][[..]] or [[..], [..]]."""
-    reading = Reading()
-    prev_end, prev_label = 0, ""
-    for m in _EARTHDIAL_BOX.finditer(text):
-        values = _floats(m.group(1, 2, 3, 4))
-        angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
-        label = _label_between(text, prev_end, m.start(), prev_label)
-        reading.boxes.append(RawBox(values, angle, "xyxy", m.span(), label))
-        prev_end, prev_label = m.end(), label
+    reading = _read_inline_boxes(text, _EARTHDIAL_BOX)
     covered = [b.span for b in reading.boxes]
-    # A group opener "[[" is covered when the box right after it matched.
-    covered += [(b.span[0] - 2, b.span[1]) for b in reading.boxes]
-    covered += [(b.span[0] - 3, b.span[1]) for b in reading.boxes]
+    # A group opener "[[" (or "[[[") is covered when the box right after it matched.
+    covered += [(b.span[0] - k, b.span[1]) for b in reading.boxes for k in (2, 3)]
     reading.skipped += _skip_unmatched(text, _EARTHDIAL_START, covered, "incomplete [[..]] box")
     return reading
 
@@ -165,14 +164,7 @@ _LLAVA_BOX = re.compile(rf"\[\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM})\s*,\s*({NUM}
 
 def read_llava(text: str, profile: Profile) -> Reading:
     """LLaVA-1.5: [x1, y1, x2, y2] as fractions of the (padded) input."""
-    reading = Reading()
-    prev_end, prev_label = 0, ""
-    for m in _LLAVA_BOX.finditer(text):
-        values = _floats(m.group(1, 2, 3, 4))
-        label = _label_between(text, prev_end, m.start(), prev_label)
-        reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
-        prev_end, prev_label = m.end(), label
-    return reading
+    return _read_inline_boxes(text, _LLAVA_BOX)
 
 
 _RBOX_GROUP = re.compile(r"<rbox>\s*\((.*?)\)\s*</rbox>", re.DOTALL)
