@@ -2,9 +2,10 @@
 request batching gives over concurrency 1 (plus a run with batching off, to tell batching from overlap).
 
 Each request carries its own image (no encoder-cache hits) and asks for at most --tokens new tokens. The
-servers run as local engines on loopback; the client is GeoVLM's own (standard library only).
+servers run as local engines on loopback; the client is GeoVLM's own (standard library only). Each level
+runs in --rounds rounds and reports the median round, since a shared machine is noisy.
 
-    python bench/bench_serving.py [--tokens 16] [--requests 24]
+    python bench/bench_serving.py [--tokens 16] [--requests 16] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -57,25 +58,33 @@ def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int
     }
 
 
-def bench(extra_args, levels, per_level: int, tokens: int, seed: int):
+def bench(extra_args, levels, per_round: int, rounds: int, tokens: int, seed: int):
+    """The median round (by requests/s) of each concurrency level, on one fresh engine."""
     from geovlm.core.client import EngineClient
     from geovlm.engine.launcher import LocalEngine
 
     with LocalEngine(extra_args=extra_args) as engine:
         client = EngineClient(engine.url, api_key=engine.api_key, max_concurrent=max(levels))
         run_level(client, 2, 4, seed * 100_000, tokens)  # warm-up: first calls pay one-off costs
-        return [run_level(client, c, per_level * max(1, c // 4), seed * 100_000 + 1000 * c, tokens) for c in levels]
+        medians = []
+        for c in levels:
+            count = per_round * max(1, c // 4)
+            first = seed * 100_000 + 10_000 * c
+            runs = [run_level(client, c, count, first + 1000 * r, tokens) for r in range(rounds)]
+            medians.append(sorted(runs, key=lambda run: run["rps"])[rounds // 2])
+        return medians
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16, help="max new tokens per request")
-    parser.add_argument("--requests", type=int, default=48, help="requests per level (x c/4 above 4)")
+    parser.add_argument("--requests", type=int, default=16, help="requests per round (x c/4 above 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per level; the median is shown")
     args = parser.parse_args(argv)
 
     print("starting local engines (demo model, a random stand-in) ...", file=sys.stderr, flush=True)
-    batched = bench([], (1, 4, 16), args.requests, args.tokens, seed=1)
-    unbatched = bench(["--max-batch", "1"], (16,), args.requests, args.tokens, seed=2)
+    batched = bench([], (1, 4, 16), args.requests, args.rounds, args.tokens, seed=1)
+    unbatched = bench(["--max-batch", "1"], (16,), args.requests, args.rounds, args.tokens, seed=2)
     base = batched[0]["rps"]
     print(f"\nServing the demo model on CPU ({os.cpu_count()} cores), <= {args.tokens} new tokens per request")
     print(f"{'setup':<24}{'conc.':>6}{'req':>6}{'s':>7}{'req/s':>8}{'mean ms':>9}{'p95 ms':>8}"
@@ -84,7 +93,8 @@ def main(argv=None) -> int:
     for name, r in rows:
         print(f"{name:<24}{r['concurrency']:>6}{r['requests']:>6}{r['seconds']:>7.2f}{r['rps']:>8.2f}"
               f"{r['mean_ms']:>9.0f}{r['p95_ms']:>8.0f}{r['batch']:>7.1f}{r['rps'] / base:>9.2f}x")
-    print("speed-up: requests/s over concurrency 1; batch: mean requests per generate_batch call")
+    print(f"median of {args.rounds} rounds; speed-up: requests/s over concurrency 1; "
+          "batch: mean requests per generate_batch call")
     return 0
 
 
