@@ -66,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--providers", help="onnxruntime providers in order, comma-separated")
     p.add_argument("--out", help="OUT.gpkg or OUT.geojson for the grounded objects")
+    p.add_argument("--engine", metavar="URL[,URL...]|local",
+                   help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
+    p.add_argument("--api-key", help="bearer key of the engine (or set GEOVLM_API_KEY)")
     p.set_defaults(func=cmd_ask)
 
 
@@ -74,6 +77,28 @@ def demo_model_dir() -> Path:
     root = os.environ.get("GEOVLM_CACHE")
     base = Path(root) if root else Path(__file__).resolve().parents[1] / ".cache"
     return base / "demo-model"
+
+
+def ready_demo_model() -> Path:
+    """The demo model, written with its encoder on first use; both are built in a scratch folder that is then
+    renamed, so commands and engines started side by side never see half a model."""
+    import shutil
+    import tempfile
+
+    from ..models.demo_model import write_demo_model
+    from ..models.pipeline import ensure_encoder
+
+    target = demo_model_dir()
+    if not (target / "geovlm.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        write_demo_model(scratch)
+        ensure_encoder(scratch)
+        try:
+            scratch.rename(target)
+        except OSError:  # another engine was faster
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 def cmd_demo_model(args) -> int:
@@ -147,13 +172,9 @@ def cmd_ask(args) -> int:
         image = read_rgb(args.raster, window, _bands(args.bands))
     except ImageryError as exc:
         raise CliError(str(exc)) from None
-    model_dir = args.model
-    if model_dir is None:
-        model_dir = demo_model_dir()
-        if not (model_dir / "geovlm.json").is_file():
-            from ..models.demo_model import write_demo_model
-
-            write_demo_model(model_dir)
+    if args.engine:
+        return _ask_engine(args, image, frame)
+    model_dir = args.model or ready_demo_model()
     providers = args.providers.split(",") if args.providers else None
     try:
         pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers)
@@ -188,4 +209,42 @@ def cmd_ask(args) -> int:
         print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
     if info["random_stand_in"]:
         print(STAND_IN_NOTE, file=sys.stderr)
+    return 0
+
+
+def _ask_engine(args, image, frame) -> int:
+    """`ask` through the engine client: the PNG of the exact pixels goes out, the answer is georeferenced here."""
+    import io
+
+    from PIL import Image
+
+    from ..core.client import EngineError
+    from ..core.profiles import get_profile
+    from .serve_cmds import engine_for
+
+    if args.engine == "local":
+        args.engine = None  # engine_for starts the embedded engine
+    args.engine_python, args.max_concurrent = None, 1
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    client = engine_for(args)
+    try:
+        profile = get_profile(args.family) if args.family else client.profile()
+        text, answer = client.ask(
+            buffer.getvalue(), (image.shape[1], image.shape[0]), args.question, profile=profile,
+            on_token=lambda piece: print(piece, end="", flush=True), max_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed,
+        )
+    except (EngineError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if client.local_engine is not None:
+            client.local_engine.stop()
+    print()
+    print(f"[parsed: {answer.summary()}]", file=sys.stderr)
+    if args.out:
+        from .layers_io import ParsedRecord, write_layers
+
+        write_layers([ParsedRecord(1, profile.name, answer, frame)], args.out)
+        print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
     return 0

@@ -86,35 +86,12 @@ def engine_for(args):
     return client
 
 
-def default_model_dir():
-    """The demo model where `geovlm ask` keeps it, written with its encoder on first use; both are built in
-    a scratch folder that is then renamed, so engines started side by side never see half a model."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from ..models.demo_model import write_demo_model
-    from ..models.pipeline import ensure_encoder
-    from .engine_cmds import demo_model_dir
-
-    target = demo_model_dir()
-    if not (target / "geovlm.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
-        write_demo_model(scratch)
-        ensure_encoder(scratch)
-        try:
-            scratch.rename(target)
-        except OSError:  # another engine was faster
-            shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
 def cmd_serve(args) -> int:
     from ..engine.server import Settings, create_app, run
     from ..models.checkpoints import CheckpointError
     from ..models.encoder_runtime import EncoderError
     from ..models.pipeline import VlmPipeline
+    from .engine_cmds import ready_demo_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     key = args.api_key or os.environ.get(KEY_VARIABLE) or None
@@ -124,7 +101,7 @@ def cmd_serve(args) -> int:
         raise CliError("--max-body-mb, --max-pixels, --max-batch and --max-queue must be positive")
     model = args.model
     if model is None:
-        model = default_model_dir()
+        model = ready_demo_model()
         print(f"geovlm serve: no --model given; serving the demo model at {model}, a random stand-in: "
               "its answers are noise", file=sys.stderr)
     try:

@@ -81,3 +81,29 @@ def test_ask_without_model_uses_the_demo_model(tmp_path, capsys, monkeypatch):
 def test_clear_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ask_through_a_local_engine_equals_in_process(demo, tmp_path, capsys):
+    """The engine speaks in pixels: the PNG sent over HTTP gives the same greedy answer as in-process."""
+    common = ["ask", str(COGEO), "[grounding]Describe the image", "--model", str(demo),
+              "--window", "100,200,300,200", "--max-new-tokens", "10"]
+    assert main(common) == 0
+    in_process = capsys.readouterr().out.strip()
+    out = tmp_path / "via_engine.gpkg"
+    assert main(common + ["--engine", "local", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "starting a local engine" in captured.err
+    assert captured.out.strip() == in_process and in_process
+    assert out.is_file()
+
+
+def test_ask_with_an_engine_that_is_down_says_so(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    argv = ["ask", str(COGEO), "q", "--window", "0,0,64,64", "--engine", f"http://127.0.0.1:{port}",
+            "--family", "geochat", "--max-new-tokens", "2"]
+    assert main(argv) == 2
+    assert "127.0.0.1" in capsys.readouterr().err
