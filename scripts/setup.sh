@@ -23,6 +23,17 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch first, so the pinned CPU build is taken and no CUDA packages are pulled in.
 $PIP install "torch==2.13.0"
 # numpy<2: Debian's compiled packages break on 2. attrs>=23.2: Debian's is too old for our deps.
-$PIP install -e ".[engine,test,dev]" "numpy<2" "attrs>=23.2"
+# onnxruntime (CPU) by default; GEOVLM_ORT=gpu takes onnxruntime-gpu instead. Both own the module
+# `onnxruntime`, so the other one is removed first: never both in one venv.
+ORT=${GEOVLM_ORT:-cpu}
+case "$ORT" in
+    cpu) OTHER=onnxruntime-gpu ;;
+    gpu) OTHER=onnxruntime ;;
+    *) echo "setup: GEOVLM_ORT must be cpu or gpu, not $ORT" >&2; exit 2 ;;
+esac
+if "$VENV/bin/python" -m pip show -q "$OTHER" >/dev/null 2>&1; then
+    $PIP uninstall -y "$OTHER"
+fi
+$PIP install -e ".[engine,$ORT,test,dev]" "numpy<2" "attrs>=23.2"
 touch "$VENV/.stamp"
 echo "setup: done ($VENV)"
