@@ -35,7 +35,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/bandit -q -r . -c pyproject.toml -ll
+	$(VENV)/bin/bandit -q -r . -c pyproject.toml
 
 # A release zip for the QGIS plugin repository: one folder geovlm/, no tests, no venv.
 zip:

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import shutil
-import subprocess
+import subprocess  # nosec B404 - the launcher starts the engine, a fixed command
 import sys
 import tempfile
 import threading
@@ -145,7 +145,7 @@ class LocalEngine:
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
         flags |= getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
         try:
-            self._proc = subprocess.Popen(  # a fixed argument list, no shell
+            self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
                 self.command(port),
                 env=self._env,
                 cwd=str(self._dir),

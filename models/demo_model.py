@@ -38,7 +38,7 @@ def _train_tokenizer(vocab_size: int):
     corpus never shows become `<unk>`, so the random model writes readable word pieces."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # nosec B106 - a token, not a password
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
@@ -103,7 +103,8 @@ def write_demo_model(out_dir, seed: int = 0, family: str = "geochat") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer(vocab_size=400)
     for i, name in enumerate(SPECIAL):
-        assert tok.token_to_id(name) == i, "special tokens must keep their ids"
+        if tok.token_to_id(name) != i:
+            raise RuntimeError(f"special token {name} got id {tok.token_to_id(name)}, not {i}")
     config = demo_config(family, vocab_size=tok.get_vocab_size())
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
@@ -112,11 +113,11 @@ def write_demo_model(out_dir, seed: int = 0, family: str = "geochat") -> Path:
     model.save_pretrained(out, safe_serialization=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
+        bos_token="<s>",  # nosec B106 - tokens, not passwords
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>"},  # nosec B105
     )
     fast.padding_side = "left"
     fast.save_pretrained(out)
