@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import CliError
+from .parse_cmd import add_profile_overrides, profile_overrides
 
 STAND_IN_NOTE = (
     "NOTE: this is the demo model, a tiny randomly initialised stand-in: its answers are noise, "
@@ -69,6 +70,7 @@ def register(sub) -> None:
     p.add_argument("--engine", metavar="URL[,URL...]|local",
                    help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
     p.add_argument("--api-key", help="bearer key of the engine (or set GEOVLM_API_KEY)")
+    add_profile_overrides(p)
     p.set_defaults(func=cmd_ask)
 
 
@@ -177,8 +179,9 @@ def cmd_ask(args) -> int:
     model_dir = args.model or ready_demo_model()
     providers = args.providers.split(",") if args.providers else None
     try:
-        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers)
-    except (CheckpointError, EncoderError) as exc:
+        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers,
+                                profile_overrides(args))
+    except (CheckpointError, EncoderError, ValueError) as exc:
         raise CliError(str(exc)) from None
     info = pipe.info()
     if info["random_stand_in"]:
@@ -229,7 +232,8 @@ def _ask_engine(args, image, frame) -> int:
     Image.fromarray(image).save(buffer, format="PNG")
     client = engine_for(args)
     try:
-        profile = get_profile(args.family) if args.family else client.profile()
+        family = args.family or client.profile().name
+        profile = get_profile(family, **profile_overrides(args))
         text, answer = client.ask(
             buffer.getvalue(), (image.shape[1], image.shape[0]), args.question, profile=profile,
             on_token=lambda piece: print(piece, end="", flush=True), max_tokens=args.max_new_tokens,

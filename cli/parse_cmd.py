@@ -29,10 +29,21 @@ def register(sub) -> None:
     p.add_argument("--crs", help="CRS of --geotransform (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--to-crs", help="reproject the output to this CRS (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a profile field, e.g. --set angle_sense=-1 --set upright_angle=0")
+    add_profile_overrides(p)
     p.add_argument("--out", required=True, help="OUT.gpkg or OUT.geojson")
     p.set_defaults(func=run)
+
+
+def add_profile_overrides(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field, e.g. --set angle_sense=-1 --set upright_angle=0")
+
+
+def profile_overrides(args) -> dict:
+    try:
+        return parse_overrides(args.set)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _image_size(text: str) -> Tuple[int, int]:
@@ -71,7 +82,7 @@ def run(args) -> int:
     if not path.is_file():
         raise CliError(f"input not found: {path}")
     try:
-        profile = get_profile(args.family, **parse_overrides(args.set))
+        profile = get_profile(args.family, **profile_overrides(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     frame = frame_from_args(args)

@@ -9,6 +9,7 @@ import os
 import sys
 
 from . import CliError
+from .parse_cmd import add_profile_overrides, profile_overrides
 
 KEY_VARIABLE = "GEOVLM_API_KEY"
 
@@ -22,6 +23,7 @@ def register(sub) -> None:
     )
     serve.add_argument("--model", metavar="DIR", help="llava-hf checkpoint folder (default: the demo model)")
     serve.add_argument("--family", help="model family, when the checkpoint does not say")
+    add_profile_overrides(serve)
     serve.add_argument("--encoder", metavar="FILE.onnx", help="ONNX vision encoder (default: exported once)")
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -105,7 +107,8 @@ def cmd_serve(args) -> int:
         print(f"geovlm serve: no --model given; serving the demo model at {model}, a random stand-in: "
               "its answers are noise", file=sys.stderr)
     try:
-        pipeline = VlmPipeline.load(model, family=args.family, encoder_onnx=args.encoder, device=args.device)
+        pipeline = VlmPipeline.load(model, family=args.family, encoder_onnx=args.encoder, device=args.device,
+                                    overrides=profile_overrides(args))
     except (OSError, ValueError, CheckpointError, EncoderError) as exc:
         raise CliError(str(exc)) from exc
     settings = Settings(

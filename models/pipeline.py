@@ -110,7 +110,11 @@ class VlmPipeline:
         self.pad_color = tuple(int(v) for v in json.loads(encoder.metadata["geovlm.pad_color"]))
 
     @classmethod
-    def load(cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None) -> VlmPipeline:
+    def load(
+        cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None
+    ) -> VlmPipeline:
+        """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
+        and fit always win: preprocessing must match the graph)."""
         checkpoint = inspect_checkpoint(model_dir, family)
         lm = LanguageModel.load(checkpoint.path, device)
         if encoder_onnx is None:
@@ -118,7 +122,7 @@ class VlmPipeline:
             encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, lm.model if cpu_fp32 else None)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)
         encoder.check_fits(lm.hidden_size, lm.image_tokens, encoder_weights_hash(checkpoint.path))
-        profile = get_profile(checkpoint.family)
+        profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):
             log.warning("encoder metadata overrides the %s profile's input size / fit", profile.name)
             profile = profile.with_overrides(input_size=encoder.input_size, fit=encoder.fit)

@@ -107,3 +107,15 @@ def test_ask_with_an_engine_that_is_down_says_so(tmp_path, capsys):
             "--family", "geochat", "--max-new-tokens", "2"]
     assert main(argv) == 2
     assert "127.0.0.1" in capsys.readouterr().err
+
+
+def test_ask_profile_overrides_reach_prompt_and_parsing(demo, tmp_path, capsys):
+    from geovlm.models.pipeline import VlmPipeline
+
+    pipe = VlmPipeline.load(demo, overrides={"angle_sense": -1, "system": "Be brief."})
+    assert pipe.profile.angle_sense == -1 and pipe.profile.prompt("q").startswith("Be brief.")
+    argv = ["ask", str(COGEO), "q", "--model", str(demo), "--window", "0,0,64,64", "--max-new-tokens", "2"]
+    assert main(argv + ["--set", "angle_sense=3"]) == 2
+    assert "angle_sense" in capsys.readouterr().err
+    assert main(argv + ["--set", "nosuch=1"]) == 2
+    assert "unknown profile field" in capsys.readouterr().err
