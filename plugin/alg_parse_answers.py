@@ -54,10 +54,12 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         return ParseAnswersAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFile(self.INPUT, "Answers file",
-                                                     QgsProcessingParameterFile.Behavior.File))
-        self.addParameter(QgsProcessingParameterEnum(self.FAMILY, "Model family", options=list(family_names()),
-                                                     defaultValue=1))
+        self.addParameter(QgsProcessingParameterFile(
+            self.INPUT, "Answers file", QgsProcessingParameterFile.Behavior.File,
+            fileFilter="JSON lines (*.jsonl *.json);;Text, one answer a line (*.txt);;All files (*)"))
+        titles = [get_profile(name).title for name in family_names()]
+        self.addParameter(QgsProcessingParameterEnum(self.FAMILY, "Model family", options=titles,
+                                                     defaultValue=family_names().index("geochat")))
         self.addParameter(QgsProcessingParameterString(self.FIELD, "JSON field holding the answer",
                                                        defaultValue="answer"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster the answers are about",
