@@ -151,13 +151,19 @@ class Batcher:
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self._run(batch)
+
+    def _run(self, batch: List[Job]) -> None:
         try:
             results: List[GenResult] = self.pipeline.generate_batch([job.request for job in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"pipeline gave {len(results)} results for {len(batch)} requests")
-        except Exception as exc:  # every caller gets the failure
-            for job in batch:
-                job.future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            for job in batch:  # each alone, so that only the request at fault fails
+                self._run([job])
             return
         for job, result in zip(batch, results):
             job.batch_size = len(batch)

@@ -108,6 +108,8 @@ def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatReques
         request.top_p = top_p
     request.stop = _read_stop(body.get("stop"))
     request.seed = _opt(body, "seed", int)
+    if request.seed is not None and not -(2**63) <= request.seed < 2**64:
+        raise ProtocolError("seed must be between -2**63 and 2**64 - 1")
     request.stream = bool(_opt(body, "stream", bool))
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):

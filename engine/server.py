@@ -150,6 +150,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         except asyncio.TimeoutError as exc:
             job.cancel()
             raise ApiError(504, "generation timed out", "timeout_error") from exc
+        except ValueError as exc:  # the pipeline found the request unfit
+            raise ApiError(400, f"the model cannot take this request: {exc}") from exc
         except Exception as exc:  # the pipeline failed: report it, keep serving
             log.exception("generation failed")
             raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc

@@ -2,8 +2,11 @@
 `generate_batch`, streams run alone, a cancelled request is skipped, a full queue refuses, a slow request
 times out with 504 while the server goes on serving."""
 import base64
+import contextlib
 import io
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -131,3 +134,85 @@ def test_timeout_is_a_504_and_the_server_goes_on(pipeline):
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 4
         missing = client.get("/v2/nothing")
         assert missing.status_code == 404 and "no route" in missing.json()["error"]["message"]
+
+
+def chat_body(picture=0, text="Describe", **options):
+    buffer = io.BytesIO()
+    Image.fromarray(image(picture)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **options}
+
+
+def test_a_bad_seed_is_a_400_and_spares_its_window(pipeline):
+    from fastapi.testclient import TestClient
+
+    from geovlm.engine.server import Settings, create_app
+
+    with TestClient(create_app(pipeline, Settings(batch_window_s=0.3))) as client:
+        with ThreadPoolExecutor(2) as pool:
+            good, bad = pool.map(
+                lambda body: client.post("/v1/chat/completions", json=body),
+                [chat_body(1, seed=7), chat_body(2, seed=2**70)],
+            )
+    assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"]
+    assert bad.status_code == 400 and "seed" in bad.json()["error"]["message"]
+
+
+def test_a_failing_request_fails_alone(batcher_for, pipeline):
+    batcher, recorder = batcher_for(window_s=0.3, max_batch=4)
+    bad = gen(2)
+    bad.seed = 2**70  # past the protocol's check: torch refuses it inside the batch
+    jobs = [batcher.submit(r) for r in (gen(1), bad, gen(3))]
+    with pytest.raises(ValueError):
+        jobs[1].future.result(60)
+    texts = [jobs[i].future.result(60).text for i in (0, 2)]
+    assert texts == [pipeline.generate_batch([gen(i)])[0].text for i in (1, 3)]
+    assert recorder.calls[0] == ("batch", 3) and len(recorder.calls) == 4  # then each one alone
+
+
+class Poisoned(Recorder):
+    """Fails every batch holding a question with "poison" in it, as a model does on a bad input."""
+
+    def generate_batch(self, requests):
+        if any("poison" in r.messages[0][1] for r in requests):
+            self.calls.append(("failed", len(requests)))
+            raise ValueError("a poisoned request")
+        return super().generate_batch(requests)
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """`app` served by uvicorn on a free loopback port in a thread; yields its URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_the_client_gets_every_good_answer_beside_a_bad_request(pipeline):
+    from geovlm.core.client import AskJob, EngineClient, EngineError
+    from geovlm.engine.server import Settings, create_app
+
+    recorder = Poisoned(pipeline)
+    questions = ["Describe 1", "poison", "Describe 2", "Describe 3", "Describe 4"]
+    with live_server(create_app(recorder, Settings(batch_window_s=0.3))) as url:
+        png = base64.b64decode(chat_body()["messages"][0]["content"][0]["image_url"]["url"].split(",")[1])
+        jobs = [AskJob(png, None, q) for q in questions]
+        client = EngineClient(url, profile="geochat", max_concurrent=5, attempts=3, backoff=0.05)
+        results = client.ask_many(jobs, max_tokens=4)
+    assert all(isinstance(r, tuple) and r[0] for i, r in enumerate(results) if i != 1)
+    assert isinstance(results[1], EngineError) and results[1].status == 400
+    assert recorder.calls.count(("failed", 1)) == 1  # run alone once, and not sent again

@@ -38,6 +38,7 @@ def test_png_is_decoded_exactly_and_text_parts_become_the_question():
     assert np.array_equal(chat.image, pixels)
     assert chat.messages == [("user", "Describe")]
     assert (chat.max_tokens, chat.temperature, chat.stop, chat.seed, chat.stream) == (20, 0.5, ("##",), 3, True)
+    assert parse(body([first_turn()], seed=2**64 - 1)).seed == 2**64 - 1  # torch takes the whole range
 
 
 def test_jpeg_and_a_multi_turn_conversation_without_system_messages():
@@ -72,6 +73,8 @@ def test_jpeg_and_a_multi_turn_conversation_without_system_messages():
         (body([first_turn()], max_tokens=65), "between 1 and 64"),
         (body([first_turn()], max_tokens="5"), "type int"),
         (body([first_turn()], temperature=3), "temperature"),
+        (body([first_turn()], seed=2**64), "seed"),
+        (body([first_turn()], seed=-(2**63) - 1), "seed"),
         (body([first_turn()], stop=["a", "b", "c", "d", "e"]), "stop"),
     ],
 )
