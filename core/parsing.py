@@ -6,6 +6,7 @@ on model text: what cannot be read is reported in `Answer.skipped`.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -70,7 +71,7 @@ _IN_IMAGE = re.compile(r"\s+in\s+the\s+image\s*$", re.IGNORECASE)
 
 def clean_label(segment: str, max_words: int = 6) -> str:
     """A short label from the text before a box: tags, numbering and filler words removed."""
-    text = _BRACKETS.sub(" ", _TAGS.sub(" ", segment))
+    text = _BRACKETS.sub(" ", _TAGS.sub(" ", segment[-2000:]))
     parts = _BOUNDARY.split(text)
     text = parts[-1] if parts[-1].strip() else (parts[-2] if len(parts) > 1 else "")
     text = _ENUM.sub("", text).strip(" ,:;-\t")
@@ -105,9 +106,17 @@ def _floats(values: Sequence[str]) -> Optional[Tuple[float, ...]]:
 
 def _skip_unmatched(text: str, starts: re.Pattern, covered: List[Tuple[int, int]], reason: str) -> List[Skipped]:
     """Box-like starts that no full match covers: truncated or malformed boxes."""
+    merged: List[List[int]] = []
+    for a, b in sorted(covered):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    firsts = [a for a, _ in merged]
     out = []
     for m in starts.finditer(text):
-        if any(a <= m.start() < b for a, b in covered):
+        i = bisect.bisect_right(firsts, m.start()) - 1
+        if i >= 0 and m.start() < merged[i][1]:
             continue
         end = min(len(text), m.start() + 48)
         out.append(Skipped(text[m.start() : end], (m.start(), end), reason))
@@ -167,85 +176,103 @@ def read_llava(text: str, profile: Profile) -> Reading:
     return _read_inline_boxes(text, _LLAVA_BOX)
 
 
-_RBOX_GROUP = re.compile(r"<rbox>\s*\((.*?)\)\s*</rbox>", re.DOTALL)
+_TAIL = 256  # how far a tag may stand from what it belongs to (whitespace, "is"/"are")
+
+
+def tag_pairs(text: str, open_tag: str, close_tag: str) -> Tuple[List[Tuple[int, int, int, int]], List[int]]:
+    """(start, inner start, inner end, end) of each open...close pair, and the starts of unclosed open tags.
+
+    An open tag followed by another open before its close is unclosed. Linear in the text (a lazy `.*?`
+    regex rescans the rest of the text for every unclosed tag, which model text must not be able to force).
+    """
+    opens = [m.start() for m in re.finditer(re.escape(open_tag), text)]
+    closes = [m.start() for m in re.finditer(re.escape(close_tag), text)]
+    pairs, unclosed = [], []
+    for k, start in enumerate(opens):
+        inner = start + len(open_tag)
+        i = bisect.bisect_left(closes, inner)
+        following = opens[k + 1] if k + 1 < len(opens) else len(text) + 1
+        if i < len(closes) and closes[i] < following:
+            pairs.append((start, inner, closes[i], closes[i] + len(close_tag)))
+        else:
+            unclosed.append(start)
+    return pairs, unclosed
+
+
 _RBOX_ITEM = re.compile(
     rf"\{{\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*<\s*({NUM})\s*>\s*"
     rf"(?:\|\s*<\s*({NUM})\s*>\s*)?\}}"
 )
-_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
-_REL = re.compile(r"<rel>(.*?)</rel>", re.DOTALL)
 
 
 def read_skysense(text: str, profile: Profile) -> Reading:
     """SkySenseGPT: <ref>label</ref><rbox>({<cx><cy><w><h>|<a>}, ..)</rbox>, <rel>predicate</rel>."""
     reading = Reading()
-    groups: List[Tuple[int, int, List[int], str]] = []  # (start, end, box indices, label)
-    refs = [(m.start(), m.end(), m.group(1).strip()) for m in _REF.finditer(text)]
+    ref_pairs, _ = tag_pairs(text, "<ref>", "</ref>")
+    refs_by_end = {end: (start, text[i:j].strip()) for start, i, j, end in ref_pairs}
+    groups_by_start: Dict[int, Tuple[List[int], str]] = {}
+    groups_by_end: Dict[int, Tuple[List[int], str]] = {}
+    rbox_pairs, rbox_unclosed = tag_pairs(text, "<rbox>", "</rbox>")
     prev_end, prev_label = 0, ""
-    for g in _RBOX_GROUP.finditer(text):
-        ref = next((r for r in reversed(refs) if r[1] <= g.start() and not text[r[1] : g.start()].strip()), None)
-        label = ref[2] if ref else _label_between(text, prev_end, g.start(), prev_label)
+    for g_start, inner, inner_end, g_end in rbox_pairs:
+        offset = max(0, g_start - _TAIL)
+        ref = refs_by_end.get(offset + len(text[offset:g_start].rstrip()))
+        label = ref[1] if ref else _label_between(text, prev_end, g_start, prev_label)
         indices = []
-        for m in _RBOX_ITEM.finditer(g.group(1)):
+        for m in _RBOX_ITEM.finditer(text, inner, inner_end):
             values = _floats(m.group(1, 2, 3, 4))
             angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
-            span = (g.start(1) + m.start(), g.start(1) + m.end())
             indices.append(len(reading.boxes))
-            reading.boxes.append(RawBox(values, angle, "cxcywh", span, label))
-        groups.append((ref[0] if ref else g.start(), g.end(), indices, label))
-        prev_end, prev_label = g.end(), label
+            reading.boxes.append(RawBox(values, angle, "cxcywh", m.span(), label))
+        groups_by_start[ref[0] if ref else g_start] = (indices, label)
+        groups_by_end[g_end] = (indices, label)
+        prev_end, prev_label = g_end, label
     covered = [b.span for b in reading.boxes]
     reading.skipped += _skip_unmatched(text, _GEOCHAT_START, covered, "incomplete {<..>} rotated box")
-    open_groups = [m.start() for m in re.finditer(r"<rbox>", text)]
-    closed = {g.start() for g in _RBOX_GROUP.finditer(text)}
-    for start in open_groups:
-        if start not in closed:
-            reading.skipped.append(Skipped(text[start : start + 48], (start, start + 48), "unclosed <rbox>"))
+    for start in rbox_unclosed:
+        reading.skipped.append(Skipped(text[start : start + 48], (start, start + 48), "unclosed <rbox>"))
 
-    lone_refs = [r for r in refs if not any(g[0] == r[0] for g in groups)]
-    for rel in _REL.finditer(text):
-        subject = _entity_before(text, rel.start(), groups, lone_refs)
-        obj = _entity_after(text, rel.end(), groups, lone_refs)
-        predicate = " ".join(rel.group(1).split())
+    lone_refs = {start: ([], label) for end, (start, label) in refs_by_end.items() if start not in groups_by_start}
+    lone_refs_by_end = {end: ([], label) for end, (start, label) in refs_by_end.items() if start in lone_refs}
+    rel_pairs, _ = tag_pairs(text, "<rel>", "</rel>")
+    for start, inner, inner_end, end in rel_pairs:
+        subject = _entity_before(text, start, groups_by_end, lone_refs_by_end)
+        obj = _entity_after(text, end, groups_by_start, lone_refs)
+        predicate = " ".join(text[inner:inner_end].split())
         if subject is None or obj is None:
-            reading.skipped.append(Skipped(rel.group(0), rel.span(), "relation without subject or object"))
+            reading.skipped.append(Skipped(text[start:end], (start, end), "relation without subject or object"))
             continue
-        reading.relations.append(RawRelation(subject[0], predicate, obj[0], subject[1], obj[1], rel.span()))
+        reading.relations.append(RawRelation(subject[0], predicate, obj[0], subject[1], obj[1], (start, end)))
     reading.relations += _category_relations(text)
     return reading
 
 
-def _entity_before(text, pos, groups, lone_refs):
+def _entity_before(text, pos, groups_by_end, refs_by_end):
     """The boxes (or the target "it") just before a <rel>, with the label."""
-    window = re.sub(r"\b(?:is|are)$", "", text[:pos].rstrip()).rstrip()
-    end = len(window)
-    for _, g_end, indices, label in groups:
-        if g_end == end:
-            return indices, label
-    for _, r_end, label in lone_refs:
-        if r_end == end:
-            return [], label
+    offset = max(0, pos - _TAIL)
+    window = re.sub(r"\b(?:is|are)$", "", text[offset:pos].rstrip()).rstrip()
+    end = offset + len(window)
+    found = groups_by_end.get(end) or refs_by_end.get(end)
+    if found:
+        return found
     if re.search(r"\bit$", window, re.IGNORECASE):
         return [-1], "it"
     return None
 
 
-def _entity_after(text, pos, groups, lone_refs):
+def _entity_after(text, pos, groups_by_start, refs_by_start):
     """The boxes (or the target "it") just after a </rel>, with the label."""
-    rest = text[pos:]
+    rest = text[pos : pos + _TAIL]
     start = pos + (len(rest) - len(rest.lstrip()))
-    for g_start, _, indices, label in groups:
-        if g_start == start:
-            return indices, label
-    for r_start, _, label in lone_refs:
-        if r_start == start:
-            return [], label
+    found = groups_by_start.get(start) or refs_by_start.get(start)
+    if found:
+        return found
     if re.match(r"it\b", text[start : start + 3], re.IGNORECASE):
         return [-1], "it"
     return None
 
 
-_CATEGORY_REL = re.compile(r"([A-Za-z_]+)\s*<([a-z][a-z -]+?)>\s*([A-Za-z_]+)")
+_CATEGORY_REL = re.compile(r"(?<![A-Za-z_])([A-Za-z_]+)\s*<([a-z][a-z -]{0,60}?)>\s*([A-Za-z_]+)")
 
 
 def _category_relations(text: str) -> List[RawRelation]:
@@ -259,19 +286,20 @@ def _category_relations(text: str) -> List[RawRelation]:
 
 
 _QWEN2_BOX = re.compile(
-    rf"<\|box_start\|>\s*((?:\(\s*{NUM}\s*,\s*{NUM}\s*\)\s*,?\s*)+)<\|box_end\|>"
+    rf"<\|box_start\|>\s*((?:\(\s*{NUM}\s*,\s*{NUM}\s*\)(?:\s*,)?\s*)+)<\|box_end\|>"
 )
 _QWEN2_PAIR = re.compile(rf"\(\s*({NUM})\s*,\s*({NUM})\s*\)")
-_QWEN2_REF = re.compile(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.DOTALL)
 
 
 def read_qwen2(text: str, profile: Profile) -> Reading:
     """Qwen2-VL: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>."""
     reading = Reading()
-    refs = [(m.end(), m.group(1).strip()) for m in _QWEN2_REF.finditer(text)]
+    ref_pairs, _ = tag_pairs(text, "<|object_ref_start|>", "<|object_ref_end|>")
+    ref_ends = [end for _, _, _, end in ref_pairs]
     for m in _QWEN2_BOX.finditer(text):
         pairs = _QWEN2_PAIR.findall(m.group(1))
-        label = next((lab for end, lab in reversed(refs) if end <= m.start()), "")
+        k = bisect.bisect_right(ref_ends, m.start()) - 1
+        label = text[ref_pairs[k][1] : ref_pairs[k][2]].strip() if k >= 0 else ""
         if len(pairs) % 2:
             reading.skipped.append(Skipped(m.group(0), m.span(), "odd number of corner points"))
             continue
@@ -308,24 +336,23 @@ def read_qwen25(text: str, profile: Profile) -> Reading:
     return reading
 
 
-_FLORENCE_RUN = re.compile(r"([^<]*)((?:<loc_\d+>)+)")
+_FLORENCE_RUN = re.compile(r"(?:<loc_\d+>)+")
 _LOC = re.compile(r"<loc_(\d+)>")
 
 
 def read_florence2(text: str, profile: Profile) -> Reading:
     """Florence-2: label<loc_x1><loc_y1><loc_x2><loc_y2>, location bins of 1/1000."""
     reading = Reading()
-    label = ""
+    label, prev_end = "", 0
     for m in _FLORENCE_RUN.finditer(text):
-        written = _TAGS.sub("", m.group(1)).strip()
-        label = written or label
-        locs = _LOC.findall(m.group(2))
-        base = m.start(2)
+        written = _TAGS.sub("", text[prev_end : m.start()]).strip()
+        label, prev_end = written or label, m.end()
+        locs = _LOC.findall(m.group(0))
         for i in range(0, len(locs) - len(locs) % 4, 4):
             values = _floats(locs[i : i + 4])
-            reading.boxes.append(RawBox(values, None, "xyxy", (base, m.end(2)), label))
+            reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
         if len(locs) % 4:
-            reading.skipped.append(Skipped(m.group(2), m.span(2), f"{len(locs) % 4} location bins left over"))
+            reading.skipped.append(Skipped(m.group(0), m.span(), f"{len(locs) % 4} location bins left over"))
     return reading
 
 
@@ -411,15 +438,16 @@ def box_to_object(raw: RawBox, profile: Profile, plan: FitPlan, obj_id: int) -> 
 
 # ---------------------------------------------------------------- the whole answer
 
-_SENTENCE = re.compile(r"[^.!?\n]{20,}[.!?\n]")
+_SENTENCE_END = re.compile(r"[.!?\n]")
 
 
 def repetition_warning(text: str, min_repeats: int = 3) -> Optional[str]:
     """A warning when one sentence comes back `min_repeats` times or more (a decoding loop)."""
     counts: Dict[str, int] = {}
-    for m in _SENTENCE.finditer(text):
-        key = " ".join(m.group(0).split()).lower()
-        counts[key] = counts.get(key, 0) + 1
+    for sentence in _SENTENCE_END.split(text)[:-1]:  # the last piece has no end: not a sentence
+        key = " ".join(sentence.split()).lower()
+        if len(key) >= 20:
+            counts[key] = counts.get(key, 0) + 1
     worst = max(counts.items(), key=lambda kv: kv[1], default=None)
     if worst and worst[1] >= min_repeats:
         return f"repetition loop: a sentence comes {worst[1]} times ({worst[0][:60]!r})"
@@ -439,13 +467,14 @@ def plain_text(text: str, boxes: Sequence[RawBox]) -> str:
     return re.sub(r"[ \t]{2,}", " ", out).strip()
 
 
-_REFERRED = re.compile(r"<(?:ref|p)>(.*?)</(?:ref|p)>", re.DOTALL)
-
-
 def referred_phrase(question: str) -> str:
     """The referring expression of a [refer] question (`<ref>..</ref>` or `<p>..</p>`), else ''."""
-    m = _REFERRED.search(question or "")
-    return " ".join(m.group(1).split()) if m else ""
+    for open_tag, close_tag in (("<ref>", "</ref>"), ("<p>", "</p>")):
+        pairs, _ = tag_pairs(question or "", open_tag, close_tag)
+        if pairs:
+            _, i, j, _ = pairs[0]
+            return " ".join(question[i:j].split())
+    return ""
 
 
 def parse_answer(

@@ -1,0 +1,29 @@
+"""Model text is untrusted: no answer may make the parser backtrack catastrophically or scan quadratically.
+
+Before the fix, a 157-character Qwen2 answer took 17 s and 40,000-character answers 15-35 s. A stuck regex
+cannot be interrupted inside the process, so the inputs run in a subprocess with a generous limit (the
+parser needs well under a second for all of them)."""
+import subprocess
+import sys
+
+PROBE = r"""
+from geovlm.core.parsing import parse_answer
+from geovlm.core.profiles import family_names, get_profile
+pieces = ["<ref>", "</ref>", "<rbox>(", ")</rbox>", "<rel>", "</rel>", "{<1><2>", "[[1, 2", "[1, ", "(1,2) ",
+          "<|box_start|>", "<|object_ref_start|>", "<loc_5>", "<p>", '{"bbox_2d": [1,', "word ", "a" * 64,
+          " " * 64, "tank <co-storage", "it is "]
+count = 0
+for family in family_names():
+    profile = get_profile(family)
+    parse_answer("<|box_start|>" + "(1,2) " * 40, profile, (512, 512))
+    for piece in pieces:
+        parse_answer(piece * (40000 // len(piece)), profile, (512, 512))
+        count += 1
+print(count)
+"""
+
+
+def test_long_adversarial_answers_parse_in_linear_time():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout) == 9 * 20
