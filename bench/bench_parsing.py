@@ -1,0 +1,60 @@
+"""Parsing and georeferencing throughput on the shared real answers and on adversarial long answers.
+
+Prints a table: answers/s and objects/s for each file, and the time for 40,000-character hostile answers.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+from geovlm.core.georef import GeoTransform, ImageFrame
+from geovlm.core.parsing import parse_answer
+from geovlm.core.profiles import get_profile
+
+SHARED = Path(os.environ.get("GEOVLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FILES = ["earthdial_refer_nwpu_vhr10.jsonl", "earthdial_grounding_ucas_aod.jsonl", "earthdial_caption_ucm.jsonl"]
+FRAME = ImageFrame(800, 800, GeoTransform(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0), "EPSG:32616")
+
+
+def best_of(fn, *args, repeats=5):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def parse_all(texts, profile):
+    objects = 0
+    for text in texts:
+        answer = parse_answer(text, profile, (FRAME.width, FRAME.height))
+        for obj in answer.objects:
+            FRAME.to_map(obj.polygon)
+        objects += len(answer.objects)
+    return objects
+
+
+def main():
+    profile = get_profile("earthdial")
+    print("| input | answers | objects | ms | answers/s | objects/s |")
+    print("|---|---|---|---|---|---|")
+    for name in FILES:
+        with open(SHARED / "data" / "answers" / name, encoding="utf-8") as fh:
+            texts = [json.loads(line)["answer"] for line in fh]
+        seconds, objects = best_of(parse_all, texts, profile)
+        print(f"| {name} | {len(texts)} | {objects} | {seconds * 1000:.1f} | {len(texts) / seconds:,.0f} | "
+              f"{objects / seconds:,.0f} |")
+    hostile = {
+        "qwen2vl": "<|box_start|>" + "(1,2) " * 6000,
+        "skysensegpt": "<rel>" * 8000,
+        "geochat": "{<1><2><3>" * 4000,
+        "florence2": "word " * 8000,
+    }
+    for family, text in hostile.items():
+        seconds, _ = best_of(parse_answer, text, get_profile(family), (512, 512), repeats=3)
+        print(f"| hostile {family}, {len(text):,} chars | 1 | 0 | {seconds * 1000:.1f} | {1 / seconds:,.0f} | - |")
+
+
+if __name__ == "__main__":
+    main()
