@@ -1,6 +1,7 @@
 """`geovlm parse`: saved model answers -> georeferenced `objects` and `relations` layers."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -86,6 +87,9 @@ def run(args) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     frame = frame_from_args(args)
+    if args.raster and frame.crs is None:
+        print(f"note: {args.raster} has no CRS: the layers are placed by its geotransform but carry no CRS",
+              file=sys.stderr)
     records = []
     try:
         for number, text, question in read_answers(path, args.field, args.question_field):

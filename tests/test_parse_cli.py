@@ -117,3 +117,16 @@ def test_to_crs_reprojects_every_vertex(data_dir, tmp_path):
     for (x, y), (lon, lat) in zip(ring_utm, ring_geo):
         assert to_geo.transform(x, y) == pytest.approx((lon, lat), abs=1e-9)
     assert main(["parse", str(src), "--family", "geochat", "--to-crs", "EPSG:4326", "--out", str(wgs84)]) == 2
+
+
+def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><100><100>|<90>}\n")
+    out = tmp_path / "a.geojson"
+    raster = data_dir / "rasters" / "float32.tif"
+    assert main(["parse", str(src), "--family", "geochat", "--raster", str(raster), "--out", str(out)]) == 0
+    assert "has no CRS" in capsys.readouterr().err
+    ring = json.loads(out.read_text())["features"][0]["geometry"]["coordinates"][0]
+    # 3x2 pixels of 100 units, padded to a 3-pixel square (the image in row 0..2 of it, offset 0).
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    assert (min(xs), max(xs)) == (0, 300) and (min(ys), max(ys)) == (0, 300)
