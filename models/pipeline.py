@@ -48,6 +48,7 @@ class GenResult:
     tokens: int
     finish_reason: str  # "stop" | "length"
     timings: dict = field(default_factory=dict)  # seconds: preprocess, encode, prefill, decode
+    prompt_tokens: int = 0  # the prompt's length, the image's tokens included
 
 
 class StreamDone(str):
@@ -194,7 +195,9 @@ class VlmPipeline:
     @staticmethod
     def _result(decoded, decoding, timings) -> GenResult:
         timings = dict(timings, prefill=decoding.prefill_s, decode=decoding.decode_s)
-        return GenResult(decoded.text, len(decoded.token_ids), decoded.finish_reason, timings)
+        row = next(i for i, d in enumerate(decoding.results) if d is decoded)
+        prompt = len(decoding.prompts[row])
+        return GenResult(decoded.text, len(decoded.token_ids), decoded.finish_reason, timings, prompt)
 
     def generate_batch(self, requests: List[GenRequest]) -> List[GenResult]:
         """One encoder batch and one left-padded batched generation; greedy tokens equal one-by-one runs.
