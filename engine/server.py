@@ -168,7 +168,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
                     "finish_reason": _finish(result.finish_reason),
                 }
             ],
-            "usage": _usage(result.tokens, result.timings),
+            "usage": _usage(result),
         }
 
     return app
@@ -178,9 +178,9 @@ def _finish(reason: str) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def _usage(tokens: int, timings: dict) -> dict:
-    prompt = int((timings or {}).get("prompt_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": int(tokens), "total_tokens": prompt + int(tokens)}
+def _usage(result) -> dict:
+    prompt, tokens = int(result.prompt_tokens), int(result.tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
 
 
 def _error_response(status: int, message: str, kind: str, headers=None) -> JSONResponse:
@@ -242,7 +242,7 @@ def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, 
         return
     yield event({}, _finish(done.finish_reason))
     if chat.include_usage:
-        yield event(None, usage=_usage(done.tokens, done.timings))
+        yield event(None, usage=_usage(done))
     yield b"data: [DONE]\n\n"
 
 

@@ -69,6 +69,8 @@ def test_official_openai_client(engines):
     text = reply.choices[0].message.content
     assert text and reply.choices[0].finish_reason in ("stop", "length")
     assert 1 <= reply.usage.completion_tokens <= 8
+    assert reply.usage.prompt_tokens > details["image_tokens"]  # the question and the image's tokens
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
     stream = client.chat.completions.create(
         model=model.id, messages=messages, max_tokens=8, stream=True, stream_options={"include_usage": True}
@@ -77,6 +79,7 @@ def test_official_openai_client(engines):
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text and len(chunks) > 3  # greedy: the same answer, in pieces
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == reply.usage.prompt_tokens
 
     jpeg = chat_body(encoded(1, "JPEG"), mime="image/jpeg")["messages"]
     assert client.chat.completions.create(model=model.id, messages=jpeg, max_tokens=4).choices[0].message.content
