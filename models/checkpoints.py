@@ -97,16 +97,18 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
 
 
 def encoder_weights_hash(model_dir) -> str:
-    """sha256 over the vision-tower and projector tensors as stored (names, dtypes, shapes, bytes)."""
+    """sha256 over the vision-tower and projector tensors as stored (names, dtypes, shapes, raw bytes: any dtype,
+    bfloat16 included)."""
+    import torch
     from safetensors import safe_open
 
     digest = hashlib.sha256()
     for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(file), framework="numpy") as f:
+        with safe_open(str(file), framework="pt") as f:
             for key in sorted(k for k in f.keys() if "vision_tower" in k or "multi_modal_projector" in k):
                 tensor = f.get_slice(key)
                 digest.update(f"{key}:{tensor.get_dtype()}:{tensor.get_shape()}".encode())
-                digest.update(f.get_tensor(key).tobytes())
+                digest.update(f.get_tensor(key).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

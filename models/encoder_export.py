@@ -81,8 +81,10 @@ def torch_image_features(model, pixel_values):
     return torch.stack(list(out.pooler_output)).float()
 
 
-def metadata_for(model_dir, model, dtype: str, opset: int, family: Optional[str] = None) -> Dict[str, str]:
-    """The metadata_props of an encoder exported from `model_dir`."""
+def metadata_for(
+    model_dir, model, dtype: str, opset: int, family: Optional[str] = None, source_hash: Optional[str] = None
+) -> Dict[str, str]:
+    """The metadata_props of an encoder exported from `model_dir` (`source_hash`: its encoder_weights_hash)."""
     info = inspect_checkpoint(model_dir, family)
     profile = get_profile(info.family)
     vision = model.config.vision_config
@@ -105,7 +107,7 @@ def metadata_for(model_dir, model, dtype: str, opset: int, family: Optional[str]
         "geovlm.select_strategy": model.config.vision_feature_select_strategy,
         "geovlm.dtype": dtype,
         "geovlm.opset": str(opset),
-        "geovlm.source_sha256": encoder_weights_hash(model_dir),
+        "geovlm.source_sha256": source_hash or encoder_weights_hash(model_dir),
     }
 
 
@@ -135,8 +137,10 @@ def export_encoder(
     family: Optional[str] = None,
     check_batches: Sequence[int] = (1, 2),
     model=None,
+    source_hash: Optional[str] = None,
 ) -> ExportReport:
-    """Export, stamp the metadata, then run ONNX and torch on the same random batch; fail above tolerance."""
+    """Export, stamp the metadata, then run ONNX and torch on the same random batch; fail above tolerance.
+    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already."""
     import torch
 
     model_dir = Path(model_dir)
@@ -164,7 +168,7 @@ def export_encoder(
             verbose=False,
         )
     program.save(str(out_path))
-    props = metadata_for(model_dir, model, dtype, opset, family)
+    props = metadata_for(model_dir, model, dtype, opset, family, source_hash)
     _write_metadata(out_path, props)
 
     from .encoder_runtime import OnnxEncoder

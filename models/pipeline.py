@@ -67,17 +67,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GEOVLM_CACHE") or Path.home() / ".cache" / "geovlm")
 
 
-def ensure_encoder(model_dir, family: Optional[str] = None, model=None) -> Path:
-    """The ONNX encoder of a checkpoint, exported on first use next to it (or in the cache if read-only)."""
-    source = encoder_weights_hash(model_dir)[:16]
-    name = f"encoder-{source}-float32.onnx"
+def ensure_encoder(model_dir, family: Optional[str] = None, model=None, source_hash: Optional[str] = None) -> Path:
+    """The ONNX encoder of a checkpoint, exported on first use next to it (or in the cache if read-only).
+    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already."""
+    source_hash = source_hash or encoder_weights_hash(model_dir)
+    name = f"encoder-{source_hash[:16]}-float32.onnx"
     for folder in (Path(model_dir), cache_dir() / "encoders"):
         if (folder / name).is_file():
             return folder / name
     from .encoder_export import export_encoder
 
     folder = Path(model_dir) if os.access(model_dir, os.W_OK) else cache_dir() / "encoders"
-    report = export_encoder(model_dir, folder / name, family=family, model=model)
+    report = export_encoder(model_dir, folder / name, family=family, model=model, source_hash=source_hash)
     log.info(
         "exported the vision encoder to %s (max abs diff %.2e)",
         report.path,
@@ -118,11 +119,13 @@ class VlmPipeline:
         and fit always win: preprocessing must match the graph)."""
         checkpoint = inspect_checkpoint(model_dir, family)
         lm = LanguageModel.load(checkpoint.path, device)
+        source_hash = encoder_weights_hash(checkpoint.path)
         if encoder_onnx is None:
             cpu_fp32 = lm.device == "cpu" and lm.model.dtype.is_floating_point and lm.model.dtype.itemsize == 4
-            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, lm.model if cpu_fp32 else None)
+            model = lm.model if cpu_fp32 else None
+            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, model, source_hash)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)
-        encoder.check_fits(lm.hidden_size, lm.image_tokens, encoder_weights_hash(checkpoint.path))
+        encoder.check_fits(lm.hidden_size, lm.image_tokens, source_hash)
         profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):
             log.warning("encoder metadata overrides the %s profile's input size / fit", profile.name)
@@ -215,3 +218,10 @@ class VlmPipeline:
             if deltas[0]:
                 yield deltas[0]
         yield StreamDone(self._result(decoding.results[0], decoding, timings))
+
+    def stream_batch(self, requests: List[GenRequest]) -> Iterator[List[str]]:
+        """One batched generation step by step: each item holds every request's text delta; the last holds
+        a StreamDone per request, carrying its GenResult."""
+        decoding, timings = self._decoding(requests)
+        yield from decoding
+        yield [StreamDone(self._result(d, decoding, timings)) for d in decoding.results]

@@ -84,3 +84,20 @@ def test_loading_never_runs_remote_code(copy, monkeypatch):
     monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", classmethod(spy))
     load_model(copy)
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False and seen["local_files_only"]
+
+
+def test_bfloat16_checkpoint_is_hashed_once_and_loads(copy, monkeypatch):
+    """safetensors' numpy reader has no bfloat16: the hash reads raw bytes, once per pipeline load."""
+    import torch
+
+    from geovlm.models import checkpoints, encoder_export, pipeline
+
+    fp32_hash = checkpoints.encoder_weights_hash(copy)
+    checkpoints.load_model(copy).to(torch.bfloat16).save_pretrained(copy, safe_serialization=True)
+    real, calls = checkpoints.encoder_weights_hash, []
+    for module in (pipeline, encoder_export):
+        monkeypatch.setattr(module, "encoder_weights_hash", lambda path: calls.append(path) or real(path))
+    pipe = pipeline.VlmPipeline.load(copy, device="cpu", providers=["CPUExecutionProvider"])
+    assert len(calls) == 1
+    assert pipe.encoder.source_hash == real(copy) != fp32_hash
+    assert pipe.encode([ms.random_image(0)]).shape == (1, 64, 64)
