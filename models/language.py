@@ -50,15 +50,14 @@ class Decoded:
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters could still become a stop string (or are half a UTF-8 character)."""
-    hold = 0
+    """How many trailing characters could still become a stop string or are bytes of a character not yet whole
+    (byte-fallback tokenizers decode each pending byte as one U+FFFD)."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
     for stop in stops:
         for k in range(min(len(stop) - 1, len(text)), 0, -1):
             if text.endswith(stop[:k]):
                 hold = max(hold, k)
                 break
-    if text.endswith("\ufffd"):
-        hold = max(hold, 1)
     return hold
 
 

@@ -150,3 +150,31 @@ def test_info_says_random_stand_in(pipe):
     assert info["random_stand_in"] is True
     assert info["family"] == "geochat" and info["input_size"] == 504 and info["fit"] == "pad"
     assert info["image_tokens"] == 64 and "random" in info["licence"]
+
+
+def _byte_fallback_lm():
+    """A stand-in for Decoding's language model: a Llama/Mistral-style tokenizer that writes a character it has
+    no token for as one <0xNN> token per UTF-8 byte."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4}
+    vocab.update({f"<0x{byte:02X}>": 5 + byte for byte in range(256)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    return SimpleNamespace(tokenizer=fast, eos_ids={2})
+
+
+@pytest.mark.parametrize("text", ["a😀b", "a中b", "é", "😀😀a", "b中"])
+def test_stream_holds_back_every_pending_byte(text):
+    from geovlm.models.language import DecodeSettings, Decoding
+
+    lm = _byte_fallback_lm()
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text)  # the test is about characters written as several byte tokens
+    decoding = Decoding(lm, [[1]], [None], [DecodeSettings(max_new_tokens=50, stop=("</s>",))])
+    deltas = [decoding._update(0, token) for token in ids + [2]]
+    assert "".join(deltas) == decoding.results[0].text == text
