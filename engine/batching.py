@@ -1,9 +1,10 @@
-"""Request batching: requests that arrive within a short window share one `generate_batch` call.
+"""Request batching: requests that arrive within a short window share one batched generation.
 
 One worker thread owns the pipeline. It takes the oldest waiting request, waits up to `window_s` for more
-(up to `max_batch`), and runs them as one encoder batch and one batched generation. A streaming request
-runs alone, in its turn, its text pieces handed over through a queue. A full queue refuses new work
-(`Busy`, HTTP 429), and a request whose caller gave up before its turn is skipped.
+(up to `max_batch`), and runs them, streamed or not, as one encoder batch and one `stream_batch` decoding:
+each streaming request gets its row's text pieces through a queue, each other one its result at the end.
+When a batch fails, each of its requests is run again alone, so only the one at fault fails. A full queue
+refuses new work (`Busy`, HTTP 429), and a request whose caller gave up is skipped or no longer fed.
 """
 from __future__ import annotations
 
@@ -31,13 +32,41 @@ class Job:
     future: Optional[Future] = None  # batch jobs
     pieces: Optional[queue.Queue] = None  # streaming jobs: text pieces, then _END or an exception
     cancelled: threading.Event = field(default_factory=threading.Event)
-    batch_size: int = 0  # how many requests shared its generate_batch call
+    batch_size: int = 0  # how many requests shared its generation
+    finished: bool = False
+    streamed: bool = False  # some text of it went out already
 
     def cancel(self) -> None:
-        """The caller is gone: skip the job if it has not started, stop its stream if it has."""
+        """The caller is gone: skip the job if it has not started, stop feeding it if it has."""
         self.cancelled.set()
         if self.future is not None:
             self.future.cancel()
+
+    def start(self) -> bool:
+        """Whether the job is still wanted, now that it is taken into a batch."""
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.cancelled.is_set()
+
+    def feed(self, delta: str) -> None:
+        if self.pieces is not None and delta and not self.cancelled.is_set():
+            self.streamed = True
+            self.pieces.put(delta)
+
+    def finish(self, result: GenResult, done: str) -> None:
+        self.finished = True
+        if self.future is not None:
+            self.future.set_result(result)
+        else:
+            self.pieces.put(done)
+            self.pieces.put(_END)
+
+    def fail(self, exc: BaseException) -> None:
+        self.finished = True
+        if self.future is not None:
+            self.future.set_exception(exc)
+        else:
+            self.pieces.put(exc)
 
 
 @dataclass
@@ -45,7 +74,6 @@ class Stats:
     requests: int = 0
     batches: int = 0
     largest_batch: int = 0
-    streams: int = 0
 
 
 class Batcher:
@@ -80,7 +108,7 @@ class Batcher:
         return len(self._jobs)
 
     def submit(self, request: GenRequest) -> Job:
-        """Queue a request for batched generation; its `future` gets the `GenResult`."""
+        """Queue a request; its `future` gets the `GenResult`."""
         return self._put(Job(request, future=Future()))
 
     def submit_stream(self, request: GenRequest) -> Job:
@@ -88,7 +116,8 @@ class Batcher:
         return self._put(Job(request, pieces=queue.Queue()))
 
     def pieces(self, job: Job, timeout: float) -> Iterator[str]:
-        """The text pieces of a streaming job as they come; `TimeoutError` after `timeout` s without one."""
+        """The text pieces of a streaming job as they come, the last a StreamDone; `TimeoutError` after
+        `timeout` s without one."""
         try:
             while True:
                 try:
@@ -123,67 +152,53 @@ class Batcher:
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
-            if job.pieces is not None:
-                self._stream(job)
-            else:
-                self._batch(self._gather(job))
+            batch = [job for job in self._gather(job) if job.start()]
+            if batch:
+                self.stats.batches += 1
+                self.stats.requests += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                self._run(batch)
 
     def _gather(self, first: Job) -> List[Job]:
-        """The first job and those that come within the window, stopping at a streaming job."""
+        """The first job and those that come within the window."""
         batch = [first]
         deadline = time.monotonic() + self.window_s
         with self._cond:
             while len(batch) < self.max_batch:
                 if self._jobs:
-                    if self._jobs[0].pieces is not None:
-                        break
                     batch.append(self._jobs.popleft())
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
-        return [job for job in batch if job.future.set_running_or_notify_cancel()]
-
-    def _batch(self, batch: List[Job]) -> None:
-        if not batch:
-            return
-        self.stats.batches += 1
-        self.stats.requests += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self._run(batch)
+        return batch
 
     def _run(self, batch: List[Job]) -> None:
+        """One decoding for `batch`; on failure, each job not yet streamed is run again alone."""
+        steps = None
         try:
-            results: List[GenResult] = self.pipeline.generate_batch([job.request for job in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"pipeline gave {len(results)} results for {len(batch)} requests")
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-                return
-            for job in batch:  # each alone, so that only the request at fault fails
-                self._run([job])
-            return
-        for job, result in zip(batch, results):
-            job.batch_size = len(batch)
-            job.future.set_result(result)
-
-    def _stream(self, job: Job) -> None:
-        if job.cancelled.is_set():
-            return
-        self.stats.streams += 1
-        self.stats.requests += 1
-        pieces = self.pipeline.stream(job.request)
-        try:
-            for piece in pieces:
-                if job.cancelled.is_set():
+            steps = self.pipeline.stream_batch([job.request for job in batch])
+            for deltas in steps:
+                if all(job.cancelled.is_set() for job in batch):
                     break
-                job.pieces.put(piece)
-            job.pieces.put(_END)
-        except Exception as exc:  # handed to the reader
-            job.pieces.put(exc)
+                for job, delta in zip(batch, deltas):
+                    if hasattr(delta, "result"):  # the StreamDone that ends each row
+                        job.batch_size = len(batch)
+                        job.finish(delta.result, delta)
+                    else:
+                        job.feed(delta)
+        except Exception as exc:
+            for job in batch:
+                if len(batch) == 1 or job.streamed or job.cancelled.is_set():
+                    job.fail(exc)
+                elif not job.finished:
+                    self._run([job])
+            return
         finally:
-            close = getattr(pieces, "close", None)
+            close = getattr(steps, "close", None)
             if close is not None:
                 close()
+        for job in batch:
+            if not job.finished:
+                job.fail(RuntimeError("the generation ended without a result"))

@@ -1,6 +1,6 @@
-"""The batcher and the app in-process, on the real demo pipeline: requests in one window share one
-`generate_batch`, streams run alone, a cancelled request is skipped, a full queue refuses, a slow request
-times out with 504 while the server goes on serving."""
+"""The batcher and the app in-process, on the real demo pipeline: requests in one window, streamed or not,
+share one batched generation, a failing request fails alone, a cancelled request is skipped, a full queue
+refuses, a slow request times out with 504 while the server goes on serving."""
 import base64
 import contextlib
 import io
@@ -28,7 +28,7 @@ def pipeline(tmp_path_factory):
 
 
 class Recorder:
-    """The pipeline, with a log of the calls the batcher makes and a gate that holds `generate_batch` (a
+    """The pipeline, with a log of the calls the batcher makes and a gate that holds `stream_batch` (a
     model as slow as the test needs) until it is opened."""
 
     def __init__(self, pipeline):
@@ -41,15 +41,11 @@ class Recorder:
     def info(self):
         return self.pipeline.info()
 
-    def generate_batch(self, requests):
+    def stream_batch(self, requests):
         self.calls.append(("batch", len(requests)))
         self.entered.set()
         assert self.gate.wait(60)
-        return self.pipeline.generate_batch(requests)
-
-    def stream(self, request):
-        self.calls.append(("stream", 1))
-        return self.pipeline.stream(request)
+        return self.pipeline.stream_batch(requests)
 
 
 def image(seed):
@@ -86,17 +82,17 @@ def test_requests_within_the_window_share_a_batch(batcher_for, pipeline):
     assert [results[0].text, results[5].text] == alone
 
 
-def test_a_stream_runs_alone_in_its_turn(batcher_for, pipeline):
+def test_streams_share_a_batch_with_the_others(batcher_for, pipeline):
     batcher, recorder = batcher_for(window_s=0.3, max_batch=8)
-    first = [batcher.submit(gen(i)) for i in range(2)]
-    stream = batcher.submit_stream(gen(7, tokens=8))
-    last = batcher.submit(gen(3))
-    pieces = list(batcher.pieces(stream, timeout=60))
-    for job in [*first, last]:
-        job.future.result(60)
-    assert recorder.calls == [("batch", 2), ("stream", 1), ("batch", 1)]
-    assert "".join(pieces) == pipeline.generate_batch([gen(7, tokens=8)])[0].text
-    assert pieces[-1].result.tokens == 8  # the StreamDone that ends every stream
+    streams = [batcher.submit_stream(gen(i, tokens=8)) for i in range(3)]
+    plain = batcher.submit(gen(3, tokens=8))
+    pieces = [list(batcher.pieces(job, timeout=60)) for job in streams]
+    assert recorder.calls == [("batch", 4)]
+    alone = [pipeline.generate_batch([gen(i, tokens=8)])[0] for i in range(4)]
+    assert ["".join(p) for p in pieces] == [r.text for r in alone[:3]]
+    assert all(len(p) > 2 for p in pieces)  # text in pieces, as decoded
+    assert [p[-1].result.tokens for p in pieces] == [r.tokens for r in alone[:3]]  # the closing StreamDone
+    assert plain.future.result(60).text == alone[3].text and plain.batch_size == 4
 
 
 def test_cancelled_jobs_are_skipped_and_a_full_queue_refuses(batcher_for):
@@ -174,11 +170,11 @@ def test_a_failing_request_fails_alone(batcher_for, pipeline):
 class Poisoned(Recorder):
     """Fails every batch holding a question with "poison" in it, as a model does on a bad input."""
 
-    def generate_batch(self, requests):
+    def stream_batch(self, requests):
         if any("poison" in r.messages[0][1] for r in requests):
             self.calls.append(("failed", len(requests)))
             raise ValueError("a poisoned request")
-        return super().generate_batch(requests)
+        return super().stream_batch(requests)
 
 
 @contextlib.contextmanager

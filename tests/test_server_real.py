@@ -2,6 +2,7 @@
 client, batching parity, limits and errors, and one server killed in the middle of a batch of 50."""
 import base64
 import io
+import json
 import os
 import signal
 import threading
@@ -94,6 +95,32 @@ def test_twenty_concurrent_answers_equal_twenty_sequential(engines):
     assert [r[0] for r in together] == sequential
     assert len(set(sequential)) > 10  # the answers really differ from image to image
     assert httpx.get(a.url + "/health").json()["largest_batch"] > 1
+
+
+def test_concurrent_streams_share_batches(engines):
+    url = engines[0].url
+    auth = {"Authorization": f"Bearer {KEY}"}
+    bodies = [chat_body(encoded(40 + i), f"Describe area {i}", max_tokens=12) for i in range(6)]
+    with httpx.Client(timeout=60, headers=auth) as http:
+        plain = [http.post(url + "/v1/chat/completions", json=b).json()["choices"][0]["message"]["content"]
+                 for b in bodies]
+        before = http.get(url + "/health").json()
+        start = threading.Barrier(len(bodies))
+
+        def stream(body):
+            start.wait(10)
+            with http.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}) as reply:
+                events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            streamed = list(pool.map(stream, bodies))
+        after = http.get(url + "/health").json()
+    assert streamed == plain
+    assert after["requests"] - before["requests"] == len(bodies)
+    assert 1 <= after["batches"] - before["batches"] < len(bodies)  # streams no longer run one by one
 
 
 def test_limits_and_errors_and_the_server_goes_on(engines):
