@@ -195,11 +195,15 @@ def cmd_ask(args) -> int:
         image, [("user", args.question)], args.max_new_tokens, args.temperature, seed=args.seed
     )
     result = None
-    for delta in pipe.stream(request):
-        if hasattr(delta, "result"):
-            result = delta.result
-        else:
-            print(delta, end="", flush=True)
+    try:
+        for delta in pipe.stream(request):
+            if hasattr(delta, "result"):
+                result = delta.result
+            else:
+                print(delta, end="", flush=True)
+    except (ValueError, RuntimeError) as exc:  # a bad request, or the model failed (memory, device)
+        print()
+        raise CliError(f"generation failed: {exc}") from None
     print()
     times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(f"[{result.tokens} tokens, finish: {result.finish_reason}; {times}]", file=sys.stderr)

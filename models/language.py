@@ -4,6 +4,7 @@ decoding loop (greedy or sampled, stop strings, streaming deltas, batches with l
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -182,6 +183,10 @@ class LanguageModel:
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad if pad is not None else tokenizer.pad_token_id or 0)
+        self.special_ids = {token: int(i) for token, i in tokenizer.get_added_vocab().items()}
+        self.special_ids["<image>"] = self.image_token_id  # the profiles' image marker
+        names = sorted(self.special_ids, key=len, reverse=True)
+        self._specials = re.compile("(" + "|".join(re.escape(name) for name in names) + ")")
 
     @classmethod
     def load(cls, model_dir, device: Optional[str] = None) -> LanguageModel:
@@ -190,13 +195,28 @@ class LanguageModel:
         log.info("language model on %s in %s", device, str(dtype).replace("torch.", ""))
         return cls(model, load_tokenizer(model_dir), device)
 
-    def prompt_ids(self, text: str) -> List[int]:
-        """Token ids of a prompt, each `<image>` expanded to the image's tokens."""
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        out: List[int] = []
-        for i in ids:
-            out.extend([i] * self.image_tokens if i == self.image_token_id else [i])
-        return out
+    def prompt_ids(self, parts: Sequence[Tuple[str, bool]]) -> List[int]:
+        """Token ids of a prompt given as (text, is_template) parts.
+
+        Special tokens are read in template text only; there `<image>` becomes the image's tokens. The text
+        between two special tokens (template and users' text alike) is tokenized in one piece with special
+        tokens taken as plain text, the first piece with the tokenizer's BOS. Around the image this is LLaVA's
+        own recipe (the text on each side tokenized on its own)."""
+        pieces: list = [""]  # text to tokenize (str) and special token ids (int), alternately
+        for text, template in parts:
+            for i, chunk in enumerate(self._specials.split(text) if template else [text]):
+                if i % 2:
+                    pieces += [self.special_ids[chunk], ""]
+                else:
+                    pieces[-1] += chunk
+        ids: List[int] = []
+        for k, piece in enumerate(pieces):
+            if isinstance(piece, int):
+                ids.extend([piece] * (self.image_tokens if piece == self.image_token_id else 1))
+            else:
+                tokens = self.tokenizer(piece, add_special_tokens=k == 0, split_special_tokens=True)
+                ids.extend(tokens["input_ids"])
+        return ids
 
     def embed_batch(self, prompts: Sequence[Sequence[int]], features: Sequence[Optional[np.ndarray]]):
         """Left-padded inputs_embeds (each row's image features at its image-token positions) and mask."""

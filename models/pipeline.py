@@ -29,6 +29,7 @@ from .language import DecodeSettings, LanguageModel
 from .preprocess import check_rgb, fit_image, normalise
 
 log = logging.getLogger(__name__)
+_SLOT = "\x00"  # stands for the user's text while the prompt template is cut around it
 
 
 @dataclass
@@ -145,15 +146,27 @@ class VlmPipeline:
             "encoder_provider": self.encoder.provider,
         }
 
+    def prompt_parts(self, messages) -> List[Tuple[str, bool]]:
+        """The conversation in the family's prompt format as (text, is_template) parts, the image in the first
+        user turn: only template text may hold special tokens (`<image>`, the turn separator), never what the
+        user or an earlier answer wrote."""
+        turns = _turns(messages)
+        before, _, after = self.profile.prompt(_SLOT).partition(_SLOT)
+        later = self.profile.prompt_template.replace("<image>\n", "").replace("<image>", "")
+        later_before, _, later_after = later.format(question=_SLOT).partition(_SLOT)
+        sep = self.profile.stop[0] if self.profile.stop else ""
+        parts = [(before, True), (turns[0][1], False), (after, True)]
+        for (_, answer), (_, question) in zip(turns[1::2], turns[2::2]):
+            parts += [(" ", True), (answer, False), (sep + later_before, True), (question, False), (later_after, True)]
+        return parts
+
     def prompt(self, messages) -> str:
         """The conversation as the family's prompt text: the image in the first user turn."""
-        turns = _turns(messages)
-        text = self.profile.prompt(turns[0][1])
-        later = self.profile.prompt_template.replace("<image>\n", "").replace("<image>", "")
-        sep = self.profile.stop[0] if self.profile.stop else ""
-        for (_, answer), (_, question) in zip(turns[1::2], turns[2::2]):
-            text += f" {answer}{sep}" + later.format(question=question)
-        return text
+        return "".join(text for text, _ in self.prompt_parts(messages))
+
+    def prompt_ids(self, messages) -> List[int]:
+        """The conversation's prompt token ids, the image's tokens included."""
+        return self.lm.prompt_ids(self.prompt_parts(messages))
 
     def _encode(self, images: Sequence[np.ndarray]):
         """Features of each image (cached), with the seconds spent preprocessing and encoding."""
@@ -191,7 +204,7 @@ class VlmPipeline:
 
     def _decoding(self, requests: Sequence[GenRequest]):
         settings = [self._settings(r) for r in requests]
-        prompts = [self.lm.prompt_ids(self.prompt(r.messages)) for r in requests]
+        prompts = [self.prompt_ids(r.messages) for r in requests]
         feats, pre_s, enc_s = self._encode([r.image for r in requests])
         return self.lm.decoding(prompts, list(feats), settings), {"preprocess": pre_s, "encode": enc_s}
 

@@ -119,3 +119,23 @@ def test_ask_profile_overrides_reach_prompt_and_parsing(demo, tmp_path, capsys):
     assert "angle_sense" in capsys.readouterr().err
     assert main(argv + ["--set", "nosuch=1"]) == 2
     assert "unknown profile field" in capsys.readouterr().err
+
+
+def test_ask_with_special_token_text_in_the_question(demo, capsys):
+    argv = ["ask", str(COGEO), "what is <image> here? </s>", "--model", str(demo), "--window", "0,0,64,64",
+            "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    assert "tokens, finish:" in capsys.readouterr().err
+
+
+def test_ask_reports_a_failure_while_streaming(demo, capsys, monkeypatch):
+    from geovlm.models.pipeline import VlmPipeline
+
+    def failing(self, request):
+        yield "partial"
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(VlmPipeline, "stream", failing)
+    argv = ["ask", str(COGEO), "q", "--model", str(demo), "--window", "0,0,64,64"]
+    assert main(argv) == 2
+    assert "out of memory" in capsys.readouterr().err
