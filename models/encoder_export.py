@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -140,17 +141,33 @@ def export_encoder(
     source_hash: Optional[str] = None,
 ) -> ExportReport:
     """Export, stamp the metadata, then run ONNX and torch on the same random batch; fail above tolerance.
-    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already."""
-    import torch
-
+    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already. The file appears at
+    `out_path` only once checked: it is written under a temporary name beside it, removed if anything fails."""
     model_dir = Path(model_dir)
     inspect_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_model(model_dir)
+    scratch = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     dtype = "float16" if fp16 else "float32"
+    try:
+        props = _export(model_dir, model, scratch, dtype, opset, family, source_hash)
+        diffs = _parity(model, scratch, check_batches)
+        worst, tolerance = max(diffs.values()), TOLERANCE[dtype]
+        if not worst <= tolerance:
+            raise ExportError(f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected")
+        os.replace(scratch, out_path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return ExportReport(out_path, diffs, tolerance, props)
+
+
+def _export(model_dir, model, out_path: Path, dtype: str, opset: int, family, source_hash) -> Dict[str, str]:
+    """Write the graph of `model`'s vision encoder to `out_path` and stamp its metadata (returned)."""
+    import torch
+
     # fp16 converts a copy: `model` stays fp32 as the reference of the parity check.
-    encoder = vision_encoder(copy.deepcopy(model)).half() if fp16 else vision_encoder(model)
+    encoder = vision_encoder(copy.deepcopy(model)).half() if dtype == "float16" else vision_encoder(model)
     size = model.config.vision_config.image_size
     example = torch.zeros(2, 3, size, size)
     # The dynamo exporter (torch.export) gives a clean graph with a symbolic batch axis; the TorchScript
@@ -170,20 +187,21 @@ def export_encoder(
     program.save(str(out_path))
     props = metadata_for(model_dir, model, dtype, opset, family, source_hash)
     _write_metadata(out_path, props)
+    return props
+
+
+def _parity(model, path: Path, check_batches: Sequence[int]) -> Dict[int, float]:
+    """Max |ONNX - torch| of the graph at `path` on a seeded random batch of each size."""
+    import torch
 
     from .encoder_runtime import OnnxEncoder
 
-    runtime = OnnxEncoder(out_path, providers=["CPUExecutionProvider"])
-    tolerance = TOLERANCE[dtype]
+    runtime = OnnxEncoder(path, providers=["CPUExecutionProvider"])
+    size = model.config.vision_config.image_size
     diffs = {}
     generator = torch.Generator().manual_seed(0)
     for n in check_batches:
         pixels = torch.randn(n, 3, size, size, generator=generator)
         ref = torch_image_features(model, pixels).numpy()
-        got = runtime.run(pixels.numpy())
-        diffs[n] = float(abs(got - ref).max())
-    worst = max(diffs.values())
-    if not worst <= tolerance:
-        out_path.unlink()
-        raise ExportError(f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected")
-    return ExportReport(out_path, diffs, tolerance, props)
+        diffs[n] = float(abs(runtime.run(pixels.numpy()) - ref).max())
+    return diffs

@@ -70,9 +70,11 @@ def cache_dir() -> Path:
 
 def ensure_encoder(model_dir, family: Optional[str] = None, model=None, source_hash: Optional[str] = None) -> Path:
     """The ONNX encoder of a checkpoint, exported on first use next to it (or in the cache if read-only).
-    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already."""
+    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already. The file name holds
+    what the encoder's metadata bakes in: the vision weights, the family and its fit."""
     source_hash = source_hash or encoder_weights_hash(model_dir)
-    name = f"encoder-{source_hash[:16]}-float32.onnx"
+    family = inspect_checkpoint(model_dir, family).family
+    name = f"encoder-{source_hash[:16]}-{family}-{get_profile(family).fit}-float32.onnx"
     for folder in (Path(model_dir), cache_dir() / "encoders"):
         if (folder / name).is_file():
             return folder / name

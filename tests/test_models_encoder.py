@@ -1,6 +1,7 @@
 """ONNX vision encoder: parity with torch, metadata schema, runtime errors, providers, encoding cache."""
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -79,6 +80,38 @@ def test_export_rejects_mismatch(demo, tmp_path, monkeypatch):
     with pytest.raises(encoder_export.ExportError, match="export rejected"):
         encoder_export.export_encoder(demo, tmp_path / "e.onnx", check_batches=(1,), model=ms.hf_model(str(demo)))
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_an_interrupted_export_leaves_nothing_behind(demo, tmp_path, monkeypatch):
+    from geovlm.models import encoder_export
+    from geovlm.models.encoder_runtime import OnnxEncoder
+    from geovlm.models.pipeline import ensure_encoder
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(demo, folder, ignore=shutil.ignore_patterns("encoder-*"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the graph is written, before it is stamped and checked
+
+    monkeypatch.setattr(encoder_export, "metadata_for", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_encoder(folder, model=ms.hf_model(str(demo)))
+    assert not list(folder.glob("encoder-*"))
+    monkeypatch.undo()
+    assert OnnxEncoder(ensure_encoder(folder, model=ms.hf_model(str(demo)))).family == "geochat"
+
+
+def test_each_family_gets_its_own_cached_encoder(demo, tmp_path):
+    from geovlm.models.encoder_runtime import OnnxEncoder
+    from geovlm.models.pipeline import ensure_encoder
+
+    geochat = ensure_encoder(demo, model=ms.hf_model(str(demo)))  # the one the session's pipeline uses
+    folder = tmp_path / "ckpt"
+    shutil.copytree(demo, folder)
+    other = ensure_encoder(folder, "skysensegpt", model=ms.hf_model(str(demo)))
+    assert other.name != geochat.name and (folder / geochat.name).is_file()
+    encoder = OnnxEncoder(other)
+    assert (encoder.family, encoder.fit) == ("skysensegpt", "stretch")
 
 
 def test_corrupt_and_foreign_onnx(tmp_path):
