@@ -146,9 +146,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
             headers = {"Cache-Control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(job.future), settings.request_timeout_s)
+            result = await _result_of(request, job, settings.request_timeout_s)
         except asyncio.TimeoutError as exc:
-            job.cancel()
             raise ApiError(504, "generation timed out", "timeout_error") from exc
         except ValueError as exc:  # the pipeline found the request unfit
             raise ApiError(400, f"the model cannot take this request: {exc}") from exc
@@ -172,6 +171,26 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         }
 
     return app
+
+
+async def _result_of(request: Request, job, timeout: float, poll_s: float = 0.5):
+    """The job's result, checking every `poll_s` that the client is still there; the job is cancelled when
+    it is gone (499) or after `timeout` (`asyncio.TimeoutError`)."""
+    future = asyncio.wrap_future(job.future)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            done, _ = await asyncio.wait({future}, timeout=min(poll_s, remaining))
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                raise ApiError(499, "the client closed the connection", "client_closed_request")
+    finally:
+        if not future.done():
+            job.cancel()
 
 
 def _finish(reason: str) -> str:

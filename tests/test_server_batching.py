@@ -4,6 +4,7 @@ refuses, a slow request times out with 504 while the server goes on serving."""
 import base64
 import contextlib
 import io
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -212,3 +213,39 @@ def test_the_client_gets_every_good_answer_beside_a_bad_request(pipeline):
     assert all(isinstance(r, tuple) and r[0] for i, r in enumerate(results) if i != 1)
     assert isinstance(results[1], EngineError) and results[1].status == 400
     assert recorder.calls.count(("failed", 1)) == 1  # run alone once, and not sent again
+
+
+def test_a_request_whose_client_left_is_dropped(pipeline):
+    import socket
+
+    import httpx
+
+    from geovlm.engine.server import Settings, create_app
+
+    recorder = Recorder(pipeline)
+    recorder.gate.clear()
+    with live_server(create_app(recorder, Settings(batch_window_s=0.0))) as url, httpx.Client(timeout=60) as http:
+
+        def health():
+            return http.get(url + "/health").json()
+
+        def wait_for(condition):
+            deadline = time.monotonic() + 10
+            while not condition():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(http.post, url + "/v1/chat/completions", json=chat_body(1))
+            assert recorder.entered.wait(30)  # the worker holds the first request
+            raw = json.dumps(chat_body(2)).encode()
+            host, port = url[len("http://"):].split(":")
+            with socket.create_connection((host, int(port))) as leaving:
+                head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                leaving.sendall(f"{head}Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
+                wait_for(lambda: health()["waiting"] == 1)
+            wait_for(lambda: health()["in_flight"] == 1)  # the second one's handler ended: its caller left
+            recorder.gate.set()
+            assert first.result(60).status_code == 200
+        wait_for(lambda: health()["waiting"] == 0)
+        assert recorder.calls == [("batch", 1)]  # the second request never reached the model
