@@ -35,6 +35,8 @@ def register(sub) -> None:
     serve.add_argument("--batch-window-ms", type=float, default=10.0, help="batching window (default: 10)")
     serve.add_argument("--max-batch", type=int, default=8, help="largest batch (default: 8)")
     serve.add_argument("--max-queue", type=int, default=256, help="queued requests before 429")
+    serve.add_argument("--max-queued-pixels", type=int, default=4 * 4096 * 4096,
+                       help="pixels of the images queued or in generation before 429 (default: four 4096x4096)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
     serve.add_argument("--ready-file", help="write {url, pid} as JSON here once listening (for launchers)")
     serve.set_defaults(func=cmd_serve)
@@ -99,8 +101,8 @@ def cmd_serve(args) -> int:
     key = args.api_key or os.environ.get(KEY_VARIABLE) or None
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
-    if args.max_body_mb <= 0 or args.max_pixels <= 0 or args.max_batch < 1 or args.max_queue < 1:
-        raise CliError("--max-body-mb, --max-pixels, --max-batch and --max-queue must be positive")
+    if min(args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels) <= 0:
+        raise CliError("--max-body-mb, --max-pixels, --max-batch, --max-queue and --max-queued-pixels must be positive")
     model = args.model
     if model is None:
         model = ready_demo_model()
@@ -119,6 +121,7 @@ def cmd_serve(args) -> int:
         batch_window_s=args.batch_window_ms / 1000.0,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        max_queued_pixels=args.max_queued_pixels,
         request_timeout_s=args.request_timeout,
     )
     try:

@@ -36,6 +36,10 @@ class Job:
     finished: bool = False
     streamed: bool = False  # some text of it went out already
 
+    @property
+    def pixels(self) -> int:
+        return int(self.request.image.shape[0]) * int(self.request.image.shape[1])
+
     def cancel(self) -> None:
         """The caller is gone: skip the job if it has not started, stop feeding it if it has."""
         self.cancelled.set()
@@ -77,15 +81,20 @@ class Stats:
 
 
 class Batcher:
-    """Feeds a pipeline from many callers through one worker thread."""
+    """Feeds a pipeline from many callers through one worker thread. `max_pixels` bounds the pixels of the
+    images queued or in generation (their memory); one image alone is always taken."""
 
-    def __init__(self, pipeline, window_s: float = 0.01, max_batch: int = 8, max_queue: int = 256):
-        if max_batch < 1 or max_queue < 1 or window_s < 0:
-            raise ValueError("max_batch and max_queue must be at least 1, window_s not negative")
+    def __init__(
+        self, pipeline, window_s: float = 0.01, max_batch: int = 8, max_queue: int = 256, max_pixels: int = 2**26
+    ):
+        if max_batch < 1 or max_queue < 1 or max_pixels < 1 or window_s < 0:
+            raise ValueError("max_batch, max_queue and max_pixels must be at least 1, window_s not negative")
         self.pipeline = pipeline
         self.window_s = window_s
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_pixels = max_pixels
+        self._pixels = 0
         self.stats = Stats()
         self._jobs: Deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -138,6 +147,9 @@ class Batcher:
                 raise Busy("the server is shutting down")
             if len(self._jobs) >= self.max_queue:
                 raise Busy(f"{len(self._jobs)} requests are waiting")
+            if self._pixels and self._pixels + job.pixels > self.max_pixels:
+                raise Busy(f"images of {self._pixels} pixels are queued; the budget is {self.max_pixels}")
+            self._pixels += job.pixels
             self._jobs.append(job)
             self._cond.notify_all()
         return job
@@ -152,12 +164,15 @@ class Batcher:
                 if not self._jobs:
                     return
                 job = self._jobs.popleft()
-            batch = [job for job in self._gather(job) if job.start()]
+            gathered = self._gather(job)
+            batch = [job for job in gathered if job.start()]
             if batch:
                 self.stats.batches += 1
                 self.stats.requests += len(batch)
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self._run(batch)
+            with self._cond:
+                self._pixels -= sum(job.pixels for job in gathered)
 
     def _gather(self, first: Job) -> List[Job]:
         """The first job and those that come within the window."""

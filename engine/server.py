@@ -37,6 +37,8 @@ class Settings:
     batch_window_s: float = 0.01
     max_batch: int = 8
     max_queue: int = 256
+    max_queued_pixels: int = 4 * 4096 * 4096  # of the images waiting or in generation (429 beyond)
+    decode_concurrency: int = 2  # bodies parsed and images decoded at once
     request_timeout_s: float = 300.0
     body_timeout_s: float = 30.0
 
@@ -58,7 +60,10 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     settings = settings or Settings()
     info = dict(pipeline.info())
     model_name = str(info.get("model") or "geovlm")
-    batcher = Batcher(pipeline, settings.batch_window_s, settings.max_batch, settings.max_queue)
+    batcher = Batcher(
+        pipeline, settings.batch_window_s, settings.max_batch, settings.max_queue, settings.max_queued_pixels
+    )
+    decode_slots = asyncio.Semaphore(settings.decode_concurrency)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -119,7 +124,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         authorize(request)
         raw = await _read_body(request, settings)
         try:
-            chat = await run_in_threadpool(parse_chat, raw, settings.max_pixels, settings.max_tokens_limit)
+            async with decode_slots:  # a decoded image can be a hundred times its file
+                chat = await run_in_threadpool(parse_chat, raw, settings.max_pixels, settings.max_tokens_limit)
         except ProtocolError as exc:
             raise ApiError(exc.status, str(exc), exc.kind) from exc
         if chat.model not in (None, "", model_name):

@@ -249,3 +249,51 @@ def test_a_request_whose_client_left_is_dropped(pipeline):
             assert first.result(60).status_code == 200
         wait_for(lambda: health()["waiting"] == 0)
         assert recorder.calls == [("batch", 1)]  # the second request never reached the model
+
+
+def test_queued_pixels_have_a_budget(batcher_for):
+    batcher, recorder = batcher_for(window_s=0.0, max_pixels=12_000)
+    recorder.gate.clear()
+    held = batcher.submit(gen(0))  # 60 x 90 = 5400 pixels
+    assert recorder.entered.wait(60)
+    queued = batcher.submit(gen(1))  # 5490 more
+    with pytest.raises(Busy, match="pixels"):
+        batcher.submit(gen(2))
+    recorder.gate.set()
+    assert held.future.result(60).tokens and queued.future.result(60).tokens
+    assert batcher.submit(gen(2)).future.result(60).tokens  # the budget is given back
+
+
+def test_decoding_is_bounded_and_a_pixel_budget_answers_429(pipeline, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from geovlm.engine import server
+    from geovlm.engine.server import Settings, create_app
+
+    active, peak, lock = [0], [0], threading.Lock()
+    parse = server.parse_chat
+
+    def slow_parse(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        try:
+            return parse(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(server, "parse_chat", slow_parse)
+    recorder = Recorder(pipeline)
+    settings = Settings(batch_window_s=0.0, decode_concurrency=2, max_queued_pixels=6000)
+    with TestClient(create_app(recorder, settings)) as client, ThreadPoolExecutor(6) as pool:
+        recorder.gate.clear()
+        first = pool.submit(client.post, "/v1/chat/completions", json=chat_body(0))  # 5400 pixels, held
+        assert recorder.entered.wait(60)
+        replies = list(pool.map(lambda i: client.post("/v1/chat/completions", json=chat_body(i)), range(1, 6)))
+        recorder.gate.set()
+        assert first.result(60).status_code == 200
+    assert peak[0] == 2  # five bodies at once, two decoded at a time
+    assert {reply.status_code for reply in replies} == {429}
+    assert "pixels" in replies[0].json()["error"]["message"] and replies[0].headers["retry-after"] == "1"
