@@ -145,3 +145,35 @@ def load_model(model_dir, dtype=None, device: str = "cpu"):
     model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=dtype or torch.float32,
                               use_safetensors=True)
     return model.to(device).eval()
+
+
+def load_vision_model(model_dir):
+    """The LlavaForConditionalGeneration of a checked folder with only its vision tower and projector loaded, in
+    fp32 on the CPU; the language model stays on the meta device and takes no memory. Enough for
+    `get_image_features` and the encoder export."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel, LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    config = from_local_folder(AutoConfig, model_dir)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    parts = {"vision_tower": AutoModel.from_config(config.vision_config),
+             "multi_modal_projector": LlavaMultiModalProjector(config)}
+    states = {name: {} for name in parts}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                for name, state in states.items():
+                    if f"{name}." in key and not key.endswith("position_ids"):
+                        # llava-hf folders store vision_tower.X or vision_tower.vision_model.X, with or without model.
+                        local = key.split(f"{name}.", 1)[1].removeprefix("vision_model.")
+                        state[local] = f.get_tensor(key).float()
+    for name, module in parts.items():
+        try:
+            module.load_state_dict(states[name], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"the {name} weights of {model_dir} do not fit its config: {exc}") from None
+        setattr(model.model, name, module.eval())
+    return model.eval()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ..core.profiles import get_profile
-from .checkpoints import encoder_weights_hash, inspect_checkpoint, load_model
+from .checkpoints import encoder_weights_hash, inspect_checkpoint, load_vision_model
 
 SCHEMA = "geovlm-encoder"
 SCHEMA_VERSION = "1"
@@ -147,7 +147,7 @@ def export_encoder(
     inspect_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else load_model(model_dir)
+    model = model if model is not None else load_vision_model(model_dir)
     scratch = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     dtype = "float16" if fp16 else "float32"
     try:
@@ -166,8 +166,9 @@ def _export(model_dir, model, out_path: Path, dtype: str, opset: int, family, so
     """Write the graph of `model`'s vision encoder to `out_path` and stamp its metadata (returned)."""
     import torch
 
-    # fp16 converts a copy: `model` stays fp32 as the reference of the parity check.
-    encoder = vision_encoder(copy.deepcopy(model)).half() if dtype == "float16" else vision_encoder(model)
+    encoder = vision_encoder(model)
+    if dtype == "float16":  # a copy of the vision encoder only: `model` stays the fp32 reference of the check
+        encoder = copy.deepcopy(encoder).half()
     size = model.config.vision_config.image_size
     example = torch.zeros(2, 3, size, size)
     # The dynamo exporter (torch.export) gives a clean graph with a symbolic batch axis; the TorchScript

@@ -104,8 +104,9 @@ def _converted_features(out, pixels):
 
 
 def test_geochat_conversion_matches_the_original_recipe(tmp_path):
-    from geovlm.models.checkpoints import inspect_checkpoint
+    from geovlm.models.checkpoints import inspect_checkpoint, load_vision_model
     from geovlm.models.convert import convert_geochat
+    from geovlm.models.encoder_export import torch_image_features
 
     clip = _write_clip(tmp_path / "clip")
     src = tmp_path / "geochat-tiny"
@@ -135,6 +136,7 @@ def test_geochat_conversion_matches_the_original_recipe(tmp_path):
     )
     got = _converted_features(out, pixels)
     assert (got - ref).abs().max() <= 1e-6
+    assert torch.equal(torch_image_features(load_vision_model(out), pixels), got)  # vision_tower.vision_model.*
     # transformers' own run-time interpolation (align_corners=False) is measurably different
     with torch.no_grad():
         tower = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()

@@ -154,12 +154,38 @@ def test_metadata_must_fit_language_model(exported, caplog):
         enc.run(np.zeros((1, 3, 336, 336), np.float32))
 
 
-def test_fp16_export_close(demo, tmp_path):
+def test_fp16_export_close_and_copies_only_the_vision_encoder(demo, tmp_path, monkeypatch):
     from geovlm.models.encoder_export import export_encoder
 
-    report = export_encoder(demo, tmp_path / "e16.onnx", fp16=True, check_batches=(2,), model=ms.hf_model(str(demo)))
+    model = ms.hf_model(str(demo))
+
+    def refuse(self, memo):
+        raise AssertionError("the fp16 export copied the language model")
+
+    monkeypatch.setattr(type(model.model.language_model), "__deepcopy__", refuse, raising=False)
+    report = export_encoder(demo, tmp_path / "e16.onnx", fp16=True, check_batches=(2,), model=model)
     assert report.metadata["geovlm.dtype"] == "float16"
     assert report.max_abs_diff[2] <= 2e-2
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the reference stays fp32
+
+
+def test_export_without_a_model_loads_only_the_vision_weights(demo, tmp_path, monkeypatch):
+    from geovlm.models import encoder_export
+    from geovlm.models.checkpoints import load_vision_model
+
+    vision = load_vision_model(demo)
+    loaded = {name.split(".")[1] for name, p in vision.named_parameters() if p.device.type != "meta"}
+    assert loaded == {"vision_tower", "multi_modal_projector"}  # the language model takes no memory
+    pixels = torch.randn(2, 3, 504, 504, generator=torch.Generator().manual_seed(1))
+    full = encoder_export.torch_image_features(ms.hf_model(str(demo)), pixels)
+    assert torch.equal(encoder_export.torch_image_features(vision, pixels), full)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the export loaded the whole model")
+
+    monkeypatch.setattr(encoder_export, "load_model", refuse, raising=False)
+    report = encoder_export.export_encoder(demo, tmp_path / "e.onnx", check_batches=(1,))
+    assert report.max_abs_diff[1] <= 1e-4
 
 
 def test_encoding_cache_skips_encoder(demo, monkeypatch):
