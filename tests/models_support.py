@@ -27,9 +27,10 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @functools.cache
 def pipeline(model_dir: str):
+    """The demo pipeline on the CPU (even beside a GPU): the tests compare it with fp32 CPU torch."""
     from geovlm.models.pipeline import VlmPipeline
 
-    return VlmPipeline.load(model_dir, providers=["CPUExecutionProvider"])
+    return VlmPipeline.load(model_dir, device="cpu", providers=["CPUExecutionProvider"])
 
 
 @functools.cache

@@ -172,7 +172,7 @@ def test_geochat_converted_model_runs_in_the_pipeline(tmp_path):
     )
     (src / "config.json").write_text(json.dumps(dict(TEXT, vocab_size=vocab, **_mm_config("geochat"))))
     out = convert_geochat(src, tmp_path / "clip", tmp_path / "out", family="skysensegpt")
-    pipe = VlmPipeline.load(out, providers=["CPUExecutionProvider"])
+    pipe = VlmPipeline.load(out, device="cpu", providers=["CPUExecutionProvider"])
     assert pipe.info()["family"] == "skysensegpt" and pipe.info()["random_stand_in"] is False
     result = pipe.generate_batch([GenRequest(ms.random_image(0), [("user", "[detection]ships")], 5)])[0]
     assert result.tokens <= 5
