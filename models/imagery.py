@@ -56,9 +56,22 @@ def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
+def _palette_rgb(ds, window) -> np.ma.MaskedArray:
+    """A one-band paletted raster as [3, H, W] uint8 through its colour table, its nodata masked."""
+    index = ds.read(1, window=window, masked=True)
+    values, table = np.ma.getdata(index), ds.colormap(1)
+    lut = np.zeros((max(max(table), int(values.max())) + 1, 3), np.uint8)
+    for value, rgba in table.items():
+        lut[value] = rgba[:3]
+    rgb = lut[values].transpose(2, 0, 1)
+    return np.ma.masked_array(rgb, np.broadcast_to(np.ma.getmaskarray(index), rgb.shape))
+
+
 def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int]] = None) -> np.ndarray:
-    """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata and alpha-masked pixels black."""
+    """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata and alpha-masked pixels black; a
+    one-band paletted raster through its colour table."""
     rasterio = _rasterio()
+    from rasterio.enums import ColorInterp
     from rasterio.windows import Window as RioWindow
 
     try:
@@ -72,7 +85,10 @@ def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int
                 if col < 0 or row < 0 or w <= 0 or h <= 0 or col + w > ds.width or row + h > ds.height:
                     raise ImageryError(f"window {window} lies outside the raster ({ds.width}x{ds.height})")
                 rio_window = RioWindow(col, row, w, h)
-            data = ds.read(list(chosen), window=rio_window, masked=True)
+            if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+                data = _palette_rgb(ds, rio_window)
+            else:
+                data = ds.read(list(chosen), window=rio_window, masked=True)
     except rasterio.errors.RasterioError as exc:
         detail = str(exc)
         if detail.startswith("Read failed"):

@@ -69,6 +69,22 @@ def test_stretch_ignores_nodata_and_outliers():
     assert abs(int(out[1000]) - 128) <= 2  # the median of the valid values lands mid-grey
 
 
+def test_paletted_raster_is_read_through_its_colour_table(tmp_path):
+    from rasterio.transform import from_origin
+
+    colours = {0: (255, 0, 0, 255), 1: (0, 128, 0, 255), 2: (0, 0, 255, 255), 3: (250, 240, 10, 255), 4: (9, 9, 9, 255)}
+    index = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [1, 4, 3, 3]], np.uint8)
+    path = tmp_path / "palette.tif"
+    profile = dict(driver="GTiff", width=4, height=3, count=1, dtype="uint8", crs="EPSG:3857", nodata=4,
+                   transform=from_origin(0, 3, 1, 1), photometric="palette")
+    with _rio().open(path, "w", **profile) as ds:
+        ds.write(index, 1)
+        ds.write_colormap(1, colours)
+    expected = np.array([[colours[i][:3] if i != 4 else (0, 0, 0) for i in row] for row in index], np.uint8)
+    np.testing.assert_array_equal(read_rgb(path), expected)  # the nodata index is black, not its colour
+    np.testing.assert_array_equal(read_rgb(path, (1, 1, 3, 2)), expected[1:3, 1:4])
+
+
 def test_bad_rasters_raise_clear_errors(tmp_path):
     with pytest.raises(ImageryError, match="nodata"):
         read_rgb(R / "all-nodata.tif")
