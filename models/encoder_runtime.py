@@ -22,6 +22,31 @@ class EncoderError(RuntimeError):
     """An encoder file that cannot be used, or one that does not fit the language model."""
 
 
+def _three(kind):
+    def parse(text: str) -> tuple:
+        values = tuple(kind(v) for v in json.loads(text))
+        if len(values) != 3:
+            raise ValueError("not three values")
+        return values
+
+    return parse
+
+
+# The metadata the runtime reads, each with its parser.
+FIELDS = {
+    "geovlm.family": str,
+    "geovlm.fit": str,
+    "geovlm.source_sha256": str,
+    "geovlm.input_size": int,
+    "geovlm.image_tokens": int,
+    "geovlm.hidden_size": int,
+    "geovlm.pad_color": _three(int),
+    "geovlm.mean": _three(float),
+    "geovlm.std": _three(float),
+}
+AGAIN = "export it again with `geovlm export-encoder`"
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -57,43 +82,42 @@ class OnnxEncoder:
                 f"reads version {SCHEMA_VERSION}: export it again with `geovlm export-encoder`"
             )
         self.metadata: Dict[str, str] = meta
+        fields = self._fields(meta)
+        self.family, self.fit, self.source_hash = fields["family"], fields["fit"], fields["source_sha256"]
+        self.input_size, self.image_tokens = fields["input_size"], fields["image_tokens"]
+        self.hidden_size, self.pad_color = fields["hidden_size"], fields["pad_color"]
+        self.mean, self.std = fields["mean"], fields["std"]
+        self._check_input()
         self.provider = self.session.get_providers()[0]
         log.info("vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted))
         self.max_batch = max_batch
         self.input_name = self.session.get_inputs()[0].name
         self.file_hash = _file_sha256(self.path)
 
-    @property
-    def family(self) -> str:
-        return self.metadata["geovlm.family"]
+    def _fields(self, meta: Dict[str, str]) -> dict:
+        """The metadata the runtime reads, parsed; EncoderError when some is missing or unreadable."""
+        missing = [key for key in FIELDS if key not in meta]
+        if missing:
+            raise EncoderError(f"{self.path} lacks the encoder metadata {', '.join(missing)}: {AGAIN}")
+        fields = {}
+        for key, parse in FIELDS.items():
+            try:
+                fields[key.split(".", 1)[1]] = parse(meta[key])
+            except (ValueError, TypeError):
+                raise EncoderError(f"{self.path} has an unreadable {key} ({meta[key]!r}): {AGAIN}") from None
+        return fields
 
-    @property
-    def input_size(self) -> int:
-        return int(self.metadata["geovlm.input_size"])
-
-    @property
-    def fit(self) -> str:
-        return self.metadata["geovlm.fit"]
-
-    @property
-    def image_tokens(self) -> int:
-        return int(self.metadata["geovlm.image_tokens"])
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.metadata["geovlm.hidden_size"])
-
-    @property
-    def mean(self):
-        return tuple(json.loads(self.metadata["geovlm.mean"]))
-
-    @property
-    def std(self):
-        return tuple(json.loads(self.metadata["geovlm.std"]))
-
-    @property
-    def source_hash(self) -> str:
-        return self.metadata["geovlm.source_sha256"]
+    def _check_input(self) -> None:
+        """One input, pixel_values float32 [batch, 3, size, size] (each axis named or of that length)."""
+        inputs, size = self.session.get_inputs(), self.input_size
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        dims = len(shape) == 4 and all(not isinstance(d, int) or d == n for d, n in zip(shape[1:], (3, size, size)))
+        if not (dims and inputs[0].name == "pixel_values" and inputs[0].type == "tensor(float)"):
+            got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "no input"
+            raise EncoderError(
+                f"{self.path} is no GeoVLM encoder graph: it takes {got}, the encoder takes pixel_values float32 "
+                f"[batch, 3, {size}, {size}]; {AGAIN}"
+            )
 
     def check_fits(self, hidden_size: int, image_tokens: int, source_hash: Optional[str] = None) -> None:
         """Raise unless this encoder's output is what the language model expects."""

@@ -10,7 +10,6 @@ core.georef.fit_plan's geometry, so boxes parsed against `image.shape` land wher
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -112,7 +111,7 @@ class VlmPipeline:
         self.encoder = encoder
         self.cache = EncodingCache()
         self._lock = threading.Lock()
-        self.pad_color = tuple(int(v) for v in json.loads(encoder.metadata["geovlm.pad_color"]))
+        self.pad_color = encoder.pad_color
 
     @classmethod
     def load(

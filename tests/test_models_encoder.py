@@ -134,6 +134,41 @@ def test_corrupt_and_foreign_onnx(tmp_path):
         OnnxEncoder(tmp_path / "missing.onnx")
 
 
+def _identity_onnx(path, metadata, shape, dtype=None, name="pixel_values"):
+    """A graph that passes its input through, with the given input signature and metadata_props."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(name, dtype or TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", dtype or TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_incomplete_metadata_or_a_wrong_input_is_refused_on_opening(exported, tmp_path):
+    from onnx import TensorProto
+
+    from geovlm.models.encoder_runtime import EncoderError, OnnxEncoder
+
+    meta, shape = exported.metadata, ["batch", 3, 504, 504]
+    partial = {k: meta[k] for k in ("geovlm.schema", "geovlm.schema_version", "geovlm.family")}
+    with pytest.raises(EncoderError, match="lacks .*geovlm.hidden_size"):
+        OnnxEncoder(_identity_onnx(tmp_path / "partial.onnx", partial, shape))
+    with pytest.raises(EncoderError, match="geovlm.mean"):
+        OnnxEncoder(_identity_onnx(tmp_path / "mean.onnx", dict(meta, **{"geovlm.mean": "[0.5, 0.5"}), shape))
+    with pytest.raises(EncoderError, match="geovlm.image_tokens"):
+        OnnxEncoder(_identity_onnx(tmp_path / "tokens.onnx", dict(meta, **{"geovlm.image_tokens": "many"}), shape))
+    wrong_inputs = {"rank": ([504, 504], None, "pixel_values"), "dtype": (shape, TensorProto.INT64, "pixel_values"),
+                    "name": (shape, None, "x"), "size": (["batch", 3, 336, 336], None, "pixel_values")}
+    for kind, (dims, dtype, name) in wrong_inputs.items():
+        with pytest.raises(EncoderError, match=r"takes pixel_values float32 \[batch, 3, 504, 504\]"):
+            OnnxEncoder(_identity_onnx(tmp_path / f"{kind}.onnx", meta, dims, dtype, name))
+    assert OnnxEncoder(_identity_onnx(tmp_path / "fits.onnx", meta, shape)).hidden_size == 64  # not over-strict
+
+
 def test_metadata_must_fit_language_model(exported, caplog):
     import onnxruntime
 
