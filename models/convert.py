@@ -22,6 +22,7 @@ from .checkpoints import META_FILE, from_local_folder
 from .encoder_export import CLIP_MEAN, CLIP_STD
 
 SHARD_BYTES = 4 << 30
+PICKLED = "pytorch_model*.bin"  # the weights, never training_args.bin or other pickles beside them
 PROJECTOR = {"mm_projector.0.": "multi_modal_projector.linear_1.", "mm_projector.2.": "multi_modal_projector.linear_2."}
 
 
@@ -42,11 +43,17 @@ def read_tensors(folder: Path, pattern: Optional[str] = None) -> Iterator[Tuple[
                 for key in f.keys():
                     yield key, f.get_tensor(key)
         return
-    files = files or sorted(folder.glob("*.bin"))
+    files = files or sorted(folder.glob(PICKLED))
     if not files:
-        raise ConversionError(f"{folder} has no .safetensors or .bin weights")
+        raise ConversionError(f"{folder} has no .safetensors or {PICKLED} weights")
     for file in files:
-        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # UnpicklingError for a refused pickle, RuntimeError for a damaged archive, ...
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise ConversionError(f"cannot read {file} as weights (torch.load weights_only=True): {reason}") from None
+        if not isinstance(state, dict):
+            raise ConversionError(f"{file} holds a {type(state).__name__}, not a dict of weights")
         yield from state.items()
 
 
@@ -333,11 +340,11 @@ def convert_rsllava(lora_dir, base, clip, out) -> Path:
 def convert_safetensors(src, out) -> Path:
     """A llava-hf folder with pickled weights -> the same folder with safetensors (weights_only loading)."""
     src = Path(src)
-    if not list(src.glob("*.bin")):
-        raise ConversionError(f"{src} has no .bin weights to convert")
+    if not list(src.glob(PICKLED)):
+        raise ConversionError(f"{src} has no {PICKLED} weights to convert")
     out = _prepare_out(out)
     writer = ShardWriter(out)
-    for key, tensor in read_tensors(src, "*.bin"):
+    for key, tensor in read_tensors(src, PICKLED):
         writer.add(key, tensor)
     writer.close()
     for file in src.iterdir():

@@ -245,3 +245,22 @@ def test_pickled_llava_hf_folder_is_refused_then_converted(tmp_path):
     assert not list(out.glob("*.bin"))
     with pytest.raises(ConversionError, match="not empty"):
         convert_safetensors(pickled, tmp_path / "fixed")
+
+
+def test_only_weight_pickles_are_read_and_a_refused_one_is_a_clear_error(tmp_path):
+    import argparse
+
+    from geovlm.cli import main
+    from geovlm.models.convert import ConversionError, convert_safetensors, read_tensors
+
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save({"w": torch.ones(2, 2)}, src / "pytorch_model.bin")
+    torch.save(argparse.Namespace(lr=1e-4), src / "training_args.bin")  # the Trainer leaves one beside the weights
+    assert list(dict(read_tensors(src))) == ["w"]
+    (src / "pytorch_model.bin").write_bytes((src / "training_args.bin").read_bytes())
+    with pytest.raises(ConversionError, match="pytorch_model.bin.*weights_only"):
+        dict(read_tensors(src))
+    with pytest.raises(ConversionError, match="weights_only"):
+        convert_safetensors(src, tmp_path / "out")
+    assert main(["convert", "safetensors", "--src", str(src), "--out", str(tmp_path / "out2")]) == 2
