@@ -198,15 +198,15 @@ def _llava_config(vision, text, tok, src_config: dict, vocab: int):
     text.vocab_size = vocab
     text.pad_token_id = tok.pad_token_id
     grid = vision.image_size // vision.patch_size
-    feature = src_config.get("mm_vision_select_feature", "patch")
+    patch_only = src_config.get("mm_vision_select_feature", "patch") == "patch"  # else cls_patch: CLS kept too
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         pad_token_id=tok.pad_token_id,
         vision_feature_layer=int(src_config.get("mm_vision_select_layer", -2)),
-        vision_feature_select_strategy="default" if feature == "patch" else "full",
-        image_seq_length=grid * grid,
+        vision_feature_select_strategy="default" if patch_only else "full",
+        image_seq_length=grid * grid + (0 if patch_only else 1),
         projector_hidden_act="gelu",
     )
 

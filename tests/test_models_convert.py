@@ -83,6 +83,18 @@ def _mm_config(model_type):
     }
 
 
+def _geochat_source(folder: Path, **config):
+    """A tiny GeoChat-layout checkpoint (safetensors): its Llama (seeded) and vocabulary size."""
+    folder.mkdir()
+    vocab = _tokenizer(folder)
+    torch.manual_seed(9)
+    llama = LlamaForCausalLM(LlamaConfig(**dict(TEXT, vocab_size=vocab))).eval()
+    projector = _projector("model.", torch.Generator().manual_seed(3))
+    save_file(dict(llama.state_dict(), **projector), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**TEXT, "vocab_size": vocab, **_mm_config("geochat"), **config}))
+    return llama, vocab
+
+
 def _reference_features(vision_state, image_size, table, projector, pixels):
     """The original recipe: CLIP with `table` as its position embedding, hidden_states[-2] minus CLS, MLP."""
     config = CLIPVisionConfig(**dict(VISION, image_size=image_size))
@@ -264,3 +276,17 @@ def test_only_weight_pickles_are_read_and_a_refused_one_is_a_clear_error(tmp_pat
     with pytest.raises(ConversionError, match="weights_only"):
         convert_safetensors(src, tmp_path / "out")
     assert main(["convert", "safetensors", "--src", str(src), "--out", str(tmp_path / "out2")]) == 2
+
+
+def test_cls_patch_features_count_the_cls_token(tmp_path):
+    from geovlm.models.checkpoints import load_vision_model
+    from geovlm.models.convert import convert_geochat
+    from geovlm.models.encoder_export import torch_image_features
+
+    _write_clip(tmp_path / "clip")
+    _geochat_source(tmp_path / "src", mm_vision_select_feature="cls_patch")
+    out = convert_geochat(tmp_path / "src", tmp_path / "clip", tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_feature_select_strategy"] == "full"
+    features = torch_image_features(load_vision_model(out), torch.zeros(1, 3, 504, 504))
+    assert features.shape[1] == config["image_seq_length"] == 12 * 12 + 1
