@@ -98,28 +98,45 @@ def test_bad_rasters_raise_clear_errors(tmp_path):
         read_rgb(R / "sample_geotiff.tif", bands=(1, 2, 3))
 
 
-@pytest.mark.parametrize("family,size", [("geochat", (300, 120)), ("geochat", (90, 200)), ("skysensegpt", (300, 120))])
-def test_fit_follows_the_georef_plan(family, size):
-    """A marker pixel block lands in the model input where core.georef says it does."""
+SIZES = [(300, 120), (90, 200), (337, 1000), (1001, 333), (17, 5), (5, 17), (513, 511), (1, 7), (64, 64)]
+
+
+def _llava_reference(image: np.ndarray, mode: str, size: int) -> np.ndarray:
+    """The model input as LLaVA and transformers make it, written independently of models.preprocess: pad to a
+    square of the CLIP-mean colour (image centred, LLaVA's expand2square), stretch, or neither; then CLIP's image
+    processor (shortest edge to `size`, bicubic, centre crop, rescale, normalise)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    from geovlm.models.encoder_export import CLIP_MEAN, CLIP_STD
+
+    pil = Image.fromarray(image)
+    w, h = pil.size
+    if mode == "pad":
+        square = Image.new("RGB", (max(w, h),) * 2, tuple(int(255 * m) for m in CLIP_MEAN))
+        square.paste(pil, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
+        pil = square
+    elif mode == "stretch":
+        pil = pil.resize((size, size), Image.BICUBIC)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                      image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return processor(pil, return_tensors="np")["pixel_values"][0]
+
+
+@pytest.mark.parametrize("family,fit", [("geochat", "pad"), ("skysensegpt", "stretch"), ("llava15", "crop")])
+def test_preprocessing_equals_llava_and_transformers_exactly(family, fit):
+    """fit_plan + fit_image + normalise give the reference's model input to the bit, for every fit mode, on odd
+    and even, portrait, landscape and square sizes."""
     from geovlm.core.georef import fit_plan
     from geovlm.core.profiles import get_profile
-    from geovlm.models.preprocess import fit_image
+    from geovlm.models.encoder_export import CLIP_MEAN, CLIP_STD
+    from geovlm.models.preprocess import fit_image, normalise
 
-    profile = get_profile(family)
-    w, h = size
-    image = np.full((h, w, 3), 255, np.uint8)
-    x0, y0, x1, y1 = w // 4, h // 3, w // 4 + 20, h // 3 + 20
-    image[y0:y1, x0:x1] = (255, 0, 0)
-    plan = fit_plan(profile, w, h)
-    out = fit_image(image, plan, profile.pad_color)
-    assert out.shape == (plan.input_height, plan.input_width, 3)
-    red = (out[..., 0] > 200) & (out[..., 1] < 60)
-    rows, cols = np.nonzero(red)
-    (ix0, iy0), (ix1, iy1) = plan.image_to_input(x0, y0), plan.image_to_input(x1, y1)
-    assert abs(cols.min() - ix0) <= 2 and abs(cols.max() + 1 - ix1) <= 2
-    assert abs(rows.min() - iy0) <= 2 and abs(rows.max() + 1 - iy1) <= 2
-    if plan.mode == "pad":
-        corner = out[0, 0] if plan.offset_y > 0 else out[0, 0]
-        lx, ly = plan.image_to_input(0, 0)
-        if lx > 2 or ly > 2:
-            np.testing.assert_array_equal(corner, profile.pad_color)
+    profile = get_profile(family).with_overrides(fit=fit)
+    rng = np.random.default_rng(0)
+    for w, h in SIZES:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = normalise([fit_image(image, fit_plan(profile, w, h), profile.pad_color)], CLIP_MEAN, CLIP_STD)[0]
+        reference = _llava_reference(image, fit, profile.input_size)
+        assert ours.shape == reference.shape == (3, profile.input_size, profile.input_size)
+        assert np.abs(ours - reference).max() == 0.0, (w, h)
