@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,6 +96,15 @@ def _geochat_source(folder: Path, **config):
     return llama, vocab
 
 
+def _geochat_table(clip):
+    """GeoChat's recipe, computed here: the CLIP's 8x8 patch position rows resized bicubically, align_corners=True,
+    to 12x12 (504 px), after the CLS row."""
+    table = clip.embeddings.position_embedding.weight.detach()
+    grid = table[1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(12, 12), mode="bicubic", align_corners=True)
+    return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(144, 32)])
+
+
 def _reference_features(vision_state, image_size, table, projector, pixels):
     """The original recipe: CLIP with `table` as its position embedding, hidden_states[-2] minus CLS, MLP."""
     config = CLIPVisionConfig(**dict(VISION, image_size=image_size))
@@ -137,11 +147,7 @@ def test_geochat_conversion_matches_the_original_recipe(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["vision_config"]["image_size"] == 504 and config["image_seq_length"] == 144
 
-    # GeoChat's recipe, computed here: the 8x8 patch table resized bicubically, align_corners=True, to 12x12.
-    table = clip.embeddings.position_embedding.weight.detach()
-    grid = table[1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=(12, 12), mode="bicubic", align_corners=True)
-    resized = torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(144, 32)])
+    resized = _geochat_table(clip)
     pixels = torch.randn(3, 3, 504, 504, generator=torch.Generator().manual_seed(4))
     ref = _reference_features(
         clip.state_dict(), 504, resized, _projector("model.", torch.Generator().manual_seed(3)), pixels
@@ -170,24 +176,36 @@ def test_geochat_conversion_matches_the_original_recipe(tmp_path):
 
 
 def test_geochat_converted_model_runs_in_the_pipeline(tmp_path):
+    """The converted folder in the pipeline: its ONNX features are the original recipe's, and its greedy answer is
+    transformers' generate on the same folder."""
+    from geovlm.core.georef import fit_plan
+    from geovlm.models.checkpoints import load_model
     from geovlm.models.convert import convert_geochat
     from geovlm.models.pipeline import GenRequest, VlmPipeline
+    from geovlm.models.preprocess import fit_image, normalise
 
-    _write_clip(tmp_path / "clip")
-    src = tmp_path / "skysense-tiny"
-    src.mkdir()
-    vocab = _tokenizer(src)
-    llama = LlamaForCausalLM(LlamaConfig(**dict(TEXT, vocab_size=vocab)))
-    save_file(
-        dict(llama.state_dict(), **_projector("model.", torch.Generator().manual_seed(3))),
-        str(src / "model.safetensors"),
-    )
-    (src / "config.json").write_text(json.dumps(dict(TEXT, vocab_size=vocab, **_mm_config("geochat"))))
-    out = convert_geochat(src, tmp_path / "clip", tmp_path / "out", family="skysensegpt")
+    clip = _write_clip(tmp_path / "clip")
+    _geochat_source(tmp_path / "src")
+    out = convert_geochat(tmp_path / "src", tmp_path / "clip", tmp_path / "out", family="skysensegpt")
     pipe = VlmPipeline.load(out, device="cpu", providers=["CPUExecutionProvider"])
     assert pipe.info()["family"] == "skysensegpt" and pipe.info()["random_stand_in"] is False
-    result = pipe.generate_batch([GenRequest(ms.random_image(0), [("user", "[detection]ships")], 5)])[0]
-    assert result.tokens <= 5
+
+    image = ms.random_image(0)
+    plan = fit_plan(pipe.profile, image.shape[1], image.shape[0])
+    pixels = normalise([fit_image(image, plan, pipe.pad_color)], pipe.encoder.mean, pipe.encoder.std)
+    projector = _projector("model.", torch.Generator().manual_seed(3))
+    ref = _reference_features(clip.state_dict(), 504, _geochat_table(clip), projector, torch.from_numpy(pixels))
+    assert np.abs(pipe.encode([image]) - ref.numpy()).max() <= 1e-4
+
+    messages = [("user", "[detection]ships")]
+    result = pipe.generate_batch([GenRequest(image, messages, max_new_tokens=8)])[0]
+    ids = torch.tensor([pipe.prompt_ids(messages)])
+    with torch.no_grad():
+        generated = load_model(out).generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                             pixel_values=torch.from_numpy(pixels), max_new_tokens=8, do_sample=False)
+    tokens = generated[0, ids.shape[1]:]
+    assert result.tokens == len(tokens) and result.text == pipe.lm.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert result.text.strip()
 
 
 def test_rsllava_lora_is_merged(tmp_path):
