@@ -39,6 +39,7 @@ def register(sub) -> None:
                        help="pixels of the images queued or in generation before 429 (default: four 4096x4096)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
     serve.add_argument("--ready-file", help="write {url, pid} as JSON here once listening (for launchers)")
+    serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the launcher's: exit when it is gone
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(
@@ -91,6 +92,7 @@ def engine_for(args):
 
 
 def cmd_serve(args) -> int:
+    from ..engine.lifeline import watch_parent
     from ..engine.server import Settings, create_app, run
     from ..models.checkpoints import CheckpointError
     from ..models.encoder_runtime import EncoderError
@@ -98,6 +100,7 @@ def cmd_serve(args) -> int:
     from .engine_cmds import ready_demo_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parent_alive = watch_parent(args.parent_pid) if args.parent_pid else None
     key = args.api_key or os.environ.get(KEY_VARIABLE) or None
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
@@ -125,7 +128,7 @@ def cmd_serve(args) -> int:
         request_timeout_s=args.request_timeout,
     )
     try:
-        run(create_app(pipeline, settings), args.host, args.port, args.ready_file)
+        run(create_app(pipeline, settings), args.host, args.port, args.ready_file, parent_alive=parent_alive)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     return 0

@@ -4,8 +4,9 @@ Standard library only, so the QGIS side can import it. The child runs from a con
 environment (no QGIS PYTHONPATH, no PROJ/GDAL/Qt variables), binds port 0 on 127.0.0.1 and reports its URL
 through a ready file; the launcher then waits for /health. A failed start raises `EngineStartError` with
 the end of the engine's own output. A crashed engine is started again on the same port (a few times at
-most), and the engine is stopped when the launcher stops or the interpreter exits. Each launch gets a random
-API key, handed over in the environment (never on the command line), so other local users cannot use it.
+most), and the engine is stopped when the launcher stops or the interpreter exits; should this process be
+killed outright, the engine sees it gone and exits by itself. Each launch gets a random API key, handed over
+in the environment (never on the command line), so other local users cannot use it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import subprocess  # nosec B404 - the launcher starts the engine, a fixed command
@@ -23,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from .lifeline import die_with_parent
 
 log = logging.getLogger("geovlm.launcher")
 
@@ -77,6 +81,7 @@ class LocalEngine:
         self._dir: Optional[Path] = None
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.RLock()
+        self._start_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: Optional[threading.Thread] = None
 
@@ -90,7 +95,7 @@ class LocalEngine:
 
     def command(self, port: int) -> List[str]:
         args = [self.python, "-m", "geovlm", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--ready-file", str(self._dir / "ready.json")]
+        args += ["--ready-file", str(self._dir / "ready.json"), "--parent-pid", str(os.getpid())]
         if self.model:
             args += ["--model", str(self.model)]
         if self.family:
@@ -99,15 +104,22 @@ class LocalEngine:
 
     def start(self) -> str:
         """Start the engine and wait until it answers /health; returns its URL."""
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return self.url
-            self._stopping.clear()
-            self._dir = Path(tempfile.mkdtemp(prefix="geovlm-engine-"))
-            self._launch(0)
+        with self._start_lock:
+            with self._lock:
+                if self._proc is not None and self._proc.poll() is None:
+                    return self.url
+                self._stopping.clear()
+                self._dir = Path(tempfile.mkdtemp(prefix="geovlm-engine-"))
+                started: queue.Queue = queue.Queue(1)
+                self._watcher = threading.Thread(
+                    target=self._supervise, args=(started,), name="geovlm-engine-watch", daemon=True
+                )
+                self._watcher.start()
+            error = started.get()
+            if error is not None:
+                self.stop()
+                raise error
             atexit.register(self.stop)
-            self._watcher = threading.Thread(target=self._watch, name="geovlm-engine-watch", daemon=True)
-            self._watcher.start()
             return self.url
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -137,28 +149,40 @@ class LocalEngine:
 
     # ------------------------------------------------------------ internals
 
+    def _supervise(self, started: queue.Queue) -> None:
+        """Launch the engine, then watch it, from this one thread: the kernel's die-with-parent signal is
+        tied to the thread that started the child, so it must live as long as the engine."""
+        try:
+            self._launch(0)
+        except Exception as exc:  # handed to start()
+            started.put(exc if isinstance(exc, EngineStartError) else EngineStartError(str(exc)))
+            return
+        started.put(None)
+        self._watch()
+
     def _launch(self, port: int) -> None:
         ready = self._dir / "ready.json"
         ready.unlink(missing_ok=True)
-        logfile = open(self.log_path, "ab")  # the child writes to it
         # Windows: no console window, and Ctrl+C in QGIS's console does not reach the engine.
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
         flags |= getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        try:
-            self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
-                self.command(port),
-                env=self._env,
-                cwd=str(self._dir),
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                start_new_session=os.name == "posix",
-                creationflags=flags,
-            )
-        except OSError as exc:
-            raise EngineStartError(f"could not run {self.python}: {exc}") from exc
-        finally:
-            logfile.close()
+        with self._lock, open(self.log_path, "ab") as logfile:  # the child writes to it
+            if self._stopping.is_set():
+                raise EngineStartError("the engine was stopped while starting")
+            try:
+                self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
+                    self.command(port),
+                    env=self._env,
+                    cwd=str(self._dir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=os.name == "posix",
+                    creationflags=flags,
+                    preexec_fn=die_with_parent(),  # one prctl call, its libc looked up before the fork
+                )
+            except OSError as exc:
+                raise EngineStartError(f"could not run {self.python}: {exc}") from exc
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline and not self._stopping.is_set():
             if self._proc.poll() is not None:
@@ -185,23 +209,24 @@ class LocalEngine:
         return self.last_error
 
     def _watch(self) -> None:
-        """Start the engine again on its port when it dies, at most `max_restarts` times."""
+        """Start the engine again on its port when it dies, at most `max_restarts` times; the lock is not
+        held while it starts, so `stop()` and `running()` answer meanwhile."""
         while not self._stopping.wait(0.25):
             with self._lock:
                 proc = self._proc
-                if proc is None or proc.poll() is None or self._stopping.is_set():
-                    continue
-                log.error("%s", self._failure(f"the local engine crashed (status {proc.returncode})"))
-                if self.restarts >= self.max_restarts:
-                    log.error("not restarting the local engine: %d restarts already", self.restarts)
+            if proc is None or proc.poll() is None:
+                continue
+            log.error("%s", self._failure(f"the local engine crashed (status {proc.returncode})"))
+            if self.restarts >= self.max_restarts:
+                log.error("not restarting the local engine: %d restarts already", self.restarts)
+                with self._lock:
                     self._proc = None
-                    return
-                self.restarts += 1
-                port = int(self.url.rsplit(":", 1)[1])
-                try:
-                    self._launch(port)
-                except EngineStartError as exc:
-                    log.error("restarting the local engine failed: %s", exc)
+                return
+            self.restarts += 1
+            try:
+                self._launch(int(self.url.rsplit(":", 1)[1]))
+            except EngineStartError as exc:
+                log.error("restarting the local engine failed: %s", exc)
 
 
 def _healthy(url: str) -> bool:

@@ -314,9 +314,10 @@ class _RequestLog:
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, graceful_s: float = 30.0,
-        limit_connections: int = 512) -> None:
-    """Serve `app` until SIGINT/SIGTERM, then finish the requests in flight (up to `graceful_s`). Port 0
-    takes a free port; once listening, the URL is logged and, with `ready_file`, written there as JSON."""
+        limit_connections: int = 512, parent_alive=None) -> None:
+    """Serve `app` until SIGINT/SIGTERM, or until `parent_alive()` turns false (checked every second), then
+    finish the requests in flight (up to `graceful_s`). Port 0 takes a free port; once listening, the URL
+    is logged and, with `ready_file`, written there as JSON."""
     import uvicorn
 
     config = uvicorn.Config(
@@ -335,6 +336,15 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, gracefu
                 log.info("listening on %s", url)
                 if ready_file:
                     _write_atomic(ready_file, json.dumps({"url": url, "pid": os.getpid()}))
+                if parent_alive is not None:
+                    self.lifeline = asyncio.ensure_future(self.watch_parent())
+
+        async def watch_parent(self):
+            while not self.should_exit:
+                if not parent_alive():
+                    log.warning("the process that started this engine is gone; stopping")
+                    self.should_exit = True
+                await asyncio.sleep(1.0)
 
     Server(config).run(sockets=[sock])
 

@@ -103,6 +103,67 @@ def test_local_engine_lifecycle(cache, tmp_path):
         engine.stop()
 
 
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie nobody reaps counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.1)
+
+
+def test_the_server_stops_when_the_process_that_started_it_is_gone(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ready = tmp_path / "ready.json"
+    code = (
+        "import sys; from fastapi import FastAPI; from geovlm.engine.lifeline import watch_parent; "
+        "from geovlm.engine.server import run; "
+        "run(FastAPI(), port=0, ready_file=sys.argv[2], parent_alive=watch_parent(int(sys.argv[1])))"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code, str(parent.pid), str(ready)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        parent.kill()
+        parent.wait(10)
+        assert server.wait(10) == 0  # a graceful stop within the one-second check and shutdown
+    finally:
+        for proc in (parent, server):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_engine_exits_when_its_owner_is_killed(cache):
+    code = (
+        "import time; from geovlm.engine.launcher import LocalEngine; "
+        "engine = LocalEngine(start_timeout=120); engine.start(); print(engine.pid, flush=True); time.sleep(120)"
+    )
+    env = dict(os.environ, GEOVLM_CACHE=str(cache))
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    engine_pid = None
+    try:
+        engine_pid = int(owner.stdout.readline())  # the owner's start_timeout bounds the wait
+        assert not gone(engine_pid)
+        owner.kill()  # SIGKILL: no atexit, no cleanup of its own
+        owner.wait(10)
+        wait_gone(engine_pid, 10)
+    finally:
+        owner.kill()
+        owner.wait(10)
+        if engine_pid is not None and not gone(engine_pid):
+            os.kill(engine_pid, signal.SIGKILL)
+
+
 def test_the_launcher_imports_only_the_standard_library():
     """QGIS imports the launcher: it must not pull in the engine's packages."""
     import ast
