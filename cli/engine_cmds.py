@@ -227,7 +227,7 @@ def _ask_engine(args, image, frame) -> int:
 
     from ..core.client import EngineError
     from ..core.profiles import get_profile
-    from .serve_cmds import engine_for
+    from .serve_cmds import engine_for, show_restart
 
     if args.engine == "local":
         args.engine = None  # engine_for starts the embedded engine
@@ -240,8 +240,8 @@ def _ask_engine(args, image, frame) -> int:
         profile = get_profile(family, **profile_overrides(args))
         text, answer = client.ask(
             buffer.getvalue(), (image.shape[1], image.shape[0]), args.question, profile=profile,
-            on_token=lambda piece: print(piece, end="", flush=True), max_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed,
+            on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
+            max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         )
     except (EngineError, ValueError) as exc:
         raise CliError(str(exc)) from None

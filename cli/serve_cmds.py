@@ -153,7 +153,7 @@ def cmd_engine_check(args) -> int:
         image.save(buffer, format="PNG")
         text, answer = client.ask(
             buffer.getvalue(), (320, 240), args.question, max_tokens=args.max_tokens,
-            on_token=lambda piece: print(piece, end="", flush=True),
+            on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
         )
         print(f"\n-- {answer.summary()}")
     except EngineError as exc:
@@ -162,6 +162,12 @@ def cmd_engine_check(args) -> int:
         if client.local_engine is not None:
             client.local_engine.stop()
     return 0
+
+
+def show_restart() -> None:
+    """A streamed answer broke and is asked again: end the broken line and say so."""
+    print(flush=True)
+    print("[stream broke; answer restarted]", file=sys.stderr, flush=True)
 
 
 def _is_loopback(host: str) -> bool:

@@ -340,3 +340,23 @@ def test_image_size_from_png_and_jpeg():
     assert image_size_of(buffer.getvalue()) == (64, 48)
     with pytest.raises(ValueError):
         image_size_of(b"GIF89a....")
+
+
+def test_the_command_line_marks_a_restarted_stream(serve, capsys):
+    from geovlm.cli import main
+
+    url = serve(Script(["stream-drop"]))
+    assert main(["engine-check", "--engine", url, "--max-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{BOX_TEXT[:8]}\n{BOX_TEXT}\n" in out  # the broken start, then the whole answer on a line of its own
+    assert "[stream broke; answer restarted]" in err
+
+
+def test_ask_through_an_engine_marks_a_restarted_stream(serve, capsys, data_dir):
+    from geovlm.cli import main
+
+    url = serve(Script(["stream-drop"]))
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    assert main(["ask", raster, "q", "--engine", url, "--window", "0,0,64,48", "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{BOX_TEXT[:8]}\n{BOX_TEXT}\n") and "[stream broke; answer restarted]" in err
