@@ -5,9 +5,11 @@ message as a data URI; the text of that message is the plain question (with the 
 task is given), never the `<image>` marker: the server applies the family's prompt template.
 
 Several endpoints share the work: each has a concurrency limit and every request goes to the least busy one
-that is up. Connection errors, 429 and 5xx are retried with exponential backoff (honouring Retry-After),
-preferably on another endpoint; an endpoint that failed rests for a while. Each job of `ask_many` yields
-exactly one result, however often its request had to be sent.
+that is up. Connection errors, 429, 502, 503 and 504 are retried with exponential backoff (honouring
+Retry-After), preferably on another endpoint, and the endpoint rests for a while; a 500 (the server is up,
+the request failed there) is tried once more. Other 4xx answers and an error event inside a stream (the
+model failed on this request) are not retried. Each job of `ask_many` yields exactly one result, however
+often its request had to be sent.
 """
 from __future__ import annotations
 
@@ -375,8 +377,10 @@ class EngineClient:
                     finished = True
                     break
                 chunk = json.loads(event)
-                if "error" in chunk:
-                    raise _Retryable(f"{endpoint.url}: stream error {_error_message(event.encode())}")
+                if "error" in chunk:  # the model failed on this request: sending it again would not help
+                    code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
+                    status = code if isinstance(code, int) else None
+                    raise EngineError(f"{endpoint.url}: stream error {_error_message(event.encode())}", status)
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
@@ -390,6 +394,7 @@ class EngineClient:
         """Run `call(endpoint, token)` on the least busy endpoint, retrying with backoff elsewhere."""
         token = cancel or CancelToken()
         last: Optional[Endpoint] = None
+        server_errors = 0
         for attempt in range(1, self.attempts + 1):
             endpoint = self._pool.acquire(token, avoid=last)
             ok = None
@@ -398,9 +403,10 @@ class EngineClient:
                 ok = True
                 return result
             except _Retryable as exc:
-                ok = False
+                server_errors += exc.status == 500
+                ok = None if exc.status == 500 else False  # a 500 came from a live server: no rest
                 last = endpoint
-                if attempt == self.attempts:
+                if attempt == self.attempts or server_errors > 1:
                     raise EngineError(f"gave up after {attempt} attempts: {exc}", exc.status) from exc
                 delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())  # nosec B311 - jitter
                 delay = min(self.max_backoff, exc.retry_after if exc.retry_after is not None else delay)

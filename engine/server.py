@@ -258,6 +258,9 @@ def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, 
                 done = piece.result
             elif piece:
                 yield event({"content": piece})
+    except ValueError as exc:  # as for a plain request: the request is unfit
+        yield _sse_error(f"the model cannot take this request: {exc}", 400, "invalid_request_error")
+        return
     except Exception as exc:  # the client must learn that the stream failed
         log.error("stream failed: %s: %s", type(exc).__name__, exc)
         yield _sse_error(f"generation failed: {type(exc).__name__}: {exc}")
@@ -271,8 +274,8 @@ def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, 
     yield b"data: [DONE]\n\n"
 
 
-def _sse_error(message: str) -> bytes:
-    return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n".encode()
+def _sse_error(message: str, code: int = 500, kind: str = "server_error") -> bytes:
+    return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'code': code}})}\n\n".encode()
 
 
 class _RequestLog:

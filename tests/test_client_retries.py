@@ -93,12 +93,12 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "400":
             self._json(400, {"error": {"message": "bad image, says the server"}})
         elif body.get("stream"):
-            self._stream(script.text, broken=action == "stream-drop")
+            self._stream(script.text, broken=action == "stream-drop", failed=action == "stream-error")
         else:
             reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": script.text}}]}
             self._json(200, reply)
 
-    def _stream(self, text, broken):
+    def _stream(self, text, broken, failed):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -106,6 +106,10 @@ class Handler(BaseHTTPRequestHandler):
         for n, piece in enumerate(pieces):
             if broken and n == 2:
                 self.connection.shutdown(2)
+                return
+            if failed and n == 2:
+                error = {"error": {"message": "the model failed", "type": "server_error", "code": 500}}
+                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
                 return
             chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
@@ -190,11 +194,29 @@ def test_retries_429_and_5xx_with_backoff(serve):
 
 
 def test_gives_up_after_the_attempts(serve):
-    script = Script(default="500")
+    script = Script(default="503")
     client = client_for(serve(script), attempts=3)
     with pytest.raises(EngineError, match="after 3 attempts.*it broke") as caught:
         client.ask(png(), (200, 100), "q")
-    assert caught.value.status == 500 and len(script.posts) == 3
+    assert caught.value.status == 503 and len(script.posts) == 3
+
+
+def test_a_500_is_tried_once_more_and_the_endpoint_stays_up(serve):
+    script = Script(default="500")
+    client = client_for(serve(script), attempts=5)
+    with pytest.raises(EngineError, match="it broke") as caught:
+        client.ask(png(), (200, 100), "q")
+    assert caught.value.status == 500 and len(script.posts) == 2
+    assert client.endpoints[0].failures == 0  # it answered: it is not down
+
+
+def test_an_error_event_from_the_model_is_not_retried(serve):
+    script = Script(["stream-error"])
+    client = client_for(serve(script))
+    shown = []
+    with pytest.raises(EngineError, match="the model failed") as caught:
+        client.ask(png(), (200, 100), "q", on_token=shown.append, on_restart=lambda: shown.append("<restart>"))
+    assert caught.value.status == 500 and len(script.posts) == 1 and "<restart>" not in shown
 
 
 def test_client_errors_are_not_retried(serve):

@@ -297,3 +297,14 @@ def test_decoding_is_bounded_and_a_pixel_budget_answers_429(pipeline, monkeypatc
     assert peak[0] == 2  # five bodies at once, two decoded at a time
     assert {reply.status_code for reply in replies} == {429}
     assert "pixels" in replies[0].json()["error"]["message"] and replies[0].headers["retry-after"] == "1"
+
+
+def test_a_stream_the_model_refuses_ends_with_a_400_error_event(pipeline):
+    from fastapi.testclient import TestClient
+
+    from geovlm.engine.server import Settings, create_app
+
+    with TestClient(create_app(Poisoned(pipeline), Settings())) as client:
+        reply = client.post("/v1/chat/completions", json=chat_body(1, "poison", stream=True))
+    events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: {")]
+    assert events[-1]["error"]["code"] == 400 and "poisoned" in events[-1]["error"]["message"]
