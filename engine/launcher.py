@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from .lifeline import die_with_parent
 
@@ -53,7 +53,9 @@ def clean_environment(base: Optional[Mapping[str, str]] = None) -> Dict[str, str
 
 class LocalEngine:
     """Starts, watches and stops one local engine. Use `start()` / `stop()` or a `with` block. `env` is the
-    environment to clean (default: this process's); `api_key` defaults to a fresh random one."""
+    environment to clean (default: this process's); `api_key` defaults to a fresh random one. `restarts`
+    counts the restarts since the engine last ran `healthy_s` without crashing; past `max_restarts` the
+    launcher gives up and calls `on_down(last_error)` from its watcher thread."""
 
     def __init__(
         self,
@@ -65,6 +67,8 @@ class LocalEngine:
         max_restarts: int = 3,
         env: Optional[Mapping[str, str]] = None,
         api_key: Optional[str] = None,
+        healthy_s: float = 300.0,
+        on_down: Optional[Callable[[str], None]] = None,
     ):
         self.python = python or sys.executable
         self.model = model
@@ -75,6 +79,9 @@ class LocalEngine:
         self.api_key = api_key or secrets.token_urlsafe(24)
         self.url: Optional[str] = None
         self.restarts = 0
+        self.healthy_s = healthy_s
+        self.on_down = on_down
+        self._up_since = 0.0
         self.last_error: Optional[str] = None
         self._env = clean_environment(env)
         self._env[KEY_VARIABLE] = self.api_key
@@ -170,7 +177,7 @@ class LocalEngine:
             if self._stopping.is_set():
                 raise EngineStartError("the engine was stopped while starting")
             try:
-                self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
+                proc = self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
                     self.command(port),
                     env=self._env,
                     cwd=str(self._dir),
@@ -185,17 +192,17 @@ class LocalEngine:
                 raise EngineStartError(f"could not run {self.python}: {exc}") from exc
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline and not self._stopping.is_set():
-            if self._proc.poll() is not None:
-                status = self._proc.returncode
-                raise EngineStartError(self._failure(f"the engine exited with status {status}"))
+            if proc.poll() is not None:
+                raise EngineStartError(self._failure(f"the engine exited with status {proc.returncode}"))
             if ready.is_file():
                 url = json.loads(ready.read_text(encoding="utf-8"))["url"]
                 if _healthy(url):
                     self.url = url
-                    log.info("local engine %s running at %s", self._proc.pid, url)
+                    self._up_since = time.monotonic()
+                    log.info("local engine %s running at %s", proc.pid, url)
                     return
             time.sleep(0.1)
-        _terminate(self._proc, 5)
+        _terminate(proc, 5)
         if self._stopping.is_set():
             raise EngineStartError("the engine was stopped while starting")
         raise EngineStartError(self._failure(f"no answer on /health within {self.start_timeout:.0f} s"))
@@ -217,10 +224,15 @@ class LocalEngine:
             if proc is None or proc.poll() is None:
                 continue
             log.error("%s", self._failure(f"the local engine crashed (status {proc.returncode})"))
+            if self._up_since and time.monotonic() - self._up_since >= self.healthy_s:
+                self.restarts = 0  # it ran well for a good while: this crash starts a new count
+            self._up_since = 0.0  # until a launch succeeds
             if self.restarts >= self.max_restarts:
                 log.error("not restarting the local engine: %d restarts already", self.restarts)
                 with self._lock:
                     self._proc = None
+                if self.on_down is not None:
+                    self.on_down(self.last_error)
                 return
             self.restarts += 1
             try:

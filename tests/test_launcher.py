@@ -192,3 +192,65 @@ def test_engine_check_with_a_local_engine(cache):
     assert out.returncode == 0, out.stderr
     assert "starting a local engine" in out.stderr
     assert '"random_stand_in": true' in out.stdout and "objects" in out.stdout
+
+
+FAKE_ENGINE = """
+import http.server, json, os, sys
+args = sys.argv[1:]
+ready, port = args[args.index("--ready-file") + 1], int(args[args.index("--port") + 1])
+with open(os.environ["FAKE_ENV_FILE"], "w") as out:
+    json.dump(dict(os.environ), out)
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", port), Health)
+with open(ready + ".tmp", "w") as out:
+    json.dump({"url": f"http://127.0.0.1:{server.server_address[1]}"}, out)
+os.replace(ready + ".tmp", ready)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    """A stand-in for the engine's Python: answers /health at once and records its environment."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!{sys.executable}\n{FAKE_ENGINE}")
+    script.chmod(0o755)
+    return str(script), tmp_path / "environment.json"
+
+
+def test_restarts_count_anew_after_a_healthy_while_and_giving_up_is_reported(fake_python):
+    python, env_file = fake_python
+    down = []
+    engine = LocalEngine(
+        python=python, env={**os.environ, "FAKE_ENV_FILE": str(env_file)}, max_restarts=1, healthy_s=1.0,
+        on_down=down.append,
+    )
+
+    def crash(restarted: bool) -> None:
+        pid = engine.pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (engine.running() and engine.pid != pid if restarted else down):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    try:
+        engine.start()
+        crash(restarted=True)
+        assert engine.restarts == 1
+        time.sleep(1.2)  # healthy for longer than healthy_s
+        crash(restarted=True)  # a new count: restarted again
+        assert engine.restarts == 1 and not down
+        crash(restarted=False)  # a second crash in a row: it gives up
+        assert not engine.running() and "crashed" in down[0]
+    finally:
+        engine.stop()
