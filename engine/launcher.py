@@ -1,7 +1,8 @@
 """The embedded local engine: `geovlm serve` in a child process on a free loopback port.
 
 Standard library only, so the QGIS side can import it. The child runs from a configured Python with a clean
-environment (no QGIS PYTHONPATH, no PROJ/GDAL/Qt variables), binds port 0 on 127.0.0.1 and reports its URL
+environment (no QGIS PYTHONPATH, no PROJ/GDAL/Qt or library-path variables; PYTHONPATH only when that Python
+cannot import geovlm by itself, as in a plugin-only install), binds port 0 on 127.0.0.1 and reports its URL
 through a ready file; the launcher then waits for /health. A failed start raises `EngineStartError` with
 the end of the engine's own output. A crashed engine is started again on the same port (a few times at
 most), and the engine is stopped when the launcher stops or the interpreter exits; should this process be
@@ -30,8 +31,11 @@ from .lifeline import die_with_parent
 
 log = logging.getLogger("geovlm.launcher")
 
-DROP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONUSERBASE")
-DROP_PREFIXES = ("QGIS", "PROJ_", "GDAL_", "CPL_", "OGR_", "QT_", "PYQGIS")
+DROP_VARIABLES = (
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "PYTHONUSERBASE", "LD_LIBRARY_PATH"
+)
+DROP_PREFIXES = ("QGIS", "PROJ_", "GDAL_", "CPL_", "OGR_", "QT_", "PYQGIS", "DYLD_")
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds the geovlm package
 KEY_VARIABLE = "GEOVLM_API_KEY"
 
 
@@ -117,6 +121,8 @@ class LocalEngine:
                     return self.url
                 self._stopping.clear()
                 self._dir = Path(tempfile.mkdtemp(prefix="geovlm-engine-"))
+                if "PYTHONPATH" not in self._env and not _imports_geovlm(self.python, self._env, self._dir):
+                    self._env["PYTHONPATH"] = str(PACKAGE_PARENT)  # a plugin-only install
                 started: queue.Queue = queue.Queue(1)
                 self._watcher = threading.Thread(
                     target=self._supervise, args=(started,), name="geovlm-engine-watch", daemon=True
@@ -239,6 +245,20 @@ class LocalEngine:
                 self._launch(int(self.url.rsplit(":", 1)[1]))
             except EngineStartError as exc:
                 log.error("restarting the local engine failed: %s", exc)
+
+
+def _imports_geovlm(python: str, env: Mapping[str, str], cwd: Path) -> bool:
+    """Whether `python` finds the geovlm package by itself (an unusable Python says yes: its launch fails
+    with its own error)."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('geovlm') is None)"
+    try:
+        done = subprocess.run(  # nosec B603 - a fixed argument list, no shell
+            [python, "-c", probe], env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.returncode != 1
 
 
 def _healthy(url: str) -> bool:

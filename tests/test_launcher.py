@@ -2,6 +2,7 @@
 the engine's own error, a restart after a crash, a graceful stop; and the command line around it."""
 import argparse
 import io
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from PIL import Image
 
 from geovlm.cli.serve_cmds import engine_for
 from geovlm.core.client import EngineClient
+from geovlm.engine import launcher
 from geovlm.engine.launcher import EngineStartError, LocalEngine, clean_environment
 
 QGIS_VARIABLES = {
@@ -27,6 +29,9 @@ QGIS_VARIABLES = {
     "GDAL_DRIVER_PATH": "/qgis/gdalplugins",
     "QGIS_PREFIX_PATH": "/usr",
     "QT_PLUGIN_PATH": "/qgis/qt",
+    "LD_LIBRARY_PATH": "/qgis/lib",
+    "DYLD_LIBRARY_PATH": "/Applications/QGIS.app/Contents/MacOS/lib",
+    "DYLD_FRAMEWORK_PATH": "/Applications/QGIS.app/Contents/Frameworks",
 }
 
 
@@ -168,8 +173,6 @@ def test_the_launcher_imports_only_the_standard_library():
     """QGIS imports the launcher: it must not pull in the engine's packages."""
     import ast
 
-    import geovlm.engine.launcher as launcher
-
     tree = ast.parse(Path(launcher.__file__).read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
@@ -197,6 +200,8 @@ def test_engine_check_with_a_local_engine(cache):
 FAKE_ENGINE = """
 import http.server, json, os, sys
 args = sys.argv[1:]
+if args[0] == "-c":  # the launcher asks whether geovlm can be imported
+    sys.exit(int(os.environ.get("FAKE_IMPORTABLE") != "1"))
 ready, port = args[args.index("--ready-file") + 1], int(args[args.index("--port") + 1])
 with open(os.environ["FAKE_ENV_FILE"], "w") as out:
     json.dump(dict(os.environ), out)
@@ -254,3 +259,14 @@ def test_restarts_count_anew_after_a_healthy_while_and_giving_up_is_reported(fak
         assert not engine.running() and "crashed" in down[0]
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("importable", [True, False])
+def test_pythonpath_only_when_geovlm_is_not_importable_otherwise(fake_python, importable):
+    python, env_file = fake_python
+    env = {**os.environ, **QGIS_VARIABLES, "FAKE_ENV_FILE": str(env_file), "FAKE_IMPORTABLE": str(int(importable))}
+    with LocalEngine(python=python, env=env):
+        seen = json.loads(env_file.read_text())
+    package_parent = str(Path(launcher.__file__).resolve().parents[2])  # the folder holding the package
+    assert seen.get("PYTHONPATH") == (None if importable else package_parent)
+    assert not set(QGIS_VARIABLES) - {"PYTHONPATH"} & set(seen)
