@@ -128,7 +128,8 @@ def cmd_serve(args) -> int:
         request_timeout_s=args.request_timeout,
     )
     try:
-        run(create_app(pipeline, settings), args.host, args.port, args.ready_file, parent_alive=parent_alive)
+        run(create_app(pipeline, settings), args.host, args.port, args.ready_file, settings.graceful_s,
+            parent_alive=parent_alive)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     return 0

@@ -113,6 +113,11 @@ class Batcher:
             self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        """Whether the worker runs (false before `start`, after `stop`, or when it died)."""
+        return self._thread.is_alive()
+
+    @property
     def waiting(self) -> int:
         return len(self._jobs)
 

@@ -135,8 +135,9 @@ class LocalEngine:
             atexit.register(self.stop)
             return self.url
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the engine (SIGTERM, so requests in flight finish; killed after `timeout`)."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the engine (SIGTERM, so requests in flight finish; killed after `timeout`, longer than the
+        engine's own graceful stop)."""
         self._stopping.set()
         with self._lock:
             if self._proc is not None:

@@ -24,6 +24,7 @@ from .batching import Batcher, Busy
 from .protocol import ChatRequest, ProtocolError, parse_chat
 
 log = logging.getLogger("geovlm.engine")
+BATCHER_STOP_S = 5.0  # after the graceful period, for the batcher to finish; both within the launcher's wait
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Settings:
     decode_concurrency: int = 2  # bodies parsed and images decoded at once
     request_timeout_s: float = 300.0
     body_timeout_s: float = 30.0
+    graceful_s: float = 15.0  # on SIGTERM, for the requests in flight
 
 
 class ApiError(Exception):
@@ -71,7 +73,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         stand_in = " (a random stand-in: its answers are noise)" if info.get("random_stand_in") else ""
         log.info("serving %s, family %s%s", model_name, info.get("family"), stand_in)
         yield
-        await run_in_threadpool(batcher.stop, settings.request_timeout_s)
+        await run_in_threadpool(batcher.stop, BATCHER_STOP_S)
 
     app = FastAPI(title="GeoVLM engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = {"/v1/chat/completions": 0}
@@ -101,8 +103,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     @app.get("/health")
     async def health():
         stats = batcher.stats
-        return {
-            "status": "ok",
+        body = {
+            "status": "ok" if batcher.alive else "down",
             "model": model_name,
             "random_stand_in": bool(info.get("random_stand_in")),
             "in_flight": in_flight["/v1/chat/completions"],
@@ -112,6 +114,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
             "largest_batch": stats.largest_batch,
             "pid": os.getpid(),
         }
+        return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -316,7 +319,7 @@ class _RequestLog:
             )
 
 
-def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, graceful_s: float = 30.0,
+def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, graceful_s: float = 15.0,
         limit_connections: int = 512, parent_alive=None) -> None:
     """Serve `app` until SIGINT/SIGTERM, or until `parent_alive()` turns false (checked every second), then
     finish the requests in flight (up to `graceful_s`). Port 0 takes a free port; once listening, the URL

@@ -308,3 +308,24 @@ def test_a_stream_the_model_refuses_ends_with_a_400_error_event(pipeline):
         reply = client.post("/v1/chat/completions", json=chat_body(1, "poison", stream=True))
     events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: {")]
     assert events[-1]["error"]["code"] == 400 and "poisoned" in events[-1]["error"]["message"]
+
+
+def test_health_says_when_the_worker_is_dead_and_shutdown_fits_the_launchers_wait(pipeline):
+    import inspect
+
+    from fastapi.testclient import TestClient
+
+    from geovlm.engine.launcher import LocalEngine
+    from geovlm.engine.server import BATCHER_STOP_S, Settings, create_app
+
+    class Dying(Recorder):
+        def stream_batch(self, requests):
+            raise SystemExit  # ends the worker thread without a word
+
+    with TestClient(create_app(Dying(pipeline), Settings(request_timeout_s=1.0))) as client:
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/chat/completions", json=chat_body(1)).status_code == 504
+        health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "down"
+    launcher_wait = inspect.signature(LocalEngine.stop).parameters["timeout"].default
+    assert Settings().graceful_s + BATCHER_STOP_S < launcher_wait  # a graceful stop is never cut short
