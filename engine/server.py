@@ -1,9 +1,9 @@
 """`geovlm serve`: an OpenAI-compatible HTTP server around a `VlmPipeline`.
 
 Routes: POST /v1/chat/completions (JSON or server-sent events), GET /v1/models (with a "geovlm" entry:
-family, input size, fit mode, image tokens, whether the model is a random stand-in) and GET /health (open
-without a key, for launchers and load balancers). Secure defaults: loopback, an optional bearer key, a body
-size limit, a pixel limit, timeouts; one log line per request.
+family, input size, fit mode, image tokens, whether the model is a random stand-in) and GET /health (the
+one route open without the key, for launchers and load balancers). Secure defaults: loopback, an optional
+bearer key, a body size limit, a pixel limit, timeouts; one log line per request.
 """
 import asyncio
 import contextlib
@@ -77,7 +77,9 @@ def create_app(pipeline, settings: Optional[Settings] = None):
 
     app = FastAPI(title="GeoVLM engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = {"/v1/chat/completions": 0}
-    app.add_middleware(_RequestLog, in_flight=in_flight)
+    if settings.api_key is not None:
+        app.add_middleware(_BearerKey, key=settings.api_key)
+    app.add_middleware(_RequestLog, in_flight=in_flight)  # the outer one: it logs the 401s too
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -90,15 +92,6 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     @app.exception_handler(405)
     async def bad_method(request: Request, exc):
         return _error_response(405, f"{request.method} not allowed", "invalid_request_error")
-
-    def authorize(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        valid = hmac.compare_digest(key.strip().encode(), settings.api_key.encode())
-        if scheme.lower() != "bearer" or not valid:
-            message = "a valid API key is needed (Authorization: Bearer KEY)"
-            raise ApiError(401, message, "authentication_error", {"WWW-Authenticate": "Bearer"})
 
     @app.get("/health")
     async def health():
@@ -117,14 +110,12 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     @app.get("/v1/models")
-    async def models(request: Request):
-        authorize(request)
+    async def models():
         entry = {"id": model_name, "object": "model", "created": 0, "owned_by": "geovlm", "geovlm": info}
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        authorize(request)
         raw = await _read_body(request, settings)
         try:
             async with decode_slots:  # a decoded image can be a hundred times its file
@@ -279,6 +270,24 @@ def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, 
 
 def _sse_error(message: str, code: int = 500, kind: str = "server_error") -> bytes:
     return f"data: {json.dumps({'error': {'message': message, 'type': kind, 'code': code}})}\n\n".encode()
+
+
+class _BearerKey:
+    """ASGI middleware: every route but /health needs `Authorization: Bearer KEY` (401 otherwise)."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health":
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, key = header.partition(b" ")
+            if not (hmac.compare_digest(key.strip(), self.key) and scheme.lower() == b"bearer"):
+                message = "a valid API key is needed (Authorization: Bearer KEY)"
+                refusal = _error_response(401, message, "authentication_error", {"WWW-Authenticate": "Bearer"})
+                return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class _RequestLog:

@@ -310,6 +310,7 @@ def test_a_stream_the_model_refuses_ends_with_a_400_error_event(pipeline):
     assert events[-1]["error"]["code"] == 400 and "poisoned" in events[-1]["error"]["message"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_health_says_when_the_worker_is_dead_and_shutdown_fits_the_launchers_wait(pipeline):
     import inspect
 
@@ -329,3 +330,17 @@ def test_health_says_when_the_worker_is_dead_and_shutdown_fits_the_launchers_wai
     assert health.status_code == 503 and health.json()["status"] == "down"
     launcher_wait = inspect.signature(LocalEngine.stop).parameters["timeout"].default
     assert Settings().graceful_s + BATCHER_STOP_S < launcher_wait  # a graceful stop is never cut short
+
+
+def test_every_route_but_health_needs_the_key(pipeline):
+    from fastapi.testclient import TestClient
+
+    from geovlm.engine.server import Settings, create_app
+
+    with TestClient(create_app(pipeline, Settings(api_key="k"))) as client:
+        for method, path in (("GET", "/v2/nothing"), ("GET", "/v1/models"), ("DELETE", "/v1/chat/completions")):
+            reply = client.request(method, path)
+            assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer", path
+            assert reply.json()["error"]["type"] == "authentication_error"
+        assert client.get("/health").status_code == 200
+        assert client.get("/v2/nothing", headers={"Authorization": "Bearer k"}).status_code == 404
