@@ -2,6 +2,8 @@
 import base64
 import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -85,10 +87,17 @@ def test_malformed_bodies_are_clear_400s(raw, message):
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    url, _ = data_uri(200, 100)
-    with pytest.raises(ProtocolError, match="20000 pixels") as caught:
-        decode_image(url, max_pixels=19_999)
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # A header that claims 9000 x 9000 pixels and no pixel data: decoding it would fail (400), so only a
+    # check made before decoding answers 413.
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0))
+    claim = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b"")
+    with pytest.raises(ProtocolError, match="81000000 pixels") as caught:
+        decode_image("data:image/png;base64," + base64.b64encode(claim).decode(), max_pixels=1000)
     assert caught.value.status == 413
+    url, _ = data_uri(200, 100)
     assert decode_image(url, max_pixels=20_000).shape == (100, 200, 3)
 
 
