@@ -8,10 +8,9 @@ import logging
 import os
 import sys
 
+from ..engine.launcher import KEY_VARIABLE
 from . import CliError
 from .parse_cmd import add_profile_overrides, profile_overrides
-
-KEY_VARIABLE = "GEOVLM_API_KEY"
 
 
 def register(sub) -> None:

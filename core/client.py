@@ -257,8 +257,6 @@ class EngineClient:
         cancel = cancel or CancelToken()
         profile = options.pop("profile", None) or self.profile(cancel)
         results: List[object] = [None] * len(jobs)
-        done = [False] * len(jobs)
-        lock = threading.Lock()
 
         def run(index: int) -> None:
             job = jobs[index]
@@ -268,11 +266,7 @@ class EngineClient:
                 )
             except Exception as exc:  # a job's failure is its result
                 result = exc
-            with lock:
-                if done[index]:
-                    raise RuntimeError(f"job {index} answered twice")
-                done[index] = True
-                results[index] = result
+            results[index] = result
             if on_result is not None:
                 on_result(index, result)
 

@@ -24,7 +24,7 @@ _DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
 
 
 class ProtocolError(Exception):
-    """A request the server cannot serve: `status` (400, 404, 413) and an OpenAI error type."""
+    """A request the server cannot serve: `status` (400 or 413) and an OpenAI error type."""
 
     def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error"):
         super().__init__(message)
@@ -91,7 +91,9 @@ def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatReques
     n = _opt(body, "n", int)
     if n not in (None, 1):
         raise ProtocolError("only n=1 is supported")
-    limit = _opt(body, "max_completion_tokens", int) or _opt(body, "max_tokens", int)
+    limit = _opt(body, "max_completion_tokens", int)
+    if limit is None:
+        limit = _opt(body, "max_tokens", int)
     if limit is not None:
         if not 1 <= limit <= max_tokens_limit:
             raise ProtocolError(f"max_tokens must be between 1 and {max_tokens_limit}")

@@ -73,6 +73,7 @@ def test_jpeg_and_a_multi_turn_conversation_without_system_messages():
         (body([{"role": "tool", "content": "x"}]), "not supported"),
         (body([first_turn()], n=2), "n=1"),
         (body([first_turn()], max_tokens=65), "between 1 and 64"),
+        (body([first_turn()], max_completion_tokens=0, max_tokens=5), "between 1 and 64"),
         (body([first_turn()], max_tokens="5"), "type int"),
         (body([first_turn()], temperature=3), "temperature"),
         (body([first_turn()], seed=2**64), "seed"),
