@@ -1,5 +1,6 @@
 """Serving benchmark: requests/s of `geovlm serve` (the demo model) at concurrency 1, 4 and 16, and what
-request batching gives over concurrency 1 (plus a run with batching off, to tell batching from overlap).
+request batching gives over concurrency 1 (plus streamed requests at 16, which share batches too, and a run
+with batching off, to tell batching from overlap).
 
 Each request carries its own image (no encoder-cache hits) and asks for at most --tokens new tokens. The
 servers run as local engines on loopback; the client is GeoVLM's own (standard library only). Each level
@@ -30,7 +31,7 @@ def image(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int) -> dict:
+def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int, stream: bool) -> dict:
     """`count` requests with `concurrency` in flight; throughput, latencies and the server's batch sizes."""
     images = [image(first_seed + i) for i in range(count)]
     before = client.health()
@@ -38,7 +39,8 @@ def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int
 
     def one(data: bytes) -> None:
         start = time.perf_counter()
-        client.ask(data, (320, 240), "Describe the image", max_tokens=tokens)
+        on_token = (lambda piece: None) if stream else None
+        client.ask(data, (320, 240), "Describe the image", max_tokens=tokens, on_token=on_token)
         latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -49,6 +51,7 @@ def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int
     batches = max(1, after["batches"] - before["batches"])
     return {
         "concurrency": concurrency,
+        "stream": stream,
         "requests": count,
         "seconds": seconds,
         "rps": count / seconds,
@@ -59,18 +62,18 @@ def run_level(client, concurrency: int, count: int, first_seed: int, tokens: int
 
 
 def bench(extra_args, levels, per_round: int, rounds: int, tokens: int, seed: int):
-    """The median round (by requests/s) of each concurrency level, on one fresh engine."""
+    """The median round (by requests/s) of each (concurrency, stream) level, on one fresh engine."""
     from geovlm.core.client import EngineClient
     from geovlm.engine.launcher import LocalEngine
 
     with LocalEngine(extra_args=extra_args) as engine:
-        client = EngineClient(engine.url, api_key=engine.api_key, max_concurrent=max(levels))
-        run_level(client, 2, 4, seed * 100_000, tokens)  # warm-up: first calls pay one-off costs
+        client = EngineClient(engine.url, api_key=engine.api_key, max_concurrent=max(c for c, _ in levels))
+        run_level(client, 2, 4, seed * 100_000, tokens, False)  # warm-up: first calls pay one-off costs
         medians = []
-        for c in levels:
+        for n, (c, stream) in enumerate(levels):
             count = per_round * max(1, c // 4)
-            first = seed * 100_000 + 10_000 * c
-            runs = [run_level(client, c, count, first + 1000 * r, tokens) for r in range(rounds)]
+            first = seed * 100_000 + 10_000 * (n + 1)
+            runs = [run_level(client, c, count, first + 1000 * r, tokens, stream) for r in range(rounds)]
             medians.append(sorted(runs, key=lambda run: run["rps"])[rounds // 2])
         return medians
 
@@ -83,18 +86,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     print("starting local engines (demo model, a random stand-in) ...", file=sys.stderr, flush=True)
-    batched = bench([], (1, 4, 16), args.requests, args.rounds, args.tokens, seed=1)
-    unbatched = bench(["--max-batch", "1"], (16,), args.requests, args.rounds, args.tokens, seed=2)
+    levels = ((1, False), (4, False), (16, False), (16, True))
+    batched = bench([], levels, args.requests, args.rounds, args.tokens, seed=1)
+    unbatched = bench(["--max-batch", "1"], ((16, False),), args.requests, args.rounds, args.tokens, seed=2)
     base = batched[0]["rps"]
     print(f"\nServing the demo model on CPU ({os.cpu_count()} cores), <= {args.tokens} new tokens per request")
     print(f"{'setup':<24}{'conc.':>6}{'req':>6}{'s':>7}{'req/s':>8}{'mean ms':>9}{'p95 ms':>8}"
           f"{'batch':>7}{'speed-up':>10}")
-    rows = [("batched (window 10 ms)", r) for r in batched] + [("no batching (max 1)", unbatched[0])]
+    rows = [("batched, streamed" if r["stream"] else "batched (window 10 ms)", r) for r in batched]
+    rows.append(("no batching (max 1)", unbatched[0]))
     for name, r in rows:
         print(f"{name:<24}{r['concurrency']:>6}{r['requests']:>6}{r['seconds']:>7.2f}{r['rps']:>8.2f}"
               f"{r['mean_ms']:>9.0f}{r['p95_ms']:>8.0f}{r['batch']:>7.1f}{r['rps'] / base:>9.2f}x")
     print(f"median of {args.rounds} rounds; speed-up: requests/s over concurrency 1; "
-          "batch: mean requests per generate_batch call")
+          "batch: mean requests per batched generation")
     return 0
 
 
