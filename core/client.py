@@ -402,7 +402,7 @@ class EngineClient:
                 last = endpoint
                 if attempt == self.attempts or server_errors > 1:
                     raise EngineError(f"gave up after {attempt} attempts: {exc}", exc.status) from exc
-                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())  # nosec B311 - jitter
+                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())  # nosec B311  # jitter
                 delay = min(self.max_backoff, exc.retry_after if exc.retry_after is not None else delay)
             finally:
                 self._pool.release(endpoint, ok)

@@ -19,7 +19,7 @@ import os
 import queue
 import secrets
 import shutil
-import subprocess  # nosec B404 - the launcher starts the engine, a fixed command
+import subprocess  # nosec B404  # the launcher starts the engine, a fixed command
 import sys
 import tempfile
 import threading
@@ -184,7 +184,7 @@ class LocalEngine:
             if self._stopping.is_set():
                 raise EngineStartError("the engine was stopped while starting")
             try:
-                proc = self._proc = subprocess.Popen(  # nosec B603 - a fixed argument list, no shell
+                proc = self._proc = subprocess.Popen(  # nosec B603  # a fixed argument list, no shell
                     self.command(port),
                     env=self._env,
                     cwd=str(self._dir),
@@ -253,7 +253,7 @@ def _imports_geovlm(python: str, env: Mapping[str, str], cwd: Path) -> bool:
     with its own error)."""
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('geovlm') is None)"
     try:
-        done = subprocess.run(  # nosec B603 - a fixed argument list, no shell
+        done = subprocess.run(  # nosec B603  # a fixed argument list, no shell
             [python, "-c", probe], env=dict(env), cwd=str(cwd), stdin=subprocess.DEVNULL,
             capture_output=True, timeout=60,
         )
