@@ -196,9 +196,26 @@ class Batcher:
 
     def _run(self, batch: List[Job]) -> None:
         """One decoding for `batch`; on failure, each job not yet streamed is run again alone."""
-        steps = None
         try:
-            steps = self.pipeline.stream_batch([job.request for job in batch])
+            self._decode(batch)
+        except Exception as exc:
+            for job in batch:
+                if job.finished:
+                    continue
+                if len(batch) == 1 or job.streamed or job.cancelled.is_set():
+                    job.fail(exc)
+                else:
+                    self._run([job])
+            return
+        for job in batch:
+            if not job.finished:
+                job.fail(RuntimeError("the generation ended without a result"))
+
+    def _decode(self, batch: List[Job]) -> None:
+        """Hand each step's text to the streaming jobs and each result to its job; stop early when every
+        caller is gone."""
+        steps = self.pipeline.stream_batch([job.request for job in batch])
+        try:
             for deltas in steps:
                 if all(job.cancelled.is_set() for job in batch):
                     break
@@ -208,17 +225,7 @@ class Batcher:
                         job.finish(delta.result, delta)
                     else:
                         job.feed(delta)
-        except Exception as exc:
-            for job in batch:
-                if len(batch) == 1 or job.streamed or job.cancelled.is_set():
-                    job.fail(exc)
-                elif not job.finished:
-                    self._run([job])
-            return
         finally:
             close = getattr(steps, "close", None)
             if close is not None:
                 close()
-        for job in batch:
-            if not job.finished:
-                job.fail(RuntimeError("the generation ended without a result"))

@@ -344,3 +344,22 @@ def test_every_route_but_health_needs_the_key(pipeline):
             assert reply.json()["error"]["type"] == "authentication_error"
         assert client.get("/health").status_code == 200
         assert client.get("/v2/nothing", headers={"Authorization": "Bearer k"}).status_code == 404
+
+
+def test_a_batch_stops_when_every_caller_is_gone(batcher_for):
+    batcher, recorder = batcher_for(window_s=0.0)
+    steps = []
+    stream_batch = recorder.stream_batch
+
+    def counted(requests):
+        for item in stream_batch(requests):
+            steps.append(item)
+            yield item
+
+    recorder.stream_batch = counted
+    job = batcher.submit_stream(gen(1, tokens=2000))
+    pieces = batcher.pieces(job, timeout=60)
+    next(pieces)
+    pieces.close()  # the caller leaves after the first piece
+    assert batcher.submit(gen(2)).future.result(60).tokens  # the worker is free again
+    assert len(steps) < 100  # not the 2000 steps the whole answer takes
