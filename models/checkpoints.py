@@ -123,7 +123,7 @@ def from_local_folder(cls, folder, **kwargs):
         raise CheckpointError(f"not a folder: {path}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kwargs.update(local_files_only=True, trust_remote_code=False)
-    return cls.from_pretrained(str(path), **kwargs)  # nosec B615 - a local folder, downloads are switched off
+    return cls.from_pretrained(str(path), **kwargs)  # nosec B615  # a local folder, downloads are switched off
 
 
 def load_tokenizer(model_dir):

@@ -149,7 +149,7 @@ def _tokenizer(folder: Path):
         raise ConversionError(f"cannot load the tokenizer of {folder}: {exc}") from None
     tok.add_tokens(["<image>"], special_tokens=True)
     if tok.pad_token is None or tok.pad_token == tok.unk_token:
-        tok.add_special_tokens({"pad_token": "<pad>"})  # nosec B105 - a token, not a password
+        tok.add_special_tokens({"pad_token": "<pad>"})  # nosec B105  # a token, not a password
     return tok
 
 

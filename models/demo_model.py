@@ -38,7 +38,7 @@ def _train_tokenizer(vocab_size: int):
     corpus never shows become `<unk>`, so the random model writes readable word pieces."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # nosec B106 - a token, not a password
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))  # nosec B106  # a token, not a password
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
@@ -113,7 +113,7 @@ def write_demo_model(out_dir, seed: int = 0, family: str = "geochat") -> Path:
     model.save_pretrained(out, safe_serialization=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",  # nosec B106 - tokens, not passwords
+        bos_token="<s>",  # nosec B106  # tokens, not passwords
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
