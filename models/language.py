@@ -178,6 +178,8 @@ class LanguageModel:
         self.image_token_id = int(config.image_token_id)
         self.hidden_size = int(config.text_config.hidden_size)
         self.image_tokens = int(config.image_seq_length)
+        # The longest sequence the language model was built for (None when its config does not say).
+        self.context_length = getattr(config.text_config, "max_position_embeddings", None)
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])

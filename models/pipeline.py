@@ -206,6 +206,13 @@ class VlmPipeline:
     def _decoding(self, requests: Sequence[GenRequest]):
         settings = [self._settings(r) for r in requests]
         prompts = [self.prompt_ids(r.messages) for r in requests]
+        context = self.lm.context_length
+        for prompt, s in zip(prompts, settings):
+            if context and len(prompt) + s.max_new_tokens > context:
+                raise ValueError(
+                    f"the prompt ({len(prompt)} tokens with the image) and max_new_tokens ({s.max_new_tokens}) "
+                    f"exceed the model's context of {context} tokens"
+                )
         feats, pre_s, enc_s = self._encode([r.image for r in requests])
         return self.lm.decoding(prompts, list(feats), settings), {"preprocess": pre_s, "encode": enc_s}
 

@@ -202,3 +202,16 @@ def test_the_tests_pipeline_stays_on_the_cpu_beside_a_gpu(pipe, monkeypatch):
     """The parity tests compare with fp32 CPU torch: on a GPU machine the shared pipeline must not go to CUDA."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert ms.pipeline.__wrapped__(str(pipe.checkpoint.path)).lm.device == "cpu"
+
+
+def test_a_request_longer_than_the_context_is_refused_alone(pipe):
+    from geovlm.models.pipeline import GenRequest
+
+    image = np.full((64, 64, 3), 90, np.uint8)
+    context = pipe.lm.context_length
+    assert context
+    fits = GenRequest(image, QUESTION, max_new_tokens=4)
+    too_long = GenRequest(image, QUESTION, max_new_tokens=context)
+    with pytest.raises(ValueError, match="exceed the model's context"):
+        pipe.generate_batch([too_long])
+    assert pipe.generate_batch([fits])[0].tokens >= 1
