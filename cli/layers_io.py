@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Iterable, List
 
 from ..core.answer import Answer
-from ..core.georef import ImageFrame, centroid
+from ..core.georef import ImageFrame
+from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 from . import CliError
 
 GPKG_OPTIONS = {"VERSION": "1.3"}  # QGIS 3.22 opens GeoPackage 1.3 without warnings
@@ -27,48 +28,16 @@ def _frames(records: List[ParsedRecord]):
     import geopandas as gpd
     from shapely.geometry import LineString, Polygon
 
+    obj_cols = [name for name, _ in OBJECT_FIELDS]
+    rel_cols = [name for name, _ in RELATION_FIELDS]
     objects, relations = [], []
     for rec in records:
-        polygons = {}
-        for obj in rec.answer.objects:
-            ring = rec.frame.to_map(obj.polygon)
-            polygons[obj.id] = ring
-            objects.append(
-                {
-                    "line": rec.line,
-                    "object_id": obj.id,
-                    "label": obj.label,
-                    "family": rec.family,
-                    "kind": obj.kind,
-                    "angle": obj.angle,
-                    "flags": ",".join(obj.flags),
-                    "source": obj.source,
-                    "geometry": Polygon(ring),
-                }
-            )
-        for rel in rec.answer.relations:
-            if rel.subject not in polygons or rel.object not in polygons:
-                continue
-            relations.append(
-                {
-                    "line": rec.line,
-                    "subject_id": rel.subject,
-                    "predicate": rel.predicate,
-                    "object_id": rel.object,
-                    "subject_label": rel.subject_label,
-                    "object_label": rel.object_label,
-                    "family": rec.family,
-                    "geometry": LineString(
-                        [centroid(polygons[rel.subject]), centroid(polygons[rel.object])]
-                    ),
-                }
-            )
+        objs, rels = answer_rows(rec.answer, rec.frame, rec.line, rec.family)
+        objects += [dict(zip(obj_cols, values), geometry=Polygon(ring)) for values, ring in objs]
+        relations += [dict(zip(rel_cols, values), geometry=LineString(line)) for values, line in rels]
     crs = next((r.frame.crs for r in records if r.frame.crs), None)
-    obj_cols = ["line", "object_id", "label", "family", "kind", "angle", "flags", "source", "geometry"]
-    rel_cols = ["line", "subject_id", "predicate", "object_id", "subject_label", "object_label", "family",
-                "geometry"]
-    obj_df = gpd.GeoDataFrame(objects, columns=obj_cols, geometry="geometry", crs=crs)
-    rel_df = gpd.GeoDataFrame(relations, columns=rel_cols, geometry="geometry", crs=crs)
+    obj_df = gpd.GeoDataFrame(objects, columns=obj_cols + ["geometry"], geometry="geometry", crs=crs)
+    rel_df = gpd.GeoDataFrame(relations, columns=rel_cols + ["geometry"], geometry="geometry", crs=crs)
     return obj_df, rel_df
 
 

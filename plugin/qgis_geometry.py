@@ -4,27 +4,25 @@ from __future__ import annotations
 from qgis.core import QgsFeature, QgsField, QgsFields, QgsGeometry, QgsPointXY, QgsRasterLayer
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.georef import GeoTransform, ImageFrame, centroid
+from ..core.georef import GeoTransform, ImageFrame
+from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
+
+_QVARIANT = {int: QVariant.Type.Int, float: QVariant.Type.Double, str: QVariant.Type.String}
+
+
+def _fields(spec) -> QgsFields:
+    fields = QgsFields()
+    for name, kind in spec:
+        fields.append(QgsField(name, _QVARIANT[kind]))
+    return fields
 
 
 def object_fields() -> QgsFields:
-    fields = QgsFields()
-    for name, kind in (("line", QVariant.Type.Int), ("object_id", QVariant.Type.Int),
-                       ("label", QVariant.Type.String), ("family", QVariant.Type.String),
-                       ("kind", QVariant.Type.String), ("angle", QVariant.Type.Double),
-                       ("flags", QVariant.Type.String), ("source", QVariant.Type.String)):
-        fields.append(QgsField(name, kind))
-    return fields
+    return _fields(OBJECT_FIELDS)
 
 
 def relation_fields() -> QgsFields:
-    fields = QgsFields()
-    for name, kind in (("line", QVariant.Type.Int), ("subject_id", QVariant.Type.Int),
-                       ("predicate", QVariant.Type.String), ("object_id", QVariant.Type.Int),
-                       ("subject_label", QVariant.Type.String), ("object_label", QVariant.Type.String),
-                       ("family", QVariant.Type.String)):
-        fields.append(QgsField(name, kind))
-    return fields
+    return _fields(RELATION_FIELDS)
 
 
 def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
@@ -41,22 +39,16 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
 
 def answer_features(answer, frame: ImageFrame, line: int, family: str, obj_fields, rel_fields):
     """(object features, relation features) of one parsed answer, in the frame's map coordinates."""
-    rings, objects, relations = {}, [], []
-    for obj in answer.objects:
-        ring = frame.to_map(obj.polygon)
-        rings[obj.id] = ring
+    objs, rels = answer_rows(answer, frame, line, family)
+    objects, relations = [], []
+    for values, ring in objs:
         feat = QgsFeature(obj_fields)
         feat.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring + ring[:1]]]))
-        feat.setAttributes([line, obj.id, obj.label, family, obj.kind, obj.angle, ",".join(obj.flags),
-                            obj.source])
+        feat.setAttributes(values)
         objects.append(feat)
-    for rel in answer.relations:
-        if rel.subject not in rings or rel.object not in rings:
-            continue
+    for values, coords in rels:
         feat = QgsFeature(rel_fields)
-        a, b = centroid(rings[rel.subject]), centroid(rings[rel.object])
-        feat.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(*a), QgsPointXY(*b)]))
-        feat.setAttributes([line, rel.subject, rel.predicate, rel.object, rel.subject_label, rel.object_label,
-                            family])
+        feat.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(x, y) for x, y in coords]))
+        feat.setAttributes(values)
         relations.append(feat)
     return objects, relations
