@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Tuple
 
 from ..core.answer_files import read_answers
-from ..core.georef import GeoTransform, ImageFrame
+from ..core.georef import GeoTransform, ImageFrame, parse_image_size
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile, parse_overrides
 from . import CliError
@@ -47,15 +46,6 @@ def profile_overrides(args) -> dict:
         raise CliError(str(exc)) from None
 
 
-def _image_size(text: str) -> Tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CliError(f"--image-size needs WxH, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise CliError(f"--image-size must be positive, got {text!r}")
-    return w, h
-
 
 def frame_from_args(args) -> ImageFrame:
     if args.raster and args.geotransform:
@@ -64,7 +54,10 @@ def frame_from_args(args) -> ImageFrame:
         from .rasters import open_frame, parse_window
 
         return open_frame(args.raster, parse_window(args.window))
-    width, height = _image_size(args.image_size)
+    try:
+        width, height = parse_image_size(args.image_size)
+    except ValueError as exc:
+        raise CliError(f"--image-size: {exc}") from None
     if args.geotransform:
         try:
             gt = GeoTransform.parse(args.geotransform)

@@ -224,6 +224,17 @@ def centroid(polygon: Sequence[Point]) -> Point:
     return (cx / (6 * a), cy / (6 * a))
 
 
+def parse_image_size(text: str) -> Tuple[int, int]:
+    """'WxH' -> (width, height), both positive."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"image size needs WxH, got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {text!r}")
+    return width, height
+
+
 @dataclass(frozen=True)
 class ImageFrame:
     """The image that was sent to the model: its size, where it lies on the map, and in which CRS."""

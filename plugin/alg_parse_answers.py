@@ -16,7 +16,7 @@ from qgis.core import (
 )
 
 from ..core.answer_files import read_answers
-from ..core.georef import ImageFrame
+from ..core.georef import ImageFrame, parse_image_size
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
 from .qgis_geometry import answer_features, object_fields, raster_frame, relation_fields
@@ -75,12 +75,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is not None:
             return raster_frame(layer)
-        text = self.parameterAsString(parameters, self.IMAGE_SIZE, context)
-        try:
-            width, height = (int(v) for v in text.lower().split("x"))
-        except ValueError:
-            raise QgsProcessingException(f"image size must be WxH, got {text!r}") from None
-        return ImageFrame(width, height)
+        return ImageFrame(*parse_image_size(self.parameterAsString(parameters, self.IMAGE_SIZE, context)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         path = self.parameterAsFile(parameters, self.INPUT, context)

@@ -91,3 +91,21 @@ def test_algorithm_runs_from_qgis_process(data_dir, tmp_path):
     layer = QgsVectorLayer(str(out), "objects", "ogr")
     assert layer.isValid() and layer.featureCount() == 2
     assert layer.crs().authid() == "EPSG:3857"
+
+
+@pytest.mark.parametrize("size, message", [("axb", "WxH"), ("0x100", "positive")])
+def test_parse_algorithm_refuses_a_bad_image_size_clearly(qgis_iface, processing, tmp_path, size, message):
+    from qgis.core import QgsProcessingException
+
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        answers = tmp_path / "answers.txt"
+        answers.write_text("{<0><0><50><50>|<90>}\n")
+        with pytest.raises(QgsProcessingException, match=message):
+            processing.run("geovlm:parseanswers", {
+                "INPUT": str(answers), "FAMILY": 1, "FIELD": "answer", "IMAGE_SIZE": size,
+                "OBJECTS": str(tmp_path / "o.gpkg"), "RELATIONS": str(tmp_path / "r.gpkg"),
+            })
+    finally:
+        plugin.unload()
