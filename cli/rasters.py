@@ -1,23 +1,14 @@
 """Raster metadata for the command line (rasterio, engine side only): where an image lies on the map."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Tuple
 
 from ..core.georef import GeoTransform, ImageFrame
+from ..models.imagery import import_rasterio
 from . import CliError
 
 Window = Tuple[int, int, int, int]  # col, row, width, height
-
-
-def import_rasterio():
-    """rasterio with PROJ variables unset (a QGIS or system PROJ_LIB breaks rasterio's bundled PROJ)."""
-    for var in ("PROJ_LIB", "PROJ_DATA"):
-        os.environ.pop(var, None)
-    import rasterio
-
-    return rasterio
 
 
 def parse_window(text: Optional[str]) -> Optional[Window]:

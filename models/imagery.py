@@ -15,8 +15,9 @@ class ImageryError(ValueError):
     """A raster or window that cannot become an RGB image, with the reason."""
 
 
-def _rasterio():
-    for var in ("PROJ_LIB", "PROJ_DATA"):  # a QGIS or system PROJ breaks rasterio's bundled one
+def import_rasterio():
+    """rasterio, with PROJ_LIB/PROJ_DATA unset first: a QGIS or system PROJ breaks rasterio's bundled one."""
+    for var in ("PROJ_LIB", "PROJ_DATA"):
         os.environ.pop(var, None)
     import rasterio
 
@@ -70,7 +71,7 @@ def _palette_rgb(ds, window) -> np.ma.MaskedArray:
 def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int]] = None) -> np.ndarray:
     """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata and alpha-masked pixels black; a
     one-band paletted raster through its colour table."""
-    rasterio = _rasterio()
+    rasterio = import_rasterio()
     from rasterio.enums import ColorInterp
     from rasterio.windows import Window as RioWindow
 

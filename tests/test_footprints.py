@@ -4,9 +4,10 @@ import math
 
 import pytest
 
-from geovlm.cli.rasters import import_rasterio, open_frame
+from geovlm.cli.rasters import open_frame
 from geovlm.core.parsing import parse_answer
 from geovlm.core.profiles import get_profile
+from geovlm.models.imagery import import_rasterio
 
 
 def _pct_box(bounds_px, width, height):

@@ -15,9 +15,9 @@ R = ms.RASTERS
 
 
 def _rio():
-    from geovlm.models.imagery import _rasterio
+    from geovlm.models.imagery import import_rasterio
 
-    return _rasterio()
+    return import_rasterio()
 
 
 def test_uint8_rgb_is_read_unchanged_and_windows_cut_right():
