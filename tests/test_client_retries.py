@@ -256,20 +256,16 @@ def test_stream_pieces_and_restart_after_a_broken_stream(serve):
     assert all(body["stream"] for body in script.posts) and len(script.posts) == 2
 
 
-def test_cancel_from_another_thread_during_a_slow_reply(serve):
-    script = Script(default="slow")
-    client = client_for(serve(script), timeout=30)
-    token = CancelToken()
-    threading.Timer(0.3, token.cancel).start()
-    started = time.monotonic()
-    with pytest.raises(Cancelled):
-        client.ask(png(), (200, 100), "q", cancel=token)
-    assert time.monotonic() - started < 1.5 and len(script.posts) == 1
-
-
-def test_cancel_during_backoff(serve):
-    script = Script(default="503-wait")  # Retry-After: 30, capped to max_backoff
-    client = client_for(serve(script), max_backoff=20)
+@pytest.mark.parametrize(
+    "behaviour, options",
+    [
+        ("slow", {"timeout": 30}),  # cancelled from another thread during a slow reply
+        ("503-wait", {"max_backoff": 20}),  # during backoff: Retry-After 30, capped to max_backoff
+    ],
+)
+def test_cancel_from_another_thread(serve, behaviour, options):
+    script = Script(default=behaviour)
+    client = client_for(serve(script), **options)
     token = CancelToken()
     threading.Timer(0.3, token.cancel).start()
     started = time.monotonic()
