@@ -6,13 +6,40 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 SYS_PY=/usr/bin/python3
 
-if ! "$SYS_PY" -c "import qgis.core" >/dev/null 2>&1; then
-    echo "setup: installing QGIS from Debian (python3-qgis qgis-providers qgis python3-venv)"
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        python3-qgis qgis-providers qgis python3-venv >/dev/null
+# QGIS: 3.40 LTR or newer. On Debian 12 it comes from Debian's own bookworm-backports suite (3.40.x), added
+# with Debian's keyring when missing. Elsewhere the QGIS found is used as it is and its version printed.
+QGIS_MIN=3.34
+qgis_version() { "$SYS_PY" -c "from qgis.core import Qgis; print(Qgis.QGIS_VERSION.split('-')[0])" 2>/dev/null || true; }
+version_lt() { [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]; }
+HAVE=$(qgis_version)
+CODENAME=$(. /etc/os-release 2>/dev/null && echo "${ID:-}:${VERSION_CODENAME:-}")
+if [ -z "$HAVE" ] || version_lt "$HAVE" "$QGIS_MIN"; then
+    if [ "$CODENAME" = "debian:bookworm" ]; then
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo "setup: adding Debian's bookworm-backports suite (signed by debian-archive-keyring)"
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+                | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+        fi
+        if [ -n "$HAVE" ]; then
+            echo "setup: QGIS $HAVE is older than $QGIS_MIN: upgrading it in place to QGIS 3.40 LTR from bookworm-backports"
+        else
+            echo "setup: installing QGIS 3.40 LTR from bookworm-backports (python3-qgis qgis-providers qgis python3-venv)"
+        fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+            python3-qgis qgis-providers qgis python3-venv >/dev/null
+        HAVE=$(qgis_version)
+        echo "setup: QGIS $HAVE installed"
+    elif [ -z "$HAVE" ]; then
+        echo "setup: QGIS's Python bindings (qgis.core) are not importable from $SYS_PY; install QGIS >= $QGIS_MIN" >&2
+        exit 1
+    else
+        echo "setup: using QGIS $HAVE (older than $QGIS_MIN, which the project is tested on)"
+    fi
+else
+    echo "setup: using QGIS $HAVE"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
