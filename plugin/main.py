@@ -38,6 +38,9 @@ class GeoVlmPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        from .engine_manager import shutdown_engine
+
+        shutdown_engine()  # the local engine, if this process started one
 
     def open_parse_dialog(self):
         """The GUI reuses the Processing algorithm: its own dialog, history and batch mode."""

@@ -1,0 +1,241 @@
+"""The plugin's local engine: one `engine.launcher.LocalEngine` per QGIS process, with a state the GUI shows.
+
+`EngineManager` (get it with `engine_manager()`) starts the engine on demand from any thread, shares it
+between every caller in the process, tells its state through `stateChanged(state, detail)` (delivered queued
+to receivers in the GUI thread) and stops it at plugin unload (`shutdown`) or interpreter exit (the launcher's
+own atexit hook). States:
+
+- "not_set_up": no engine Python (neither configured nor made by "Set up the local engine…");
+- "stopped": set up, not running (it starts on the first request);
+- "starting": the launcher is waiting for /health;
+- "ready": running; `model` and `device` say what it serves;
+- "busy": running, with requests in flight;
+- "down": the start failed or the engine crashed more often than the launcher restarts it; `detail` is the
+  engine's last error line.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import QCoreApplication, QObject, QThread, pyqtSignal
+
+from ..core.client import EngineClient, EngineError
+from ..core.transport import CancelToken
+from ..engine.launcher import EngineStartError, LocalEngine
+from . import settings as engine_settings
+
+LOG_TAG = "GeoVLM"
+STATES = ("not_set_up", "stopped", "starting", "ready", "busy", "down")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """What a local engine is started with; a change restarts it on the next request."""
+
+    python: str
+    model_dir: str
+    family: str
+    start_timeout_s: float
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of an engine's output or error (what one-line messages quote)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else str(text).strip()
+
+
+class EngineManager(QObject):
+    """Holds the process's local engine. All methods are safe from any thread; `start` blocks (call it from
+    a worker thread or a `QgsTask`), `restart` does not."""
+
+    stateChanged = pyqtSignal(str, str)  # noqa: N815 (Qt's naming): state, detail
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._lock = threading.RLock()
+        self._start_lock = threading.Lock()
+        self._engine: Optional[LocalEngine] = None
+        self._config: Optional[LocalConfig] = None
+        self._inflight = 0
+        self.state = "stopped"
+        self.detail = ""
+        self.model = ""
+        self.device = ""
+        self.stand_in = False
+        self._task: Optional[QgsTask] = None
+
+    # ------------------------------------------------------------ state
+
+    def _set(self, state: str, detail: str = "") -> None:
+        with self._lock:
+            if (state, detail) == (self.state, self.detail):
+                return
+            self.state, self.detail = state, detail
+        self.stateChanged.emit(state, detail)
+
+    def refresh(self) -> str:
+        """Re-derive the idle state from the settings ("not_set_up" or "stopped") unless an engine runs."""
+        with self._lock:
+            if self._engine is not None and self._engine.running():
+                return self.state
+        self._set("stopped" if engine_settings.engine_python() else "not_set_up")
+        return self.state
+
+    def config_from_settings(self) -> LocalConfig:
+        value = engine_settings.load()
+        return LocalConfig(engine_settings.engine_python(value), value.model_dir, value.family,
+                           value.start_timeout_s)
+
+    # ------------------------------------------------------------ engine
+
+    def start(self, config: Optional[LocalConfig] = None, cancel: Optional[CancelToken] = None) -> Tuple[str, str]:
+        """Start the engine (or reuse the running one with the same config); returns (url, api_key).
+
+        Blocks until /health answers (minutes on a first start that prepares the demo model). Raises
+        `EngineStartError` with the engine's own output when it does not come up, `RuntimeError` when no
+        engine Python is set up. A cancelled `cancel` stops a start in progress."""
+        config = config or self.config_from_settings()
+        if not config.python:
+            self._set("not_set_up")
+            raise RuntimeError("the local engine is not set up")
+        with self._start_lock:
+            with self._lock:
+                engine = self._engine
+                if engine is not None and engine.running() and self._config == config:
+                    return engine.url, engine.api_key
+            if engine is not None:
+                engine.stop()
+            engine = LocalEngine(
+                python=config.python, model=config.model_dir or None, family=config.family or None,
+                start_timeout=config.start_timeout_s, on_down=self._on_down,
+            )
+            with self._lock:
+                self._engine, self._config = engine, config
+            self._set("starting", config.model_dir or "demo model")
+            remove = cancel.on_cancel(engine.stop) if cancel is not None else (lambda: None)
+            try:
+                url = engine.start()
+            except EngineStartError as exc:
+                self._set("down", last_line(exc))
+                QgsMessageLog.logMessage(f"the local engine did not start: {exc}", LOG_TAG, Qgis.MessageLevel.Critical)
+                raise
+            finally:
+                remove()
+            self._describe(url, engine.api_key)
+            QgsMessageLog.logMessage(f"local engine ready at {url}: {self.model} on {self.device}", LOG_TAG,
+                                     Qgis.MessageLevel.Info)
+            return url, engine.api_key
+
+    def _describe(self, url: str, key: str) -> None:
+        try:
+            [entry] = EngineClient(url, api_key=key, attempts=3).models()["data"][:1]
+        except (EngineError, ValueError, KeyError) as exc:
+            self._set("down", f"the engine at {url} does not list its model: {exc}")
+            return
+        info = entry.get("geovlm") or {}
+        with self._lock:
+            self.model = str(entry.get("id") or "")
+            self.device = str(info.get("device") or "")
+            self.stand_in = bool(info.get("random_stand_in"))
+        self._set("busy" if self._inflight else "ready", self.summary())
+
+    def summary(self) -> str:
+        """"<model> on <device>" (and that the demo model's answers are noise)."""
+        text = f"{self.model} on {self.device or 'an unknown device'}"
+        return text + (" (demo model: a random stand-in, its answers are noise)" if self.stand_in else "")
+
+    def _on_down(self, error: Optional[str]) -> None:
+        self._set("down", last_line(error or "the local engine stopped"))
+        QgsMessageLog.logMessage(f"the local engine is down: {error}", LOG_TAG, Qgis.MessageLevel.Critical)
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._engine is not None and self._engine.running()
+
+    @property
+    def engine(self) -> Optional[LocalEngine]:
+        """The launcher in use (None before the first start); for its pid, log and URL."""
+        return self._engine
+
+    # ------------------------------------------------------------ requests in flight
+
+    def request_started(self) -> None:
+        with self._lock:
+            self._inflight += 1
+        if self.state in ("ready", "busy"):
+            self._set("busy", self.summary())
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self._inflight = max(0, self._inflight - 1)
+            idle = self._inflight == 0
+        if idle and self.state == "busy":
+            self._set("ready", self.summary())
+
+    # ------------------------------------------------------------ stop and restart
+
+    def stop(self) -> None:
+        """Stop the engine (requests in flight finish first, as `LocalEngine.stop` does)."""
+        with self._lock:
+            engine, self._engine, self._config = self._engine, None, None
+        if engine is not None:
+            engine.stop()
+        self.refresh()
+
+    def restart(self) -> QgsTask:
+        """Stop and start again with the current settings, in a `QgsTask` (returned; the GUI does not wait)."""
+        def run(_task):
+            self.stop()
+            self.start()
+            return True
+
+        task = QgsTask.fromFunction("Restart the GeoVLM engine", run, on_finished=self._restarted)
+        self._task = task
+        from qgis.core import QgsApplication
+
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _restarted(self, exception, _result=None) -> None:
+        self._task = None
+        if exception is not None:
+            QgsMessageLog.logMessage(f"restarting the local engine failed: {exception}", LOG_TAG,
+                                     Qgis.MessageLevel.Warning)
+
+    def shutdown(self) -> None:
+        """Plugin unload: cancel a restart in progress and stop the engine."""
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                task.cancel()
+            except RuntimeError:  # already deleted by the task manager
+                pass
+        self.stop()
+
+
+_manager: Optional[EngineManager] = None
+_manager_lock = threading.Lock()
+
+
+def engine_manager() -> EngineManager:
+    """The process's `EngineManager`, made on first use and living in the GUI thread."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = EngineManager()
+            app = QCoreApplication.instance()
+            if app is not None and QThread.currentThread() is not app.thread():
+                _manager.moveToThread(app.thread())
+            _manager.refresh()
+        return _manager
+
+
+def shutdown_engine() -> None:
+    """Plugin unload: stop the local engine if one was made in this process (and make none)."""
+    with _manager_lock:
+        manager = _manager
+    if manager is not None:
+        manager.shutdown()

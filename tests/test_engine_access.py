@@ -1,0 +1,214 @@
+"""Reaching an engine from QGIS: `plugin.engine_access.connect` against a real `geovlm serve` (the demo model)
+on loopback with a key from a `QgsAuthManager` configuration, the plugin's local engine through the
+launcher, and the one-line `EngineUnavailable` for an engine that is down, not set up, or not an engine."""
+import http.server
+import io
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from PIL import Image
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsTask
+from qgis.PyQt.QtCore import QCoreApplication
+
+from geovlm.engine.launcher import LocalEngine
+from geovlm.plugin import settings as engine_settings
+from geovlm.plugin.engine_access import EngineUnavailable, connect
+from geovlm.plugin.engine_manager import engine_manager
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, seconds=10.0):
+    """Process Qt events until `predicate()` is true (False after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(qgis_app):
+    """Each test starts from default GeoVLM settings and leaves none behind."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("geovlm")
+    yield
+    QgsSettings().remove("geovlm")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real `geovlm serve` on 127.0.0.1 serving the demo model, requiring a bearer key."""
+    engine = LocalEngine(python=sys.executable, api_key="test-key-" + "x" * 8, start_timeout=300)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_config(qgis_app, tmp_path_factory):
+    """An API-header configuration holding the server's key, in a temporary auth database."""
+    manager = QgsApplication.authManager()
+    manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
+    assert manager.setMasterPassword("geovlm-test", True)
+    config = QgsAuthMethodConfig("APIHeader")
+    config.setName("GeoVLM test engine")
+    config.setConfig("Authorization", "Bearer test-key-xxxxxxxx")
+    ok, stored = manager.storeAuthenticationConfig(config)
+    assert ok
+    yield stored.id()
+    manager.removeAuthenticationConfig(stored.id())
+
+
+def test_connect_to_a_url_with_an_authcfg_and_stream(server, auth_config):
+    with connect(server.url, authcfg=auth_config) as conn:
+        assert conn.model and conn.profile.name == conn.info["family"]
+        assert conn.stand_in and "noise" in conn.notice  # the demo model says so
+        assert conn.describe() == {"model": conn.model, "family": conn.profile.name, "engine": server.url}
+        pieces = []
+        text, answer = conn.client.ask(png(), None, "Describe the image", on_token=pieces.append, max_tokens=6)
+        assert pieces and "".join(pieces) == text and answer.text == text
+
+
+def test_the_configured_endpoints_with_their_own_authcfg(server, auth_config):
+    engine_settings.save(engine_settings.EngineSettings(
+        mode="remote", endpoints=[engine_settings.Endpoint(server.url, auth_config)]))
+    with connect() as conn:
+        assert conn.endpoints == [server.url] and conn.describe()["engine"] == server.url
+
+
+def test_without_the_authcfg_the_key_is_missing(server):
+    with pytest.raises(EngineUnavailable, match=r"refused the request \(HTTP 401\)") as err:
+        connect(server.url)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_authcfg_is_one_line(server):
+    with pytest.raises(EngineUnavailable, match="authentication configuration 'nosuch1' could not be applied"):
+        connect(server.url, authcfg="nosuch1")
+
+
+def test_connect_from_a_qgis_task(server, auth_config):
+    """The Processing/dock path: connect and ask inside a QgsTask's worker thread."""
+    result = {}
+
+    def work(task):
+        with connect(server.url, authcfg=auth_config) as conn:
+            result["thread"] = threading.current_thread() is not threading.main_thread()
+            return conn.client.ask(png(), None, "Describe the image", on_token=lambda t: None, max_tokens=4)[0]
+
+    task = QgsTask.fromFunction("ask", work, on_finished=lambda exc, value=None: result.update(exc=exc, text=value))
+    QgsApplication.taskManager().addTask(task)
+    assert wait_for(lambda: "text" in result or result.get("exc"), 120)
+    assert result["exc"] is None and isinstance(result["text"], str) and result["thread"]
+
+
+def test_an_engine_that_is_down_is_one_clear_line():
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match=r"is down or unreachable") as err:
+        connect(url)
+    assert time.monotonic() - started < 10
+    assert url in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_url_that_is_not_an_engine():
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(EngineUnavailable, match=r"is not an engine \(HTTP 404 on /v1/models\): check the URL"):
+            connect(f"http://127.0.0.1:{httpd.server_port}")
+    finally:
+        httpd.shutdown()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("engine, message", [
+    ("ftp://example.org", "an engine URL is http://host:port"),
+    ("", "no engine configured"),
+])
+def test_bad_engine_strings(engine, message):
+    engine_settings.save(engine_settings.EngineSettings(mode="remote"))
+    with pytest.raises(EngineUnavailable, match=message):
+        connect(engine)
+
+
+def test_local_engine_not_set_up(tmp_path):
+    engine_settings.save(engine_settings.EngineSettings(python=str(tmp_path / "no-python")))
+    with pytest.raises(EngineUnavailable, match="the local engine is not set up"):
+        connect("local")
+    assert engine_manager().state == "not_set_up"
+
+
+def test_local_engine_start_failure_quotes_the_engine(tmp_path):
+    engine_settings.save(engine_settings.EngineSettings(python=sys.executable, model_dir=str(tmp_path / "nope")))
+    with pytest.raises(EngineUnavailable, match=r"the local engine did not start: .*nope does not exist") as err:
+        connect()
+    assert "\n" not in str(err.value)
+    assert engine_manager().state == "down" and "does not exist" in engine_manager().detail
+    engine_manager().stop()
+
+
+def test_local_engine_started_on_demand_shared_and_stopped():
+    engine_settings.save(engine_settings.EngineSettings(python=sys.executable))
+    manager = engine_manager()
+    states = []
+    manager.stateChanged.connect(lambda state, detail: states.append(state))
+    try:
+        with connect("local", family="geochat") as conn:
+            pid = manager.engine.pid
+            assert conn.describe() == {"model": conn.model, "family": "geochat", "engine": "local"}
+            assert conn.stand_in and conn.device
+            conn.client.ask(png(), None, "Describe the image", on_token=lambda t: None, max_tokens=4)
+        with connect() as again:  # the configured default is the local engine: the same process serves
+            assert manager.engine.pid == pid and again.profile.name == again.info["family"]
+        assert wait_for(lambda: states[-1:] == ["ready"])
+        assert states[:2] == ["starting", "ready"] and "busy" in states
+        assert "demo model" in manager.detail
+    finally:
+        manager.shutdown()
+    assert not manager.running() and manager.state == "stopped"
+
+
+def test_plugin_unload_stops_the_local_engine(qgis_iface):
+    import geovlm
+
+    engine_settings.save(engine_settings.EngineSettings(python=sys.executable))
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        connect("local").close()
+        pid = engine_manager().engine.pid
+        assert engine_manager().running()
+    finally:
+        plugin.unload()
+    assert not engine_manager().running() and engine_manager().engine is None
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # reaped by the launcher's stop; bounded wait for the kernel
+            os.kill(pid, 0)
+            time.sleep(0.05)
