@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from ..core.answer_files import read_answers
-from ..core.georef import GeoTransform, ImageFrame, parse_image_size
+from ..core.georef import PIXEL_CRS_WKT, GeoTransform, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile, parse_overrides
 from . import CliError
@@ -66,7 +66,19 @@ def frame_from_args(args) -> ImageFrame:
         return ImageFrame(width, height, gt, args.crs)
     if args.crs:
         raise CliError("--crs needs --geotransform")
-    return ImageFrame(width, height, None, None)
+    return pixel_frame(width, height)
+
+
+def space_of(frame: ImageFrame, args) -> str:
+    """One line saying in which space the written coordinates are."""
+    if frame.crs == PIXEL_CRS_WKT:
+        return (f"pixels of a {frame.width}x{frame.height} image (x = column, y = -row, a local engineering CRS; "
+                "give --raster or --geotransform to place them on the map)")
+    if args.to_crs:
+        return f"map coordinates in {args.to_crs}"
+    if frame.crs:
+        return f"map coordinates in {frame.crs if len(frame.crs) < 40 else 'the raster CRS'}"
+    return "map coordinates of the raster's geotransform (the raster has no CRS)"
 
 
 def run(args) -> int:
@@ -80,6 +92,13 @@ def run(args) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     frame = frame_from_args(args)
+    pixel_space = frame.crs == PIXEL_CRS_WKT
+    if pixel_space and args.to_crs:
+        raise CliError("--to-crs needs --raster or --geotransform with --crs: pixel-space boxes have no place on "
+                       "the Earth")
+    if pixel_space and Path(args.out).suffix.lower() != ".gpkg":
+        print("note: GeoJSON cannot carry the local pixel CRS, so GIS software may take these pixels for degrees: "
+              "write .gpkg to open them upright in pixel units", file=sys.stderr)
     if args.raster and frame.crs is None:
         print(f"note: {args.raster} has no CRS: the layers are placed by its geotransform but carry no CRS",
               file=sys.stderr)
@@ -97,4 +116,8 @@ def run(args) -> int:
         f"{len(records)} answers, {result['objects']} objects, {result['relations']} relations, "
         f"{skipped} skipped fragments, {warned} answers with warnings -> {args.out}"
     )
+    print(f"coordinates: {space_of(frame, args)}")
+    if records and result["objects"] == 0 and not any(r.answer.objects for r in records):
+        print(f"note: no box found in {len(records)} answers: check that --family {profile.name} is the family "
+              "that wrote them", file=sys.stderr)
     return 0

@@ -248,3 +248,22 @@ class ImageFrame:
         if self.geotransform is None:
             return [(float(x), float(y)) for x, y in polygon]
         return polygon_to_map(polygon, self.geotransform)
+
+
+# Pixel space written as a layer: an engineering (local Cartesian) CRS in pixels, y pointing up, so that GIS
+# software opens it upright and never takes it for WGS 84 degrees (a layer with no CRS is often assumed to be
+# EPSG:4326, which draws row numbers as latitudes). WKT2 ENGCRS, ISO 19162:2019 section 11.
+PIXEL_CRS_WKT = (
+    'ENGCRS["GeoVLM image pixels (x = column, y = -row)",EDATUM["the image sent to the model"],'
+    'CS[Cartesian,2],AXIS["x (column)",east,ORDER[1],LENGTHUNIT["pixel",1]],'
+    'AXIS["y (minus row)",north,ORDER[2],LENGTHUNIT["pixel",1]]]'
+)
+
+
+def pixel_frame(width: int, height: int) -> ImageFrame:
+    """The frame of an image with no georeferencing: x = column, y = -row, in PIXEL_CRS_WKT.
+
+    Pixel (col, row) of the image lands at map (col, -row), so the image's top-left corner is (0, 0) and its
+    bottom-right corner is (width, -height): the layer opens upright.
+    """
+    return ImageFrame(width, height, GeoTransform(1.0, 0.0, 0.0, 0.0, -1.0, 0.0), PIXEL_CRS_WKT)

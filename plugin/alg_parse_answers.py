@@ -1,8 +1,9 @@
 """Processing algorithm: saved model answers -> georeferenced objects and relations layers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
     QgsFeatureSink,
     QgsProcessing,
     QgsProcessingAlgorithm,
@@ -12,14 +13,18 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsSettings,
     QgsWkbTypes,
 )
 
 from ..core.answer_files import read_answers
-from ..core.georef import ImageFrame, parse_image_size
+from ..core.georef import PIXEL_CRS_WKT, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
-from .qgis_geometry import answer_features, object_fields, raster_frame, relation_fields
+from .qgis_geometry import answer_features, object_fields, qgis_crs, raster_frame, relation_fields
+
+SETTINGS_KEY = "geovlm/parseanswers/last"
+REMEMBERED = ("INPUT", "FAMILY", "FIELD", "RASTER", "IMAGE_SIZE")
 
 
 class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
@@ -47,7 +52,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         return (
             "Reads saved answers of a vision-language model (JSON lines with the answer in a field, or one "
             "answer a line) and writes every box as a polygon and every relation as a line. With a raster "
-            "layer the boxes are placed on it; without one they stay in the pixel space of the image size."
+            "layer the boxes are placed on it (its true geotransform, rotated rasters included); without one "
+            "they stay in the pixel space of the image size, written upright (x = column, y = -row) in a local "
+            "engineering CRS in pixels, never taken for degrees."
         )
 
     def createInstance(self):  # noqa: N802
@@ -75,7 +82,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is not None:
             return raster_frame(layer)
-        return ImageFrame(*parse_image_size(self.parameterAsString(parameters, self.IMAGE_SIZE, context)))
+        return pixel_frame(*parse_image_size(self.parameterAsString(parameters, self.IMAGE_SIZE, context)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         path = self.parameterAsFile(parameters, self.INPUT, context)
@@ -87,13 +94,15 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             answers = list(read_answers(path, field))
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
-        crs = QgsCoordinateReferenceSystem(frame.crs) if frame.crs else QgsCoordinateReferenceSystem()
+        remember(parameters, context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
+        crs = qgis_crs(frame.crs)
         obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
                                                 QgsWkbTypes.Type.Polygon, crs)
         rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
                                                 QgsWkbTypes.Type.LineString, crs)
-        skipped = 0
+        name_outputs(context, Path(path).stem, {obj_id: "objects", rel_id: "relations"})
+        skipped = n_objects = n_relations = done = 0
         for i, (line, text, question) in enumerate(answers):
             if feedback.isCanceled():
                 break
@@ -102,6 +111,48 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             objects, relations = answer_features(answer, frame, line, family, obj_fields, rel_fields)
             obj_sink.addFeatures(objects, QgsFeatureSink.Flag.FastInsert)
             rel_sink.addFeatures(relations, QgsFeatureSink.Flag.FastInsert)
-            feedback.setProgress(100.0 * (i + 1) / max(1, len(answers)))
-        feedback.pushInfo(f"{len(answers)} answers read, {skipped} unreadable fragments skipped")
+            n_objects, n_relations, done = n_objects + len(objects), n_relations + len(relations), i + 1
+            feedback.setProgress(100.0 * done / max(1, len(answers)))
+        if feedback.isCanceled():
+            feedback.reportError(f"Cancelled after {done} of {len(answers)} answers: the layers hold those only.")
+        feedback.pushInfo(f"{done} answers read: {n_objects} objects, {n_relations} relations, "
+                          f"{skipped} unreadable fragments skipped")
+        if frame.crs == PIXEL_CRS_WKT:
+            feedback.pushInfo(f"Coordinates are pixels of a {frame.width}x{frame.height} image (x = column, "
+                              "y = -row); give a raster layer to place the boxes on the map.")
+        if done and n_objects == 0:
+            feedback.pushWarning(f"No box found in {done} answers: check that the model family "
+                                 f"({profile.title}) is the one that wrote them.")
         return {self.OBJECTS: obj_id, self.RELATIONS: rel_id}
+
+
+def name_outputs(context, stem: str, names) -> None:
+    """Name the layers loaded on completion after the input ("<stem> objects"), not "Objects" each time."""
+    for dest_id, what in names.items():
+        if dest_id and context.willLoadLayerOnCompletion(dest_id):
+            context.layerToLoadOnCompletionDetails(dest_id).name = f"{stem} {what}"
+
+
+def remember(parameters, context, alg) -> None:
+    """Keep the inputs of this run in QgsSettings, for the toolbar dialog to open with next time."""
+    settings = QgsSettings()
+    for name in REMEMBERED:
+        value = parameters.get(name)
+        if name == "RASTER":
+            layer = alg.parameterAsRasterLayer(parameters, name, context)
+            value = layer.source() if layer is not None else ""
+        if isinstance(value, (str, int, float)):
+            settings.setValue(f"{SETTINGS_KEY}/{name}", value)
+
+
+def remembered() -> dict:
+    """The inputs of the last run (only those that still make sense: an existing answers file)."""
+    settings = QgsSettings()
+    values = {}
+    for name in REMEMBERED:
+        value = settings.value(f"{SETTINGS_KEY}/{name}")
+        if value not in (None, ""):
+            values[name] = int(value) if name == "FAMILY" else value
+    if "INPUT" in values and not Path(values["INPUT"]).is_file():
+        values.pop("INPUT")
+    return values

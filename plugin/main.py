@@ -46,4 +46,6 @@ class GeoVlmPlugin:
         """The GUI reuses the Processing algorithm: its own dialog, history and batch mode."""
         from processing import execAlgorithmDialog
 
-        execAlgorithmDialog("geovlm:parseanswers", {})
+        from .alg_parse_answers import remembered
+
+        execAlgorithmDialog("geovlm:parseanswers", remembered())

@@ -1,20 +1,43 @@
 """Core answers -> QGIS features: fields, geometries, and the image frame of a raster layer."""
 from __future__ import annotations
 
-from qgis.core import QgsFeature, QgsField, QgsFields, QgsGeometry, QgsPointXY, QgsRasterLayer
-from qgis.PyQt.QtCore import QVariant
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPointXY,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 from ..core.georef import GeoTransform, ImageFrame
 from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 
-_QVARIANT = {int: QVariant.Type.Int, float: QVariant.Type.Double, str: QVariant.Type.String}
+# QgsField takes QMetaType.Type from QGIS 3.38 on (and only that under Qt 6); QVariant.Type before.
+if Qgis.QGIS_VERSION_INT >= 33800:
+    FIELD_TYPES = {int: QMetaType.Type.Int, float: QMetaType.Type.Double, str: QMetaType.Type.QString}
+else:  # pragma: no cover (QGIS 3.34/3.36)
+    FIELD_TYPES = {int: QVariant.Type.Int, float: QVariant.Type.Double, str: QVariant.Type.String}
 
 
 def _fields(spec) -> QgsFields:
     fields = QgsFields()
     for name, kind in spec:
-        fields.append(QgsField(name, _QVARIANT[kind]))
+        fields.append(QgsField(name, FIELD_TYPES[kind]))
     return fields
+
+
+def qgis_crs(definition) -> QgsCoordinateReferenceSystem:
+    """A QGIS CRS from an ImageFrame's CRS string (an authority id such as EPSG:3857, or WKT); None or an
+    empty string gives an invalid (unknown) CRS."""
+    if not definition:
+        return QgsCoordinateReferenceSystem()
+    if definition.lstrip().upper().startswith(("ENGCRS", "PROJCRS", "GEOGCRS", "PROJCS", "GEOGCS", "LOCAL_CS")):
+        return QgsCoordinateReferenceSystem.fromWkt(definition)
+    return QgsCoordinateReferenceSystem(definition)
 
 
 def object_fields() -> QgsFields:
@@ -26,15 +49,48 @@ def relation_fields() -> QgsFields:
 
 
 def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
-    """The frame of a raster layer as QGIS shows it (north-up extent over its pixel grid)."""
-    extent = layer.extent()
+    """The frame of a raster layer's own pixel grid: its size in pixels, its true six-coefficient geotransform
+    and its CRS.
+
+    A file read by GDAL gives its grid as GDAL reads it (through QGIS's own `osgeo.gdal`), rotation and shear
+    included: for a rotated raster QGIS shows a north-up warped copy (its `extent()`, `width()` and `height()`
+    are those of the copy), which would misplace every box. Other providers (WMS, XYZ, ...) are north-up, so
+    their extent is exact. Raises ValueError when the layer has no pixels.
+    """
+    crs = layer.crs()
+    crs_text = (crs.authid() or crs.toWkt()) if crs.isValid() else None
+    grid = _gdal_grid(layer)
+    if grid is not None:
+        return ImageFrame(grid[0], grid[1], grid[2], crs_text)
     width, height = layer.width(), layer.height()
+    extent = layer.extent()
     if width <= 0 or height <= 0 or extent.isEmpty():
         raise ValueError(f"raster layer {layer.name()!r} has no pixels")
     gt = GeoTransform(extent.width() / width, 0.0, extent.xMinimum(), 0.0, -extent.height() / height,
                       extent.yMaximum())
-    crs = layer.crs().authid() or layer.crs().toWkt() if layer.crs().isValid() else None
-    return ImageFrame(width, height, gt, crs)
+    return ImageFrame(width, height, gt, crs_text)
+
+
+def _gdal_grid(layer: QgsRasterLayer):
+    """(width, height, GeoTransform) of the layer's file as GDAL reads it, or None for a non-GDAL layer or a
+    file without a geotransform."""
+    if layer.providerType() != "gdal":
+        return None
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        dataset = gdal.Open(layer.dataProvider().dataSourceUri(), gdal.GA_ReadOnly)
+    except RuntimeError:  # where gdal.UseExceptions() is in force
+        dataset = None
+    finally:
+        gdal.PopErrorHandler()
+    if dataset is None or dataset.RasterXSize <= 0 or dataset.RasterYSize <= 0:
+        return None
+    values = dataset.GetGeoTransform(can_return_null=True)
+    if not values:
+        return None
+    return dataset.RasterXSize, dataset.RasterYSize, GeoTransform.from_gdal(values)
 
 
 def answer_features(answer, frame: ImageFrame, line: int, family: str, obj_fields, rel_fields):

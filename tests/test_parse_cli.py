@@ -66,7 +66,39 @@ def test_scene_graph_relations_become_lines(tmp_path):
     assert {f["predicate"] for f in feats} == {"parked alongside with"}
     assert {f["object_id"] for f in feats} == {2}
     line = feats[0].geometry().asPolyline()
-    assert (line[-1].x(), line[-1].y()) == pytest.approx((0.15 * 512, 0.15 * 512))
+    # Pixel space: x = column, y = -row (upright in QGIS).
+    assert (line[-1].x(), line[-1].y()) == pytest.approx((0.15 * 512, -0.15 * 512))
+
+
+def test_pixel_space_layers_open_upright_in_a_local_crs_not_degrees(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><25>|<90>}\n")
+    out = tmp_path / "a.gpkg"
+    assert main(["parse", str(src), "--family", "geochat", "--image-size", "400x400", "--out", str(out)]) == 0
+    assert "coordinates: pixels of a 400x400 image (x = column, y = -row" in capsys.readouterr().out
+    layer = _layer(out, "objects")
+    crs = layer.crs()
+    assert crs.isValid() and not crs.isGeographic() and "GeoVLM image pixels" in crs.description()
+    box = next(layer.getFeatures()).geometry().boundingBox()
+    # 0..50 % of the columns, 0..25 % of the rows: y runs from 0 down to -100.
+    assert (box.xMinimum(), box.xMaximum(), box.yMinimum(), box.yMaximum()) == pytest.approx((0, 200, -100, 0))
+
+
+def test_pixel_space_geojson_is_upright_and_says_it_cannot_carry_the_crs(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><25>|<90>}\n")
+    out = tmp_path / "a.geojson"
+    assert main(["parse", str(src), "--family", "geochat", "--image-size", "400x400", "--out", str(out)]) == 0
+    assert "GeoJSON cannot carry" in capsys.readouterr().err
+    ring = json.loads(out.read_text())["features"][0]["geometry"]["coordinates"][0]
+    assert min(p[1] for p in ring) == -100 and max(p[1] for p in ring) == 0
+
+
+def test_no_box_in_a_non_empty_file_suggests_checking_the_family(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("[[10, 20, 30, 40, 90]]\n")  # EarthDial's syntax read as GeoChat's: nothing found
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 0
+    assert "check that --family geochat" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

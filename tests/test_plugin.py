@@ -61,14 +61,15 @@ def test_parse_algorithm_places_answers_on_a_raster(qgis_iface, processing, data
 
 
 def test_algorithm_runs_from_qgis_process(data_dir, tmp_path):
-    """qgis_process finds the plugin's provider (Debian's wrapper is broken on 3.22: call the binary)."""
+    """qgis_process (Debian's wrapper, which works from QGIS 3.34 on) finds the plugin's provider."""
     import os
+    import shutil
     import subprocess
     from pathlib import Path
 
-    exe = Path("/usr/bin/qgis_process.bin")
-    if not exe.exists():
-        pytest.fail("qgis_process.bin not found: QGIS is not installed as `make setup` installs it")
+    exe = shutil.which("qgis_process")
+    if exe is None:
+        pytest.fail("qgis_process not found: QGIS is not installed as `make setup` installs it")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
@@ -107,5 +108,103 @@ def test_parse_algorithm_refuses_a_bad_image_size_clearly(qgis_iface, processing
                 "INPUT": str(answers), "FAMILY": 1, "FIELD": "answer", "IMAGE_SIZE": size,
                 "OBJECTS": str(tmp_path / "o.gpkg"), "RELATIONS": str(tmp_path / "r.gpkg"),
             })
+    finally:
+        plugin.unload()
+
+
+def _rings(layer):
+    return sorted((f["line"], f["object_id"], [(p.x(), p.y()) for p in f.geometry().asPolygon()[0][:-1]])
+                  for f in layer.getFeatures())
+
+
+def test_plugin_and_cli_place_boxes_alike_on_a_rotated_raster(qgis_iface, processing, data_dir, tmp_path, capsys):
+    """rotated.tif has a rotated, sheared geotransform: QGIS's extent is its north-up bounding box, so the
+    plugin must read the true geotransform (osgeo.gdal), as the command line does through rasterio."""
+    from geovlm.cli import main
+
+    raster_path = data_dir / "rasters" / "rotated.tif"
+    answers = tmp_path / "rot.txt"
+    answers.write_text("{<0><0><50><50>|<90>}\n{<10><20><90><70>|<30>}\n{<0><0><100><100>|<90>}\n")
+    cli_out = tmp_path / "cli.gpkg"
+    assert main(["parse", str(answers), "--family", "geochat", "--raster", str(raster_path),
+                 "--out", str(cli_out)]) == 0
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        raster = QgsRasterLayer(str(raster_path), "rotated")
+        assert raster.isValid()
+        QgsProject.instance().addMapLayer(raster)
+        result = processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
+            "FIELD": "answer", "RASTER": raster, "OBJECTS": str(tmp_path / "plugin.gpkg"),
+            "RELATIONS": str(tmp_path / "plugin_rel.gpkg")})
+        QgsProject.instance().removeMapLayer(raster.id())
+    finally:
+        plugin.unload()
+    from_plugin = _rings(QgsVectorLayer(result["OBJECTS"], "p", "ogr"))
+    from_cli = _rings(QgsVectorLayer(f"{cli_out}|layername=objects", "c", "ogr"))
+    assert len(from_plugin) == len(from_cli) == 3
+    for (line_p, id_p, ring_p), (line_c, id_c, ring_c) in zip(from_plugin, from_cli):
+        assert (line_p, id_p) == (line_c, id_c) and len(ring_p) == len(ring_c) == 4
+        for (xp, yp), (xc, yc) in zip(ring_p, ring_c):
+            assert abs(xp - xc) <= 1e-9 * max(1.0, abs(xc)) and abs(yp - yc) <= 1e-9 * max(1.0, abs(yc))
+    # The footprint of the whole image (Qwen2-VL's 0..1000 of a resized, unpadded input) is the raster's true
+    # footprint, which its north-up extent cannot be.
+    from osgeo import gdal
+
+    whole = tmp_path / "whole.txt"
+    whole.write_text("<|box_start|>(0,0),(1000,1000)<|box_end|>\n")
+    plugin.initProcessing()
+    try:
+        raster = QgsRasterLayer(str(raster_path), "rotated")
+        QgsProject.instance().addMapLayer(raster)
+        result = processing.run("geovlm:parseanswers", {
+            "INPUT": str(whole), "FAMILY": list(geovlm.core.profiles.family_names()).index("qwen2vl"),
+            "FIELD": "answer", "RASTER": raster, "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"})
+        QgsProject.instance().removeMapLayer(raster.id())
+    finally:
+        plugin.unload()
+    (_, _, ring), = _rings(result["OBJECTS"])
+    c, a, b, f, d, e = gdal.Open(str(raster_path)).GetGeoTransform()
+    for col, row in ((0, 0), (10, 0), (10, 15), (0, 15)):
+        corner = (c + a * col + b * row, f + d * col + e * row)
+        assert min((x - corner[0]) ** 2 + (y - corner[1]) ** 2 for x, y in ring) < 1e-18
+
+
+def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802
+            messages.append(info)
+
+        def pushWarning(self, warning):  # noqa: N802
+            messages.append(warning)
+
+    try:
+        answers = tmp_path / "harbour.txt"
+        answers.write_text("<p>ship</p> {<0><0><50><50>|<90>}\n")
+        result = processing.runAndLoadResults("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
+            "FIELD": "answer", "IMAGE_SIZE": "200x100", "OBJECTS": "TEMPORARY_OUTPUT",
+            "RELATIONS": "TEMPORARY_OUTPUT"}, feedback=Feedback())
+        assert any("1 objects, 0 relations" in m for m in messages)
+        assert any("pixels of a 200x100 image" in m for m in messages)
+        project = QgsProject.instance()
+        loaded = [project.mapLayer(result[key]) for key in ("OBJECTS", "RELATIONS")]
+        assert [layer.name() for layer in loaded] == ["harbour objects", "harbour relations"]
+        assert not loaded[0].crs().isGeographic() and "GeoVLM image pixels" in loaded[0].crs().description()
+        project.removeMapLayers([layer.id() for layer in loaded])
+        messages.clear()
+        (tmp_path / "wrong.txt").write_text("[[10, 20, 30, 40, 90]]\n")
+        processing.run("geovlm:parseanswers", {
+            "INPUT": str(tmp_path / "wrong.txt"), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
+            "FIELD": "answer", "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"},
+            feedback=Feedback())
+        assert any("No box found in 1 answers" in m for m in messages)
     finally:
         plugin.unload()
