@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (
+    Qgis,
     QgsFeatureSink,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterEnum,
@@ -14,7 +14,6 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsSettings,
-    QgsWkbTypes,
 )
 
 from ..core.answer_files import read_answers
@@ -62,7 +61,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
-            self.INPUT, "Answers file", QgsProcessingParameterFile.Behavior.File,
+            self.INPUT, "Answers file", Qgis.ProcessingFileParameterBehavior.File,
             fileFilter="JSON lines (*.jsonl *.json);;Text, one answer a line (*.txt);;All files (*)"))
         titles = [get_profile(name).title for name in family_names()]
         self.addParameter(QgsProcessingParameterEnum(self.FAMILY, "Model family", options=titles,
@@ -74,9 +73,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.IMAGE_SIZE, "Image size WxH (without a raster)",
                                                        defaultValue="100x100"))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
-                                                            QgsProcessing.SourceType.TypeVectorPolygon))
+                                                            Qgis.ProcessingSourceType.VectorPolygon))
         self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
-                                                            QgsProcessing.SourceType.TypeVectorLine))
+                                                            Qgis.ProcessingSourceType.VectorLine))
 
     def _frame(self, parameters, context) -> ImageFrame:
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
@@ -98,9 +97,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         obj_fields, rel_fields = object_fields(), relation_fields()
         crs = qgis_crs(frame.crs)
         obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
-                                                QgsWkbTypes.Type.Polygon, crs)
+                                                Qgis.WkbType.Polygon, crs)
         rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
-                                                QgsWkbTypes.Type.LineString, crs)
+                                                Qgis.WkbType.LineString, crs)
         name_outputs(context, Path(path).stem, {obj_id: "objects", rel_id: "relations"})
         skipped = n_objects = n_relations = done = 0
         for i, (line, text, question) in enumerate(answers):

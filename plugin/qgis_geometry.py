@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    Qgis,
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsField,
@@ -11,16 +10,13 @@ from qgis.core import (
     QgsPointXY,
     QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QMetaType, QVariant
+from qgis.PyQt.QtCore import QMetaType
 
 from ..core.georef import GeoTransform, ImageFrame
 from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 
-# QgsField takes QMetaType.Type from QGIS 3.38 on (and only that under Qt 6); QVariant.Type before.
-if Qgis.QGIS_VERSION_INT >= 33800:
-    FIELD_TYPES = {int: QMetaType.Type.Int, float: QMetaType.Type.Double, str: QMetaType.Type.QString}
-else:  # pragma: no cover (QGIS 3.34/3.36)
-    FIELD_TYPES = {int: QVariant.Type.Int, float: QVariant.Type.Double, str: QVariant.Type.String}
+# QgsField takes QMetaType.Type from QGIS 3.38 on, and only that under Qt 6 (QVariant.Type is gone in PyQt6).
+FIELD_TYPES = {int: QMetaType.Type.Int, float: QMetaType.Type.Double, str: QMetaType.Type.QString}
 
 
 def _fields(spec) -> QgsFields:

@@ -19,7 +19,12 @@ def test_metadata_is_complete_and_versions_agree():
     general = meta["general"]
     for key in REQUIRED:
         assert general.get(key, "").strip(), f"metadata.txt lacks {key}"
-    assert general["qgisMinimumVersion"] == "3.22" and general["qgisMaximumVersion"] == "4.99"
+    assert general["qgisMinimumVersion"] == "3.40" and general["qgisMaximumVersion"] == "4.99"
+    for key in ("repository", "tracker", "homepage"):  # no placeholder links: README sections until a public home
+        assert "example." not in general[key], f"metadata.txt {key} is a placeholder"
+        if not general[key].startswith("https://"):
+            path, _, anchor = general[key].partition("#")
+            assert (ROOT / path).is_file() and anchor
     assert general["hasProcessingProvider"] == "yes"
     assert (ROOT / general["icon"]).is_file()
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
