@@ -1,5 +1,6 @@
 """The language model of a llava-hf checkpoint: image features spliced into `inputs_embeds`, then our own
-decoding loop (greedy or sampled, stop strings, streaming deltas, batches with left padding)."""
+decoding loop (greedy or sampled, stop strings, streaming deltas, batches of prompts of different lengths) over
+the static-cache decoder of `static_decoder` (transformers' forward for other architectures)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .checkpoints import load_model, load_tokenizer
+from .static_decoder import StaticDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
+# CUDA graphs are captured per batch size and cache capacity, the capacity rounded up to this many tokens.
+GRAPH_BUCKET = 256
 
 
 def pick_device(device: Optional[str] = None):
@@ -74,20 +78,20 @@ class Decoding:
         self.prefill_s = 0.0
         self.decode_s = 0.0
 
-    def _choose(self, logits, generators):
+    def _choose(self, logits, generators) -> List[int]:
+        """Each row's next token from its `[vocab]` float32 logits: argmax when greedy, else sampled."""
         import torch
 
-        out = []
+        out = logits.argmax(-1).tolist()
         for row, s in enumerate(self.settings):
             if s.temperature <= 0:
-                out.append(int(torch.argmax(logits[row])))
                 continue
             probs = torch.softmax(logits[row] / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_p, order = torch.sort(probs, descending=True)
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            out.append(int(torch.multinomial(probs / probs.sum(), 1, generator=generators[row])))
+            out[row] = int(torch.multinomial(probs / probs.sum(), 1, generator=generators[row]))
         return out
 
     def _update(self, row: int, token: int) -> str:
@@ -111,9 +115,16 @@ class Decoding:
         res.emitted += len(delta)
         return delta
 
+    def _steps(self):
+        """The decoding backend: the static-cache decoder where the model's architecture has one, else
+        transformers' forward over a DynamicCache."""
+        capacity = max(len(p) + s.max_new_tokens for p, s in zip(self.prompts, self.settings))
+        if self.lm.decoder is not None and unsupported_reason(self.lm.decoder_config, capacity) is None:
+            return _StaticSteps(self.lm, self.prompts, self.features, capacity)
+        return _DynamicSteps(self.lm, self.prompts, self.features)
+
     def __iter__(self) -> Iterator[List[str]]:
         import torch
-        from transformers import DynamicCache
 
         lm = self.lm
         generators = []
@@ -121,50 +132,97 @@ class Decoding:
             g = torch.Generator(device=lm.device)
             g.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
             generators.append(g)
-        cache = DynamicCache(config=lm.model.config.text_config)
         start = time.perf_counter()
         with torch.inference_mode():
-            embeds, mask = lm.embed_batch(self.prompts, self.features)
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = lm.model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            steps = self._steps()
+            logits = steps.first()
             self.prefill_s = time.perf_counter() - start
             start = time.perf_counter()
-            while True:
-                tokens = self._choose(out.logits[:, -1].float(), generators)
-                deltas = []
-                for row, token in enumerate(tokens):
-                    if self.results[row].done:
-                        tokens[row] = lm.pad_id
-                        deltas.append("")
-                    else:
-                        deltas.append(self._update(row, token))
-                yield deltas
-                if all(r.done for r in self.results):
-                    break
-                step = torch.tensor(tokens, device=lm.device).unsqueeze(1)
-                mask = torch.cat([mask, mask.new_ones((len(tokens), 1))], dim=1)
-                positions = positions[:, -1:] + 1
-                out = lm.model(
-                    input_ids=step,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            try:
+                while True:
+                    tokens = self._choose(logits, generators)
+                    deltas = []
+                    for row, token in enumerate(tokens):
+                        if self.results[row].done:
+                            tokens[row] = lm.pad_id
+                            deltas.append("")
+                        else:
+                            deltas.append(self._update(row, token))
+                    yield deltas
+                    if all(r.done for r in self.results):
+                        break
+                    logits = steps.next(tokens)
+            finally:
+                steps.close()
         self.decode_s = time.perf_counter() - start
 
     def run(self) -> List[Decoded]:
         for _ in self:
             pass
         return self.results
+
+
+class _StaticSteps:
+    """Logits of each step from the static-cache decoder (a CUDA graph per step on CUDA)."""
+
+    def __init__(self, lm: LanguageModel, prompts, features, capacity: int):
+        self.lm = lm
+        self.rows = lm.embed_rows(prompts, features)
+        decoder, batch = lm.decoder, len(prompts)
+        self.graph = None
+        if str(lm.device).startswith("cuda"):
+            graph = decoder.graphed(batch, -(-capacity // GRAPH_BUCKET) * GRAPH_BUCKET)
+            if graph is not None and not graph.busy:
+                graph.busy, self.graph = True, graph
+        self.cache = self.graph.cache if self.graph else decoder.new_cache(batch, capacity)
+
+    def first(self):
+        return self.lm.decoder.prefill(self.rows, self.cache)
+
+    def next(self, tokens: List[int]):
+        import torch
+
+        step = torch.tensor(tokens, device=self.lm.device)
+        return self.graph(step) if self.graph else self.lm.decoder.step(step, self.cache)
+
+    def close(self) -> None:
+        if self.graph:
+            self.graph.busy = False
+        self.cache = None
+
+
+class _DynamicSteps:
+    """Logits of each step from transformers' forward over a DynamicCache (left-padded batch): the path for text
+    models the static decoder does not implement."""
+
+    def __init__(self, lm: LanguageModel, prompts, features):
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.embeds, self.mask = lm.embed_batch(prompts, features)
+        self.cache = DynamicCache(config=lm.model.config.text_config)
+        self.positions = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def _forward(self, **inputs):
+        out = self.lm.model(
+            attention_mask=self.mask, position_ids=self.positions, past_key_values=self.cache, use_cache=True,
+            logits_to_keep=1, **inputs,
+        )
+        return out.logits[:, -1].float()
+
+    def first(self):
+        return self._forward(inputs_embeds=self.embeds)
+
+    def next(self, tokens: List[int]):
+        import torch
+
+        step = torch.tensor(tokens, device=self.lm.device).unsqueeze(1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        return self._forward(input_ids=step)
+
+    def close(self) -> None:
+        self.cache = None
 
 
 class LanguageModel:
@@ -189,6 +247,11 @@ class LanguageModel:
         self.special_ids["<image>"] = self.image_token_id  # the profiles' image marker
         names = sorted(self.special_ids, key=len, reverse=True)
         self._specials = re.compile("(" + "|".join(re.escape(name) for name in names) + ")")
+        self.decoder_config = config.text_config
+        reason = unsupported_reason(self.decoder_config)
+        self.decoder = StaticDecoder(model) if reason is None else None
+        if reason:
+            log.info("decoding with transformers' forward: %s", reason)
 
     @classmethod
     def load(cls, model_dir, device: Optional[str] = None) -> LanguageModel:
@@ -220,29 +283,41 @@ class LanguageModel:
                 ids.extend(tokens["input_ids"])
         return ids
 
-    def embed_batch(self, prompts: Sequence[Sequence[int]], features: Sequence[Optional[np.ndarray]]):
-        """Left-padded inputs_embeds (each row's image features at its image-token positions) and mask."""
+    def embed_rows(self, prompts: Sequence[Sequence[int]], features: Sequence[Optional[np.ndarray]]) -> list:
+        """One `[len(prompt), hidden]` inputs_embeds tensor per prompt, its image features (`[image_tokens,
+        hidden]`, or None for a prompt without image) at its image-token positions. ValueError when the counts
+        differ."""
         import torch
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        embeds = self.model.get_input_embeddings()(ids)
-        for row, feats in enumerate(features):
-            slots = (ids[row] == self.image_token_id) & (mask[row] == 1)
+        embed = self.model.get_input_embeddings()
+        rows = []
+        for p, feats in zip(prompts, features):
+            ids = torch.tensor(p, dtype=torch.long, device=self.device)
+            row = embed(ids)
+            slots = ids == self.image_token_id
             n = int(slots.sum())
             if feats is None:
                 if n:
                     raise ValueError("a prompt has image tokens but no image features were given")
-                continue
-            feats = torch.as_tensor(np.asarray(feats)).reshape(-1, self.hidden_size)
-            if n != len(feats):
-                raise ValueError(f"prompt has {n} image tokens but the image gives {len(feats)} features")
-            embeds[row, slots] = feats.to(embeds.device, embeds.dtype)
+            else:
+                feats = torch.as_tensor(np.asarray(feats)).reshape(-1, self.hidden_size)
+                if n != len(feats):
+                    raise ValueError(f"prompt has {n} image tokens but the image gives {len(feats)} features")
+                row[slots] = feats.to(row.device, row.dtype)
+            rows.append(row)
+        return rows
+
+    def embed_batch(self, prompts: Sequence[Sequence[int]], features: Sequence[Optional[np.ndarray]]):
+        """`embed_rows` left-padded (zeros) to `[batch, width, hidden]`, with the `[batch, width]` 0/1 mask."""
+        import torch
+
+        rows = self.embed_rows(prompts, features)
+        width = max(len(r) for r in rows)
+        embeds = rows[0].new_zeros((len(rows), width, self.hidden_size))
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            embeds[i, width - len(r) :] = r
+            mask[i, width - len(r) :] = 1
         return embeds, mask
 
     def decoding(self, prompts, features, settings: Sequence[DecodeSettings]) -> Decoding:

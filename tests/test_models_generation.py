@@ -36,27 +36,62 @@ def _our_tokens(pipe, requests):
     return [d.token_ids for d in pipe.lm.decoding(prompts, list(feats), settings).run()]
 
 
+def _reference_tokens(pipe, image, messages, max_new_tokens):
+    """transformers' LlavaForConditionalGeneration.generate, greedy, fp32, on its own copy of the checkpoint."""
+    model = ms.hf_model(str(pipe.checkpoint.path))
+    ids = torch.tensor([pipe.prompt_ids(messages)])
+    with torch.no_grad():
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=torch.from_numpy(_pixels(pipe, image)),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return ref[0, ids.shape[1] :].tolist()
+
+
 def test_greedy_tokens_equal_transformers_generate(pipe):
     from geovlm.models.pipeline import GenRequest
 
-    model = pipe.lm.model
+    assert pipe.lm.decoder is not None  # the static-cache decoder is what runs (not transformers' forward)
     images = ms.cogeo_tiles(3) + [ms.random_image(7)]
     outputs = []
     for image in images:
-        request = GenRequest(image, QUESTION, max_new_tokens=24)
-        ours = _our_tokens(pipe, [request])[0]
-        ids = torch.tensor([pipe.prompt_ids(QUESTION)])
-        with torch.no_grad():
-            ref = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                pixel_values=torch.from_numpy(_pixels(pipe, image)),
-                max_new_tokens=24,
-                do_sample=False,
-            )
-        assert ours == ref[0, ids.shape[1] :].tolist()
+        ours = _our_tokens(pipe, [GenRequest(image, QUESTION, max_new_tokens=24)])[0]
+        assert ours == _reference_tokens(pipe, image, QUESTION, 24)
         outputs.append(tuple(ours))
     assert len(set(outputs)) == len(images)  # the images steer the tokens: the parity is not vacuous
+
+
+def test_ragged_batch_of_8_equals_transformers_generate_one_by_one(pipe):
+    """Eight prompts of different lengths and budgets decoded together (packed prefill, one cache row each)
+    give, row by row, the tokens of transformers' generate run alone."""
+    from geovlm.models.pipeline import GenRequest
+
+    questions = ["Describe", "What is this?", "[grounding]Describe the image", "[refer] where is <p> the road </p>",
+                 "Count the buildings in this aerial photo, please", "[identify] what is at the centre?", "Hi",
+                 "[grounding]Name every object you see and give the location of each one of them"]
+    images = ms.cogeo_tiles(4) + [ms.random_image(20 + i) for i in range(4)]
+    requests = [GenRequest(im, [("user", q)], max_new_tokens=10 + 3 * i)
+                for i, (im, q) in enumerate(zip(images, questions))]
+    lengths = {len(pipe.prompt_ids(r.messages)) for r in requests}
+    assert len(lengths) >= 6  # ragged indeed
+    ours = _our_tokens(pipe, requests)
+    for r, tokens in zip(requests, ours):
+        assert tokens == _reference_tokens(pipe, r.image, r.messages, r.max_new_tokens)
+    assert len({tuple(t) for t in ours}) == len(requests)
+
+
+def test_transformers_forward_path_gives_the_same_tokens(pipe, monkeypatch):
+    """The fallback for architectures without a static decoder (transformers' forward, left-padded batch) gives
+    the static decoder's tokens."""
+    from geovlm.models.pipeline import GenRequest
+
+    requests = [GenRequest(im, QUESTION, max_new_tokens=12) for im in ms.cogeo_tiles(2)]
+    fast = _our_tokens(pipe, requests)
+    monkeypatch.setattr(pipe.lm, "decoder", None)
+    assert _our_tokens(pipe, requests) == fast
 
 
 def test_batch_equals_single_runs(pipe):
