@@ -19,13 +19,17 @@ $(VENV)/.stamp: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 # The main job on the embedded default: the demo model (a tiny random stand-in) answers about a real
-# aerial photo, and the answer's boxes land in a georeferenced layer.
+# aerial photo shipped in sample/, and the answer's boxes land in a georeferenced layer; then real EarthDial
+# answers (also in sample/) become layers. Needs nothing beside the clone.
+DEMO_RASTER ?= sample/aerial.tif
+DEMO_ANSWERS ?= sample/earthdial_refer.jsonl
 demo: setup
 	@mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/geovlm ask $(SHARED)/data/rasters/cogeo.tif "[grounding]Describe the image and locate what you name." \
+	$(VENV)/bin/geovlm ask $(DEMO_RASTER) "[grounding]Describe the image and locate what you name." \
 		--family geochat --max-new-tokens 48 --out $(DEMO_DIR)/ask.gpkg
-	$(VENV)/bin/geovlm parse $(SHARED)/data/answers/earthdial_refer_nwpu_vhr10.jsonl --family earthdial \
-		--image-size 800x800 --out $(DEMO_DIR)/earthdial_refer.gpkg
+	$(VENV)/bin/geovlm parse $(DEMO_ANSWERS) --family earthdial --image-size 800x800 \
+		--out $(DEMO_DIR)/earthdial_refer.gpkg
+	@$(PY) scripts/demo_summary.py $(DEMO_DIR)/ask.gpkg $(DEMO_DIR)/earthdial_refer.gpkg
 
 test: setup
 	$(PY) -m pytest

@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 SYS_PY=/usr/bin/python3
 
-# QGIS: 3.40 LTR or newer. On Debian 12 it comes from Debian's own bookworm-backports suite (3.40.x), added
+# QGIS: 3.40 LTR or newer (the plugin's qgisMinimumVersion). On Debian 12 it comes from Debian's own bookworm-backports suite (3.40.x), added
 # with Debian's keyring when missing. Elsewhere the QGIS found is used as it is and its version printed.
-QGIS_MIN=3.34
+QGIS_MIN=3.40
 qgis_version() { "$SYS_PY" -c "from qgis.core import Qgis; print(Qgis.QGIS_VERSION.split('-')[0])" 2>/dev/null || true; }
 version_lt() { [ "$1" != "$2" ] && [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ]; }
 HAVE=$(qgis_version)
