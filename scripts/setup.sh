@@ -42,6 +42,20 @@ else
     echo "setup: using QGIS $HAVE"
 fi
 
+# WordNet 3.0 for `geovlm eval`'s METEOR: Debian's packages hold the database NLTK reads (no download at run time).
+if [ ! -f /usr/share/wordnet/index.sense ] && [ -z "${WNSEARCHDIR:-}" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        echo "setup: installing WordNet 3.0 (wordnet-base wordnet-sense-index)"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+            wordnet-base wordnet-sense-index >/dev/null
+    else
+        echo "setup: no apt-get: install WordNet 3.0 and set WNSEARCHDIR to its dict folder for geovlm eval's METEOR"
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV from $SYS_PY (with system site packages for PyQGIS)"
     "$SYS_PY" -m venv --system-site-packages "$VENV"
@@ -61,6 +75,6 @@ esac
 if "$VENV/bin/python" -m pip show -q "$OTHER" >/dev/null 2>&1; then
     $PIP uninstall -y "$OTHER"
 fi
-$PIP install -e ".[engine,$ORT,test,dev]" "numpy<2" "attrs>=23.2"
+$PIP install -e ".[engine,eval,$ORT,test,dev]" "numpy<2" "attrs>=23.2"
 touch "$VENV/.stamp"
 echo "setup: done ($VENV)"

@@ -1,0 +1,140 @@
+"""`geovlm eval`: score saved answers against references with the published benchmark definitions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.profiles import family_names, get_profile
+from . import CliError
+
+TASKS = ("detection", "region-caption", "caption", "vqa", "classification", "scene-graph")
+# Fields holding the reference, first found wins (EarthDial's result files, then GeoChat/SkySenseGPT names).
+REFERENCE_FIELDS = {
+    "detection": ("gt_bbox", "ground_truth", "reference"),
+    "region-caption": ("annotation", "ground_truth", "reference", "caption"),
+    "caption": ("annotation", "ground_truth", "references", "reference", "caption"),
+    "vqa": ("annotation", "ground_truth", "gt", "reference"),
+    "classification": ("annotation", "ground_truth", "gt", "reference"),
+    "scene-graph": ("ground_truth", "annotation", "reference"),
+}
+QUESTION_TYPE_FIELDS = ("vqa_type", "type", "question_type")
+BOX_TASKS = ("detection", "scene-graph")
+LAYER_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score saved answers against references (published benchmark metrics)",
+        description="Score answers against references. FILE is JSON lines holding each answer with its "
+        "reference (as the models' evaluation scripts write them), or, with --reference, a layer of answers "
+        "(what `geovlm parse`/`ask` write) scored against a layer of references matched by location.",
+    )
+    p.add_argument("task", choices=TASKS, help="what to score")
+    p.add_argument("file", help="answers: JSON lines, or a GeoPackage/GeoJSON layer with --reference")
+    p.add_argument("--family", help=f"model family of the answers (needed for boxes): {', '.join(family_names())}")
+    p.add_argument("--json", action="store_true", help="print one JSON object, metric name to value")
+    p.add_argument("--field", default=None, help="field holding the answer (default: answer)")
+    p.add_argument("--reference-field", action="append", default=[], metavar="NAME",
+                   help="field(s) holding the reference (default: the task's usual field, e.g. gt_bbox, "
+                   "annotation, caption0..caption4)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU a box must reach to count (default 0.5)")
+    p.add_argument("--reference", metavar="LAYER", help="a layer of reference boxes or captions: score FILE's "
+                   "features against it, matched by location")
+    p.add_argument("--layer", help="layer of FILE (default: objects for boxes, else the first layer)")
+    p.add_argument("--reference-layer", help="layer of --reference (default: its first layer)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"input not found: {path}")
+    if not 0.0 < args.iou <= 1.0:
+        raise CliError(f"--iou must be in (0, 1], not {args.iou}")
+    if args.reference:
+        from .eval_layers import score_layers
+
+        scores = score_layers(args)
+    else:
+        if path.suffix.lower() in LAYER_SUFFIXES and path.suffix.lower() != ".json":
+            raise CliError(f"{path.name} is a layer: give the reference layer with --reference")
+        scores = score_records(args, path)
+    print_scores(scores, args.json)
+    return 0
+
+
+def profile_of(args):
+    if not args.family:
+        raise CliError(f"{args.task} reads boxes: give --family ({', '.join(family_names())})")
+    try:
+        return get_profile(args.family)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def score_records(args, path: Path) -> dict:
+    """The task's scores for a JSON-lines file of answers with references."""
+    from ..evaluation.records import RecordError, read_records, reference_texts, text_of
+
+    task = args.task
+    answer_field = args.field or "answer"
+    ref_fields = args.reference_field or None
+    profile = profile_of(args) if task in BOX_TASKS else None
+    items = []
+    try:
+        for number, record in read_records(path):
+            if answer_field not in record:
+                raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
+            answer = text_of(record[answer_field])
+            refs = reference_texts(record, ref_fields, REFERENCE_FIELDS[task])
+            if refs is None:
+                wanted = " or ".join(repr(f) for f in ref_fields or REFERENCE_FIELDS[task])
+                raise RecordError(f"{path}:{number}: no field {wanted} (choose it with --reference-field)")
+            items.append((answer, refs, record))
+    except RecordError as exc:
+        raise CliError(str(exc)) from None
+    if not items:
+        raise CliError(f"{path}: no answers")
+    return score_items(task, items, profile, args.iou)
+
+
+def score_items(task: str, items, profile, iou: float) -> dict:
+    """Scores of (answer, reference texts, record) items for `task`."""
+    if task == "detection":
+        from ..evaluation.detection import precision_at_iou
+
+        return precision_at_iou(((a, " ".join(refs), rec.get("size_group")) for a, refs, rec in items), profile, iou)
+    if task == "scene-graph":
+        from ..evaluation.scene_graph import triplet_recall
+
+        return triplet_recall(((a, " ".join(refs)) for a, refs, _ in items), profile, iou)
+    if task in ("region-caption", "caption"):
+        from ..evaluation import text_metrics
+        from ..evaluation.wordnet import WordNetMissing
+
+        style = text_metrics.REGION_CAPTION if task == "region-caption" else text_metrics.IMAGE_CAPTION
+        try:
+            return text_metrics.caption_scores(((a, refs) for a, refs, _ in items), style)
+        except (WordNetMissing, ValueError) as exc:
+            raise CliError(str(exc)) from None
+    from ..evaluation.accuracy import classification_accuracy, vqa_accuracy
+
+    if task == "classification":
+        return classification_accuracy((refs[0] if refs else "", a) for a, refs, _ in items)
+    return vqa_accuracy((refs[0] if refs else "", a, _question_type(rec)) for a, refs, rec in items)
+
+
+def _question_type(record: dict):
+    name = next((f for f in QUESTION_TYPE_FIELDS if f in record), None)
+    return None if name is None or record[name] is None else str(record[name])
+
+
+def print_scores(scores: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(scores, sort_keys=False))
+        return
+    width = max(len(k) for k in scores)
+    for key, value in scores.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")

@@ -1,0 +1,64 @@
+"""Reading answers with their references: JSON lines, one object a line, as the models' evaluation scripts write
+them (EarthDial's `src/earthdial/eval/*/results/*.jsonl`, GeoChat's and SkySenseGPT's answer files)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+
+class RecordError(ValueError):
+    """A file or line that cannot be read as answers with references; the message names the file and line."""
+
+
+def read_records(path) -> Iterator[Tuple[int, dict]]:
+    """(line number from 1, the JSON object) for every non-empty line of a JSON-lines file.
+
+    A UTF-8 byte-order mark is accepted. Raises RecordError for an unreadable file or a line that is not a JSON
+    object."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"cannot read {path}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise RecordError(f"{path}:{number}: not a JSON object (expected JSON lines)") from None
+        if not isinstance(record, dict):
+            raise RecordError(f"{path}:{number}: not a JSON object (expected JSON lines)")
+        yield number, record
+
+
+def text_of(value) -> str:
+    """A field's value as text ('' for a missing or null value)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+_CAPTION_N = re.compile(r"^caption(\d+)$")
+
+
+def reference_texts(record: dict, fields: Optional[Sequence[str]], defaults: Sequence[str]) -> Optional[List[str]]:
+    """Reference texts of one record, None when it has none.
+
+    With `fields` (what the user named), the values of those fields, in that order. Without, the fields
+    `caption0`, `caption1`, ... in number order when the record has them (EarthDial's and the RS captioning data
+    sets' layout), else the first of `defaults` it holds. A field may hold one text or a list of texts."""
+    if fields:
+        names = [name for name in fields if name in record]
+    else:
+        numbered = sorted((int(m.group(1)), key) for key in record for m in [_CAPTION_N.match(key)] if m)
+        names = [key for _, key in numbered] or [name for name in defaults if name in record][:1]
+    if not names:
+        return None
+    texts: List[str] = []
+    for name in names:
+        value = record[name]
+        texts += [text_of(v) for v in value] if isinstance(value, list) else [text_of(value)]
+    return texts

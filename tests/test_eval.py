@@ -1,0 +1,202 @@
+"""`geovlm eval`: the published scores reproduced on real result files, and each metric's rule on answers
+built for it."""
+import json
+import math
+
+import pytest
+
+from geovlm.cli import main
+from geovlm.core.parsing import parse_answer
+from geovlm.core.profiles import get_profile
+from geovlm.evaluation import accuracy, detection, scene_graph, text_metrics, wordnet
+
+# EarthDial's own scripts on the shared files (../shared/data/SOURCES.md).
+PUBLISHED_DETECTION = {
+    "earthdial_refer_nwpu_vhr10.jsonl": dict(small=0.1167, medium=0.1422, large=0.2312, single=0.2538,
+                                             multiple=0.0892),
+    "earthdial_refer_ship.jsonl": dict(small=0.1047, medium=0.2245, large=0.4667, single=0.2411, multiple=0.0619),
+}
+PUBLISHED_REGION_CAPTION = dict(rouge1_precision=0.9011, rouge1_recall=0.6089, rouge1_f1=0.7214,
+                                rougeL_precision=0.9011, rougeL_recall=0.6089, rougeL_f1=0.7214, meteor=0.5990)
+
+
+def run_json(capsys, *argv):
+    assert main(["eval", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_DETECTION))
+def test_detection_reproduces_earthdials_published_precision(capsys, data_dir, name):
+    scores = run_json(capsys, "detection", str(data_dir / "answers" / name), "--family", "earthdial")
+    for key, published in PUBLISHED_DETECTION[name].items():
+        assert scores[key] == pytest.approx(published, abs=1e-3), key
+    assert set(detection.KEYS) <= set(scores)
+    # overall: correct over all predictions, between the single and multiple values it is made of
+    assert min(scores["single"], scores["multiple"]) <= scores["overall"] <= max(scores["single"], scores["multiple"])
+
+
+def test_region_caption_reproduces_earthdials_published_scores(capsys, data_dir):
+    scores = run_json(capsys, "region-caption", str(data_dir / "answers" / "earthdial_identify_nwpu_vhr10.jsonl"))
+    for key, published in PUBLISHED_REGION_CAPTION.items():
+        assert scores[key] == pytest.approx(published, abs=1e-3), key
+    assert scores["answers"] == 985
+    assert 0 < scores["bleu4"] < scores["bleu1"] < 1 and scores["cider"] > 0
+
+
+def test_caption_uses_every_reference_caption(capsys, data_dir):
+    path = data_dir / "answers" / "earthdial_caption_ucm.jsonl"
+    five = run_json(capsys, "caption", str(path))
+    one = run_json(capsys, "caption", str(path), "--reference-field", "caption0")
+    assert five["answers"] == one["answers"] == 210
+    # more references can only help METEOR (it keeps the best) and BLEU (clipped counts over all references)
+    assert five["meteor"] > one["meteor"] and five["bleu4"] > one["bleu4"]
+    assert all(0 < five[k] <= 1 for k in text_metrics.CAPTION_KEYS if k != "cider")
+
+
+def test_turned_corners_follow_earthdials_rotation():
+    # x' = x cos a + y sin a, y' = -x sin a + y cos a about the centre: a quarter turn of a 4x2 box about (2, 1)
+    corners = detection.turned_corners(0, 0, 4, 2, 90)
+    expected = [(1, 3), (1, -1), (3, -1), (3, 3)]
+    assert all(math.isclose(x, ex, abs_tol=1e-9) and math.isclose(y, ey, abs_tol=1e-9)
+               for (x, y), (ex, ey) in zip(corners, expected))
+    # a box turned by 90 covers the same ground as the box with width and height swapped
+    swapped = detection.turned_corners(1, -1, 3, 3, 0)
+    assert detection.polygon_iou(corners, swapped) == pytest.approx(1.0)
+    # EarthDial's ship file writes angle 0: as written, [[7, 80, 11, 91, 0]] and its reference overlap well
+    assert detection.polygon_iou(detection.turned_corners(7, 80, 11, 91, 0),
+                                 detection.turned_corners(7, 80, 11, 88, 0)) == pytest.approx(32 / 44)
+
+
+def test_precision_counts_each_prediction_once_and_degenerate_boxes_as_misses():
+    profile = get_profile("earthdial")
+    records = [
+        # one prediction overlapping both references counts once; the second prediction misses
+        ("[[10, 10, 20, 20, 0]][[60, 60, 70, 70, 0]]", "[[10, 10, 20, 20, 0]][[11, 10, 21, 20, 0]]", "small"),
+        # a zero-width prediction is a prediction that hits nothing (EarthDial: invalid polygon, IoU 0)
+        ("[[30, 30, 30, 40, 0]]", "[[30, 30, 31, 40, 0]]", "large"),
+        # a 90-degree turn of a square is the same square
+        ("[[40, 40, 50, 50, 90]]", "[[40, 40, 50, 50, 0]]", "large"),
+        # no box in the answer: no prediction, nothing counted
+        ("I cannot find it.", "[[1, 1, 5, 5, 0]]", "medium"),
+    ]
+    scores = detection.precision_at_iou(records, profile)
+    assert scores["small"] == pytest.approx(1 / 2)
+    assert scores["large"] == pytest.approx(1 / 2)
+    assert scores["medium"] == 0.0
+    assert scores["multiple"] == pytest.approx(1 / 2) and scores["single"] == pytest.approx(1 / 2)
+    assert scores["overall"] == pytest.approx(2 / 4) and scores["predicted_boxes"] == 4
+    assert scores["questions"] == 4
+
+
+def test_detection_reads_other_families_with_their_own_grammar():
+    scores = detection.precision_at_iou([("{<10><10><20><20>|<0>}", "{<10><10><20><20>|<0>}", None),
+                                         ("{<50><50><60><60>|<0>}", "{<10><10><20><20>|<0>}", None)],
+                                        get_profile("geochat"))
+    assert scores["overall"] == pytest.approx(0.5) and scores["single"] == pytest.approx(0.5)
+
+
+def test_vqa_and_classification_accuracy_follow_earthdial():
+    assert accuracy.answer_score("yes", "Yes.") == 1.0
+    assert accuracy.answer_score("dense residential", "Dense Residential") == 1.0
+    assert accuracy.answer_score("no", "yes") == 0.0
+    vqa = accuracy.vqa_accuracy([("yes", "yes", "presence"), ("no", "yes", "presence"),
+                                 ("rural", "rural", "rural_urban"), ("more than 10", "more than 10", "comp")])
+    assert vqa["accuracy_presence"] == 0.5 and vqa["accuracy_rural_urban"] == 1.0 and vqa["accuracy_comp"] == 1.0
+    assert vqa["average_accuracy"] == pytest.approx(2.5 / 3) and vqa["overall_accuracy"] == pytest.approx(3 / 4)
+    assert accuracy.classification_accuracy([("forest", "forest"), ("river", "beach")])["accuracy"] == 0.5
+
+
+def test_vqa_and_classification_through_the_command(tmp_path, capsys):
+    path = tmp_path / "vqa.jsonl"
+    rows = [{"question": "Is there a road?", "answer": "Yes", "annotation": "yes", "vqa_type": "presence"},
+            {"question": "Is it rural or urban?", "answer": "urban", "annotation": "rural", "vqa_type": "rural_urban"}]
+    path.write_text("\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")  # with a BOM
+    scores = run_json(capsys, "vqa", str(path))
+    assert scores == {"accuracy_presence": 1.0, "accuracy_rural_urban": 0.0, "average_accuracy": 0.5,
+                      "overall_accuracy": 0.5, "answers": 2}
+    assert run_json(capsys, "classification", str(path))["accuracy"] == 0.5
+
+
+SKY = get_profile("skysensegpt")
+CARS = ("<ref>cars</ref><rbox>({<20.00><30.00><4.00><2.00>|<90>}, {<26.00><30.00><4.00><2.00>|<90>})</rbox> "
+        "<rel>parked alongside with</rel> <ref>car_parking</ref><rbox>({<40.00><40.00><30.00><20.00>|<90>})</rbox>.")
+TRUCK = ("<ref>truck</ref><rbox>({<70.00><70.00><6.00><3.00>|<90>})</rbox> <rel>drive toward</rel> "
+         "<ref>toll_gate</ref><rbox>({<80.00><80.00><8.00><8.00>|<90>})</rbox>.")
+
+
+def test_scene_graph_recall_matches_labels_predicates_and_both_boxes():
+    reference = CARS + " " + TRUCK  # three triplets: two cars -> car_parking, truck -> toll_gate
+    assert scene_graph.triplet_recall([(reference, reference)], SKY)["recall"] == 1.0
+    one_car = ("<ref>car</ref><rbox>({<20.20><30.00><4.00><2.00>|<90>})</rbox> <rel>parked alongside with</rel> "
+               "<ref>car_parking</ref><rbox>({<40.00><41.00><30.00><20.00>|<90>})</rbox>.")
+    scores = scene_graph.triplet_recall([(one_car, reference)], SKY)
+    assert scores["recall"] == pytest.approx(1 / 3) and scores["precision"] == 1.0
+    # per predicate: parked alongside with 1/2, drive toward 0/1
+    assert scores["mean_recall"] == pytest.approx(0.25)
+    wrong_predicate = TRUCK.replace("drive toward", "drive off")
+    moved_box = TRUCK.replace("<70.00><70.00>", "<60.00><60.00>")
+    for answer in (wrong_predicate, moved_box, TRUCK.replace("truck", "boat")):
+        assert scene_graph.triplet_recall([(answer, TRUCK)], SKY)["recall"] == 0.0
+    assert scene_graph.triplet_recall([(TRUCK, TRUCK)], SKY, threshold=0.5)["answer_triplets"] == 1
+
+
+def test_region_scene_graph_target_matches_itself():
+    reference = ("A small car on the top part of the image. 1 car<rbox>({<20.00><30.00><4.00><2.00>|<90>})</rbox> "
+                 "is <rel>parked alongside with</rel> it. It is <rel>parked alongside with</rel> "
+                 "<ref>truck</ref><rbox>({<70.00><70.00><5.00><3.00>|<90>})</rbox>.")
+    triplets = scene_graph.triplets_of(parse_answer(reference, SKY))
+    assert [(t.subject, t.predicate, t.object) for t in triplets] == [
+        ("car", "parked alongside with", scene_graph.TARGET), (scene_graph.TARGET, "parked alongside with", "truck")]
+    half = reference.split(" It is ")[0] + "."
+    assert scene_graph.triplet_recall([(half, reference)], SKY)["recall"] == 0.5
+
+
+def test_scene_graph_command_reads_ground_truth(tmp_path, capsys):
+    path = tmp_path / "sgg.jsonl"
+    path.write_text(json.dumps({"answer": CARS, "ground_truth": CARS + " " + TRUCK}) + "\n", encoding="utf-8")
+    scores = run_json(capsys, "scene-graph", str(path), "--family", "skysensegpt")
+    assert scores["recall"] == pytest.approx(2 / 3) and scores["reference_triplets"] == 3
+
+
+def test_identical_caption_scores_full_marks():
+    text = "many buildings and some green trees are around a playground"
+    scores = text_metrics.caption_scores([(text, [text]), (text + " .", [text])], text_metrics.IMAGE_CAPTION)
+    for key in ("rouge1_f1", "rougeL_f1", "bleu1", "bleu4"):
+        assert scores[key] == pytest.approx(1.0, abs=1e-6), key
+    assert scores["meteor"] > 0.99
+
+
+def test_wordnet_comes_from_the_system_with_a_generated_lexnames(monkeypatch, tmp_path):
+    lines = wordnet.lexnames_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[44] == "44\tadj.ppl\t3"
+    assert lines[3] == "03\tnoun.Tops\t1" and lines[29] == "29\tverb.body\t2"
+    reader = wordnet.load_wordnet()
+    assert reader.get_version() == "3.0" and reader.synsets("harbour")
+    monkeypatch.setenv(wordnet.ENV_DIR, str(tmp_path))
+    wordnet.load_wordnet.cache_clear()
+    try:
+        with pytest.raises(wordnet.WordNetMissing, match="wordnet-base"):
+            wordnet.load_wordnet()
+    finally:
+        wordnet.load_wordnet.cache_clear()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["detection", "{path}"], "give --family"),
+    (["region-caption", "{path}", "--field", "text"], "no field 'text'"),
+    (["vqa", "{path}", "--reference-field", "truth"], "no field 'truth'"),
+    (["detection", "{path}", "--family", "earthdial", "--iou", "0"], "--iou"),
+])
+def test_bad_input_gets_one_clear_line(tmp_path, capsys, argv, message):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"answer": "[[1, 2, 3, 4, 0]]", "annotation": "x"}) + "\n", encoding="utf-8")
+    assert main(["eval", *[a.format(path=path) for a in argv]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"answer": "yes", "annotation": "yes"}\nnot json\n', encoding="utf-8")
+    assert main(["eval", "vqa", str(path)]) == 2
+    assert f"{path}:2" in capsys.readouterr().err
