@@ -16,6 +16,7 @@ from qgis.core import QgsApplication, QgsSettings
 
 PREFIX = "geovlm/"
 MODES = ("local", "remote")
+SETUP_MARKER = "geovlm-setup.json"  # written into the venv when "Set up the local engine…" finished
 
 # The keys, one place; the dock reads the rendering keys through `load()` (render_width, render_height,
 # render_dpr) or directly with these names.
@@ -138,13 +139,13 @@ def venv_python(venv: Optional[Path] = None) -> Path:
 
 
 def engine_python(value: Optional[EngineSettings] = None) -> str:
-    """The Python that runs the local engine: the configured one, else the set-up venv's; "" when neither
-    exists (the local engine is then not set up)."""
+    """The Python that runs the local engine: the configured one, else the venv's once its set-up finished;
+    "" when neither exists (the local engine is then not set up)."""
     value = value or load()
     if value.python:
         return value.python if Path(value.python).is_file() else ""
     python = venv_python()
-    return str(python) if python.is_file() else ""
+    return str(python) if python.is_file() and (venv_dir() / SETUP_MARKER).is_file() else ""
 
 
 def _endpoints(raw) -> List[Endpoint]:

@@ -38,4 +38,5 @@ def test_release_zip_holds_one_geovlm_folder_without_tests(tmp_path):
     names = zipfile.ZipFile(out).namelist()
     assert names and all(n.startswith("geovlm/") for n in names)
     assert "geovlm/metadata.txt" in names and "geovlm/__init__.py" in names and "geovlm/LICENSE" in names
+    assert "geovlm/pyproject.toml" in names and "geovlm/README.md" in names  # the engine set-up installs from them
     assert not any(n.startswith(("geovlm/tests/", "geovlm/.venv/", "geovlm/bench/")) for n in names)

@@ -1,0 +1,293 @@
+""""Set up the local engine…": a virtual environment outside QGIS's Python, with this plugin's engine extra.
+
+The engine needs torch, transformers and onnxruntime, which must never be installed into QGIS's own Python.
+So the set-up makes a venv under the QGIS profile's folder (`settings.venv_dir()`) from a system Python >= 3.10
+(found, or picked by the user), and runs `pip install "<plugin folder>[engine,cpu]"` (or `[engine,gpu]`, the
+CUDA build of onnxruntime, when an NVIDIA driver answers `nvidia-smi -L`) inside it; every command is a
+subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
+is terminated) and writes `geovlm-setup.json` into the venv when everything worked. Repair reinstalls the
+plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
+the venv's Python (`settings.engine_python()`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess  # nosec B404  # runs pip and venv, fixed argument lists
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from .. import __version__
+from ..engine.launcher import clean_environment
+from . import settings as engine_settings
+
+LOG_TAG = "GeoVLM"
+MIN_PYTHON = (3, 10)
+MARKER = engine_settings.SETUP_MARKER
+ACTIONS = ("install", "repair", "remove")
+ORT_PACKAGES = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # the extras of pyproject.toml
+PLUGIN_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
+
+
+def _run(argv: Sequence[str], timeout: float = 30) -> Optional[subprocess.CompletedProcess]:
+    try:
+        return subprocess.run(  # nosec B603  # a fixed argument list, no shell
+            list(argv), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env=clean_environment(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def python_version(python: str) -> Optional[Tuple[int, int]]:
+    """(major, minor) of the interpreter at `python`, None when it does not run."""
+    done = _run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    if done is None or done.returncode != 0:
+        return None
+    try:
+        major, minor = done.stdout.strip().split(".")
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+def check_python(python: str) -> str:
+    """"" when `python` can make the engine's venv, else the reason in one line."""
+    version = python_version(python)
+    if version is None:
+        return f"{python} does not run"
+    if version < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        return f"{python} is Python {version[0]}.{version[1]}; the engine needs {need} or newer"
+    done = _run([python, "-c", "import venv, ensurepip"])
+    if done is None or done.returncode != 0:
+        return f"{python} cannot make virtual environments (on Debian/Ubuntu: apt install python3-venv)"
+    return ""
+
+
+def find_system_python() -> str:
+    """The first Python >= 3.10 on PATH able to make a venv (newest names first), or ""."""
+    names = [f"python3.{minor}" for minor in range(14, MIN_PYTHON[1] - 1, -1)] + ["python3", "python"]
+    seen = set()
+    for name in names:
+        path = shutil.which(name)
+        if path and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            if not check_python(path):
+                return path
+    if os.name == "nt" and shutil.which("py"):  # the Windows launcher knows the installed Pythons
+        done = _run(["py", "-3", "-c", "import sys; print(sys.executable)"])
+        if done is not None and done.returncode == 0 and not check_python(done.stdout.strip()):
+            return done.stdout.strip()
+    return ""
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether an NVIDIA driver reports a GPU (`nvidia-smi -L`): then the CUDA onnxruntime is installed."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    done = _run([smi, "-L"], timeout=20)
+    return done is not None and done.returncode == 0 and "GPU" in done.stdout
+
+
+def default_runtime() -> str:
+    """ "gpu" with an NVIDIA GPU, else "cpu" (the onnxruntime extra to install)."""
+    return "gpu" if has_nvidia_gpu() else "cpu"
+
+
+def setup_state(venv: Optional[Path] = None) -> Tuple[str, dict]:
+    """("missing" | "incomplete" | "outdated" | "ready", the marker's content). "incomplete": a venv without
+    a finished set-up (cancelled or failed: repair it); "outdated": set up by another plugin version."""
+    venv = venv or engine_settings.venv_dir()
+    if not engine_settings.venv_python(venv).is_file():
+        return "missing", {}
+    try:
+        marker = json.loads((venv / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "incomplete", {}
+    return ("ready" if marker.get("version") == __version__ else "outdated"), marker
+
+
+@dataclass
+class SetupPlan:
+    """What the task does. `pip_args` go to every pip call (e.g. an index, a proxy, or for offline tests
+    `--no-index --find-links DIR`); `venv_args` to `python -m venv`; `package` replaces the plugin folder
+    as what pip installs (a built wheel, for tests); `check_modules` are imported by the venv's Python at the
+    end to prove the set-up."""
+
+    action: str = "install"
+    python: str = ""
+    runtime: str = "cpu"
+    venv: Path = field(default_factory=engine_settings.venv_dir)
+    plugin_dir: Path = PLUGIN_DIR
+    pip_args: List[str] = field(default_factory=list)
+    package: str = ""
+    venv_args: List[str] = field(default_factory=list)
+    check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime")
+
+    def commands(self) -> List[Tuple[str, List[str], bool]]:
+        """(title, argv, must succeed) of each step; raises ValueError for an unknown action or runtime."""
+        if self.action not in ACTIONS or self.runtime not in ORT_PACKAGES:
+            raise ValueError(f"action must be one of {ACTIONS} and runtime cpu or gpu")
+        if self.action == "remove":
+            return []
+        vpy = str(engine_settings.venv_python(self.venv))
+        pip = [vpy, "-m", "pip", "--disable-pip-version-check", "install", *self.pip_args]
+        package = self.package or str(self.plugin_dir)
+        other = ORT_PACKAGES["gpu" if self.runtime == "cpu" else "cpu"]
+        steps = []
+        if self.action == "install" or not engine_settings.venv_python(self.venv).is_file():
+            steps.append((f"Making the virtual environment {self.venv}",
+                          [self.python, "-m", "venv", *self.venv_args, str(self.venv)], True))
+        else:
+            steps.append(("Reinstalling GeoVLM's own files", [*pip, "--force-reinstall", "--no-deps", package],
+                          True))
+        steps.append((f"Removing {other} if present (it owns the same module)",
+                      [vpy, "-m", "pip", "--disable-pip-version-check", "uninstall", "-y", other], False))
+        steps.append((f"Installing the engine ({self.runtime.upper()} onnxruntime): torch, transformers…",
+                      [*pip, f"{package}[engine,{self.runtime}]"], True))
+        probe = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
+        steps.append(("Checking the engine imports", [vpy, "-c", probe, *self.check_modules], True))
+        return steps
+
+
+class EngineSetupTask(QgsTask):
+    """Runs a `SetupPlan` in QGIS's task manager. Signals (queued to the GUI thread): `logLine(text)` for
+    each output line, `stepStarted(title)`; `done(ok, message)` from `finished()`. The whole log is also
+    written to `<profile>/geovlm/engine-setup.log`."""
+
+    logLine = pyqtSignal(str)  # noqa: N815 (Qt's naming)
+    stepStarted = pyqtSignal(str)  # noqa: N815
+    done = pyqtSignal(bool, str)
+
+    def __init__(self, plan: SetupPlan):
+        super().__init__(f"GeoVLM: {plan.action} the local engine", QgsTask.Flag.CanCancel)
+        self.plan = plan
+        self.message = ""
+        self.log_path = engine_settings.data_dir() / "engine-setup.log"
+
+    def run(self) -> bool:
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "w", encoding="utf-8") as log:
+                return self._run_plan(log)
+        except (OSError, ValueError) as exc:
+            self.message = f"the set-up failed: {exc}"
+            return False
+
+    def _run_plan(self, log) -> bool:
+        from .engine_manager import engine_manager
+
+        plan = self.plan
+        if plan.action != "install" or plan.venv.exists():
+            self._say(log, "Stopping the local engine")
+            engine_manager().stop()  # it may run from this venv
+        if plan.action == "install" and plan.venv.exists():
+            self._say(log, f"Removing the old {plan.venv}")
+            shutil.rmtree(plan.venv)
+        if plan.action == "remove":
+            self._say(log, f"Removing {plan.venv}")
+            shutil.rmtree(plan.venv, ignore_errors=True)
+            self.message = f"removed {plan.venv}"
+            return True
+        if plan.action == "install":
+            reason = check_python(plan.python)
+            if reason:
+                self.message = reason
+                return False
+        steps = plan.commands()
+        for index, (title, argv, must_succeed) in enumerate(steps):
+            self.stepStarted.emit(title)
+            self._say(log, f"== {title}\n$ {' '.join(argv)}")
+            status = self._command(argv, log)
+            if self.isCanceled():
+                self.message = "cancelled: the local engine is not set up (Repair finishes it)"
+                return False
+            if status != 0 and must_succeed:
+                self.message = f"{title} failed (status {status}); the log is in {self.log_path}"
+                return False
+            self.setProgress(100.0 * (index + 1) / len(steps))
+        marker = {"version": __version__, "runtime": plan.runtime, "python": plan.python or "",
+                  "plugin_dir": str(plan.plugin_dir), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (plan.venv / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+        self.message = f"the local engine is set up in {plan.venv}"
+        return True
+
+    def _say(self, log, text: str) -> None:
+        log.write(text + "\n")
+        log.flush()
+        for line in text.splitlines():
+            self.logLine.emit(line)
+
+    def _command(self, argv: List[str], log) -> int:
+        """Run one command, streaming its output; terminate it when the task is cancelled."""
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        try:
+            proc = self._proc = subprocess.Popen(  # nosec B603  # a fixed argument list, no shell
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                errors="replace", env=clean_environment(), cwd=str(engine_settings.data_dir()),
+                start_new_session=os.name == "posix", creationflags=flags,
+            )
+        except OSError as exc:
+            self._say(log, f"could not run {argv[0]}: {exc}")
+            return -1
+        lines: queue.Queue = queue.Queue()
+
+        def read():
+            for line in proc.stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=read, name="geovlm-setup-output", daemon=True)
+        reader.start()
+        while True:
+            try:
+                self._say(log, lines.get(timeout=0.1).rstrip("\n"))
+                continue
+            except queue.Empty:
+                pass
+            if self.isCanceled() and proc.poll() is None:
+                _terminate(proc)
+            if proc.poll() is not None and not reader.is_alive() and lines.empty():
+                break
+        proc.stdout.close()
+        return proc.returncode
+
+    def finished(self, result: bool) -> None:  # noqa: D401 (QgsTask's name), on the GUI thread
+        if not result and not self.message:
+            self.message = "cancelled" if self.isCanceled() else "the set-up failed"
+        level = Qgis.MessageLevel.Success if result else Qgis.MessageLevel.Warning
+        QgsMessageLog.logMessage(f"engine set-up ({self.plan.action}): {self.message}", LOG_TAG, level)
+        from .engine_manager import engine_manager
+
+        engine_manager().refresh()
+        self.done.emit(bool(result), self.message)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """Stop a command and its children (pip builds in subprocesses): its whole session on POSIX."""
+    def send(sig):
+        try:
+            if os.name == "posix":
+                os.killpg(proc.pid, sig)
+            elif sig == signal.SIGTERM:
+                proc.terminate()
+            else:
+                proc.kill()
+        except OSError:
+            pass  # already gone
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        send(getattr(signal, "SIGKILL", signal.SIGTERM))
