@@ -53,8 +53,6 @@ def run(args) -> int:
     if not 0.0 < args.iou <= 1.0:
         raise CliError(f"--iou must be in (0, 1], not {args.iou}")
     if args.reference:
-        from .eval_layers import score_layers
-
         scores = score_layers(args)
     else:
         if path.suffix.lower() in LAYER_SUFFIXES and path.suffix.lower() != ".json":
@@ -123,6 +121,50 @@ def score_items(task: str, items, profile, iou: float) -> dict:
     if task == "classification":
         return classification_accuracy((refs[0] if refs else "", a) for a, refs, _ in items)
     return vqa_accuracy((refs[0] if refs else "", a, _question_type(rec)) for a, refs, rec in items)
+
+
+def score_layers(args) -> dict:
+    """The task's scores for a layer of answers against a layer of references, matched by location
+    (evaluation.layers states the rules)."""
+    import math
+
+    from ..evaluation import layers
+    from ..evaluation.records import reference_texts, text_of
+
+    task = args.task
+    if task == "scene-graph":
+        raise CliError("scene-graph is scored from JSON lines (answers with their ground_truth), not from layers")
+    try:
+        answers = layers.read_features(args.file, args.layer, "objects" if task == "detection" else None)
+        refs = layers.read_features(args.reference, args.reference_layer, None, to_crs=answers.crs)
+    except layers.LayerError as exc:
+        raise CliError(str(exc)) from None
+    if (answers.crs is None) != (refs.crs is None):
+        with_crs = answers.path if answers.crs is not None else refs.path
+        raise CliError(f"only {with_crs} has a CRS: both layers must be in map coordinates, or both in pixels")
+    if not refs.geometries:
+        raise CliError(f"{refs.path} has no features")
+    if task == "detection":
+        return layers.box_scores(answers.geometries, refs.geometries, args.iou)
+    answer_field = args.field or "answer"
+    if answer_field not in answers.table.columns:
+        fields = ", ".join(c for c in answers.table.columns if c != "geometry")
+        raise CliError(f"{answers.path} has no field {answer_field!r} (it has {fields}; choose with --field)")
+    pairs = layers.match_one_to_one(answers.geometries, refs.geometries, args.iou)
+    if not pairs:
+        raise CliError(f"no answer overlaps a reference at IoU >= {args.iou}: are both layers of the same place?")
+    items = []
+    for i, j in pairs:
+        record = {k: v for k, v in refs.table.iloc[j].items()
+                  if k != "geometry" and not (isinstance(v, float) and math.isnan(v))}
+        texts = reference_texts(record, args.reference_field or None, REFERENCE_FIELDS[task])
+        if texts is None:
+            wanted = " or ".join(repr(f) for f in args.reference_field or REFERENCE_FIELDS[task])
+            raise CliError(f"{refs.path}: no field {wanted} (choose it with --reference-field)")
+        items.append((text_of(answers.table.iloc[i][answer_field]), texts, record))
+    scores = score_items(task, items, None, args.iou)
+    scores["unmatched_references"] = len(refs.geometries) - len(pairs)
+    return scores
 
 
 def _question_type(record: dict):

@@ -3,6 +3,7 @@ them (EarthDial's `src/earthdial/eval/*/results/*.jsonl`, GeoChat's and SkySense
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -35,8 +36,8 @@ def read_records(path) -> Iterator[Tuple[int, dict]]:
 
 
 def text_of(value) -> str:
-    """A field's value as text ('' for a missing or null value)."""
-    if value is None:
+    """A field's value as text ('' for a missing or null value, a NaN of a layer's table included)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return value if isinstance(value, str) else str(value)
 

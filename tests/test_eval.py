@@ -2,6 +2,7 @@
 built for it."""
 import json
 import math
+import warnings
 
 import pytest
 
@@ -200,3 +201,78 @@ def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
     path.write_text('{"answer": "yes", "annotation": "yes"}\nnot json\n', encoding="utf-8")
     assert main(["eval", "vqa", str(path)]) == 2
     assert f"{path}:2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- GeoVLM's own layers, matched by location
+
+GT = "0.5,0,500000,0,-0.5,4100000"  # 0.5 m pixels, EPSG:32616
+
+
+def utm_box(col0, row0, col1, row1):
+    """A box given in pixels of the 100x100 image, in EPSG:32616 map coordinates of GT."""
+    from shapely.geometry import box
+
+    return box(500000 + 0.5 * col0, 4100000 - 0.5 * row1, 500000 + 0.5 * col1, 4100000 - 0.5 * row0)
+
+
+def write_layer(path, columns, geometries, crs="EPSG:32616", to_crs=None, layer="refs"):
+    import geopandas as gpd
+
+    frame = gpd.GeoDataFrame(columns, geometry=geometries, crs=crs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel-space layers, on purpose
+        (frame.to_crs(to_crs) if to_crs else frame).to_file(path, layer=layer, engine="pyogrio")
+    return path
+
+
+def test_detection_scores_parsed_answers_against_reference_boxes_in_another_crs(tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    # square boxes: the same ground whatever the family's upright angle
+    answers.write_text(json.dumps({"answer": "[[10, 10, 30, 30, 90]][[60, 60, 70, 70, 90]]"}) + "\n"
+                       + json.dumps({"answer": "[[40, 40, 50, 50, 0]]"}) + "\n", encoding="utf-8")
+    gpkg = tmp_path / "answers.gpkg"
+    assert main(["parse", str(answers), "--family", "earthdial", "--geotransform", GT, "--crs", "EPSG:32616",
+                 "--out", str(gpkg)]) == 0
+    capsys.readouterr()
+    # references in WGS 84: one on the first box (IoU 0.90), one on the third, one where no answer is
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["field", "pond", "road"]},
+                       [utm_box(11, 11, 30, 30), utm_box(40, 40, 50, 50), utm_box(80, 0, 99, 10)],
+                       to_crs="EPSG:4326")
+    scores = run_json(capsys, "detection", str(gpkg), "--reference", str(refs))
+    assert scores["overall"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["predicted_boxes"] == 3 and scores["reference_boxes"] == 3
+    strict = run_json(capsys, "detection", str(gpkg), "--reference", str(refs), "--iou", "0.95")
+    assert strict["overall"] == pytest.approx(1 / 3)
+
+
+def test_captions_are_paired_with_the_answer_that_overlaps_most(tmp_path, capsys):
+    answers = write_layer(tmp_path / "captions.gpkg",
+                          {"answer": ["a pond beside a road", "a big green field", "two white airplanes"]},
+                          [utm_box(0, 0, 50, 50), utm_box(5, 5, 50, 50), utm_box(60, 60, 90, 90)],
+                          layer="captions")
+    refs = write_layer(tmp_path / "refs.gpkg", {"caption": ["a big green field", "a parking lot"]},
+                       [utm_box(5, 5, 50, 50), utm_box(0, 90, 10, 100)])
+    scores = run_json(capsys, "region-caption", str(answers), "--reference", str(refs))
+    # the field is paired with the answer on exactly its ground (IoU 1), not the larger one (IoU 0.81)
+    assert scores["answers"] == 1 and scores["unmatched_references"] == 1
+    assert scores["rouge1_f1"] == pytest.approx(1.0) and scores["meteor"] > 0.99
+    labels = write_layer(tmp_path / "classes.gpkg", {"annotation": ["farmland", "two white airplanes"]},
+                         [utm_box(5, 5, 50, 50), utm_box(60, 60, 90, 90)])
+    scores = run_json(capsys, "classification", str(answers), "--reference", str(labels))
+    assert scores["accuracy"] == 0.5 and scores["answers"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["scene-graph", "{a}", "--reference", "{r}"], "JSON lines"),
+    (["caption", "{a}", "--reference", "{r}", "--field", "text"], "no field 'text'"),
+    (["caption", "{a}", "--reference", "{p}"], "only"),
+    (["detection", "{a}", "--reference", "{r}", "--layer", "nope"], "no layer 'nope'"),
+    (["detection", "{a}"], "--reference"),
+])
+def test_bad_layers_get_one_clear_line(tmp_path, capsys, argv, message):
+    a = write_layer(tmp_path / "a.gpkg", {"answer": ["x"]}, [utm_box(0, 0, 10, 10)], layer="captions")
+    r = write_layer(tmp_path / "r.gpkg", {"caption": ["x"]}, [utm_box(0, 0, 10, 10)])
+    p = write_layer(tmp_path / "p.gpkg", {"caption": ["x"]}, [utm_box(0, 0, 10, 10)], crs=None)
+    assert main(["eval", *[x.format(a=a, r=r, p=p) for x in argv]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

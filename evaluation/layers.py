@@ -1,0 +1,108 @@
+"""Scoring GeoVLM's own layers: answers (what `geovlm parse` / `ask` write) against a layer of reference boxes
+or captions, matched by location. For a user's own labelled data, where no benchmark file exists.
+
+Matching rules (both layers in one CRS: the references are reprojected to the answers' CRS when both have one):
+- boxes (`detection`): every answer polygon is one prediction; it is correct when its IoU with at least one
+  reference polygon is >= the threshold (0.5), the rule of `evaluation.detection` (EarthDial's precision@0.5)
+  with the whole layer as one question. `recall` is the share of reference polygons that some answer polygon
+  reaches at that IoU. Labels are not compared.
+- texts (`region-caption`, `caption`, `vqa`, `classification`): each reference feature is paired with the answer
+  feature whose geometry overlaps it most (IoU), one answer per reference, greedily from the highest IoU down (as
+  COCO matches detections), and only at IoU >= the threshold; the pairs are then scored by the task's metric.
+  References left without an answer are counted (`unmatched_references`) and not scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+
+class LayerError(ValueError):
+    """A layer that cannot be read or scored; the message says which and why."""
+
+
+@dataclass
+class Features:
+    """The polygons of one layer and its attribute table (a pandas DataFrame)."""
+
+    geometries: list
+    table: object
+    crs: object
+    path: str
+
+
+def read_features(path, layer: Optional[str] = None, default_layer: Optional[str] = None,
+                  to_crs=None) -> Features:
+    """A layer's features (pyogrio): `layer`, else `default_layer` when the file has it, else its first layer;
+    reprojected to `to_crs` when given and the layer has a CRS. Raises LayerError."""
+    import geopandas as gpd
+    import pyogrio
+
+    try:
+        names = [row[0] for row in pyogrio.list_layers(str(path))]
+    except Exception as exc:  # pyogrio raises DataSourceError and others for unreadable files
+        raise LayerError(f"cannot open {path}: {exc}") from None
+    if layer is not None and layer not in names:
+        raise LayerError(f"{path} has no layer {layer!r} (it has {', '.join(names)})")
+    name = layer or (default_layer if default_layer in names else (names[0] if names else None))
+    if name is None:
+        raise LayerError(f"{path} has no layers")
+    try:
+        frame = gpd.read_file(str(path), layer=name, engine="pyogrio")
+    except Exception as exc:
+        raise LayerError(f"cannot read {path} layer {name}: {exc}") from None
+    if to_crs is not None and frame.crs is not None and frame.crs != to_crs:
+        frame = frame.to_crs(to_crs)
+    keep = frame.geometry.notna() & ~frame.geometry.is_empty
+    frame = frame[keep].reset_index(drop=True)
+    return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")
+
+
+def _iou(a, b) -> float:
+    if not (a.is_valid and b.is_valid):
+        return 0.0
+    union = a.union(b).area
+    return a.intersection(b).area / union if union > 0 else 0.0
+
+
+def overlapping_pairs(answers: Sequence, references: Sequence) -> List[Tuple[float, int, int]]:
+    """(IoU, answer index, reference index) for every answer/reference pair whose geometries intersect
+    (shapely STRtree), IoU > 0."""
+    from shapely import STRtree
+
+    if not answers or not references:
+        return []
+    tree = STRtree(list(references))
+    out = []
+    for i, geom in enumerate(answers):
+        for j in tree.query(geom, predicate="intersects"):
+            iou = _iou(geom, references[int(j)])
+            if iou > 0:
+                out.append((iou, i, int(j)))
+    return out
+
+
+def box_scores(answers: Sequence, references: Sequence, threshold: float) -> Dict[str, float]:
+    """{overall (precision@threshold), recall, predicted_boxes, reference_boxes} for two lists of polygons."""
+    hits = [(i, j) for iou, i, j in overlapping_pairs(answers, references) if iou >= threshold]
+    correct = len({i for i, _ in hits})
+    found = len({j for _, j in hits})
+    return {
+        "overall": correct / len(answers) if answers else 0.0,
+        "recall": found / len(references) if references else 0.0,
+        "predicted_boxes": len(answers),
+        "reference_boxes": len(references),
+    }
+
+
+def match_one_to_one(answers: Sequence, references: Sequence, threshold: float) -> List[Tuple[int, int]]:
+    """(answer index, reference index) pairs: greedy by IoU, highest first, each feature used once, IoU >=
+    `threshold`; sorted by reference index."""
+    used_a, used_r, pairs = set(), set(), []
+    for iou, i, j in sorted(overlapping_pairs(answers, references), key=lambda t: (-t[0], t[1], t[2])):
+        if iou < threshold or i in used_a or j in used_r:
+            continue
+        used_a.add(i)
+        used_r.add(j)
+        pairs.append((i, j))
+    return sorted(pairs, key=lambda p: p[1])
