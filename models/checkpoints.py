@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.profiles import get_profile
+from .file_hashes import cached_sha256
 
 LLAVA_FAMILIES = ("llava15", "geochat", "skysensegpt", "rsllava")
 META_FILE = "geovlm.json"
@@ -98,12 +99,17 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
 
 def encoder_weights_hash(model_dir) -> str:
     """sha256 over the vision-tower and projector tensors as stored (names, dtypes, shapes, raw bytes: any dtype,
-    bfloat16 included)."""
+    bfloat16 included); computed once per version of the weight files (file_hashes.cached_sha256)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    return cached_sha256("encoder_weights", files, lambda: _encoder_weights_sha256(files), model_dir)
+
+
+def _encoder_weights_sha256(files) -> str:
     import torch
     from safetensors import safe_open
 
     digest = hashlib.sha256()
-    for file in sorted(Path(model_dir).glob("*.safetensors")):
+    for file in files:
         with safe_open(str(file), framework="pt") as f:
             for key in sorted(k for k in f.keys() if "vision_tower" in k or "multi_modal_projector" in k):
                 tensor = f.get_slice(key)
@@ -135,8 +141,10 @@ def load_tokenizer(model_dir):
     return tok
 
 
-def load_model(model_dir, dtype=None, device: str = "cpu"):
-    """The LlavaForConditionalGeneration of a checked folder, from safetensors, in eval mode on `device`."""
+def load_model(model_dir, dtype=None, device: str = "cpu", language_only: bool = False):
+    """The LlavaForConditionalGeneration of a checked folder, from safetensors, in eval mode on `device`.
+    `language_only`: the vision tower and projector are dropped (None) before the move to `device`, for a
+    pipeline whose ONNX encoder computes the image features; the model then takes `inputs_embeds` only."""
     import torch
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -144,6 +152,9 @@ def load_model(model_dir, dtype=None, device: str = "cpu"):
     hf_logging.disable_progress_bar()
     model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=dtype or torch.float32,
                               use_safetensors=True)
+    if language_only:
+        model.model.vision_tower = None
+        model.model.multi_modal_projector = None
     return model.to(device).eval()
 
 

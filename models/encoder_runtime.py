@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .encoder_export import SCHEMA, SCHEMA_VERSION
+from .file_hashes import cached_sha256, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,38 @@ FIELDS = {
 AGAIN = "export it again with `geovlm export-encoder`"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def session_options(threads: Optional[int] = None):
+    """onnxruntime SessionOptions chosen for an engine that shares its cores with torch.
+
+    - intra-op threads: `threads`, else torch's intra-op thread count (the cores the language model uses), so
+      the two runtimes do not oversubscribe the machine; one inter-op thread (the graph runs sequentially);
+    - no spinning: onnxruntime's workers otherwise keep spinning after each run and slow the prefill that
+      follows (onnxruntime docs, "Thread management": session.intra_op.allow_spinning);
+    - every graph optimisation (ORT_ENABLE_ALL: constant folding, attention/GELU/LayerNorm fusions)."""
+    import onnxruntime as ort
+
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 class OnnxEncoder:
-    """An onnxruntime session over a GeoVLM encoder graph, with its metadata."""
+    """An onnxruntime session over a GeoVLM encoder graph, with its metadata (`session_options`; `threads`:
+    intra-op threads, torch's count by default). EncoderError for a missing, unreadable or foreign file."""
 
-    def __init__(self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16):
+    def __init__(
+        self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16, threads: Optional[int] = None
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -67,10 +88,9 @@ class OnnxEncoder:
         wanted = list(providers or DEFAULT_PROVIDERS)
         available = set(ort.get_available_providers())
         chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads),
+                                                providers=chosen)
         except Exception as exc:  # onnxruntime raises several untyped errors for bad files
             raise EncoderError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -92,7 +112,9 @@ class OnnxEncoder:
         log.info("vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted))
         self.max_batch = max_batch
         self.input_name = self.session.get_inputs()[0].name
-        self.file_hash = _file_sha256(self.path)
+        self.file_hash = cached_sha256(
+            f"onnx:{self.path.name}", [self.path], lambda: file_sha256(self.path), self.path.parent
+        )
 
     def _fields(self, meta: Dict[str, str]) -> dict:
         """The metadata the runtime reads, parsed; EncoderError when some is missing or unreadable."""

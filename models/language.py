@@ -255,8 +255,10 @@ class LanguageModel:
 
     @classmethod
     def load(cls, model_dir, device: Optional[str] = None) -> LanguageModel:
+        """The language side of a checkpoint folder (its vision tower and projector not kept) on `device`
+        (`pick_device`)."""
         device, dtype = pick_device(device)
-        model = load_model(model_dir, dtype=dtype, device=device)
+        model = load_model(model_dir, dtype=dtype, device=device, language_only=True)
         log.info("language model on %s in %s", device, str(dtype).replace("torch.", ""))
         return cls(model, load_tokenizer(model_dir), device)
 

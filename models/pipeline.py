@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ from ..core.georef import fit_plan
 from ..core.profiles import Profile, get_profile
 from .checkpoints import CheckpointInfo, encoder_weights_hash, inspect_checkpoint
 from .encoder_runtime import EncodingCache, OnnxEncoder
+from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel
 from .preprocess import check_rgb, fit_image, normalise
 
@@ -60,11 +62,6 @@ class StreamDone(str):
         done = super().__new__(cls, "")
         done.result = result
         return done
-
-
-def cache_dir() -> Path:
-    """Where GeoVLM keeps generated files: $GEOVLM_CACHE, else ~/.cache/geovlm."""
-    return Path(os.environ.get("GEOVLM_CACHE") or Path.home() / ".cache" / "geovlm")
 
 
 def ensure_encoder(model_dir, family: Optional[str] = None, model=None, source_hash: Optional[str] = None) -> Path:
@@ -118,15 +115,18 @@ class VlmPipeline:
         cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None
     ) -> VlmPipeline:
         """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
-        and fit always win: preprocessing must match the graph)."""
+        and fit always win: preprocessing must match the graph). The language model is loaded without its vision
+        tower (the ONNX encoder serves), the encoder's session built in parallel with it; digests of the weights
+        and of the export are computed once per file version (file_hashes)."""
         checkpoint = inspect_checkpoint(model_dir, family)
-        lm = LanguageModel.load(checkpoint.path, device)
         source_hash = encoder_weights_hash(checkpoint.path)
         if encoder_onnx is None:
-            cpu_fp32 = lm.device == "cpu" and lm.model.dtype.is_floating_point and lm.model.dtype.itemsize == 4
-            model = lm.model if cpu_fp32 else None
-            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, model, source_hash)
-        encoder = OnnxEncoder(encoder_onnx, providers=providers)
+            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, source_hash=source_hash)
+        # The onnxruntime session is built (graph optimisation included) while the language model loads.
+        with ThreadPoolExecutor(1, thread_name_prefix="geovlm-encoder") as pool:
+            pending = pool.submit(OnnxEncoder, encoder_onnx, providers=providers)
+            lm = LanguageModel.load(checkpoint.path, device)
+            encoder = pending.result()
         encoder.check_fits(lm.hidden_size, lm.image_tokens, source_hash)
         profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):

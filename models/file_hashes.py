@@ -1,0 +1,80 @@
+"""sha256 digests computed once and kept beside the files they describe, keyed by each file's size and mtime.
+
+A start of the engine hashes the checkpoint's vision weights (to match its ONNX export) and the `.onnx` file (to
+key the encoding cache): together most of a cold load when done each time. The digests go into
+`geovlm-hashes.json` in the model folder (in `$GEOVLM_CACHE/hashes/` when that folder is read-only), each under
+a name with the (file name, size in bytes, mtime in ns) of every file it covers; a file changed in size or mtime
+makes its digest be computed again. A cache that cannot be read or written is ignored (the digest is computed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+log = logging.getLogger(__name__)
+HASHES_FILE = "geovlm-hashes.json"
+
+
+def cache_dir() -> Path:
+    """Where GeoVLM keeps generated files: $GEOVLM_CACHE, else ~/.cache/geovlm."""
+    return Path(os.environ.get("GEOVLM_CACHE") or Path.home() / ".cache" / "geovlm")
+
+
+def file_sha256(path) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _store(folder: Path) -> Path:
+    folder = Path(folder).resolve()
+    if os.access(folder, os.W_OK):
+        return folder / HASHES_FILE
+    name = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return cache_dir() / "hashes" / f"{name}.json"
+
+
+def _stamp(paths: Sequence[Path]) -> List[list]:
+    stamps = []
+    for p in sorted(Path(p) for p in paths):
+        st = p.stat()
+        stamps.append([p.name, st.st_size, st.st_mtime_ns])
+    return stamps
+
+
+def cached_sha256(name: str, paths: Sequence, compute: Callable[[], str], folder) -> str:
+    """The digest `compute()` gives for `paths`, read from the store of `folder` when it holds one under `name`
+    for these files at their present size and mtime; computed and stored otherwise. OSError from `paths`' stat
+    propagates (a missing file)."""
+    stamp = _stamp(paths)
+    store = _store(Path(folder))
+    try:
+        known = json.loads(store.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(name)
+    if isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = compute()
+    known[name] = {"files": stamp, "sha256": digest}
+    scratch = store.with_name(f"{store.name}.tmp-{os.getpid()}")
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        scratch.write_text(json.dumps(known, indent=1))
+        os.replace(scratch, store)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            scratch.unlink(missing_ok=True)
+        log.info("could not keep the digest of %s in %s (%s)", name, store, exc)
+    return digest
