@@ -69,7 +69,8 @@ def test_a_second_load_hashes_nothing_and_keeps_no_vision_tower(tmp_path_factory
     monkeypatch.setattr(encoder_runtime, "file_sha256", lambda path: calls.append(2) or real_file(path))
     second = VlmPipeline.load(folder, device="cpu", providers=["CPUExecutionProvider"])
     assert calls == []
-    assert (second.encoder.file_hash, second.encoder.source_hash) == (first.encoder.file_hash, first.encoder.source_hash)
+    assert second.encoder.file_hash == first.encoder.file_hash
+    assert second.encoder.source_hash == first.encoder.source_hash
     assert second.encoder.file_hash == real_file(second.encoder.path)
     model = second.lm.model.model
     assert model.vision_tower is None and model.multi_modal_projector is None  # the ONNX encoder serves
