@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
-COMMAND_MODULES = ("parse_cmd", "engine_cmds", "serve_cmds", "eval_cmd")
+COMMAND_MODULES = ("parse_cmd", "engine_cmds", "serve_cmds", "eval_cmd", "bulk_cmds")
 
 
 class CliError(Exception):

@@ -210,18 +210,21 @@ def signed_area(polygon: Sequence[Point]) -> float:
 
 
 def centroid(polygon: Sequence[Point]) -> Point:
-    """The centroid of a simple polygon (the vertex mean when it has no area)."""
-    a = signed_area(polygon)
+    """The centroid of a simple polygon (the vertex mean when it has no area). Computed relative to the
+    first vertex: with map coordinates of 1e6 the cross products would otherwise lose decimetres."""
     n = len(polygon)
+    ox, oy = polygon[0]
+    local = [(x - ox, y - oy) for x, y in polygon]
+    a = signed_area(local)
     if abs(a) < 1e-300:
-        return (sum(p[0] for p in polygon) / n, sum(p[1] for p in polygon) / n)
+        return (ox + sum(p[0] for p in local) / n, oy + sum(p[1] for p in local) / n)
     cx = cy = 0.0
     for i in range(n):
-        (x0, y0), (x1, y1) = polygon[i], polygon[(i + 1) % n]
+        (x0, y0), (x1, y1) = local[i], local[(i + 1) % n]
         cross = x0 * y1 - x1 * y0
         cx += (x0 + x1) * cross
         cy += (y0 + y1) * cross
-    return (cx / (6 * a), cy / (6 * a))
+    return (ox + cx / (6 * a), oy + cy / (6 * a))
 
 
 def parse_image_size(text: str) -> Tuple[int, int]:

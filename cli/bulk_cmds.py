@@ -1,0 +1,196 @@
+"""`geovlm caption` and `geovlm detect`: a raster's tiles asked in bulk, into a GeoPackage that is also the
+ledger (core/ledger.py), through rasterio windows; a progress bar, Ctrl-C a clean stop, resume by rerunning."""
+from __future__ import annotations
+
+import sys
+import time
+
+from . import CliError
+from .parse_cmd import add_profile_overrides
+from .serve_cmds import add_engine_args
+
+
+def register(sub) -> None:
+    for name, kind, text in (("caption", "caption", "caption every tile of a raster into a GeoPackage"),
+                             ("detect", "detect", "find objects and relations in every tile of a raster")):
+        p = sub.add_parser(name, help=text, description=text + ". Rerun with the same --out to resume: only "
+                           "missing or failed tiles are asked again.")
+        p.add_argument("raster")
+        p.add_argument("--out", required=True, help="OUT.gpkg: the result and the ledger of the run")
+        p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")
+        p.add_argument("--overlap", type=int, default=64 if kind == "detect" else 0,
+                       help="pixels shared by neighbouring tiles")
+        p.add_argument("--edge", choices=("shift", "partial", "drop"), default="shift",
+                       help="edge tiles: moved back inside (default), smaller, or left out")
+        p.add_argument("--question", help="the question (default: the family's caption or scene-graph prompt)")
+        p.add_argument("--task", help="the family's task word to add (default: caption; detect: scene_graph "
+                       "or grounding)")
+        p.add_argument("--keep-nodata", action="store_true", help="ask about nodata-only tiles too")
+        p.add_argument("--bands", help="three 1-based bands as red,green,blue (default 1,2,3)")
+        p.add_argument("--max-new-tokens", type=int, default=256)
+        p.add_argument("--overwrite", action="store_true", help="replace an output made by another plan")
+        if kind == "detect":
+            p.add_argument("--merge-overlap", type=float, default=0.5,
+                           help="same-label objects overlapping more than this (of the smaller) are merged")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_engine_args(p)
+        add_profile_overrides(p)
+        p.set_defaults(func=cmd_bulk, kind=kind)
+
+
+class RasterTiles:
+    """Reads plan tiles of a raster through rasterio windows as PNG, in the calling thread."""
+
+    def __init__(self, path, bands, skip_nodata: bool):
+        from ..models.imagery import import_rasterio
+
+        self.rasterio = import_rasterio()
+        self.path = path
+        self.bands = bands
+        self.skip_nodata = skip_nodata
+        self.ds = self.rasterio.open(path)
+
+    def __call__(self, tile):
+        import io
+
+        from PIL import Image
+        from rasterio.windows import Window
+
+        from ..models.imagery import ImageryError, read_rgb
+
+        if self.skip_nodata and not self.ds.dataset_mask(window=Window(*tile.window)).any():
+            return None
+        try:
+            rgb = read_rgb(self.path, tile.window, self.bands)
+        except ImageryError as exc:
+            raise ValueError(str(exc)) from None
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue(), (tile.width, tile.height)
+
+    def close(self):
+        self.ds.close()
+
+
+def served_model(client) -> str:
+    """The id of the model the engines serve (the first one listed: one model per run)."""
+    entries = client.models().get("data") or []
+    if not entries:
+        raise CliError("the engine serves no model")
+    return client.model or entries[0]["id"]
+
+
+def cmd_bulk(args) -> int:
+    from ..core.bulk import (
+        DEFAULT_CAPTION_QUESTION,
+        DEFAULT_GRAPH_QUESTION,
+        EndpointRecorder,
+        default_task,
+        eta_seconds,
+        graph_rows,
+        run_tiles,
+    )
+    from ..core.client import EngineError
+    from ..core.ledger import Ledger, LedgerError, RunPlan
+    from ..core.profiles import get_profile
+    from ..core.tiling import TilePlan
+    from ..core.transport import CancelToken
+    from .engine_cmds import _bands
+    from .parse_cmd import profile_overrides
+    from .rasters import open_frame
+
+    if not str(args.out).lower().endswith(".gpkg"):
+        raise CliError("--out must be a .gpkg (it is the ledger that lets a run resume)")
+    frame = open_frame(args.raster)
+    try:
+        tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    client = _client(args)
+    client.transport = EndpointRecorder(client.transport)
+    reader = None
+    try:
+        try:
+            family = args.family or client.profile().name
+            profile = get_profile(family, **profile_overrides(args))
+            task = args.task or default_task(profile, args.kind)
+            profile.question(task, "")  # an unknown task fails here, clearly
+            model = served_model(client)
+        except (EngineError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
+        plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model)
+        wkt, epsg = _crs(frame.crs)
+        try:
+            ledger = Ledger(args.out, plan, wkt, epsg, overwrite=args.overwrite,
+                            merge_threshold=getattr(args, "merge_overlap", 0.5))
+        except LedgerError as exc:
+            raise CliError(str(exc)) from None
+        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
+        graph = (lambda tile, answer: graph_rows(tile, answer, frame.geotransform)) if args.kind == "detect" else None
+        cancel = CancelToken()
+        bar = _progress(args, len(tiles))
+        started = time.monotonic()
+
+        def progress(stats):
+            if bar is not None:
+                bar.n = stats.done + stats.failed
+                eta = eta_seconds(stats, time.monotonic() - started)
+                bar.set_postfix_str(f"failed {stats.failed}" + (f", eta {eta:.0f}s" if eta is not None else ""),
+                                    refresh=False)
+                bar.refresh()
+
+        print(f"geovlm {args.kind}: {len(tiles)} tiles of {tiles.tile} px (overlap {tiles.overlap}), "
+              f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
+              f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
+        try:
+            stats = run_tiles(client, ledger, list(tiles.tiles()), reader, question, task, profile, model,
+                              graph=graph, cancel=cancel, on_progress=progress, max_tokens=args.max_new_tokens)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            if bar is not None:
+                bar.close()
+            counts = ledger.counts()
+            ledger.close()
+            print(f"geovlm {args.kind}: stopped; {counts.get('ok', 0)} tiles answered so far are in {args.out}. "
+                  f"Resume with the same command.", file=sys.stderr)
+            return 130
+        if bar is not None:
+            bar.close()
+        ledger.close()
+    finally:
+        if reader is not None:
+            reader.close()
+        if getattr(client, "local_engine", None) is not None:
+            client.local_engine.stop()
+    print(f"geovlm {args.kind}: {stats.summary()}; wrote {args.out}")
+    for error, count in sorted(stats.errors.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  failed {count}x: {error}", file=sys.stderr)
+    if stats.failed:
+        print(f"geovlm {args.kind}: rerun the same command to ask the {stats.failed} failed tiles again",
+              file=sys.stderr)
+    return 1 if stats.failed else 0
+
+
+def _client(args):
+    from .serve_cmds import engine_for
+
+    return engine_for(args)
+
+
+def _crs(wkt):
+    """(WKT1 as GeoPackage 1.3 wants it, EPSG code or None) of the raster's CRS."""
+    if not wkt:
+        return None, None
+    from ..models.imagery import import_rasterio
+
+    crs = import_rasterio().crs.CRS.from_wkt(wkt)
+    return crs.to_wkt(version="WKT1_GDAL"), crs.to_epsg()
+
+
+def _progress(args, total):
+    if args.no_progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="tile", dynamic_ncols=True, file=sys.stderr)

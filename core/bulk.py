@@ -1,0 +1,213 @@
+"""A bulk run over the tiles of a plan: read each tile, ask the engines, commit each answer to the ledger.
+
+Reading pixels and writing the ledger happen in the calling thread (QGIS forbids layer access elsewhere and
+an sqlite connection belongs to one thread); only the requests run in worker threads, through
+`EngineClient.ask`, which spreads them over the endpoints (least busy first, failover). At most
+`2 x capacity` tiles are read ahead, so memory stays flat however long the plan. Each tile is submitted
+once; a tile whose request fails after the client's retries is recorded `failed` (asked again on resume).
+Cancelling stops submitting, aborts the requests in flight (their tiles stay missing) and returns within
+about a second.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .answer import Answer
+from .client import EngineClient
+from .georef import GeoTransform, ImageFrame
+from .ledger import FAILED, OK, SKIPPED, Ledger, TileResult
+from .profiles import Profile
+from .tiling import Tile
+from .transport import Cancelled, CancelToken, Transport
+
+# read(tile) -> (encoded PNG/JPEG, (width, height)), or None when the tile holds only nodata (skipped)
+TileReader = Callable[[Tile], Optional[Tuple[bytes, Tuple[int, int]]]]
+# graph(tile, answer) -> (objects, relations) rows for the ledger (see TileResult)
+GraphBuilder = Callable[[Tile, Answer], Tuple[List[tuple], List[tuple]]]
+
+
+@dataclass
+class RunStats:
+    """What a run did: tiles in the plan, done before it started (resumed), asked, answered, skipped,
+    failed, left (not reached: cancelled), and seconds spent reading/encoding, waiting on engines, writing."""
+
+    total: int = 0
+    resumed: int = 0
+    asked: int = 0
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    cancelled: bool = False
+    read_s: float = 0.0
+    ask_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    errors: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.resumed + self.ok + self.skipped
+
+    def summary(self) -> str:
+        line = (f"{self.total} tiles: {self.asked} asked, {self.ok} answered, {self.skipped} skipped "
+                f"(nodata), {self.failed} failed, {self.resumed} resumed (done before)")
+        left = self.total - self.done - self.failed
+        if left:
+            line += f", {left} left"
+        return line
+
+
+class EndpointRecorder(Transport):
+    """A transport that remembers, per thread, the endpoint of its last request (the answer's provenance)."""
+
+    def __init__(self, inner: Transport):
+        self.inner = inner
+        self._local = threading.local()
+
+    def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+        self._local.url = url.split("/v1/")[0]
+        return self.inner.request(method, url, headers, body, timeout, cancel)
+
+    @property
+    def last_url(self) -> str:
+        return getattr(self._local, "url", "")
+
+
+def run_tiles(
+    client: EngineClient,
+    ledger: Ledger,
+    tiles: Sequence[Tile],
+    read: TileReader,
+    question: str,
+    task: Optional[str],
+    profile: Profile,
+    model: str,
+    graph: Optional[GraphBuilder] = None,
+    cancel: Optional[CancelToken] = None,
+    on_progress: Optional[Callable[[RunStats], None]] = None,
+    max_tokens: int = 256,
+) -> RunStats:
+    """Ask about every tile of `tiles` that the ledger does not hold yet and commit each answer at once.
+
+    `question` goes with the family's `task` word (None: as is). `graph`, for scene graphs, turns an answer
+    into object and relation rows in map coordinates. `on_progress(stats)` is called in this thread after
+    each committed tile and about every 0.25 s. Returns the run's `RunStats`.
+    """
+    cancel = cancel or CancelToken()
+    started = time.monotonic()
+    stats = RunStats(total=len(tiles))
+    todo = deque(ledger.pending(tiles))
+    stats.resumed = stats.total - len(todo)
+    recorder = client.transport if isinstance(client.transport, EndpointRecorder) else None
+    ahead = 2 * max(1, sum(e.max_concurrent for e in client.endpoints))
+
+    def ask(image: bytes, size: Tuple[int, int]):
+        t0 = time.monotonic()
+        text, answer = client.ask(image, size, question, profile, task, cancel=cancel, max_tokens=max_tokens)
+        return text, answer, time.monotonic() - t0, recorder.last_url if recorder else ""
+
+    def commit(result: TileResult) -> None:
+        t0 = time.monotonic()
+        ledger.record(result, question, model, profile.name)
+        stats.write_s += time.monotonic() - t0
+        if result.status == FAILED:
+            stats.failed += 1
+            stats.errors[result.error] = stats.errors.get(result.error, 0) + 1
+        elif result.status == SKIPPED:
+            stats.skipped += 1
+        else:
+            stats.ok += 1
+
+    inflight: Dict = {}
+    last_report = 0.0
+    with ThreadPoolExecutor(max_workers=ahead // 2) as pool:
+        try:
+            while (todo or inflight) and not cancel.cancelled:
+                while todo and len(inflight) < ahead and not cancel.cancelled:
+                    tile = todo.popleft()
+                    t0 = time.monotonic()
+                    try:
+                        image = read(tile)
+                    except ValueError as exc:  # an unreadable window: that tile fails, the run goes on
+                        stats.read_s += time.monotonic() - t0
+                        commit(TileResult(tile, FAILED, error=str(exc)))
+                        continue
+                    stats.read_s += time.monotonic() - t0
+                    if image is None:
+                        commit(TileResult(tile, SKIPPED))
+                        continue
+                    stats.asked += 1
+                    inflight[pool.submit(ask, *image)] = tile
+                done, _ = wait(list(inflight), timeout=0.25, return_when=FIRST_COMPLETED) if inflight else ((), ())
+                for future in done:
+                    tile = inflight.pop(future)
+                    try:
+                        text, answer, seconds, engine = future.result()
+                    except Cancelled:
+                        continue  # not answered: stays missing, asked on resume
+                    except Exception as exc:  # the engine refused or was unreachable after retries
+                        commit(TileResult(tile, FAILED, error=str(exc) or type(exc).__name__))
+                        continue
+                    stats.ask_s += seconds
+                    objects, relations = graph(tile, answer) if graph else ([], [])
+                    commit(TileResult(tile, OK, caption=answer.plain_text.strip(), answer=text, engine=engine,
+                                      seconds=round(seconds, 3), objects=objects, relations=relations))
+                    if on_progress:
+                        on_progress(stats)
+                now = time.monotonic()
+                if on_progress and now - last_report >= 0.25:
+                    last_report = now
+                    on_progress(stats)
+        finally:
+            stats.cancelled = cancel.cancelled
+            if inflight:
+                cancel.cancel()  # an exception or a cancel: abort the requests still out
+                wait(list(inflight), timeout=5.0)
+    stats.wall_s = time.monotonic() - started
+    if on_progress:
+        on_progress(stats)
+    return stats
+
+
+def eta_seconds(stats: RunStats, elapsed: float) -> Optional[float]:
+    """Seconds left at this run's pace (tiles finished in this run per second), None before the first."""
+    finished = stats.ok + stats.skipped + stats.failed
+    left = stats.total - stats.done - stats.failed
+    if finished == 0 or elapsed <= 0:
+        return None
+    return left * elapsed / finished
+
+
+DEFAULT_CAPTION_QUESTION = "Describe the image in detail."
+DEFAULT_GRAPH_QUESTION = "Generate the scene graph of the image: the objects with their boxes and their relations."
+
+
+def default_task(profile: Profile, kind: str) -> str:
+    """The family's task for a run: "caption" for captions; for detection its scene-graph task, else its
+    grounding task (what places the objects it names)."""
+    if kind == "caption":
+        return "caption"
+    for task in ("scene_graph", "grounding", "detection"):
+        if task in profile.task_words:
+            return task
+    raise ValueError(f"{profile.name} has no grounding or scene-graph task: it cannot find objects")
+
+
+def graph_rows(tile: Tile, answer: Answer, gt: GeoTransform) -> Tuple[List[tuple], List[tuple]]:
+    """A tile's answer as ledger rows: objects (id, label, kind, angle, flags, source, map ring) placed with
+    the window's geotransform, and relations (subject id, predicate, object id, labels) between boxed objects."""
+    frame = ImageFrame(tile.width, tile.height, gt.window(tile.col_off, tile.row_off))
+    objects = [(o.id, o.label, o.kind, o.angle, ",".join(o.flags), o.source, frame.to_map(o.polygon))
+               for o in answer.objects]
+    relations = [(r.subject, r.predicate, r.object, r.subject_label, r.object_label)
+                 for r in answer.relations if r.subject is not None and r.object is not None]
+    return objects, relations
+
+
+__all__ = ["DEFAULT_CAPTION_QUESTION", "DEFAULT_GRAPH_QUESTION", "EndpointRecorder", "OK", "RunStats",
+           "default_task", "eta_seconds", "graph_rows", "run_tiles"]

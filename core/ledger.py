@@ -1,0 +1,282 @@
+"""The GeoPackage that is both the output of a bulk run and its ledger (standard library only).
+
+One definition, for the command line and the QGIS plugin alike, of:
+- the schema: a `tiles` layer (one polygon per tile of the plan, its exact footprint, with `tile_id`, `row`,
+  `col`, the window, `caption`, `answer`, `status` ok/failed/skipped, `error` and the provenance of the answer:
+  `question`, `model`, `family`, `engine`, `time` (UTC, ISO 8601), `seconds`); for scene graphs also an
+  `objects` layer (polygons) and a `relations` layer (subject centre -> object centre lines); and a
+  `geovlm_plan` table holding the plan and its fingerprint;
+- the plan fingerprint: a hash of what decides the answers (kind of run, raster size and geotransform, tile
+  plan, question, task, family, model, how pixels are obtained), not of how the run is spread (engines,
+  concurrency), so a run started in QGIS can be finished by the command line on a server and back;
+- the resume rule: a tile whose row says `ok` or `skipped` is done; a missing or `failed` tile is asked
+  again. Each tile's row (with its objects and relations) is committed in one transaction as soon as its
+  answer arrives, and `tile_id` is unique, so a killed run loses at most the tiles in flight and no tile is
+  ever written twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from . import gpkg
+from .dedupe import DEFAULT_THRESHOLD, Detection, edge_distance, find_duplicate
+from .georef import GeoTransform, Point, centroid
+from .tiling import Tile, TilePlan
+
+SCHEMA_VERSION = 1
+TILES, OBJECTS, RELATIONS, PLAN_TABLE = "tiles", "objects", "relations", "geovlm_plan"
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+DONE_STATUSES = (OK, SKIPPED)
+
+PROVENANCE_FIELDS = (("question", str), ("model", str), ("family", str), ("engine", str), ("time", str),
+                     ("seconds", float))
+TILE_FIELDS = (("tile_id", str), ("row", int), ("col", int), ("col_off", int), ("row_off", int), ("width", int),
+               ("height", int), ("caption", str), ("answer", str), ("status", str), ("error", str),
+               ("objects", int)) + PROVENANCE_FIELDS
+OBJECT_FIELDS = (("object_id", str), ("tile_id", str), ("label", str), ("kind", str), ("angle", float),
+                 ("flags", str), ("source", str), ("edge_distance", float), ("merged", int)) + PROVENANCE_FIELDS
+RELATION_FIELDS = (("tile_id", str), ("subject_id", str), ("predicate", str), ("object_id", str),
+                   ("subject_label", str), ("object_label", str), ("family", str))
+PLAN_FIELDS = (("fingerprint", str), ("plan", str), ("created", str), ("schema", int))
+
+
+class LedgerError(Exception):
+    """The output cannot serve as this run's ledger (another plan, not a GeoVLM output, unreadable)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What decides the answers of a bulk run. `kind` is "caption" or "detect"; `source` "file" (the raster's
+    own pixels) or "render" (a web layer rendered at the geotransform's resolution)."""
+
+    kind: str
+    tiles: TilePlan
+    geotransform: GeoTransform
+    question: str
+    task: str
+    family: str
+    model: str
+    source: str = "file"
+
+    def to_dict(self) -> Dict:
+        gt = self.geotransform
+        return {
+            "schema": SCHEMA_VERSION, "kind": self.kind, "source": self.source,
+            "raster": {"width": self.tiles.width, "height": self.tiles.height,
+                       "geotransform": [_round(v) for v in (gt.a, gt.b, gt.c, gt.d, gt.e, gt.f)]},
+            "tile": self.tiles.tile, "overlap": self.tiles.overlap, "edge": self.tiles.edge,
+            "question": self.question, "task": self.task, "family": self.family, "model": self.model,
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _round(value: float) -> float:
+    """Geotransform coefficients to 12 significant digits: GDAL's and QGIS's readings of a file agree."""
+    return float(f"{value:.12g}")
+
+
+def tile_footprint(tile: Tile, gt: GeoTransform) -> List[Point]:
+    """The tile's four corners on the map (top-left, top-right, bottom-right, bottom-left), rotation included."""
+    c0, r0, c1, r1 = tile.col_off, tile.row_off, tile.col_off + tile.width, tile.row_off + tile.height
+    return [gt.to_map(c0, r0), gt.to_map(c1, r0), gt.to_map(c1, r1), gt.to_map(c0, r1)]
+
+
+@dataclass
+class TileResult:
+    """What one tile gave: its status, the answer's text (plain and raw), an error, provenance, and for
+    scene graphs its objects [(local id, label, kind, angle, flags, source, map ring)] and relations
+    [(subject local id, predicate, object local id, subject label, object label)]."""
+
+    tile: Tile
+    status: str
+    caption: str = ""
+    answer: str = ""
+    error: str = ""
+    engine: str = ""
+    seconds: Optional[float] = None
+    objects: List[Tuple] = field(default_factory=list)
+    relations: List[Tuple] = field(default_factory=list)
+
+
+class Ledger:
+    """A bulk run's output GeoPackage at `path`, opened for `plan`.
+
+    A new file is created with the plan. An existing file made by the same plan is resumed; one made by
+    another plan, or that is not a GeoVLM output, raises `LedgerError` with the differences, unless
+    `overwrite` (then it is deleted first). `crs_wkt`/`epsg` give the layers' CRS. Use from one thread.
+    """
+
+    def __init__(self, path: str, plan: RunPlan, crs_wkt: Optional[str] = None, epsg: Optional[int] = None,
+                 overwrite: bool = False, merge_threshold: float = DEFAULT_THRESHOLD):
+        self.path = str(path)
+        self.plan = plan
+        self.merge_threshold = merge_threshold
+        if overwrite and os.path.exists(self.path):
+            os.remove(self.path)
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if existed:
+            self._check_existing()
+        try:
+            self.con = gpkg.connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a GeoPackage ({exc}); choose another output") from None
+        with self.con:
+            srs = gpkg.add_srs(self.con, crs_wkt, epsg)
+            gpkg.create_table(self.con, TILES, TILE_FIELDS, "POLYGON", srs, unique=("tile_id",))
+            if plan.kind == "detect":
+                gpkg.create_table(self.con, OBJECTS, OBJECT_FIELDS, "POLYGON", srs, unique=("object_id",))
+                gpkg.create_table(self.con, RELATIONS, RELATION_FIELDS, "LINESTRING", srs)
+            gpkg.create_table(self.con, PLAN_TABLE, PLAN_FIELDS, None)
+            if not existed:
+                self.con.execute("INSERT INTO geovlm_plan (fingerprint, plan, created, schema) VALUES (?,?,?,?)",
+                                 (plan.fingerprint, json.dumps(plan.to_dict(), sort_keys=True), _now(),
+                                  SCHEMA_VERSION))
+        self.srs_id = self.con.execute("SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ?",
+                                       (TILES,)).fetchone()[0]
+        self.resumed = existed
+
+    def _check_existing(self) -> None:
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                row = con.execute("SELECT fingerprint, plan FROM geovlm_plan LIMIT 1").fetchone()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            row = None
+        if row is None:
+            raise LedgerError(f"{self.path} exists and is not the output of a GeoVLM bulk run; choose another "
+                              "output, or overwrite it")
+        if row[0] != self.plan.fingerprint:
+            theirs, ours = json.loads(row[1]), self.plan.to_dict()
+            diff = ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} now"
+                             for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
+            raise LedgerError(f"{self.path} holds a run of another plan ({diff}); resume it with the same "
+                              "settings, choose another output, or overwrite it")
+
+    # ------------------------------------------------------------ reading
+
+    def done_ids(self) -> Set[str]:
+        """Ids of tiles whose answer (or skip) is committed."""
+        rows = self.con.execute("SELECT tile_id FROM tiles WHERE status IN ('ok', 'skipped')")
+        return {r[0] for r in rows}
+
+    def pending(self, tiles: Iterable[Tile]) -> List[Tile]:
+        """The tiles still to ask (missing or failed), in plan order."""
+        done = self.done_ids()
+        return [t for t in tiles if t.id not in done]
+
+    def counts(self) -> Dict[str, int]:
+        """{status: number of tiles}."""
+        return dict(self.con.execute("SELECT status, COUNT(*) FROM tiles GROUP BY status").fetchall())
+
+    # ------------------------------------------------------------ writing
+
+    def record(self, result: TileResult, question: str, model: str, family: str) -> None:
+        """Commit one tile's row (inserted, or replacing its failed row) with its objects and relations."""
+        tile, gt = result.tile, self.plan.geotransform
+        ring = tile_footprint(tile, gt)
+        stamp = _now()
+        values = [tile.id, tile.row, tile.col, tile.col_off, tile.row_off, tile.width, tile.height,
+                  result.caption, result.answer, result.status, result.error, len(result.objects),
+                  question, model, family, result.engine, stamp, result.seconds]
+        with self.con:
+            previous = self.con.execute("SELECT status FROM tiles WHERE tile_id = ?", (tile.id,)).fetchone()
+            if previous is not None and previous[0] in DONE_STATUSES:
+                raise LedgerError(f"tile {tile.id} is already done in {self.path}")
+            if previous is not None:
+                self.con.execute("DELETE FROM tiles WHERE tile_id = ?", (tile.id,))
+            self.con.execute(_insert(TILES, TILE_FIELDS), [gpkg.geometry_blob("POLYGON", ring, self.srs_id)] + values)
+            gpkg.update_extent(self.con, TILES, ring)
+            if self.plan.kind == "detect" and result.status == OK:
+                self._add_graph(result, ring, [question, model, family, result.engine, stamp, result.seconds])
+
+    def _neighbour_detections(self, tile: Tile) -> List[Detection]:
+        """Kept objects of the done tiles whose windows overlap this tile's."""
+        rows = self.con.execute(
+            "SELECT o.object_id, o.label, o.geom, o.edge_distance FROM objects o JOIN tiles t "
+            "ON o.tile_id = t.tile_id WHERE t.col_off < ? AND t.col_off + t.width > ? AND t.row_off < ? "
+            "AND t.row_off + t.height > ? AND t.tile_id != ?",
+            (tile.col_off + tile.width, tile.col_off, tile.row_off + tile.height, tile.row_off, tile.id))
+        return [Detection(oid, label, gpkg.blob_points(blob)[:-1], dist) for oid, label, blob, dist in rows]
+
+    def _add_graph(self, result: TileResult, tile_ring: Sequence[Point], provenance: list) -> None:
+        """Insert a tile's objects, merging each with a duplicate from an overlapping tile, then its
+        relations with their ends pointing at the kept objects."""
+        tile = result.tile
+        neighbours = self._neighbour_detections(tile)
+        local_to_global: Dict[int, str] = {}
+        for local_id, label, kind, angle, flags, source, ring in result.objects:
+            det = Detection(f"{tile.id}/{local_id}", label, list(ring), edge_distance(ring, tile_ring))
+            other = find_duplicate(det, neighbours, self.merge_threshold)
+            if other is not None and det.edge_distance <= other.edge_distance:
+                local_to_global[local_id] = other.object_id  # the neighbour's copy stays
+                self.con.execute("UPDATE objects SET merged = merged + 1 WHERE object_id = ?",
+                                 (other.object_id,))
+                continue
+            merged = 0
+            if other is not None:  # this copy is farther from its tile's edge: it replaces the neighbour's
+                merged = 1 + self.con.execute("SELECT merged FROM objects WHERE object_id = ?",
+                                              (other.object_id,)).fetchone()[0]
+                self.con.execute("DELETE FROM objects WHERE object_id = ?", (other.object_id,))
+                neighbours.remove(other)
+                self._repoint(other.object_id, det.object_id, centroid(det.polygon))
+            self.con.execute(_insert(OBJECTS, OBJECT_FIELDS),
+                             [gpkg.geometry_blob("POLYGON", ring, self.srs_id), det.object_id, tile.id, label,
+                              kind, angle, flags, source, det.edge_distance, merged] + provenance)
+            gpkg.update_extent(self.con, OBJECTS, ring)
+            local_to_global[local_id] = det.object_id
+            neighbours.append(det)
+        for subject, predicate, obj, subject_label, object_label in result.relations:
+            if subject not in local_to_global or obj not in local_to_global:
+                continue
+            a, b = self._centre(local_to_global[subject]), self._centre(local_to_global[obj])
+            self.con.execute(_insert(RELATIONS, RELATION_FIELDS),
+                             [gpkg.geometry_blob("LINESTRING", [a, b], self.srs_id), tile.id,
+                              local_to_global[subject], predicate, local_to_global[obj], subject_label,
+                              object_label, self.plan.family])
+            gpkg.update_extent(self.con, RELATIONS, [a, b])
+
+    def _centre(self, object_id: str) -> Point:
+        blob = self.con.execute("SELECT geom FROM objects WHERE object_id = ?", (object_id,)).fetchone()[0]
+        return centroid(gpkg.blob_points(blob)[:-1])
+
+    def _repoint(self, old: str, new: str, new_centre: Point) -> None:
+        """Relations that pointed at a merged-away object now point at the kept one (lines redrawn)."""
+        rows = self.con.execute("SELECT fid, subject_id, object_id FROM relations "
+                                "WHERE subject_id = ? OR object_id = ?", (old, old)).fetchall()
+        for fid, subject, obj in rows:
+            subject, obj = (new if subject == old else subject), (new if obj == old else obj)
+            a = new_centre if subject == new else self._centre(subject)
+            b = new_centre if obj == new else self._centre(obj)
+            self.con.execute("UPDATE relations SET subject_id = ?, object_id = ?, geom = ? WHERE fid = ?",
+                             (subject, obj, gpkg.geometry_blob("LINESTRING", [a, b], self.srs_id), fid))
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _insert(table: str, fields) -> str:
+    """INSERT of a geometry and `fields` into `table`: identifiers from this module's constants only."""
+    names = ", ".join(f'"{name}"' for name in ["geom"] + [name for name, _ in fields])
+    return f"INSERT INTO {table} ({names}) VALUES ({','.join('?' * (len(fields) + 1))})"  # nosec B608  # constant names
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,76 @@
+"""Helpers for the bulk-run tests: scripted engines in their own processes, the CLI as a process, the ledger."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+class ScriptedEngine:
+    """tests/scripted_engine.py in its own process (so it can be SIGKILLed); `url`, `requests()`, `kill()`."""
+
+    def __init__(self, tmp: Path, name: str, family: str = "geochat", delay: float = 0.0):
+        self.ready = tmp / f"{name}.ready"
+        self.log = tmp / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "scripted_engine.py"), "--family", family, "--delay", str(delay),
+             "--log", str(self.log), "--ready-file", str(self.ready), "--lifetime", "240"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"scripted engine did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        self.url = json.loads(self.ready.read_text())["url"]
+
+    def requests(self) -> int:
+        return len(self.log.read_text().splitlines()) if self.log.exists() else 0
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def cli(*args, env=None) -> subprocess.Popen:
+    """`geovlm ...` as a process of this venv's Python."""
+    return subprocess.Popen([sys.executable, "-m", "geovlm", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+
+
+def run_cli(*args, timeout=180):
+    proc = cli(*args)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def ledger_rows(path, table="tiles", columns="tile_id, status"):
+    """Rows of a ledger table read with plain sqlite (works while another process writes)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(f"SELECT {columns} FROM {table}").fetchall()
+    finally:
+        con.close()
+
+
+def wait_for_rows(path, count, timeout=60.0, status="ok") -> int:
+    """Wait until the ledger holds `count` rows of `status`; returns how many it holds."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        if Path(path).exists():
+            try:
+                n = sum(1 for _, s in ledger_rows(path) if s == status)
+            except sqlite3.DatabaseError:
+                n = 0
+            if n >= count:
+                return n
+        time.sleep(0.05)
+    return n

@@ -1,0 +1,110 @@
+"""A scripted stand-in engine for bulk-run tests: an OpenAI-compatible server on 127.0.0.1 (standard library
+HTTP, numpy + PIL to look at the image) that answers in a family's syntax from what the image really shows.
+
+- caption family (any): "scripted caption of a WxH image, mean M" (M: the image's mean value).
+- `--family skysensegpt`: every colour blob (a unique non-black RGB value) becomes an object whose label
+  comes from its red value (255: "storage_tank", 200: "car", else "building") with its upright box as
+  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the tile), and
+  consecutive objects are linked by `<rel>adjacent</rel>`.
+
+Each request is logged as one JSON line (image size, mean) to `--log`. Run: `python scripted_engine.py
+--ready-file F [--delay S] [--family F] [--log FILE]`; it writes {"url", "pid"} to F once listening.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+LABELS = {255: "storage_tank", 200: "car"}
+
+
+def describe(image: np.ndarray, family: str) -> str:
+    """The scripted answer about an HxWx3 uint8 image."""
+    height, width = image.shape[:2]
+    if family != "skysensegpt":
+        return f"scripted caption of a {width}x{height} image, mean {image.mean():.3f}"
+    flat = image.reshape(-1, 3)
+    colours = np.unique(flat[flat.any(axis=1)], axis=0)
+    sentences = []
+    for r, g, b in colours:
+        rows, cols = np.nonzero(np.all(image == (r, g, b), axis=2))
+        x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+        cx, cy = 50 * (x0 + x1) / width, 50 * (y0 + y1) / height
+        w, h = 100 * (x1 - x0) / width, 100 * (y1 - y0) / height
+        label = LABELS.get(int(r), "building")
+        sentences.append(f"<ref>{label}</ref><rbox>({{<{cx:.2f}><{cy:.2f}><{h:.2f}><{w:.2f}>|<90>}})</rbox>")
+    if not sentences:
+        return "I'm sorry, I cannot answer as the given image does not contain any given objects."
+    parts = [sentences[0]]
+    for sentence in sentences[1:]:
+        parts.append(f" <rel>adjacent</rel> {sentence}.")
+    return "".join(parts) if len(parts) > 1 else parts[0] + "."
+
+
+def make_handler(family: str, delay: float, log_path: str):
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _json(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            if self.path.startswith("/v1/models"):
+                self._json(200, {"data": [{"id": f"scripted-{family}", "geovlm": {"family": family}}]})
+            else:
+                self._json(200, {"status": "ok"})
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            content = body["messages"][0]["content"]
+            url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+            image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+            text = describe(image, family)
+            time.sleep(delay)
+            if log_path:
+                with lock, open(log_path, "a") as log:
+                    log.write(json.dumps({"size": [image.shape[1], image.shape[0]], "mean": float(image.mean()),
+                                          "pid": os.getpid()}) + "\n")
+            self._json(200, {"choices": [{"message": {"role": "assistant", "content": text},
+                                          "finish_reason": "stop"}]})
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--family", default="geochat")
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--log", default="")
+    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this many seconds")
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(args.family, args.delay, args.log))
+    threading.Timer(args.lifetime, server.shutdown).start()
+    tmp = args.ready_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"url": f"http://127.0.0.1:{server.server_address[1]}", "pid": os.getpid()}, f)
+    os.replace(tmp, args.ready_file)
+    server.serve_forever()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

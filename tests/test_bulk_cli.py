@@ -1,0 +1,216 @@
+"""`geovlm caption` / `geovlm detect` against scripted engines on 127.0.0.1: one feature per tile with its
+exact footprint, resume after SIGKILL of the command or of the engine, two endpoints with one killed, a
+refused plan change, and scene graphs merged across tile overlaps."""
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geovlm.core.tiling import TilePlan
+from geovlm.models.imagery import import_rasterio
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bulk_support import ScriptedEngine, cli, ledger_rows, run_cli, wait_for_rows  # noqa: E402
+
+rasterio = import_rasterio()
+from rasterio.windows import Window, bounds  # noqa: E402
+
+
+@pytest.fixture
+def engines(tmp_path):
+    started = []
+
+    def start(name="a", **options):
+        engine = ScriptedEngine(tmp_path, name, **options)
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.kill()
+
+
+def read_tiles(path):
+    import pyogrio
+
+    return pyogrio.read_dataframe(path, layer="tiles")
+
+
+@pytest.mark.parametrize("name, tile", [("sample_geotiff.tif", 256), ("RGB.byte.tif", 128)])
+def test_caption_one_feature_per_tile_with_the_window_footprint(engines, data_dir, tmp_path, name, tile):
+    raster = data_dir / "rasters" / name
+    engine = engines(delay=0.0)
+    out = tmp_path / "captions.gpkg"
+    code, stdout, stderr = run_cli("caption", raster, "--tile", tile, "--engine", engine.url, "--family",
+                                   "geochat", "--out", out, "--no-progress")
+    assert code == 0, stderr
+    df = read_tiles(out)
+    with rasterio.open(raster) as ds:
+        plan = TilePlan(ds.width, ds.height, tile)
+        empty = {t.id for t in plan.tiles() if not ds.dataset_mask(window=Window(*t.window)).any()}
+        assert sorted(df.tile_id) == sorted(t.id for t in plan.tiles())
+        for t in plan.tiles():
+            row = df[df.tile_id == t.id].iloc[0]
+            assert (row.row, row.col) == (t.row, t.col)
+            left, bottom, right, top = bounds(Window(*t.window), ds.transform)
+            assert np.allclose(row.geometry.bounds, (left, bottom, right, top), rtol=0, atol=1e-9)
+            assert row.geometry.area == pytest.approx((right - left) * (top - bottom), rel=1e-12)
+        assert df.crs.to_epsg() == ds.crs.to_epsg()
+    assert set(df[df.status == "skipped"].tile_id) == empty
+    answered = df[df.status == "ok"]
+    assert len(answered) == len(plan) - len(empty) == engine.requests()
+    assert answered.caption.str.startswith("scripted caption of a").all()
+    assert (answered.model == "scripted-geochat").all() and (answered.engine == engine.url).all()
+    assert (answered.question == "Describe the image in detail.").all() and (answered.seconds >= 0).all()
+    assert f"{len(plan)} tiles: {len(plan) - len(empty)} asked" in stdout
+
+
+def test_another_plan_on_the_same_output_is_refused_unless_overwritten(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "RGB.byte.tif"
+    engine = engines()
+    out = tmp_path / "c.gpkg"
+    base = ("caption", raster, "--engine", engine.url, "--family", "geochat", "--out", out, "--no-progress")
+    assert run_cli(*base, "--tile", 256)[0] == 0
+    code, _, stderr = run_cli(*base, "--tile", 256, "--question", "What is here?")
+    assert code == 2 and "another plan" in stderr and "question" in stderr and "overwrite" in stderr
+    code, _, stderr = run_cli(*base, "--tile", 400, "--overwrite")
+    assert code == 0, stderr
+    assert {tid.split(":")[0] for tid, _ in ledger_rows(out)} == {TilePlan(791, 718, 400).fingerprint}
+    (tmp_path / "other.gpkg").write_bytes(b"not a geopackage at all" * 100)
+    code, _, stderr = run_cli(*base[:-3], "--out", tmp_path / "other.gpkg", "--tile", 256, "--no-progress")
+    assert code == 2 and "not the output of a GeoVLM bulk run" in stderr
+
+
+def _every_tile_once(out, plan):
+    rows = ledger_rows(out)
+    ids = Counter(tid for tid, _ in rows)
+    assert set(ids) == {t.id for t in plan.tiles()} and set(ids.values()) == {1}
+    return dict(rows)
+
+
+def test_cli_killed_half_way_then_resumed_asks_only_what_was_missing(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines(delay=0.15)
+    out = tmp_path / "c.gpkg"
+    args = ("caption", raster, "--tile", 128, "--engine", engine.url, "--family", "geochat", "--out", out,
+            "--max-concurrent", 2, "--no-progress")
+    proc = cli(*args)
+    assert wait_for_rows(out, 8) >= 8
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    time.sleep(0.5)  # the engine finishes (and logs) the requests the killed command had in flight
+    plan = TilePlan(900, 900, 128)
+    first = dict(ledger_rows(out))
+    assert 8 <= len(first) < len(plan)
+    asked_before = engine.requests()
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    statuses = _every_tile_once(out, plan)
+    assert set(statuses.values()) <= {"ok", "skipped"}
+    missing = [tid for tid in statuses if tid not in first or first[tid] == "failed"]
+    asked_now = engine.requests() - asked_before
+    skipped_now = sum(1 for tid in missing if statuses[tid] == "skipped")
+    assert asked_now == len(missing) - skipped_now
+    assert f"{len(plan) - len(missing)} resumed" in stdout
+
+
+def test_engine_killed_half_way_then_resumed(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "RGB.byte.tif"
+    engine = engines("a", delay=0.1)
+    out = tmp_path / "c.gpkg"
+    args = ["caption", raster, "--tile", 128, "--family", "geochat", "--out", out, "--no-progress",
+            "--max-concurrent", 2]
+    proc = cli(*args, "--engine", engine.url)
+    assert wait_for_rows(out, 6) >= 6
+    engine.kill()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr  # some tiles failed: the engine is gone
+    first = dict(ledger_rows(out))
+    assert "failed" in first.values() and "rerun the same command" in stderr
+    again = engines("b")
+    code, stdout, stderr = run_cli(*args, "--engine", again.url)
+    assert code == 0, stderr
+    plan = TilePlan(791, 718, 128)
+    statuses = _every_tile_once(out, plan)
+    assert set(statuses.values()) <= {"ok", "skipped"}
+    retried = [tid for tid in statuses if first.get(tid) in (None, "failed")]
+    assert again.requests() == len(retried) - sum(statuses[t] == "skipped" for t in retried)
+
+
+def test_two_endpoints_one_killed_mid_run_every_tile_exactly_once(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    a, b = engines("a", delay=0.1), engines("b", delay=0.1)
+    out = tmp_path / "c.gpkg"
+    proc = cli("caption", raster, "--tile", 128, "--family", "geochat", "--out", out, "--no-progress",
+               "--engine", f"{a.url},{b.url}", "--max-concurrent", 2)
+    assert wait_for_rows(out, 6) >= 6
+    b.kill()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    statuses = _every_tile_once(out, TilePlan(900, 900, 128))
+    assert set(statuses.values()) <= {"ok", "skipped"}
+    engines_used = {e for (e,) in ledger_rows(out, columns="engine") if e}
+    assert engines_used == {a.url, b.url}
+
+
+def _scene_raster(path):
+    """A 560x320 raster (EPSG:32633, 0.5 m pixels, rotated 30 degrees) with coloured blobs. Tiles of 320 px
+    with 80 px overlap are two, sharing columns 240-320: two blobs lie wholly there, one is cut by the
+    first tile's edge (columns 300-340)."""
+    from affine import Affine
+
+    data = np.zeros((3, 320, 560), np.uint8)
+    for colour, x, y, w, h in BLOBS:
+        for band, value in enumerate(colour):
+            data[band, y:y + h, x:x + w] = value
+    transform = Affine.translation(500000, 4100000) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
+    with rasterio.open(path, "w", driver="GTiff", width=560, height=320, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=transform) as ds:
+        ds.write(data)
+    return transform
+
+
+BLOBS = [((255, 10, 0), 20, 30, 40, 40), ((200, 20, 0), 80, 40, 30, 50), ((255, 30, 0), 250, 120, 30, 30),
+         ((200, 40, 0), 285, 140, 30, 25), ((255, 50, 0), 450, 200, 40, 40), ((100, 60, 0), 300, 250, 40, 30)]
+
+
+def test_detect_links_objects_and_relations_and_merges_duplicates(engines, tmp_path):
+    import pyogrio
+    from shapely.geometry import Polygon
+
+    raster = tmp_path / "scene.tif"
+    transform = _scene_raster(raster)
+    engine = engines(family="skysensegpt")
+    out = tmp_path / "scene.gpkg"
+    code, stdout, stderr = run_cli("detect", raster, "--tile", 320, "--overlap", 80, "--engine", engine.url,
+                                   "--out", out, "--no-progress")
+    assert code == 0, stderr
+    objects = pyogrio.read_dataframe(out, layer="objects")
+    relations = pyogrio.read_dataframe(out, layer="relations")
+    tiles = pyogrio.read_dataframe(out, layer="tiles")
+    assert len(tiles) == 2 and (tiles.status == "ok").all() and sorted(tiles.objects) == [4, 5]
+    # six blobs; the three seen by both tiles were merged: one object each
+    assert len(objects) == 6, objects[["object_id", "label"]]
+    assert sorted(objects.label) == ["building", "car", "car", "storage_tank", "storage_tank", "storage_tank"]
+    assert objects.merged.sum() == 3
+    assert objects.crs.to_epsg() == 32633
+    # each object is its blob's footprint on the rotated grid; the cut blob kept the second tile's whole copy
+    for _, x, y, w, h in BLOBS:
+        blob = Polygon([transform * p for p in ((x, y), (x + w, y), (x + w, y + h), (x, y + h))])
+        found = objects[objects.geometry.intersects(blob.centroid)]
+        assert len(found) == 1
+        assert found.iloc[0].geometry.symmetric_difference(blob).area < 5e-3 * blob.area  # 2-decimal percents
+    ids = set(objects.object_id)
+    assert set(relations.subject_id) <= ids and set(relations.object_id) <= ids
+    centres = {r.object_id: r.geometry.centroid for r in objects.itertuples()}
+    for rel in relations.itertuples():
+        (x0, y0), (x1, y1) = rel.geometry.coords
+        assert (x0, y0) == pytest.approx((centres[rel.subject_id].x, centres[rel.subject_id].y), abs=1e-6)
+        assert (x1, y1) == pytest.approx((centres[rel.object_id].x, centres[rel.object_id].y), abs=1e-6)
+        assert rel.predicate == "adjacent"
+    # the kept copy of a merged object is the one farther from its own tile's edge
+    assert (objects[objects.merged > 0].edge_distance > 0).all()

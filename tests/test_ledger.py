@@ -1,0 +1,83 @@
+"""The ledger (core/ledger.py) and the merge rule (core/dedupe.py) on their own: resume rule, one row per
+tile, plan refusal, and duplicates merged the same whichever tile is committed first."""
+import sqlite3
+
+import pytest
+
+from geovlm.core.dedupe import Detection, convex_intersection, merge_detections, overlap_of_smaller
+from geovlm.core.georef import GeoTransform
+from geovlm.core.ledger import FAILED, OK, Ledger, LedgerError, RunPlan, TileResult
+from geovlm.core.tiling import TilePlan
+
+GT = GeoTransform(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)
+
+
+def plan(kind="caption", question="Describe the image in detail.", tile=320, overlap=80):
+    return RunPlan(kind, TilePlan(560, 320, tile, overlap), GT, question, "caption", "geochat", "m")
+
+
+def box(x, y, w, h):
+    """A pixel box as a map ring of the test geotransform."""
+    return [GT.to_map(*p) for p in ((x, y), (x + w, y), (x + w, y + h), (x, y + h))]
+
+
+def test_overlap_of_smaller_and_intersection():
+    a, b = box(0, 0, 40, 30), box(20, 0, 20, 30)
+    assert overlap_of_smaller(a, b) == pytest.approx(1.0)
+    assert overlap_of_smaller(box(0, 0, 10, 10), box(5, 5, 10, 10)) == pytest.approx(0.25)
+    assert overlap_of_smaller(box(0, 0, 10, 10), box(20, 0, 10, 10)) == 0.0
+    assert len(convex_intersection(box(0, 0, 10, 10), box(5, 5, 10, 10))) == 4
+
+
+def test_merge_keeps_the_copy_farther_from_its_tile_edge_and_follows_chains():
+    cut = Detection("a", "car", box(300, 250, 20, 30), 5.0)
+    whole = Detection("b", "car", box(300, 250, 40, 30), 40.0)
+    other = Detection("c", "tank", box(300, 250, 40, 30), 1.0)  # another label: never merged
+    kept, merged = merge_detections([cut, whole, other])
+    assert [d.object_id for d in kept] == ["b", "c"] and merged == {"a": "b"}
+    kept, merged = merge_detections([whole, cut])
+    assert [d.object_id for d in kept] == ["b"] and merged == {"a": "b"}
+
+
+def test_resume_rule_one_row_per_tile_and_plan_refusal(tmp_path):
+    out = tmp_path / "l.gpkg"
+    p = plan()
+    first, second = list(p.tiles.tiles())
+    with Ledger(out, p, epsg=32633, crs_wkt="EPSG:32633 stand-in") as ledger:
+        ledger.record(TileResult(first, FAILED, error="HTTP 503"), "q", "m", "geochat")
+        assert ledger.pending(p.tiles.tiles()) == [first, second]
+        ledger.record(TileResult(first, OK, caption="a field"), "q", "m", "geochat")
+        with pytest.raises(LedgerError, match="already done"):
+            ledger.record(TileResult(first, OK, caption="again"), "q", "m", "geochat")
+        assert ledger.pending(p.tiles.tiles()) == [second]
+    with Ledger(out, p) as again:
+        assert again.resumed and again.counts() == {"ok": 1}
+    with pytest.raises(LedgerError, match="question"):
+        Ledger(out, plan(question="What is here?"))
+    with pytest.raises(LedgerError, match="tile 320 there, 256 now"):
+        Ledger(out, plan(tile=256))
+    con = sqlite3.connect(out)
+    assert con.execute("SELECT COUNT(*), MIN(status) FROM tiles").fetchone() == (1, "ok")
+    assert con.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_duplicates_merge_the_same_in_either_order_and_relations_follow(tmp_path, order):
+    p = plan("detect")
+    tiles = list(p.tiles.tiles())  # columns 0-320 and 240-560
+    # tile 0 sees the building cut at its right edge (300-320) and a car; tile 1 sees the whole building
+    results = {
+        0: TileResult(tiles[0], OK, objects=[(0, "building", "rbox", 0.0, "", "", box(300, 250, 20, 30)),
+                                             (1, "car", "rbox", 0.0, "", "", box(40, 40, 30, 50))],
+                      relations=[(1, "adjacent", 0, "car", "building")]),
+        1: TileResult(tiles[1], OK, objects=[(0, "building", "rbox", 0.0, "", "", box(300, 250, 40, 30))]),
+    }
+    out = tmp_path / "g.gpkg"
+    with Ledger(out, p, epsg=32633) as ledger:
+        for i in order:
+            ledger.record(results[i], "q", "m", "skysensegpt")
+    con = sqlite3.connect(out)
+    objects = dict(con.execute("SELECT object_id, merged FROM objects").fetchall())
+    assert objects == {f"{tiles[1].id}/0": 1, f"{tiles[0].id}/1": 0}
+    rel = con.execute("SELECT subject_id, object_id FROM relations").fetchall()
+    assert rel == [(f"{tiles[0].id}/1", f"{tiles[1].id}/0")]
