@@ -207,6 +207,7 @@ _PROFILES = {
         task_words={
             "grounding": "{question} Give the bounding boxes of what you name.",
             "refer": "Locate {question} in the image.",
+            "identify": "What is the object at {question}?",
             "detection": "Detect {question} in the image.",
             "caption": "{question}",
             "vqa": "{question}",
@@ -227,6 +228,7 @@ _PROFILES = {
         task_words={
             "grounding": "{question} Output the bounding boxes in JSON format.",
             "refer": "Locate {question}, output its bbox coordinates using JSON format.",
+            "identify": "What is the object in the region {question}? Answer briefly.",
             "detection": "Locate every {question} in the image, output bbox coordinates in JSON format.",
             "caption": "{question}",
             "vqa": "{question}",
@@ -248,6 +250,7 @@ _PROFILES = {
             "grounding": "<CAPTION_TO_PHRASE_GROUNDING>{question}",
             "caption": "<MORE_DETAILED_CAPTION>",
             "refer": "<CAPTION_TO_PHRASE_GROUNDING>{question}",
+            "identify": "<REGION_TO_DESCRIPTION>{question}",
         },
         input_size=768,
         fit="stretch",

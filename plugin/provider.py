@@ -6,6 +6,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .alg_ask_map import AskMapAlgorithm
 from .alg_parse_answers import ParseAnswersAlgorithm
 
 ICON = Path(__file__).resolve().parents[1] / "icons" / "geovlm.svg"
@@ -23,3 +24,4 @@ class GeoVlmProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802
         self.addAlgorithm(ParseAnswersAlgorithm())
+        self.addAlgorithm(AskMapAlgorithm())

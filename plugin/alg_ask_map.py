@@ -1,0 +1,207 @@
+"""Processing algorithm `geovlm:askmap`: render a view of the map, ask a vision-language model about it,
+and write the answer's boxes and relations as features where QGIS drew what the model saw."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateTransform,
+    QgsFeatureSink,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterGeometry,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsWkbTypes,
+)
+
+from ..core.client import EngineError
+from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
+from ..core.transport import Cancelled, CancelToken
+from .ask_map import (
+    EngineUnavailable,
+    Provenance,
+    View,
+    ask_features,
+    ask_fields,
+    connect_engine,
+    draw_boxes,
+    region_question,
+    render,
+    ring_of,
+    view_settings,
+    worded,
+)
+
+TASKS = tuple(ASK_TASKS)
+
+
+class AskMapAlgorithm(QgsProcessingAlgorithm):
+    LAYERS, EXTENT, ROTATION, WIDTH, HEIGHT = "LAYERS", "EXTENT", "ROTATION", "WIDTH", "HEIGHT"
+    DPR, QUESTION, TASK, REGION = "DEVICE_PIXEL_RATIO", "QUESTION", "TASK", "REGION"
+    ENGINE, AUTHCFG, FAMILY, MAX_TOKENS = "ENGINE", "AUTHCFG", "FAMILY", "MAX_TOKENS"
+    OBJECTS, RELATIONS, ANSWER, IMAGE = "OBJECTS", "RELATIONS", "ANSWER", "IMAGE"
+
+    def __init__(self):
+        super().__init__()
+        self._settings = None
+        self._clones = []
+
+    def name(self):
+        return "askmap"
+
+    def displayName(self):  # noqa: N802
+        return "Ask about the map"
+
+    def group(self):
+        return "Ask"
+
+    def groupId(self):  # noqa: N802
+        return "ask"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Renders the layers over the extent (in the extent's CRS, turned by the rotation, at width x height "
+            "pixels times the device pixel ratio), asks a vision-language model engine about that image, and "
+            "writes every box and relation of its answer as a feature exactly where the map shows what the "
+            "model saw. Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
+            "ENGINE is 'local' or engine URLs (comma-separated); keys only through an authentication "
+            "configuration. FAMILY empty: the engine says which."
+        )
+
+    def createInstance(self):  # noqa: N802
+        return AskMapAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.LAYERS, "Layers to render",
+                                                               QgsProcessing.SourceType.TypeMapLayer))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "View extent (its CRS is the image's)"))
+        self.addParameter(QgsProcessingParameterNumber(self.ROTATION, "Map rotation (degrees, clockwise)",
+                                                       QgsProcessingParameterNumber.Type.Double, 0.0,
+                                                       minValue=-360.0, maxValue=360.0))
+        for key, title in ((self.WIDTH, "Width (pixels)"), (self.HEIGHT, "Height (pixels)")):
+            self.addParameter(QgsProcessingParameterNumber(key, title, QgsProcessingParameterNumber.Type.Integer,
+                                                           768, minValue=16, maxValue=8192))
+        self.addParameter(QgsProcessingParameterNumber(self.DPR, "Device pixel ratio",
+                                                       QgsProcessingParameterNumber.Type.Double, 1.0,
+                                                       minValue=0.25, maxValue=8.0))
+        self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question", multiLine=True, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.TASK, "Task", options=list(TASKS), defaultValue=0))
+        self.addParameter(QgsProcessingParameterGeometry(self.REGION, "Region (identify)", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine ('local' or URLs)",
+                                                       defaultValue="local"))
+        self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Engine authentication", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (empty: the engine's)",
+                                                       defaultValue="", optional=True))
+        tokens = QgsProcessingParameterNumber(self.MAX_TOKENS, "Most tokens in the answer",
+                                              QgsProcessingParameterNumber.Type.Integer, 256, minValue=1,
+                                              maxValue=4096)
+        tokens.setFlags(tokens.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(tokens)
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
+                                                            QgsProcessing.SourceType.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
+                                                            QgsProcessing.SourceType.TypeVectorLine))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.IMAGE, "What the model saw, with its boxes (PNG)", "PNG images (*.png)", optional=True,
+            createByDefault=False))
+        self.addOutput(QgsProcessingOutputString(self.ANSWER, "Answer"))
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """On the main thread: clone the layers, so the render in processAlgorithm may run in a worker."""
+        layers = self.parameterAsLayerList(parameters, self.LAYERS, context)
+        if not layers:
+            raise QgsProcessingException("no layers to render: give at least one")
+        crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+        extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+        self._clones = [layer.clone() for layer in layers]
+        try:
+            self._settings = view_settings(
+                self._clones, crs, extent, self.parameterAsDouble(parameters, self.ROTATION, context),
+                self.parameterAsInt(parameters, self.WIDTH, context),
+                self.parameterAsInt(parameters, self.HEIGHT, context),
+                self.parameterAsDouble(parameters, self.DPR, context))
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        self._settings.setTransformContext(context.transformContext())
+        return True
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
+        question = self.parameterAsString(parameters, self.QUESTION, context).strip()
+        cancel = CancelToken()
+        feedback.canceled.connect(cancel.cancel)
+        try:
+            connection = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
+                                        self.parameterAsString(parameters, self.AUTHCFG, context),
+                                        self.parameterAsString(parameters, self.FAMILY, context).strip(), cancel)
+        except EngineUnavailable as exc:
+            raise QgsProcessingException(str(exc)) from None
+        try:
+            return self._ask(parameters, context, feedback, connection, task, question, cancel)
+        finally:
+            connection.close()
+            self._clones, self._settings = [], None
+
+    def _ask(self, parameters, context, feedback, connection, task, question, cancel):
+        profile = connection.profile
+        if task not in family_tasks(profile):
+            raise QgsProcessingException(
+                f"{profile.name} cannot {task!r}; it can: {', '.join(family_tasks(profile))}")
+        image = render(self._settings)
+        view = View.of(self._settings, image)
+        feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in {view.frame.crs}, "
+                          f"rotation {view.rotation:g}, device pixel ratio {view.dpr:g}")
+        if task in REGION_TASKS:
+            question = self._region(parameters, context, profile, view)
+        elif not question:
+            raise QgsProcessingException(f"the {task} task needs a question")
+        try:
+            text, answer = connection.client.ask(
+                view.png, (view.frame.width, view.frame.height), worded(profile, task, question), profile,
+                on_token=lambda piece: feedback.pushConsoleInfo(piece), cancel=cancel,
+                max_tokens=self.parameterAsInt(parameters, self.MAX_TOKENS, context))
+        except Cancelled:
+            raise QgsProcessingException("cancelled") from None
+        except (EngineError, ValueError) as exc:
+            raise QgsProcessingException(f"the engine failed: {exc}") from None
+        feedback.pushInfo(f"answer: {text}")
+        feedback.pushInfo(answer.summary())
+        info = connection.describe()
+        provenance = Provenance(question, task, info["model"], info["family"], info["engine"], text)
+        objects, relations = ask_features(answer, view, 1, provenance)
+        obj_fields, rel_fields = ask_fields()
+        crs = self._settings.destinationCrs()
+        obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
+                                                QgsWkbTypes.Type.Polygon, crs)
+        rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
+                                                QgsWkbTypes.Type.LineString, crs)
+        obj_sink.addFeatures(objects, QgsFeatureSink.Flag.FastInsert)
+        rel_sink.addFeatures(relations, QgsFeatureSink.Flag.FastInsert)
+        results = {self.OBJECTS: obj_id, self.RELATIONS: rel_id, self.ANSWER: text}
+        path = self.parameterAsFileOutput(parameters, self.IMAGE, context)
+        if path:
+            if not draw_boxes(image, answer).save(path, "PNG"):
+                raise QgsProcessingException(f"could not write the image {path}")
+            results[self.IMAGE] = path
+        return results
+
+    def _region(self, parameters, context, profile, view) -> str:
+        geometry = self.parameterAsGeometry(parameters, self.REGION, context)
+        if geometry is None or geometry.isEmpty():
+            raise QgsProcessingException("the identify task needs a REGION (a polygon or rectangle on the map)")
+        source_crs = self.parameterAsGeometryCrs(parameters, self.REGION, context)
+        target = self._settings.destinationCrs()
+        if source_crs.isValid() and source_crs != target:
+            geometry.transform(QgsCoordinateTransform(source_crs, target, context.transformContext()))
+        try:
+            return region_question(profile, view.frame, ring_of(geometry))
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None

@@ -1,0 +1,229 @@
+"""`geovlm:askmap`: the image is what QgsMapSettings renders, and every box lands where that map settings'
+own mapToPixel() puts its pixels (rotation 30 degrees, device pixel ratio 2, EPSG:3857, EPSG:4326, UTM)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsMapRendererCustomPainterJob,
+    QgsMapSettings,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtGui import QColor, QImage, QPainter
+
+import geovlm
+from geovlm.core.parsing import parse_answer
+from geovlm.core.profiles import get_profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ask_engines import DemoEngine, ScriptedEngine  # noqa: E402
+
+ANSWER = ("a field {<10><20><40><60>|<90>} and a turned roof {<50><15><80><45>|<120>} and a road "
+          "{<5><70><95><90>|<60>}")
+SIZE, DPR, ROTATION = (400, 300), 2.0, 30.0
+
+
+def view_extent(raster, crs):
+    """The middle half of the raster, as an extent in `crs`."""
+    e = raster.extent()
+    middle = QgsRectangle(e.xMinimum() + e.width() / 4, e.yMinimum() + e.height() / 4,
+                          e.xMaximum() - e.width() / 4, e.yMaximum() - e.height() / 4)
+    ct = QgsCoordinateTransform(raster.crs(), crs, QgsProject.instance())
+    return ct.transformBoundingBox(middle)
+
+
+def reference_settings(raster, crs, extent):
+    """QgsMapSettings made here with QGIS's own API, independently of the plugin."""
+    ms = QgsMapSettings()
+    ms.setLayers([raster])
+    ms.setDestinationCrs(crs)
+    ms.setOutputSize(QSize(*SIZE))
+    ms.setDevicePixelRatio(DPR)
+    ms.setRotation(ROTATION)
+    ms.setExtent(extent)
+    ms.setBackgroundColor(QColor(255, 255, 255))
+    ms.setOutputImageFormat(QImage.Format.Format_ARGB32_Premultiplied)
+    return ms
+
+
+def reference_image(ms):
+    image = QImage(ms.deviceOutputSize(), ms.outputImageFormat())
+    image.setDevicePixelRatio(DPR)
+    image.fill(QColor(255, 255, 255))
+    painter = QPainter(image)
+    QgsMapRendererCustomPainterJob(ms, painter).renderSynchronously()
+    painter.end()
+    image.setDevicePixelRatio(1.0)
+    return image.convertToFormat(QImage.Format.Format_RGB32)
+
+
+def qgis_process_env(tmp_path):
+    exe = Path("/usr/bin/qgis_process.bin")
+    if not exe.exists():
+        pytest.fail("qgis_process.bin not found")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
+    (tmp_path / "home").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
+               QT_QPA_PLATFORM="offscreen")
+    enable = subprocess.run([str(exe), "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
+    return exe, env
+
+
+@pytest.mark.parametrize("authid", ["EPSG:3857", "EPSG:4326", "EPSG:32652"])
+def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tmp_path, authid):
+    exe, env = qgis_process_env(tmp_path)
+    path = data_dir / "rasters" / "cogeo.tif"
+    raster = QgsRasterLayer(str(path), "cogeo")
+    crs = QgsCoordinateReferenceSystem(authid)
+    extent = view_extent(raster, crs)
+    objects, image_out = tmp_path / "objects.gpkg", tmp_path / "seen.png"
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        run = subprocess.run(
+            [str(exe), "--json", "run", "geovlm:askmap", "--", f"LAYERS={path}",
+             f"EXTENT={extent.xMinimum()!r},{extent.xMaximum()!r},{extent.yMinimum()!r},{extent.yMaximum()!r}"
+             f" [{authid}]", f"ROTATION={ROTATION}", f"WIDTH={SIZE[0]}", f"HEIGHT={SIZE[1]}",
+             f"DEVICE_PIXEL_RATIO={DPR}", "QUESTION=Describe the image", "TASK=1", f"ENGINE={engine.url}",
+             f"OBJECTS={objects}", f"RELATIONS={tmp_path / 'relations.gpkg'}", f"IMAGE={image_out}"],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        [sent] = engine.images
+        assert engine.posts[0]["messages"][0]["content"][1]["text"] == "[grounding]Describe the image"
+    assert json.loads(run.stdout)["results"]["ANSWER"] == ANSWER
+
+    ms = reference_settings(raster, crs, extent)
+    sent_image = QImage.fromData(sent, "PNG").convertToFormat(QImage.Format.Format_RGB32)
+    assert (sent_image.width(), sent_image.height()) == (SIZE[0] * DPR, SIZE[1] * DPR)
+    assert sent_image == reference_image(ms), "the image sent is not what QgsMapSettings renders"
+
+    expected = parse_answer(ANSWER, get_profile("geochat"), (sent_image.width(), sent_image.height())).objects
+    layer = QgsVectorLayer(str(objects), "objects", "ogr")
+    assert layer.isValid() and layer.crs().authid() == authid
+    features = sorted(layer.getFeatures(), key=lambda f: f["object_id"])
+    assert [f["object_id"] for f in features] == [o.id for o in expected] and len(features) == 3
+    m2p = ms.mapToPixel()
+    worst = 0.0
+    for feature, obj in zip(features, expected):
+        ring = feature.geometry().asPolygon()[0][:-1]
+        assert len(ring) == 4
+        for point, (col, row) in zip(ring, obj.polygon):
+            pixel = m2p.transform(QgsPointXY(point))
+            worst = max(worst, abs(pixel.x() * DPR - col), abs(pixel.y() * DPR - row))
+        assert feature["family"] == "geochat" and feature["model"] == "scripted"
+        assert feature["view_rotation"] == ROTATION and feature["image_width"] == SIZE[0] * DPR
+    assert worst < 1e-6, f"a corner is {worst} pixels off"
+    assert QImage(str(image_out)).size() == QSize(int(SIZE[0] * DPR), int(SIZE[1] * DPR))
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import processing as proc
+
+    return proc
+
+
+@pytest.fixture()
+def plugin(qgis_iface):
+    loaded = geovlm.classFactory(qgis_iface)
+    loaded.initProcessing()
+    yield loaded
+    loaded.unload()
+
+
+def _run(processing, engine_url, raster, task, **extra):
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    extent = view_extent(raster, crs)
+    params = {"LAYERS": [raster], "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},"
+              f"{extent.yMaximum()} [EPSG:3857]", "ROTATION": ROTATION, "WIDTH": SIZE[0], "HEIGHT": SIZE[1],
+              "DEVICE_PIXEL_RATIO": DPR, "TASK": task, "ENGINE": engine_url, "OBJECTS": "TEMPORARY_OUTPUT",
+              "RELATIONS": "TEMPORARY_OUTPUT", **extra}
+    return processing.run("geovlm:askmap", params), reference_settings(raster, crs, extent)
+
+
+@pytest.mark.parametrize("family", ["geochat", "earthdial", "qwen2vl", "florence2"])
+def test_identify_sends_the_region_in_the_family_syntax(plugin, processing, data_dir, family):
+    """A region drawn on the map reaches the model as the family's numbers of the same pixels."""
+    from geovlm.core.regions import encode_region, task_key
+    from geovlm.plugin.alg_ask_map import TASKS
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    ms = reference_settings(raster, QgsCoordinateReferenceSystem("EPSG:3857"), view_extent(raster, raster.crs()))
+    m2p = ms.mapToPixel()
+    pixels = [(203.0, 151.0), (497.0, 151.0), (497.0, 397.0), (203.0, 397.0)]  # device pixels (DPR 2)
+    ring = [m2p.toMapCoordinatesF(c / DPR, r / DPR) for c, r in pixels]
+    wkt = "POLYGON((" + ", ".join(f"{p.x()!r} {p.y()!r}" for p in ring + ring[:1]) + "))"
+    profile = get_profile(family)
+    with ScriptedEngine(family, "a building") as engine:
+        result, _ = _run(processing, engine.url, raster, TASKS.index("identify"),
+                         REGION=f"CRS=EPSG:3857;{wkt}")
+        sent = engine.posts[0]["messages"][0]["content"][1]["text"]
+    image_size = (int(SIZE[0] * DPR), int(SIZE[1] * DPR))
+    assert sent == profile.question(task_key(profile, "identify"), encode_region(pixels, profile, image_size))
+    assert result["ANSWER"] == "a building"
+
+
+def test_engine_down_is_one_clear_line(plugin, processing, data_dir):
+    from qgis.core import QgsProcessingException
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", "") as engine:
+        url = engine.url
+    with pytest.raises(QgsProcessingException, match=r"^engine http://127\.0\.0\.1:\d+: ") as info:
+        _run(processing, url, raster, 0, QUESTION="What is here?")
+    assert "\n" not in str(info.value)
+
+
+def test_a_task_the_family_lacks_is_refused_clearly(plugin, processing, data_dir):
+    from qgis.core import QgsProcessingException
+
+    from geovlm.plugin.alg_ask_map import TASKS
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("llava15", "x") as engine:
+        with pytest.raises(QgsProcessingException, match="llava15 cannot 'find'; it can: ask, describe"):
+            _run(processing, engine.url, raster, TASKS.index("find"), QUESTION="cars")
+        assert engine.posts == []
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    with DemoEngine() as engine:
+        yield engine
+
+
+def test_askmap_with_the_real_demo_model(plugin, processing, data_dir, demo_engine):
+    """The real engine (the demo model: a random stand-in, so its words are noise) through the algorithm:
+    whatever boxes it writes land where mapToPixel puts their pixels, with the engine's model and family."""
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    result, ms = _run(processing, demo_engine.url, raster, 1, QUESTION="Describe the image", MAX_TOKENS=24)
+    text = result["ANSWER"]
+    assert text.strip()
+    layer = result["OBJECTS"]
+    layer = layer if isinstance(layer, QgsVectorLayer) else QgsVectorLayer(layer, "o", "ogr")
+    expected = parse_answer(text, get_profile("geochat"), (int(SIZE[0] * DPR), int(SIZE[1] * DPR))).objects
+    features = sorted(layer.getFeatures(), key=lambda f: f["object_id"])
+    assert len(features) == len(expected)
+    m2p = ms.mapToPixel()
+    for feature, obj in zip(features, expected):
+        assert feature["model"] == "geovlm-demo-random" and feature["family"] == "geochat"
+        for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
+            pixel = m2p.transform(QgsPointXY(point))
+            assert pixel.x() * DPR == pytest.approx(col, abs=1e-6) and pixel.y() * DPR == pytest.approx(row, abs=1e-6)
