@@ -3,14 +3,13 @@ and write the answer's boxes and relations as features where QGIS drew what the 
 from __future__ import annotations
 
 from qgis.core import (
+    Qgis,
     QgsCoordinateTransform,
     QgsFeatureSink,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterAuthConfig,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
@@ -19,19 +18,16 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsWkbTypes,
 )
 
 from ..core.client import EngineError
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import (
-    EngineUnavailable,
     Provenance,
     View,
     ask_features,
     ask_fields,
-    connect_engine,
     draw_boxes,
     region_question,
     render,
@@ -39,6 +35,7 @@ from .ask_map import (
     view_settings,
     worded,
 )
+from .engine_access import EngineUnavailable, connect
 
 TASKS = tuple(ASK_TASKS)
 
@@ -81,16 +78,16 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(self.LAYERS, "Layers to render",
-                                                               QgsProcessing.SourceType.TypeMapLayer))
+                                                               Qgis.ProcessingSourceType.MapLayer))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "View extent (its CRS is the image's)"))
         self.addParameter(QgsProcessingParameterNumber(self.ROTATION, "Map rotation (degrees, clockwise)",
-                                                       QgsProcessingParameterNumber.Type.Double, 0.0,
+                                                       Qgis.ProcessingNumberParameterType.Double, 0.0,
                                                        minValue=-360.0, maxValue=360.0))
         for key, title in ((self.WIDTH, "Width (pixels)"), (self.HEIGHT, "Height (pixels)")):
-            self.addParameter(QgsProcessingParameterNumber(key, title, QgsProcessingParameterNumber.Type.Integer,
+            self.addParameter(QgsProcessingParameterNumber(key, title, Qgis.ProcessingNumberParameterType.Integer,
                                                            768, minValue=16, maxValue=8192))
         self.addParameter(QgsProcessingParameterNumber(self.DPR, "Device pixel ratio",
-                                                       QgsProcessingParameterNumber.Type.Double, 1.0,
+                                                       Qgis.ProcessingNumberParameterType.Double, 1.0,
                                                        minValue=0.25, maxValue=8.0))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question", multiLine=True, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.TASK, "Task", options=list(TASKS), defaultValue=0))
@@ -101,14 +98,14 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (empty: the engine's)",
                                                        defaultValue="", optional=True))
         tokens = QgsProcessingParameterNumber(self.MAX_TOKENS, "Most tokens in the answer",
-                                              QgsProcessingParameterNumber.Type.Integer, 256, minValue=1,
+                                              Qgis.ProcessingNumberParameterType.Integer, 256, minValue=1,
                                               maxValue=4096)
-        tokens.setFlags(tokens.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        tokens.setFlags(tokens.flags() | Qgis.ProcessingParameterFlag.Advanced)
         self.addParameter(tokens)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
-                                                            QgsProcessing.SourceType.TypeVectorPolygon))
+                                                            Qgis.ProcessingSourceType.VectorPolygon))
         self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
-                                                            QgsProcessing.SourceType.TypeVectorLine))
+                                                            Qgis.ProcessingSourceType.VectorLine))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.IMAGE, "What the model saw, with its boxes (PNG)", "PNG images (*.png)", optional=True,
             createByDefault=False))
@@ -137,13 +134,14 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
         question = self.parameterAsString(parameters, self.QUESTION, context).strip()
         cancel = CancelToken()
-        feedback.canceled.connect(cancel.cancel)
         try:
-            connection = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
-                                        self.parameterAsString(parameters, self.AUTHCFG, context),
-                                        self.parameterAsString(parameters, self.FAMILY, context).strip(), cancel)
+            connection = connect(self.parameterAsString(parameters, self.ENGINE, context),
+                                 self.parameterAsString(parameters, self.AUTHCFG, context),
+                                 self.parameterAsString(parameters, self.FAMILY, context).strip(), feedback, cancel)
         except EngineUnavailable as exc:
             raise QgsProcessingException(str(exc)) from None
+        except Cancelled:
+            raise QgsProcessingException("cancelled") from None
         try:
             return self._ask(parameters, context, feedback, connection, task, question, cancel)
         finally:
@@ -172,6 +170,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("cancelled") from None
         except (EngineError, ValueError) as exc:
             raise QgsProcessingException(f"the engine failed: {exc}") from None
+        if connection.notice:
+            feedback.pushWarning(connection.notice)
         feedback.pushInfo(f"answer: {text}")
         feedback.pushInfo(answer.summary())
         info = connection.describe()
@@ -180,9 +180,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         obj_fields, rel_fields = ask_fields()
         crs = self._settings.destinationCrs()
         obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
-                                                QgsWkbTypes.Type.Polygon, crs)
+                                                Qgis.WkbType.Polygon, crs)
         rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
-                                                QgsWkbTypes.Type.LineString, crs)
+                                                Qgis.WkbType.LineString, crs)
         obj_sink.addFeatures(objects, QgsFeatureSink.Flag.FastInsert)
         rel_sink.addFeatures(relations, QgsFeatureSink.Flag.FastInsert)
         results = {self.OBJECTS: obj_id, self.RELATIONS: rel_id, self.ANSWER: text}

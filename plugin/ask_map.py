@@ -20,21 +20,18 @@ from qgis.core import (
     QgsMapRendererCustomPainterJob,
     QgsMapSettings,
 )
-from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice, QPointF, QSize, QVariant
+from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice, QPointF, QSize
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter, QPen, QPolygonF
 
 from ..core.georef import GeoTransform, ImageFrame
 from ..core.profiles import Profile
 from ..core.regions import encode_region, task_key
-from .qgis_geometry import answer_features, object_fields, relation_fields
+from .qgis_geometry import FIELD_TYPES, answer_features, object_fields, relation_fields
 
 # Where a feature came from, appended to the objects and relations fields (which already hold the family).
-PROVENANCE_FIELDS = (("question", QVariant.Type.String), ("answer", QVariant.Type.String),
-                     ("task", QVariant.Type.String), ("model", QVariant.Type.String),
-                     ("engine", QVariant.Type.String),
-                     ("time", QVariant.Type.String), ("image_width", QVariant.Type.Int),
-                     ("image_height", QVariant.Type.Int), ("view_extent", QVariant.Type.String),
-                     ("view_crs", QVariant.Type.String), ("view_rotation", QVariant.Type.Double))
+PROVENANCE_FIELDS = (("question", str), ("answer", str), ("task", str), ("model", str), ("engine", str),
+                     ("time", str), ("image_width", int), ("image_height", int), ("view_extent", str),
+                     ("view_crs", str), ("view_rotation", float))
 
 
 def view_settings(layers, crs, extent, rotation: float, width: int, height: int, dpr: float = 1.0,
@@ -168,7 +165,7 @@ class Provenance:
 def _with_provenance(fields: QgsFields) -> QgsFields:
     out = QgsFields(fields)
     for name, kind in PROVENANCE_FIELDS:
-        out.append(QgsField(name, kind))
+        out.append(QgsField(name, FIELD_TYPES[kind]))
     return out
 
 
@@ -197,37 +194,3 @@ def ring_of(geometry: QgsGeometry) -> List[Tuple[float, float]]:
     """The vertices of a geometry (a polygon's outer ring, a rectangle, points), as (x, y) pairs."""
     return [(p.x(), p.y()) for p in geometry.vertices()]
 
-
-def connect_engine(engine: str, authcfg: str = "", family: str = "", cancel=None):
-    """Stand-in for `plugin.engine_access.connect` until it lands: one or more comma-separated URLs; the
-    family from the engine's /v1/models when `family` is empty. Raises EngineUnavailable (one line)."""
-    from ..core.client import EngineClient, EngineError
-
-    urls = [u.strip() for u in (engine or "").split(",") if u.strip()]
-    if not urls or urls == ["local"]:
-        raise EngineUnavailable("the local engine is not set up yet: give the URL of a running engine")
-    try:
-        client = EngineClient(urls, profile=family or None, attempts=2, timeout=120.0)
-        entries = client.models(cancel).get("data") or [{}]
-        profile = client.profile(cancel)
-    except (EngineError, ValueError) as exc:
-        raise EngineUnavailable(f"engine {', '.join(urls)}: {exc}") from None
-    return _Connection(client, profile, str(entries[0].get("id", "")), urls)
-
-
-class EngineUnavailable(Exception):
-    """The engine cannot be reached or used; the message is one line for the user."""
-
-
-@dataclass
-class _Connection:
-    client: object
-    profile: Profile
-    model: str
-    endpoints: List[str]
-
-    def describe(self) -> dict:
-        return {"model": self.model, "family": self.profile.name, "engine": ", ".join(self.endpoints)}
-
-    def close(self) -> None:
-        pass
