@@ -37,6 +37,12 @@ def register(sub) -> None:
     serve.add_argument("--max-queued-pixels", type=int, default=4 * 4096 * 4096,
                        help="pixels of the images queued or in generation before 429 (default: four 4096x4096)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
+    serve.add_argument("--memory-budget-mb", type=float, default=512.0,
+                       help="request bodies and decoded images held at once before 429 (default: 512)")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds for a connection's request headers before it is closed (default: 10)")
+    serve.add_argument("--max-connections", type=int, default=2048,
+                       help="open connections; beyond, the one idle longest is closed (default: 2048)")
     serve.add_argument("--ready-file", help="write {url, pid} as JSON here once listening (for launchers)")
     serve.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # the launcher's: exit when it is gone
     serve.set_defaults(func=cmd_serve)
@@ -103,8 +109,11 @@ def cmd_serve(args) -> int:
     key = args.api_key or os.environ.get(KEY_VARIABLE) or None
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
-    if min(args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels) <= 0:
-        raise CliError("--max-body-mb, --max-pixels, --max-batch, --max-queue and --max-queued-pixels must be positive")
+    sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
+             args.memory_budget_mb, args.header_timeout, args.max_connections)
+    if not min(sizes) > 0:
+        raise CliError("--max-body-mb, --max-pixels, --max-batch, --max-queue, --max-queued-pixels, "
+                       "--memory-budget-mb, --header-timeout and --max-connections must be positive")
     model = args.model
     if model is None:
         model = ready_demo_model()
@@ -125,10 +134,13 @@ def cmd_serve(args) -> int:
         max_queue=args.max_queue,
         max_queued_pixels=args.max_queued_pixels,
         request_timeout_s=args.request_timeout,
+        memory_budget_bytes=int(args.memory_budget_mb * 1024 * 1024),
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
     )
     try:
         run(create_app(pipeline, settings), args.host, args.port, args.ready_file, settings.graceful_s,
-            parent_alive=parent_alive)
+            settings.max_connections, settings.header_timeout_s, parent_alive=parent_alive)
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     return 0

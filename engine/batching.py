@@ -14,12 +14,12 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Deque, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Deque, Iterator, List, Optional
 
 if TYPE_CHECKING:
     from ..models.pipeline import GenRequest, GenResult
 
-_END = object()
+END = object()  # the last item of a streaming job's pieces
 
 
 class Busy(Exception):
@@ -30,11 +30,12 @@ class Busy(Exception):
 class Job:
     request: GenRequest
     future: Optional[Future] = None  # batch jobs
-    pieces: Optional[queue.Queue] = None  # streaming jobs: text pieces, then _END or an exception
+    pieces: Optional[queue.Queue] = None  # streaming jobs: text pieces, then END or an exception
     cancelled: threading.Event = field(default_factory=threading.Event)
     batch_size: int = 0  # how many requests shared its generation
     finished: bool = False
     streamed: bool = False  # some text of it went out already
+    waker: Optional[Callable[[], None]] = None  # streaming jobs: called after each item put (any thread)
 
     @property
     def pixels(self) -> int:
@@ -55,7 +56,7 @@ class Job:
     def feed(self, delta: str) -> None:
         if self.pieces is not None and delta and not self.cancelled.is_set():
             self.streamed = True
-            self.pieces.put(delta)
+            self._put(delta)
 
     def finish(self, result: GenResult, done: str) -> None:
         self.finished = True
@@ -63,14 +64,19 @@ class Job:
             self.future.set_result(result)
         else:
             self.pieces.put(done)
-            self.pieces.put(_END)
+            self._put(END)
 
     def fail(self, exc: BaseException) -> None:
         self.finished = True
         if self.future is not None:
             self.future.set_exception(exc)
         else:
-            self.pieces.put(exc)
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        self.pieces.put(item)
+        if self.waker is not None:
+            self.waker()
 
 
 @dataclass
@@ -125,9 +131,10 @@ class Batcher:
         """Queue a request; its `future` gets the `GenResult`."""
         return self._put(Job(request, future=Future()))
 
-    def submit_stream(self, request: GenRequest) -> Job:
-        """Queue a streaming request; read its text with `pieces(job, timeout)`."""
-        return self._put(Job(request, pieces=queue.Queue()))
+    def submit_stream(self, request: GenRequest, waker: Optional[Callable[[], None]] = None) -> Job:
+        """Queue a streaming request; read its text with `pieces(job, timeout)`, or from `job.pieces` each time
+        `waker` is called (from the worker thread; an event loop passes a `call_soon_threadsafe`)."""
+        return self._put(Job(request, pieces=queue.Queue(), waker=waker))
 
     def pieces(self, job: Job, timeout: float) -> Iterator[str]:
         """The text pieces of a streaming job as they come, the last a StreamDone; `TimeoutError` after
@@ -138,7 +145,7 @@ class Batcher:
                     item = job.pieces.get(timeout=timeout)
                 except queue.Empty:
                     raise TimeoutError(f"no output for {timeout:.0f} s") from None
-                if item is _END:
+                if item is END:
                     return
                 if isinstance(item, BaseException):
                     raise item

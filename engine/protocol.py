@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -20,6 +21,9 @@ import numpy as np
 
 IMAGE_MARKER = "<image>"
 MAX_STOP = 4
+MIN_TEMPERATURE = 1e-4  # below this (and top_p below MIN_TOP_P) sampling is greedy: softmax(logits / t) overflows
+MIN_TOP_P = 1e-6
+MAX_CHARS_PER_TOKEN = 32  # no tokenizer's token spans more characters: a cheap bound before tokenising
 _DATA_URI = re.compile(r"^data:image/(png|jpeg|jpg);base64,", re.IGNORECASE)
 
 
@@ -48,8 +52,44 @@ class ChatRequest:
     include_usage: bool = False
 
 
+def check_sampling(temperature: float, top_p: float = 1.0) -> Tuple[float, float]:
+    """The sampling values as the model gets them: `temperature` in [0, 2] and `top_p` in (0, 1], both finite,
+    else `ValueError` (one line, for the CLI as for the server). A temperature under MIN_TEMPERATURE or a top_p
+    under MIN_TOP_P is greedy decoding (0.0, 1.0): sampling would keep only the likeliest token anyway, and
+    dividing the logits by 1e-300 makes inf/nan probabilities."""
+    temperature, top_p = float(temperature), float(top_p)
+    if not (math.isfinite(temperature) and 0.0 <= temperature <= 2.0):
+        raise ValueError(f"temperature must be between 0 and 2, got {temperature}")
+    if not (math.isfinite(top_p) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature < MIN_TEMPERATURE or top_p < MIN_TOP_P:
+        return 0.0, 1.0
+    return temperature, top_p
+
+
+def _jpeg_too_short(data: bytes) -> Optional[str]:
+    """Why a JPEG cannot hold the pixels its header claims, or None. A Huffman-coded scan spends at least one
+    bit on every 8x8 block of the first component (its DC code; ITU-T T.81, F.1.2.1), so a file shorter than
+    blocks / 8 bytes is cut or corrupt: libjpeg would fill the missing blocks with grey and say nothing."""
+    pos = 2
+    while pos + 9 < len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xC3 or 0xC5 <= marker <= 0xC7:  # Huffman-coded frames (arithmetic ones skipped)
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            blocks = -(-width // 8) * -(-height // 8)
+            if len(data) < blocks // 8:
+                return (f"the JPEG claims {width}x{height} pixels but holds only {len(data)} bytes "
+                        f"(at least {blocks // 8} needed): it is cut short or corrupt")
+            return None
+        pos += 2 + length
+    return None
+
+
 def decode_image(url: str, max_pixels: int) -> np.ndarray:
-    """An HxWx3 uint8 RGB array from a PNG or JPEG data URI; the pixel count is checked before decoding."""
+    """An HxWx3 uint8 RGB array from a PNG or JPEG data URI; the pixel count is checked before decoding, and a
+    JPEG too short for the size it claims is refused (`ProtocolError`, 400) instead of decoded as grey."""
     from PIL import Image, UnidentifiedImageError
 
     match = _DATA_URI.match(url)
@@ -67,24 +107,38 @@ def decode_image(url: str, max_pixels: int) -> np.ndarray:
                     f"image has {pixels} pixels ({image.width}x{image.height}); the limit is {max_pixels}",
                     status=413,
                 )
+            if image.format == "JPEG":
+                short = _jpeg_too_short(data)
+                if short:
+                    raise ProtocolError(f"image could not be decoded: {short}")
             image.load()
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except ProtocolError:
         raise
     except Image.DecompressionBombError as exc:
         raise ProtocolError(f"image is too large: {exc}", status=413) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # its message shows the BytesIO's repr, which says nothing
+        raise ProtocolError(f"image could not be decoded: its {len(data)} bytes are neither PNG nor JPEG") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ProtocolError(f"image could not be decoded as PNG or JPEG: {exc}") from exc
 
 
-def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatRequest:
-    """Read a chat-completions body (bytes of JSON) into a `ChatRequest`."""
+def parse_chat(
+    raw: bytes, max_pixels: int, max_tokens_limit: int, max_text_chars: Optional[int] = None
+) -> ChatRequest:
+    """Read a chat-completions body (bytes of JSON) into a `ChatRequest`. `max_text_chars` bounds the characters
+    of all messages together (and their count) before anything is tokenised or decoded (400 beyond); the
+    server derives it from the model's context (`text_limit`)."""
     try:
         body = json.loads(raw)
+    except RecursionError as exc:
+        raise ProtocolError("body is nested too deeply to be a chat request") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ProtocolError("body must be a JSON object")
+    if max_text_chars is not None:
+        _check_text_size(body.get("messages"), max_text_chars)
     image, messages = _read_messages(body.get("messages"), max_pixels)
     request = ChatRequest(image=image, messages=messages)
     request.model = _opt(body, "model", str)
@@ -99,15 +153,13 @@ def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatReques
             raise ProtocolError(f"max_tokens must be between 1 and {max_tokens_limit}")
         request.max_tokens = limit
     temperature = _opt(body, "temperature", float)
-    if temperature is not None:
-        if not 0.0 <= temperature <= 2.0:
-            raise ProtocolError("temperature must be between 0 and 2")
-        request.temperature = temperature
     top_p = _opt(body, "top_p", float)
-    if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ProtocolError("top_p must be in (0, 1]")
-        request.top_p = top_p
+    try:
+        request.temperature, request.top_p = check_sampling(
+            request.temperature if temperature is None else temperature, 1.0 if top_p is None else top_p
+        )
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
     request.stop = _read_stop(body.get("stop"))
     request.seed = _opt(body, "seed", int)
     if request.seed is not None and not -(2**63) <= request.seed < 2**64:
@@ -118,6 +170,31 @@ def parse_chat(raw: bytes, max_pixels: int, max_tokens_limit: int) -> ChatReques
         raise ProtocolError("stream_options must be an object")
     request.include_usage = bool(options.get("include_usage"))
     return request
+
+
+def text_limit(context_tokens: Optional[int]) -> Optional[int]:
+    """The most characters a conversation may have for a model of `context_tokens` (None: no bound)."""
+    return None if not context_tokens else int(context_tokens) * MAX_CHARS_PER_TOKEN
+
+
+def _check_text_size(messages, max_chars: int) -> None:
+    """Refuse a conversation whose text or number of messages cannot fit the model's context, counting
+    characters only (400): no token is made for a prompt that is refused."""
+    if not isinstance(messages, list):
+        return  # _read_messages says what is wrong
+    if len(messages) > max_chars // MAX_CHARS_PER_TOKEN:
+        raise ProtocolError(f"{len(messages)} messages cannot fit the model's context")
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        for part in parts:
+            text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
+            total += len(text) if isinstance(text, str) else 0
+    if total > max_chars:
+        raise ProtocolError(
+            f"the messages hold {total} characters; the model's context allows at most {max_chars}"
+        )
 
 
 def _opt(body: dict, key: str, kind: type):

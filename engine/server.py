@@ -3,7 +3,9 @@
 Routes: POST /v1/chat/completions (JSON or server-sent events), GET /v1/models (with a "geovlm" entry:
 family, input size, fit mode, image tokens, whether the model is a random stand-in) and GET /health (the
 one route open without the key, for launchers and load balancers). Secure defaults: loopback, an optional
-bearer key, a body size limit, a pixel limit, timeouts; one log line per request.
+bearer key, a body size limit, a pixel limit, a budget of request memory, a deadline for request headers
+and a bound on open connections (so slow clients cannot starve /health), timeouts; one log line per request.
+A client that leaves is a normal event: 499 and one info line.
 """
 import asyncio
 import contextlib
@@ -11,6 +13,8 @@ import hmac
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,10 +22,14 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from .batching import Batcher, Busy
-from .protocol import ChatRequest, ProtocolError, parse_chat
+from .batching import END, Batcher, Busy
+from .connections import guarded_protocol
+from .memory import MemoryBudget, OverBudget
+from .protocol import ChatRequest, ProtocolError, parse_chat, text_limit
 
 log = logging.getLogger("geovlm.engine")
 BATCHER_STOP_S = 5.0  # after the graceful period, for the batcher to finish; both within the launcher's wait
@@ -43,6 +51,9 @@ class Settings:
     request_timeout_s: float = 300.0
     body_timeout_s: float = 30.0
     graceful_s: float = 15.0  # on SIGTERM, for the requests in flight
+    memory_budget_bytes: int = 512 * 1024 * 1024  # request bodies and decoded images held at once (429 beyond)
+    header_timeout_s: float = 10.0  # for a connection's request headers (closed after)
+    max_connections: int = 2048  # open at once; beyond, the one waiting longest for its headers is closed
 
 
 class ApiError(Exception):
@@ -66,6 +77,26 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         pipeline, settings.batch_window_s, settings.max_batch, settings.max_queue, settings.max_queued_pixels
     )
     decode_slots = asyncio.Semaphore(settings.decode_concurrency)
+    budget = MemoryBudget(settings.memory_budget_bytes)
+    # A stand-in pipeline (tests) may have neither a tokenizer nor a context length.
+    context = getattr(getattr(pipeline, "lm", None), "context_length", None)
+    max_chars = text_limit(context)
+    tokenize = getattr(pipeline, "prompt_ids", None)
+    tokenizer_lock = threading.Lock()  # tokenised off the worker, one prompt at a time
+
+    def read_request(raw: bytes):
+        """Parse, decode and tokenise one body (in the thread pool, never on the batching worker)."""
+        chat = parse_chat(raw, settings.max_pixels, settings.max_tokens_limit, max_chars)
+        ids = None
+        if tokenize is not None:
+            with tokenizer_lock:
+                ids = tokenize(chat.messages)
+            if context and len(ids) + chat.max_tokens > context:
+                raise ProtocolError(
+                    f"the prompt ({len(ids)} tokens with the image) and max_tokens ({chat.max_tokens}) "
+                    f"exceed the model's context of {context} tokens"
+                )
+        return chat, ids
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -98,6 +129,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
         stats = batcher.stats
         body = {
             "status": "ok" if batcher.alive else "down",
+            "held_bytes": budget.used,
             "model": model_name,
             "random_stand_in": bool(info.get("random_stand_in")),
             "in_flight": in_flight["/v1/chat/completions"],
@@ -116,12 +148,27 @@ def create_app(pipeline, settings: Optional[Settings] = None):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        raw = await _read_body(request, settings)
+        held = budget.reservation()  # closed when the answer is out (by the event stream when streamed)
+        try:
+            response = await answer(request, held)
+        except BaseException:
+            held.close()
+            raise
+        if not isinstance(response, StreamingResponse):
+            held.close()
+        return response
+
+    async def answer(request: Request, held):
+        raw = await _read_body(request, settings, held)
         try:
             async with decode_slots:  # a decoded image can be a hundred times its file
-                chat = await run_in_threadpool(parse_chat, raw, settings.max_pixels, settings.max_tokens_limit)
+                chat, prompt_ids = await run_in_threadpool(read_request, raw)
+            held.resize(chat.image.nbytes)  # the body goes, the image stays until the answer is out
         except ProtocolError as exc:
             raise ApiError(exc.status, str(exc), exc.kind) from exc
+        except OverBudget as exc:
+            raise ApiError(429, f"server busy: {exc}", "rate_limit_error", {"Retry-After": "1"}) from exc
+        del raw
         if chat.model not in (None, "", model_name):
             raise ApiError(404, f"model {chat.model!r} is not served here; this server has {model_name!r}",
                            "not_found_error")
@@ -133,24 +180,35 @@ def create_app(pipeline, settings: Optional[Settings] = None):
             top_p=chat.top_p,
             stop=chat.stop,
             seed=chat.seed,
+            prompt_ids=prompt_ids,
         )
         request.state.note = f"{chat.image.shape[1]}x{chat.image.shape[0]}px"
         reply_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
         try:
-            job = batcher.submit_stream(gen) if chat.stream else batcher.submit(gen)
+            if chat.stream:
+                job = batcher.submit_stream(gen, waker=lambda: loop.call_soon_threadsafe(wake.set))
+            else:
+                job = batcher.submit(gen)
         except Busy as exc:
             raise ApiError(429, f"server busy: {exc}", "rate_limit_error", {"Retry-After": "1"}) from exc
         if chat.stream:
-            events = _sse(batcher, job, chat, reply_id, created, model_name, settings.request_timeout_s)
+            events = _sse(job, wake, chat, reply_id, created, model_name, settings.request_timeout_s,
+                          request.state, held)
             headers = {"Cache-Control": "no-cache"}
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            # Also after the response, in case the stream never started (the client left before it).
+            after = BackgroundTask(_end_stream, job, held)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers, background=after)
         try:
             result = await _result_of(request, job, settings.request_timeout_s)
         except asyncio.TimeoutError as exc:
             raise ApiError(504, "generation timed out", "timeout_error") from exc
         except ValueError as exc:  # the pipeline found the request unfit
             raise ApiError(400, f"the model cannot take this request: {exc}") from exc
+        except ApiError:
+            raise
         except Exception as exc:  # the pipeline failed: report it, keep serving
             log.exception("generation failed")
             raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
@@ -191,6 +249,7 @@ async def _result_of(request: Request, job, timeout: float, poll_s: float = 0.5)
     finally:
         if not future.done():
             job.cancel()
+            future.cancel()  # whatever the worker sets later is dropped, never "never retrieved"
 
 
 def _finish(reason: str) -> str:
@@ -207,9 +266,11 @@ def _error_response(status: int, message: str, kind: str, headers=None) -> JSONR
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _read_body(request, settings: Settings) -> bytes:
+async def _read_body(request, settings: Settings, held) -> bytes:
     """The body, at most `max_body_bytes`; beyond that 413, after reading on a little (so that the client
-    gets to see the answer instead of a reset connection) but never more than four times the limit."""
+    gets to see the answer instead of a reset connection) but never more than four times the limit. The
+    bytes kept are held on the memory budget (`held`, a `Reservation`: 429 when it is spent); 408 when the
+    body is slower than `body_timeout_s`, 499 when the client leaves meanwhile."""
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > 4 * limit):
@@ -221,21 +282,32 @@ async def _read_body(request, settings: Settings) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size <= limit:
+                if 2 * size > held.size:  # the chunks, then their join (a declared length is held at once)
+                    held.resize(2 * size)
                 parts.append(chunk)
             elif size > 4 * limit:
                 break
 
     try:
+        if declared is not None:
+            held.resize(2 * min(int(declared), limit))
         await asyncio.wait_for(consume(), settings.body_timeout_s)
     except asyncio.TimeoutError as exc:
         raise ApiError(408, f"body not received within {settings.body_timeout_s:.0f} s") from exc
+    except OverBudget as exc:
+        raise ApiError(429, f"server busy: {exc}", "rate_limit_error", {"Retry-After": "1"}) from exc
+    except ClientDisconnect as exc:
+        raise ApiError(499, "the client closed the connection", "client_closed_request") from exc
     if size > limit:
         raise ApiError(413, f"body over the limit of {limit} bytes")
     return b"".join(parts)
 
 
-def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, model: str, timeout: float):
-    """Server-sent events in OpenAI's chunk shape, ending with [DONE]; an error ends the stream without it."""
+async def _sse(job, wake: asyncio.Event, chat: ChatRequest, reply_id: str, created: int, model: str,
+               timeout: float, state, held):
+    """Server-sent events in OpenAI's chunk shape, ending with [DONE]; an error ends the stream without it.
+    The job's pieces are taken from its queue each time the worker wakes `wake`: no thread waits on a stream.
+    A client that leaves cancels this generator: the job is cancelled, the request logged as 499."""
 
     def event(delta: Optional[dict], finish: Optional[str] = None, **extra) -> bytes:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
@@ -244,28 +316,54 @@ def _sse(batcher: Batcher, job, chat: ChatRequest, reply_id: str, created: int, 
 
     from ..models.pipeline import StreamDone
 
-    yield event({"role": "assistant", "content": ""})
-    done = None
+    done, ended = None, False
     try:
-        for piece in batcher.pieces(job, timeout):
-            if isinstance(piece, StreamDone):
-                done = piece.result
-            elif piece:
-                yield event({"content": piece})
-    except ValueError as exc:  # as for a plain request: the request is unfit
-        yield _sse_error(f"the model cannot take this request: {exc}", 400, "invalid_request_error")
-        return
-    except Exception as exc:  # the client must learn that the stream failed
-        log.error("stream failed: %s: %s", type(exc).__name__, exc)
-        yield _sse_error(f"generation failed: {type(exc).__name__}: {exc}")
-        return
-    if done is None:
-        yield _sse_error("the stream ended without a result")
-        return
-    yield event({}, _finish(done.finish_reason))
-    if chat.include_usage:
-        yield event(None, usage=_usage(done))
-    yield b"data: [DONE]\n\n"
+        yield event({"role": "assistant", "content": ""})
+        while not ended:
+            try:
+                item = job.pieces.get_nowait()
+            except queue.Empty:
+                wake.clear()
+                if job.pieces.empty():
+                    try:
+                        await asyncio.wait_for(wake.wait(), timeout)
+                    except asyncio.TimeoutError:
+                        yield _sse_error(f"no output for {timeout:.0f} s", 504, "timeout_error")
+                        return
+                continue
+            if item is END:
+                ended = True
+            elif isinstance(item, ValueError):  # as for a plain request: the request is unfit
+                yield _sse_error(f"the model cannot take this request: {item}", 400, "invalid_request_error")
+                return
+            elif isinstance(item, BaseException):  # the client must learn that the stream failed
+                log.error("stream failed: %s: %s", type(item).__name__, item)
+                yield _sse_error(f"generation failed: {type(item).__name__}: {item}")
+                return
+            elif isinstance(item, StreamDone):
+                done = item.result
+            elif item:
+                yield event({"content": item})
+        if done is None:
+            yield _sse_error("the stream ended without a result")
+            return
+        yield event({}, _finish(done.finish_reason))
+        if chat.include_usage:
+            yield event(None, usage=_usage(done))
+        yield b"data: [DONE]\n\n"
+        state.note = f"{state.note} tokens={done.tokens} batch={job.batch_size}"
+        ended = True
+    except (asyncio.CancelledError, GeneratorExit, OSError):
+        state.client_left = True
+        raise
+    finally:
+        _end_stream(job, held)
+
+
+def _end_stream(job, held) -> None:
+    if not job.finished:
+        job.cancel()
+    held.close()
 
 
 def _sse_error(message: str, code: int = 500, kind: str = "server_error") -> bytes:
@@ -320,7 +418,10 @@ class _RequestLog:
             if counted:
                 self.in_flight[scope["path"]] -= 1
             client = scope.get("client") or ("-", 0)
-            note = getattr(scope.get("state", {}), "get", lambda *_: "")("note", "")
+            state = scope.get("state") or {}
+            note = state.get("note", "")
+            if state.get("client_left"):
+                status[0], note = 499, f"{note} (the client left during the stream)".strip()
             log.info(
                 '%s "%s %s" %s %dB %.3fs %s',
                 client[0], scope["method"], scope["path"], status[0] or "-", sent[0],
@@ -329,15 +430,18 @@ class _RequestLog:
 
 
 def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, graceful_s: float = 15.0,
-        limit_connections: int = 512, parent_alive=None) -> None:
+        max_connections: int = 2048, header_timeout_s: float = 10.0, parent_alive=None) -> None:
     """Serve `app` until SIGINT/SIGTERM, or until `parent_alive()` turns false (checked every second), then
     finish the requests in flight (up to `graceful_s`). Port 0 takes a free port; once listening, the URL
-    is logged and, with `ready_file`, written there as JSON."""
+    is logged and, with `ready_file`, written there as JSON. At most `max_connections` are open (the file
+    descriptor limit is raised to fit where allowed); request headers must come within `header_timeout_s`."""
     import uvicorn
 
+    max_connections = _fit_descriptors(max_connections)
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, timeout_keep_alive=5, log_config=None,
-        timeout_graceful_shutdown=graceful_s, limit_concurrency=limit_connections, server_header=False,
+        timeout_graceful_shutdown=graceful_s, server_header=False,
+        http=guarded_protocol(header_timeout_s, max_connections),
     )
     sock = config.bind_socket()
     bound = sock.getsockname()
@@ -362,6 +466,26 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, gracefu
                 await asyncio.sleep(1.0)
 
     Server(config).run(sockets=[sock])
+
+
+def _fit_descriptors(connections: int, spare: int = 128) -> int:
+    """Raise the soft limit of open files to hold `connections` sockets plus `spare` (model files, logs) where
+    the hard limit allows; the connections that fit."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit on sockets
+        return connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft - spare < connections:
+        log.warning("only %d open files allowed: at most %d connections", soft, max(1, soft - spare))
+        return max(1, soft - spare)
+    return connections
 
 
 def _write_atomic(path, text: str) -> None:

@@ -42,6 +42,8 @@ class GenRequest:
     top_p: float = 1.0
     stop: tuple = ()  # extra stop strings (the profile's are always used)
     seed: Optional[int] = None
+    prompt_ids: Optional[List[int]] = None  # the tokenised prompt when the caller has it (the server tokenises
+    # off the batching worker); None: made from `messages`
 
 
 @dataclass
@@ -205,7 +207,7 @@ class VlmPipeline:
 
     def _decoding(self, requests: Sequence[GenRequest]):
         settings = [self._settings(r) for r in requests]
-        prompts = [self.prompt_ids(r.messages) for r in requests]
+        prompts = [r.prompt_ids if r.prompt_ids is not None else self.prompt_ids(r.messages) for r in requests]
         context = self.lm.context_length
         for prompt, s in zip(prompts, settings):
             if context and len(prompt) + s.max_new_tokens > context:

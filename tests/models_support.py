@@ -53,3 +53,17 @@ def cogeo_tiles(n: int, size: int = 160):
 
 def random_image(seed: int, h: int = 90, w: int = 130) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def corrupt_jpeg(width=4000, height=4000):
+    """A real JPEG header claiming width x height, then 200 bytes of noise and the end marker."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    sos = data.find(b"\xff\xda")
+    head = data[: sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")]
+    return head + np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes() + b"\xff\xd9"

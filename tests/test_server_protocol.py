@@ -3,13 +3,18 @@ import base64
 import io
 import json
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from geovlm.engine.protocol import ProtocolError, decode_image, parse_chat
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models_support import corrupt_jpeg  # noqa: E402
 
 
 def data_uri(width=40, height=30, fmt="PNG", seed=0):
@@ -109,3 +114,61 @@ def test_truncated_png_is_a_400():
     with pytest.raises(ProtocolError) as caught:
         decode_image(broken, max_pixels=10_000)
     assert caught.value.status == 400
+
+
+def test_deep_json_is_a_400_not_a_recursion_error():
+    with pytest.raises(ProtocolError, match="nested too deeply") as caught:
+        parse(b"[" * 100_000 + b"]" * 100_000)
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "options", [{"temperature": 1e-300}, {"top_p": 1e-300}, {"temperature": 1e-300, "top_p": 1e-300}]
+)
+def test_degenerate_sampling_is_greedy(options):
+    chat = parse(body([first_turn()], **options))
+    assert (chat.temperature, chat.top_p) == (0.0, 1.0)
+    assert (parse(body([first_turn()], temperature=0.7, top_p=0.9)).temperature, 0.9) == (0.7, 0.9)
+
+
+@pytest.mark.parametrize("value, message", [(-1, "temperature"), (float("nan"), "temperature"),
+                                            (float("inf"), "temperature")])
+def test_check_sampling_refuses_what_the_cli_let_through(value, message):
+    from geovlm.engine.protocol import check_sampling
+
+    with pytest.raises(ValueError, match=message):
+        check_sampling(value)
+    with pytest.raises(ValueError, match="top_p"):
+        check_sampling(0.5, float("nan"))
+
+
+def test_a_corrupt_jpeg_claiming_4000x4000_is_a_400_not_grey():
+    url = "data:image/jpeg;base64," + base64.b64encode(corrupt_jpeg()).decode()
+    with pytest.raises(ProtocolError, match="4000x4000.*cut short or corrupt") as caught:
+        decode_image(url, max_pixels=4096 * 4096)
+    assert caught.value.status == 400
+    flat = io.BytesIO()  # a real, uniform JPEG of that size compresses well but still decodes
+    Image.new("RGB", (4000, 4000), (10, 200, 30)).save(flat, format="JPEG", quality=5)
+    assert decode_image("data:image/jpeg;base64," + base64.b64encode(flat.getvalue()).decode(),
+                        max_pixels=4096 * 4096).shape == (4000, 4000, 3)
+
+
+def test_undecodable_image_message_names_the_input_not_an_object_repr():
+    url = "data:image/png;base64," + base64.b64encode(b"not an image at all").decode()
+    with pytest.raises(ProtocolError) as caught:
+        decode_image(url, max_pixels=10_000)
+    assert "object at 0x" not in str(caught.value) and "19 bytes are neither PNG nor JPEG" in str(caught.value)
+
+
+def test_over_long_text_is_refused_by_counting_characters():
+    from geovlm.engine.protocol import text_limit
+
+    limit = text_limit(64)
+    assert limit == 64 * 32
+    with pytest.raises(ProtocolError, match="characters") as caught:
+        parse_chat(body([first_turn("x" * (limit + 1))]), 10_000, 64, limit)
+    assert caught.value.status == 400
+    many = [first_turn()] + [{"role": r, "content": "a"} for r in ["assistant", "user"] * 40]
+    with pytest.raises(ProtocolError, match="81 messages"):
+        parse_chat(body(many), 10_000, 64, limit)
+    assert parse_chat(body([first_turn("x" * 100)]), 10_000, 64, limit).messages[0][1] == "x" * 100

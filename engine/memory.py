@@ -1,0 +1,106 @@
+"""The server's memory for request data: a budget of buffered bodies and decoded images, and giving the freed
+memory back to the system after a burst.
+
+`MemoryBudget` counts the bytes that requests hold (a body while it is read and parsed, then its decoded
+image until the answer is sent); a request that would take it past the budget is refused (the server answers
+429 with Retry-After), except when nothing else is held, so one request within the body limit always gets
+through. When the count falls back to zero, `release_free_memory` asks glibc to hand its free heap pages back
+(`malloc_trim(0)`, man 3 malloc_trim): CPython frees a burst's bodies to malloc, which keeps them otherwise.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+import threading
+import time
+from typing import Optional
+
+log = logging.getLogger("geovlm.engine")
+
+
+class OverBudget(Exception):
+    """Holding more request data would pass the server's memory budget."""
+
+
+class MemoryBudget:
+    """Bytes of request data held at once, at most `limit` (thread-safe). `trim_every_s` spaces the calls to
+    `release_free_memory` made when the count returns to zero."""
+
+    def __init__(self, limit: int, trim_every_s: float = 1.0):
+        if limit < 1:
+            raise ValueError("the memory budget must be at least 1 byte")
+        self.limit = int(limit)
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        self._trim_every_s = trim_every_s
+        self._trimmed_at = 0.0
+        self._trimming = False
+
+    def reservation(self) -> Reservation:
+        """A new, empty hold on the budget; `close()` it when the request ends."""
+        return Reservation(self)
+
+    def _change(self, delta: int) -> None:
+        with self._lock:
+            if delta > 0 and self.used and self.used + delta > self.limit:
+                raise OverBudget(
+                    f"{self.used / 2**20:.0f} MiB of request bodies and images are held; "
+                    f"the budget is {self.limit / 2**20:.0f} MiB"
+                )
+            self.used += delta
+            self.peak = max(self.peak, self.used)
+            idle = self.used == 0 and delta < 0
+            trim = idle and not self._trimming and time.monotonic() - self._trimmed_at >= self._trim_every_s
+            if trim:
+                self._trimming = True
+        if trim:
+            threading.Thread(target=self._trim, name="geovlm-trim", daemon=True).start()
+
+    def _trim(self) -> None:
+        try:
+            release_free_memory()
+        finally:
+            with self._lock:
+                self._trimming = False
+                self._trimmed_at = time.monotonic()
+
+
+class Reservation:
+    """One request's share of a `MemoryBudget`, in bytes."""
+
+    def __init__(self, budget: MemoryBudget):
+        self.budget = budget
+        self.size = 0
+
+    def grow(self, nbytes: int) -> None:
+        """Hold `nbytes` more; `OverBudget` when they do not fit (nothing is held then)."""
+        self.resize(self.size + nbytes)
+
+    def resize(self, nbytes: int) -> None:
+        """Hold `nbytes` in all (more or fewer than now)."""
+        nbytes = max(0, int(nbytes))
+        if nbytes != self.size:
+            self.budget._change(nbytes - self.size)
+            self.size = nbytes
+
+    def close(self) -> None:
+        self.resize(0)
+
+
+_LIBC: Optional[ctypes.CDLL] = None
+
+
+def release_free_memory() -> bool:
+    """Have glibc return free heap memory to the system; False where there is no `malloc_trim`."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_LIBC.malloc_trim(0))
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return False
