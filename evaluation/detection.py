@@ -14,6 +14,12 @@ Table 6 "acc@0.5"):
   + y sin a, y' = -x sin a + y cos a about the centre), IoU of the two polygons (shapely); a degenerate (invalid)
   polygon has IoU 0.
 
+Boxes are read by GeoVLM's grammar for the family (core.parsing). For EarthDial's syntax the grammar's reading
+is narrowed to what EarthDial's script reads (its `parse_bboxes` takes lists of unsigned integers only): a box
+with a negative or decimal number is not a box at all (EarthDial's own GeoChat result file has a reference
+`[[77, -2, 90, 10, 56]]`, which its script drops), and a box of four numbers counts but can match nothing
+(the script's rotation needs five and its error is swallowed). Other syntaxes are read as the grammar reads them.
+
 This is a scoring convention, not GeoVLM's georeferencing one: `geovlm parse` places a box with the family
 profile's `upright_angle` and `angle_sense` (core/profiles.py); here every angle is applied as written, exactly
 as the published numbers were computed.
@@ -21,6 +27,7 @@ as the published numbers were computed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -33,6 +40,8 @@ KEYS = SIZE_GROUPS + ("single", "multiple", "overall")
 IOU_THRESHOLD = 0.5
 
 Corners = List[Tuple[float, float]]
+# What EarthDial's `parse_bboxes` takes as a box: a bracketed list of unsigned integers.
+_EARTHDIAL_WRITTEN = re.compile(r"\[\s*\d+(?:,\s*\d+)*\s*\]")
 
 
 def xyxy_of(raw: RawBox) -> Tuple[float, float, float, float]:
@@ -71,12 +80,16 @@ def polygon_iou(a: Sequence[Tuple[float, float]], b: Sequence[Tuple[float, float
 
 def box_polygons(text: str, profile: Profile) -> List[Optional[Corners]]:
     """The boxes of one answer (or reference string) in the family's syntax, read by GeoVLM's own grammar for
-    the family (core.parsing.GRAMMARS), as EarthDial-turned corners in the family's numbers; None for a box
-    whose numbers could not be read (it still counts as a prediction)."""
+    the family (core.parsing.GRAMMARS) and narrowed to EarthDial's reading for EarthDial's syntax (see the module
+    docstring), as EarthDial-turned corners in the family's numbers; None for a box that counts but cannot be
+    compared (numbers that could not be read, or EarthDial's four-number box)."""
     reading = GRAMMARS[profile.box_syntax](text, profile)
+    earthdial = profile.box_syntax == "earthdial"
     out: List[Optional[Corners]] = []
     for raw in reading.boxes:
-        if raw.values is None or not all(math.isfinite(v) for v in raw.values):
+        if earthdial and not _EARTHDIAL_WRITTEN.fullmatch(text[raw.span[0]:raw.span[1]]):
+            continue
+        if raw.values is None or not all(math.isfinite(v) for v in raw.values) or (earthdial and raw.angle is None):
             out.append(None)
             continue
         angle = raw.angle if raw.angle is not None and math.isfinite(raw.angle) else 0.0

@@ -89,6 +89,20 @@ def test_precision_counts_each_prediction_once_and_degenerate_boxes_as_misses():
     assert scores["questions"] == 4
 
 
+def test_earthdial_boxes_are_read_as_earthdials_script_reads_them():
+    profile = get_profile("earthdial")
+    # A line of EarthDial's own GeoChat result file (src/earthdial/eval/rs_detection/results/GeoChat.jsonl): its
+    # script takes no box from a list with a negative number, so the question has no reference ("multiple")
+    line = ("[[77, 0, 89, 11, 61]]", "[[77, -2, 90, 10, 56]]", "medium")
+    scores = detection.precision_at_iou([line], profile)
+    assert scores["multiple"] == 0.0 and scores["medium"] == 0.0 and scores["predicted_boxes"] == 1
+    assert detection.box_polygons("[[10.5, 20, 30, 40, 0]][[1, 2, 3, 4]]", profile)[0] is None
+    assert len(detection.box_polygons("[[10.5, 20, 30, 40, 0]][[1, 2, 3, 4]]", profile)) == 1
+    # a four-number box is a prediction that matches nothing
+    four = detection.precision_at_iou([("[[1, 2, 30, 40]]", "[[1, 2, 30, 40, 0]]", "small")], profile)
+    assert four["predicted_boxes"] == 1 and four["overall"] == 0.0
+
+
 def test_detection_reads_other_families_with_their_own_grammar():
     scores = detection.precision_at_iou([("{<10><10><20><20>|<0>}", "{<10><10><20><20>|<0>}", None),
                                          ("{<50><50><60><60>|<0>}", "{<10><10><20><20>|<0>}", None)],
