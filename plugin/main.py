@@ -14,6 +14,7 @@ class GeoVlmPlugin:
         self.iface = iface
         self.provider = None
         self.actions = []
+        self.engine_ui = None
 
     def initProcessing(self):  # noqa: N802 (QGIS calls it by this name)
         self.provider = GeoVlmProvider()
@@ -26,6 +27,10 @@ class GeoVlmPlugin:
         self.iface.addPluginToMenu("&GeoVLM", parse)
         self.iface.addToolBarIcon(parse)
         self.actions.append(parse)
+        from ..ui.engine_menu import EngineUi
+
+        self.engine_ui = EngineUi(self.iface)  # Options page and "Set up the local engine…"
+        self.engine_ui.init_gui()
         QgsMessageLog.logMessage("GeoVLM loaded", LOG_TAG, Qgis.MessageLevel.Info)
 
     def unload(self):
@@ -37,6 +42,9 @@ class GeoVlmPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        if self.engine_ui is not None:
+            self.engine_ui.unload()
+            self.engine_ui = None
         from .engine_manager import shutdown_engine
 
         shutdown_engine()  # the local engine, if this process started one

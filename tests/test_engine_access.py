@@ -66,8 +66,9 @@ def server():
 def auth_config(qgis_app, tmp_path_factory):
     """An API-header configuration holding the server's key, in a temporary auth database."""
     manager = QgsApplication.authManager()
-    manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
-    assert manager.setMasterPassword("geovlm-test", True)
+    if not manager.masterPasswordIsSet():
+        manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
+        assert manager.setMasterPassword("geovlm-test", True)
     config = QgsAuthMethodConfig("APIHeader")
     config.setName("GeoVLM test engine")
     config.setConfig("Authorization", "Bearer test-key-xxxxxxxx")

@@ -1,0 +1,125 @@
+"""The engine's GUI: GeoVLM's Options page reads and stores the settings (endpoints with their authcfg, the
+local engine, the rendering size), the plugin registers and unregisters it, and the set-up dialog finds a
+Python and removes a set-up engine through its task."""
+import json
+import time
+
+import pytest
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
+from qgis.PyQt.QtCore import QCoreApplication
+
+import geovlm
+from geovlm.plugin import engine_setup
+from geovlm.plugin import settings as engine_settings
+from geovlm.ui.engine_setup_dialog import EngineSetupDialog
+from geovlm.ui.options_page import GeoVlmOptionsFactory, GeoVlmOptionsPage
+
+
+def wait_for(predicate, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not predicate():
+        QCoreApplication.processEvents()
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(qgis_app):
+    QgsSettings().remove("geovlm")
+    yield
+    QgsSettings().remove("geovlm")
+
+
+@pytest.fixture(scope="module")
+def auth_id(qgis_app, tmp_path_factory):
+    """A real API-header configuration in a temporary auth database."""
+    manager = QgsApplication.authManager()
+    if not manager.masterPasswordIsSet():
+        manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
+        assert manager.setMasterPassword("geovlm-test", True)
+    config = QgsAuthMethodConfig("APIHeader")
+    config.setName("GeoVLM options test")
+    config.setConfig("Authorization", "Bearer k")
+    ok, stored = manager.storeAuthenticationConfig(config)
+    assert ok
+    yield stored.id()
+    manager.removeAuthenticationConfig(stored.id())
+
+
+def test_the_options_page_round_trips_the_settings(auth_id):
+    stored = engine_settings.EngineSettings(
+        mode="remote", family="earthdial", request_timeout_s=90, start_timeout_s=120,
+        endpoints=[engine_settings.Endpoint("http://127.0.0.1:8000", auth_id),
+                   engine_settings.Endpoint("https://gpu.example.org"),
+                   engine_settings.Endpoint("https://b.example.org", "unknown")],
+        render_width=800, render_height=600, render_dpr=2.0, render_from_canvas=False,
+    )
+    engine_settings.save(stored)
+    page = GeoVlmOptionsFactory().createWidget(None)
+    assert isinstance(page, GeoVlmOptionsPage)
+    assert page.remote_radio.isChecked() and page.endpoints.rowCount() == 3
+    assert page.endpoints.cellWidget(0, 1).configId() == auth_id
+    assert page.current() == stored  # what it shows is what is stored, an id QGIS does not know included
+    page.endpoints.cellWidget(1, 1).setConfigId(auth_id)  # the user picks a configuration
+    page.endpoints.selectRow(2)
+    page.endpoints.remove_selected()
+
+    page.endpoints.add("ftp://nope")  # refused, logged, the others kept
+    page.endpoints.add("http://127.0.0.1:9000/")
+    page.local_radio.setChecked(True)
+    page.model_dir.setFilePath("/models/geochat-7b")
+    page.family.setCurrentIndex(0)  # read from the engine
+    page.from_canvas.setChecked(True)
+    page.apply()
+    loaded = engine_settings.load()
+    assert loaded.mode == "local" and loaded.family == "" and loaded.model_dir == "/models/geochat-7b"
+    assert [(e.url, e.authcfg) for e in loaded.endpoints] == [
+        ("http://127.0.0.1:8000", auth_id), ("https://gpu.example.org", auth_id), ("http://127.0.0.1:9000/", "")]
+    assert loaded.render_from_canvas and (loaded.render_width, loaded.render_dpr) == (800, 2.0)
+    page.deleteLater()
+
+
+def test_unreadable_settings_fall_back_to_defaults(qgis_app):
+    s = QgsSettings()
+    s.setValue(engine_settings.KEY_MODE, "sideways")
+    s.setValue(engine_settings.KEY_ENDPOINTS, "{not json")
+    s.setValue(engine_settings.KEY_RENDER_WIDTH, "-3")
+    assert engine_settings.load() == engine_settings.EngineSettings()
+    with pytest.raises(ValueError, match="http://host:port"):
+        engine_settings.save(engine_settings.EngineSettings(endpoints=[engine_settings.Endpoint("gopher://x")]))
+
+
+def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface):
+    qgis_iface.registerOptionsWidgetFactory.reset_mock()
+    qgis_iface.unregisterOptionsWidgetFactory.reset_mock()
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initGui()
+    [(factory,), _] = qgis_iface.registerOptionsWidgetFactory.call_args
+    assert isinstance(factory, GeoVlmOptionsFactory) and factory.title() == "GeoVLM"
+    assert plugin.engine_ui.action.text() == "Set up the local engine…"
+    plugin.engine_ui.open_setup()
+    assert plugin.engine_ui.dialog.isVisible()
+    plugin.unload()
+    qgis_iface.unregisterOptionsWidgetFactory.assert_called_once_with(factory)
+    assert plugin.engine_ui is None
+
+
+def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path, monkeypatch):
+    venv = tmp_path / "engine-venv"
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    python = engine_settings.venv_python(venv)
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    (venv / engine_setup.MARKER).write_text(json.dumps({"version": geovlm.__version__, "runtime": "cpu"}))
+    dialog = EngineSetupDialog()
+    assert dialog.state.text().startswith("set up (CPU onnxruntime")
+    assert wait_for(lambda: dialog.python.filePath() != "")  # found in a task
+    assert not engine_setup.check_python(dialog.python.filePath())
+    dialog.remove_button.click()
+    assert dialog.task is not None and not dialog.setup_button.isEnabled()
+    assert wait_for(lambda: dialog.task is None)
+    assert not venv.exists() and dialog.state.text() == "not set up"
+    assert any(f"Removing {venv}" in line for line in dialog.log.toPlainText().splitlines())
+    assert dialog.progress.value() == 100 and not dialog.remove_button.isEnabled()
+    dialog.deleteLater()

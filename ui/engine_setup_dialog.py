@@ -1,0 +1,164 @@
+""""Set up the local engine…": the dialog around `plugin.engine_setup.EngineSetupTask`.
+
+It shows where the engine's venv goes and what state it is in, finds a system Python (in a task, so the GUI
+never waits on it) or lets the user pick one, picks the CPU or GPU onnxruntime by what the machine has (the
+user can override), and runs set-up, repair or removal as a `QgsTask`: the progress and every line of pip's
+output appear as they come, Cancel stops the running command. Closing the dialog leaves a running task to
+the task manager (its progress stays in QGIS's status bar).
+"""
+from __future__ import annotations
+
+from qgis.core import QgsApplication, QgsTask
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from ..plugin import engine_setup
+from ..plugin import settings as engine_settings
+
+STATE_TEXT = {
+    "missing": "not set up",
+    "incomplete": "an unfinished set-up (cancelled or failed): Repair finishes it",
+    "outdated": "set up by another GeoVLM version: Repair updates it",
+    "ready": "set up",
+}
+MAX_LOG_LINES = 5000
+
+
+class EngineSetupDialog(QDialog):
+    """Set up, repair or remove the local engine's venv; `task` is the running `EngineSetupTask` or None."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Set up the local GeoVLM engine")
+        self.task = None
+        self._finder = None
+        layout = QVBoxLayout(self)
+        intro = QLabel(
+            "The engine runs the models in its own Python environment, outside QGIS: this makes it once "
+            "(several GB are downloaded: torch, transformers, onnxruntime). Without a model folder the "
+            "engine serves the demo model, a random stand-in whose answers are noise."
+        )
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        form = QFormLayout()
+        self.folder = QLabel(str(engine_settings.venv_dir()))
+        self.folder.setWordWrap(True)
+        form.addRow("Environment", self.folder)
+        self.state = QLabel()
+        form.addRow("State", self.state)
+        self.python = QgsFileWidget()
+        self.python.setStorageMode(QgsFileWidget.StorageMode.GetFile)
+        self.python.setDialogTitle("A Python 3.10 or newer (not QGIS's own)")
+        form.addRow("System Python", self.python)
+        self.runtime = QComboBox()
+        self.runtime.addItem("CPU onnxruntime", "cpu")
+        self.runtime.addItem("GPU onnxruntime (CUDA)", "gpu")
+        form.addRow("Runtime", self.runtime)
+        layout.addLayout(form)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        layout.addWidget(self.progress)
+        self.step = QLabel()
+        layout.addWidget(self.step)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(MAX_LOG_LINES)
+        layout.addWidget(self.log, 1)
+        buttons = QDialogButtonBox()
+        self.setup_button = QPushButton("Set up")
+        self.repair_button = QPushButton("Repair")
+        self.remove_button = QPushButton("Remove")
+        self.cancel_button = QPushButton("Cancel")
+        for button in (self.setup_button, self.repair_button, self.remove_button, self.cancel_button):
+            buttons.addButton(button, QDialogButtonBox.ButtonRole.ActionRole)
+        buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        self.setup_button.clicked.connect(lambda: self.start("install"))
+        self.repair_button.clicked.connect(lambda: self.start("repair"))
+        self.remove_button.clicked.connect(lambda: self.start("remove"))
+        self.cancel_button.clicked.connect(self.cancel)
+        layout.addWidget(buttons)
+        self.resize(720, 520)
+        self._find_python()
+        self.update_state()
+
+    # ------------------------------------------------------------ state
+
+    def update_state(self) -> None:
+        state, marker = engine_setup.setup_state()
+        text = STATE_TEXT[state]
+        if marker:
+            text += f" ({marker.get('runtime', '?').upper()} onnxruntime, {marker.get('time', '')})"
+        self.state.setText(text)
+        running = self.task is not None
+        self.setup_button.setEnabled(not running)
+        self.setup_button.setText("Set up again" if state != "missing" else "Set up")
+        self.repair_button.setEnabled(not running and state != "missing")
+        self.remove_button.setEnabled(not running and state != "missing")
+        self.cancel_button.setEnabled(running)
+
+    def _find_python(self) -> None:
+        """Find a system Python and the GPU in a task; fill the fields when it is done."""
+        def find(_task):
+            return engine_setup.find_system_python(), engine_setup.default_runtime()
+
+        def found(exception, result=None):
+            self._finder = None
+            if exception is not None or result is None:
+                return
+            python, runtime = result
+            try:
+                if not self.python.filePath():
+                    self.python.setFilePath(python)
+                    if not python:
+                        self.append("No Python 3.10 or newer on PATH: pick one (python.org, your package manager).")
+                self.runtime.setCurrentIndex(self.runtime.findData(runtime))
+            except RuntimeError:  # the dialog was closed meanwhile
+                pass
+
+        self._finder = QgsTask.fromFunction("GeoVLM: looking for Python", find, on_finished=found)
+        QgsApplication.taskManager().addTask(self._finder)
+
+    # ------------------------------------------------------------ the task
+
+    def start(self, action: str) -> None:
+        plan = engine_setup.SetupPlan(action=action, python=self.python.filePath().strip(),
+                                      runtime=self.runtime.currentData())
+        if action == "install" and not plan.python:
+            self.append("Pick a Python 3.10 or newer first.")
+            return
+        self.log.clear()
+        self.progress.setValue(0)
+        task = engine_setup.EngineSetupTask(plan)
+        task.logLine.connect(self.append)
+        task.stepStarted.connect(self.step.setText)
+        task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        task.done.connect(self._done)
+        self.task = task
+        QgsApplication.taskManager().addTask(task)
+        self.update_state()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def append(self, line: str) -> None:
+        self.log.appendPlainText(line)
+
+    def _done(self, ok: bool, message: str) -> None:
+        self.task = None
+        self.step.setText(message)
+        self.append(("Done: " if ok else "Stopped: ") + message)
+        if ok:
+            self.progress.setValue(100)
+        self.update_state()
