@@ -14,7 +14,7 @@ REFERENCE_FIELDS = {
     "region-caption": ("annotation", "ground_truth", "reference", "caption"),
     "caption": ("annotation", "ground_truth", "references", "reference", "caption"),
     "vqa": ("annotation", "ground_truth", "gt", "reference"),
-    "classification": ("annotation", "ground_truth", "gt", "reference"),
+    "classification": ("annotation", "ground_truth", "gt", "reference", "class", "label"),
     "scene-graph": ("ground_truth", "annotation", "reference"),
 }
 QUESTION_TYPE_FIELDS = ("vqa_type", "type", "question_type")
@@ -34,14 +34,15 @@ def register(sub) -> None:
     p.add_argument("file", help="answers: JSON lines, or a GeoPackage/GeoJSON layer with --reference")
     p.add_argument("--family", help=f"model family of the answers (needed for boxes): {', '.join(family_names())}")
     p.add_argument("--json", action="store_true", help="print one JSON object, metric name to value")
-    p.add_argument("--field", default=None, help="field holding the answer (default: answer)")
+    p.add_argument("--field", default=None, help="field holding the answer (default: answer; in a layer, caption "
+                   "when it has one, as `geovlm caption` writes, else answer)")
     p.add_argument("--reference-field", action="append", default=[], metavar="NAME",
                    help="field(s) holding the reference (default: the task's usual field, e.g. gt_bbox, "
                    "annotation, caption0..caption4)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU a box must reach to count (default 0.5)")
     p.add_argument("--reference", metavar="LAYER", help="a layer of reference boxes or captions: score FILE's "
                    "features against it, matched by location")
-    p.add_argument("--layer", help="layer of FILE (default: objects for boxes, else the first layer)")
+    p.add_argument("--layer", help="layer of FILE (default: objects for boxes, tiles for texts, else the first)")
     p.add_argument("--reference-layer", help="layer of --reference (default: its first layer)")
     p.set_defaults(func=run)
 
@@ -135,7 +136,7 @@ def score_layers(args) -> dict:
     if task == "scene-graph":
         raise CliError("scene-graph is scored from JSON lines (answers with their ground_truth), not from layers")
     try:
-        answers = layers.read_features(args.file, args.layer, "objects" if task == "detection" else None)
+        answers = layers.read_features(args.file, args.layer, "objects" if task == "detection" else "tiles")
         refs = layers.read_features(args.reference, args.reference_layer, None, to_crs=answers.crs)
     except layers.LayerError as exc:
         raise CliError(str(exc)) from None
@@ -146,7 +147,8 @@ def score_layers(args) -> dict:
         raise CliError(f"{refs.path} has no features")
     if task == "detection":
         return layers.box_scores(answers.geometries, refs.geometries, args.iou)
-    answer_field = args.field or "answer"
+    answers = layers.answered(answers)
+    answer_field = args.field or ("caption" if "caption" in answers.table.columns else "answer")
     if answer_field not in answers.table.columns:
         fields = ", ".join(c for c in answers.table.columns if c != "geometry")
         raise CliError(f"{answers.path} has no field {answer_field!r} (it has {fields}; choose with --field)")

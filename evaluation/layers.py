@@ -6,7 +6,9 @@ Matching rules (both layers in one CRS: the references are reprojected to the an
   reference polygon is >= the threshold (0.5), the rule of `evaluation.detection` (EarthDial's precision@0.5)
   with the whole layer as one question. `recall` is the share of reference polygons that some answer polygon
   reaches at that IoU. Labels are not compared.
-- texts (`region-caption`, `caption`, `vqa`, `classification`): each reference feature is paired with the answer
+- texts (`region-caption`, `caption`, `vqa`, `classification`): the answers are a bulk run's `tiles` layer
+  (`geovlm caption`; its `caption` field, tiles whose `status` is not "ok" left out) or any layer with a text
+  field (`answer`); each reference feature is paired with the answer
   feature whose geometry overlaps it most (IoU), one answer per reference, greedily from the highest IoU down (as
   COCO matches detections), and only at IoU >= the threshold; the pairs are then scored by the task's metric.
   References left without an answer are counted (`unmatched_references`) and not scored.
@@ -56,6 +58,17 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     keep = frame.geometry.notna() & ~frame.geometry.is_empty
     frame = frame[keep].reset_index(drop=True)
     return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")
+
+
+def answered(features: Features) -> Features:
+    """Only the features that hold an answer: a bulk run's `tiles` layer (core/ledger.py) also lists failed and
+    skipped tiles (`status` other than "ok"), which have none."""
+    table = features.table
+    if "status" not in table.columns:
+        return features
+    keep = (table["status"] == "ok").to_numpy()
+    table = table[keep].reset_index(drop=True)
+    return Features(list(table.geometry), table, features.crs, features.path)
 
 
 def _iou(a, b) -> float:

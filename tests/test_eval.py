@@ -290,3 +290,24 @@ def test_bad_layers_get_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["eval", *[x.format(a=a, r=r, p=p) for x in argv]]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_bulk_caption_run_is_scored_against_reference_captions(tmp_path, capsys):
+    from geovlm.core.georef import GeoTransform
+    from geovlm.core.ledger import FAILED, OK, Ledger, RunPlan, TileResult
+    from geovlm.core.tiling import TilePlan
+
+    gt = GeoTransform(0.5, 0.0, 500000.0, 0.0, -0.5, 4100000.0)
+    plan = RunPlan("caption", TilePlan(200, 100, 100, 0), gt, "Describe the image.", "caption", "geochat", "m")
+    out = tmp_path / "captions.gpkg"
+    tiles = list(plan.tiles.tiles())
+    with Ledger(str(out), plan, epsg=32616) as ledger:
+        ledger.record(TileResult(tiles[0], OK, caption="a harbor with two ships", answer="raw"), "q", "m", "geochat")
+        ledger.record(TileResult(tiles[1], FAILED, error="timeout"), "q", "m", "geochat")
+    # references: one per tile footprint (pixels 0-100 and 100-200 of row 0..100)
+    refs = write_layer(tmp_path / "refs.gpkg", {"caption": ["a harbor with two ships", "a beach"]},
+                       [utm_box(0, 0, 100, 100), utm_box(100, 0, 200, 100)])
+    scores = run_json(capsys, "caption", str(out), "--reference", str(refs))
+    # the failed tile holds no caption: its reference stays unmatched instead of scoring an empty answer
+    assert scores["answers"] == 1 and scores["unmatched_references"] == 1
+    assert scores["rouge1_f1"] == pytest.approx(1.0) and scores["bleu1"] == pytest.approx(1.0)
