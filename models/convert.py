@@ -32,7 +32,6 @@ class ConversionError(ValueError):
 
 def read_tensors(folder: Path, pattern: Optional[str] = None) -> Iterator[Tuple[str, object]]:
     """(name, tensor) of a folder's weights: safetensors, else pickles read with weights_only=True."""
-    import torch
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -47,14 +46,23 @@ def read_tensors(folder: Path, pattern: Optional[str] = None) -> Iterator[Tuple[
     if not files:
         raise ConversionError(f"{folder} has no .safetensors or {PICKLED} weights")
     for file in files:
-        try:
-            state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # UnpicklingError for a refused pickle, RuntimeError for a damaged archive, ...
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            raise ConversionError(f"cannot read {file} as weights (torch.load weights_only=True): {reason}") from None
-        if not isinstance(state, dict):
-            raise ConversionError(f"{file} holds a {type(state).__name__}, not a dict of weights")
-        yield from state.items()
+        yield from load_pickled_weights(file).items()
+
+
+def load_pickled_weights(file: Path) -> dict:
+    """A pickled dict of weights read with torch.load(weights_only=True): plain containers, numbers, strings
+    and tensors only. Anything else (a class, a function: code that unpickling would run) is refused with a
+    ConversionError naming the file."""
+    import torch
+
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # UnpicklingError for a refused pickle, RuntimeError for a damaged archive, ...
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        raise ConversionError(f"cannot read {file} as weights (torch.load weights_only=True): {reason}") from None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{file} holds a {type(state).__name__}, not a dict of weights")
+    return state
 
 
 def _json(path: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Export the vision encoder (CLIP tower up to the feature layer, CLS handling, projector) to one ONNX graph.
+"""Export a checkpoint's vision side to one ONNX graph: for llava-hf the CLIP tower up to the feature layer, CLS
+handling and projector; for MiniGPT-v2 the EVA ViT-g, its LayerNorm, the 4-token merge and projection.
 
 The graph takes `pixel_values` float32 [batch, 3, size, size] (normalised) and returns `image_features`
 float32 [batch, image_tokens, hidden]. Its `metadata_props` carry the versioned schema below, which the
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from ..core.profiles import get_profile
-from .checkpoints import encoder_weights_hash, inspect_checkpoint, load_vision_model
+from .checkpoints import CheckpointInfo, as_checkpoint, load_vision_model
 
 SCHEMA = "geovlm-encoder"
 SCHEMA_VERSION = "1"
@@ -28,9 +29,12 @@ class ExportError(RuntimeError):
     """The export failed or its graph does not match the checkpoint."""
 
 
-def _mean_std(model_dir: Path):
-    """Normalisation constants from the checkpoint's preprocessor config, CLIP's by default."""
-    conf = model_dir / "preprocessor_config.json"
+def _mean_std(checkpoint: CheckpointInfo):
+    """Normalisation constants from the checkpoint's vision or preprocessor config, CLIP's by default."""
+    vision = checkpoint.vision_config or {}
+    if "mean" in vision and "std" in vision:
+        return tuple(float(v) for v in vision["mean"]), tuple(float(v) for v in vision["std"])
+    conf = checkpoint.path / "preprocessor_config.json"
     if conf.is_file():
         data = json.loads(conf.read_text())
         if "image_mean" in data and "image_std" in data:
@@ -82,34 +86,56 @@ def torch_image_features(model, pixel_values):
     return torch.stack(list(out.pooler_output)).float()
 
 
-def metadata_for(
-    model_dir, model, dtype: str, opset: int, family: Optional[str] = None, source_hash: Optional[str] = None
-) -> Dict[str, str]:
-    """The metadata_props of an encoder exported from `model_dir` (`source_hash`: its encoder_weights_hash)."""
-    info = inspect_checkpoint(model_dir, family)
-    profile = get_profile(info.family)
-    vision = model.config.vision_config
-    mean, std = _mean_std(Path(model_dir))
-    grid = vision.image_size // vision.patch_size
-    tokens = grid * grid + (1 if model.config.vision_feature_select_strategy == "full" else 0)
-    return {
+def vision_of(checkpoint: CheckpointInfo, model=None):
+    """(module, reference) of a checkpoint's vision side: `module` maps pixel_values [n, 3, size, size] to
+    features [n, image_tokens, hidden] and is what gets exported; `reference(pixels)` is what the graph must equal.
+    `model` is the already loaded vision model when the caller has one (llava-hf: a LlavaForConditionalGeneration;
+    MiniGPT-v2: its MiniGptVision)."""
+    if checkpoint.architecture == "minigptv2":
+        from .minigptv2 import load_vision
+
+        module = model if model is not None else load_vision(checkpoint)
+
+        def eager(pixels):
+            import torch
+
+            with torch.no_grad():
+                return module(pixels).float()
+
+        return module.eval(), eager
+    model = model if model is not None else load_vision_model(checkpoint.path)
+    return vision_encoder(model), lambda pixels: torch_image_features(model, pixels)
+
+
+def metadata_for(checkpoint: CheckpointInfo, dtype: str, opset: int) -> Dict[str, str]:
+    """The metadata_props of an encoder exported from `checkpoint`."""
+    profile = get_profile(checkpoint.family)
+    mean, std = _mean_std(checkpoint)
+    props = {
         "geovlm.schema": SCHEMA,
         "geovlm.schema_version": SCHEMA_VERSION,
-        "geovlm.model_name": info.name,
-        "geovlm.family": info.family,
-        "geovlm.input_size": str(vision.image_size),
+        "geovlm.model_name": checkpoint.name,
+        "geovlm.architecture": checkpoint.architecture,
+        "geovlm.family": checkpoint.family,
+        "geovlm.input_size": str(checkpoint.input_size),
         "geovlm.fit": profile.fit,
         "geovlm.pad_color": json.dumps([int(255 * m) for m in mean]),
         "geovlm.mean": json.dumps(list(mean)),
         "geovlm.std": json.dumps(list(std)),
-        "geovlm.image_tokens": str(tokens),
-        "geovlm.hidden_size": str(model.config.text_config.hidden_size),
-        "geovlm.feature_layer": str(model.config.vision_feature_layer),
-        "geovlm.select_strategy": model.config.vision_feature_select_strategy,
+        "geovlm.image_tokens": str(checkpoint.image_tokens),
+        "geovlm.hidden_size": str(checkpoint.hidden_size),
         "geovlm.dtype": dtype,
         "geovlm.opset": str(opset),
-        "geovlm.source_sha256": source_hash or encoder_weights_hash(model_dir),
+        "geovlm.source_sha256": checkpoint.encoder_hash,
     }
+    if checkpoint.architecture == "llava":
+        props["geovlm.feature_layer"] = str(checkpoint.config["vision_feature_layer"])
+        props["geovlm.select_strategy"] = checkpoint.config["vision_feature_select_strategy"]
+    else:
+        vision = checkpoint.vision_config
+        props["geovlm.vision_depth"] = str(vision["depth"])
+        props["geovlm.merge_tokens"] = str(vision["merge_tokens"])
+    return props
 
 
 def _write_metadata(path: Path, props: Dict[str, str]) -> None:
@@ -138,21 +164,20 @@ def export_encoder(
     family: Optional[str] = None,
     check_batches: Sequence[int] = (1, 2),
     model=None,
-    source_hash: Optional[str] = None,
 ) -> ExportReport:
     """Export, stamp the metadata, then run ONNX and torch on the same random batch; fail above tolerance.
-    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already. The file appears at
-    `out_path` only once checked: it is written under a temporary name beside it, removed if anything fails."""
-    model_dir = Path(model_dir)
-    inspect_checkpoint(model_dir, family)  # clear errors before any loading
+    `model_dir` is a checkpoint folder or its CheckpointInfo; `model` its loaded vision model (see `vision_of`),
+    when the caller has it. The file appears at `out_path` only once checked: it is written under a temporary
+    name beside it, removed if anything fails."""
+    checkpoint = as_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else load_vision_model(model_dir)
+    module, reference = vision_of(checkpoint, model)
     scratch = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     dtype = "float16" if fp16 else "float32"
     try:
-        props = _export(model_dir, model, scratch, dtype, opset, family, source_hash)
-        diffs = _parity(model, scratch, check_batches)
+        props = _export(checkpoint, module, scratch, dtype, opset)
+        diffs = _parity(reference, checkpoint.input_size, scratch, check_batches)
         worst, tolerance = max(diffs.values()), TOLERANCE[dtype]
         if not worst <= tolerance:
             raise ExportError(f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected")
@@ -162,14 +187,13 @@ def export_encoder(
     return ExportReport(out_path, diffs, tolerance, props)
 
 
-def _export(model_dir, model, out_path: Path, dtype: str, opset: int, family, source_hash) -> Dict[str, str]:
-    """Write the graph of `model`'s vision encoder to `out_path` and stamp its metadata (returned)."""
+def _export(checkpoint: CheckpointInfo, encoder, out_path: Path, dtype: str, opset: int) -> Dict[str, str]:
+    """Write the graph of the vision module `encoder` to `out_path` and stamp its metadata (returned)."""
     import torch
 
-    encoder = vision_encoder(model)
-    if dtype == "float16":  # a copy of the vision encoder only: `model` stays the fp32 reference of the check
+    if dtype == "float16":  # a copy: `encoder` stays the fp32 reference of the check
         encoder = copy.deepcopy(encoder).half()
-    size = model.config.vision_config.image_size
+    size = checkpoint.input_size
     example = torch.zeros(2, 3, size, size)
     # The dynamo exporter (torch.export) gives a clean graph with a symbolic batch axis; the TorchScript
     # exporter also works but specialises more shapes to constants, so we use dynamo.
@@ -186,23 +210,22 @@ def _export(model_dir, model, out_path: Path, dtype: str, opset: int, family, so
             verbose=False,
         )
     program.save(str(out_path))
-    props = metadata_for(model_dir, model, dtype, opset, family, source_hash)
+    props = metadata_for(checkpoint, dtype, opset)
     _write_metadata(out_path, props)
     return props
 
 
-def _parity(model, path: Path, check_batches: Sequence[int]) -> Dict[int, float]:
-    """Max |ONNX - torch| of the graph at `path` on a seeded random batch of each size."""
+def _parity(reference, size: int, path: Path, check_batches: Sequence[int]) -> Dict[int, float]:
+    """Max |ONNX - reference| of the graph at `path` on a seeded random batch of each size."""
     import torch
 
     from .encoder_runtime import OnnxEncoder
 
     runtime = OnnxEncoder(path, providers=["CPUExecutionProvider"])
-    size = model.config.vision_config.image_size
     diffs = {}
     generator = torch.Generator().manual_seed(0)
     for n in check_batches:
         pixels = torch.randn(n, 3, size, size, generator=generator)
-        ref = torch_image_features(model, pixels).numpy()
+        ref = reference(pixels).numpy()
         diffs[n] = float(abs(runtime.run(pixels.numpy()) - ref).max())
     return diffs

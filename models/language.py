@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .checkpoints import load_model, load_tokenizer
+from .checkpoints import load_language, load_tokenizer
 from .static_decoder import StaticDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class _DynamicSteps:
 
         self.lm = lm
         self.embeds, self.mask = lm.embed_batch(prompts, features)
-        self.cache = DynamicCache(config=lm.model.config.text_config)
+        self.cache = DynamicCache(config=lm.decoder_config)
         self.positions = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def _forward(self, **inputs):
@@ -226,18 +226,22 @@ class _DynamicSteps:
 
 
 class LanguageModel:
-    """A llava-hf checkpoint's language side on one device."""
+    """A checkpoint's language side on one device: a llava-hf model or a MiniGPT-v2 LlamaForCausalLM.
 
-    def __init__(self, model, tokenizer, device: str):
+    `image_token_id` is the prompt id that marks the image's `image_tokens` positions (the checkpoint's
+    CheckpointInfo gives both)."""
+
+    def __init__(self, model, tokenizer, device: str, image_token_id: int, image_tokens: int):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         config = model.config
-        self.image_token_id = int(config.image_token_id)
-        self.hidden_size = int(config.text_config.hidden_size)
-        self.image_tokens = int(config.image_seq_length)
+        text_config = config.get_text_config()
+        self.image_token_id = int(image_token_id)
+        self.hidden_size = int(text_config.hidden_size)
+        self.image_tokens = int(image_tokens)
         # The longest sequence the language model was built for (None when its config does not say).
-        self.context_length = getattr(config.text_config, "max_position_embeddings", None)
+        self.context_length = getattr(text_config, "max_position_embeddings", None)
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -247,20 +251,21 @@ class LanguageModel:
         self.special_ids["<image>"] = self.image_token_id  # the profiles' image marker
         names = sorted(self.special_ids, key=len, reverse=True)
         self._specials = re.compile("(" + "|".join(re.escape(name) for name in names) + ")")
-        self.decoder_config = config.text_config
+        self.decoder_config = text_config
         reason = unsupported_reason(self.decoder_config)
         self.decoder = StaticDecoder(model) if reason is None else None
         if reason:
             log.info("decoding with transformers' forward: %s", reason)
 
     @classmethod
-    def load(cls, model_dir, device: Optional[str] = None) -> LanguageModel:
-        """The language side of a checkpoint folder (its vision tower and projector not kept) on `device`
-        (`pick_device`)."""
+    def load(cls, checkpoint, device: Optional[str] = None) -> LanguageModel:
+        """The language side of a CheckpointInfo on `device` (`pick_device`), without vision weights (the ONNX
+        encoder serves)."""
         device, dtype = pick_device(device)
-        model = load_model(model_dir, dtype=dtype, device=device, language_only=True)
+        model = load_language(checkpoint, dtype=dtype, device=device)
         log.info("language model on %s in %s", device, str(dtype).replace("torch.", ""))
-        return cls(model, load_tokenizer(model_dir), device)
+        tokenizer = load_tokenizer(checkpoint.path)
+        return cls(model, tokenizer, device, checkpoint.image_token_id, checkpoint.image_tokens)
 
     def prompt_ids(self, parts: Sequence[Tuple[str, bool]]) -> List[int]:
         """Token ids of a prompt given as (text, is_template) parts.

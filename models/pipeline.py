@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.georef import fit_plan
 from ..core.profiles import Profile, get_profile
-from .checkpoints import CheckpointInfo, encoder_weights_hash, inspect_checkpoint
+from .checkpoints import CheckpointInfo, as_checkpoint, inspect_checkpoint
 from .encoder_runtime import EncodingCache, OnnxEncoder
 from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel
@@ -66,20 +66,20 @@ class StreamDone(str):
         return done
 
 
-def ensure_encoder(model_dir, family: Optional[str] = None, model=None, source_hash: Optional[str] = None) -> Path:
-    """The ONNX encoder of a checkpoint, exported on first use next to it (or in the cache if read-only).
-    `source_hash` is the checkpoint's encoder_weights_hash when the caller has it already. The file name holds
+def ensure_encoder(model_dir, family: Optional[str] = None, model=None) -> Path:
+    """The ONNX encoder of a checkpoint (a folder or its CheckpointInfo), exported on first use next to it (or in
+    the cache if read-only); `model` is its loaded vision model when the caller has one. The file name holds
     what the encoder's metadata bakes in: the vision weights, the family and its fit."""
-    source_hash = source_hash or encoder_weights_hash(model_dir)
-    family = inspect_checkpoint(model_dir, family).family
-    name = f"encoder-{source_hash[:16]}-{family}-{get_profile(family).fit}-float32.onnx"
-    for folder in (Path(model_dir), cache_dir() / "encoders"):
+    checkpoint = as_checkpoint(model_dir, family)
+    family = checkpoint.family
+    name = f"encoder-{checkpoint.encoder_hash[:16]}-{family}-{get_profile(family).fit}-float32.onnx"
+    for folder in (checkpoint.path, cache_dir() / "encoders"):
         if (folder / name).is_file():
             return folder / name
     from .encoder_export import export_encoder
 
-    folder = Path(model_dir) if os.access(model_dir, os.W_OK) else cache_dir() / "encoders"
-    report = export_encoder(model_dir, folder / name, family=family, model=model, source_hash=source_hash)
+    folder = checkpoint.path if os.access(checkpoint.path, os.W_OK) else cache_dir() / "encoders"
+    report = export_encoder(checkpoint, folder / name, model=model)
     log.info(
         "exported the vision encoder to %s (max abs diff %.2e)",
         report.path,
@@ -117,19 +117,19 @@ class VlmPipeline:
         cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None
     ) -> VlmPipeline:
         """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
-        and fit always win: preprocessing must match the graph). The language model is loaded without its vision
-        tower (the ONNX encoder serves), the encoder's session built in parallel with it; digests of the weights
-        and of the export are computed once per file version (file_hashes)."""
-        checkpoint = inspect_checkpoint(model_dir, family)
-        source_hash = encoder_weights_hash(checkpoint.path)
+        and fit always win: preprocessing must match the graph). The folder is read once (CheckpointInfo); the
+        language model is loaded without its vision tower (the ONNX encoder serves), the encoder's session built in
+        parallel with it; digests of the weights and of the export are computed once per file version
+        (file_hashes)."""
+        checkpoint = inspect_checkpoint(model_dir, family)  # the one reading of the folder
         if encoder_onnx is None:
-            encoder_onnx = ensure_encoder(checkpoint.path, checkpoint.family, source_hash=source_hash)
+            encoder_onnx = ensure_encoder(checkpoint)
         # The onnxruntime session is built (graph optimisation included) while the language model loads.
         with ThreadPoolExecutor(1, thread_name_prefix="geovlm-encoder") as pool:
             pending = pool.submit(OnnxEncoder, encoder_onnx, providers=providers)
-            lm = LanguageModel.load(checkpoint.path, device)
+            lm = LanguageModel.load(checkpoint, device)
             encoder = pending.result()
-        encoder.check_fits(lm.hidden_size, lm.image_tokens, source_hash)
+        encoder.check_fits(checkpoint.hidden_size, checkpoint.image_tokens, checkpoint.encoder_hash)
         profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):
             log.warning("encoder metadata overrides the %s profile's input size / fit", profile.name)
@@ -137,14 +137,14 @@ class VlmPipeline:
         return cls(checkpoint, profile, lm, encoder)
 
     def info(self) -> dict:
+        """What the engine reports (`/v1/models`): the checkpoint's description with the profile in use (its
+        input size and fit), the devices and the encoder's execution provider."""
         return {
-            "model": self.checkpoint.name,
+            **self.checkpoint.describe(),
             "family": self.profile.name,
             "input_size": self.profile.input_size,
             "fit": self.profile.fit,
             "image_tokens": self.encoder.image_tokens,
-            "licence": self.checkpoint.licence,
-            "random_stand_in": self.checkpoint.random_stand_in,
             "device": str(self.lm.device),
             "encoder_provider": self.encoder.provider,
         }

@@ -51,14 +51,15 @@ class KVCache:
 
 
 class StaticDecoder:
-    """Prefill and decode steps of a LlavaForConditionalGeneration's Llama-family language model.
+    """Prefill and decode steps of a Llama-family language model (a llava-hf model's, or a bare causal LM).
 
     Shapes: prefill takes one `[length, hidden]` embedding tensor per row; a step takes `[batch]` token ids; both
     return `[batch, vocab]` logits of each row's last position. Raises ValueError for an architecture it does not
     implement (see `unsupported_reason`)."""
 
     def __init__(self, model):
-        text = model.model.language_model
+        # a LlavaForConditionalGeneration's text model, or a bare *ForCausalLM's (MiniGPT-v2's LLaMA)
+        text = getattr(model.model, "language_model", model.model)
         config = text.config
         reason = unsupported_reason(config)
         if reason:

@@ -86,18 +86,23 @@ def test_loading_never_runs_remote_code(copy, monkeypatch):
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False and seen["local_files_only"]
 
 
-def test_bfloat16_checkpoint_is_hashed_once_and_loads(copy, monkeypatch):
-    """safetensors' numpy reader has no bfloat16: the hash reads raw bytes, once per pipeline load."""
+def test_bfloat16_checkpoint_is_read_and_hashed_once_and_loads(copy, monkeypatch):
+    """One reading of the folder and one hash per pipeline load (safetensors' numpy reader has no bfloat16: the
+    hash reads raw bytes); export, runtime check and /v1/models all take that one CheckpointInfo."""
     import torch
 
-    from geovlm.models import checkpoints, encoder_export, pipeline
+    from geovlm.models import checkpoints, pipeline
 
     fp32_hash = checkpoints.encoder_weights_hash(copy)
     checkpoints.load_model(copy).to(torch.bfloat16).save_pretrained(copy, safe_serialization=True)
-    real, calls = checkpoints.encoder_weights_hash, []
-    for module in (pipeline, encoder_export):
-        monkeypatch.setattr(module, "encoder_weights_hash", lambda path: calls.append(path) or real(path))
+    real_hash, real_inspect, hashes, reads = checkpoints.encoder_weights_hash, checkpoints.inspect_checkpoint, [], []
+    monkeypatch.setattr(checkpoints, "encoder_weights_hash", lambda *a: hashes.append(a) or real_hash(*a))
+    monkeypatch.setattr(pipeline, "inspect_checkpoint", lambda *a: reads.append(a) or real_inspect(*a))
+    monkeypatch.setattr(checkpoints, "inspect_checkpoint", lambda *a: reads.append(a) or real_inspect(*a))
     pipe = pipeline.VlmPipeline.load(copy, device="cpu", providers=["CPUExecutionProvider"])
-    assert len(calls) == 1
-    assert pipe.encoder.source_hash == real(copy) != fp32_hash
+    assert len(hashes) == 1 and len(reads) == 1
+    assert pipe.encoder.source_hash == real_hash(copy) != fp32_hash
     assert pipe.encode([ms.random_image(0)]).shape == (1, 64, 64)
+    info = pipe.info()
+    assert (info["architecture"], info["family"], info["input_size"], info["fit"]) == ("llava", "geochat", 504, "pad")
+    assert (info["image_tokens"], info["hidden_size"]) == (64, 64)
