@@ -14,6 +14,7 @@ thinking before its first token) by adjusting the timer QGIS attaches to each re
 """
 from __future__ import annotations
 
+import threading
 from typing import Dict, Iterator, Optional, Union
 
 from qgis.core import QgsApplication, QgsNetworkAccessManager
@@ -46,7 +47,8 @@ class _Reply:
         self.cancel = cancel
         self.loop = QEventLoop()
         self.waker = _Waker()
-        self.timed_out = False
+        self._lock = threading.Lock()  # a cancel from another thread never meets a waker being deleted
+        self._closed = False
         reply.readyRead.connect(self.loop.quit)
         reply.finished.connect(self.loop.quit)
         reply.metaDataChanged.connect(self.loop.quit)
@@ -58,10 +60,9 @@ class _Reply:
             timer.start(timeout_ms)  # restarted by QGIS on progress, with this interval from now on
 
     def _wake(self) -> None:
-        try:
-            self.waker.fire.emit()
-        except RuntimeError:  # the request is already closed
-            pass
+        with self._lock:
+            if not self._closed:
+                self.waker.fire.emit()  # queued: the reply is aborted in its own thread
 
     def _status(self) -> Optional[int]:
         status = self.reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
@@ -101,8 +102,10 @@ class _Reply:
 
     def close(self) -> None:
         self._remove()
-        if sip.isdeleted(self.reply):
-            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         if not self.reply.isFinished():
             self.reply.abort()
         sip.delete(self.reply)  # in its own thread, which may have no event loop for deleteLater

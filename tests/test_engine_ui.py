@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
 import geovlm
@@ -89,7 +89,9 @@ def test_unreadable_settings_fall_back_to_defaults(qgis_app):
         engine_settings.save(engine_settings.EngineSettings(endpoints=[engine_settings.Endpoint("gopher://x")]))
 
 
-def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface):
+def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: tmp_path / "engine-venv")
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     qgis_iface.registerOptionsWidgetFactory.reset_mock()
     qgis_iface.unregisterOptionsWidgetFactory.reset_mock()
     plugin = geovlm.classFactory(qgis_iface)
@@ -98,10 +100,20 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface):
     assert isinstance(factory, GeoVlmOptionsFactory) and factory.title() == "GeoVLM"
     assert plugin.engine_ui.action.text() == "Set up the local engine…"
     plugin.engine_ui.open_setup()
-    assert plugin.engine_ui.dialog.isVisible()
+    dialog = plugin.engine_ui.dialog
+    assert dialog.isVisible()
+    dialog.python.setFilePath(engine_setup.find_system_python())
+    dialog.start("install")  # unloading during a set-up cancels it
+    task = dialog.task
+    assert wait_for(lambda: task.status() == QgsTask.TaskStatus.Running, 10)
+    ended = []
+    task.taskTerminated.connect(lambda: ended.append("terminated"))
+    task.taskCompleted.connect(lambda: ended.append("completed"))
     plugin.unload()
     qgis_iface.unregisterOptionsWidgetFactory.assert_called_once_with(factory)
-    assert plugin.engine_ui is None
+    assert plugin.engine_ui is None and dialog.task is None
+    assert wait_for(lambda: ended, 10) and ended == ["terminated"]
+    assert engine_setup.setup_state()[0] in ("missing", "incomplete")
 
 
 def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path, monkeypatch):

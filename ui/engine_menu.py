@@ -1,8 +1,8 @@
 """The engine's entries in QGIS: GeoVLM's Options page and the menu entry "Set up the local engine…".
 
 `EngineUi.init_gui()` runs in the plugin's `initGui`, `unload()` in its `unload`: the Options factory is
-unregistered, the action removed, an open set-up dialog closed (a set-up task keeps running in the task
-manager; the local engine itself is stopped by the plugin through `engine_manager.shutdown_engine`).
+unregistered, the action removed, an open set-up dialog closed and its running set-up cancelled (the local
+engine itself is stopped by the plugin through `engine_manager.shutdown_engine`).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class EngineUi:
             self.action.deleteLater()
             self.action = None
         if self.dialog is not None:
+            self.dialog.shutdown()
             self.dialog.close()
             self.dialog.deleteLater()
             self.dialog = None

@@ -152,6 +152,19 @@ class EngineSetupDialog(QDialog):
         if self.task is not None:
             self.task.cancel()
 
+    def shutdown(self) -> None:
+        """Plugin unload: cancel the running set-up (its command is terminated) and the Python search."""
+        for task in (self.task, self._finder):
+            if task is not None:
+                try:
+                    task.cancel()
+                except RuntimeError:  # already finished and deleted by the task manager
+                    pass
+        if self.task is not None:
+            for signal in (self.task.logLine, self.task.stepStarted, self.task.progressChanged, self.task.done):
+                signal.disconnect()
+        self.task = self._finder = None
+
     def append(self, line: str) -> None:
         self.log.appendPlainText(line)
 
