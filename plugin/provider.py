@@ -7,6 +7,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .alg_ask_map import AskMapAlgorithm
+from .alg_bulk_tiles import CaptionTilesAlgorithm, DetectTilesAlgorithm
 from .alg_parse_answers import ParseAnswersAlgorithm
 
 ICON = Path(__file__).resolve().parents[1] / "icons" / "geovlm.svg"
@@ -25,3 +26,5 @@ class GeoVlmProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802
         self.addAlgorithm(ParseAnswersAlgorithm())
         self.addAlgorithm(AskMapAlgorithm())
+        self.addAlgorithm(CaptionTilesAlgorithm())
+        self.addAlgorithm(DetectTilesAlgorithm())

@@ -1,0 +1,311 @@
+"""Processing algorithms `geovlm:captiontiles` and `geovlm:detecttiles`: every tile of a raster layer asked,
+each answer committed to a GeoPackage that is the output and the ledger of the run (core/ledger.py), so a
+rerun with the same parameters asks only for the missing or failed tiles; the command line's `geovlm
+caption`/`geovlm detect` read and write the same ledger."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from ..core.bulk import (
+    DEFAULT_CAPTION_QUESTION,
+    DEFAULT_GRAPH_QUESTION,
+    EndpointRecorder,
+    default_task,
+    eta_seconds,
+    graph_rows,
+    run_tiles,
+)
+from ..core.client import EngineError
+from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan
+from ..core.tiling import TilePlan, plan_for_extent
+from ..core.transport import Cancelled, CancelToken
+from .qgis_geometry import raster_frame
+from .tile_sources import GdalTiles, RenderedTiles
+
+STYLES = Path(__file__).resolve().parents[1] / "styles"
+
+
+def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: CancelToken):
+    """An `EngineConnection` (plugin/engine_access.py); its failure is one QgsProcessingException line."""
+    from .engine_access import EngineUnavailable, connect
+
+    try:
+        return connect(engine, authcfg, family, feedback=feedback, cancel=cancel)
+    except EngineUnavailable as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+class BulkTilesAlgorithm(QgsProcessingAlgorithm):
+    """The parameters and the run shared by the caption and the detection algorithms."""
+
+    KIND = "caption"
+    INPUT, EXTENT, RESOLUTION, TILE_SIZE, OVERLAP = "INPUT", "EXTENT", "RESOLUTION", "TILE_SIZE", "OVERLAP"
+    SKIP_NODATA, QUESTION, FAMILY, ENGINE, AUTHCFG = "SKIP_NODATA", "QUESTION", "FAMILY", "ENGINE", "AUTHCFG"
+    CONCURRENCY, OVERWRITE, OUTPUT, TILES = "CONCURRENCY", "OVERWRITE", "OUTPUT", "TILES"
+
+    def group(self):
+        return "Bulk"
+
+    def groupId(self):  # noqa: N802
+        return "bulk"
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)"))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster; "
+                                                       "needed for a web layer)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, "Resolution of a rendered web layer (map units per pixel)",
+            QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
+                                                       QgsProcessingParameterNumber.Type.Integer, 512, minValue=16))
+        self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
+                                                       QgsProcessingParameterNumber.Type.Integer,
+                                                       64 if self.KIND == "detect" else 0, minValue=0))
+        self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
+        self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
+                                                       optional=True))
+        self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (default: what the engine "
+                                                       "reports)", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine: local, or comma-separated URLs "
+                                                       "(default: Options ▸ GeoVLM)", optional=True))
+        self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.CONCURRENCY, "Requests in flight per engine",
+                                                       QgsProcessingParameterNumber.Type.Integer, 4, minValue=1,
+                                                       maxValue=64))
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite an output of another plan",
+                                                        False))
+        self.add_kind_parameters()
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, "Output GeoPackage (also the ledger: rerun to resume)", "GeoPackage (*.gpkg)"))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.TILES, "Tiles", QgsProcessing.SourceType.VectorPolygon))
+
+    def add_kind_parameters(self) -> None:
+        """Parameters of one kind of run only."""
+
+    # ------------------------------------------------------------ the plan and its pixels
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """On the main thread: read the layer (and clone a web layer's provider) for the run's thread."""
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no raster layer given")
+        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        skip = self.parameterAsBool(parameters, self.SKIP_NODATA, context)
+        extent = None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        crs = layer.crs()
+        self.crs_wkt = crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT1_GDAL) if crs.isValid() else None
+        self.epsg = int(crs.postgisSrid()) if crs.isValid() and crs.authid().upper().startswith("EPSG:") else None
+        try:
+            if layer.providerType() == "gdal":
+                self._prepare_file(layer, extent, tile, overlap, skip)
+            else:
+                resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+                if extent is None or extent.isEmpty() or not resolution:
+                    raise QgsProcessingException(
+                        f"{layer.name()!r} is a web layer: give EXTENT and RESOLUTION (map units per pixel)")
+                self.tiles, self.gt = plan_for_extent(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(),
+                                                      extent.yMaximum(), resolution, tile, overlap)
+                self.source, self.reader = "render", RenderedTiles(layer, self.gt, skip)
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return True
+
+    def _prepare_file(self, layer, extent, tile, overlap, skip) -> None:
+        frame = raster_frame(layer)
+        col0, row0, width, height = 0, 0, frame.width, frame.height
+        if extent is not None and not extent.isEmpty():
+            corners = [frame.geotransform.to_pixel(x, y) for x in (extent.xMinimum(), extent.xMaximum())
+                       for y in (extent.yMinimum(), extent.yMaximum())]
+            col0 = max(0, math.floor(min(c for c, _ in corners)))
+            row0 = max(0, math.floor(min(r for _, r in corners)))
+            col1 = min(frame.width, math.ceil(max(c for c, _ in corners)))
+            row1 = min(frame.height, math.ceil(max(r for _, r in corners)))
+            if col1 <= col0 or row1 <= row0:
+                raise ValueError("the extent does not overlap the raster")
+            width, height = col1 - col0, row1 - row0
+        self.tiles = TilePlan(width, height, tile, overlap)
+        self.gt = frame.geotransform.window(col0, row0)
+        self.source = "file"
+        self.reader = GdalTiles(layer.source(), skip, (col0, row0))
+
+    # ------------------------------------------------------------ the run
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not out.lower().endswith(".gpkg"):
+            raise QgsProcessingException("OUTPUT must be a .gpkg: it is the ledger that lets a run resume")
+        cancel = CancelToken()
+        conn = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
+                              self.parameterAsString(parameters, self.AUTHCFG, context),
+                              self.parameterAsString(parameters, self.FAMILY, context), feedback, cancel)
+        try:
+            return self._run(parameters, context, feedback, conn, cancel, out)
+        finally:
+            conn.close()
+
+    def _run(self, parameters, context, feedback, conn, cancel, out):
+        profile, client = conn.profile, conn.client
+        for endpoint in client.endpoints:
+            endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
+        client.transport = EndpointRecorder(client.transport)
+        question = self.parameterAsString(parameters, self.QUESTION, context) or (
+            DEFAULT_CAPTION_QUESTION if self.KIND == "caption" else DEFAULT_GRAPH_QUESTION)
+        try:
+            task = default_task(profile, self.KIND)
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        plan = RunPlan(self.KIND, self.tiles, self.gt, question, task, profile.name, conn.model, self.source)
+        try:
+            ledger = Ledger(out, plan, self.crs_wkt, self.epsg,
+                            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+                            merge_threshold=self.merge_threshold(parameters, context))
+        except LedgerError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        if conn.notice:
+            feedback.pushWarning(conn.notice)
+        feedback.pushInfo(f"{len(self.tiles)} tiles of {self.tiles.tile} px, {profile.name} '{conn.model}' on "
+                          f"{conn.describe()['engine']}; plan {plan.fingerprint}"
+                          + (" (resuming)" if ledger.resumed else ""))
+        started = time.monotonic()
+
+        def progress(stats):
+            if feedback.isCanceled():
+                cancel.cancel()
+            finished = stats.done + stats.failed
+            feedback.setProgress(100.0 * finished / max(1, stats.total))
+            eta = eta_seconds(stats, time.monotonic() - started)
+            feedback.setProgressText(f"{finished}/{stats.total} tiles" + (f", about {eta:.0f} s left" if eta
+                                                                          is not None else ""))
+
+        graph = (lambda tile, answer: graph_rows(tile, answer, self.gt)) if self.KIND == "detect" else None
+        try:
+            stats = run_tiles(client, ledger, list(self.tiles.tiles()), self.reader, question, task, profile,
+                              conn.model, graph=graph, cancel=cancel, on_progress=progress)
+        except (EngineError, Cancelled) as exc:
+            raise QgsProcessingException(str(exc)) from None
+        finally:
+            ledger.close()
+        feedback.pushInfo(stats.summary())
+        if stats.cancelled:
+            feedback.reportError(f"Cancelled: the answered tiles are kept in {out}; run again with the same "
+                                 "parameters to ask only for the rest.", False)
+        elif stats.failed:
+            feedback.reportError(f"{stats.failed} tiles failed (first: {next(iter(stats.errors))}); run again "
+                                 "with the same parameters to ask them again.", False)
+        return self.outputs(out, context)
+
+    def merge_threshold(self, parameters, context) -> float:
+        return 0.5
+
+    def outputs(self, out: str, context) -> dict:
+        return {self.OUTPUT: out, self.TILES: self.load(out, TILES, "tiles", context)}
+
+    def load(self, out: str, layer: str, style: str, context) -> str:
+        """The layer's URI, loaded on completion with its QML style from styles/."""
+        uri = f"{out}|layername={layer}"
+        details = QgsProcessingContext.LayerDetails(f"{Path(out).stem} {layer}", context.project(), layer)
+        details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
+        context.addLayerToLoadOnCompletion(uri, details)
+        return uri
+
+
+class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Applies a QML style to a layer loaded on completion; the instances are kept alive here, since
+    Processing holds only a plain pointer to them."""
+
+    _alive = []
+
+    def __init__(self, qml: Path):
+        super().__init__()
+        self.qml = qml
+
+    @classmethod
+    def create(cls, qml: Path):
+        instance = cls(qml)
+        cls._alive[:] = cls._alive[-15:] + [instance]
+        return instance
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if self.qml.is_file():
+            layer.loadNamedStyle(str(self.qml))
+            layer.triggerRepaint()
+
+
+class CaptionTilesAlgorithm(BulkTilesAlgorithm):
+    KIND = "caption"
+
+    def name(self):
+        return "captiontiles"
+
+    def displayName(self):  # noqa: N802
+        return "Caption raster tiles"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Cuts the raster into tiles (a file at its own resolution, a web layer rendered at RESOLUTION) and "
+                "asks the engine for a caption of each: one polygon per tile with its exact footprint, caption, "
+                "status and provenance. OUTPUT is also the ledger: run again with the same parameters to ask "
+                "only for missing or failed tiles; `geovlm caption` on the command line continues the same file.")
+
+
+class DetectTilesAlgorithm(BulkTilesAlgorithm):
+    KIND = "detect"
+    MERGE_OVERLAP, OBJECTS, RELATIONS = "MERGE_OVERLAP", "OBJECTS", "RELATIONS"
+
+    def name(self):
+        return "detecttiles"
+
+    def displayName(self):  # noqa: N802
+        return "Find objects and relations in raster tiles"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Asks the family's scene-graph (or grounding) task of each tile: OBJECTS are the rotated boxes "
+                "(label, tile, provenance), RELATIONS lines from subject to object with the predicate and both "
+                "object ids. Objects found twice where tiles overlap (same label, overlapping more than "
+                "MERGE_OVERLAP of the smaller) are merged, keeping the copy farther from its tile's edge. "
+                "Resumes like Caption raster tiles.")
+
+    def add_kind_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MERGE_OVERLAP, "Merge same-label objects overlapping more than (share of the smaller)",
+            QgsProcessingParameterNumber.Type.Double, 0.5, minValue=0.0, maxValue=1.0))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.OBJECTS, "Objects",
+                                                      QgsProcessing.SourceType.VectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.RELATIONS, "Relations",
+                                                      QgsProcessing.SourceType.VectorLine))
+
+    def merge_threshold(self, parameters, context) -> float:
+        return self.parameterAsDouble(parameters, self.MERGE_OVERLAP, context)
+
+    def outputs(self, out: str, context) -> dict:
+        result = super().outputs(out, context)
+        result[self.OBJECTS] = self.load(out, OBJECTS, "objects", context)
+        result[self.RELATIONS] = self.load(out, RELATIONS, "relations", context)
+        return result
+
+
+__all__ = ["CaptionTilesAlgorithm", "DetectTilesAlgorithm"]

@@ -1,0 +1,110 @@
+"""Pixels of plan tiles inside QGIS, as PNG: a file raster read through osgeo.gdal at its own resolution, or
+any raster layer (XYZ, WMS, WMTS...) rendered by its cloned data provider at a chosen resolution.
+
+Both are callables `source(tile) -> (png bytes, (width, height))`, or None for a tile holding only nodata
+(skipped), used from the thread that runs the algorithm. The band handling (bands 1-3, grey for one band,
+a 2-98 % stretch for non-8-bit data, nodata black) is `models.imagery.to_rgb8`, a numpy-only function, so
+the command line (rasterio) and QGIS send the same pixels.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from qgis.core import Qgis, QgsRasterLayer, QgsRectangle
+from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice
+from qgis.PyQt.QtGui import QImage
+
+from ..core.georef import GeoTransform
+from ..core.tiling import Tile
+from ..models.imagery import ImageryError, default_bands, to_rgb8
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An HxWx3 uint8 array as PNG bytes (Qt's encoder)."""
+    rgb = np.ascontiguousarray(rgb)
+    height, width = rgb.shape[:2]
+    image = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG")
+    buffer.close()
+    return bytes(data)
+
+
+class GdalTiles:
+    """Windows of a file raster read with osgeo.gdal. `offset` (col, row) is added to every tile window (a plan
+    over a part of the raster); `bands` three 1-based bands (default 1,2,3, or grey)."""
+
+    def __init__(self, path: str, skip_nodata: bool, offset: Tuple[int, int] = (0, 0),
+                 bands: Optional[Sequence[int]] = None):
+        from osgeo import gdal
+
+        self.dataset = gdal.Open(path, gdal.GA_ReadOnly)
+        if self.dataset is None:
+            raise ValueError(f"GDAL cannot open {path}")
+        self.bands = tuple(bands) if bands else default_bands(self.dataset.RasterCount)
+        self.skip_nodata = skip_nodata
+        self.offset = offset
+
+    def __call__(self, tile: Tile):
+        col, row = tile.col_off + self.offset[0], tile.row_off + self.offset[1]
+        w, h = tile.width, tile.height
+        first = self.dataset.GetRasterBand(1)
+        if first.GetColorInterpretation() == 2 and self.dataset.RasterCount == 1:  # GCI_PaletteIndex
+            return self._palette(first, col, row, w, h)
+        data, valid = [], []
+        for b in self.bands:
+            band = self.dataset.GetRasterBand(b)
+            data.append(band.ReadAsArray(col, row, w, h))
+            valid.append(band.GetMaskBand().ReadAsArray(col, row, w, h) > 0)
+        valid = np.stack(valid)
+        if self.skip_nodata and not valid.any():
+            return None
+        try:
+            rgb = to_rgb8(np.stack(data), valid)
+        except ImageryError as exc:
+            raise ValueError(str(exc)) from None
+        return png_bytes(rgb), (w, h)
+
+    def _palette(self, band, col, row, w, h):
+        index = band.ReadAsArray(col, row, w, h)
+        valid = band.GetMaskBand().ReadAsArray(col, row, w, h) > 0
+        if self.skip_nodata and not valid.any():
+            return None
+        table = band.GetColorTable()
+        lut = np.zeros((max(table.GetCount(), int(index.max()) + 1), 3), np.uint8)
+        for i in range(table.GetCount()):
+            lut[i] = table.GetColorEntry(i)[:3]
+        rgb = np.where(valid[..., None], lut[index], 0).astype(np.uint8)
+        return png_bytes(rgb), (w, h)
+
+
+class RenderedTiles:
+    """Tiles of a north-up plan (`gt` from `core.tiling.plan_for_extent`) fetched from a clone of the layer's
+    data provider at the plan's resolution; a tile whose every pixel is transparent is nodata. Make it on the
+    main thread (the clone), use it from one thread."""
+
+    def __init__(self, layer: QgsRasterLayer, gt: GeoTransform, skip_nodata: bool):
+        self.provider = layer.dataProvider().clone()
+        if self.provider is None:
+            raise ValueError(f"layer {layer.name()!r} cannot be read")
+        self.gt = gt
+        self.skip_nodata = skip_nodata
+
+    def __call__(self, tile: Tile):
+        x0, y0 = self.gt.to_map(tile.col_off, tile.row_off)
+        x1, y1 = self.gt.to_map(tile.col_off + tile.width, tile.row_off + tile.height)
+        extent = QgsRectangle(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        block = self.provider.block(1, extent, tile.width, tile.height)
+        if block is None or not block.isValid():
+            raise ValueError(f"the layer gave no pixels for tile {tile.id}")
+        if block.dataType() in (Qgis.DataType.ARGB32, Qgis.DataType.ARGB32_Premultiplied):
+            argb = np.frombuffer(bytes(block.data()), dtype="<u4").reshape(tile.height, tile.width)
+            alpha = (argb >> 24) & 0xFF
+            if self.skip_nodata and not alpha.any():
+                return None
+            rgb = np.stack([(argb >> 16) & 0xFF, (argb >> 8) & 0xFF, argb & 0xFF], axis=-1).astype(np.uint8)
+            return png_bytes(np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8)), (tile.width, tile.height)
+        raise ValueError(f"rendering gives {block.dataType()} pixels; only colour (ARGB) web layers are rendered")

@@ -1,0 +1,209 @@
+"""`geovlm:captiontiles` / `geovlm:detecttiles` in QGIS against scripted engines on 127.0.0.1: the same tiles
+and footprints as `geovlm caption` (through qgis_process), a web layer (XYZ of local file:// tiles made with
+gdal2tiles) captioned tile by tile, Cancel within a second then resume, and a scene graph as linked layers."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
+
+import geovlm
+from geovlm.core.tiling import TilePlan, plan_for_extent
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bulk_support import ScriptedEngine, ledger_rows, run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import processing as proc
+
+    return proc
+
+
+@pytest.fixture
+def plugin(qgis_iface, processing):
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("geovlm")
+    instance = geovlm.classFactory(qgis_iface)
+    instance.initProcessing()
+    yield instance
+    instance.unload()
+    QgsSettings().remove("geovlm")
+
+
+@pytest.fixture
+def engines(tmp_path):
+    started = []
+
+    def start(name="a", **options):
+        engine = ScriptedEngine(tmp_path, name, **options)
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.kill()
+
+
+def footprints(path):
+    """{tile_id: (status, bounding box)} of a ledger's tiles layer read by QGIS."""
+    layer = QgsVectorLayer(f"{path}|layername=tiles", "tiles", "ogr")
+    assert layer.isValid()
+    out = {}
+    for f in layer.getFeatures():
+        box = f.geometry().boundingBox()
+        out[f["tile_id"]] = (f["status"], (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()))
+    return out, layer.crs()
+
+
+def qgis_process(tmp_path, *args):
+    exe = shutil.which("qgis_process")
+    assert exe is not None, "qgis_process not found"
+    plugins = tmp_path / "plugins"
+    if not plugins.exists():
+        plugins.mkdir()
+        (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
+        (tmp_path / "home").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
+               QT_QPA_PLATFORM="offscreen")
+    if not (tmp_path / "enabled").exists():
+        enable = subprocess.run([exe, "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert enable.returncode == 0, enable.stderr[-2000:]
+        (tmp_path / "enabled").touch()
+    return subprocess.run([exe, "--json", "run", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, tile", [("sample_geotiff.tif", 256), ("RGB.byte.tif", 128)])
+def test_qgis_process_gives_the_same_tiles_and_footprints_as_the_cli(engines, data_dir, tmp_path, name, tile):
+    raster = data_dir / "rasters" / name
+    engine = engines()
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    code, _, stderr = run_cli("caption", raster, "--tile", tile, "--engine", engine.url, "--family", "geochat",
+                              "--out", cli_out, "--no-progress")
+    assert code == 0, stderr
+    run = qgis_process(tmp_path, "geovlm:captiontiles", "--", f"INPUT={raster}", f"TILE_SIZE={tile}",
+                       f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={qgis_out}")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    ours, crs = footprints(qgis_out)
+    theirs, cli_crs = footprints(cli_out)
+    assert sorted(ours) == sorted(theirs)
+    for tile_id, (status, box) in theirs.items():
+        assert ours[tile_id][0] == status
+        assert ours[tile_id][1] == pytest.approx(box, abs=1e-6)
+    assert crs == cli_crs
+    # the same plan: the command line resumes the run QGIS made (nothing left to ask)
+    code, stdout, _ = run_cli("caption", raster, "--tile", tile, "--engine", engine.url, "--family", "geochat",
+                              "--out", qgis_out, "--no-progress")
+    assert code == 0 and " 0 asked" in stdout and f"{len(ours)} resumed" in stdout
+
+
+def test_an_xyz_layer_of_local_tiles_is_captioned_tile_by_tile(plugin, processing, engines, data_dir, tmp_path):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject
+
+    tiles_dir = tmp_path / "xyz"
+    gdal2tiles = shutil.which("gdal2tiles.py") or shutil.which("gdal2tiles")
+    assert gdal2tiles, "gdal2tiles not found (Debian: gdal-bin, from QGIS's python3-gdal)"
+    made = subprocess.run([gdal2tiles, "--xyz", "-z", "7-9", "-w", "none", "-q",
+                           str(data_dir / "rasters" / "RGB.byte.tif"), str(tiles_dir)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    uri = f"type=xyz&url=file://{tiles_dir}/{{z}}/{{x}}/{{y}}.png&zmin=7&zmax=9"
+    layer = QgsRasterLayer(uri, "local xyz", "wms")
+    assert layer.isValid()
+    source = QgsRasterLayer(str(data_dir / "rasters" / "RGB.byte.tif"), "src")
+    to_3857 = QgsCoordinateTransform(source.crs(), QgsCoordinateReferenceSystem("EPSG:3857"), QgsProject.instance())
+    extent = to_3857.transformBoundingBox(source.extent())
+    engine = engines()
+    out = tmp_path / "xyz.gpkg"
+    resolution, tile = 600.0, 128
+    result = processing.run("geovlm:captiontiles", {
+        "INPUT": layer, "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},"
+        f"{extent.yMaximum()} [EPSG:3857]", "RESOLUTION": resolution, "TILE_SIZE": tile, "ENGINE": engine.url,
+        "FAMILY": "geochat", "OUTPUT": str(out)})
+    assert result["OUTPUT"] == str(out)
+    plan, gt = plan_for_extent(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum(),
+                               resolution, tile)
+    got, crs = footprints(out)
+    assert crs.authid() == "EPSG:3857"
+    assert sorted(got) == sorted(t.id for t in plan.tiles())
+    for t in plan.tiles():
+        x0, y1 = gt.to_map(t.col_off, t.row_off)
+        x1, y0 = gt.to_map(t.col_off + t.width, t.row_off + t.height)
+        assert got[t.id][1] == pytest.approx((x0, y0, x1, y1), abs=1e-6)
+    statuses = [s for s, _ in got.values()]
+    assert statuses.count("ok") == engine.requests() > 0
+    # the rendered tiles carry the raster's pixels (not black), and the transparent margins were skipped
+    import json
+
+    means = [json.loads(line)["mean"] for line in engine.log.read_text().splitlines()]
+    assert min(means) > 1.0 and all(size == [tile, tile] for size in
+                                    (json.loads(line)["size"] for line in engine.log.read_text().splitlines()))
+    assert set(statuses) <= {"ok", "skipped"}
+
+
+def test_cancel_stops_within_a_second_and_a_rerun_resumes(plugin, processing, engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines(delay=0.4)
+    out = tmp_path / "c.gpkg"
+    params = {"INPUT": str(raster), "TILE_SIZE": 128, "ENGINE": engine.url, "FAMILY": "geochat",
+              "CONCURRENCY": 2, "OUTPUT": str(out)}
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def reportError(self, error, fatal=False):  # noqa: N802
+            messages.append(error)
+
+    feedback = Feedback()
+    cancelled_at = []
+
+    def cancel():
+        cancelled_at.append(time.monotonic())
+        feedback.cancel()
+
+    timer = threading.Timer(2.0, cancel)
+    timer.start()
+    processing.run("geovlm:captiontiles", params, feedback=feedback)
+    stopped = time.monotonic() - cancelled_at[0]
+    assert stopped < 1.0, f"took {stopped:.2f} s to stop"
+    assert any("run again with the same parameters" in m for m in messages)
+    first = dict(ledger_rows(out))
+    plan = TilePlan(900, 900, 128)
+    assert 0 < len(first) < len(plan)
+    time.sleep(0.5)
+    asked_before = engine.requests()
+    processing.run("geovlm:captiontiles", params)
+    rows = ledger_rows(out)
+    assert sorted(tid for tid, _ in rows) == sorted(t.id for t in plan.tiles())
+    assert engine.requests() - asked_before == sum(1 for tid, s in rows if tid not in first and s == "ok")
+    with pytest.raises(QgsProcessingException, match="another plan"):
+        processing.run("geovlm:captiontiles", dict(params, TILE_SIZE=256))
+
+
+def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, engines, tmp_path):
+    from test_bulk_cli import BLOBS, _scene_raster
+
+    raster = tmp_path / "scene.tif"
+    _scene_raster(raster)
+    engine = engines(family="skysensegpt")
+    out = tmp_path / "scene.gpkg"
+    result = processing.run("geovlm:detecttiles", {"INPUT": str(raster), "TILE_SIZE": 320, "OVERLAP": 80,
+                                                  "ENGINE": engine.url, "OUTPUT": str(out)})
+    objects = QgsVectorLayer(result["OBJECTS"], "objects", "ogr")
+    relations = QgsVectorLayer(result["RELATIONS"], "relations", "ogr")
+    assert objects.isValid() and relations.isValid()
+    assert objects.featureCount() == len(BLOBS) and relations.featureCount() > 0
+    ids = {f["object_id"] for f in objects.getFeatures()}
+    assert all(f["subject_id"] in ids and f["object_id"] in ids for f in relations.getFeatures())
+    assert objects.crs().authid() == "EPSG:32633"
