@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
-    QgsProcessing,
+    Qgis,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -77,11 +76,11 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
                                                        "needed for a web layer)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.RESOLUTION, "Resolution of a rendered web layer (map units per pixel)",
-            QgsProcessingParameterNumber.Type.Double, optional=True, minValue=0.0))
+            Qgis.ProcessingNumberParameterType.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
-                                                       QgsProcessingParameterNumber.Type.Integer, 512, minValue=16))
+                                                       Qgis.ProcessingNumberParameterType.Integer, 512, minValue=16))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
-                                                       QgsProcessingParameterNumber.Type.Integer,
+                                                       Qgis.ProcessingNumberParameterType.Integer,
                                                        64 if self.KIND == "detect" else 0, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
@@ -92,14 +91,14 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
                                                        "(default: Options ▸ GeoVLM)", optional=True))
         self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.CONCURRENCY, "Requests in flight per engine",
-                                                       QgsProcessingParameterNumber.Type.Integer, 4, minValue=1,
+                                                       Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
                                                        maxValue=64))
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite an output of another plan",
                                                         False))
         self.add_kind_parameters()
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, "Output GeoPackage (also the ledger: rerun to resume)", "GeoPackage (*.gpkg)"))
-        self.addOutput(QgsProcessingOutputVectorLayer(self.TILES, "Tiles", QgsProcessing.SourceType.VectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.TILES, "Tiles", Qgis.ProcessingSourceType.VectorPolygon))
 
     def add_kind_parameters(self) -> None:
         """Parameters of one kind of run only."""
@@ -118,7 +117,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         crs = layer.crs()
-        self.crs_wkt = crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT1_GDAL) if crs.isValid() else None
+        self.crs_wkt = crs.toWkt(Qgis.CrsWktVariant.Wkt1Gdal) if crs.isValid() else None
         self.epsg = int(crs.postgisSrid()) if crs.isValid() and crs.authid().upper().startswith("EPSG:") else None
         try:
             if layer.providerType() == "gdal":
@@ -292,11 +291,11 @@ class DetectTilesAlgorithm(BulkTilesAlgorithm):
     def add_kind_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterNumber(
             self.MERGE_OVERLAP, "Merge same-label objects overlapping more than (share of the smaller)",
-            QgsProcessingParameterNumber.Type.Double, 0.5, minValue=0.0, maxValue=1.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.5, minValue=0.0, maxValue=1.0))
         self.addOutput(QgsProcessingOutputVectorLayer(self.OBJECTS, "Objects",
-                                                      QgsProcessing.SourceType.VectorPolygon))
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputVectorLayer(self.RELATIONS, "Relations",
-                                                      QgsProcessing.SourceType.VectorLine))
+                                                      Qgis.ProcessingSourceType.VectorLine))
 
     def merge_threshold(self, parameters, context) -> float:
         return self.parameterAsDouble(parameters, self.MERGE_OVERLAP, context)

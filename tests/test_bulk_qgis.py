@@ -117,7 +117,8 @@ def test_an_xyz_layer_of_local_tiles_is_captioned_tile_by_tile(plugin, processin
     gdal2tiles = shutil.which("gdal2tiles.py") or shutil.which("gdal2tiles")
     assert gdal2tiles, "gdal2tiles not found (Debian: gdal-bin, from QGIS's python3-gdal)"
     made = subprocess.run([gdal2tiles, "--xyz", "-z", "7-9", "-w", "none", "-q",
-                           str(data_dir / "rasters" / "RGB.byte.tif"), str(tiles_dir)], capture_output=True, text=True, timeout=300)
+                           str(data_dir / "rasters" / "RGB.byte.tif"), str(tiles_dir)],
+                          capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
     uri = f"type=xyz&url=file://{tiles_dir}/{{z}}/{{x}}/{{y}}.png&zmin=7&zmax=9"
     layer = QgsRasterLayer(uri, "local xyz", "wms")
