@@ -86,7 +86,11 @@ def score_records(args, path: Path) -> dict:
             if answer_field not in record:
                 raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
             answer = text_of(record[answer_field])
-            refs = reference_texts(record, ref_fields, REFERENCE_FIELDS[task])
+            if task in BOX_TASKS:  # one string of boxes; a JSON array of boxes is read as written
+                names = [f for f in ref_fields or REFERENCE_FIELDS[task] if f in record][:1]
+                refs = [v if isinstance(v, str) else json.dumps(v) for v in (record[n] for n in names)] or None
+            else:
+                refs = reference_texts(record, ref_fields, REFERENCE_FIELDS[task])
             if refs is None:
                 wanted = " or ".join(repr(f) for f in ref_fields or REFERENCE_FIELDS[task])
                 raise RecordError(f"{path}:{number}: no field {wanted} (choose it with --reference-field)")

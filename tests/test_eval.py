@@ -103,6 +103,14 @@ def test_earthdial_boxes_are_read_as_earthdials_script_reads_them():
     assert four["predicted_boxes"] == 1 and four["overall"] == 0.0
 
 
+def test_detection_reference_may_be_a_json_array(tmp_path, capsys):
+    path = tmp_path / "refer.jsonl"
+    rows = [{"answer": "[[10, 10, 20, 20, 0]]", "gt_bbox": [[10, 10, 20, 20, 0]], "size_group": "small"},
+            {"answer": "[[10, 10, 20, 20, 0]]", "gt_bbox": "[[50, 50, 60, 60, 0]]", "size_group": "small"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert run_json(capsys, "detection", str(path), "--family", "earthdial")["small"] == 0.5
+
+
 def test_detection_reads_other_families_with_their_own_grammar():
     scores = detection.precision_at_iou([("{<10><10><20><20>|<0>}", "{<10><10><20><20>|<0>}", None),
                                          ("{<50><50><60><60>|<0>}", "{<10><10><20><20>|<0>}", None)],
