@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QAction, QIcon
 
 from .provider import ICON, GeoVlmProvider
@@ -15,6 +16,7 @@ class GeoVlmPlugin:
         self.provider = None
         self.actions = []
         self.engine_ui = None
+        self.ask = None
 
     def initProcessing(self):  # noqa: N802 (QGIS calls it by this name)
         self.provider = GeoVlmProvider()
@@ -31,9 +33,19 @@ class GeoVlmPlugin:
 
         self.engine_ui = EngineUi(self.iface)  # Options page and "Set up the local engine…"
         self.engine_ui.init_gui()
+        ask = QAction(QIcon(str(ICON)), "Ask the map…", self.iface.mainWindow())
+        ask.triggered.connect(self.open_ask_dock)
+        self.iface.addPluginToMenu("&GeoVLM", ask)
+        self.iface.addToolBarIcon(ask)
+        self.actions.append(ask)
         QgsMessageLog.logMessage("GeoVLM loaded", LOG_TAG, Qgis.MessageLevel.Info)
 
     def unload(self):
+        if self.ask is not None:
+            self.ask.shutdown()  # a request in flight is cancelled and its worker waited for
+            self.iface.removeDockWidget(self.ask.dock)
+            self.ask.dock.deleteLater()
+            self.ask = None
         for action in self.actions:
             self.iface.removePluginMenu("&GeoVLM", action)
             self.iface.removeToolBarIcon(action)
@@ -48,6 +60,18 @@ class GeoVlmPlugin:
         from .engine_manager import shutdown_engine
 
         shutdown_engine()  # the local engine, if this process started one
+
+    def open_ask_dock(self):
+        """The "Ask the map" dock (made on first use, then shown again)."""
+        if self.ask is None:
+            from ..ui.ask_dock import AskDock
+            from .ask_session import AskSession
+
+            dock = AskDock(self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+            self.ask = AskSession(self.iface, dock)
+        self.ask.dock.show()
+        self.ask.dock.raise_()
 
     def open_parse_dialog(self):
         """The GUI reuses the Processing algorithm: its own dialog, history and batch mode."""

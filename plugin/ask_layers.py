@@ -1,0 +1,127 @@
+"""Where the dock's answers go: an objects and a relations layer in a GeoPackage beside the project (or in a
+temporary folder for an unsaved project, which the dock says), made once, added to the project once, and
+appended to after; styled with the QML files in `styles/`."""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from qgis.core import (
+    Qgis,
+    QgsCoordinateTransform,
+    QgsDistanceArea,
+    QgsFeature,
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsProject,
+    QgsUnitTypes,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+
+from .ask_map import ask_fields
+
+STYLES = Path(__file__).resolve().parents[1] / "styles"
+TABLES = (("geovlm_objects", Qgis.WkbType.Polygon, "objects.qml"),
+          ("geovlm_relations", Qgis.WkbType.LineString, "relations.qml"))
+_HOW_MUCH = re.compile(r"\b(how\s+(many|much|large|big)|count|number\s+of|area|size\s+of)\b", re.IGNORECASE)
+
+
+def asks_how_many(question: str) -> bool:
+    """True for "how many / how large" questions, which get a count and a total area."""
+    return bool(_HOW_MUCH.search(question or ""))
+
+
+class AnswerLayers:
+    """The two output layers of a project. `path` is the GeoPackage; `temporary` says whether it lies in a
+    temporary folder (unsaved project). Layers are made in the CRS of the first view; features of views in
+    other CRSs are transformed into it."""
+
+    def __init__(self, project: Optional[QgsProject] = None):
+        self.project = project or QgsProject.instance()
+        self.layers: List[Optional[QgsVectorLayer]] = [None, None]
+        self.path, self.temporary = self._where()
+        self._tmp = None
+
+    def _where(self) -> Tuple[Path, bool]:
+        home = self.project.absoluteFilePath()
+        if home:
+            project = Path(home)
+            return project.with_name(f"{project.stem}_geovlm.gpkg"), False
+        self._tmp = tempfile.TemporaryDirectory(prefix="geovlm-")
+        return Path(self._tmp.name) / "geovlm_answers.gpkg", True
+
+    def _layer(self, index: int, crs) -> QgsVectorLayer:
+        layer = self.layers[index]
+        if layer is not None and self.project.mapLayer(layer.id()) is not None:
+            return layer
+        table, geometry_type, style = TABLES[index]
+        uri = f"{self.path}|layername={table}"
+        found = QgsVectorLayer(uri, table, "ogr")
+        if not found.isValid():
+            options = QgsVectorFileWriter.SaveVectorOptions()
+            options.driverName = "GPKG"
+            options.layerName = table
+            options.actionOnExistingFile = (QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+                                            if self.path.exists()
+                                            else QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteFile)
+            writer = QgsVectorFileWriter.create(str(self.path), ask_fields()[index], geometry_type, crs,
+                                                self.project.transformContext(), options)
+            error = writer.hasError()
+            message = writer.errorMessage()
+            del writer  # closes the file
+            if error != QgsVectorFileWriter.WriterError.NoError:
+                raise OSError(f"could not write {self.path}: {message}")
+            found = QgsVectorLayer(uri, table, "ogr")
+        found.loadNamedStyle(str(STYLES / style))
+        self.project.addMapLayer(found)
+        self.layers[index] = found
+        return found
+
+    def add(self, objects: List[QgsFeature], relations: List[QgsFeature], crs) -> Tuple[List[int], QgsVectorLayer]:
+        """Append one answer's features (in `crs`, the view's); returns the new objects' feature ids and the
+        objects layer. Raises OSError when the GeoPackage cannot be written."""
+        ids: List[int] = []
+        objects_layer = self._layer(0, crs)
+        for index, features in ((0, objects), (1, relations)):
+            if not features and index == 1:
+                continue
+            layer = self._layer(index, crs)
+            transform = (QgsCoordinateTransform(crs, layer.crs(), self.project.transformContext())
+                         if layer.crs() != crs else None)
+            features = [self._as_row_of(layer, feature, transform) for feature in features]
+            ok, added = layer.dataProvider().addFeatures(features)
+            if not ok:
+                raise OSError(f"could not append to {self.path}: {layer.dataProvider().lastError()}")
+            if index == 0:
+                ids = [f.id() for f in added]
+            layer.updateExtents()
+            layer.triggerRepaint()
+        return ids, objects_layer
+
+    @staticmethod
+    def _as_row_of(layer: QgsVectorLayer, feature: QgsFeature, transform) -> QgsFeature:
+        """The feature with the layer's fields (a GeoPackage adds its fid first), attributes by name."""
+        row = QgsFeature(layer.fields())
+        for name in feature.fields().names():
+            row[name] = feature[name]
+        geometry = QgsGeometry(feature.geometry())
+        if transform is not None:
+            geometry.transform(transform)
+        row.setGeometry(geometry)
+        return row
+
+    def total_area(self, layer: QgsVectorLayer, ids: List[int]) -> Tuple[int, str]:
+        """(count, total ellipsoidal area formatted in the project's area units) of the given features
+        (QgsDistanceArea with the project's ellipsoid)."""
+        area = QgsDistanceArea()
+        area.setSourceCrs(layer.crs(), self.project.transformContext())
+        area.setEllipsoid(self.project.ellipsoid() or "EPSG:7030")
+        total = 0.0
+        for feature in layer.getFeatures(QgsFeatureRequest().setFilterFids(ids)):
+            total += area.measureArea(feature.geometry())
+        units = self.project.areaUnits()
+        value = area.convertAreaMeasurement(total, units)
+        return len(ids), QgsUnitTypes.formatArea(value, 2, units, True)

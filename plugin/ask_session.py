@@ -1,0 +1,321 @@
+"""The dock's behaviour: render the view on the main thread, ask in a `QgsTask`, stream the answer into the
+transcript, add its features in the task's `finished()`, keep the conversation about the same image until
+"New view", and show the engine's state. Errors go to the message bar and the "GeoVLM" log, never to a
+traceback dialog."""
+from __future__ import annotations
+
+import html
+from typing import List, Optional, Tuple
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsMapLayerType,
+    QgsMapSettings,
+    QgsMessageLog,
+    QgsProject,
+    QgsRectangle,
+)
+from qgis.gui import QgsMapToolExtent
+from qgis.PyQt.QtCore import QObject, QSize
+from qgis.PyQt.QtGui import QGuiApplication, QPixmap
+from qgis.PyQt.QtWidgets import QFileDialog
+
+from ..core.profiles import get_profile
+from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
+from . import settings as engine_settings
+from .ask_export import Turn, to_html, to_markdown
+from .ask_layers import AnswerLayers, asks_how_many
+from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, render, ring_of, view_settings
+from .ask_task import AskTask
+from .engine_manager import engine_manager
+from .qgis_geometry import qgis_crs
+
+LOG_TAG = "GeoVLM"
+MAX_RASTER_PIXELS = 4096 * 4096
+STATE_WORDS = {"not_set_up": "not set up", "stopped": "stopped (starts on the first question)",
+               "starting": "starting…", "ready": "ready", "busy": "busy", "down": "down"}
+
+
+class AskSession(QObject):
+    """Drives an `ui.ask_dock.AskDock` on `iface`'s canvas. `engine` ("" = the configured one, "local", or
+    URLs) and `authcfg` are passed to `engine_access.connect`."""
+
+    def __init__(self, iface, dock, engine: str = "", authcfg: str = ""):
+        super().__init__(dock)
+        self.iface, self.dock, self.canvas = iface, dock, iface.mapCanvas()
+        self.engine, self.authcfg = engine, authcfg
+        self.max_tokens = 256
+        self.view: Optional[View] = None
+        self.image = None
+        self.view_source = None
+        self.history: List[Tuple[str, str]] = []
+        self.turns: List[Turn] = []
+        self.task: Optional[AskTask] = None
+        self.layers: Optional[AnswerLayers] = None
+        self.rectangle: Optional[QgsRectangle] = None
+        self.family = engine_settings.load().family
+        self._html: List[str] = []
+        self._streamed = ""
+        self._tool = None
+        self.dock.set_tasks(family_tasks(get_profile(self.family)) if self.family else list(ASK_TASKS))
+        dock.send.clicked.connect(self.send)
+        dock.stop.clicked.connect(self.stop)
+        dock.new_view.clicked.connect(self.new_view)
+        dock.copy.clicked.connect(self.copy_answer)
+        dock.export.clicked.connect(self._export_dialog)
+        dock.draw.toggled.connect(self._draw)
+        dock.transcript.anchorClicked.connect(self._link)
+        self.manager = engine_manager()
+        self.manager.stateChanged.connect(self._engine_state)
+        dock.restart.clicked.connect(self.manager.restart)
+        self._engine_state(self.manager.state, self.manager.detail)
+
+    # ------------------------------------------------------------ engine state
+
+    def _engine_state(self, state: str, detail: str = "") -> None:
+        if not self.engine and engine_settings.load().mode == "remote":
+            urls = ", ".join(e.url for e in engine_settings.load().endpoints) or "none configured"
+            text = f"Engine: remote ({urls})"
+        elif self.engine and self.engine != "local":
+            text = f"Engine: {self.engine}"
+        else:
+            text = f"Engine (local): {STATE_WORDS.get(state, state)}" + (f" — {detail}" if detail else "")
+            self.dock.restart.setVisible(state == "down")
+        self.dock.engine_state.setText(text)
+
+    def _remote_state(self, words: str) -> None:
+        if self.engine and self.engine != "local" or engine_settings.load().mode == "remote":
+            base = self.dock.engine_state.text().split(" — ")[0]
+            self.dock.engine_state.setText(f"{base} — {words}")
+
+    # ------------------------------------------------------------ views
+
+    def _settings(self, source: str) -> QgsMapSettings:
+        config = engine_settings.load()
+        canvas_settings = QgsMapSettings(self.canvas.mapSettings())
+        if source == "raster":
+            layer = self.dock.raster.currentLayer()
+            if layer is None or layer.type() != QgsMapLayerType.RasterLayer:
+                raise ValueError("choose a raster layer")
+            if layer.width() * layer.height() > MAX_RASTER_PIXELS:
+                raise ValueError(f"{layer.name()} has {layer.width()}x{layer.height()} pixels, more than one "
+                                 "request takes: use the visible map or a rectangle")
+            return view_settings([layer], layer.crs(), layer.extent(), 0.0, layer.width(), layer.height(), 1.0)
+        if source == "rectangle" and self.rectangle is not None and not self._region_task():
+            long_side = max(config.render_width, config.render_height)
+            r = self.rectangle
+            scale = long_side / max(r.width(), r.height())
+            return view_settings(canvas_settings.layers(), canvas_settings.destinationCrs(), r, 0.0,
+                                 max(16, round(r.width() * scale)), max(16, round(r.height() * scale)),
+                                 config.render_dpr)
+        if source == "rectangle" and self.rectangle is None:
+            raise ValueError("draw a rectangle on the map first (Draw rectangle)")
+        if not config.render_from_canvas:
+            canvas_settings.setOutputSize(QSize(config.render_width, config.render_height))
+            canvas_settings.setDevicePixelRatio(config.render_dpr)
+        return canvas_settings
+
+    def _region_task(self) -> bool:
+        return self.dock.task.currentText() in REGION_TASKS
+
+    def _region(self, view_crs) -> Optional[List[Tuple[float, float]]]:
+        """The region of an identify question, in the view's CRS: the drawn rectangle or the selected feature."""
+        if not self._region_task():
+            return None
+        source = self.dock.source_key()
+        if source == "rectangle" and self.rectangle is not None:
+            r = self.rectangle
+            corners = [(r.xMinimum(), r.yMinimum()), (r.xMaximum(), r.yMinimum()), (r.xMaximum(), r.yMaximum()),
+                       (r.xMinimum(), r.yMaximum())]
+            transform = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), view_crs,
+                                               QgsProject.instance())
+            return [(p.x(), p.y()) for p in (transform.transform(x, y) for x, y in corners)]
+        layer = self.iface.activeLayer()
+        if source == "selected" and layer is not None and layer.type() == QgsMapLayerType.VectorLayer:
+            selected = layer.selectedFeatures()
+            if selected:
+                geometry = selected[0].geometry()
+                geometry.transform(QgsCoordinateTransform(layer.crs(), view_crs, QgsProject.instance()))
+                return ring_of(geometry)
+        raise ValueError("identify needs a region: draw a rectangle or select a feature of the active layer")
+
+    # ------------------------------------------------------------ asking
+
+    def send(self) -> None:
+        question = self.dock.question.toPlainText().strip()
+        task = self.dock.task.currentText()
+        if self.task is not None:
+            return
+        try:
+            if not question and task not in REGION_TASKS:
+                raise ValueError("type a question")
+            source = "map" if self.dock.source_key() == "selected" else self.dock.source_key()
+            if self.view is None or source != self.view_source:
+                settings = self._settings(source)
+                self.image = render(settings)
+                self.view, self.view_source, self.history = View.of(settings, self.image), source, []
+            region = self._region(self._view_crs())
+        except ValueError as exc:
+            self.error(str(exc))
+            return
+        self.turns.append(Turn(question or "(the region)", task, view_extent=",".join(
+            f"{v:.10g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
+            image_size=f"{self.view.frame.width}x{self.view.frame.height}"))
+        self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
+        self._streamed = ""
+        self.task = AskTask(self.view, self.history, task, question, region, self.engine, self.authcfg,
+                            self.family, self.max_tokens)
+        self.task.token.connect(self._token)
+        self.task.restarted.connect(self._restart_stream)
+        self.task.connected.connect(lambda info: self._remote_state("busy"))
+        self.task.answered.connect(self._answered)
+        self.task.failed.connect(self._failed)
+        self.dock.set_busy(True)
+        self._show()
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _view_crs(self):
+        return qgis_crs(self.view.frame.crs)
+
+    def _token(self, piece: str) -> None:
+        self._streamed += piece
+        self._show()
+
+    def _restart_stream(self) -> None:
+        self._streamed = ""
+        self._show()
+
+    def _show(self) -> None:
+        streaming = f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else ""
+        self.dock.transcript.setHtml("".join(self._html) + streaming)
+        bar = self.dock.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _answered(self, text: str, answer, info: dict) -> None:
+        """Main thread (the task's finished()): features, transcript, preview."""
+        self.task = None
+        self.dock.set_busy(False)
+        self._remote_state("ready")
+        turn = self.turns[-1]
+        turn.answer, turn.model, turn.family, turn.engine = text, info["model"], info["family"], info["engine"]
+        if self.family != info["family"]:
+            self.family = info["family"]
+            self.dock.set_tasks(family_tasks(get_profile(self.family)))
+        first = not self.history
+        self.history += [("user", info["worded"]), ("assistant", text)]
+        links = []
+        try:
+            if self.layers is None:
+                self.layers = AnswerLayers()
+                if self.layers.temporary:
+                    turn.notes.append(f"features go to a temporary GeoPackage ({self.layers.path}): save the "
+                                      "project to keep them beside it")
+            provenance = Provenance(turn.question, turn.task, info["model"], info["family"], info["engine"], text)
+            turn.time = provenance.time
+            objects, relations = ask_features(answer, self.view, len(self.turns), provenance)
+            ids, layer = self.layers.add(objects, relations, self._view_crs())
+            links = [(obj, fid) for obj, fid in zip(answer.objects, ids)]
+            if ids and asks_how_many(turn.question):
+                count, area = self.layers.total_area(layer, ids)
+                turn.notes.append(f"{count} objects, {area} in all (ellipsoidal)")
+        except OSError as exc:
+            self.error(str(exc))
+        if info.get("notice"):
+            turn.notes.append(info["notice"])
+        boxed = draw_boxes(self.image, answer)
+        turn.image_png = png_bytes(boxed) if first else b""
+        self.dock.show_preview(QPixmap.fromImage(boxed))
+        items = "".join(f'<li><a href="geovlm:{fid}">{obj.id} {html.escape(obj.label or obj.kind)}</a></li>'
+                        for obj, fid in links)
+        notes = "".join(f"<li><i>{html.escape(n)}</i></li>" for n in turn.notes)
+        self._html.append(f"<p><b>Model:</b> {html.escape(answer.plain_text or text)}</p>"
+                          + (f"<ul>{items}{notes}</ul>" if items or notes else ""))
+        self._show()
+
+    def _failed(self, message: str) -> None:
+        self.task = None
+        self.dock.set_busy(False)
+        self._html.append(f"<p><i>{html.escape(message)}</i></p>")
+        self._show()
+        if message != "stopped":
+            self._remote_state(f"down: {message}")
+            self.error(message)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def new_view(self) -> None:
+        self.view, self.view_source, self.history = None, None, []
+        self._html.append("<hr><p><i>New view: the next question renders the map again.</i></p>")
+        self._show()
+
+    def copy_answer(self) -> None:
+        answered = [t for t in self.turns if t.answer]
+        if answered:
+            QGuiApplication.clipboard().setText(answered[-1].answer)
+
+    def export(self, path: str) -> str:
+        """Write the conversation as Markdown (.md) or HTML (.html); returns the path."""
+        writer = to_html if path.lower().endswith((".html", ".htm")) else to_markdown
+        return str(writer([t for t in self.turns if t.answer], path))
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.dock, "Export the conversation", "",
+                                              "Markdown (*.md);;HTML (*.html)")
+        if path:
+            try:
+                self.iface.messageBar().pushSuccess("GeoVLM", f"conversation written to {self.export(path)}")
+            except OSError as exc:
+                self.error(f"could not export: {exc}")
+
+    # ------------------------------------------------------------ map interaction
+
+    def _draw(self, on: bool) -> None:
+        if on:
+            self._previous_tool = self.canvas.mapTool()
+            self._tool = QgsMapToolExtent(self.canvas)
+            self._tool.extentChanged.connect(self._drawn)
+            self.canvas.setMapTool(self._tool)
+        elif self._tool is not None:
+            self.canvas.unsetMapTool(self._tool)
+            self._tool = None
+
+    def _drawn(self, extent: QgsRectangle) -> None:
+        if not extent.isEmpty():
+            self.rectangle = QgsRectangle(extent)
+            self.view = None if self.view_source == "rectangle" else self.view
+        self.dock.draw.setChecked(False)
+
+    def _link(self, url) -> None:
+        if self.layers is None or self.layers.layers[0] is None:
+            return
+        fid = int(url.toString().split(":", 1)[1])
+        layer = self.layers.layers[0]
+        self.canvas.panToFeatureIds(layer, [fid], False)
+        self.canvas.flashFeatureIds(layer, [fid])
+
+    def error(self, message: str) -> None:
+        QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
+        self.iface.messageBar().pushMessage("GeoVLM", message, Qgis.MessageLevel.Warning, 8)
+
+    def shutdown(self, wait_ms: int = 5000) -> None:
+        """Unload: cancel a request in flight and wait for its worker; nothing keeps running."""
+        task, self.task = self.task, None
+        if task is not None:
+            for signal in (task.token, task.restarted, task.connected, task.answered, task.failed):
+                try:
+                    signal.disconnect()
+                except TypeError:
+                    pass
+            task.cancel()
+            task.waitForFinished(wait_ms)
+        try:
+            self.manager.stateChanged.disconnect(self._engine_state)
+        except TypeError:
+            pass
+        if self._tool is not None:
+            self.canvas.unsetMapTool(self._tool)
+            self._tool = None

@@ -1,0 +1,82 @@
+"""One question to the engine as a `QgsTask`: the request runs in a worker thread (no layer or canvas access
+there: the view was rendered and copied on the main thread), the answer streams out through a Qt signal, and
+`finished()` (main thread) hands the parsed answer to whoever adds the features."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from ..core.client import EngineError
+from ..core.transport import Cancelled, CancelToken
+from .ask_map import View, region_question, worded
+from .engine_access import EngineUnavailable, connect
+
+LOG_TAG = "GeoVLM"
+
+
+class AskTask(QgsTask):
+    """Ask `question` with the user task `task` (ask, describe, find, identify, scene graph) about `view`,
+    after the conversation `history` [("user", q1), ("assistant", a1), ...] whose user turns are already in
+    the family's words (the image goes with the first turn). `region`: for a region task, the region's
+    vertices in the view's CRS, written in the family's syntax once the engine says which family it is.
+
+    `engine`, `authcfg`, `family` as `engine_access.connect` takes them. Signals (delivered queued to the
+    GUI thread): `token(str)` per streamed piece, `restarted()` when a broken stream is sent again (clear
+    what was shown), `connected(info)` once the engine is reached (model, family, engine, notice),
+    `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the history),
+    `failed(message)` with one line, never a traceback. `cancel()` aborts the request within a fraction of
+    a second."""
+
+    token = pyqtSignal(str)
+    restarted = pyqtSignal()
+    connected = pyqtSignal(dict)
+    answered = pyqtSignal(str, object, dict)
+    failed = pyqtSignal(str)
+
+    def __init__(self, view: View, history: List[Tuple[str, str]], task: str, question: str,
+                 region: Optional[List[Tuple[float, float]]] = None, engine: str = "", authcfg: str = "",
+                 family: str = "", max_tokens: int = 256):
+        super().__init__("GeoVLM: ask the map", QgsTask.Flag.CanCancel)
+        self.view, self.history, self.task, self.question, self.region = view, list(history), task, question, region
+        self.engine, self.authcfg, self.family, self.max_tokens = engine, authcfg, family, max_tokens
+        self.cancel_token = CancelToken()
+        self.text, self.answer, self.info = "", None, {}
+        self.error: Optional[str] = None
+
+    def cancel(self):
+        self.cancel_token.cancel()
+        super().cancel()
+
+    def run(self) -> bool:
+        try:
+            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token) as connection:
+                self.info = dict(connection.describe(), notice=connection.notice)
+                self.connected.emit(self.info)
+                profile = connection.profile
+                text = region_question(profile, self.view.frame, self.region) if self.region else self.question
+                self.info["worded"] = worded(profile, self.task, text)
+                turns = self.history + [("user", self.info["worded"])]
+                size = (self.view.frame.width, self.view.frame.height)
+                self.text, self.answer = connection.client.ask(
+                    self.view.png, size, turns, profile, on_token=self.token.emit,
+                    on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens)
+            return True
+        except Cancelled:
+            self.error = "stopped"
+        except (EngineUnavailable, EngineError, ValueError) as exc:
+            self.error = " ".join(str(exc).split()) or type(exc).__name__
+        except Exception as exc:  # a worker must not raise into the task manager: one line, logged
+            self.error = f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        return False
+
+    def finished(self, result: bool) -> None:
+        """Main thread."""
+        if result:
+            self.answered.emit(self.text, self.answer, self.info)
+            return
+        message = self.error or ("stopped" if self.isCanceled() else "the request failed")
+        if message != "stopped":
+            QgsMessageLog.logMessage(f"ask: {message}", LOG_TAG, Qgis.MessageLevel.Warning)
+        self.failed.emit(message)

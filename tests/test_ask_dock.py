@@ -1,0 +1,169 @@
+"""The "Ask the map" dock with a real canvas (rotated 30 degrees) over a real raster: a scripted engine and
+the real demo-model engine; streamed text in order, features added once per answer where mapToPixel puts
+them, follow-ups about the same image, Stop within a second, engine down, unload during an answer."""
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
+from qgis.PyQt.QtCore import QCoreApplication, QSize, QUrl
+
+import geovlm
+from geovlm.core.parsing import parse_answer
+from geovlm.core.profiles import get_profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ask_engines import DemoEngine, ScriptedEngine  # noqa: E402
+
+ANSWER = "two fields {<10><20><40><60>|<90>} {<50><15><80><45>|<120>} beside a road {<5><70><95><90>|<60>}"
+
+
+def wait_for(condition, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QCoreApplication.processEvents()
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture()
+def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    QgsProject.instance().addMapLayer(raster)
+    QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
+    qgis_canvas.resize(QSize(480, 360))
+    qgis_canvas.setDestinationCrs(raster.crs())
+    qgis_canvas.setLayers([raster])
+    e = raster.extent()
+    qgis_canvas.setExtent(QgsRectangle(e.xMinimum() + e.width() / 4, e.yMinimum() + e.height() / 4,
+                                       e.xMaximum() - e.width() / 4, e.yMaximum() - e.height() / 4))
+    qgis_canvas.setRotation(30)
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initGui()
+    plugin.open_ask_dock()
+    qgis_iface.messageBar().clear_messages()
+    yield plugin
+    plugin.unload()
+    QgsProject.instance().setFileName("")
+
+
+def ask(session, question, task="describe"):
+    session.dock.question.setPlainText(question)
+    session.dock.task.setCurrentText(task)
+    session.send()
+    assert session.task is not None
+    return session.task
+
+
+def objects_layers():
+    return QgsProject.instance().mapLayersByName("geovlm_objects")
+
+
+def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canvas, tmp_path):
+    session = dock.ask
+    with ScriptedEngine("geochat", ANSWER, piece_delay=0.002) as engine:
+        session.engine = engine.url
+        pieces = []
+        ask(session, "Describe the image").token.connect(pieces.append)
+        assert wait_for(lambda: session.task is None, 30)
+        assert "".join(pieces) == ANSWER and len(pieces) == len(range(0, len(ANSWER), 4))
+        [layer] = objects_layers()
+        assert layer.featureCount() == 3 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
+        text = session.dock.transcript.toPlainText()
+        assert "0 two fields" in text and "2 beside a road" in text  # one link per object
+
+        # Where the boxes landed: the canvas's own mapToPixel, times its device pixel ratio.
+        settings = qgis_canvas.mapSettings()
+        dpr = settings.devicePixelRatio()
+        size = (settings.deviceOutputSize().width(), settings.deviceOutputSize().height())
+        expected = parse_answer(ANSWER, get_profile("geochat"), size).objects
+        m2p = settings.mapToPixel()
+        for feature, obj in zip(sorted(layer.getFeatures(), key=lambda f: f["object_id"]), expected):
+            for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
+                pixel = m2p.transform(QgsPointXY(point))
+                assert abs(pixel.x() * dpr - col) < 1e-6 and abs(pixel.y() * dpr - row) < 1e-6
+
+        # Its link pans the map to the feature (and flashes it).
+        road = next(f for f in layer.getFeatures() if f["object_id"] == 2)
+        session.dock.transcript.anchorClicked.emit(QUrl(f"geovlm:{road.id()}"))
+        assert road.geometry().boundingBox().contains(qgis_canvas.center())
+
+        # A follow-up: the same image, the conversation so far, features appended to the same layer.
+        ask(session, "How many fields are there?", "ask")
+        assert wait_for(lambda: session.task is None, 30)
+        assert engine.images[1] == engine.images[0]
+        roles = [m["role"] for m in engine.posts[1]["messages"]]
+        assert roles == ["user", "assistant", "user"]
+        assert engine.posts[1]["messages"][1]["content"] == ANSWER
+        assert len(objects_layers()) == 1 and layer.featureCount() == 6
+        assert "3 objects" in session.dock.transcript.toPlainText()
+        assert "m²" in session.dock.transcript.toPlainText() or "km²" in session.dock.transcript.toPlainText()
+
+        # New view: rendered again, a new conversation.
+        session.new_view()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: session.task is None, 30)
+        assert [m["role"] for m in engine.posts[2]["messages"]] == ["user"]
+    md = session.export(str(tmp_path / "talk.md"))
+    assert "How many fields" in Path(md).read_text() and (tmp_path / "talk_images" / "turn1.png").is_file()
+    page = Path(session.export(str(tmp_path / "talk.html"))).read_text()
+    assert "data:image/png;base64," in page and "EPSG:3857" in page
+
+
+def test_stop_cancels_within_a_second(dock):
+    session = dock.ask
+    with ScriptedEngine("geochat", "a field " * 200, piece_delay=0.05) as engine:
+        session.engine = engine.url
+        pieces = []
+        ask(session, "Describe the image").token.connect(pieces.append)
+        assert wait_for(lambda: len(pieces) >= 2, 30)
+        started = time.monotonic()
+        session.dock.stop.click()
+        assert wait_for(lambda: session.task is None, 5)
+        assert time.monotonic() - started < 1.0
+    assert "stopped" in session.dock.transcript.toPlainText()
+    assert session.dock.send.isEnabled() and not objects_layers()
+
+
+def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
+    session = dock.ask
+    with ScriptedEngine("geochat", "") as engine:
+        url = engine.url
+    session.engine = url
+    ask(session, "Describe the image")
+    assert wait_for(lambda: session.task is None, 30)
+    [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
+    assert "down or unreachable" in message and "Traceback" not in message
+    assert session.dock.send.isEnabled()
+
+
+def test_unload_during_an_answer_leaves_no_running_task(qgis_iface, dock):
+    session = dock.ask
+    with ScriptedEngine("geochat", "a field " * 200, piece_delay=0.05) as engine:
+        session.engine = engine.url
+        pieces = []
+        ask(session, "Describe the image").token.connect(pieces.append)
+        assert wait_for(lambda: pieces, 30)
+        dock.unload()
+        assert dock.ask is None
+        assert wait_for(lambda: QgsApplication.taskManager().countActiveTasks() == 0, 5)
+    dock.initGui()  # the fixture unloads once more
+
+
+def test_dock_with_the_real_demo_model(dock):
+    session = dock.ask
+    with DemoEngine() as engine:
+        session.engine, session.max_tokens = engine.url, 24
+        pieces = []
+        ask(session, "Describe the image").token.connect(pieces.append)
+        assert wait_for(lambda: session.task is None, 240)
+    turn = session.turns[-1]
+    assert turn.answer and "".join(pieces) == turn.answer and turn.model == "geovlm-demo-random"
+    assert "random stand-in" in session.dock.transcript.toPlainText()
+    size = (session.view.frame.width, session.view.frame.height)
+    expected = parse_answer(turn.answer, get_profile("geochat"), size).objects
+    layers = objects_layers()
+    assert (layers[0].featureCount() if layers else 0) == len(expected)

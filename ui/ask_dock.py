@@ -1,0 +1,136 @@
+"""The "Ask the map" dock: widgets only. `plugin.ask_session.AskSession` gives them their behaviour."""
+from __future__ import annotations
+
+from qgis.core import Qgis
+from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QPixmap
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+# (key, what the user reads) of the image sources.
+SOURCES = (("map", "Visible map"), ("raster", "One raster layer, at its own resolution"),
+           ("rectangle", "A rectangle drawn on the map"), ("selected", "The selected feature (identify)"))
+
+
+class AskDock(QgsDockWidget):
+    """Engine state line with a restart button; the transcript (links to features) and the preview of what
+    the model saw; the question box, task picker, source picker (with a raster layer picker and a "Draw"
+    button for the rectangle), and Send, Stop, New view, Copy answer, Export."""
+
+    def __init__(self, parent=None):
+        super().__init__("GeoVLM: ask the map", parent)
+        self.setObjectName("GeoVlmAskDock")
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
+
+        state_row = QHBoxLayout()
+        self.engine_state = QLabel("Engine: …", body)
+        self.engine_state.setWordWrap(True)
+        self.engine_state.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.restart = QPushButton("Restart engine", body)
+        self.restart.setVisible(False)
+        state_row.addWidget(self.engine_state, 1)
+        state_row.addWidget(self.restart)
+        layout.addLayout(state_row)
+
+        splitter = QSplitter(Qt.Orientation.Vertical, body)
+        self.transcript = QTextBrowser(splitter)
+        self.transcript.setOpenLinks(False)
+        self.transcript.setPlaceholderText("Ask about what the map shows. Answers and their boxes appear here.")
+        self.preview = QLabel(splitter)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setMinimumHeight(120)
+        self.preview.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.preview.setToolTip("What the model saw, with the boxes of its last answer")
+        layout.addWidget(splitter, 1)
+
+        self.question = QPlainTextEdit(body)
+        self.question.setPlaceholderText("Question (for identify: the region is the rectangle or the selected "
+                                         "feature)")
+        self.question.setMaximumHeight(70)
+        layout.addWidget(self.question)
+
+        pick_row = QHBoxLayout()
+        self.task = QComboBox(body)
+        self.task.setToolTip("The tasks of the engine's model family")
+        self.source = QComboBox(body)
+        for key, title in SOURCES:
+            self.source.addItem(title, key)
+        pick_row.addWidget(QLabel("Task", body))
+        pick_row.addWidget(self.task)
+        pick_row.addWidget(QLabel("Source", body))
+        pick_row.addWidget(self.source, 1)
+        layout.addLayout(pick_row)
+
+        layer_row = QHBoxLayout()
+        self.raster = QgsMapLayerComboBox(body)
+        self.raster.setFilters(Qgis.LayerFilter.RasterLayer)
+        self.draw = QPushButton("Draw rectangle", body)
+        self.draw.setCheckable(True)
+        layer_row.addWidget(self.raster, 1)
+        layer_row.addWidget(self.draw)
+        layout.addLayout(layer_row)
+
+        buttons = QHBoxLayout()
+        self.send = QPushButton("Send", body)
+        self.send.setDefault(True)
+        self.stop = QPushButton("Stop", body)
+        self.stop.setEnabled(False)
+        self.new_view = QPushButton("New view", body)
+        self.new_view.setToolTip("Forget the conversation's image: the next question renders the map again")
+        self.copy = QPushButton("Copy answer", body)
+        self.export = QPushButton("Export…", body)
+        for button in (self.send, self.stop, self.new_view, self.copy, self.export):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self.setWidget(body)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self._source_changed()
+
+    def source_key(self) -> str:
+        return self.source.currentData()
+
+    def _source_changed(self, *_):
+        key = self.source_key()
+        self.raster.setEnabled(key == "raster")
+        self.draw.setEnabled(key == "rectangle")
+
+    def set_tasks(self, tasks) -> None:
+        """Offer these task words, keeping the current one when it stays available."""
+        current = self.task.currentText()
+        self.task.blockSignals(True)
+        self.task.clear()
+        self.task.addItems(list(tasks))
+        if current in tasks:
+            self.task.setCurrentText(current)
+        self.task.blockSignals(False)
+
+    def set_busy(self, busy: bool) -> None:
+        self.send.setEnabled(not busy)
+        self.stop.setEnabled(busy)
+        self.new_view.setEnabled(not busy)
+
+    def show_preview(self, pixmap: QPixmap) -> None:
+        self._pixmap = pixmap
+        self._fit_preview()
+
+    def _fit_preview(self) -> None:
+        pixmap = getattr(self, "_pixmap", None)
+        if pixmap is not None and not pixmap.isNull():
+            self.preview.setPixmap(pixmap.scaled(self.preview.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                                 Qt.TransformationMode.SmoothTransformation))
+
+    def resizeEvent(self, event):  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit_preview()
