@@ -14,7 +14,9 @@ Table 6 "acc@0.5"):
   + y sin a, y' = -x sin a + y cos a about the centre), IoU of the two polygons (shapely); a degenerate (invalid)
   polygon has IoU 0.
 
-Boxes are read by GeoVLM's grammar for the family (core.parsing). For EarthDial's syntax the grammar's reading
+Boxes are read by GeoVLM's grammar for the family (core.parsing.GRAMMARS: the numbers as written), not by
+`parse_answer`, whose georeferencing (upright angle, clipping to the image, widening zero-size boxes) the
+published scores do not apply. For EarthDial's syntax the grammar's reading
 is narrowed to what EarthDial's script reads (its `parse_bboxes` takes lists of unsigned integers only): a box
 with a negative or decimal number is not a box at all (EarthDial's own GeoChat result file has a reference
 `[[77, -2, 90, 10, 56]]`, which its script drops), and a box of four numbers counts but can match nothing
