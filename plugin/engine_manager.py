@@ -187,9 +187,13 @@ class EngineManager(QObject):
 
     def restart(self) -> QgsTask:
         """Stop and start again with the current settings, in a `QgsTask` (returned; the GUI does not wait)."""
-        def run(_task):
+        def run(task):
             self.stop()
-            self.start()
+            if task.isCanceled():  # unloaded meanwhile: no new engine
+                return False
+            token = CancelToken()
+            task.taskTerminated.connect(token.cancel)  # shutdown() cancels: a start in progress stops
+            self.start(cancel=token)
             return True
 
         task = QgsTask.fromFunction("Restart the GeoVLM engine", run, on_finished=self._restarted)

@@ -191,6 +191,11 @@ def test_local_engine_started_on_demand_shared_and_stopped():
         assert wait_for(lambda: states[-1:] == ["ready"])
         assert states[:2] == ["starting", "ready"] and "busy" in states
         assert "demo model" in manager.detail
+        manager.restart()  # the dock's Restart button: a task, the GUI does not wait
+        assert manager.state in ("stopped", "starting", "ready")
+        engine = lambda: manager.engine  # noqa: E731
+        assert wait_for(lambda: manager.state == "ready" and engine() and engine().pid not in (None, pid), 120)
+        assert states[-3:] == ["stopped", "starting", "ready"]
     finally:
         manager.shutdown()
     assert not manager.running() and manager.state == "stopped"
