@@ -1,6 +1,6 @@
 """The engine client's transport on QGIS's network stack: a body streams chunk by chunk, a cancelled token
 aborts the request within a second (from a thread and from a QgsTask), QGIS's global network timeout is
-replaced by the request's own, and HTTP error answers are responses."""
+replaced by the request's own, HTTP error answers are responses, and the user's proxy settings apply."""
 import http.server
 import threading
 import time
@@ -201,3 +201,50 @@ class socket_port:  # noqa: N801 (a context manager used like a function)
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+class Proxy(http.server.BaseHTTPRequestHandler):
+    """A stand-in HTTP proxy: answers every request itself and records the absolute URL it was asked for."""
+
+    seen = []
+
+    def do_GET(self):  # noqa: N802
+        Proxy.seen.append(self.path)
+        body = b"via the proxy"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_users_proxy_settings_apply(qgis_app):
+    from qgis.core import QgsSettings
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    settings = QgsSettings()
+    keys = {"proxy/proxyEnabled": True, "proxy/proxyType": "HttpProxy", "proxy/proxyHost": "127.0.0.1",
+            "proxy/proxyPort": str(proxy.server_port), "proxy/proxyExcludedUrls": "", "proxy/noProxyUrls": ""}
+    before = {key: settings.value(key) for key in keys}
+    try:
+        for key, value in keys.items():
+            settings.setValue(key, value)
+        QgsNetworkAccessManager.instance().setupDefaultProxyAndCache()  # as QGIS does when Options are saved
+        with socket_port() as port:  # nothing listens there: only the proxy can answer
+            url = f"http://127.0.0.1:{port}/v1/models"
+            body, _ = in_thread(lambda: QgisTransport().request("GET", url, {}, timeout=5).read())
+        assert body == b"via the proxy" and Proxy.seen == [url]
+    finally:
+        for key, value in before.items():
+            if value is None:
+                settings.remove(key)
+            else:
+                settings.setValue(key, value)
+        QgsNetworkAccessManager.instance().setupDefaultProxyAndCache()
+        proxy.shutdown()
+        thread.join(5)
+        proxy.server_close()
