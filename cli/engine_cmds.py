@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import CliError
 from .parse_cmd import add_profile_overrides, profile_overrides
+from .serve_cmds import add_key_args, check_generation_args
 
 STAND_IN_NOTE = (
     "NOTE: this is the demo model, a tiny randomly initialised stand-in: its answers are noise, "
@@ -69,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="OUT.gpkg or OUT.geojson for the grounded objects")
     p.add_argument("--engine", metavar="URL[,URL...]|local",
                    help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
-    p.add_argument("--api-key", help="bearer key of the engine (or set GEOVLM_API_KEY)")
+    add_key_args(p)
     add_profile_overrides(p)
     p.set_defaults(func=cmd_ask)
 
@@ -166,8 +167,7 @@ def cmd_ask(args) -> int:
     from ..models.pipeline import GenRequest, VlmPipeline
     from .rasters import open_frame, parse_window
 
-    if args.max_new_tokens < 1:
-        raise CliError("--max-new-tokens must be at least 1")
+    args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
     window = parse_window(args.window)
     frame = open_frame(args.raster, window)
     try:

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..engine.launcher import KEY_VARIABLE
 from . import CliError
@@ -27,7 +28,7 @@ def register(sub) -> None:
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port; 0 takes a free one (default: 8000)")
-    serve.add_argument("--api-key", help=f"require this bearer key (or set {KEY_VARIABLE})")
+    add_key_args(serve, "require this bearer key")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
     serve.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens accepted")
@@ -55,17 +56,45 @@ def register(sub) -> None:
     add_engine_args(check)
     check.add_argument("--question", default="Describe the image.", help="the question to ask")
     check.add_argument("--max-tokens", type=int, default=32)
+    check.add_argument("--temperature", type=float, default=0.0, help="0 (greedy) to 2")
     check.set_defaults(func=cmd_engine_check)
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """The options `engine_for` reads: --engine, --api-key, --family, --model, --engine-python."""
     parser.add_argument("--engine", metavar="URL[,URL...]", help="engine URL(s); default: a local one")
-    parser.add_argument("--api-key", help=f"bearer key of the engine (or set {KEY_VARIABLE})")
+    add_key_args(parser)
     parser.add_argument("--family", help="model family (needed for vLLM: it does not report it)")
     parser.add_argument("--model", metavar="DIR", help="checkpoint of the local engine (default: demo)")
     parser.add_argument("--engine-python", help="Python that runs the local engine (default: this one)")
     parser.add_argument("--max-concurrent", type=int, default=4, help="requests in flight per engine")
+
+
+def add_key_args(parser: argparse.ArgumentParser, what: str = "bearer key of the engine") -> None:
+    """--api-key-file and --api-key (the key from the environment is preferred: a flag shows in `ps`)."""
+    parser.add_argument("--api-key-file", metavar="FILE", help=f"{what}, read from FILE (first line)")
+    parser.add_argument("--api-key", help=f"{what} (visible to other local users in the process list: prefer "
+                        f"{KEY_VARIABLE} or --api-key-file)")
+
+
+def api_key_from(args) -> str | None:
+    """The key of --api-key-file, else of --api-key (with a warning: other users can read it in `ps`), else
+    of the GEOVLM_API_KEY environment variable; None when none is given."""
+    path = getattr(args, "api_key_file", None)
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise CliError(f"the API key file {path} is empty")
+        return key
+    if getattr(args, "api_key", None):
+        print(f"geovlm: warning: --api-key shows the key to every local user in the process list; set "
+              f"{KEY_VARIABLE} or use --api-key-file instead", file=sys.stderr)
+        return args.api_key
+    return os.environ.get(KEY_VARIABLE) or None
 
 
 def engine_for(args):
@@ -77,9 +106,11 @@ def engine_for(args):
     family = getattr(args, "family", None)
     concurrent = getattr(args, "max_concurrent", 4)
     if getattr(args, "engine", None):
-        key = getattr(args, "api_key", None) or os.environ.get(KEY_VARIABLE)
         urls = [u.strip() for u in args.engine.split(",") if u.strip()]
-        client = EngineClient(urls, api_key=key, profile=family, max_concurrent=concurrent)
+        try:
+            client = EngineClient(urls, api_key=api_key_from(args), profile=family, max_concurrent=concurrent)
+        except ValueError as exc:  # not an http(s) URL, or an unknown family
+            raise CliError(f"--engine: {exc}") from None
         client.local_engine = None
         return client
     engine = LocalEngine(
@@ -87,12 +118,22 @@ def engine_for(args):
     )
     print("geovlm: starting a local engine ...", file=sys.stderr)
     try:
-        url = engine.start()
+        engine.start()
     except EngineStartError as exc:
         raise CliError(f"the local engine did not start: {exc}") from exc
-    # More attempts than for a remote engine: a crashed local engine is restarted, which takes seconds.
-    client = EngineClient(url, api_key=engine.api_key, profile=family, max_concurrent=concurrent, attempts=8)
+    return client_for_local(engine, family, concurrent)
+
+
+def client_for_local(engine, family=None, max_concurrent: int = 4):
+    """An `EngineClient` of a started `LocalEngine`: its retries ride out the engine's restarts and end at once
+    when the launcher gives up (the client's errors then say so, and why, in one line)."""
+    from ..core.client import EngineClient
+
+    client = EngineClient(engine.url, api_key=engine.api_key, profile=family, max_concurrent=max_concurrent)
     client.local_engine = engine
+    engine.on_down = lambda error: client.engine_down(engine.down_reason or error)
+    if engine.down_reason:  # it gave up before the hook was in place
+        client.engine_down(engine.down_reason)
     return client
 
 
@@ -106,7 +147,7 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parent_alive = watch_parent(args.parent_pid) if args.parent_pid else None
-    key = args.api_key or os.environ.get(KEY_VARIABLE) or None
+    key = api_key_from(args)
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
@@ -154,6 +195,7 @@ def cmd_engine_check(args) -> int:
 
     from ..core.client import EngineError
 
+    check_generation_args(args.max_tokens, args.temperature, "--max-tokens")
     client = engine_for(args)
     try:
         health = client.health()
@@ -164,7 +206,7 @@ def cmd_engine_check(args) -> int:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         text, answer = client.ask(
-            buffer.getvalue(), (320, 240), args.question, max_tokens=args.max_tokens,
+            buffer.getvalue(), (320, 240), args.question, max_tokens=args.max_tokens, temperature=args.temperature,
             on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
         )
         print(f"\n-- {answer.summary()}")
@@ -174,6 +216,19 @@ def cmd_engine_check(args) -> int:
         if client.local_engine is not None:
             client.local_engine.stop()
     return 0
+
+
+def check_generation_args(max_tokens: int, temperature: float, tokens_flag: str) -> float:
+    """The CLI's sampling values, checked as the server checks them (one line on error); the temperature the
+    model gets (a vanishing one is greedy)."""
+    from ..engine.protocol import check_sampling
+
+    if max_tokens < 1:
+        raise CliError(f"{tokens_flag} must be at least 1")
+    try:
+        return check_sampling(temperature)[0]
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
 
 
 def show_restart() -> None:

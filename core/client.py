@@ -8,8 +8,11 @@ Several endpoints share the work: each has a concurrency limit and every request
 that is up. Connection errors, 429, 502, 503 and 504 are retried with exponential backoff (honouring
 Retry-After), preferably on another endpoint, and the endpoint rests for a while; a 500 (the server is up,
 the request failed there) is tried once more. Other 4xx answers and an error event inside a stream (the
-model failed on this request) are not retried. Each job of `ask_many` yields exactly one result, however
-often its request had to be sent.
+model failed on this request) are not retried. Retries go on for a window of time per request
+(`retry_window`, sized to an engine restart with its model load; a job can set its own `deadline_s`), not
+for a count of attempts; `engine_down(reason)` (the local launcher gave up) ends them at once. Each job of
+`ask_many` yields exactly one result, however often its request had to be sent, and a stream sent again
+never repeats text already handed to `on_token`.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import random
 import struct
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,14 +32,21 @@ from .parsing import parse_answer
 from .profiles import Profile, get_profile
 from .transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport, TransportError
 
-__all__ = ["AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "image_size_of"]
+__all__ = [
+    "AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "check_engine_url",
+    "image_size_of",
+]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Messages = Sequence[Tuple[str, str]]
 
 
+DEFAULT_RETRY_WINDOW_S = 120.0  # an engine restart: process start plus the model load (a 7B model on a GPU
+# server loads in 30-90 s; the demo model restarts in 5-10 s on a busy laptop)
+
+
 class EngineError(Exception):
-    """The engine refused the request or could not be reached after all retries."""
+    """The engine refused the request or could not be reached within the retry window."""
 
     def __init__(self, message: str, status: Optional[int] = None):
         super().__init__(message)
@@ -153,10 +164,12 @@ class _Pool:
 class EngineClient:
     """Asks vision-language questions of OpenAI-compatible engines.
 
-    `endpoints`: URLs such as "http://127.0.0.1:8000" (a trailing /v1 is accepted). `profile`: the model
-    family; when None it is read from our server's /v1/models (vLLM does not report it, so give it there).
-    `timeout` bounds the connect and each wait for data of one attempt; `attempts` is the number of tries
-    per request. `transport` replaces the standard-library HTTP transport.
+    `endpoints`: URLs such as "http://127.0.0.1:8000" (a trailing /v1 is accepted; http or https only,
+    else `ValueError`). `profile`: the model family; when None it is read from our server's /v1/models (vLLM
+    does not report it, so give it there). `timeout` bounds the connect and each wait for data of one
+    attempt; a request is retried until `retry_window` seconds have passed since its first attempt (no new
+    attempt starts later), or `attempts` tries when given (a cap, for quick probes). `transport` replaces the
+    standard-library HTTP transport.
     """
 
     def __init__(
@@ -167,35 +180,48 @@ class EngineClient:
         model: Optional[str] = None,
         max_concurrent: int = 4,
         timeout: float = 120.0,
-        attempts: int = 5,
+        attempts: Optional[int] = None,
         backoff: float = 0.25,
         max_backoff: float = 8.0,
         transport: Optional[Transport] = None,
+        retry_window: float = DEFAULT_RETRY_WINDOW_S,
     ):
         urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not urls:
             raise ValueError("at least one engine URL is needed")
-        if max_concurrent < 1 or attempts < 1:
+        if max_concurrent < 1 or (attempts is not None and attempts < 1):
             raise ValueError("max_concurrent and attempts must be at least 1")
+        if not retry_window >= 0:
+            raise ValueError("retry_window must be a number of seconds, 0 or more")
+        for url in urls:
+            check_engine_url(url)
         self.endpoints = [Endpoint(u, max_concurrent=max_concurrent) for u in urls]
         self.api_key = api_key
         self._profile = get_profile(profile) if isinstance(profile, str) else profile
         self.model = model
         self.timeout = timeout
         self.attempts = attempts
+        self.retry_window = retry_window
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.transport = transport or HttpClientTransport()
         self._pool = _Pool(self.endpoints, rest=backoff * 4, max_rest=30.0)
         self._info_lock = threading.Lock()
+        self._down: Optional[str] = None
 
     # ------------------------------------------------------------ public API
+
+    def engine_down(self, reason: str) -> None:
+        """The engine will not come back (the local launcher gave up): requests waiting for a retry, and all
+        later ones, fail at once with an `EngineError` saying so and why (`reason`, one line). Any thread."""
+        self._down = reason or "no reason given"
 
     def models(self, cancel: Optional[CancelToken] = None) -> Dict:
         """The /v1/models answer of an endpoint (ours adds a "geovlm" entry: family, input size, fit)."""
         return self._with_retries(lambda ep, token: self._get_json(ep, "/v1/models", token), cancel)
 
     def health(self, cancel: Optional[CancelToken] = None) -> Dict:
+        """The /health answer of an endpoint (ours: status, model, requests in flight and waiting)."""
         return self._with_retries(lambda ep, token: self._get_json(ep, "/health", token), cancel)
 
     def profile(self, cancel: Optional[CancelToken] = None) -> Profile:
@@ -221,28 +247,48 @@ class EngineClient:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: Optional[int] = None,
+        deadline_s: Optional[float] = None,
     ) -> Tuple[str, Answer]:
         """Ask about one encoded image (PNG or JPEG bytes); returns the text and the parsed answer.
 
         `question` is a string or a conversation [("user", q), ("assistant", a), ("user", q2), ...] whose
         first user turn carries the image. With `on_token` the answer is streamed, each text piece passed
-        as it arrives; if the stream breaks and is sent again, `on_restart` is called first so the caller
-        can clear what it showed. The size is read from the image header when `image_size` is None.
+        as it arrives. A stream sent again after a break does not repeat what `on_token` already got: the
+        new stream's text is held back until it passes that point; only when it differs from what was shown
+        (sampling) is `on_restart` called, and the new text passed from its start. The size is read from the
+        image header when `image_size` is None. `deadline_s`: seconds from now after which no retry starts
+        (default: the client's `retry_window`).
         """
         cancel = cancel or CancelToken()
         profile = profile or self.profile(cancel)
         size = tuple(image_size) if image_size else image_size_of(image)
         body = self._chat_body(image, question, profile, task, bool(on_token), max_tokens, temperature, seed)
-        started = []
+        shown = [""]  # the text handed to on_token so far, over all attempts
+
+        def forward(text: str) -> None:
+            """This attempt's text so far: pass on what goes beyond what was shown."""
+            if text.startswith(shown[0]):
+                if len(text) > len(shown[0]):
+                    on_token(text[len(shown[0]) :])
+                    shown[0] = text
+            elif not shown[0].startswith(text):  # the new stream took another path
+                if on_restart is not None:
+                    on_restart()
+                on_token(text)
+                shown[0] = text
 
         def attempt(endpoint: Endpoint, token: CancelToken) -> str:
-            if started and on_restart is not None:
-                on_restart()
-            started.append(True)
             body["model"] = endpoint.model or self._model_info(endpoint, token)["id"]
-            return self._complete(endpoint, body, on_token, token)
+            text = self._complete(endpoint, body, forward if on_token else None, token)
+            if on_token and text != shown[0]:  # it ended short of what an earlier attempt showed
+                if on_restart is not None:
+                    on_restart()
+                if text:
+                    on_token(text)
+                shown[0] = text
+            return text
 
-        text = self._with_retries(attempt, cancel)
+        text = self._with_retries(attempt, cancel, deadline_s)
         return text, parse_answer(text, profile, image_size=size)
 
     def ask_many(
@@ -364,7 +410,7 @@ class EngineClient:
                     return reply["choices"][0]["message"]["content"] or ""
                 except (KeyError, IndexError, TypeError) as exc:
                     raise EngineError(f"{endpoint.url}: unexpected completion {str(reply)[:200]}") from exc
-            pieces = []
+            text = ""
             finished = False
             for event in _sse_events(_guarded(response.chunks())):
                 if event == "[DONE]":
@@ -378,18 +424,24 @@ class EngineClient:
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
-                        pieces.append(delta)
-                        on_token(delta)
+                        text += delta
+                        on_token(text)
             if not finished:
                 raise _Retryable(f"{endpoint.url}: stream ended without [DONE]")
-            return "".join(pieces)
+            return text
 
-    def _with_retries(self, call, cancel: Optional[CancelToken]):
-        """Run `call(endpoint, token)` on the least busy endpoint, retrying with backoff elsewhere."""
+    def _with_retries(self, call, cancel: Optional[CancelToken], deadline_s: Optional[float] = None):
+        """Run `call(endpoint, token)` on the least busy endpoint, retrying with backoff elsewhere until the
+        retry window (or `deadline_s`) has passed, `attempts` tries were made, or the engine is down."""
         token = cancel or CancelToken()
+        window = self.retry_window if deadline_s is None else deadline_s
+        deadline = time.monotonic() + window
         last: Optional[Endpoint] = None
         server_errors = 0
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while True:
+            self._check_down()
+            attempt += 1
             endpoint = self._pool.acquire(token, avoid=last)
             ok = None
             try:
@@ -400,14 +452,41 @@ class EngineClient:
                 server_errors += exc.status == 500
                 ok = None if exc.status == 500 else False  # a 500 came from a live server: no rest
                 last = endpoint
-                if attempt == self.attempts or server_errors > 1:
-                    raise EngineError(f"gave up after {attempt} attempts: {exc}", exc.status) from exc
-                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + random.random())  # nosec B311  # jitter
+                self._check_down(exc)
+                delay = self.backoff * 2 ** min(attempt - 1, 16) * (0.5 + random.random())  # nosec B311
                 delay = min(self.max_backoff, exc.retry_after if exc.retry_after is not None else delay)
+                out_of_time = time.monotonic() + delay > deadline
+                if out_of_time or server_errors > 1 or (self.attempts is not None and attempt >= self.attempts):
+                    spent = f"{attempt} attempts" + (f" in {window:.0f} s" if out_of_time else "")
+                    raise EngineError(f"gave up after {spent}: {exc}", exc.status) from exc
             finally:
                 self._pool.release(endpoint, ok)
-            token.sleep(delay)
-        raise AssertionError("unreachable")
+            self._sleep(token, delay)
+
+    def _check_down(self, cause: Optional[Exception] = None) -> None:
+        if self._down is not None:
+            raise EngineError(f"the engine is down: {self._down}") from cause
+
+    def _sleep(self, token: CancelToken, seconds: float) -> None:
+        """Back off, waking early for a cancellation or when the engine is reported down."""
+        end = time.monotonic() + seconds
+        while self._down is None:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            token.sleep(min(0.1, remaining))
+
+
+def check_engine_url(url: str) -> str:
+    """`url` when it is an http(s) URL with a host (an engine's address), else `ValueError` in one line."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"an engine URL is http://HOST:PORT or https://HOST:PORT, not {url!r}")
+    try:
+        parts.port  # noqa: B018  # a port that is not a number raises here
+    except ValueError:
+        raise ValueError(f"the engine URL {url!r} has an invalid port") from None
+    return url
 
 
 # ------------------------------------------------------------ helpers

@@ -6,8 +6,9 @@ cannot import geovlm by itself, as in a plugin-only install), binds port 0 on 12
 through a ready file; the launcher then waits for /health. A failed start raises `EngineStartError` with
 the end of the engine's own output. A crashed engine is started again on the same port (a few times at
 most), and the engine is stopped when the launcher stops or the interpreter exits; should this process be
-killed outright, the engine sees it gone and exits by itself. Each launch gets a random API key, handed over
-in the environment (never on the command line), so other local users cannot use it.
+killed outright, the engine sees it gone and exits by itself; the temporary folder it leaves
+(`geovlm-engine-*`, with the log) is removed by the next launcher that starts. Each launch gets a random API
+key, handed over in the environment (never on the command line), so other local users cannot use it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .lifeline import die_with_parent
+from .lifeline import alive, die_with_parent
 
 log = logging.getLogger("geovlm.launcher")
 
@@ -37,6 +38,8 @@ DROP_VARIABLES = (
 DROP_PREFIXES = ("QGIS", "PROJ_", "GDAL_", "CPL_", "OGR_", "QT_", "PYQGIS", "DYLD_")
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds the geovlm package
 KEY_VARIABLE = "GEOVLM_API_KEY"
+DIR_PREFIX = "geovlm-engine-"
+OWNER_FILE = "launcher.json"  # {"pid": the launcher's process id}, in each engine's temporary folder
 
 
 class EngineStartError(RuntimeError):
@@ -59,7 +62,8 @@ class LocalEngine:
     """Starts, watches and stops one local engine. Use `start()` / `stop()` or a `with` block. `env` is the
     environment to clean (default: this process's); `api_key` defaults to a fresh random one. `restarts`
     counts the restarts since the engine last ran `healthy_s` without crashing; past `max_restarts` the
-    launcher gives up and calls `on_down(last_error)` from its watcher thread."""
+    launcher gives up, says why in one line in `down_reason`, and calls `on_down(last_error)` from its watcher
+    thread."""
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class LocalEngine:
         self.on_down = on_down
         self._up_since = 0.0
         self.last_error: Optional[str] = None
+        self.down_reason: Optional[str] = None
         self._env = clean_environment(env)
         self._env[KEY_VARIABLE] = self.api_key
         self._dir: Optional[Path] = None
@@ -120,7 +125,10 @@ class LocalEngine:
                 if self._proc is not None and self._proc.poll() is None:
                     return self.url
                 self._stopping.clear()
-                self._dir = Path(tempfile.mkdtemp(prefix="geovlm-engine-"))
+                self.down_reason = None
+                remove_leftovers()
+                self._dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+                (self._dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid()}), encoding="utf-8")
                 if "PYTHONPATH" not in self._env and not _imports_geovlm(self.python, self._env, self._dir):
                     self._env["PYTHONPATH"] = str(PACKAGE_PARENT)  # a plugin-only install
                 started: queue.Queue = queue.Queue(1)
@@ -236,6 +244,7 @@ class LocalEngine:
             self._up_since = 0.0  # until a launch succeeds
             if self.restarts >= self.max_restarts:
                 log.error("not restarting the local engine: %d restarts already", self.restarts)
+                self.down_reason = self._one_line(proc.returncode)
                 with self._lock:
                     self._proc = None
                 if self.on_down is not None:
@@ -246,6 +255,35 @@ class LocalEngine:
                 self._launch(int(self.url.rsplit(":", 1)[1]))
             except EngineStartError as exc:
                 log.error("restarting the local engine failed: %s", exc)
+
+
+    def _one_line(self, status: int) -> str:
+        """Why the engine is down, in one line: how it ended, its restarts, the last line it wrote."""
+        lines = [line.strip() for line in (self.last_error or "").splitlines()[1:] if line.strip()]
+        said = f"; its last output: {lines[-1][:300]}" if lines else ""
+        restarts = f"after {self.restarts} restart{'s' if self.restarts != 1 else ''}" if self.restarts else "at once"
+        return f"the local engine stopped (status {status}) and was given up {restarts}{said}"
+
+
+def remove_leftovers(folder: Optional[Path] = None) -> List[Path]:
+    """Remove the temporary folders of engines whose launcher is gone (killed before it could clean up): this
+    user's `geovlm-engine-*` folders in `folder` (the system temp folder) whose launcher.json names a process
+    that no longer runs. Folders of running launchers, of other users, and without launcher.json are kept.
+    Returns the folders removed."""
+    removed = []
+    for path in Path(folder or tempfile.gettempdir()).glob(DIR_PREFIX + "*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or (hasattr(os, "getuid") and path.stat().st_uid != os.getuid()):
+                continue
+            owner = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(owner, int) and owner != os.getpid() and not alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary folder(s) of engines whose launcher is gone", len(removed))
+    return removed
 
 
 def _imports_geovlm(python: str, env: Mapping[str, str], cwd: Path) -> bool:

@@ -16,10 +16,11 @@ def watch_parent(pid: int) -> Callable[[], bool]:
     asks whether it still is (a parent's death reparents its children, even while it waits unreaped)."""
     if os.name == "posix" and os.getppid() == pid:
         return lambda: os.getppid() == pid
-    return lambda: _alive(pid)
+    return lambda: alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts as alive until reaped)."""
     if os.name == "nt":
         kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
         kernel32.OpenProcess.restype = ctypes.c_void_p

@@ -27,10 +27,11 @@ def png(width=200, height=100, color=(10, 120, 30)) -> bytes:
 class Script:
     """What a fake engine does, request by request: a list of actions consumed in order, then `default`."""
 
-    def __init__(self, actions=(), default="ok", text=BOX_TEXT, delay=0.0):
+    def __init__(self, actions=(), default="ok", text=BOX_TEXT, delay=0.0, later_text=None):
         self.actions = list(actions)
         self.default = default
         self.text = text
+        self.later_text = later_text  # the answer from the second request on (a sampled answer differs)
         self.delay = delay
         self.lock = threading.Lock()
         self.posts = []  # parsed bodies of the chat requests, in arrival order
@@ -93,7 +94,8 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "400":
             self._json(400, {"error": {"message": "bad image, says the server"}})
         elif body.get("stream"):
-            self._stream(script.text, broken=action == "stream-drop", failed=action == "stream-error")
+            text = script.later_text if script.later_text and len(script.posts) > 1 else script.text
+            self._stream(text, broken=action == "stream-drop", failed=action == "stream-error")
         else:
             reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": script.text}}]}
             self._json(200, reply)
@@ -242,7 +244,7 @@ def test_timeout_then_retry(serve):
     assert len(script.posts) == 2 and time.monotonic() - started < 2.5
 
 
-def test_stream_pieces_and_restart_after_a_broken_stream(serve):
+def test_a_stream_sent_again_never_repeats_shown_text(serve):
     script = Script(["stream-drop"])
     client = client_for(serve(script))
     shown = []
@@ -250,10 +252,28 @@ def test_stream_pieces_and_restart_after_a_broken_stream(serve):
         png(), (200, 100), "q", on_token=shown.append, on_restart=lambda: shown.append("<restart>")
     )
     assert text == BOX_TEXT and len(answer.objects) == 1
-    restart = shown.index("<restart>")
-    assert "".join(shown[:restart]) == BOX_TEXT[:8]  # two pieces came before the drop
-    assert "".join(shown[restart + 1 :]) == BOX_TEXT
+    assert "".join(shown) == BOX_TEXT and "<restart>" not in shown  # the second stream went on where it broke
     assert all(body["stream"] for body in script.posts) and len(script.posts) == 2
+
+
+def test_a_stream_that_takes_another_path_is_restarted_once(serve):
+    other = "two ships {<5><5><15><15>|<0>}"
+    script = Script(["stream-drop"], later_text=other)
+    client = client_for(serve(script))
+    shown = []
+    text, _ = client.ask(png(), (200, 100), "q", on_token=shown.append, on_restart=lambda: shown.append("<restart>"))
+    assert text == other and shown.count("<restart>") == 1
+    restart = shown.index("<restart>")
+    assert "".join(shown[:restart]) == BOX_TEXT[:8] and "".join(shown[restart + 1 :]) == other
+
+
+def test_no_restart_is_shown_when_only_connections_failed(serve):
+    url = serve(Script())
+    client = client_for([url, "http://127.0.0.1:1"], max_concurrent=1)
+    shown = []
+    for _ in range(4):
+        client.ask(png(), (200, 100), "q", on_token=shown.append, on_restart=lambda: shown.append("<restart>"))
+    assert "<restart>" not in shown and "".join(shown) == BOX_TEXT * 4
 
 
 @pytest.mark.parametrize(
@@ -360,21 +380,53 @@ def test_image_size_from_png_and_jpeg():
         image_size_of(b"GIF89a....")
 
 
-def test_the_command_line_marks_a_restarted_stream(serve, capsys):
+def test_the_command_line_prints_a_resent_stream_once(serve, capsys):
     from geovlm.cli import main
 
     url = serve(Script(["stream-drop"]))
     assert main(["engine-check", "--engine", url, "--max-tokens", "8"]) == 0
     out, err = capsys.readouterr()
-    assert f"{BOX_TEXT[:8]}\n{BOX_TEXT}\n" in out  # the broken start, then the whole answer on a line of its own
-    assert "[stream broke; answer restarted]" in err
+    assert f"{BOX_TEXT}\n" in out and out.count(BOX_TEXT[:8]) == 1
+    assert "[stream broke; answer restarted]" not in err
 
 
-def test_ask_through_an_engine_marks_a_restarted_stream(serve, capsys, data_dir):
+def test_ask_through_an_engine_marks_a_stream_that_restarted(serve, capsys, data_dir):
     from geovlm.cli import main
 
-    url = serve(Script(["stream-drop"]))
+    other = "two ships {<5><5><15><15>|<0>}"
+    url = serve(Script(["stream-drop"], later_text=other))
     raster = str(data_dir / "rasters" / "cogeo.tif")
     assert main(["ask", raster, "q", "--engine", url, "--window", "0,0,64,48", "--max-new-tokens", "8"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(f"{BOX_TEXT[:8]}\n{BOX_TEXT}\n") and "[stream broke; answer restarted]" in err
+    assert out.startswith(f"{BOX_TEXT[:8]}\n{other}\n") and err.count("[stream broke; answer restarted]") == 1
+
+
+def test_retries_run_for_a_window_of_time_not_a_count(serve):
+    script = Script(default="503")
+    client = client_for(serve(script), backoff=0.01, max_backoff=0.05, retry_window=1.0)
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"attempts in 1 s.*it broke"):
+        client.ask(png(), (200, 100), "q")
+    assert 0.8 < time.monotonic() - started < 3 and len(script.posts) > 8  # more than the old five attempts
+    posts = len(script.posts)
+    with pytest.raises(EngineError, match="attempts in 0 s"):
+        client.ask(png(), (200, 100), "q", deadline_s=0.2)  # a job's own deadline
+    assert len(script.posts) - posts < posts
+
+
+def test_an_engine_reported_down_ends_the_retries_at_once(serve):
+    script = Script(default="503")
+    client = client_for(serve(script), backoff=0.5, max_backoff=2.0, retry_window=60)
+    threading.Timer(0.5, client.engine_down, ["the local engine crashed (status -9); restarted 3 times"]).start()
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"^the engine is down: the local engine crashed \(status -9\)"):
+        client.ask(png(), (200, 100), "q")
+    assert time.monotonic() - started < 1.5
+    with pytest.raises(EngineError, match="the engine is down"):
+        client.health()
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/", "localhost:8000", "http://", "http://h:port"])
+def test_engine_urls_must_be_http(url):
+    with pytest.raises(ValueError, match="engine URL"):
+        EngineClient(url)

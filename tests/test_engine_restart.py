@@ -1,0 +1,146 @@
+"""The client and the local engine ride out faults: a real `geovlm serve` (the demo model, loopback) killed
+while it answers 120 jobs and restarted by its launcher; an engine killed mid-stream whose launcher gives up;
+the temporary folders of launchers killed outright."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from geovlm.cli.serve_cmds import client_for_local
+from geovlm.core.client import AskJob, EngineError
+from geovlm.engine.launcher import OWNER_FILE, LocalEngine, remove_leftovers
+
+
+def encoded(seed, size=(64, 48)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from geovlm.models.demo_model import write_demo_model
+    from geovlm.models.pipeline import ensure_encoder
+
+    path = tmp_path_factory.getbasetemp() / "demo-model"
+    if not (path / "geovlm.json").is_file():
+        write_demo_model(path, seed=0)
+    ensure_encoder(path)
+    return path
+
+
+def test_120_jobs_over_a_killed_and_restarted_engine(model_dir):
+    engine = LocalEngine(model=str(model_dir), max_restarts=1, extra_args=["--batch-window-ms", "20"])
+    try:
+        engine.start()
+        client = client_for_local(engine, max_concurrent=8)  # the default retry window
+        distinct = [(encoded(i), f"Describe area {i}") for i in range(24)]
+        expected = [client.ask(image, None, question, max_tokens=6)[0] for image, question in distinct]
+        jobs = [AskJob(*distinct[i % 24][:1], None, distinct[i % 24][1]) for i in range(120)]
+        calls, lock, killed = {}, threading.Lock(), []
+        first_pid = engine.pid
+
+        def on_result(index, result):
+            with lock:
+                calls[index] = calls.get(index, 0) + 1
+                if len(calls) >= 30 and not killed:
+                    if httpx.get(engine.url + "/health", timeout=5).json()["in_flight"]:
+                        killed.append(len(calls))
+                        os.kill(first_pid, signal.SIGKILL)
+
+        started = time.monotonic()
+        results = client.ask_many(jobs, on_result=on_result, max_tokens=6)
+        assert killed and killed[0] < 100 and engine.restarts == 1 and engine.pid != first_pid
+        assert calls == {i: 1 for i in range(120)}  # every job answered, none twice
+        errors = [r for r in results if not isinstance(r, tuple)]
+        assert not errors, errors[:3]
+        assert [r[0] for r in results] == [expected[i % 24] for i in range(120)]  # as without the fault
+        assert time.monotonic() - started < 240
+    finally:
+        engine.stop()
+
+
+def test_an_engine_killed_mid_stream_whose_launcher_gives_up_is_one_line_at_once(model_dir):
+    engine = LocalEngine(model=str(model_dir), max_restarts=0)
+    try:
+        engine.start()
+        client = client_for_local(engine)
+        shown, outcome = [], {}
+
+        def ask():
+            try:
+                client.ask(encoded(1), None, "Describe the image", on_token=shown.append, max_tokens=200)
+            except EngineError as exc:
+                outcome["error"], outcome["at"] = str(exc), time.monotonic()
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        deadline = time.monotonic() + 60
+        while not shown and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shown, "no text streamed"
+        killed_at = time.monotonic()
+        os.kill(engine.pid, signal.SIGKILL)
+        asker.join(30)
+        message = outcome["error"]
+        assert message.startswith("the engine is down: the local engine stopped (status -9)"), message
+        assert "\n" not in message and outcome["at"] - killed_at < 5
+    finally:
+        engine.stop()
+
+
+def test_folders_of_killed_launchers_are_removed_on_the_next_start(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a process id that no longer runs
+    gone.wait()
+    folders = {}
+    for name, owner in (("dead", gone.pid), ("living", os.getppid()), ("unowned", None)):
+        folder = tmp_path / f"geovlm-engine-{name}"
+        folder.mkdir()
+        (folder / "engine.log").write_text("log")
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(json.dumps({"pid": owner}))
+        folders[name] = folder
+    assert remove_leftovers(tmp_path) == [folders["dead"]]
+    assert not folders["dead"].exists() and folders["living"].exists() and folders["unowned"].exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["engine-check", "--engine", "file:///etc/passwd"], "--engine: an engine URL is http://HOST:PORT"),
+        (["engine-check", "--engine", "http://127.0.0.1:1", "--temperature", "-1"], "--temperature must be"),
+        (["engine-check", "--engine", "http://127.0.0.1:1", "--temperature", "nan"], "--temperature must be"),
+        (["engine-check", "--engine", "http://127.0.0.1:1", "--api-key-file", "/nonexistent/key"],
+         "cannot read the API key file"),
+    ],
+)
+def test_bad_engine_arguments_are_one_line(argv, message, capsys):
+    from geovlm.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_api_key_flag_warns_that_ps_shows_it(capsys, tmp_path):
+    from geovlm.cli.serve_cmds import api_key_from
+
+    class Args:
+        api_key, api_key_file = "secret", None
+
+    assert api_key_from(Args()) == "secret"
+    assert "process list" in capsys.readouterr().err
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    Args.api_key_file = str(key_file)
+    assert api_key_from(Args()) == "from-file" and capsys.readouterr().err == ""
