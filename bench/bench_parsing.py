@@ -1,10 +1,14 @@
 """Parsing and georeferencing throughput on the shared real answers and on adversarial long answers.
 
-Prints a table: answers/s and objects/s for each file, and the time for 40,000-character hostile answers.
+Prints a table: answers/s and objects/s for each file, and the time for 40,000-character hostile answers; then
+`geovlm parse` of one long Florence-2 line of `<loc_>` bins (75, 150 and 300 KB): parse time, peak memory of the
+parse (tracemalloc), time to write the GeoPackage and its size, which should all grow linearly.
 """
 import json
 import os
+import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from geovlm.core.georef import GeoTransform, ImageFrame
@@ -52,8 +56,36 @@ def main():
         "florence2": "word " * 8000,
     }
     for family, text in hostile.items():
-        seconds, _ = best_of(parse_answer, text, get_profile(family), (512, 512), repeats=3)
-        print(f"| hostile {family}, {len(text):,} chars | 1 | 0 | {seconds * 1000:.1f} | {1 / seconds:,.0f} | - |")
+        seconds, answer = best_of(parse_answer, text, get_profile(family), (512, 512), repeats=3)
+        print(f"| hostile {family}, {len(text):,} chars | 1 | {len(answer.objects)} | {seconds * 1000:.1f} | "
+              f"{1 / seconds:,.0f} | - |")
+    florence_long_lines()
+
+
+def florence_long_lines():
+    """`geovlm parse` of one Florence-2 line of N bytes of <loc_> bins: time, memory and output size."""
+    from geovlm.cli import main as geovlm
+
+    print("\n| Florence-2 line | boxes | parse ms | parse peak MB | geovlm parse s | GeoPackage MB |")
+    print("|---|---|---|---|---|---|")
+    profile = get_profile("florence2")
+    for kb in (75, 150, 300):
+        box = "<loc_123><loc_456><loc_789><loc_987>"
+        text = "car" + box * (kb * 1000 // len(box))
+        parse_s, answer = best_of(parse_answer, text, profile, (768, 768), repeats=3)
+        tracemalloc.start()  # a separate run: tracing slows it down
+        parse_answer(text, profile, (768, 768))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        with tempfile.TemporaryDirectory() as folder:
+            src, out = Path(folder) / "a.txt", Path(folder) / "a.gpkg"
+            src.write_text(text + "\n")
+            start = time.perf_counter()
+            geovlm(["parse", str(src), "--family", "florence2", "--image-size", "768x768", "--out", str(out)])
+            cli_s = time.perf_counter() - start
+            size = out.stat().st_size
+        print(f"| {len(text) / 1000:.0f} KB | {len(answer.objects):,} | {parse_s * 1000:.0f} | {peak / 2**20:.1f} | "
+              f"{cli_s:.2f} | {size / 2**20:.1f} |")
 
 
 if __name__ == "__main__":

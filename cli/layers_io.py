@@ -81,6 +81,8 @@ def _write(obj_df, rel_df, out: Path) -> dict:
         for path, df in ((out, obj_df), (rel_path, rel_df)):
             if path.exists():
                 path.unlink()
-            df.to_file(path, driver="GeoJSON", engine="pyogrio")
+            # GDAL would otherwise write a string such as "[10, 20, 30, 60, 90]" (a box's source) as a JSON
+            # array: AUTODETECT_JSON_STRINGS=NO keeps every string a string (GDAL >= 3.8 option).
+            df.to_file(path, driver="GeoJSON", engine="pyogrio", layer_options={"AUTODETECT_JSON_STRINGS": "NO"})
         paths = {"objects": str(out), "relations": str(rel_path)}
     return {"objects": len(obj_df), "relations": len(rel_df), "paths": paths}

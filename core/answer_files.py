@@ -1,4 +1,9 @@
-"""Saved answers on disk: JSON lines (the answer in one field) or plain text, one answer a line."""
+"""Saved answers on disk: JSON lines (the answer in one field) or plain text, one answer a line.
+
+Files are read as people save them: UTF-8 with or without a byte-order mark, LF or CRLF line ends. Lines end
+at "\n" only (JSON lines' definition, jsonlines.org): `str.splitlines` would also split at U+2028, U+0085
+and other separators, which JSON strings may hold unescaped.
+"""
 from __future__ import annotations
 
 import json
@@ -8,15 +13,16 @@ from typing import Iterator, Tuple
 
 def read_answers(path, field: str = "answer", question_field: str = "question") -> Iterator[Tuple[int, str, str]]:
     """(line number from 1, answer text, question text or ''); JSON lines when the first non-empty line parses
-    as a JSON object.
+    as a JSON object (a UTF-8 byte-order mark before it is ignored).
 
     Raises ValueError with the file and line for anything that is not readable as such.
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -24,7 +24,7 @@ from .answer import (
     Relation,
     Skipped,
 )
-from .georef import FitPlan, fit_plan, model_to_input, rotated_corners
+from .georef import FitPlan, Point, fit_plan, model_to_input, rotated_corners, signed_area
 from .profiles import Profile
 from .vocab import PREDICATES_LONGEST_FIRST
 
@@ -91,17 +91,32 @@ def _label_between(text: str, prev_end: int, start: int, prev_label: str) -> str
 # ---------------------------------------------------------------- helpers
 
 
-def _floats(values: Sequence[str]) -> Optional[Tuple[float, ...]]:
+# Numbers beyond this many times the family's full range are not coordinates (1e308, 1,000 digits...): such a
+# box is reported as skipped, so that no later arithmetic meets an infinity.
+_MAX_RANGE_MULTIPLE = 1e6
+
+
+def _floats(values: Sequence[object]) -> Optional[Tuple[float, ...]]:
+    """The values as finite floats, or None if any is not one (text, inf, nan, an int too big for a float)."""
     out = []
     for v in values:
         try:
             f = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         if not math.isfinite(f):
             return None
         out.append(f)
     return tuple(out)
+
+
+def _box_numbers(values: Sequence[object], angle: Optional[object]) -> Tuple[Optional[Tuple[float, ...]], Optional[float]]:  # noqa: E501
+    """(four finite floats or None, the angle as a float or None); an unreadable angle makes the whole box
+    unreadable (values None), so it is reported rather than turned by a guess."""
+    numbers = _floats(list(values) + ([] if angle is None else [angle]))
+    if numbers is None:
+        return None, None
+    return numbers[:4], (numbers[4] if angle is not None else None)
 
 
 def _skip_unmatched(text: str, starts: re.Pattern, covered: List[Tuple[int, int]], reason: str) -> List[Skipped]:
@@ -138,8 +153,7 @@ def _read_inline_boxes(text: str, pattern: re.Pattern) -> Reading:
     reading = Reading()
     prev_end, prev_label = 0, ""
     for m in pattern.finditer(text):
-        values = _floats(m.group(1, 2, 3, 4))
-        angle = _floats([m.group(5)])[0] if pattern.groups >= 5 and m.group(5) is not None else None
+        values, angle = _box_numbers(m.group(1, 2, 3, 4), m.group(5) if pattern.groups >= 5 else None)
         label = _label_between(text, prev_end, m.start(), prev_label)
         reading.boxes.append(RawBox(values, angle, "xyxy", m.span(), label))
         prev_end, prev_label = m.end(), label
@@ -220,8 +234,7 @@ def read_skysense(text: str, profile: Profile) -> Reading:
         label = ref[1] if ref else _label_between(text, prev_end, g_start, prev_label)
         indices = []
         for m in _RBOX_ITEM.finditer(text, inner, inner_end):
-            values = _floats(m.group(1, 2, 3, 4))
-            angle = _floats([m.group(5)])[0] if m.group(5) is not None else None
+            values, angle = _box_numbers(m.group(1, 2, 3, 4), m.group(5))
             indices.append(len(reading.boxes))
             reading.boxes.append(RawBox(values, angle, "cxcywh", m.span(), label))
         groups_by_start[ref[0] if ref else g_start] = (indices, label)
@@ -289,24 +302,44 @@ _QWEN2_BOX = re.compile(
     rf"<\|box_start\|>\s*((?:\(\s*{NUM}\s*,\s*{NUM}\s*\)(?:\s*,)?\s*)+)<\|box_end\|>"
 )
 _QWEN2_PAIR = re.compile(rf"\(\s*({NUM})\s*,\s*({NUM})\s*\)")
+# A box saved without the special tokens (the usual decoding drops them): `white truck(412,305),(498,377)`.
+_QWEN2_BARE = re.compile(rf"\(\s*({NUM})\s*,\s*({NUM})\s*\)\s*,?\s*\(\s*({NUM})\s*,\s*({NUM})\s*\)")
 
 
 def read_qwen2(text: str, profile: Profile) -> Reading:
-    """Qwen2-VL: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>."""
+    """Qwen2-VL: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>, in bins
+    of 1/1000 (Qwen2-VL's model card and `qwen_vl_utils`). Answers decoded with `skip_special_tokens=True`
+    lose the tokens and read `white truck(412,305),(498,377)`: two corner pairs after a phrase are
+    unambiguous, so they are read too, labelled by the phrase before them. Each box's span (its `source`)
+    is its own two corner pairs."""
     reading = Reading()
     ref_pairs, _ = tag_pairs(text, "<|object_ref_start|>", "<|object_ref_end|>")
     ref_ends = [end for _, _, _, end in ref_pairs]
-    for m in _QWEN2_BOX.finditer(text):
-        pairs = _QWEN2_PAIR.findall(m.group(1))
+    groups = list(_QWEN2_BOX.finditer(text))
+    for m in groups:
+        pairs = list(_QWEN2_PAIR.finditer(text, m.start(1), m.end(1)))
         k = bisect.bisect_right(ref_ends, m.start()) - 1
         label = text[ref_pairs[k][1] : ref_pairs[k][2]].strip() if k >= 0 else ""
         if len(pairs) % 2:
-            reading.skipped.append(Skipped(m.group(0), m.span(), "odd number of corner points"))
+            reading.skipped.append(Skipped(m.group(0)[:200], m.span(), "odd number of corner points"))
             continue
-        for i in range(0, len(pairs), 2):
-            values = _floats(pairs[i] + pairs[i + 1])
-            reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
-    covered = [m.span() for m in _QWEN2_BOX.finditer(text)]
+        for first, second in zip(pairs[::2], pairs[1::2]):
+            values = _floats(first.groups() + second.groups())
+            reading.boxes.append(RawBox(values, None, "xyxy", (first.start(), second.end()), label))
+    covered = [m.span() for m in groups]
+    group_starts = [a for a, _ in covered]
+    prev_end, prev_label = 0, ""
+    for m in _QWEN2_BARE.finditer(text):
+        i = bisect.bisect_right(group_starts, m.start()) - 1
+        if i >= 0 and m.start() < covered[i][1]:
+            continue
+        k = bisect.bisect_right(ref_ends, m.start()) - 1
+        if k >= 0 and not text[ref_ends[k] : m.start()].strip():
+            label = text[ref_pairs[k][1] : ref_pairs[k][2]].strip()
+        else:
+            label = _label_between(text, prev_end, m.start(), prev_label)
+        reading.boxes.append(RawBox(_floats(m.groups()), None, "xyxy", m.span(), label))
+        prev_end, prev_label = m.end(), label
     reading.skipped += _skip_unmatched(text, re.compile(r"<\|box_start\|>"), covered, "incomplete box tokens")
     return reading
 
@@ -341,18 +374,24 @@ _LOC = re.compile(r"<loc_(\d+)>")
 
 
 def read_florence2(text: str, profile: Profile) -> Reading:
-    """Florence-2: label<loc_x1><loc_y1><loc_x2><loc_y2>, location bins of 1/1000."""
+    """Florence-2: label<loc_x1><loc_y1><loc_x2><loc_y2>, location bins of 1/1000 (its processor's
+    `post_process_generation`). A run of several boxes shares the label before it; each box's span (its
+    `source`) is its own four bins, so a long run costs linear time and memory."""
     reading = Reading()
     label, prev_end = "", 0
     for m in _FLORENCE_RUN.finditer(text):
         written = _TAGS.sub("", text[prev_end : m.start()]).strip()
         label, prev_end = written or label, m.end()
-        locs = _LOC.findall(m.group(0))
-        for i in range(0, len(locs) - len(locs) % 4, 4):
-            values = _floats(locs[i : i + 4])
-            reading.boxes.append(RawBox(values, None, "xyxy", m.span(), label))
+        locs = list(_LOC.finditer(text, m.start(), m.end()))
+        whole = len(locs) - len(locs) % 4
+        for i in range(0, whole, 4):
+            values = _floats([loc.group(1) for loc in locs[i : i + 4]])
+            reading.boxes.append(RawBox(values, None, "xyxy", (locs[i].start(), locs[i + 3].end()), label))
         if len(locs) % 4:
-            reading.skipped.append(Skipped(m.group(0), m.span(), f"{len(locs) % 4} location bins left over"))
+            span = (locs[whole].start(), m.end())
+            reading.skipped.append(
+                Skipped(text[span[0] : span[1]], span, f"{len(locs) % 4} location bins left over")
+            )
     return reading
 
 
@@ -382,58 +421,140 @@ def _model_range(profile: Profile, plan: FitPlan) -> Tuple[float, float]:
     return profile.coord_scale, profile.coord_scale
 
 
-def _clip(v: float, hi: float) -> float:
-    return min(max(v, 0.0), hi)
+def box_turn(angle: Optional[float], profile: Profile) -> float:
+    """The counter-clockwise turn on screen, in degrees, of a box written with `angle` (None: no angle).
+
+    "offset" mode: angle_sense * (angle - upright_angle), in (-360, 360). "nearest_axis" mode: angle_sense *
+    (angle - the nearest multiple of 90), in [-45, 45], so 0, 90, 180 and 270 all leave the box as written.
+    Finite for every finite angle (no overflow: `math.remainder` and `math.fmod` are exact).
+    """
+    if angle is None:
+        return 0.0
+    if profile.angle_mode == "nearest_axis":
+        offset = math.remainder(angle, 90.0)
+    else:
+        offset = math.fmod(angle - profile.upright_angle, 360.0)
+    return profile.angle_sense * offset + 0.0  # + 0.0: no negative zero
 
 
-def box_to_object(raw: RawBox, profile: Profile, plan: FitPlan, obj_id: int) -> GeoObject:
-    """Map one written box to a polygon in pixels of the sent image (exact; rotation in input space)."""
+def clip_to_image(polygon: Sequence[Point], width: float, height: float) -> List[Point]:
+    """The part of a convex polygon inside the image [0, width] x [0, height] (Sutherland-Hodgman), in
+    image pixels; the polygon itself when it lies inside, [] when nothing of it does."""
+    if all(0.0 <= x <= width and 0.0 <= y <= height for x, y in polygon):
+        return list(polygon)
+    out = list(polygon)
+    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if not out:
+            break
+        pts, out = out, []
+        for i, cur in enumerate(pts):
+            prev = pts[i - 1]
+            cur_in = cur[axis] <= bound if keep_below else cur[axis] >= bound
+            prev_in = prev[axis] <= bound if keep_below else prev[axis] >= bound
+            if cur_in != prev_in:
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                cross = [prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])]
+                cross[axis] = bound
+                out.append((cross[0], cross[1]))
+            if cur_in:
+                out.append(cur)
+    dedup = [p for i, p in enumerate(out) if p != out[i - 1]] if len(out) > 1 else out
+    return dedup if len(dedup) >= 3 and abs(signed_area(dedup)) > 0 else []
+
+
+def _nano(point: Point) -> Point:
+    return (round(point[0], 9) + 0.0, round(point[1], 9) + 0.0)
+
+
+def box_to_object(raw: RawBox, profile: Profile, plan: FitPlan, obj_id: int) -> Optional[GeoObject]:
+    """Map one written box to a polygon in pixels of the sent image (exact; rotation in input space).
+
+    The box is turned in the model's input, mapped to image pixels through the fit plan, then clipped to
+    the image there (so a box in the padding band of a padded image ends at the image's edge); a zero-size
+    box is widened to one image pixel inside the image. None when no part of the box lies on the image or a
+    number is beyond a million times the family's range (the caller reports the box as skipped).
+    """
     flags = []
     v0, v1, v2, v3 = raw.values
     max_x, max_y = _model_range(profile, plan)
+    limit = _MAX_RANGE_MULTIPLE * max(max_x, max_y)
+    if any(abs(v) > limit for v in raw.values):
+        return None
     if raw.layout == "cxcywh":
         cx, cy, w, h = v0, v1, abs(v2), abs(v3)
-        ccx, ccy = _clip(cx, max_x), _clip(cy, max_y)
-        cw, ch = min(w, max_x), min(h, max_y)
-        if (ccx, ccy, cw, ch) != (cx, cy, w, h):
-            flags.append(CLIPPED)
-        x1, y1, x2, y2 = ccx - cw / 2, ccy - ch / 2, ccx + cw / 2, ccy + ch / 2
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
     else:
         x1, y1, x2, y2 = v0, v1, v2, v3
         if x2 < x1 or y2 < y1:
             flags.append(REORDERED)
             x1, x2 = min(x1, x2), max(x1, x2)
             y1, y2 = min(y1, y2), max(y1, y2)
-        clipped = (_clip(x1, max_x), _clip(y1, max_y), _clip(x2, max_x), _clip(y2, max_y))
-        if clipped != (x1, y1, x2, y2):
-            flags.append(CLIPPED)
-        x1, y1, x2, y2 = clipped
     # model numbers -> input pixels
     ix1, iy1 = model_to_input(profile, plan, x1, y1)
     ix2, iy2 = model_to_input(profile, plan, x2, y2)
     w_in, h_in = ix2 - ix1, iy2 - iy1
-    # The smallest valid box around a zero-size one: one pixel of the sent image.
-    min_w, min_h = plan.scale_x, plan.scale_y
+    cx_in, cy_in = (ix1 + ix2) / 2, (iy1 + iy2) / 2
     if w_in <= 0 or h_in <= 0:
+        # The smallest valid box around a zero-size one: one pixel of the sent image, inside the image.
         flags.append(DEGENERATE)
-        w_in, h_in = max(w_in, min_w), max(h_in, min_h)
-    turn = 0.0
-    if raw.angle is not None:
-        turn = profile.angle_sense * (raw.angle - profile.upright_angle)
-        turn = math.fmod(turn, 360.0)
-    corners_in = rotated_corners((ix1 + ix2) / 2, (iy1 + iy2) / 2, w_in, h_in, turn)
-    polygon = [plan.input_to_image(x, y) for x, y in corners_in]
+        cx_img, cy_img = plan.input_to_image(cx_in, cy_in)
+        if not (0 <= cx_img <= plan.width and 0 <= cy_img <= plan.height):
+            flags.append(CLIPPED)
+        if w_in <= 0:  # images are at least one pixel wide
+            w_in, cx_img = plan.scale_x, min(max(cx_img, 0.5), plan.width - 0.5)
+        if h_in <= 0:
+            h_in, cy_img = plan.scale_y, min(max(cy_img, 0.5), plan.height - 0.5)
+        cx_in, cy_in = plan.image_to_input(cx_img, cy_img)
+    turn = box_turn(raw.angle, profile)
+    corners_in = rotated_corners(cx_in, cy_in, w_in, h_in, turn)
+    # Rounded to a nanopixel: 7 / 100 * 448 / 4.48 is 6.999999999999999 in floating point, and boxes that
+    # touch a reference or the image's edge must stay exact.
+    polygon = [_nano(plan.input_to_image(x, y)) for x, y in corners_in]
+    clipped = clip_to_image(polygon, plan.width, plan.height)
+    if not clipped:
+        return None
+    if clipped != polygon and CLIPPED not in flags:
+        flags.append(CLIPPED)
     kind = "box" if math.isclose(math.fmod(abs(turn), 90.0), 0.0, abs_tol=1e-9) else "rbox"
     return GeoObject(
         id=obj_id,
         label=raw.label,
         kind=kind,
-        polygon=polygon,
+        polygon=clipped,
         angle=turn,
         span=raw.span,
         source="",
         flags=tuple(flags),
     )
+
+
+# Text that looks like coordinates: four or more numbers joined by brackets, commas, bars or <loc_..>.
+_COORD_SEP = r"(?:[\s,;|<>{}\[\]()]|loc_)+"
+# A number as models and JSON write them, exponents, inf and nan included, not followed by a letter or a point.
+_COORD_NUM = r"[-+]?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|(?i:inf(?:inity)?|nan))(?![\w.])"
+_COORD_LIKE = re.compile(rf"(?<![\w.]){_COORD_NUM}(?:{_COORD_SEP}{_COORD_NUM}){{3,}}")
+_COORD_PUNCT = re.compile(r"[,<>{}\[\]()|]")
+
+
+def untaken_coordinates(text: str, taken: Sequence[Tuple[int, int]], family: str) -> List[Skipped]:
+    """Coordinate-looking runs of the text (four or more numbers joined by brackets or commas) that overlap
+    nothing a grammar read or skipped: reported, never silently dropped. Linear in the text."""
+    spans = sorted(taken)
+    starts = [a for a, _ in spans]
+    reach, ends = 0, []
+    for _, b in spans:  # the furthest end among spans starting at or before each one
+        reach = max(reach, b)
+        ends.append(reach)
+    out = []
+    for m in _COORD_LIKE.finditer(text):
+        if not _COORD_PUNCT.search(m.group(0)):
+            continue  # numbers separated by spaces only are prose, not coordinates
+        i = bisect.bisect_left(starts, m.end()) - 1
+        if i >= 0 and ends[i] > m.start():
+            continue
+        end = min(m.end(), m.start() + 200)
+        out.append(Skipped(text[m.start() : end], (m.start(), m.end()), f"numbers in no {family} box syntax"))
+    return out
 
 
 # ---------------------------------------------------------------- the whole answer
@@ -493,21 +614,31 @@ def parse_answer(
     plan = fit_plan(profile, int(width), int(height))
     reading = GRAMMARS[profile.box_syntax](text, profile)
     answer = Answer(text=text, plain_text=plain_text(text, reading.boxes), skipped=list(reading.skipped))
+    taken = [b.span for b in reading.boxes] + [k.span for k in reading.skipped] + [r.span for r in reading.relations]
+    answer.skipped += untaken_coordinates(text, taken, profile.name)
 
     target_id = None
     if region is not None:
-        layout = profile.box_layout
-        raw = RawBox(tuple(float(v) for v in region), None, layout, (0, 0), "target")
-        answer.objects.append(box_to_object(raw, profile, plan, 0))
-        target_id = 0
+        values = _floats(region)
+        target = box_to_object(RawBox(values, None, profile.box_layout, (0, 0), "target"), profile, plan, 0) \
+            if values is not None and len(values) == 4 else None
+        if target is None:
+            answer.warnings.append(f"the region asked about, {tuple(region)!r}, is not a box on the image")
+        else:
+            answer.objects.append(target)
+            target_id = 0
     index_to_id: Dict[int, int] = {}
     seen = set()
     for i, raw in enumerate(reading.boxes):
+        fragment = text[raw.span[0] : raw.span[1]]
         if raw.values is None:
-            answer.skipped.append(Skipped(text[raw.span[0] : raw.span[1]], raw.span, "unreadable number"))
+            answer.skipped.append(Skipped(fragment[:200], raw.span, "unreadable number"))
             continue
         obj = box_to_object(raw, profile, plan, len(answer.objects))
-        obj.source = text[raw.span[0] : raw.span[1]]
+        if obj is None:
+            answer.skipped.append(Skipped(fragment[:200], raw.span, "box lies outside the image"))
+            continue
+        obj.source = fragment
         obj.label = obj.label or default_label
         key = (raw.label.lower(), raw.values, raw.angle)
         if key in seen:

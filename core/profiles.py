@@ -22,6 +22,9 @@ COORD_MODES = ("percent", "bins", "input_pixels")
 BOX_SYNTAXES = ("geochat", "skysense", "earthdial", "minigpt", "llava", "qwen2", "qwen25", "florence2", "none")
 # Box shapes: corners (x1, y1, x2, y2) or centre-size (cx, cy, w, h).
 BOX_LAYOUTS = ("xyxy", "cxcywh")
+# How a written angle becomes a turn of the box about its centre (see Profile.angle_mode and
+# bench/bench_conventions.py for the measurement that chose each family's mode).
+ANGLE_MODES = ("offset", "nearest_axis")
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,13 @@ class Profile:
     box_layout: str = "xyxy"
     # +1: a positive angle turns the box counter-clockwise as displayed (y down); -1: clockwise.
     angle_sense: int = 1
-    # The written angle that means "not rotated": the turn applied is angle_sense * (angle - upright_angle).
-    # GeoChat writes |<90> for upright boxes. SkySenseGPT needs 0: its upright boxes come as 90 with w and h
-    # swapped, which a 90-degree turn of (w, h) already gives.
+    # "offset": the turn is angle_sense * (angle - upright_angle); upright_angle is the written angle that
+    # means "not rotated". SkySenseGPT needs 0: its upright boxes come as 90 with w and h swapped, which a
+    # 90-degree turn of (w, h) gives.
+    # "nearest_axis": the turn is angle_sense * (angle - the nearest multiple of 90), in [-45, 45]: 0 and 90
+    # (and 180, 270) all mean an unrotated box with its corners as written. EarthDial writes 90 for upright
+    # boxes on optical images and 0 on SAR ones; bench/bench_conventions.py measures the choice.
+    angle_mode: str = "offset"
     upright_angle: float = 0.0
     dynamic_factor: int = 28
     dynamic_min_pixels: int = 4 * 28 * 28
@@ -62,6 +69,8 @@ class Profile:
             raise ValueError(f"box_syntax must be one of {BOX_SYNTAXES}, not {self.box_syntax!r}")
         if self.box_layout not in BOX_LAYOUTS:
             raise ValueError(f"box_layout must be one of {BOX_LAYOUTS}, not {self.box_layout!r}")
+        if self.angle_mode not in ANGLE_MODES:
+            raise ValueError(f"angle_mode must be one of {ANGLE_MODES}, not {self.angle_mode!r}")
         if self.angle_sense not in (1, -1):
             raise ValueError("angle_sense must be 1 (counter-clockwise) or -1 (clockwise)")
         if self.fit == "dynamic" and self.input_size is not None:
@@ -133,7 +142,9 @@ _PROFILES = {
         fit="pad",
         box_syntax="geochat",
         angle_sense=1,
-        upright_angle=90.0,
+        # GeoChat's own answers write |<90> for most upright boxes and EarthDial, trained on its format,
+        # writes both 0 and 90 for them: see the README's convention study (no GeoChat file is shared).
+        angle_mode="nearest_axis",
         licence_note="GeoChat is released for research use; check its model card.",
     ),
     "skysensegpt": Profile(
@@ -177,8 +188,9 @@ _PROFILES = {
         input_size=448,
         fit="stretch",
         box_syntax="earthdial",
-        angle_sense=1,
-        upright_angle=90.0,  # its answers write 90 for upright boxes (2379 of 2544 in the shared file)
+        angle_sense=1,  # counter-clockwise on screen, as its own evaluator turns boxes
+        # 0 and 90 both mean upright (90 on NWPU VHR-10, 0 on the SAR ships): bench/bench_conventions.py.
+        angle_mode="nearest_axis",
         stop=("<|im_end|>",),
         licence_note="EarthDial is MIT-licensed (IBM Research).",
     ),

@@ -43,8 +43,9 @@ def test_geotransform_and_crs_place_boxes_on_the_map(tmp_path):
     ring = data["features"][1]["geometry"]["coordinates"][0]
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     # GeoChat pads 200x100 to a 200-pixel square, the image in its rows 50..150: 50..100 % is columns 100..200
-    # and rows 100..200 of the square, rows 50..150 of the image (the lower half lies in the padding).
-    assert (min(xs), max(xs)) == (1200, 1400) and (min(ys), max(ys)) == (4700, 4900)
+    # and rows 100..200 of the square, rows 50..150 of the image: its lower half lies in the padding band
+    # and is clipped at the image's edge (row 100, y = 4800), in image pixels.
+    assert (min(xs), max(xs)) == (1200, 1400) and (min(ys), max(ys)) == (4800, 4900)
     assert "32631" in json.dumps(data.get("crs", {})) or _layer_crs(out) == "EPSG:32631"
     assert (tmp_path / "a_relations.geojson").exists()
 
@@ -159,6 +160,7 @@ def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir
     assert main(["parse", str(src), "--family", "geochat", "--raster", str(raster), "--out", str(out)]) == 0
     assert "has no CRS" in capsys.readouterr().err
     ring = json.loads(out.read_text())["features"][0]["geometry"]["coordinates"][0]
-    # 3x2 pixels of 100 units, padded to a 3-pixel square (the image in row 0..2 of it, offset 0).
+    # 3x2 pixels of 100 units, padded to a 3-pixel square (the image in rows 0..2 of it, offset 0): the box's
+    # last row lies in the padding band and is clipped at the image's edge, in image pixels.
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
-    assert (min(xs), max(xs)) == (0, 300) and (min(ys), max(ys)) == (0, 300)
+    assert (min(xs), max(xs)) == (0, 300) and (min(ys), max(ys)) == (0, 200)

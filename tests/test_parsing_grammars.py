@@ -35,8 +35,9 @@ def test_geochat_numbered_list_labels():
 
 
 def test_geochat_rotation_is_counter_clockwise_about_the_centre():
-    # 20 x 10 box turned 90 degrees from upright (|<180> with upright 90): becomes 10 wide, 20 high.
-    a = parse_answer("{<40><45><60><55>|<180>}", get_profile("geochat"), (100, 100))
+    # In "offset" mode, a 20 x 10 box turned 90 degrees from upright (|<180> with upright 90): 10 wide, 20 high.
+    offset = get_profile("geochat", angle_mode="offset", upright_angle=90)
+    a = parse_answer("{<40><45><60><55>|<180>}", offset, (100, 100))
     (obj,) = a.objects
     assert obj.angle == 90
     assert bounds(obj) == pytest.approx((45, 40, 55, 60))
