@@ -145,7 +145,8 @@ def test_plugin_and_cli_place_boxes_alike_on_a_rotated_raster(qgis_iface, proces
     from_cli = _rings(QgsVectorLayer(f"{cli_out}|layername=objects", "c", "ogr"))
     assert len(from_plugin) == len(from_cli) == 3
     for (line_p, id_p, ring_p), (line_c, id_c, ring_c) in zip(from_plugin, from_cli):
-        assert (line_p, id_p) == (line_c, id_c) and len(ring_p) == len(ring_c) == 4
+        # 4 corners, more where a rotated box is clipped at the image's edge
+        assert (line_p, id_p) == (line_c, id_c) and len(ring_p) == len(ring_c) >= 4
         for (xp, yp), (xc, yc) in zip(ring_p, ring_c):
             assert abs(xp - xc) <= 1e-9 * max(1.0, abs(xc)) and abs(yp - yc) <= 1e-9 * max(1.0, abs(yc))
     # The footprint of the whole image (Qwen2-VL's 0..1000 of a resized, unpadded input) is the raster's true
