@@ -51,7 +51,8 @@ class Profile:
     # 90-degree turn of (w, h) gives.
     # "nearest_axis": the turn is angle_sense * (angle - the nearest multiple of 90), in [-45, 45]: 0 and 90
     # (and 180, 270) all mean an unrotated box with its corners as written. EarthDial writes 90 for upright
-    # boxes on optical images and 0 on SAR ones; bench/bench_conventions.py measures the choice.
+    # boxes on optical images and 0 on SAR ones; bench/bench_conventions.py measures the choice. There,
+    # upright_angle only says how a region is written (core/regions.py): in [upright - 45, upright + 45).
     angle_mode: str = "offset"
     upright_angle: float = 0.0
     dynamic_factor: int = 28
@@ -145,6 +146,7 @@ _PROFILES = {
         # GeoChat's own answers write |<90> for most upright boxes and EarthDial, trained on its format,
         # writes both 0 and 90 for them: see the README's convention study (no GeoChat file is shared).
         angle_mode="nearest_axis",
+        upright_angle=90.0,  # how its questions write an unrotated region (core/regions.py): |<90>
         licence_note="GeoChat is released for research use; check its model card.",
     ),
     "skysensegpt": Profile(

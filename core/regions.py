@@ -129,7 +129,9 @@ def region_numbers(polygon: Sequence[Point], profile: Profile, image_size: Tuple
         cx, cy, w, h, turn = min_area_rect(pts)
         lo = profile.upright_angle - 45.0 if profile.upright_angle else 0.0
         written = turn / profile.angle_sense + profile.upright_angle
-        while written <= lo:  # the same rectangle with w and h swapped, turned a quarter
+        if profile.angle_mode == "nearest_axis":  # quarter turns read alike: shift into [lo, lo + 90), no swap
+            written = lo + (round(written) - lo) % 90.0
+        while written <= lo and profile.angle_mode != "nearest_axis":  # the same rectangle, w and h swapped
             written, w, h = written + 90.0, h, w
         while written > lo + 90.0:
             written, w, h = written - 90.0, h, w
