@@ -11,7 +11,7 @@ export QT_QPA_PLATFORM := offscreen
 export GEOVLM_SHARED := $(abspath $(SHARED))
 unexport PROJ_LIB PROJ_DATA
 
-.PHONY: setup demo test bench lint zip install-plugin clean
+.PHONY: setup demo test bench lint zip install-plugin clean screenshots
 
 setup: $(VENV)/.stamp
 
@@ -44,6 +44,12 @@ lint: setup
 # A release zip for the QGIS plugin repository: one folder geovlm/, no tests, no venv.
 zip:
 	python3 scripts/make_zip.py dist/geovlm.zip
+
+# Screenshots of the "Ask the map" dock for the README, under Xvfb (apt-get install xvfb).
+screenshots: setup
+	@command -v xvfb-run >/dev/null || { S=; [ "$$(id -u)" -eq 0 ] || S=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends xvfb xauth; }
+	QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/screenshots.py docs/screenshots
 
 install-plugin:
 	mkdir -p "$(PROFILE_DIR)"

@@ -105,7 +105,7 @@ def draw_boxes(image: QImage, answer) -> QImage:
     out = image.convertToFormat(QImage.Format.Format_ARGB32)
     painter = QPainter(out)
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    pen = QPen(QColor(255, 60, 0), max(2.0, out.width() / 400))
+    pen = QPen(QColor(255, 60, 0), max(3.0, out.width() / 150))
     painter.setPen(pen)
     font = QFont()
     font.setPixelSize(max(12, out.width() // 50))

@@ -45,8 +45,9 @@ class AskSession(QObject):
     def __init__(self, iface, dock, engine: str = "", authcfg: str = ""):
         super().__init__(dock)
         self.iface, self.dock, self.canvas = iface, dock, iface.mapCanvas()
-        self.engine, self.authcfg = engine, authcfg
+        self._engine, self.authcfg = engine, authcfg
         self.max_tokens = 256
+        self.transport = None  # None: engine_access's default (QGIS's network stack for URLs)
         self.view: Optional[View] = None
         self.image = None
         self.view_source = None
@@ -73,6 +74,16 @@ class AskSession(QObject):
         self._engine_state(self.manager.state, self.manager.detail)
 
     # ------------------------------------------------------------ engine state
+
+    @property
+    def engine(self) -> str:
+        """"" (the configured engine), "local" or engine URLs; setting it updates the state line."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, value: str) -> None:
+        self._engine = value
+        self._engine_state(self.manager.state, self.manager.detail)
 
     def _engine_state(self, state: str, detail: str = "") -> None:
         if not self.engine and engine_settings.load().mode == "remote":
@@ -166,7 +177,7 @@ class AskSession(QObject):
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
         self._streamed = ""
         self.task = AskTask(self.view, self.history, task, question, region, self.engine, self.authcfg,
-                            self.family, self.max_tokens)
+                            self.family, self.max_tokens, self.transport)
         self.task.token.connect(self._token)
         self.task.restarted.connect(self._restart_stream)
         self.task.connected.connect(lambda info: self._remote_state("busy"))

@@ -3,6 +3,7 @@ there: the view was rendered and copied on the main thread), the answer streams 
 `finished()` (main thread) hands the parsed answer to whoever adds the features."""
 from __future__ import annotations
 
+import traceback
 from typing import List, Optional, Tuple
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
@@ -37,10 +38,11 @@ class AskTask(QgsTask):
 
     def __init__(self, view: View, history: List[Tuple[str, str]], task: str, question: str,
                  region: Optional[List[Tuple[float, float]]] = None, engine: str = "", authcfg: str = "",
-                 family: str = "", max_tokens: int = 256):
+                 family: str = "", max_tokens: int = 256, transport=None):
         super().__init__("GeoVLM: ask the map", QgsTask.Flag.CanCancel)
         self.view, self.history, self.task, self.question, self.region = view, list(history), task, question, region
         self.engine, self.authcfg, self.family, self.max_tokens = engine, authcfg, family, max_tokens
+        self.transport = transport  # None: engine_access's (QGIS's network stack for URLs)
         self.cancel_token = CancelToken()
         self.text, self.answer, self.info = "", None, {}
         self.error: Optional[str] = None
@@ -51,7 +53,8 @@ class AskTask(QgsTask):
 
     def run(self) -> bool:
         try:
-            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token) as connection:
+            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token,
+                         transport=self.transport) as connection:
                 self.info = dict(connection.describe(), notice=connection.notice)
                 self.connected.emit(self.info)
                 profile = connection.profile
@@ -69,6 +72,7 @@ class AskTask(QgsTask):
             self.error = " ".join(str(exc).split()) or type(exc).__name__
         except Exception as exc:  # a worker must not raise into the task manager: one line, logged
             self.error = f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
         return False
 
     def finished(self, result: bool) -> None:

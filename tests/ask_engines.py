@@ -18,8 +18,9 @@ from pathlib import Path
 class ScriptedEngine:
     """`with ScriptedEngine("geochat", "a car {<10><20><40><60>|<90>}") as engine:` -> engine.url.
 
-    `piece_delay` seconds between streamed pieces of four characters; `posts` holds every request body and
-    `images` the PNG bytes each carried."""
+    `answer`: one text, or a list answered in turn (the last one again after). `piece_delay` seconds between
+    streamed pieces of four characters; `posts` holds every request body and `images` the PNG bytes each
+    carried."""
 
     def __init__(self, family: str, answer: str, piece_delay: float = 0.0, model: str = "scripted"):
         self.family, self.answer, self.piece_delay, self.model = family, answer, piece_delay, model
@@ -51,18 +52,20 @@ class ScriptedEngine:
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 engine.posts.append(body)
+                answers = engine.answer if isinstance(engine.answer, list) else [engine.answer]
+                answer = answers[min(len(engine.posts), len(answers)) - 1]
                 url = body["messages"][0]["content"][0]["image_url"]["url"]
                 engine.images.append(base64.b64decode(url.split(",", 1)[1]))
                 if not body.get("stream"):
-                    choice = {"index": 0, "message": {"role": "assistant", "content": engine.answer}}
+                    choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
                     self._json(200, {"choices": [choice]})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
                 try:
-                    for i in range(0, len(engine.answer), 4):
-                        chunk = {"choices": [{"index": 0, "delta": {"content": engine.answer[i:i + 4]}}]}
+                    for i in range(0, len(answer), 4):
+                        chunk = {"choices": [{"index": 0, "delta": {"content": answer[i:i + 4]}}]}
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                         time.sleep(engine.piece_delay)
