@@ -165,7 +165,7 @@ def cmd_ask(args) -> int:
     from ..models.encoder_runtime import EncoderError
     from ..models.imagery import ImageryError, read_rgb
     from ..models.pipeline import GenRequest, VlmPipeline
-    from .rasters import open_frame, parse_window
+    from .rasters import frame_of_image, open_frame, parse_window
 
     args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
     window = parse_window(args.window)
@@ -174,6 +174,10 @@ def cmd_ask(args) -> int:
         image = read_rgb(args.raster, window, _bands(args.bands))
     except ImageryError as exc:
         raise CliError(str(exc)) from None
+    if (image.shape[1], image.shape[0]) != (frame.width, frame.height):
+        print(f"[{frame.width}x{frame.height} px are more than the engine takes: sent decimated to "
+              f"{image.shape[1]}x{image.shape[0]} px; objects are placed on the raster all the same]", file=sys.stderr)
+        frame = frame_of_image(frame, image.shape[1], image.shape[0])
     if args.engine:
         return _ask_engine(args, image, frame)
     model_dir = args.model or ready_demo_model()

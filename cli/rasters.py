@@ -1,11 +1,12 @@
 """Raster metadata for the command line (rasterio, engine side only): where an image lies on the map."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
-from ..core.georef import GeoTransform, ImageFrame
-from ..models.imagery import import_rasterio
+from ..core.georef import GeoTransform, ImageFrame, pixel_frame
+from ..models.imagery import import_rasterio, not_georeferenced_ok
 from . import CliError
 
 Window = Tuple[int, int, int, int]  # col, row, width, height
@@ -27,30 +28,48 @@ def parse_window(text: Optional[str]) -> Optional[Window]:
 
 
 def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
-    """Size, geotransform and CRS of a raster (or of a window of it), with clear errors for bad files."""
+    """Size, geotransform and CRS of a raster (or of a window of it), with clear errors for bad files. A raster
+    without georeferencing (no geotransform, no CRS, no GCPs: a PNG named .tif) gets the pixel frame
+    (`core.georef.pixel_frame`: x = column, y = -row, a local pixel CRS), and one line on stderr says so."""
     rasterio = import_rasterio()
     path = Path(path)
     if not path.exists():
         raise CliError(f"raster not found: {path}")
     try:
-        with rasterio.open(path) as ds:
+        with not_georeferenced_ok(rasterio), rasterio.open(path) as ds:
             width, height = ds.width, ds.height
             affine = ds.transform
             crs = ds.crs.to_wkt() if ds.crs else None
             gcps_only = ds.transform.is_identity and bool(ds.gcps[0])
+            bare = ds.transform.is_identity and not ds.crs and not ds.gcps[0]
     except rasterio.errors.RasterioIOError as exc:
         raise CliError(f"cannot read raster {path}: {exc}") from None
+    if bare:
+        print(f"note: {path} has no georeferencing (no geotransform, no CRS): objects are written in its pixel "
+              "coordinates (x = column, y = -row, a local pixel CRS), not on a map", file=sys.stderr)
     if width == 0 or height == 0:
         raise CliError(f"raster {path} has no pixels")
     if gcps_only:
         raise CliError(f"raster {path} is georeferenced by GCPs only; warp it to a geotransform first")
     gt = GeoTransform(affine.a, affine.b, affine.c, affine.d, affine.e, affine.f)
+    if bare:
+        pixels = pixel_frame(width, height)
+        gt, crs = pixels.geotransform, pixels.crs
     if window is not None:
         col, row, w, h = window
         if col + w > width or row + h > height:
             raise CliError(f"window {window} lies outside the raster ({width}x{height})")
         gt, width, height = gt.window(col, row), w, h
     return ImageFrame(width, height, gt, crs)
+
+
+def frame_of_image(frame: ImageFrame, width: int, height: int) -> ImageFrame:
+    """`frame` for an image of width x height that shows all of it (a decimated read): the same corner and
+    CRS, its pixels as much larger as the image is smaller."""
+    if (width, height) == (frame.width, frame.height):
+        return frame
+    gt = frame.geotransform.scaled(width / frame.width, height / frame.height) if frame.geotransform else None
+    return ImageFrame(width, height, gt, frame.crs)
 
 
 def tile_has_data(path, window: Window, max_side: int = 64) -> bool:
@@ -60,6 +79,6 @@ def tile_has_data(path, window: Window, max_side: int = 64) -> bool:
 
     col, row, w, h = window
     shape = (max(1, min(h, max_side)), max(1, min(w, max_side)))
-    with rasterio.open(path) as ds:
+    with not_georeferenced_ok(rasterio), rasterio.open(path) as ds:
         mask = ds.dataset_mask(window=RioWindow(col, row, w, h), out_shape=shape)
     return bool(mask.any())

@@ -1,14 +1,19 @@
-"""Raster windows as the uint8 RGB the encoder sees: band choice, grey replication, percentile stretch."""
+"""Raster windows as the uint8 RGB the encoder sees: band choice, grey replication, percentile stretch; a
+window larger than `MAX_PIXELS` is read decimated (from overviews where the file has them), never whole."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 Window = Tuple[int, int, int, int]  # col, row, width, height
 STRETCH = (2.0, 98.0)  # percentiles mapped to 0 and 255 for non-8-bit data
+MAX_PIXELS = 4096 * 4096  # the engine's default pixel limit: a larger window is read decimated to it
 
 
 class ImageryError(ValueError):
@@ -46,10 +51,22 @@ def stretch_band(values: np.ndarray, valid: np.ndarray, percentiles=STRETCH) -> 
     return out
 
 
+def decimated_shape(width: int, height: int, max_pixels: int = MAX_PIXELS) -> Tuple[int, int]:
+    """(width, height) of a width x height window read with at most `max_pixels` pixels, its aspect kept;
+    the window's own size when it fits."""
+    if width * height <= max_pixels:
+        return width, height
+    factor = math.sqrt(width * height / max_pixels)
+    return max(1, int(width / factor)), max(1, int(height / factor))
+
+
 def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """[3, H, W] band data and its validity mask -> HxWx3 uint8; 8-bit data is kept, other types stretched."""
+    """[3, H, W] band data and its validity mask -> HxWx3 uint8; 8-bit data is kept, other types stretched.
+    NaN and infinite values count as nodata, declared or not."""
+    if np.issubdtype(bands.dtype, np.floating):
+        valid = valid & np.isfinite(bands)
     if not valid.any():
-        raise ImageryError("every pixel of the image is nodata")
+        raise ImageryError("every pixel of the image is nodata (or not a finite number)")
     if bands.dtype == np.uint8:
         out = np.where(valid, bands, 0).astype(np.uint8)
     else:
@@ -57,9 +74,10 @@ def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
-def _palette_rgb(ds, window) -> np.ma.MaskedArray:
-    """A one-band paletted raster as [3, H, W] uint8 through its colour table, its nodata masked."""
-    index = ds.read(1, window=window, masked=True)
+def _palette_rgb(ds, window, shape) -> np.ma.MaskedArray:
+    """A one-band paletted raster as [3, H, W] uint8 through its colour table, its nodata masked; read at
+    `shape` (rows, cols)."""
+    index = ds.read(1, window=window, masked=True, out_shape=shape)
     values, table = np.ma.getdata(index), ds.colormap(1)
     lut = np.zeros((max(max(table), int(values.max())) + 1, 3), np.uint8)
     for value, rgba in table.items():
@@ -68,15 +86,19 @@ def _palette_rgb(ds, window) -> np.ma.MaskedArray:
     return np.ma.masked_array(rgb, np.broadcast_to(np.ma.getmaskarray(index), rgb.shape))
 
 
-def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int]] = None) -> np.ndarray:
-    """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata and alpha-masked pixels black; a
-    one-band paletted raster through its colour table."""
+def read_rgb(
+    path, window: Optional[Window] = None, bands: Optional[Sequence[int]] = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """The raster (or a window col,row,w,h of it) as HxWx3 uint8 RGB, nodata, alpha-masked and non-finite
+    pixels black; a one-band paletted raster through its colour table. A window of more than `max_pixels` is
+    read decimated (nearest neighbour, through overviews where present) to `decimated_shape`: the caller
+    scales its geotransform by the window's size over the image's. `ImageryError` with the reason otherwise."""
     rasterio = import_rasterio()
     from rasterio.enums import ColorInterp
     from rasterio.windows import Window as RioWindow
 
     try:
-        with rasterio.open(path) as ds:
+        with not_georeferenced_ok(rasterio), rasterio.open(path) as ds:
             chosen = tuple(bands) if bands else default_bands(ds.count)
             if len(chosen) != 3 or not all(1 <= b <= ds.count for b in chosen):
                 raise ImageryError(f"bands must be three of 1..{ds.count}, got {chosen}")
@@ -86,10 +108,11 @@ def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int
                 if col < 0 or row < 0 or w <= 0 or h <= 0 or col + w > ds.width or row + h > ds.height:
                     raise ImageryError(f"window {window} lies outside the raster ({ds.width}x{ds.height})")
                 rio_window = RioWindow(col, row, w, h)
+            out_w, out_h = decimated_shape(*((w, h) if window is not None else (ds.width, ds.height)), max_pixels)
             if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
-                data = _palette_rgb(ds, rio_window)
+                data = _palette_rgb(ds, rio_window, (out_h, out_w))
             else:
-                data = ds.read(list(chosen), window=rio_window, masked=True)
+                data = ds.read(list(chosen), window=rio_window, masked=True, out_shape=(3, out_h, out_w))
     except rasterio.errors.RasterioError as exc:
         detail = str(exc)
         if detail.startswith("Read failed"):
@@ -97,3 +120,12 @@ def read_rgb(path, window: Optional[Window] = None, bands: Optional[Sequence[int
         raise ImageryError(f"cannot read raster {path}: {detail}") from None
     valid = ~np.ma.getmaskarray(data)
     return to_rgb8(np.ma.getdata(data), valid)
+
+
+@contextlib.contextmanager
+def not_georeferenced_ok(rasterio):
+    """A context in which rasterio's two-line NotGeoreferencedWarning is not printed: the CLI says in one line
+    what a raster without georeferencing means for its output (`cli.rasters.open_frame`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        yield

@@ -140,3 +140,69 @@ def test_preprocessing_equals_llava_and_transformers_exactly(family, fit):
         reference = _llava_reference(image, fit, profile.input_size)
         assert ours.shape == reference.shape == (3, profile.input_size, profile.input_size)
         assert np.abs(ours - reference).max() == 0.0, (w, h)
+
+
+def test_a_huge_sparse_raster_is_read_decimated_never_whole(tmp_path):
+    import tracemalloc
+
+    from geovlm.cli.rasters import frame_of_image, open_frame
+    from geovlm.models.imagery import MAX_PIXELS
+
+    rasterio = _rio()
+    path = tmp_path / "huge.tif"
+    profile = dict(driver="GTiff", width=40000, height=40000, count=3, dtype="uint8", tiled=True, blockxsize=512,
+                   blockysize=512, sparse_ok=True, crs="EPSG:32633",
+                   transform=rasterio.transform.from_origin(500000, 4600000, 0.5, 0.5))
+    with rasterio.open(path, "w", **profile) as ds:  # one block of data in 40000 x 40000 pixels
+        ds.write(np.full((3, 512, 512), 200, np.uint8), window=rasterio.windows.Window(0, 0, 512, 512))
+    assert path.stat().st_size < 50 * 2**20
+    tracemalloc.start()
+    try:
+        image = read_rgb(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (4096, 4096, 3) and image.shape[0] * image.shape[1] <= MAX_PIXELS
+    assert peak < 600 * 2**20  # the whole raster would be 4.8 GB
+    assert image[0, 0].tolist() == [200, 200, 200] and image[-1, -1].tolist() == [0, 0, 0]
+    frame = frame_of_image(open_frame(path), image.shape[1], image.shape[0])
+    assert frame.geotransform.to_map(4096, 4096) == pytest.approx((520000, 4580000))  # the same corners
+
+
+def test_non_finite_values_are_nodata_declared_or_not(tmp_path):
+    rasterio = _rio()
+    values = np.linspace(0, 100, 3 * 20 * 30, dtype=np.float32).reshape(3, 20, 30)
+    values[:, :5, :] = np.nan
+    values[:, 5, :] = np.inf
+    for name, nodata in (("undeclared.tif", None), ("declared.tif", float("nan"))):
+        path = tmp_path / name
+        with rasterio.open(path, "w", driver="GTiff", width=30, height=20, count=3, dtype="float32",
+                           nodata=nodata) as ds:
+            ds.write(values)
+        image = read_rgb(path)
+        assert (image[:6] == 0).all() and image[6:].max() == 255 and image[6:].min() < 20
+        nan_only = tmp_path / f"all-{name}"
+        with rasterio.open(nan_only, "w", driver="GTiff", width=30, height=20, count=3, dtype="float32",
+                           nodata=nodata) as ds:
+            ds.write(np.full((3, 20, 30), np.nan, np.float32))
+        with pytest.raises(ImageryError, match="nodata .or not a finite number."):
+            read_rgb(nan_only)
+
+
+def test_a_png_named_tif_says_in_one_line_it_has_no_georeferencing(tmp_path, capsys):
+    import warnings
+
+    from PIL import Image
+
+    from geovlm.cli.rasters import open_frame
+    from geovlm.core.georef import PIXEL_CRS_WKT
+
+    path = tmp_path / "photo.tif"
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(path, format="PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rasterio's NotGeoreferencedWarning would fail here
+        frame = open_frame(path)
+        read_rgb(path)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no georeferencing" in err and "pixel coordinates" in err
+    assert frame.crs == PIXEL_CRS_WKT and (frame.width, frame.height) == (40, 30)
