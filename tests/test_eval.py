@@ -319,3 +319,28 @@ def test_a_bulk_caption_run_is_scored_against_reference_captions(tmp_path, capsy
     # the failed tile holds no caption: its reference stays unmatched instead of scoring an empty answer
     assert scores["answers"] == 1 and scores["unmatched_references"] == 1
     assert scores["rouge1_f1"] == pytest.approx(1.0) and scores["bleu1"] == pytest.approx(1.0)
+
+
+HUGE = ["9" * 400, "inf", "nan", "-" + "9" * 1000, "1e999", "0." + "0" * 500 + "1"]
+FUZZ = {
+    "earthdial": ("detection", "[[{v}, 2, 30, 40, {v}]][[{v}, {v}, {v}, {v}, 0]][[1, 2, 30, 40, 0]]",
+                  "[[1, 2, 30, 40, 0]]"),
+    "geochat": ("detection", "{{<{v}><2><30><40>|<{v}>}}{{<1><2><30><40>|<0>}}", "{{<1><2><30><40>|<0>}}"),
+    "skysensegpt": ("scene-graph", "<ref>car</ref><rbox>({{<{v}><30.00><4.00><2.00>|<{v}>}})</rbox> <rel>parked "
+                    "alongside with</rel> <ref>car_parking</ref><rbox>({{<40.00><40.00><30.00><20.00>|<90>}})</rbox>.",
+                    "<ref>car</ref><rbox>({{<20.00><30.00><4.00><2.00>|<90>}})</rbox> <rel>parked alongside with"
+                    "</rel> <ref>car_parking</ref><rbox>({{<40.00><40.00><30.00><20.00>|<90>}})</rbox>."),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FUZZ))
+def test_huge_infinite_and_nan_numbers_score_without_error(tmp_path, capsys, family):
+    task, answer, reference = FUZZ[family]
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(json.dumps({"answer": answer.format(v=v), "gt_bbox": reference,
+                                        "ground_truth": reference, "size_group": "small"}) + "\n" for v in HUGE),
+                    encoding="utf-8")
+    scores = run_json(capsys, task, str(path), "--family", family)
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores.values())
+    if task == "detection":  # the readable box of each answer hits its reference
+        assert scores["overall"] > 0
