@@ -11,7 +11,7 @@ export QT_QPA_PLATFORM := offscreen
 export GEOVLM_SHARED := $(abspath $(SHARED))
 unexport PROJ_LIB PROJ_DATA
 
-.PHONY: setup demo test bench lint zip install-plugin clean screenshots
+.PHONY: setup demo test test-qgis-sid bench lint zip install-plugin clean screenshots
 
 setup: $(VENV)/.stamp
 
@@ -33,6 +33,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The QGIS-side tests on QGIS 3.44 from Debian sid, in a debootstrap chroot (root, network, minutes).
+test-qgis-sid:
+	bash scripts/test_qgis_chroot.sh sid
 
 bench: setup
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -34,14 +34,37 @@ def pytest_report_header(config):
             f"GDAL {gdal.__version__}, PROJ {QgsProjUtils.projVersionMajor()}.{QgsProjUtils.projVersionMinor()}")
 
 
+ENGINE_WORDS = ("import torch", "transformers", "onnxruntime", "geovlm.models", "geovlm.engine", "demo_model",
+                "models_support", '"serve"')
+
+
+def _marks_of(path: Path):
+    """The marks of a test module: `qgis` when it uses PyQGIS or qgis_process, `engine` when it needs the engine
+    (torch, the models, a server)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [mark for mark, found in (
+        (pytest.mark.qgis, "from qgis" in text or "import qgis" in text or "qgis_process" in text),
+        (pytest.mark.engine, any(word in text for word in ENGINE_WORDS))) if found]
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With GEOVLM_QGIS_ONLY=1 (`make test-qgis-sid`, on a QGIS without the engine's packages) only the QGIS-side
+    modules that do not need the engine are imported at all."""
+    if os.environ.get("GEOVLM_QGIS_ONLY") != "1" or collection_path.suffix != ".py":
+        return None
+    if not collection_path.name.startswith("test_"):
+        return None
+    names = {mark.name for mark in _marks_of(collection_path)}
+    return not ("qgis" in names and "engine" not in names)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the QGIS-side tests (modules that use PyQGIS or qgis_process) `qgis`, so `pytest -m qgis` runs just
-    them, as `make test-qgis-sid` does on another QGIS."""
-    uses_qgis = {}
+    """Mark the QGIS-side tests `qgis` and those that need the engine `engine`, so `pytest -m "qgis and not
+    engine"` runs what another QGIS can break, as `make test-qgis-sid` does."""
+    marks = {}
     for item in items:
         path = Path(str(item.fspath))
-        if path not in uses_qgis:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            uses_qgis[path] = "from qgis" in text or "import qgis" in text or "qgis_process" in text
-        if uses_qgis[path]:
-            item.add_marker(pytest.mark.qgis)
+        if path not in marks:
+            marks[path] = _marks_of(path)
+        for mark in marks[path]:
+            item.add_marker(mark)

@@ -173,7 +173,7 @@ def test_plugin_and_cli_place_boxes_alike_on_a_rotated_raster(qgis_iface, proces
 
 
 def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
-    from qgis.core import QgsProcessingFeedback
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition
 
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initProcessing()
@@ -189,17 +189,22 @@ def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_i
     try:
         answers = tmp_path / "harbour.txt"
         answers.write_text("<p>ship</p> {<0><0><50><50>|<90>}\n")
-        result = processing.runAndLoadResults("geovlm:parseanswers", {
+        project = QgsProject.instance()
+        context = QgsProcessingContext()
+        context.setProject(project)
+        result = processing.run("geovlm:parseanswers", {
             "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
-            "FIELD": "answer", "IMAGE_SIZE": "200x100", "OBJECTS": "TEMPORARY_OUTPUT",
-            "RELATIONS": "TEMPORARY_OUTPUT"}, feedback=Feedback())
+            "FIELD": "answer", "IMAGE_SIZE": "200x100",
+            "OBJECTS": QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project),
+            "RELATIONS": QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project)},
+            context=context, feedback=Feedback())
         assert any("1 objects, 0 relations" in m for m in messages)
         assert any("pixels of a 200x100 image" in m for m in messages)
-        project = QgsProject.instance()
-        loaded = [project.mapLayer(result[key]) for key in ("OBJECTS", "RELATIONS")]
-        assert [layer.name() for layer in loaded] == ["harbour objects", "harbour relations"]
-        assert not loaded[0].crs().isGeographic() and "GeoVLM image pixels" in loaded[0].crs().description()
-        project.removeMapLayers([layer.id() for layer in loaded])
+        details = context.layersToLoadOnCompletion()
+        assert sorted(d.name for d in details.values()) == ["harbour objects", "harbour relations"]
+        objects = result["OBJECTS"]
+        objects = objects if not isinstance(objects, str) else context.getMapLayer(objects)
+        assert not objects.crs().isGeographic() and "GeoVLM image pixels" in objects.crs().description()
         messages.clear()
         (tmp_path / "wrong.txt").write_text("[[10, 20, 30, 40, 90]]\n")
         processing.run("geovlm:parseanswers", {
