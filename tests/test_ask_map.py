@@ -228,3 +228,53 @@ def test_askmap_with_the_real_demo_model(plugin, processing, data_dir, demo_engi
         for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
             pixel = m2p.transform(QgsPointXY(point))
             assert pixel.x() * DPR == pytest.approx(col, abs=1e-6) and pixel.y() * DPR == pytest.approx(row, abs=1e-6)
+
+
+def _recorded_earthdial():
+    import json
+
+    from conftest import DATA
+
+    with open(DATA / "answers" / "earthdial_grounding_ucas_aod.jsonl", encoding="utf-8") as lines:
+        return json.loads(next(lines))["answer"]
+
+
+FAMILY_ANSWERS = {
+    "geochat": "a car {<10><20><40><60>|<75>} and a roof {<50><15><80><45>|<90>}",
+    "skysensegpt": "<ref>ship</ref><rbox>({<30.5><40.25><20><10>|<30>})</rbox> is <rel>parallelly docked at</rel> "
+                   "<ref>dock</ref><rbox>({<60><50><30><12>|<90>})</rbox>.",
+    "earthdial": None,  # a real EarthDial answer from the shared data
+    "minigptv2": "<p>plane</p> {<12><14><30><40>}<delim>{<55><60><70><90>}",
+    "llava15": "A building at [0.12, 0.30, 0.44, 0.61].",
+    "qwen2vl": "<|object_ref_start|>tank<|object_ref_end|><|box_start|>(120,300),(400,610)<|box_end|>",
+    "qwen25vl": '```json\n[{"bbox_2d": [40, 60, 300, 200], "label": "pool"}]\n```',
+    "florence2": "roof<loc_120><loc_300><loc_400><loc_610>tree<loc_700><loc_100><loc_900><loc_300>",
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_ANSWERS))
+def test_each_family_answer_lands_at_map_to_pixel(plugin, processing, data_dir, family):
+    """A scripted engine answering in each family's syntax: every box (rotated ones included) and relation
+    lands where mapToPixel puts its pixels, with rotation 30 and device pixel ratio 2."""
+    answer = FAMILY_ANSWERS[family] or _recorded_earthdial()
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine(family, answer) as engine:
+        result, ms = _run(processing, engine.url, raster, 0, QUESTION="What is here?")
+    size = (int(SIZE[0] * DPR), int(SIZE[1] * DPR))
+    parsed = parse_answer(answer, get_profile(family), size)
+    assert parsed.objects, "the recorded answer has boxes"
+    layer = result["OBJECTS"]
+    layer = layer if isinstance(layer, QgsVectorLayer) else QgsVectorLayer(layer, "o", "ogr")
+    features = sorted(layer.getFeatures(), key=lambda f: f["object_id"])
+    assert len(features) == len(parsed.objects)
+    m2p = ms.mapToPixel()
+    for feature, obj in zip(features, parsed.objects):
+        assert feature["family"] == family and feature["label"] == obj.label
+        for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
+            pixel = m2p.transform(QgsPointXY(point))
+            assert abs(pixel.x() * DPR - col) < 1e-6 and abs(pixel.y() * DPR - row) < 1e-6
+    relations = result["RELATIONS"]
+    relations = relations if isinstance(relations, QgsVectorLayer) else QgsVectorLayer(relations, "r", "ogr")
+    assert relations.featureCount() == len([r for r in parsed.relations
+                                            if r.subject is not None and r.object is not None])
+    assert relations.featureCount() == (1 if family == "skysensegpt" else 0)
