@@ -172,3 +172,41 @@ def test_dock_with_the_real_demo_model(dock):
     expected = parse_answer(turn.answer, get_profile("geochat"), size).objects
     layers = objects_layers()
     assert (layers[0].featureCount() if layers else 0) == len(expected)
+
+
+def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_canvas):
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    from geovlm.core.client import image_size_of
+
+    session = dock.ask
+    with ScriptedEngine("geochat", ["a field {<10><20><40><60>|<90>}", "a road", "a roof"]) as engine:
+        session.engine = engine.url
+        session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
+        session.dock.raster.setLayer(QgsProject.instance().mapLayersByName("cogeo")[0])
+        ask(session, "Describe the image")
+        assert wait_for(lambda: session.task is None, 30)
+        assert image_size_of(engine.images[0]) == (1024, 1024)  # the raster at its own resolution
+
+        e = qgis_canvas.extent()
+        session.rectangle = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
+        session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+        ask(session, "Describe the image")
+        assert wait_for(lambda: session.task is None, 30)
+        width, height = image_size_of(engine.images[1])
+        assert width / height == pytest.approx(session.rectangle.width() / session.rectangle.height(), rel=0.01)
+
+        polygons = QgsVectorLayer("Polygon?crs=EPSG:3857", "parcels", "memory")
+        feature = QgsFeature()
+        c = qgis_canvas.center()
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(c.x() - 20, c.y() - 20, c.x() + 20, c.y() + 20)))
+        polygons.dataProvider().addFeatures([feature])
+        QgsProject.instance().addMapLayer(polygons)
+        polygons.selectAll()
+        qgis_iface.setActiveLayer(polygons)
+        session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
+        ask(session, "", "identify")
+        assert wait_for(lambda: session.task is None, 30)
+        asked = engine.posts[2]["messages"][0]["content"][1]["text"]
+        assert asked.startswith("[identify] What is the object present at {<")
+        assert engine.images[2] != engine.images[1]  # the visible map, rendered for this view
