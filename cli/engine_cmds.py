@@ -18,12 +18,12 @@ STAND_IN_NOTE = (
 
 def register(sub) -> None:
     p = sub.add_parser("demo-model", help="write the tiny random stand-in checkpoint (for demos and tests)")
-    p.add_argument("dir", help="folder to write the llava-hf checkpoint into")
+    p.add_argument("dir", help="folder to write the checkpoint into (llava-hf; MiniGPT-v2 for minigptv2/skyeyegpt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--family", default="geochat", help="family whose input size and prompts it follows")
     p.set_defaults(func=cmd_demo_model)
 
-    p = sub.add_parser("convert", help="convert a checkpoint to the llava-hf safetensors layout")
+    p = sub.add_parser("convert", help="convert a checkpoint to a safetensors layout the engine loads")
     conv = p.add_subparsers(dest="kind", metavar="KIND")
     conv.required = True
     for family in ("geochat", "skysensegpt"):
@@ -41,6 +41,17 @@ def register(sub) -> None:
     c.add_argument("--clip", required=True, help="local openai/clip-vit-large-patch14-336 folder")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_convert, family="rsllava")
+    c = conv.add_parser("minigptv2", help="MiniGPT-v2 / SkyEyeGPT: checkpoint + EVA ViT-g + LLaMA-2-chat, LoRA merged")
+    c.add_argument("--ckpt", required=True, help="the checkpoint .pth (llama_proj and LoRA; read weights-only)")
+    c.add_argument("--eva", required=True, help="the EVA ViT-g weights (eva_vit_g.pth or .safetensors)")
+    c.add_argument("--llama", required=True, help="local Llama-2-7b-chat-hf folder")
+    c.add_argument("--out", required=True)
+    c.add_argument("--family", default="minigptv2", choices=("minigptv2", "skyeyegpt"))
+    c.add_argument("--image-size", type=int, default=448)
+    c.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the checkpoint's config, else 16)")
+    c.add_argument("--vision-heads", type=int, help="attention heads of a reduced EVA (default: width / 88)")
+    c.add_argument("--licence", help="the checkpoint's licence note (default: the family's)")
+    c.set_defaults(func=cmd_convert)
     c = conv.add_parser("safetensors", help="a llava-hf folder with pickled .bin weights -> safetensors")
     c.add_argument("--src", required=True)
     c.add_argument("--out", required=True)
@@ -105,9 +116,20 @@ def ready_demo_model() -> Path:
 
 
 def cmd_demo_model(args) -> int:
+    from ..core.profiles import get_profile
+    from ..models.checkpoints import ARCHITECTURES
     from ..models.demo_model import write_demo_model
 
-    out = write_demo_model(args.dir, seed=args.seed, family=args.family)
+    try:
+        family = get_profile(args.family).name
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if family in ARCHITECTURES["minigptv2"]:
+        from ..models.minigpt_demo import write_minigpt_demo
+
+        out = write_minigpt_demo(args.dir, seed=args.seed, family=family)
+    else:
+        out = write_demo_model(args.dir, seed=args.seed, family=family)
     print(f"wrote the demo model to {out}")
     print(STAND_IN_NOTE)
     return 0
@@ -124,6 +146,15 @@ def cmd_convert(args) -> int:
             )
         elif args.kind == "rsllava":
             out = convert.convert_rsllava(args.lora, args.base, args.clip, args.out)
+        elif args.kind == "minigptv2":
+            from ..models.convert_minigptv2 import convert_minigptv2, licences
+
+            out = convert_minigptv2(
+                args.ckpt, args.eva, args.llama, args.out, family=args.family, image_size=args.image_size,
+                lora_alpha=args.lora_alpha, vision_heads=args.vision_heads, licence=args.licence,
+            )
+            for source, licence in licences(out).items():
+                print(f"licence of the {source}: {licence}")
         else:
             out = convert.convert_safetensors(args.src, args.out)
     except (CheckpointError, convert.ConversionError) as exc:

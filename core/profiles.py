@@ -198,8 +198,9 @@ _PROFILES = {
     ),
     "minigptv2": Profile(
         name="minigptv2",
-        title="MiniGPT-v2 / SkyEyeGPT",
-        prompt_template="<s>[INST] <Img><image></Img> {question} [/INST]",
+        title="MiniGPT-v2",
+        # minigptv2_eval.yaml's '[INST] {} [/INST]' around the image; the tokenizer adds <s> (minigpt_base.py)
+        prompt_template="[INST] <Img><image></Img> {question} [/INST]",
         task_words={
             "grounding": "[grounding] {question}",
             "refer": "[refer] {question}",
@@ -209,9 +210,9 @@ _PROFILES = {
             "vqa": "[vqa] {question}",
         },
         input_size=448,
-        fit="stretch",
+        fit="stretch",  # Blip2ImageEvalProcessor: Resize((448, 448), BICUBIC), no aspect kept
         box_syntax="minigpt",
-        licence_note="Check the model card of the checkpoint.",
+        licence_note="MiniGPT-v2: BSD-3-Clause code and weights (Vision-CAIR); its LLaMA-2 base: Llama 2 licence.",
     ),
     "qwen2vl": Profile(
         name="qwen2vl",
@@ -277,6 +278,14 @@ _PROFILES = {
     ),
 }
 
+# SkyEyeGPT (arXiv 2401.09712) is MiniGPT-v2 tuned on remote-sensing instructions: the same prompt, 448 px
+# stretched input and boxes, and MiniGPT-v2's task identifiers ([caption], [vqa], [refer], [grounding], ...).
+_PROFILES["skyeyegpt"] = _PROFILES["minigptv2"].with_overrides(
+    name="skyeyegpt",
+    title="SkyEyeGPT",
+    licence_note="SkyEyeGPT: check its model card; built on MiniGPT-v2 (BSD-3-Clause) and LLaMA-2 (Llama 2 licence).",
+)
+
 ALIASES = {
     "llava": "llava15",
     "llava-1.5": "llava15",
@@ -285,7 +294,7 @@ ALIASES = {
     "skysense": "skysensegpt",
     "fit-rs": "skysensegpt",
     "minigpt-v2": "minigptv2",
-    "skyeyegpt": "minigptv2",
+    "skyeye": "skyeyegpt",
     "qwen2-vl": "qwen2vl",
     "qwen2.5-vl": "qwen25vl",
     "florence-2": "florence2",
