@@ -122,6 +122,7 @@ HUGE = ["1e999", "inf", "nan", "Infinity", "NaN", "9" * 309, "1" * 1000, "-" + "
 TEMPLATES = [  # each family's box syntax, "#" where a number goes
     ("geochat", "{<#><#><#><#>|<#>}"),
     ("minigptv2", "<p>x</p> {<#><#><#><#>}"),
+    ("skyeyegpt", "<p>x</p> {<#><#><#><#>}"),
     ("skysensegpt", "<ref>x</ref><rbox>({<#><#><#><#>|<#>})</rbox>"),
     ("earthdial", "[[#, #, #, #, #]]"),
     ("llava15", "[#, #, #, #]"),
