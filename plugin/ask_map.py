@@ -92,6 +92,7 @@ def render(settings: QgsMapSettings) -> QImage:
 
 
 def png_bytes(image: QImage) -> bytes:
+    """The image encoded as PNG (every pixel as rendered: the bytes the engine receives)."""
     data = QByteArray()
     buffer = QBuffer(data)
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
@@ -130,6 +131,7 @@ class View:
 
     @classmethod
     def of(cls, settings: QgsMapSettings, image: QImage) -> View:
+        """The view of map settings and the image rendered from them (deviceOutputSize() pixels)."""
         e = settings.extent()
         return cls(png_bytes(image), view_frame(settings), (e.xMinimum(), e.yMinimum(), e.xMaximum(),
                    e.yMaximum()), settings.rotation(), settings.devicePixelRatio())
@@ -148,6 +150,9 @@ def worded(profile: Profile, task: str, question: str) -> str:
 
 @dataclass
 class Provenance:
+    """Where an answer came from, for the provenance fields: the question as typed, the user task, the
+    model id, family and engine ("local" or URLs) of the connection, the answer text, the UTC time."""
+
     question: str
     task: str
     model: str
@@ -157,8 +162,9 @@ class Provenance:
     time: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def values(self, view: View) -> list:
+        """Attribute values in PROVENANCE_FIELDS order, with the view's image size, extent, CRS, rotation."""
         return [self.question, self.answer, self.task, self.model, self.engine, self.time,
-                view.frame.width, view.frame.height, ",".join(f"{v:.10g}" for v in view.extent),
+                view.frame.width, view.frame.height, ",".join(f"{v:.17g}" for v in view.extent),
                 view.frame.crs, view.rotation]
 
 

@@ -172,7 +172,7 @@ class AskSession(QObject):
             self.error(str(exc))
             return
         self.turns.append(Turn(question or "(the region)", task, view_extent=",".join(
-            f"{v:.10g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
+            f"{v:.17g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
             image_size=f"{self.view.frame.width}x{self.view.frame.height}"))
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
         self._streamed = ""
