@@ -28,7 +28,7 @@ from . import settings as engine_settings
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, render, ring_of, view_settings
-from .ask_task import AskTask
+from .ask_task import AskTask, FamilyProbe
 from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
 
@@ -60,6 +60,7 @@ class AskSession(QObject):
         self._html: List[str] = []
         self._streamed = ""
         self._tool = None
+        self._probe = None
         self.dock.set_tasks(family_tasks(get_profile(self.family)) if self.family else list(ASK_TASKS))
         dock.send.clicked.connect(self.send)
         dock.stop.clicked.connect(self.stop)
@@ -72,6 +73,7 @@ class AskSession(QObject):
         self.manager.stateChanged.connect(self._engine_state)
         dock.restart.clicked.connect(self.manager.restart)
         self._engine_state(self.manager.state, self.manager.detail)
+        self.refresh_family()
 
     # ------------------------------------------------------------ engine state
 
@@ -84,6 +86,35 @@ class AskSession(QObject):
     def engine(self, value: str) -> None:
         self._engine = value
         self._engine_state(self.manager.state, self.manager.detail)
+        self.refresh_family()
+
+    def refresh_family(self) -> None:
+        """Ask the engine its family in a QgsTask (a local engine only when it already runs: a probe never
+        starts it); the task picker then offers that family's tasks."""
+        local = self._engine == "local" or (not self._engine and engine_settings.load().mode == "local")
+        if local and not self.manager.running():
+            return
+        self._stop_probe()
+        self._probe = FamilyProbe(self._engine, self.authcfg, "", self.transport)
+        self._probe.found.connect(self._family_found)
+        QgsApplication.taskManager().addTask(self._probe)
+
+    def _family_found(self, family: str) -> None:
+        self._probe = None
+        if family != self.family:
+            self.family = family
+            self.dock.set_tasks(family_tasks(get_profile(family)))
+
+    def _stop_probe(self, wait_ms: int = 0) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            try:
+                probe.found.disconnect()
+                probe.cancel()
+                if wait_ms:
+                    probe.waitForFinished(wait_ms)
+            except (RuntimeError, TypeError):  # already finished and deleted by the task manager
+                pass
 
     def _engine_state(self, state: str, detail: str = "") -> None:
         if not self.engine and engine_settings.load().mode == "remote":
@@ -314,6 +345,7 @@ class AskSession(QObject):
 
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Unload: cancel a request in flight and wait for its worker; nothing keeps running."""
+        self._stop_probe(wait_ms)
         task, self.task = self.task, None
         if task is not None:
             for signal in (task.token, task.restarted, task.connected, task.answered, task.failed):

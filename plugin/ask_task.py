@@ -84,3 +84,34 @@ class AskTask(QgsTask):
         if message != "stopped":
             QgsMessageLog.logMessage(f"ask: {message}", LOG_TAG, Qgis.MessageLevel.Warning)
         self.failed.emit(message)
+
+
+class FamilyProbe(QgsTask):
+    """Reads which model family an engine serves (its /v1/models), so the dock offers only that family's
+    tasks before the first question. `found(family)` on success (GUI thread); failures stay silent here
+    (the question itself reports them)."""
+
+    found = pyqtSignal(str)
+
+    def __init__(self, engine: str = "", authcfg: str = "", family: str = "", transport=None):
+        super().__init__("GeoVLM: which model family", QgsTask.Flag.CanCancel)
+        self.engine, self.authcfg, self.family, self.transport = engine, authcfg, family, transport
+        self.cancel_token = CancelToken()
+        self.result_family = ""
+
+    def cancel(self):
+        self.cancel_token.cancel()
+        super().cancel()
+
+    def run(self) -> bool:
+        try:
+            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token,
+                         transport=self.transport) as connection:
+                self.result_family = connection.profile.name
+            return True
+        except Exception:  # any failure: the dock keeps the tasks it shows  # noqa: BLE001
+            return False
+
+    def finished(self, result: bool) -> None:
+        if result:
+            self.found.emit(self.result_family)

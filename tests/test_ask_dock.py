@@ -210,3 +210,15 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         asked = engine.posts[2]["messages"][0]["content"][1]["text"]
         assert asked.startswith("[identify] What is the object present at {<")
         assert engine.images[2] != engine.images[1]  # the visible map, rendered for this view
+
+
+def test_task_picker_offers_only_the_engine_family_tasks(dock):
+    session = dock.ask
+    tasks = session.dock.task
+    with ScriptedEngine("llava15", "x") as engine:
+        session.engine = engine.url  # the dock asks the engine its family in a QgsTask
+        assert wait_for(lambda: [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"], 10)
+        assert engine.posts == []  # no question was sent for that
+    with ScriptedEngine("skysensegpt", "x") as engine:
+        session.engine = engine.url
+        assert wait_for(lambda: "scene graph" in [tasks.itemText(i) for i in range(tasks.count())], 10)
