@@ -1,9 +1,19 @@
-"""CPU benchmark of the engine: encoder onnxruntime vs torch eager, LM tokens/s, time per tile end to end.
+"""CPU benchmark of the engine against the peer its users would otherwise run, side by side in one process.
 
-Builds a random model from config (no download): a ViT-B/16-sized CLIP tower at 224 px (196 image tokens) and
-a ~100M-parameter Llama-shaped language model, in a temporary llava-hf folder. Runs in a few minutes on 2 cores.
+A random llava-hf checkpoint is built from config (nothing is downloaded): a ViT-B/16-sized CLIP tower at 224 px
+(196 image tokens) and a ~100M-parameter Llama-shaped language model. Every ratio comes from A and B run
+alternately (A B B A ...) in this process, medians over the rounds, with the machine's load printed:
 
-    python bench/bench_engine.py [--threads N] [--tokens 32]
+- decoding: GeoVLM (`VlmPipeline`: ONNX encoder, static-cache decoder) vs transformers'
+  `LlavaForConditionalGeneration.generate`, greedy, fp32: time to first token and decode tokens/s at batch 1 and
+  for 8 requests (GeoVLM's ragged batch vs generate's left-padded batch), tokens compared;
+- the memory-bandwidth bound of decoding measured here (bytes read per token / the best read rate of this
+  machine) and GeoVLM's % of it;
+- the encoder: onnxruntime vs torch eager, ms/image at batch 1 and 8;
+- cold load (`VlmPipeline.load` vs `from_pretrained`) and peak / anonymous memory of one ask, each in a fresh
+  process.
+
+    python bench/bench_engine.py [--threads N] [--tokens 64] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -13,11 +23,18 @@ import json
 import os
 import shutil
 import statistics
+import subprocess  # nosec B404  # runs this same file in fresh processes for the load and memory rows
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+QUESTION = (
+    "[grounding]Describe the image in detail: name every building, road, vehicle, tree and field you see, "
+    "give the location of each of them, and say how they relate to one another across the whole scene."
+)
+RASTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rasters" / "cogeo.tif"
 
 
 def build_model(folder: Path) -> Path:
@@ -28,36 +45,13 @@ def build_model(folder: Path) -> Path:
     from geovlm.models.demo_model import write_demo_model
 
     demo = write_demo_model(folder / "tok")
-    vision = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-        hidden_act="quick_gelu",
-    )
-    text = LlamaConfig(
-        vocab_size=400,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=4,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=3,
-        pad_token_id=4,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=196,
-    )
+    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              image_size=224, patch_size=16, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=400, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                       num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=4)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=3, pad_token_id=4,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=196)
     torch.manual_seed(0)
     out = folder / "bench-model"
     LlavaForConditionalGeneration(config).save_pretrained(out)
@@ -68,100 +62,322 @@ def build_model(folder: Path) -> Path:
     return out
 
 
-def timed(fn, repeat: int) -> float:
-    """Median seconds of `fn()` over `repeat` runs after one warm-up."""
-    fn()
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+def load_text() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
+
+
+def alternate(runs: dict, rounds: int) -> dict:
+    """Each callable of `runs` once as warm-up, then `rounds` rounds in alternating order (A B, B A, ...);
+    the list of what each returned per round."""
+    for fn in runs.values():
         fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    names, out = list(runs), {name: [] for name in runs}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name].append(runs[name]())
+    return out
 
 
-def bench_encoder(model_dir: Path, repeat: int):
+def med(values) -> float:
+    return statistics.median(values)
+
+
+# -- decoding -------------------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """A transformers streamer noting when each `put` comes (the prompt first, then each new token)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def decoding_runs(pipe, hf_model, images, tokens: int):
+    """(GeoVLM run, transformers run) for these images, each returning (ttft s, decode tokens/s, token lists).
+    Row i's question is QUESTION less its last 3*i words: a batch's prompts differ in length."""
     import numpy as np
     import torch
 
-    from geovlm.models.checkpoints import load_model
-    from geovlm.models.encoder_export import export_encoder, vision_encoder
-    from geovlm.models.encoder_runtime import OnnxEncoder
+    from geovlm.core.georef import fit_plan
+    from geovlm.models.language import DecodeSettings
+    from geovlm.models.preprocess import fit_image, normalise
 
-    model = load_model(model_dir)
-    report = export_encoder(model_dir, model_dir / "encoder.onnx", model=model, check_batches=(1,))
-    enc = OnnxEncoder(report.path, providers=["CPUExecutionProvider"])
-    module = vision_encoder(model)
-    rows = []
-    for batch in (1, 8):
-        pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        tensor = torch.from_numpy(pixels)
+    words = QUESTION.split()
+    prompts = [pipe.prompt_ids([("user", " ".join(words[: len(words) - 3 * i]))]) for i in range(len(images))]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pipe.lm.pad_id] * (width - len(p)) + p for p in prompts])  # left-padded for generate
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def geovlm():
+        pipe.cache = type(pipe.cache)()  # every run encodes its images
+        start = time.perf_counter()
+        feats = pipe.encode(images)
+        decoding = pipe.lm.decoding(prompts, list(feats), [DecodeSettings(max_new_tokens=tokens)] * len(images))
+        steps = iter(decoding)
+        next(steps)
+        first = time.perf_counter()
+        for _ in steps:
+            pass
+        decode_s = time.perf_counter() - first
+        ids = [r.token_ids for r in decoding.results]
+        return first - start, sum(len(t) - 1 for t in ids) / decode_s, ids
+
+    def transformers_generate():
+        clock = _Clock()
+        start = time.perf_counter()
+        fitted = [fit_image(im, fit_plan(pipe.profile, im.shape[1], im.shape[0]), pipe.pad_color) for im in images]
+        pixels = torch.from_numpy(np.ascontiguousarray(normalise(fitted, pipe.encoder.mean, pipe.encoder.std)))
         with torch.inference_mode():
-            t_torch = timed(lambda t=tensor: module(t), repeat)
-        t_ort = timed(lambda p=pixels: enc.run(p), repeat)
-        rows.append((batch, 1000 * t_ort / batch, 1000 * t_torch / batch, t_torch / t_ort))
-    return rows, max(report.max_abs_diff.values())
+            out = hf_model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                                    max_new_tokens=tokens, do_sample=False, streamer=clock)
+        new = out[:, ids.shape[1]:].tolist()
+        eos = pipe.lm.eos_ids
+        rows = [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in new]
+        decode_s = clock.times[-1] - clock.times[1]
+        return clock.times[1] - start, sum(len(t) - 1 for t in rows) / decode_s, rows
+
+    return geovlm, transformers_generate
 
 
-def bench_pipeline(model_dir: Path, tokens: int):
-    from geovlm.core.parsing import parse_answer
+def lm_bytes_per_token(model) -> tuple:
+    """(weight bytes, KV-cache bytes per position) a decode step reads: every language-model weight but the
+    input embedding (one row of it is read), the output head included."""
+    text = model.model.language_model
+    weights = sum(p.numel() * p.element_size() for n, p in text.named_parameters() if "embed_tokens" not in n)
+    weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    config = text.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * model.lm_head.weight.element_size()
+    return weights, kv
+
+
+def bandwidth_runs(model):
+    """Two ways to read memory as fast as this machine allows, each returning GB/s: a sum over a buffer the size
+    of the weights, and a bare pass of matrix-vector products over the language model's weight matrices."""
+    import torch
+
+    weights = [m.weight for m in model.model.language_model.modules() if isinstance(m, torch.nn.Linear)]
+    weights.append(model.lm_head.weight)
+    total = sum(w.numel() * w.element_size() for w in weights)
+    buffer = torch.ones(total // 4, dtype=torch.float32)
+    vectors = [torch.ones(w.shape[1]) for w in weights]
+
+    def stream_sum():
+        start = time.perf_counter()
+        buffer.sum()
+        return total / (time.perf_counter() - start) / 1e9
+
+    def weight_pass():
+        start = time.perf_counter()
+        for w, v in zip(weights, vectors):
+            torch.mv(w, v)
+        return total / (time.perf_counter() - start) / 1e9
+
+    return {"sum over a weight-sized buffer": stream_sum, "bare matrix-vector pass over the weights": weight_pass}
+
+
+# -- encoder --------------------------------------------------------------------------------------------------
+
+
+def encoder_runs(pipe, model_dir: Path, batch: int):
+    import numpy as np
+    import torch
+
+    from geovlm.models.checkpoints import load_vision_model
+    from geovlm.models.encoder_export import vision_encoder
+
+    module = vision_encoder(load_vision_model(model_dir))
+    size = pipe.encoder.input_size
+    pixels = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    tensor = torch.from_numpy(pixels)
+    with torch.inference_mode():
+        diff = float(abs(pipe.encoder.run(pixels) - module(tensor).numpy()).max())
+
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - start) / batch
+
+    def torch_eager():
+        with torch.inference_mode():
+            return timed(lambda: module(tensor))
+
+    return {"onnxruntime": lambda: timed(lambda: pipe.encoder.run(pixels)), "torch eager": torch_eager}, diff
+
+
+# -- fresh processes: cold load and memory ----------------------------------------------------------------------
+
+
+def _status() -> dict:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) / 1024  # MiB
+    return out
+
+
+def child(kind: str, model_dir: str, tokens: int) -> None:
+    """In a fresh process: load (timed after the imports) and, for `ask-*`, answer once; print JSON."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from geovlm.models.checkpoints import from_local_folder
     from geovlm.models.imagery import read_rgb
     from geovlm.models.pipeline import GenRequest, VlmPipeline
 
-    raster = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rasters" / "cogeo.tif"
-    pipe = VlmPipeline.load(model_dir, encoder_onnx=model_dir / "encoder.onnx", providers=["CPUExecutionProvider"])
-    tiles = [read_rgb(raster, (256 * i, 256 * i, 256, 256)) for i in range(4)]
-    question = [("user", "Describe the image")]
-    pipe.generate_batch([GenRequest(tiles[0], question, max_new_tokens=4)])  # warm-up
-    pipe.cache = type(pipe.cache)()
-    split = {"preprocess": [], "encode": [], "prefill": [], "decode": [], "parse": []}
-    walls, decoded = [], 0
-    for tile in tiles:
-        start = time.perf_counter()
-        result = pipe.generate_batch([GenRequest(tile, question, max_new_tokens=tokens)])[0]
-        t0 = time.perf_counter()
-        parse_answer(result.text, pipe.profile, image_size=(tile.shape[1], tile.shape[0]))
-        split["parse"].append(time.perf_counter() - t0)
-        walls.append(time.perf_counter() - start)
-        for key in ("preprocess", "encode", "prefill", "decode"):
-            split[key].append(result.timings[key])
-        decoded += result.tokens
-    decode_tps = decoded / sum(split["decode"])
-    pipe.cache = type(pipe.cache)()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "0")) or torch.get_num_threads())
+    image = read_rgb(RASTER, (0, 0, 256, 256))
     start = time.perf_counter()
-    batch = pipe.generate_batch([GenRequest(t, question, max_new_tokens=tokens) for t in tiles])
-    batch_wall = time.perf_counter() - start
-    batch_tps = sum(r.tokens for r in batch) / batch[0].timings["decode"]
-    return walls, {k: statistics.mean(v) for k, v in split.items()}, decode_tps, batch_wall, batch_tps
+    if kind.endswith("geovlm"):
+        pipe = VlmPipeline.load(model_dir, providers=["CPUExecutionProvider"])
+        load_s = time.perf_counter() - start
+        if kind.startswith("ask"):
+            pipe.generate_batch([GenRequest(image, [("user", QUESTION)], max_new_tokens=tokens)])
+    else:
+        model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=torch.float32)
+        load_s = time.perf_counter() - start
+        if kind.startswith("ask"):  # the prompt ids and pixels GeoVLM made for the same ask (bench's main)
+            import numpy as np
+
+            ids = torch.from_numpy(np.load(Path(model_dir) / "ask-ids.npy"))
+            pixels = torch.from_numpy(np.load(Path(model_dir) / "ask-pixels.npy"))
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                               max_new_tokens=tokens, do_sample=False)
+    print(json.dumps(dict(_status(), load_s=load_s)))
+
+
+def save_ask(pipe, model_dir: Path) -> None:
+    """The prompt ids and pixel values of the fresh-process ask (a 256 px tile of cogeo.tif), for transformers."""
+    import numpy as np
+
+    from geovlm.core.georef import fit_plan
+    from geovlm.models.imagery import read_rgb
+    from geovlm.models.preprocess import fit_image, normalise
+
+    image = read_rgb(RASTER, (0, 0, 256, 256))
+    fitted = fit_image(image, fit_plan(pipe.profile, 256, 256), pipe.pad_color)
+    np.save(model_dir / "ask-ids.npy", np.array([pipe.prompt_ids([("user", QUESTION)])]))
+    np.save(model_dir / "ask-pixels.npy", normalise([fitted], pipe.encoder.mean, pipe.encoder.std))
+
+
+def in_fresh_process(kind: str, model_dir: Path, tokens: int, threads: int) -> dict:
+    env = dict(os.environ, BENCH_THREADS=str(threads))
+    out = subprocess.run(  # nosec B603  # this interpreter and this file, no shell
+        [sys.executable, __file__, "--child", kind, "--model", str(model_dir), "--tokens", str(tokens)],
+        check=True, capture_output=True, text=True, env=env, timeout=600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def row(label: str, a: float, b: float, unit: str, higher_is_better: bool = True, digits: int = 1) -> str:
+    ratio = a / b if higher_is_better else b / a
+    return f"| {label} | {a:.{digits}f} {unit} | {b:.{digits}f} {unit} | {ratio:.2f}x |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args.model, args.tokens)
+        return
+    import onnxruntime
     import torch
+    import transformers
+    from transformers import LlavaForConditionalGeneration
+
+    from geovlm.models.checkpoints import from_local_folder
+    from geovlm.models.imagery import read_rgb
+    from geovlm.models.pipeline import VlmPipeline
 
     torch.set_num_threads(args.threads)
+    loads = [load_text()]
+    print(f"CPU, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}; {loads[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp))
-        rows, diff = bench_encoder(model_dir, args.repeat)
-        walls, split, tps, batch_wall, batch_tps = bench_pipeline(model_dir, args.tokens)
-    print(
-        f"\nCPU, {args.threads} threads, torch {torch.__version__}; random ViT-B/16 @224 (196 tokens) + "
-        f"768x12 Llama; ONNX vs torch max abs diff {diff:.1e}\n"
-    )
-    print("| encoder batch | onnxruntime ms/image | torch eager ms/image | torch / ort |")
-    print("|---|---|---|---|")
-    for batch, ort_ms, torch_ms, ratio in rows:
-        print(f"| {batch} | {ort_ms:.1f} | {torch_ms:.1f} | {ratio:.2f} |")
-    print(f"\n| end to end ({args.tokens} new tokens, 256x256 tiles of cogeo.tif) | value |")
-    print("|---|---|")
-    print(f"| time per tile, one at a time | {statistics.mean(walls):.2f} s |")
-    for key, value in split.items():
-        print(f"| - {key} | {1000 * value:.1f} ms |")
-    print(f"| LM decode, batch 1 | {tps:.1f} tokens/s |")
-    print(f"| 4 tiles in one batch | {batch_wall:.2f} s ({batch_wall / 4:.2f} s/tile, {batch_tps:.1f} tokens/s) |")
+        pipe = VlmPipeline.load(model_dir, providers=["CPUExecutionProvider"])  # exports the encoder once
+        save_ask(pipe, model_dir)
+        hf_model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=torch.float32).eval()
+        images = [read_rgb(RASTER, (90 * i, 80 * i, 256, 256)) for i in range(8)]
+        prompt_len = len(pipe.prompt_ids([("user", QUESTION)]))
+        lm_rows, same = {}, True
+        for batch in (1, 8):
+            ours, theirs = decoding_runs(pipe, hf_model, images[:batch], args.tokens)
+            got = alternate({"geovlm": ours, "transformers": theirs}, args.rounds)
+            lm_rows[batch] = {k: (med([r[0] for r in v]), med([r[1] for r in v])) for k, v in got.items()}
+            same &= all(g[2] == t[2] for g, t in zip(got["geovlm"], got["transformers"]))
+            loads.append(load_text())
+        weights_b, kv_b = lm_bytes_per_token(hf_model)
+        rates = alternate(bandwidth_runs(hf_model), max(args.rounds, 7))
+        bandwidth = max(med(v) for v in rates.values())
+        per_token = weights_b + kv_b * (prompt_len + args.tokens / 2)
+        bound = bandwidth * 1e9 / per_token
+        enc_rows = {}
+        for batch in (1, 8):
+            runs, diff = encoder_runs(pipe, model_dir, batch)
+            enc_rows[batch] = ({k: med(v) for k, v in alternate(runs, args.rounds).items()}, diff)
+        loads.append(load_text())
+        del pipe, hf_model
+        fresh = {"geovlm": [], "transformers": []}
+        for r in range(3):
+            for name in ("geovlm", "transformers") if r % 2 == 0 else ("transformers", "geovlm"):
+                fresh[name].append(in_fresh_process(f"load-{name}", model_dir, args.tokens, args.threads))
+        asks = {name: in_fresh_process(f"ask-{name}", model_dir, args.tokens, args.threads)
+                for name in ("geovlm", "transformers")}
+        loads.append(load_text())
+
+    print(f"\nRandom ViT-B/16 @224 (196 image tokens) + 768x12 Llama (vocab 400), fp32; prompt {prompt_len} tokens "
+          f"with the image, {args.tokens} greedy new tokens; medians of {args.rounds} alternated rounds.\n")
+    print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|")
+    for batch in (1, 8):
+        g, t = lm_rows[batch]["geovlm"], lm_rows[batch]["transformers"]
+        what = "batch 1" if batch == 1 else "8 requests (GeoVLM ragged batch, generate padded batch)"
+        print(row(f"decode tokens/s, {what}", g[1], t[1], "tok/s"))
+        print(row(f"time to first token, {what}", g[0], t[0], "s", higher_is_better=False, digits=3))
+    print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
+    print("\n| memory-bandwidth bound of decoding, batch 1 | value |\n|---|---|")
+    for name, values in rates.items():
+        print(f"| read rate: {name} | {med(values):.1f} GB/s |")
+    print(f"| bytes read per token: weights + KV cache at the mean context | {weights_b / 1e6:.1f} MB + "
+          f"{kv_b * (prompt_len + args.tokens / 2) / 1e6:.1f} MB |")
+    print(f"| bound (best read rate / bytes per token) | {bound:.1f} tokens/s |")
+    print(f"| GeoVLM decode, batch 1 | {lm_rows[1]['geovlm'][1]:.1f} tokens/s = "
+          f"**{100 * lm_rows[1]['geovlm'][1] / bound:.0f} %** of the bound |")
+    print(f"| transformers generate, batch 1 | {lm_rows[1]['transformers'][1]:.1f} tokens/s = "
+          f"{100 * lm_rows[1]['transformers'][1] / bound:.0f} % of the bound |")
+    print("\n| encoder, ms/image | onnxruntime | torch eager | onnxruntime ahead by | max abs diff |")
+    print("|---|---|---|---|---|")
+    for batch, (times, diff) in enc_rows.items():
+        o, t = times["onnxruntime"], times["torch eager"]
+        print(f"| batch {batch} | {o:.1f} | {t:.1f} | {t / o:.2f}x | {diff:.1e} |")
+    g_load = med([f["load_s"] for f in fresh["geovlm"]])
+    t_load = med([f["load_s"] for f in fresh["transformers"]])
+    print("\n| fresh process | GeoVLM | transformers | GeoVLM / transformers |\n|---|---|---|---|")
+    print(f"| cold load (`VlmPipeline.load` vs `from_pretrained`), median of 3 | {g_load:.2f} s | {t_load:.2f} s | "
+          f"{g_load / t_load:.2f}x |")
+    for key, label in (("VmHWM", "peak RSS of one ask"), ("RssAnon", "anonymous memory after one ask"),
+                       ("RssFile", "file-backed memory after one ask")):
+        g, t = asks["geovlm"][key], asks["transformers"][key]
+        print(f"| {label} | {g:.0f} MiB | {t:.0f} MiB | {g / t:.2f}x |")
+    print("\nMachine load while it ran: " + "; ".join(loads))
 
 
 if __name__ == "__main__":
