@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..core.profiles import get_profile
-from .file_hashes import cached_sha256
+from .file_hashes import cached_value
 
 ARCHITECTURES = {
     "llava": ("llava15", "geochat", "skysensegpt", "rsllava"),
@@ -217,12 +217,12 @@ def encoder_weights_hash(model_dir, vision_file: Optional[str] = None) -> str:
     """sha256 over the vision tensors as stored (names, dtypes, shapes, raw bytes: any dtype, bfloat16 included):
     every tensor of `vision_file` when given (MiniGPT-v2), else the vision-tower and projector tensors of all the
     folder's safetensors files (llava-hf); computed once per version of the weight files
-    (file_hashes.cached_sha256)."""
+    (file_hashes.cached_value)."""
     files = [Path(model_dir) / vision_file] if vision_file else sorted(Path(model_dir).glob("*.safetensors"))
     name = "encoder_weights" if vision_file is None else f"encoder_weights:{vision_file}"
     if vision_file is None:
-        return cached_sha256(name, files, lambda: _encoder_weights_sha256(files), model_dir)
-    return cached_sha256(name, files, lambda: _encoder_weights_sha256(files, every_key=True), model_dir)
+        return cached_value(name, files, lambda: _encoder_weights_sha256(files), model_dir)
+    return cached_value(name, files, lambda: _encoder_weights_sha256(files, every_key=True), model_dir)
 
 
 def _encoder_weights_sha256(files, every_key: bool = False) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -12,7 +13,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from .encoder_export import SCHEMA, SCHEMA_VERSION
-from .file_hashes import cached_sha256, file_sha256
+from .file_hashes import cached_value, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,36 @@ def session_options(threads: Optional[int] = None):
     return options
 
 
+def graph_facts(path: Path) -> dict:
+    """The metadata_props and the graph inputs (name, "tensor(<type>)", shape with names or lengths) of an
+    ONNX file, read from its protobuf without its weights; EncoderError for a file that is not ONNX."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf and onnx raise several untyped errors for bad files
+        raise EncoderError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    weights = {t.name for t in model.graph.initializer}
+    inputs = []
+    for value in model.graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        kind = onnx.TensorProto.DataType.Name(tensor.elem_type).lower().replace("float32", "float")
+        dims = [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None
+                for d in tensor.shape.dim]
+        inputs.append([value.name, f"tensor({kind})", dims])
+    return {"metadata": {p.key: p.value for p in model.metadata_props}, "inputs": inputs}
+
+
 class OnnxEncoder:
     """An onnxruntime session over a GeoVLM encoder graph, with its metadata (`session_options`; `threads`:
-    intra-op threads, torch's count by default). EncoderError for a missing, unreadable or foreign file."""
+    intra-op threads, torch's count by default).
+
+    The metadata and inputs are checked at construction (read once per file version, file_hashes); EncoderError
+    for a missing, unreadable or foreign file. The session itself is built in a background thread started here
+    (graph optimisation takes about a second on a CPU), so a pipeline's language model loads meanwhile; the
+    first use of `session` waits for it (EncoderError if onnxruntime refused the file)."""
 
     def __init__(
         self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16, threads: Optional[int] = None
@@ -85,15 +113,12 @@ class OnnxEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise EncoderError(f"encoder file {self.path} does not exist")
-        wanted = list(providers or DEFAULT_PROVIDERS)
+        self.wanted = list(providers or DEFAULT_PROVIDERS)
         available = set(ort.get_available_providers())
-        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads),
-                                                providers=chosen)
-        except Exception as exc:  # onnxruntime raises several untyped errors for bad files
-            raise EncoderError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        chosen = [p for p in self.wanted if p in available] or ["CPUExecutionProvider"]
+        folder, name = self.path.parent, self.path.name
+        facts = cached_value(f"onnx-graph:{name}", [self.path], lambda: graph_facts(self.path), folder)
+        meta = facts["metadata"]
         if meta.get("geovlm.schema") != SCHEMA:
             raise EncoderError(f"{self.path} is an ONNX model but not a GeoVLM encoder (no {SCHEMA} metadata)")
         if meta.get("geovlm.schema_version") != SCHEMA_VERSION:
@@ -107,14 +132,39 @@ class OnnxEncoder:
         self.input_size, self.image_tokens = fields["input_size"], fields["image_tokens"]
         self.hidden_size, self.pad_color = fields["hidden_size"], fields["pad_color"]
         self.mean, self.std = fields["mean"], fields["std"]
-        self._check_input()
-        self.provider = self.session.get_providers()[0]
-        log.info("vision encoder %s runs on %s (asked for %s)", self.path.name, self.provider, ", ".join(wanted))
+        self._check_input(facts["inputs"])
+        self.input_name = facts["inputs"][0][0]
         self.max_batch = max_batch
-        self.input_name = self.session.get_inputs()[0].name
-        self.file_hash = cached_sha256(
-            f"onnx:{self.path.name}", [self.path], lambda: file_sha256(self.path), self.path.parent
+        self.file_hash = cached_value(f"onnx:{name}", [self.path], lambda: file_sha256(self.path), folder)
+        self._session, self._error = None, None
+        self._opening = threading.Thread(
+            target=self._open, args=(session_options(threads), chosen), name="geovlm-encoder-session", daemon=True
         )
+        self._opening.start()
+
+    def _open(self, options, chosen) -> None:
+        import onnxruntime as ort
+
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises several untyped errors for bad files
+            self._error = EncoderError(f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {exc})")
+            return
+        used = self._session.get_providers()[0]
+        log.info("vision encoder %s runs on %s (asked for %s)", self.path.name, used, ", ".join(self.wanted))
+
+    @property
+    def session(self):
+        """The onnxruntime InferenceSession (waits for its construction)."""
+        self._opening.join()
+        if self._error is not None:
+            raise self._error
+        return self._session
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (the first of those asked for that is available)."""
+        return self.session.get_providers()[0]
 
     def _fields(self, meta: Dict[str, str]) -> dict:
         """The metadata the runtime reads, parsed; EncoderError when some is missing or unreadable."""
@@ -129,13 +179,13 @@ class OnnxEncoder:
                 raise EncoderError(f"{self.path} has an unreadable {key} ({meta[key]!r}): {AGAIN}") from None
         return fields
 
-    def _check_input(self) -> None:
+    def _check_input(self, inputs) -> None:
         """One input, pixel_values float32 [batch, 3, size, size] (each axis named or of that length)."""
-        inputs, size = self.session.get_inputs(), self.input_size
-        shape = inputs[0].shape if len(inputs) == 1 else []
+        size = self.input_size
+        shape = inputs[0][2] if len(inputs) == 1 else []
         dims = len(shape) == 4 and all(not isinstance(d, int) or d == n for d, n in zip(shape[1:], (3, size, size)))
-        if not (dims and inputs[0].name == "pixel_values" and inputs[0].type == "tensor(float)"):
-            got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs) or "no input"
+        if not (dims and inputs[0][0] == "pixel_values" and inputs[0][1] == "tensor(float)"):
+            got = ", ".join(f"{name} {kind} {dims}" for name, kind, dims in inputs) or "no input"
             raise EncoderError(
                 f"{self.path} is no GeoVLM encoder graph: it takes {got}, the encoder takes pixel_values float32 "
                 f"[batch, 3, {size}, {size}]; {AGAIN}"

@@ -1,10 +1,12 @@
-"""sha256 digests computed once and kept beside the files they describe, keyed by each file's size and mtime.
+"""Facts read from files once (sha256 digests, an ONNX graph's metadata) and kept beside the files they
+describe, keyed by each file's size and mtime.
 
 A start of the engine hashes the checkpoint's vision weights (to match its ONNX export) and the `.onnx` file (to
-key the encoding cache): together most of a cold load when done each time. The digests go into
-`geovlm-hashes.json` in the model folder (in `$GEOVLM_CACHE/hashes/` when that folder is read-only), each under
-a name with the (file name, size in bytes, mtime in ns) of every file it covers; a file changed in size or mtime
-makes its digest be computed again. A cache that cannot be read or written is ignored (the digest is computed).
+key the encoding cache) and reads the export's metadata: most of a cold load when done each time. The values go
+into `geovlm-hashes.json` in the model folder (in `$GEOVLM_CACHE/hashes/` when that folder is read-only), each
+under a name with the (file name, size in bytes, mtime in ns) of every file it covers; a file changed in size or
+mtime makes its value be computed again. A store that cannot be read or written is ignored (the value is
+computed).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 log = logging.getLogger(__name__)
 HASHES_FILE = "geovlm-hashes.json"
@@ -51,10 +53,10 @@ def _stamp(paths: Sequence[Path]) -> List[list]:
     return stamps
 
 
-def cached_sha256(name: str, paths: Sequence, compute: Callable[[], str], folder) -> str:
-    """The digest `compute()` gives for `paths`, read from the store of `folder` when it holds one under `name`
-    for these files at their present size and mtime; computed and stored otherwise. OSError from `paths`' stat
-    propagates (a missing file)."""
+def cached_value(name: str, paths: Sequence, compute: Callable[[], Any], folder) -> Any:
+    """What `compute()` gives for `paths` (a JSON value), read from the store of `folder` when it holds one under
+    `name` for these files at their present size and mtime; computed and stored otherwise. OSError from `paths`'
+    stat and whatever `compute` raises propagate."""
     stamp = _stamp(paths)
     store = _store(Path(folder))
     try:
@@ -64,10 +66,10 @@ def cached_sha256(name: str, paths: Sequence, compute: Callable[[], str], folder
     except (OSError, ValueError):
         known = {}
     entry = known.get(name)
-    if isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = compute()
-    known[name] = {"files": stamp, "sha256": digest}
+    if isinstance(entry, dict) and entry.get("files") == stamp and "value" in entry:
+        return entry["value"]
+    value = compute()
+    known[name] = {"files": stamp, "value": value}
     scratch = store.with_name(f"{store.name}.tmp-{os.getpid()}")
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -76,5 +78,5 @@ def cached_sha256(name: str, paths: Sequence, compute: Callable[[], str], folder
     except OSError as exc:
         with contextlib.suppress(OSError):
             scratch.unlink(missing_ok=True)
-        log.info("could not keep the digest of %s in %s (%s)", name, store, exc)
-    return digest
+        log.info("could not keep %s in %s (%s)", name, store, exc)
+    return value

@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -118,17 +117,14 @@ class VlmPipeline:
     ) -> VlmPipeline:
         """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
         and fit always win: preprocessing must match the graph). The folder is read once (CheckpointInfo); the
-        language model is loaded without its vision tower (the ONNX encoder serves), the encoder's session built in
-        parallel with it; digests of the weights and of the export are computed once per file version
+        language model is loaded without its vision tower (the ONNX encoder serves), the encoder's session built
+        meanwhile in the background; digests of the weights and of the export are computed once per file version
         (file_hashes)."""
         checkpoint = inspect_checkpoint(model_dir, family)  # the one reading of the folder
         if encoder_onnx is None:
             encoder_onnx = ensure_encoder(checkpoint)
-        # The onnxruntime session is built (graph optimisation included) while the language model loads.
-        with ThreadPoolExecutor(1, thread_name_prefix="geovlm-encoder") as pool:
-            pending = pool.submit(OnnxEncoder, encoder_onnx, providers=providers)
-            lm = LanguageModel.load(checkpoint, device)
-            encoder = pending.result()
+        encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads
+        lm = LanguageModel.load(checkpoint, device)
         encoder.check_fits(checkpoint.hidden_size, checkpoint.image_tokens, checkpoint.encoder_hash)
         profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):

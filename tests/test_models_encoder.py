@@ -177,8 +177,9 @@ def test_metadata_must_fit_language_model(exported, caplog):
     wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     with caplog.at_level(logging.INFO, logger="geovlm.models.encoder_runtime"):
         enc = OnnxEncoder(exported.path, providers=wanted)
+        provider = enc.provider  # waits for the session, built in the background, which logs its provider
     first = next(p for p in wanted if p in onnxruntime.get_available_providers())
-    assert enc.provider == first  # the first available one runs (the CPU here, the GPU on a GPU machine)
+    assert provider == first  # the first available one runs (the CPU here, the GPU on a GPU machine)
     assert f"runs on {first}" in caplog.text
     enc.check_fits(64, 64, exported.metadata["geovlm.source_sha256"])
     with pytest.raises(EncoderError, match="hidden size"):

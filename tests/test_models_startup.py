@@ -1,4 +1,4 @@
-"""Fast start: digests computed once per file version, the encoder's session options, the pipeline's memory."""
+"""Fast start: digests and the export's metadata read once per file version, the encoder's session options, the pipeline's memory."""
 
 import json
 import os
@@ -22,18 +22,18 @@ def test_a_digest_is_computed_once_per_file_version(tmp_path):
     data = tmp_path / "w.bin"
     data.write_bytes(b"abc")
     calls = []
-    assert file_hashes.cached_sha256("w", [data], _counting(calls), tmp_path) == "d1"
-    assert file_hashes.cached_sha256("w", [data], _counting(calls, "other"), tmp_path) == "d1"
+    assert file_hashes.cached_value("w", [data], _counting(calls), tmp_path) == "d1"
+    assert file_hashes.cached_value("w", [data], _counting(calls, "other"), tmp_path) == "d1"
     assert calls == [1]
     stored = json.loads((tmp_path / file_hashes.HASHES_FILE).read_text())
     assert stored["w"]["files"] == [["w.bin", 3, data.stat().st_mtime_ns]]
     os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 1))  # same size, new mtime
-    assert file_hashes.cached_sha256("w", [data], _counting(calls, "d2"), tmp_path) == "d2"
+    assert file_hashes.cached_value("w", [data], _counting(calls, "d2"), tmp_path) == "d2"
     data.write_bytes(b"abcd")
     os.utime(data, ns=(0, stored["w"]["files"][0][2]))  # the old mtime, another size
-    assert file_hashes.cached_sha256("w", [data], _counting(calls, "d3"), tmp_path) == "d3"
+    assert file_hashes.cached_value("w", [data], _counting(calls, "d3"), tmp_path) == "d3"
     assert len(calls) == 3
-    assert file_hashes.cached_sha256("other", [data], _counting(calls, "o"), tmp_path) == "o"  # names are apart
+    assert file_hashes.cached_value("other", [data], _counting(calls, "o"), tmp_path) == "o"  # names are apart
 
 
 def test_a_broken_or_unwritable_store_only_costs_the_computation(tmp_path, monkeypatch):
@@ -41,19 +41,19 @@ def test_a_broken_or_unwritable_store_only_costs_the_computation(tmp_path, monke
     data.write_bytes(b"abc")
     (tmp_path / file_hashes.HASHES_FILE).write_text("{not json")
     calls = []
-    assert file_hashes.cached_sha256("w", [data], _counting(calls), tmp_path) == "d1"
-    assert file_hashes.cached_sha256("w", [data], _counting(calls), tmp_path) == "d1" and calls == [1]
+    assert file_hashes.cached_value("w", [data], _counting(calls), tmp_path) == "d1"
+    assert file_hashes.cached_value("w", [data], _counting(calls), tmp_path) == "d1" and calls == [1]
     readonly = tmp_path / "ro"
     readonly.mkdir()
     (readonly / "w.bin").write_bytes(b"x")
     monkeypatch.setattr(file_hashes.os, "access", lambda path, mode: False)
     monkeypatch.setenv("GEOVLM_CACHE", str(tmp_path / "cache"))
-    assert file_hashes.cached_sha256("w", [readonly / "w.bin"], _counting(calls, "r"), readonly) == "r"
+    assert file_hashes.cached_value("w", [readonly / "w.bin"], _counting(calls, "r"), readonly) == "r"
     assert not (readonly / file_hashes.HASHES_FILE).exists()
     assert len(list((tmp_path / "cache" / "hashes").glob("*.json"))) == 1
-    assert file_hashes.cached_sha256("w", [readonly / "w.bin"], _counting(calls, "x"), readonly) == "r"
+    assert file_hashes.cached_value("w", [readonly / "w.bin"], _counting(calls, "x"), readonly) == "r"
     with pytest.raises(OSError):
-        file_hashes.cached_sha256("w", [tmp_path / "missing"], _counting(calls), tmp_path)
+        file_hashes.cached_value("w", [tmp_path / "missing"], _counting(calls), tmp_path)
 
 
 def test_a_second_load_hashes_nothing_and_keeps_no_vision_tower(tmp_path_factory, tmp_path, monkeypatch):
@@ -67,6 +67,7 @@ def test_a_second_load_hashes_nothing_and_keeps_no_vision_tower(tmp_path_factory
     real_weights, real_file = checkpoints._encoder_weights_sha256, encoder_runtime.file_sha256
     monkeypatch.setattr(checkpoints, "_encoder_weights_sha256", lambda files: calls.append(1) or real_weights(files))
     monkeypatch.setattr(encoder_runtime, "file_sha256", lambda path: calls.append(2) or real_file(path))
+    monkeypatch.setattr(encoder_runtime, "graph_facts", lambda path: calls.append(3))  # metadata read once too
     second = VlmPipeline.load(folder, device="cpu", providers=["CPUExecutionProvider"])
     assert calls == []
     assert second.encoder.file_hash == first.encoder.file_hash
