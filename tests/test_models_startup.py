@@ -1,4 +1,5 @@
-"""Fast start: digests and the export's metadata read once per file version, the encoder's session options, the pipeline's memory."""
+"""Fast start: digests and the export's metadata read once per file version, the encoder's session options,
+the pipeline's memory."""
 
 import json
 import os
