@@ -130,6 +130,11 @@ class Ledger:
             self.con = gpkg.connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a GeoPackage ({exc}); choose another output") from None
+        # Write-ahead log, synced at checkpoints: a commit costs no fsync and survives a killed process
+        # (SQLite's WAL with synchronous=NORMAL is durable against application crashes); close() checkpoints
+        # and returns the file to the rollback journal, so it is a plain single-file GeoPackage again.
+        self.con.execute("PRAGMA journal_mode = WAL")
+        self.con.execute("PRAGMA synchronous = NORMAL")
         with self.con:
             srs = gpkg.add_srs(self.con, crs_wkt, epsg)
             gpkg.create_table(self.con, TILES, TILE_FIELDS, "POLYGON", srs, unique=("tile_id",))
@@ -263,6 +268,10 @@ class Ledger:
                              (subject, obj, gpkg.geometry_blob("LINESTRING", [a, b], self.srs_id), fid))
 
     def close(self) -> None:
+        try:
+            self.con.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.OperationalError:  # another connection (a reader) still has the file open
+            pass
         self.con.close()
 
     def __enter__(self) -> Ledger:

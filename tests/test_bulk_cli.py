@@ -214,3 +214,29 @@ def test_detect_links_objects_and_relations_and_merges_duplicates(engines, tmp_p
         assert rel.predicate == "adjacent"
     # the kept copy of a merged object is the one farther from its own tile's edge
     assert (objects[objects.merged > 0].edge_distance > 0).all()
+
+
+def test_caption_and_detect_against_the_demo_model_engine(tmp_path_factory, data_dir, tmp_path):
+    """Real model code end to end: `geovlm caption` and `geovlm detect` through a `geovlm serve` of the demo
+    model (a random stand-in: its words are noise, but every tile must be answered once and recorded)."""
+    from geovlm.engine.launcher import LocalEngine
+    from geovlm.models.demo_model import write_demo_model
+    from geovlm.models.pipeline import ensure_encoder
+
+    path = tmp_path_factory.getbasetemp() / "demo-model"
+    if not (path / "geovlm.json").is_file():
+        write_demo_model(path, seed=0)
+    ensure_encoder(path)
+    raster = data_dir / "rasters" / "cogeo.tif"
+    with LocalEngine(model=str(path), max_restarts=0, api_key="bulk-test-key") as engine:
+        for kind, family in (("caption", "geochat"), ("detect", "skysensegpt")):
+            out = tmp_path / f"{kind}.gpkg"
+            code, stdout, stderr = run_cli(kind, raster, "--tile", 512, "--overlap", 0, "--engine", engine.url,
+                                           "--api-key", "bulk-test-key", "--family", family, "--out", out,
+                                           "--max-new-tokens", 8, "--no-progress")
+            assert code == 0, stderr
+            assert "4 tiles: 4 asked, 4 answered" in stdout
+            rows = ledger_rows(out, columns="tile_id, status, model, answer")
+            assert len(rows) == 4 and {r[1] for r in rows} == {"ok"}
+            assert {r[2] for r in rows} == {"geovlm-demo-random"}
+            assert all(r[3] for r in rows)  # the model said something about every tile
