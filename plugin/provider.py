@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .alg_ask_map import AskMapAlgorithm
 from .alg_bulk_tiles import CaptionTilesAlgorithm, DetectTilesAlgorithm
+from .alg_caption_features import CaptionFeaturesAlgorithm
 from .alg_parse_answers import ParseAnswersAlgorithm
 
 ICON = Path(__file__).resolve().parents[1] / "icons" / "geovlm.svg"
@@ -28,3 +29,4 @@ class GeoVlmProvider(QgsProcessingProvider):
         self.addAlgorithm(AskMapAlgorithm())
         self.addAlgorithm(CaptionTilesAlgorithm())
         self.addAlgorithm(DetectTilesAlgorithm())
+        self.addAlgorithm(CaptionFeaturesAlgorithm())

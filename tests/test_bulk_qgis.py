@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
 
@@ -208,3 +209,27 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
     ids = {f["object_id"] for f in objects.getFeatures()}
     assert all(f["subject_id"] in ids and f["object_id"] in ids for f in relations.getFeatures())
     assert objects.crs().authid() == "EPSG:32633"
+
+
+def test_caption_features_keeps_attributes_and_sends_each_window(plugin, processing, engines, data_dir, tmp_path):
+    from geovlm.models.imagery import import_rasterio
+
+    rasterio = import_rasterio()
+    labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines()
+    result = processing.run("geovlm:captionfeatures", {
+        "INPUT": labels, "RASTER": str(raster), "MARGIN": 5.0, "ENGINE": engine.url, "FAMILY": "geochat",
+        "OUTPUT": str(tmp_path / "captioned.gpkg")})
+    out = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
+    assert out.featureCount() == labels.featureCount() == engine.requests()
+    assert {"osm_id", "building", "caption", "caption_status"} <= set(out.fields().names())
+    with rasterio.open(raster) as ds:
+        for feature, source in zip(out.getFeatures(), labels.getFeatures()):
+            assert feature["osm_id"] == source["osm_id"] and feature["caption_status"] == "ok"
+            box = source.geometry().boundingBox()
+            col0, row0 = ~ds.transform * (box.xMinimum() - 5, box.yMaximum() + 5)
+            col1, row1 = ~ds.transform * (box.xMaximum() + 5, box.yMinimum() - 5)
+            width = min(ds.width, int(np.ceil(col1))) - max(0, int(np.floor(col0)))
+            height = min(ds.height, int(np.ceil(row1))) - max(0, int(np.floor(row0)))
+            assert feature["caption"].startswith(f"scripted caption of a {width}x{height} image")
