@@ -29,6 +29,9 @@ def register(sub) -> None:
         p.add_argument("--bands", help="three 1-based bands as red,green,blue (default 1,2,3)")
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--overwrite", action="store_true", help="replace an output made by another plan")
+        p.add_argument("--retry-window", type=float, default=None, metavar="S",
+                       help="seconds a tile's request is retried while no engine answers (default: 120); "
+                       "after that the run stops, to be resumed")
         if kind == "detect":
             p.add_argument("--merge-overlap", type=float, default=0.5,
                            help="same-label objects overlapping more than this (of the smaller) are merged")
@@ -108,6 +111,10 @@ def cmd_bulk(args) -> int:
         raise CliError(str(exc)) from None
     client = _client(args)
     client.transport = EndpointRecorder(client.transport)
+    if args.retry_window is not None:
+        if args.retry_window < 0:
+            raise CliError("--retry-window must be 0 or more seconds")
+        client.retry_window = args.retry_window
     reader = None
     try:
         try:
@@ -166,10 +173,10 @@ def cmd_bulk(args) -> int:
     print(f"geovlm {args.kind}: {stats.summary()}; wrote {args.out}")
     for error, count in sorted(stats.errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"  failed {count}x: {error}", file=sys.stderr)
-    if stats.failed:
-        print(f"geovlm {args.kind}: rerun the same command to ask the {stats.failed} failed tiles again",
-              file=sys.stderr)
-    return 1 if stats.failed else 0
+    if stats.failed or stats.halted:
+        print(f"geovlm {args.kind}: rerun the same command to ask the {stats.total - stats.done} failed or "
+              "missing tiles again", file=sys.stderr)
+    return 1 if stats.failed or stats.halted else 0
 
 
 def _client(args):

@@ -6,7 +6,9 @@ an sqlite connection belongs to one thread); only the requests run in worker thr
 `2 x capacity` tiles are read ahead, so memory stays flat however long the plan. Each tile is submitted
 once; a tile whose request fails after the client's retries is recorded `failed` (asked again on resume).
 Cancelling stops submitting, aborts the requests in flight (their tiles stay missing) and returns within
-about a second.
+about a second. When a tile fails because no engine answered for the client's whole retry window, the run
+stops submitting too (`RunStats.halted` says why): the engines are gone, and asking every remaining tile
+for another window each would take hours; a rerun resumes.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .answer import Answer
-from .client import EngineClient
+from .client import EngineClient, EngineError, _Retryable
 from .georef import GeoTransform, ImageFrame
 from .ledger import FAILED, OK, SKIPPED, Ledger, TileResult
 from .profiles import Profile
@@ -43,6 +45,7 @@ class RunStats:
     skipped: int = 0
     failed: int = 0
     cancelled: bool = False
+    halted: str = ""  # why the run stopped before the end (no engine answered), "" otherwise
     read_s: float = 0.0
     ask_s: float = 0.0
     write_s: float = 0.0
@@ -59,6 +62,8 @@ class RunStats:
         left = self.total - self.done - self.failed
         if left:
             line += f", {left} left"
+        if self.halted:
+            line += f"; stopped: {self.halted}"
         return line
 
 
@@ -127,8 +132,8 @@ def run_tiles(
     last_report = 0.0
     with ThreadPoolExecutor(max_workers=ahead // 2) as pool:
         try:
-            while (todo or inflight) and not cancel.cancelled:
-                while todo and len(inflight) < ahead and not cancel.cancelled:
+            while ((todo and not stats.halted) or inflight) and not cancel.cancelled:
+                while todo and len(inflight) < ahead and not cancel.cancelled and not stats.halted:
                     tile = todo.popleft()
                     t0 = time.monotonic()
                     try:
@@ -152,6 +157,8 @@ def run_tiles(
                         continue  # not answered: stays missing, asked on resume
                     except Exception as exc:  # the engine refused or was unreachable after retries
                         commit(TileResult(tile, FAILED, error=str(exc) or type(exc).__name__))
+                        if _engines_gone(exc):
+                            stats.halted = f"no engine answered ({exc})"
                         continue
                     stats.ask_s += seconds
                     objects, relations = graph(tile, answer) if graph else ([], [])
@@ -172,6 +179,17 @@ def run_tiles(
     if on_progress:
         on_progress(stats)
     return stats
+
+
+def _engines_gone(exc: Exception) -> bool:
+    """True when a request failed because no engine answered for the whole retry window (connection errors,
+    429, 502, 503, 504 to the end) or the local engine is down for good; False for a failure of that request
+    (a 4xx, a 500 from a live engine)."""
+    if not isinstance(exc, EngineError):
+        return False
+    if str(exc).startswith("the engine is down"):
+        return True
+    return isinstance(exc.__cause__, _Retryable) and exc.status != 500
 
 
 def eta_seconds(stats: RunStats, elapsed: float) -> Optional[float]:

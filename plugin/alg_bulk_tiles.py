@@ -213,6 +213,9 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         if stats.cancelled:
             feedback.reportError(f"Cancelled: the answered tiles are kept in {out}; run again with the same "
                                  "parameters to ask only for the rest.", False)
+        elif stats.halted:
+            feedback.reportError(f"Stopped: {stats.halted}. The answered tiles are kept in {out}; run again with "
+                                 "the same parameters once an engine answers.", False)
         elif stats.failed:
             feedback.reportError(f"{stats.failed} tiles failed (first: {next(iter(stats.errors))}); run again "
                                  "with the same parameters to ask them again.", False)

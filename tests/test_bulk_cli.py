@@ -123,14 +123,15 @@ def test_engine_killed_half_way_then_resumed(engines, data_dir, tmp_path):
     engine = engines("a", delay=0.1)
     out = tmp_path / "c.gpkg"
     args = ["caption", raster, "--tile", 128, "--family", "geochat", "--out", out, "--no-progress",
-            "--max-concurrent", 2]
+            "--max-concurrent", 2, "--retry-window", 2]
     proc = cli(*args, "--engine", engine.url)
     assert wait_for_rows(out, 6) >= 6
     engine.kill()
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr  # some tiles failed: the engine is gone
+    assert proc.returncode == 1, stderr  # some tiles failed: the engine is gone, and the run stopped
     first = dict(ledger_rows(out))
     assert "failed" in first.values() and "rerun the same command" in stderr
+    assert "stopped: no engine answered" in stdout
     again = engines("b")
     code, stdout, stderr = run_cli(*args, "--engine", again.url)
     assert code == 0, stderr
