@@ -8,6 +8,10 @@ from qgis.PyQt.QtGui import QAction, QIcon
 from .provider import ICON, GeoVlmProvider
 
 LOG_TAG = "GeoVLM"
+# Bulk runs in the GeoVLM menu: each opens its Processing algorithm's dialog (history, batch mode, resume).
+BULK_MENU = (("geovlm:captiontiles", "Caption raster tiles…"),
+             ("geovlm:detecttiles", "Find objects and relations in raster tiles…"),
+             ("geovlm:captionfeatures", "Caption polygon features…"))
 
 
 class GeoVlmPlugin:
@@ -38,6 +42,11 @@ class GeoVlmPlugin:
         self.iface.addPluginToMenu("&GeoVLM", ask)
         self.iface.addToolBarIcon(ask)
         self.actions.append(ask)
+        for alg_id, title in BULK_MENU:
+            action = QAction(QIcon(str(ICON)), title, self.iface.mainWindow())
+            action.triggered.connect(lambda _checked=False, alg_id=alg_id: self.open_algorithm(alg_id))
+            self.iface.addPluginToMenu("&GeoVLM", action)
+            self.actions.append(action)
         QgsMessageLog.logMessage("GeoVLM loaded", LOG_TAG, Qgis.MessageLevel.Info)
 
     def unload(self):
@@ -72,6 +81,12 @@ class GeoVlmPlugin:
             self.ask = AskSession(self.iface, dock)
         self.ask.dock.show()
         self.ask.dock.raise_()
+
+    def open_algorithm(self, alg_id: str):
+        """A Processing algorithm's own dialog."""
+        from processing import execAlgorithmDialog
+
+        execAlgorithmDialog(alg_id, {})
 
     def open_parse_dialog(self):
         """The GUI reuses the Processing algorithm: its own dialog, history and batch mode."""

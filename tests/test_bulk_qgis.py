@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
 
 import geovlm
 from geovlm.core.tiling import TilePlan, plan_for_extent
@@ -68,22 +68,26 @@ def footprints(path):
     return out, layer.crs()
 
 
-def qgis_process(tmp_path, *args):
+def qgis_process_env(tmp_path):
+    """qgis_process and an environment where it finds this checkout as the enabled `geovlm` plugin."""
     exe = shutil.which("qgis_process")
     assert exe is not None, "qgis_process not found"
     plugins = tmp_path / "plugins"
+    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
+               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
+               QT_QPA_PLATFORM="offscreen")
     if not plugins.exists():
         plugins.mkdir()
         (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
         (tmp_path / "home").mkdir()
-    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
-               QT_QPA_PLATFORM="offscreen")
-    if not (tmp_path / "enabled").exists():
         enable = subprocess.run([exe, "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
                                 timeout=120)
         assert enable.returncode == 0, enable.stderr[-2000:]
-        (tmp_path / "enabled").touch()
+    return exe, env
+
+
+def qgis_process(tmp_path, *args):
+    exe, env = qgis_process_env(tmp_path)
     return subprocess.run([exe, "--json", "run", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -233,3 +237,50 @@ def test_caption_features_keeps_attributes_and_sends_each_window(plugin, process
             width = min(ds.width, int(np.ceil(col1))) - max(0, int(np.floor(col0)))
             height = min(ds.height, int(np.ceil(row1))) - max(0, int(np.floor(row0)))
             assert feature["caption"].startswith(f"scripted caption of a {width}x{height} image")
+
+
+def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path):
+    """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
+    every tile exactly once, and the command line asks only for what QGIS had not committed."""
+    import signal
+
+    from bulk_support import wait_for_rows
+
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines(delay=0.15)
+    out = tmp_path / "c.gpkg"
+    exe, env = qgis_process_env(tmp_path)
+    proc = subprocess.Popen([exe, "run", "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=128",
+                             "CONCURRENCY=2", f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for_rows(out, 6, timeout=120) >= 6
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    time.sleep(0.5)  # the engine finishes the requests the killed run had in flight
+    first = dict(ledger_rows(out))
+    plan = TilePlan(900, 900, 128)
+    assert 6 <= len(first) < len(plan)
+    asked_before = engine.requests()
+    code, stdout, stderr = run_cli("caption", raster, "--tile", 128, "--engine", engine.url, "--family", "geochat",
+                                   "--out", out, "--no-progress")
+    assert code == 0, stderr
+    rows = ledger_rows(out)
+    assert sorted(tid for tid, _ in rows) == sorted(t.id for t in plan.tiles())
+    assert {s for _, s in rows} <= {"ok", "skipped"}
+    assert engine.requests() - asked_before == sum(1 for tid, s in rows if first.get(tid) != s and s == "ok")
+
+
+def test_the_menu_opens_the_bulk_algorithms(qgis_iface):
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        titles = [a.text() for a in plugin.actions]
+        assert {"Caption raster tiles…", "Find objects and relations in raster tiles…",
+                "Caption polygon features…"} <= set(titles)
+        registry = QgsApplication.processingRegistry()
+        for alg in ("geovlm:captiontiles", "geovlm:detecttiles", "geovlm:captionfeatures"):
+            assert registry.algorithmById(alg) is not None
+    finally:
+        plugin.unload()
