@@ -282,20 +282,29 @@ async def _read_body(request, settings: Settings, held) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size <= limit:
-                if 2 * size > held.size:  # the chunks, then their join (a declared length is held at once)
-                    held.resize(2 * size)
+                held.resize(2 * size)  # the chunks, then their join: what came, not what was announced
                 parts.append(chunk)
             elif size > 4 * limit:
                 break
 
+    async def discard():
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > 4 * limit:
+                break
+
     try:
-        if declared is not None:
-            held.resize(2 * min(int(declared), limit))
-        await asyncio.wait_for(consume(), settings.body_timeout_s)
+        try:
+            await asyncio.wait_for(consume(), settings.body_timeout_s)
+        except OverBudget as exc:  # read on without keeping it, so that the client sees the 429, not a reset
+            parts.clear()
+            held.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(discard(), settings.body_timeout_s)
+            raise ApiError(429, f"server busy: {exc}", "rate_limit_error", {"Retry-After": "1"}) from exc
     except asyncio.TimeoutError as exc:
         raise ApiError(408, f"body not received within {settings.body_timeout_s:.0f} s") from exc
-    except OverBudget as exc:
-        raise ApiError(429, f"server busy: {exc}", "rate_limit_error", {"Retry-After": "1"}) from exc
     except ClientDisconnect as exc:
         raise ApiError(499, "the client closed the connection", "client_closed_request") from exc
     if size > limit:
