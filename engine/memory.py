@@ -6,6 +6,10 @@ image until the answer is sent); a request that would take it past the budget is
 429 with Retry-After), except when nothing else is held, so one request within the body limit always gets
 through. When the count falls back to zero, `release_free_memory` asks glibc to hand its free heap pages back
 (`malloc_trim(0)`, man 3 malloc_trim): CPython frees a burst's bodies to malloc, which keeps them otherwise.
+
+Bodies are held as their bytes arrive, not as announced (a client that announces 32 MiB and trickles holds
+only what it sent). So that bodies arriving together cannot refuse one another all the way, the body that
+began to arrive first among those still arriving may always grow: at most one body beyond the budget.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 log = logging.getLogger("geovlm.engine")
 
@@ -38,14 +42,24 @@ class MemoryBudget:
         self._trim_every_s = trim_every_s
         self._trimmed_at = 0.0
         self._trimming = False
+        self._reading: Dict[int, Reservation] = {}  # reservations whose body is arriving, oldest first
 
     def reservation(self) -> Reservation:
         """A new, empty hold on the budget; `close()` it when the request ends."""
         return Reservation(self)
 
-    def _change(self, delta: int) -> None:
+    def _reads(self, reservation: Reservation, reading: bool) -> None:
         with self._lock:
-            if delta > 0 and self.used and self.used + delta > self.limit:
+            if reading:
+                self._reading.setdefault(id(reservation), reservation)
+            else:
+                self._reading.pop(id(reservation), None)
+
+    def _change(self, delta: int, reservation: Optional[Reservation] = None) -> None:
+        with self._lock:
+            oldest = next(iter(self._reading.values()), None)
+            first = reservation is not None and oldest is reservation
+            if delta > 0 and self.used and self.used + delta > self.limit and not first:
                 raise OverBudget(
                     f"{self.used / 2**20:.0f} MiB of request bodies and images are held; "
                     f"the budget is {self.limit / 2**20:.0f} MiB"
@@ -75,18 +89,19 @@ class Reservation:
         self.budget = budget
         self.size = 0
 
-    def grow(self, nbytes: int) -> None:
-        """Hold `nbytes` more; `OverBudget` when they do not fit (nothing is held then)."""
-        self.resize(self.size + nbytes)
+    def reading(self, arriving: bool) -> None:
+        """Mark that this request's body is arriving (True) or has arrived (False)."""
+        self.budget._reads(self, arriving)
 
     def resize(self, nbytes: int) -> None:
-        """Hold `nbytes` in all (more or fewer than now)."""
+        """Hold `nbytes` in all (more or fewer than now); `OverBudget` when more do not fit (nothing changes)."""
         nbytes = max(0, int(nbytes))
         if nbytes != self.size:
-            self.budget._change(nbytes - self.size)
+            self.budget._change(nbytes - self.size, self)
             self.size = nbytes
 
     def close(self) -> None:
+        self.reading(False)
         self.resize(0)
 
 

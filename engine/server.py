@@ -294,6 +294,7 @@ async def _read_body(request, settings: Settings, held) -> bytes:
             if size > 4 * limit:
                 break
 
+    held.reading(True)
     try:
         try:
             await asyncio.wait_for(consume(), settings.body_timeout_s)
@@ -307,6 +308,8 @@ async def _read_body(request, settings: Settings, held) -> bytes:
         raise ApiError(408, f"body not received within {settings.body_timeout_s:.0f} s") from exc
     except ClientDisconnect as exc:
         raise ApiError(499, "the client closed the connection", "client_closed_request") from exc
+    finally:
+        held.reading(False)
     if size > limit:
         raise ApiError(413, f"body over the limit of {limit} bytes")
     return b"".join(parts)

@@ -197,3 +197,24 @@ def test_the_server_still_serves_after_all_this(engine):
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda i: post(engine, chat_body(png(i))), range(4)))
     assert [r.status_code for r in replies] == [200] * 4
+
+
+def test_the_memory_budget_lets_the_oldest_body_finish_and_refuses_the_others():
+    from geovlm.engine.memory import MemoryBudget, OverBudget
+
+    budget = MemoryBudget(100)
+    first, second, alone = budget.reservation(), budget.reservation(), budget.reservation()
+    first.reading(True)
+    second.reading(True)
+    first.resize(80)
+    with pytest.raises(OverBudget, match="budget"):
+        second.resize(30)
+    assert second.size == 0 and budget.used == 80
+    first.resize(150)  # the body that began first may pass the budget: bodies cannot refuse each other forever
+    first.close()
+    second.resize(90)
+    second.close()
+    assert budget.used == 0 and budget.peak == 150
+    alone.resize(1000)  # nothing else held: one request within the body limit always gets through
+    alone.close()
+    assert budget.used == 0
