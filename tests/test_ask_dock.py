@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
-from qgis.PyQt.QtCore import QCoreApplication, QSize, QUrl
+from qgis.PyQt.QtCore import QCoreApplication, QUrl
 
 import geovlm
 from geovlm.core.parsing import parse_answer
@@ -35,7 +35,9 @@ def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
     raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
     QgsProject.instance().addMapLayer(raster)
     QgsProject.instance().setFileName(str(tmp_path / "project.qgz"))
-    qgis_canvas.resize(QSize(480, 360))
+    qgis_canvas.window().show()  # a hidden canvas gets no resize event: its map settings keep an old size
+    assert wait_for(lambda: qgis_canvas.mapSettings().outputSize() == qgis_canvas.viewport().size(), 5)
+    assert qgis_canvas.mapSettings().outputSize().width() > 300
     qgis_canvas.setDestinationCrs(raster.crs())
     qgis_canvas.setLayers([raster])
     e = raster.extent()
@@ -52,6 +54,9 @@ def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
     qgis_iface.messageBar().clear_messages()
     yield plugin
     plugin.unload()
+    qgis_canvas.setLayers([])  # before the next test clears the project: a shown canvas must not render them
+    qgis_canvas.stopRendering()
+    qgis_canvas.window().hide()
     QgsProject.instance().setFileName("")
 
 
@@ -222,3 +227,28 @@ def test_task_picker_offers_only_the_engine_family_tasks(dock):
     with ScriptedEngine("skysensegpt", "x") as engine:
         session.engine = engine.url
         assert wait_for(lambda: "scene graph" in [tasks.itemText(i) for i in range(tasks.count())], 10)
+
+
+@pytest.mark.parametrize("family", ["geochat", "skysensegpt", "earthdial", "minigptv2", "llava15", "qwen2vl",
+                                    "qwen25vl", "florence2"])
+def test_dock_places_each_family_answer_at_the_canvas_pixels(dock, qgis_canvas, family):
+    from test_ask_map import FAMILY_ANSWERS, _recorded_earthdial
+
+    answer = FAMILY_ANSWERS[family] or _recorded_earthdial()
+    session = dock.ask
+    with ScriptedEngine(family, answer) as engine:
+        session.engine = engine.url
+        ask(session, "What is here?", "ask")
+        assert wait_for(lambda: session.task is None, 30)
+    settings = qgis_canvas.mapSettings()
+    size = (settings.deviceOutputSize().width(), settings.deviceOutputSize().height())
+    expected = parse_answer(answer, get_profile(family), size).objects
+    [layer] = objects_layers()
+    features = sorted(layer.getFeatures(), key=lambda f: f["object_id"])
+    assert len(features) == len(expected) > 0, (size, answer, session.turns[-1].answer)
+    m2p, dpr = settings.mapToPixel(), settings.devicePixelRatio()
+    for feature, obj in zip(features, expected):
+        assert feature["family"] == family
+        for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
+            pixel = m2p.transform(QgsPointXY(point))
+            assert abs(pixel.x() * dpr - col) < 1e-6 and abs(pixel.y() * dpr - row) < 1e-6
