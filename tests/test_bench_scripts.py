@@ -1,0 +1,25 @@
+"""The GPU benchmark runs end to end (tiny shapes on the CPU, --smoke), so it is ready for a lent device."""
+
+import os
+import subprocess  # nosec B404  # runs the repository's own benchmark script
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_smoke_run_prints_every_table():
+    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
+        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--smoke", "--rounds", "1", "--new-tokens", "3",
+         "--batch", "2"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "smoke run" in text and "tiny smoke-run shapes" in text
+    for row in ("time to first token, batch 1", "decode tokens/s, batch 2", "% of the bound",
+                "onnxruntime CPU fp32", "torch eager float32"):
+        assert row in text, row
