@@ -72,8 +72,8 @@ def word_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))  # nosec B106  # a token, not a password
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", additional_special_tokens=["<image>"])
+    specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")  # nosec B106  # tokens
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=["<image>"], **specials)
     fast.padding_side = "left"
     return fast
 
