@@ -118,9 +118,11 @@ def run_tiles(
 
     def commit(result: TileResult) -> None:
         t0 = time.monotonic()
-        ledger.record(result, question, model, profile.name)
+        written = ledger.record(result, question, model, profile.name)
         stats.write_s += time.monotonic() - t0
-        if result.status == FAILED:
+        if not written:  # another run on the same output had committed this tile
+            stats.resumed += 1
+        elif result.status == FAILED:
             stats.failed += 1
             stats.errors[result.error] = stats.errors.get(result.error, 0) + 1
         elif result.status == SKIPPED:

@@ -187,8 +187,9 @@ class Ledger:
 
     # ------------------------------------------------------------ writing
 
-    def record(self, result: TileResult, question: str, model: str, family: str) -> None:
-        """Commit one tile's row (inserted, or replacing its failed row) with its objects and relations."""
+    def record(self, result: TileResult, question: str, model: str, family: str) -> bool:
+        """Commit one tile's row (inserted, or replacing its failed row) with its objects and relations; False
+        (and nothing written) when the tile is already done (another run on the same output was faster)."""
         tile, gt = result.tile, self.plan.geotransform
         ring = tile_footprint(tile, gt)
         stamp = _now()
@@ -196,15 +197,17 @@ class Ledger:
                   result.caption, result.answer, result.status, result.error, len(result.objects),
                   question, model, family, result.engine, stamp, result.seconds]
         with self.con:
+            self.con.execute("BEGIN IMMEDIATE")  # the write lock first: no other run's commit slips in between
             previous = self.con.execute("SELECT status FROM tiles WHERE tile_id = ?", (tile.id,)).fetchone()
             if previous is not None and previous[0] in DONE_STATUSES:
-                raise LedgerError(f"tile {tile.id} is already done in {self.path}")
+                return False  # another run on the same output committed it meanwhile: keep that one
             if previous is not None:
                 self.con.execute("DELETE FROM tiles WHERE tile_id = ?", (tile.id,))
             self.con.execute(_insert(TILES, TILE_FIELDS), [gpkg.geometry_blob("POLYGON", ring, self.srs_id)] + values)
             gpkg.update_extent(self.con, TILES, ring)
             if self.plan.kind == "detect" and result.status == OK:
                 self._add_graph(result, ring, [question, model, family, result.engine, stamp, result.seconds])
+        return True
 
     def _neighbour_detections(self, tile: Tile) -> List[Detection]:
         """Kept objects of the done tiles whose windows overlap this tile's."""
