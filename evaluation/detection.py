@@ -131,11 +131,11 @@ class PrecisionTally:
         return out
 
 
-def reference_groups(size_group: Optional[str], reference_count: int) -> Tuple[str, ...]:
+def reference_groups(size_group: object, reference_count: int) -> Tuple[str, ...]:
     """The groups a question counts in: its `size_group` (when small/medium/large) and single (exactly one
     reference box, as EarthDial's `len(gt_bboxes) == 1`) or multiple (any other count)."""
     groups = ("single",) if reference_count == 1 else ("multiple",)
-    size = (size_group or "").strip().lower()
+    size = str(size_group or "").strip().lower()
     return groups + ((size,) if size in SIZE_GROUPS else ())
 
 
