@@ -312,3 +312,23 @@ def test_minigpt_folder_errors(converted, tmp_path):
     (copy / "vision.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no vision.safetensors"):
         inspect_checkpoint(copy)
+
+
+def test_batched_generation_equals_one_by_one_and_stops_at_the_end_of_turn(pipe):
+    """Two tiles in one batched generation give each the tokens it gets alone; LLaMA-2's end of turn is </s>."""
+    from geovlm.models.pipeline import GenRequest
+
+    tiles = ms.cogeo_tiles(2)
+    requests = [GenRequest(t, [("user", q)], max_new_tokens=12) for t, q in zip(tiles, (QUESTION, "[vqa] what is it"))]
+    batched = pipe.generate_batch(requests)
+    alone = [pipe.generate_batch([r])[0] for r in requests]
+    assert [b.text for b in batched] == [a.text for a in alone] and batched[0].text != batched[1].text
+    assert pipe.lm.eos_ids == {pipe.lm.tokenizer.convert_tokens_to_ids("</s>")} and "</s>" in pipe.profile.stop
+    assert pipe.lm.image_token_id == pipe.lm.tokenizer.unk_token_id
+
+
+def test_export_encoder_command_on_a_minigpt_folder(converted, tmp_path, capsys):
+    out = tmp_path / "enc.onnx"
+    assert main(["export-encoder", "--model", str(converted), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "16 image tokens" in text and "max abs difference ONNX vs torch" in text
