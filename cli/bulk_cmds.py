@@ -136,8 +136,6 @@ def cmd_bulk(args) -> int:
         reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
         graph = (lambda tile, answer: graph_rows(tile, answer, frame.geotransform)) if args.kind == "detect" else None
         cancel = CancelToken()
-        bar = _progress(args, len(tiles))
-        started = time.monotonic()
 
         def progress(stats):
             if bar is not None:
@@ -150,6 +148,8 @@ def cmd_bulk(args) -> int:
         print(f"geovlm {args.kind}: {len(tiles)} tiles of {tiles.tile} px (overlap {tiles.overlap}), "
               f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
               f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
+        bar = _progress(args, len(tiles))
+        started = time.monotonic()
         try:
             stats = run_tiles(client, ledger, list(tiles.tiles()), reader, question, task, profile, model,
                               graph=graph, cancel=cancel, on_progress=progress, max_tokens=args.max_new_tokens)

@@ -78,7 +78,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             self.RESOLUTION, "Resolution of a rendered web layer (map units per pixel)",
             Qgis.ProcessingNumberParameterType.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (pixels)",
-                                                       Qgis.ProcessingNumberParameterType.Integer, 512, minValue=16))
+                                                       Qgis.ProcessingNumberParameterType.Integer, 512, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
                                                        Qgis.ProcessingNumberParameterType.Integer,
                                                        64 if self.KIND == "detect" else 0, minValue=0))

@@ -241,3 +241,23 @@ def test_caption_and_detect_against_the_demo_model_engine(tmp_path_factory, data
             assert len(rows) == 4 and {r[1] for r in rows} == {"ok"}
             assert {r[2] for r in rows} == {"geovlm-demo-random"}
             assert all(r[3] for r in rows)  # the model said something about every tile
+
+
+def test_ctrl_c_stops_cleanly_within_a_second_and_says_how_to_resume(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines(delay=0.3)
+    out = tmp_path / "c.gpkg"
+    args = ("caption", raster, "--tile", 128, "--engine", engine.url, "--family", "geochat", "--out", out,
+            "--max-concurrent", 2)
+    proc = cli(*args)
+    assert wait_for_rows(out, 4) >= 4
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.5
+    assert proc.returncode == 130 and "Resume with the same command" in stderr, stderr[-2000:]
+    assert "/64" in stderr  # the progress bar: tiles done / total
+    done = dict(ledger_rows(out))
+    assert 4 <= len(done) < 64 and set(done.values()) <= {"ok", "skipped"}
+    code, stdout, _ = run_cli(*args, "--no-progress")
+    assert code == 0 and f"{len(done)} resumed" in stdout

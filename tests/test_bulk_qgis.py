@@ -284,3 +284,27 @@ def test_the_menu_opens_the_bulk_algorithms(qgis_iface):
             assert registry.algorithmById(alg) is not None
     finally:
         plugin.unload()
+
+
+def test_a_rotated_raster_gives_the_cli_footprints_in_qgis(plugin, processing, engines, data_dir, tmp_path):
+    """rotated.tif (a rotated and sheared geotransform): QGIS reads the true grid, so each tile's polygon is
+    the CLI's (rasterio's) parallelogram, vertex for vertex."""
+    raster = data_dir / "rasters" / "rotated.tif"
+    engine = engines()
+    cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
+    code, _, stderr = run_cli("caption", raster, "--tile", 4, "--engine", engine.url, "--family", "geochat",
+                              "--out", cli_out, "--no-progress", "--keep-nodata")
+    assert code == 0, stderr
+    processing.run("geovlm:captiontiles", {"INPUT": str(raster), "TILE_SIZE": 4, "SKIP_NODATA": False,
+                                           "ENGINE": engine.url, "FAMILY": "geochat", "OUTPUT": str(qgis_out)})
+
+    def rings(path):
+        layer = QgsVectorLayer(f"{path}|layername=tiles", "tiles", "ogr")
+        return {f["tile_id"]: [(p.x(), p.y()) for p in f.geometry().asPolygon()[0]] for f in layer.getFeatures()}
+
+    ours, theirs = rings(qgis_out), rings(cli_out)
+    assert sorted(ours) == sorted(theirs) and len(ours) == len(TilePlan(10, 15, 4))
+    for tile_id, ring in theirs.items():
+        assert np.allclose(ours[tile_id], ring, rtol=0, atol=1e-6)
+        (x0, y0), (x1, y1) = ring[0], ring[1]
+        assert abs(y1 - y0) > 1e-9  # a top edge that is not horizontal: the rotation is kept
