@@ -23,7 +23,7 @@ import numpy as np
 from ..core.georef import fit_plan
 from ..core.profiles import Profile, get_profile
 from .checkpoints import CheckpointInfo, as_checkpoint, inspect_checkpoint
-from .encoder_runtime import EncodingCache, OnnxEncoder
+from .encoder_runtime import DEFAULT_PROVIDERS, EncodingCache, OnnxEncoder
 from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel
 from .preprocess import check_rgb, fit_image, normalise
@@ -65,26 +65,50 @@ class StreamDone(str):
         return done
 
 
-def ensure_encoder(model_dir, family: Optional[str] = None, model=None) -> Path:
+def ensure_encoder(model_dir, family: Optional[str] = None, model=None, fp16: bool = False) -> Path:
     """The ONNX encoder of a checkpoint (a folder or its CheckpointInfo), exported on first use next to it (or in
-    the cache if read-only); `model` is its loaded vision model when the caller has one. The file name holds
-    what the encoder's metadata bakes in: the vision weights, the family and its fit."""
+    the cache if read-only); `model` is its loaded vision model when the caller has one; `fp16`: the half-precision
+    graph (for GPU providers; ExportError when it fails its parity gate). The file name holds what the encoder's
+    metadata bakes in: the vision weights, the family and its fit, the precision."""
     checkpoint = as_checkpoint(model_dir, family)
     family = checkpoint.family
-    name = f"encoder-{checkpoint.encoder_hash[:16]}-{family}-{get_profile(family).fit}-float32.onnx"
+    precision = "float16" if fp16 else "float32"
+    name = f"encoder-{checkpoint.encoder_hash[:16]}-{family}-{get_profile(family).fit}-{precision}.onnx"
     for folder in (checkpoint.path, cache_dir() / "encoders"):
         if (folder / name).is_file():
             return folder / name
     from .encoder_export import export_encoder
 
     folder = checkpoint.path if os.access(checkpoint.path, os.W_OK) else cache_dir() / "encoders"
-    report = export_encoder(checkpoint, folder / name, model=model)
+    report = export_encoder(checkpoint, folder / name, model=model, fp16=fp16)
     log.info(
         "exported the vision encoder to %s (max abs diff %.2e)",
         report.path,
         max(report.max_abs_diff.values()),
     )
     return report.path
+
+
+def gpu_provider(providers: Optional[Sequence[str]] = None) -> bool:
+    """Whether onnxruntime would run the encoder on a GPU (CUDA or TensorRT): the first of `providers` (the
+    runtime's default order when None) that this onnxruntime build has."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    first = next((p for p in (providers or DEFAULT_PROVIDERS) if p in available), "CPUExecutionProvider")
+    return first in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _ensure_encoder_for(checkpoint, providers) -> Path:
+    """The fp16 export where a GPU provider runs it and it passes the parity gate, else the fp32 one."""
+    if gpu_provider(providers):
+        from .encoder_export import ExportError
+
+        try:
+            return ensure_encoder(checkpoint, fp16=True)
+        except ExportError as exc:
+            log.warning("the fp16 encoder failed its parity check (%s); the fp32 encoder serves", exc)
+    return ensure_encoder(checkpoint)
 
 
 def _turns(messages) -> List[Tuple[str, str]]:
@@ -122,7 +146,7 @@ class VlmPipeline:
         (file_hashes)."""
         checkpoint = inspect_checkpoint(model_dir, family)  # the one reading of the folder
         if encoder_onnx is None:
-            encoder_onnx = ensure_encoder(checkpoint)
+            encoder_onnx = _ensure_encoder_for(checkpoint, providers)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads
         lm = LanguageModel.load(checkpoint, device)
         encoder.check_fits(checkpoint.hidden_size, checkpoint.image_tokens, checkpoint.encoder_hash)

@@ -88,3 +88,23 @@ def test_encoder_session_shares_the_cores_without_spinning(tmp_path_factory):
     assert options.intra_op_num_threads == torch.get_num_threads() and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert str(options.graph_optimization_level).endswith("ORT_ENABLE_ALL")
+
+
+def test_a_gpu_provider_gets_the_fp16_encoder_and_a_cpu_the_fp32_one(tmp_path_factory, tmp_path, monkeypatch):
+    import onnxruntime
+
+    from geovlm.models import pipeline
+    from geovlm.models.encoder_runtime import OnnxEncoder
+
+    assert not pipeline.gpu_provider(["CPUExecutionProvider"])
+    gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu_build)
+    assert pipeline.gpu_provider(None) and pipeline.gpu_provider(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert not pipeline.gpu_provider(["CPUExecutionProvider", "CUDAExecutionProvider"])
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ms.demo_dir(tmp_path_factory), folder, ignore=shutil.ignore_patterns("*.onnx"))
+    path = pipeline._ensure_encoder_for(pipeline.as_checkpoint(folder), None)
+    assert path.name.endswith("-float16.onnx")
+    monkeypatch.undo()
+    assert OnnxEncoder(path).metadata["geovlm.dtype"] == "float16"  # passed the fp16 parity gate at export
+    assert pipeline._ensure_encoder_for(pipeline.as_checkpoint(folder), None).name.endswith("-float32.onnx")
