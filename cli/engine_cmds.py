@@ -255,26 +255,22 @@ def cmd_ask(args) -> int:
 
 
 def _ask_engine(args, image, frame) -> int:
-    """`ask` through the engine client: the PNG of the exact pixels goes out, the answer is georeferenced here."""
-    import io
-
-    from PIL import Image
-
+    """`ask` through the engine client: the view fitted to the model's input (the exact pixels the model sees,
+    whatever the server's own preprocessing) goes out, the answer is georeferenced here."""
     from ..core.client import EngineError
     from ..core.profiles import get_profile
+    from ..models.preprocess import ArraySource
     from .serve_cmds import engine_for, show_restart
 
     if args.engine == "local":
         args.engine = None  # engine_for starts the embedded engine
     args.engine_python, args.max_concurrent = None, 1
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
     client = engine_for(args)
     try:
         family = args.family or client.profile().name
         profile = get_profile(family, **profile_overrides(args))
         text, answer = client.ask(
-            buffer.getvalue(), (image.shape[1], image.shape[0]), args.question, profile=profile,
+            ArraySource(image), None, args.question, profile=profile,
             on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
             max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         )

@@ -188,12 +188,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_engine_check(args) -> int:
-    import io
     import json
 
+    import numpy as np
     from PIL import Image, ImageDraw
 
     from ..core.client import EngineError
+    from ..models.preprocess import ArraySource
 
     check_generation_args(args.max_tokens, args.temperature, "--max-tokens")
     client = engine_for(args)
@@ -203,10 +204,9 @@ def cmd_engine_check(args) -> int:
         print(json.dumps({"health": health, "models": listing}, indent=2))
         image = Image.new("RGB", (320, 240), (70, 110, 60))
         ImageDraw.Draw(image).rectangle((100, 80, 180, 140), fill=(200, 200, 210))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
         text, answer = client.ask(
-            buffer.getvalue(), (320, 240), args.question, max_tokens=args.max_tokens, temperature=args.temperature,
+            ArraySource(np.asarray(image)), None, args.question, max_tokens=args.max_tokens,
+            temperature=args.temperature,
             on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
         )
         print(f"\n-- {answer.summary()}")

@@ -25,16 +25,17 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 from .answer import Answer
+from .georef import FitPlan, fit_plan
 from .parsing import parse_answer
 from .profiles import Profile, get_profile
 from .transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport, TransportError
 
 __all__ = [
-    "AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "check_engine_url",
-    "image_size_of",
+    "AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "ImageSource",
+    "check_engine_url", "image_size_of", "prepare_image",
 ]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -78,12 +79,66 @@ class Endpoint:
             self.url = self.url[:-3]
 
 
+class ImageSource(Protocol):
+    """A view that the client fits to the model's input before sending: the caller's image library (PIL in
+    the engine's venv: `models.preprocess.ArraySource`; Qt in QGIS) makes the pixels, the client decides
+    their geometry.
+
+    `size`: (width, height) of the view in pixels, the frame the answer is georeferenced in.
+    `fitted(plan, pad_color)`: PNG or JPEG bytes of exactly `plan.input_width` x `plan.input_height` pixels,
+    the view fitted as `plan` says (core.georef.FitPlan: padded to a square with `pad_color`, stretched,
+    centre-cropped, or resized to multiples of 28 within the pixel budget for Qwen2-VL/2.5-VL).
+    """
+
+    size: Tuple[int, int]
+
+    def fitted(self, plan: FitPlan, pad_color: Tuple[int, int, int]) -> bytes: ...
+
+
+def prepare_image(image: Union[bytes, ImageSource], image_size: Optional[Tuple[int, int]],
+                  profile: Profile) -> Tuple[bytes, Tuple[int, int], List[str]]:
+    """(bytes to send, size of the view they show, warnings): the exact pixels the model will see.
+
+    A server's own preprocessing is then only a resize to the same size (an identity), whatever it does to
+    other images: vLLM's llava-hf processors centre-crop where LLaVA pads, and Qwen2-VL's `smart_resize` of a
+    size already in multiples of 28 within the budget is the size itself. So the georeferencing, which
+    undoes `fit_plan(profile, *view)`, is exact whichever server answers.
+
+    `image`: an ImageSource (fitted here), or encoded bytes that are either already fitted to the model's
+    input for a view of `image_size`, or the view itself (sent as it is, with a warning: only a server that
+    fits images as the profile says, such as `geovlm serve`, places those boxes right). Raises ValueError for
+    bytes of another size.
+    """
+    if not isinstance(image, (bytes, bytearray)):
+        view = tuple(int(v) for v in image.size)
+        plan = fit_plan(profile, *view)
+        data = bytes(image.fitted(plan, profile.pad_color))
+        if image_size_of(data) != (plan.input_width, plan.input_height):
+            raise ValueError(f"the fitted image is {image_size_of(data)}, not the model's input "
+                             f"{plan.input_width}x{plan.input_height}")
+        return data, view, []
+    data = bytes(image)
+    header = image_size_of(data)
+    view = tuple(int(v) for v in image_size) if image_size else header
+    plan = fit_plan(profile, *view)
+    if header == (plan.input_width, plan.input_height):
+        return data, view, []
+    if header == view:
+        return data, view, [
+            f"the {view[0]}x{view[1]} view was sent as it is, not fitted to the model's "
+            f"{plan.input_width}x{plan.input_height} input: boxes are right only if the server fits it as the "
+            f"{profile.name} profile says ({profile.fit})"
+        ]
+    raise ValueError(f"the image is {header[0]}x{header[1]}: a {view[0]}x{view[1]} view is sent as it is or "
+                     f"fitted to the model's {plan.input_width}x{plan.input_height} input")
+
+
 @dataclass
 class AskJob:
-    """One question about one encoded image, for `EngineClient.ask_many`."""
+    """One question about one image (encoded bytes or an ImageSource), for `EngineClient.ask_many`."""
 
-    image: bytes
-    image_size: Tuple[int, int]
+    image: Union[bytes, ImageSource]
+    image_size: Optional[Tuple[int, int]]
     question: Union[str, Messages]
     task: Optional[str] = None
 
@@ -236,7 +291,7 @@ class EngineClient:
 
     def ask(
         self,
-        image: bytes,
+        image: Union[bytes, ImageSource],
         image_size: Optional[Tuple[int, int]],
         question: Union[str, Messages],
         profile: Optional[Profile] = None,
@@ -249,7 +304,10 @@ class EngineClient:
         seed: Optional[int] = None,
         deadline_s: Optional[float] = None,
     ) -> Tuple[str, Answer]:
-        """Ask about one encoded image (PNG or JPEG bytes); returns the text and the parsed answer.
+        """Ask about one image; returns the text and the parsed answer, in pixels of the view.
+
+        `image` is an ImageSource, which is fitted to the model's input before it is sent, or PNG/JPEG bytes
+        (see `prepare_image`); `image_size` is the size of the view (read from the bytes when None).
 
         `question` is a string or a conversation [("user", q), ("assistant", a), ("user", q2), ...] whose
         first user turn carries the image. With `on_token` the answer is streamed, each text piece passed
@@ -261,7 +319,7 @@ class EngineClient:
         """
         cancel = cancel or CancelToken()
         profile = profile or self.profile(cancel)
-        size = tuple(image_size) if image_size else image_size_of(image)
+        image, size, notes = prepare_image(image, image_size, profile)
         body = self._chat_body(image, question, profile, task, bool(on_token), max_tokens, temperature, seed)
         shown = [""]  # the text handed to on_token so far, over all attempts
 
@@ -289,7 +347,9 @@ class EngineClient:
             return text
 
         text = self._with_retries(attempt, cancel, deadline_s)
-        return text, parse_answer(text, profile, image_size=size)
+        answer = parse_answer(text, profile, image_size=size)
+        answer.warnings += notes
+        return text, answer
 
     def ask_many(
         self,

@@ -267,3 +267,135 @@ def test_rotated_box_over_the_edge_is_clipped_to_the_image():
     (obj,) = parse_answer("[[90, 40, 110, 60, 30]]", get_profile("earthdial"), (100, 100)).objects
     poly = Polygon(obj.polygon)
     assert CLIPPED in obj.flags and poly.is_valid and poly.bounds[2] == pytest.approx(100)
+
+
+# ------------------------------------------------------------ 2. what the server did to the image
+
+
+class CroppingServer:
+    """A stand-in for vLLM serving a llava-hf checkpoint (or Qwen2-VL): it records the image it was sent and
+    what its own processor makes of it (CLIP's resize of the short side and centre crop, or Qwen2-VL's
+    smart_resize), and answers with a fixed text."""
+
+    def __init__(self, text, processor_profile):
+        self.text = text
+        self.processor = processor_profile
+        self.received = []
+        self.processed = []
+
+    def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+        import base64
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from geovlm.core.georef import fit_plan
+        from geovlm.core.transport import HttpResponse
+        from geovlm.models.preprocess import fit_image
+
+        if url.endswith("/v1/models"):
+            reply = {"data": [{"id": "served"}]}
+        else:
+            content = json.loads(body)["messages"][0]["content"][0]["image_url"]["url"]
+            pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(content.split(",", 1)[1]))).convert("RGB"))
+            self.received.append(pixels)
+            plan = fit_plan(self.processor, pixels.shape[1], pixels.shape[0])
+            self.processed.append(fit_image(pixels, plan, (0, 0, 0)))
+            reply = {"choices": [{"message": {"content": self.text}}]}
+        data = json.dumps(reply).encode()
+        return HttpResponse(200, {}, iter([data]), lambda: None)
+
+
+def _view(width, height):
+    import numpy as np
+
+    rng = np.random.default_rng(width * 7919 + height)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_client_sends_the_padded_input_so_a_cropping_server_sees_what_the_profile_says():
+    import numpy as np
+
+    from geovlm.core.client import EngineClient
+    from geovlm.models.preprocess import ArraySource
+
+    # A 600x300 view, LLaVA-1.5 (pads to a square with the CLIP mean colour, 336 px), served by vLLM, whose
+    # llava-hf processor centre-crops: sent as it is, the box [0.25, 0.25, 0.75, 0.75] of what the model saw
+    # would be (225, 75)-(375, 225) of the view, while the profile places it at (150, 0)-(450, 300).
+    profile = get_profile("llava15")
+    server = CroppingServer("the field [0.25, 0.25, 0.75, 0.75]", profile.with_overrides(fit="crop"))
+    client = EngineClient("http://127.0.0.1:9", transport=server, profile=profile)
+    view = _view(600, 300)
+    text, answer = client.ask(ArraySource(view), None, "Where is the field?")
+    (sent,) = server.received
+    assert sent.shape == (336, 336, 3)
+    assert (sent[:80] == profile.pad_color).all() and (sent[-80:] == profile.pad_color).all()  # padded bands
+    assert np.array_equal(server.processed[0], sent)  # the server's centre crop is the identity on it
+    (obj,) = answer.objects
+    assert bounds(obj) == (150, 0, 450, 300) and answer.warnings == []
+
+
+def test_client_sends_qwen2vl_input_in_multiples_of_28_that_smart_resize_keeps():
+    from geovlm.core.client import EngineClient
+    from geovlm.core.georef import smart_resize
+    from geovlm.models.preprocess import ArraySource
+
+    profile = get_profile("qwen2vl")
+    server = CroppingServer("<|box_start|>(250,250),(750,750)<|box_end|>", profile)
+    client = EngineClient("http://127.0.0.1:9", transport=server, profile=profile)
+    _, answer = client.ask(ArraySource(_view(1000, 700)), None, "Where?")
+    (sent,) = server.received
+    h, w = sent.shape[:2]
+    assert h % 28 == 0 and w % 28 == 0 and (h, w) == smart_resize(700, 1000, 28, 4 * 784, 16384 * 784)
+    assert smart_resize(h, w, 28, 4 * 784, 16384 * 784) == (h, w)  # the server's resize is the identity
+    assert bounds(answer.objects[0]) == (250, 175, 750, 525)
+
+
+def test_encoded_bytes_are_sent_fitted_or_as_the_view_with_a_warning():
+    import io
+
+    from PIL import Image
+
+    from geovlm.core.client import prepare_image
+
+    def png(w, h):
+        buffer = io.BytesIO()
+        Image.new("RGB", (w, h)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    profile = get_profile("geochat")
+    assert prepare_image(png(504, 504), (800, 400), profile)[1:] == ((800, 400), [])  # already fitted
+    data, view, warnings = prepare_image(png(800, 400), (800, 400), profile)
+    assert view == (800, 400) and "not fitted" in warnings[0]
+    with pytest.raises(ValueError, match="800x400 view"):
+        prepare_image(png(300, 300), (800, 400), profile)
+
+
+def test_engine_preprocessing_is_the_identity_on_a_fitted_image():
+    from geovlm.core.georef import fit_plan
+    from geovlm.models.preprocess import fit_image
+
+    for family in ("llava15", "geochat", "earthdial", "florence2", "qwen25vl"):
+        profile = get_profile(family)
+        plan = fit_plan(profile, 640, 480)
+        fitted = fit_image(_view(640, 480), plan, profile.pad_color)
+        assert fitted.shape[:2] == (plan.input_height, plan.input_width)
+        again = fit_plan(profile, plan.input_width, plan.input_height)
+        assert fit_image(fitted, again, profile.pad_color) is fitted, family
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (504, 504)])
+def test_uncompressed_png_of_the_fitted_pixels_reads_back_exactly(shape):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from geovlm.core.client import image_size_of
+    from geovlm.models.preprocess import encode_png
+
+    pixels = _view(shape[1], shape[0])
+    data = encode_png(pixels)
+    assert image_size_of(data) == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), pixels)
