@@ -16,6 +16,11 @@ The architecture, from the MiniGPT-v2 paper (arXiv 2310.09478) and its code (`mi
 
 Tensor names in `vision.safetensors` are those of the original model's state dict (`visual_encoder.*`,
 `ln_vision.*`, `llama_proj.*`), so the conversion maps the original files by prefix only.
+
+Why not timm's `Eva`: timm imports torchvision unconditionally, and torchvision's PyPI wheels matching
+torch==2.13.0 are CUDA builds that fail to load beside the CPU torch the engine pins (and installing timm
+unpinned replaces that torch with a CUDA one). The few EVA modules are therefore defined here, and
+tests/minigpt_reference.py checks them block by block against a separate functional transcription.
 """
 
 from __future__ import annotations
