@@ -53,10 +53,14 @@ def load_pickled_weights(file: Path) -> dict:
     """A pickled dict of weights read with torch.load(weights_only=True): plain containers, numbers, strings
     and tensors only. Anything else (a class, a function: code that unpickling would run) is refused with a
     ConversionError naming the file."""
+    import zipfile
+
     import torch
 
+    # mmap keeps a 13 GB checkpoint out of memory; files of the legacy (pre-zip) format cannot be mapped
+    mmap = zipfile.is_zipfile(file)
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for a refused pickle, RuntimeError for a damaged archive, ...
         reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise ConversionError(f"cannot read {file} as weights (torch.load weights_only=True): {reason}") from None

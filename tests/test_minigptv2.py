@@ -243,13 +243,14 @@ class _Planted:
         return (os.mkdir, (str(self.path),))
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
 @pytest.mark.parametrize("which", ["ckpt", "eva"])
-def test_conversion_refuses_a_pickle_with_code(sources, tmp_path, capsys, which):
+def test_conversion_refuses_a_pickle_with_code(sources, tmp_path, capsys, which, legacy):
     marker = tmp_path / "code-ran"
     planted = tmp_path / f"planted-{which}.pth"
     data = torch.load(sources[which], weights_only=True)
     data["payload"] = _Planted(marker)
-    torch.save(data, planted)
+    torch.save(data, planted, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(pickle.UnpicklingError):  # the file really holds code the weights-only loader refuses
         torch.load(planted, weights_only=True)
     inputs = {k: str(v) for k, v in sources.items()}
@@ -260,6 +261,19 @@ def test_conversion_refuses_a_pickle_with_code(sources, tmp_path, capsys, which)
     err = capsys.readouterr().err
     assert str(planted) in err and "weights_only" in err
     assert not marker.exists() and not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_legacy_format_eva_file_converts_the_same(sources, converted, tmp_path):
+    """EVA files saved in torch's pre-zip format (no memory map) are read weights-only too, with the same result."""
+    from safetensors.torch import load_file
+
+    from geovlm.models.convert_minigptv2 import convert_minigptv2
+
+    legacy = tmp_path / "eva_legacy.pth"
+    torch.save(torch.load(sources["eva"], weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    out = convert_minigptv2(sources["ckpt"], legacy, sources["llama"], tmp_path / "out")
+    ours, reference = load_file(str(out / "vision.safetensors")), load_file(str(converted / "vision.safetensors"))
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
 def test_conversion_errors_are_clear(sources, tmp_path, capsys):
