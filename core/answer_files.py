@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 
 def read_answers(path, field: str = "answer", question_field: str = "question") -> Iterator[Tuple[int, str, str]]:
@@ -22,7 +22,7 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
         text = path.read_bytes().decode("utf-8-sig", errors="replace")
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    lines = split_lines(text)
     is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -45,3 +45,10 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def split_lines(text: str) -> List[str]:
+    """The lines of a saved file: split at "\n" only, a "\r" before it dropped (CRLF files). Not
+    `str.splitlines`, which also splits at U+2028, U+2029, U+0085 and other separators that a JSON string may
+    hold unescaped (JSON lines: jsonlines.org; RFC 8259 section 7 escapes only controls below U+0020)."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]

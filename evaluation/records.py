@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+from ..core.answer_files import split_lines
+
 
 class RecordError(ValueError):
     """A file or line that cannot be read as answers with references; the message names the file and line."""
@@ -23,7 +25,7 @@ def read_records(path) -> Iterator[Tuple[int, dict]]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordError(f"cannot read {path}: {exc}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):  # "\n" only: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:

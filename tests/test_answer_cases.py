@@ -399,3 +399,12 @@ def test_uncompressed_png_of_the_fitted_pixels_reads_back_exactly(shape):
     data = encode_png(pixels)
     assert image_size_of(data) == (shape[1], shape[0])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), pixels)
+
+
+def test_evaluation_records_keep_line_separators_inside_json_strings(tmp_path):
+    from geovlm.evaluation.records import read_records
+
+    path = tmp_path / "a.jsonl"
+    rows = [{"answer": "a\u2028b\x85c", "gt_bbox": "[[1, 2, 3, 4, 0]]"}, {"answer": "d"}]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    assert [r for _, r in read_records(path)] == rows
