@@ -346,3 +346,16 @@ def test_export_encoder_command_on_a_minigpt_folder(converted, tmp_path, capsys)
     assert main(["export-encoder", "--model", str(converted), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert out.is_file() and "16 image tokens" in text and "max abs difference ONNX vs torch" in text
+
+
+def test_ask_through_geovlm_serve_equals_in_process(converted, tmp_path, capsys):
+    """`geovlm serve` on the converted folder (a local engine started by `ask --engine local`): the view sent over
+    HTTP gets the in-process greedy answer, and the family comes from the engine's /v1/models."""
+    common = ["ask", str(COGEO), QUESTION, "--model", str(converted), "--window", "100,50,400,300",
+              "--max-new-tokens", "10"]
+    assert main(common) == 0
+    in_process = capsys.readouterr().out.strip()
+    assert main(common + ["--engine", "local", "--out", str(tmp_path / "via_engine.gpkg")]) == 0
+    captured = capsys.readouterr()
+    assert "starting a local engine" in captured.err
+    assert captured.out.strip() == in_process and in_process
