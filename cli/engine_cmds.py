@@ -58,7 +58,7 @@ def register(sub) -> None:
     c.set_defaults(func=cmd_convert, family=None)
 
     p = sub.add_parser("export-encoder", help="export the vision encoder to ONNX and check it against torch")
-    p.add_argument("--model", required=True, help="llava-hf checkpoint folder")
+    p.add_argument("--model", required=True, help="checkpoint folder (llava-hf or MiniGPT-v2)")
     p.add_argument("--out", required=True, help="FILE.onnx")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (GPU inference)")
     p.add_argument("--opset", type=int, default=18)
@@ -68,7 +68,7 @@ def register(sub) -> None:
     p = sub.add_parser("ask", help="ask a model about a raster; stream the answer, optionally save its boxes")
     p.add_argument("raster")
     p.add_argument("question", help="the question, with the family's task word if any, e.g. '[grounding]...'")
-    p.add_argument("--model", help="llava-hf checkpoint folder (default: the random demo model)")
+    p.add_argument("--model", help="checkpoint folder, llava-hf or MiniGPT-v2 (default: the random demo model)")
     p.add_argument("--family", help="model family (default: from the checkpoint's geovlm.json)")
     p.add_argument("--encoder", help="an exported encoder .onnx (default: exported next to the model)")
     p.add_argument("--window", help="col,row,width,height of the raster to send")

@@ -21,7 +21,7 @@ def register(sub) -> None:
         description="Serve a vision-language model over the OpenAI chat-completions API (with images). "
         "Without --model it serves the demo model, a random stand-in whose answers are noise.",
     )
-    serve.add_argument("--model", metavar="DIR", help="llava-hf checkpoint folder (default: the demo model)")
+    serve.add_argument("--model", metavar="DIR", help="llava-hf or MiniGPT-v2 folder (default: the demo)")
     serve.add_argument("--family", help="model family, when the checkpoint does not say")
     add_profile_overrides(serve)
     serve.add_argument("--encoder", metavar="FILE.onnx", help="ONNX vision encoder (default: exported once)")
