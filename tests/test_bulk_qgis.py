@@ -213,6 +213,19 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
     ids = {f["object_id"] for f in objects.getFeatures()}
     assert all(f["subject_id"] in ids and f["object_id"] in ids for f in relations.getFeatures())
     assert objects.crs().authid() == "EPSG:32633"
+    # the command line finds the same merged objects at the same places
+    code, _, stderr = run_cli("detect", raster, "--tile", 320, "--overlap", 80, "--engine", engine.url,
+                              "--out", tmp_path / "cli.gpkg", "--no-progress")
+    assert code == 0, stderr
+    cli_objects = QgsVectorLayer(f"{tmp_path / 'cli.gpkg'}|layername=objects", "cli", "ogr")
+
+    def places(layer):
+        return sorted((f["label"], f.geometry().centroid().asPoint().x(), f.geometry().centroid().asPoint().y())
+                      for f in layer.getFeatures())
+
+    ours, theirs = places(objects), places(cli_objects)
+    assert [p[0] for p in ours] == [p[0] for p in theirs]
+    assert np.allclose([p[1:] for p in ours], [p[1:] for p in theirs], rtol=0, atol=1e-6)
 
 
 def test_caption_features_keeps_attributes_and_sends_each_window(plugin, processing, engines, data_dir, tmp_path):
