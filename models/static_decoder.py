@@ -29,6 +29,8 @@ def unsupported_reason(text_config, capacity: Optional[int] = None) -> Optional[
     kind = getattr(text_config, "model_type", None)
     if kind not in ARCHITECTURES:
         return f"text model {kind!r} is not one of {', '.join(ARCHITECTURES)}"
+    if getattr(text_config, "hidden_act", "silu") != "silu":
+        return f"the MLP's activation is {text_config.hidden_act!r}, not SiLU"
     window = getattr(text_config, "sliding_window", None)
     if window and capacity and capacity > window:
         return f"a sequence of {capacity} tokens exceeds the sliding window of {window}"
@@ -76,6 +78,9 @@ class StaticDecoder:
         self.scale = self.head_dim**-0.5
         self.gqa = self.kv_heads != self.heads
         self.window = getattr(config, "sliding_window", None)
+        # Each layer's tensors, called through torch.nn.functional: a decode step is a few hundred small
+        # operations, and module calls and transformers' seven-operation RMSNorm add up (bench_engine.py).
+        self.weights = [_layer_weights(layer) for layer in self.layers]
         self._graphs: Dict[Tuple[int, int], _GraphedStep] = {}
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -91,14 +96,31 @@ class StaticDecoder:
         return KVCache(keys, values, [0] * batch, positions)
 
     def _logits(self, hidden):
-        return self.lm_head(self.norm(hidden)).float()
+        return self.lm_head(_rms_norm(hidden, self.norm.weight, self.norm.variance_epsilon)).float()
+
+    def _qkv(self, w, x, batch: int, length: int, cos, sin):
+        """Queries, keys, values `[batch, heads, length, head_dim]` of normed `x`, rotary applied."""
+        from torch.nn.functional import linear
+
+        shape = (batch, length, -1, self.head_dim)
+        q = linear(x, w.q, w.q_bias).view(shape).transpose(1, 2)
+        k = linear(x, w.k, w.k_bias).view(shape).transpose(1, 2)
+        v = linear(x, w.v, w.v_bias).view(shape).transpose(1, 2)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+    @staticmethod
+    def _mlp(w, hidden):
+        from torch.nn.functional import linear, silu
+
+        x = _rms_norm(hidden, w.norm2, w.eps2)
+        return linear(silu(linear(x, w.gate, w.gate_bias)) * linear(x, w.up, w.up_bias), w.down, w.down_bias)
 
     def prefill(self, rows: Sequence, cache: KVCache):
         """Run each row's prompt embeddings (`[length, hidden]`) packed into one sequence; fill `cache` rows
         from position 0. Returns `[batch, vocab]` float32 logits of each row's last prompt token."""
         import torch
+        from torch.nn.functional import linear
         from torch.nn.functional import scaled_dot_product_attention as sdpa
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         if self.window and max(len(r) for r in rows) > self.window:
             raise ValueError(f"a prompt is longer than the sliding window of {self.window} tokens")
@@ -109,15 +131,10 @@ class StaticDecoder:
             start += len(r)
         device = hidden.device
         positions = torch.cat([torch.arange(e - s, device=device) for s, e in bounds]).unsqueeze(0)
-        cos, sin = self.rotary(hidden, positions)
+        cos, sin = _rotary(self.rotary, hidden, positions)
         total = hidden.shape[1]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(1, total, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(1, total, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(1, total, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        for i, w in enumerate(self.weights):
+            q, k, v = self._qkv(w, _rms_norm(hidden, w.norm1, w.eps1), 1, total, cos, sin)
             outs = []
             for b, (s, e) in enumerate(bounds):
                 cache.keys[i, b, :, : e - s] = k[0, :, s:e]
@@ -127,8 +144,8 @@ class StaticDecoder:
                          enable_gqa=self.gqa)
                 )
             out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(1, total, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + linear(out.transpose(1, 2).reshape(1, total, -1), w.o, w.o_bias)
+            hidden = hidden + self._mlp(w, hidden)
         cache.lengths[:] = [e - s for s, e in bounds]
         cache.positions.copy_(torch.tensor(cache.lengths, device=device))
         last = torch.tensor([e - 1 for _, e in bounds], device=device)
@@ -139,13 +156,13 @@ class StaticDecoder:
         next position. Attends over the filled part of the cache (`full_span`: over all of it, masked, for a
         CUDA graph). Returns `[batch, vocab]` float32 logits; advances `cache.positions` (and `lengths`)."""
         import torch
+        from torch.nn.functional import linear
         from torch.nn.functional import scaled_dot_product_attention as sdpa
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         batch = tokens.shape[0]
         pos = cache.positions
         hidden = self.embed(tokens).unsqueeze(1)  # [batch, 1, hidden]
-        cos, sin = self.rotary(hidden, pos.unsqueeze(1))
+        cos, sin = _rotary(self.rotary, hidden, pos.unsqueeze(1))
         # Rows of one length (batch 1 always) attend over the same span unmasked and are written as one slice.
         same = cache.lengths[0] if not full_span and len(set(cache.lengths)) == 1 else None
         span = cache.capacity if full_span else max(cache.lengths) + 1
@@ -153,13 +170,8 @@ class StaticDecoder:
         if same is None:
             mask = (torch.arange(span, device=pos.device).unsqueeze(0) <= pos.unsqueeze(1)).view(batch, 1, 1, span)
             rows = torch.arange(batch, device=pos.device)
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(batch, 1, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        for i, w in enumerate(self.weights):
+            q, k, v = self._qkv(w, _rms_norm(hidden, w.norm1, w.eps1), batch, 1, cos, sin)
             keys, values = cache.keys[i], cache.values[i]
             if same is None:
                 keys[rows, :, pos] = k[:, :, 0]
@@ -169,8 +181,8 @@ class StaticDecoder:
                 values[:, :, same : same + 1] = v
             out = sdpa(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask, scale=self.scale,
                        enable_gqa=self.gqa)
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + linear(out.transpose(1, 2).reshape(batch, 1, -1), w.o, w.o_bias)
+            hidden = hidden + self._mlp(w, hidden)
         pos += 1
         cache.lengths[:] = [n + 1 for n in cache.lengths]
         return self._logits(hidden[:, 0])
@@ -186,6 +198,69 @@ class StaticDecoder:
                 log.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
                 self._graphs[key] = None
         return self._graphs[key]
+
+
+@dataclass
+class _Weights:
+    """One decoder layer's tensors (views of the model's parameters: nothing is copied)."""
+
+    norm1: object
+    eps1: float
+    q: object
+    q_bias: object
+    k: object
+    k_bias: object
+    v: object
+    v_bias: object
+    o: object
+    o_bias: object
+    norm2: object
+    eps2: float
+    gate: object
+    gate_bias: object
+    up: object
+    up_bias: object
+    down: object
+    down_bias: object
+
+
+def _layer_weights(layer) -> _Weights:
+    attn, mlp = layer.self_attn, layer.mlp
+    return _Weights(
+        layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+        attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias,
+        attn.v_proj.weight, attn.v_proj.bias, attn.o_proj.weight, attn.o_proj.bias,
+        layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+        mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias,
+        mlp.down_proj.weight, mlp.down_proj.bias,
+    )
+
+
+def _rms_norm(x, weight, eps: float):
+    """transformers' LlamaRMSNorm (`weight * x / sqrt(mean(x²) + eps)`, computed in fp32) as one operation."""
+    from torch.nn.functional import rms_norm
+
+    if x.dtype == weight.dtype:
+        return rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def _rotary(rotary, hidden, positions):
+    """cos and sin `[batch, 1, length, head_dim]` of the rotary embedding at `positions`, the sign of
+    rotate_half folded into sin: `x·cos + swap_halves(x)·sin` is transformers' apply_rotary_pos_emb
+    (`x·cos + cat(-x2, x1)·sin`) to the bit, in fewer operations."""
+    import torch
+
+    cos, sin = rotary(hidden, positions)
+    half = sin.shape[-1] // 2
+    sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    swapped = x.unflatten(-1, (2, half)).flip(-2).flatten(-2)
+    return x * cos + swapped * sin
 
 
 class _GraphedStep:
