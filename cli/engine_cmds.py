@@ -266,15 +266,23 @@ def _ask_engine(args, image, frame) -> int:
         args.engine = None  # engine_for starts the embedded engine
     args.engine_python, args.max_concurrent = None, 1
     client = engine_for(args)
+    printed = []
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+        printed.append(piece)
+
     try:
         family = args.family or client.profile().name
         profile = get_profile(family, **profile_overrides(args))
         text, answer = client.ask(
             ArraySource(image), None, args.question, profile=profile,
-            on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
+            on_token=show, on_restart=show_restart,
             max_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
         )
     except (EngineError, ValueError) as exc:
+        if printed:
+            print(flush=True)  # end the partial answer's line before the error
         raise CliError(str(exc)) from None
     finally:
         if client.local_engine is not None:

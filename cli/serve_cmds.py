@@ -117,11 +117,30 @@ def engine_for(args):
         python=getattr(args, "engine_python", None), model=getattr(args, "model", None), family=family
     )
     print("geovlm: starting a local engine ...", file=sys.stderr)
+    _say_launcher_events()
     try:
         engine.start()
     except EngineStartError as exc:
         raise CliError(f"the local engine did not start: {exc}") from exc
     return client_for_local(engine, family, concurrent)
+
+
+class _FirstLine(logging.Handler):
+    """Launcher events on stderr, one line each (a crash's message carries the engine's log tail)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = self.format(record).splitlines()
+        print(f"geovlm: {lines[0].rstrip(':') if lines else ''}", file=sys.stderr, flush=True)
+
+
+def _say_launcher_events() -> None:
+    """Show the local launcher's warnings and errors (a crash, a restart, giving up) in one line each; without
+    a handler, Python would print each whole, the engine's last 30 lines of log included."""
+    logger = logging.getLogger("geovlm.launcher")
+    if not any(isinstance(h, _FirstLine) for h in logger.handlers):
+        handler = _FirstLine(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def client_for_local(engine, family=None, max_concurrent: int = 4):

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import secrets
 import shutil
 import subprocess  # nosec B404  # the launcher starts the engine, a fixed command
@@ -39,6 +40,8 @@ DROP_PREFIXES = ("QGIS", "PROJ_", "GDAL_", "CPL_", "OGR_", "QT_", "PYQGIS", "DYL
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds the geovlm package
 KEY_VARIABLE = "GEOVLM_API_KEY"
 DIR_PREFIX = "geovlm-engine-"
+_ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |^[\w.]*(Error|Exception): |^geovlm \w+: ")  # a log level, a
+# Python exception, a CLI error (not a logger named uvicorn.error)
 OWNER_FILE = "launcher.json"  # {"pid": the launcher's process id}, in each engine's temporary folder
 
 
@@ -258,11 +261,13 @@ class LocalEngine:
 
 
     def _one_line(self, status: int) -> str:
-        """Why the engine is down, in one line: how it ended, its restarts, the last line it wrote."""
+        """Why the engine is down, in one line: how it ended, its restarts, the last error line it wrote."""
         lines = [line.strip() for line in (self.last_error or "").splitlines()[1:] if line.strip()]
-        said = f"; its last output: {lines[-1][:300]}" if lines else ""
+        errors = [line for line in lines if _ERROR_LINE.search(line)]
+        said = f"; its last error: {errors[-1][:300]}" if errors else ""
+        ended = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         restarts = f"after {self.restarts} restart{'s' if self.restarts != 1 else ''}" if self.restarts else "at once"
-        return f"the local engine stopped (status {status}) and was given up {restarts}{said}"
+        return f"the local engine {ended} and was given up {restarts}{said}"
 
 
 def remove_leftovers(folder: Optional[Path] = None) -> List[Path]:

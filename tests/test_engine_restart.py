@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -93,7 +94,7 @@ def test_an_engine_killed_mid_stream_whose_launcher_gives_up_is_one_line_at_once
         os.kill(engine.pid, signal.SIGKILL)
         asker.join(30)
         message = outcome["error"]
-        assert message.startswith("the engine is down: the local engine stopped (status -9)"), message
+        assert message.startswith("the engine is down: the local engine was killed by signal 9"), message
         assert "\n" not in message and outcome["at"] - killed_at < 5
     finally:
         engine.stop()
@@ -144,3 +145,49 @@ def test_an_api_key_flag_warns_that_ps_shows_it(capsys, tmp_path):
     key_file.write_text("from-file\n")
     Args.api_key_file = str(key_file)
     assert api_key_from(Args()) == "from-file" and capsys.readouterr().err == ""
+
+
+def test_ask_with_a_local_engine_killed_until_the_launcher_gives_up(data_dir):
+    """`geovlm ask --engine local`, its engine SIGKILLed mid-answer four times (the launcher restarts it
+    three times): each crash is one line, the end is one line saying the engine is down and why, and no
+    "[stream broke" line shows (the restarted streams give the same greedy text, printed once)."""
+    import glob
+
+    cmd = [sys.executable, "-m", "geovlm", "ask", str(data_dir / "rasters" / "cogeo.tif"), "Describe the image",
+           "--engine", "local", "--window", "0,0,128,96", "--max-new-tokens", "400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = []
+    reader = threading.Thread(target=lambda: printed.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+
+    def serving_pid():
+        for folder in glob.glob(os.path.join(tempfile.gettempdir(), "geovlm-engine-*")):
+            try:
+                if json.load(open(os.path.join(folder, OWNER_FILE)))["pid"] == proc.pid:
+                    return json.load(open(os.path.join(folder, "ready.json")))["pid"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return None
+
+    kills, last, deadline = 0, None, time.monotonic() + 180
+    try:
+        while proc.poll() is None and kills < 4 and time.monotonic() < deadline:
+            pid = serving_pid()
+            if pid and pid != last and (kills or printed):  # the first kill once the answer streams
+                time.sleep(1.5)  # the client is back and streaming again
+                os.kill(pid, signal.SIGKILL)
+                kills, last = kills + 1, pid
+            time.sleep(0.1)
+        proc.wait(max(5, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    reader.join(5)
+    err = proc.stderr.read().splitlines()
+    assert kills == 4 and proc.returncode == 2
+    assert err[-1].startswith("geovlm ask: the engine is down: the local engine was killed by signal 9 and was "
+                              "given up after 3 restarts"), err[-3:]
+    assert err.count("geovlm: the local engine crashed (status -9)") == 4
+    assert not any("stream broke" in line for line in err)
+    assert "".join(printed).count("\n") == 1 and "".join(printed).endswith("\n")  # one line: no text twice
