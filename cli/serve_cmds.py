@@ -144,11 +144,14 @@ def _say_launcher_events() -> None:
 
 
 def client_for_local(engine, family=None, max_concurrent: int = 4):
-    """An `EngineClient` of a started `LocalEngine`: its retries ride out the engine's restarts and end at once
-    when the launcher gives up (the client's errors then say so, and why, in one line)."""
-    from ..core.client import EngineClient
+    """An `EngineClient` of a started `LocalEngine`: its retries ride out the engine's restarts (for as long as
+    the launcher may take to start it again) and end at once when the launcher gives up (the client's errors
+    then say so, and why, in one line)."""
+    from ..core.client import DEFAULT_RETRY_WINDOW_S, EngineClient
 
-    client = EngineClient(engine.url, api_key=engine.api_key, profile=family, max_concurrent=max_concurrent)
+    window = max(DEFAULT_RETRY_WINDOW_S, engine.start_timeout + 30.0)
+    client = EngineClient(engine.url, api_key=engine.api_key, profile=family, max_concurrent=max_concurrent,
+                          retry_window=window)
     client.local_engine = engine
     engine.on_down = lambda error: client.engine_down(engine.down_reason or error)
     if engine.down_reason:  # it gave up before the hook was in place

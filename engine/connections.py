@@ -50,8 +50,10 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
                 self._await_headers()  # the first bytes of the next request on a kept-alive connection
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time that follows
             self._waiting_since = time.monotonic()  # idle: the first to go when connections run out
+            super().on_response_complete()  # arms uvicorn's keep-alive timer; may start a pipelined request
+            if self._request_active():
+                self._stop_waiting()
 
         def _request_active(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
