@@ -7,7 +7,8 @@ tokens, --concurrency in flight) are timed in rounds that alternate between a qu
 never finished); the table gives the median round of each. Then --burst clients each send a complete 25 MiB
 body at once (a small image plus 25 MiB of padding the server must buffer and parse), and the engine's
 resident memory (VmRSS) is sampled before, at its peak during, and 3 s after the burst; the statuses show how
-many the memory budget refused (429).
+many the memory budget refused (429). Last, one 30 MB question (within the body limit) is timed to its
+refusal, with a small request sent meanwhile.
 
     python bench/bench_hostile.py [--rounds 3] [--requests 24] [--slow 600] [--held 8] [--burst 40]
     python bench/bench_hostile.py --url http://127.0.0.1:PORT --pid PID   # a server started otherwise (another
@@ -157,6 +158,39 @@ def burst(host, port, key, pid: int, clients: int, tokens: int) -> dict:
     return {"before": before, "peak": max(peak), "after": rss_mb(pid), "statuses": dict(statuses)}
 
 
+def huge_question(host, port, key, pid: int, tokens: int) -> dict:
+    """A 30 MB question (within the 32 MiB body limit): seconds to its answer, a small request's seconds sent
+    meanwhile, and the engine's RSS before, at the peak and 3 s after."""
+    url = "data:image/png;base64," + base64.b64encode(png(3)).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "lorem ipsum " * 2_500_000}]
+    data = json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": tokens}).encode()
+    peak, done, small = [rss_mb(pid)], threading.Event(), {}
+
+    def sample():
+        while not done.wait(0.05):
+            peak.append(rss_mb(pid))
+
+    def small_one():
+        time.sleep(0.3)
+        start = time.perf_counter()
+        small["status"] = request(host, port, key, body(11, tokens))
+        small["s"] = time.perf_counter() - start
+
+    before = rss_mb(pid)
+    threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=small_one, daemon=True)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    status = request(host, port, key, data)
+    seconds = time.perf_counter() - start
+    threads[1].join(120)
+    done.set()
+    threads[0].join()
+    time.sleep(3.0)
+    return {"status": status, "s": seconds, "small": small, "before": before, "peak": max(peak),
+            "after": rss_mb(pid), "mb": len(data) / 1e6}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4, help="max new tokens of a small request")
@@ -193,6 +227,7 @@ def main(argv=None) -> int:
                                           500 + 1000 * r))
             print(f"round {r + 1}: hostile connections opened {hostiles.opened}", file=sys.stderr, flush=True)
         memory = burst(host, port, key, engine.pid, args.burst, args.tokens)
+        huge = huge_question(host, port, key, engine.pid, args.tokens)
 
     def median(runs, key):
         return statistics.median(run[key] for run in runs)
@@ -205,6 +240,9 @@ def main(argv=None) -> int:
         print(f"{name:<48}{median(runs, 'rps'):>8.2f}{median(runs, 'p50'):>8.0f}{median(runs, 'p95'):>8.0f}{ok:>8}")
     print(f"\nBurst of {args.burst} x 25 MiB bodies: engine RSS {memory['before']:.0f} MiB before, "
           f"{memory['peak']:.0f} MiB at the peak, {memory['after']:.0f} MiB 3 s after; statuses {memory['statuses']}")
+    print(f"A {huge['mb']:.0f} MB question: status {huge['status']} in {huge['s']:.2f} s; a small request sent "
+          f"meanwhile: {huge['small'].get('status')} in {huge['small'].get('s', float('nan')):.2f} s; engine RSS "
+          f"{huge['before']:.0f} MiB before, {huge['peak']:.0f} MiB at the peak, {huge['after']:.0f} MiB 3 s after")
     return 0
 
 

@@ -29,10 +29,10 @@ class OverBudget(Exception):
 
 
 class MemoryBudget:
-    """Bytes of request data held at once, at most `limit` (thread-safe). `trim_every_s` spaces the calls to
-    `release_free_memory` made when the count returns to zero."""
+    """Bytes of request data held at once, at most `limit` (thread-safe). When the count returns to zero,
+    `release_free_memory` runs `trim_delay_s` later, at most once every `trim_every_s`."""
 
-    def __init__(self, limit: int, trim_every_s: float = 1.0):
+    def __init__(self, limit: int, trim_every_s: float = 1.0, trim_delay_s: float = 0.5):
         if limit < 1:
             raise ValueError("the memory budget must be at least 1 byte")
         self.limit = int(limit)
@@ -40,6 +40,7 @@ class MemoryBudget:
         self.peak = 0
         self._lock = threading.Lock()
         self._trim_every_s = trim_every_s
+        self.trim_delay_s = trim_delay_s
         self._trimmed_at = 0.0
         self._trimming = False
         self._reading: Dict[int, Reservation] = {}  # reservations whose body is arriving, oldest first
@@ -74,6 +75,7 @@ class MemoryBudget:
             threading.Thread(target=self._trim, name="geovlm-trim", daemon=True).start()
 
     def _trim(self) -> None:
+        time.sleep(self.trim_delay_s)  # the last request's objects (its body, a traceback) are freed after it ends
         try:
             release_free_memory()
         finally:
