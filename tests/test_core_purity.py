@@ -1,5 +1,6 @@
 """The pure core imports neither QGIS nor torch (nor anything outside the standard library)."""
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,28 @@ def test_root_package_imports_without_qgis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0.1.0", "True"]
+
+
+def test_the_plugin_imports_without_the_engines_packages():
+    """Code that runs inside QGIS uses PyQGIS, Qt and numpy only: every module of plugin/ and ui/ imports with
+    torch, rasterio, geopandas and the rest of the engine's packages blocked."""
+    root = Path(__file__).resolve().parents[1]
+    modules = [f"geovlm.{p.parent.name}.{p.stem}" for d in ("plugin", "ui") for p in sorted((root / d).glob("*.py"))
+               if p.stem != "__init__"]
+    code = (
+        "import importlib, sys\n"
+        "BLOCKED = ('torch', 'rasterio', 'geopandas', 'transformers', 'onnxruntime', 'onnx', 'pyproj', 'shapely',\n"
+        "           'pyogrio', 'fastapi', 'uvicorn', 'safetensors', 'tokenizers', 'PIL', 'nltk', 'tqdm')\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('ok', len(sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ok")
