@@ -48,7 +48,7 @@ def engine(tmp_path_factory):
     if not (path / "geovlm.json").is_file():
         write_demo_model(path, seed=0)
     ensure_encoder(path)
-    extra = ["--header-timeout", "3", "--max-body-mb", "4", "--memory-budget-mb", "10", "--max-tokens", "64",
+    extra = ["--header-timeout", "3", "--max-body-mb", "4", "--memory-budget-mb", "10", "--max-tokens", "512",
              "--max-pixels", str(4096 * 4096)]
     engine = LocalEngine(model=str(path), extra_args=extra, max_restarts=0, api_key=KEY)
     engine.start()
@@ -136,7 +136,8 @@ def test_an_over_long_question_is_refused_at_once_without_blocking_others(engine
 
 def test_clients_that_leave_are_499_and_one_info_line(engine):
     host, port = address(engine)
-    body = json.dumps(chat_body(max_tokens=64)).encode()
+    long = 400  # tokens: a generation that lasts well beyond the moment the client leaves
+    body = json.dumps(chat_body(max_tokens=long)).encode()
     # 1. While the body is being sent.
     with socket.create_connection((host, port), timeout=5) as sock:
         head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
@@ -146,7 +147,7 @@ def test_clients_that_leave_are_499_and_one_info_line(engine):
     # 2. During a plain generation, and 3. in the middle of a stream.
     for stream in (False, True):
         with socket.create_connection((host, port), timeout=5) as sock:
-            payload = json.dumps(chat_body(max_tokens=64, stream=stream)).encode()
+            payload = json.dumps(chat_body(max_tokens=long, stream=stream)).encode()
             head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
             sock.sendall(head + payload)
