@@ -238,8 +238,12 @@ def engine_manager() -> EngineManager:
 
 
 def shutdown_engine() -> None:
-    """Plugin unload: stop the local engine if one was made in this process (and make none)."""
+    """Plugin unload: stop the local engine if one was made in this process (and make none), and end the
+    network thread of the QGIS transport."""
     with _manager_lock:
         manager = _manager
     if manager is not None:
         manager.shutdown()
+    from .qgis_transport import stop_network_thread
+
+    stop_network_thread()

@@ -1,12 +1,18 @@
 """A `core.transport.Transport` on QGIS's network stack, for the engine client inside QGIS.
 
-Requests go through `QgsNetworkAccessManager.instance()` of the calling thread (QGIS gives every thread its
-own, set up like the GUI thread's), so the user's proxy, SSL exceptions and certificate settings apply, and a
-`QgsAuthManager` configuration (`authcfg`: Basic, API header, PKI...) is applied to each request with
-`updateNetworkRequest`/`updateNetworkReply`. The body streams: the response's chunks are read as they
-arrive by running a local `QEventLoop` in the calling thread, so call it from a worker thread or `QgsTask`
-(on the GUI thread it works but nests an event loop). A `CancelToken` cancelled from any thread aborts the
-reply at once (a queued signal into the request's thread).
+Requests go through `QgsNetworkAccessManager`, so the user's proxy, SSL exceptions and certificate settings
+apply, and a `QgsAuthManager` configuration (`authcfg`: Basic, API header, PKI...) is applied to each request
+with `updateNetworkRequest`/`updateNetworkReply`.
+
+All of them run in one long-lived network thread of GeoVLM's own (an event loop with its own
+`QgsNetworkAccessManager`); the calling thread (a `QgsTask`, a Processing worker, a client pool thread) only
+hands the request over and reads events from a queue. So no thread that ends leaves a network manager with
+live replies behind (destroying those at thread exit takes Python's lock inside Qt's, which can deadlock
+against a thread holding the former and waiting for the latter), streaming needs no event loop in the
+caller, and a `CancelToken` cancelled from any thread aborts the reply at once. On the GUI thread the wait
+keeps processing events (QGIS may need them for an authentication or SSL prompt), but it is meant for
+workers. `stop_network_thread()` ends the thread; it must run before `QgsApplication.exitQgis()` (plugin
+unload and the application's `aboutToQuit` call it; a script that exits QGIS itself calls it first).
 
 Timeouts: `timeout` (seconds) bounds every wait for data (Qt's transfer timeout), and it replaces QGIS's
 global network timeout for these requests (Settings ▸ Network, 60 s by default, too short for a model
@@ -14,108 +20,259 @@ thinking before its first token) by adjusting the timer QGIS attaches to each re
 """
 from __future__ import annotations
 
+import atexit
+import queue
 import threading
 from typing import Dict, Iterator, Optional, Union
 
 from qgis.core import QgsApplication, QgsNetworkAccessManager
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QByteArray, QEventLoop, QObject, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import (
+    QByteArray,
+    QCoreApplication,
+    QEvent,
+    QEventLoop,
+    QObject,
+    QThread,
+    QTimer,
+    QUrl,
+    pyqtSignal,
+    pyqtSlot,
+)
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
 from ..core.client import EngineError
-from ..core.transport import Cancelled, CancelToken, HttpResponse, Transport, TransportError
+from ..core.transport import CancelToken, HttpResponse, Transport, TransportError
 
 QGIS_TIMEOUT_TIMER = "timeoutTimer"  # the QTimer QgsNetworkAccessManager::createRequest parents to a reply
+POLL_S = 0.05  # how often a waiting caller looks at its token and at the network thread
 
 
 class AuthConfigError(EngineError):
     """A `QgsAuthManager` configuration could not be applied to a request (unknown id, locked store...)."""
 
 
-class _Waker(QObject):
-    """Lives in the request's thread; `fire` emitted from another thread arrives there queued."""
+class _Job:
+    """One request; `events` carries ("headers", status, headers), ("data", bytes), ("end",) and
+    ("error", exception) from the network thread to the caller. Its other fields belong to the network
+    thread."""
 
-    fire = pyqtSignal()
+    def __init__(self, method: str, url: str, headers: Dict[str, str], body: Optional[bytes], timeout_ms: int,
+                 authcfg: str):
+        self.method, self.url, self.headers, self.body = method, url, headers, body
+        self.timeout_ms, self.authcfg = timeout_ms, authcfg
+        self.events: queue.Queue = queue.Queue()
+        self.reply: Optional[QNetworkReply] = None
+        self.sent_headers = False
+        self.dropped = False
 
 
-class _Reply:
-    """One QNetworkReply driven from its own thread: waits for headers, then hands out chunks."""
+class _Dispatcher(QObject):
+    """Lives in the network thread; its signals, emitted from any thread, arrive there queued and in order.
+    Its handlers never raise (PyQt aborts the process on an exception in a slot)."""
 
-    def __init__(self, reply: QNetworkReply, cancel: CancelToken, url: str, timeout_ms: int):
-        self.reply = reply
-        self.url = url
-        self.cancel = cancel
-        self.loop = QEventLoop()
-        self.waker = _Waker()
-        self._lock = threading.Lock()  # a cancel from another thread never meets a waker being deleted
-        self._closed = False
-        reply.readyRead.connect(self.loop.quit)
-        reply.finished.connect(self.loop.quit)
-        reply.metaDataChanged.connect(self.loop.quit)
-        self.waker.fire.connect(reply.abort)
-        self.waker.fire.connect(self.loop.quit)
-        self._remove = cancel.on_cancel(self._wake)
+    start = pyqtSignal(object)
+    abort = pyqtSignal(object)
+    release = pyqtSignal(object)
+    stop = pyqtSignal()
+
+    def __init__(self, loop: QEventLoop):
+        super().__init__()
+        self.loop = loop
+        self.jobs = set()
+        self.start.connect(self._start)
+        self.abort.connect(self._abort)
+        self.release.connect(self._release)
+        self.stop.connect(self._stop)
+
+    @pyqtSlot(object)
+    def _start(self, job: _Job) -> None:
+        if job.dropped:
+            return
+        request = QNetworkRequest(QUrl(job.url))
+        for name, value in job.headers.items():
+            request.setRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.setAttribute(QNetworkRequest.Attribute.CacheLoadControlAttribute,
+                             QNetworkRequest.CacheLoadControl.AlwaysNetwork)
+        request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
+        request.setTransferTimeout(job.timeout_ms)
+        auth = QgsApplication.authManager()
+        if job.authcfg:
+            ok = auth.updateNetworkRequest(request, job.authcfg)
+            if not (ok[0] if isinstance(ok, tuple) else ok):
+                job.events.put(("error", AuthConfigError(
+                    f"the authentication configuration {job.authcfg!r} could not be applied")))
+                return
+        manager = QgsNetworkAccessManager.instance()
+        _follow_gui_proxy(manager)
+        verb = job.method.upper().encode("ascii")
+        if job.body is not None:
+            reply = manager.sendCustomRequest(request, verb, QByteArray(job.body))
+        elif verb == b"GET":
+            reply = manager.get(request)
+        else:
+            reply = manager.sendCustomRequest(request, verb)
+        if job.authcfg:
+            auth.updateNetworkReply(reply, job.authcfg)
         timer = reply.findChild(QTimer, QGIS_TIMEOUT_TIMER)
         if timer is not None and timer.isActive():
-            timer.start(timeout_ms)  # restarted by QGIS on progress, with this interval from now on
+            timer.start(job.timeout_ms)  # restarted by QGIS on progress, with this interval from now on
+        job.reply = reply
+        self.jobs.add(job)
+        reply.metaDataChanged.connect(lambda: self._headers(job))
+        reply.readyRead.connect(lambda: self._data(job))
+        reply.finished.connect(lambda: self._finished(job))
 
-    def _wake(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self.waker.fire.emit()  # queued: the reply is aborted in its own thread
+    def _headers(self, job: _Job) -> None:
+        reply = job.reply
+        if reply is None:
+            return
+        status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+        if job.sent_headers or status is None:
+            return
+        job.sent_headers = True
+        headers = {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1") for k, v in reply.rawHeaderPairs()}
+        job.events.put(("headers", int(status), headers))
 
-    def _status(self) -> Optional[int]:
-        status = self.reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-        return int(status) if status is not None else None
+    def _data(self, job: _Job) -> None:
+        self._headers(job)
+        if job.reply is None or not job.reply.isOpen():  # released or aborted
+            return
+        data = bytes(job.reply.readAll())
+        if data:
+            job.events.put(("data", data))
 
-    def wait_headers(self) -> int:
-        while self._status() is None and not self.reply.isFinished():
-            self.loop.exec()
-        self.cancel.check()
-        status = self._status()
-        if status is None:
-            raise TransportError(self._error_text())
-        return status
+    def _finished(self, job: _Job) -> None:
+        self._data(job)
+        reply = job.reply
+        if reply is None:
+            return
+        error = reply.error()
+        if error == QNetworkReply.NetworkError.NoError or (job.sent_headers and _is_http_status_error(error)):
+            job.events.put(("end",))
+        elif error == QNetworkReply.NetworkError.OperationCanceledError:
+            job.events.put(("error", TransportError("timed out or aborted")))
+        else:
+            job.events.put(("error", TransportError(reply.errorString() or "no answer")))
 
-    def headers(self) -> Dict[str, str]:
-        return {bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-                for k, v in self.reply.rawHeaderPairs()}
+    @pyqtSlot(object)
+    def _abort(self, job: _Job) -> None:
+        job.dropped = True
+        if job.reply is not None and not job.reply.isFinished():
+            job.reply.abort()  # finished() follows at once
 
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            self.cancel.check()
-            if self.reply.bytesAvailable() > 0:
-                yield bytes(self.reply.readAll())
-                continue
-            if self.reply.isFinished():
-                error = self.reply.error()
-                if error != QNetworkReply.NetworkError.NoError and not _is_http_status_error(error):
-                    self.cancel.check()
-                    raise TransportError(f"reading {self.url}: {self._error_text()}")
-                return
-            self.loop.exec()
+    @pyqtSlot(object)
+    def _release(self, job: _Job) -> None:
+        job.dropped = True
+        self.jobs.discard(job)
+        reply = job.reply
+        if reply is not None:
+            if not reply.isFinished():
+                reply.abort()  # finished() runs _finished now, while job.reply is still set
+            job.reply = None
+            reply.deleteLater()  # by this thread's loop, or flushed when it ends
 
-    def _error_text(self) -> str:
-        if self.reply.error() == QNetworkReply.NetworkError.OperationCanceledError:
-            return "timed out or aborted"
-        return self.reply.errorString() or "no answer"
+    @pyqtSlot()
+    def _stop(self) -> None:
+        for job in list(self.jobs):
+            job.events.put(("error", TransportError("GeoVLM's network thread stopped")))
+            self._release(job)
+        self.loop.quit()
 
-    def close(self) -> None:
-        self._remove()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if not self.reply.isFinished():
-            self.reply.abort()
-        sip.delete(self.reply)  # in its own thread, which may have no event loop for deleteLater
-        sip.delete(self.waker)
+
+class _NetworkThread:
+    """The thread that owns every request's reply; started on first use."""
+
+    def __init__(self):
+        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        self.dispatcher: Optional[_Dispatcher] = None
+        self.thread = threading.Thread(target=self._run, name="geovlm-network", daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        loop = QEventLoop()
+        self.dispatcher = _Dispatcher(loop)
+        self.ready.set()
+        loop.exec()
+        with self.lock:  # from now on `send` drops what comes
+            dispatcher, self.dispatcher = self.dispatcher, None
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # the replies released last
+        sip.delete(dispatcher)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.dispatcher is not None
+
+    def send(self, signal: str, *args) -> None:
+        """Emit one of the dispatcher's signals from any thread (nothing once the thread has ended)."""
+        with self.lock:
+            if self.dispatcher is not None:
+                getattr(self.dispatcher, signal).emit(*args)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.send("stop")
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+
+_network: Optional[_NetworkThread] = None
+_network_lock = threading.Lock()
+
+
+def network_thread() -> _NetworkThread:
+    """The running network thread, started now if needed."""
+    global _network
+    remember_gui_manager()
+    with _network_lock:
+        if _network is None or not _network.alive:
+            _network = _NetworkThread()
+            atexit.register(stop_network_thread)
+            app = QCoreApplication.instance()
+            if app is not None:  # before QGIS tears down what the thread's manager uses
+                app.aboutToQuit.connect(stop_network_thread)
+        return _network
+
+
+def stop_network_thread() -> None:
+    """End the network thread: requests in flight fail with `TransportError` (plugin unload, exit)."""
+    global _network
+    with _network_lock:
+        net, _network = _network, None
+    if net is not None:
+        net.stop()
+    atexit.unregister(stop_network_thread)
+
+
+_gui_manager: Optional[QgsNetworkAccessManager] = None
+
+
+def remember_gui_manager() -> None:
+    """Note the GUI thread's network manager (call on the GUI thread: the plugin's initGui does): QGIS
+    applies a change of the proxy settings to that one only; each request then follows it."""
+    global _gui_manager
+    if _on_gui_thread():
+        _gui_manager = QgsNetworkAccessManager.instance()
+
+
+def _follow_gui_proxy(manager: QgsNetworkAccessManager) -> None:
+    """Give the network thread's manager the GUI manager's current proxy and exclusions (QGIS copies them
+    into a thread's manager only when it is made)."""
+    gui = _gui_manager
+    if gui is not None and not sip.isdeleted(gui) and gui is not manager:
+        manager.setFallbackProxyAndExcludes(gui.fallbackProxy(), gui.excludeList(), gui.noProxyList())
 
 
 def _is_http_status_error(error) -> bool:
     """Qt reports 4xx/5xx answers as content errors (201-299) and server errors (401-499): they are HTTP
     answers, returned as responses like any other (QNetworkReply::NetworkError)."""
     return 200 < int(error) < 300 or 400 < int(error) < 500
+
+
+def _on_gui_thread() -> bool:
+    app = QCoreApplication.instance()
+    return app is not None and QThread.currentThread() is app.thread()
 
 
 class QgisTransport(Transport):
@@ -133,40 +290,62 @@ class QgisTransport(Transport):
         return self.authcfgs[max(matches, key=len)] if matches else ""
 
     def request(self, method, url, headers, body=None, timeout=60.0, cancel=None) -> HttpResponse:
-        qurl = QUrl(url)
-        if qurl.scheme() not in ("http", "https"):
+        if QUrl(url).scheme() not in ("http", "https"):
             raise ValueError(f"engine URL must be http or https, not {url!r}")
         cancel = cancel or CancelToken()
         cancel.check()
-        timeout_ms = max(1, int(timeout * 1000))
-        request = QNetworkRequest(qurl)
-        for name, value in headers.items():
-            request.setRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        request.setAttribute(QNetworkRequest.Attribute.CacheLoadControlAttribute,
-                             QNetworkRequest.CacheLoadControl.AlwaysNetwork)
-        request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
-        request.setTransferTimeout(timeout_ms)
-        authcfg = self.authcfg_for(url)
-        auth = QgsApplication.authManager()
-        if authcfg:
-            ok = auth.updateNetworkRequest(request, authcfg)
-            if isinstance(ok, tuple):
-                ok = ok[0]
-            if not ok:
-                raise AuthConfigError(f"the authentication configuration {authcfg!r} could not be applied")
-        manager = QgsNetworkAccessManager.instance()
-        data = QByteArray(body or b"")
-        verb = method.upper().encode("ascii")
-        reply = manager.sendCustomRequest(request, verb, data) if body is not None else (
-            manager.get(request) if verb == b"GET" else manager.sendCustomRequest(request, verb))
-        if authcfg:
-            auth.updateNetworkReply(reply, authcfg)
-        stream = _Reply(reply, cancel, url, timeout_ms)
+        net = network_thread()
+        job = _Job(method, url, dict(headers), body, max(1, int(timeout * 1000)), self.authcfg_for(url))
+        net.send("start", job)
+        remove = cancel.on_cancel(lambda: net.send("abort", job))
+        released = []
+
+        def close():
+            remove()
+            if not released:
+                released.append(True)
+                net.send("release", job)
+
         try:
-            status = stream.wait_headers()
-        except (Cancelled, TransportError) as exc:
-            stream.close()
-            if isinstance(exc, TransportError):
-                raise TransportError(f"{method} {url}: {exc}") from None
+            event = _next(job, net, cancel)
+            if event[0] == "error":
+                raise event[1]
+            if event[0] != "headers":
+                raise TransportError("the connection closed before an answer")
+        except TransportError as exc:
+            close()
+            cancel.check()  # an abort we asked for is a cancellation
+            raise TransportError(f"{method} {url}: {exc}") from None
+        except BaseException:
+            close()
             raise
-        return HttpResponse(status, stream.headers(), stream.chunks(), stream.close)
+        return HttpResponse(event[1], event[2], _chunks(job, net, cancel, url, close), close)
+
+
+def _next(job: _Job, net: _NetworkThread, cancel: CancelToken):
+    """The job's next event; raises `Cancelled` once `cancel` fires, `TransportError` if the thread ends."""
+    gui = _on_gui_thread()
+    while True:
+        cancel.check()
+        try:
+            return job.events.get(timeout=POLL_S)
+        except queue.Empty:
+            if not net.alive:
+                raise TransportError("GeoVLM's network thread stopped") from None
+            if gui:
+                QCoreApplication.processEvents()
+
+
+def _chunks(job: _Job, net: _NetworkThread, cancel: CancelToken, url: str, close) -> Iterator[bytes]:
+    try:
+        while True:
+            event = _next(job, net, cancel)
+            if event[0] == "data":
+                yield event[1]
+            elif event[0] == "end":
+                return
+            elif event[0] == "error":
+                cancel.check()
+                raise TransportError(f"reading {url}: {event[1]}")
+    finally:
+        close()

@@ -1,5 +1,6 @@
 """Shared test setup: offline hub, headless Qt, paths to the shared data."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,12 @@ def pytest_collection_modifyitems(config, items):
             marks[path] = _marks_of(path)
         for mark in marks[path]:
             item.add_marker(mark)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_qgis_network_thread():
+    """The QGIS transport's network thread ends before pytest-qgis calls exitQgis (as plugin unload does)."""
+    yield
+    transport = sys.modules.get("geovlm.plugin.qgis_transport")
+    if transport is not None:
+        transport.stop_network_thread()

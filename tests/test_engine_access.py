@@ -214,6 +214,9 @@ def test_plugin_unload_stops_the_local_engine(qgis_iface):
     finally:
         plugin.unload()
     assert not engine_manager().running() and engine_manager().engine is None
+    from geovlm.plugin import qgis_transport
+
+    assert qgis_transport._network is None  # the transport's network thread ended too
     with pytest.raises(ProcessLookupError):
         for _ in range(100):  # reaped by the launcher's stop; bounded wait for the kernel
             os.kill(pid, 0)

@@ -160,14 +160,14 @@ def test_cancelling_the_qgis_task_cancels_the_request(base):
 
 def test_the_request_timeout_replaces_qgis_network_timeout(base):
     before = QgsNetworkAccessManager.timeout()
-    QgsNetworkAccessManager.setTimeout(1000)  # QGIS would give up on /slow (2 s before its headers)
+    QgsNetworkAccessManager.setTimeout(1000)  # QGIS's own timer would give up on /slow (2 s before its headers)
     try:
         def read(timeout):
             return lambda: QgisTransport().request("GET", base + "/slow", {}, timeout=timeout).read()
 
         body, _ = in_thread(read(8.0))
         assert body == b"data: 0\n\n"
-        assert read(8.0)() == body  # on the GUI thread QGIS's own timer would abort it after 1 s
+        assert read(8.0)() == body  # from the GUI thread too
         error, seconds = in_thread(read(0.5))
         assert isinstance(error, TransportError) and "timed out" in str(error) and seconds < 1.8
     finally:
@@ -248,3 +248,21 @@ def test_the_users_proxy_settings_apply(qgis_app):
         proxy.shutdown()
         thread.join(5)
         proxy.server_close()
+
+
+def test_stopping_the_network_thread_ends_requests_in_flight(base):
+    from geovlm.plugin import qgis_transport
+
+    def read():
+        with QgisTransport().request("GET", base + "/hang", {}, timeout=30) as response:
+            for _ in response.chunks():
+                pass
+
+    timer = threading.Timer(0.5, qgis_transport.stop_network_thread)  # as plugin unload does
+    timer.start()
+    error, seconds = in_thread(read)
+    timer.join()
+    assert isinstance(error, TransportError) and "network thread stopped" in str(error) and seconds < 2.5
+    assert qgis_transport._network is None
+    body, _ = in_thread(lambda: QgisTransport().request("GET", base + "/missing", {}, timeout=5).read())
+    assert b"nothing here" in body  # the next request starts it again

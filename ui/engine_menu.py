@@ -22,6 +22,9 @@ class EngineUi:
         self.dialog = None
 
     def init_gui(self) -> None:
+        from ..plugin.qgis_transport import remember_gui_manager
+
+        remember_gui_manager()  # engine requests follow QGIS's proxy settings when the user changes them
         self.factory = GeoVlmOptionsFactory()
         self.iface.registerOptionsWidgetFactory(self.factory)
         self.action = QAction(QIcon(str(ICON)), "Set up the local engine…", self.iface.mainWindow())
