@@ -260,8 +260,12 @@ def _follow_gui_proxy(manager: QgsNetworkAccessManager) -> None:
     """Give the network thread's manager the GUI manager's current proxy and exclusions (QGIS copies them
     into a thread's manager only when it is made)."""
     gui = _gui_manager
-    if gui is not None and not sip.isdeleted(gui) and gui is not manager:
-        manager.setFallbackProxyAndExcludes(gui.fallbackProxy(), gui.excludeList(), gui.noProxyList())
+    if gui is None or sip.isdeleted(gui) or gui is manager:
+        return
+    wanted = (gui.fallbackProxy(), gui.excludeList(), gui.noProxyList())
+    if wanted != (manager.fallbackProxy(), manager.excludeList(), manager.noProxyList()):
+        # only on a change: Qt's HTTP thread reads these while requests run
+        manager.setFallbackProxyAndExcludes(*wanted)
 
 
 def _is_http_status_error(error) -> bool:
