@@ -39,8 +39,7 @@ def chat_body(image=None, text="Describe the image", mime="image/png", **options
     return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **options}
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def demo_engine(tmp_path_factory, *extra):
     from geovlm.models.demo_model import write_demo_model
     from geovlm.models.pipeline import ensure_encoder
 
@@ -48,9 +47,26 @@ def engine(tmp_path_factory):
     if not (path / "geovlm.json").is_file():
         write_demo_model(path, seed=0)
     ensure_encoder(path)
-    extra = ["--header-timeout", "3", "--max-body-mb", "4", "--memory-budget-mb", "10", "--max-tokens", "512",
-             "--max-pixels", str(4096 * 4096)]
-    engine = LocalEngine(model=str(path), extra_args=extra, max_restarts=0, api_key=KEY)
+    limits = ["--header-timeout", "3", "--max-body-mb", "4", "--memory-budget-mb", "10", "--max-tokens", "512",
+              "--max-pixels", str(4096 * 4096)]
+    return LocalEngine(model=str(path), extra_args=limits + list(extra), max_restarts=0, api_key=KEY)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    engine = demo_engine(tmp_path_factory)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_engine(tmp_path_factory):
+    """An engine whose requests wait 2 s in the batching window: a stand-in for a slow model, so that a client
+    can leave before its answer is ready (the demo model answers 400 tokens in a quarter of a second)."""
+    engine = demo_engine(tmp_path_factory, "--batch-window-ms", "2000")
     engine.start()
     try:
         yield engine
@@ -134,7 +150,8 @@ def test_an_over_long_question_is_refused_at_once_without_blocking_others(engine
     assert results["small"][0] == 200 and results["small"][1] < 5
 
 
-def test_clients_that_leave_are_499_and_one_info_line(engine):
+def test_clients_that_leave_are_499_and_one_info_line(slow_engine):
+    engine = slow_engine
     host, port = address(engine)
     long = 400  # tokens: a generation that lasts well beyond the moment the client leaves
     body = json.dumps(chat_body(max_tokens=long)).encode()
