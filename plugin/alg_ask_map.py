@@ -126,6 +126,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
                 self.parameterAsInt(parameters, self.HEIGHT, context),
                 self.parameterAsDouble(parameters, self.DPR, context))
         except ValueError as exc:
+            self._clones = []
             raise QgsProcessingException(str(exc)) from None
         self._settings.setTransformContext(context.transformContext())
         return True
@@ -135,18 +136,21 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         question = self.parameterAsString(parameters, self.QUESTION, context).strip()
         cancel = CancelToken()
         try:
-            connection = connect(self.parameterAsString(parameters, self.ENGINE, context),
-                                 self.parameterAsString(parameters, self.AUTHCFG, context),
-                                 self.parameterAsString(parameters, self.FAMILY, context).strip(), feedback, cancel)
-        except EngineUnavailable as exc:
-            raise QgsProcessingException(str(exc)) from None
-        except Cancelled:
-            raise QgsProcessingException("cancelled") from None
-        try:
-            return self._ask(parameters, context, feedback, connection, task, question, cancel)
-        finally:
-            connection.close()
-            self._clones, self._settings = [], None
+            try:
+                connection = connect(self.parameterAsString(parameters, self.ENGINE, context),
+                                     self.parameterAsString(parameters, self.AUTHCFG, context),
+                                     self.parameterAsString(parameters, self.FAMILY, context).strip(), feedback,
+                                     cancel)
+            except EngineUnavailable as exc:
+                raise QgsProcessingException(str(exc)) from None
+            except Cancelled:
+                raise QgsProcessingException("cancelled") from None
+            try:
+                return self._ask(parameters, context, feedback, connection, task, question, cancel)
+            finally:
+                connection.close()
+        finally:  # the cloned layers go with the run, whatever ends it
+            self._settings, self._clones = None, []
 
     def _ask(self, parameters, context, feedback, connection, task, question, cancel):
         profile = connection.profile

@@ -1,4 +1,5 @@
 """Shared test setup: offline hub, headless Qt, paths to the shared data."""
+import gc
 import os
 import sys
 from pathlib import Path
@@ -72,9 +73,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def stop_qgis_network_thread():
-    """The QGIS transport's network thread ends before pytest-qgis calls exitQgis (as plugin unload does)."""
+def before_exit_qgis(qgis_app):
+    """Torn down before pytest-qgis's qgis_app calls exitQgis (it depends on it).
+
+    QGIS objects still alive then are destroyed while QGIS can still destroy them: a map layer that Python owns
+    and that outlives exitQgis crashes the interpreter at exit (in GDALClose), failing a green run. Layers
+    stay alive past their test where a frame holds them: QGIS's processing.run keeps the frames of an
+    algorithm that raised (seen with QgsProcessingException in 3.40). The QGIS transport's network thread ends
+    too, as at plugin unload.
+    """
     yield
+    from qgis.core import QgsMapLayer
+    from qgis.PyQt import sip
+
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, QgsMapLayer) and not sip.isdeleted(obj) and sip.ispyowned(obj):
+            sip.delete(obj)
     transport = sys.modules.get("geovlm.plugin.qgis_transport")
     if transport is not None:
         transport.stop_network_thread()
