@@ -308,9 +308,8 @@ def main() -> None:
     from geovlm.models.pipeline import VlmPipeline
 
     torch.set_num_threads(args.threads)
-    loads = [load_text()]
     print(f"CPU, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"onnxruntime {onnxruntime.__version__}; {loads[0]}", flush=True)
+          f"onnxruntime {onnxruntime.__version__}; {load_text()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp))
         pipe = VlmPipeline.load(model_dir, providers=["CPUExecutionProvider"])  # exports the encoder once
@@ -318,67 +317,62 @@ def main() -> None:
         hf_model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=torch.float32).eval()
         images = [read_rgb(RASTER, (90 * i, 80 * i, 256, 256)) for i in range(8)]
         prompt_len = len(pipe.prompt_ids([("user", QUESTION)]))
+        print(f"\nRandom ViT-B/16 @224 (196 image tokens) + 768x12 Llama (vocab 400), fp32; prompt {prompt_len} "
+              f"tokens with the image (row i of a batch: 3*i words fewer), {args.tokens} greedy new tokens; medians "
+              f"of {args.rounds} alternated rounds.\n")
+        print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|", flush=True)
         lm_rows, same = {}, True
         for batch in (1, 8):
             ours, theirs = decoding_runs(pipe, hf_model, images[:batch], args.tokens)
             got = alternate({"geovlm": ours, "transformers": theirs}, args.rounds)
             lm_rows[batch] = {k: (med([r[0] for r in v]), med([r[1] for r in v])) for k, v in got.items()}
             same &= all(g[2] == t[2] for g, t in zip(got["geovlm"], got["transformers"]))
-            loads.append(load_text())
+            g, t = lm_rows[batch]["geovlm"], lm_rows[batch]["transformers"]
+            what = "batch 1" if batch == 1 else "8 requests (GeoVLM ragged batch, generate padded batch)"
+            print(row(f"decode tokens/s, {what}", g[1], t[1], "tok/s"))
+            print(row(f"time to first token, {what}", g[0], t[0], "s", higher_is_better=False, digits=3))
+            print(f"| (machine: {load_text()}) | | | |", flush=True)
+        print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
         weights_b, kv_b = lm_bytes_per_token(hf_model)
         rates = alternate(bandwidth_runs(hf_model), max(args.rounds, 7))
         bandwidth = max(med(v) for v in rates.values())
-        per_token = weights_b + kv_b * (prompt_len + args.tokens / 2)
-        bound = bandwidth * 1e9 / per_token
-        enc_rows = {}
+        kv_mean = kv_b * (prompt_len + args.tokens / 2)
+        bound = bandwidth * 1e9 / (weights_b + kv_mean)
+        print("\n| memory-bandwidth bound of decoding, batch 1 | value |\n|---|---|")
+        for name, values in rates.items():
+            print(f"| read rate: {name} | {med(values):.1f} GB/s |")
+        print(f"| bytes read per token: weights + KV cache at the mean context | {weights_b / 1e6:.1f} MB + "
+              f"{kv_mean / 1e6:.1f} MB |")
+        print(f"| bound (best read rate / bytes per token) | {bound:.1f} tokens/s |")
+        for side, label in (("geovlm", "GeoVLM"), ("transformers", "transformers generate")):
+            print(f"| {label} decode, batch 1 | {lm_rows[1][side][1]:.1f} tokens/s = "
+                  f"{100 * lm_rows[1][side][1] / bound:.0f} % of the bound |")
+        print(f"| (machine: {load_text()}) | |", flush=True)
+        print("\n| encoder, ms/image | onnxruntime | torch eager | onnxruntime ahead by | max abs diff |")
+        print("|---|---|---|---|---|")
         for batch in (1, 8):
             runs, diff = encoder_runs(pipe, model_dir, batch)
-            enc_rows[batch] = ({k: med(v) for k, v in alternate(runs, args.rounds).items()}, diff)
-        loads.append(load_text())
+            times = {k: med(v) for k, v in alternate(runs, args.rounds).items()}
+            o, t = times["onnxruntime"], times["torch eager"]
+            print(f"| batch {batch} | {o:.1f} | {t:.1f} | {t / o:.2f}x | {diff:.1e} |", flush=True)
+        print(f"| (machine: {load_text()}) | | | | |")
         del pipe, hf_model
         fresh = {"geovlm": [], "transformers": []}
         for r in range(3):
             for name in ("geovlm", "transformers") if r % 2 == 0 else ("transformers", "geovlm"):
                 fresh[name].append(in_fresh_process(f"load-{name}", model_dir, args.tokens, args.threads))
+        g_load = med([f["load_s"] for f in fresh["geovlm"]])
+        t_load = med([f["load_s"] for f in fresh["transformers"]])
+        print("\n| fresh process | GeoVLM | transformers | GeoVLM / transformers |\n|---|---|---|---|")
+        print(f"| cold load (`VlmPipeline.load` vs `from_pretrained`), median of 3 | {g_load:.2f} s | "
+              f"{t_load:.2f} s | {g_load / t_load:.2f}x |", flush=True)
         asks = {name: in_fresh_process(f"ask-{name}", model_dir, args.tokens, args.threads)
                 for name in ("geovlm", "transformers")}
-        loads.append(load_text())
-
-    print(f"\nRandom ViT-B/16 @224 (196 image tokens) + 768x12 Llama (vocab 400), fp32; prompt {prompt_len} tokens "
-          f"with the image, {args.tokens} greedy new tokens; medians of {args.rounds} alternated rounds.\n")
-    print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|")
-    for batch in (1, 8):
-        g, t = lm_rows[batch]["geovlm"], lm_rows[batch]["transformers"]
-        what = "batch 1" if batch == 1 else "8 requests (GeoVLM ragged batch, generate padded batch)"
-        print(row(f"decode tokens/s, {what}", g[1], t[1], "tok/s"))
-        print(row(f"time to first token, {what}", g[0], t[0], "s", higher_is_better=False, digits=3))
-    print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
-    print("\n| memory-bandwidth bound of decoding, batch 1 | value |\n|---|---|")
-    for name, values in rates.items():
-        print(f"| read rate: {name} | {med(values):.1f} GB/s |")
-    print(f"| bytes read per token: weights + KV cache at the mean context | {weights_b / 1e6:.1f} MB + "
-          f"{kv_b * (prompt_len + args.tokens / 2) / 1e6:.1f} MB |")
-    print(f"| bound (best read rate / bytes per token) | {bound:.1f} tokens/s |")
-    print(f"| GeoVLM decode, batch 1 | {lm_rows[1]['geovlm'][1]:.1f} tokens/s = "
-          f"**{100 * lm_rows[1]['geovlm'][1] / bound:.0f} %** of the bound |")
-    print(f"| transformers generate, batch 1 | {lm_rows[1]['transformers'][1]:.1f} tokens/s = "
-          f"{100 * lm_rows[1]['transformers'][1] / bound:.0f} % of the bound |")
-    print("\n| encoder, ms/image | onnxruntime | torch eager | onnxruntime ahead by | max abs diff |")
-    print("|---|---|---|---|---|")
-    for batch, (times, diff) in enc_rows.items():
-        o, t = times["onnxruntime"], times["torch eager"]
-        print(f"| batch {batch} | {o:.1f} | {t:.1f} | {t / o:.2f}x | {diff:.1e} |")
-    g_load = med([f["load_s"] for f in fresh["geovlm"]])
-    t_load = med([f["load_s"] for f in fresh["transformers"]])
-    print("\n| fresh process | GeoVLM | transformers | GeoVLM / transformers |\n|---|---|---|---|")
-    print(f"| cold load (`VlmPipeline.load` vs `from_pretrained`), median of 3 | {g_load:.2f} s | {t_load:.2f} s | "
-          f"{g_load / t_load:.2f}x |")
-    for key, label in (("VmHWM", "peak RSS of one ask"), ("RssAnon", "anonymous memory after one ask"),
-                       ("RssFile", "file-backed memory after one ask")):
-        g, t = asks["geovlm"][key], asks["transformers"][key]
-        print(f"| {label} | {g:.0f} MiB | {t:.0f} MiB | {g / t:.2f}x |")
-    print("\nMachine load while it ran: " + "; ".join(loads))
-
+        for key, label in (("VmHWM", "peak RSS of one ask"), ("RssAnon", "anonymous memory after one ask"),
+                           ("RssFile", "file-backed memory after one ask")):
+            g, t = asks["geovlm"][key], asks["transformers"][key]
+            print(f"| {label} | {g:.0f} MiB | {t:.0f} MiB | {g / t:.2f}x |")
+        print(f"| (machine: {load_text()}) | | | |")
 
 if __name__ == "__main__":
     main()

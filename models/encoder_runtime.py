@@ -137,8 +137,10 @@ class OnnxEncoder:
         self.max_batch = max_batch
         self.file_hash = cached_value(f"onnx:{name}", [self.path], lambda: file_sha256(self.path), folder)
         self._session, self._error = None, None
+        # Not a daemon: a process that exits while onnxruntime builds the session waits for it (a daemon thread
+        # inside onnxruntime's C++ at interpreter shutdown aborts the process).
         self._opening = threading.Thread(
-            target=self._open, args=(session_options(threads), chosen), name="geovlm-encoder-session", daemon=True
+            target=self._open, args=(session_options(threads), chosen), name="geovlm-encoder-session"
         )
         self._opening.start()
 
