@@ -60,6 +60,11 @@ class Profile:
     dynamic_max_pixels: int = 16384 * 28 * 28
     stop: Tuple[str, ...] = ("</s>",)
     licence_note: str = ""
+    # A conversation of several turns is: prompt(q1) + " " + a1 + answer_end + turn_template(q2) + ...
+    # answer_end None: the first stop string; turn_template None: prompt_template without its image, the system
+    # only once at the start. Both None give LLaVA's v1 conversation ("... ASSISTANT: a1</s>USER: q2 ASSISTANT:").
+    answer_end: Optional[str] = None
+    turn_template: Optional[str] = None
 
     def __post_init__(self):
         if self.fit not in FIT_MODES:
@@ -78,6 +83,9 @@ class Profile:
             raise ValueError("a dynamic-resolution profile has input_size None")
         if self.fit != "dynamic" and not self.input_size:
             raise ValueError("a fixed-size profile needs input_size")
+        later = self.turn_template
+        if later is not None and ("{question}" not in later or "<image>" in later):
+            raise ValueError("turn_template needs {question} and no <image> (the image is in the first turn only)")
 
     @property
     def tasks(self) -> Tuple[str, ...]:
@@ -95,6 +103,15 @@ class Profile:
             question = self.question(task, question)
         body = self.prompt_template.format(question=question)
         return f"{self.system} {body}" if self.system else body
+
+    def follow_up(self) -> Tuple[str, str]:
+        """(answer_end, turn_template): the text that closes an earlier answer and the template of a later user
+        turn (with `{question}`, without the image), their defaults resolved (see the fields)."""
+        end = self.answer_end if self.answer_end is not None else (self.stop[0] if self.stop else "")
+        later = self.turn_template
+        if later is None:
+            later = self.prompt_template.replace("<image>\n", "").replace("<image>", "")
+        return end, later
 
     def with_overrides(self, **changes) -> Profile:
         """A copy with some fields replaced; unknown names raise a clear error."""
@@ -212,6 +229,11 @@ _PROFILES = {
         input_size=448,
         fit="stretch",  # Blip2ImageEvalProcessor: Resize((448, 448), BICUBIC), no aspect kept
         box_syntax="minigpt",
+        # Later turns as MiniGPT-v2 was trained on conversations (minigpt_base.py tokenize_conversation): each
+        # answer + end_sym "</s>" (train_configs/minigptv2_finetune.yaml), then bos "<s>" + prompt_template of
+        # the next question, which has no image (multitask_conversation.py puts <Img> in the first one only).
+        answer_end="</s><s>",
+        turn_template="[INST] {question} [/INST]",
         licence_note="MiniGPT-v2: BSD-3-Clause code and weights (Vision-CAIR); its LLaMA-2 base: Llama 2 licence.",
     ),
     "qwen2vl": Profile(
@@ -279,7 +301,10 @@ _PROFILES = {
 }
 
 # SkyEyeGPT (arXiv 2401.09712) is MiniGPT-v2 tuned on remote-sensing instructions: the same prompt, 448 px
-# stretched input and boxes, and MiniGPT-v2's task identifiers ([caption], [vqa], [refer], [grounding], ...).
+# stretched input, boxes and conversation format. Its task words are MiniGPT-v2's: the examples of its repository
+# (github.com/ZhanYang-nwpu/SkyEyeGPT, README figures images/RSVG.png, RSREG.png, RSPG.png, RSSC.png,
+# some_sample.png) write "[caption] ...", "[vqa] ...", "[refer] ...", "[identify] ...", "[detection] ...";
+# scene classification is asked as "[vqa] Classify the image within one of the given classes: ...".
 _PROFILES["skyeyegpt"] = _PROFILES["minigptv2"].with_overrides(
     name="skyeyegpt",
     title="SkyEyeGPT",

@@ -171,13 +171,12 @@ class VlmPipeline:
 
     def prompt_parts(self, messages) -> List[Tuple[str, bool]]:
         """The conversation in the family's prompt format as (text, is_template) parts, the image in the first
-        user turn: only template text may hold special tokens (`<image>`, the turn separator), never what the
-        user or an earlier answer wrote."""
+        user turn, later turns joined as `Profile.follow_up` says: only template text may hold special tokens
+        (`<image>`, the turn separator), never what the user or an earlier answer wrote."""
         turns = _turns(messages)
         before, _, after = self.profile.prompt(_SLOT).partition(_SLOT)
-        later = self.profile.prompt_template.replace("<image>\n", "").replace("<image>", "")
+        sep, later = self.profile.follow_up()
         later_before, _, later_after = later.format(question=_SLOT).partition(_SLOT)
-        sep = self.profile.stop[0] if self.profile.stop else ""
         parts = [(before, True), (turns[0][1], False), (after, True)]
         for (_, answer), (_, question) in zip(turns[1::2], turns[2::2]):
             parts += [(" ", True), (answer, False), (sep + later_before, True), (question, False), (later_after, True)]

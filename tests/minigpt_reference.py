@@ -1,10 +1,12 @@
 """An independent reference of MiniGPT-v2's forward, transcribed in plain torch functions from the original code
-(minigpt4/models/eva_vit.py, minigpt_v2.py encode_img, minigpt_base.py get_context_emb, blip_processors.py
-Blip2ImageEvalProcessor) and reading the *original* input files (EVA state dict, training checkpoint with
-unmerged LoRA, LLaMA folder), so that it shares no code with GeoVLM's conversion or modules.
+(minigpt4/models/eva_vit.py, minigpt_v2.py encode_img, minigpt_base.py get_context_emb and tokenize_conversation,
+blip_processors.py Blip2ImageEvalProcessor) and reading the *original* input files (EVA state dict, training
+checkpoint with unmerged LoRA, LLaMA folder), so that it shares no code with GeoVLM's conversion or modules.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import torch
@@ -91,18 +93,57 @@ def lora_llama(llama_dir, trained: dict, alpha: float):
     return model
 
 
+IMAGE = None  # where the image's embeddings go in a list of token-id pieces
+
+
+def slow_tokenize(tokenizer, text: str) -> list:
+    """Ids of `text` (no BOS added) as MiniGPT-4's tokenizer made them: LlamaTokenizer(use_fast=False) of
+    transformers 4.30 (environment.yml) cuts the text at the special tokens `<s>`/`</s>` and encodes each text in
+    between with sentencepiece, which gives each its word mark (the "legacy" behaviour)."""
+    ids = []
+    for chunk in re.split(r"(<s>|</s>)", text):
+        if chunk in ("<s>", "</s>"):
+            ids.append(tokenizer.convert_tokens_to_ids(chunk))
+        elif chunk:
+            ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)
+    return ids
+
+
+def conversation_pieces(tokenizer, turns, prompt_template="[INST] {} [/INST]", end_sym="</s>") -> list:
+    """A conversation [(user, q1), (assistant, a1), ..., (user, qn)] as MiniGPT-v2 was trained on it, ready for
+    its answer: multitask_conversation.py puts `<Img><ImageHere></Img> ` before the first question only;
+    preparing_embedding formats every question with prompt_template (minigptv2_finetune.yaml: end_sym "</s>");
+    prompt_wrap tokenizes the first question around the image, forward puts BOS before it; tokenize_conversation
+    appends each answer + end_sym and each later question as bos_token + question. The spacing of a question is
+    the inference one (Chat.ask: one space after </Img>; the training files add a trailing space). Token-id lists,
+    IMAGE where the image goes."""
+    questions = [t for r, t in turns[0::2]]
+    answers = [t for r, t in turns[1::2]]
+    first = prompt_template.format(f"<Img><ImageHere></Img> {questions[0]}")
+    before, after = first.split("<ImageHere>")
+    pieces = [[tokenizer.bos_token_id] + slow_tokenize(tokenizer, before), IMAGE, slow_tokenize(tokenizer, after)]
+    for answer, question in zip(answers, questions[1:]):
+        pieces.append(slow_tokenize(tokenizer, answer + end_sym))
+        pieces.append(slow_tokenize(tokenizer, tokenizer.bos_token + prompt_template.format(question)))
+    return pieces
+
+
 def greedy(model, tokenizer, prompt: str, image_embeds: torch.Tensor, max_new_tokens: int, eos: int = 2):
-    """get_context_emb (the prompt split at <ImageHere>, <s> on the first piece only) then greedy decoding with
-    the whole sequence recomputed at every step; the generated ids (eos excluded)."""
+    """get_context_emb (the prompt split at <ImageHere>, <s> on the first piece only) then `greedy_pieces`."""
     segments = prompt.split("<ImageHere>")
-    embed = model.get_input_embeddings()
     pieces = []
     for i, seg in enumerate(segments):
-        ids = tokenizer(seg, return_tensors="pt", add_special_tokens=i == 0).input_ids
-        pieces.append(embed(ids))
+        pieces.append(tokenizer(seg, add_special_tokens=i == 0).input_ids)
         if i < len(segments) - 1:
-            pieces.append(image_embeds)
-    embeds = torch.cat(pieces, dim=1)
+            pieces.append(IMAGE)
+    return greedy_pieces(model, pieces, image_embeds, max_new_tokens, eos)
+
+
+def greedy_pieces(model, pieces: list, image_embeds: torch.Tensor, max_new_tokens: int, eos: int = 2):
+    """Greedy decoding of token-id pieces (IMAGE: the image's [1, n, width] embeddings) with the whole sequence
+    recomputed at every step; the generated ids (eos excluded)."""
+    embed = model.get_input_embeddings()
+    embeds = torch.cat([image_embeds if p is IMAGE else embed(torch.tensor([p])) for p in pieces], dim=1)
     out = []
     with torch.no_grad():
         for _ in range(max_new_tokens):

@@ -172,6 +172,53 @@ def test_greedy_tokens_equal_the_reference_model(pipe, sources, originals):
     assert len(expected) >= 5 and got == expected
 
 
+FOLLOW_UP = [("user", QUESTION), ("assistant", "<p>a white plane</p> {<49><48><57><56>}"),
+             ("user", "[refer] the white plane"), ("assistant", "{<35><54><43><62>}"), ("user", "[vqa] what is it")]
+
+
+@pytest.mark.parametrize("turns", [1, 3, 5])
+def test_multi_turn_prompt_ids_are_the_training_conversation_format(pipe, turns):
+    """A conversation's prompt ids equal MiniGPT-v2's training recipe built independently (tokenize_conversation):
+    later turns without <Img></Img>, each answer closed by </s> and each later question opened by <s>."""
+    import minigpt_reference as ref
+
+    messages = FOLLOW_UP[:turns]
+    pieces = ref.conversation_pieces(pipe.lm.tokenizer, messages)
+    image = [pipe.lm.image_token_id] * pipe.encoder.image_tokens
+    assert pipe.prompt_ids(messages) == [i for p in pieces for i in (image if p is ref.IMAGE else p)]
+    expected = "[INST] <Img><image></Img> " + QUESTION + " [/INST]"
+    if turns == 3:
+        expected += f" {FOLLOW_UP[1][1]}</s><s>[INST] {FOLLOW_UP[2][1]} [/INST]"
+        assert pipe.prompt(messages) == expected
+        assert pipe.prompt(messages).count("<Img>") == 1 and pipe.prompt(messages).count("<s>") == 1
+
+
+def test_a_follow_up_question_gives_the_reference_models_greedy_tokens(pipe, sources, originals):
+    """A follow-up question through the converted tiny model: the reference (original-layout LLaMA with the LoRA
+    at run time, its own image features, the training conversation's ids) decodes the engine's tokens."""
+    import minigpt_reference as ref
+
+    from geovlm.models.language import DecodeSettings
+
+    eva, trained, alpha = originals
+    tile = ms.cogeo_tiles(1)[0]
+    pixels = ref.processor(tile, 448, pipe.encoder.mean, pipe.encoder.std)[None]
+    with torch.no_grad():
+        image_embeds = ref.encode_img(eva, trained, pixels, heads=2)[0]
+    model = ref.lora_llama(sources["llama"], trained, alpha)
+    messages = FOLLOW_UP[:3]
+    pieces = ref.conversation_pieces(pipe.lm.tokenizer, messages)
+    expected = ref.greedy_pieces(model, pieces, image_embeds, max_new_tokens=24)
+    alone = ref.greedy(model, pipe.lm.tokenizer, f"[INST] <Img><ImageHere></Img> {QUESTION} [/INST]", image_embeds, 24)
+    assert expected != alone  # the earlier turns change the answer: the check can fail
+
+    features = pipe.encode([tile])
+    decoding = pipe.lm.decoding([pipe.prompt_ids(messages)], list(features), [DecodeSettings(max_new_tokens=24)])
+    [result] = decoding.run()
+    got = result.token_ids[:-1] if result.finish_reason == "stop" else result.token_ids
+    assert len(expected) >= 5 and got == expected
+
+
 def test_models_endpoint_reports_family_input_size_and_fit(pipe):
     from fastapi.testclient import TestClient
 
@@ -301,6 +348,7 @@ def test_skyeyegpt_profile_inherits_minigptv2():
     mini, sky = get_profile("minigptv2"), get_profile("skyeyegpt")
     assert (sky.name, sky.fit, sky.input_size, sky.box_syntax) == ("skyeyegpt", "stretch", 448, "minigpt")
     assert sky.prompt_template == mini.prompt_template and sky.task_words == mini.task_words
+    assert sky.follow_up() == mini.follow_up() == ("</s><s>", "[INST] {question} [/INST]")
     assert sky.prompt("x", task="grounding") == "[INST] <Img><image></Img> [grounding] x [/INST]"
 
 
