@@ -218,6 +218,20 @@ def test_a_follow_up_question_gives_the_reference_models_greedy_tokens(pipe, sou
     got = result.token_ids[:-1] if result.finish_reason == "stop" else result.token_ids
     assert len(expected) >= 5 and got == expected
 
+    # the same conversation as core/client.py sends it (image in the first turn, answers as plain text), served
+    from fastapi.testclient import TestClient
+
+    from geovlm.core.client import EngineClient
+    from geovlm.engine.server import create_app
+    from geovlm.models.preprocess import encode_png
+
+    body = EngineClient("http://127.0.0.1:9")._chat_body(encode_png(tile), messages, pipe.profile, None, False,
+                                                         24, 0.0, None)
+    with TestClient(create_app(pipe)) as client:
+        reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == result.text and result.text
+
 
 def test_models_endpoint_reports_family_input_size_and_fit(pipe):
     from fastapi.testclient import TestClient
