@@ -21,6 +21,7 @@ from qgis.core import (
 )
 
 from ..core.client import EngineError
+from ..core.georef import fit_plan
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import (
@@ -36,6 +37,7 @@ from .ask_map import (
     worded,
 )
 from .engine_access import EngineUnavailable, connect
+from .image_source import QImageSource
 
 TASKS = tuple(ASK_TASKS)
 
@@ -68,9 +70,15 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "Renders the layers over the extent (in the extent's CRS, turned by the rotation, at width x height "
             "pixels times the device pixel ratio), asks a vision-language model engine about that image, and "
             "writes every box and relation of its answer as a feature exactly where the map shows what the "
-            "model saw. Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
+            "model saw. The engine receives the view fitted to the model's input (padded to a square with the "
+            "family's colour and resized for the LLaVA families, resized to multiples of 28 within the pixel "
+            "budget for Qwen2-VL/2.5-VL), so boxes land right whichever server answers. "
+            "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
             "ENGINE is 'local' or engine URLs (comma-separated); keys only through an authentication "
-            "configuration. FAMILY empty: the engine says which."
+            "configuration. FAMILY empty: the engine says which. IMAGE (optional PNG): exactly the pixels the "
+            "model saw, that fitted input (padding bands and its lower resolution included, which often "
+            "explains a missed small object), with the answer's boxes drawn in them; the features carry the "
+            "boxes on the map."
         )
 
     def createInstance(self):  # noqa: N802
@@ -166,8 +174,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         elif not question:
             raise QgsProcessingException(f"the {task} task needs a question")
         try:
+            source = QImageSource(view.image)
             text, answer = connection.client.ask(
-                view.png, (view.frame.width, view.frame.height), worded(profile, task, question), profile,
+                source, (view.frame.width, view.frame.height), worded(profile, task, question), profile,
                 on_token=lambda piece: feedback.pushConsoleInfo(piece), cancel=cancel,
                 max_tokens=self.parameterAsInt(parameters, self.MAX_TOKENS, context))
         except Cancelled:
@@ -192,7 +201,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         results = {self.OBJECTS: obj_id, self.RELATIONS: rel_id, self.ANSWER: text}
         path = self.parameterAsFileOutput(parameters, self.IMAGE, context)
         if path:
-            if not draw_boxes(image, answer).save(path, "PNG"):
+            plan = fit_plan(profile, view.frame.width, view.frame.height)
+            seen = draw_boxes(source.fitted_image(plan, profile.pad_color), answer, plan)
+            if not seen.save(path, "PNG"):
                 raise QgsProcessingException(f"could not write the image {path}")
             results[self.IMAGE] = path
         return results

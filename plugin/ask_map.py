@@ -1,9 +1,10 @@
 """Asking about the map, shared by the `geovlm:askmap` algorithm and the dock.
 
 A view is what QgsMapSettings renders (destination CRS, extent, rotation, output size, device pixel ratio);
-its image frame comes from that map settings' own `mapToPixel()`, scaled by the device pixel ratio, so every
-pixel of the PNG sent to the engine, and every box the engine answers in those pixels, lands where QGIS
-draws it. The engine speaks in pixels; this module georeferences.
+its image frame comes from that map settings' own `mapToPixel()`, scaled by the device pixel ratio. The engine
+receives the view fitted to the model's input (plugin.image_source) and the client maps the answer back to
+pixels of the view through the same `fit_plan`, so every box lands where QGIS draws it. The engine speaks in
+pixels; this module georeferences.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice, QPointF, QSize
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter, QPen, QPolygonF
 
-from ..core.georef import GeoTransform, ImageFrame
+from ..core.georef import FitPlan, GeoTransform, ImageFrame
 from ..core.profiles import Profile
 from ..core.regions import encode_region, task_key
 from .qgis_geometry import FIELD_TYPES, answer_features, object_fields, relation_fields
@@ -92,7 +93,7 @@ def render(settings: QgsMapSettings) -> QImage:
 
 
 def png_bytes(image: QImage) -> bytes:
-    """The image encoded as PNG (every pixel as rendered: the bytes the engine receives)."""
+    """The image encoded as PNG (lossless: every pixel as it is)."""
     data = QByteArray()
     buffer = QBuffer(data)
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
@@ -101,8 +102,10 @@ def png_bytes(image: QImage) -> bytes:
     return bytes(data)
 
 
-def draw_boxes(image: QImage, answer) -> QImage:
-    """A copy of the image with the answer's objects outlined and labelled, in the image's own pixels."""
+def draw_boxes(image: QImage, answer, plan: Optional[FitPlan] = None) -> QImage:
+    """A copy of the image with the answer's objects outlined and labelled. The objects are in pixels of the
+    view; `plan` (core.georef.FitPlan): the image is the view fitted to the model's input, and each corner is
+    drawn at `plan.image_to_input` of it; None: the image is the view itself."""
     out = image.convertToFormat(QImage.Format.Format_ARGB32)
     painter = QPainter(out)
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -112,8 +115,9 @@ def draw_boxes(image: QImage, answer) -> QImage:
     font.setPixelSize(max(12, out.width() // 50))
     painter.setFont(font)
     for obj in answer.objects:
-        painter.drawPolygon(QPolygonF([QPointF(x, y) for x, y in obj.polygon]))
-        x, y = min(obj.polygon, key=lambda p: (p[1], p[0]))
+        polygon = [plan.image_to_input(x, y) for x, y in obj.polygon] if plan else obj.polygon
+        painter.drawPolygon(QPolygonF([QPointF(x, y) for x, y in polygon]))
+        x, y = min(polygon, key=lambda p: (p[1], p[0]))
         painter.drawText(QPointF(x + 2, y - 4), f"{obj.id} {obj.label}".strip())
     painter.end()
     return out
@@ -121,9 +125,10 @@ def draw_boxes(image: QImage, answer) -> QImage:
 
 @dataclass
 class View:
-    """What the model saw: the PNG, its frame, and how it was made (for provenance and follow-ups)."""
+    """The rendered view: its image (device pixels; the client sends it fitted to the model's input:
+    plugin.image_source.QImageSource), its frame, and how it was made (for provenance and follow-ups)."""
 
-    png: bytes
+    image: QImage
     frame: ImageFrame
     extent: Tuple[float, float, float, float]  # the map settings' extent (xmin, ymin, xmax, ymax) in its CRS
     rotation: float
@@ -133,8 +138,9 @@ class View:
     def of(cls, settings: QgsMapSettings, image: QImage) -> View:
         """The view of map settings and the image rendered from them (deviceOutputSize() pixels)."""
         e = settings.extent()
-        return cls(png_bytes(image), view_frame(settings), (e.xMinimum(), e.yMinimum(), e.xMaximum(),
-                   e.yMaximum()), settings.rotation(), settings.devicePixelRatio())
+        return cls(image.convertToFormat(QImage.Format.Format_RGB32), view_frame(settings),
+                   (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()), settings.rotation(),
+                   settings.devicePixelRatio())
 
 
 def region_question(profile: Profile, frame: ImageFrame, ring_map: Sequence[Tuple[float, float]]) -> str:

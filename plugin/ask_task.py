@@ -13,6 +13,7 @@ from ..core.client import EngineError
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import View, region_question, worded
 from .engine_access import EngineUnavailable, connect
+from .image_source import QImageSource
 
 LOG_TAG = "GeoVLM"
 
@@ -63,7 +64,7 @@ class AskTask(QgsTask):
                 turns = self.history + [("user", self.info["worded"])]
                 size = (self.view.frame.width, self.view.frame.height)
                 self.text, self.answer = connection.client.ask(
-                    self.view.png, size, turns, profile, on_token=self.token.emit,
+                    QImageSource(self.view.image), size, turns, profile, on_token=self.token.emit,
                     on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens)
             return True
         except Cancelled:

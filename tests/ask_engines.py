@@ -18,7 +18,8 @@ from pathlib import Path
 class ScriptedEngine:
     """`with ScriptedEngine("geochat", "a car {<10><20><40><60>|<90>}") as engine:` -> engine.url.
 
-    `answer`: one text, or a list answered in turn (the last one again after). `piece_delay` seconds between
+    `answer`: one text, a list answered in turn (the last one again after), or a function of the PNG bytes
+    received that returns the text (a stand-in model that looks at the image). `piece_delay` seconds between
     streamed pieces of four characters; `posts` holds every request body and `images` the PNG bytes each
     carried."""
 
@@ -52,10 +53,13 @@ class ScriptedEngine:
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 engine.posts.append(body)
-                answers = engine.answer if isinstance(engine.answer, list) else [engine.answer]
-                answer = answers[min(len(engine.posts), len(answers)) - 1]
                 url = body["messages"][0]["content"][0]["image_url"]["url"]
                 engine.images.append(base64.b64decode(url.split(",", 1)[1]))
+                if callable(engine.answer):
+                    answer = engine.answer(engine.images[-1])
+                else:
+                    answers = engine.answer if isinstance(engine.answer, list) else [engine.answer]
+                    answer = answers[min(len(engine.posts), len(answers)) - 1]
                 if not body.get("stream"):
                     choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
                     self._json(200, {"choices": [choice]})

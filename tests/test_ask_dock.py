@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
+from qgis.PyQt.QtGui import QImage
 
 import geovlm
 from geovlm.core.parsing import parse_answer
@@ -16,6 +17,7 @@ from geovlm.core.transport import HttpClientTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ask_engines import DemoEngine, ScriptedEngine  # noqa: E402
+from test_ask_map import padded_input  # noqa: E402
 
 ANSWER = "two fields {<10><20><40><60>|<90>} {<50><15><80><45>|<120>} beside a road {<5><70><95><90>|<60>}"
 
@@ -80,6 +82,9 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
         ask(session, "Describe the image").token.connect(pieces.append)
         assert wait_for(lambda: session.task is None, 30)
         assert "".join(pieces) == ANSWER and len(pieces) == len(range(0, len(ANSWER), 4))
+        # What was sent: the rendered view padded to a square of GeoChat's colour, resized to its 504 px input.
+        sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
+        assert sent == padded_input(session.view.image, 504, get_profile("geochat").pad_color)
         [layer] = objects_layers()
         assert layer.featureCount() == 3 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
         text = session.dock.transcript.toPlainText()
@@ -191,15 +196,18 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         session.dock.raster.setLayer(QgsProject.instance().mapLayersByName("cogeo")[0])
         ask(session, "Describe the image")
         assert wait_for(lambda: session.task is None, 30)
-        assert image_size_of(engine.images[0]) == (1024, 1024)  # the raster at its own resolution
+        view = session.view.frame
+        assert (view.width, view.height) == (1024, 1024)  # the raster at its own resolution
+        assert image_size_of(engine.images[0]) == (504, 504)  # sent as GeoChat's input
 
         e = qgis_canvas.extent()
         session.rectangle = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
         session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
         ask(session, "Describe the image")
         assert wait_for(lambda: session.task is None, 30)
-        width, height = image_size_of(engine.images[1])
+        width, height = session.view.frame.width, session.view.frame.height
         assert width / height == pytest.approx(session.rectangle.width() / session.rectangle.height(), rel=0.01)
+        assert image_size_of(engine.images[1]) == (504, 504)
 
         polygons = QgsVectorLayer("Polygon?crs=EPSG:3857", "parcels", "memory")
         feature = QgsFeature()

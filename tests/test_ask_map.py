@@ -1,5 +1,6 @@
-"""`geovlm:askmap`: the image is what QgsMapSettings renders, and every box lands where that map settings'
-own mapToPixel() puts its pixels (rotation 30 degrees, device pixel ratio 2, EPSG:3857, EPSG:4326, UTM)."""
+"""`geovlm:askmap`: the image sent is what QgsMapSettings renders, fitted to the model's input, and every box
+lands where that map settings' own mapToPixel() puts its pixels (rotation 30 degrees, device pixel ratio 2,
+EPSG:3857, EPSG:4326, UTM), also through a server that centre-crops what it receives."""
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtCore import QPoint, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
 import geovlm
@@ -67,6 +68,20 @@ def reference_image(ms):
     return image.convertToFormat(QImage.Format.Format_RGB32)
 
 
+def padded_input(view, side_in, pad_color):
+    """LLaVA's expand2square of a view (the view centred on a square of the pad colour, LLaVA's
+    llava/mm_utils.py) resized to side_in x side_in with Qt's smooth transformation: the pixels a
+    LLaVA-family model sees, built here without the plugin."""
+    side = max(view.width(), view.height())
+    square = QImage(side, side, QImage.Format.Format_RGB32)
+    square.fill(QColor(*pad_color))
+    painter = QPainter(square)
+    painter.drawImage(QPoint((side - view.width()) // 2, (side - view.height()) // 2), view)
+    painter.end()
+    return square.scaled(side_in, side_in, Qt.AspectRatioMode.IgnoreAspectRatio,
+                         Qt.TransformationMode.SmoothTransformation)
+
+
 def qgis_process_env(tmp_path):
     exe = Path("/usr/bin/qgis_process.bin")
     if not exe.exists():
@@ -107,10 +122,15 @@ def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tm
 
     ms = reference_settings(raster, crs, extent)
     sent_image = QImage.fromData(sent, "PNG").convertToFormat(QImage.Format.Format_RGB32)
-    assert (sent_image.width(), sent_image.height()) == (SIZE[0] * DPR, SIZE[1] * DPR)
-    assert sent_image == reference_image(ms), "the image sent is not what QgsMapSettings renders"
+    geochat = get_profile("geochat")
+    assert (sent_image.width(), sent_image.height()) == (504, 504)  # GeoChat's input, not the 800x600 view
+    view = reference_image(ms)
+    assert sent_image == padded_input(view, 504, geochat.pad_color), \
+        "the image sent is not what QgsMapSettings renders, padded to a square and resized to the input"
+    assert sent_image.pixelColor(252, 10) == QColor(*geochat.pad_color)  # the band above the 800x600 view
 
-    expected = parse_answer(ANSWER, get_profile("geochat"), (sent_image.width(), sent_image.height())).objects
+    view_size = (view.width(), view.height())
+    expected = parse_answer(ANSWER, geochat, view_size).objects
     layer = QgsVectorLayer(str(objects), "objects", "ogr")
     assert layer.isValid() and layer.crs().authid() == authid
     features = sorted(layer.getFeatures(), key=lambda f: f["object_id"])
@@ -126,7 +146,12 @@ def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tm
         assert feature["family"] == "geochat" and feature["model"] == "scripted"
         assert feature["view_rotation"] == ROTATION and feature["image_width"] == SIZE[0] * DPR
     assert worst < 1e-6, f"a corner is {worst} pixels off"
-    assert QImage(str(image_out)).size() == QSize(int(SIZE[0] * DPR), int(SIZE[1] * DPR))
+    # IMAGE: what the model saw (the 504x504 input), its boxes drawn where the input's pixels show them.
+    seen = QImage(str(image_out)).convertToFormat(QImage.Format.Format_RGB32)
+    assert seen.size() == QSize(504, 504) and seen != sent_image
+    assert seen.pixelColor(252, 10) == QColor(*geochat.pad_color)
+    # the field {<10><20><40><60>|<90>}: its top edge at 20 % of the input (row 100.8) from 10 % to 40 %
+    assert seen.pixelColor(126, 101) == QColor(255, 60, 0) and sent_image.pixelColor(126, 101) != QColor(255, 60, 0)
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +303,84 @@ def test_each_family_answer_lands_at_map_to_pixel(plugin, processing, data_dir, 
     assert relations.featureCount() == len([r for r in parsed.relations
                                             if r.subject is not None and r.object is not None])
     assert relations.featureCount() == (1 if family == "skysensegpt" else 0)
+
+
+def _centre_cropping_model(png: bytes) -> str:
+    """A stand-in for vLLM serving a llava-hf LLaVA-1.5: its processor resizes the short side to 336 and
+    cuts out the centre 336 x 336 (CLIP's processor, not LLaVA's padding), then the "model" answers the box
+    of the red pixels it sees, in LLaVA-1.5's [x0, y0, x1, y1] fractions of its input."""
+    image = QImage.fromData(png, "PNG").convertToFormat(QImage.Format.Format_RGB32)
+    w, h = image.width(), image.height()
+    short = min(w, h)
+    new_w, new_h = (336, 336 * h // short) if w == short else (336 * w // short, 336)
+    resized = image.scaled(new_w, new_h, Qt.AspectRatioMode.IgnoreAspectRatio,
+                           Qt.TransformationMode.SmoothTransformation)
+    seen = resized.copy((new_w - 336) // 2, (new_h - 336) // 2, 336, 336)
+    red = [(x, y) for y in range(336) for x in range(336)
+           if (lambda c: c.red() > 200 and c.green() < 80 and c.blue() < 80)(seen.pixelColor(x, y))]
+    if not red:
+        return "I see no roof."
+    xs, ys = [p[0] for p in red], [p[1] for p in red]
+    return (f"the roof [{min(xs) / 336:.4f}, {min(ys) / 336:.4f}, {(max(xs) + 1) / 336:.4f}, "
+            f"{(max(ys) + 1) / 336:.4f}]")
+
+
+def test_a_centre_cropping_server_places_the_box_on_the_object(plugin, processing, tmp_path):
+    """issue 8, part 1 case 2, through the plugin: a server whose own processor centre-crops (vLLM with a
+    llava-hf checkpoint) sees exactly the padded input the plugin sends (its crop of a square is the
+    identity), so the box of the red roof it answers lands on the roof on the map; the whole view sent as it
+    is (what the plugin did before) would put that box far away."""
+    from qgis.core import QgsFillSymbol
+
+    from geovlm.core.client import EngineClient
+    from geovlm.core.transport import HttpClientTransport
+    from geovlm.plugin.ask_map import png_bytes
+
+    roof = tmp_path / "roof.geojson"  # a 1000 m square, 250..350 x 50..150 px of an 800 x 400 view at 10 m/px
+    roof.write_text(json.dumps({
+        "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3857"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+            [[2500, 2500], [3500, 2500], [3500, 3500], [2500, 3500], [2500, 2500]]]}}]}))
+    layer = QgsVectorLayer(str(roof), "roof", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:3857"
+    layer.renderer().setSymbol(QgsFillSymbol.createSimple({"color": "255,0,0,255", "outline_style": "no"}))
+    params = {"LAYERS": [layer], "EXTENT": "0,8000,0,4000 [EPSG:3857]", "ROTATION": 0.0, "WIDTH": 800,
+              "HEIGHT": 400, "DEVICE_PIXEL_RATIO": 1.0, "TASK": 0, "QUESTION": "Where is the roof?",
+              "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"}
+    with ScriptedEngine("llava15", _centre_cropping_model) as engine:
+        result = processing.run("geovlm:askmap", dict(params, ENGINE=engine.url))
+        [sent] = engine.images
+        # What the plugin did before: the whole 800 x 400 view, which this server crops to its centre.
+        ms = QgsMapSettings()
+        ms.setLayers([layer])
+        ms.setDestinationCrs(layer.crs())
+        ms.setOutputSize(QSize(800, 400))
+        ms.setExtent(QgsRectangle(0, 0, 8000, 4000))
+        ms.setBackgroundColor(QColor(255, 255, 255))
+        ms.setOutputImageFormat(QImage.Format.Format_ARGB32_Premultiplied)
+        whole = QImage(ms.deviceOutputSize(), ms.outputImageFormat())
+        whole.fill(QColor(255, 255, 255))
+        painter = QPainter(whole)
+        QgsMapRendererCustomPainterJob(ms, painter).renderSynchronously()
+        painter.end()
+        client = EngineClient(engine.url, transport=HttpClientTransport())
+        _, unfitted = client.ask(png_bytes(whole), (800, 400), "Where is the roof?")
+    assert QImage.fromData(sent, "PNG").size() == QSize(336, 336)  # LLaVA-1.5's input, padded
+    assert "not fitted" in unfitted.warnings[0]
+
+    m2p = ms.mapToPixel()
+    corners = [m2p.transform(QgsPointXY(x, y)) for x, y in ((2500, 3500), (3500, 2500))]
+    truth = (corners[0].x(), corners[0].y(), corners[1].x(), corners[1].y())
+    assert truth == pytest.approx((250, 50, 350, 150), abs=1e-6)
+    out = result["OBJECTS"]
+    out = out if isinstance(out, QgsVectorLayer) else QgsVectorLayer(out, "o", "ogr")
+    [feature] = list(out.getFeatures())
+    box = feature.geometry().boundingBox()
+    placed = [m2p.transform(QgsPointXY(box.xMinimum(), box.yMaximum())),
+              m2p.transform(QgsPointXY(box.xMaximum(), box.yMinimum()))]
+    got = (placed[0].x(), placed[0].y(), placed[1].x(), placed[1].y())
+    one_input_pixel = 800 / 336  # the model's answer is good to a pixel of its 336 px input
+    assert got == pytest.approx(truth, abs=1.5 * one_input_pixel), f"the roof is at {truth}, the box at {got}"
+    (bad,) = unfitted.objects
+    xs, ys = [p[0] for p in bad.polygon], [p[1] for p in bad.polygon]
+    assert max(abs(min(xs) - truth[0]), abs(min(ys) - truth[1])) > 100  # sent unfitted: far off the roof

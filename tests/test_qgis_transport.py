@@ -266,3 +266,46 @@ def test_stopping_the_network_thread_ends_requests_in_flight(base):
     assert qgis_transport._network is None
     body, _ = in_thread(lambda: QgisTransport().request("GET", base + "/missing", {}, timeout=5).read())
     assert b"nothing here" in body  # the next request starts it again
+
+
+def test_fifty_asks_in_a_qgis_task_all_succeed(qgis_app):
+    """The dock's pattern: `EngineClient(url, transport=QgisTransport()).ask(...)` in a QgsTask, 50 times in
+    a row against the scripted engine (streamed and whole answers). An earlier transport lost about one reply
+    in ten there ("wrapped C/C++ object of type QNetworkReply has been deleted"); none may fail now."""
+    import sys
+    from pathlib import Path
+
+    from geovlm.core.client import EngineClient
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ask_engines import ScriptedEngine
+
+    answer = "a field {<10><20><40><60>|<90>}"
+    png = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415478"
+                        "9c63f8cfc000000301010018dd8db00000000049454e44ae426082")  # one pixel
+    outcomes = []
+
+    def asks(task):
+        client = EngineClient(engine.url, transport=QgisTransport(), retry_window=0.0)
+        for i in range(50):
+            streamed = []
+            try:
+                text, parsed = client.ask(png, None, "Describe the image", max_tokens=16,
+                                          on_token=streamed.append if i % 2 else None)
+                ok = text == answer and len(parsed.objects) == 1 and (not i % 2 or "".join(streamed) == answer)
+                outcomes.append("ok" if ok else f"wrong answer {text!r}")
+            except Exception as exc:  # noqa: BLE001  # every failure is counted and shown
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+        return len(outcomes)
+
+    with ScriptedEngine("geochat", answer) as engine:
+        task = QgsTask.fromFunction("fifty asks", asks)
+        QgsApplication.taskManager().addTask(task)
+        deadline = time.monotonic() + 120
+        while task.status() not in (QgsTask.TaskStatus.Complete, QgsTask.TaskStatus.Terminated):
+            assert time.monotonic() < deadline, f"{len(outcomes)} of 50 asks done in 120 s"
+            QCoreApplication.processEvents()
+            time.sleep(0.01)
+        assert len(engine.posts) == 50
+    failures = [o for o in outcomes if o != "ok"]
+    assert task.status() == QgsTask.TaskStatus.Complete and len(outcomes) == 50 and not failures, failures[:5]
