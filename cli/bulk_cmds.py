@@ -42,7 +42,8 @@ def register(sub) -> None:
 
 
 class RasterTiles:
-    """Reads plan tiles of a raster through rasterio windows as PNG, in the calling thread."""
+    """Reads plan tiles of a raster through rasterio windows, in the calling thread, as `ArraySource`s: the
+    client fits each to the model's input (core.client.prepare_image) and sends exactly those pixels."""
 
     def __init__(self, path, bands, skip_nodata: bool):
         from ..models.imagery import import_rasterio
@@ -54,12 +55,10 @@ class RasterTiles:
         self.ds = self.rasterio.open(path)
 
     def __call__(self, tile):
-        import io
-
-        from PIL import Image
         from rasterio.windows import Window
 
         from ..models.imagery import ImageryError, read_rgb
+        from ..models.preprocess import ArraySource
 
         if self.skip_nodata and not self.ds.dataset_mask(window=Window(*tile.window)).any():
             return None
@@ -67,9 +66,7 @@ class RasterTiles:
             rgb = read_rgb(self.path, tile.window, self.bands)
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue(), (tile.width, tile.height)
+        return ArraySource(rgb)
 
     def close(self):
         self.ds.close()

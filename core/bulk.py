@@ -17,18 +17,20 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .answer import Answer
-from .client import EngineClient, EngineError, _Retryable
+from .client import EngineClient, EngineError, ImageSource, _Retryable
 from .georef import GeoTransform, ImageFrame
 from .ledger import FAILED, OK, SKIPPED, Ledger, TileResult
 from .profiles import Profile
 from .tiling import Tile
 from .transport import Cancelled, CancelToken, Transport
 
-# read(tile) -> (encoded PNG/JPEG, (width, height)), or None when the tile holds only nodata (skipped)
-TileReader = Callable[[Tile], Optional[Tuple[bytes, Tuple[int, int]]]]
+# read(tile) -> an ImageSource of the tile's pixels (fitted to the model's input by the client before it is
+# sent: core.client.prepare_image), or (encoded PNG/JPEG of the whole tile, (width, height)), or None when the
+# tile holds only nodata (skipped)
+TileReader = Callable[[Tile], Optional[Union[ImageSource, Tuple[bytes, Tuple[int, int]]]]]
 # graph(tile, answer) -> (objects, relations) rows for the ledger (see TileResult)
 GraphBuilder = Callable[[Tile, Answer], Tuple[List[tuple], List[tuple]]]
 
@@ -111,7 +113,7 @@ def run_tiles(
     recorder = client.transport if isinstance(client.transport, EndpointRecorder) else None
     ahead = 2 * max(1, sum(e.max_concurrent for e in client.endpoints))
 
-    def ask(image: bytes, size: Tuple[int, int]):
+    def ask(image: Union[ImageSource, bytes], size: Optional[Tuple[int, int]]):
         t0 = time.monotonic()
         text, answer = client.ask(image, size, question, profile, task, cancel=cancel, max_tokens=max_tokens)
         return text, answer, time.monotonic() - t0, recorder.last_url if recorder else ""
@@ -149,7 +151,8 @@ def run_tiles(
                         commit(TileResult(tile, SKIPPED))
                         continue
                     stats.asked += 1
-                    inflight[pool.submit(ask, *image)] = tile
+                    source, size = image if isinstance(image, tuple) else (image, None)
+                    inflight[pool.submit(ask, source, size)] = tile
                 done, _ = wait(list(inflight), timeout=0.25, return_when=FIRST_COMPLETED) if inflight else ((), ())
                 for future in done:
                     tile = inflight.pop(future)

@@ -52,8 +52,10 @@ class LedgerError(Exception):
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What decides the answers of a bulk run. `kind` is "caption" or "detect"; `source` "file" (the raster's
-    own pixels) or "render" (a web layer rendered at the geotransform's resolution)."""
+    """What decides the answers of a bulk run. `kind` is "caption" or "detect" (tiles of `tiles`), or
+    "caption-features" (one window per feature, `windows`: ((tile id, col_off, row_off, width, height), ...)
+    in the raster's pixels, a plan whose `tiles` is the raster itself); `source` "file" (the raster's own
+    pixels) or "render" (a web layer rendered at the geotransform's resolution)."""
 
     kind: str
     tiles: TilePlan
@@ -63,16 +65,21 @@ class RunPlan:
     family: str
     model: str
     source: str = "file"
+    windows: Tuple[Tuple, ...] = ()
 
     def to_dict(self) -> Dict:
         gt = self.geotransform
-        return {
+        plan = {
             "schema": SCHEMA_VERSION, "kind": self.kind, "source": self.source,
             "raster": {"width": self.tiles.width, "height": self.tiles.height,
                        "geotransform": [_round(v) for v in (gt.a, gt.b, gt.c, gt.d, gt.e, gt.f)]},
             "tile": self.tiles.tile, "overlap": self.tiles.overlap, "edge": self.tiles.edge,
             "question": self.question, "task": self.task, "family": self.family, "model": self.model,
         }
+        if self.windows:  # a digest: the plan table stays small however many features
+            listed = json.dumps([list(w) for w in self.windows]).encode("utf-8")
+            plan["windows"] = f"{len(self.windows)} windows, sha256 {hashlib.sha256(listed).hexdigest()[:16]}"
+        return plan
 
     @property
     def fingerprint(self) -> str:
@@ -180,6 +187,11 @@ class Ledger:
         """The tiles still to ask (missing or failed), in plan order."""
         done = self.done_ids()
         return [t for t in tiles if t.id not in done]
+
+    def results(self) -> Dict[str, Tuple[str, str, str]]:
+        """{tile_id: (status, caption, model)} of every committed tile."""
+        rows = self.con.execute("SELECT tile_id, status, caption, model FROM tiles")
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def counts(self) -> Dict[str, int]:
         """{status: number of tiles}."""

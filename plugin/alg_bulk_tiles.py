@@ -53,6 +53,25 @@ def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: Can
         raise QgsProcessingException(str(exc)) from None
 
 
+def ledger_crs(crs):
+    """(WKT1 as GeoPackage 1.3 wants it, EPSG code or None) of a QgsCoordinateReferenceSystem; (None, None)
+    when it is not valid."""
+    if not crs.isValid():
+        return None, None
+    return crs.toWkt(Qgis.CrsWktVariant.Wkt1Gdal), (int(crs.postgisSrid()) if crs.authid().upper().startswith(
+        "EPSG:") else None)
+
+
+def load_on_completion(out: str, layer: str, style: str, context) -> str:
+    """The URI of `layer` of the GeoPackage `out`, loaded on completion with its QML style from styles/ (when
+    styles/`style`.qml exists)."""
+    uri = f"{out}|layername={layer}"
+    details = QgsProcessingContext.LayerDetails(f"{Path(out).stem} {layer}", context.project(), layer)
+    details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
+    context.addLayerToLoadOnCompletion(uri, details)
+    return uri
+
+
 class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     """The parameters and the run shared by the caption and the detection algorithms."""
 
@@ -116,9 +135,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         extent = None
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-        crs = layer.crs()
-        self.crs_wkt = crs.toWkt(Qgis.CrsWktVariant.Wkt1Gdal) if crs.isValid() else None
-        self.epsg = int(crs.postgisSrid()) if crs.isValid() and crs.authid().upper().startswith("EPSG:") else None
+        self.crs_wkt, self.epsg = ledger_crs(layer.crs())
         try:
             if layer.providerType() == "gdal":
                 self._prepare_file(layer, extent, tile, overlap, skip)
@@ -229,11 +246,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
 
     def load(self, out: str, layer: str, style: str, context) -> str:
         """The layer's URI, loaded on completion with its QML style from styles/."""
-        uri = f"{out}|layername={layer}"
-        details = QgsProcessingContext.LayerDetails(f"{Path(out).stem} {layer}", context.project(), layer)
-        details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
-        context.addLayerToLoadOnCompletion(uri, details)
-        return uri
+        return load_on_completion(out, layer, style, context)
 
 
 class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):

@@ -1,6 +1,9 @@
 """Processing algorithm `geovlm:captionfeatures`: each polygon's window of a raster (its bounding box plus a
-margin, in the raster's pixels) asked for a caption; the answer goes into a new field of a copy of the
-features that keeps all their attributes."""
+margin, in the raster's pixels) asked for a caption. OUTPUT is a GeoPackage that is also the run's ledger
+(core/ledger.py): its `tiles` layer holds each feature's window with its answer, committed as it arrives, so
+a rerun with the same parameters asks only for the features missing or failed, and another plan is refused
+unless OVERWRITE; its `features` layer, written at the end of every run, is a copy of the features with all
+their attributes and the answer in new fields."""
 from __future__ import annotations
 
 import math
@@ -9,40 +12,31 @@ from qgis.core import (
     Qgis,
     QgsCoordinateTransform,
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterAuthConfig,
-    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsVectorFileWriter,
 )
 
 from ..core.bulk import DEFAULT_CAPTION_QUESTION, EndpointRecorder, run_tiles
-from ..core.ledger import OK, SKIPPED
-from ..core.tiling import Tile
-from ..core.transport import CancelToken
-from .alg_bulk_tiles import connect_engine
+from ..core.client import EngineError
+from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
+from ..core.tiling import Tile, TilePlan
+from ..core.transport import Cancelled, CancelToken
+from .alg_bulk_tiles import connect_engine, ledger_crs, load_on_completion
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
 
-
-class _Results:
-    """Stands in for the ledger of `run_tiles`: keeps each feature's result in memory (a feature run does not
-    resume: its output is a copy of the input layer)."""
-
-    def __init__(self):
-        self.by_id = {}
-
-    def pending(self, tiles):
-        return list(tiles)
-
-    def record(self, result, question, model, family) -> None:
-        self.by_id[result.tile.id] = result
+FEATURES = "features"
 
 
 def feature_window(geometry, gt, width: int, height: int, margin: float):
@@ -63,6 +57,7 @@ def feature_window(geometry, gt, width: int, height: int, margin: float):
 class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
     INPUT, RASTER, MARGIN, FIELD, QUESTION = "INPUT", "RASTER", "MARGIN", "FIELD", "QUESTION"
     FAMILY, ENGINE, AUTHCFG, CONCURRENCY, OUTPUT = "FAMILY", "ENGINE", "AUTHCFG", "CONCURRENCY", "OUTPUT"
+    OVERWRITE, FEATURES, WINDOWS = "OVERWRITE", "FEATURES", "WINDOWS"
 
     def name(self):
         return "captionfeatures"
@@ -78,8 +73,12 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("For each polygon, the raster pixels under its bounding box plus MARGIN (raster map units) are sent "
-                "to the engine; the caption goes into a new field (and its status into FIELD_status) of a copy "
-                "of the features with all their attributes. Features outside the raster get no caption.")
+                "to the engine, fitted to the model's input. OUTPUT (a GeoPackage) is also the ledger: each answer "
+                "is committed to its `tiles` layer (the feature's window) as it arrives, and a rerun with the same "
+                "parameters asks only for the features missing or failed; another plan is refused unless "
+                "OVERWRITE. Its `features` layer, written at the end of each run, is a copy of the features with "
+                "all their attributes, the caption in a new field, its status in FIELD_status and the model in "
+                "FIELD_model. Features outside the raster get no caption.")
 
     def createInstance(self):  # noqa: N802
         return CaptionFeaturesAlgorithm()
@@ -101,8 +100,14 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.CONCURRENCY, "Requests in flight per engine",
                                                        Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
                                                        maxValue=64))
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Captioned features",
-                                                            Qgis.ProcessingSourceType.VectorPolygon))
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite an output of another plan",
+                                                        False))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, "Output GeoPackage (also the ledger: rerun to resume)", "GeoPackage (*.gpkg)"))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.FEATURES, "Captioned features",
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.WINDOWS, "Windows asked",
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
@@ -114,19 +119,18 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         self.raster_crs = layer.crs()
+        self.raster_source = layer.source()
         return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not out.lower().endswith(".gpkg"):
+            raise QgsProcessingException("OUTPUT must be a .gpkg: it is the ledger that lets a run resume")
         source = self.parameterAsSource(parameters, self.INPUT, context)
         field = self.parameterAsString(parameters, self.FIELD, context).strip() or "caption"
         if source.fields().indexOf(field) >= 0:
             raise QgsProcessingException(f"the layer already has a field {field!r}; name another FIELD")
         margin = self.parameterAsDouble(parameters, self.MARGIN, context)
-        fields = QgsFields(source.fields())
-        for name in (field, f"{field}_status", f"{field}_model"):
-            fields.append(QgsField(name, FIELD_TYPES[str]))
-        sink, dest = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
-                                          source.sourceCrs())
         to_raster = QgsCoordinateTransform(source.sourceCrs(), self.raster_crs, context.transformContext())
         features, tiles = [], []
         gt, width, height = self.frame.geotransform, self.frame.width, self.frame.height
@@ -142,33 +146,83 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         conn = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
                               self.parameterAsString(parameters, self.AUTHCFG, context),
                               self.parameterAsString(parameters, self.FAMILY, context), feedback, cancel)
-        results = _Results()
         try:
-            for endpoint in conn.client.endpoints:
-                endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
-            conn.client.transport = EndpointRecorder(conn.client.transport)
             question = self.parameterAsString(parameters, self.QUESTION, context) or DEFAULT_CAPTION_QUESTION
-
-            def progress(stats):
-                if feedback.isCanceled():
-                    cancel.cancel()
-                feedback.setProgress(100.0 * (stats.ok + stats.failed + stats.skipped) / max(1, stats.total))
-
-            stats = run_tiles(conn.client, results, tiles, self.reader, question, "caption", conn.profile,
-                              conn.model, cancel=cancel, on_progress=progress)
+            plan = RunPlan("caption-features", TilePlan(width, height, max(width, height)), gt, question,
+                           "caption", conn.profile.name, conn.model,
+                           windows=tuple((t.id, t.col_off, t.row_off, t.width, t.height) for t in tiles))
+            try:
+                ledger = Ledger(out, plan, *ledger_crs(self.raster_crs),
+                                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context))
+            except LedgerError as exc:
+                raise QgsProcessingException(str(exc)) from None
+            try:
+                stats = self._ask(parameters, context, feedback, conn, cancel, ledger, tiles, question, plan)
+                results = ledger.results()
+            finally:
+                ledger.close()
         finally:
             conn.close()
-        for feature in features:
-            result = results.by_id.get(f"f{feature.id()}")
-            out = QgsFeature(fields)
-            out.setGeometry(feature.geometry())
-            status = result.status if result else (SKIPPED if feature.hasGeometry() else "no geometry")
-            caption = result.caption if result and result.status == OK else None
-            out.setAttributes(list(feature.attributes()) + [caption, status if result or not feature.hasGeometry()
-                                                            else "outside the raster", conn.model])
-            sink.addFeature(out, QgsFeatureSink.Flag.FastInsert)
-        feedback.pushInfo(stats.summary())
+        self._write_features(out, source, features, {t.id for t in tiles}, field, results, context)
+        feedback.pushInfo(stats.summary().replace("tiles", "features", 1))
         if stats.cancelled:
-            feedback.reportError("Cancelled: the features not answered have no caption; run again to ask them.",
-                                 False)
-        return {self.OUTPUT: dest}
+            feedback.reportError(f"Cancelled: the answered features are kept in {out}; run again with the same "
+                                 "parameters to ask only for the rest.", False)
+        elif stats.halted:
+            feedback.reportError(f"Stopped: {stats.halted}. The answered features are kept in {out}; run again "
+                                 "with the same parameters once an engine answers.", False)
+        elif stats.failed:
+            feedback.reportError(f"{stats.failed} features failed (first: {next(iter(stats.errors))}); run "
+                                 "again with the same parameters to ask them again.", False)
+        return {self.OUTPUT: out, self.FEATURES: load_on_completion(out, FEATURES, FEATURES, context),
+                self.WINDOWS: load_on_completion(out, TILES, TILES, context)}
+
+    def _ask(self, parameters, context, feedback, conn, cancel, ledger, tiles, question, plan):
+        """Ask for every window the ledger does not hold yet, each answer committed as it arrives."""
+        for endpoint in conn.client.endpoints:
+            endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
+        conn.client.transport = EndpointRecorder(conn.client.transport)
+        if conn.notice:
+            feedback.pushWarning(conn.notice)
+        feedback.pushInfo(f"{len(tiles)} features over the raster, {conn.profile.name} '{conn.model}'; plan "
+                          f"{plan.fingerprint}" + (" (resuming)" if ledger.resumed else ""))
+
+        def progress(stats):
+            if feedback.isCanceled():
+                cancel.cancel()
+            feedback.setProgress(100.0 * (stats.done + stats.failed) / max(1, stats.total))
+
+        try:
+            return run_tiles(conn.client, ledger, tiles, self.reader, question, "caption", conn.profile,
+                             conn.model, cancel=cancel, on_progress=progress)
+        except (EngineError, Cancelled) as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+    def _write_features(self, out, source, features, asked, field, results, context) -> None:
+        """(Re)write the `features` layer of `out`: each feature with its attributes and its committed answer
+        (caption, status: ok, failed, skipped, missing, outside the raster, no geometry; model). `asked`: the
+        ids of the features with a window on the raster."""
+        fields = QgsFields(source.fields())
+        for name in (field, f"{field}_status", f"{field}_model"):
+            fields.append(QgsField(name, FIELD_TYPES[str]))
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName, options.layerName = "GPKG", FEATURES
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+        writer = QgsVectorFileWriter.create(out, fields, source.wkbType(), source.sourceCrs(),
+                                            context.transformContext(), options)
+        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
+            raise QgsProcessingException(f"cannot write the features layer of {out}: {writer.errorMessage()}")
+        try:
+            for feature in features:
+                status, caption, model = results.get(f"f{feature.id()}", ("missing", None, None))
+                if not feature.hasGeometry():
+                    status = "no geometry"
+                elif f"f{feature.id()}" not in asked:
+                    status = "outside the raster"
+                out_feature = QgsFeature(fields)
+                out_feature.setGeometry(feature.geometry())
+                out_feature.setAttributes(list(feature.attributes()) + [caption if status == OK else None, status,
+                                                                        model])
+                writer.addFeature(out_feature)
+        finally:
+            del writer

@@ -1,8 +1,9 @@
-"""Pixels of plan tiles inside QGIS, as PNG: a file raster read through osgeo.gdal at its own resolution, or
+"""Pixels of plan tiles inside QGIS: a file raster read through osgeo.gdal at its own resolution, or
 any raster layer (XYZ, WMS, WMTS...) rendered by its cloned data provider at a chosen resolution.
 
-Both are callables `source(tile) -> (png bytes, (width, height))`, or None for a tile holding only nodata
-(skipped), used from the thread that runs the algorithm. The band handling (bands 1-3, grey for one band,
+Both are callables `source(tile) -> QImageSource` (plugin/image_source.py: the client fits it to the model's
+input and sends exactly those pixels), or None for a tile holding only nodata (skipped), used from the thread
+that runs the algorithm. The band handling (bands 1-3, grey for one band,
 a 2-98 % stretch for non-8-bit data, nodata black) is `models.imagery.to_rgb8`, a numpy-only function, so
 the command line (rasterio) and QGIS send the same pixels.
 """
@@ -12,25 +13,19 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from qgis.core import Qgis, QgsRasterLayer, QgsRectangle
-from qgis.PyQt.QtCore import QBuffer, QByteArray, QIODevice
 from qgis.PyQt.QtGui import QImage
 
 from ..core.georef import GeoTransform
 from ..core.tiling import Tile
 from ..models.imagery import ImageryError, default_bands, to_rgb8
+from .image_source import QImageSource
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """An HxWx3 uint8 array as PNG bytes (Qt's encoder)."""
-    rgb = np.ascontiguousarray(rgb)
+def rgb_source(rgb: np.ndarray) -> QImageSource:
+    """An HxWx3 uint8 array as the client's ImageSource (a QImage owning a copy of the pixels)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     height, width = rgb.shape[:2]
-    image = QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888)
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, "PNG")
-    buffer.close()
-    return bytes(data)
+    return QImageSource(QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy())
 
 
 class GdalTiles:
@@ -66,7 +61,7 @@ class GdalTiles:
             rgb = to_rgb8(np.stack(data), valid)
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
-        return png_bytes(rgb), (w, h)
+        return rgb_source(rgb)
 
     def _palette(self, band, col, row, w, h):
         index = band.ReadAsArray(col, row, w, h)
@@ -78,7 +73,7 @@ class GdalTiles:
         for i in range(table.GetCount()):
             lut[i] = table.GetColorEntry(i)[:3]
         rgb = np.where(valid[..., None], lut[index], 0).astype(np.uint8)
-        return png_bytes(rgb), (w, h)
+        return rgb_source(rgb)
 
 
 class RenderedTiles:
@@ -106,5 +101,5 @@ class RenderedTiles:
             if self.skip_nodata and not alpha.any():
                 return None
             rgb = np.stack([(argb >> 16) & 0xFF, (argb >> 8) & 0xFF, argb & 0xFF], axis=-1).astype(np.uint8)
-            return png_bytes(np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8)), (tile.width, tile.height)
+            return rgb_source(np.where(alpha[..., None] > 0, rgb, 0).astype(np.uint8))
         raise ValueError(f"rendering gives {block.dataType()} pixels; only colour (ARGB) web layers are rendered")

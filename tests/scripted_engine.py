@@ -4,11 +4,18 @@ HTTP, numpy + PIL to look at the image) that answers in a family's syntax from w
 - caption family (any): "scripted caption of a WxH image, mean M" (M: the image's mean value).
 - `--family skysensegpt`: every colour blob (a unique non-black RGB value) becomes an object whose label
   comes from its red value (255: "storage_tank", 200: "car", else "building") with its upright box as
-  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the tile), and
-  consecutive objects are linked by `<rel>adjacent</rel>`.
+  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the image), and
+  consecutive objects are linked by `<rel>adjacent</rel>`. The client sends images resampled to the model's
+  input, so a blob is found as a model would see it: its colour is one that fills 3x3 neighbourhoods (the
+  interior survives resampling), each pixel's share of that colour is its projection on it, and each edge of
+  the box is where that share crosses one half, interpolated between the two pixels around it on the rows
+  and columns through the blob's centre (a symmetric resampling kernel puts a step edge's half-way point on
+  the edge itself; an edge on the image's border stays there).
 
-Each request is logged as one JSON line (image size, mean) to `--log`. Run: `python scripted_engine.py
---ready-file F [--delay S] [--family F] [--log FILE]`; it writes {"url", "pid"} to F once listening.
+Each request is logged as one JSON line (image size, mean, and `bands`: the rows at the top and bottom and
+the columns at the left and right filled wholly with the top-left pixel's colour, the padding) to `--log`.
+Run: `python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE]`; it writes {"url",
+"pid"} to F once listening.
 """
 from __future__ import annotations
 
@@ -27,17 +34,64 @@ from PIL import Image
 LABELS = {255: "storage_tank", 200: "car"}
 
 
+def pure_colours(image: np.ndarray) -> np.ndarray:
+    """The non-black colours that fill some 3x3 neighbourhood of an HxWx3 image (k x 3 uint8)."""
+    centre = image[1:-1, 1:-1]
+    same = np.ones(centre.shape[:2], bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            same &= np.all(image[dy:dy + centre.shape[0], dx:dx + centre.shape[1]] == centre, axis=2)
+    found = centre[same & centre.any(axis=2)]
+    return np.unique(found, axis=0) if len(found) else np.zeros((0, 3), np.uint8)
+
+
+def _crossing(share: np.ndarray, first: int, last: int):
+    """(start, end) in pixel units where `share` (of a colour, along a line through its blob) crosses 0.5
+    outside the blob's pure pixels `first`..`last`; the border where the blob reaches it."""
+    n = len(share)
+    while first > 0 and share[first - 1] >= 0.5:
+        first -= 1
+    while last < n - 1 and share[last + 1] >= 0.5:
+        last += 1
+    start = 0.0 if first == 0 else (first - 0.5) + (0.5 - share[first - 1]) / (share[first] - share[first - 1])
+    end = float(n) if last == n - 1 else (last + 0.5) + (share[last] - 0.5) / (share[last] - share[last + 1])
+    return start, end
+
+
+def blob_boxes(image: np.ndarray):
+    """[(colour, x0, y0, x1, y1)] in pixels of the image (sub-pixel edges) of its colour blobs."""
+    pixels = image.astype(np.float64)
+    boxes = []
+    for colour in pure_colours(image):
+        rows, cols = np.nonzero(np.all(image == colour, axis=2))
+        row, col = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
+        c = colour.astype(np.float64)
+        across, down = pixels[row] @ c / (c @ c), pixels[:, col] @ c / (c @ c)
+        on_row, on_col = cols[rows == row], rows[cols == col]
+        left, right = _crossing(across, on_row.min(), on_row.max())
+        top, bottom = _crossing(down, on_col.min(), on_col.max())
+        boxes.append((tuple(int(v) for v in colour), left, top, right, bottom))
+    return boxes
+
+
+def padding_bands(image: np.ndarray):
+    """(top, bottom, left, right): rows and columns at each side filled wholly with the top-left pixel's colour."""
+    uniform = np.all(image == image[0, 0], axis=2)
+    rows, cols = uniform.all(axis=1), uniform.all(axis=0)
+
+    def run(flags):
+        return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+    return run(rows), run(rows[::-1]), run(cols), run(cols[::-1])
+
+
 def describe(image: np.ndarray, family: str) -> str:
     """The scripted answer about an HxWx3 uint8 image."""
     height, width = image.shape[:2]
     if family != "skysensegpt":
         return f"scripted caption of a {width}x{height} image, mean {image.mean():.3f}"
-    flat = image.reshape(-1, 3)
-    colours = np.unique(flat[flat.any(axis=1)], axis=0)
     sentences = []
-    for r, g, b in colours:
-        rows, cols = np.nonzero(np.all(image == (r, g, b), axis=2))
-        x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+    for (r, _, _), x0, y0, x1, y1 in blob_boxes(image):
         cx, cy = 50 * (x0 + x1) / width, 50 * (y0 + y1) / height
         w, h = 100 * (x1 - x0) / width, 100 * (y1 - y0) / height
         label = LABELS.get(int(r), "building")
@@ -81,7 +135,7 @@ def make_handler(family: str, delay: float, log_path: str):
             if log_path:
                 with lock, open(log_path, "a") as log:
                     log.write(json.dumps({"size": [image.shape[1], image.shape[0]], "mean": float(image.mean()),
-                                          "pid": os.getpid()}) + "\n")
+                                          "bands": padding_bands(image), "pid": os.getpid()}) + "\n")
             self._json(200, {"choices": [{"message": {"role": "assistant", "content": text},
                                           "finish_reason": "stop"}]})
 

@@ -1,6 +1,7 @@
 """`geovlm caption` / `geovlm detect` against scripted engines on 127.0.0.1: one feature per tile with its
 exact footprint, resume after SIGKILL of the command or of the engine, two endpoints with one killed, a
 refused plan change, and scene graphs merged across tile overlaps."""
+import json
 import signal
 import sys
 import time
@@ -10,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geovlm.core.georef import fit_plan
+from geovlm.core.profiles import get_profile
 from geovlm.core.tiling import TilePlan
-from geovlm.models.imagery import import_rasterio
+from geovlm.models.imagery import import_rasterio, read_rgb
+from geovlm.models.preprocess import fit_image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bulk_support import ScriptedEngine, cli, ledger_rows, run_cli, wait_for_rows  # noqa: E402
@@ -67,6 +71,14 @@ def test_caption_one_feature_per_tile_with_the_window_footprint(engines, data_di
     assert (answered.model == "scripted-geochat").all() and (answered.engine == engine.url).all()
     assert (answered.question == "Describe the image in detail.").all() and (answered.seconds >= 0).all()
     assert f"{len(plan)} tiles: {len(plan) - len(empty)} asked" in stdout
+    # the engine saw each tile fitted to GeoChat's input, exactly the pixels the model will see (issue 8)
+    profile = get_profile("geochat")
+    fitted = [fit_image(read_rgb(raster, t.window), fit_plan(profile, t.width, t.height),
+                      profile.pad_color) for t in plan.tiles() if t.id not in empty]
+    log = [json.loads(line) for line in engine.log.read_text().splitlines()]
+    assert {tuple(entry["size"]) for entry in log} == {(profile.input_size, profile.input_size)}
+    assert sorted(entry["mean"] for entry in log) == pytest.approx(sorted(float(f.mean()) for f in fitted),
+                                                                    abs=1e-9)
 
 
 def test_another_plan_on_the_same_output_is_refused_unless_overwritten(engines, data_dir, tmp_path):

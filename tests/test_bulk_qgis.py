@@ -11,9 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    QgsApplication,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 
 import geovlm
+from geovlm.core.georef import fit_plan
+from geovlm.core.profiles import get_profile
 from geovlm.core.tiling import TilePlan, plan_for_extent
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,7 +164,8 @@ def test_an_xyz_layer_of_local_tiles_is_captioned_tile_by_tile(plugin, processin
     import json
 
     means = [json.loads(line)["mean"] for line in engine.log.read_text().splitlines()]
-    assert min(means) > 1.0 and all(size == [tile, tile] for size in
+    fitted = fit_plan(get_profile("geochat"), tile, tile)  # each tile sent as the model will see it
+    assert min(means) > 1.0 and all(size == [fitted.input_width, fitted.input_height] for size in
                                     (json.loads(line)["size"] for line in engine.log.read_text().splitlines()))
     assert set(statuses) <= {"ok", "skipped"}
 
@@ -201,7 +212,7 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
     from test_bulk_cli import BLOBS, _scene_raster
 
     raster = tmp_path / "scene.tif"
-    _scene_raster(raster)
+    transform = _scene_raster(raster)
     engine = engines(family="skysensegpt")
     out = tmp_path / "scene.gpkg"
     result = processing.run("geovlm:detecttiles", {"INPUT": str(raster), "TILE_SIZE": 320, "OVERLAP": 80,
@@ -225,31 +236,111 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
 
     ours, theirs = places(objects), places(cli_objects)
     assert [p[0] for p in ours] == [p[0] for p in theirs]
-    assert np.allclose([p[1:] for p in ours], [p[1:] for p in theirs], rtol=0, atol=1e-6)
+    # each side fits the tiles to the model's input with its own resampler (Qt's bilinear here, PIL's bicubic
+    # on the command line): the pixels differ a little, the places by under 0.05 pixel (0.025 m)
+    assert np.allclose([p[1:] for p in ours], [p[1:] for p in theirs], rtol=0, atol=0.025)
+    # and each object is its blob's footprint on the rotated grid, as the command line's test holds it
+    for _, x, y, w, h in BLOBS:
+        blob = QgsGeometry.fromPolygonXY([[QgsPointXY(*(transform * p)) for p in
+                                           ((x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y))]])
+        found = [f.geometry() for f in objects.getFeatures() if f.geometry().intersects(blob.centroid())]
+        assert len(found) == 1
+        assert found[0].symDifference(blob).area() < 5e-3 * blob.area()
+
+
+def feature_windows(labels, raster, margin):
+    """{osm_id: (width, height)} of each label's window on the raster (its bounding box grown by `margin`)."""
+    from geovlm.models.imagery import import_rasterio
+
+    windows = {}
+    with import_rasterio().open(raster) as ds:
+        for source in labels.getFeatures():
+            box = source.geometry().boundingBox()
+            col0, row0 = ~ds.transform * (box.xMinimum() - margin, box.yMaximum() + margin)
+            col1, row1 = ~ds.transform * (box.xMaximum() + margin, box.yMinimum() - margin)
+            width = min(ds.width, int(np.ceil(col1))) - max(0, int(np.floor(col0)))
+            height = min(ds.height, int(np.ceil(row1))) - max(0, int(np.floor(row0)))
+            windows[source["osm_id"]] = (width, height)
+    return windows
 
 
 def test_caption_features_keeps_attributes_and_sends_each_window(plugin, processing, engines, data_dir, tmp_path):
-    from geovlm.models.imagery import import_rasterio
+    import json
 
-    rasterio = import_rasterio()
     labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
     raster = data_dir / "rasters" / "sample_geotiff.tif"
     engine = engines()
     result = processing.run("geovlm:captionfeatures", {
         "INPUT": labels, "RASTER": str(raster), "MARGIN": 5.0, "ENGINE": engine.url, "FAMILY": "geochat",
         "OUTPUT": str(tmp_path / "captioned.gpkg")})
-    out = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
+    out = QgsVectorLayer(result["FEATURES"], "out", "ogr")
     assert out.featureCount() == labels.featureCount() == engine.requests()
-    assert {"osm_id", "building", "caption", "caption_status"} <= set(out.fields().names())
-    with rasterio.open(raster) as ds:
-        for feature, source in zip(out.getFeatures(), labels.getFeatures()):
-            assert feature["osm_id"] == source["osm_id"] and feature["caption_status"] == "ok"
-            box = source.geometry().boundingBox()
-            col0, row0 = ~ds.transform * (box.xMinimum() - 5, box.yMaximum() + 5)
-            col1, row1 = ~ds.transform * (box.xMaximum() + 5, box.yMinimum() - 5)
-            width = min(ds.width, int(np.ceil(col1))) - max(0, int(np.floor(col0)))
-            height = min(ds.height, int(np.ceil(row1))) - max(0, int(np.floor(row0)))
-            assert feature["caption"].startswith(f"scripted caption of a {width}x{height} image")
+    assert {"osm_id", "building", "caption", "caption_status", "caption_model"} <= set(out.fields().names())
+    assert out.crs() == labels.crs()
+    profile = get_profile("geochat")
+    side = profile.input_size
+    for feature, source in zip(out.getFeatures(), labels.getFeatures()):
+        assert feature["osm_id"] == source["osm_id"] and feature["caption_status"] == "ok"
+        assert feature.geometry().equals(source.geometry())
+        assert feature["caption"].startswith(f"scripted caption of a {side}x{side} image")
+        assert feature["caption_model"] == "scripted-geochat"
+    # each window was sent fitted to GeoChat's square input: padded on its short side with the profile's
+    # colour, so the content the engine saw has the window's shape, plus at most one window pixel blended into
+    # the padding on each side
+    windows = feature_windows(labels, raster, 5.0)
+    expected = sorted((side * min(w, h) / max(w, h), side / max(w, h)) for w, h in windows.values())
+    seen = []
+    for line in engine.log.read_text().splitlines():
+        top, bottom, left, right = json.loads(line)["bands"]
+        assert min(top + bottom, left + right) == 0  # one side is the input's whole side
+        seen.append(side - max(top + bottom, left + right))
+    for content, (short, scale) in zip(sorted(seen), expected):
+        assert short - 1 <= content <= short + 2 * scale + 1, (content, short, scale)
+    windows_layer = QgsVectorLayer(result["WINDOWS"], "windows", "ogr")
+    assert windows_layer.featureCount() == labels.featureCount()
+
+
+def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_path):
+    """qgis_process SIGKILLed during `geovlm:captionfeatures`, then run again with the same OUTPUT: every
+    feature's answer exactly once in the ledger, the rerun asks only for what was missing, the features
+    layer holds every feature; another plan on that output is refused unless OVERWRITE."""
+    import signal
+
+    from bulk_support import wait_for_rows
+
+    labels = data_dir / "rasters" / "geotiff_labels.geojson"
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    engine = engines(delay=0.2)
+    out = tmp_path / "features.gpkg"
+    args = ["geovlm:captionfeatures", "--", f"INPUT={labels}", f"RASTER={raster}", "MARGIN=5", "CONCURRENCY=2",
+            f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"]
+    exe, env = qgis_process_env(tmp_path)
+    proc = subprocess.Popen([exe, "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert wait_for_rows(out, 6, timeout=120) >= 6
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    time.sleep(0.5)  # the engine finishes the requests the killed run had in flight
+    first = dict(ledger_rows(out))
+    total = QgsVectorLayer(str(labels), "labels", "ogr").featureCount()
+    assert 6 <= len(first) < total
+    asked_before = engine.requests()
+    run = qgis_process(tmp_path, *args)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = ledger_rows(out)
+    assert len(rows) == len({tid for tid, _ in rows}) == total and {s for _, s in rows} == {"ok"}
+    assert engine.requests() - asked_before == total - sum(1 for s in first.values() if s == "ok")
+    features = QgsVectorLayer(f"{out}|layername=features", "features", "ogr")
+    assert features.featureCount() == total
+    assert {f["caption_status"] for f in features.getFeatures()} == {"ok"}
+    # another plan (another margin) on the same output is refused, and allowed with OVERWRITE
+    other = [a.replace("MARGIN=5", "MARGIN=10") for a in args]
+    refused = qgis_process(tmp_path, *other)
+    assert refused.returncode != 0 and "another plan" in refused.stdout + refused.stderr
+    assert qgis_process(tmp_path, *other, "OVERWRITE=true").returncode == 0
+    assert len(ledger_rows(out)) == total
 
 
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path):
