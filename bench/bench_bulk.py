@@ -1,7 +1,8 @@
-"""Bulk-run benchmark: tiles/s of `geovlm caption`'s loop (core/bulk.run_tiles: rasterio windows -> PNG ->
-engine -> GeoPackage ledger) against the demo-model engine at concurrency 1, 4 and 16 and over two engines;
-the share of each tile's time spent outside the engine request (reading the window, PNG encoding, the
-ledger commit); and the process's memory over 2,000 tiles against a stub engine (it must stay flat).
+"""Bulk-run benchmark: tiles/s of `geovlm caption`'s loop (core/bulk.run_tiles: rasterio windows -> fitted to
+the model's input and PNG-encoded in the request's worker thread -> engine -> GeoPackage ledger) against the
+demo-model engine at concurrency 1, 4 and 16 and over two engines; the share of each tile's time spent in the
+loop's own thread (reading the window, the ledger commit); and the process's memory over 2,000 tiles against
+a stub engine (it must stay flat).
 
 Tiles are 128 px windows of the shared `cogeo.tif` (each a different image: no encoder-cache hits), at most
 --tokens new tokens each. Each level runs --rounds times and the median round is shown (a shared machine is
@@ -188,7 +189,8 @@ def main(argv=None) -> int:
     for name, conc, count, wall, tps, outside, idle, read_ms, write_ms, ask_ms in rows:
         print(f"{name:<13}{conc:>6}{count:>6}{wall:>7.2f}{tps:>9.2f}{100 * outside:>8.1f}%{100 * idle:>6.1f}%"
               f"{read_ms:>9.1f}{write_ms:>9.1f}{ask_ms:>8.0f}")
-    print("outside: share of the summed per-tile time spent reading + PNG-encoding the window and committing it; "
+    print("outside: share of the summed per-tile time spent reading the window and committing it (fitting and "
+          "encoding run in the request's thread, in ask ms); "
           "idle: share of the run's request slots (concurrency x wall time) not holding a request, i.e. the "
           "time the loop's own work kept the engines waiting (ask ms: the engine request, queueing included)")
     return 0

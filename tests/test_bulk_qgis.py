@@ -343,6 +343,37 @@ def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_pa
     assert len(ledger_rows(out)) == total
 
 
+def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(plugin, processing, engines,
+                                                                                data_dir, tmp_path):
+    labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
+    engine = engines(delay=0.3)
+    out = tmp_path / "f.gpkg"
+    params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "MARGIN": 5.0,
+              "ENGINE": engine.url, "FAMILY": "geochat", "CONCURRENCY": 2, "OUTPUT": str(out)}
+    messages = []
+
+    class Feedback(QgsProcessingFeedback):
+        def reportError(self, error, fatal=False):  # noqa: N802
+            messages.append(error)
+
+    feedback = Feedback()
+    timer = threading.Timer(1.5, feedback.cancel)
+    timer.start()
+    result = processing.run("geovlm:captionfeatures", params, feedback=feedback)
+    assert any("run again with the same parameters" in m for m in messages), messages
+    first = dict(ledger_rows(out))
+    assert 0 < len(first) < labels.featureCount()
+    features = QgsVectorLayer(result["FEATURES"], "features", "ogr")
+    statuses = [f["caption_status"] for f in features.getFeatures()]
+    assert statuses.count("ok") == len(first) and statuses.count("missing") == labels.featureCount() - len(first)
+    time.sleep(0.5)
+    asked_before = engine.requests()
+    processing.run("geovlm:captionfeatures", params)
+    rows = ledger_rows(out)
+    assert len(rows) == len({tid for tid, _ in rows}) == labels.featureCount()
+    assert engine.requests() - asked_before == labels.featureCount() - len(first)
+
+
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""
