@@ -49,9 +49,11 @@ def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initGui()
     plugin.open_ask_dock()
-    # QgisTransport inside a QgsTask thread loses its QNetworkReply now and then ("wrapped C/C++ object of
-    # type QNetworkReply has been deleted", about 1 request in 10; reported): these tests of the dock use
-    # the standard-library transport; QgisTransport has its own tests.
+    # QgisTransport still loses a QNetworkReply now and then: PyQt marks a live reply's wrapper deleted
+    # ("wrapped C/C++ object of type QNetworkReply has been deleted" in a network-thread slot, then an abort
+    # or a segfault), about once in 400-900 requests, only while the GUI thread processes events (a whole
+    # run of this file fails about one time in three with it). These tests of the dock use the
+    # standard-library transport; QgisTransport has its own tests.
     plugin.ask.transport = HttpClientTransport()
     qgis_iface.messageBar().clear_messages()
     yield plugin
