@@ -165,9 +165,13 @@ def _local_client(value, family, feedback, token, transport) -> EngineClient:
     except EngineStartError as exc:
         token.check()
         raise EngineUnavailable(f"the local engine did not start: {last_line(exc)}") from None
-    # More attempts than for a remote engine: a crashed local engine is restarted, which takes seconds.
-    return EngineClient(url, api_key=key, profile=family or None, attempts=8, timeout=value.request_timeout_s,
-                        transport=_CountingTransport(transport or HttpClientTransport(), manager))
+    # Requests ride out a restart of a crashed engine (its model load included: the start timeout), as the
+    # command line's local engine does; when the launcher gives up, the manager tells the client at once.
+    client = EngineClient(url, api_key=key, profile=family or None, timeout=value.request_timeout_s,
+                          retry_window=config.start_timeout_s + 30.0,
+                          transport=_CountingTransport(transport or HttpClientTransport(), manager))
+    manager.watch(client)
+    return client
 
 
 def _probe(client: EngineClient, token: CancelToken) -> Dict:

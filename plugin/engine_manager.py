@@ -16,6 +16,7 @@ own atexit hook). States:
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -60,6 +61,7 @@ class EngineManager(QObject):
         self._engine: Optional[LocalEngine] = None
         self._config: Optional[LocalConfig] = None
         self._inflight = 0
+        self._clients = weakref.WeakSet()  # clients of the local engine, told at once when it is given up
         self.state = "stopped"
         self.detail = ""
         self.model = ""
@@ -147,8 +149,19 @@ class EngineManager(QObject):
         text = f"{self.model} on {self.device or 'an unknown device'}"
         return text + (" (demo model: a random stand-in, its answers are noise)" if self.stand_in else "")
 
+    def watch(self, client: EngineClient) -> None:
+        """Tell `client` at once (`EngineClient.engine_down`) when the launcher gives up on the local engine, so
+        its requests stop retrying and fail with the reason instead of waiting out their retry window."""
+        with self._lock:
+            self._clients.add(client)
+
     def _on_down(self, error: Optional[str]) -> None:
-        self._set("down", last_line(error or "the local engine stopped"))
+        reason = last_line(error or "the local engine stopped")
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            client.engine_down(f"the local engine is down: {reason}")
+        self._set("down", reason)
         QgsMessageLog.logMessage(f"the local engine is down: {error}", LOG_TAG, Qgis.MessageLevel.Critical)
 
     def running(self) -> bool:

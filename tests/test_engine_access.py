@@ -221,3 +221,26 @@ def test_plugin_unload_stops_the_local_engine(qgis_iface):
         for _ in range(100):  # reaped by the launcher's stop; bounded wait for the kernel
             os.kill(pid, 0)
             time.sleep(0.05)
+
+
+def test_a_local_engine_given_up_fails_requests_at_once_with_the_reason():
+    """The launcher gives up (here: killed with no restart left): the manager tells the connection's client,
+    whose requests fail in one line at once instead of retrying for the engine's whole restart window."""
+    import signal
+
+    from geovlm.core.client import EngineError
+
+    engine_settings.save(engine_settings.EngineSettings(python=sys.executable))
+    manager = engine_manager()
+    try:
+        with connect("local", family="geochat") as conn:
+            assert conn.client.retry_window >= 60  # rides out a restart with its model load
+            manager.engine.max_restarts = 0
+            os.kill(manager.engine.pid, signal.SIGKILL)
+            assert wait_for(lambda: manager.state == "down", 30)
+            started = time.monotonic()
+            with pytest.raises(EngineError, match="the local engine is down") as info:
+                conn.client.ask(png(), None, "Describe the image", max_tokens=4)
+            assert time.monotonic() - started < 5 and "\n" not in str(info.value)
+    finally:
+        manager.shutdown()
