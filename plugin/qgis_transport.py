@@ -6,8 +6,9 @@ with `updateNetworkRequest`/`updateNetworkReply`.
 
 All of them run in one long-lived network thread of GeoVLM's own (an event loop with its own
 `QgsNetworkAccessManager`); the calling thread (a `QgsTask`, a Processing worker, a client pool thread) only
-hands the request over and reads events from a queue. So no thread that ends leaves a network manager with
-live replies behind (destroying those at thread exit takes Python's lock inside Qt's, which can deadlock
+hands the request over and reads events from a queue; a reply is deleted in the GUI thread (where PyQt's
+monitor of the C++ objects it wraps lives: `_delete_in_gui_thread`). So no thread that ends leaves a network
+manager with live replies behind (destroying those at thread exit takes Python's lock inside Qt's, which can deadlock
 against a thread holding the former and waiting for the latter), streaming needs no event loop in the
 caller, and a `CancelToken` cancelled from any thread aborts the reply at once. On the GUI thread the wait
 keeps processing events (QGIS may need them for an authentication or SSL prompt), but it is meant for
@@ -33,7 +34,6 @@ from qgis.PyQt.QtCore import (
     QEvent,
     QEventLoop,
     QObject,
-    QThread,
     QTimer,
     QUrl,
     pyqtSignal,
@@ -170,7 +170,7 @@ class _Dispatcher(QObject):
             if not reply.isFinished():
                 reply.abort()  # finished() runs _finished now, while job.reply is still set
             job.reply = None
-            reply.deleteLater()  # by this thread's loop, or flushed when it ends
+            _delete_in_gui_thread(reply)
 
     @pyqtSlot()
     def _stop(self) -> None:
@@ -178,6 +178,22 @@ class _Dispatcher(QObject):
             job.events.put(("error", TransportError("GeoVLM's network thread stopped")))
             self._release(job)
         self.loop.quit()
+
+
+def _delete_in_gui_thread(reply: QNetworkReply) -> None:
+    """Delete a reply (and its children: QGIS's timeout timer) in the GUI thread, not here.
+
+    PyQt watches every QObject made by C++ that it wraps (a reply, its timer) through the `destroyed` signal
+    of a monitor that lives in the GUI thread (PyQt5's qpycore_event_handlers.cpp). Destroyed here, the
+    notice reaches the monitor queued, later, with the object's address: by then a new reply may live at that
+    address, and PyQt marks the new reply's wrapper deleted ("wrapped C/C++ object of type QNetworkReply has
+    been deleted" in a slot here, then an abort or a segfault: about one request in 400-900 while the GUI
+    thread processes events; scripts/qgis_transport_stress.py). Destroyed in the GUI thread, the notice is
+    handled at once, before the address can be reused. (A process whose GUI thread never runs an event loop
+    keeps its finished replies until it exits.)"""
+    reply.setParent(None)  # only an object without a parent can change threads
+    reply.moveToThread(QCoreApplication.instance().thread())
+    reply.deleteLater()  # by the GUI thread's event loop
 
 
 class _NetworkThread:
@@ -198,7 +214,7 @@ class _NetworkThread:
         loop.exec()
         with self.lock:  # from now on `send` drops what comes
             dispatcher, self.dispatcher = self.dispatcher, None
-        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # the replies released last
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         sip.delete(dispatcher)
 
     @property
@@ -276,7 +292,9 @@ def _is_http_status_error(error) -> bool:
 
 def _on_gui_thread() -> bool:
     app = QCoreApplication.instance()
-    return app is not None and QThread.currentThread() is app.thread()
+    # the Python main thread is QGIS's GUI thread; QThread.currentThread() would make PyQt wrap (and watch)
+    # a QThread made by C++ in every caller's thread
+    return app is not None and threading.current_thread() is threading.main_thread()
 
 
 class QgisTransport(Transport):

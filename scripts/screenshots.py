@@ -79,8 +79,8 @@ def ask(session, question, task, timeout=240):
 def main(out: Path, raster_path: Path) -> None:
     from ask_engines import DemoEngine, ScriptedEngine
 
-    from geovlm.core.transport import HttpClientTransport
     from geovlm.plugin.ask_session import AskSession
+    from geovlm.plugin.qgis_transport import stop_network_thread
     from geovlm.ui.ask_dock import AskDock
 
     app = QgsApplication([], True)
@@ -108,7 +108,6 @@ def main(out: Path, raster_path: Path) -> None:
     dock.setMinimumWidth(520)
     iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     session = AskSession(iface, dock)
-    session.transport = HttpClientTransport()  # QgisTransport in a QgsTask loses replies now and then (reported)
     window.show()
     wait_for(lambda: False, 1.0)
     canvas.setExtent(raster.extent())
@@ -131,6 +130,7 @@ def main(out: Path, raster_path: Path) -> None:
     window.close()
     del session, dock, bridge, window
     QgsProject.instance().clear()
+    stop_network_thread()  # the dock's requests ran there (QGIS's network stack): ended before QGIS exits
     app.exitQgis()
 
 

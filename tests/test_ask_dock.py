@@ -13,7 +13,6 @@ from qgis.PyQt.QtGui import QImage
 import geovlm
 from geovlm.core.parsing import parse_answer
 from geovlm.core.profiles import get_profile
-from geovlm.core.transport import HttpClientTransport
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ask_engines import DemoEngine, ScriptedEngine  # noqa: E402
@@ -49,12 +48,7 @@ def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initGui()
     plugin.open_ask_dock()
-    # QgisTransport still loses a QNetworkReply now and then: PyQt marks a live reply's wrapper deleted
-    # ("wrapped C/C++ object of type QNetworkReply has been deleted" in a network-thread slot, then an abort
-    # or a segfault), about once in 400-900 requests, only while the GUI thread processes events (a whole
-    # run of this file fails about one time in three with it). These tests of the dock use the
-    # standard-library transport; QgisTransport has its own tests.
-    plugin.ask.transport = HttpClientTransport()
+    assert plugin.ask.transport is None  # URLs go through QgisTransport, QGIS's network stack, as for a user
     qgis_iface.messageBar().clear_messages()
     yield plugin
     plugin.unload()

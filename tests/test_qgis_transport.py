@@ -269,11 +269,12 @@ def test_stopping_the_network_thread_ends_requests_in_flight(base):
 
 
 def test_fifty_asks_in_a_qgis_task_all_succeed(qgis_app):
-    """The dock's pattern: `EngineClient(url, transport=QgisTransport()).ask(...)` in a QgsTask, 50 times in
-    a row against the scripted engine (streamed and whole answers), the GUI thread processing events: every
-    one answers. (The transport before the network thread lost about one reply in ten here. A rarer loss
-    remains, about one request in 400-900 while the GUI thread processes events: PyQt marks a live reply's
-    wrapper deleted in a network-thread slot, then the process aborts; 50 requests do not show it.)"""
+    """The dock's pattern: `EngineClient(url, transport=QgisTransport()).ask(...)` in a QgsTask, 50 times
+    (a new client each time: 100 requests) against the scripted engine, streamed and whole answers, the GUI
+    thread processing events: every one answers. Replies used to be deleted in the network thread, and
+    PyQt's GUI-thread monitor of C++ objects then marked a later reply at the same address deleted ("wrapped
+    C/C++ object of type QNetworkReply has been deleted", then an abort: one request in 400-900;
+    scripts/qgis_transport_stress.py runs thousands)."""
     import sys
     from pathlib import Path
 
@@ -288,10 +289,10 @@ def test_fifty_asks_in_a_qgis_task_all_succeed(qgis_app):
     outcomes = []
 
     def asks(task):
-        client = EngineClient(engine.url, transport=QgisTransport(), retry_window=0.0)
         for i in range(50):
             streamed = []
             try:
+                client = EngineClient(engine.url, transport=QgisTransport(), retry_window=0.0)
                 text, parsed = client.ask(png, None, "Describe the image", max_tokens=16,
                                           on_token=streamed.append if i % 2 else None)
                 ok = text == answer and len(parsed.objects) == 1 and (not i % 2 or "".join(streamed) == answer)
@@ -308,6 +309,6 @@ def test_fifty_asks_in_a_qgis_task_all_succeed(qgis_app):
             assert time.monotonic() < deadline, f"{len(outcomes)} of 50 asks done in 120 s"
             QCoreApplication.processEvents()
             time.sleep(0.01)
-        assert len(engine.posts) == 50
+        assert len(engine.posts) == 50  # and 50 GET /v1/models
     failures = [o for o in outcomes if o != "ok"]
     assert task.status() == QgsTask.TaskStatus.Complete and len(outcomes) == 50 and not failures, failures[:5]
