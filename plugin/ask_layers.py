@@ -37,13 +37,19 @@ def asks_how_many(question: str) -> bool:
 class AnswerLayers:
     """The two output layers of a project. `path` is the GeoPackage; `temporary` says whether it lies in a
     temporary folder (unsaved project). Layers are made in the CRS of the first view; features of views in
-    other CRSs are transformed into it."""
+    other CRSs are transformed into it. A temporary folder lives as long as this object (keep it for the
+    session: its layers stay in the project)."""
 
     def __init__(self, project: Optional[QgsProject] = None):
         self.project = project or QgsProject.instance()
         self.layers: List[Optional[QgsVectorLayer]] = [None, None]
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
         self.path, self.temporary = self._where()
-        self._tmp = None
+
+    def project_saved(self) -> bool:
+        """True when this is a temporary GeoPackage and the project has been saved since (new answers should
+        then go beside it)."""
+        return self.temporary and bool(self.project.absoluteFilePath())
 
     def _where(self) -> Tuple[Path, bool]:
         home = self.project.absoluteFilePath()

@@ -55,6 +55,7 @@ class AskSession(QObject):
         self.turns: List[Turn] = []
         self.task: Optional[AskTask] = None
         self.layers: Optional[AnswerLayers] = None
+        self._retired_layers: List[AnswerLayers] = []  # temporary GeoPackages still in the project
         self.rectangle: Optional[QgsRectangle] = None
         self.family = engine_settings.load().family
         self._html: List[str] = []
@@ -249,11 +250,16 @@ class AskSession(QObject):
         self.history += [("user", info["worded"]), ("assistant", text)]
         links = []
         try:
+            if self.layers is not None and self.layers.project_saved():
+                self._retired_layers.append(self.layers)  # its folder must outlive its layers in the project
+                self.layers = None
             if self.layers is None:
                 self.layers = AnswerLayers()
                 if self.layers.temporary:
                     turn.notes.append(f"features go to a temporary GeoPackage ({self.layers.path}): save the "
                                       "project to keep them beside it")
+                elif self._retired_layers:
+                    turn.notes.append(f"the project is saved: features now go to {self.layers.path}")
             provenance = Provenance(turn.question, turn.task, info["model"], info["family"], info["engine"], text)
             turn.time = provenance.time
             objects, relations = ask_features(answer, self.view, len(self.turns), provenance)

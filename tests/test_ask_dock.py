@@ -256,3 +256,27 @@ def test_dock_places_each_family_answer_at_the_canvas_pixels(dock, qgis_canvas, 
         for point, (col, row) in zip(feature.geometry().asPolygon()[0], obj.polygon):
             pixel = m2p.transform(QgsPointXY(point))
             assert abs(pixel.x() * dpr - col) < 1e-6 and abs(pixel.y() * dpr - row) < 1e-6
+
+
+def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the_saved_project(dock, tmp_path):
+    session = dock.ask
+    QgsProject.instance().setFileName("")  # an unsaved project, the usual case
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: session.task is None, 30)
+        [layer] = objects_layers()
+        first = Path(layer.source().split("|")[0])
+        assert layer.isValid() and layer.featureCount() == 3 and first.is_file()
+        assert "temporary GeoPackage" in session.dock.transcript.toPlainText()
+
+        QgsProject.instance().write(str(tmp_path / "saved.qgz"))  # Ctrl+S
+        session.new_view()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: session.task is None, 30)
+    beside = tmp_path / "saved_geovlm.gpkg"
+    assert beside.is_file() and first.is_file()  # the temporary file lives on for the session
+    layers = {Path(lyr.source().split("|")[0]): lyr for lyr in objects_layers()}
+    assert layers[beside].featureCount() == 3 and layers[first].featureCount() == 3
+    assert str(beside) in session.dock.transcript.toPlainText()
+    assert "could not write" not in " ".join(str(m) for m in dock.iface.messageBar().get_messages(1))
