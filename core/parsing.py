@@ -69,8 +69,17 @@ _BRACKETS = re.compile(r"[\[\]{}()|]")
 _IN_IMAGE = re.compile(r"\s+in\s+the\s+image\s*$", re.IGNORECASE)
 
 
+_PHRASE = re.compile(r"<p>(.*?)</p>", re.IGNORECASE | re.DOTALL)
+
+
 def clean_label(segment: str, max_words: int = 6) -> str:
-    """A short label from the text before a box: tags, numbering and filler words removed."""
+    """A short label from the text before a box: tags, numbering and filler words removed. When the segment
+    holds a `<p>phrase</p>`, the last such phrase is the label and the text around it is not: GeoChat and
+    MiniGPT-v2 name a box by the phrase in `<p>..</p>` before it, `<p>phrase</p> {<x1><y1><x2><y2>}` (the
+    answer formats in shared/reference/answer-formats.md)."""
+    phrases = _PHRASE.findall(segment[-2000:])
+    if phrases and phrases[-1].strip():
+        segment = phrases[-1]
     text = _BRACKETS.sub(" ", _TAGS.sub(" ", segment[-2000:]))
     parts = _BOUNDARY.split(text)
     text = parts[-1] if parts[-1].strip() else (parts[-2] if len(parts) > 1 else "")

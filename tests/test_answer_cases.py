@@ -408,3 +408,13 @@ def test_evaluation_records_keep_line_separators_inside_json_strings(tmp_path):
     rows = [{"answer": "a\u2028b\x85c", "gt_bbox": "[[1, 2, 3, 4, 0]]"}, {"answer": "d"}]
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
     assert [r for _, r in read_records(path)] == rows
+
+
+@pytest.mark.parametrize("family", ["geochat", "minigptv2"])
+def test_the_p_phrase_names_the_box_and_the_text_before_it_does_not(family):
+    angle = "|<90>" if family == "geochat" else ""
+    answer = parse_answer(f"a red car <p>car</p> {{<10><10><40><40>{angle}}}", get_profile(family), (100, 100))
+    assert [o.label for o in answer.objects] == ["car"]
+    two = parse_answer(f"<p>plane</p> {{<1><1><9><9>{angle}}} and a big <p>ship</p> {{<50><50><60><60>{angle}}}",
+                       get_profile(family), (100, 100))
+    assert [o.label for o in two.objects] == ["plane", "ship"]
