@@ -29,7 +29,8 @@ class AskTask(QgsTask):
     what was shown), `connected(info)` once the engine is reached (model, family, engine, notice),
     `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the history),
     `failed(message)` with one line, never a traceback. `cancel()` aborts the request within a fraction of
-    a second."""
+    a second; then `failed("stopped")`, and the QgsTask itself ends completed, not terminated (QGIS would
+    say "Task failed")."""
 
     token = pyqtSignal(str)
     restarted = pyqtSignal()
@@ -67,8 +68,9 @@ class AskTask(QgsTask):
                     QImageSource(self.view.image), size, turns, profile, on_token=self.token.emit,
                     on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens)
             return True
-        except Cancelled:
+        except Cancelled:  # the user's Stop is no failure: the task ends as completed ("Task failed" otherwise)
             self.error = "stopped"
+            return True
         except (EngineUnavailable, EngineError, ValueError) as exc:
             self.error = " ".join(str(exc).split()) or type(exc).__name__
         except Exception as exc:  # a worker must not raise into the task manager: one line, logged
@@ -78,7 +80,7 @@ class AskTask(QgsTask):
 
     def finished(self, result: bool) -> None:
         """Main thread."""
-        if result:
+        if result and self.error is None:
             self.answered.emit(self.text, self.answer, self.info)
             return
         message = self.error or ("stopped" if self.isCanceled() else "the request failed")

@@ -128,13 +128,17 @@ def test_stop_cancels_within_a_second(dock):
     session = dock.ask
     with ScriptedEngine("geochat", "a field " * 200, piece_delay=0.05) as engine:
         session.engine = engine.url
-        pieces = []
-        ask(session, "Describe the image").token.connect(pieces.append)
+        pieces, ends = [], []
+        task = ask(session, "Describe the image")
+        task.token.connect(pieces.append)
+        task.taskCompleted.connect(lambda: ends.append("completed"))
+        task.taskTerminated.connect(lambda: ends.append("terminated"))  # QGIS shows "Task failed" for this
         assert wait_for(lambda: len(pieces) >= 2, 30)
         started = time.monotonic()
         session.dock.stop.click()
         assert wait_for(lambda: session.task is None, 5)
         assert time.monotonic() - started < 1.0
+    assert ends == ["completed"]  # a user's Stop is not a failure
     assert "stopped" in session.dock.transcript.toPlainText()
     assert session.dock.send.isEnabled() and not objects_layers()
 
