@@ -15,13 +15,16 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
     """(line number from 1, answer text, question text or ''); JSON lines when the first non-empty line parses
     as a JSON object (a UTF-8 byte-order mark before it is ignored).
 
-    Raises ValueError with the file and line for anything that is not readable as such.
+    Raises ValueError with the file and line for anything that is not readable as such, and in one line for a
+    file that is not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by
+    mistake).
     """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+        data = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+    text = _text_of(path, data)
     lines = split_lines(text)
     is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
     for number, line in enumerate(lines, start=1):
@@ -38,6 +41,19 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
             raise ValueError(f"{path}:{number}: no field {field!r}")
         question = record.get(question_field)
         yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
+
+
+def _text_of(path: Path, data: bytes) -> str:
+    """`data` decoded as UTF-8 (a byte-order mark dropped); ValueError in one line when it is not text."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ValueError(f"{path} is not text (it contains NUL bytes, first at byte {nul}): give saved answers "
+                         "as JSON lines or plain text, one answer a line")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not text in UTF-8 (byte {exc.start} is 0x{data[exc.start]:02x}): give saved "
+                         "answers as JSON lines or plain text in UTF-8, one answer a line") from None
 
 
 def _is_json_object(line: str) -> bool:

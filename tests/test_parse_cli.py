@@ -164,3 +164,18 @@ def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir
     # last row lies in the padding band and is clipped at the image's edge, in image pixels.
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     assert (min(xs), max(xs)) == (0, 300) and (min(ys), max(ys)) == (0, 200)
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "contains NUL bytes"),  # a GeoTIFF given as the answers file
+    (b"{<0><0><50><50>|<90>}\n\xff\xfe caf\xe9\n", "not text in UTF-8"),
+])
+def test_a_binary_input_is_said_to_be_not_text_and_exits_2(data_dir, tmp_path, capsys, content, says):
+    src = data_dir / "rasters" / "cogeo.tif"
+    if content is not None:
+        src = tmp_path / "latin1.txt"
+        src.write_bytes(content)
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "is not text" in err[0]
+    assert not (tmp_path / "o.gpkg").exists()
