@@ -38,6 +38,7 @@ from .ask_map import (
 )
 from .engine_access import EngineUnavailable, connect
 from .image_source import QImageSource
+from .line_stream import LineStream
 
 TASKS = tuple(ASK_TASKS)
 
@@ -173,12 +174,14 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             question = self._region(parameters, context, profile, view)
         elif not question:
             raise QgsProcessingException(f"the {task} task needs a question")
+        lines = LineStream(feedback.pushConsoleInfo)  # the log breaks the line after each push: whole lines
         try:
             source = QImageSource(view.image)
             text, answer = connection.client.ask(
                 source, (view.frame.width, view.frame.height), worded(profile, task, question), profile,
-                on_token=lambda piece: feedback.pushConsoleInfo(piece), cancel=cancel,
+                on_token=lines.push, cancel=cancel,
                 max_tokens=self.parameterAsInt(parameters, self.MAX_TOKENS, context))
+            lines.close()
         except Cancelled:
             raise QgsProcessingException("cancelled") from None
         except (EngineError, ValueError) as exc:

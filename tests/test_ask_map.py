@@ -173,14 +173,14 @@ def plugin(qgis_iface):
     loaded.unload()
 
 
-def _run(processing, engine_url, raster, task, **extra):
+def _run(processing, engine_url, raster, task, feedback=None, **extra):
     crs = QgsCoordinateReferenceSystem("EPSG:3857")
     extent = view_extent(raster, crs)
     params = {"LAYERS": [raster], "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},"
               f"{extent.yMaximum()} [EPSG:3857]", "ROTATION": ROTATION, "WIDTH": SIZE[0], "HEIGHT": SIZE[1],
               "DEVICE_PIXEL_RATIO": DPR, "TASK": task, "ENGINE": engine_url, "OBJECTS": "TEMPORARY_OUTPUT",
               "RELATIONS": "TEMPORARY_OUTPUT", **extra}
-    return processing.run("geovlm:askmap", params), reference_settings(raster, crs, extent)
+    return processing.run("geovlm:askmap", params, feedback=feedback), reference_settings(raster, crs, extent)
 
 
 @pytest.mark.parametrize("family", ["geochat", "earthdial", "qwen2vl", "florence2"])
@@ -384,3 +384,24 @@ def test_a_centre_cropping_server_places_the_box_on_the_object(plugin, processin
     (bad,) = unfitted.objects
     xs, ys = [p[0] for p in bad.polygon], [p[1] for p in bad.polygon]
     assert max(abs(min(xs) - truth[0]), abs(min(ys) - truth[1])) > 100  # sent unfitted: far off the roof
+
+
+def test_the_streamed_answer_reaches_the_log_as_whole_lines(plugin, processing, data_dir):
+    """Pieces of four characters are logged as the answer's lines, not one piece per log line."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.console = []
+
+        def pushConsoleInfo(self, info):  # noqa: N802 (Qt's name)
+            self.console.append(info)
+
+    answer = "a field {<10><20><40><60>|<90>}\nand a road beside it"
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    feedback = Recorder()
+    with ScriptedEngine("geochat", answer) as engine:
+        result, _ = _run(processing, engine.url, raster, 0, feedback, QUESTION="What is here?")
+    assert result["ANSWER"] == answer
+    assert feedback.console == answer.split("\n")
