@@ -71,9 +71,11 @@ class AskSession(QObject):
         dock.draw.toggled.connect(self._draw)
         dock.transcript.anchorClicked.connect(self._link)
         self.manager = engine_manager()
+        self._remote_word = "not asked yet"
         self.manager.stateChanged.connect(self._engine_state)
+        self.manager.settingsChanged.connect(self._settings_changed)
         dock.restart.clicked.connect(self.manager.restart)
-        self._engine_state(self.manager.state, self.manager.detail)
+        self._engine_state()
         self.refresh_family()
 
     # ------------------------------------------------------------ engine state
@@ -85,8 +87,8 @@ class AskSession(QObject):
 
     @engine.setter
     def engine(self, value: str) -> None:
-        self._engine = value
-        self._engine_state(self.manager.state, self.manager.detail)
+        self._engine, self._remote_word = value, "not asked yet"
+        self._engine_state()
         self.refresh_family()
 
     def refresh_family(self) -> None:
@@ -117,21 +119,38 @@ class AskSession(QObject):
             except (RuntimeError, TypeError):  # already finished and deleted by the task manager
                 pass
 
-    def _engine_state(self, state: str, detail: str = "") -> None:
-        if not self.engine and engine_settings.load().mode == "remote":
-            urls = ", ".join(e.url for e in engine_settings.load().endpoints) or "none configured"
-            text = f"Engine: remote ({urls})"
-        elif self.engine and self.engine != "local":
-            text = f"Engine: {self.engine}"
-        else:
+    def _target(self) -> str:
+        """The engine the next request goes to: "local" or its URLs (comma-separated), "" when none is set."""
+        if self._engine:
+            return self._engine
+        value = engine_settings.load()
+        return "local" if value.mode == "local" else ",".join(e.url for e in value.endpoints)
+
+    def _engine_state(self, *_) -> None:
+        """The header from the current settings (or `engine`) and the last outcome: one state word."""
+        target = self._target()
+        local = target.lower() == "local"
+        if local:
+            state, detail = self.manager.state, self.manager.detail
             text = f"Engine (local): {STATE_WORDS.get(state, state)}" + (f" — {detail}" if detail else "")
-            self.dock.restart.setVisible(state == "down")
+        else:
+            text = f"Engine (remote: {', '.join(target.split(',')) or 'none configured'}): {self._remote_word}"
+        self.dock.restart.setVisible(local and self.manager.state == "down")
         self.dock.engine_state.setText(text)
 
     def _remote_state(self, words: str) -> None:
-        if self.engine and self.engine != "local" or engine_settings.load().mode == "remote":
-            base = self.dock.engine_state.text().split(" — ")[0]
-            self.dock.engine_state.setText(f"{base} — {words}")
+        self._remote_word = words
+        self._engine_state()
+
+    def _settings_changed(self) -> None:
+        """Options saved: a new target may serve another family; the header and task list follow."""
+        self._remote_word = "not asked yet"
+        configured = engine_settings.load().family
+        if configured and configured != self.family:
+            self.family = configured
+            self.dock.set_tasks(family_tasks(get_profile(configured)))
+        self._engine_state()
+        self.refresh_family()
 
     # ------------------------------------------------------------ views
 
@@ -287,8 +306,8 @@ class AskSession(QObject):
         self.dock.set_busy(False)
         self._html.append(f"<p><i>{html.escape(message)}</i></p>")
         self._show()
+        self._remote_state("ready" if message == "stopped" else f"down — {message}")
         if message != "stopped":
-            self._remote_state(f"down: {message}")
             self.error(message)
 
     def stop(self) -> None:
@@ -361,10 +380,12 @@ class AskSession(QObject):
                     pass
             task.cancel()
             task.waitForFinished(wait_ms)
-        try:
-            self.manager.stateChanged.disconnect(self._engine_state)
-        except TypeError:
-            pass
+        for signal, slot in ((self.manager.stateChanged, self._engine_state),
+                             (self.manager.settingsChanged, self._settings_changed)):
+            try:
+                signal.disconnect(slot)
+            except TypeError:
+                pass
         if self._tool is not None:
             self.canvas.unsetMapTool(self._tool)
             self._tool = None

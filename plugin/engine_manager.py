@@ -53,6 +53,7 @@ class EngineManager(QObject):
     a worker thread or a `QgsTask`), `restart` does not."""
 
     stateChanged = pyqtSignal(str, str)  # noqa: N815 (Qt's naming): state, detail
+    settingsChanged = pyqtSignal()  # noqa: N815 (Qt's naming): the engine settings were saved (Options)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -85,6 +86,12 @@ class EngineManager(QObject):
                 return self.state
         self._set("stopped" if engine_settings.engine_python() else "not_set_up")
         return self.state
+
+    def settings_saved(self) -> None:
+        """Call after `settings.save`: re-derive the idle state and tell `settingsChanged` (the dock's header
+        and task list follow the new settings)."""
+        self.refresh()
+        self.settingsChanged.emit()
 
     def config_from_settings(self) -> LocalConfig:
         value = engine_settings.load()

@@ -284,3 +284,42 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
     assert layers[beside].featureCount() == 3 and layers[first].featureCount() == 3
     assert str(beside) in session.dock.transcript.toPlainText()
     assert "could not write" not in " ".join(str(m) for m in dock.iface.messageBar().get_messages(1))
+
+
+def test_engine_header_follows_the_options_and_the_engine_used(dock):
+    """Options ▸ GeoVLM saved (OK): the header names the engine now configured, once, with one state word."""
+    from geovlm.plugin import settings as engine_settings
+    from geovlm.plugin.ask_session import STATE_WORDS
+    from geovlm.ui.options_page import GeoVlmOptionsPage
+
+    session, header = dock.ask, dock.ask.dock.engine_state
+    session.engine = ""  # the configured engine
+    engine_settings.save(engine_settings.EngineSettings(mode="local"))
+    try:
+        with ScriptedEngine("geochat", ANSWER) as first, ScriptedEngine("llava15", "two fields") as second:
+            page = GeoVlmOptionsPage()
+            page.remote_radio.setChecked(True)
+            page.endpoints.add(first.url)
+            page.apply()
+            assert header.text() == f"Engine (remote: {first.url}): not asked yet"
+            ask(session, "Describe the image")
+            assert wait_for(lambda: session.task is None, 30)
+            assert header.text() == f"Engine (remote: {first.url}): ready" and len(first.posts) == 1
+
+            page.endpoints.item(0, 0).setText(second.url)
+            page.apply()
+            assert header.text() == f"Engine (remote: {second.url}): not asked yet"
+            tasks = session.dock.task
+            assert wait_for(lambda: [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"], 10)
+            ask(session, "Describe the image", "describe")
+            assert wait_for(lambda: session.task is None, 30)
+            assert header.text() == f"Engine (remote: {second.url}): ready" and len(second.posts) == 1
+            assert [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"]
+
+            page.local_radio.setChecked(True)
+            page.apply()
+            text = header.text()
+            assert text.startswith("Engine (local): " + STATE_WORDS[session.manager.state]) and "127.0.0.1" not in text
+            assert not session.dock.restart.isVisible()
+    finally:
+        engine_settings.save(engine_settings.EngineSettings())

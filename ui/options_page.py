@@ -233,7 +233,7 @@ class GeoVlmOptionsPage(QgsOptionsPageWidget):
 
     def apply(self) -> None:
         engine_settings.save(self.current())
-        engine_manager().refresh()
+        engine_manager().settings_saved()
 
 
 class GeoVlmOptionsFactory(QgsOptionsWidgetFactory):
