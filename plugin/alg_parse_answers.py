@@ -119,6 +119,13 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         if frame.crs == PIXEL_CRS_WKT:
             feedback.pushInfo(f"Coordinates are pixels of a {frame.width}x{frame.height} image (x = column, "
                               "y = -row); give a raster layer to place the boxes on the map.")
+            project_crs = context.project().crs() if context.project() is not None else None
+            if project_crs is not None and project_crs.isValid() and project_crs != crs:
+                feedback.pushWarning(
+                    f"The layers are in image pixels, which no transform relates to the project's "
+                    f"{project_crs.authid() or project_crs.description()}: QGIS will say \"No transform "
+                    "available\" and cannot show them over the map. Give a raster layer to place them, or open "
+                    "them in a new project (its CRS becomes the pixels').")
         if done and n_objects == 0:
             feedback.pushWarning(f"No box found in {done} answers: check that the model family "
                                  f"({profile.title}) is the one that wrote them.")

@@ -214,3 +214,35 @@ def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_i
         assert any("No box found in 1 answers" in m for m in messages)
     finally:
         plugin.unload()
+
+
+def test_parse_without_a_raster_in_a_geographic_project_says_why_qgis_cannot_show_the_pixels(
+        qgis_iface, processing, tmp_path):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingContext, QgsProcessingFeedback
+
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    warnings = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, warning):  # noqa: N802
+            warnings.append(warning)
+
+    project = QgsProject.instance()
+    before = project.crs()
+    try:
+        answers = tmp_path / "harbour.txt"
+        answers.write_text("<p>ship</p> {<0><0><50><50>|<90>}\n")
+        project.setCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+        context = QgsProcessingContext()
+        context.setProject(project)
+        processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
+            "FIELD": "answer", "IMAGE_SIZE": "200x100", "OBJECTS": "TEMPORARY_OUTPUT",
+            "RELATIONS": "TEMPORARY_OUTPUT"}, context=context, feedback=Feedback())
+        [hint] = [w for w in warnings if "EPSG:4326" in w]
+        assert "image pixels" in hint and "No transform available" in hint
+        assert "raster" in hint and "new project" in hint
+    finally:
+        project.setCrs(before)
+        plugin.unload()
