@@ -135,3 +135,25 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     assert any(f"Removing {venv}" in line for line in dialog.log.toPlainText().splitlines())
     assert dialog.progress.value() == 100 and not dialog.remove_button.isEnabled()
     dialog.deleteLater()
+
+
+def test_the_authentication_cell_of_a_new_endpoint_row_is_wide_enough(qgis_app):
+    """A row added to the remote-engine table shows its whole authentication picker ("No Authentication"),
+    not a squeezed "No A…"."""
+    from qgis.PyQt.QtWidgets import QComboBox
+
+    page = GeoVlmOptionsPage()
+    page.resize(700, 600)
+    page.show()
+    try:
+        table = page.endpoints
+        table.add("http://127.0.0.1:8000")
+        QCoreApplication.processEvents()
+        select = table.cellWidget(0, 1)
+        combo = select.findChild(QComboBox)
+        assert table.columnWidth(1) >= select.sizeHint().width()
+        assert combo.currentText() == "No Authentication"
+        assert combo.width() >= combo.fontMetrics().horizontalAdvance(combo.currentText()) + 30  # + arrow, frame
+        assert table.columnWidth(0) > 150  # the URL column keeps room
+    finally:
+        page.hide()

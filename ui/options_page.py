@@ -49,7 +49,8 @@ class EndpointTable(QTableWidget):
         super().__init__(0, 2, parent)
         self.setHorizontalHeaderLabels(["Engine URL (http://host:port)", "Authentication"])
         self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        # Interactive, widened in add(): ResizeToContents does not measure cell widgets ("No A…").
+        self.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.verticalHeader().setVisible(False)
 
@@ -65,6 +66,7 @@ class EndpointTable(QTableWidget):
         select.selectedConfigIdChanged.connect(lambda config_id: item.setData(Qt.ItemDataRole.UserRole, config_id))
         self.setCellWidget(row, 1, select)
         self.setRowHeight(row, max(self.rowHeight(row), select.sizeHint().height()))
+        self.setColumnWidth(1, max(self.columnWidth(1), select.sizeHint().width()))
 
     def remove_selected(self) -> None:
         for row in sorted({index.row() for index in self.selectedIndexes()}, reverse=True):
