@@ -87,9 +87,8 @@ class AskSession(QObject):
 
     @engine.setter
     def engine(self, value: str) -> None:
-        self._engine, self._remote_word = value, "not asked yet"
-        self._engine_state()
-        self.refresh_family()
+        self._engine = value
+        self._settings_changed()
 
     def refresh_family(self) -> None:
         """Ask the engine its family in a QgsTask (a local engine only when it already runs: a probe never
@@ -143,11 +142,12 @@ class AskSession(QObject):
         self._engine_state()
 
     def _settings_changed(self) -> None:
-        """Options saved: a new target may serve another family; the header and task list follow."""
+        """Options saved (or `engine` set): another engine may serve another family, so the last one's is
+        forgotten (it would be forced on the new engine); the header and task list follow."""
         self._remote_word = "not asked yet"
         configured = engine_settings.load().family
-        if configured and configured != self.family:
-            self.family = configured
+        self.family = configured
+        if configured:
             self.dock.set_tasks(family_tasks(get_profile(configured)))
         self._engine_state()
         self.refresh_family()

@@ -289,6 +289,7 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
 def test_engine_header_follows_the_options_and_the_engine_used(dock):
     """Options ▸ GeoVLM saved (OK): the header names the engine now configured, once, with one state word."""
     from geovlm.plugin import settings as engine_settings
+    from geovlm.plugin.ask_map import worded
     from geovlm.plugin.ask_session import STATE_WORDS
     from geovlm.ui.options_page import GeoVlmOptionsPage
 
@@ -315,6 +316,13 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             assert wait_for(lambda: session.task is None, 30)
             assert header.text() == f"Engine (remote: {second.url}): ready" and len(second.posts) == 1
             assert [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"]
+
+            page.endpoints.item(0, 0).setText(first.url)
+            page.apply()
+            ask(session, "Describe the image", "describe")  # at once: the last engine's family is not forced
+            assert wait_for(lambda: session.task is None, 30)
+            sent = first.posts[-1]["messages"][0]["content"][1]["text"]
+            assert sent == worded(get_profile("geochat"), "describe", "Describe the image")
 
             page.local_radio.setChecked(True)
             page.apply()
