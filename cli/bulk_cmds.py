@@ -108,10 +108,6 @@ def cmd_bulk(args) -> int:
         raise CliError(str(exc)) from None
     client = _client(args)
     client.transport = EndpointRecorder(client.transport)
-    if args.retry_window is not None:
-        if args.retry_window < 0:
-            raise CliError("--retry-window must be 0 or more seconds")
-        client.retry_window = args.retry_window
     reader = None
     try:
         try:

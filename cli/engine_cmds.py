@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import CliError
 from .parse_cmd import add_profile_overrides, profile_overrides
-from .serve_cmds import add_key_args, check_generation_args
+from .serve_cmds import add_key_args, add_retry_window_arg, check_generation_args
 
 STAND_IN_NOTE = (
     "NOTE: this is the demo model, a tiny randomly initialised stand-in: its answers are noise, "
@@ -81,6 +81,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="OUT.gpkg or OUT.geojson for the grounded objects")
     p.add_argument("--engine", metavar="URL[,URL...]|local",
                    help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
+    add_retry_window_arg(p)
     add_key_args(p)
     add_profile_overrides(p)
     p.set_defaults(func=cmd_ask)

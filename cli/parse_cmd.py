@@ -99,9 +99,6 @@ def run(args) -> int:
     if pixel_space and Path(args.out).suffix.lower() != ".gpkg":
         print("note: GeoJSON cannot carry the local pixel CRS, so GIS software may take these pixels for degrees: "
               "write .gpkg to open them upright in pixel units", file=sys.stderr)
-    if args.raster and frame.crs is None:
-        print(f"note: {args.raster} has no CRS: the layers are placed by its geotransform but carry no CRS",
-              file=sys.stderr)
     records = []
     try:
         for number, text, question in read_answers(path, args.field, args.question_field):

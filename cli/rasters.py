@@ -30,7 +30,8 @@ def parse_window(text: Optional[str]) -> Optional[Window]:
 def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
     """Size, geotransform and CRS of a raster (or of a window of it), with clear errors for bad files. A raster
     without georeferencing (no geotransform, no CRS, no GCPs: a PNG named .tif) gets the pixel frame
-    (`core.georef.pixel_frame`: x = column, y = -row, a local pixel CRS), and one line on stderr says so."""
+    (`core.georef.pixel_frame`: x = column, y = -row, a local pixel CRS), and one line on stderr says so; so
+    does one for a raster with a geotransform but no CRS (its layers are placed but carry no CRS)."""
     rasterio = import_rasterio()
     path = Path(path)
     if not path.exists():
@@ -47,6 +48,9 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
     if bare:
         print(f"note: {path} has no georeferencing (no geotransform, no CRS): objects are written in its pixel "
               "coordinates (x = column, y = -row, a local pixel CRS), not on a map", file=sys.stderr)
+    elif crs is None and not gcps_only:
+        print(f"note: {path} has no CRS: the layers are placed by its geotransform but carry no CRS",
+              file=sys.stderr)
     if width == 0 or height == 0:
         raise CliError(f"raster {path} has no pixels")
     if gcps_only:

@@ -57,7 +57,22 @@ def register(sub) -> None:
     check.add_argument("--question", default="Describe the image.", help="the question to ask")
     check.add_argument("--max-tokens", type=int, default=32)
     check.add_argument("--temperature", type=float, default=0.0, help="0 (greedy) to 2")
+    add_retry_window_arg(check, ENGINE_CHECK_RETRY_WINDOW_S, "it is a check: an engine that is down is said "
+                         "so soon")
     check.set_defaults(func=cmd_engine_check)
+
+
+ENGINE_CHECK_RETRY_WINDOW_S = 10.0
+
+
+def add_retry_window_arg(parser: argparse.ArgumentParser, default=None, why: str = "") -> None:
+    """--retry-window S: how long a request is retried while no engine answers (`engine_for` applies it)."""
+    from ..core.client import DEFAULT_RETRY_WINDOW_S
+
+    shown = default if default is not None else DEFAULT_RETRY_WINDOW_S
+    parser.add_argument("--retry-window", type=float, default=default, metavar="S",
+                        help=f"seconds a request is retried while no engine answers (default: {shown:g}"
+                        + (f"; {why}" if why else ", time for an engine to restart") + ")")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +120,9 @@ def engine_for(args):
 
     family = getattr(args, "family", None)
     concurrent = getattr(args, "max_concurrent", 4)
+    window = getattr(args, "retry_window", None)
+    if window is not None and not window >= 0:
+        raise CliError("--retry-window must be 0 or more seconds")
     if getattr(args, "engine", None):
         urls = [u.strip() for u in args.engine.split(",") if u.strip()]
         try:
@@ -112,7 +130,7 @@ def engine_for(args):
         except ValueError as exc:  # not an http(s) URL, or an unknown family
             raise CliError(f"--engine: {exc}") from None
         client.local_engine = None
-        return client
+        return _with_retry_options(client, args)
     engine = LocalEngine(
         python=getattr(args, "engine_python", None), model=getattr(args, "model", None), family=family
     )
@@ -122,7 +140,28 @@ def engine_for(args):
         engine.start()
     except EngineStartError as exc:
         raise CliError(f"the local engine did not start: {exc}") from exc
-    return client_for_local(engine, family, concurrent)
+    return _with_retry_options(client_for_local(engine, family, concurrent), args)
+
+
+def _with_retry_options(client, args):
+    """`client` with the --retry-window of `args` (when given) and a first-failure line on stderr: one line as
+    soon as a request first fails ("cannot reach URL: connection refused; retrying for up to 120 s ..."),
+    so that nobody waits out the retry window in silence."""
+    import threading
+
+    window = getattr(args, "retry_window", None)
+    if window is not None:
+        client.retry_window = window
+    said = threading.Event()
+
+    def say(message: str, window_s: float) -> None:
+        if not said.is_set():
+            said.set()
+            print(f"geovlm: {message}; retrying for up to {window_s:.0f} s (--retry-window to change, "
+                  "Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    client.on_first_failure = say
+    return client
 
 
 class _FirstLine(logging.Handler):

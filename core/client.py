@@ -10,7 +10,9 @@ Retry-After), preferably on another endpoint, and the endpoint rests for a while
 the request failed there) is tried once more. Other 4xx answers and an error event inside a stream (the
 model failed on this request) are not retried. Retries go on for a window of time per request
 (`retry_window`, sized to an engine restart with its model load; a job can set its own `deadline_s`), not
-for a count of attempts; `engine_down(reason)` (the local launcher gave up) ends them at once. Each job of
+for a count of attempts; `engine_down(reason)` (the local launcher gave up) ends them at once. The first
+failure of a request that will be retried is reported at once to `on_first_failure` (so that a caller can say
+what is happening instead of waiting out the window in silence). Each job of
 `ask_many` yields exactly one result, however often its request had to be sent, and a stream sent again
 never repeats text already handed to `on_token`.
 """
@@ -225,6 +227,12 @@ class EngineClient:
     attempt; a request is retried until `retry_window` seconds have passed since its first attempt (no new
     attempt starts later), or `attempts` tries when given (a cap, for quick probes). `transport` replaces the
     standard-library HTTP transport.
+
+    `on_first_failure(message, window_s)`: called once per request (each `ask`, `models`, `health`...; each
+    job of `ask_many`) when its first attempt fails in a way that is retried, before the first wait, from the
+    thread making the request. `message` is one line naming the endpoint and the cause ("cannot reach
+    http://127.0.0.1:8000: connection refused", "http://127.0.0.1:8000 answered HTTP 503 ..."); `window_s`
+    is how long the request will go on being retried, in seconds. Retries are the same with or without it.
     """
 
     def __init__(
@@ -240,6 +248,7 @@ class EngineClient:
         max_backoff: float = 8.0,
         transport: Optional[Transport] = None,
         retry_window: float = DEFAULT_RETRY_WINDOW_S,
+        on_first_failure: Optional[Callable[[str, float], None]] = None,
     ):
         urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not urls:
@@ -257,6 +266,7 @@ class EngineClient:
         self.timeout = timeout
         self.attempts = attempts
         self.retry_window = retry_window
+        self.on_first_failure = on_first_failure
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.transport = transport or HttpClientTransport()
@@ -519,6 +529,8 @@ class EngineClient:
                 if out_of_time or server_errors > 1 or (self.attempts is not None and attempt >= self.attempts):
                     spent = f"{attempt} attempts" + (f" in {window:.0f} s" if out_of_time else "")
                     raise EngineError(f"gave up after {spent}: {exc}", exc.status) from exc
+                if attempt == 1 and self.on_first_failure is not None:
+                    self.on_first_failure(_failure_line(endpoint.url, exc), window)
             finally:
                 self._pool.release(endpoint, ok)
             self._sleep(token, delay)
@@ -550,6 +562,25 @@ def check_engine_url(url: str) -> str:
 
 
 # ------------------------------------------------------------ helpers
+
+
+def _failure_line(url: str, exc: _Retryable) -> str:
+    """One line for a failed attempt: the endpoint and the cause, the operating system's words for a
+    connection that could not be made ("connection refused"), the status for an HTTP answer."""
+    if exc.status is not None:
+        return f"{url} answered HTTP {exc.status}"
+    cause: Optional[BaseException] = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if isinstance(cause, ConnectionRefusedError):
+        reason = "connection refused"
+    elif isinstance(cause, TimeoutError):
+        reason = "timed out"
+    elif isinstance(cause, OSError):
+        reason = (cause.strerror or str(cause) or type(cause).__name__).lower()
+    else:  # a reply that broke off or could not be read
+        return str(exc) if url in str(exc) else f"{url}: {exc}"
+    return f"cannot reach {url}: {reason}"
 
 
 def _guarded(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -430,3 +430,39 @@ def test_an_engine_reported_down_ends_the_retries_at_once(serve):
 def test_engine_urls_must_be_http(url):
     with pytest.raises(ValueError, match="engine URL"):
         EngineClient(url)
+
+
+def test_the_first_failure_of_each_request_is_reported_at_once_and_retries_go_on():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: connections are refused
+    calls = []
+    client = client_for(url, profile="geochat", backoff=0.05, max_backoff=0.1, retry_window=0.8,
+                        on_first_failure=lambda message, window: calls.append((message, window, time.monotonic())))
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"attempts in 1 s") as raised:
+        client.ask(png(), (200, 100), "q")
+    assert time.monotonic() - started > 0.6  # the window was used all the same
+    assert int(str(raised.value).split()[3]) > 3  # "gave up after N attempts": retried, not stopped
+    [(message, window, when)] = calls  # once for the request, not once per attempt
+    assert message == f"cannot reach {url}: connection refused" and window == 0.8
+    assert when - started < 0.5
+    with pytest.raises(EngineError):
+        client.models()
+    assert len(calls) == 2  # a new request reports its own first failure
+
+
+def test_no_failure_is_reported_for_a_request_that_succeeds_at_once_or_is_not_retried(serve):
+    calls = []
+    client = client_for(serve(Script()), on_first_failure=lambda *a: calls.append(a))
+    client.ask(png(), (200, 100), "q")
+    assert calls == []
+    client = client_for(serve(Script(default="503")), retry_window=0.0, on_first_failure=lambda *a: calls.append(a))
+    with pytest.raises(EngineError):
+        client.ask(png(), (200, 100), "q")
+    assert calls == []
+    client = client_for(serve(Script(["503"])), on_first_failure=lambda *a: calls.append(a))
+    client.ask(png(), (200, 100), "q")
+    assert [m for m, _ in calls] == [f"{client.endpoints[0].url} answered HTTP 503"]

@@ -139,3 +139,67 @@ def test_ask_reports_a_failure_while_streaming(demo, capsys, monkeypatch):
     argv = ["ask", str(COGEO), "q", "--model", str(demo), "--window", "0,0,64,64"]
     assert main(argv) == 2
     assert "out of memory" in capsys.readouterr().err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("command", [
+    ["ask", str(COGEO), "hi", "--family", "geochat", "--window", "0,0,64,64"],
+    ["engine-check"],
+])
+def test_an_engine_that_cannot_be_reached_is_said_at_once_not_after_the_window(command):
+    """The user sees within seconds why nothing happens (the retries themselves go on for the window)."""
+    import select
+    import subprocess
+    import time
+
+    url = f"http://127.0.0.1:{_closed_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "geovlm", *command, "--engine", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        started, line = time.monotonic(), ""
+        while "cannot reach" not in line and time.monotonic() - started < 60:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+        window = 10 if command[0] == "engine-check" else 120
+        assert line.strip() == (f"geovlm: cannot reach {url}: connection refused; retrying for up to {window} s "
+                                "(--retry-window to change, Ctrl-C to stop)")
+        assert proc.poll() is None or command[0] == "engine-check"  # ask is still retrying: it told at once
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_ask_and_engine_check_take_a_retry_window(capsys):
+    import time
+
+    from geovlm.cli import build_parser
+
+    assert build_parser().parse_args(["engine-check"]).retry_window == 10
+    url = f"http://127.0.0.1:{_closed_port()}"
+    for argv in (["ask", str(COGEO), "hi", "--family", "geochat", "--window", "0,0,64,64"], ["engine-check"]):
+        started = time.monotonic()
+        assert main([*argv, "--engine", url, "--retry-window", "1"]) == 2
+        assert time.monotonic() - started < 20
+        err = capsys.readouterr().err
+        assert "retrying for up to 1 s" in err and "gave up after" in err
+        assert main([*argv, "--engine", url, "--retry-window", "-1"]) == 2
+        assert "--retry-window must be 0 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["ask", "hi"], ["detect", "--out", "OUT.gpkg"], ["caption", "--out", "OUT.gpkg"]])
+def test_a_raster_with_a_geotransform_but_no_crs_is_noted(command, tmp_path, capsys):
+    raster = str(ms.RASTERS / "rotated.tif")
+    argv = [command[0], raster, *(a.replace("OUT", str(tmp_path / "o")) for a in command[1:])]
+    assert main([*argv, "--engine", f"http://127.0.0.1:{_closed_port()}", "--family", "geochat",
+                 "--retry-window", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"note: {raster} has no CRS: the layers are placed by its geotransform but carry no CRS" in err
