@@ -245,6 +245,7 @@ def cmd_ask(args) -> int:
     print(f"[{result.tokens} tokens, finish: {result.finish_reason}; {times}]", file=sys.stderr)
     answer = parse_answer(result.text, pipe.profile, image_size=(image.shape[1], image.shape[0]))
     print(f"[parsed: {answer.summary()}]", file=sys.stderr)
+    _hint_family(answer, pipe.profile.name)
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
@@ -276,6 +277,8 @@ def _ask_engine(args, image, frame) -> int:
     try:
         family = args.family or client.profile().name
         profile = get_profile(family, **profile_overrides(args))
+        if args.family:
+            _warn_other_family(client, profile.name)
         text, answer = client.ask(
             ArraySource(image), None, args.question, profile=profile,
             on_token=show, on_restart=show_restart,
@@ -290,9 +293,35 @@ def _ask_engine(args, image, frame) -> int:
             client.local_engine.stop()
     print()
     print(f"[parsed: {answer.summary()}]", file=sys.stderr)
+    _hint_family(answer, profile.name)
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
         write_layers([ParsedRecord(1, profile.name, answer, frame)], args.out)
         print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
     return 0
+
+
+def _warn_other_family(client, family: str) -> None:
+    """One line when --family differs from the family the engine reports in /v1/models (ours does; vLLM and
+    SGLang report none, and then nothing is said). Raises EngineError when the engine cannot be asked."""
+    from ..core.profiles import get_profile
+
+    entries = client.models().get("data") or []
+    entry = next((e for e in entries if e.get("id") == client.model), entries[0] if entries else {})
+    reported = (entry.get("geovlm") or {}).get("family")
+    try:
+        reported = get_profile(reported).name if reported else None
+    except ValueError:  # a family this client does not know: say it as the engine does
+        pass
+    if reported and reported != family:
+        print(f"geovlm: warning: --family {family}, but the engine reports {reported}: its answers are read in "
+              f"{family}'s syntax (leave --family out to use the engine's)", file=sys.stderr)
+
+
+def _hint_family(answer, family: str) -> None:
+    """An answer that gave no box but has skipped fragments was likely read in another family's syntax: one
+    line says to check --family (as `geovlm parse` does)."""
+    if not answer.objects and answer.skipped:
+        print(f"note: no box read but {len(answer.skipped)} fragments skipped: check that --family {family} is "
+              "the family of the model", file=sys.stderr)

@@ -466,3 +466,20 @@ def test_no_failure_is_reported_for_a_request_that_succeeds_at_once_or_is_not_re
     client = client_for(serve(Script(["503"])), on_first_failure=lambda *a: calls.append(a))
     client.ask(png(), (200, 100), "q")
     assert [m for m, _ in calls] == [f"{client.endpoints[0].url} answered HTTP 503"]
+
+
+def test_ask_warns_when_family_differs_from_the_engines_and_hints_when_nothing_was_read(serve, capsys, data_dir):
+    from geovlm.cli import main
+
+    url = serve(Script())  # reports geochat and answers in GeoChat's syntax
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    argv = ["ask", raster, "q", "--engine", url, "--window", "0,0,64,48", "--max-new-tokens", "8"]
+    assert main([*argv, "--family", "earthdial"]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning == ["geovlm: warning: --family earthdial, but the engine reports geochat: its answers are read "
+                       "in earthdial's syntax (leave --family out to use the engine's)"]
+    assert "0 objects" in err and "check that --family earthdial is the family of the model" in err
+    assert main([*argv, "--family", "geochat"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "check that --family" not in err and "1 objects" in err
