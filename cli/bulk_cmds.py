@@ -46,13 +46,14 @@ class RasterTiles:
     client fits each to the model's input (core.client.prepare_image) and sends exactly those pixels."""
 
     def __init__(self, path, bands, skip_nodata: bool):
-        from ..models.imagery import import_rasterio
+        from ..models.imagery import import_rasterio, not_georeferenced_ok
 
         self.rasterio = import_rasterio()
         self.path = path
         self.bands = bands
         self.skip_nodata = skip_nodata
-        self.ds = self.rasterio.open(path)
+        with not_georeferenced_ok(self.rasterio):  # open_frame has said in one line what that means
+            self.ds = self.rasterio.open(path)
 
     def __call__(self, tile):
         from rasterio.windows import Window

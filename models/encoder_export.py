@@ -8,9 +8,12 @@ runtime and the preprocessing follow.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -198,7 +201,7 @@ def _export(checkpoint: CheckpointInfo, encoder, out_path: Path, dtype: str, ops
     # The dynamo exporter (torch.export) gives a clean graph with a symbolic batch axis; the TorchScript
     # exporter also works but specialises more shapes to constants, so we use dynamo.
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             encoder,
             (example,),
@@ -209,10 +212,39 @@ def _export(checkpoint: CheckpointInfo, encoder, out_path: Path, dtype: str, ops
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
-    program.save(str(out_path))
+    with quiet_exporter():
+        program.save(str(out_path))
     props = metadata_for(checkpoint, dtype, opset)
     _write_metadata(out_path, props)
     return props
+
+
+# torch's ONNX exporter logs one warning per torchvision operator it cannot register when torchvision is absent
+# (torch/onnx/_internal/exporter/_registration.py); the encoders use none of them.
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """A context in which torch's ONNX exporter does not print what concerns torch, not the user: the
+    "torchvision is not installed. Skipping torchvision::..." log lines and torch.export's FutureWarning about
+    pytree's `LeafSpec` (raised through copyreg.py). Only these; other warnings and errors pass."""
+    logger = logging.getLogger(_REGISTRATION_LOGGER)
+    quiet = _SkipTorchvisionNotes()
+    logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _SkipTorchvisionNotes(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping ..." records, keeps every other one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
 
 
 def _parity(reference, size: int, path: Path, check_batches: Sequence[int]) -> Dict[int, float]:

@@ -203,3 +203,38 @@ def test_a_raster_with_a_geotransform_but_no_crs_is_noted(command, tmp_path, cap
                  "--retry-window", "0"]) == 2
     err = capsys.readouterr().err
     assert f"note: {raster} has no CRS: the layers are placed by its geotransform but carry no CRS" in err
+
+
+def test_the_encoder_export_prints_none_of_torchs_own_notes(demo, tmp_path):
+    """torch's exporter logs a line per torchvision operator when torchvision is absent and torch.export warns
+    about pytree's LeafSpec: neither concerns the user. Other warnings still pass (the filter is narrow)."""
+    import subprocess
+    import warnings
+
+    from geovlm.models import encoder_export
+
+    run = subprocess.run([sys.executable, "-m", "geovlm", "export-encoder", "--model", str(demo), "--out",
+                          str(tmp_path / "e.onnx")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "torchvision is not installed" not in run.stderr and "LeafSpec" not in run.stderr
+    assert run.stderr.strip() == "" and "max abs difference ONNX vs torch" in run.stdout
+    with warnings.catch_warnings(record=True) as caught, encoder_export.quiet_exporter():
+        warnings.simplefilter("always")
+        warnings.warn("a warning of GeoVLM's own", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning of GeoVLM's own"]
+
+
+def test_a_raster_without_georeferencing_is_read_for_tiles_without_rasterios_warning(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from geovlm.cli.bulk_cmds import RasterTiles
+
+    png = tmp_path / "photo.tif"  # a PNG renamed .tif: no geotransform, no CRS
+    Image.fromarray(np.full((16, 20, 3), 90, np.uint8)).save(png, format="PNG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RasterTiles(png, None, True).close()
+    assert [str(w.message) for w in caught] == []
