@@ -61,24 +61,30 @@ class RasterTiles:
         from ..models.imagery import ImageryError, read_rgb
         from ..models.preprocess import ArraySource
 
-        if self.skip_nodata and not self.ds.dataset_mask(window=Window(*tile.window)).any():
-            return None
         try:
+            if self.skip_nodata and not self.ds.dataset_mask(window=Window(*tile.window)).any():
+                return None
             rgb = read_rgb(self.path, tile.window, self.bands)
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
+        except self.rasterio.errors.RasterioError:  # the mask of a damaged window
+            raise ValueError(f"cannot read raster {self.path}: its header opens but its pixels cannot be read "
+                             "(a truncated or damaged file)") from None
         return ArraySource(rgb)
 
     def close(self):
         self.ds.close()
 
 
-def served_model(client) -> str:
-    """The id of the model the engines serve (the first one listed: one model per run)."""
+def served_model(client):
+    """(id, "geovlm" details) of the model the engines serve: the one asked for (`--model`) or the first listed
+    (one model per run); the details (family, random_stand_in...) are {} for an engine that gives none."""
     entries = client.models().get("data") or []
     if not entries:
         raise CliError("the engine serves no model")
-    return client.model or entries[0]["id"]
+    model = client.model or entries[0]["id"]
+    entry = next((e for e in entries if e.get("id") == model), entries[0])
+    return model, entry.get("geovlm") or {}
 
 
 def cmd_bulk(args) -> int:
@@ -96,7 +102,7 @@ def cmd_bulk(args) -> int:
     from ..core.profiles import get_profile
     from ..core.tiling import TilePlan
     from ..core.transport import CancelToken
-    from .engine_cmds import _bands
+    from .engine_cmds import STAND_IN_NOTE, _bands
     from .parse_cmd import profile_overrides
     from .rasters import open_frame
 
@@ -116,7 +122,7 @@ def cmd_bulk(args) -> int:
             profile = get_profile(family, **profile_overrides(args))
             task = args.task or default_task(profile, args.kind)
             profile.question(task, "")  # an unknown task fails here, clearly
-            model = served_model(client)
+            model, details = served_model(client)
         except (EngineError, ValueError) as exc:
             raise CliError(str(exc)) from None
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
@@ -139,6 +145,8 @@ def cmd_bulk(args) -> int:
                                     refresh=False)
                 bar.refresh()
 
+        if details.get("random_stand_in"):
+            print(STAND_IN_NOTE, file=sys.stderr)
         print(f"geovlm {args.kind}: {len(tiles)} tiles of {tiles.tile} px (overlap {tiles.overlap}), "
               f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
               f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
@@ -167,9 +175,12 @@ def cmd_bulk(args) -> int:
     print(f"geovlm {args.kind}: {stats.summary()}; wrote {args.out}")
     for error, count in sorted(stats.errors.items(), key=lambda kv: -kv[1])[:5]:
         print(f"  failed {count}x: {error}", file=sys.stderr)
-    if stats.failed or stats.halted:
-        print(f"geovlm {args.kind}: rerun the same command to ask the {stats.total - stats.done} failed or "
-              "missing tiles again", file=sys.stderr)
+    if stats.unreadable:
+        print(f"geovlm {args.kind}: {stats.unreadable_note()}", file=sys.stderr)
+    again = stats.total - stats.done - len(stats.unreadable)  # failed at the engine, or not reached
+    if again and (stats.engine_failed or stats.halted or stats.cancelled):
+        print(f"geovlm {args.kind}: rerun the same command to ask the {again} failed or missing tiles again",
+              file=sys.stderr)
     return 1 if stats.failed or stats.halted else 0
 
 

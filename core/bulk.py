@@ -4,7 +4,9 @@ Reading pixels and writing the ledger happen in the calling thread (QGIS forbids
 an sqlite connection belongs to one thread); only the requests run in worker threads, through
 `EngineClient.ask`, which spreads them over the endpoints (least busy first, failover). At most
 `2 x capacity` tiles are read ahead, so memory stays flat however long the plan. Each tile is submitted
-once; a tile whose request fails after the client's retries is recorded `failed` (asked again on resume).
+once; a tile whose request fails after the client's retries is recorded `failed` (asked again on resume). A
+tile whose pixels cannot be read (the reader raises ValueError: a damaged file there) is recorded `failed` too,
+and `RunStats.unreadable` keeps it apart from the engine's failures: a rerun reads it again, but will not help.
 Cancelling stops submitting, aborts the requests in flight (their tiles stay missing) and returns within
 about a second. When a tile fails because no engine answered for the client's whole retry window, the run
 stops submitting too (`RunStats.halted` says why): the engines are gone, and asking every remaining tile
@@ -53,20 +55,43 @@ class RunStats:
     write_s: float = 0.0
     wall_s: float = 0.0
     errors: Dict[str, int] = field(default_factory=dict)
+    unreadable: Dict[str, str] = field(default_factory=dict)  # {tile id: why its pixels cannot be read}
 
     @property
     def done(self) -> int:
         return self.resumed + self.ok + self.skipped
 
     def summary(self) -> str:
-        line = (f"{self.total} tiles: {self.asked} asked, {self.ok} answered, {self.skipped} skipped "
-                f"(nodata), {self.failed} failed, {self.resumed} resumed (done before)")
+        return self.summary_of("tiles")
+
+    def summary_of(self, unit: str) -> str:
+        """`summary()` counting `unit` ("tiles", "features"), e.g. "25 tiles: 16 asked, 16 answered, 0 skipped
+        (nodata), 9 failed (9 unreadable), 0 resumed (done before)"."""
+        unreadable = f" ({len(self.unreadable)} unreadable)" if self.unreadable else ""
+        line = (f"{self.total} {unit}: {self.asked} asked, {self.ok} answered, {self.skipped} skipped "
+                f"(nodata), {self.failed} failed{unreadable}, {self.resumed} resumed (done before)")
         left = self.total - self.done - self.failed
         if left:
             line += f", {left} left"
         if self.halted:
             line += f"; stopped: {self.halted}"
         return line
+
+    @property
+    def engine_failed(self) -> int:
+        """Failed tiles that were read and sent: the engine refused them or did not answer (a rerun asks
+        them again)."""
+        return self.failed - len(self.unreadable)
+
+    def unreadable_note(self, unit: str = "tiles") -> str:
+        """One line about the tiles whose pixels could not be read ("" when none): which (the first ten ids),
+        the first reason, and that a rerun will not help them."""
+        if not self.unreadable:
+            return ""
+        ids = list(self.unreadable)
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        return (f"{len(ids)} {unit} could not be read ({shown}): the raster is damaged there "
+                f"({next(iter(self.unreadable.values()))}); a rerun will not help those")
 
 
 class EndpointRecorder(Transport):
@@ -118,7 +143,7 @@ def run_tiles(
         text, answer = client.ask(image, size, question, profile, task, cancel=cancel, max_tokens=max_tokens)
         return text, answer, time.monotonic() - t0, recorder.last_url if recorder else ""
 
-    def commit(result: TileResult) -> None:
+    def commit(result: TileResult) -> bool:
         t0 = time.monotonic()
         written = ledger.record(result, question, model, profile.name)
         stats.write_s += time.monotonic() - t0
@@ -131,6 +156,7 @@ def run_tiles(
             stats.skipped += 1
         else:
             stats.ok += 1
+        return written
 
     inflight: Dict = {}
     last_report = 0.0
@@ -144,7 +170,9 @@ def run_tiles(
                         image = read(tile)
                     except ValueError as exc:  # an unreadable window: that tile fails, the run goes on
                         stats.read_s += time.monotonic() - t0
-                        commit(TileResult(tile, FAILED, error=str(exc)))
+                        reason = f"pixels cannot be read: {exc}"
+                        if commit(TileResult(tile, FAILED, error=reason)):
+                            stats.unreadable[tile.id] = str(exc)
                         continue
                     stats.read_s += time.monotonic() - t0
                     if image is None:
@@ -206,6 +234,33 @@ def eta_seconds(stats: RunStats, elapsed: float) -> Optional[float]:
     return left * elapsed / finished
 
 
+class ProgressLog:
+    """When a progress line is worth logging: on the first tile finished, each time another `step` share of
+    the plan (0.1: every 10 %) is finished, when `every_s` seconds have passed since the last line, and at the
+    end; never twice for the same count. A log that keeps every line (QGIS's Processing log) then holds about
+    ten lines however long the run, instead of one per progress callback (4 a second)."""
+
+    def __init__(self, total: int, step: float = 0.1, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total = max(1, total)
+        self.step = step
+        self.every_s = every_s
+        self.clock = clock
+        self.last_count = 0
+        self.last_time = clock()
+
+    def due(self, finished: int) -> bool:
+        """True when the line for `finished` tiles (of `total`) should be logged (and remember it)."""
+        if finished <= self.last_count:
+            return False
+        now = self.clock()
+        crossed = int(finished / self.total / self.step) > int(self.last_count / self.total / self.step)
+        if not (crossed or self.last_count == 0 or finished >= self.total or now - self.last_time >= self.every_s):
+            return False
+        self.last_count, self.last_time = finished, now
+        return True
+
+
 DEFAULT_CAPTION_QUESTION = "Describe the image in detail."
 DEFAULT_GRAPH_QUESTION = "Generate the scene graph of the image: the objects with their boxes and their relations."
 
@@ -232,5 +287,5 @@ def graph_rows(tile: Tile, answer: Answer, gt: GeoTransform) -> Tuple[List[tuple
     return objects, relations
 
 
-__all__ = ["DEFAULT_CAPTION_QUESTION", "DEFAULT_GRAPH_QUESTION", "EndpointRecorder", "OK", "RunStats",
+__all__ = ["DEFAULT_CAPTION_QUESTION", "DEFAULT_GRAPH_QUESTION", "EndpointRecorder", "OK", "ProgressLog", "RunStats",
            "default_task", "eta_seconds", "graph_rows", "run_tiles"]

@@ -22,12 +22,15 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProject,
+    QgsRasterLayer,
 )
 
 from ..core.bulk import (
     DEFAULT_CAPTION_QUESTION,
     DEFAULT_GRAPH_QUESTION,
     EndpointRecorder,
+    ProgressLog,
     default_task,
     eta_seconds,
     graph_rows,
@@ -53,6 +56,20 @@ def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: Can
         raise QgsProcessingException(str(exc)) from None
 
 
+def default_raster_layer():
+    """The id of the raster layer a bulk dialog starts with: the active layer when it is a raster, else the
+    first raster layer of the project in layer order; None when the project has none (qgis_process). Used as
+    the parameter's default, which the dialog selects (each dialog makes a fresh algorithm instance)."""
+    from qgis.utils import iface
+
+    active = iface.activeLayer() if iface is not None else None
+    if isinstance(active, QgsRasterLayer) and active.isValid():
+        return active.id()
+    project = QgsProject.instance()
+    ordered = project.layerTreeRoot().layerOrder() or list(project.mapLayers().values())
+    return next((layer.id() for layer in ordered if isinstance(layer, QgsRasterLayer) and layer.isValid()), None)
+
+
 def ledger_crs(crs):
     """(WKT1 as GeoPackage 1.3 wants it, EPSG code or None) of a QgsCoordinateReferenceSystem; (None, None)
     when it is not valid."""
@@ -70,6 +87,24 @@ def load_on_completion(out: str, layer: str, style: str, context) -> str:
     details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
     context.addLayerToLoadOnCompletion(uri, details)
     return uri
+
+
+def report_outcome(feedback, stats, out: str, unit: str) -> None:
+    """The errors of a bulk run in the Processing log: cancelled or stopped (run again to resume), the `unit`s
+    ("tiles", "features") whose pixels could not be read (a rerun will not help those), and the ones the
+    engine failed (run again to ask them again)."""
+    if stats.unreadable:
+        feedback.reportError(stats.unreadable_note(unit) + ".", False)
+    if stats.cancelled:
+        feedback.reportError(f"Cancelled: the answered {unit} are kept in {out}; run again with the same "
+                             "parameters to ask only for the rest.", False)
+    elif stats.halted:
+        feedback.reportError(f"Stopped: {stats.halted}. The answered {unit} are kept in {out}; run again with "
+                             "the same parameters once an engine answers.", False)
+    elif stats.engine_failed:
+        first = next((e for e in stats.errors if not e.startswith("pixels cannot be read")), "")
+        feedback.reportError(f"{stats.engine_failed} {unit} failed at the engine (first: {first}); run again "
+                             "with the same parameters to ask them again.", False)
 
 
 class BulkTilesAlgorithm(QgsProcessingAlgorithm):
@@ -90,7 +125,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer (a file, or a web layer)",
+                                                            default_raster_layer()))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster; "
                                                        "needed for a web layer)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -208,15 +244,17 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
                           f"{conn.describe()['engine']}; plan {plan.fingerprint}"
                           + (" (resuming)" if ledger.resumed else ""))
         started = time.monotonic()
+        lines = ProgressLog(len(self.tiles))
 
         def progress(stats):
             if feedback.isCanceled():
                 cancel.cancel()
             finished = stats.done + stats.failed
             feedback.setProgress(100.0 * finished / max(1, stats.total))
-            eta = eta_seconds(stats, time.monotonic() - started)
-            feedback.setProgressText(f"{finished}/{stats.total} tiles" + (f", about {eta:.0f} s left" if eta
-                                                                          is not None else ""))
+            if lines.due(finished):  # the Processing log keeps every progress text: about ten lines a run
+                eta = eta_seconds(stats, time.monotonic() - started)
+                feedback.setProgressText(f"{finished}/{stats.total} tiles" + (
+                    f", about {eta:.0f} s left" if eta is not None and finished < stats.total else ""))
 
         graph = (lambda tile, answer: graph_rows(tile, answer, self.gt)) if self.KIND == "detect" else None
         try:
@@ -227,15 +265,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         finally:
             ledger.close()
         feedback.pushInfo(stats.summary())
-        if stats.cancelled:
-            feedback.reportError(f"Cancelled: the answered tiles are kept in {out}; run again with the same "
-                                 "parameters to ask only for the rest.", False)
-        elif stats.halted:
-            feedback.reportError(f"Stopped: {stats.halted}. The answered tiles are kept in {out}; run again with "
-                                 "the same parameters once an engine answers.", False)
-        elif stats.failed:
-            feedback.reportError(f"{stats.failed} tiles failed (first: {next(iter(stats.errors))}); run again "
-                                 "with the same parameters to ask them again.", False)
+        report_outcome(feedback, stats, out, "tiles")
         return self.outputs(out, context)
 
     def merge_threshold(self, parameters, context) -> float:

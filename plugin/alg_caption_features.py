@@ -32,7 +32,7 @@ from ..core.client import EngineError
 from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
 from ..core.transport import Cancelled, CancelToken
-from .alg_bulk_tiles import connect_engine, ledger_crs, load_on_completion
+from .alg_bulk_tiles import connect_engine, default_raster_layer, ledger_crs, load_on_completion, report_outcome
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
 
@@ -86,7 +86,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(self.INPUT, "Polygon layer",
                                                               [Qgis.ProcessingSourceType.VectorPolygon]))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster (a file)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster (a file)", default_raster_layer()))
         self.addParameter(QgsProcessingParameterNumber(self.MARGIN, "Margin around each feature (raster map units)",
                                                        Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterString(self.FIELD, "Field for the answer", "caption"))
@@ -164,16 +164,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         finally:
             conn.close()
         self._write_features(out, source, features, {t.id for t in tiles}, field, results, context)
-        feedback.pushInfo(stats.summary().replace("tiles", "features", 1))
-        if stats.cancelled:
-            feedback.reportError(f"Cancelled: the answered features are kept in {out}; run again with the same "
-                                 "parameters to ask only for the rest.", False)
-        elif stats.halted:
-            feedback.reportError(f"Stopped: {stats.halted}. The answered features are kept in {out}; run again "
-                                 "with the same parameters once an engine answers.", False)
-        elif stats.failed:
-            feedback.reportError(f"{stats.failed} features failed (first: {next(iter(stats.errors))}); run "
-                                 "again with the same parameters to ask them again.", False)
+        feedback.pushInfo(stats.summary_of("features"))
+        report_outcome(feedback, stats, out, "features")
         return {self.OUTPUT: out, self.FEATURES: load_on_completion(out, FEATURES, FEATURES, context),
                 self.WINDOWS: load_on_completion(out, TILES, TILES, context)}
 

@@ -28,9 +28,31 @@ def rgb_source(rgb: np.ndarray) -> QImageSource:
     return QImageSource(QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy())
 
 
+def read_window(band, col: int, row: int, w: int, h: int) -> np.ndarray:
+    """`band.ReadAsArray` of a window (h x w), whether GDAL raises exceptions (RuntimeError, as osgeo does once
+    `gdal.UseExceptions()`) or returns None; a window GDAL cannot read (a truncated or damaged file there)
+    raises ValueError with GDAL's reason, which `core.bulk.run_tiles` records as that tile's failure."""
+    from osgeo import gdal
+
+    gdal.ErrorReset()
+    try:
+        data = band.ReadAsArray(col, row, w, h)
+    except RuntimeError as exc:
+        raise ValueError(_gdal_reason(str(exc))) from None
+    if data is None:
+        raise ValueError(_gdal_reason(gdal.GetLastErrorMsg()))
+    return data
+
+
+def _gdal_reason(message: str) -> str:
+    message = message.strip().splitlines()[-1] if message.strip() else "GDAL gave no pixels"
+    return f"GDAL cannot read this window ({message})"
+
+
 class GdalTiles:
     """Windows of a file raster read with osgeo.gdal. `offset` (col, row) is added to every tile window (a plan
-    over a part of the raster); `bands` three 1-based bands (default 1,2,3, or grey)."""
+    over a part of the raster); `bands` three 1-based bands (default 1,2,3, or grey). A window whose pixels
+    cannot be read raises ValueError (see `read_window`)."""
 
     def __init__(self, path: str, skip_nodata: bool, offset: Tuple[int, int] = (0, 0),
                  bands: Optional[Sequence[int]] = None):
@@ -52,8 +74,8 @@ class GdalTiles:
         data, valid = [], []
         for b in self.bands:
             band = self.dataset.GetRasterBand(b)
-            data.append(band.ReadAsArray(col, row, w, h))
-            valid.append(band.GetMaskBand().ReadAsArray(col, row, w, h) > 0)
+            data.append(read_window(band, col, row, w, h))
+            valid.append(read_window(band.GetMaskBand(), col, row, w, h) > 0)
         valid = np.stack(valid)
         if self.skip_nodata and not valid.any():
             return None
@@ -64,8 +86,8 @@ class GdalTiles:
         return rgb_source(rgb)
 
     def _palette(self, band, col, row, w, h):
-        index = band.ReadAsArray(col, row, w, h)
-        valid = band.GetMaskBand().ReadAsArray(col, row, w, h) > 0
+        index = read_window(band, col, row, w, h)
+        valid = read_window(band.GetMaskBand(), col, row, w, h) > 0
         if self.skip_nodata and not valid.any():
             return None
         table = band.GetColorTable()

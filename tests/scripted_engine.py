@@ -14,8 +14,9 @@ HTTP, numpy + PIL to look at the image) that answers in a family's syntax from w
 
 Each request is logged as one JSON line (image size, mean, and `bands`: the rows at the top and bottom and
 the columns at the left and right filled wholly with the top-left pixel's colour, the padding) to `--log`.
-Run: `python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE]`; it writes {"url",
-"pid"} to F once listening.
+`--stand-in`: /v1/models reports `random_stand_in: true` in its geovlm entry, as a `geovlm serve` of the demo
+model does. Run: `python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE] [--stand-in]`;
+it writes {"url", "pid"} to F once listening.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def describe(image: np.ndarray, family: str) -> str:
     return "".join(parts) if len(parts) > 1 else parts[0] + "."
 
 
-def make_handler(family: str, delay: float, log_path: str):
+def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False):
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -121,7 +122,8 @@ def make_handler(family: str, delay: float, log_path: str):
 
         def do_GET(self):  # noqa: N802
             if self.path.startswith("/v1/models"):
-                self._json(200, {"data": [{"id": f"scripted-{family}", "geovlm": {"family": family}}]})
+                details = {"family": family, "random_stand_in": stand_in}
+                self._json(200, {"data": [{"id": f"scripted-{family}", "geovlm": details}]})
             else:
                 self._json(200, {"status": "ok"})
 
@@ -148,9 +150,11 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--log", default="")
     parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--stand-in", action="store_true", help="report the model as a random stand-in")
     parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this many seconds")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(args.family, args.delay, args.log))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(args.family, args.delay, args.log,
+                                                                     args.stand_in))
     threading.Timer(args.lifetime, server.shutdown).start()
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:

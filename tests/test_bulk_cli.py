@@ -273,3 +273,30 @@ def test_ctrl_c_stops_cleanly_within_a_second_and_says_how_to_resume(engines, da
     assert 4 <= len(done) < 64 and set(done.values()) <= {"ok", "skipped"}
     code, stdout, _ = run_cli(*args, "--no-progress")
     assert code == 0 and f"{len(done)} resumed" in stdout
+
+
+def test_a_damaged_raster_names_its_unreadable_tiles_apart_from_engine_failures(engines, data_dir, tmp_path):
+    """corrupt.tif (truncated): its tiles that cannot be read fail with the reason, named as such, without the
+    advice to rerun (a rerun reads the same damaged bytes); the others are answered."""
+    out = tmp_path / "c.gpkg"
+    code, stdout, stderr = run_cli("caption", data_dir / "rasters" / "corrupt.tif", "--tile", 256, "--engine",
+                                   engines().url, "--family", "geochat", "--out", out, "--no-progress")
+    rows = ledger_rows(out, columns="tile_id, status, error")
+    failed = sorted(r[0] for r in rows if r[1] == "failed")
+    assert code == 1 and len(rows) == 16 and 0 < len(failed) < 16
+    assert all(r[2].startswith("pixels cannot be read") for r in rows if r[1] == "failed")
+    assert f"{len(failed)} failed ({len(failed)} unreadable)" in stdout
+    note = next(line for line in stderr.splitlines() if "could not be read" in line)
+    assert all(tile_id in note for tile_id in failed) and "a rerun will not help those" in note
+    assert "rerun the same command" not in stderr, stderr
+
+
+def test_a_bulk_run_against_the_demo_model_says_so_once(engines, data_dir, tmp_path):
+    from geovlm.cli.engine_cmds import STAND_IN_NOTE
+
+    raster = data_dir / "rasters" / "sample_geotiff.tif"
+    for stand_in, times in ((True, 1), (False, 0)):
+        code, _, stderr = run_cli("caption", raster, "--tile", 512, "--engine",
+                                  engines(str(stand_in), stand_in=stand_in).url,
+                                  "--family", "geochat", "--out", tmp_path / f"{stand_in}.gpkg", "--no-progress")
+        assert code == 0 and stderr.count(STAND_IN_NOTE) == times, stderr

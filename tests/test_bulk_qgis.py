@@ -442,3 +442,126 @@ def test_a_rotated_raster_gives_the_cli_footprints_in_qgis(plugin, processing, e
     for tile_id, ring in theirs.items():
         assert np.allclose(ours[tile_id], ring, rtol=0, atol=1e-6)
         assert abs(ring[1][1] - ring[0][1]) > 1e-9  # a top edge that is not horizontal: the rotation is kept
+
+
+class Recorder(QgsProcessingFeedback):
+    """A feedback that keeps what an algorithm logs: info, warnings, errors and progress texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.info, self.warnings, self.errors, self.texts = [], [], [], []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.info.append(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.warnings.append(warning)
+
+    def reportError(self, error, fatal=False):  # noqa: N802
+        self.errors.append(error)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append(text)
+
+
+def test_caption_features_summary_counts_a_fresh_run_as_answered_features(plugin, processing, engines, data_dir,
+                                                                          tmp_path):
+    labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
+    n = labels.featureCount()
+    params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "MARGIN": 5.0,
+              "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "f.gpkg")}
+    feedback = Recorder()
+    processing.run("geovlm:captionfeatures", params, feedback=feedback)
+    summary = [line for line in feedback.info if " asked, " in line]
+    assert summary == [f"{n} features: {n} asked, {n} answered, 0 skipped (nodata), 0 failed, 0 resumed (done "
+                       "before)"], feedback.info
+    feedback = Recorder()
+    processing.run("geovlm:captionfeatures", params, feedback=feedback)
+    assert [line for line in feedback.info if " asked, " in line] == [
+        f"{n} features: 0 asked, 0 answered, 0 skipped (nodata), 0 failed, {n} resumed (done before)"]
+
+
+def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engines, data_dir, tmp_path):
+    """qgis_process on corrupt.tif: no traceback; every tile recorded, those GDAL cannot read `failed` with
+    the reason (the same tiles as the command line's), named apart from engine failures, without the advice to
+    rerun for them."""
+    import json
+
+    raster = data_dir / "rasters" / "corrupt.tif"
+    engine = engines()
+    code, _, stderr = run_cli("caption", raster, "--tile", 256, "--engine", engine.url, "--family", "geochat",
+                              "--out", tmp_path / "cli.gpkg", "--no-progress")
+    assert code == 1, stderr
+    theirs = dict(ledger_rows(tmp_path / "cli.gpkg"))
+    run = qgis_process(tmp_path, "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=256",
+                       f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={tmp_path / 'qgis.gpkg'}")
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout[-3000:] + run.stderr
+    rows = ledger_rows(tmp_path / "qgis.gpkg", columns="tile_id, status, error")
+    assert {r[0]: r[1] for r in rows} == theirs and "ok" in theirs.values()
+    failed = [r for r in rows if r[1] == "failed"]
+    assert failed and all(r[2].startswith("pixels cannot be read") for r in failed)
+    log = json.loads(run.stdout)["log"]
+    errors = json.dumps(log)
+    assert f"{len(failed)} tiles could not be read" in errors and "a rerun will not help those" in errors
+    assert "ask them again" not in errors
+
+
+def test_detect_tiles_on_a_damaged_raster_goes_on_past_unreadable_tiles(plugin, processing, engines, data_dir,
+                                                                        tmp_path):
+    feedback = Recorder()
+    processing.run("geovlm:detecttiles", {
+        "INPUT": str(data_dir / "rasters" / "corrupt.tif"), "TILE_SIZE": 256, "OVERLAP": 0,
+        "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "d.gpkg")},
+        feedback=feedback)
+    rows = ledger_rows(tmp_path / "d.gpkg", columns="tile_id, status, error")
+    statuses = [r[1] for r in rows]
+    assert len(rows) == 16 and 0 < statuses.count("failed") < 16 and statuses.count("ok") > 0
+    assert any("could not be read" in e for e in feedback.errors), feedback.errors
+
+
+def test_the_demo_model_is_named_once_in_the_log(plugin, processing, engines, data_dir, tmp_path):
+    for stand_in, times in ((True, 1), (False, 0)):
+        feedback = Recorder()
+        processing.run("geovlm:captiontiles", {
+            "INPUT": str(data_dir / "rasters" / "sample_geotiff.tif"), "TILE_SIZE": 512,
+            "ENGINE": engines(str(stand_in), stand_in=stand_in).url, "FAMILY": "geochat",
+            "OUTPUT": str(tmp_path / f"{stand_in}.gpkg")}, feedback=feedback)
+        said = [line for line in feedback.warnings + feedback.info if "random stand-in" in line]
+        assert len(said) == times, feedback.warnings + feedback.info
+
+
+def test_progress_is_logged_about_every_ten_percent(plugin, processing, engines, data_dir, tmp_path):
+    feedback = Recorder()
+    processing.run("geovlm:captiontiles", {
+        "INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 128, "CONCURRENCY": 2,
+        "ENGINE": engines(delay=0.05).url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "p.gpkg")},
+        feedback=feedback)
+    total = len(ledger_rows(tmp_path / "p.gpkg"))
+    counts = [int(text.split("/")[0]) for text in feedback.texts]
+    assert total == 42 and counts and counts[-1] == total
+    assert len(counts) == len(set(counts)) and len(counts) <= 12, feedback.texts
+
+
+def test_the_bulk_dialogs_start_with_a_raster_layer_of_the_project(plugin, processing, qgis_iface, data_dir):
+    from qgis.core import QgsProject
+
+    registry = QgsApplication.processingRegistry()
+
+    def default(alg_id, name="INPUT"):
+        alg = registry.createAlgorithmById(alg_id)  # kept while its parameter is read
+        return alg.parameterDefinition(name).defaultValue()
+
+    assert default("geovlm:captiontiles") is None
+    first = QgsRasterLayer(str(data_dir / "rasters" / "RGB.byte.tif"), "first")
+    second = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "second")
+    vector = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
+    QgsProject.instance().addMapLayers([vector, first, second])
+    try:
+        qgis_iface.setActiveLayer(vector)
+        for alg, name in (("geovlm:captiontiles", "INPUT"), ("geovlm:detecttiles", "INPUT"),
+                          ("geovlm:captionfeatures", "RASTER")):
+            assert default(alg, name) in (first.id(), second.id()), alg
+        qgis_iface.setActiveLayer(second)
+        assert default("geovlm:captiontiles") == second.id()
+    finally:
+        QgsProject.instance().removeAllMapLayers()
