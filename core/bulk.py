@@ -254,7 +254,8 @@ class ProgressLog:
         if finished <= self.last_count:
             return False
         now = self.clock()
-        crossed = int(finished / self.total / self.step) > int(self.last_count / self.total / self.step)
+        parts = max(1, round(1 / self.step))  # whole numbers: 60 of 200 is 3 tenths exactly
+        crossed = finished * parts // self.total > self.last_count * parts // self.total
         if not (crossed or self.last_count == 0 or finished >= self.total or now - self.last_time >= self.every_s):
             return False
         self.last_count, self.last_time = finished, now

@@ -232,6 +232,7 @@ def test_detect_links_objects_and_relations_and_merges_duplicates(engines, tmp_p
 def test_caption_and_detect_against_the_demo_model_engine(tmp_path_factory, data_dir, tmp_path):
     """Real model code end to end: `geovlm caption` and `geovlm detect` through a `geovlm serve` of the demo
     model (a random stand-in: its words are noise, but every tile must be answered once and recorded)."""
+    from geovlm.cli.engine_cmds import STAND_IN_NOTE
     from geovlm.engine.launcher import LocalEngine
     from geovlm.models.demo_model import write_demo_model
     from geovlm.models.pipeline import ensure_encoder
@@ -249,6 +250,7 @@ def test_caption_and_detect_against_the_demo_model_engine(tmp_path_factory, data
                                            "--max-new-tokens", 8, "--no-progress")
             assert code == 0, stderr
             assert "4 tiles: 4 asked, 4 answered" in stdout
+            assert stderr.count(STAND_IN_NOTE) == 1  # the engine's /v1/models says it serves the stand-in
             rows = ledger_rows(out, columns="tile_id, status, model, answer")
             assert len(rows) == 4 and {r[1] for r in rows} == {"ok"}
             assert {r[2] for r in rows} == {"geovlm-demo-random"}

@@ -1,0 +1,26 @@
+"""core.bulk's run accounting without an engine: when a progress line is logged (ProgressLog, on a fake clock)
+and how unreadable tiles are told apart from the engine's failures (RunStats)."""
+from geovlm.core.bulk import ProgressLog, RunStats
+
+
+def test_progress_lines_every_tenth_or_after_a_pause_never_twice():
+    now = [0.0]
+    log = ProgressLog(200, clock=lambda: now[0])
+    logged = [n for n in range(0, 201) if log.due(n)]  # 200 tiles finished quickly
+    assert logged == [1] + list(range(20, 201, 20))
+    log = ProgressLog(1000, clock=lambda: now[0])
+    assert log.due(1) and not log.due(1) and not log.due(2)
+    now[0] += 10.0  # a slow run still says where it is every 10 s
+    assert log.due(3) and not log.due(4)
+
+
+def test_unreadable_tiles_are_named_apart_from_engine_failures():
+    stats = RunStats(total=16, ok=7, failed=9, asked=7)
+    stats.unreadable = {f"r3c{i}": "GDAL cannot read this window (TIFFReadEncodedTile() failed.)" for i in range(4)}
+    assert stats.engine_failed == 5
+    assert "9 failed (4 unreadable)" in stats.summary_of("features")
+    assert stats.summary_of("features").startswith("16 features: ")
+    note = stats.unreadable_note()
+    assert note.startswith("4 tiles could not be read (r3c0, r3c1, r3c2, r3c3)")
+    assert "TIFFReadEncodedTile" in note and note.endswith("a rerun will not help those")
+    assert RunStats(total=3, failed=1).unreadable_note() == ""
