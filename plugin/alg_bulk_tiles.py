@@ -56,6 +56,20 @@ def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: Can
         raise QgsProcessingException(str(exc)) from None
 
 
+def add_engine_parameters(alg) -> None:
+    """The parameters every bulk run shares, in this order: FAMILY, ENGINE, AUTHCFG (`QgsAuthManager`: never a
+    key in a string), CONCURRENCY (requests in flight per engine) and OVERWRITE (an output of another plan)."""
+    alg.addParameter(QgsProcessingParameterString("FAMILY", "Model family (default: what the engine reports)",
+                                                  optional=True))
+    alg.addParameter(QgsProcessingParameterString("ENGINE", "Engine: local, or comma-separated URLs "
+                                                  "(default: Options ▸ GeoVLM)", optional=True))
+    alg.addParameter(QgsProcessingParameterAuthConfig("AUTHCFG", "Authentication", optional=True))
+    alg.addParameter(QgsProcessingParameterNumber("CONCURRENCY", "Requests in flight per engine",
+                                                  Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
+                                                  maxValue=64))
+    alg.addParameter(QgsProcessingParameterBoolean("OVERWRITE", "Overwrite an output of another plan", False))
+
+
 def default_raster_layer():
     """The id of the raster layer a bulk dialog starts with: the active layer when it is a raster, else the
     first raster layer of the project in layer order; None when the project has none (qgis_process). Used as
@@ -140,16 +154,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
                                                        optional=True))
-        self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (default: what the engine "
-                                                       "reports)", optional=True))
-        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine: local, or comma-separated URLs "
-                                                       "(default: Options ▸ GeoVLM)", optional=True))
-        self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.CONCURRENCY, "Requests in flight per engine",
-                                                       Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
-                                                       maxValue=64))
-        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite an output of another plan",
-                                                        False))
+        add_engine_parameters(self)
         self.add_kind_parameters()
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, "Output GeoPackage (also the ledger: rerun to resume)", "GeoPackage (*.gpkg)"))

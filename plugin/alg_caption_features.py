@@ -17,8 +17,6 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputVectorLayer,
-    QgsProcessingParameterAuthConfig,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -32,7 +30,14 @@ from ..core.client import EngineError
 from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
 from ..core.transport import Cancelled, CancelToken
-from .alg_bulk_tiles import connect_engine, default_raster_layer, ledger_crs, load_on_completion, report_outcome
+from .alg_bulk_tiles import (
+    add_engine_parameters,
+    connect_engine,
+    default_raster_layer,
+    ledger_crs,
+    load_on_completion,
+    report_outcome,
+)
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
 
@@ -92,16 +97,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.FIELD, "Field for the answer", "caption"))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: a caption prompt)",
                                                        optional=True))
-        self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (default: what the engine "
-                                                       "reports)", optional=True))
-        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine: local, or comma-separated URLs "
-                                                       "(default: Options ▸ GeoVLM)", optional=True))
-        self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Authentication", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.CONCURRENCY, "Requests in flight per engine",
-                                                       Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
-                                                       maxValue=64))
-        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite an output of another plan",
-                                                        False))
+        add_engine_parameters(self)
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, "Output GeoPackage (also the ledger: rerun to resume)", "GeoPackage (*.gpkg)"))
         self.addOutput(QgsProcessingOutputVectorLayer(self.FEATURES, "Captioned features",
