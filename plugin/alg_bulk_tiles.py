@@ -25,6 +25,7 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
 )
+from qgis.PyQt import sip
 
 from ..core.bulk import (
     DEFAULT_CAPTION_QUESTION,
@@ -76,10 +77,10 @@ def default_raster_layer():
     the parameter's default, which the dialog selects (each dialog makes a fresh algorithm instance)."""
     from qgis.utils import iface
 
-    active = iface.activeLayer() if iface is not None else None
-    if isinstance(active, QgsRasterLayer) and active.isValid():
-        return active.id()
     project = QgsProject.instance()
+    active = iface.activeLayer() if iface is not None else None
+    if isinstance(active, QgsRasterLayer) and not sip.isdeleted(active) and project.mapLayer(active.id()) is active:
+        return active.id()
     ordered = project.layerTreeRoot().layerOrder() or list(project.mapLayers().values())
     return next((layer.id() for layer in ordered if isinstance(layer, QgsRasterLayer) and layer.isValid()), None)
 

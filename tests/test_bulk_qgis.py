@@ -551,6 +551,7 @@ def test_the_bulk_dialogs_start_with_a_raster_layer_of_the_project(plugin, proce
         alg = registry.createAlgorithmById(alg_id)  # kept while its parameter is read
         return alg.parameterDefinition(name).defaultValue()
 
+    QgsProject.instance().removeAllMapLayers()  # whatever earlier tests left in the project
     assert default("geovlm:captiontiles") is None
     first = QgsRasterLayer(str(data_dir / "rasters" / "RGB.byte.tif"), "first")
     second = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "second")
