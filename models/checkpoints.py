@@ -158,16 +158,24 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
         path=path,
         architecture="llava",
         family=key,
-        name=meta.get("name", path.name),
-        licence=meta.get("licence", get_profile(key).licence_note),
-        random_stand_in=bool(meta.get("random_stand_in", False)),
+        **_described(path, meta, key),
         config=config,
         input_size=size,
         image_tokens=tokens,
         hidden_size=hidden,
         image_token_id=image_id,
-        sources=tuple(meta.get("sources", ())),
     )
+
+
+def _described(path: Path, meta: dict, family: str) -> dict:
+    """The CheckpointInfo fields a folder's geovlm.json describes, for every architecture: its name (default:
+    the folder's), licence note (default: the family's), whether it is a random stand-in, and its sources."""
+    return {
+        "name": meta.get("name", path.name),
+        "licence": meta.get("licence", get_profile(family).licence_note),
+        "random_stand_in": bool(meta.get("random_stand_in", False)),
+        "sources": tuple(meta.get("sources", ())),
+    }
 
 
 def _inspect_minigpt(path: Path, config: dict, family: Optional[str]) -> CheckpointInfo:
@@ -190,9 +198,7 @@ def _inspect_minigpt(path: Path, config: dict, family: Optional[str]) -> Checkpo
         path=path,
         architecture="minigptv2",
         family=key,
-        name=meta.get("name", path.name),
-        licence=meta.get("licence", get_profile(key).licence_note),
-        random_stand_in=bool(meta.get("random_stand_in", False)),
+        **_described(path, meta, key),
         config=config,
         input_size=size,
         image_tokens=tokens,
@@ -200,7 +206,6 @@ def _inspect_minigpt(path: Path, config: dict, family: Optional[str]) -> Checkpo
         image_token_id=image_id,
         vision_file=vision_file,
         vision_config=vision,
-        sources=tuple(meta.get("sources", ())),
     )
 
 
