@@ -3,7 +3,10 @@
 The engine needs torch, transformers and onnxruntime, which must never be installed into QGIS's own Python.
 So the set-up makes a venv under the QGIS profile's folder (`settings.venv_dir()`) from a system Python >= 3.10
 (found, or picked by the user), and runs `pip install "<plugin folder>[engine,cpu]"` (or `[engine,gpu]`, the
-CUDA build of onnxruntime, when an NVIDIA driver answers `nvidia-smi -L`) inside it; every command is a
+CUDA build of onnxruntime, when an NVIDIA driver answers `nvidia-smi -L`) inside it. On Linux, PyPI's torch is a
+CUDA build (GBs of CUDA libraries), so the CPU build of torch is installed first from PyTorch's CPU index
+(`--index-url https://download.pytorch.org/whl/cpu`, as pytorch.org's install selector gives for Linux/pip/CPU)
+when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU; every command is a
 subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
 is terminated) and writes `geovlm-setup.json` into the venv when everything worked. Repair reinstalls the
 plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import queue
 import shutil
 import signal
@@ -36,6 +40,10 @@ MARKER = engine_settings.SETUP_MARKER
 ACTIONS = ("install", "repair", "remove")
 ORT_PACKAGES = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # the extras of pyproject.toml
 PLUGIN_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
+TORCH_REQUIREMENT = "torch==2.13.0"  # the engine extra's pin in pyproject.toml (a test keeps them equal)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's index of CPU-only wheels
+TORCH_CHOICES = engine_settings.TORCH_BUILDS  # what the user picks; "auto" resolves by `has_nvidia_gpu()`
+NVIDIA_PROC_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU while the Linux driver is loaded
 
 
 def _run(argv: Sequence[str], timeout: float = 30) -> Optional[subprocess.CompletedProcess]:
@@ -92,10 +100,14 @@ def find_system_python() -> str:
 
 
 def has_nvidia_gpu() -> bool:
-    """Whether an NVIDIA driver reports a GPU (`nvidia-smi -L`): then the CUDA onnxruntime is installed."""
+    """Whether an NVIDIA driver reports a GPU: `nvidia-smi -L` lists one or, without nvidia-smi on PATH, the
+    Linux driver's `/proc/driver/nvidia/gpus` holds one. Then the CUDA onnxruntime and torch are the default."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return False
+        try:
+            return any(NVIDIA_PROC_GPUS.iterdir())
+        except OSError:
+            return False
     done = _run([smi, "-L"], timeout=20)
     return done is not None and done.returncode == 0 and "GPU" in done.stdout
 
@@ -103,6 +115,26 @@ def has_nvidia_gpu() -> bool:
 def default_runtime() -> str:
     """ "gpu" with an NVIDIA GPU, else "cpu" (the onnxruntime extra to install)."""
     return "gpu" if has_nvidia_gpu() else "cpu"
+
+
+def resolve_torch(choice: str, gpu: bool) -> str:
+    """The torch build to install, "cpu" or "cuda", for the user's `choice` ("auto", "cpu" or "cuda"; see
+    `TORCH_CHOICES`) on a machine with (`gpu` True) or without an NVIDIA GPU; raises ValueError for another
+    choice."""
+    if choice not in TORCH_CHOICES:
+        raise ValueError(f"the torch build must be one of {TORCH_CHOICES}, not {choice!r}")
+    if choice == "auto":
+        return "cuda" if gpu else "cpu"
+    return choice
+
+
+def torch_index_args(torch: str, system: str) -> List[str]:
+    """pip's index arguments for installing torch's `torch` build ("cpu" or "cuda") on `system`
+    (`platform.system()`): PyTorch's CPU index for "cpu" on Linux, where PyPI's torch is the CUDA build;
+    nothing otherwise (PyPI's torch for Windows and macOS has no CUDA libraries, and on Linux it is the CUDA
+    build). Source: pytorch.org's "Start Locally" selector (Linux, pip, CPU: `--index-url
+    https://download.pytorch.org/whl/cpu`; CUDA: PyPI's default)."""
+    return ["--index-url", TORCH_CPU_INDEX] if torch == "cpu" and system == "Linux" else []
 
 
 def setup_state(venv: Optional[Path] = None) -> Tuple[str, dict]:
@@ -120,14 +152,19 @@ def setup_state(venv: Optional[Path] = None) -> Tuple[str, dict]:
 
 @dataclass
 class SetupPlan:
-    """What the task does. `pip_args` go to every pip call (e.g. an index, a proxy, or for offline tests
-    `--no-index --find-links DIR`); `venv_args` to `python -m venv`; `package` replaces the plugin folder
-    as what pip installs (a built wheel, for tests); `check_modules` are imported by the venv's Python at the
-    end to prove the set-up."""
+    """What the task does. `runtime`: the onnxruntime extra, "cpu" or "gpu". `torch`: the torch build, "cpu"
+    or "cuda", installed first with `torch_index_args(torch, system)` when those are not empty (the CPU build on
+    Linux); "auto" is resolved by the task (`resolve_torch` with `has_nvidia_gpu()`, off the GUI thread) before
+    `commands()` runs; "" leaves torch to the engine extra's install. `pip_args` go to every pip
+    call (e.g. an index, a proxy, or for offline tests `--no-index --find-links DIR`); `venv_args` to
+    `python -m venv`; `package` replaces the plugin folder as what pip installs (a built wheel, for tests);
+    `check_modules` are imported by the venv's Python at the end to prove the set-up."""
 
     action: str = "install"
     python: str = ""
     runtime: str = "cpu"
+    torch: str = "cpu"
+    system: str = field(default_factory=platform.system)
     venv: Path = field(default_factory=engine_settings.venv_dir)
     plugin_dir: Path = PLUGIN_DIR
     pip_args: List[str] = field(default_factory=list)
@@ -136,9 +173,10 @@ class SetupPlan:
     check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime")
 
     def commands(self) -> List[Tuple[str, List[str], bool]]:
-        """(title, argv, must succeed) of each step; raises ValueError for an unknown action or runtime."""
-        if self.action not in ACTIONS or self.runtime not in ORT_PACKAGES:
-            raise ValueError(f"action must be one of {ACTIONS} and runtime cpu or gpu")
+        """(title, argv, must succeed) of each step; raises ValueError for an unknown action, runtime or torch
+        build."""
+        if self.action not in ACTIONS or self.runtime not in ORT_PACKAGES or self.torch not in ("", "cpu", "cuda"):
+            raise ValueError(f"action must be one of {ACTIONS}, runtime cpu or gpu, torch cpu, cuda or empty")
         if self.action == "remove":
             return []
         vpy = str(engine_settings.venv_python(self.venv))
@@ -154,6 +192,10 @@ class SetupPlan:
                           True))
         steps.append((f"Removing {other} if present (it owns the same module)",
                       [vpy, "-m", "pip", "--disable-pip-version-check", "uninstall", "-y", other], False))
+        index = torch_index_args(self.torch, self.system)
+        if index:
+            steps.append((f"Installing torch's {self.torch.upper()} build from {index[-1]}",
+                          [*pip, *index, TORCH_REQUIREMENT], True))
         steps.append((f"Installing the engine ({self.runtime.upper()} onnxruntime): torch, transformers…",
                       [*pip, f"{package}[engine,{self.runtime}]"], True))
         probe = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
@@ -200,6 +242,13 @@ class EngineSetupTask(QgsTask):
             shutil.rmtree(plan.venv, ignore_errors=True)
             self.message = f"removed {plan.venv}"
             return True
+        if plan.torch == "auto":
+            gpu = has_nvidia_gpu()
+            plan.torch = resolve_torch("auto", gpu)
+            found = "an NVIDIA GPU found" if gpu else "no NVIDIA GPU found"
+            self._say(log, f"torch: the {plan.torch.upper()} build (automatic: {found})")
+        elif plan.torch:
+            self._say(log, f"torch: the {plan.torch.upper()} build (chosen)")
         if plan.action == "install":
             reason = check_python(plan.python)
             if reason:
@@ -217,7 +266,7 @@ class EngineSetupTask(QgsTask):
                 self.message = f"{title} failed (status {status}); the log is in {self.log_path}"
                 return False
             self.setProgress(100.0 * (index + 1) / len(steps))
-        marker = {"version": __version__, "runtime": plan.runtime, "python": plan.python or "",
+        marker = {"version": __version__, "runtime": plan.runtime, "torch": plan.torch, "python": plan.python or "",
                   "plugin_dir": str(plan.plugin_dir), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (plan.venv / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
         self.message = f"the local engine is set up in {plan.venv}"

@@ -25,6 +25,8 @@ KEY_ENDPOINTS = PREFIX + "engine/endpoints"  # JSON: [{"url": ..., "authcfg": ..
 KEY_MODEL_DIR = PREFIX + "engine/model_dir"
 KEY_FAMILY = PREFIX + "engine/family"
 KEY_PYTHON = PREFIX + "engine/python"
+KEY_TORCH_BUILD = PREFIX + "engine/torch_build"  # "Set up the local engine…": "auto", "cpu" or "cuda"
+TORCH_BUILDS = ("auto", "cpu", "cuda")
 KEY_REQUEST_TIMEOUT = PREFIX + "engine/request_timeout_s"
 KEY_START_TIMEOUT = PREFIX + "engine/start_timeout_s"
 KEY_RENDER_WIDTH = PREFIX + "render/width"
@@ -109,6 +111,20 @@ def save(value: EngineSettings, settings: Optional[QgsSettings] = None) -> None:
     s.setValue(KEY_RENDER_HEIGHT, int(value.render_height))
     s.setValue(KEY_RENDER_DPR, float(value.render_dpr))
     s.setValue(KEY_RENDER_FROM_CANVAS, "true" if value.render_from_canvas else "false")
+
+
+def torch_build(settings: Optional[QgsSettings] = None) -> str:
+    """The torch build last picked in "Set up the local engine…": "auto" (the default, also for an unknown
+    stored value), "cpu" or "cuda"."""
+    value = str((settings or QgsSettings()).value(KEY_TORCH_BUILD, "auto") or "auto")
+    return value if value in TORCH_BUILDS else "auto"
+
+
+def set_torch_build(value: str, settings: Optional[QgsSettings] = None) -> None:
+    """Remember the torch build for the next set-up; raises ValueError for a value not in `TORCH_BUILDS`."""
+    if value not in TORCH_BUILDS:
+        raise ValueError(f"the torch build must be one of {TORCH_BUILDS}, not {value!r}")
+    (settings or QgsSettings()).setValue(KEY_TORCH_BUILD, value)
 
 
 def check_url(url: str) -> str:

@@ -61,8 +61,29 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$SYS_PY" -m venv --system-site-packages "$VENV"
 fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-# torch first, so the pinned CPU build is taken and no CUDA packages are pulled in.
-$PIP install "torch==2.13.0"
+# torch first, so its build is chosen before the engine extra asks for torch==2.13.0 (2.13.0+cpu satisfies it).
+# On Linux PyPI's torch is the CUDA build (GBs of CUDA libraries): GEOVLM_TORCH=cpu, or auto (the default) on a
+# machine without an NVIDIA GPU, takes the CPU build from PyTorch's CPU index (pytorch.org's selector for Linux,
+# pip, CPU); GEOVLM_TORCH=cuda takes PyPI's. A torch 2.13.0 already in the venv is kept (pip asks no index then).
+TORCH=${GEOVLM_TORCH:-auto}
+case "$TORCH" in
+    auto|cpu|cuda) ;;
+    *) echo "setup: GEOVLM_TORCH must be auto, cpu or cuda, not $TORCH" >&2; exit 2 ;;
+esac
+if [ "$TORCH" = auto ]; then
+    TORCH=cpu
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        if nvidia-smi -L 2>/dev/null | grep -q GPU; then TORCH=cuda; fi
+    elif [ -n "$(ls -A /proc/driver/nvidia/gpus 2>/dev/null)" ]; then
+        TORCH=cuda
+    fi
+fi
+TORCH_INDEX=()
+if [ "$TORCH" = cpu ] && [ "$(uname -s)" = Linux ]; then
+    TORCH_INDEX=(--index-url https://download.pytorch.org/whl/cpu)
+fi
+echo "setup: torch's $TORCH build: pip install ${TORCH_INDEX[*]:+${TORCH_INDEX[*]} }torch==2.13.0"
+$PIP install ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} "torch==2.13.0"
 # numpy<2: Debian's compiled packages break on 2. attrs>=23.2: Debian's is too old for our deps.
 # onnxruntime (CPU) by default; GEOVLM_ORT=gpu takes onnxruntime-gpu instead. Both own the module
 # `onnxruntime`, so the other one is removed first: never both in one venv.

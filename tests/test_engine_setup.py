@@ -70,7 +70,7 @@ def system_python():
 
 
 def offline_plan(venv, wheel, python="", action="install"):
-    return SetupPlan(action=action, python=python, venv=venv, package=str(wheel),
+    return SetupPlan(action=action, python=python, venv=venv, package=str(wheel), torch="",
                      pip_args=["--no-index", "--no-deps"],
                      check_modules=("geovlm.core.client", "geovlm.engine.launcher"))
 
@@ -123,6 +123,7 @@ def test_the_real_install_is_the_plugins_engine_extra_with_the_right_onnxruntime
     fake = tmp_path / "bin"
     fake.mkdir()
     monkeypatch.setenv("PATH", str(fake))
+    monkeypatch.setattr(engine_setup, "NVIDIA_PROC_GPUS", tmp_path / "no-driver")
     assert engine_setup.default_runtime() == "cpu"  # no nvidia-smi
     smi = fake / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
@@ -138,3 +139,57 @@ def test_the_real_install_is_the_plugins_engine_extra_with_the_right_onnxruntime
     assert install[1:5] == ["-m", "pip", "--disable-pip-version-check", "install"]
     assert any(argv[-1] == "onnxruntime" and "uninstall" in argv for argv in steps.values())
     assert (engine_setup.PLUGIN_DIR / "pyproject.toml").is_file()
+
+
+def test_an_nvidia_driver_without_nvidia_smi_counts_as_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    gpus = tmp_path / "proc-driver-nvidia-gpus"
+    monkeypatch.setattr(engine_setup, "NVIDIA_PROC_GPUS", gpus)
+    assert not engine_setup.has_nvidia_gpu()  # no driver folder
+    gpus.mkdir()
+    assert not engine_setup.has_nvidia_gpu()  # the driver, no GPU
+    (gpus / "0000:01:00.0").mkdir()
+    assert engine_setup.has_nvidia_gpu()
+
+
+def test_the_torch_build_is_the_users_choice_or_follows_the_gpu():
+    assert [engine_setup.resolve_torch("auto", gpu) for gpu in (False, True)] == ["cpu", "cuda"]
+    for gpu in (False, True):
+        assert engine_setup.resolve_torch("cpu", gpu) == "cpu" and engine_setup.resolve_torch("cuda", gpu) == "cuda"
+    with pytest.raises(ValueError, match="torch build"):
+        engine_setup.resolve_torch("rocm", False)
+
+
+def install_steps(**plan):
+    steps = SetupPlan(python="/usr/bin/python3", venv=Path("/nowhere/venv"), **plan).commands()
+    return [title for title, _, _ in steps], [argv for _, argv, _ in steps]
+
+
+def test_a_cpu_torch_on_linux_comes_from_pytorchs_cpu_index_before_the_engine():
+    titles, commands = install_steps(torch="cpu", system="Linux")
+    [at] = [i for i, title in enumerate(titles) if title.startswith("Installing torch's CPU build")]
+    engine = next(i for i, title in enumerate(titles) if title.startswith("Installing the engine"))
+    assert at < engine  # torch first: the engine extra's torch==2.13.0 is then already satisfied
+    assert commands[at][1:5] == ["-m", "pip", "--disable-pip-version-check", "install"]
+    assert commands[at][5:] == ["--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.13.0"]
+    assert "--index-url" not in commands[engine]  # the rest comes from the usual index
+    # The user's own pip arguments (a proxy, a mirror) go first, the CPU index after them.
+    _, commands = install_steps(torch="cpu", system="Linux", pip_args=["--proxy", "http://127.0.0.1:3128"])
+    assert commands[at][5:] == ["--proxy", "http://127.0.0.1:3128", "--index-url", engine_setup.TORCH_CPU_INDEX,
+                                engine_setup.TORCH_REQUIREMENT]
+
+
+@pytest.mark.parametrize("torch, system", [("cuda", "Linux"), ("cpu", "Windows"), ("cpu", "Darwin"), ("", "Linux")])
+def test_pypis_torch_is_taken_where_it_is_the_wanted_build(torch, system):
+    titles, commands = install_steps(torch=torch, system=system)
+    assert not any(title.startswith("Installing torch") for title in titles)
+    assert not any(engine_setup.TORCH_CPU_INDEX in argv for argv in commands)
+    with pytest.raises(ValueError):
+        install_steps(torch="auto", system=system)  # the task resolves it before it asks for the commands
+
+
+def test_the_torch_pin_is_the_engine_extras():
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["engine"]
+    assert engine_setup.TORCH_REQUIREMENT in extra

@@ -137,6 +137,40 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     dialog.deleteLater()
 
 
+def test_the_setup_dialogs_torch_build_is_remembered_and_automatic_follows_the_gpu(qgis_app, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: tmp_path / "engine-venv")
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_setup, "has_nvidia_gpu", lambda: False)  # a CPU-only machine, whatever this one is
+    dialog = EngineSetupDialog()
+    assert dialog.torch.currentData() == "auto" == engine_settings.torch_build()
+    assert wait_for(lambda: dialog._finder is None) and dialog.runtime.currentData() == "cpu"
+    old = tmp_path / "python3.9"  # refused by the task before anything is installed
+    old.write_text("#!/bin/sh\necho 3.9\n")
+    old.chmod(0o755)
+    dialog.python.setFilePath(str(old))
+    dialog.setup_button.click()
+    task = dialog.task
+    assert task is not None and task.plan.torch == "auto"
+    assert wait_for(lambda: dialog.task is None) and "needs 3.10" in dialog.log.toPlainText()
+    assert task.plan.torch == "cpu"  # resolved by the task
+    assert "torch: the CPU build (automatic: no NVIDIA GPU found)" in dialog.log.toPlainText()
+    assert "automatic: no NVIDIA GPU" in (tmp_path / "engine-setup.log").read_text()
+
+    dialog.torch.setCurrentIndex(dialog.torch.findData("cuda"))
+    assert QgsSettings().value(engine_settings.KEY_TORCH_BUILD) == "cuda"
+    dialog.setup_button.click()
+    assert wait_for(lambda: dialog.task is None) and "torch: the CUDA build (chosen)" in dialog.log.toPlainText()
+    dialog.deleteLater()
+    again = EngineSetupDialog()
+    assert again.torch.currentData() == "cuda"  # remembered in QgsSettings
+    assert wait_for(lambda: again._finder is None)
+    again.deleteLater()
+    QgsSettings().setValue(engine_settings.KEY_TORCH_BUILD, "rocm")
+    assert engine_settings.torch_build() == "auto"  # an unknown stored value
+    with pytest.raises(ValueError, match="torch build"):
+        engine_settings.set_torch_build("rocm")
+
+
 def test_the_authentication_cell_of_a_new_endpoint_row_is_wide_enough(qgis_app):
     """A row added to the remote-engine table shows its whole authentication picker ("No Authentication"),
     not a squeezed "No A…"."""

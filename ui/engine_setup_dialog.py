@@ -2,9 +2,11 @@
 
 It shows where the engine's venv goes and what state it is in, finds a system Python (in a task, so the GUI
 never waits on it) or lets the user pick one, picks the CPU or GPU onnxruntime by what the machine has (the
-user can override), and runs set-up, repair or removal as a `QgsTask`: the progress and every line of pip's
-output appear as they come, Cancel stops the running command. Closing the dialog leaves a running task to
-the task manager (its progress stays in QGIS's status bar).
+user can override) and lets the user pick torch's build (automatic, CPU or CUDA; remembered in QgsSettings:
+automatic takes the CPU build, from PyTorch's CPU index on Linux, when no NVIDIA GPU is found), and runs
+set-up, repair or removal as a `QgsTask`: the progress and every line of pip's output appear as they come,
+Cancel stops the running command. Closing the dialog leaves a running task to the task manager (its progress
+stays in QGIS's status bar).
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class EngineSetupDialog(QDialog):
         layout = QVBoxLayout(self)
         intro = QLabel(
             "The engine runs the models in its own Python environment, outside QGIS: this makes it once "
-            "(several GB are downloaded: torch, transformers, onnxruntime). Without a model folder the "
+            "(torch, transformers and onnxruntime are downloaded: hundreds of MB with torch's CPU build, "
+            "several GB with its CUDA build). Without a model folder the "
             "engine serves the demo model, a random stand-in whose answers are noise."
         )
         intro.setWordWrap(True)
@@ -64,6 +67,13 @@ class EngineSetupDialog(QDialog):
         self.runtime.addItem("CPU onnxruntime", "cpu")
         self.runtime.addItem("GPU onnxruntime (CUDA)", "gpu")
         form.addRow("Runtime", self.runtime)
+        self.torch = QComboBox()
+        self.torch.addItem("Automatic (CUDA with an NVIDIA GPU, else CPU)", "auto")
+        self.torch.addItem("CPU build", "cpu")
+        self.torch.addItem("CUDA build (NVIDIA GPU)", "cuda")
+        self.torch.setCurrentIndex(self.torch.findData(engine_settings.torch_build()))
+        self.torch.currentIndexChanged.connect(lambda _: engine_settings.set_torch_build(self.torch.currentData()))
+        form.addRow("torch", self.torch)
         layout.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
@@ -98,7 +108,8 @@ class EngineSetupDialog(QDialog):
         state, marker = engine_setup.setup_state()
         text = STATE_TEXT[state]
         if marker:
-            text += f" ({marker.get('runtime', '?').upper()} onnxruntime, {marker.get('time', '')})"
+            torch = f", torch's {marker['torch'].upper()} build" if marker.get("torch") else ""
+            text += f" ({marker.get('runtime', '?').upper()} onnxruntime{torch}, {marker.get('time', '')})"
         self.state.setText(text)
         running = self.task is not None
         self.setup_button.setEnabled(not running)
@@ -133,7 +144,7 @@ class EngineSetupDialog(QDialog):
 
     def start(self, action: str) -> None:
         plan = engine_setup.SetupPlan(action=action, python=self.python.filePath().strip(),
-                                      runtime=self.runtime.currentData())
+                                      runtime=self.runtime.currentData(), torch=self.torch.currentData())
         if action == "install" and not plan.python:
             self.append("Pick a Python 3.10 or newer first.")
             return
