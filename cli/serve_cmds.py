@@ -25,6 +25,7 @@ def register(sub) -> None:
     serve.add_argument("--family", help="model family, when the checkpoint does not say")
     add_profile_overrides(serve)
     serve.add_argument("--encoder", metavar="FILE.onnx", help="ONNX vision encoder (default: exported once)")
+    add_encoder_precision_arg(serve)
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port; 0 takes a free one (default: 8000)")
@@ -198,6 +199,13 @@ def client_for_local(engine, family=None, max_concurrent: int = 4):
     return client
 
 
+def add_encoder_precision_arg(parser) -> None:
+    """--encoder-precision fp32|int8: the precision of the encoder exported next to the model."""
+    parser.add_argument("--encoder-precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: the encoder quantised for the CPU, used where its features pass the parity "
+                        "gate against fp32 (else fp32 serves, with one warning); default fp32")
+
+
 def cmd_serve(args) -> int:
     from ..engine.lifeline import watch_parent
     from ..engine.server import Settings, create_app, run
@@ -223,7 +231,7 @@ def cmd_serve(args) -> int:
               "its answers are noise", file=sys.stderr)
     try:
         pipeline = VlmPipeline.load(model, family=args.family, encoder_onnx=args.encoder, device=args.device,
-                                    overrides=profile_overrides(args))
+                                    overrides=profile_overrides(args), encoder_precision=args.encoder_precision)
     except (OSError, ValueError, CheckpointError, EncoderError) as exc:
         raise CliError(str(exc)) from exc
     settings = Settings(

@@ -53,22 +53,26 @@ def _stamp(paths: Sequence[Path]) -> List[list]:
     return stamps
 
 
+def _read(store: Path) -> dict:
+    """The store's entries; empty when it is missing or unreadable."""
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
 def cached_value(name: str, paths: Sequence, compute: Callable[[], Any], folder) -> Any:
     """What `compute()` gives for `paths` (a JSON value), read from the store of `folder` when it holds one under
     `name` for these files at their present size and mtime; computed and stored otherwise. OSError from `paths`'
     stat and whatever `compute` raises propagate."""
     stamp = _stamp(paths)
     store = _store(Path(folder))
-    try:
-        known = json.loads(store.read_text())
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
-    entry = known.get(name)
+    entry = _read(store).get(name)
     if isinstance(entry, dict) and entry.get("files") == stamp and "value" in entry:
         return entry["value"]
     value = compute()
+    known = _read(store)  # read again: `compute` may have stored values of its own meanwhile
     known[name] = {"files": stamp, "value": value}
     scratch = store.with_name(f"{store.name}.tmp-{os.getpid()}")
     try:

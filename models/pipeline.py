@@ -99,8 +99,25 @@ def gpu_provider(providers: Optional[Sequence[str]] = None) -> bool:
     return first in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def _ensure_encoder_for(checkpoint, providers) -> Path:
-    """The fp16 export where a GPU provider runs it and it passes the parity gate, else the fp32 one."""
+ENCODER_PRECISIONS = ("fp32", "int8")
+
+
+def _ensure_encoder_for(checkpoint, providers, precision: str = "fp32") -> Path:
+    """The fp16 export where a GPU provider runs it and it passes the parity gate, else the fp32 one; with
+    `precision` "int8" on the CPU provider, the int8 quantisation of the fp32 export where it passes its gate
+    (models/encoder_quantise.py), else the fp32 one with one warning line."""
+    if precision not in ENCODER_PRECISIONS:
+        raise ValueError(f"encoder precision must be one of {', '.join(ENCODER_PRECISIONS)}, not {precision!r}")
+    if precision == "int8" and gpu_provider(providers):
+        log.warning("the int8 encoder is for the CPU provider; on the GPU the fp16 or fp32 encoder serves")
+    elif precision == "int8":
+        from .encoder_quantise import QuantisationError, int8_beside
+
+        try:
+            return int8_beside(ensure_encoder(checkpoint))
+        except QuantisationError as exc:
+            log.warning("%s; the fp32 encoder serves", exc)
+            return ensure_encoder(checkpoint)
     if gpu_provider(providers):
         from .encoder_export import ExportError
 
@@ -137,16 +154,19 @@ class VlmPipeline:
 
     @classmethod
     def load(
-        cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None
+        cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None,
+        encoder_precision: str = "fp32",
     ) -> VlmPipeline:
         """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
-        and fit always win: preprocessing must match the graph). The folder is read once (CheckpointInfo); the
+        and fit always win: preprocessing must match the graph); `encoder_precision` "int8" asks for the gated
+        int8 encoder on the CPU (`_ensure_encoder_for`; an explicit `encoder_onnx` is used as it is, whatever its
+        precision; ValueError for a precision not in ENCODER_PRECISIONS). The folder is read once (CheckpointInfo); the
         language model is loaded without its vision tower (the ONNX encoder serves), the encoder's session built
         meanwhile in the background; digests of the weights and of the export are computed once per file version
         (file_hashes)."""
         checkpoint = inspect_checkpoint(model_dir, family)  # the one reading of the folder
         if encoder_onnx is None:
-            encoder_onnx = _ensure_encoder_for(checkpoint, providers)
+            encoder_onnx = _ensure_encoder_for(checkpoint, providers, encoder_precision)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads
         lm = LanguageModel.load(checkpoint, device)
         encoder.check_fits(checkpoint.hidden_size, checkpoint.image_tokens, checkpoint.encoder_hash)
@@ -167,6 +187,7 @@ class VlmPipeline:
             "image_tokens": self.encoder.image_tokens,
             "device": str(self.lm.device),
             "encoder_provider": self.encoder.provider,
+            "encoder_dtype": self.encoder.metadata.get("geovlm.dtype", "float32"),
         }
 
     def prompt_parts(self, messages) -> List[Tuple[str, bool]]:
