@@ -37,6 +37,7 @@ from .ask_map import (
     worded,
 )
 from .engine_access import EngineUnavailable, connect
+from .geojson_output import add_sink
 from .image_source import QImageSource
 from .line_stream import LineStream
 
@@ -195,12 +196,12 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         objects, relations = ask_features(answer, view, 1, provenance)
         obj_fields, rel_fields = ask_fields()
         crs = self._settings.destinationCrs()
-        obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
-                                                Qgis.WkbType.Polygon, crs)
-        rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
-                                                Qgis.WkbType.LineString, crs)
-        obj_sink.addFeatures(objects, QgsFeatureSink.Flag.FastInsert)
-        rel_sink.addFeatures(relations, QgsFeatureSink.Flag.FastInsert)
+        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
+        rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
+                                    crs)
+        for sink, features in ((obj_sink, objects), (rel_sink, relations)):
+            sink.addFeatures(features, QgsFeatureSink.Flag.FastInsert)
+            sink.close()
         results = {self.OBJECTS: obj_id, self.RELATIONS: rel_id, self.ANSWER: text}
         path = self.parameterAsFileOutput(parameters, self.IMAGE, context)
         if path:

@@ -20,6 +20,7 @@ from ..core.answer_files import read_answers
 from ..core.georef import PIXEL_CRS_WKT, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
+from .geojson_output import add_sink
 from .qgis_geometry import answer_features, object_fields, qgis_crs, raster_frame, relation_fields
 
 SETTINGS_KEY = "geovlm/parseanswers/last"
@@ -96,10 +97,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         remember(parameters, context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
         crs = qgis_crs(frame.crs)
-        obj_sink, obj_id = self.parameterAsSink(parameters, self.OBJECTS, context, obj_fields,
-                                                Qgis.WkbType.Polygon, crs)
-        rel_sink, rel_id = self.parameterAsSink(parameters, self.RELATIONS, context, rel_fields,
-                                                Qgis.WkbType.LineString, crs)
+        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
+        rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
+                                    crs)
         name_outputs(context, Path(path).stem, {obj_id: "objects", rel_id: "relations"})
         skipped = n_objects = n_relations = done = 0
         for i, (line, text, question) in enumerate(answers):
@@ -112,6 +112,8 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             rel_sink.addFeatures(relations, QgsFeatureSink.Flag.FastInsert)
             n_objects, n_relations, done = n_objects + len(objects), n_relations + len(relations), i + 1
             feedback.setProgress(100.0 * done / max(1, len(answers)))
+        obj_sink.close()
+        rel_sink.close()
         if feedback.isCanceled():
             feedback.reportError(f"Cancelled after {done} of {len(answers)} answers: the layers hold those only.")
         feedback.pushInfo(f"{done} answers read: {n_objects} objects, {n_relations} relations, "

@@ -405,3 +405,19 @@ def test_the_streamed_answer_reaches_the_log_as_whole_lines(plugin, processing, 
         result, _ = _run(processing, engine.url, raster, 0, feedback, QUESTION="What is here?")
     assert result["ANSWER"] == answer
     assert feedback.console == answer.split("\n")
+
+
+def test_a_geojson_output_keeps_the_answer_and_the_box_sources_strings(plugin, processing, data_dir, tmp_path):
+    """An answer that is JSON (Qwen2.5-VL's) is written to GeoJSON as the strings it was, on GDAL 3.6 too."""
+    answer = '[{"bbox_2d": [40, 60, 300, 200], "label": "[1, 2]"}]'
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    objects = tmp_path / "objects.geojson"
+    with ScriptedEngine("qwen25vl", answer) as engine:
+        result, _ = _run(processing, engine.url, raster, 0, QUESTION="What is here?", OBJECTS=str(objects),
+                         RELATIONS=str(tmp_path / "relations.geojson"))
+    assert result["ANSWER"] == answer
+    [feature] = json.loads(objects.read_text(encoding="utf-8"))["features"]
+    assert feature["properties"]["answer"] == answer and feature["properties"]["label"] == "[1, 2]"
+    assert feature["properties"]["source"] == '{"bbox_2d": [40, 60, 300, 200], "label": "[1, 2]"}'
+    [read] = QgsVectorLayer(str(objects), "o", "ogr").getFeatures()
+    assert (read["answer"], read["label"]) == (answer, "[1, 2]")

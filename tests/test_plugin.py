@@ -1,4 +1,5 @@
 """The QGIS plugin: loads and unloads (twice), and its Processing algorithm writes real layers."""
+import json
 import sys
 
 import pytest
@@ -246,3 +247,93 @@ def test_parse_without_a_raster_in_a_geographic_project_says_why_qgis_cannot_sho
     finally:
         project.setCrs(before)
         plugin.unload()
+
+
+def test_geojson_outputs_keep_json_looking_strings_strings(qgis_iface, processing, data_dir, tmp_path):
+    """GDAL < 3.8 (QGIS 3.40's 3.6 here) writes a string that parses as JSON as an array or object; the
+    algorithm's GeoJSON and GeoJSONSeq outputs keep it the string the parser gave, character for character."""
+    from osgeo import gdal
+
+    from geovlm.core.parsing import parse_answer
+    from geovlm.core.profiles import get_profile
+
+    answers = tmp_path / "answers.jsonl"
+    qwen = '[{"bbox_2d": [10, 20, 60, 90], "label": "[1, 2]"}, {"bbox_2d":[0,0,50,50],"label":"car"}]'
+    answers.write_text(json.dumps({"answer": qwen}) + "\n")
+    expected = [(o.label, o.source) for o in parse_answer(qwen, get_profile("qwen25vl"), (100, 100)).objects]
+    assert expected == [("[1, 2]", '{"bbox_2d": [10, 20, 60, 90], "label": "[1, 2]"}'),
+                        ("car", '{"bbox_2d":[0,0,50,50],"label":"car"}')]
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        raster = str(data_dir / "rasters" / "cogeo.tif")
+        for suffix in ("geojson", "geojsonl", "geojsons", "gpkg"):
+            result = processing.run("geovlm:parseanswers", {
+                "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("qwen25vl"),
+                "FIELD": "answer", "RASTER": raster, "OBJECTS": str(tmp_path / f"objects.{suffix}"),
+                "RELATIONS": str(tmp_path / f"relations.{suffix}")})
+            layer = QgsVectorLayer(result["OBJECTS"], "objects", "ogr")
+            assert layer.isValid() and layer.featureCount() == 2
+            assert [(f["label"], f["source"]) for f in layer.getFeatures()] == expected, (gdal.__version__, suffix)
+            assert layer.fields().field("source").typeName() == "String"
+        written = json.loads((tmp_path / "objects.geojson").read_text(encoding="utf-8"))
+        assert [f["properties"]["source"] for f in written["features"]] == [s for _, s in expected]
+        assert written["crs"]["properties"]["name"].endswith("3857")
+        lines = (tmp_path / "objects.geojsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["properties"]["label"] for line in lines] == ["[1, 2]", "car"]
+    finally:
+        plugin.unload()
+
+
+def test_the_geojson_string_workaround_is_for_geojson_files_on_gdal_before_3_8(tmp_path):
+    from qgis.core import QgsProcessingException
+
+    from geovlm.plugin import geojson_output as out
+
+    assert out.gdal_keeps_strings(3080000) and not out.gdal_keeps_strings(3060200)
+    assert out.geojson_path("/x/a.GeoJSON") == "/x/a.GeoJSON" and out.geojson_path("ogr:/x/a.json|layername=a")
+    assert out.geojson_path("/x/a.geojsonl") and out.geojson_path("/x/a.geojsons")
+    assert out.geojson_path("/x/a.gpkg") == "" and out.geojson_path("memory:objects") == ""
+    assert [out.looks_like_json(v) for v in ("[1]", "{}", "[", "a[1]", " [1]", None, 3)] == [True, True] + [False] * 5
+    path = tmp_path / "two.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [{"properties": {"a": [1]}}]}')
+    with pytest.raises(QgsProcessingException, match="holds 1 features, not the 2 written"):
+        out.restore_strings(path, {(0, "a"): "[1]"}, 2)
+    out.restore_strings(path, {(0, "a"): "[1]"}, 1)
+    assert json.loads(path.read_text())["features"][0]["properties"]["a"] == "[1]"
+    sequence = tmp_path / "rfc8142.geojsons"  # GeoJSON text sequences: each feature after a record separator
+    sequence.write_text('\x1e{"properties": {"a": [1], "b": "x"}}\n\x1e{"properties": {"a": {"k": 2}}}\n')
+    out.restore_strings(sequence, {(0, "a"): "[1]", (1, "a"): '{"k":2}'}, 2)
+    assert sequence.read_text() == ('\x1e{"properties": {"a": "[1]", "b": "x"}}\n'
+                                    '\x1e{"properties": {"a": "{\\"k\\":2}"}}\n')
+
+
+def test_from_gdal_3_8_the_geojson_driver_is_asked_to_keep_strings(qgis_iface, processing, data_dir, tmp_path,
+                                                                   monkeypatch):
+    """With a GDAL that has AUTODETECT_JSON_STRINGS, the option reaches the driver and nothing is rewritten
+    (on this machine's older GDAL the driver says it does not know the option, which proves it got there)."""
+    from osgeo import gdal
+
+    from geovlm.plugin import geojson_output
+
+    monkeypatch.setattr(geojson_output, "gdal_keeps_strings", lambda version=None: True)
+    answers = tmp_path / "answers.txt"
+    answers.write_text('[{"bbox_2d": [10, 20, 60, 90], "label": "car"}]\n')
+    said = []
+    gdal.PushErrorHandler(lambda _cls, _no, message: said.append(message))
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("qwen25vl"),
+            "FIELD": "answer", "RASTER": str(data_dir / "rasters" / "cogeo.tif"),
+            "OBJECTS": str(tmp_path / "o.geojson"), "RELATIONS": str(tmp_path / "r.gpkg")})
+    finally:
+        gdal.PopErrorHandler()
+        plugin.unload()
+    [source] = [f["properties"]["source"] for f in json.loads((tmp_path / "o.geojson").read_text())["features"]]
+    if geojson_output.KEEPS_STRINGS_FROM > int(gdal.VersionInfo()):
+        assert any("AUTODETECT_JSON_STRINGS" in m for m in said), said
+        assert source == {"bbox_2d": [10, 20, 60, 90], "label": "car"}  # GDAL 3.6 alone: an object, not a string
+    else:
+        assert source == '{"bbox_2d": [10, 20, 60, 90], "label": "car"}'
