@@ -18,7 +18,27 @@ from .image_source import QImageSource
 LOG_TAG = "GeoVLM"
 
 
-class AskTask(QgsTask):
+class EngineTask(QgsTask):
+    """A cancellable `QgsTask` that reaches an engine: `engine`, `authcfg`, `family` and `transport` as
+    `engine_access.connect` takes them (`open_engine()` connects with them). `cancel()` also aborts the
+    request in flight through `cancel_token` (`core.transport.CancelToken`), within a fraction of a second."""
+
+    def __init__(self, description: str, engine: str = "", authcfg: str = "", family: str = "", transport=None):
+        super().__init__(description, QgsTask.Flag.CanCancel)
+        self.engine, self.authcfg, self.family = engine, authcfg, family
+        self.transport = transport  # None: engine_access's (QGIS's network stack for URLs)
+        self.cancel_token = CancelToken()
+
+    def cancel(self):
+        self.cancel_token.cancel()
+        super().cancel()
+
+    def open_engine(self):
+        """`engine_access.connect(...)` for this task (a context manager; raises EngineUnavailable)."""
+        return connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token, transport=self.transport)
+
+
+class AskTask(EngineTask):
     """Ask `question` with the user task `task` (ask, describe, find, identify, scene graph) about `view`,
     after the conversation `history` [("user", q1), ("assistant", a1), ...] whose user turns are already in
     the family's words (the image goes with the first turn). `region`: for a region task, the region's
@@ -41,22 +61,15 @@ class AskTask(QgsTask):
     def __init__(self, view: View, history: List[Tuple[str, str]], task: str, question: str,
                  region: Optional[List[Tuple[float, float]]] = None, engine: str = "", authcfg: str = "",
                  family: str = "", max_tokens: int = 256, transport=None):
-        super().__init__("GeoVLM: ask the map", QgsTask.Flag.CanCancel)
+        super().__init__("GeoVLM: ask the map", engine, authcfg, family, transport)
         self.view, self.history, self.task, self.question, self.region = view, list(history), task, question, region
-        self.engine, self.authcfg, self.family, self.max_tokens = engine, authcfg, family, max_tokens
-        self.transport = transport  # None: engine_access's (QGIS's network stack for URLs)
-        self.cancel_token = CancelToken()
+        self.max_tokens = max_tokens
         self.text, self.answer, self.info = "", None, {}
         self.error: Optional[str] = None
 
-    def cancel(self):
-        self.cancel_token.cancel()
-        super().cancel()
-
     def run(self) -> bool:
         try:
-            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token,
-                         transport=self.transport) as connection:
+            with self.open_engine() as connection:
                 self.info = dict(connection.describe(), notice=connection.notice)
                 self.connected.emit(self.info)
                 profile = connection.profile
@@ -89,7 +102,7 @@ class AskTask(QgsTask):
         self.failed.emit(message)
 
 
-class FamilyProbe(QgsTask):
+class FamilyProbe(EngineTask):
     """Reads which model family an engine serves (its /v1/models), so the dock offers only that family's
     tasks before the first question. `found(family)` on success (GUI thread); failures stay silent here
     (the question itself reports them)."""
@@ -97,19 +110,12 @@ class FamilyProbe(QgsTask):
     found = pyqtSignal(str)
 
     def __init__(self, engine: str = "", authcfg: str = "", family: str = "", transport=None):
-        super().__init__("GeoVLM: which model family", QgsTask.Flag.CanCancel)
-        self.engine, self.authcfg, self.family, self.transport = engine, authcfg, family, transport
-        self.cancel_token = CancelToken()
+        super().__init__("GeoVLM: which model family", engine, authcfg, family, transport)
         self.result_family = ""
-
-    def cancel(self):
-        self.cancel_token.cancel()
-        super().cancel()
 
     def run(self) -> bool:
         try:
-            with connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token,
-                         transport=self.transport) as connection:
+            with self.open_engine() as connection:
                 self.result_family = connection.profile.name
             return True
         except Exception:  # any failure: the dock keeps the tasks it shows  # noqa: BLE001

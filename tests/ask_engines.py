@@ -3,16 +3,14 @@
 syntax (for placement), and the real `geovlm serve` with the demo model."""
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from engine_http import EngineHandler, serve, url_of
 
 
 class ScriptedEngine:
@@ -31,60 +29,27 @@ class ScriptedEngine:
     def __enter__(self) -> ScriptedEngine:
         engine = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _json(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):  # noqa: N802
-                if self.path == "/v1/models":
-                    entry = {"id": engine.model, "object": "model", "geovlm": {"family": engine.family}}
-                    self._json(200, {"object": "list", "data": [entry]})
-                else:
-                    self._json(200, {"status": "ok"})
+        class Handler(EngineHandler):
+            def model_entry(self) -> dict:
+                return {"id": engine.model, "object": "model", "geovlm": {"family": engine.family}}
 
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body, image = self.read_chat()
                 engine.posts.append(body)
-                url = body["messages"][0]["content"][0]["image_url"]["url"]
-                engine.images.append(base64.b64decode(url.split(",", 1)[1]))
+                engine.images.append(image)
                 if callable(engine.answer):
-                    answer = engine.answer(engine.images[-1])
+                    answer = engine.answer(image)
                 else:
                     answers = engine.answer if isinstance(engine.answer, list) else [engine.answer]
                     answer = answers[min(len(engine.posts), len(answers)) - 1]
-                if not body.get("stream"):
-                    choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
-                    self._json(200, {"choices": [choice]})
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                try:
-                    for i in range(0, len(answer), 4):
-                        chunk = {"choices": [{"index": 0, "delta": {"content": answer[i:i + 4]}}]}
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                        self.wfile.flush()
-                        time.sleep(engine.piece_delay)
-                    self.wfile.write(b"data: [DONE]\n\n")
-                except OSError:  # the client left (Stop)
-                    pass
+                self.send_answer(answer, bool(body.get("stream")), engine.piece_delay)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
         return self
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return url_of(self.server)
 
     def __exit__(self, *exc):
         self.server.shutdown()

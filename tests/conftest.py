@@ -1,6 +1,8 @@
-"""Shared test setup: offline hub, headless Qt, paths to the shared data."""
+"""Shared test setup: offline hub, headless Qt, paths to the shared data, QGIS's Processing and qgis_process."""
 import gc
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,39 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"shared test data not found at {DATA} (set GEOVLM_SHARED)")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    """QGIS's `processing` module (processing.run, ...), its framework initialised in this process."""
+    sys.path.append("/usr/share/qgis/python/plugins")
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import processing as proc
+
+    return proc
+
+
+@pytest.fixture
+def qgis_process_env(tmp_path):
+    """(qgis_process, environment) in which qgis_process, offscreen, with its own profile in `tmp_path/home`,
+    finds this checkout as the enabled `geovlm` plugin (Debian's wrapper, which works from QGIS 3.34 on)."""
+    import geovlm
+
+    exe = shutil.which("qgis_process")
+    if exe is None:
+        pytest.fail("qgis_process not found: QGIS is not installed as `make setup` installs it")
+    plugins, home = tmp_path / "plugins", tmp_path / "home"
+    plugins.mkdir()
+    home.mkdir()
+    (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
+    env = dict(os.environ, HOME=str(home), QGIS_PLUGINPATH=str(plugins), QGIS_CUSTOM_CONFIG_PATH=str(home),
+               XDG_RUNTIME_DIR=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    enable = subprocess.run([exe, "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
+    return exe, env
 
 
 def pytest_report_header(config):

@@ -21,15 +21,14 @@ it writes {"url", "pid"} to F once listening.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+from engine_http import EngineHandler, serve, url_of
 from PIL import Image
 
 LABELS = {255: "storage_tank", 200: "car"}
@@ -108,38 +107,21 @@ def describe(image: np.ndarray, family: str) -> str:
 def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False):
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _json(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):  # noqa: N802
-            if self.path.startswith("/v1/models"):
-                details = {"family": family, "random_stand_in": stand_in}
-                self._json(200, {"data": [{"id": f"scripted-{family}", "geovlm": details}]})
-            else:
-                self._json(200, {"status": "ok"})
+    class Handler(EngineHandler):
+        def model_entry(self) -> dict:
+            details = {"family": family, "random_stand_in": stand_in}
+            return {"id": f"scripted-{family}", "object": "model", "geovlm": details}
 
         def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            content = body["messages"][0]["content"]
-            url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
-            image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+            _, data = self.read_chat()
+            image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             text = describe(image, family)
             time.sleep(delay)
             if log_path:
                 with lock, open(log_path, "a") as log:
                     log.write(json.dumps({"size": [image.shape[1], image.shape[0]], "mean": float(image.mean()),
                                           "bands": padding_bands(image), "pid": os.getpid()}) + "\n")
-            self._json(200, {"choices": [{"message": {"role": "assistant", "content": text},
-                                          "finish_reason": "stop"}]})
+            self.send_answer(text)
 
     return Handler
 
@@ -153,12 +135,11 @@ def main() -> None:
     parser.add_argument("--stand-in", action="store_true", help="report the model as a random stand-in")
     parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this many seconds")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(args.family, args.delay, args.log,
-                                                                     args.stand_in))
+    server = serve(make_handler(args.family, args.delay, args.log, args.stand_in), in_thread=False)
     threading.Timer(args.lifetime, server.shutdown).start()
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"url": f"http://127.0.0.1:{server.server_address[1]}", "pid": os.getpid()}, f)
+        json.dump({"url": url_of(server), "pid": os.getpid()}, f)
     os.replace(tmp, args.ready_file)
     server.serve_forever()
     os._exit(0)

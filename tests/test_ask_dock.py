@@ -331,3 +331,29 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             assert not session.dock.restart.isVisible()
     finally:
         engine_settings.save(engine_settings.EngineSettings())
+
+
+def test_the_family_probe_of_a_silent_engine_stops_within_a_second(qgis_app):
+    """FamilyProbe shares AskTask's cancel (plugin.ask_task.EngineTask): cancel() aborts its /v1/models
+    request to an engine that accepts the connection and never answers."""
+    import socket
+
+    from qgis.core import QgsTask
+
+    from geovlm.plugin.ask_task import FamilyProbe
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        probe = FamilyProbe(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        token, ends, found = probe.cancel_token, [], []
+        probe.found.connect(found.append)
+        probe.taskCompleted.connect(lambda: ends.append("completed"))
+        probe.taskTerminated.connect(lambda: ends.append("terminated"))
+        QgsApplication.taskManager().addTask(probe)
+        assert wait_for(lambda: probe.status() == QgsTask.TaskStatus.Running, 5)
+        assert not wait_for(lambda: ends, 0.5)  # the request is waiting for an answer
+        started = time.monotonic()
+        probe.cancel()
+        assert wait_for(lambda: ends, 5) and time.monotonic() - started < 1.0
+    assert token.cancelled and ends == ["terminated"] and found == []

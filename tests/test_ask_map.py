@@ -2,7 +2,6 @@
 lands where that map settings' own mapToPixel() puts its pixels (rotation 30 degrees, device pixel ratio 2,
 EPSG:3857, EPSG:4326, UTM), also through a server that centre-crops what it receives."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,26 +81,9 @@ def padded_input(view, side_in, pad_color):
                          Qt.TransformationMode.SmoothTransformation)
 
 
-def qgis_process_env(tmp_path):
-    exe = Path("/usr/bin/qgis_process.bin")
-    if not exe.exists():
-        pytest.fail("qgis_process.bin not found")
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
-    (tmp_path / "home").mkdir()
-    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
-               QT_QPA_PLATFORM="offscreen")
-    enable = subprocess.run([str(exe), "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
-    return exe, env
-
-
 @pytest.mark.parametrize("authid", ["EPSG:3857", "EPSG:4326", "EPSG:32652"])
-def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tmp_path, authid):
-    exe, env = qgis_process_env(tmp_path)
+def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tmp_path, qgis_process_env, authid):
+    exe, env = qgis_process_env
     path = data_dir / "rasters" / "cogeo.tif"
     raster = QgsRasterLayer(str(path), "cogeo")
     crs = QgsCoordinateReferenceSystem(authid)
@@ -152,17 +134,6 @@ def test_qgis_process_askmap_places_boxes_at_map_to_pixel(qgis_app, data_dir, tm
     assert seen.pixelColor(252, 10) == QColor(*geochat.pad_color)
     # the field {<10><20><40><60>|<90>}: its top edge at 20 % of the input (row 100.8) from 10 % to 40 %
     assert seen.pixelColor(126, 101) == QColor(255, 60, 0) and sent_image.pixelColor(126, 101) != QColor(255, 60, 0)
-
-
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    sys.path.append("/usr/share/qgis/python/plugins")
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    import processing as proc
-
-    return proc
 
 
 @pytest.fixture()

@@ -30,17 +30,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bulk_support import ScriptedEngine, ledger_rows, run_cli  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    sys.path.append("/usr/share/qgis/python/plugins")
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    import processing as proc
-
-    return proc
-
-
 @pytest.fixture
 def plugin(qgis_iface, processing):
     from qgis.core import QgsSettings
@@ -78,38 +67,22 @@ def footprints(path):
     return out, layer.crs()
 
 
-def qgis_process_env(tmp_path):
-    """qgis_process and an environment where it finds this checkout as the enabled `geovlm` plugin."""
-    exe = shutil.which("qgis_process")
-    assert exe is not None, "qgis_process not found"
-    plugins = tmp_path / "plugins"
-    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"), XDG_RUNTIME_DIR=str(tmp_path),
-               QT_QPA_PLATFORM="offscreen")
-    if not plugins.exists():
-        plugins.mkdir()
-        (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
-        (tmp_path / "home").mkdir()
-        enable = subprocess.run([exe, "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
-                                timeout=120)
-        assert enable.returncode == 0, enable.stderr[-2000:]
-    return exe, env
-
-
-def qgis_process(tmp_path, *args):
-    exe, env = qgis_process_env(tmp_path)
+def qgis_process(tool, *args):
+    """`qgis_process --json run ARGS` with `tool`, the (exe, env) of the qgis_process_env fixture."""
+    exe, env = tool
     return subprocess.run([exe, "--json", "run", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("name, tile", [("sample_geotiff.tif", 256), ("RGB.byte.tif", 128)])
-def test_qgis_process_gives_the_same_tiles_and_footprints_as_the_cli(engines, data_dir, tmp_path, name, tile):
+def test_qgis_process_gives_the_same_tiles_and_footprints_as_the_cli(engines, data_dir, tmp_path, qgis_process_env,
+                                                                     name, tile):
     raster = data_dir / "rasters" / name
     engine = engines()
     cli_out, qgis_out = tmp_path / "cli.gpkg", tmp_path / "qgis.gpkg"
     code, _, stderr = run_cli("caption", raster, "--tile", tile, "--engine", engine.url, "--family", "geochat",
                               "--out", cli_out, "--no-progress")
     assert code == 0, stderr
-    run = qgis_process(tmp_path, "geovlm:captiontiles", "--", f"INPUT={raster}", f"TILE_SIZE={tile}",
+    run = qgis_process(qgis_process_env, "geovlm:captiontiles", "--", f"INPUT={raster}", f"TILE_SIZE={tile}",
                        f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={qgis_out}")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     ours, crs = footprints(qgis_out)
@@ -300,7 +273,7 @@ def test_caption_features_keeps_attributes_and_sends_each_window(plugin, process
     assert windows_layer.featureCount() == labels.featureCount()
 
 
-def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_path):
+def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_path, qgis_process_env):
     """qgis_process SIGKILLed during `geovlm:captionfeatures`, then run again with the same OUTPUT: every
     feature's answer exactly once in the ledger, the rerun asks only for what was missing, the features
     layer holds every feature; another plan on that output is refused unless OVERWRITE."""
@@ -314,7 +287,7 @@ def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_pa
     out = tmp_path / "features.gpkg"
     args = ["geovlm:captionfeatures", "--", f"INPUT={labels}", f"RASTER={raster}", "MARGIN=5", "CONCURRENCY=2",
             f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"]
-    exe, env = qgis_process_env(tmp_path)
+    exe, env = qgis_process_env
     proc = subprocess.Popen([exe, "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -327,7 +300,7 @@ def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_pa
     total = QgsVectorLayer(str(labels), "labels", "ogr").featureCount()
     assert 6 <= len(first) < total
     asked_before = engine.requests()
-    run = qgis_process(tmp_path, *args)
+    run = qgis_process(qgis_process_env, *args)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     rows = ledger_rows(out)
     assert len(rows) == len({tid for tid, _ in rows}) == total and {s for _, s in rows} == {"ok"}
@@ -337,9 +310,9 @@ def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_pa
     assert {f["caption_status"] for f in features.getFeatures()} == {"ok"}
     # another plan (another margin) on the same output is refused, and allowed with OVERWRITE
     other = [a.replace("MARGIN=5", "MARGIN=10") for a in args]
-    refused = qgis_process(tmp_path, *other)
+    refused = qgis_process(qgis_process_env, *other)
     assert refused.returncode != 0 and "another plan" in refused.stdout + refused.stderr
-    assert qgis_process(tmp_path, *other, "OVERWRITE=true").returncode == 0
+    assert qgis_process(qgis_process_env, *other, "OVERWRITE=true").returncode == 0
     assert len(ledger_rows(out)) == total
 
 
@@ -374,7 +347,7 @@ def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(
     assert engine.requests() - asked_before == labels.featureCount() - len(first)
 
 
-def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path):
+def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path, qgis_process_env):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""
     import signal
@@ -384,7 +357,7 @@ def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, t
     raster = data_dir / "rasters" / "sample_geotiff.tif"
     engine = engines(delay=0.15)
     out = tmp_path / "c.gpkg"
-    exe, env = qgis_process_env(tmp_path)
+    exe, env = qgis_process_env
     proc = subprocess.Popen([exe, "run", "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=128",
                              "CONCURRENCY=2", f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -481,7 +454,8 @@ def test_caption_features_summary_counts_a_fresh_run_as_answered_features(plugin
         f"{n} features: 0 asked, 0 answered, 0 skipped (nodata), 0 failed, {n} resumed (done before)"]
 
 
-def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engines, data_dir, tmp_path):
+def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engines, data_dir, tmp_path,
+                                                                           qgis_process_env):
     """qgis_process on corrupt.tif: no traceback; every tile recorded, those GDAL cannot read `failed` with
     the reason (the same tiles as the command line's), named apart from engine failures, without the advice to
     rerun for them."""
@@ -493,7 +467,7 @@ def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engin
                               "--out", tmp_path / "cli.gpkg", "--no-progress")
     assert code == 1, stderr
     theirs = dict(ledger_rows(tmp_path / "cli.gpkg"))
-    run = qgis_process(tmp_path, "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=256",
+    run = qgis_process(qgis_process_env, "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=256",
                        f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={tmp_path / 'qgis.gpkg'}")
     assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout[-3000:] + run.stderr
     rows = ledger_rows(tmp_path / "qgis.gpkg", columns="tile_id, status, error")

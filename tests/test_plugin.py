@@ -1,22 +1,10 @@
 """The QGIS plugin: loads and unloads (twice), and its Processing algorithm writes real layers."""
 import json
-import sys
 
 import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 import geovlm
-
-
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    sys.path.append("/usr/share/qgis/python/plugins")
-    from processing.core.Processing import Processing
-
-    Processing.initialize()
-    import processing as proc
-
-    return proc
 
 
 def test_plugin_loads_and_unloads_twice(qgis_iface):
@@ -61,26 +49,11 @@ def test_parse_algorithm_places_answers_on_a_raster(qgis_iface, processing, data
         plugin.unload()
 
 
-def test_algorithm_runs_from_qgis_process(data_dir, tmp_path):
+def test_algorithm_runs_from_qgis_process(data_dir, tmp_path, qgis_process_env):
     """qgis_process (Debian's wrapper, which works from QGIS 3.34 on) finds the plugin's provider."""
-    import os
-    import shutil
     import subprocess
-    from pathlib import Path
 
-    exe = shutil.which("qgis_process")
-    if exe is None:
-        pytest.fail("qgis_process not found: QGIS is not installed as `make setup` installs it")
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "geovlm").symlink_to(Path(geovlm.__file__).parent, target_is_directory=True)
-    (tmp_path / "home").mkdir()
-    env = dict(os.environ, HOME=str(tmp_path / "home"), QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "home"),
-               XDG_RUNTIME_DIR=str(tmp_path), QT_QPA_PLATFORM="offscreen")
-    enable = subprocess.run([str(exe), "plugins", "enable", "geovlm"], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
+    exe, env = qgis_process_env
     answers = tmp_path / "a.txt"
     answers.write_text("{<0><0><50><50>|<90>}\n{<50><50><100><100>|<90>}\n")
     out = tmp_path / "objects.gpkg"
