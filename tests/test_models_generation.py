@@ -55,6 +55,8 @@ def test_greedy_tokens_equal_transformers_generate(pipe):
     from geovlm.models.pipeline import GenRequest
 
     assert pipe.lm.decoder is not None  # the static-cache decoder is what runs (not transformers' forward)
+    if torch.backends.mkldnn.is_available():  # with oneDNN's linear kernel, whose rounding differs from MKL's
+        assert pipe.lm.decoder.kernel == "onednn"
     images = ms.cogeo_tiles(3) + [ms.random_image(7)]
     outputs = []
     for image in images:
@@ -81,6 +83,22 @@ def test_ragged_batch_of_8_equals_transformers_generate_one_by_one(pipe):
     for r, tokens in zip(requests, ours):
         assert tokens == _reference_tokens(pipe, r.image, r.messages, r.max_new_tokens)
     assert len({tuple(t) for t in ours}) == len(requests)
+
+
+def test_onednn_linear_equals_torch_linear_and_is_only_picked_where_it_runs():
+    from torch.nn.functional import linear
+
+    from geovlm.models.static_decoder import pick_linear
+
+    kernel, name = pick_linear(torch.zeros(2, 2))
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    assert name == "onednn"
+    x = torch.randn(2, 5, 64)
+    w, packed = torch.randn(96, 64), torch.randn(96, 3)
+    for bias in (None, packed[:, 1], torch.randn(96)):  # a strided bias too: the operator needs it contiguous
+        assert torch.allclose(kernel(x, w, bias), linear(x, w, bias), rtol=1e-5, atol=1e-4)
+    assert pick_linear(torch.zeros(2, 2, dtype=torch.float64))[1] == "torch"  # a dtype it does not serve
 
 
 def test_transformers_forward_path_gives_the_same_tokens(pipe, monkeypatch):
