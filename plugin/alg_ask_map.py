@@ -115,7 +115,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
                                                             Qgis.ProcessingSourceType.VectorPolygon))
         self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
-                                                            Qgis.ProcessingSourceType.VectorLine))
+                                                            Qgis.ProcessingSourceType.VectorLine, optional=True,
+                                                            createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.IMAGE, "What the model saw, with its boxes (PNG)", "PNG images (*.png)", optional=True,
             createByDefault=False))

@@ -54,7 +54,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             "answer a line) and writes every box as a polygon and every relation as a line. With a raster "
             "layer the boxes are placed on it (its true geotransform, rotated rasters included); without one "
             "they stay in the pixel space of the image size, written upright (x = column, y = -row) in a local "
-            "engineering CRS in pixels, never taken for degrees."
+            "engineering CRS in pixels, never taken for degrees. FAMILY: the model family, from the list, or "
+            "by name (qgis_process FAMILY=geochat, as the other GeoVLM algorithms take it) or number. Relations "
+            "are optional: left out, only the objects are written."
         )
 
     def createInstance(self):  # noqa: N802
@@ -76,7 +78,25 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
                                                             Qgis.ProcessingSourceType.VectorPolygon))
         self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
-                                                            Qgis.ProcessingSourceType.VectorLine))
+                                                            Qgis.ProcessingSourceType.VectorLine, optional=True,
+                                                            createByDefault=True))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """As Processing checks them, with FAMILY also given by name or title (qgis_process FAMILY=geochat):
+        an unknown one is refused in one line that lists the names."""
+        raw = parameters.get(self.FAMILY)
+        if isinstance(raw, str) and not raw.strip().isdigit():
+            try:
+                parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw))})
+            except ValueError as exc:
+                return False, str(exc)
+        return super().checkParameterValues(parameters, context)
+
+    def _family(self, parameters, context) -> str:
+        raw = parameters.get(self.FAMILY)
+        if isinstance(raw, str) and not raw.strip().isdigit():
+            return family_of(raw)
+        return family_names()[self.parameterAsEnum(parameters, self.FAMILY, context)]
 
     def _frame(self, parameters, context) -> ImageFrame:
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
@@ -86,15 +106,15 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         path = self.parameterAsFile(parameters, self.INPUT, context)
-        family = family_names()[self.parameterAsEnum(parameters, self.FAMILY, context)]
         field = self.parameterAsString(parameters, self.FIELD, context)
-        profile = get_profile(family)
         try:
+            family = self._family(parameters, context)
             frame = self._frame(parameters, context)
             answers = list(read_answers(path, field))
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
-        remember(parameters, context, self)
+        profile = get_profile(family)
+        remember(dict(parameters, **{self.FAMILY: family_names().index(family)}), context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
         crs = qgis_crs(frame.crs)
         obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
@@ -132,6 +152,21 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             feedback.pushWarning(f"No box found in {done} answers: check that the model family "
                                  f"({profile.title}) is the one that wrote them.")
         return {self.OBJECTS: obj_id, self.RELATIONS: rel_id}
+
+
+def family_of(value) -> str:
+    """The family name (`core.profiles.family_names()`) a FAMILY value stands for: its name or title in any
+    case ("geochat", "GeoChat"), or its index in `family_names()` (an int or digits, as the dialog, graphical
+    models and earlier runs give it). Raises ValueError in one line listing the names."""
+    names = family_names()
+    text = str(value).strip()
+    if text.isdigit() and int(text) < len(names):
+        return names[int(text)]
+    for name in names:
+        if text.lower() in (name, get_profile(name).title.lower()):
+            return name
+    raise ValueError(f"unknown model family {text!r}: one of {', '.join(names)} (or its number, 0 to "
+                     f"{len(names) - 1})")
 
 
 def name_outputs(context, stem: str, names) -> None:

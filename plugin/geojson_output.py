@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from osgeo import gdal
-from qgis.core import QgsFeatureSink, QgsProcessingException, QgsProcessingOutputLayerDefinition, QgsProperty
+from qgis.core import Qgis, QgsFeatureSink, QgsProcessingException, QgsProcessingOutputLayerDefinition, QgsProperty
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 SEQUENCE_SUFFIXES = (".geojsonl", ".geojsons")  # GeoJSONSeq: one feature a line (after an RS for .geojsons)
@@ -49,11 +49,12 @@ def looks_like_json(value) -> bool:
 class StringKeepingSink:
     """A Processing feature sink whose GeoJSON output keeps its strings. `add_sink()` makes one; the algorithm
     adds features through it (`addFeature`, `addFeatures`, as a `QgsFeatureSink`) and calls `close()` when it
-    has added the last one (then the file is complete). `path` is the GeoJSON file when its strings must be
+    has added the last one (then the file is complete); with no sink (an optional output not asked for) the
+    features are dropped. `path` is the GeoJSON file when its strings must be
     restored after GDAL wrote it (GDAL < 3.8), else ""; `kept` maps (feature index, field name) to the strings
     to restore."""
 
-    def __init__(self, sink: QgsFeatureSink, path: str = ""):
+    def __init__(self, sink: Optional[QgsFeatureSink], path: str = ""):
         self._sink: Optional[QgsFeatureSink] = sink
         self.path = path
         self.kept: Dict[Tuple[int, str], str] = {}
@@ -71,6 +72,8 @@ class StringKeepingSink:
                     if looks_like_json(value):  # a str: a string field's value
                         self.kept[(self._count, field)] = value
                 self._count += 1
+        if self._sink is None:
+            return True
         return self._sink.addFeatures(features, QgsFeatureSink.Flags() if flags is None else flags)
 
     def close(self) -> None:
@@ -85,15 +88,20 @@ class StringKeepingSink:
             restore_strings(Path(self.path), self.kept, self._count)
 
 
-def add_sink(alg, parameters, name: str, context, fields, geometry_type, crs) -> Tuple[StringKeepingSink, str]:
-    """`alg.parameterAsSink(...)` for the output `name`, as a `StringKeepingSink`, and its destination id. A
-    GeoJSON file is made with `KEEP_STRINGS_OPTION` on GDAL >= 3.8, and has its strings restored on `close()`
-    on older GDALs; any other output is made as Processing makes it."""
+def add_sink(alg, parameters, name: str, context, fields, geometry_type,
+             crs) -> Tuple[StringKeepingSink, Optional[str]]:
+    """`alg.parameterAsSink(...)` for the output `name`, as a `StringKeepingSink`, and its destination id (None
+    for an optional output that was not asked for: then the sink drops what it is given). A GeoJSON file is
+    made with `KEEP_STRINGS_OPTION` on GDAL >= 3.8, and has its strings restored on `close()` on older GDALs;
+    any other output is made as Processing makes it."""
     keeps = gdal_keeps_strings()
     options = [KEEP_STRINGS_OPTION] if keeps and geojson_path(_destination(parameters, name, context)) else []
     sink, dest_id = alg.parameterAsSink(parameters, name, context, fields, geometry_type, crs,
                                         QgsFeatureSink.SinkFlags(), {}, [], options)
     if sink is None:
+        optional = alg.parameterDefinition(name).flags() & Qgis.ProcessingParameterFlag.Optional
+        if optional and not _destination(parameters, name, context):
+            return StringKeepingSink(None), None  # an optional output not asked for: its features are dropped
         raise QgsProcessingException(f"cannot write the output {name}")
     return StringKeepingSink(sink, "" if keeps else geojson_path(dest_id)), dest_id  # a file's id is its path
 

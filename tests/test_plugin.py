@@ -50,22 +50,61 @@ def test_parse_algorithm_places_answers_on_a_raster(qgis_iface, processing, data
 
 
 def test_algorithm_runs_from_qgis_process(data_dir, tmp_path, qgis_process_env):
-    """qgis_process (Debian's wrapper, which works from QGIS 3.34 on) finds the plugin's provider."""
+    """qgis_process (Debian's wrapper, which works from QGIS 3.34 on) finds the plugin's provider; FAMILY is
+    the family's name as in the other GeoVLM algorithms (its title and the enum's number work too), and
+    RELATIONS may be left out."""
     import subprocess
 
     exe, env = qgis_process_env
     answers = tmp_path / "a.txt"
-    answers.write_text("{<0><0><50><50>|<90>}\n{<50><50><100><100>|<90>}\n")
-    out = tmp_path / "objects.gpkg"
-    run = subprocess.run(
-        [str(exe), "--json", "run", "geovlm:parseanswers", "--", f"INPUT={answers}", "FAMILY=1",
-         f"RASTER={data_dir / 'rasters' / 'cogeo.tif'}", f"OBJECTS={out}", f"RELATIONS={tmp_path / 'rel.gpkg'}"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    layer = QgsVectorLayer(str(out), "objects", "ogr")
-    assert layer.isValid() and layer.featureCount() == 2
-    assert layer.crs().authid() == "EPSG:3857"
+    answers.write_text("a road {<0><0><50><50>|<90>}\n{<50><50><100><100>|<90>}\n")
+
+    def run(family, *more):
+        out = tmp_path / f"objects-{family}.gpkg"
+        done = subprocess.run(
+            [str(exe), "--json", "run", "geovlm:parseanswers", "--", f"INPUT={answers}", f"FAMILY={family}",
+             f"RASTER={data_dir / 'rasters' / 'cogeo.tif'}", f"OBJECTS={out}", *more],
+            env=env, capture_output=True, text=True, timeout=120)
+        return done, out
+
+    placed = []
+    for family, more in (("1", [f"RELATIONS={tmp_path / 'rel.gpkg'}"]), ("geochat", []), ("GeoChat", [])):
+        done, out = run(family, *more)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        results = json.loads(done.stdout)["results"]
+        assert results["RELATIONS"] == (str(tmp_path / "rel.gpkg") if more else None)
+        layer = QgsVectorLayer(str(out), "objects", "ogr")
+        assert layer.isValid() and layer.featureCount() == 2 and layer.crs().authid() == "EPSG:3857"
+        placed.append(sorted((f["label"], f["family"], f.geometry().asWkt(3)) for f in layer.getFeatures()))
+    assert placed[0] == placed[1] == placed[2] and ("road", "geochat") in [row[:2] for row in placed[0]]
+    refused, out = run("gpt4")
+    assert refused.returncode != 0 and not out.exists()
+    assert "unknown model family 'gpt4': one of llava15, geochat," in refused.stdout + refused.stderr
+
+
+def test_a_family_given_by_name_is_remembered_as_the_dialogs_number(qgis_iface, processing, tmp_path):
+    from geovlm.plugin.alg_parse_answers import family_of, remembered
+
+    names = list(geovlm.core.profiles.family_names())
+    assert [family_of(v) for v in ("qwen25vl", "Qwen2.5-VL", " GEOCHAT ", 1, "7")] == [
+        "qwen25vl", "qwen25vl", "geochat", names[1], names[7]]
+    for bad in ("", "99", "-1", "gpt4"):
+        with pytest.raises(ValueError, match="unknown model family"):
+            family_of(bad)
+    answers = tmp_path / "a.txt"
+    answers.write_text('[{"bbox_2d": [10, 20, 60, 90], "label": "car"}]\n')
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        result = processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": "Qwen2.5-VL", "FIELD": "answer", "IMAGE_SIZE": "100x100",
+            "OBJECTS": str(tmp_path / "o.gpkg")})
+    finally:
+        plugin.unload()
+    assert result["RELATIONS"] is None
+    [feature] = QgsVectorLayer(result["OBJECTS"], "o", "ogr").getFeatures()
+    assert feature["family"] == "qwen25vl" and feature["label"] == "car"
+    assert remembered()["FAMILY"] == names.index("qwen25vl")  # the toolbar dialog's enum opens on it
 
 
 @pytest.mark.parametrize("size, message", [("axb", "WxH"), ("0x100", "positive")])
