@@ -13,6 +13,8 @@ import copy
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ SCHEMA_VERSION = "1"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+WEIGHTS_ALIGNMENT = 64 * 1024  # the largest memory-map granularity (Windows'); a multiple of Linux's 4 KiB pages
 
 
 class ExportError(RuntimeError):
@@ -170,24 +173,58 @@ def export_encoder(
 ) -> ExportReport:
     """Export, stamp the metadata, then run ONNX and torch on the same random batch; fail above tolerance.
     `model_dir` is a checkpoint folder or its CheckpointInfo; `model` its loaded vision model (see `vision_of`),
-    when the caller has it. The file appears at `out_path` only once checked: it is written under a temporary
-    name beside it, removed if anything fails."""
+    when the caller has it. The graph appears at `out_path`, its weights beside it (`weights_path`, see
+    `place_encoder`), only once checked: both are written in a scratch folder beside them, removed if anything
+    fails."""
     checkpoint = as_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module, reference = vision_of(checkpoint, model)
-    scratch = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     dtype = "float16" if fp16 else "float32"
-    try:
-        props = _export(checkpoint, module, scratch, dtype, opset)
-        diffs = _parity(reference, checkpoint.input_size, scratch, check_batches)
+    with scratch_folder(out_path) as scratch:
+        graph = scratch / "graph.onnx"
+        props = _export(checkpoint, module, graph, dtype, opset)
+        diffs = _parity(reference, checkpoint.input_size, graph, check_batches)
         worst, tolerance = max(diffs.values()), TOLERANCE[dtype]
         if not worst <= tolerance:
             raise ExportError(f"ONNX encoder differs from torch by {worst:.3g} (> {tolerance:g}); export rejected")
-        os.replace(scratch, out_path)
-    finally:
-        scratch.unlink(missing_ok=True)
+        place_encoder(graph, out_path, scratch)
     return ExportReport(out_path, diffs, tolerance, props)
+
+
+def weights_path(path) -> Path:
+    """The file beside an encoder graph `path` that holds its weights (ONNX external data): `<name>.data`."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
+
+
+@contextlib.contextmanager
+def scratch_folder(out_path: Path):
+    """A new hidden folder beside `out_path` for the files of an export in progress, removed on leaving (on
+    errors and Ctrl-C too): nothing half-written is ever seen under the final name."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def place_encoder(graph: Path, out_path: Path, scratch: Path) -> None:
+    """Write the ONNX model at `graph` (weights inline or external) to `out_path` with its weights in
+    `weights_path(out_path)`, each tensor of 1 MiB or more at an offset that is a multiple of 64 KiB (onnx_ir.save
+    `alignment`). onnxruntime then maps those tensors from the file instead of copying them into its own memory
+    (onnxruntime pull requests 11127 and 11789, "directly use memory mapped data for external data
+    initializers"): the weights count as file-backed, shared, evictable pages, not anonymous memory. Both files
+    are written in `scratch` (a folder beside `out_path`) and renamed into place, the weights first."""
+    import onnx_ir
+
+    staged = scratch / "placed"
+    staged.mkdir()
+    weights = weights_path(out_path)
+    onnx_ir.save(onnx_ir.load(str(graph)), str(staged / out_path.name), external_data=weights.name,
+                 alignment=WEIGHTS_ALIGNMENT)
+    os.replace(staged / weights.name, weights)
+    os.replace(staged / out_path.name, out_path)
 
 
 def _export(checkpoint: CheckpointInfo, encoder, out_path: Path, dtype: str, opset: int) -> Dict[str, str]:

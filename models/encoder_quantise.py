@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .encoder_export import ExportError
+from .encoder_export import ExportError, place_encoder, scratch_folder
 from .file_hashes import cached_value
 
 MIN_COSINE = 0.99
@@ -120,9 +119,10 @@ def quantise_encoder(
 ) -> QuantisationReport:
     """Write the int8 dynamic quantisation of the fp32 encoder at `fp32_path` to `out_path` when its features on
     `images` (HxWx3 uint8; `gate_images()` by default) are within the tolerance of the fp32 encoder's; its
-    metadata says `geovlm.dtype` int8 and carries the gate's figures (`geovlm.int8_gate`). The file is written
-    under a temporary name and appears only once it passed. QuantisationError (one line) otherwise, or for an
-    encoder that is not fp32; EncoderError for a file that is not a GeoVLM encoder."""
+    metadata says `geovlm.dtype` int8 and carries the gate's figures (`geovlm.int8_gate`). Its weights go beside it
+    (encoder_export.place_encoder); both are written in a scratch folder and appear only once the gate passed.
+    QuantisationError (one line) otherwise, or for an encoder that is not fp32; EncoderError for a file that is
+    not a GeoVLM encoder."""
     import onnxruntime as ort
 
     from .encoder_runtime import OnnxEncoder, session_options
@@ -133,20 +133,18 @@ def quantise_encoder(
                                 "int8 is made from the float32 one")
     pixels = encoder_pixels(reference, gate_images() if images is None else images)
     out_path = Path(out_path)
-    scratch = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    try:
-        _quantise(reference.path, scratch)
-        session = ort.InferenceSession(str(scratch), session_options(), providers=["CPUExecutionProvider"])
+    with scratch_folder(out_path) as scratch:
+        graph = scratch / "int8.onnx"
+        _quantise(reference.path, graph)
+        session = ort.InferenceSession(str(graph), session_options(), providers=["CPUExecutionProvider"])
         got = session.run(None, {reference.input_name: pixels})[0]
         agreement = feature_agreement(reference.run(pixels), got)
         failures = agreement.failures(min_cosine, max_relative_error)
         if failures:
             raise QuantisationError(f"int8 encoder refused: {' and '.join(failures)} against the float32 encoder "
                                     f"on {len(pixels)} images")
-        _stamp(scratch, reference.metadata, agreement, len(pixels))
-        os.replace(scratch, out_path)
-    finally:
-        scratch.unlink(missing_ok=True)
+        _stamp(graph, reference.metadata, agreement, len(pixels))
+        place_encoder(graph, out_path, scratch)
     return QuantisationReport(out_path, agreement, len(pixels))
 
 

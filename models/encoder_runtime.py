@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .encoder_export import SCHEMA, SCHEMA_VERSION
+from .encoder_export import SCHEMA, SCHEMA_VERSION, weights_path
 from .file_hashes import cached_value, file_sha256
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,21 @@ FIELDS = {
 AGAIN = "export it again with `geovlm export-encoder`"
 
 
-def session_options(threads: Optional[int] = None):
+def session_options(threads: Optional[int] = None, prepacking: bool = True):
     """onnxruntime SessionOptions chosen for an engine that shares its cores with torch.
 
     - intra-op threads: `threads`, else torch's intra-op thread count (the cores the language model uses), so
       the two runtimes do not oversubscribe the machine; one inter-op thread (the graph runs sequentially);
     - no spinning: onnxruntime's workers otherwise keep spinning after each run and slow the prefill that
       follows (onnxruntime docs, "Thread management": session.intra_op.allow_spinning);
-    - every graph optimisation (ORT_ENABLE_ALL: constant folding, attention/GELU/LayerNorm fusions)."""
+    - every graph optimisation (ORT_ENABLE_ALL: constant folding, attention/GELU/LayerNorm fusions);
+    - `prepacking` False: no pre-packed copy of the weights ("session.disable_prepacking",
+      onnxruntime_session_options_config_keys.h). Kernels otherwise copy each weight matrix into their own
+      layout at load, in anonymous memory, beside the memory-mapped weights file (encoder_export.place_encoder).
+      The int8 encoder runs without (ViT-B/16: anonymous memory 135 -> 60 MiB, encode time within noise); the
+      fp32 one keeps it (its pre-packed GEMMs were faster at batch 1, bench/bench_encoder.py).
+    The CPU memory arena and memory patterns stay on: turning them off changed neither the anonymous memory nor
+    the time of a batch-1 encode measurably (bench/bench_encoder.py, docs/benchmarks.md)."""
     import onnxruntime as ort
 
     if threads is None:
@@ -71,6 +78,8 @@ def session_options(threads: Optional[int] = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 
@@ -96,12 +105,20 @@ def graph_facts(path: Path) -> dict:
     return {"metadata": {p.key: p.value for p in model.metadata_props}, "inputs": inputs}
 
 
+def _files_sha256(paths) -> str:
+    """sha256 hex digest of one file's bytes, or of the digests of several files in order."""
+    if len(paths) == 1:
+        return file_sha256(paths[0])
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
+
+
 class OnnxEncoder:
     """An onnxruntime session over a GeoVLM encoder graph, with its metadata (`session_options`; `threads`:
     intra-op threads, torch's count by default).
 
-    The metadata and inputs are checked at construction (read once per file version, file_hashes); EncoderError
-    for a missing, unreadable or foreign file. The session itself is built in a background thread started here
+    The metadata and inputs are checked at construction (read once per version of the graph and its weights file,
+    file_hashes); EncoderError for a missing, unreadable or foreign file. An int8 graph runs without pre-packed
+    weights (`session_options`). The session itself is built in a background thread started here
     (graph optimisation takes about a second on a CPU), so a pipeline's language model loads meanwhile; the
     first use of `session` waits for it (EncoderError if onnxruntime refused the file)."""
 
@@ -117,7 +134,9 @@ class OnnxEncoder:
         available = set(ort.get_available_providers())
         chosen = [p for p in self.wanted if p in available] or ["CPUExecutionProvider"]
         folder, name = self.path.parent, self.path.name
-        facts = cached_value(f"onnx-graph:{name}", [self.path], lambda: graph_facts(self.path), folder)
+        weights = weights_path(self.path)
+        files = [self.path, weights] if weights.is_file() else [self.path]  # an export of before 2026-11-30: one
+        facts = cached_value(f"onnx-graph:{name}", files, lambda: graph_facts(self.path), folder)
         meta = facts["metadata"]
         if meta.get("geovlm.schema") != SCHEMA:
             raise EncoderError(f"{self.path} is an ONNX model but not a GeoVLM encoder (no {SCHEMA} metadata)")
@@ -135,13 +154,12 @@ class OnnxEncoder:
         self._check_input(facts["inputs"])
         self.input_name = facts["inputs"][0][0]
         self.max_batch = max_batch
-        self.file_hash = cached_value(f"onnx:{name}", [self.path], lambda: file_sha256(self.path), folder)
+        self.file_hash = cached_value(f"onnx:{name}", files, lambda: _files_sha256(files), folder)
         self._session, self._error = None, None
         # Not a daemon: a process that exits while onnxruntime builds the session waits for it (a daemon thread
         # inside onnxruntime's C++ at interpreter shutdown aborts the process).
-        self._opening = threading.Thread(
-            target=self._open, args=(session_options(threads), chosen), name="geovlm-encoder-session"
-        )
+        options = session_options(threads, prepacking=meta.get("geovlm.dtype") != "int8")
+        self._opening = threading.Thread(target=self._open, args=(options, chosen), name="geovlm-encoder-session")
         self._opening.start()
 
     def _open(self, options, chosen) -> None:

@@ -73,13 +73,35 @@ def test_metadata_schema(demo, exported):
     assert dim0.dim_param and not dim0.dim_value  # a symbolic (dynamic) batch axis
 
 
+def test_the_weights_lie_beside_the_graph_aligned_for_memory_mapping(demo, exported, tmp_path):
+    from geovlm.models import encoder_export
+    from geovlm.models.encoder_runtime import OnnxEncoder
+
+    weights = exported.path.with_name(exported.path.name + ".data")
+    assert weights.stat().st_size > 1e6 > exported.path.stat().st_size  # the graph file holds no weights
+    graph = onnx.load(str(exported.path), load_external_data=False)
+    placed = {t.name: {e.key: e.value for e in t.external_data} for t in graph.graph.initializer if t.external_data}
+    assert placed and {p["location"] for p in placed.values()} == {weights.name}
+    big = [p for p in placed.values() if int(p["length"]) >= 1 << 20]
+    assert big and all(int(p["offset"]) % encoder_export.WEIGHTS_ALIGNMENT == 0 for p in big)  # mmap-able
+    # the weights file is part of what the encoding cache's key and the cached facts are computed from
+    copy = tmp_path / "e.onnx"
+    shutil.copy(exported.path, copy)
+    shutil.copy(weights, tmp_path / "e.onnx.data")
+    first = OnnxEncoder(copy).file_hash
+    data = bytearray((tmp_path / "e.onnx.data").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "e.onnx.data").write_bytes(bytes(data))
+    assert OnnxEncoder(copy).file_hash != first
+
+
 def test_export_rejects_mismatch(demo, tmp_path, monkeypatch):
     from geovlm.models import encoder_export
 
     monkeypatch.setitem(encoder_export.TOLERANCE, "float32", 0.0)
     with pytest.raises(encoder_export.ExportError, match="export rejected"):
         encoder_export.export_encoder(demo, tmp_path / "e.onnx", check_batches=(1,), model=ms.hf_model(str(demo)))
-    assert not (tmp_path / "e.onnx").exists()
+    assert not list(tmp_path.iterdir())  # neither the graph, nor its weights, nor the scratch folder
 
 
 def test_an_interrupted_export_leaves_nothing_behind(demo, tmp_path, monkeypatch):
@@ -96,7 +118,7 @@ def test_an_interrupted_export_leaves_nothing_behind(demo, tmp_path, monkeypatch
     monkeypatch.setattr(encoder_export, "metadata_for", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_encoder(folder, model=ms.hf_model(str(demo)))
-    assert not list(folder.glob("encoder-*"))
+    assert not list(folder.glob("encoder-*")) and not list(folder.glob(".encoder-*"))  # no scratch folder either
     monkeypatch.undo()
     assert OnnxEncoder(ensure_encoder(folder, model=ms.hf_model(str(demo)))).family == "geochat"
 

@@ -80,6 +80,17 @@ def test_the_gate_keeps_a_good_quantisation(fp32, demo, tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
+def test_the_int8_session_keeps_no_prepacked_copy_of_the_weights(fp32, tmp_path):
+    from geovlm.models.encoder_quantise import quantise_encoder
+    from geovlm.models.encoder_runtime import OnnxEncoder
+
+    int8 = OnnxEncoder(quantise_encoder(fp32, tmp_path / "int8.onnx").path)
+    assert int8.session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
+    options = OnnxEncoder(fp32).session.get_session_options()
+    with pytest.raises(Exception, match="disable_prepacking"):  # fp32 keeps onnxruntime's default: prepacked
+        options.get_session_config_entry("session.disable_prepacking")
+
+
 def test_the_gate_refuses_a_bad_quantisation(fp32, tmp_path, monkeypatch):
     from geovlm.models import encoder_quantise
 
@@ -166,7 +177,8 @@ def test_export_encoder_int8_command(demo, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "int8 vs float32 on 4 sample images: per-token cosine >= 0.99" in text and f"wrote {out} (int8" in text
     assert OnnxEncoder(out).metadata["geovlm.dtype"] == "int8"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["encoder-int8.onnx", "geovlm-hashes.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["encoder-int8.onnx", "encoder-int8.onnx.data",
+                                                            "geovlm-hashes.json"]  # no scratch left
     with pytest.raises(SystemExit):
         main(["export-encoder", "--model", str(demo), "--out", str(out), "--int8", "--fp16"])
     with pytest.raises(SystemExit):
