@@ -15,6 +15,9 @@ for var in ("PROJ_LIB", "PROJ_DATA"):
     os.environ.pop(var, None)
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # the helper modules beside the tests (qt_support, bulk_support, ...): --import-mode=importlib
+    sys.path.insert(0, HERE)  # does not put this folder on sys.path itself
 SHARED = Path(os.environ.get("GEOVLM_SHARED", ROOT.parent / "shared"))
 DATA = SHARED / "data"
 
@@ -57,6 +60,34 @@ def qgis_process_env(tmp_path):
                             timeout=120)
     assert enable.returncode == 0, enable.stdout[-2000:] + enable.stderr[-2000:]
     return exe, env
+
+
+@pytest.fixture
+def geovlm_settings(qgis_app):
+    """GeoVLM's QgsSettings (`geovlm/...`) cleared before and after the test."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("geovlm")
+    yield
+    QgsSettings().remove("geovlm")
+
+
+@pytest.fixture
+def engines(tmp_path):
+    """`engines(name="a", family=..., delay=..., stand_in=...)` starts a `bulk_support.ScriptedEngine` (its own
+    process); all of them are killed after the test."""
+    from bulk_support import ScriptedEngine
+
+    started = []
+
+    def start(name="a", **options):
+        engine = ScriptedEngine(tmp_path, name, **options)
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.kill()
 
 
 def pytest_report_header(config):

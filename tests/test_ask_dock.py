@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
-from qgis.PyQt.QtCore import QCoreApplication, QUrl
+from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QImage
 
 import geovlm
@@ -16,19 +16,10 @@ from geovlm.core.profiles import get_profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ask_engines import DemoEngine, ScriptedEngine  # noqa: E402
+from qt_support import wait_for  # noqa: E402
 from test_ask_map import padded_input  # noqa: E402
 
 ANSWER = "two fields {<10><20><40><60>|<90>} {<50><15><80><45>|<120>} beside a road {<5><70><95><90>|<60>}"
-
-
-def wait_for(condition, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        QCoreApplication.processEvents()
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture()

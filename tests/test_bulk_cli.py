@@ -18,24 +18,10 @@ from geovlm.models.imagery import import_rasterio, read_rgb
 from geovlm.models.preprocess import fit_image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ScriptedEngine, cli, ledger_rows, run_cli, wait_for_rows  # noqa: E402
+from bulk_support import cli, ledger_rows, run_cli, wait_for_rows  # noqa: E402
 
 rasterio = import_rasterio()
 from rasterio.windows import Window, bounds  # noqa: E402
-
-
-@pytest.fixture
-def engines(tmp_path):
-    started = []
-
-    def start(name="a", **options):
-        engine = ScriptedEngine(tmp_path, name, **options)
-        started.append(engine)
-        return engine
-
-    yield start
-    for engine in started:
-        engine.kill()
 
 
 def read_tiles(path):

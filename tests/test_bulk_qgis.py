@@ -27,33 +27,15 @@ from geovlm.core.profiles import get_profile
 from geovlm.core.tiling import TilePlan, plan_for_extent
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ScriptedEngine, ledger_rows, run_cli  # noqa: E402
+from bulk_support import ledger_rows, run_cli  # noqa: E402
 
 
 @pytest.fixture
-def plugin(qgis_iface, processing):
-    from qgis.core import QgsSettings
-
-    QgsSettings().remove("geovlm")
+def plugin(qgis_iface, processing, geovlm_settings):
     instance = geovlm.classFactory(qgis_iface)
     instance.initProcessing()
     yield instance
     instance.unload()
-    QgsSettings().remove("geovlm")
-
-
-@pytest.fixture
-def engines(tmp_path):
-    started = []
-
-    def start(name="a", **options):
-        engine = ScriptedEngine(tmp_path, name, **options)
-        started.append(engine)
-        return engine
-
-    yield start
-    for engine in started:
-        engine.kill()
 
 
 def footprints(path):
@@ -65,6 +47,26 @@ def footprints(path):
         box = f.geometry().boundingBox()
         out[f["tile_id"]] = (f["status"], (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()))
     return out, layer.crs()
+
+
+def killed_after_rows(tool, args, out, rows=6) -> dict:
+    """Start `qgis_process run ARGS` with `tool` (the qgis_process_env fixture's (exe, env)), SIGKILL its whole
+    session once the ledger `out` holds `rows` answered tiles, give the engine half a second to finish the
+    requests the killed run had in flight; the ledger's {tile_id: status} then."""
+    import signal
+
+    from bulk_support import wait_for_rows
+
+    exe, env = tool
+    proc = subprocess.Popen([exe, "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert wait_for_rows(out, rows, timeout=120) >= rows
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    time.sleep(0.5)
+    return dict(ledger_rows(out))
 
 
 def qgis_process(tool, *args):
@@ -277,26 +279,13 @@ def test_caption_features_killed_half_way_then_resumed(engines, data_dir, tmp_pa
     """qgis_process SIGKILLed during `geovlm:captionfeatures`, then run again with the same OUTPUT: every
     feature's answer exactly once in the ledger, the rerun asks only for what was missing, the features
     layer holds every feature; another plan on that output is refused unless OVERWRITE."""
-    import signal
-
-    from bulk_support import wait_for_rows
-
     labels = data_dir / "rasters" / "geotiff_labels.geojson"
     raster = data_dir / "rasters" / "sample_geotiff.tif"
     engine = engines(delay=0.2)
     out = tmp_path / "features.gpkg"
     args = ["geovlm:captionfeatures", "--", f"INPUT={labels}", f"RASTER={raster}", "MARGIN=5", "CONCURRENCY=2",
             f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"]
-    exe, env = qgis_process_env
-    proc = subprocess.Popen([exe, "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        assert wait_for_rows(out, 6, timeout=120) >= 6
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    time.sleep(0.5)  # the engine finishes the requests the killed run had in flight
-    first = dict(ledger_rows(out))
+    first = killed_after_rows(qgis_process_env, args, out)
     total = QgsVectorLayer(str(labels), "labels", "ogr").featureCount()
     assert 6 <= len(first) < total
     asked_before = engine.requests()
@@ -350,24 +339,12 @@ def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path, qgis_process_env):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""
-    import signal
-
-    from bulk_support import wait_for_rows
-
     raster = data_dir / "rasters" / "sample_geotiff.tif"
     engine = engines(delay=0.15)
     out = tmp_path / "c.gpkg"
-    exe, env = qgis_process_env
-    proc = subprocess.Popen([exe, "run", "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=128",
-                             "CONCURRENCY=2", f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        assert wait_for_rows(out, 6, timeout=120) >= 6
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    time.sleep(0.5)  # the engine finishes the requests the killed run had in flight
-    first = dict(ledger_rows(out))
+    first = killed_after_rows(qgis_process_env, ["geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=128",
+                                                 "CONCURRENCY=2", f"ENGINE={engine.url}", "FAMILY=geochat",
+                                                 f"OUTPUT={out}"], out)
     plan = TilePlan(900, 900, 128)
     assert 6 <= len(first) < len(plan)
     asked_before = engine.requests()

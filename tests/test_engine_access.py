@@ -11,8 +11,8 @@ import time
 
 import pytest
 from PIL import Image
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsTask
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.core import QgsApplication, QgsTask
+from qt_support import api_header_config, wait_for
 
 from geovlm.engine.launcher import LocalEngine
 from geovlm.plugin import settings as engine_settings
@@ -32,25 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, seconds=10.0):
-    """Process Qt events until `predicate()` is true (False after `seconds`)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        QCoreApplication.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-@pytest.fixture(autouse=True)
-def clean_settings(qgis_app):
-    """Each test starts from default GeoVLM settings and leaves none behind."""
-    from qgis.core import QgsSettings
-
-    QgsSettings().remove("geovlm")
-    yield
-    QgsSettings().remove("geovlm")
+pytestmark = pytest.mark.usefixtures("geovlm_settings")  # each test starts from default settings
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +47,8 @@ def server():
 @pytest.fixture(scope="module")
 def auth_config(qgis_app, tmp_path_factory):
     """An API-header configuration holding the server's key, in a temporary auth database."""
-    manager = QgsApplication.authManager()
-    if not manager.masterPasswordIsSet():
-        manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
-        assert manager.setMasterPassword("geovlm-test", True)
-    config = QgsAuthMethodConfig("APIHeader")
-    config.setName("GeoVLM test engine")
-    config.setConfig("Authorization", "Bearer test-key-xxxxxxxx")
-    ok, stored = manager.storeAuthenticationConfig(config)
-    assert ok
-    yield stored.id()
-    manager.removeAuthenticationConfig(stored.id())
+    with api_header_config(tmp_path_factory.mktemp("auth"), "GeoVLM test engine", "Bearer test-key-xxxxxxxx") as found:
+        yield found
 
 
 def test_connect_to_a_url_with_an_authcfg_and_stream(server, auth_config):

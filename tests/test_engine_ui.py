@@ -2,11 +2,11 @@
 local engine, the rendering size), the plugin registers and unregisters it, and the set-up dialog finds a
 Python and removes a set-up engine through its task."""
 import json
-import time
 
 import pytest
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsSettings, QgsTask
+from qgis.core import QgsSettings, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
+from qt_support import api_header_config, wait_for
 
 import geovlm
 from geovlm.plugin import engine_setup
@@ -14,36 +14,14 @@ from geovlm.plugin import settings as engine_settings
 from geovlm.ui.engine_setup_dialog import EngineSetupDialog
 from geovlm.ui.options_page import GeoVlmOptionsFactory, GeoVlmOptionsPage
 
-
-def wait_for(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not predicate():
-        QCoreApplication.processEvents()
-        time.sleep(0.02)
-    return predicate()
-
-
-@pytest.fixture(autouse=True)
-def clean_settings(qgis_app):
-    QgsSettings().remove("geovlm")
-    yield
-    QgsSettings().remove("geovlm")
+pytestmark = pytest.mark.usefixtures("geovlm_settings")
 
 
 @pytest.fixture(scope="module")
 def auth_id(qgis_app, tmp_path_factory):
     """A real API-header configuration in a temporary auth database."""
-    manager = QgsApplication.authManager()
-    if not manager.masterPasswordIsSet():
-        manager.setup(QgsApplication.pluginPath(), str(tmp_path_factory.mktemp("auth") / "qgis-auth.db"))
-        assert manager.setMasterPassword("geovlm-test", True)
-    config = QgsAuthMethodConfig("APIHeader")
-    config.setName("GeoVLM options test")
-    config.setConfig("Authorization", "Bearer k")
-    ok, stored = manager.storeAuthenticationConfig(config)
-    assert ok
-    yield stored.id()
-    manager.removeAuthenticationConfig(stored.id())
+    with api_header_config(tmp_path_factory.mktemp("auth"), "GeoVLM options test", "Bearer k") as found:
+        yield found
 
 
 def test_the_options_page_round_trips_the_settings(auth_id):
