@@ -193,3 +193,21 @@ def test_the_torch_pin_is_the_engine_extras():
 
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["engine"]
     assert engine_setup.TORCH_REQUIREMENT in extra
+
+
+def test_the_log_shows_the_torch_choice_and_the_cpu_index_command(venv, system_python, monkeypatch):
+    """A real set-up on a machine without an NVIDIA GPU, offline: the venv is made, then the torch step runs
+    pip with PyTorch's CPU index, as the log shows, and fails in one line (no index, no wheels: nothing is
+    downloaded)."""
+    monkeypatch.setattr(engine_setup, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured index or local wheels: pip finds nothing
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    plan = SetupPlan(python=system_python, venv=venv, torch="auto", system="Linux", pip_args=["--no-index"])
+    result, lines, steps = run_task(plan)
+    assert "torch: the CPU build (automatic: no NVIDIA GPU found)" in lines
+    assert steps[-1] == "Installing torch's CPU build from https://download.pytorch.org/whl/cpu"
+    assert any(line.startswith("$ ") and line.endswith(
+        "-m pip --disable-pip-version-check install --no-index --index-url https://download.pytorch.org/whl/cpu "
+        "torch==2.13.0") for line in lines)
+    assert result["ok"] is False and result["message"].startswith(f"{steps[-1]} failed (status 1)")
+    assert engine_setup.setup_state(venv)[0] == "incomplete"
