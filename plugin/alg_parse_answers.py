@@ -20,6 +20,7 @@ from ..core.answer_files import read_answers
 from ..core.georef import PIXEL_CRS_WKT, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
+from .families import family_of
 from .geojson_output import add_sink
 from .qgis_geometry import answer_features, object_fields, qgis_crs, raster_frame, relation_fields
 
@@ -87,7 +88,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         raw = parameters.get(self.FAMILY)
         if isinstance(raw, str) and not raw.strip().isdigit():
             try:
-                parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw))})
+                parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw, numbers=True))})
             except ValueError as exc:
                 return False, str(exc)
         return super().checkParameterValues(parameters, context)
@@ -95,7 +96,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
     def _family(self, parameters, context) -> str:
         raw = parameters.get(self.FAMILY)
         if isinstance(raw, str) and not raw.strip().isdigit():
-            return family_of(raw)
+            return family_of(raw, numbers=True)
         return family_names()[self.parameterAsEnum(parameters, self.FAMILY, context)]
 
     def _frame(self, parameters, context) -> ImageFrame:
@@ -152,21 +153,6 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             feedback.pushWarning(f"No box found in {done} answers: check that the model family "
                                  f"({profile.title}) is the one that wrote them.")
         return {self.OBJECTS: obj_id, self.RELATIONS: rel_id}
-
-
-def family_of(value) -> str:
-    """The family name (`core.profiles.family_names()`) a FAMILY value stands for: its name or title in any
-    case ("geochat", "GeoChat"), or its index in `family_names()` (an int or digits, as the dialog, graphical
-    models and earlier runs give it). Raises ValueError in one line listing the names."""
-    names = family_names()
-    text = str(value).strip()
-    if text.isdigit() and int(text) < len(names):
-        return names[int(text)]
-    for name in names:
-        if text.lower() in (name, get_profile(name).title.lower()):
-            return name
-    raise ValueError(f"unknown model family {text!r}: one of {', '.join(names)} (or its number, 0 to "
-                     f"{len(names) - 1})")
 
 
 def name_outputs(context, stem: str, names) -> None:

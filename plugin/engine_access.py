@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 from ..core.client import EngineClient, EngineError
-from ..core.profiles import Profile, family_names
+from ..core.profiles import Profile
 from ..core.transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport
 from ..engine.launcher import EngineStartError
 from . import settings as engine_settings
 from .engine_manager import EngineManager, engine_manager, last_line
+from .families import family_of
 from .qgis_transport import AuthConfigError, QgisTransport
 
 LOCAL = "local"
@@ -115,8 +116,10 @@ def connect(engine: str = "", authcfg: str = "", family: str = "", feedback=None
 
 def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> EngineConnection:
     value = engine_settings.load()
-    if family and family not in family_names():
-        raise EngineUnavailable(f"unknown model family {family!r}; known: {', '.join(family_names())}")
+    try:
+        family = family_of(family) if family else ""
+    except ValueError as exc:
+        raise EngineUnavailable(str(exc)) from None
     family = family or value.family
     if not engine:
         engine = LOCAL if value.mode == "local" else ",".join(e.url for e in value.endpoints)

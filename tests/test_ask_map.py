@@ -393,3 +393,19 @@ def test_a_geojson_output_keeps_the_answer_and_the_box_sources_strings(plugin, p
     assert feature["properties"]["source"] == '{"bbox_2d": [40, 60, 300, 200], "label": "[1, 2]"}'
     [read] = QgsVectorLayer(str(objects), "o", "ogr").getFeatures()
     assert (read["answer"], read["label"]) == (answer, "[1, 2]")
+
+
+def test_family_is_read_as_in_parseanswers(plugin, processing, data_dir):
+    """FAMILY by name, alias or title in any case (plugin.families), an unknown one refused in one line."""
+    from qgis.core import QgsProcessingException
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    answers = ["a field {<10><20><40><60>|<90>}", "a field [0.10, 0.20, 0.40, 0.60]"]  # GeoChat's, LLaVA's
+    with ScriptedEngine("llava15", answers) as engine:
+        for family in ("GeoChat", "LLaVA-1.5"):
+            result, _ = _run(processing, engine.url, raster, 0, QUESTION="What is here?", FAMILY=family)
+            layer = result["OBJECTS"]
+            layer = layer if isinstance(layer, QgsVectorLayer) else QgsVectorLayer(layer, "o", "ogr")
+            assert {f["family"] for f in layer.getFeatures()} == {"geochat" if family == "GeoChat" else "llava15"}
+        with pytest.raises(QgsProcessingException, match="unknown model family 'gpt4': one of llava15, geochat"):
+            _run(processing, engine.url, raster, 0, QUESTION="What is here?", FAMILY="gpt4")

@@ -83,14 +83,17 @@ def test_algorithm_runs_from_qgis_process(data_dir, tmp_path, qgis_process_env):
 
 
 def test_a_family_given_by_name_is_remembered_as_the_dialogs_number(qgis_iface, processing, tmp_path):
-    from geovlm.plugin.alg_parse_answers import family_of, remembered
+    from geovlm.plugin.alg_parse_answers import remembered
+    from geovlm.plugin.families import family_of
 
     names = list(geovlm.core.profiles.family_names())
-    assert [family_of(v) for v in ("qwen25vl", "Qwen2.5-VL", " GEOCHAT ", 1, "7")] == [
-        "qwen25vl", "qwen25vl", "geochat", names[1], names[7]]
+    assert [family_of(v, numbers=True) for v in ("qwen25vl", "Qwen2.5-VL", " GEOCHAT ", "LLaVA-1.5", 1, "7")] == [
+        "qwen25vl", "qwen25vl", "geochat", "llava15", names[1], names[7]]
     for bad in ("", "99", "-1", "gpt4"):
         with pytest.raises(ValueError, match="unknown model family"):
-            family_of(bad)
+            family_of(bad, numbers=True)
+    with pytest.raises(ValueError, match=r"unknown model family '1': one of llava15, .*skyeyegpt$"):
+        family_of("1")  # numbers only where the dialog's list gives them
     answers = tmp_path / "a.txt"
     answers.write_text('[{"bbox_2d": [10, 20, 60, 90], "label": "car"}]\n')
     plugin = geovlm.classFactory(qgis_iface)
