@@ -19,6 +19,7 @@ greedy tokens equal `generate`'s in fp32 (a test, batch 1 and a ragged batch of 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -82,11 +83,32 @@ class StaticDecoder:
         self.scale = self.head_dim**-0.5
         self.gqa = self.kv_heads != self.heads
         self.window = getattr(config, "sliding_window", None)
-        # Each layer's tensors, called through torch.nn.functional: a decode step is a few hundred small
-        # operations, and module calls and transformers' seven-operation RMSNorm add up (bench_engine.py).
-        self.weights = [_layer_weights(layer) for layer in self.layers]
         self.linear, self.kernel = pick_linear(self.lm_head.weight)
         self._graphs: Dict[Tuple[int, int], _GraphedStep] = {}
+        # Each layer's tensors, called through torch.nn.functional (a decode step is a few hundred small
+        # operations; module calls and transformers' seven-operation RMSNorm add up). Stacking copies most of the
+        # weights (it reads them from the file for the first time): it runs in the background, beside the rest
+        # of the load and the first image's encoding, and the first prefill or step waits for it.
+        self._weights: Optional[List[_Weights]] = None
+        self._stacking = threading.Thread(target=self._stack, name="geovlm-stack-weights", daemon=True)
+        self._stack_error: Optional[BaseException] = None
+        self._stacking.start()
+
+    def _stack(self) -> None:
+        try:
+            self._weights = [_layer_weights(layer) for layer in self.layers]
+        except BaseException as exc:  # handed to the thread that needs the weights  # noqa: BLE001
+            self._stack_error = exc
+
+    @property
+    def weights(self) -> List[_Weights]:
+        """Each layer's tensors (`_Weights`), once the background stacking is done; re-raises its error."""
+        if self._weights is None:
+            self._stacking.join()
+            if self._stack_error is not None:
+                raise RuntimeError(f"stacking the language model's projections failed: {self._stack_error}") \
+                    from self._stack_error
+        return self._weights
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty cache for `batch` rows of `capacity` tokens, zeroed: a masked position must hold a finite value,

@@ -101,6 +101,23 @@ def test_onednn_linear_equals_torch_linear_and_is_only_picked_where_it_runs():
     assert pick_linear(torch.zeros(2, 2, dtype=torch.float64))[1] == "torch"  # a dtype it does not serve
 
 
+def test_stacking_runs_beside_the_load_and_its_failure_reaches_the_first_step(pipe, monkeypatch):
+    from geovlm.models import static_decoder
+
+    decoder = pipe.lm.decoder
+    assert [w.qkv.shape[0] for w in decoder.weights] == [sum(w.splits) for w in decoder.weights]
+    q_proj = decoder.layers[0].self_attn.q_proj
+    assert q_proj.weight.data_ptr() == decoder.weights[0].qkv.data_ptr()  # a view of the stack: one copy
+
+    def broken(layer):
+        raise MemoryError("no room for the stacked projections")
+
+    monkeypatch.setattr(static_decoder, "_layer_weights", broken)
+    fresh = static_decoder.StaticDecoder(pipe.lm.model)
+    with pytest.raises(RuntimeError, match="no room for the stacked projections"):
+        fresh.step(torch.tensor([1]), fresh.new_cache(1, 8))
+
+
 def test_transformers_forward_path_gives_the_same_tokens(pipe, monkeypatch):
     """The fallback for architectures without a static decoder (transformers' forward, left-padded batch) gives
     the static decoder's tokens."""
