@@ -129,9 +129,11 @@ class StaticDecoder:
     def _qkv(self, w, x, batch: int, length: int, cos, sin):
         """Queries, keys, values `[batch, heads, length, head_dim]` of normed `x`, rotary applied."""
         shape = (batch, length, -1, self.head_dim)
-        q, k, v = self.linear(x, w.qkv, w.qkv_bias).split(w.splits, dim=-1)
-        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
-        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+        n_q, n_k, n_v = w.splits
+        qk, v = self.linear(x, w.qkv, w.qkv_bias).split((n_q + n_k, n_v), dim=-1)
+        # queries and keys sit side by side in the stacked output: rotated together, in one pass
+        q, k = _rotate(qk.view(shape), cos, sin).split((n_q // self.head_dim, n_k // self.head_dim), dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.view(shape).transpose(1, 2)
 
     def _mlp(self, w, hidden):
         from torch.nn.functional import silu
@@ -324,7 +326,7 @@ def _rms_norm(x, weight, eps: float):
 
 
 def _rotary(rotary, hidden, positions):
-    """cos and sin `[batch, 1, length, head_dim]` of the rotary embedding at `positions`, the sign of
+    """cos and sin `[batch, length, 1, head_dim]` of the rotary embedding at `positions`, the sign of
     rotate_half folded into sin: `x·cos + swap_halves(x)·sin` is transformers' apply_rotary_pos_emb
     (`x·cos + cat(-x2, x1)·sin`) to the bit, in fewer operations."""
     import torch
@@ -332,7 +334,7 @@ def _rotary(rotary, hidden, positions):
     cos, sin = rotary(hidden, positions)
     half = sin.shape[-1] // 2
     sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    return cos.unsqueeze(1), sin.unsqueeze(1)
+    return cos.unsqueeze(2), sin.unsqueeze(2)
 
 
 def _rotate(x, cos, sin):
