@@ -83,7 +83,15 @@ if [ "$TORCH" = cpu ] && [ "$(uname -s)" = Linux ]; then
     TORCH_INDEX=(--index-url https://download.pytorch.org/whl/cpu)
 fi
 echo "setup: torch's $TORCH build: pip install ${TORCH_INDEX[*]:+${TORCH_INDEX[*]} }torch==2.13.0"
-$PIP install ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"} "torch==2.13.0"
+if [ ${#TORCH_INDEX[@]} -gt 0 ]; then
+    # a machine without network (or with pip's own sources configured) must not wait out pip's retries here
+    $PIP install --retries 1 --timeout 20 "${TORCH_INDEX[@]}" "torch==2.13.0" 2>/dev/null || {
+        echo "setup: PyTorch's CPU index did not answer; taking torch==2.13.0 from pip's configured sources"
+        $PIP install "torch==2.13.0"
+    }
+else
+    $PIP install "torch==2.13.0"
+fi
 # numpy<2: Debian's compiled packages break on 2. attrs>=23.2: Debian's is too old for our deps.
 # onnxruntime (CPU) by default; GEOVLM_ORT=gpu takes onnxruntime-gpu instead. Both own the module
 # `onnxruntime`, so the other one is removed first: never both in one venv.
