@@ -35,23 +35,29 @@ QUESTION = (
     "give the location of each of them, and say how they relate to one another across the whole scene."
 )
 RASTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rasters" / "cogeo.tif"
+if not RASTER.exists():  # a clone with nothing beside it: the embedded sample (a crop of the same raster)
+    RASTER = Path(__file__).resolve().parents[1] / "sample" / "aerial.tif"
 
 
-def build_model(folder: Path) -> Path:
-    """A random llava-hf checkpoint: ViT-B/16 tower, 768-wide 12-layer Llama, the demo tokenizer."""
+def build_model(folder: Path, smoke: bool = False) -> Path:
+    """A random llava-hf checkpoint: ViT-B/16 tower, 768-wide 12-layer Llama, the demo tokenizer (`smoke`: tiny
+    shapes that only check the script)."""
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from geovlm.models.demo_model import write_demo_model
 
     demo = write_demo_model(folder / "tok")
-    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                              image_size=224, patch_size=16, hidden_act="quick_gelu")
-    text = LlamaConfig(vocab_size=400, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                       num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
+    width, layers, size, patch = (64, 2, 56, 14) if smoke else (768, 12, 224, 16)
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                              num_attention_heads=width // 64, image_size=size, patch_size=patch,
+                              hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=400, hidden_size=width, intermediate_size=width * 8 // 3, num_hidden_layers=layers,
+                       num_attention_heads=width // 64, num_key_value_heads=width // 64, max_position_embeddings=1024,
                        bos_token_id=1, eos_token_id=2, pad_token_id=4)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=3, pad_token_id=4,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=196)
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         image_seq_length=(size // patch) ** 2)
     torch.manual_seed(0)
     out = folder / "bench-model"
     LlavaForConditionalGeneration(config).save_pretrained(out)
@@ -254,6 +260,7 @@ def child(kind: str, model_dir: str, tokens: int) -> None:
         load_s = time.perf_counter() - start
         if kind.startswith("ask"):
             pipe.generate_batch([GenRequest(image, [("user", QUESTION)], max_new_tokens=tokens)])
+            ask_s = time.perf_counter() - start
     else:
         model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=torch.float32)
         load_s = time.perf_counter() - start
@@ -265,7 +272,8 @@ def child(kind: str, model_dir: str, tokens: int) -> None:
             with torch.inference_mode():
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
                                max_new_tokens=tokens, do_sample=False)
-    print(json.dumps(dict(_status(), load_s=load_s)))
+            ask_s = time.perf_counter() - start
+    print(json.dumps(dict(_status(), load_s=load_s, ask_s=locals().get("ask_s"))))
 
 
 def save_ask(pipe, model_dir: Path) -> None:
@@ -304,9 +312,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 round, 3 tokens: checks the script")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.tokens = 1, 3
     if args.child:
         child(args.child, args.model, args.tokens)
         return
@@ -323,24 +334,27 @@ def main() -> None:
     print(f"CPU, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"onnxruntime {onnxruntime.__version__}; {load_text()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(Path(tmp))
+        model_dir = build_model(Path(tmp), smoke=args.smoke)
         pipe = VlmPipeline.load(model_dir, providers=["CPUExecutionProvider"])  # exports the encoder once
         save_ask(pipe, model_dir)
         hf_model = from_local_folder(LlavaForConditionalGeneration, model_dir, dtype=torch.float32).eval()
-        images = [read_rgb(RASTER, (90 * i, 80 * i, 256, 256)) for i in range(8)]
+        batches = (1, 2) if args.smoke else (1, 8)
+        images = [read_rgb(RASTER, (50 * i, 40 * i, 256, 256)) for i in range(batches[-1])]
         prompt_len = len(pipe.prompt_ids([("user", QUESTION)]))
-        print(f"\nRandom ViT-B/16 @224 (196 image tokens) + 768x12 Llama (vocab 400), fp32; prompt {prompt_len} "
+        what = ("SMOKE RUN, tiny shapes: no figures" if args.smoke
+                else "Random ViT-B/16 @224 (196 image tokens) + 768x12 Llama")
+        print(f"\n{what} (vocab 400), fp32; prompt {prompt_len} "
               f"tokens with the image (row i of a batch: 3*i words fewer), {args.tokens} greedy new tokens; medians "
               f"of {args.rounds} alternated rounds.\n")
         print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|", flush=True)
         lm_rows, same = {}, True
-        for batch in (1, 8):
+        for batch in batches:
             ours, theirs = decoding_runs(pipe, hf_model, images[:batch], args.tokens)
             got = alternate({"geovlm": ours, "transformers": theirs}, args.rounds)
             lm_rows[batch] = {k: (med([r[0] for r in v]), med([r[1] for r in v])) for k, v in got.items()}
             same &= all(g[2] == t[2] for g, t in zip(got["geovlm"], got["transformers"]))
             g, t = lm_rows[batch]["geovlm"], lm_rows[batch]["transformers"]
-            what = "batch 1" if batch == 1 else "8 requests (GeoVLM ragged batch, generate padded batch)"
+            what = "batch 1" if batch == 1 else f"{batch} requests (GeoVLM ragged batch, generate padded batch)"
             print(row(f"decode tokens/s, {what}", g[1], t[1], "tok/s"))
             print(row(f"time to first token, {what}", g[0], t[0], "s", higher_is_better=False, digits=3))
             print(f"| (machine: {load_text()}) | | | |", flush=True)
@@ -365,7 +379,7 @@ def main() -> None:
         print(f"| (machine: {load_text()}) | |", flush=True)
         print("\n| encoder, ms/image | onnxruntime | torch eager | onnxruntime ahead by | max abs diff |")
         print("|---|---|---|---|---|")
-        for batch in (1, 8):
+        for batch in batches:
             runs, diff = encoder_runs(pipe, model_dir, batch)
             times = {k: med(v) for k, v in alternate(runs, args.rounds).items()}
             o, t = times["onnxruntime"], times["torch eager"]
@@ -373,16 +387,20 @@ def main() -> None:
         print(f"| (machine: {load_text()}) | | | | |")
         del pipe, hf_model
         fresh = {"geovlm": [], "transformers": []}
-        for r in range(3):
+        loads = 1 if args.smoke else 3
+        for r in range(loads):
             for name in ("geovlm", "transformers") if r % 2 == 0 else ("transformers", "geovlm"):
                 fresh[name].append(in_fresh_process(f"load-{name}", model_dir, args.tokens, args.threads))
         g_load = med([f["load_s"] for f in fresh["geovlm"]])
         t_load = med([f["load_s"] for f in fresh["transformers"]])
         print("\n| fresh process | GeoVLM | transformers | GeoVLM / transformers |\n|---|---|---|---|")
-        print(f"| cold load (`VlmPipeline.load` vs `from_pretrained`), median of 3 | {g_load:.2f} s | "
+        print(f"| cold load (`VlmPipeline.load` vs `from_pretrained`), median of {loads} | {g_load:.2f} s | "
               f"{t_load:.2f} s | {g_load / t_load:.2f}x |", flush=True)
         asks = {name: in_fresh_process(f"ask-{name}", model_dir, args.tokens, args.threads)
                 for name in ("geovlm", "transformers")}
+        g, t = asks["geovlm"]["ask_s"], asks["transformers"]["ask_s"]
+        print(f"| cold start to one answer ({args.tokens} tokens: load, encode, prefill, decode) | {g:.2f} s | "
+              f"{t:.2f} s | {g / t:.2f}x |")
         for key, label in (("VmHWM", "peak RSS of one ask"), ("RssAnon", "anonymous memory after one ask"),
                            ("RssFile", "file-backed memory after one ask")):
             g, t = asks["geovlm"][key], asks["transformers"][key]

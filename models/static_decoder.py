@@ -90,7 +90,8 @@ class StaticDecoder:
         # weights (it reads them from the file for the first time): it runs in the background, beside the rest
         # of the load and the first image's encoding, and the first prefill or step waits for it.
         self._weights: Optional[List[_Weights]] = None
-        self._stacking = threading.Thread(target=self._stack, name="geovlm-stack-weights", daemon=True)
+        self._stacking = threading.Thread(target=self._stack, name="geovlm-stack-weights")  # not a daemon:
+        # a process exiting while torch copies would abort (as onnxruntime's session build did, encoder_runtime)
         self._stack_error: Optional[BaseException] = None
         self._stacking.start()
 

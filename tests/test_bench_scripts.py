@@ -1,4 +1,5 @@
-"""The GPU benchmark runs end to end (tiny shapes on the CPU, --smoke), so it is ready for a lent device."""
+"""The benchmarks run end to end (tiny shapes, --smoke): the GPU one is ready for a lent device, `make bench`'s
+engine table does not rot."""
 
 import os
 import subprocess  # nosec B404  # runs the repository's own benchmark script
@@ -22,4 +23,18 @@ def test_gpu_bench_smoke_run_prints_every_table():
     assert "smoke run" in text and "tiny smoke-run shapes" in text
     for row in ("time to first token, batch 1", "decode tokens/s, batch 2", "% of the bound",
                 "onnxruntime CPU fp32", "torch eager float32"):
+        assert row in text, row
+
+
+def test_engine_bench_smoke_run_prints_every_row_and_equal_tokens():
+    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
+        [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "SMOKE RUN" in text and "Tokens identical to transformers in every round: yes" in text
+    for row in ("decode tokens/s, batch 1", "time to first token, 2 requests", "bare pass of GeoVLM's products",
+                "% of the bound", "| batch 2 |", "cold load", "cold start to one answer",
+                "anonymous memory after one ask"):
         assert row in text, row
