@@ -353,28 +353,77 @@ def read_qwen2(text: str, profile: Profile) -> Reading:
     return reading
 
 
-_QWEN25_OBJECT = re.compile(r"\{[^{}]*\"bbox_2d\"[^{}]*\}")
+# RFC 8259: an object opens with "{" before a key or its "}" (section 4), so other braces outside an object
+# are prose; a string runs to its unescaped closing quote, holds no raw line break (section 7) and is followed by
+# ":" (a key) or by ",", "}" or "]" (a value), or by the end of the text (cut short).
+_JSON_OPEN = re.compile(r"\{(?=\s*[\"}])")
+_JSON_TOKEN = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*(")?|[{}]')
+_JSON_AFTER_STRING = re.compile(r"\s*(?:[:,}\]]|\Z)")
+
+
+def json_object_spans(text: str, key: str) -> List[Tuple[int, int]]:
+    """(start, end) character spans of the JSON objects in `text` that hold the string `key` at their own
+    level (not only in an object nested in them), in order of start; an object nested in another that holds
+    `key` too gives its own span. The spans are candidates: `json.loads` decides whether each is valid JSON.
+
+    Braces inside strings do not count, escaped quotes (`\\"`) included (RFC 8259 sections 4 and 7). Outside
+    any object quotes are prose, and a brace opens an object only before a quote or "}". A string that cannot
+    be JSON (still open at a line break, or followed by something other than ":", ",", "}", "]") ends every
+    object around it unclosed, and the scan goes on at depth 0 just after its opening quote, so the objects
+    after a broken one are still found: a repetition loop that cuts `"label": "sh` short before `{"bbox_2d"`.
+    Objects never closed give no span. Linear in the text: a string's text is read at most twice, once as a
+    string and, if it breaks, once as prose (a `[^{}]*` regex on each side of the key, as before, rescanned a
+    brace-free stretch for every key in it: quadratic time, and it took a brace in a string for structure).
+    """
+    quoted = json.dumps(key)
+    spans: List[Tuple[int, int]] = []
+    stack: List[List] = []  # [start, holds key] of each open object, innermost last
+    pos = 0
+    while True:
+        m = (_JSON_TOKEN if stack else _JSON_OPEN).search(text, pos)
+        if m is None:
+            break
+        start, pos = m.span()
+        char = text[start]
+        if char == "{":
+            stack.append([start, False])
+        elif char == "}":
+            opened, holds = stack.pop()
+            if holds:
+                spans.append((opened, pos))
+        elif m.group(1) is None or not _JSON_AFTER_STRING.match(text, pos):
+            stack.clear()  # not a JSON string: no object around it closes; its text is read again as prose
+            pos = start + 1
+        elif pos - start == len(quoted) and text.startswith(quoted, start):
+            stack[-1][1] = True
+    spans.sort()
+    return spans
+
+
+_QWEN25_KEY = re.compile(r"\"bbox_2d\"")
 
 
 def read_qwen25(text: str, profile: Profile) -> Reading:
-    """Qwen2.5-VL: a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."} in input pixels."""
+    """Qwen2.5-VL: a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."} in input pixels; each object
+    is found by `json_object_spans` (braces and brackets inside its strings are text) and read by `json.loads`.
+    A `"bbox_2d"` that no closed object holds is reported as an incomplete JSON object."""
     reading = Reading()
-    covered = []
-    for m in _QWEN25_OBJECT.finditer(text):
-        covered.append(m.span())
+    covered = json_object_spans(text, "bbox_2d")
+    for span in covered:
+        fragment = text[span[0] : span[1]]
         try:
-            item = json.loads(m.group(0))
+            item = json.loads(fragment)
         except ValueError:
-            reading.skipped.append(Skipped(m.group(0), m.span(), "object is not valid JSON"))
+            reading.skipped.append(Skipped(fragment, span, "object is not valid JSON"))
             continue
         bbox = item.get("bbox_2d") if isinstance(item, dict) else None
         values = _floats(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
         if values is None:
-            reading.skipped.append(Skipped(m.group(0), m.span(), "bbox_2d is not four numbers"))
+            reading.skipped.append(Skipped(fragment, span, "bbox_2d is not four numbers"))
             continue
         label = item.get("label", "")
-        reading.boxes.append(RawBox(values, None, "xyxy", m.span(), str(label)))
-    reading.skipped += _skip_unmatched(text, re.compile(r"\"bbox_2d\""), covered, "incomplete JSON object")
+        reading.boxes.append(RawBox(values, None, "xyxy", span, str(label)))
+    reading.skipped += _skip_unmatched(text, _QWEN25_KEY, covered, "incomplete JSON object")
     return reading
 
 

@@ -17,6 +17,7 @@ SEEDS = [
     "it is <rel>approach</rel> <ref>boat</ref><rbox>({<60><60><4><2>|<90>})</rbox>",
     "<|object_ref_start|>ship<|object_ref_end|><|box_start|>(100,200),(300,400)<|box_end|>",
     '```json\n[{"bbox_2d": [0, 0, 504, 252], "label": "field"}, {"bbox_2d": [10, 20, 30, 40], "label": "x"}]\n```',
+    '[{"bbox_2d": [5, 5, 250, 120], "label": "a {b} [c] \\"d\\""}, {"bbox_2d": [1, 2, 3, 4], "label": "}"}]',
     "car<loc_0><loc_0><loc_499><loc_999>tree<loc_100><loc_100><loc_200><loc_200>",
     "The airplane is at [0.25, 0.5, 0.75, 1.0].",
 ]
