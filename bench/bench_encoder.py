@@ -9,7 +9,8 @@ Llama; nothing downloaded), in one process:
   per-token cosine, relative error ||int8 - fp32||_F / ||fp32||_F, max abs difference (the gate's measures);
 - greedy answers of the same language model on each tile with fp32 vs int8 features: how many are token for
   token identical, and the largest shift in pixels of a parsed box between the two answers (boxes paired in
-  order where both answers give the same number of them);
+  order where both answers give the same number of them); then, teacher-forced on the fp32 answers, at how many
+  steps int8 picks the same token and how far ahead of its runner-up fp32's token was where it does not;
 - in-process, alternated: each encoder with and without pre-packed weights (session.disable_prepacking);
 - in fresh processes (3 each, alternated, medians): anonymous (RssAnon) and file-backed memory and encode ms of
   the encoder alone (weights inline as exported before, weights in a memory-mapped file, each pre-packed or not)
@@ -98,13 +99,25 @@ def box_shift(a, b) -> float:
     return worst
 
 
+def forced_choices(pipe, prompt, answer, feats):
+    """The language model run once over prompt + answer (teacher forcing) with these image features: at each
+    answer position, the token it would choose and its lead in logits over the runner-up."""
+    import torch
+
+    [row] = pipe.lm.embed_rows([prompt + answer], [feats])
+    with torch.inference_mode():
+        logits = pipe.lm.model(inputs_embeds=row[None]).logits[0, len(prompt) - 1 : len(prompt) + len(answer) - 1]
+    top = logits.float().topk(2, dim=-1)
+    return top.indices[:, 0].tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
+
+
 def answers(pipe_fp32, pipe_int8, images, tokens: int) -> dict:
     """Greedy answers of both pipelines (same language model) on each image, compared."""
     from geovlm.core.parsing import parse_answer
     from geovlm.models.language import DecodeSettings
 
     out = {"identical": 0, "n": len(images), "boxes": 0, "box_count_differs": 0, "max_shift_px": 0.0,
-           "first_difference": []}
+           "first_difference": [], "steps": 0, "same_steps": 0, "flip_leads": [], "leads": []}
     prompt = pipe_fp32.prompt_ids([("user", QUESTION)])
     settings = DecodeSettings(max_new_tokens=tokens, stop=tuple(pipe_fp32.profile.stop))
     for image in images:
@@ -115,6 +128,13 @@ def answers(pipe_fp32, pipe_int8, images, tokens: int) -> dict:
             ids.append(decoding.results[0].token_ids)
             texts.append(decoding.results[0].text)
         out.setdefault("sample", texts[0])
+        feats = [pipe.encode([image])[0] for pipe in (pipe_fp32, pipe_int8)]
+        chosen, leads = forced_choices(pipe_fp32, prompt, ids[0], feats[0])
+        chosen_int8, _ = forced_choices(pipe_int8, prompt, ids[0], feats[1])
+        out["steps"] += len(chosen)
+        out["same_steps"] += sum(a == b for a, b in zip(chosen, chosen_int8))
+        out["flip_leads"] += [lead for a, b, lead in zip(chosen, chosen_int8, leads) if a != b]
+        out["leads"] += leads
         size = (image.shape[1], image.shape[0])
         parsed = [parse_answer(t, pipe_fp32.profile, image_size=size) for t in texts]
         out["boxes"] += len(parsed[0].objects)
@@ -143,8 +163,10 @@ def _status() -> dict:
 
 def child(kind: str, path: str, model_dir: str, threads: int, tokens: int) -> None:
     """In a fresh process, print JSON of its memory after: `encoder-prepacked` / `encoder-unpacked`: opening the
-    encoder at `path` with / without pre-packed weights and encoding one 256 px tile of cogeo.tif twice;
-    `ask`: loading the pipeline of `model_dir` with that encoder and answering once (bench_engine's ask)."""
+    encoder at `path` with / without pre-packed weights and encoding a batch of 8 tiles twice (ms per image of the
+    second); `encoder-prepacked-arena`: likewise with onnxruntime's CPU arena and memory pattern on; `ask`:
+    loading the pipeline of `model_dir` with that encoder and answering once (bench_engine's ask; encode ms of
+    that first encode, one 256 px tile)."""
     image = tiles(1)
     if kind == "ask":
         import torch
@@ -156,19 +178,19 @@ def child(kind: str, path: str, model_dir: str, threads: int, tokens: int) -> No
         [result] = pipe.generate_batch([GenRequest(image[0], [("user", QUESTION)], max_new_tokens=tokens)])
         print(json.dumps(dict(_status(), encode_ms=1000 * result.timings["encode"])))
         return
-    import onnxruntime as ort  # the encoder alone: neither torch nor transformers imported
-
-    from geovlm.models.encoder_quantise import encoder_pixels
+    from geovlm.models.encoder_quantise import encoder_pixels  # the encoder alone: no torch, no transformers
     from geovlm.models.encoder_runtime import OnnxEncoder, session_options
 
-    encoder = OnnxEncoder(path, providers=["CPUExecutionProvider"], threads=threads)
-    options = session_options(threads, prepacking=kind == "encoder-prepacked")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feed = {encoder.input_name: encoder_pixels(encoder, image)}
-    session.run(None, feed)
+    options = session_options(threads, prepacking=kind.startswith("encoder-prepacked"))
+    if kind.endswith("-arena"):  # as before 2026-11-30: onnxruntime's defaults
+        options.enable_cpu_mem_arena = True
+        options.enable_mem_pattern = True
+    encoder = OnnxEncoder(path, providers=["CPUExecutionProvider"], options=options)
+    pixels = encoder_pixels(encoder, tiles(8))  # a batch as the server makes them
+    encoder.run(pixels)
     start = time.perf_counter()
-    session.run(None, feed)
-    print(json.dumps(dict(_status(), encode_ms=1000 * (time.perf_counter() - start))))
+    encoder.run(pixels)
+    print(json.dumps(dict(_status(), encode_ms=1000 * (time.perf_counter() - start) / len(pixels))))
 
 
 def in_fresh_process(kind: str, path: Path, model_dir: Path, threads: int, tokens: int) -> dict:
@@ -269,30 +291,41 @@ def main() -> None:
         print(f"| boxes parsed from the fp32 answers | {got['boxes']} |")
         print(f"| answers whose number of boxes differs | {got['box_count_differs']} |")
         print(f"| largest box shift (boxes paired in order) | {got['max_shift_px']:.1f} px |")
+        flips = got["flip_leads"]
+        print(f"| teacher-forced on the fp32 answers: steps where int8 picks the same token | {got['same_steps']} of "
+              f"{got['steps']} |")
+        print(f"| fp32's lead of its token over the runner-up, median over all steps / largest where int8 picked "
+              f"another | {med(got['leads']):.3f} / {max(flips) if flips else 0:.3f} logits |")
         print(f"| (machine: {load_text()}) | |", flush=True)
         print(f"\nThe first fp32 answer: {got['sample']!r}")
         prepack = {}
         for name, path in (("fp32", pipe.encoder.path), ("int8", int8_path)):
-            for packed in (True, False):
+            for packed, arena in ((True, False), (False, False), (name == "fp32", True)):
                 options = session_options(args.threads, prepacking=packed)
-                session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                prepack[f"{name}, {'pre-packed' if packed else 'not pre-packed'}"] = session
-        one = {pipe.encoder.input_name: pixels[:1]}
-        runs = {k: (lambda s=s: speed(lambda: s.run(None, one))) for k, s in prepack.items()}
-        ms = {k: med(v) for k, v in alternate(runs, args.rounds).items()}
-        print("\n| pre-packed weights (session.disable_prepacking), batch 1 | ms/image |\n|---|---|")
-        for k, v in ms.items():
-            print(f"| {k} | {v:.1f} |")
-        print(f"| (machine: {load_text()}) | |", flush=True)
+                options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
+                served = packed == (name == "fp32") and not arena
+                label = (f"{name}, {'pre-packed' if packed else 'not pre-packed'}, "
+                         f"{'CPU arena and memory pattern' if arena else 'no arena'}{' (served)' if served else ''}")
+                prepack[label] = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        print("\n| session options, ms/image | batch 1 | batch 8 |\n|---|---|---|")
+        ms = {}
+        for batch in (1, 8):
+            feed = {pipe.encoder.input_name: pixels[:batch]}
+            runs = {k: (lambda s=s, f=feed, n=batch: speed(lambda: s.run(None, f)) / n) for k, s in prepack.items()}
+            ms[batch] = {k: med(v) for k, v in alternate(runs, args.rounds).items()}
+        for k in prepack:
+            print(f"| {k} | {ms[1][k]:.1f} | {ms[8][k]:.1f} |")
+        print(f"| (machine: {load_text()}) | | |", flush=True)
         fp32_path = pipe.encoder.path
         del pipe, pipe_int8, int8, module, prepack
         inline = inline_copy(fp32_path, Path(tmp) / "encoder-inline-float32.onnx")
-        fresh_table("encoder alone", {
-            "fp32, weights inline (as exported before), pre-packed": ("encoder-prepacked", inline),
-            "fp32, weights in a mapped file, pre-packed (served)": ("encoder-prepacked", fp32_path),
-            "fp32, weights in a mapped file, not pre-packed": ("encoder-unpacked", fp32_path),
-            "int8, weights in a mapped file, pre-packed": ("encoder-prepacked", int8_path),
-            "int8, weights in a mapped file, not pre-packed (served)": ("encoder-unpacked", int8_path),
+        fresh_table("encoder alone, batch of 8", {
+            "fp32, weights inline, pre-packed, CPU arena (as before)": ("encoder-prepacked-arena", inline),
+            "fp32, weights in a mapped file, pre-packed, CPU arena": ("encoder-prepacked-arena", fp32_path),
+            "fp32, weights in a mapped file, pre-packed, no arena (served)": ("encoder-prepacked", fp32_path),
+            "fp32, weights in a mapped file, not pre-packed, no arena": ("encoder-unpacked", fp32_path),
+            "int8, weights in a mapped file, pre-packed, no arena": ("encoder-prepacked", int8_path),
+            "int8, weights in a mapped file, not pre-packed, no arena (served)": ("encoder-unpacked", int8_path),
         }, model_dir, args)
         fresh_table(f"one ask ({args.tokens} new tokens), the whole pipeline", {
             "fp32 encoder, weights inline (as exported before)": ("ask", inline),

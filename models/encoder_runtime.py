@@ -62,8 +62,11 @@ def session_options(threads: Optional[int] = None, prepacking: bool = True):
       layout at load, in anonymous memory, beside the memory-mapped weights file (encoder_export.place_encoder).
       The int8 encoder runs without (ViT-B/16: anonymous memory 135 -> 60 MiB, encode time within noise); the
       fp32 one keeps it (its pre-packed GEMMs were faster at batch 1, bench/bench_encoder.py).
-    The CPU memory arena and memory patterns stay on: turning them off changed neither the anonymous memory nor
-    the time of a batch-1 encode measurably (bench/bench_encoder.py, docs/benchmarks.md)."""
+    - no CPU memory arena and no memory pattern (SessionOptions.enable_cpu_mem_arena / enable_mem_pattern,
+      onnxruntime Python API docs: the arena "may pre-allocate memory for future usage", the pattern allocates
+      one block for a run's tensors): the arena keeps a run's activations after it; without both, the
+      anonymous memory of the ViT-B/16 encoder after a batch of 8 fell from 579 to 416 MiB, its batch-1 time
+      within noise (bench/bench_encoder.py, docs/benchmarks.md)."""
     import onnxruntime as ort
 
     if threads is None:
@@ -78,6 +81,8 @@ def session_options(threads: Optional[int] = None, prepacking: bool = True):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     if not prepacking:
         options.add_session_config_entry("session.disable_prepacking", "1")
     return options
@@ -114,7 +119,7 @@ def _files_sha256(paths) -> str:
 
 class OnnxEncoder:
     """An onnxruntime session over a GeoVLM encoder graph, with its metadata (`session_options`; `threads`:
-    intra-op threads, torch's count by default).
+    intra-op threads, torch's count by default; `options`: onnxruntime SessionOptions to use instead).
 
     The metadata and inputs are checked at construction (read once per version of the graph and its weights file,
     file_hashes); EncoderError for a missing, unreadable or foreign file. An int8 graph runs without pre-packed
@@ -123,7 +128,8 @@ class OnnxEncoder:
     first use of `session` waits for it (EncoderError if onnxruntime refused the file)."""
 
     def __init__(
-        self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16, threads: Optional[int] = None
+        self, path, providers: Optional[Sequence[str]] = None, max_batch: int = 16, threads: Optional[int] = None,
+        options=None,
     ):
         import onnxruntime as ort
 
@@ -158,7 +164,8 @@ class OnnxEncoder:
         self._session, self._error = None, None
         # Not a daemon: a process that exits while onnxruntime builds the session waits for it (a daemon thread
         # inside onnxruntime's C++ at interpreter shutdown aborts the process).
-        options = session_options(threads, prepacking=meta.get("geovlm.dtype") != "int8")
+        if options is None:
+            options = session_options(threads, prepacking=meta.get("geovlm.dtype") != "int8")
         self._opening = threading.Thread(target=self._open, args=(options, chosen), name="geovlm-encoder-session")
         self._opening.start()
 

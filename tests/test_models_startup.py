@@ -89,6 +89,7 @@ def test_encoder_session_shares_the_cores_without_spinning(tmp_path_factory):
     assert options.intra_op_num_threads == torch.get_num_threads() and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert str(options.graph_optimization_level).endswith("ORT_ENABLE_ALL")
+    assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern  # activations not kept after a run
 
 
 def test_a_gpu_provider_gets_the_fp16_encoder_and_a_cpu_the_fp32_one(tmp_path_factory, tmp_path, monkeypatch):
