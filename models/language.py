@@ -151,7 +151,7 @@ class Decoding:
                     yield deltas
                     if all(r.done for r in self.results):
                         break
-                    logits = steps.next(tokens)
+                    logits = steps.next(tokens, [r.done for r in self.results])
             finally:
                 steps.close()
         self.decode_s = time.perf_counter() - start
@@ -175,15 +175,30 @@ class _StaticSteps:
             if graph is not None and not graph.busy:
                 graph.busy, self.graph = True, graph
         self.cache = self.graph.cache if self.graph else decoder.new_cache(batch, capacity)
+        self.batch, self.active = batch, list(range(batch))  # the cache's rows: these rows of the batch
 
     def first(self):
         return self.lm.decoder.prefill(self.rows, self.cache)
 
-    def next(self, tokens: List[int]):
+    def next(self, tokens: List[int], done: Sequence[bool]):
+        """Logits `[batch, vocab]` of the step after `tokens`. Rows that are `done` are retired from the cache
+        first (not with a CUDA graph, whose batch is fixed), so the step runs for the rest only; a retired row's
+        logits are zeros."""
         import torch
 
-        step = torch.tensor(tokens, device=self.lm.device)
-        return self.graph(step) if self.graph else self.lm.decoder.step(step, self.cache)
+        if self.graph:
+            return self.graph(torch.tensor(tokens, device=self.lm.device))
+        keep = [i for i, row in enumerate(self.active) if not done[row]]
+        if len(keep) < len(self.active):
+            self.cache = self.lm.decoder.keep_rows(self.cache, keep)
+            self.active = [self.active[i] for i in keep]
+        logits = self.lm.decoder.step(torch.tensor([tokens[r] for r in self.active], device=self.lm.device),
+                                      self.cache)
+        if len(self.active) == self.batch:
+            return logits
+        full = logits.new_zeros((self.batch, logits.shape[1]))
+        full[self.active] = logits
+        return full
 
     def close(self) -> None:
         if self.graph:
@@ -213,7 +228,7 @@ class _DynamicSteps:
     def first(self):
         return self._forward(inputs_embeds=self.embeds)
 
-    def next(self, tokens: List[int]):
+    def next(self, tokens: List[int], done: Sequence[bool]):
         import torch
 
         step = torch.tensor(tokens, device=self.lm.device).unsqueeze(1)

@@ -123,6 +123,22 @@ class StaticDecoder:
         positions = torch.zeros(batch, dtype=torch.long, device=weight.device)
         return KVCache(keys, values, [0] * batch, positions)
 
+    @staticmethod
+    def keep_rows(cache: KVCache, keep: Sequence[int]) -> KVCache:
+        """`cache` with only the rows `keep` (ascending row indices), in that order: each kept row's filled
+        positions are moved down in place, one row at a time (no copy of the whole cache), and the returned cache
+        is a view of the first `len(keep)` rows. Retiring finished rows this way keeps a batch's later steps from
+        attending, and writing, for sequences that are done."""
+        for j, row in enumerate(keep):
+            if j != row:
+                n = cache.lengths[row]
+                cache.keys[:, j, :, :n].copy_(cache.keys[:, row, :, :n])
+                cache.values[:, j, :, :n].copy_(cache.values[:, row, :, :n])
+        count = len(keep)
+        lengths = [cache.lengths[row] for row in keep]
+        positions = cache.positions[list(keep)].clone()
+        return KVCache(cache.keys[:, :count], cache.values[:, :count], lengths, positions)
+
     def _logits(self, hidden):
         normed = _rms_norm(hidden, self.norm.weight, self.norm.variance_epsilon)
         return self.linear(normed, self.lm_head.weight, self.lm_head.bias).float()

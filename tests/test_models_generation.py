@@ -66,10 +66,19 @@ def test_greedy_tokens_equal_transformers_generate(pipe):
     assert len(set(outputs)) == len(images)  # the images steer the tokens: the parity is not vacuous
 
 
-def test_ragged_batch_of_8_equals_transformers_generate_one_by_one(pipe):
-    """Eight prompts of different lengths and budgets decoded together (packed prefill, one cache row each)
-    give, row by row, the tokens of transformers' generate run alone."""
+def test_ragged_batch_of_8_equals_transformers_generate_one_by_one(pipe, monkeypatch):
+    """Eight prompts of different lengths and budgets decoded together (packed prefill, one cache row each,
+    finished rows retired from the cache) give, row by row, the tokens of transformers' generate run alone."""
     from geovlm.models.pipeline import GenRequest
+
+    decoder, rows_per_step = pipe.lm.decoder, []
+    step = decoder.step
+
+    def counted(tokens, cache, **kw):
+        rows_per_step.append(int(tokens.shape[0]))
+        return step(tokens, cache, **kw)
+
+    monkeypatch.setattr(decoder, "step", counted)
 
     questions = ["Describe", "What is this?", "[grounding]Describe the image", "[refer] where is <p> the road </p>",
                  "Count the buildings in this aerial photo, please", "[identify] what is at the centre?", "Hi",
@@ -80,9 +89,13 @@ def test_ragged_batch_of_8_equals_transformers_generate_one_by_one(pipe):
     lengths = {len(pipe.prompt_ids(r.messages)) for r in requests}
     assert len(lengths) >= 6  # ragged indeed
     ours = _our_tokens(pipe, requests)
+    monkeypatch.undo()
     for r, tokens in zip(requests, ours):
         assert tokens == _reference_tokens(pipe, r.image, r.messages, r.max_new_tokens)
     assert len({tuple(t) for t in ours}) == len(requests)
+    # rows left the batch as they finished: the longest answer's last steps ran alone
+    assert rows_per_step[0] == 8 and rows_per_step == sorted(rows_per_step, reverse=True)
+    assert rows_per_step[-1] == sum(len(t) == max(map(len, ours)) for t in ours) < 8
 
 
 def test_onednn_linear_equals_torch_linear_and_is_only_picked_where_it_runs():
