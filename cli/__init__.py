@@ -16,6 +16,19 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def input_file(path, what: str = "input"):
+    """`path` as a `pathlib.Path` when it names a file; CliError in one line when it does not exist or names a
+    folder (which is not "not found": a shell's tab completion gives folders)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise CliError(f"{what} {path} is a folder: give a file")
+    if not path.is_file():
+        raise CliError(f"{what} not found: {path}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

@@ -102,7 +102,7 @@ def cmd_bulk(args) -> int:
     from ..core.profiles import get_profile
     from ..core.tiling import TilePlan
     from ..core.transport import CancelToken
-    from .engine_cmds import STAND_IN_NOTE, _bands
+    from .engine_cmds import STAND_IN_NOTE, _bands, warn_other_family
     from .parse_cmd import profile_overrides
     from .rasters import open_frame
 
@@ -125,6 +125,8 @@ def cmd_bulk(args) -> int:
             model, details = served_model(client)
         except (EngineError, ValueError) as exc:
             raise CliError(str(exc)) from None
+        if args.family:
+            warn_other_family(details, profile.name)
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
         plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model)
         wkt, epsg = _crs(frame.crs)

@@ -265,7 +265,8 @@ def cmd_ask(args) -> int:
     print(f"[{result.tokens} tokens, finish: {result.finish_reason}; {times}]", file=sys.stderr)
     answer = parse_answer(result.text, pipe.profile, image_size=(image.shape[1], image.shape[0]))
     print(f"[parsed: {answer.summary()}]", file=sys.stderr)
-    _hint_family(answer, pipe.profile.name)
+    if not info["random_stand_in"]:  # the stand-in's noise is no model's syntax: no hint to change the family
+        _hint_family(answer, pipe.profile.name)
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
@@ -297,8 +298,11 @@ def _ask_engine(args, image, frame) -> int:
     try:
         family = args.family or client.profile().name
         profile = get_profile(family, **profile_overrides(args))
+        details = served_details(client)
         if args.family:
-            _warn_other_family(client, profile.name)
+            warn_other_family(details, profile.name)
+        if details.get("random_stand_in"):
+            print(STAND_IN_NOTE, file=sys.stderr)
         text, answer = client.ask(
             ArraySource(image), None, args.question, profile=profile,
             on_token=show, on_restart=show_restart,
@@ -313,23 +317,34 @@ def _ask_engine(args, image, frame) -> int:
             client.local_engine.stop()
     print()
     print(f"[parsed: {answer.summary()}]", file=sys.stderr)
-    _hint_family(answer, profile.name)
+    if not details.get("random_stand_in"):
+        _hint_family(answer, profile.name)
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
         write_layers([ParsedRecord(1, profile.name, answer, frame)], args.out)
         print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
+    if details.get("random_stand_in"):
+        print(STAND_IN_NOTE, file=sys.stderr)
     return 0
 
 
-def _warn_other_family(client, family: str) -> None:
-    """One line when --family differs from the family the engine reports in /v1/models (ours does; vLLM and
-    SGLang report none, and then nothing is said). Raises EngineError when the engine cannot be asked."""
-    from ..core.profiles import get_profile
-
+def served_details(client) -> dict:
+    """The "geovlm" details that /v1/models gives for the served model (the one asked for, else the first):
+    family, random_stand_in, ...; {} for an engine that gives none (vLLM, SGLang). Raises EngineError when the
+    engine cannot be asked."""
     entries = client.models().get("data") or []
     entry = next((e for e in entries if e.get("id") == client.model), entries[0] if entries else {})
-    reported = (entry.get("geovlm") or {}).get("family")
+    return entry.get("geovlm") or {}
+
+
+def warn_other_family(details: dict, family: str) -> None:
+    """One line on stderr when --family differs from the family the engine reports (`details` from
+    `served_details`; ours reports it, vLLM and SGLang do not, and then nothing is said): the answers are then
+    read, and views fitted, in `family`'s way, not the model's."""
+    from ..core.profiles import get_profile
+
+    reported = details.get("family")
     try:
         reported = get_profile(reported).name if reported else None
     except ValueError:  # a family this client does not know: say it as the engine does

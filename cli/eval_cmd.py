@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..core.profiles import family_names, get_profile
-from . import CliError
+from . import CliError, input_file
 
 TASKS = ("detection", "region-caption", "caption", "vqa", "classification", "scene-graph")
 # Fields holding the reference, first found wins (EarthDial's result files, then GeoChat/SkySenseGPT names).
@@ -48,9 +48,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    path = Path(args.file)
-    if not path.is_file():
-        raise CliError(f"input not found: {path}")
+    path = input_file(args.file)
     if not 0.0 < args.iou <= 1.0:
         raise CliError(f"--iou must be in (0, 1], not {args.iou}")
     if args.reference:
@@ -144,6 +142,8 @@ def score_layers(args) -> dict:
         refs = layers.read_features(args.reference, args.reference_layer, None, to_crs=answers.crs)
     except layers.LayerError as exc:
         raise CliError(str(exc)) from None
+    except RuntimeError as exc:  # pyproj's ProjError: no transformation between the two CRSs
+        raise CliError(_no_transform(args.file, args.reference, answers.crs, exc)) from None
     if (answers.crs is None) != (refs.crs is None):
         with_crs = answers.path if answers.crs is not None else refs.path
         raise CliError(f"only {with_crs} has a CRS: both layers must be in map coordinates, or both in pixels")
@@ -171,6 +171,17 @@ def score_layers(args) -> dict:
     scores = score_items(task, items, None, args.iou)
     scores["unmatched_references"] = len(refs.geometries) - len(pairs)
     return scores
+
+
+def _no_transform(answers_path, reference_path, answers_crs, exc) -> str:
+    """One line for references that cannot be brought into the answers' CRS. The usual case: answers parsed
+    without a raster are in GeoVLM's pixel CRS (core.georef.PIXEL_CRS_WKT, an engineering CRS), which nothing
+    relates to a map CRS."""
+    if getattr(answers_crs, "is_engineering", False):
+        return (f"{answers_path} is in image pixels and {reference_path} in map coordinates: place the answers "
+                "on the map first (geovlm parse --raster or --geotransform), or give references in pixels")
+    name = getattr(answers_crs, "name", answers_crs)
+    return f"cannot bring {reference_path} into the CRS of {answers_path} ({name}): {' '.join(str(exc).split())}"
 
 
 def _question_type(record: dict):

@@ -8,7 +8,7 @@ from ..core.answer_files import read_answers
 from ..core.georef import PIXEL_CRS_WKT, GeoTransform, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile, parse_overrides
-from . import CliError
+from . import CliError, input_file
 
 
 def register(sub) -> None:
@@ -84,9 +84,7 @@ def space_of(frame: ImageFrame, args) -> str:
 def run(args) -> int:
     from .layers_io import ParsedRecord, write_layers
 
-    path = Path(args.input)
-    if not path.is_file():
-        raise CliError(f"input not found: {path}")
+    path = input_file(args.input)
     try:
         profile = get_profile(args.family, **profile_overrides(args))
     except ValueError as exc:

@@ -64,6 +64,8 @@ def register(sub) -> None:
 
 
 ENGINE_CHECK_RETRY_WINDOW_S = 10.0
+# Libraries whose INFO lines say nothing to a user of `serve` (the ONNX exporter logs each graph rewrite).
+QUIET_LOGGERS = ("onnxscript", "onnx_ir")
 
 
 def add_retry_window_arg(parser: argparse.ArgumentParser, default=None, why: str = "") -> None:
@@ -120,6 +122,13 @@ def engine_for(args):
     from ..engine.launcher import EngineStartError, LocalEngine
 
     family = getattr(args, "family", None)
+    if family:
+        from ..core.profiles import get_profile
+
+        try:
+            get_profile(family)
+        except ValueError as exc:  # said as --family's fault, before any engine is reached or started
+            raise CliError(f"--family: {exc}") from None
     concurrent = getattr(args, "max_concurrent", 4)
     window = getattr(args, "retry_window", None)
     if window is not None and not window >= 0:
@@ -215,6 +224,8 @@ def cmd_serve(args) -> int:
     from .engine_cmds import ready_demo_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in QUIET_LOGGERS:  # the ONNX exporter's passes log each rewrite at INFO: dozens of lines a start
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     parent_alive = watch_parent(args.parent_pid) if args.parent_pid else None
     key = api_key_from(args)
     if not _is_loopback(args.host) and not key:

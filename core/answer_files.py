@@ -19,13 +19,7 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
     file that is not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by
     mistake).
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    text = _text_of(path, data)
-    lines = split_lines(text)
+    lines = split_lines(read_text(path))
     is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -41,6 +35,19 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
             raise ValueError(f"{path}:{number}: no field {field!r}")
         question = record.get(question_field)
         yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
+
+
+def read_text(path) -> str:
+    """The text of a saved file (UTF-8, a byte-order mark dropped). Raises ValueError in one line for a folder,
+    a file that cannot be read, and a file that is not text (NUL bytes, or bytes that are not UTF-8)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file of saved answers (JSON lines or plain text)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _text_of(path, data)
 
 
 def _text_of(path: Path, data: bytes) -> str:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..core.answer_files import split_lines
+from ..core.answer_files import read_text, split_lines
 
 
 class RecordError(ValueError):
@@ -22,9 +22,9 @@ def read_records(path) -> Iterator[Tuple[int, dict]]:
     object."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"cannot read {path}: {exc}") from None
+        text = read_text(path)
+    except ValueError as exc:  # a folder, an unreadable file, or one that is not text (an image given by mistake)
+        raise RecordError(str(exc)) from None
     for number, line in enumerate(split_lines(text), start=1):  # "\n" only: JSON strings may hold U+2028
         if not line.strip():
             continue

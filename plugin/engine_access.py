@@ -72,9 +72,27 @@ class EngineConnection:
         self._on_close = on_close
 
     @property
+    def reported_family(self) -> str:
+        """The family the engine reports in /v1/models (ours does), by its GeoVLM name; "" when it gives none
+        (vLLM, SGLang)."""
+        reported = str(self.info.get("family") or "")
+        try:
+            return family_of(reported) if reported else ""
+        except ValueError:  # a family this plugin does not know: as the engine says it
+            return reported
+
+    @property
     def notice(self) -> str:
-        """What every answer of this engine must carry ("" for a real model)."""
-        return "Demo model: a random stand-in, its answers are noise." if self.stand_in else ""
+        """What every answer of this engine must carry ("" for a real model read in its own family): that the
+        demo model is a random stand-in, and that the family given (a parameter, or Options ▸ GeoVLM) is not
+        the one the engine reports, so its answers are read and its views fitted in another family's way."""
+        notes = ["Demo model: a random stand-in, its answers are noise."] if self.stand_in else []
+        reported, used = self.reported_family, self.profile.name
+        if reported and reported != used:
+            notes.append(f"The model family is set to {used}, but the engine reports {reported}: its answers are "
+                         f"read, and the views sent, as {used}'s (set the family to {reported}, or leave it empty "
+                         "to read it from the engine).")
+        return " ".join(notes)
 
     def describe(self) -> Dict[str, str]:
         """Provenance for feature fields: {"model", "family", "engine"} ("local" or the endpoint URLs)."""

@@ -418,3 +418,9 @@ def test_the_p_phrase_names_the_box_and_the_text_before_it_does_not(family):
     two = parse_answer(f"<p>plane</p> {{<1><1><9><9>{angle}}} and a big <p>ship</p> {{<50><50><60><60>{angle}}}",
                        get_profile(family), (100, 100))
     assert [o.label for o in two.objects] == ["plane", "ship"]
+
+
+def test_a_folder_given_as_saved_answers_is_said_to_be_one(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder: give a file of saved answers") as raised:
+        list(read_answers(tmp_path))
+    assert "Errno" not in str(raised.value)

@@ -348,3 +348,20 @@ def test_the_family_probe_of_a_silent_engine_stops_within_a_second(qgis_app):
         probe.cancel()
         assert wait_for(lambda: ends, 5) and time.monotonic() - started < 1.0
     assert token.cancelled and ends == ["terminated"] and found == []
+
+
+def test_the_dock_fits_beside_qgis_panels_on_a_laptop_screen(qgis_app):
+    from geovlm.ui.ask_dock import AskDock
+
+    dock = AskDock()
+    try:
+        dock.resize(300, 800)
+        dock.show()
+        QgsApplication.processEvents()
+        # QGIS's own panels are about 300 px wide: one wide row (five buttons, or the source picker's longest
+        # title) made this dock 580 px at least, which pushed the window past a 1600 px screen
+        assert dock.minimumSizeHint().width() <= 340
+        assert dock.source.itemText(1) == "One raster layer, at its own resolution"  # the list keeps whole titles
+    finally:
+        dock.close()
+        dock.deleteLater()

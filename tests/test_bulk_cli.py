@@ -288,3 +288,16 @@ def test_a_bulk_run_against_the_demo_model_says_so_once(engines, data_dir, tmp_p
                                   engines(str(stand_in), stand_in=stand_in).url,
                                   "--family", "geochat", "--out", tmp_path / f"{stand_in}.gpkg", "--no-progress")
         assert code == 0 and stderr.count(STAND_IN_NOTE) == times, stderr
+
+
+def test_a_family_other_than_the_engines_is_warned_once(engines, data_dir, tmp_path):
+    raster = data_dir / "rasters" / "cogeo.tif"
+    url = engines("geochat", stand_in=True).url  # reports geochat and the random stand-in, as `geovlm serve`
+    code, _, stderr = run_cli("caption", raster, "--tile", 512, "--engine", url, "--family", "earthdial",
+                              "--out", tmp_path / "other.gpkg", "--no-progress")
+    assert code == 0 and stderr.count("geovlm: warning: --family earthdial, but the engine reports geochat") == 1
+    code, _, stderr = run_cli("caption", raster, "--tile", 512, "--engine", url, "--family", "geochat",
+                              "--out", tmp_path / "same.gpkg", "--no-progress")
+    assert code == 0 and "warning" not in stderr
+    code, _, stderr = run_cli("detect", raster, "--engine", url, "--family", "foo", "--out", tmp_path / "x.gpkg")
+    assert code == 2 and stderr.startswith("geovlm detect: --family: unknown model family 'foo'"), stderr

@@ -27,8 +27,9 @@ def png(width=200, height=100, color=(10, 120, 30)) -> bytes:
 class Script:
     """What a fake engine does, request by request: a list of actions consumed in order, then `default`."""
 
-    def __init__(self, actions=(), default="ok", text=BOX_TEXT, delay=0.0, later_text=None):
+    def __init__(self, actions=(), default="ok", text=BOX_TEXT, delay=0.0, later_text=None, stand_in=False):
         self.actions = list(actions)
+        self.stand_in = stand_in  # /v1/models says it serves the demo model, as `geovlm serve` without --model
         self.default = default
         self.text = text
         self.later_text = later_text  # the answer from the second request on (a sampled answer differs)
@@ -61,7 +62,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         if self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": "fake", "geovlm": {"family": "geochat"}}]})
+            self._json(200, {"object": "list", "data": [{"id": "fake", "geovlm": {"family": "geochat",
+                                                                      "random_stand_in": self.script.stand_in}}]})
         else:
             self._json(200, {"status": "ok"})
 
@@ -483,3 +485,17 @@ def test_ask_warns_when_family_differs_from_the_engines_and_hints_when_nothing_w
     assert main([*argv, "--family", "geochat"]) == 0
     err = capsys.readouterr().err
     assert "warning" not in err and "check that --family" not in err and "1 objects" in err
+
+
+def test_ask_through_an_engine_serving_the_demo_model_says_so(serve, capsys, data_dir):
+    from geovlm.cli import main
+    from geovlm.cli.engine_cmds import STAND_IN_NOTE
+
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    argv = ["ask", raster, "q", "--window", "0,0,64,48", "--max-new-tokens", "8"]
+    assert main([*argv, "--engine", serve(Script(text="noise <p> 1 0 {<", stand_in=True))]) == 0
+    err = capsys.readouterr().err
+    assert err.count(STAND_IN_NOTE) == 2  # before the answer and after it, as a local `ask` says it
+    assert "check that --family" not in err  # the stand-in's noise is no family's syntax
+    assert main([*argv, "--engine", serve(Script())]) == 0
+    assert STAND_IN_NOTE not in capsys.readouterr().err

@@ -217,3 +217,20 @@ def test_a_local_engine_given_up_fails_requests_at_once_with_the_reason():
             assert time.monotonic() - started < 5 and "\n" not in str(info.value)
     finally:
         manager.shutdown()
+
+
+def test_a_family_other_than_the_engines_is_carried_by_every_answer():
+    from geovlm.core.client import EngineClient
+    from geovlm.core.profiles import get_profile
+    from geovlm.plugin.engine_access import EngineConnection
+
+    client = EngineClient("http://127.0.0.1:9")  # never asked: the connection holds what /v1/models said
+    reported = {"family": "GeoChat", "random_stand_in": False}  # as an engine may spell it
+    same = EngineConnection(client, get_profile("geochat"), "m", "http://127.0.0.1:9", reported)
+    assert same.reported_family == "geochat" and same.notice == ""
+    other = EngineConnection(client, get_profile("qwen25vl"), "m", "http://127.0.0.1:9", reported)
+    assert other.notice.startswith("The model family is set to qwen25vl, but the engine reports geochat")
+    demo = EngineConnection(client, get_profile("earthdial"), "m", "local", dict(reported, random_stand_in=True))
+    assert demo.notice.startswith("Demo model: a random stand-in") and "engine reports geochat" in demo.notice
+    silent = EngineConnection(client, get_profile("llava15"), "m", "http://127.0.0.1:9", {})  # vLLM reports none
+    assert silent.reported_family == "" and silent.notice == ""

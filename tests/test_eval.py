@@ -344,3 +344,25 @@ def test_huge_infinite_and_nan_numbers_score_without_error(tmp_path, capsys, fam
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores.values())
     if task == "detection":  # the readable box of each answer hits its reference
         assert scores["overall"] > 0
+
+
+def test_a_folder_and_a_binary_file_get_one_clear_line(data_dir, tmp_path, capsys):
+    assert main(["eval", "detection", str(tmp_path), "--family", "earthdial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"geovlm eval: input {tmp_path} is a folder: give a file"
+    raster = data_dir / "rasters" / "cogeo.tif"
+    assert main(["eval", "detection", str(raster), "--family", "earthdial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{raster} is not text" in err and "\n" not in err and "codec" not in err
+
+
+def test_answers_in_pixels_against_references_on_the_map_get_one_clear_line(data_dir, tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"answer": "[[10, 10, 30, 30, 0]]"}) + "\n", encoding="utf-8")
+    gpkg = tmp_path / "pixels.gpkg"  # no raster: GeoVLM's pixel CRS, which no transformation relates to a map
+    assert main(["parse", str(answers), "--family", "earthdial", "--out", str(gpkg)]) == 0
+    capsys.readouterr()
+    refs = data_dir / "rasters" / "geotiff_labels.geojson"  # real footprints in EPSG:32616
+    assert main(["eval", "detection", str(gpkg), "--reference", str(refs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{gpkg} is in image pixels and {refs} in map coordinates" in err

@@ -179,3 +179,9 @@ def test_a_binary_input_is_said_to_be_not_text_and_exits_2(data_dir, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and "is not text" in err[0]
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_a_folder_is_said_to_be_a_folder_not_missing(tmp_path, capsys):
+    assert main(["parse", str(tmp_path), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 2
+    assert capsys.readouterr().err.strip() == f"geovlm parse: input {tmp_path} is a folder: give a file"
+    assert not (tmp_path / "o.gpkg").exists()

@@ -7,6 +7,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import (
     QComboBox,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
@@ -61,21 +62,26 @@ class AskDock(QgsDockWidget):
         self.question.setMaximumHeight(70)
         layout.addWidget(self.question)
 
-        pick_row = QHBoxLayout()
+        pick_row = QFormLayout()
         self.task = QComboBox(body)
         self.task.setToolTip("The tasks of the engine's model family")
         self.source = QComboBox(body)
         for key, title in SOURCES:
             self.source.addItem(title, key)
-        pick_row.addWidget(QLabel("Task", body))
-        pick_row.addWidget(self.task)
-        pick_row.addWidget(QLabel("Source", body))
-        pick_row.addWidget(self.source, 1)
+        # The longest source title would set the dock's least width (about 580 px with the button row), wider
+        # than the room beside QGIS's panels on a laptop: the pickers shrink, their lists still show whole titles.
+        for combo in (self.task, self.source):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+        pick_row.addRow("Task", self.task)  # one picker a row: side by side they set the dock's least width
+        pick_row.addRow("Source", self.source)
         layout.addLayout(pick_row)
 
         layer_row = QHBoxLayout()
         self.raster = QgsMapLayerComboBox(body)
         self.raster.setFilters(Qgis.LayerFilter.RasterLayer)
+        self.raster.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.raster.setMinimumContentsLength(8)
         self.draw = QPushButton("Draw rectangle", body)
         self.draw.setCheckable(True)
         layer_row.addWidget(self.raster, 1)
@@ -91,9 +97,14 @@ class AskDock(QgsDockWidget):
         self.new_view.setToolTip("Forget the conversation's image: the next question renders the map again")
         self.copy = QPushButton("Copy answer", body)
         self.export = QPushButton("Export…", body)
-        for button in (self.send, self.stop, self.new_view, self.copy, self.export):
+        for button in (self.send, self.stop, self.new_view):
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        keep = QHBoxLayout()  # a second row: five buttons in one would set the dock's least width
+        keep.addStretch(1)
+        keep.addWidget(self.copy)
+        keep.addWidget(self.export)
+        layout.addLayout(keep)
         self.setWidget(body)
         self.source.currentIndexChanged.connect(self._source_changed)
         self._source_changed()
