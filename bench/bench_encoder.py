@@ -16,7 +16,7 @@ Llama; nothing downloaded), in one process:
   the encoder alone (weights inline as exported before, weights in a memory-mapped file, each pre-packed or not)
   and of one whole ask (bench_engine's) with the fp32 encoder before / now and the int8 one.
 
-    python bench/bench_encoder.py [--threads N] [--rounds 5] [--tiles 12] [--tokens 48]
+    python bench/bench_encoder.py [--threads N] [--rounds 5] [--tiles 12] [--tokens 48] [--smoke]
 """
 
 from __future__ import annotations
@@ -203,13 +203,15 @@ def in_fresh_process(kind: str, path: Path, model_dir: Path, threads: int, token
 
 
 def fresh_table(title: str, variants: dict, model_dir: Path, args) -> None:
-    """{label: (kind, path)} each run in 3 fresh processes, alternated; medians of memory and encode ms."""
+    """{label: (kind, path)} each run in 3 fresh processes (1 for --smoke), alternated; medians of memory and
+    encode ms."""
     rows = {label: [] for label in variants}
-    for r in range(3):
+    runs = 1 if args.smoke else 3
+    for r in range(runs):
         for label in list(variants) if r % 2 == 0 else list(variants)[::-1]:
             kind, path = variants[label]
             rows[label].append(in_fresh_process(kind, path, model_dir, args.threads, args.tokens))
-    print(f"\n| {title}, fresh process, median of 3 | anonymous memory (RssAnon) | file-backed (RssFile) | "
+    print(f"\n| {title}, fresh process, median of {runs} | anonymous memory (RssAnon) | file-backed (RssFile) | "
           "peak RSS | encode |\n|---|---|---|---|---|")
     for label, got in rows.items():
         m = {k: med([g[k] for g in got]) for k in got[0]}
@@ -233,10 +235,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tiles", type=int, default=12)
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes, 1 round, 2 tiles, 3 tokens, 1 fresh process each: checks the script")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--encoder", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.tiles, args.tokens = 1, 2, 3
     if args.child:
         child(args.child, args.encoder, args.model, args.threads, args.tokens)
         return
@@ -253,7 +259,7 @@ def main() -> None:
     print(f"CPU, {args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"{load_text()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(Path(tmp))
+        model_dir = build_model(Path(tmp), smoke=args.smoke)
         pipe = VlmPipeline.load(model_dir, device="cpu", providers=["CPUExecutionProvider"])
         start = time.perf_counter()
         int8_path = int8_beside(pipe.encoder.path)
@@ -261,7 +267,8 @@ def main() -> None:
         int8 = OnnxEncoder(int8_path, providers=["CPUExecutionProvider"])
         pipe_int8 = VlmPipeline(pipe.checkpoint, pipe.profile, pipe.lm, int8)
         gate = json.loads(int8.metadata["geovlm.int8_gate"])
-        print(f"\nRandom ViT-B/16 @224 (196 image tokens) + 768x12 Llama; int8 made and gated in {made_s:.1f} s "
+        shapes = "SMOKE RUN, tiny shapes: no figures" if args.smoke else "Random ViT-B/16 @224 (196 image tokens)"
+        print(f"\n{shapes} + 768x12 Llama; int8 made and gated in {made_s:.1f} s "
               f"(gate on sample/aerial.tif: per-token cosine >= {gate['min_cosine']:.4f}, relative error "
               f"{gate['relative_error']:.4f}); graph and weights {size_mb(pipe.encoder.path):.0f} MB fp32, "
               f"{size_mb(int8_path):.0f} MB int8; medians of {args.rounds} alternated rounds.\n")
@@ -300,10 +307,10 @@ def main() -> None:
         print(f"\nThe first fp32 answer: {got['sample']!r}")
         prepack = {}
         for name, path in (("fp32", pipe.encoder.path), ("int8", int8_path)):
-            for packed, arena in ((True, False), (False, False), (name == "fp32", True)):
+            for packed, arena in ((True, False), (False, False), (name == "int8", True)):
                 options = session_options(args.threads, prepacking=packed)
                 options.enable_cpu_mem_arena = options.enable_mem_pattern = arena
-                served = packed == (name == "fp32") and not arena
+                served = packed == (name == "int8") and not arena
                 label = (f"{name}, {'pre-packed' if packed else 'not pre-packed'}, "
                          f"{'CPU arena and memory pattern' if arena else 'no arena'}{' (served)' if served else ''}")
                 prepack[label] = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -322,10 +329,10 @@ def main() -> None:
         fresh_table("encoder alone, batch of 8", {
             "fp32, weights inline, pre-packed, CPU arena (as before)": ("encoder-prepacked-arena", inline),
             "fp32, weights in a mapped file, pre-packed, CPU arena": ("encoder-prepacked-arena", fp32_path),
-            "fp32, weights in a mapped file, pre-packed, no arena (served)": ("encoder-prepacked", fp32_path),
-            "fp32, weights in a mapped file, not pre-packed, no arena": ("encoder-unpacked", fp32_path),
-            "int8, weights in a mapped file, pre-packed, no arena": ("encoder-prepacked", int8_path),
-            "int8, weights in a mapped file, not pre-packed, no arena (served)": ("encoder-unpacked", int8_path),
+            "fp32, weights in a mapped file, pre-packed, no arena": ("encoder-prepacked", fp32_path),
+            "fp32, weights in a mapped file, not pre-packed, no arena (served)": ("encoder-unpacked", fp32_path),
+            "int8, weights in a mapped file, pre-packed, no arena (served)": ("encoder-prepacked", int8_path),
+            "int8, weights in a mapped file, not pre-packed, no arena": ("encoder-unpacked", int8_path),
         }, model_dir, args)
         fresh_table(f"one ask ({args.tokens} new tokens), the whole pipeline", {
             "fp32 encoder, weights inline (as exported before)": ("ask", inline),

@@ -60,8 +60,9 @@ def session_options(threads: Optional[int] = None, prepacking: bool = True):
     - `prepacking` False: no pre-packed copy of the weights ("session.disable_prepacking",
       onnxruntime_session_options_config_keys.h). Kernels otherwise copy each weight matrix into their own
       layout at load, in anonymous memory, beside the memory-mapped weights file (encoder_export.place_encoder).
-      The int8 encoder runs without (ViT-B/16: anonymous memory 135 -> 60 MiB, encode time within noise); the
-      fp32 one keeps it (its pre-packed GEMMs were faster at batch 1, bench/bench_encoder.py).
+      The fp32 encoder runs without (ViT-B/16 after a batch of 8: anonymous memory 398 -> 81 MiB, encode 9 %
+      slower at batch 1 and 1 % at batch 8); the int8 one keeps it (without, it saved 72 MiB but was 48 % slower
+      at batch 1: its int8 GEMMs need the packed layout), bench/bench_encoder.py, docs/benchmarks.md.
     - no CPU memory arena and no memory pattern (SessionOptions.enable_cpu_mem_arena / enable_mem_pattern,
       onnxruntime Python API docs: the arena "may pre-allocate memory for future usage", the pattern allocates
       one block for a run's tensors): the arena keeps a run's activations after it; without both, the
@@ -122,7 +123,7 @@ class OnnxEncoder:
     intra-op threads, torch's count by default; `options`: onnxruntime SessionOptions to use instead).
 
     The metadata and inputs are checked at construction (read once per version of the graph and its weights file,
-    file_hashes); EncoderError for a missing, unreadable or foreign file. An int8 graph runs without pre-packed
+    file_hashes); EncoderError for a missing, unreadable or foreign file. Only an int8 graph runs with pre-packed
     weights (`session_options`). The session itself is built in a background thread started here
     (graph optimisation takes about a second on a CPU), so a pipeline's language model loads meanwhile; the
     first use of `session` waits for it (EncoderError if onnxruntime refused the file)."""
@@ -165,7 +166,7 @@ class OnnxEncoder:
         # Not a daemon: a process that exits while onnxruntime builds the session waits for it (a daemon thread
         # inside onnxruntime's C++ at interpreter shutdown aborts the process).
         if options is None:
-            options = session_options(threads, prepacking=meta.get("geovlm.dtype") != "int8")
+            options = session_options(threads, prepacking=meta.get("geovlm.dtype") == "int8")
         self._opening = threading.Thread(target=self._open, args=(options, chosen), name="geovlm-encoder-session")
         self._opening.start()
 

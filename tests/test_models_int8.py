@@ -80,15 +80,15 @@ def test_the_gate_keeps_a_good_quantisation(fp32, demo, tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_the_int8_session_keeps_no_prepacked_copy_of_the_weights(fp32, tmp_path):
+def test_only_the_int8_session_keeps_a_prepacked_copy_of_the_weights(fp32, tmp_path):
     from geovlm.models.encoder_quantise import quantise_encoder
     from geovlm.models.encoder_runtime import OnnxEncoder
 
-    int8 = OnnxEncoder(quantise_encoder(fp32, tmp_path / "int8.onnx").path)
-    assert int8.session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
     options = OnnxEncoder(fp32).session.get_session_options()
-    with pytest.raises(Exception, match="disable_prepacking"):  # fp32 keeps onnxruntime's default: prepacked
-        options.get_session_config_entry("session.disable_prepacking")
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"  # fp32: weights stay mapped
+    int8 = OnnxEncoder(quantise_encoder(fp32, tmp_path / "int8.onnx").path).session.get_session_options()
+    with pytest.raises(Exception, match="disable_prepacking"):  # int8 keeps onnxruntime's default: pre-packed
+        int8.get_session_config_entry("session.disable_prepacking")
 
 
 def test_the_gate_refuses_a_bad_quantisation(fp32, tmp_path, monkeypatch):
@@ -183,3 +183,18 @@ def test_export_encoder_int8_command(demo, tmp_path, capsys):
         main(["export-encoder", "--model", str(demo), "--out", str(out), "--int8", "--fp16"])
     with pytest.raises(SystemExit):
         main(["ask", "x.tif", "q", "--encoder-precision", "fp16"])
+
+
+def test_the_encoder_bench_runs_end_to_end():
+    import os
+    import subprocess  # nosec B404  # runs the repository's own benchmark script
+
+    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
+        [sys.executable, str(ms.ROOT / "bench" / "bench_encoder.py"), "--smoke"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("SMOKE RUN", "| batch 8 |", "per-token cosine, worst / mean", "answers token for token identical",
+                "largest box shift", "steps where int8 picks the same token", "(served)", "one ask (3 new tokens)",
+                "int8 encoder as served (--encoder-precision int8)"):
+        assert row in out.stdout, row
