@@ -112,6 +112,9 @@ def run(args) -> int:
         f"{skipped} skipped fragments, {warned} answers with warnings -> {args.out}"
     )
     print(f"coordinates: {space_of(frame, args)}")
+    if not records:
+        print(f"note: {path} holds no answers (it is empty, or blank lines only): the layers are empty",
+              file=sys.stderr)
     if records and result["objects"] == 0 and not any(r.answer.objects for r in records):
         print(f"note: no box found in {len(records)} answers: check that --family {profile.name} is the family "
               "that wrote them", file=sys.stderr)

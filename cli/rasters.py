@@ -44,6 +44,10 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
             gcps_only = ds.transform.is_identity and bool(ds.gcps[0])
             bare = ds.transform.is_identity and not ds.crs and not ds.gcps[0]
     except rasterio.errors.RasterioIOError as exc:
+        if path.is_dir():  # only when GDAL cannot open it: some rasters are folders (an Arc/Info grid)
+            raise CliError(f"raster {path} is a folder that GDAL cannot open as a raster: give a raster file") from None
+        if path.stat().st_size == 0:
+            raise CliError(f"raster {path} is an empty file (0 bytes)") from None
         raise CliError(f"cannot read raster {path}: {exc}") from None
     if bare:
         print(f"note: {path} has no georeferencing (no geotransform, no CRS): objects are written in its pixel "

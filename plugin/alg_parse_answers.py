@@ -149,6 +149,8 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
                     f"{project_crs.authid() or project_crs.description()}: QGIS will say \"No transform "
                     "available\" and cannot show them over the map. Give a raster layer to place them, or open "
                     "them in a new project (its CRS becomes the pixels').")
+        if not answers:
+            feedback.pushWarning(f"{path} holds no answers (it is empty, or blank lines only): the layers are empty.")
         if done and n_objects == 0:
             feedback.pushWarning(f"No box found in {done} answers: check that the model family "
                                  f"({profile.title}) is the one that wrote them.")

@@ -111,6 +111,7 @@ def test_no_box_in_a_non_empty_file_suggests_checking_the_family(tmp_path, capsy
         (["--family", "geochat", "--image-size", "axb"], "WxH"),
         (["--family", "geochat", "--raster", "RASTER/../SOURCES.md"], "cannot read raster"),
         (["--family", "geochat", "--raster", "RASTER/missing.tif"], "raster not found"),
+        (["--family", "geochat", "--raster", "RASTER"], "is a folder that GDAL cannot open as a raster"),
         (["--family", "geochat", "--set", "angle_sense=2"], "angle_sense"),
     ],
 )
@@ -181,7 +182,23 @@ def test_a_binary_input_is_said_to_be_not_text_and_exits_2(data_dir, tmp_path, c
     assert not (tmp_path / "o.gpkg").exists()
 
 
-def test_a_folder_is_said_to_be_a_folder_not_missing(tmp_path, capsys):
+def test_a_folder_or_an_empty_raster_is_said_so(tmp_path, capsys):
     assert main(["parse", str(tmp_path), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 2
     assert capsys.readouterr().err.strip() == f"geovlm parse: input {tmp_path} is a folder: give a file"
     assert not (tmp_path / "o.gpkg").exists()
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    out = str(tmp_path / "o.gpkg")
+    assert main(["parse", str(src), "--family", "geochat", "--raster", str(empty), "--out", out]) == 2
+    assert capsys.readouterr().err.strip() == f"geovlm parse: raster {empty} is an empty file (0 bytes)"
+
+
+
+def test_an_empty_answers_file_is_said_to_be_empty(tmp_path, capsys):
+    src = tmp_path / "empty.jsonl"
+    src.write_text("\n\n")
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {src} holds no answers (it is empty, or blank lines only)" in err

@@ -352,3 +352,30 @@ def test_from_gdal_3_8_the_geojson_driver_is_asked_to_keep_strings(qgis_iface, p
         assert source == {"bbox_2d": [10, 20, 60, 90], "label": "car"}  # GDAL 3.6 alone: an object, not a string
     else:
         assert source == '{"bbox_2d": [10, 20, 60, 90], "label": "car"}'
+
+
+def test_parse_algorithm_says_a_file_is_empty_and_a_folder_is_a_folder(qgis_iface, processing, tmp_path):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    class Said(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, text):  # noqa: N802 (QGIS's name)
+            self.warnings.append(text)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        said = Said()
+        processing.run("geovlm:parseanswers", {"INPUT": str(empty), "FAMILY": "geochat",
+                                               "OBJECTS": str(tmp_path / "o.gpkg")}, feedback=said)
+        assert said.warnings == [f"{empty} holds no answers (it is empty, or blank lines only): the layers are empty."]
+        with pytest.raises(QgsProcessingException, match=r"is a folder: give a file of saved answers"):
+            processing.run("geovlm:parseanswers", {"INPUT": str(tmp_path), "FAMILY": "geochat",
+                                                   "OBJECTS": str(tmp_path / "o2.gpkg")})
+    finally:
+        plugin.unload()
