@@ -28,7 +28,7 @@ def register(sub) -> None:
     add_encoder_precision_arg(serve)
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000, help="port; 0 takes a free one (default: 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port; 0 takes a free one (default: 8000)")
     add_key_args(serve, "require this bearer key")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
@@ -208,6 +208,37 @@ def client_for_local(engine, family=None, max_concurrent: int = 4):
     return client
 
 
+def port_number(text: str) -> int:
+    """A TCP port for argparse: an integer from 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """CliError in one line when `host`:`port` cannot be listened on (another server holds it, or the address
+    is not this machine's). Bound as uvicorn binds (SO_REUSEADDR), then closed; port 0 is always free."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = ("another server holds it, perhaps an engine already running: choose another --port, or 0 for a "
+                "free one" if exc.errno == errno.EADDRINUSE else f"is {host} an address of this machine?")
+        raise CliError(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
+
+
 def add_encoder_precision_arg(parser) -> None:
     """--encoder-precision fp32|int8: the precision of the encoder exported next to the model."""
     parser.add_argument("--encoder-precision", choices=("fp32", "int8"), default="fp32",
@@ -230,6 +261,7 @@ def cmd_serve(args) -> int:
     key = api_key_from(args)
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
+    _check_port_free(args.host, args.port)  # before the model loads (a minute for a real one), not after
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
              args.memory_budget_mb, args.header_timeout, args.max_connections)
     if not min(sizes) > 0:

@@ -138,6 +138,11 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             features.append(feature)
             if window is not None:
                 tiles.append(Tile(f"f{feature.id()}", 0, len(tiles), *window))
+        if features and not tiles:  # nothing to ask: say why at once, not "0 features" after reaching the engine
+            feedback.pushWarning(
+                f"None of the {len(features)} features lies over the raster (features in "
+                f"{source.sourceCrs().authid() or 'no CRS'}, raster in {self.raster_crs.authid() or 'no CRS'}): "
+                "are they of the same place? Nothing is asked; every feature is marked \"outside the raster\".")
         cancel = CancelToken()
         conn = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
                               self.parameterAsString(parameters, self.AUTHCFG, context),

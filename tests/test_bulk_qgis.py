@@ -517,3 +517,20 @@ def test_the_bulk_dialogs_start_with_a_raster_layer_of_the_project(plugin, proce
         assert default("geovlm:captiontiles") == second.id()
     finally:
         QgsProject.instance().removeAllMapLayers()
+
+
+def test_caption_features_of_another_place_say_that_none_lies_over_the_raster(plugin, processing, engines, data_dir,
+                                                                              tmp_path):
+    labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")  # Chicago
+    engine = engines()
+    params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "cogeo.tif"), "MARGIN": 5.0,  # elsewhere
+              "ENGINE": engine.url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "f.gpkg")}
+    feedback = Recorder()
+    result = processing.run("geovlm:captionfeatures", params, feedback=feedback)
+    n = labels.featureCount()
+    assert [w for w in feedback.warnings if "lies over" in w] == [
+        f"None of the {n} features lies over the raster (features in EPSG:32616, raster in EPSG:3857): are they of "
+        "the same place? Nothing is asked; every feature is marked \"outside the raster\"."]
+    assert engine.requests() == 0
+    statuses = {f["caption_status"] for f in QgsVectorLayer(result["FEATURES"], "f", "ogr").getFeatures()}
+    assert statuses == {"outside the raster"}

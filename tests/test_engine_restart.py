@@ -192,3 +192,26 @@ def test_ask_with_a_local_engine_killed_until_the_launcher_gives_up(data_dir):
     assert err.count("geovlm: the local engine crashed (status -9)") == 4
     assert not any("stream broke" in line for line in err)
     assert "".join(printed).count("\n") == 1 and "".join(printed).endswith("\n")  # one line: no text twice
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_is_one_line_before_the_model_loads(capsys, monkeypatch):
+    import socket
+
+    from geovlm.cli import main
+    from geovlm.models import pipeline
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(pipeline.VlmPipeline, "load", no_load)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--model", "/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"geovlm serve: cannot listen on 127.0.0.1:{port}: ") and "another --port" in err
+    assert "\n" not in err
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "99999"])
+    assert exited.value.code == 2 and "a port is 0 to 65535, not 99999" in capsys.readouterr().err
