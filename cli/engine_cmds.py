@@ -219,6 +219,10 @@ def cmd_ask(args) -> int:
     from .rasters import frame_of_image, open_frame, parse_window
 
     args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
+    if args.out:
+        from .layers_io import check_output
+
+        check_output(args.out)  # before the model is loaded and asked, not after
     window = parse_window(args.window)
     frame = open_frame(args.raster, window)
     try:

@@ -41,14 +41,21 @@ def _frames(records: List[ParsedRecord]):
     return obj_df, rel_df
 
 
+def check_output(out_path) -> Path:
+    """`out_path` as a Path when its suffix names a format `write_layers` writes (.gpkg, .geojson, .json);
+    CliError in one line otherwise."""
+    out = Path(out_path)
+    if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
+        raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
+    return out
+
+
 def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None) -> dict:
     """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations.
 
     With `to_crs`, every vertex is reprojected (pyproj) from the images' CRS."""
     records = list(records)
-    out = Path(out_path)
-    if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
-        raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
+    out = check_output(out_path)
     crs_set = {r.frame.crs for r in records if r.frame.crs}
     if len(crs_set) > 1:
         raise CliError("answers refer to images in different CRSs; write them separately")

@@ -63,10 +63,25 @@ def frame_from_args(args) -> ImageFrame:
             gt = GeoTransform.parse(args.geotransform)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-        return ImageFrame(width, height, gt, args.crs)
+        return ImageFrame(width, height, gt, _crs_arg(args.crs))
     if args.crs:
         raise CliError("--crs needs --geotransform")
     return pixel_frame(width, height)
+
+
+def _crs_arg(text):
+    """--crs as given (any form pyproj reads: EPSG:32616, WKT, PROJ JSON), after checking that pyproj reads it;
+    None when not given. CliError in one line otherwise."""
+    if not text:
+        return None
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        CRS.from_user_input(text)
+    except CRSError as exc:
+        raise CliError(f"--crs: not a CRS that PROJ knows: {text!r} ({' '.join(str(exc).split())})") from None
+    return text
 
 
 def space_of(frame: ImageFrame, args) -> str:
@@ -82,13 +97,14 @@ def space_of(frame: ImageFrame, args) -> str:
 
 
 def run(args) -> int:
-    from .layers_io import ParsedRecord, write_layers
+    from .layers_io import ParsedRecord, check_output, write_layers
 
     path = input_file(args.input)
     try:
         profile = get_profile(args.family, **profile_overrides(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    check_output(args.out)
     frame = frame_from_args(args)
     pixel_space = frame.crs == PIXEL_CRS_WKT
     if pixel_space and args.to_crs:

@@ -75,6 +75,8 @@ def test_ask_without_model_uses_the_demo_model(tmp_path, capsys, monkeypatch):
         (["ask", str(ms.RASTERS / "missing.tif"), "q"], "not found"),
         (["ask", str(COGEO), "q", "--window", "1000,0,100,100"], "outside"),
         (["ask", str(COGEO), "q", "--model", "/nonexistent/model"], "does not exist"),
+        (["ask", str(COGEO), "q", "--model", "/nonexistent/model", "--out", "x.shp"],
+         "output must be .gpkg or .geojson, not '.shp'"),  # said before any model is looked for
         (["export-encoder", "--model", "/nonexistent/model", "--out", "x.onnx"], "does not exist"),
     ],
 )

@@ -112,6 +112,8 @@ def test_no_box_in_a_non_empty_file_suggests_checking_the_family(tmp_path, capsy
         (["--family", "geochat", "--raster", "RASTER/../SOURCES.md"], "cannot read raster"),
         (["--family", "geochat", "--raster", "RASTER/missing.tif"], "raster not found"),
         (["--family", "geochat", "--raster", "RASTER"], "is a folder that GDAL cannot open as a raster"),
+        (["--family", "geochat", "--geotransform", "1,0,0,0,-1,0", "--crs", "EPSG:999999"],
+         "--crs: not a CRS that PROJ knows: 'EPSG:999999'"),
         (["--family", "geochat", "--set", "angle_sense=2"], "angle_sense"),
     ],
 )
@@ -202,3 +204,11 @@ def test_an_empty_answers_file_is_said_to_be_empty(tmp_path, capsys):
     assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 0
     err = capsys.readouterr().err
     assert f"note: {src} holds no answers (it is empty, or blank lines only)" in err
+
+
+
+def test_an_output_format_it_cannot_write_is_the_only_line(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.shp")]) == 2
+    assert capsys.readouterr().err.strip() == "geovlm parse: output must be .gpkg or .geojson, not '.shp'"
