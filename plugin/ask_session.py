@@ -165,6 +165,8 @@ class AskSession(QObject):
                 raise ValueError(f"{layer.name()} has {layer.width()}x{layer.height()} pixels, more than one "
                                  "request takes: use the visible map or a rectangle")
             return view_settings([layer], layer.crs(), layer.extent(), 0.0, layer.width(), layer.height(), 1.0)
+        if not canvas_settings.layers():  # a blank image would be asked about, and a model answers anyway
+            raise ValueError("the map shows no layer: add a layer, or turn one on, to ask about it")
         if source == "rectangle" and self.rectangle is not None and not self._region_task():
             long_side = max(config.render_width, config.render_height)
             r = self.rectangle

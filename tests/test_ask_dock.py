@@ -365,3 +365,15 @@ def test_the_dock_fits_beside_qgis_panels_on_a_laptop_screen(qgis_app):
     finally:
         dock.close()
         dock.deleteLater()
+
+
+def test_a_map_showing_no_layer_is_not_asked_about(dock, qgis_iface, qgis_canvas):
+    session = dock.ask
+    qgis_canvas.setLayers([])  # every layer turned off: the view would be a blank image
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        session.dock.question.setPlainText("What is here?")
+        session.send()
+        assert session.task is None and engine.posts == []
+    [message] = qgis_iface.messageBar().get_messages(1)
+    assert message == "GeoVLM:the map shows no layer: add a layer, or turn one on, to ask about it"
