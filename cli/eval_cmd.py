@@ -144,6 +144,10 @@ def score_layers(args) -> dict:
         raise CliError(str(exc)) from None
     except RuntimeError as exc:  # pyproj's ProjError: no transformation between the two CRSs
         raise CliError(_no_transform(args.file, args.reference, answers.crs, exc)) from None
+    if task == "detection" and args.layer is None and answers.path.endswith("|layername=tiles"):
+        # no `objects` layer, so the first one was taken: a bulk run's tile footprints, which are not boxes
+        raise CliError(f"{args.file} has no objects layer, only the tiles of a bulk run (their footprints are not "
+                       "boxes): score the output of `geovlm detect` or `geovlm parse`, or name a layer with --layer")
     if (answers.crs is None) != (refs.crs is None):
         with_crs = answers.path if answers.crs is not None else refs.path
         raise CliError(f"only {with_crs} has a CRS: both layers must be in map coordinates, or both in pixels")

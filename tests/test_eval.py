@@ -366,3 +366,13 @@ def test_answers_in_pixels_against_references_on_the_map_get_one_clear_line(data
     assert main(["eval", "detection", str(gpkg), "--reference", str(refs)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{gpkg} is in image pixels and {refs} in map coordinates" in err
+
+
+def test_a_bulk_runs_tiles_are_not_scored_as_boxes(tmp_path, capsys):
+    ledger = write_layer(tmp_path / "captions.gpkg", {"caption": ["a field"]}, [utm_box(0, 0, 50, 50)], layer="tiles")
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["field"]}, [utm_box(0, 0, 50, 50)])
+    assert main(["eval", "detection", str(ledger), "--reference", str(refs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no objects layer, only the tiles of a bulk run" in err and "\n" not in err
+    scores = run_json(capsys, "detection", str(ledger), "--reference", str(refs), "--layer", "tiles")  # on purpose
+    assert scores["overall"] == 1.0
