@@ -108,6 +108,10 @@ def cmd_bulk(args) -> int:
 
     if not str(args.out).lower().endswith(".gpkg"):
         raise CliError("--out must be a .gpkg (it is the ledger that lets a run resume)")
+    if args.max_new_tokens < 1:  # every tile would fail at the engine (400), the run then "to be resumed"
+        raise CliError("--max-new-tokens must be at least 1")
+    if not 0.0 <= getattr(args, "merge_overlap", 0.5) <= 1.0:
+        raise CliError(f"--merge-overlap is a share of the smaller object, from 0 to 1, not {args.merge_overlap}")
     frame = open_frame(args.raster)
     try:
         tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)

@@ -130,6 +130,8 @@ def engine_for(args):
         except ValueError as exc:  # said as --family's fault, before any engine is reached or started
             raise CliError(f"--family: {exc}") from None
     concurrent = getattr(args, "max_concurrent", 4)
+    if concurrent < 1:
+        raise CliError("--max-concurrent must be at least 1")
     window = getattr(args, "retry_window", None)
     if window is not None and not window >= 0:
         raise CliError("--retry-window must be 0 or more seconds")

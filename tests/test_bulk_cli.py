@@ -301,3 +301,18 @@ def test_a_family_other_than_the_engines_is_warned_once(engines, data_dir, tmp_p
     assert code == 0 and "warning" not in stderr
     code, _, stderr = run_cli("detect", raster, "--engine", url, "--family", "foo", "--out", tmp_path / "x.gpkg")
     assert code == 2 and stderr.startswith("geovlm detect: --family: unknown model family 'foo'"), stderr
+
+
+@pytest.mark.parametrize("kind, option, message", [
+    ("caption", ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ("caption", ["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+    ("detect", ["--merge-overlap", "5"], "--merge-overlap is a share of the smaller object, from 0 to 1, not 5.0"),
+])
+def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_path, capsys, kind, option, message):
+    from geovlm.cli import main
+
+    out = tmp_path / "run.gpkg"  # the engine URL is never reached: the options are refused first
+    argv = [kind, str(data_dir / "rasters" / "cogeo.tif"), "--engine", "http://127.0.0.1:9", "--out", str(out)]
+    assert main([*argv, *option]) == 2
+    assert capsys.readouterr().err.strip() == f"geovlm {kind}: {message}"
+    assert not out.exists()
