@@ -231,6 +231,11 @@ class EngineSetupTask(QgsTask):
         from .engine_manager import engine_manager
 
         plan = self.plan
+        if plan.action == "install":  # before anything is stopped or removed: a bad pick must not cost the old venv
+            reason = check_python(plan.python)
+            if reason:
+                self.message = reason
+                return False
         if plan.action != "install" or plan.venv.exists():
             self._say(log, "Stopping the local engine")
             engine_manager().stop()  # it may run from this venv
@@ -249,11 +254,6 @@ class EngineSetupTask(QgsTask):
             self._say(log, f"torch: the {plan.torch.upper()} build (automatic: {found})")
         elif plan.torch:
             self._say(log, f"torch: the {plan.torch.upper()} build (chosen)")
-        if plan.action == "install":
-            reason = check_python(plan.python)
-            if reason:
-                self.message = reason
-                return False
         steps = plan.commands()
         for index, (title, argv, must_succeed) in enumerate(steps):
             self.stepStarted.emit(title)

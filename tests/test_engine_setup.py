@@ -211,3 +211,11 @@ def test_the_log_shows_the_torch_choice_and_the_cpu_index_command(venv, system_p
         "torch==2.13.0") for line in lines)
     assert result["ok"] is False and result["message"].startswith(f"{steps[-1]} failed (status 1)")
     assert engine_setup.setup_state(venv)[0] == "incomplete"
+
+
+def test_setting_up_again_with_a_bad_python_keeps_the_working_engine(venv, tmp_path):
+    venv.mkdir()
+    (venv / "kept").write_text("the engine set up before")  # stands for a working venv
+    result, lines, _ = run_task(SetupPlan(python=str(tmp_path / "no-such-python"), venv=venv))
+    assert result["ok"] is False and (venv / "kept").is_file(), lines
+    assert not any(line.startswith("Removing") for line in lines)
