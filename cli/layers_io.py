@@ -47,7 +47,31 @@ def check_output(out_path) -> Path:
     out = Path(out_path)
     if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
         raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
+    if out.suffix.lower() == ".gpkg" and out.exists():
+        _refuse_foreign_geopackage(out)
     return out
+
+
+def _refuse_foreign_geopackage(out: Path) -> None:
+    """CliError unless `out` is a GeoPackage holding only what `write_layers` writes (`objects`, `relations`),
+    which a new run replaces: the file is rewritten whole, so a user's GeoPackage with other layers (a bulk
+    run's ledger included) would be lost."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    except sqlite3.Error:
+        raise CliError(f"{out} exists and cannot be read: choose another output") from None
+    try:
+        names = {row[0] for row in con.execute("SELECT table_name FROM gpkg_contents")}
+    except sqlite3.DatabaseError:
+        raise CliError(f"{out} exists and is not a GeoPackage: choose another output (it is left as it is)") from None
+    finally:
+        con.close()
+    other = sorted(names - {"objects", "relations"})
+    if other:
+        raise CliError(f"{out} exists and holds other layers ({', '.join(other)}), which writing it would delete: "
+                       "choose another output (it is left as it is)")
 
 
 def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None) -> dict:

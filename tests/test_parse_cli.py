@@ -212,3 +212,33 @@ def test_an_output_format_it_cannot_write_is_the_only_line(tmp_path, capsys):
     src.write_text("{<0><0><50><50>|<90>}\n")
     assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.shp")]) == 2
     assert capsys.readouterr().err.strip() == "geovlm parse: output must be .gpkg or .geojson, not '.shp'"
+
+
+def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path, capsys):
+    import sqlite3
+
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    out = tmp_path / "o.gpkg"
+    for _ in range(2):  # its own output is replaced by a rerun
+        assert main(["parse", str(src), "--family", "geochat", "--out", str(out)]) == 0
+    capsys.readouterr()
+    mine = tmp_path / "mine.gpkg"
+    layer = QgsVectorLayer("Point?crs=EPSG:4326", "sites", "memory")
+    from qgis.core import QgsCoordinateTransformContext, QgsVectorFileWriter
+
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.layerName = "sites"
+    QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(mine), QgsCoordinateTransformContext(), options)
+    before = mine.read_bytes()
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geovlm parse: {mine} exists and holds other layers (sites), which writing it would delete: "
+                   "choose another output (it is left as it is)")
+    assert mine.read_bytes() == before
+    with sqlite3.connect(mine) as con:
+        assert [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")] == ["sites"]
+    text = tmp_path / "notes.gpkg"
+    text.write_text("not a GeoPackage")
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(text)]) == 2
+    assert "is not a GeoPackage" in capsys.readouterr().err and text.read_text() == "not a GeoPackage"
