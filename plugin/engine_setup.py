@@ -231,6 +231,14 @@ class EngineSetupTask(QgsTask):
         from .engine_manager import engine_manager
 
         plan = self.plan
+        if plan.action != "remove":
+            if plan.torch == "auto":
+                gpu = has_nvidia_gpu()
+                plan.torch = resolve_torch("auto", gpu)
+                found = "an NVIDIA GPU found" if gpu else "no NVIDIA GPU found"
+                self._say(log, f"torch: the {plan.torch.upper()} build (automatic: {found})")
+            elif plan.torch:
+                self._say(log, f"torch: the {plan.torch.upper()} build (chosen)")
         if plan.action == "install":  # before anything is stopped or removed: a bad pick must not cost the old venv
             reason = check_python(plan.python)
             if reason:
@@ -247,13 +255,6 @@ class EngineSetupTask(QgsTask):
             shutil.rmtree(plan.venv, ignore_errors=True)
             self.message = f"removed {plan.venv}"
             return True
-        if plan.torch == "auto":
-            gpu = has_nvidia_gpu()
-            plan.torch = resolve_torch("auto", gpu)
-            found = "an NVIDIA GPU found" if gpu else "no NVIDIA GPU found"
-            self._say(log, f"torch: the {plan.torch.upper()} build (automatic: {found})")
-        elif plan.torch:
-            self._say(log, f"torch: the {plan.torch.upper()} build (chosen)")
         steps = plan.commands()
         for index, (title, argv, must_succeed) in enumerate(steps):
             self.stepStarted.emit(title)

@@ -169,3 +169,19 @@ def test_the_authentication_cell_of_a_new_endpoint_row_is_wide_enough(qgis_app):
         assert table.columnWidth(0) > 150  # the URL column keeps room
     finally:
         page.hide()
+
+
+def test_an_unusable_engine_url_keeps_the_options_open_and_says_why(qgis_app, geovlm_settings):
+    page = GeoVlmOptionsPage()
+    page.show()
+    try:
+        assert page.isValid() and not page.url_problem.isVisible()
+        page.endpoints.add("127.0.0.1:8000")  # typed without http://
+        assert not page.isValid()  # QGIS's Options dialog then stays open on this page
+        assert page.url_problem.isVisible()
+        assert page.url_problem.text() == ("Not saved: an engine URL is http://host:port or https://host, not "
+                                           "'127.0.0.1:8000'")
+        page.endpoints.item(0, 0).setText("http://127.0.0.1:8000")
+        assert page.isValid() and not page.url_problem.isVisible()
+    finally:
+        page.hide()

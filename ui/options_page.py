@@ -170,7 +170,20 @@ class GeoVlmOptionsPage(QgsOptionsPageWidget):
         row.addWidget(remove)
         row.addStretch(1)
         layout.addLayout(row)
+        self.url_problem = QLabel()  # why OK does not close the dialog: a URL that cannot be used
+        self.url_problem.setWordWrap(True)
+        self.url_problem.setStyleSheet("color: #b00020")
+        self.url_problem.setVisible(False)
+        layout.addWidget(self.url_problem)
         return box
+
+    def isValid(self) -> bool:  # noqa: N802 (QGIS's name)
+        """QGIS keeps the Options dialog open on this page while it is False: an engine URL that cannot be used
+        (say `127.0.0.1:8000`, without http://) is shown under the table, never dropped unseen at OK."""
+        _, refused = self.endpoints.endpoints()
+        self.url_problem.setText("Not saved: " + "; ".join(refused) if refused else "")
+        self.url_problem.setVisible(bool(refused))
+        return not refused
 
     def _render_box(self, value) -> QGroupBox:
         box = QGroupBox("Image sent to the model")
