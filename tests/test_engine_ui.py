@@ -185,3 +185,11 @@ def test_an_unusable_engine_url_keeps_the_options_open_and_says_why(qgis_app, ge
         assert page.isValid() and not page.url_problem.isVisible()
     finally:
         page.hide()
+
+
+def test_the_options_page_is_found_by_its_name(qgis_app):
+    """QGIS's Options dialog finds pages by object name: to open on GeoVLM's and to show it when isValid()
+    keeps the dialog open (an unnamed page left the user on another page, with OK doing nothing)."""
+    from geovlm.ui.options_page import PAGE_NAME
+
+    assert GeoVlmOptionsPage().objectName() == PAGE_NAME == GeoVlmOptionsFactory().title() == "GeoVLM"

@@ -88,11 +88,17 @@ class EndpointTable(QTableWidget):
         return good, bad
 
 
+PAGE_NAME = "GeoVLM"  # the page's title in the Options dialog, and its object name
+
+
 class GeoVlmOptionsPage(QgsOptionsPageWidget):
     """The page's widgets, filled from the stored settings; `apply()` stores them."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        # QGIS finds a page by its object name: to open the dialog on it (showOptionsDialog(..., "GeoVLM")) and to
+        # show it when isValid() keeps the dialog open
+        self.setObjectName(PAGE_NAME)
         value = engine_settings.load()
         layout = QVBoxLayout(self)
         layout.addWidget(self._engine_box(value))
@@ -255,7 +261,7 @@ class GeoVlmOptionsFactory(QgsOptionsWidgetFactory):
     """Makes GeoVLM's Options page each time QGIS's Options dialog opens."""
 
     def __init__(self):
-        super().__init__("GeoVLM", QIcon(str(ICON)))
+        super().__init__(PAGE_NAME, QIcon(str(ICON)))
 
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
