@@ -8,6 +8,7 @@ DEMO_DIR ?= .demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM := offscreen
+export GDAL_PAM_ENABLED := NO
 export GEOVLM_SHARED := $(abspath $(SHARED))
 unexport PROJ_LIB PROJ_DATA
 

@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# QGIS writes approximate statistics as .aux.xml beside a raster it draws: never beside the shared data
+os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 for var in ("PROJ_LIB", "PROJ_DATA"):
     os.environ.pop(var, None)
 
