@@ -92,6 +92,7 @@ def cmd_bulk(args) -> int:
         DEFAULT_CAPTION_QUESTION,
         DEFAULT_GRAPH_QUESTION,
         EndpointRecorder,
+        counted,
         default_task,
         eta_seconds,
         graph_rows,
@@ -153,7 +154,7 @@ def cmd_bulk(args) -> int:
 
         if details.get("random_stand_in"):
             print(STAND_IN_NOTE, file=sys.stderr)
-        print(f"geovlm {args.kind}: {len(tiles)} tiles of {tiles.tile} px (overlap {tiles.overlap}), "
+        print(f"geovlm {args.kind}: {counted(len(tiles), 'tiles')} of {tiles.tile} px (overlap {tiles.overlap}), "
               f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
               f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
         bar = _progress(args, len(tiles))
@@ -167,8 +168,8 @@ def cmd_bulk(args) -> int:
                 bar.close()
             counts = ledger.counts()
             ledger.close()
-            print(f"geovlm {args.kind}: stopped; {counts.get('ok', 0)} tiles answered so far are in {args.out}. "
-                  f"Resume with the same command.", file=sys.stderr)
+            print(f"geovlm {args.kind}: stopped; {counted(counts.get('ok', 0), 'tiles')} answered so far are in "
+                  f"{args.out}. Resume with the same command.", file=sys.stderr)
             return 130
         if bar is not None:
             bar.close()
@@ -185,8 +186,8 @@ def cmd_bulk(args) -> int:
         print(f"geovlm {args.kind}: {stats.unreadable_note()}", file=sys.stderr)
     again = stats.total - stats.done - len(stats.unreadable)  # failed at the engine, or not reached
     if again and (stats.engine_failed or stats.halted or stats.cancelled):
-        print(f"geovlm {args.kind}: rerun the same command to ask the {again} failed or missing tiles again",
-              file=sys.stderr)
+        print(f"geovlm {args.kind}: {counted(again, 'tiles')} failed or missing: rerun the same command to ask "
+              "again", file=sys.stderr)
     return 1 if stats.failed or stats.halted else 0
 
 

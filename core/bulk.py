@@ -37,6 +37,12 @@ TileReader = Callable[[Tile], Optional[Union[ImageSource, Tuple[bytes, Tuple[int
 GraphBuilder = Callable[[Tile, Answer], Tuple[List[tuple], List[tuple]]]
 
 
+def counted(count: int, plural: str) -> str:
+    """`count` and its noun in the number it takes: counted(1, "tiles") -> "1 tile", counted(0, "tiles") ->
+    "0 tiles". `plural` is a regular English plural ending in "s" (the units here: "tiles", "features")."""
+    return f"{count} {plural[:-1] if count == 1 and plural.endswith('s') else plural}"
+
+
 @dataclass
 class RunStats:
     """What a run did: tiles in the plan, done before it started (resumed), asked, answered, skipped,
@@ -68,7 +74,7 @@ class RunStats:
         """`summary()` counting `unit` ("tiles", "features"), e.g. "25 tiles: 16 asked, 16 answered, 0 skipped
         (nodata), 9 failed (9 unreadable), 0 resumed (done before)"."""
         unreadable = f" ({len(self.unreadable)} unreadable)" if self.unreadable else ""
-        line = (f"{self.total} {unit}: {self.asked} asked, {self.ok} answered, {self.skipped} skipped "
+        line = (f"{counted(self.total, unit)}: {self.asked} asked, {self.ok} answered, {self.skipped} skipped "
                 f"(nodata), {self.failed} failed{unreadable}, {self.resumed} resumed (done before)")
         left = self.total - self.done - self.failed
         if left:
@@ -90,7 +96,7 @@ class RunStats:
             return ""
         ids = list(self.unreadable)
         shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-        return (f"{len(ids)} {unit} could not be read ({shown}): the raster is damaged there "
+        return (f"{counted(len(ids), unit)} could not be read ({shown}): the raster is damaged there "
                 f"({next(iter(self.unreadable.values()))}); a rerun will not help those")
 
 
@@ -289,4 +295,4 @@ def graph_rows(tile: Tile, answer: Answer, gt: GeoTransform) -> Tuple[List[tuple
 
 
 __all__ = ["DEFAULT_CAPTION_QUESTION", "DEFAULT_GRAPH_QUESTION", "EndpointRecorder", "OK", "ProgressLog", "RunStats",
-           "default_task", "eta_seconds", "graph_rows", "run_tiles"]
+           "counted", "default_task", "eta_seconds", "graph_rows", "run_tiles"]

@@ -32,6 +32,7 @@ from ..core.bulk import (
     DEFAULT_GRAPH_QUESTION,
     EndpointRecorder,
     ProgressLog,
+    counted,
     default_task,
     eta_seconds,
     graph_rows,
@@ -118,7 +119,7 @@ def report_outcome(feedback, stats, out: str, unit: str) -> None:
                              "the same parameters once an engine answers.", False)
     elif stats.engine_failed:
         first = next((e for e in stats.errors if not e.startswith("pixels cannot be read")), "")
-        feedback.reportError(f"{stats.engine_failed} {unit} failed at the engine (first: {first}); run again "
+        feedback.reportError(f"{counted(stats.engine_failed, unit)} failed at the engine (first: {first}); run again "
                              "with the same parameters to ask them again.", False)
 
 
@@ -246,8 +247,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         if conn.notice:
             feedback.pushWarning(conn.notice)
-        feedback.pushInfo(f"{len(self.tiles)} tiles of {self.tiles.tile} px, {profile.name} '{conn.model}' on "
-                          f"{conn.describe()['engine']}; plan {plan.fingerprint}"
+        feedback.pushInfo(f"{counted(len(self.tiles), 'tiles')} of {self.tiles.tile} px, {profile.name} "
+                          f"'{conn.model}' on {conn.describe()['engine']}; plan {plan.fingerprint}"
                           + (" (resuming)" if ledger.resumed else ""))
         started = time.monotonic()
         lines = ProgressLog(len(self.tiles))
@@ -259,7 +260,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             feedback.setProgress(100.0 * finished / max(1, stats.total))
             if lines.due(finished):  # the Processing log keeps every progress text: about ten lines a run
                 eta = eta_seconds(stats, time.monotonic() - started)
-                feedback.setProgressText(f"{finished}/{stats.total} tiles" + (
+                feedback.setProgressText(f"{finished}/{counted(stats.total, 'tiles')}" + (
                     f", about {eta:.0f} s left" if eta is not None and finished < stats.total else ""))
 
         graph = (lambda tile, answer: graph_rows(tile, answer, self.gt)) if self.KIND == "detect" else None

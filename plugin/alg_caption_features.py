@@ -25,7 +25,7 @@ from qgis.core import (
     QgsVectorFileWriter,
 )
 
-from ..core.bulk import DEFAULT_CAPTION_QUESTION, EndpointRecorder, run_tiles
+from ..core.bulk import DEFAULT_CAPTION_QUESTION, EndpointRecorder, counted, run_tiles
 from ..core.client import EngineError
 from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
@@ -177,8 +177,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         conn.client.transport = EndpointRecorder(conn.client.transport)
         if conn.notice:
             feedback.pushWarning(conn.notice)
-        feedback.pushInfo(f"{len(tiles)} features over the raster, {conn.profile.name} '{conn.model}'; plan "
-                          f"{plan.fingerprint}" + (" (resuming)" if ledger.resumed else ""))
+        feedback.pushInfo(f"{counted(len(tiles), 'features')} over the raster, {conn.profile.name} "
+                          f"'{conn.model}'; plan {plan.fingerprint}" + (" (resuming)" if ledger.resumed else ""))
 
         def progress(stats):
             if feedback.isCanceled():

@@ -67,6 +67,15 @@ def test_caption_one_feature_per_tile_with_the_window_footprint(engines, data_di
                                                                     abs=1e-9)
 
 
+def test_a_one_tile_run_says_1_tile(engines, data_dir, tmp_path):
+    engine = engines(delay=0.0)
+    code, stdout, stderr = run_cli("caption", data_dir / "rasters" / "RGB.byte.tif", "--tile", 1024, "--engine",
+                                   engine.url, "--family", "geochat", "--out", tmp_path / "one.gpkg", "--no-progress")
+    assert code == 0, stderr
+    assert "geovlm caption: 1 tile of 1024 px" in stderr and "1 tiles" not in stderr + stdout
+    assert "geovlm caption: 1 tile: 1 asked, 1 answered" in stdout
+
+
 def test_another_plan_on_the_same_output_is_refused_unless_overwritten(engines, data_dir, tmp_path):
     raster = data_dir / "rasters" / "RGB.byte.tif"
     engine = engines()

@@ -1,6 +1,6 @@
 """core.bulk's run accounting without an engine: when a progress line is logged (ProgressLog, on a fake clock)
 and how unreadable tiles are told apart from the engine's failures (RunStats)."""
-from geovlm.core.bulk import ProgressLog, RunStats
+from geovlm.core.bulk import ProgressLog, RunStats, counted
 
 
 def test_progress_lines_every_tenth_or_after_a_pause_never_twice():
@@ -24,3 +24,12 @@ def test_unreadable_tiles_are_named_apart_from_engine_failures():
     assert note.startswith("4 tiles could not be read (r3c0, r3c1, r3c2, r3c3)")
     assert "TIFFReadEncodedTile" in note and note.endswith("a rerun will not help those")
     assert RunStats(total=3, failed=1).unreadable_note() == ""
+
+
+def test_counts_take_the_singular_for_one():
+    assert counted(1, "tiles") == "1 tile" and counted(0, "tiles") == "0 tiles"
+    assert counted(2, "features") == "2 features"
+    one = RunStats(total=1, asked=1, failed=1)
+    one.unreadable = {"r0c0": "damaged"}
+    assert one.summary().startswith("1 tile: 1 asked") and one.summary_of("features").startswith("1 feature: ")
+    assert one.unreadable_note().startswith("1 tile could not be read (r0c0)")
