@@ -19,6 +19,7 @@ REFERENCE_FIELDS = {
 }
 QUESTION_TYPE_FIELDS = ("vqa_type", "type", "question_type")
 BOX_TASKS = ("detection", "scene-graph")
+SHORT_ANSWER_TASKS = ("vqa", "classification")  # answers and references must be texts (or whole numbers)
 LAYER_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 
 
@@ -72,7 +73,7 @@ def profile_of(args):
 
 def score_records(args, path: Path) -> dict:
     """The task's scores for a JSON-lines file of answers with references."""
-    from ..evaluation.records import RecordError, read_records, reference_texts, text_of
+    from ..evaluation.records import RecordError, read_records, reference_texts, short_references, short_text, text_of
 
     task = args.task
     answer_field = args.field or "answer"
@@ -83,11 +84,18 @@ def score_records(args, path: Path) -> dict:
         for number, record in read_records(path):
             if answer_field not in record:
                 raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
-            answer = text_of(record[answer_field])
-            if task in BOX_TASKS:  # one string of boxes; a JSON array of boxes is read as written
+            if task in SHORT_ANSWER_TASKS:  # EarthDial's scorer reads strings: anything else is named, not scored
+                answer = short_text(record[answer_field], f"{path}:{number}", f"answer field {answer_field!r}")
+                refs = short_references(record, ref_fields, REFERENCE_FIELDS[task], f"{path}:{number}")
+                if task == "classification" and refs is not None and len(refs) != 1:
+                    raise RecordError(f"{path}:{number}: {len(refs)} references; classification scores one label "
+                                      "a line")
+            elif task in BOX_TASKS:  # one string of boxes; a JSON array of boxes is read as written
+                answer = text_of(record[answer_field])
                 names = [f for f in ref_fields or REFERENCE_FIELDS[task] if f in record][:1]
                 refs = [v if isinstance(v, str) else json.dumps(v) for v in (record[n] for n in names)] or None
             else:
+                answer = text_of(record[answer_field])
                 refs = reference_texts(record, ref_fields, REFERENCE_FIELDS[task])
             if refs is None:
                 wanted = " or ".join(repr(f) for f in ref_fields or REFERENCE_FIELDS[task])
@@ -123,7 +131,7 @@ def score_items(task: str, items, profile, iou: float) -> dict:
 
     if task == "classification":
         return classification_accuracy((refs[0] if refs else "", a) for a, refs, _ in items)
-    return vqa_accuracy((refs[0] if refs else "", a, _question_type(rec)) for a, refs, rec in items)
+    return vqa_accuracy((refs if refs else "", a, _question_type(rec)) for a, refs, rec in items)
 
 
 def score_layers(args) -> dict:

@@ -12,11 +12,19 @@ Question Answering for Remote Sensing Data", IEEE TGRS 2020).
   RSVQA's average accuracy `average_accuracy` (mean over types) and overall accuracy `overall_accuracy` (mean
   over all questions). EarthDial's RSVQA-LR table reports the types comp, presence and rural_urban only; every
   type in the file is reported here, so AA over the same three types is the mean of those three keys.
+
+A VQA reference may be a list of answers given by several annotators (VQAv2 lists ten human answers per
+question). A list of two or more is scored with VQAv2's consensus accuracy (Antol et al., "VQA: Visual Question
+Answering", ICCV 2015; `computeAccuracy` in GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`):
+for each annotator left out in turn, min(1, number of the other annotators whose answer matches / 3), averaged.
+An annotator's answer matches when EarthDial's score above is 1; VQAv2's own normalisation (its
+`processPunctuation`/`processDigitArticle`: "two" -> "2", articles dropped) is not applied, so on VQAv2 itself
+a few answers can score differently from the official evaluation. A list of one answer is that answer.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 
 def answer_score(reference: str, answer: str) -> float:
@@ -31,19 +39,38 @@ def answer_score(reference: str, answer: str) -> float:
     return len(common) / len(ref) if common else 0.0
 
 
+def consensus_score(references: Sequence[str], answer: str) -> float:
+    """VQAv2's accuracy in [0, 1] of one answer against the answers of several annotators (see the module
+    docstring): the mean over each annotator left out of min(1, matches among the others / 3). Raises
+    ValueError for no references."""
+    if not references:
+        raise ValueError("no reference answers")
+    matches = [answer_score(ref, answer) == 1.0 for ref in references]
+    total = sum(matches)
+    return sum(min(1.0, (total - left_out) / 3) for left_out in matches) / len(matches)
+
+
+def vqa_score(reference: Union[str, Sequence[str]], answer: str) -> float:
+    """The score of one VQA answer: EarthDial's against one reference text, VQAv2's consensus accuracy against a
+    list of two or more annotators' answers (a list of one is that answer)."""
+    if isinstance(reference, str):
+        return answer_score(reference, answer)
+    return answer_score(reference[0], answer) if len(reference) == 1 else consensus_score(reference, answer)
+
+
 def classification_accuracy(pairs: Iterable[Tuple[str, str]]) -> Dict[str, float]:
     """{accuracy, answers} over (reference, answer) pairs; accuracy 0 for no pairs."""
     scores = [answer_score(ref, ans) for ref, ans in pairs]
     return {"accuracy": sum(scores) / len(scores) if scores else 0.0, "answers": len(scores)}
 
 
-def vqa_accuracy(items: Iterable[Tuple[str, str, Optional[str]]]) -> Dict[str, float]:
-    """Over (reference, answer, question type or None): `accuracy_<type>` per type (questions without a type
-    count as type `all`), `average_accuracy` (mean over types), `overall_accuracy` (mean over questions) and
-    `answers`."""
+def vqa_accuracy(items: Iterable[Tuple[Union[str, Sequence[str]], str, Optional[str]]]) -> Dict[str, float]:
+    """Over (reference text or list of annotators' answers, answer, question type or None): `accuracy_<type>`
+    per type (questions without a type count as type `all`), `average_accuracy` (mean over types),
+    `overall_accuracy` (mean over questions) and `answers`. Each answer is scored by `vqa_score`."""
     by_type: Dict[str, List[float]] = defaultdict(list)
     for ref, ans, qtype in items:
-        by_type[(qtype or "all").strip() or "all"].append(answer_score(ref, ans))
+        by_type[(qtype or "all").strip() or "all"].append(vqa_score(ref, ans))
     out: Dict[str, float] = {f"accuracy_{t}": sum(v) / len(v) for t, v in sorted(by_type.items())}
     every = [s for v in by_type.values() for s in v]
     out["average_accuracy"] = sum(out.values()) / len(out) if out else 0.0

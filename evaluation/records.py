@@ -65,3 +65,33 @@ def reference_texts(record: dict, fields: Optional[Sequence[str]], defaults: Seq
         value = record[name]
         texts += [text_of(v) for v in value] if isinstance(value, list) else [text_of(value)]
     return texts
+
+
+def short_text(value, where: str, what: str) -> str:
+    """A short answer or reference (VQA, classification) as text: a JSON string as written, an integer as its
+    digits (a count, as RSVQA's answers are). Raises RecordError "`where`: `what` is ..." for anything else
+    (null, a list, an object, a fraction, true/false): EarthDial's scorer reads only strings, and scoring a
+    value's Python form ("['yes', 'no']", "None") would give a number that means nothing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    kind = {type(None): "null", list: "a list", dict: "an object", bool: "true/false", float: "a number"}
+    raise RecordError(f"{where}: {what} is {kind.get(type(value), type(value).__name__)}, not a text")
+
+
+def short_references(record: dict, fields: Optional[Sequence[str]], defaults: Sequence[str],
+                     where: str) -> Optional[List[str]]:
+    """The reference answers of one VQA/classification record, None when it has none: the values of `fields`
+    (what the user named) it holds, else of the first of `defaults` it holds. A field holds one text, or a list
+    of texts when it is the only one (several annotators' answers: VQAv2's layout). Raises RecordError (naming
+    `where`, "file:line") for a value that is not a text (see `short_text`) or an empty list."""
+    names = [name for name in fields if name in record] if fields else [n for n in defaults if n in record][:1]
+    if not names:
+        return None
+    if len(names) == 1 and isinstance(record[names[0]], list):
+        values = record[names[0]]
+        if not values:
+            raise RecordError(f"{where}: reference field {names[0]!r} is an empty list")
+        return [short_text(v, where, f"an answer in reference field {names[0]!r}") for v in values]
+    return [short_text(record[name], where, f"reference field {name!r}") for name in names]

@@ -140,6 +140,47 @@ def test_vqa_and_classification_through_the_command(tmp_path, capsys):
     assert run_json(capsys, "classification", str(path))["accuracy"] == 0.5
 
 
+def test_vqav2_lists_of_annotators_answers_score_by_consensus():
+    ten = ["yes"] * 2 + ["no"] * 8  # VQAv2: min(1, matches among the other nine / 3), over each one left out
+    assert accuracy.consensus_score(ten, "yes") == pytest.approx((8 * 2 / 3 + 2 * 1 / 3) / 10)
+    assert accuracy.consensus_score(ten, "no") == 1.0 and accuracy.consensus_score(ten, "maybe") == 0.0
+    assert accuracy.vqa_score(["Yes"], "yes.") == 1.0 and accuracy.vqa_score("no", "yes") == 0.0
+
+
+def write_jsonl(tmp_path, rows):
+    path = tmp_path / "short.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_vqa_references_listed_by_annotators_through_the_command(tmp_path, capsys):
+    path = write_jsonl(tmp_path, [{"answer": "yes", "annotation": ["yes", "yes", "no"]},
+                                  {"answer": 3, "annotation": "3"},  # a count written as a JSON number
+                                  {"answer": "river", "annotation": ["river"]}])
+    scores = run_json(capsys, "vqa", str(path))
+    # "yes" among (yes, yes, no): each "yes" left out leaves 1 match (1/3), "no" left out leaves 2 (2/3)
+    assert scores["overall_accuracy"] == pytest.approx((4 / 9 + 1 + 1) / 3) and scores["answers"] == 3
+
+
+@pytest.mark.parametrize("task, row, message", [
+    ("vqa", {"answer": None, "annotation": "yes"}, "answer field 'answer' is null, not a text"),
+    ("vqa", {"answer": ["yes"], "annotation": "yes"}, "answer field 'answer' is a list, not a text"),
+    ("vqa", {"answer": "yes", "annotation": None}, "reference field 'annotation' is null, not a text"),
+    ("vqa", {"answer": "yes", "annotation": {"a": 1}}, "reference field 'annotation' is an object"),
+    ("vqa", {"answer": "yes", "annotation": []}, "reference field 'annotation' is an empty list"),
+    ("vqa", {"answer": "yes", "annotation": ["yes", None]}, "an answer in reference field 'annotation' is null"),
+    ("vqa", {"answer": 0.5, "annotation": "yes"}, "answer field 'answer' is a number"),
+    ("classification", {"answer": "forest", "ground_truth": None}, "reference field 'ground_truth' is null"),
+    ("classification", {"answer": "forest", "label": ["forest", "park"]}, "2 references; classification"),
+    ("classification", {"answer": True, "label": "forest"}, "answer field 'answer' is true/false"),
+])
+def test_short_answers_that_are_not_texts_are_named_by_line(tmp_path, capsys, task, row, message):
+    path = write_jsonl(tmp_path, [{"answer": "yes", "annotation": "yes", "label": "yes"}, row])
+    assert main(["eval", task, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}:2: {message}" in err and "\n" not in err, err
+
+
 SKY = get_profile("skysensegpt")
 CARS = ("<ref>cars</ref><rbox>({<20.00><30.00><4.00><2.00>|<90>}, {<26.00><30.00><4.00><2.00>|<90>})</rbox> "
         "<rel>parked alongside with</rel> <ref>car_parking</ref><rbox>({<40.00><40.00><30.00><20.00>|<90>})</rbox>.")
