@@ -112,9 +112,10 @@ def has_nvidia_gpu() -> bool:
     return done is not None and done.returncode == 0 and "GPU" in done.stdout
 
 
-def default_runtime() -> str:
-    """ "gpu" with an NVIDIA GPU, else "cpu" (the onnxruntime extra to install)."""
-    return "gpu" if has_nvidia_gpu() else "cpu"
+def default_runtime(gpu: Optional[bool] = None) -> str:
+    """ "gpu" with an NVIDIA GPU, else "cpu" (the onnxruntime extra to install); `gpu` None asks
+    `has_nvidia_gpu()`."""
+    return "gpu" if (has_nvidia_gpu() if gpu is None else gpu) else "cpu"
 
 
 def resolve_torch(choice: str, gpu: bool) -> str:
@@ -126,6 +127,25 @@ def resolve_torch(choice: str, gpu: bool) -> str:
     if choice == "auto":
         return "cuda" if gpu else "cpu"
     return choice
+
+
+def mismatch_note(runtime: str, torch: str, gpu: Optional[bool]) -> str:
+    """One line when the onnxruntime build (`runtime`, "cpu" or "gpu": it runs the vision encoder) and the torch
+    build (`torch`, "auto", "cpu" or "cuda": it runs the language model) put the model's two halves on
+    different devices, else "". `gpu`: whether the machine has an NVIDIA GPU (`has_nvidia_gpu()`), None while
+    unknown (then "auto" says nothing). Inconsistent: GPU onnxruntime with torch's CPU build; torch's CUDA
+    build with CPU onnxruntime on a machine with an NVIDIA GPU. A note only: the set-up goes on as chosen."""
+    if torch == "auto":
+        if gpu is None:
+            return ""
+        torch = resolve_torch("auto", gpu)
+    if runtime == "gpu" and torch == "cpu":
+        return ("Note: GPU onnxruntime with torch's CPU build runs the vision encoder on the GPU but the language "
+                "model on the CPU (slow); pick torch's CUDA build to run both on the GPU.")
+    if runtime == "cpu" and torch == "cuda" and gpu:
+        return ("Note: torch's CUDA build with CPU onnxruntime runs the language model on the GPU but the vision "
+                "encoder on the CPU; pick GPU onnxruntime to run both on the GPU.")
+    return ""
 
 
 def torch_index_args(torch: str, system: str) -> List[str]:
@@ -232,6 +252,7 @@ class EngineSetupTask(QgsTask):
 
         plan = self.plan
         if plan.action != "remove":
+            gpu = None
             if plan.torch == "auto":
                 gpu = has_nvidia_gpu()
                 plan.torch = resolve_torch("auto", gpu)
@@ -239,6 +260,11 @@ class EngineSetupTask(QgsTask):
                 self._say(log, f"torch: the {plan.torch.upper()} build (automatic: {found})")
             elif plan.torch:
                 self._say(log, f"torch: the {plan.torch.upper()} build (chosen)")
+            if plan.runtime == "cpu" and plan.torch == "cuda" and gpu is None:
+                gpu = has_nvidia_gpu()  # only this pairing depends on the machine
+            note = mismatch_note(plan.runtime, plan.torch, gpu)
+            if note:
+                self._say(log, note)
         if plan.action == "install":  # before anything is stopped or removed: a bad pick must not cost the old venv
             reason = check_python(plan.python)
             if reason:

@@ -193,3 +193,36 @@ def test_the_options_page_is_found_by_its_name(qgis_app):
     from geovlm.ui.options_page import PAGE_NAME
 
     assert GeoVlmOptionsPage().objectName() == PAGE_NAME == GeoVlmOptionsFactory().title() == "GeoVLM"
+
+
+def test_the_setup_dialog_notes_onnxruntime_and_torch_on_different_devices(qgis_app, tmp_path, monkeypatch):
+    """GPU onnxruntime with CPU torch, or CUDA torch with CPU onnxruntime on a GPU machine: one line in the
+    dialog and in the set-up log, and the set-up still starts (here it stops at the refused Python)."""
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: tmp_path / "engine-venv")
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_setup, "has_nvidia_gpu", lambda: True)
+    dialog = EngineSetupDialog()
+    assert wait_for(lambda: dialog._finder is None) and dialog.runtime.currentData() == "gpu"
+    assert dialog.torch.currentData() == "auto" and dialog.mismatch.isHidden()  # auto: CUDA with the GPU
+    dialog.torch.setCurrentIndex(dialog.torch.findData("cpu"))
+    note = dialog.mismatch.text()
+    assert not dialog.mismatch.isHidden() and note.startswith("Note: GPU onnxruntime with torch's CPU build")
+    assert "\n" not in note
+    dialog.torch.setCurrentIndex(dialog.torch.findData("cuda"))
+    assert dialog.mismatch.isHidden()
+    dialog.runtime.setCurrentIndex(dialog.runtime.findData("cpu"))
+    assert dialog.mismatch.text().startswith("Note: torch's CUDA build with CPU onnxruntime")
+    old = tmp_path / "python3.9"  # refused by the task before anything is installed
+    old.write_text("#!/bin/sh\necho 3.9\n")
+    old.chmod(0o755)
+    dialog.python.setFilePath(str(old))
+    dialog.setup_button.click()
+    assert dialog.task is not None  # not blocked
+    assert wait_for(lambda: dialog.task is None)
+    assert dialog.mismatch.text() in dialog.log.toPlainText().splitlines()
+    assert dialog.mismatch.text() in (tmp_path / "engine-setup.log").read_text().splitlines()
+    dialog.deleteLater()
+    assert engine_setup.mismatch_note("cpu", "cuda", False) == ""  # no GPU: CUDA torch falls back to the CPU too
+    assert engine_setup.mismatch_note("gpu", "auto", None) == ""  # GPU not known yet: nothing to say
+    assert engine_setup.mismatch_note("gpu", "auto", False).startswith("Note: GPU onnxruntime")
+    assert engine_setup.mismatch_note("cpu", "cpu", True) == engine_setup.mismatch_note("gpu", "cuda", True) == ""

@@ -3,7 +3,8 @@
 It shows where the engine's venv goes and what state it is in, finds a system Python (in a task, so the GUI
 never waits on it) or lets the user pick one, picks the CPU or GPU onnxruntime by what the machine has (the
 user can override) and lets the user pick torch's build (automatic, CPU or CUDA; remembered in QgsSettings:
-automatic takes the CPU build, from PyTorch's CPU index on Linux, when no NVIDIA GPU is found), and runs
+automatic takes the CPU build, from PyTorch's CPU index on Linux, when no NVIDIA GPU is found), notes (without
+blocking) a pick that puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), and runs
 set-up, repair or removal as a `QgsTask`: the progress and every line of pip's output appear as they come,
 Cancel stops the running command. Closing the dialog leaves a running task to the task manager (its progress
 stays in QGIS's status bar).
@@ -75,6 +76,13 @@ class EngineSetupDialog(QDialog):
         self.torch.currentIndexChanged.connect(lambda _: engine_settings.set_torch_build(self.torch.currentData()))
         form.addRow("torch", self.torch)
         layout.addLayout(form)
+        self.mismatch = QLabel()  # one line when onnxruntime and torch would run on different devices
+        self.mismatch.setWordWrap(True)
+        self.mismatch.setVisible(False)
+        layout.addWidget(self.mismatch)
+        self._gpu = None  # whether the machine has an NVIDIA GPU: known once the search task is done
+        self.runtime.currentIndexChanged.connect(lambda _: self.update_mismatch())
+        self.torch.currentIndexChanged.connect(lambda _: self.update_mismatch())
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         layout.addWidget(self.progress)
@@ -118,22 +126,30 @@ class EngineSetupDialog(QDialog):
         self.remove_button.setEnabled(not running and state != "missing")
         self.cancel_button.setEnabled(running)
 
+    def update_mismatch(self) -> None:
+        """Show `engine_setup.mismatch_note` for the picked runtime and torch build (hidden when consistent)."""
+        note = engine_setup.mismatch_note(self.runtime.currentData(), self.torch.currentData(), self._gpu)
+        self.mismatch.setText(note)
+        self.mismatch.setVisible(bool(note))
+
     def _find_python(self) -> None:
         """Find a system Python and the GPU in a task; fill the fields when it is done."""
         def find(_task):
-            return engine_setup.find_system_python(), engine_setup.default_runtime()
+            return engine_setup.find_system_python(), engine_setup.has_nvidia_gpu()
 
         def found(exception, result=None):
             self._finder = None
             if exception is not None or result is None:
                 return
-            python, runtime = result
+            python, gpu = result
             try:
+                self._gpu = gpu
                 if not self.python.filePath():
                     self.python.setFilePath(python)
                     if not python:
                         self.append("No Python 3.10 or newer on PATH: pick one (python.org, your package manager).")
-                self.runtime.setCurrentIndex(self.runtime.findData(runtime))
+                self.runtime.setCurrentIndex(self.runtime.findData(engine_setup.default_runtime(gpu)))
+                self.update_mismatch()
             except RuntimeError:  # the dialog was closed meanwhile
                 pass
 
