@@ -534,3 +534,14 @@ def test_caption_features_of_another_place_say_that_none_lies_over_the_raster(pl
     assert engine.requests() == 0
     statuses = {f["caption_status"] for f in QgsVectorLayer(result["FEATURES"], "f", "ogr").getFeatures()}
     assert statuses == {"outside the raster"}
+
+
+def test_a_one_tile_run_says_1_tile_in_the_log(plugin, processing, engines, data_dir, tmp_path):
+    feedback = Recorder()
+    processing.run("geovlm:captiontiles", {
+        "INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 1024,
+        "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "one.gpkg")}, feedback=feedback)
+    assert len(ledger_rows(tmp_path / "one.gpkg")) == 1
+    said = feedback.info + feedback.texts
+    assert any(line.startswith("1 tile of 1024 px") for line in said) and "1/1 tile" in feedback.texts, said
+    assert any(line.startswith("1 tile: 1 asked") for line in said) and not any("1 tiles" in s for s in said)
