@@ -67,11 +67,14 @@ class AnswerLayers:
         uri = f"{self.path}|layername={table}"
         found = QgsVectorLayer(uri, table, "ogr")
         if not found.isValid():
+            del found  # release its OGR connection to the file before writing it
             options = QgsVectorFileWriter.SaveVectorOptions()
             options.driverName = "GPKG"
             options.layerName = table
+            # an empty file (left by a failed open) is no GeoPackage: write a new one instead of a layer into it
+            keep_file = self.path.exists() and self.path.stat().st_size > 0
             options.actionOnExistingFile = (QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
-                                            if self.path.exists()
+                                            if keep_file
                                             else QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteFile)
             writer = QgsVectorFileWriter.create(str(self.path), ask_fields()[index], geometry_type, crs,
                                                 self.project.transformContext(), options)
@@ -81,6 +84,9 @@ class AnswerLayers:
             if error != QgsVectorFileWriter.WriterError.NoError:
                 raise OSError(f"could not write {self.path}: {message}")
             found = QgsVectorLayer(uri, table, "ogr")
+            if not found.isValid():  # never append to a layer OGR cannot open (its provider has no table)
+                raise OSError(f"could not open {table} in {self.path} after writing it: "
+                              f"{found.dataProvider().error().summary() if found.dataProvider() else 'no provider'}")
         found.loadNamedStyle(str(STYLES / style))
         self.project.addMapLayer(found)
         self.layers[index] = found

@@ -1,0 +1,40 @@
+"""The dock's answer GeoPackage: a left-over empty file is replaced, a file OGR cannot use is one OSError."""
+
+import pytest
+from qgis.core import QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProject, QgsRectangle
+
+from geovlm.plugin.ask_layers import AnswerLayers
+from geovlm.plugin.ask_map import ask_fields
+
+
+def _objects(n):
+    rows = []
+    for i in range(n):
+        row = QgsFeature(ask_fields()[0])
+        row.setGeometry(QgsGeometry.fromRect(QgsRectangle(i, i, i + 1, i + 1)))
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def project(qgis_new_project, tmp_path):
+    QgsProject.instance().setFileName(str(tmp_path / "p.qgz"))
+    yield QgsProject.instance()
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().setFileName("")
+
+
+def test_an_empty_file_in_the_way_becomes_a_geopackage(project, tmp_path):
+    (tmp_path / "p_geovlm.gpkg").write_bytes(b"")
+    layers = AnswerLayers(project)
+    ids, layer = layers.add(_objects(3), [], QgsCoordinateReferenceSystem("EPSG:3857"))
+    assert len(ids) == 3 and layer.isValid() and layer.featureCount() == 3
+
+
+def test_a_file_that_is_no_geopackage_is_one_oserror_not_a_write(project, tmp_path):
+    (tmp_path / "p_geovlm.gpkg").write_bytes(b"not a geopackage at all " * 40)
+    layers = AnswerLayers(project)
+    with pytest.raises(OSError) as info:
+        layers.add(_objects(1), [], QgsCoordinateReferenceSystem("EPSG:3857"))
+    assert "p_geovlm.gpkg" in str(info.value) and "\n" not in str(info.value)
+    assert (tmp_path / "p_geovlm.gpkg").read_bytes().startswith(b"not a geopackage")  # the file is left alone
