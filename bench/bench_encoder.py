@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess  # nosec B404  # runs this same file in fresh processes for the memory rows
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import QUESTION, alternate, build_model, load_text  # noqa: E402
+from bench_engine import QUESTION, alternate, build_model, load_text, med, memory_status  # noqa: E402
 
 RASTERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rasters"
 # (file, window col,row,width,height) of real imagery: an aerial photo, a Landsat scene, a panchromatic VHR
@@ -42,10 +41,6 @@ TILES = [("cogeo.tif", (90 * i, 70 * i, 224 + 40 * (i % 3), 224 + 30 * (i % 2)))
     ("sample_geotiff.tif", (0, 0, 450, 450)), ("sample_geotiff.tif", (400, 300, 300, 500)),
     ("RGBA.uint16.tif", (0, 0, 634, 411)), ("RGBA.uint16.tif", (200, 100, 224, 224)),
 ]
-
-
-def med(values) -> float:
-    return statistics.median(values)
 
 
 def tiles(n: int):
@@ -151,16 +146,6 @@ def answers(pipe_fp32, pipe_int8, images, tokens: int) -> dict:
 # -- fresh processes: anonymous memory ---------------------------------------------------------------------
 
 
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(value.split()[0]) / 1024  # MiB
-    return out
-
-
 def child(kind: str, path: str, model_dir: str, threads: int, tokens: int) -> None:
     """In a fresh process, print JSON of its memory after: `encoder-prepacked` / `encoder-unpacked`: opening the
     encoder at `path` with / without pre-packed weights and encoding a batch of 8 tiles twice (ms per image of the
@@ -188,7 +173,7 @@ def child(kind: str, path: str, model_dir: str, threads: int, tokens: int) -> No
         torch.set_num_threads(threads)
         pipe = VlmPipeline.load(model_dir, encoder_onnx=path, device="cpu", providers=["CPUExecutionProvider"])
         [result] = pipe.generate_batch([GenRequest(image[0], [("user", QUESTION)], max_new_tokens=tokens)])
-        print(json.dumps(dict(_status(), encode_ms=1000 * result.timings["encode"])))
+        print(json.dumps(dict(memory_status(), encode_ms=1000 * result.timings["encode"])))
         return
     from geovlm.models.encoder_quantise import encoder_pixels  # the encoder alone: no torch, no transformers
     from geovlm.models.encoder_runtime import OnnxEncoder, session_options
@@ -202,7 +187,7 @@ def child(kind: str, path: str, model_dir: str, threads: int, tokens: int) -> No
     encoder.run(pixels)
     start = time.perf_counter()
     encoder.run(pixels)
-    print(json.dumps(dict(_status(), encode_ms=1000 * (time.perf_counter() - start) / len(pixels))))
+    print(json.dumps(dict(memory_status(), encode_ms=1000 * (time.perf_counter() - start) / len(pixels))))
 
 
 def in_fresh_process(kind: str, path: Path, model_dir: Path, threads: int, tokens: int) -> dict:

@@ -233,7 +233,8 @@ def encoder_runs(pipe, model_dir: Path, batch: int):
 # -- fresh processes: cold load and memory ----------------------------------------------------------------------
 
 
-def _status() -> dict:
+def memory_status() -> dict:
+    """This process's peak RSS (VmHWM), anonymous and file-backed resident memory, in MiB (/proc/self/status)."""
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -273,7 +274,7 @@ def child(kind: str, model_dir: str, tokens: int) -> None:
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
                                max_new_tokens=tokens, do_sample=False)
             ask_s = time.perf_counter() - start
-    print(json.dumps(dict(_status(), load_s=load_s, ask_s=locals().get("ask_s"))))
+    print(json.dumps(dict(memory_status(), load_s=load_s, ask_s=locals().get("ask_s"))))
 
 
 def save_ask(pipe, model_dir: Path) -> None:
