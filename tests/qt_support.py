@@ -1,12 +1,13 @@
 """QGIS-side test helpers: waiting with Qt's events processed while a condition is awaited (queued signals,
-QgsTask results and network replies are delivered only then), and a real authentication configuration."""
+QgsTask results and network replies are delivered only then), a real authentication configuration, and a
+Processing feedback that keeps what an algorithm says."""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from qgis.core import QgsApplication, QgsAuthMethodConfig
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
 from qgis.PyQt.QtCore import QCoreApplication
 
 
@@ -39,3 +40,26 @@ def api_header_config(folder: Path, name: str, header: str):
         yield stored.id()
     finally:
         manager.removeAuthenticationConfig(stored.id())
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """A feedback that keeps what an algorithm logs: info, warnings, errors, progress texts and console lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.info, self.warnings, self.errors, self.texts, self.console = [], [], [], [], []
+
+    def pushInfo(self, info):  # noqa: N802 (QGIS's name)
+        self.info.append(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.warnings.append(warning)
+
+    def reportError(self, error, fatal=False):  # noqa: N802
+        self.errors.append(error)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.texts.append(text)
+
+    def pushConsoleInfo(self, info):  # noqa: N802
+        self.console.append(info)

@@ -360,19 +360,11 @@ def test_a_centre_cropping_server_places_the_box_on_the_object(plugin, processin
 
 def test_the_streamed_answer_reaches_the_log_as_whole_lines(plugin, processing, data_dir):
     """Pieces of four characters are logged as the answer's lines, not one piece per log line."""
-    from qgis.core import QgsProcessingFeedback
-
-    class Recorder(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.console = []
-
-        def pushConsoleInfo(self, info):  # noqa: N802 (Qt's name)
-            self.console.append(info)
+    from qt_support import RecordingFeedback
 
     answer = "a field {<10><20><40><60>|<90>}\nand a road beside it"
     raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     with ScriptedEngine("geochat", answer) as engine:
         result, _ = _run(processing, engine.url, raster, 0, feedback, QUESTION="What is here?")
     assert result["ANSWER"] == answer

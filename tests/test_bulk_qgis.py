@@ -16,7 +16,6 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProcessingException,
-    QgsProcessingFeedback,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -28,6 +27,7 @@ from geovlm.core.tiling import TilePlan, plan_for_extent
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bulk_support import ledger_rows, run_cli  # noqa: E402
+from qt_support import RecordingFeedback  # noqa: E402
 
 
 @pytest.fixture
@@ -151,13 +151,7 @@ def test_cancel_stops_within_a_second_and_a_rerun_resumes(plugin, processing, en
     out = tmp_path / "c.gpkg"
     params = {"INPUT": str(raster), "TILE_SIZE": 128, "ENGINE": engine.url, "FAMILY": "geochat",
               "CONCURRENCY": 2, "OUTPUT": str(out)}
-    messages = []
-
-    class Feedback(QgsProcessingFeedback):
-        def reportError(self, error, fatal=False):  # noqa: N802
-            messages.append(error)
-
-    feedback = Feedback()
+    feedback = RecordingFeedback()
     cancelled_at = []
 
     def cancel():
@@ -169,7 +163,7 @@ def test_cancel_stops_within_a_second_and_a_rerun_resumes(plugin, processing, en
     processing.run("geovlm:captiontiles", params, feedback=feedback)
     stopped = time.monotonic() - cancelled_at[0]
     assert stopped < 1.0, f"took {stopped:.2f} s to stop"
-    assert any("run again with the same parameters" in m for m in messages)
+    assert any("run again with the same parameters" in m for m in feedback.errors)
     first = dict(ledger_rows(out))
     plan = TilePlan(900, 900, 128)
     assert 0 < len(first) < len(plan)
@@ -312,17 +306,11 @@ def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(
     out = tmp_path / "f.gpkg"
     params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "MARGIN": 5.0,
               "ENGINE": engine.url, "FAMILY": "geochat", "CONCURRENCY": 2, "OUTPUT": str(out)}
-    messages = []
-
-    class Feedback(QgsProcessingFeedback):
-        def reportError(self, error, fatal=False):  # noqa: N802
-            messages.append(error)
-
-    feedback = Feedback()
+    feedback = RecordingFeedback()
     timer = threading.Timer(1.5, feedback.cancel)
     timer.start()
     result = processing.run("geovlm:captionfeatures", params, feedback=feedback)
-    assert any("run again with the same parameters" in m for m in messages), messages
+    assert any("run again with the same parameters" in m for m in feedback.errors), feedback.errors
     first = dict(ledger_rows(out))
     assert 0 < len(first) < labels.featureCount()
     features = QgsVectorLayer(result["FEATURES"], "features", "ogr")
@@ -394,38 +382,18 @@ def test_a_rotated_raster_gives_the_cli_footprints_in_qgis(plugin, processing, e
         assert abs(ring[1][1] - ring[0][1]) > 1e-9  # a top edge that is not horizontal: the rotation is kept
 
 
-class Recorder(QgsProcessingFeedback):
-    """A feedback that keeps what an algorithm logs: info, warnings, errors and progress texts."""
-
-    def __init__(self):
-        super().__init__()
-        self.info, self.warnings, self.errors, self.texts = [], [], [], []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.info.append(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.warnings.append(warning)
-
-    def reportError(self, error, fatal=False):  # noqa: N802
-        self.errors.append(error)
-
-    def setProgressText(self, text):  # noqa: N802
-        self.texts.append(text)
-
-
 def test_caption_features_summary_counts_a_fresh_run_as_answered_features(plugin, processing, engines, data_dir,
                                                                           tmp_path):
     labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
     n = labels.featureCount()
     params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "MARGIN": 5.0,
               "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "f.gpkg")}
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     processing.run("geovlm:captionfeatures", params, feedback=feedback)
     summary = [line for line in feedback.info if " asked, " in line]
     assert summary == [f"{n} features: {n} asked, {n} answered, 0 skipped (nodata), 0 failed, 0 resumed (done "
                        "before)"], feedback.info
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     processing.run("geovlm:captionfeatures", params, feedback=feedback)
     assert [line for line in feedback.info if " asked, " in line] == [
         f"{n} features: 0 asked, 0 answered, 0 skipped (nodata), 0 failed, {n} resumed (done before)"]
@@ -459,7 +427,7 @@ def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engin
 
 def test_detect_tiles_on_a_damaged_raster_goes_on_past_unreadable_tiles(plugin, processing, engines, data_dir,
                                                                         tmp_path):
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     processing.run("geovlm:detecttiles", {
         "INPUT": str(data_dir / "rasters" / "corrupt.tif"), "TILE_SIZE": 256, "OVERLAP": 0,
         "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "d.gpkg")},
@@ -472,7 +440,7 @@ def test_detect_tiles_on_a_damaged_raster_goes_on_past_unreadable_tiles(plugin, 
 
 def test_the_demo_model_is_named_once_in_the_log(plugin, processing, engines, data_dir, tmp_path):
     for stand_in, times in ((True, 1), (False, 0)):
-        feedback = Recorder()
+        feedback = RecordingFeedback()
         processing.run("geovlm:captiontiles", {
             "INPUT": str(data_dir / "rasters" / "sample_geotiff.tif"), "TILE_SIZE": 512,
             "ENGINE": engines(str(stand_in), stand_in=stand_in).url, "FAMILY": "geochat",
@@ -482,7 +450,7 @@ def test_the_demo_model_is_named_once_in_the_log(plugin, processing, engines, da
 
 
 def test_progress_is_logged_about_every_ten_percent(plugin, processing, engines, data_dir, tmp_path):
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     processing.run("geovlm:captiontiles", {
         "INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 128, "CONCURRENCY": 2,
         "ENGINE": engines(delay=0.05).url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "p.gpkg")},
@@ -525,7 +493,7 @@ def test_caption_features_of_another_place_say_that_none_lies_over_the_raster(pl
     engine = engines()
     params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "cogeo.tif"), "MARGIN": 5.0,  # elsewhere
               "ENGINE": engine.url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "f.gpkg")}
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = processing.run("geovlm:captionfeatures", params, feedback=feedback)
     n = labels.featureCount()
     assert [w for w in feedback.warnings if "lies over" in w] == [
@@ -537,7 +505,7 @@ def test_caption_features_of_another_place_say_that_none_lies_over_the_raster(pl
 
 
 def test_a_one_tile_run_says_1_tile_in_the_log(plugin, processing, engines, data_dir, tmp_path):
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     processing.run("geovlm:captiontiles", {
         "INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 1024,
         "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "one.gpkg")}, feedback=feedback)

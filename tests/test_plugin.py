@@ -189,60 +189,50 @@ def test_plugin_and_cli_place_boxes_alike_on_a_rotated_raster(qgis_iface, proces
 
 
 def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition
+    from qgis.core import QgsProcessingContext, QgsProcessingOutputLayerDefinition
+    from qt_support import RecordingFeedback
 
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initProcessing()
-    messages = []
-
-    class Feedback(QgsProcessingFeedback):
-        def pushInfo(self, info):  # noqa: N802
-            messages.append(info)
-
-        def pushWarning(self, warning):  # noqa: N802
-            messages.append(warning)
-
     try:
         answers = tmp_path / "harbour.txt"
         answers.write_text("<p>ship</p> {<0><0><50><50>|<90>}\n")
         project = QgsProject.instance()
         context = QgsProcessingContext()
         context.setProject(project)
+        feedback = RecordingFeedback()
         result = processing.run("geovlm:parseanswers", {
             "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
             "FIELD": "answer", "IMAGE_SIZE": "200x100",
             "OBJECTS": QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project),
             "RELATIONS": QgsProcessingOutputLayerDefinition("TEMPORARY_OUTPUT", project)},
-            context=context, feedback=Feedback())
-        assert any("1 objects, 0 relations" in m for m in messages)
-        assert any("pixels of a 200x100 image" in m for m in messages)
+            context=context, feedback=feedback)
+        assert any("1 objects, 0 relations" in m for m in feedback.info + feedback.warnings)
+        assert any("pixels of a 200x100 image" in m for m in feedback.info + feedback.warnings)
         details = context.layersToLoadOnCompletion()
         assert sorted(d.name for d in details.values()) == ["harbour objects", "harbour relations"]
         objects = result["OBJECTS"]
         objects = objects if not isinstance(objects, str) else context.getMapLayer(objects)
         assert not objects.crs().isGeographic() and "GeoVLM image pixels" in objects.crs().description()
-        messages.clear()
         (tmp_path / "wrong.txt").write_text("[[10, 20, 30, 40, 90]]\n")
+        feedback = RecordingFeedback()
         processing.run("geovlm:parseanswers", {
             "INPUT": str(tmp_path / "wrong.txt"), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
             "FIELD": "answer", "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"},
-            feedback=Feedback())
-        assert any("No box found in 1 answers" in m for m in messages)
+            feedback=feedback)
+        assert any("No box found in 1 answers" in m for m in feedback.info + feedback.warnings)
     finally:
         plugin.unload()
 
 
 def test_parse_without_a_raster_in_a_geographic_project_says_why_qgis_cannot_show_the_pixels(
         qgis_iface, processing, tmp_path):
-    from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingContext, QgsProcessingFeedback
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingContext
+    from qt_support import RecordingFeedback
 
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initProcessing()
-    warnings = []
-
-    class Feedback(QgsProcessingFeedback):
-        def pushWarning(self, warning):  # noqa: N802
-            warnings.append(warning)
+    feedback = RecordingFeedback()
 
     project = QgsProject.instance()
     before = project.crs()
@@ -255,8 +245,8 @@ def test_parse_without_a_raster_in_a_geographic_project_says_why_qgis_cannot_sho
         processing.run("geovlm:parseanswers", {
             "INPUT": str(answers), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
             "FIELD": "answer", "IMAGE_SIZE": "200x100", "OBJECTS": "TEMPORARY_OUTPUT",
-            "RELATIONS": "TEMPORARY_OUTPUT"}, context=context, feedback=Feedback())
-        [hint] = [w for w in warnings if "EPSG:4326" in w]
+            "RELATIONS": "TEMPORARY_OUTPUT"}, context=context, feedback=feedback)
+        [hint] = [w for w in feedback.warnings if "EPSG:4326" in w]
         assert "image pixels" in hint and "No transform available" in hint
         assert "raster" in hint and "new project" in hint
     finally:
@@ -355,22 +345,15 @@ def test_from_gdal_3_8_the_geojson_driver_is_asked_to_keep_strings(qgis_iface, p
 
 
 def test_parse_algorithm_says_a_file_is_empty_and_a_folder_is_a_folder(qgis_iface, processing, tmp_path):
-    from qgis.core import QgsProcessingException, QgsProcessingFeedback
-
-    class Said(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.warnings = []
-
-        def pushWarning(self, text):  # noqa: N802 (QGIS's name)
-            self.warnings.append(text)
+    from qgis.core import QgsProcessingException
+    from qt_support import RecordingFeedback
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initProcessing()
     try:
-        said = Said()
+        said = RecordingFeedback()
         processing.run("geovlm:parseanswers", {"INPUT": str(empty), "FAMILY": "geochat",
                                                "OBJECTS": str(tmp_path / "o.gpkg")}, feedback=said)
         assert said.warnings == [f"{empty} holds no answers (it is empty, or blank lines only): the layers are empty."]
