@@ -146,19 +146,28 @@ def test_preprocessing_is_the_original_processor_exactly(pipe):
     assert np.abs(ours - theirs).max() <= 1e-6
 
 
-def test_greedy_tokens_equal_the_reference_model(pipe, sources, originals):
-    """Whole model: the reference (original-layout LLaMA with the LoRA applied at run time, get_context_emb's
-    prompt, its own image features, greedy decoding recomputing everything) gives the engine's tokens."""
+@pytest.fixture(scope="module")
+def reference(pipe, sources, originals):
+    """(tile, the original code's image embeddings of it, the original-layout LLaMA with the LoRA applied at run
+    time) for the whole-model comparisons: a cogeo.tif tile through the reference's own processor and encoder."""
     import minigpt_reference as ref
-
-    from geovlm.models.language import DecodeSettings
 
     eva, trained, alpha = originals
     tile = ms.cogeo_tiles(1)[0]
     pixels = ref.processor(tile, 448, pipe.encoder.mean, pipe.encoder.std)[None]
     with torch.no_grad():
         image_embeds = ref.encode_img(eva, trained, pixels, heads=2)[0]
-    model = ref.lora_llama(sources["llama"], trained, alpha)
+    return tile, image_embeds, ref.lora_llama(sources["llama"], trained, alpha)
+
+
+def test_greedy_tokens_equal_the_reference_model(pipe, reference):
+    """Whole model: the reference (original-layout LLaMA with the LoRA applied at run time, get_context_emb's
+    prompt, its own image features, greedy decoding recomputing everything) gives the engine's tokens."""
+    import minigpt_reference as ref
+
+    from geovlm.models.language import DecodeSettings
+
+    tile, image_embeds, model = reference
     prompt = f"[INST] <Img><ImageHere></Img> {QUESTION} [/INST]"
     expected = ref.greedy(model, pipe.lm.tokenizer, prompt, image_embeds, max_new_tokens=24)
 
@@ -193,19 +202,14 @@ def test_multi_turn_prompt_ids_are_the_training_conversation_format(pipe, turns)
         assert pipe.prompt(messages).count("<Img>") == 1 and pipe.prompt(messages).count("<s>") == 1
 
 
-def test_a_follow_up_question_gives_the_reference_models_greedy_tokens(pipe, sources, originals):
+def test_a_follow_up_question_gives_the_reference_models_greedy_tokens(pipe, reference):
     """A follow-up question through the converted tiny model: the reference (original-layout LLaMA with the LoRA
     at run time, its own image features, the training conversation's ids) decodes the engine's tokens."""
     import minigpt_reference as ref
 
     from geovlm.models.language import DecodeSettings
 
-    eva, trained, alpha = originals
-    tile = ms.cogeo_tiles(1)[0]
-    pixels = ref.processor(tile, 448, pipe.encoder.mean, pipe.encoder.std)[None]
-    with torch.no_grad():
-        image_embeds = ref.encode_img(eva, trained, pixels, heads=2)[0]
-    model = ref.lora_llama(sources["llama"], trained, alpha)
+    tile, image_embeds, model = reference
     messages = FOLLOW_UP[:3]
     pieces = ref.conversation_pieces(pipe.lm.tokenizer, messages)
     expected = ref.greedy_pieces(model, pieces, image_embeds, max_new_tokens=24)
