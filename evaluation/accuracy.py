@@ -14,17 +14,22 @@ Question Answering for Remote Sensing Data", IEEE TGRS 2020).
   type in the file is reported here, so AA over the same three types is the mean of those three keys.
 
 A VQA reference may be a list of answers given by several annotators (VQAv2 lists ten human answers per
-question). A list of two or more is scored with VQAv2's consensus accuracy (Antol et al., "VQA: Visual Question
-Answering", ICCV 2015; `computeAccuracy` in GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`):
-for each annotator left out in turn, min(1, number of the other annotators whose answer matches / 3), averaged.
-An annotator's answer matches when EarthDial's score above is 1; VQAv2's own normalisation (its
-`processPunctuation`/`processDigitArticle`: "two" -> "2", articles dropped) is not applied, so on VQAv2 itself
-a few answers can score differently from the official evaluation. A list of one answer is that answer.
+question). A list of two or more is scored as the official VQA evaluation scores it (Antol et al., "VQA: Visual
+Question Answering", ICCV 2015; `evaluate` in GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`):
+for each annotator left out in turn, min(1, number of the other annotators whose answer equals the answer / 3),
+averaged. Before comparing, every answer has its newlines and tabs turned into spaces and its ends stripped; then,
+when the annotators' answers are not all the same text, the answer and the annotators' answers alike are
+normalised by VQAv2's rules (`evaluation.vqa_normalisation`: punctuation, lower case, "two" -> "2", articles
+dropped, "dont" -> "don't"). When all annotators wrote the same text the official code normalises nothing, so the
+answer must equal that text as written ("Yes" scores 0 against ten "yes"); this is kept, as the official code does
+it. A list of one answer is that answer (EarthDial's score).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from .vqa_normalisation import clean_whitespace, normalise_answer
 
 
 def answer_score(reference: str, answer: str) -> float:
@@ -40,19 +45,24 @@ def answer_score(reference: str, answer: str) -> float:
 
 
 def consensus_score(references: Sequence[str], answer: str) -> float:
-    """VQAv2's accuracy in [0, 1] of one answer against the answers of several annotators (see the module
-    docstring): the mean over each annotator left out of min(1, matches among the others / 3). Raises
-    ValueError for no references."""
+    """VQAv2's accuracy in [0, 1] of one answer against the answers of several annotators, with the official
+    evaluation's normalisation (see the module docstring): the mean over each annotator left out of
+    min(1, answers equal to the answer among the others / 3). Raises ValueError for no references."""
     if not references:
         raise ValueError("no reference answers")
-    matches = [answer_score(ref, answer) == 1.0 for ref in references]
+    refs = [clean_whitespace(ref) for ref in references]
+    answer = clean_whitespace(answer)
+    if len(set(refs)) > 1:  # the official evaluation normalises only when the annotators disagree
+        refs = [normalise_answer(ref) for ref in refs]
+        answer = normalise_answer(answer)
+    matches = [ref == answer for ref in refs]
     total = sum(matches)
     return sum(min(1.0, (total - left_out) / 3) for left_out in matches) / len(matches)
 
 
 def vqa_score(reference: Union[str, Sequence[str]], answer: str) -> float:
-    """The score of one VQA answer: EarthDial's against one reference text, VQAv2's consensus accuracy against a
-    list of two or more annotators' answers (a list of one is that answer)."""
+    """The score of one VQA answer: EarthDial's against one reference text, VQAv2's consensus accuracy (with its
+    answer normalisation) against a list of two or more annotators' answers (a list of one is that answer)."""
     if isinstance(reference, str):
         return answer_score(reference, answer)
     return answer_score(reference[0], answer) if len(reference) == 1 else consensus_score(reference, answer)

@@ -162,6 +162,29 @@ def test_vqa_references_listed_by_annotators_through_the_command(tmp_path, capsy
     assert scores["overall_accuracy"] == pytest.approx((4 / 9 + 1 + 1) / 3) and scores["answers"] == 3
 
 
+def test_vqav2_answers_are_normalised_before_the_consensus_through_the_command(tmp_path, capsys):
+    # VQAv2's layout: ten annotators' answers a question, its question_type; scored as the official evaluation
+    # does after its answer normalisation (evaluation.vqa_normalisation)
+    path = write_jsonl(tmp_path, [
+        {"question_type": "how many", "answer": "Two.", "annotation": ["2", "two", "2", "3", "3", "3", "3", "3",
+                                                                          "3", "3"]},
+        {"question_type": "how many", "answer": "1,000", "annotation": ["1000", "1,000", "1000", "many"]},
+        {"question_type": "what is", "answer": "The tennis court", "annotation": ["tennis court", "a tennis court",
+                                                                                    "court", "court"]},
+        {"question_type": "is this", "answer": "yes!", "annotation": ["yes", "Yes.", "no"]},
+        {"question_type": "is this", "answer": "Yes", "annotation": ["yes", "yes", "yes"]},  # unanimous: as written
+    ])
+    scores = run_json(capsys, "vqa", str(path))
+    two = (3 * 2 / 3 + 7 * 1) / 10  # "Two." is "2", as are three annotators: min(1, 2/3) or 1 left out
+    thousand = (3 * 2 / 3 + 1) / 4
+    court = (2 * 1 / 3 + 2 * 2 / 3) / 4
+    yes = (2 * 1 / 3 + 2 / 3) / 3
+    assert scores["accuracy_how many"] == pytest.approx((two + thousand) / 2)
+    assert scores["accuracy_what is"] == pytest.approx(court)
+    assert scores["accuracy_is this"] == pytest.approx((yes + 0.0) / 2)
+    assert scores["overall_accuracy"] == pytest.approx((two + thousand + court + yes) / 5) and scores["answers"] == 5
+
+
 @pytest.mark.parametrize("task, row, message", [
     ("vqa", {"answer": None, "annotation": "yes"}, "answer field 'answer' is null, not a text"),
     ("vqa", {"answer": ["yes"], "annotation": "yes"}, "answer field 'answer' is a list, not a text"),
