@@ -73,7 +73,7 @@ def profile_of(args):
 
 def score_records(args, path: Path) -> dict:
     """The task's scores for a JSON-lines file of answers with references."""
-    from ..evaluation.records import RecordError, read_records, reference_texts, short_references, short_text, text_of
+    from ..evaluation.records import RecordError, read_records, reference_texts, text_of
 
     task = args.task
     answer_field = args.field or "answer"
@@ -85,11 +85,8 @@ def score_records(args, path: Path) -> dict:
             if answer_field not in record:
                 raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
             if task in SHORT_ANSWER_TASKS:  # EarthDial's scorer reads strings: anything else is named, not scored
-                answer = short_text(record[answer_field], f"{path}:{number}", f"answer field {answer_field!r}")
-                refs = short_references(record, ref_fields, REFERENCE_FIELDS[task], f"{path}:{number}")
-                if task == "classification" and refs is not None and len(refs) != 1:
-                    raise RecordError(f"{path}:{number}: {len(refs)} references; classification scores one label "
-                                      "a line")
+                where = f"{path}:{number}"
+                answer, refs = short_item(task, record[answer_field], answer_field, where, record, ref_fields, where)
             elif task in BOX_TASKS:  # one string of boxes; a JSON array of boxes is read as written
                 answer = text_of(record[answer_field])
                 names = [f for f in ref_fields or REFERENCE_FIELDS[task] if f in record][:1]
@@ -106,6 +103,20 @@ def score_records(args, path: Path) -> dict:
     if not items:
         raise CliError(f"{path}: no answers")
     return score_items(task, items, profile, args.iou)
+
+
+def short_item(task: str, answer, answer_field: str, answer_where: str, record: dict, ref_fields,
+               reference_where: str):
+    """(answer text, reference texts or None) of one VQA/classification answer, its reference fields in `record`.
+    Raises RecordError naming `answer_where`/`reference_where` (a file's "path:line", a layer's feature) for a
+    value that is not a text (evaluation.records.short_text) and for a classification with several references."""
+    from ..evaluation.records import RecordError, short_references, short_text
+
+    answer = short_text(answer, answer_where, f"answer field {answer_field!r}")
+    refs = short_references(record, ref_fields, REFERENCE_FIELDS[task], reference_where)
+    if task == "classification" and refs is not None and len(refs) != 1:
+        raise RecordError(f"{reference_where}: {len(refs)} references; classification scores one label an answer")
+    return answer, refs
 
 
 def score_items(task: str, items, profile, iou: float) -> dict:
@@ -140,7 +151,7 @@ def score_layers(args) -> dict:
     import math
 
     from ..evaluation import layers
-    from ..evaluation.records import reference_texts, text_of
+    from ..evaluation.records import RecordError, reference_texts, text_of
 
     task = args.task
     if task == "scene-graph":
@@ -173,13 +184,23 @@ def score_layers(args) -> dict:
         raise CliError(f"no answer overlaps a reference at IoU >= {args.iou}: are both layers of the same place?")
     items = []
     for i, j in pairs:
-        record = {k: v for k, v in refs.table.iloc[j].items()
-                  if k != "geometry" and not (isinstance(v, float) and math.isnan(v))}
-        texts = reference_texts(record, args.reference_field or None, REFERENCE_FIELDS[task])
+        row, value = refs.table.iloc[j], answers.table.iloc[i][answer_field]
+        if task in SHORT_ANSWER_TASKS:  # as for JSON lines: a value that is not a text is named, not scored
+            record = {k: layers.cell_value(v) for k, v in row.items() if k != "geometry"}
+            try:
+                answer, texts = short_item(task, layers.cell_value(value), answer_field,
+                                           f"{answers.path} feature {answers.table.index[i]}", record,
+                                           args.reference_field or None, f"{refs.path} feature {refs.table.index[j]}")
+            except RecordError as exc:
+                raise CliError(str(exc)) from None
+        else:
+            record = {k: v for k, v in row.items() if k != "geometry" and not (isinstance(v, float) and math.isnan(v))}
+            answer = text_of(value)
+            texts = reference_texts(record, args.reference_field or None, REFERENCE_FIELDS[task])
         if texts is None:
             wanted = " or ".join(repr(f) for f in args.reference_field or REFERENCE_FIELDS[task])
             raise CliError(f"{refs.path}: no field {wanted} (choose it with --reference-field)")
-        items.append((text_of(answers.table.iloc[i][answer_field]), texts, record))
+        items.append((answer, texts, record))
     scores = score_items(task, items, None, args.iou)
     scores["unmatched_references"] = len(refs.geometries) - len(pairs)
     return scores

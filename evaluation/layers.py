@@ -11,10 +11,12 @@ Matching rules (both layers in one CRS: the references are reprojected to the an
   field (`answer`); each reference feature is paired with the answer
   feature whose geometry overlaps it most (IoU), one answer per reference, greedily from the highest IoU down (as
   COCO matches detections), and only at IoU >= the threshold; the pairs are then scored by the task's metric.
-  References left without an answer are counted (`unmatched_references`) and not scored.
+  References left without an answer are counted (`unmatched_references`) and not scored. For `vqa` and
+  `classification` the values are checked as in JSON lines (`cell_value`, then `records.short_text`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,7 +27,8 @@ class LayerError(ValueError):
 
 @dataclass
 class Features:
-    """The polygons of one layer and its attribute table (a pandas DataFrame)."""
+    """The polygons of one layer and its attribute table (a pandas DataFrame indexed by the layer's feature ids,
+    GDAL's FID: what QGIS shows as `fid` for a GeoPackage)."""
 
     geometries: list
     table: object
@@ -50,13 +53,13 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     if name is None:
         raise LayerError(f"{path} has no layers")
     try:
-        frame = gpd.read_file(str(path), layer=name, engine="pyogrio")
+        frame = gpd.read_file(str(path), layer=name, engine="pyogrio", fid_as_index=True)
     except Exception as exc:
         raise LayerError(f"cannot read {path} layer {name}: {exc}") from None
     if to_crs is not None and frame.crs is not None and frame.crs != to_crs:
         frame = frame.to_crs(to_crs)
     keep = frame.geometry.notna() & ~frame.geometry.is_empty
-    frame = frame[keep].reset_index(drop=True)
+    frame = frame[keep]
     return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")
 
 
@@ -67,8 +70,24 @@ def answered(features: Features) -> Features:
     if "status" not in table.columns:
         return features
     keep = (table["status"] == "ok").to_numpy()
-    table = table[keep].reset_index(drop=True)
+    table = table[keep]
     return Features(list(table.geometry), table, features.crs, features.path)
+
+
+def cell_value(value):
+    """A value of a layer's attribute table as JSON lines would hold it, for the checks of
+    `evaluation.records.short_text`: None for a null (pandas reads it as NaN), numpy scalars as Python ones, and a
+    whole float as an int (pandas reads an integer field that has nulls as floats, so 3 would come back as 3.0)."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()  # numpy scalar -> int, float, bool
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return int(value)
+    return value
 
 
 def _iou(a, b) -> float:

@@ -364,6 +364,30 @@ def test_bad_layers_get_one_clear_line(tmp_path, capsys, argv, message):
     assert message in err and "\n" not in err
 
 
+@pytest.mark.parametrize("task, answers, references, message", [
+    ("vqa", ["yes", None], ["yes", "no"], "{a}|layername=captions feature 2: answer field 'answer' is null"),
+    ("vqa", [1.0, 0.5], ["1", "no"], "{a}|layername=captions feature 2: answer field 'answer' is a number, not a text"),
+    ("vqa", ["yes", "no"], ["yes", None], "{r}|layername=refs feature 2: reference field 'annotation' is null"),
+    ("classification", ["yes", "no"], [True, False], "{r}|layername=refs feature 1: reference field 'annotation' is "
+                                                      "true/false, not a text"),
+])
+def test_layer_values_that_are_not_texts_are_named_by_feature(tmp_path, capsys, task, answers, references, message):
+    a = write_layer(tmp_path / "a.gpkg", {"answer": answers}, [utm_box(0, 0, 10, 10), utm_box(20, 20, 30, 30)],
+                    layer="captions")
+    r = write_layer(tmp_path / "r.gpkg", {"annotation": references}, [utm_box(0, 0, 10, 10), utm_box(20, 20, 30, 30)])
+    assert main(["eval", task, str(a), "--reference", str(r)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(a=a, r=r) in err and "\n" not in err, err
+
+
+def test_layer_counts_are_read_as_their_digits(tmp_path, capsys):
+    # an integer field, and whole numbers in a real field (how pandas reads an integer field that has nulls)
+    a = write_layer(tmp_path / "a.gpkg", {"answer": [3, 5]}, [utm_box(0, 0, 10, 10), utm_box(20, 20, 30, 30)],
+                    layer="captions")
+    r = write_layer(tmp_path / "r.gpkg", {"annotation": [3.0, 4.0]}, [utm_box(0, 0, 10, 10), utm_box(20, 20, 30, 30)])
+    assert run_json(capsys, "vqa", str(a), "--reference", str(r))["overall_accuracy"] == 0.5
+
+
 def test_a_bulk_caption_run_is_scored_against_reference_captions(tmp_path, capsys):
     from geovlm.core.georef import GeoTransform
     from geovlm.core.ledger import FAILED, OK, Ledger, RunPlan, TileResult
