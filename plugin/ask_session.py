@@ -1,7 +1,7 @@
-"""The dock's behaviour: render the view on the main thread, ask in a `QgsTask`, stream the answer into the
-transcript, add its features in the task's `finished()`, keep the conversation about the same image until
-"New view", and show the engine's state. Errors go to the message bar and the "GeoVLM" log, never to a
-traceback dialog."""
+"""The dock's behaviour: render the view without blocking QGIS (`plugin.view_render`), ask in a `QgsTask`,
+stream the answer into the transcript, add its features in the task's `finished()`, keep the conversation
+about the same image until "New view", and show the engine's state. Errors go to the message bar and the
+"GeoVLM" log, never to a traceback dialog."""
 from __future__ import annotations
 
 import html
@@ -10,15 +10,12 @@ from typing import List, Optional, Tuple
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsCoordinateTransform,
-    QgsMapLayerType,
     QgsMapSettings,
     QgsMessageLog,
-    QgsProject,
     QgsRectangle,
 )
 from qgis.gui import QgsMapToolExtent
-from qgis.PyQt.QtCore import QObject, QSize
+from qgis.PyQt.QtCore import QObject
 from qgis.PyQt.QtGui import QGuiApplication, QPixmap
 from qgis.PyQt.QtWidgets import QFileDialog
 
@@ -27,13 +24,14 @@ from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from . import settings as engine_settings
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
-from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, render, ring_of, view_settings
+from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes
+from .ask_sources import region_ring, source_settings
 from .ask_task import AskTask, FamilyProbe
 from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
+from .view_render import ViewRender
 
 LOG_TAG = "GeoVLM"
-MAX_RASTER_PIXELS = 4096 * 4096
 STATE_WORDS = {"not_set_up": "not set up", "stopped": "stopped (starts on the first question)",
                "starting": "starting…", "ready": "ready", "busy": "busy", "down": "down"}
 
@@ -62,9 +60,13 @@ class AskSession(QObject):
         self._streamed = ""
         self._tool = None
         self._probe = None
+        self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
+        self.renderer.rendered.connect(self._rendered)
+        self._pending: Optional[tuple] = None  # (question, task, region, source) of the view being rendered
         self.dock.set_tasks(family_tasks(get_profile(self.family)) if self.family else list(ASK_TASKS))
         dock.send.clicked.connect(self.send)
         dock.stop.clicked.connect(self.stop)
+        dock.closed.connect(self._cancel_render)
         dock.new_view.clicked.connect(self.new_view)
         dock.copy.clicked.connect(self.copy_answer)
         dock.export.clicked.connect(self._export_dialog)
@@ -152,83 +154,66 @@ class AskSession(QObject):
         self._engine_state()
         self.refresh_family()
 
-    # ------------------------------------------------------------ views
-
-    def _settings(self, source: str) -> QgsMapSettings:
-        config = engine_settings.load()
-        canvas_settings = QgsMapSettings(self.canvas.mapSettings())
-        if source == "raster":
-            layer = self.dock.raster.currentLayer()
-            if layer is None or layer.type() != QgsMapLayerType.RasterLayer:
-                raise ValueError("choose a raster layer")
-            if layer.width() * layer.height() > MAX_RASTER_PIXELS:
-                raise ValueError(f"{layer.name()} has {layer.width()}x{layer.height()} pixels, more than one "
-                                 "request takes: use the visible map or a rectangle")
-            return view_settings([layer], layer.crs(), layer.extent(), 0.0, layer.width(), layer.height(), 1.0)
-        if not canvas_settings.layers():  # a blank image would be asked about, and a model answers anyway
-            raise ValueError("the map shows no layer: add a layer, or turn one on, to ask about it")
-        if source == "rectangle" and self.rectangle is not None and not self._region_task():
-            long_side = max(config.render_width, config.render_height)
-            r = self.rectangle
-            scale = long_side / max(r.width(), r.height())
-            return view_settings(canvas_settings.layers(), canvas_settings.destinationCrs(), r, 0.0,
-                                 max(16, round(r.width() * scale)), max(16, round(r.height() * scale)),
-                                 config.render_dpr)
-        if source == "rectangle" and self.rectangle is None:
-            raise ValueError("draw a rectangle on the map first (Draw rectangle)")
-        if not config.render_from_canvas:
-            canvas_settings.setOutputSize(QSize(config.render_width, config.render_height))
-            canvas_settings.setDevicePixelRatio(config.render_dpr)
-        return canvas_settings
-
-    def _region_task(self) -> bool:
-        return self.dock.task.currentText() in REGION_TASKS
-
-    def _region(self, view_crs) -> Optional[List[Tuple[float, float]]]:
-        """The region of an identify question, in the view's CRS: the drawn rectangle or the selected feature."""
-        if not self._region_task():
-            return None
-        source = self.dock.source_key()
-        if source == "rectangle" and self.rectangle is not None:
-            r = self.rectangle
-            corners = [(r.xMinimum(), r.yMinimum()), (r.xMaximum(), r.yMinimum()), (r.xMaximum(), r.yMaximum()),
-                       (r.xMinimum(), r.yMaximum())]
-            transform = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), view_crs,
-                                               QgsProject.instance())
-            return [(p.x(), p.y()) for p in (transform.transform(x, y) for x, y in corners)]
-        layer = self.iface.activeLayer()
-        if source == "selected" and layer is not None and layer.type() == QgsMapLayerType.VectorLayer:
-            selected = layer.selectedFeatures()
-            if selected:
-                geometry = selected[0].geometry()
-                geometry.transform(QgsCoordinateTransform(layer.crs(), view_crs, QgsProject.instance()))
-                return ring_of(geometry)
-        raise ValueError("identify needs a region: draw a rectangle or select a feature of the active layer")
-
     # ------------------------------------------------------------ asking
 
+    def busy(self) -> bool:
+        """True while the view is being rendered or a question is being answered."""
+        return self.renderer.active() or self.task is not None
+
     def send(self) -> None:
+        """Ask the dock's question: about the conversation's view, or a new view rendered first (without
+        blocking QGIS; the transcript says so, and Stop cancels it, then nothing is sent)."""
         question = self.dock.question.toPlainText().strip()
         task = self.dock.task.currentText()
-        if self.task is not None:
+        if self.busy():
             return
         try:
             if not question and task not in REGION_TASKS:
                 raise ValueError("type a question")
             source = "map" if self.dock.source_key() == "selected" else self.dock.source_key()
+            settings = None
             if self.view is None or source != self.view_source:
-                settings = self._settings(source)
-                self.image = render(settings)
-                self.view, self.view_source, self.history = View.of(settings, self.image), source, []
-            region = self._region(self._view_crs())
+                settings = source_settings(source, self.canvas.mapSettings(), self.dock.raster.currentLayer(),
+                                           self.rectangle, task in REGION_TASKS, engine_settings.load())
+            region = None if task not in REGION_TASKS else region_ring(
+                self.dock.source_key(), self.rectangle, self.canvas.mapSettings().destinationCrs(),
+                self.iface.activeLayer(), settings.destinationCrs() if settings is not None else self._view_crs())
         except ValueError as exc:
             self.error(str(exc))
             return
+        self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
+        self._streamed = ""
+        if settings is None:
+            self._ask(question, task, region)
+            return
+        self._pending = (question, task, region, source)
+        self.dock.set_busy(True)
+        self.renderer.start(settings)
+        self._show()
+
+    def _rendered(self, settings: QgsMapSettings, image) -> None:
+        """Main thread (the render job's finished()): the new view, then the question about it."""
+        question, task, region, source = self._pending
+        self._pending = None
+        self.image = image
+        self.view, self.view_source, self.history = View.of(settings, image), source, []
+        self._ask(question, task, region)
+
+    def _cancel_render(self, wait: bool = False) -> None:
+        """Stop (or the dock closed, New view, unload) while the view is rendered: the render stops and
+        nothing is sent."""
+        if not self.renderer.active():
+            return
+        self.renderer.cancel(wait)
+        self._pending = None
+        self.dock.set_busy(False)
+        self._html.append("<p><i>stopped while rendering the view: nothing was sent</i></p>")
+        self._show()
+
+    def _ask(self, question: str, task: str, region) -> None:
         self.turns.append(Turn(question or "(the region)", task, view_extent=",".join(
             f"{v:.17g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
             image_size=f"{self.view.frame.width}x{self.view.frame.height}"))
-        self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
-        self._streamed = ""
         self.task = AskTask(self.view, self.history, task, question, region, self.engine, self.authcfg,
                             self.family, self.max_tokens, self.transport)
         self.task.token.connect(self._token)
@@ -252,7 +237,8 @@ class AskSession(QObject):
         self._show()
 
     def _show(self) -> None:
-        streaming = f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else ""
+        streaming = (f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
+                     "<p><i>Rendering the view…</i></p>" if self.renderer.active() else "")
         self.dock.transcript.setHtml("".join(self._html) + streaming)
         bar = self.dock.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
@@ -313,10 +299,13 @@ class AskSession(QObject):
             self.error(message)
 
     def stop(self) -> None:
+        """Stop the render in progress (nothing is sent), or the request in flight."""
+        self._cancel_render()
         if self.task is not None:
             self.task.cancel()
 
     def new_view(self) -> None:
+        self._cancel_render()
         self.view, self.view_source, self.history = None, None, []
         self._html.append("<hr><p><i>New view: the next question renders the map again.</i></p>")
         self._show()
@@ -373,6 +362,7 @@ class AskSession(QObject):
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Unload: cancel a request in flight and wait for its worker; nothing keeps running."""
         self._stop_probe(wait_ms)
+        self._cancel_render(wait=True)
         task, self.task = self.task, None
         if task is not None:
             for signal in (task.token, task.restarted, task.connected, task.answered, task.failed):

@@ -71,7 +71,7 @@ def ask(session, question, task, timeout=240):
     session.dock.question.setPlainText(question)
     session.dock.task.setCurrentText(task)
     session.send()
-    if not wait_for(lambda: session.task is None, timeout):
+    if not wait_for(lambda: not session.busy(), timeout):
         raise SystemExit("the engine did not answer in time")
     wait_for(lambda: False, 0.5)  # let the canvas repaint
 

@@ -53,6 +53,7 @@ def ask(session, question, task="describe"):
     session.dock.question.setPlainText(question)
     session.dock.task.setCurrentText(task)
     session.send()
+    assert wait_for(lambda: not session.renderer.active(), 30)  # the view is rendered, then the question asked
     assert session.task is not None
     return session.task
 
@@ -67,7 +68,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
         session.engine = engine.url
         pieces = []
         ask(session, "Describe the image").token.connect(pieces.append)
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         assert "".join(pieces) == ANSWER and len(pieces) == len(range(0, len(ANSWER), 4))
         # What was sent: the rendered view padded to a square of GeoChat's colour, resized to its 504 px input.
         sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
@@ -95,7 +96,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
 
         # A follow-up: the same image, the conversation so far, features appended to the same layer.
         ask(session, "How many fields are there?", "ask")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         assert engine.images[1] == engine.images[0]
         roles = [m["role"] for m in engine.posts[1]["messages"]]
         assert roles == ["user", "assistant", "user"]
@@ -107,7 +108,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
         # New view: rendered again, a new conversation.
         session.new_view()
         ask(session, "Describe the image")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         assert [m["role"] for m in engine.posts[2]["messages"]] == ["user"]
     md = session.export(str(tmp_path / "talk.md"))
     assert "How many fields" in Path(md).read_text() and (tmp_path / "talk_images" / "turn1.png").is_file()
@@ -127,7 +128,7 @@ def test_stop_cancels_within_a_second(dock):
         assert wait_for(lambda: len(pieces) >= 2, 30)
         started = time.monotonic()
         session.dock.stop.click()
-        assert wait_for(lambda: session.task is None, 5)
+        assert wait_for(lambda: not session.busy(), 5)
         assert time.monotonic() - started < 1.0
     assert ends == ["completed"]  # a user's Stop is not a failure
     assert "stopped" in session.dock.transcript.toPlainText()
@@ -140,7 +141,7 @@ def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
         url = engine.url
     session.engine = url
     ask(session, "Describe the image")
-    assert wait_for(lambda: session.task is None, 30)
+    assert wait_for(lambda: not session.busy(), 30)
     [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
     assert "down or unreachable" in message and "Traceback" not in message
     assert session.dock.send.isEnabled()
@@ -165,7 +166,7 @@ def test_dock_with_the_real_demo_model(dock):
         session.engine, session.max_tokens = engine.url, 24
         pieces = []
         ask(session, "Describe the image").token.connect(pieces.append)
-        assert wait_for(lambda: session.task is None, 240)
+        assert wait_for(lambda: not session.busy(), 240)
     turn = session.turns[-1]
     assert turn.answer and "".join(pieces) == turn.answer and turn.model == "geovlm-demo-random"
     assert "random stand-in" in session.dock.transcript.toPlainText()
@@ -186,7 +187,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
         session.dock.raster.setLayer(QgsProject.instance().mapLayersByName("cogeo")[0])
         ask(session, "Describe the image")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         view = session.view.frame
         assert (view.width, view.height) == (1024, 1024)  # the raster at its own resolution
         assert image_size_of(engine.images[0]) == (504, 504)  # sent as GeoChat's input
@@ -195,7 +196,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         session.rectangle = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
         session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
         ask(session, "Describe the image")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         width, height = session.view.frame.width, session.view.frame.height
         assert width / height == pytest.approx(session.rectangle.width() / session.rectangle.height(), rel=0.01)
         assert image_size_of(engine.images[1]) == (504, 504)
@@ -210,7 +211,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         qgis_iface.setActiveLayer(polygons)
         session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
         ask(session, "", "identify")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         asked = engine.posts[2]["messages"][0]["content"][1]["text"]
         assert asked.startswith("[identify] What is the object present at {<")
         assert engine.images[2] != engine.images[1]  # the visible map, rendered for this view
@@ -238,7 +239,7 @@ def test_dock_places_each_family_answer_at_the_canvas_pixels(dock, qgis_canvas, 
     with ScriptedEngine(family, answer) as engine:
         session.engine = engine.url
         ask(session, "What is here?", "ask")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
     settings = qgis_canvas.mapSettings()
     size = (settings.deviceOutputSize().width(), settings.deviceOutputSize().height())
     expected = parse_answer(answer, get_profile(family), size).objects
@@ -259,7 +260,7 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
     with ScriptedEngine("geochat", ANSWER) as engine:
         session.engine = engine.url
         ask(session, "Describe the image")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
         [layer] = objects_layers()
         first = Path(layer.source().split("|")[0])
         assert layer.isValid() and layer.featureCount() == 3 and first.is_file()
@@ -268,7 +269,7 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
         QgsProject.instance().write(str(tmp_path / "saved.qgz"))  # Ctrl+S
         session.new_view()
         ask(session, "Describe the image")
-        assert wait_for(lambda: session.task is None, 30)
+        assert wait_for(lambda: not session.busy(), 30)
     beside = tmp_path / "saved_geovlm.gpkg"
     assert beside.is_file() and first.is_file()  # the temporary file lives on for the session
     layers = {Path(lyr.source().split("|")[0]): lyr for lyr in objects_layers()}
@@ -295,7 +296,7 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             page.apply()
             assert header.text() == f"Engine (remote: {first.url}): not asked yet"
             ask(session, "Describe the image")
-            assert wait_for(lambda: session.task is None, 30)
+            assert wait_for(lambda: not session.busy(), 30)
             assert header.text() == f"Engine (remote: {first.url}): ready" and len(first.posts) == 1
 
             page.endpoints.item(0, 0).setText(second.url)
@@ -304,14 +305,14 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             tasks = session.dock.task
             assert wait_for(lambda: [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"], 10)
             ask(session, "Describe the image", "describe")
-            assert wait_for(lambda: session.task is None, 30)
+            assert wait_for(lambda: not session.busy(), 30)
             assert header.text() == f"Engine (remote: {second.url}): ready" and len(second.posts) == 1
             assert [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"]
 
             page.endpoints.item(0, 0).setText(first.url)
             page.apply()
             ask(session, "Describe the image", "describe")  # at once: the last engine's family is not forced
-            assert wait_for(lambda: session.task is None, 30)
+            assert wait_for(lambda: not session.busy(), 30)
             sent = first.posts[-1]["messages"][0]["content"][1]["text"]
             assert sent == worded(get_profile("geochat"), "describe", "Describe the image")
 

@@ -1,0 +1,66 @@
+"""What the dock asks about: the map settings of its image sources (the visible map, one raster layer at its
+own resolution, a rectangle drawn on the map) and the region of an identify question (the drawn rectangle or
+the selected feature of the active layer). Main thread: these read layers and the canvas's settings."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from qgis.core import QgsCoordinateTransform, QgsMapLayerType, QgsMapSettings, QgsProject
+from qgis.PyQt.QtCore import QSize
+
+from .ask_map import ring_of, view_settings
+
+MAX_RASTER_PIXELS = 4096 * 4096
+
+
+def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectangle, region_task: bool,
+                    config) -> QgsMapSettings:
+    """The map settings of the view of `source` ("map", "raster", "rectangle"): `canvas_settings` (the
+    canvas's, copied) with the size of `config` (`plugin.settings.EngineSettings`: render_from_canvas,
+    render_width, render_height, render_dpr) unless the canvas's own is asked for; `raster` (a map layer or
+    None) at its own resolution, unrotated; `rectangle` (QgsRectangle in the canvas's CRS, or None) at the
+    configured long side, unrotated (for a region task the rectangle is the region, and the view is the
+    map). Raises ValueError with one line saying what to do."""
+    canvas_settings = QgsMapSettings(canvas_settings)
+    if source == "raster":
+        if raster is None or raster.type() != QgsMapLayerType.RasterLayer:
+            raise ValueError("choose a raster layer")
+        if raster.width() * raster.height() > MAX_RASTER_PIXELS:
+            raise ValueError(f"{raster.name()} has {raster.width()}x{raster.height()} pixels, more than one "
+                             "request takes: use the visible map or a rectangle")
+        return view_settings([raster], raster.crs(), raster.extent(), 0.0, raster.width(), raster.height(), 1.0)
+    if not canvas_settings.layers():  # a blank image would be asked about, and a model answers anyway
+        raise ValueError("the map shows no layer: add a layer, or turn one on, to ask about it")
+    if source == "rectangle" and rectangle is not None and not region_task:
+        long_side = max(config.render_width, config.render_height)
+        r = rectangle
+        scale = long_side / max(r.width(), r.height())
+        return view_settings(canvas_settings.layers(), canvas_settings.destinationCrs(), r, 0.0,
+                             max(16, round(r.width() * scale)), max(16, round(r.height() * scale)),
+                             config.render_dpr)
+    if source == "rectangle" and rectangle is None:
+        raise ValueError("draw a rectangle on the map first (Draw rectangle)")
+    if not config.render_from_canvas:
+        canvas_settings.setOutputSize(QSize(config.render_width, config.render_height))
+        canvas_settings.setDevicePixelRatio(config.render_dpr)
+    return canvas_settings
+
+
+def region_ring(source: str, rectangle, canvas_crs, active_layer, view_crs) -> List[Tuple[float, float]]:
+    """The region of an identify question as vertices in `view_crs`: for `source` "rectangle" the drawn
+    `rectangle` (in `canvas_crs`), for "selected" the first selected feature of `active_layer` (a vector
+    layer). Raises ValueError when there is none."""
+    if source == "rectangle" and rectangle is not None:
+        r = rectangle
+        corners = [(r.xMinimum(), r.yMinimum()), (r.xMaximum(), r.yMinimum()), (r.xMaximum(), r.yMaximum()),
+                   (r.xMinimum(), r.yMaximum())]
+        transform = QgsCoordinateTransform(canvas_crs, view_crs, QgsProject.instance())
+        return [(p.x(), p.y()) for p in (transform.transform(x, y) for x, y in corners)]
+    if source == "selected" and active_layer is not None and active_layer.type() == QgsMapLayerType.VectorLayer:
+        selected = active_layer.selectedFeatures()
+        if selected:
+            geometry = selected[0].geometry()
+            geometry.transform(QgsCoordinateTransform(active_layer.crs(), view_crs, QgsProject.instance()))
+            return ring_of(geometry)
+    raise ValueError("identify needs a region: draw a rectangle or select a feature of the active layer")
+
