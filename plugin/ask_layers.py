@@ -87,6 +87,13 @@ class AnswerLayers:
             if not found.isValid():  # never append to a layer OGR cannot open (its provider has no table)
                 raise OSError(f"could not open {table} in {self.path} after writing it: "
                               f"{found.dataProvider().error().summary() if found.dataProvider() else 'no provider'}")
+        # Before the layer joins the project (where the canvas draws it at once, in a worker thread): update mode
+        # puts the GeoPackage in WAL mode, kept while the layer lives. QGIS opens read-only GeoPackage readers
+        # with GDAL's NOLOCK=ON unless the file is in WAL mode (qgsogrproviderutils.cpp, GDALOpenWrapper): a
+        # reader opened while the file was still in rollback-journal mode read pages as the first append wrote
+        # them, and failed every query once that append had switched the file to WAL (0 features, or a crash).
+        if not found.dataProvider().enterUpdateMode():
+            raise OSError(f"could not open {table} in {self.path} for writing")
         found.loadNamedStyle(str(STYLES / style))
         self.project.addMapLayer(found)
         self.layers[index] = found

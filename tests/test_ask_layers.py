@@ -38,3 +38,34 @@ def test_a_file_that_is_no_geopackage_is_one_oserror_not_a_write(project, tmp_pa
         layers.add(_objects(1), [], QgsCoordinateReferenceSystem("EPSG:3857"))
     assert "p_geovlm.gpkg" in str(info.value) and "\n" not in str(info.value)
     assert (tmp_path / "p_geovlm.gpkg").read_bytes().startswith(b"not a geopackage")  # the file is left alone
+
+
+def test_a_reader_opened_when_the_layer_joins_the_project_sees_every_feature(project, tmp_path):
+    """Adding a layer to the project lets the map canvas draw it at once, in a worker thread, through a read-only
+    OGR connection that QGIS opens with GDAL's NOLOCK=ON (qgsogrproviderutils.cpp, GDALOpenWrapper) unless the
+    GeoPackage is in WAL mode. Such a connection, opened before the first write switched the file to WAL,
+    failed every later query ('unable to open database file', 'gpkg_contents is missing': 0 features) and read
+    pages while they were written (the crash in addFeatures), seen under CPU load with the dock. Here that
+    reader is opened deterministically, as the canvas would, when each answer layer joins the project."""
+    from osgeo import gdal
+
+    readers = []
+
+    def open_reader(layers):
+        for layer in layers:
+            path = layer.source().split("|")[0]
+            readers.append((layer.name(), gdal.OpenEx(path, gdal.OF_VECTOR, open_options=["NOLOCK=ON"])))
+
+    project.layersAdded.connect(open_reader)
+    relation = QgsFeature(ask_fields()[1])
+    relation.setGeometry(QgsGeometry.fromWkt("LINESTRING(0 0, 1 1)"))
+    try:
+        layers = AnswerLayers(project)
+        layers.add(_objects(3), [relation], QgsCoordinateReferenceSystem("EPSG:3857"))
+        layers.add(_objects(2), [], QgsCoordinateReferenceSystem("EPSG:3857"))
+        counts = {name: sum(1 for _ in reader.GetLayerByName(name)) if reader.GetLayerByName(name) else None
+                  for name, reader in readers}
+    finally:
+        project.layersAdded.disconnect(open_reader)
+        readers.clear()
+    assert counts == {"geovlm_objects": 5, "geovlm_relations": 1}
