@@ -401,3 +401,57 @@ def test_family_is_read_as_in_parseanswers(plugin, processing, data_dir):
             assert {f["family"] for f in layer.getFeatures()} == {"geochat" if family == "GeoChat" else "llava15"}
         with pytest.raises(QgsProcessingException, match="unknown model family 'gpt4': one of llava15, geochat"):
             _run(processing, engine.url, raster, 0, QUESTION="What is here?", FAMILY="gpt4")
+
+
+def test_askmap_in_a_background_task_as_the_processing_dialog_runs_it(plugin, processing, data_dir):
+    """The Processing dialog runs an algorithm in a QgsProcessingAlgRunnerTask: prepareAlgorithm on the main
+    thread (the layers are cloned there), processAlgorithm in a worker thread (the clones are rendered
+    there, as QGIS's own "Convert map to raster" does). The worker sends the same pixels as a run on the main
+    thread, and the boxes land at the same places."""
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingAlgRunnerTask,
+        QgsProcessingContext,
+        QgsProcessingUtils,
+    )
+    from qgis.PyQt.QtCore import QCoreApplication, QThread
+    from qt_support import RecordingFeedback, wait_for
+
+    class ThreadFeedback(RecordingFeedback):
+        """Also keeps, for each message, whether it came from the main thread."""
+
+        def __init__(self):
+            super().__init__()
+            self.on_main = []
+
+        def pushInfo(self, info):  # noqa: N802 (QGIS's name)
+            super().pushInfo(info)
+            self.on_main.append(QThread.currentThread() == QCoreApplication.instance().thread())
+
+    def rings(layer):
+        return [f.geometry().asWkt(9) for f in sorted(layer.getFeatures(), key=lambda f: f["object_id"])]
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        main_result, _ = _run(processing, engine.url, raster, 0, QUESTION="What is here?")
+        crs = QgsCoordinateReferenceSystem("EPSG:3857")
+        extent = view_extent(raster, crs)
+        params = {"LAYERS": [raster], "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},"
+                  f"{extent.yMaximum()} [EPSG:3857]", "ROTATION": ROTATION, "WIDTH": SIZE[0], "HEIGHT": SIZE[1],
+                  "DEVICE_PIXEL_RATIO": DPR, "TASK": 0, "ENGINE": engine.url, "QUESTION": "What is here?",
+                  "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"}
+        context, feedback, done = QgsProcessingContext(), ThreadFeedback(), []
+        context.setProject(QgsProject.instance())
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById("geovlm:askmap")
+        task = QgsProcessingAlgRunnerTask(algorithm, params, context, feedback)
+        task.executed.connect(lambda ok, results: done.append((ok, results)))
+        QgsApplication.taskManager().addTask(task)
+        assert wait_for(lambda: done, 60), feedback.errors
+    ok, results = done[0]
+    assert ok, feedback.errors
+    assert feedback.on_main and not any(feedback.on_main)  # processAlgorithm ran in a worker thread
+    assert len(engine.images) == 2 and engine.images[1] == engine.images[0]
+    main_layer = main_result["OBJECTS"]
+    main_layer = main_layer if isinstance(main_layer, QgsVectorLayer) else QgsVectorLayer(main_layer, "o", "ogr")
+    task_layer = QgsProcessingUtils.mapLayerFromString(results["OBJECTS"], context)
+    assert len(rings(task_layer)) == 3 and rings(task_layer) == rings(main_layer)
