@@ -210,6 +210,32 @@ def _bands(text):
     return bands
 
 
+def check_device_arg(device) -> None:
+    """--device (ask, serve) checked before a model is loaded: CliError in one line for a device type that is
+    neither cpu nor cuda, or cuda where torch sees no GPU (`models.language.pick_device`)."""
+    if device is None:
+        return
+    from ..models.language import pick_device
+
+    try:
+        pick_device(device)
+    except ValueError as exc:
+        raise CliError(f"--device: {exc}") from None
+
+
+def check_providers_arg(text):
+    """--providers as onnxruntime's names (`models.encoder_runtime.check_providers`), None when not given;
+    CliError in one line, listing the providers available here, for an unknown one."""
+    if text is None:
+        return None
+    from ..models.encoder_runtime import check_providers
+
+    try:
+        return check_providers(text.split(","))
+    except ValueError as exc:
+        raise CliError(f"--providers: {exc}") from None
+
+
 def cmd_ask(args) -> int:
     from ..core.parsing import parse_answer
     from ..models.checkpoints import CheckpointError
@@ -219,6 +245,13 @@ def cmd_ask(args) -> int:
     from .rasters import frame_of_image, open_frame, parse_window
 
     args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
+    if not args.question.strip():
+        raise CliError("the question is empty: ask something about the raster, e.g. \"Describe the image\"")
+    overrides = profile_overrides(args)
+    providers = None
+    if not args.engine:  # the model runs here: its devices are checked before anything is read or loaded
+        check_device_arg(args.device)
+        providers = check_providers_arg(args.providers)
     if args.out:
         from .layers_io import check_output
 
@@ -236,10 +269,9 @@ def cmd_ask(args) -> int:
     if args.engine:
         return _ask_engine(args, image, frame)
     model_dir = args.model or ready_demo_model()
-    providers = args.providers.split(",") if args.providers else None
     try:
-        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers,
-                                profile_overrides(args), args.encoder_precision)
+        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers, overrides,
+                                args.encoder_precision)
     except (CheckpointError, EncoderError, ValueError) as exc:
         raise CliError(str(exc)) from None
     info = pipe.info()

@@ -254,7 +254,7 @@ def cmd_serve(args) -> int:
     from ..models.checkpoints import CheckpointError
     from ..models.encoder_runtime import EncoderError
     from ..models.pipeline import VlmPipeline
-    from .engine_cmds import ready_demo_model
+    from .engine_cmds import check_device_arg, ready_demo_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in QUIET_LOGGERS:  # the ONNX exporter's passes log each rewrite at INFO: dozens of lines a start
@@ -263,6 +263,8 @@ def cmd_serve(args) -> int:
     key = api_key_from(args)
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
+    check_device_arg(args.device)
+    overrides = profile_overrides(args)
     _check_port_free(args.host, args.port)  # before the model loads (a minute for a real one), not after
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
              args.memory_budget_mb, args.header_timeout, args.max_connections)
@@ -276,7 +278,7 @@ def cmd_serve(args) -> int:
               "its answers are noise", file=sys.stderr)
     try:
         pipeline = VlmPipeline.load(model, family=args.family, encoder_onnx=args.encoder, device=args.device,
-                                    overrides=profile_overrides(args), encoder_precision=args.encoder_precision)
+                                    overrides=overrides, encoder_precision=args.encoder_precision)
     except (OSError, ValueError, CheckpointError, EncoderError) as exc:
         raise CliError(str(exc)) from exc
     settings = Settings(

@@ -6,6 +6,7 @@ fine-tuned on other conventions exist. Facts come from the families' public code
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -340,29 +341,77 @@ def get_profile(name: str, **overrides) -> Profile:
     return profile.with_overrides(**overrides) if overrides else profile
 
 
+# Fields whose values are a fixed set: an override outside it is refused naming the field and the values.
+FIELD_CHOICES = {"fit": FIT_MODES, "coord_mode": COORD_MODES, "box_syntax": BOX_SYNTAXES, "box_layout": BOX_LAYOUTS,
+                 "angle_mode": ANGLE_MODES, "angle_sense": (1, -1)}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _override_value(key: str, kind: str, value: str):
+    """One override's text as the type of Profile's field `key` (annotation `kind`); ValueError naming the field
+    and what it takes."""
+    def refuse(takes: str):
+        return ValueError(f"profile field {key!r} takes {takes}, not {value!r}")
+
+    if key in FIELD_CHOICES:
+        choices = FIELD_CHOICES[key]
+        typed = next((c for c in choices if str(c) == value.strip().lstrip("+")), None)
+        if typed is None:
+            raise refuse(" or ".join(map(str, choices)) if len(choices) == 2 else f"one of {', '.join(choices)}")
+        return typed
+    if kind.startswith("Tuple[int"):
+        count = None if "..." in kind else kind.count("int")
+        try:
+            numbers = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            numbers = ()
+        if not numbers or (count is not None and len(numbers) != count):
+            raise refuse(f"{count or 'some'} whole numbers separated by commas (e.g. 122,116,104)")
+        return numbers
+    if kind.startswith("Tuple[str"):
+        return tuple(v for v in value.split(",") if v)
+    if kind.startswith("Dict["):
+        try:
+            mapping = json.loads(value)
+        except ValueError:
+            mapping = None
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            raise refuse('a JSON object of task -> text with {question}, e.g. {"vqa": "{question}"}')
+        return mapping
+    if kind == "bool":
+        if value.lower() not in _TRUE + _FALSE:
+            raise refuse(f"true or false ({'/'.join(_TRUE)} or {'/'.join(_FALSE)})")
+        return value.lower() in _TRUE
+    if kind in ("int", "Optional[int]"):
+        if kind == "Optional[int]" and value.lower() in ("", "none"):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise refuse("a whole number" + (" or none" if kind == "Optional[int]" else "")) from None
+    if kind == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise refuse("a finite number")
+        return number
+    return value  # text: str and Optional[str] fields
+
+
 def parse_overrides(pairs) -> dict:
-    """`key=value` strings (from a command line or settings) into typed profile overrides."""
-    types = {f.name: f.type for f in dataclasses.fields(Profile)}
+    """`key=value` strings (from a command line or settings) into typed profile overrides: whole numbers, numbers,
+    `r,g,b`, comma-separated texts, true/false, a JSON object for `task_words`, one of `FIELD_CHOICES` where a
+    field has fixed values. ValueError in one line that names the field and what it takes (or the known fields,
+    for an unknown one)."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(Profile)}
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"override {pair!r} is not key=value")
         key, value = (part.strip() for part in pair.split("=", 1))
         if key not in types:
-            raise ValueError(f"unknown profile field {key!r}")
-        kind = str(types[key])
-        if "Tuple[int" in kind:
-            out[key] = tuple(int(v) for v in value.split(","))
-        elif "Tuple[str" in kind:
-            out[key] = tuple(v for v in value.split(",") if v)
-        elif kind.startswith("bool"):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        elif "int" in kind and "Optional" in kind:
-            out[key] = None if value.lower() in ("", "none") else int(value)
-        elif kind.startswith("int"):
-            out[key] = int(value)
-        elif kind.startswith("float"):
-            out[key] = float(value)
-        else:
-            out[key] = value
+            raise ValueError(f"unknown profile field {key!r}; the fields are: {', '.join(types)}")
+        out[key] = _override_value(key, types[key], value)
     return out

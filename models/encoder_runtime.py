@@ -8,7 +8,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,33 @@ DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUE
 
 class EncoderError(RuntimeError):
     """An encoder file that cannot be used, or one that does not fit the language model."""
+
+
+
+def check_providers(names: Sequence[str]) -> List[str]:
+    """onnxruntime execution providers asked for by name, in the order given (a preference: the first available
+    one runs), as onnxruntime names them. A name may be given in any case and without "ExecutionProvider"
+    ("cpu", "CUDA"). Raises ValueError in one line, listing `onnxruntime.get_available_providers()`, for a
+    name that is no onnxruntime provider (`get_all_providers()`) and for a list of which none is available
+    here (a CUDA provider with the CPU build of onnxruntime)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    known = {p.lower(): p for p in ort.get_all_providers()}
+    known.update({p.lower().removesuffix("executionprovider"): p for p in ort.get_all_providers()})
+    chosen = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if name.lower() not in known:
+            raise ValueError(f"unknown onnxruntime provider {name!r}; available here: {', '.join(available)}")
+        chosen.append(known[name.lower()])
+    if not chosen:
+        raise ValueError(f"no onnxruntime provider given; available here: {', '.join(available)}")
+    if not any(p in available for p in chosen):
+        raise ValueError(f"none of {', '.join(chosen)} is available in this onnxruntime; available here: "
+                         f"{', '.join(available)}")
+    return chosen
 
 
 def _three(kind):

@@ -22,14 +22,27 @@ GRAPH_BUCKET = 256
 
 
 def pick_device(device: Optional[str] = None):
-    """(device, dtype): CUDA in bf16 (fp16 where bf16 is missing) when present, else CPU in fp32."""
+    """(device, dtype) for the language model: CUDA in bf16 (fp16 where bf16 is missing) when present, else CPU
+    in fp32. `device`: None (CUDA when torch sees a GPU), "cpu", "cuda" or "cuda:N" (N a GPU torch sees).
+    Raises ValueError in one line for another device type (torch's own list of device types is not shown) and
+    for CUDA on a machine where torch sees no GPU (a CPU build of torch, or no driver)."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda"):
+    device = str(device).strip().lower()
+    kind, _, number = device.partition(":")
+    if kind not in ("cpu", "cuda") or (number and (kind == "cpu" or not number.isdigit())):
+        raise ValueError(f"the device must be cpu, cuda or cuda:N, not {device!r}")
+    if kind == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("CUDA was asked for but torch sees no GPU")
+            build = f"torch {torch.__version__}" + (" is a CPU build" if torch.version.cuda is None else
+                                                    " sees no GPU (no NVIDIA driver or no device visible)")
+            raise ValueError(f"the device {device!r} was asked for but {build}: use cpu (or leave the device out)")
+        count = torch.cuda.device_count()
+        if number and int(number) >= count:
+            raise ValueError(f"the device {device!r} was asked for but torch sees {count} GPU(s): cuda:0 to "
+                             f"cuda:{count - 1}")
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return device, torch.float32
 
