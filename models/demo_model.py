@@ -7,6 +7,7 @@ its output must say so (`geovlm.json` carries `random_stand_in: true`).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.profiles import get_profile
@@ -94,12 +95,36 @@ def demo_config(family: str = "geochat", vocab_size: int = 512, vision_hidden: i
     )
 
 
+@contextmanager
+def no_progress_bars():
+    """Within the block, transformers (and huggingface_hub) draw no tqdm progress bars on stderr, such as
+    `save_pretrained`'s "Writing model shards" for a model of one file written in milliseconds; the previous
+    setting is restored after (`transformers.utils.logging.disable_progress_bar`, a process-wide switch)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    was_enabled, hub_was_disabled = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+        if hub_was_disabled:
+            disable_progress_bars()
+
+
 def write_demo_model(out_dir, seed: int = 0, family: str = "geochat") -> Path:
-    """Write the demo checkpoint (config, safetensors weights, tokenizer, geovlm.json) into `out_dir`."""
+    """Write the demo checkpoint (config, safetensors weights, tokenizer, geovlm.json) into `out_dir`, without
+    progress bars (`no_progress_bars`)."""
+    with no_progress_bars():
+        return _write_demo_model(Path(out_dir), seed, family)
+
+
+def _write_demo_model(out: Path, seed: int, family: str) -> Path:
     import torch
     from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer(vocab_size=400)
     for i, name in enumerate(SPECIAL):

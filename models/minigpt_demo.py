@@ -129,14 +129,17 @@ def write_minigpt_sources(folder, seed: int = 0) -> Dict[str, Path]:
 
 def write_minigpt_demo(out_dir, seed: int = 0, family: str = "minigptv2") -> Path:
     """Write the tiny random MiniGPT-v2 engine folder into `out_dir`: inputs built in a scratch folder, then
-    converted by `convert_minigptv2`, then marked as a random stand-in."""
+    converted by `convert_minigptv2`, then marked as a random stand-in; no progress bars
+    (`demo_model.no_progress_bars`)."""
     from .convert_minigptv2 import convert_minigptv2
+    from .demo_model import no_progress_bars
 
     scratch = Path(tempfile.mkdtemp(prefix="geovlm-minigpt-src-"))
     try:
-        paths = write_minigpt_sources(scratch, seed)
-        out = convert_minigptv2(paths["ckpt"], paths["eva"], paths["llama"], out_dir, family=family,
-                                name=DEMO_NAME, licence=f"none: random weights generated locally, seed {seed}")
+        with no_progress_bars():
+            paths = write_minigpt_sources(scratch, seed)
+            out = convert_minigptv2(paths["ckpt"], paths["eva"], paths["llama"], out_dir, family=family,
+                                    name=DEMO_NAME, licence=f"none: random weights generated locally, seed {seed}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     meta_file = out / "geovlm.json"
