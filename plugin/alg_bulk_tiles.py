@@ -64,7 +64,8 @@ def add_engine_parameters(alg) -> None:
     alg.addParameter(QgsProcessingParameterString("FAMILY", "Model family (default: what the engine reports)",
                                                   optional=True))
     alg.addParameter(QgsProcessingParameterString("ENGINE", "Engine: local, or comma-separated URLs "
-                                                  "(default: Options ▸ GeoVLM)", optional=True))
+                                                  "(default: Settings ▸ Options ▸ GeoVLM)",
+                                                  optional=True))
     alg.addParameter(QgsProcessingParameterAuthConfig("AUTHCFG", "Authentication", optional=True))
     alg.addParameter(QgsProcessingParameterNumber("CONCURRENCY", "Requests in flight per engine",
                                                   Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,

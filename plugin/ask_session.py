@@ -27,13 +27,11 @@ from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes
 from .ask_sources import region_ring, source_settings
 from .ask_task import AskTask, FamilyProbe
-from .engine_manager import engine_manager
+from .engine_manager import engine_manager, state_text
 from .qgis_geometry import qgis_crs
 from .view_render import ViewRender
 
 LOG_TAG = "GeoVLM"
-STATE_WORDS = {"not_set_up": "not set up", "stopped": "stopped (starts on the first question)",
-               "starting": "starting…", "ready": "ready", "busy": "busy", "down": "down"}
 
 
 class AskSession(QObject):
@@ -133,7 +131,7 @@ class AskSession(QObject):
         local = target.lower() == "local"
         if local:
             state, detail = self.manager.state, self.manager.detail
-            text = f"Engine (local): {STATE_WORDS.get(state, state)}" + (f" — {detail}" if detail else "")
+            text = f"Engine (local): {state_text(state, detail)}"
         else:
             text = f"Engine (remote: {', '.join(target.split(',')) or 'none configured'}): {self._remote_word}"
         self.dock.restart.setVisible(local and self.manager.state == "down")

@@ -84,7 +84,7 @@ class EngineConnection:
     @property
     def notice(self) -> str:
         """What every answer of this engine must carry ("" for a real model read in its own family): that the
-        demo model is a random stand-in, and that the family given (a parameter, or Options ▸ GeoVLM) is not
+        demo model is a random stand-in, and that the family given (a parameter, or Settings ▸ Options ▸ GeoVLM) is not
         the one the engine reports, so its answers are read and its views fitted in another family's way."""
         notes = ["Demo model: a random stand-in, its answers are noise."] if self.stand_in else []
         reported, used = self.reported_family, self.profile.name
@@ -115,7 +115,7 @@ def connect(engine: str = "", authcfg: str = "", family: str = "", feedback=None
             cancel: Optional[CancelToken] = None, transport: Optional[Transport] = None) -> EngineConnection:
     """Reach an engine and read what it serves.
 
-    engine: "" = the configured default (Options ▸ GeoVLM), "local" = the plugin's local engine (started now
+    engine: "" = the configured default (Settings ▸ Options ▸ GeoVLM), "local" = the plugin's local engine (started now
     if needed; blocks until it answers, minutes the first time), or comma-separated http(s) URLs. authcfg: a
     `QgsAuthManager` configuration id applied to remote requests (for the configured endpoints, each one's
     own). family: a family name, else the one the engine reports. feedback: a `QgsFeedback`/
@@ -143,7 +143,8 @@ def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> Eng
         engine = LOCAL if value.mode == "local" else ",".join(e.url for e in value.endpoints)
         if not engine:
             raise EngineUnavailable(
-                "no engine configured: add an engine URL in Options ▸ GeoVLM, or use the local engine"
+                f"no engine configured: add an engine URL in {engine_settings.OPTIONS_PATH}, or use the local "
+                "engine"
             )
         authcfgs = {e.url.rstrip("/"): e.authcfg for e in value.endpoints if e.authcfg}
     else:
@@ -176,8 +177,8 @@ def _local_client(value, family, feedback, token, transport) -> EngineClient:
     if not config.python:
         manager.refresh()
         raise EngineUnavailable(
-            "the local engine is not set up: use GeoVLM ▸ Set up the local engine… (or name the engine's Python "
-            "in Options ▸ GeoVLM)"
+            f"the local engine is not set up: use {engine_settings.SETUP_MENU_PATH} (or name the engine's Python "
+            f"in {engine_settings.OPTIONS_PATH})"
         )
     if feedback is not None and not manager.running() and hasattr(feedback, "pushInfo"):
         feedback.pushInfo("Starting the local engine (the first start prepares the model: minutes)…")

@@ -30,6 +30,22 @@ from . import settings as engine_settings
 
 LOG_TAG = "GeoVLM"
 STATES = ("not_set_up", "stopped", "starting", "ready", "busy", "down")
+STATE_WORDS = {"not_set_up": "not set up", "stopped": "stopped, starts on the first question",
+               "starting": "starting…", "ready": "ready", "busy": "busy", "down": "down"}
+
+
+def state_text(state: str, detail: str = "") -> str:
+    """The local engine's `state` (one of STATES) in words, then ": `detail`": the one text the Options page and
+    the Ask dock show. While the engine would run from the set-up's venv (no engine Python named in the Options),
+    "not_set_up" and "stopped" are the set-up's own words (`engine_setup.setup_text`, as the set-up dialog says
+    them: "not set up", "an unfinished set-up (cancelled or failed): Repair finishes it", ...), "stopped" adding
+    that it starts on the first question."""
+    words = STATE_WORDS.get(state, state)
+    if state in ("not_set_up", "stopped") and not engine_settings.load().python:
+        from .engine_setup import setup_text
+
+        words = setup_text() + ("; starts on the first question" if state == "stopped" else "")
+    return f"{words}: {detail}" if detail else words
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ So the set-up makes a venv under the QGIS profile's folder (`settings.venv_dir()
 CUDA build of onnxruntime, when an NVIDIA driver answers `nvidia-smi -L`) inside it. On Linux, PyPI's torch is a
 CUDA build (GBs of CUDA libraries), so the CPU build of torch is installed first from PyTorch's CPU index
 (`--index-url https://download.pytorch.org/whl/cpu`, as pytorch.org's install selector gives for Linux/pip/CPU)
-when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU; every command is a
+when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU, with one retry and a 20 s timeout
+(as `scripts/setup.sh`): when that index does not answer (offline, a firewall), torch comes from pip's configured
+sources instead (its index, find-links), and the log says which; every command is a
 subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
-is terminated) and writes `geovlm-setup.json` into the venv when everything worked. Repair reinstalls the
+is terminated; a cancel ends the task as completed, so QGIS does not say "Task failed") and writes
+`geovlm-setup.json` into the venv when everything worked. Repair reinstalls the
 plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
 the venv's Python (`settings.engine_python()`).
 """
@@ -25,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
@@ -42,6 +45,18 @@ ORT_PACKAGES = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # the extras of
 PLUGIN_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
 TORCH_REQUIREMENT = "torch==2.13.0"  # the engine extra's pin in pyproject.toml (a test keeps them equal)
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's index of CPU-only wheels
+# pip asks PyTorch's CPU index with one retry and this timeout (s), as scripts/setup.sh does: offline, pip's
+# defaults (5 retries, 15 s) spent minutes on it before pip's configured sources were tried.
+TORCH_INDEX_RETRIES = 1
+TORCH_INDEX_TIMEOUT_S = 20
+# The words for `setup_state`'s states: the one wording of the set-up's state, which the set-up dialog, the
+# Options page and the Ask dock show (`setup_text`; `engine_manager.state_text`).
+SETUP_WORDS = {
+    "missing": "not set up",
+    "incomplete": "an unfinished set-up (cancelled or failed): Repair finishes it",
+    "outdated": "set up by another GeoVLM version: Repair updates it",
+    "ready": "set up",
+}
 TORCH_CHOICES = engine_settings.TORCH_BUILDS  # what the user picks; "auto" resolves by `has_nvidia_gpu()`
 NVIDIA_PROC_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU while the Linux driver is loaded
 
@@ -148,13 +163,39 @@ def mismatch_note(runtime: str, torch: str, gpu: Optional[bool]) -> str:
     return ""
 
 
-def torch_index_args(torch: str, system: str) -> List[str]:
+def torch_index_args(torch: str, system: str, index: str = TORCH_CPU_INDEX) -> List[str]:
     """pip's index arguments for installing torch's `torch` build ("cpu" or "cuda") on `system`
     (`platform.system()`): PyTorch's CPU index for "cpu" on Linux, where PyPI's torch is the CUDA build;
     nothing otherwise (PyPI's torch for Windows and macOS has no CUDA libraries, and on Linux it is the CUDA
     build). Source: pytorch.org's "Start Locally" selector (Linux, pip, CPU: `--index-url
-    https://download.pytorch.org/whl/cpu`; CUDA: PyPI's default)."""
-    return ["--index-url", TORCH_CPU_INDEX] if torch == "cpu" and system == "Linux" else []
+    https://download.pytorch.org/whl/cpu`; CUDA: PyPI's default). `index` replaces PyTorch's (tests)."""
+    return ["--index-url", index] if torch == "cpu" and system == "Linux" else []
+
+
+def configured_sources(python: str) -> str:
+    """pip's configured sources as the Python at `python` sees them (`pip config list`: config files and PIP_*
+    variables), for the log: "index-url ...; find-links ..."; PyPI when no index is configured. One line."""
+    done = _run([python, "-m", "pip", "--disable-pip-version-check", "config", "list"], timeout=60)
+    found = []
+    for line in (done.stdout.splitlines() if done is not None and done.returncode == 0 else []):
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        if name in ("index-url", "extra-index-url", "find-links", "no-index"):
+            found.append(f"{name} {' '.join(value.strip().strip(chr(39)).split())}")
+    if not any(item.startswith(("index-url", "no-index")) for item in found):
+        found.insert(0, "index-url https://pypi.org/simple (pip's default)")
+    return "; ".join(found)
+
+
+class Step(NamedTuple):
+    """One command of a set-up: `title` (shown as the step), `argv`, whether it must succeed, and a `fallback`
+    step run instead when it fails, announced in the log by `fallback_note`."""
+
+    title: str
+    argv: List[str]
+    required: bool
+    fallback: Optional[Step] = None
+    fallback_note: str = ""
 
 
 def setup_state(venv: Optional[Path] = None) -> Tuple[str, dict]:
@@ -170,15 +211,27 @@ def setup_state(venv: Optional[Path] = None) -> Tuple[str, dict]:
     return ("ready" if marker.get("version") == __version__ else "outdated"), marker
 
 
+def setup_text(venv: Optional[Path] = None) -> str:
+    """The set-up's state in words (`SETUP_WORDS`), with what a finished set-up installed and when: the one text
+    the set-up dialog, the Options page and the Ask dock show for it."""
+    state, marker = setup_state(venv)
+    text = SETUP_WORDS[state]
+    if marker:
+        torch = f", torch's {str(marker['torch']).upper()} build" if marker.get("torch") else ""
+        text += f" ({str(marker.get('runtime', '?')).upper()} onnxruntime{torch}, {marker.get('time', '')})"
+    return text
+
+
 @dataclass
 class SetupPlan:
     """What the task does. `runtime`: the onnxruntime extra, "cpu" or "gpu". `torch`: the torch build, "cpu"
-    or "cuda", installed first with `torch_index_args(torch, system)` when those are not empty (the CPU build on
-    Linux); "auto" is resolved by the task (`resolve_torch` with `has_nvidia_gpu()`, off the GUI thread) before
-    `commands()` runs; "" leaves torch to the engine extra's install. `pip_args` go to every pip
-    call (e.g. an index, a proxy, or for offline tests `--no-index --find-links DIR`); `venv_args` to
-    `python -m venv`; `package` replaces the plugin folder as what pip installs (a built wheel, for tests);
-    `check_modules` are imported by the venv's Python at the end to prove the set-up."""
+    or "cuda", installed first with `torch_index_args(torch, system, torch_index)` when those are not empty (the
+    CPU build on Linux: one retry, a short timeout, then pip's configured sources as a fallback); "auto" is
+    resolved by the task (`resolve_torch` with `has_nvidia_gpu()`, off the GUI thread) before `commands()` runs;
+    "" leaves torch to the engine extra's install. `pip_args` go to every pip call (e.g. an index, a proxy, or
+    for offline tests `--no-index --find-links DIR`); `venv_args` to `python -m venv`; `package` replaces the
+    plugin folder as what pip installs (a built wheel, for tests); `check_modules` are imported by the venv's
+    Python at the end to prove the set-up; `torch_index` replaces PyTorch's CPU index (tests)."""
 
     action: str = "install"
     python: str = ""
@@ -191,10 +244,10 @@ class SetupPlan:
     package: str = ""
     venv_args: List[str] = field(default_factory=list)
     check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime")
+    torch_index: str = TORCH_CPU_INDEX
 
-    def commands(self) -> List[Tuple[str, List[str], bool]]:
-        """(title, argv, must succeed) of each step; raises ValueError for an unknown action, runtime or torch
-        build."""
+    def commands(self) -> List[Step]:
+        """Each `Step`; raises ValueError for an unknown action, runtime or torch build."""
         if self.action not in ACTIONS or self.runtime not in ORT_PACKAGES or self.torch not in ("", "cpu", "cuda"):
             raise ValueError(f"action must be one of {ACTIONS}, runtime cpu or gpu, torch cpu, cuda or empty")
         if self.action == "remove":
@@ -205,28 +258,34 @@ class SetupPlan:
         other = ORT_PACKAGES["gpu" if self.runtime == "cpu" else "cpu"]
         steps = []
         if self.action == "install" or not engine_settings.venv_python(self.venv).is_file():
-            steps.append((f"Making the virtual environment {self.venv}",
-                          [self.python, "-m", "venv", *self.venv_args, str(self.venv)], True))
+            steps.append(Step(f"Making the virtual environment {self.venv}",
+                              [self.python, "-m", "venv", *self.venv_args, str(self.venv)], True))
         else:
-            steps.append(("Reinstalling GeoVLM's own files", [*pip, "--force-reinstall", "--no-deps", package],
-                          True))
-        steps.append((f"Removing {other} if present (it owns the same module)",
-                      [vpy, "-m", "pip", "--disable-pip-version-check", "uninstall", "-y", other], False))
-        index = torch_index_args(self.torch, self.system)
+            steps.append(Step("Reinstalling GeoVLM's own files",
+                              [*pip, "--force-reinstall", "--no-deps", package], True))
+        steps.append(Step(f"Removing {other} if present (it owns the same module)",
+                          [vpy, "-m", "pip", "--disable-pip-version-check", "uninstall", "-y", other], False))
+        index = torch_index_args(self.torch, self.system, self.torch_index)
         if index:
-            steps.append((f"Installing torch's {self.torch.upper()} build from {index[-1]}",
-                          [*pip, *index, TORCH_REQUIREMENT], True))
-        steps.append((f"Installing the engine ({self.runtime.upper()} onnxruntime): torch, transformers…",
-                      [*pip, f"{package}[engine,{self.runtime}]"], True))
+            fallback = Step(f"Installing {TORCH_REQUIREMENT} from pip's configured sources",
+                            [*pip, TORCH_REQUIREMENT], True)
+            quick = ["--retries", str(TORCH_INDEX_RETRIES), "--timeout", str(TORCH_INDEX_TIMEOUT_S)]
+            steps.append(Step(f"Installing torch's {self.torch.upper()} build from {index[-1]}",
+                              [*pip, *quick, *index, TORCH_REQUIREMENT], True, fallback,
+                              f"{index[-1]} did not answer or has no {TORCH_REQUIREMENT}: taking it from pip's "
+                              "configured sources"))
+        steps.append(Step(f"Installing the engine ({self.runtime.upper()} onnxruntime): torch, transformers…",
+                          [*pip, f"{package}[engine,{self.runtime}]"], True))
         probe = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
-        steps.append(("Checking the engine imports", [vpy, "-c", probe, *self.check_modules], True))
+        steps.append(Step("Checking the engine imports", [vpy, "-c", probe, *self.check_modules], True))
         return steps
 
 
 class EngineSetupTask(QgsTask):
     """Runs a `SetupPlan` in QGIS's task manager. Signals (queued to the GUI thread): `logLine(text)` for
-    each output line, `stepStarted(title)`; `done(ok, message)` from `finished()`. The whole log is also
-    written to `<profile>/geovlm/engine-setup.log`."""
+    each output line, `stepStarted(title)`; `done(ok, message)` from `finished()` (after a cancel: ok False, the
+    message "cancelled; the local engine is now: <setup_text>", and the QgsTask itself ended completed, so
+    QGIS shows no "Task failed"). The whole log is also written to `<profile>/geovlm/engine-setup.log`."""
 
     logLine = pyqtSignal(str)  # noqa: N815 (Qt's naming)
     stepStarted = pyqtSignal(str)  # noqa: N815
@@ -236,6 +295,7 @@ class EngineSetupTask(QgsTask):
         super().__init__(f"GeoVLM: {plan.action} the local engine", QgsTask.Flag.CanCancel)
         self.plan = plan
         self.message = ""
+        self.cancelled = False  # set when a cancel stopped it (the task then ends completed, not terminated)
         self.log_path = engine_settings.data_dir() / "engine-setup.log"
 
     def run(self) -> bool:
@@ -282,21 +342,37 @@ class EngineSetupTask(QgsTask):
             self.message = f"removed {plan.venv}"
             return True
         steps = plan.commands()
-        for index, (title, argv, must_succeed) in enumerate(steps):
-            self.stepStarted.emit(title)
-            self._say(log, f"== {title}\n$ {' '.join(argv)}")
-            status = self._command(argv, log)
+        for index, step in enumerate(steps):
+            if step.fallback is not None:
+                self._say(log, f"torch: from {step.argv[step.argv.index('--index-url') + 1]} ({TORCH_INDEX_RETRIES} "
+                          f"retry, {TORCH_INDEX_TIMEOUT_S} s timeout), else from pip's configured sources")
+            status = self._step(step, log)
+            if status != 0 and step.fallback is not None and not self.isCanceled():
+                sources = configured_sources(step.fallback.argv[0])
+                self._say(log, f"{step.fallback_note} ({sources})")
+                step, status = step.fallback, self._step(step.fallback, log)
             if self.isCanceled():
-                self.message = "cancelled: the local engine is not set up (Repair finishes it)"
-                return False
-            if status != 0 and must_succeed:
-                self.message = f"{title} failed (status {status}); the log is in {self.log_path}"
+                return self._cancelled()
+            if status != 0 and step.required:
+                self.message = f"{step.title} failed (status {status}); the log is in {self.log_path}"
                 return False
             self.setProgress(100.0 * (index + 1) / len(steps))
         marker = {"version": __version__, "runtime": plan.runtime, "torch": plan.torch, "python": plan.python or "",
                   "plugin_dir": str(plan.plugin_dir), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (plan.venv / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
         self.message = f"the local engine is set up in {plan.venv}"
+        return True
+
+    def _step(self, step: Step, log) -> int:
+        self.stepStarted.emit(step.title)
+        self._say(log, f"== {step.title}\n$ {' '.join(step.argv)}")
+        return self._command(step.argv, log)
+
+    def _cancelled(self) -> bool:
+        """A cancel is no failure: run() returns True, so the QgsTask ends completed (QGIS says "Task failed"
+        for a terminated one), and `finished` reports it as cancelled, with the state it left."""
+        self.cancelled = True
+        self.message = f"cancelled; the local engine is now: {setup_text(self.plan.venv)}"
         return True
 
     def _say(self, log, text: str) -> None:
@@ -339,14 +415,19 @@ class EngineSetupTask(QgsTask):
         return proc.returncode
 
     def finished(self, result: bool) -> None:  # noqa: D401 (QgsTask's name), on the GUI thread
+        if not result and self.isCanceled():  # cancelled before it ran (a queued task is terminated by QGIS)
+            self.cancelled = True
+            self.message = f"cancelled; the local engine is now: {setup_text(self.plan.venv)}"
         if not result and not self.message:
-            self.message = "cancelled" if self.isCanceled() else "the set-up failed"
-        level = Qgis.MessageLevel.Success if result else Qgis.MessageLevel.Warning
+            self.message = "the set-up failed"
+        ok = bool(result) and not self.cancelled
+        level = (Qgis.MessageLevel.Info if self.cancelled else
+                 Qgis.MessageLevel.Success if ok else Qgis.MessageLevel.Warning)
         QgsMessageLog.logMessage(f"engine set-up ({self.plan.action}): {self.message}", LOG_TAG, level)
         from .engine_manager import engine_manager
 
         engine_manager().refresh()
-        self.done.emit(bool(result), self.message)
+        self.done.emit(ok, self.message)
 
 
 def _terminate(proc: subprocess.Popen) -> None:

@@ -16,7 +16,7 @@ workers. `stop_network_thread()` ends the thread; it must run before `QgsApplica
 unload and the application's `aboutToQuit` call it; a script that exits QGIS itself calls it first).
 
 Timeouts: `timeout` (seconds) bounds every wait for data (Qt's transfer timeout), and it replaces QGIS's
-global network timeout for these requests (Settings ▸ Network, 60 s by default, too short for a model
+global network timeout for these requests (Settings ▸ Options ▸ Network, 60 s by default, too short for a model
 thinking before its first token) by adjusting the timer QGIS attaches to each reply.
 """
 from __future__ import annotations

@@ -17,6 +17,10 @@ from qgis.core import QgsApplication, QgsSettings
 PREFIX = "geovlm/"
 MODES = ("local", "remote")
 SETUP_MARKER = "geovlm-setup.json"  # written into the venv when "Set up the local engine…" finished
+# Where the user finds the set-up and GeoVLM's Options page, for messages: QGIS puts the entries a plugin adds with
+# `iface.addPluginToMenu("&GeoVLM", action)` under its Plugins menu (ui/engine_menu.py; a test keeps them equal).
+SETUP_MENU_PATH = "Plugins ▸ GeoVLM ▸ Set up the local engine…"
+OPTIONS_PATH = "Settings ▸ Options ▸ GeoVLM"
 
 # The keys, one place; the dock reads the rendering keys through `load()` (render_width, render_height,
 # render_dpr) or directly with these names.

@@ -279,10 +279,10 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
 
 
 def test_engine_header_follows_the_options_and_the_engine_used(dock):
-    """Options ▸ GeoVLM saved (OK): the header names the engine now configured, once, with one state word."""
+    """Settings ▸ Options ▸ GeoVLM saved (OK): the header names the engine now configured, once, with one state word."""
     from geovlm.plugin import settings as engine_settings
     from geovlm.plugin.ask_map import worded
-    from geovlm.plugin.ask_session import STATE_WORDS
+    from geovlm.plugin.engine_manager import state_text
     from geovlm.ui.options_page import GeoVlmOptionsPage
 
     session, header = dock.ask, dock.ask.dock.engine_state
@@ -319,7 +319,8 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             page.local_radio.setChecked(True)
             page.apply()
             text = header.text()
-            assert text.startswith("Engine (local): " + STATE_WORDS[session.manager.state]) and "127.0.0.1" not in text
+            words = state_text(session.manager.state, session.manager.detail)  # the Options page's words
+            assert text == "Engine (local): " + words and "127.0.0.1" not in text
             assert not session.dock.restart.isVisible()
     finally:
         engine_settings.save(engine_settings.EngineSettings())

@@ -43,11 +43,15 @@ def venv(tmp_path, monkeypatch, qgis_app):
 
 
 def run_task(plan, cancel_after_line=None, seconds=240):
+    """Run a set-up task to its end; (result: ok, message, cancel_s, ended ("completed" or "terminated": how
+    QGIS's task manager saw it end), log lines, step titles)."""
     task = EngineSetupTask(plan)
     lines, steps, result = [], [], {}
     task.logLine.connect(lines.append)
     task.stepStarted.connect(steps.append)
     task.done.connect(lambda ok, message: result.update(ok=ok, message=message))
+    task.taskCompleted.connect(lambda: result.update(ended="completed"))
+    task.taskTerminated.connect(lambda: result.update(ended="terminated"))
     QgsApplication.taskManager().addTask(task)
     deadline = time.monotonic() + seconds
     cancelled_at = None
@@ -58,6 +62,9 @@ def run_task(plan, cancel_after_line=None, seconds=240):
             cancelled_at = time.monotonic()
         time.sleep(0.02)
     assert "ok" in result, "the set-up task did not finish"
+    while "ended" not in result and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.02)
     result["cancel_s"] = time.monotonic() - cancelled_at if cancelled_at else None
     return result, lines, steps
 
@@ -104,8 +111,12 @@ def test_set_up_repair_and_remove(venv, wheel, system_python):
 
 
 def test_cancel_stops_the_running_command(venv, wheel, system_python):
+    """A cancel stops the command, reads as cancelled with the state it left (in the set-up dialog's words), and
+    is no failed task: the QgsTask ends completed, so QGIS shows no "Task failed"."""
     result, lines, _ = run_task(offline_plan(venv, wheel, system_python), cancel_after_line="-m venv")
-    assert result["ok"] is False and result["message"].startswith("cancelled")
+    assert result["ok"] is False and result["message"].startswith("cancelled; the local engine is now: ")
+    assert result["message"].endswith(engine_setup.setup_text(venv)) and "fail" not in result["message"]
+    assert result["ended"] == "completed"
     assert result["cancel_s"] < 6
     assert engine_setup.setup_state(venv)[0] in ("missing", "incomplete") and engine_settings.engine_python() == ""
 
@@ -133,7 +144,7 @@ def test_the_real_install_is_the_plugins_engine_extra_with_the_right_onnxruntime
     assert engine_setup.default_runtime() == "cpu"
 
     plan = SetupPlan(python="/usr/bin/python3", runtime="gpu", venv=tmp_path / "venv")
-    steps = {title: argv for title, argv, _ in plan.commands()}
+    steps = {step.title: step.argv for step in plan.commands()}
     install = next(argv for title, argv in steps.items() if title.startswith("Installing the engine"))
     assert install[-1] == f"{engine_setup.PLUGIN_DIR}[engine,gpu]"
     assert install[1:5] == ["-m", "pip", "--disable-pip-version-check", "install"]
@@ -162,7 +173,7 @@ def test_the_torch_build_is_the_users_choice_or_follows_the_gpu():
 
 def install_steps(**plan):
     steps = SetupPlan(python="/usr/bin/python3", venv=Path("/nowhere/venv"), **plan).commands()
-    return [title for title, _, _ in steps], [argv for _, argv, _ in steps]
+    return [step.title for step in steps], [step.argv for step in steps]
 
 
 def test_a_cpu_torch_on_linux_comes_from_pytorchs_cpu_index_before_the_engine():
@@ -171,12 +182,20 @@ def test_a_cpu_torch_on_linux_comes_from_pytorchs_cpu_index_before_the_engine():
     engine = next(i for i, title in enumerate(titles) if title.startswith("Installing the engine"))
     assert at < engine  # torch first: the engine extra's torch==2.13.0 is then already satisfied
     assert commands[at][1:5] == ["-m", "pip", "--disable-pip-version-check", "install"]
-    assert commands[at][5:] == ["--index-url", "https://download.pytorch.org/whl/cpu", "torch==2.13.0"]
+    # one retry and a short timeout, as scripts/setup.sh (pip's defaults: 5 retries of 15 s per file)
+    assert commands[at][5:] == ["--retries", "1", "--timeout", "20", "--index-url",
+                                "https://download.pytorch.org/whl/cpu", "torch==2.13.0"]
     assert "--index-url" not in commands[engine]  # the rest comes from the usual index
+    # When that index fails, torch comes from pip's configured sources: the same pip, without the CPU index.
+    plan_steps = SetupPlan(python="/usr/bin/python3", venv=Path("/nowhere/venv"), system="Linux").commands()
+    step = plan_steps[at]
+    assert step.fallback.argv == commands[at][:5] + ["torch==2.13.0"] and step.fallback.required
+    assert step.fallback.title == "Installing torch==2.13.0 from pip's configured sources"
+    assert [s.fallback is None for s in plan_steps] == [i != at for i in range(len(plan_steps))]
     # The user's own pip arguments (a proxy, a mirror) go first, the CPU index after them.
     _, commands = install_steps(torch="cpu", system="Linux", pip_args=["--proxy", "http://127.0.0.1:3128"])
-    assert commands[at][5:] == ["--proxy", "http://127.0.0.1:3128", "--index-url", engine_setup.TORCH_CPU_INDEX,
-                                engine_setup.TORCH_REQUIREMENT]
+    assert commands[at][5:] == ["--proxy", "http://127.0.0.1:3128", "--retries", "1", "--timeout", "20",
+                                "--index-url", engine_setup.TORCH_CPU_INDEX, engine_setup.TORCH_REQUIREMENT]
 
 
 @pytest.mark.parametrize("torch, system", [("cuda", "Linux"), ("cpu", "Windows"), ("cpu", "Darwin"), ("", "Linux")])
@@ -195,22 +214,112 @@ def test_the_torch_pin_is_the_engine_extras():
     assert engine_setup.TORCH_REQUIREMENT in extra
 
 
-def test_the_log_shows_the_torch_choice_and_the_cpu_index_command(venv, system_python, monkeypatch):
-    """A real set-up on a machine without an NVIDIA GPU, offline: the venv is made, then the torch step runs
-    pip with PyTorch's CPU index, as the log shows, and fails in one line (no index, no wheels: nothing is
-    downloaded)."""
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+def fake_torch_index(folder: Path) -> str:
+    """A PEP 503 index in `folder` (a file:// URL) holding one tiny wheel named torch 2.13.0 (a stand-in: nothing
+    is downloaded)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {"torch/__init__.py": '__version__ = "2.13.0"\n',
+             "torch-2.13.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0\n",
+             "torch-2.13.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                             "Tag: py3-none-any\n"}
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{name},sha256={digest(text)},{len(text.encode())}\n" for name, text in files.items())
+    project = folder / "simple" / "torch"
+    project.mkdir(parents=True)
+    wheel = project / "torch-2.13.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr("torch-2.13.0.dist-info/RECORD", record + "torch-2.13.0.dist-info/RECORD,,\n")
+    (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+    return (folder / "simple").as_uri() + "/"
+
+
+def test_an_unreachable_cpu_index_is_asked_once_then_pips_configured_sources(venv, system_python, wheel, tmp_path,
+                                                                              monkeypatch):
+    """A real set-up on a machine without an NVIDIA GPU, offline: the venv is made, the torch step asks the CPU
+    index (here a closed port on 127.0.0.1) with one retry, fails, and the log says that torch now comes from
+    pip's configured sources (here an index of one stand-in torch wheel, PIP_INDEX_URL), which installs it; the
+    engine step then fails in one line (its dependencies are not there: nothing is downloaded)."""
     monkeypatch.setattr(engine_setup, "has_nvidia_gpu", lambda: False)
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured index or local wheels: pip finds nothing
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured find-links or index but ours
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    plan = SetupPlan(python=system_python, venv=venv, torch="auto", system="Linux", pip_args=["--no-index"])
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    configured = fake_torch_index(tmp_path / "index")
+    monkeypatch.setenv("PIP_INDEX_URL", configured)
+    index = f"http://127.0.0.1:{closed_port()}/whl/cpu"
+    plan = SetupPlan(python=system_python, venv=venv, torch="auto", system="Linux", torch_index=index,
+                     package=str(wheel))
     result, lines, steps = run_task(plan)
     assert "torch: the CPU build (automatic: no NVIDIA GPU found)" in lines
-    assert steps[-1] == "Installing torch's CPU build from https://download.pytorch.org/whl/cpu"
+    assert f"torch: from {index} (1 retry, 20 s timeout), else from pip's configured sources" in lines
     assert any(line.startswith("$ ") and line.endswith(
-        "-m pip --disable-pip-version-check install --no-index --index-url https://download.pytorch.org/whl/cpu "
-        "torch==2.13.0") for line in lines)
+        f"-m pip --disable-pip-version-check install --retries 1 --timeout 20 --index-url {index} torch==2.13.0")
+        for line in lines)
+    asked = lines.index(next(line for line in lines if line.endswith(f"--index-url {index} torch==2.13.0")))
+    fell_back = lines.index(next(line for line in lines if line.startswith(f"{index} did not answer")))
+    assert sum("Retrying" in line for line in lines[asked:fell_back]) <= 1  # pip's default retries 5 times
+    assert lines[fell_back] == (f"{index} did not answer or has no torch==2.13.0: taking it from pip's configured "
+                                f"sources (index-url {configured})")
+    assert steps[2:4] == [f"Installing torch's CPU build from {index}",
+                          "Installing torch==2.13.0 from pip's configured sources"]
+    assert any("Successfully installed torch-2.13.0" in line for line in lines[fell_back:])
+    assert steps[-1].startswith("Installing the engine")
     assert result["ok"] is False and result["message"].startswith(f"{steps[-1]} failed (status 1)")
     assert engine_setup.setup_state(venv)[0] == "incomplete"
+
+
+def scripted_venv(venv: Path, index_answers: bool) -> Path:
+    """A venv whose python is a scripted pip stand-in: it records each call's arguments, fails `--index-url`
+    installs unless `index_answers`, and reports a configured find-links for `pip config list`."""
+    python = engine_settings.venv_python(venv)
+    python.parent.mkdir(parents=True)
+    calls = venv / "calls.txt"
+    python.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+case "$*" in
+  *"config list"*) echo "global.find-links='/srv/wheels'"; echo "global.cert='/etc/ssl/x.pem'" ;;
+  *--index-url*) {"echo 'Successfully installed torch-2.13.0+cpu'" if index_answers else
+                   "echo 'ERROR: Could not find a version that satisfies the requirement torch==2.13.0'; exit 1"} ;;
+esac
+exit 0
+""")
+    python.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize("index_answers", [False, True])
+def test_the_configured_sources_are_the_fallback_only_when_the_cpu_index_fails(venv, index_answers):
+    calls = scripted_venv(venv, index_answers)
+    plan = SetupPlan(action="repair", venv=venv, torch="cpu", system="Linux", package="geovlm.whl")
+    result, lines, steps = run_task(plan, seconds=60)
+    assert result["ok"], result["message"] + "\n" + "\n".join(lines)
+    installs = [line for line in calls.read_text().splitlines() if "torch==2.13.0" in line]
+    quick = f"--retries 1 --timeout 20 --index-url {engine_setup.TORCH_CPU_INDEX} torch==2.13.0"
+    note = (f"{engine_setup.TORCH_CPU_INDEX} did not answer or has no torch==2.13.0: taking it from pip's "
+            "configured sources (index-url https://pypi.org/simple (pip's default); find-links /srv/wheels)")
+    if index_answers:
+        assert installs == [f"-m pip --disable-pip-version-check install {quick}"]
+        assert "Installing torch==2.13.0 from pip's configured sources" not in steps and note not in lines
+    else:
+        assert installs == [f"-m pip --disable-pip-version-check install {quick}",
+                            "-m pip --disable-pip-version-check install torch==2.13.0"]
+        assert note in lines
+        assert steps.index("Installing torch==2.13.0 from pip's configured sources") == 3
+    assert steps[-1] == "Checking the engine imports" and engine_setup.setup_state(venv)[0] == "ready"
 
 
 def test_setting_up_again_with_a_bad_python_keeps_the_working_engine(venv, tmp_path):

@@ -72,11 +72,17 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_p
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     qgis_iface.registerOptionsWidgetFactory.reset_mock()
     qgis_iface.unregisterOptionsWidgetFactory.reset_mock()
+    menus = []  # QGIS puts what addPluginToMenu adds under its Plugins menu
+    monkeypatch.setattr(qgis_iface, "addPluginToMenu", lambda name, action: menus.append((name, action)))
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initGui()
     [(factory,), _] = qgis_iface.registerOptionsWidgetFactory.call_args
     assert isinstance(factory, GeoVlmOptionsFactory) and factory.title() == "GeoVLM"
     assert plugin.engine_ui.action.text() == "Set up the local engine…"
+    # Messages name the menu path as QGIS shows it: addPluginToMenu's entries are under Plugins.
+    [(menu, action)] = [(name, a) for name, a in menus if a is plugin.engine_ui.action]
+    assert engine_settings.SETUP_MENU_PATH == f"Plugins ▸ {menu.replace('&', '')} ▸ {action.text()}"
+    assert engine_settings.OPTIONS_PATH == f"Settings ▸ Options ▸ {factory.title()}"
     plugin.engine_ui.open_setup()
     dialog = plugin.engine_ui.dialog
     assert dialog.isVisible()
@@ -90,7 +96,7 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_p
     plugin.unload()
     qgis_iface.unregisterOptionsWidgetFactory.assert_called_once_with(factory)
     assert plugin.engine_ui is None and dialog.task is None
-    assert wait_for(lambda: ended, 10) and ended == ["terminated"]
+    assert wait_for(lambda: ended, 10) and ended == ["completed"]  # a cancel is no failed task
     assert engine_setup.setup_state()[0] in ("missing", "incomplete")
 
 
@@ -226,3 +232,52 @@ def test_the_setup_dialog_notes_onnxruntime_and_torch_on_different_devices(qgis_
     assert engine_setup.mismatch_note("gpu", "auto", None) == ""  # GPU not known yet: nothing to say
     assert engine_setup.mismatch_note("gpu", "auto", False).startswith("Note: GPU onnxruntime")
     assert engine_setup.mismatch_note("cpu", "cpu", True) == engine_setup.mismatch_note("gpu", "cuda", True) == ""
+
+
+def test_the_options_page_and_the_setup_dialog_say_the_same_state(qgis_app, tmp_path, monkeypatch):
+    """One wording of the set-up's state: after a cancelled set-up (a venv without its marker), not set up, set
+    up, and set up by another version, the Options page says what the set-up dialog says."""
+    venv = tmp_path / "engine-venv"
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_setup, "has_nvidia_gpu", lambda: False)
+    from geovlm.plugin.engine_manager import engine_manager
+
+    python = engine_settings.venv_python(venv)
+    shown = []
+    for case in ("missing", "incomplete", "ready", "outdated"):
+        if case == "incomplete":
+            python.parent.mkdir(parents=True)
+            python.write_text("")
+        elif case in ("ready", "outdated"):
+            version = geovlm.__version__ if case == "ready" else "0.0.1"
+            (venv / engine_setup.MARKER).write_text(json.dumps({"version": version, "runtime": "cpu", "torch": "cpu",
+                                                                "time": "2026-11-30T03:00:00"}))
+        engine_manager().refresh()
+        dialog, page = EngineSetupDialog(), GeoVlmOptionsPage()
+        words = dialog.state.text()
+        assert words == engine_setup.setup_text() and page.state_label.text().startswith(words), case
+        shown.append(page.state_label.text())
+        dialog.deleteLater()
+        page.deleteLater()
+    assert shown == [
+        "not set up",
+        "an unfinished set-up (cancelled or failed): Repair finishes it",
+        "set up (CPU onnxruntime, torch's CPU build, 2026-11-30T03:00:00); starts on the first question",
+        "set up by another GeoVLM version: Repair updates it (CPU onnxruntime, torch's CPU build, "
+        "2026-11-30T03:00:00); starts on the first question",
+    ]
+
+
+def test_user_facing_menu_paths_start_where_qgis_shows_them():
+    """Every "A ▸ B" path in the plugin's messages and the README starts at a QGIS menu (Plugins, Settings), never
+    at "GeoVLM ▸" or "Options ▸" (GeoVLM's entries are in Plugins ▸ GeoVLM, its page in Settings ▸ Options)."""
+    import re
+    from pathlib import Path
+
+    root = Path(geovlm.__file__).resolve().parent
+    files = [root / "README.md", *sorted((root / "plugin").glob("*.py")), *sorted((root / "ui").glob("*.py"))]
+    starts = {(f.name, m.group(1)) for f in files
+              for m in re.finditer(r"(?<!▸ )\b(\w+) ▸", f.read_text(encoding="utf-8"))}
+    assert ("settings.py", "Plugins") in starts and ("README.md", "Settings") in starts
+    assert {word for _, word in starts} <= {"Plugins", "Settings"}, sorted(starts)

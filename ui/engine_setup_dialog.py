@@ -28,12 +28,6 @@ from qgis.PyQt.QtWidgets import (
 from ..plugin import engine_setup
 from ..plugin import settings as engine_settings
 
-STATE_TEXT = {
-    "missing": "not set up",
-    "incomplete": "an unfinished set-up (cancelled or failed): Repair finishes it",
-    "outdated": "set up by another GeoVLM version: Repair updates it",
-    "ready": "set up",
-}
 MAX_LOG_LINES = 5000
 
 
@@ -113,12 +107,8 @@ class EngineSetupDialog(QDialog):
     # ------------------------------------------------------------ state
 
     def update_state(self) -> None:
-        state, marker = engine_setup.setup_state()
-        text = STATE_TEXT[state]
-        if marker:
-            torch = f", torch's {marker['torch'].upper()} build" if marker.get("torch") else ""
-            text += f" ({marker.get('runtime', '?').upper()} onnxruntime{torch}, {marker.get('time', '')})"
-        self.state.setText(text)
+        state, _ = engine_setup.setup_state()
+        self.state.setText(engine_setup.setup_text())  # the words the Options page and the Ask dock show too
         running = self.task is not None
         self.setup_button.setEnabled(not running)
         self.setup_button.setText("Set up again" if state != "missing" else "Set up")

@@ -32,14 +32,10 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.profiles import family_names, get_profile
 from ..plugin import settings as engine_settings
-from ..plugin.engine_manager import engine_manager
+from ..plugin.engine_manager import engine_manager, state_text
 from ..plugin.provider import ICON
 
 LOG_TAG = "GeoVLM"
-STATE_WORDS = {
-    "not_set_up": "not set up", "stopped": "set up, starts on the first question", "starting": "starting…",
-    "ready": "ready", "busy": "busy", "down": "down",
-}
 
 
 class EndpointTable(QTableWidget):
@@ -221,8 +217,7 @@ class GeoVlmOptionsPage(QgsOptionsPageWidget):
 
     def _show_state(self, state: str, detail: str) -> None:
         try:
-            words = STATE_WORDS.get(state, state)
-            self.state_label.setText(f"{words}: {detail}" if detail else words)
+            self.state_label.setText(state_text(state, detail))  # the set-up dialog's words for the set-up
         except RuntimeError:  # the page is gone (the Options dialog closed)
             pass
 
