@@ -88,19 +88,21 @@ class EngineManager(QObject):
 
     # ------------------------------------------------------------ state
 
-    def _set(self, state: str, detail: str = "") -> None:
+    def _set(self, state: str, detail: str = "", force: bool = False) -> None:
         with self._lock:
-            if (state, detail) == (self.state, self.detail):
+            if (state, detail) == (self.state, self.detail) and not force:
                 return
             self.state, self.detail = state, detail
         self.stateChanged.emit(state, detail)
 
     def refresh(self) -> str:
-        """Re-derive the idle state from the settings ("not_set_up" or "stopped") unless an engine runs."""
+        """Re-derive the idle state from the settings ("not_set_up" or "stopped") unless an engine runs; told to
+        `stateChanged` even when it is the same state, since the set-up's words (`state_text`) may have changed
+        (a set-up cancelled, repaired or removed meanwhile)."""
         with self._lock:
             if self._engine is not None and self._engine.running():
                 return self.state
-        self._set("stopped" if engine_settings.engine_python() else "not_set_up")
+        self._set("stopped" if engine_settings.engine_python() else "not_set_up", force=True)
         return self.state
 
     def settings_saved(self) -> None:

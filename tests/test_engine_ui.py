@@ -244,6 +244,8 @@ def test_the_options_page_and_the_setup_dialog_say_the_same_state(qgis_app, tmp_
     from geovlm.plugin.engine_manager import engine_manager
 
     python = engine_settings.venv_python(venv)
+    engine_manager().refresh()
+    open_page = GeoVlmOptionsPage()  # open while a set-up is cancelled: it follows
     shown = []
     for case in ("missing", "incomplete", "ready", "outdated"):
         if case == "incomplete":
@@ -253,10 +255,12 @@ def test_the_options_page_and_the_setup_dialog_say_the_same_state(qgis_app, tmp_
             version = geovlm.__version__ if case == "ready" else "0.0.1"
             (venv / engine_setup.MARKER).write_text(json.dumps({"version": version, "runtime": "cpu", "torch": "cpu",
                                                                 "time": "2026-11-30T03:00:00"}))
-        engine_manager().refresh()
+        engine_manager().refresh()  # as the set-up task does when it ends
+        QCoreApplication.processEvents()
         dialog, page = EngineSetupDialog(), GeoVlmOptionsPage()
         words = dialog.state.text()
         assert words == engine_setup.setup_text() and page.state_label.text().startswith(words), case
+        assert open_page.state_label.text() == page.state_label.text(), case
         shown.append(page.state_label.text())
         dialog.deleteLater()
         page.deleteLater()
@@ -267,6 +271,7 @@ def test_the_options_page_and_the_setup_dialog_say_the_same_state(qgis_app, tmp_
         "set up by another GeoVLM version: Repair updates it (CPU onnxruntime, torch's CPU build, "
         "2026-11-30T03:00:00); starts on the first question",
     ]
+    open_page.deleteLater()
 
 
 def test_user_facing_menu_paths_start_where_qgis_shows_them():
