@@ -27,9 +27,9 @@ DEMO_ANSWERS ?= sample/earthdial_refer.jsonl
 demo: setup
 	@mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/geovlm ask $(DEMO_RASTER) "[grounding]Describe the image and locate what you name." \
-		--family geochat --max-new-tokens 48 --out $(DEMO_DIR)/ask.gpkg
+		--family geochat --max-new-tokens 48 --out $(DEMO_DIR)/ask.gpkg --overwrite
 	$(VENV)/bin/geovlm parse $(DEMO_ANSWERS) --family earthdial --image-size 800x800 \
-		--out $(DEMO_DIR)/earthdial_refer.gpkg
+		--out $(DEMO_DIR)/earthdial_refer.gpkg --overwrite
 	@$(PY) scripts/demo_summary.py $(DEMO_DIR)/ask.gpkg $(DEMO_DIR)/earthdial_refer.gpkg
 
 test: setup

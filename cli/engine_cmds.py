@@ -84,6 +84,7 @@ def register(sub) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--providers", help="onnxruntime providers in order, comma-separated")
     p.add_argument("--out", help="OUT.gpkg or OUT.geojson for the grounded objects")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier --out")
     p.add_argument("--engine", metavar="URL[,URL...]|local",
                    help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
     add_retry_window_arg(p)
@@ -255,7 +256,7 @@ def cmd_ask(args) -> int:
     if args.out:
         from .layers_io import check_output
 
-        check_output(args.out)  # before the model is loaded and asked, not after
+        check_output(args.out, args.overwrite)  # before the model is loaded and asked, not after
     window = parse_window(args.window)
     frame = open_frame(args.raster, window)
     try:
@@ -306,7 +307,7 @@ def cmd_ask(args) -> int:
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
-        write_layers([ParsedRecord(1, pipe.profile.name, answer, frame)], args.out)
+        write_layers([ParsedRecord(1, pipe.profile.name, answer, frame)], args.out, overwrite=args.overwrite)
         print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
     if info["random_stand_in"]:
         print(STAND_IN_NOTE, file=sys.stderr)
@@ -358,7 +359,7 @@ def _ask_engine(args, image, frame) -> int:
     if args.out:
         from .layers_io import ParsedRecord, write_layers
 
-        write_layers([ParsedRecord(1, profile.name, answer, frame)], args.out)
+        write_layers([ParsedRecord(1, profile.name, answer, frame)], args.out, overwrite=args.overwrite)
         print(f"[wrote {len(answer.objects)} objects to {args.out}]", file=sys.stderr)
     if details.get("random_stand_in"):
         print(STAND_IN_NOTE, file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List
+from typing import Dict, Iterable, List
 
 from ..core.answer import Answer
 from ..core.georef import ImageFrame
@@ -41,21 +41,38 @@ def _frames(records: List[ParsedRecord]):
     return obj_df, rel_df
 
 
-def check_output(out_path) -> Path:
-    """`out_path` as a Path when its suffix names a format `write_layers` writes (.gpkg, .geojson, .json);
-    CliError in one line otherwise."""
+def check_output(out_path, overwrite: bool = False) -> Path:
+    """`out_path` as a Path when its suffix names a format `write_layers` writes (.gpkg, .geojson, .json) and
+    writing it loses nothing unasked; CliError in one line otherwise: an earlier output (a GeoPackage holding
+    only `objects` and `relations`, or a GeoJSON file or its `_relations` companion) is replaced only with
+    `overwrite` (--overwrite, as `caption`/`detect` replace an output only when told), and a GeoPackage with
+    other layers (a bulk run's ledger, a user's data) is never written over."""
     out = Path(out_path)
     if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
         raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
     if out.suffix.lower() == ".gpkg" and out.exists():
-        _refuse_foreign_geopackage(out)
+        counts = _refuse_foreign_geopackage(out)
+        if not overwrite:
+            held = ", ".join(f"{n} {name}" for name, n in counts.items())
+            raise CliError(f"{out} exists (an earlier output: {held}): rerun with --overwrite to replace it, or "
+                           "choose another output")
+    elif out.suffix.lower() != ".gpkg" and not overwrite:
+        existing = [p for p in (out, _relations_path(out)) if p.exists()]
+        if existing:
+            raise CliError(f"{' and '.join(map(str, existing))} exist{'s' if len(existing) == 1 else ''}: rerun "
+                           "with --overwrite to replace, or choose another output")
     return out
 
 
-def _refuse_foreign_geopackage(out: Path) -> None:
-    """CliError unless `out` is a GeoPackage holding only what `write_layers` writes (`objects`, `relations`),
-    which a new run replaces: the file is rewritten whole, so a user's GeoPackage with other layers (a bulk
-    run's ledger included) would be lost."""
+def _relations_path(out: Path) -> Path:
+    """The GeoJSON file that holds the relations beside OUT.geojson: OUT_relations.geojson."""
+    return out.with_name(out.stem + "_relations" + out.suffix)
+
+
+def _refuse_foreign_geopackage(out: Path) -> Dict[str, int]:
+    """{layer: features} of `out` when it is a GeoPackage holding only what `write_layers` writes (`objects`,
+    `relations`), which may be replaced; CliError otherwise: the file is rewritten whole, so a user's
+    GeoPackage with other layers (a bulk run's ledger included) would be lost."""
     import sqlite3
 
     try:
@@ -64,22 +81,25 @@ def _refuse_foreign_geopackage(out: Path) -> None:
         raise CliError(f"{out} exists and cannot be read: choose another output") from None
     try:
         names = {row[0] for row in con.execute("SELECT table_name FROM gpkg_contents")}
+        other = sorted(names - {"objects", "relations"})
+        if other:
+            raise CliError(f"{out} exists and holds other layers ({', '.join(other)}), which writing it would "
+                           "delete: choose another output (it is left as it is)")
+        return {name: con.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]  # nosec B608  # two fixed names
+                for name in ("objects", "relations") if name in names}
     except sqlite3.DatabaseError:
         raise CliError(f"{out} exists and is not a GeoPackage: choose another output (it is left as it is)") from None
     finally:
         con.close()
-    other = sorted(names - {"objects", "relations"})
-    if other:
-        raise CliError(f"{out} exists and holds other layers ({', '.join(other)}), which writing it would delete: "
-                       "choose another output (it is left as it is)")
 
 
-def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None) -> dict:
+def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None, overwrite: bool = False) -> dict:
     """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations.
+    An existing output is replaced only with `overwrite` (see `check_output`).
 
     With `to_crs`, every vertex is reprojected (pyproj) from the images' CRS."""
     records = list(records)
-    out = check_output(out_path)
+    out = check_output(out_path, overwrite)
     crs_set = {r.frame.crs for r in records if r.frame.crs}
     if len(crs_set) > 1:
         raise CliError("answers refer to images in different CRSs; write them separately")
@@ -108,7 +128,7 @@ def _write(obj_df, rel_df, out: Path) -> dict:
                        geometry_type="LineString")
         paths = {"objects": f"{out}|layername=objects", "relations": f"{out}|layername=relations"}
     else:
-        rel_path = out.with_name(out.stem + "_relations" + out.suffix)
+        rel_path = _relations_path(out)
         for path, df in ((out, obj_df), (rel_path, rel_df)):
             if path.exists():
                 path.unlink()

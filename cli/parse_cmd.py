@@ -31,6 +31,8 @@ def register(sub) -> None:
     p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")
     add_profile_overrides(p)
     p.add_argument("--out", required=True, help="OUT.gpkg or OUT.geojson")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output (never a GeoPackage with "
+                   "other layers)")
     p.set_defaults(func=run)
 
 
@@ -104,7 +106,7 @@ def run(args) -> int:
         profile = get_profile(args.family, **profile_overrides(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    check_output(args.out)
+    check_output(args.out, args.overwrite)
     frame = frame_from_args(args)
     pixel_space = frame.crs == PIXEL_CRS_WKT
     if pixel_space and args.to_crs:
@@ -113,19 +115,24 @@ def run(args) -> int:
     if pixel_space and Path(args.out).suffix.lower() != ".gpkg":
         print("note: GeoJSON cannot carry the local pixel CRS, so GIS software may take these pixels for degrees: "
               "write .gpkg to open them upright in pixel units", file=sys.stderr)
-    records = []
+    records, bad = [], []
     try:
-        for number, text, question in read_answers(path, args.field, args.question_field):
+        for number, text, question in read_answers(path, args.field, args.question_field, bad):
             answer = parse_answer(text, profile, (frame.width, frame.height), default_label=referred_phrase(question))
             records.append(ParsedRecord(number, profile.name, answer, frame))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    result = write_layers(records, args.out, to_crs=args.to_crs)
+    report_bad_lines(bad)
+    if bad and not records:
+        print(f"geovlm parse: no line of {path} could be read: nothing written", file=sys.stderr)
+        return 1
+    result = write_layers(records, args.out, to_crs=args.to_crs, overwrite=args.overwrite)
     skipped = sum(len(r.answer.skipped) for r in records)
     warned = sum(1 for r in records if r.answer.warnings)
     print(
         f"{len(records)} answers, {result['objects']} objects, {result['relations']} relations, "
-        f"{skipped} skipped fragments, {warned} answers with warnings -> {args.out}"
+        f"{skipped} skipped fragments, {warned} answers with warnings"
+        + (f", {len(bad)} bad {'line' if len(bad) == 1 else 'lines'} left out" if bad else "") + f" -> {args.out}"
     )
     print(f"coordinates: {space_of(frame, args)}")
     if not records:
@@ -134,4 +141,18 @@ def run(args) -> int:
     if records and result["objects"] == 0 and not any(r.answer.objects for r in records):
         print(f"note: no box found in {len(records)} answers: check that --family {profile.name} is the family "
               "that wrote them", file=sys.stderr)
-    return 0
+    return 1 if bad else 0
+
+
+MAX_BAD_LINES = 10
+
+
+def report_bad_lines(bad) -> None:
+    """Each unreadable input line on stderr, one line each ("geovlm parse: FILE:N: why"), the first
+    `MAX_BAD_LINES` of them and then how many more; `run` writes the good lines, counts the bad ones in its
+    summary and exits 1."""
+    for message in bad[:MAX_BAD_LINES]:
+        print(f"geovlm parse: {message}", file=sys.stderr)
+    if len(bad) > MAX_BAD_LINES:
+        print(f"geovlm parse: ... and {len(bad) - MAX_BAD_LINES} more bad lines", file=sys.stderr)
+

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 
-def read_answers(path, field: str = "answer", question_field: str = "question") -> Iterator[Tuple[int, str, str]]:
+def read_answers(path, field: str = "answer", question_field: str = "question",
+                 bad: Optional[List[str]] = None) -> Iterator[Tuple[int, str, str]]:
     """(line number from 1, answer text, question text or ''); JSON lines when the first non-empty line parses
     as a JSON object (a UTF-8 byte-order mark before it is ignored).
 
-    Raises ValueError with the file and line for anything that is not readable as such, and in one line for a
-    file that is not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by
-    mistake).
+    A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'") raises
+    ValueError with the file and line, or, when a list `bad` is given, is appended to it as that one-line
+    message and skipped, so that every bad line can be reported at once and the good ones used. A file that is
+    not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by mistake) raises
+    ValueError in one line either way.
     """
     lines = split_lines(read_text(path))
     is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
@@ -29,10 +32,16 @@ def read_answers(path, field: str = "answer", question_field: str = "question") 
             continue
         try:
             record = json.loads(line)
+            problem = None if isinstance(record, dict) else "not a JSON object (the file looks like JSON lines)"
         except ValueError:
-            raise ValueError(f"{path}:{number}: not a JSON object (the file looks like JSON lines)") from None
-        if not isinstance(record, dict) or field not in record:
-            raise ValueError(f"{path}:{number}: no field {field!r}")
+            problem = "not a JSON object (the file looks like JSON lines)"
+        if problem is None and field not in record:
+            problem = f"no field {field!r}"
+        if problem is not None:
+            if bad is None:
+                raise ValueError(f"{path}:{number}: {problem}")
+            bad.append(f"{path}:{number}: {problem}")
+            continue
         question = record.get(question_field)
         yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
 

@@ -128,8 +128,8 @@ def test_bad_input_gives_a_clear_message(data_dir, tmp_path, capsys, args, messa
 def test_broken_json_lines_name_the_line(tmp_path, capsys):
     src = tmp_path / "a.jsonl"
     src.write_text('{"answer": "x"}\n{"answer": \n')
-    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 2
-    assert "a.jsonl:2" in capsys.readouterr().err
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 1
+    assert "a.jsonl:2: not a JSON object" in capsys.readouterr().err
 
 
 def test_console_script_and_module_entry_point(tmp_path):
@@ -220,8 +220,8 @@ def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><50><50>|<90>}\n")
     out = tmp_path / "o.gpkg"
-    for _ in range(2):  # its own output is replaced by a rerun
-        assert main(["parse", str(src), "--family", "geochat", "--out", str(out)]) == 0
+    for _ in range(2):  # its own output is replaced by a rerun with --overwrite
+        assert main(["parse", str(src), "--family", "geochat", "--out", str(out), "--overwrite"]) == 0
     capsys.readouterr()
     mine = tmp_path / "mine.gpkg"
     layer = QgsVectorLayer("Point?crs=EPSG:4326", "sites", "memory")
@@ -232,7 +232,8 @@ def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path, capsys):
     QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(mine), QgsCoordinateTransformContext(), options)
     before = mine.read_bytes()
     assert main(["parse", str(src), "--family", "geochat", "--out", str(mine)]) == 2
-    err = capsys.readouterr().err.strip()
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"geovlm parse: {mine} exists and holds other layers (sites), which writing it would delete: "
                    "choose another output (it is left as it is)")
     assert mine.read_bytes() == before
@@ -242,3 +243,54 @@ def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path, capsys):
     text.write_text("not a GeoPackage")
     assert main(["parse", str(src), "--family", "geochat", "--out", str(text)]) == 2
     assert "is not a GeoPackage" in capsys.readouterr().err and text.read_text() == "not a GeoPackage"
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_an_earlier_output_is_replaced_only_with_overwrite(data_dir, tmp_path, capsys, suffix):
+    """parse, like caption/detect, refuses to replace an earlier output in one line naming --overwrite."""
+    out = tmp_path / f"o{suffix}"
+    src = data_dir / "answers" / "earthdial_refer_nwpu_vhr10.jsonl"
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(out)]) == 0
+    before = _count(out)
+    capsys.readouterr()
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"answer": "[[10, 10, 20, 20, 0]]"}\n')
+    assert main(["parse", str(small), "--family", "earthdial", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--overwrite" in err and str(out) in err, err
+    if suffix == ".gpkg":
+        assert f"{before} objects" in err and _layer(out, "objects").featureCount() == before > 1000
+    else:
+        assert "o_relations.geojson" in err and len(json.loads(out.read_text())["features"]) == before
+    assert main(["parse", str(small), "--family", "earthdial", "--out", str(out), "--overwrite"]) == 0
+    assert _count(out) == 1
+
+
+def _count(out):
+    """Objects in a parse output."""
+    if out.suffix == ".gpkg":
+        return _layer(out, "objects").featureCount()
+    return len(json.loads(out.read_text())["features"])
+
+
+def test_every_bad_json_line_is_reported_and_the_good_ones_written(tmp_path, capsys):
+    src = tmp_path / "garbage.jsonl"
+    lines = ['{"answer": "[[10, 10, 20, 20, 0]]"}'] * 3 + ["not json", '{"text": "x"}', "[1, 2]"]
+    lines += ['{"answer": "[[30, 30, 40, 40, 0]]"}'] + ["{broken"] * 12
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o.gpkg"
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert err[:3] == [f"geovlm parse: {src}:4: not a JSON object (the file looks like JSON lines)",
+                       f"geovlm parse: {src}:5: no field 'answer'",
+                       f"geovlm parse: {src}:6: not a JSON object (the file looks like JSON lines)"]
+    assert err[3:10] == [f"geovlm parse: {src}:{n}: not a JSON object (the file looks like JSON lines)"
+                         for n in range(8, 15)]
+    assert err[10] == "geovlm parse: ... and 5 more bad lines" and len(err) == 11
+    assert captured.out.startswith("4 answers, 4 objects") and "15 bad lines left out" in captured.out
+    assert sorted(f["line"] for f in _layer(out, "objects").getFeatures()) == [1, 2, 3, 7]
+    # nothing readable at all: nothing written
+    src.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "none.gpkg")]) == 1
+    assert "nothing written" in capsys.readouterr().err and not (tmp_path / "none.gpkg").exists()
