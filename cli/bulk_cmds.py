@@ -72,6 +72,27 @@ class RasterTiles:
                              "(a truncated or damaged file)") from None
         return ArraySource(rgb)
 
+    def pixel_digest(self) -> str:
+        """`core.raster_identity.pixel_digest` of the whole raster (a GeoTIFF's stored blocks, else every band's
+        values): what QGIS's `GdalTiles.pixel_digest` gives for the same file."""
+        from rasterio.windows import Window
+
+        from ..core.raster_identity import geotiff_block_reader, pixel_digest
+
+        ds = self.ds
+
+        def values(window):
+            try:
+                data = ds.read(window=Window(*window))
+            except self.rasterio.errors.RasterioError as exc:
+                raise ValueError(str(exc)) from None
+            return data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+
+        height, width = ds.block_shapes[0]
+        stored = geotiff_block_reader(str(self.path), ds.driver, ds.width, ds.height, ds.count, (width, height),
+                                      lambda name, band: ds.get_tag_item(name, "TIFF", bidx=band))
+        return pixel_digest(ds.width, ds.height, stored or values)
+
     def close(self):
         self.ds.close()
 
@@ -92,6 +113,7 @@ def cmd_bulk(args) -> int:
         DEFAULT_CAPTION_QUESTION,
         DEFAULT_GRAPH_QUESTION,
         EndpointRecorder,
+        ProgressLog,
         counted,
         default_task,
         eta_seconds,
@@ -133,24 +155,31 @@ def cmd_bulk(args) -> int:
         if args.family:
             warn_other_family(details, profile.name)
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
-        plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model)
-        wkt, epsg = _crs(frame.crs)
+        wkt, epsg, crs_name = _crs(frame.crs)
+        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
+        plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model, crs=crs_name,
+                       pixels=reader.pixel_digest())
         try:
             ledger = Ledger(args.out, plan, wkt, epsg, overwrite=args.overwrite,
-                            merge_threshold=getattr(args, "merge_overlap", 0.5))
+                            merge_threshold=getattr(args, "merge_overlap", 0.5), overwrite_flag="--overwrite")
         except LedgerError as exc:
             raise CliError(str(exc)) from None
-        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
         graph = (lambda tile, answer: graph_rows(tile, answer, frame.geotransform)) if args.kind == "detect" else None
         cancel = CancelToken()
 
         def progress(stats):
+            finished = stats.done + stats.failed
             if bar is not None:
-                bar.n = stats.done + stats.failed
+                bar.n = finished
                 eta = eta_seconds(stats, time.monotonic() - started)
                 bar.set_postfix_str(f"failed {stats.failed}" + (f", eta {eta:.0f}s" if eta is not None else ""),
                                     refresh=False)
                 bar.refresh()
+            elif lines is not None and lines.due(finished):
+                eta = eta_seconds(stats, time.monotonic() - started)
+                print(f"geovlm {args.kind}: {finished}/{counted(stats.total, 'tiles')}, failed {stats.failed}" + (
+                    f", about {eta:.0f} s left" if eta is not None and finished < stats.total else ""),
+                    file=sys.stderr, flush=True)
 
         if details.get("random_stand_in"):
             print(STAND_IN_NOTE, file=sys.stderr)
@@ -158,6 +187,7 @@ def cmd_bulk(args) -> int:
               f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
               f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
         bar = _progress(args, len(tiles))
+        lines = None if bar is not None or args.no_progress else ProgressLog(len(tiles), every_s=LOG_EVERY_S)
         started = time.monotonic()
         try:
             stats = run_tiles(client, ledger, list(tiles.tiles()), reader, question, task, profile, model,
@@ -198,17 +228,27 @@ def _client(args):
 
 
 def _crs(wkt):
-    """(WKT1 as GeoPackage 1.3 wants it, EPSG code or None) of the raster's CRS."""
+    """(WKT1 as GeoPackage 1.3 wants it, EPSG code or None, `core.raster_identity.crs_identity`) of the
+    raster's CRS."""
+    from ..core.raster_identity import crs_identity
+
     if not wkt:
-        return None, None
+        return None, None, crs_identity(None, None)
     from ..models.imagery import import_rasterio
 
     crs = import_rasterio().crs.CRS.from_wkt(wkt)
-    return crs.to_wkt(version="WKT1_GDAL"), crs.to_epsg()
+    epsg = crs.to_epsg()
+    return crs.to_wkt(version="WKT1_GDAL"), epsg, crs_identity(epsg, None if epsg else crs.to_proj4())
+
+
+LOG_EVERY_S = 60.0  # a progress line at least this often when stderr is a log file, besides every 10 %
 
 
 def _progress(args, total):
-    if args.no_progress:
+    """A tqdm bar on stderr when it is a terminal; None with --no-progress, or when stderr is a file or a pipe
+    (a log): there a bar redrawn at every callback (4 a second) would write hundreds of lines, so `cmd_bulk`
+    prints a line every 10 % of the tiles and every `LOG_EVERY_S` seconds instead (core.bulk.ProgressLog)."""
+    if args.no_progress or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 

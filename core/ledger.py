@@ -6,9 +6,11 @@ One definition, for the command line and the QGIS plugin alike, of:
   `question`, `model`, `family`, `engine`, `time` (UTC, ISO 8601), `seconds`); for scene graphs also an
   `objects` layer (polygons) and a `relations` layer (subject centre -> object centre lines); and a
   `geovlm_plan` table holding the plan and its fingerprint;
-- the plan fingerprint: a hash of what decides the answers (kind of run, raster size and geotransform, tile
-  plan, question, task, family, model, how pixels are obtained), not of how the run is spread (engines,
-  concurrency), so a run started in QGIS can be finished by the command line on a server and back;
+- the plan fingerprint: a hash of what decides the answers (kind of run, raster size, geotransform, CRS and a
+  digest of a sample of its pixels (core/raster_identity.py), tile plan, question, task, family, model, how
+  pixels are obtained), not of how the run is spread (engines, concurrency), so a run started in QGIS can be
+  finished by the command line on a server and back, while a new acquisition of the same grid, or the same
+  pixels in another CRS, is another plan;
 - the resume rule: a tile whose row says `ok` or `skipped` is done; a missing or `failed` tile is asked
   again. Each tile's row (with its objects and relations) is committed in one transaction as soon as its
   answer arrives, and `tile_id` is unique, so a killed run loses at most the tiles in flight and no tile is
@@ -29,7 +31,7 @@ from .dedupe import DEFAULT_THRESHOLD, Detection, edge_distance, find_duplicate
 from .georef import GeoTransform, Point, centroid
 from .tiling import Tile, TilePlan
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the plan names the raster's CRS and pixel digest
 TILES, OBJECTS, RELATIONS, PLAN_TABLE = "tiles", "objects", "relations", "geovlm_plan"
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 DONE_STATUSES = (OK, SKIPPED)
@@ -55,7 +57,9 @@ class RunPlan:
     """What decides the answers of a bulk run. `kind` is "caption" or "detect" (tiles of `tiles`), or
     "caption-features" (one window per feature, `windows`: ((tile id, col_off, row_off, width, height), ...)
     in the raster's pixels, a plan whose `tiles` is the raster itself); `source` "file" (the raster's own
-    pixels) or "render" (a web layer rendered at the geotransform's resolution)."""
+    pixels) or "render" (a web layer rendered at the geotransform's resolution). `crs` is
+    `raster_identity.crs_identity` of the raster's CRS, `pixels` its `raster_identity.pixel_digest` (of the
+    whole file, whatever part the plan covers; "" for a rendered layer, whose pixels are the server's)."""
 
     kind: str
     tiles: TilePlan
@@ -66,13 +70,16 @@ class RunPlan:
     model: str
     source: str = "file"
     windows: Tuple[Tuple, ...] = ()
+    crs: str = "none"
+    pixels: str = ""
 
     def to_dict(self) -> Dict:
         gt = self.geotransform
         plan = {
             "schema": SCHEMA_VERSION, "kind": self.kind, "source": self.source,
-            "raster": {"width": self.tiles.width, "height": self.tiles.height,
-                       "geotransform": [_round(v) for v in (gt.a, gt.b, gt.c, gt.d, gt.e, gt.f)]},
+            "width": self.tiles.width, "height": self.tiles.height,
+            "geotransform": [_round(v) for v in (gt.a, gt.b, gt.c, gt.d, gt.e, gt.f)],
+            "crs": self.crs, "pixels": self.pixels,
             "tile": self.tiles.tile, "overlap": self.tiles.overlap, "edge": self.tiles.edge,
             "question": self.question, "task": self.task, "family": self.family, "model": self.model,
         }
@@ -85,6 +92,38 @@ class RunPlan:
     def fingerprint(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_PLAN_NAMES = {"kind": "run", "width": "raster width", "height": "raster height", "geotransform": "geotransform",
+               "crs": "CRS", "pixels": "pixels (sample digest)", "tile": "tile", "overlap": "overlap",
+               "edge": "edge tiles", "question": "question", "task": "task", "family": "family", "model": "model",
+               "source": "pixels from", "windows": "feature windows"}
+
+
+def plan_differences(theirs: Dict, ours: Dict) -> str:
+    """What differs between a stored plan (`RunPlan.to_dict` of the run that made the output) and this run's,
+    in one line: "tile 320 there, 256 now; CRS EPSG:3857 there, EPSG:32616 now". A plan of an earlier GeoVLM
+    (another `schema`) is named as such, since its fields are not comparable."""
+    if theirs.get("schema") != ours.get("schema"):
+        return (f"made by another GeoVLM version (plan schema {theirs.get('schema')}, now {ours.get('schema')}), "
+                "which did not record the raster's CRS and pixels")
+    parts = []
+    keys = [k for k in _PLAN_NAMES if k in theirs or k in ours] + sorted(set(theirs) | set(ours) - set(_PLAN_NAMES))
+    for key in keys:
+        if theirs.get(key) != ours.get(key):
+            parts.append(f"{_PLAN_NAMES.get(key, key)} {_shown(theirs.get(key))} there, {_shown(ours.get(key))} now")
+    return "; ".join(parts)
+
+
+def _shown(value) -> str:
+    """A plan value as a person reads it: strings quoted when they are sentences, lists as a,b,c, none."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, str) and " " in value and not value.startswith("+"):
+        return repr(value)
+    return str(value)
 
 
 def _round(value: float) -> float:
@@ -119,14 +158,17 @@ class Ledger:
     """A bulk run's output GeoPackage at `path`, opened for `plan`.
 
     A new file is created with the plan. An existing file made by the same plan is resumed; one made by
-    another plan, or that is not a GeoVLM output, raises `LedgerError` with the differences, unless
+    another plan, or that is not a GeoVLM output, raises `LedgerError` in one line naming what differs and
+    `overwrite_flag` (how the caller's user overwrites: "--overwrite" on the command line), unless
     `overwrite` (then it is deleted first). `crs_wkt`/`epsg` give the layers' CRS. Use from one thread.
     """
 
     def __init__(self, path: str, plan: RunPlan, crs_wkt: Optional[str] = None, epsg: Optional[int] = None,
-                 overwrite: bool = False, merge_threshold: float = DEFAULT_THRESHOLD):
+                 overwrite: bool = False, merge_threshold: float = DEFAULT_THRESHOLD,
+                 overwrite_flag: str = "--overwrite"):
         self.path = str(path)
         self.plan = plan
+        self.overwrite_flag = overwrite_flag
         self.merge_threshold = merge_threshold
         if overwrite and os.path.exists(self.path):
             os.remove(self.path)
@@ -168,13 +210,12 @@ class Ledger:
             row = None
         if row is None:
             raise LedgerError(f"{self.path} exists and is not the output of a GeoVLM bulk run; choose another "
-                              "output, or overwrite it")
+                              f"output, or replace it ({self.overwrite_flag})")
         if row[0] != self.plan.fingerprint:
-            theirs, ours = json.loads(row[1]), self.plan.to_dict()
-            diff = ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} now"
-                             for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k))
-            raise LedgerError(f"{self.path} holds a run of another plan ({diff}); resume it with the same "
-                              "settings, choose another output, or overwrite it")
+            diff = plan_differences(json.loads(row[1]), self.plan.to_dict())
+            raise LedgerError(f"{self.path} holds a run of another plan ({diff}); "
+                              "resume it with the same settings and raster, choose another output, or replace it "
+                              f"({self.overwrite_flag})")
 
     # ------------------------------------------------------------ reading
 

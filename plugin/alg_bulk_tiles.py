@@ -22,6 +22,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
     QgsProject,
     QgsRasterLayer,
 )
@@ -40,6 +41,7 @@ from ..core.bulk import (
 )
 from ..core.client import EngineError
 from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan
+from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
 from .qgis_geometry import raster_frame
@@ -96,6 +98,17 @@ def ledger_crs(crs):
         "EPSG:") else None)
 
 
+def crs_name(crs) -> str:
+    """`core.raster_identity.crs_identity` of a QgsCoordinateReferenceSystem (its EPSG code, else its PROJ
+    string), as the command line names the same raster's CRS."""
+    _, epsg = ledger_crs(crs)
+    return crs_identity(epsg, crs.toProj() if crs.isValid() and not epsg else None)
+
+
+# how a Processing user replaces an output of another plan, named in the ledger's refusal
+OVERWRITE_FLAG = 'tick "Overwrite an output of another plan", OVERWRITE=true in qgis_process'
+
+
 def load_on_completion(out: str, layer: str, style: str, context) -> str:
     """The URI of `layer` of the GeoPackage `out`, loaded on completion with its QML style from styles/ (when
     styles/`style`.qml exists)."""
@@ -106,22 +119,39 @@ def load_on_completion(out: str, layer: str, style: str, context) -> str:
     return uri
 
 
+def is_temporary(out: str) -> bool:
+    """Whether `out` lies in QGIS's temporary Processing folder (OUTPUT left at "Save to a temporary file"):
+    QGIS deletes it at exit, and a rerun gets a new file, so a run there cannot be resumed."""
+    folder = Path(QgsProcessingUtils.tempFolder()).resolve()
+    return folder in Path(out).resolve().parents
+
+
 def report_outcome(feedback, stats, out: str, unit: str) -> None:
-    """The errors of a bulk run in the Processing log: cancelled or stopped (run again to resume), the `unit`s
-    ("tiles", "features") whose pixels could not be read (a rerun will not help those), and the ones the
-    engine failed (run again to ask them again)."""
+    """The errors of a bulk run in the Processing log: the `unit`s ("tiles", "features") whose pixels could not
+    be read (a rerun will not help those), then how to ask again for the rest: raised as a
+    QgsProcessingException when the run was cancelled (after everything answered is committed), so that
+    qgis_process exits non-zero, as the dialog already counts a cancelled run failed (QgsProcessingAlgRunnerTask
+    returns false once its feedback is cancelled); logged when it stopped (no engine answered) or the engine
+    failed some. A temporary OUTPUT is said to be one: a rerun will not reuse it."""
     if stats.unreadable:
         feedback.reportError(stats.unreadable_note(unit) + ".", False)
+    if is_temporary(out):  # no "run again": a rerun writes another temporary file and asks everything again
+        kept = (f"the answered {unit} are in a temporary file ({out}) that QGIS deletes when it closes and a rerun "
+                "will not reuse; choose a .gpkg file as the output to be able to resume.")
+        cancelled = stopped = failed = kept
+    else:
+        kept = f"the answered {unit} are kept in {out}"
+        cancelled = f"{kept}; run again with the same parameters to ask only for the rest."
+        stopped = f"{kept}; run again with the same parameters once an engine answers."
+        failed = "run again with the same parameters to ask them again."
     if stats.cancelled:
-        feedback.reportError(f"Cancelled: the answered {unit} are kept in {out}; run again with the same "
-                             "parameters to ask only for the rest.", False)
-    elif stats.halted:
-        feedback.reportError(f"Stopped: {stats.halted}. The answered {unit} are kept in {out}; run again with "
-                             "the same parameters once an engine answers.", False)
+        raise QgsProcessingException(f"Cancelled: {cancelled}")
+    if stats.halted:
+        feedback.reportError(f"Stopped: {stats.halted}. {stopped[0].upper()}{stopped[1:]}", False)
     elif stats.engine_failed:
         first = next((e for e in stats.errors if not e.startswith("pixels cannot be read")), "")
-        feedback.reportError(f"{counted(stats.engine_failed, unit)} failed at the engine (first: {first}); run again "
-                             "with the same parameters to ask them again.", False)
+        feedback.reportError(f"{counted(stats.engine_failed, unit)} failed at the engine (first: {first}); {failed}",
+                             False)
 
 
 class BulkTilesAlgorithm(QgsProcessingAlgorithm):
@@ -180,6 +210,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         self.crs_wkt, self.epsg = ledger_crs(layer.crs())
+        self.crs_name = crs_name(layer.crs())
         try:
             if layer.providerType() == "gdal":
                 self._prepare_file(layer, extent, tile, overlap, skip)
@@ -239,11 +270,13 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             task = default_task(profile, self.KIND)
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
-        plan = RunPlan(self.KIND, self.tiles, self.gt, question, task, profile.name, conn.model, self.source)
+        pixels = self.reader.pixel_digest() if self.source == "file" else ""
+        plan = RunPlan(self.KIND, self.tiles, self.gt, question, task, profile.name, conn.model, self.source,
+                       crs=self.crs_name, pixels=pixels)
         try:
             ledger = Ledger(out, plan, self.crs_wkt, self.epsg,
                             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-                            merge_threshold=self.merge_threshold(parameters, context))
+                            merge_threshold=self.merge_threshold(parameters, context), overwrite_flag=OVERWRITE_FLAG)
         except LedgerError as exc:
             raise QgsProcessingException(str(exc)) from None
         if conn.notice:

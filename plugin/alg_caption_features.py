@@ -31,8 +31,10 @@ from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
 from ..core.transport import Cancelled, CancelToken
 from .alg_bulk_tiles import (
+    OVERWRITE_FLAG,
     add_engine_parameters,
     connect_engine,
+    crs_name,
     default_raster_layer,
     ledger_crs,
     load_on_completion,
@@ -151,10 +153,12 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             question = self.parameterAsString(parameters, self.QUESTION, context) or DEFAULT_CAPTION_QUESTION
             plan = RunPlan("caption-features", TilePlan(width, height, max(width, height)), gt, question,
                            "caption", conn.profile.name, conn.model,
-                           windows=tuple((t.id, t.col_off, t.row_off, t.width, t.height) for t in tiles))
+                           windows=tuple((t.id, t.col_off, t.row_off, t.width, t.height) for t in tiles),
+                           crs=crs_name(self.raster_crs), pixels=self.reader.pixel_digest())
             try:
                 ledger = Ledger(out, plan, *ledger_crs(self.raster_crs),
-                                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context))
+                                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+                                overwrite_flag=OVERWRITE_FLAG)
             except LedgerError as exc:
                 raise QgsProcessingException(str(exc)) from None
             try:

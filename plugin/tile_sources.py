@@ -85,6 +85,22 @@ class GdalTiles:
             raise ValueError(str(exc)) from None
         return rgb_source(rgb)
 
+    def pixel_digest(self) -> str:
+        """`core.raster_identity.pixel_digest` of the whole file, whatever part the plan covers (a GeoTIFF's
+        stored blocks, else every band's values): the command line's digest of the same file."""
+        from ..core.raster_identity import geotiff_block_reader, pixel_digest
+
+        ds = self.dataset
+
+        def values(window):
+            data = [read_window(ds.GetRasterBand(b), *window) for b in range(1, ds.RasterCount + 1)]
+            return b"".join(d.astype(d.dtype.newbyteorder("<"), copy=False).tobytes() for d in data)
+
+        stored = geotiff_block_reader(ds.GetDescription(), ds.GetDriver().ShortName, ds.RasterXSize, ds.RasterYSize,
+                                      ds.RasterCount, tuple(ds.GetRasterBand(1).GetBlockSize()),
+                                      lambda name, band: ds.GetRasterBand(band).GetMetadataItem(name, "TIFF"))
+        return pixel_digest(ds.RasterXSize, ds.RasterYSize, stored or values)
+
     def _palette(self, band, col, row, w, h):
         index = read_window(band, col, row, w, h)
         valid = read_window(band.GetMaskBand(), col, row, w, h) > 0

@@ -325,3 +325,58 @@ def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_pat
     assert main([*argv, *option]) == 2
     assert capsys.readouterr().err.strip() == f"geovlm {kind}: {message}"
     assert not out.exists()
+
+
+def test_a_new_raster_on_the_same_grid_or_in_another_crs_is_another_plan(engines, data_dir, tmp_path):
+    """A new acquisition of the same grid (every pixel changed) and the same pixels in another CRS are refused
+    on the first run's output, naming what differs and --overwrite; with --overwrite the new raster is asked."""
+    import shutil
+
+    source = data_dir / "rasters" / "cogeo.tif"
+    with rasterio.open(source) as src:
+        profile, pixels = src.profile, src.read()
+    changed = tmp_path / "changed.tif"
+    with rasterio.open(changed, "w", **profile) as dst:
+        dst.write(255 - pixels)
+    utm = tmp_path / "utm.tif"
+    shutil.copyfile(source, utm)
+    with rasterio.open(utm, "r+") as dst:
+        dst.crs = rasterio.crs.CRS.from_epsg(32616)
+    engine = engines()
+    out = tmp_path / "kill.gpkg"
+    args = ("--tile", 256, "--engine", engine.url, "--family", "geochat", "--out", out, "--no-progress")
+    assert run_cli("caption", source, *args)[0] == 0
+    asked = engine.requests()
+    code, _, stderr = run_cli("caption", changed, *args)
+    assert code == 2 and "another plan (pixels (sample digest)" in stderr and "(--overwrite)" in stderr, stderr
+    assert "CRS" not in stderr and "resuming" not in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = run_cli("caption", utm, *args)
+    assert code == 2 and "CRS EPSG:3857 there, EPSG:32616 now" in stderr and "pixels" not in stderr, stderr
+    assert engine.requests() == asked  # nothing asked of a refused run
+    code, stdout, stderr = run_cli("caption", utm, *args, "--overwrite")
+    assert code == 0 and "resuming" not in stderr and "16 asked" in stdout, stderr
+    assert read_tiles(out).crs.to_epsg() == 32616
+
+
+def test_another_raster_size_is_refused_in_one_readable_line(engines, data_dir, tmp_path):
+    engine = engines()
+    out = tmp_path / "c.gpkg"
+    args = ("--tile", 256, "--engine", engine.url, "--family", "geochat", "--out", out, "--no-progress")
+    assert run_cli("caption", data_dir / "rasters" / "cogeo.tif", *args)[0] == 0
+    code, _, stderr = run_cli("caption", data_dir / "rasters" / "RGB.byte.tif", *args)
+    line = stderr.strip()
+    assert code == 2 and "\n" not in line and "{" not in line and "'" not in line, line
+    assert "raster width 1024 there, 791 now; raster height 1024 there, 718 now" in line
+    assert "CRS EPSG:3857 there, EPSG:32618 now" in line and line.endswith("(--overwrite)")
+
+
+def test_progress_into_a_log_file_is_a_bounded_number_of_lines(engines, data_dir, tmp_path):
+    """stderr redirected (a pipe here, as a log file or `2>log`): no bar redrawn at every callback, but a line
+    on the first tile, every 10 % and at the end (and every minute of a long run)."""
+    engine = engines(delay=0.02)
+    code, _, stderr = run_cli("caption", data_dir / "rasters" / "sample_geotiff.tif", "--tile", 64, "--engine",
+                              engine.url, "--family", "geochat", "--out", tmp_path / "c.gpkg")
+    assert code == 0, stderr
+    progress = [line for line in stderr.splitlines() if "/225 tiles" in line]
+    assert "\r" not in stderr and 3 <= len(progress) <= 12, stderr
+    assert progress[-1].startswith("geovlm caption: 225/225 tiles, failed 0")

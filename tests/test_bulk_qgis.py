@@ -160,10 +160,12 @@ def test_cancel_stops_within_a_second_and_a_rerun_resumes(plugin, processing, en
 
     timer = threading.Timer(2.0, cancel)
     timer.start()
-    processing.run("geovlm:captiontiles", params, feedback=feedback)
+    # a cancelled run fails (qgis_process exits 1, the dialog says it failed), its answered tiles kept
+    with pytest.raises(QgsProcessingException, match=rf"^Cancelled: the answered tiles are kept in {out}; run "
+                       "again with the same parameters"):
+        processing.run("geovlm:captiontiles", params, feedback=feedback)
     stopped = time.monotonic() - cancelled_at[0]
     assert stopped < 1.0, f"took {stopped:.2f} s to stop"
-    assert any("run again with the same parameters" in m for m in feedback.errors)
     first = dict(ledger_rows(out))
     plan = TilePlan(900, 900, 128)
     assert 0 < len(first) < len(plan)
@@ -309,11 +311,11 @@ def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(
     feedback = RecordingFeedback()
     timer = threading.Timer(1.5, feedback.cancel)
     timer.start()
-    result = processing.run("geovlm:captionfeatures", params, feedback=feedback)
-    assert any("run again with the same parameters" in m for m in feedback.errors), feedback.errors
+    with pytest.raises(QgsProcessingException, match="run again with the same parameters"):
+        processing.run("geovlm:captionfeatures", params, feedback=feedback)
     first = dict(ledger_rows(out))
     assert 0 < len(first) < labels.featureCount()
-    features = QgsVectorLayer(result["FEATURES"], "features", "ogr")
+    features = QgsVectorLayer(f"{out}|layername=features", "features", "ogr")  # written before the failure
     statuses = [f["caption_status"] for f in features.getFeatures()]
     assert statuses.count("ok") == len(first) and statuses.count("missing") == labels.featureCount() - len(first)
     time.sleep(0.5)
@@ -513,3 +515,90 @@ def test_a_one_tile_run_says_1_tile_in_the_log(plugin, processing, engines, data
     said = feedback.info + feedback.texts
     assert any(line.startswith("1 tile of 1024 px") for line in said) and "1/1 tile" in feedback.texts, said
     assert any(line.startswith("1 tile: 1 asked") for line in said) and not any("1 tiles" in s for s in said)
+
+
+def test_a_cancelled_run_into_a_temporary_file_says_a_rerun_will_not_reuse_it(plugin, processing, engines,
+                                                                              data_dir):
+    engine = engines(delay=0.4)
+    params = {"INPUT": str(data_dir / "rasters" / "sample_geotiff.tif"), "TILE_SIZE": 128, "ENGINE": engine.url,
+              "FAMILY": "geochat", "CONCURRENCY": 2, "OUTPUT": "TEMPORARY_OUTPUT"}
+    feedback = RecordingFeedback()
+    threading.Timer(1.5, feedback.cancel).start()
+    with pytest.raises(QgsProcessingException, match="^Cancelled:") as failed:
+        processing.run("geovlm:captiontiles", params, feedback=feedback)
+    said = [str(failed.value)]
+    assert "run again" not in said[0]
+    assert "are in a temporary file" in said[0] and "a rerun will not reuse" in said[0]
+    assert "choose a .gpkg file as the output to be able to resume" in said[0]
+
+
+def test_qgis_process_interrupted_exits_non_zero_and_a_rerun_resumes(engines, data_dir, tmp_path, qgis_process_env):
+    """Ctrl-C (SIGINT) in qgis_process cancels the run: it says how to resume, exits non-zero (scripts can
+    tell), keeps every answered tile, and the same command then asks only for the rest and exits 0."""
+    import signal
+
+    from bulk_support import wait_for_rows
+
+    exe, env = qgis_process_env
+    engine = engines(delay=0.3)
+    out = tmp_path / "c.gpkg"
+    args = [exe, "run", "geovlm:captiontiles", "--", f"INPUT={data_dir / 'rasters' / 'sample_geotiff.tif'}",
+            "TILE_SIZE=128", f"ENGINE={engine.url}", "FAMILY=geochat", "CONCURRENCY=2", f"OUTPUT={out}"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_rows(out, 4, timeout=120) >= 4
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, stdout[-2000:]
+    assert f"Cancelled: the answered tiles are kept in {out}; run again" in stdout + stderr
+    first = dict(ledger_rows(out))
+    assert 4 <= len(first) < len(TilePlan(900, 900, 128))
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "(resuming)" in rerun.stdout and len(ledger_rows(out)) == len(TilePlan(900, 900, 128))
+
+
+@pytest.mark.parametrize("name", ["cogeo.tif", "RGB.byte.tif", "sample_geotiff.tif", "RGBA.uint16.tif",
+                                  "corrupt.tif", "rotated.tif"])
+def test_qgis_and_the_cli_identify_a_raster_alike(qgis_app, data_dir, name):
+    """The plan's pixel digest and CRS name are the same read by osgeo.gdal in QGIS and by rasterio on the
+    command line (JPEG-compressed cogeo.tif included: decoders differ, stored blocks do not), so a run resumes
+    across the two."""
+    from geovlm.cli.bulk_cmds import RasterTiles, _crs
+    from geovlm.plugin.alg_bulk_tiles import crs_name
+    from geovlm.plugin.tile_sources import GdalTiles
+
+    path = str(data_dir / "rasters" / name)
+    cli = RasterTiles(path, None, False)
+    try:
+        assert GdalTiles(path, False).pixel_digest() == cli.pixel_digest()
+        assert crs_name(QgsRasterLayer(path, "r").crs()) == _crs(cli.ds.crs.to_wkt() if cli.ds.crs else None)[2]
+    finally:
+        cli.close()
+
+
+def test_processing_refuses_a_new_raster_on_the_same_grid_naming_overwrite(plugin, processing, engines, data_dir,
+                                                                           tmp_path):
+    from geovlm.models.imagery import import_rasterio
+
+    rasterio = import_rasterio()
+    source = data_dir / "rasters" / "cogeo.tif"
+    with rasterio.open(source) as src:
+        profile, pixels = src.profile, src.read()
+    changed = tmp_path / "changed.tif"
+    with rasterio.open(changed, "w", **profile) as dst:
+        dst.write(255 - pixels)
+    engine = engines()
+    out = tmp_path / "c.gpkg"
+    params = {"INPUT": str(source), "TILE_SIZE": 512, "ENGINE": engine.url, "FAMILY": "geochat", "OUTPUT": str(out)}
+    processing.run("geovlm:captiontiles", params)
+    with pytest.raises(QgsProcessingException) as refused:
+        processing.run("geovlm:captiontiles", dict(params, INPUT=str(changed)))
+    said = str(refused.value)
+    assert "another plan (pixels (sample digest)" in said and "Overwrite an output of another plan" in said, said
+    assert "OVERWRITE=true" in said
+    processing.run("geovlm:captiontiles", dict(params, INPUT=str(changed), OVERWRITE=True))
+    assert {s for _, s in ledger_rows(out)} == {"ok"} and engine.requests() == 2 * len(ledger_rows(out))

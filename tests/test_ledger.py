@@ -83,3 +83,31 @@ def test_duplicates_merge_the_same_in_either_order_and_relations_follow(tmp_path
     assert objects == {f"{tiles[1].id}/0": 1, f"{tiles[0].id}/1": 0}
     rel = con.execute("SELECT subject_id, object_id FROM relations").fetchall()
     assert rel == [(f"{tiles[0].id}/1", f"{tiles[1].id}/0")]
+
+
+def test_a_refusal_names_what_differs_in_one_readable_line(tmp_path):
+    out = tmp_path / "l.gpkg"
+    base = dict(kind="caption", tiles=TilePlan(560, 320, 320, 80), geotransform=GT, question="q", task="caption",
+                family="geochat", model="m", crs="EPSG:3857", pixels="a" * 16)
+    Ledger(out, RunPlan(**base)).close()
+    other = dict(base, tiles=TilePlan(600, 320, 320, 80), crs="EPSG:32616", pixels="b" * 16)
+    with pytest.raises(LedgerError) as refused:
+        Ledger(out, RunPlan(**other), overwrite_flag="--overwrite")
+    message = str(refused.value)
+    assert "\n" not in message and "{" not in message and "[" not in message
+    assert "raster width 560 there, 600 now" in message
+    assert "CRS EPSG:3857 there, EPSG:32616 now" in message
+    assert f"pixels (sample digest) {'a' * 16} there, {'b' * 16} now" in message
+    assert "height" not in message and "question" not in message  # only what differs
+    assert message.endswith("(--overwrite)")
+    with pytest.raises(LedgerError, match=r"\(tick Overwrite\)$"):
+        Ledger(out, RunPlan(**dict(base, pixels="c" * 16)), overwrite_flag="tick Overwrite")
+    # an output of the GeoVLM before the raster's identity was recorded: said so, not a list of differences
+    con = sqlite3.connect(out)
+    with con:
+        con.execute("UPDATE geovlm_plan SET fingerprint = 'old', plan = ?", ('{"schema": 1, "raster": {}}',))
+    con.close()
+    with pytest.raises(LedgerError, match="another GeoVLM version .*--overwrite"):
+        Ledger(out, RunPlan(**base))
+    with Ledger(out, RunPlan(**base), overwrite=True) as fresh:
+        assert not fresh.resumed
