@@ -373,6 +373,7 @@ class EngineSetupTask(QgsTask):
         for a terminated one), and `finished` reports it as cancelled, with the state it left."""
         self.cancelled = True
         self.message = f"cancelled; the local engine is now: {setup_text(self.plan.venv)}"
+        self.setDescription(f"{self.description()} (cancelled)")  # what QGIS's "Task complete" names
         return True
 
     def _say(self, log, text: str) -> None:

@@ -49,7 +49,7 @@ def run_task(plan, cancel_after_line=None, seconds=240):
     lines, steps, result = [], [], {}
     task.logLine.connect(lines.append)
     task.stepStarted.connect(steps.append)
-    task.done.connect(lambda ok, message: result.update(ok=ok, message=message))
+    task.done.connect(lambda ok, message: result.update(ok=ok, message=message, description=task.description()))
     task.taskCompleted.connect(lambda: result.update(ended="completed"))
     task.taskTerminated.connect(lambda: result.update(ended="terminated"))
     QgsApplication.taskManager().addTask(task)
@@ -116,7 +116,7 @@ def test_cancel_stops_the_running_command(venv, wheel, system_python):
     result, lines, _ = run_task(offline_plan(venv, wheel, system_python), cancel_after_line="-m venv")
     assert result["ok"] is False and result["message"].startswith("cancelled; the local engine is now: ")
     assert result["message"].endswith(engine_setup.setup_text(venv)) and "fail" not in result["message"]
-    assert result["ended"] == "completed"
+    assert result["ended"] == "completed" and result["description"] == "GeoVLM: install the local engine (cancelled)"
     assert result["cancel_s"] < 6
     assert engine_setup.setup_state(venv)[0] in ("missing", "incomplete") and engine_settings.engine_python() == ""
 
