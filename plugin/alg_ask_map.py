@@ -40,6 +40,7 @@ from .engine_access import EngineUnavailable, connect
 from .geojson_output import add_sink
 from .image_source import QImageSource
 from .line_stream import LineStream
+from .view_checks import layers_problem, render_problem
 
 TASKS = tuple(ASK_TASKS)
 
@@ -113,7 +114,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         tokens.setFlags(tokens.flags() | Qgis.ProcessingParameterFlag.Advanced)
         self.addParameter(tokens)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OBJECTS, "Objects",
-                                                            Qgis.ProcessingSourceType.VectorPolygon))
+                                                            Qgis.ProcessingSourceType.VectorPolygon, optional=True,
+                                                            createByDefault=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.RELATIONS, "Relations",
                                                             Qgis.ProcessingSourceType.VectorLine, optional=True,
                                                             createByDefault=True))
@@ -122,24 +124,65 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.ANSWER, "Answer"))
 
-    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        """On the main thread: clone the layers, so the render in processAlgorithm may run in a worker."""
-        layers = self.parameterAsLayerList(parameters, self.LAYERS, context)
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """Before the run, on the main thread (the dialog, `qgis_process`, `processing.run`): a view that would
+        be blank (a layer that cannot be read, an EXTENT that none of the layers meets) or a task without its
+        question or region is refused in one line, and the engine is never asked. qgis_process prints that
+        line once (an exception raised during the run, QGIS logs and prints three times)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
+            self._question(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+    def _view(self, parameters, context, layers):
+        """The map settings of the view of `layers`; raises QgsProcessingException with one line when the
+        view would be blank (`plugin.view_checks.layers_problem`) or has no size."""
         if not layers:
             raise QgsProcessingException("no layers to render: give at least one")
         crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
         extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
-        self._clones = [layer.clone() for layer in layers]
         try:
-            self._settings = view_settings(
-                self._clones, crs, extent, self.parameterAsDouble(parameters, self.ROTATION, context),
+            settings = view_settings(
+                layers, crs, extent, self.parameterAsDouble(parameters, self.ROTATION, context),
                 self.parameterAsInt(parameters, self.WIDTH, context),
                 self.parameterAsInt(parameters, self.HEIGHT, context),
                 self.parameterAsDouble(parameters, self.DPR, context))
         except ValueError as exc:
-            self._clones = []
             raise QgsProcessingException(str(exc)) from None
-        self._settings.setTransformContext(context.transformContext())
+        settings.setTransformContext(context.transformContext())
+        where = (f"EXTENT {extent.xMinimum():.12g},{extent.xMaximum():.12g},{extent.yMinimum():.12g},"
+                 f"{extent.yMaximum():.12g} [{crs.authid() or crs.description()}]")
+        problem = layers_problem(settings, where)
+        if problem:
+            raise QgsProcessingException(problem)
+        return settings
+
+    def _question(self, parameters, context) -> None:
+        """Raises QgsProcessingException when the task lacks what it asks about: identify its REGION, the
+        others their QUESTION."""
+        task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
+        if task in REGION_TASKS:
+            geometry = self.parameterAsGeometry(parameters, self.REGION, context)
+            if geometry is None or geometry.isEmpty():
+                raise QgsProcessingException("the identify task needs a REGION (a polygon or rectangle on the map)")
+        elif not self.parameterAsString(parameters, self.QUESTION, context).strip():
+            raise QgsProcessingException(f"the {task} task needs a question")
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """On the main thread: clone the layers, so the render in processAlgorithm may run in a worker. The
+        checks of checkParameterValues are made again (a graphical model does not call it for its steps)."""
+        self._question(parameters, context)
+        self._clones = [layer.clone() for layer in self.parameterAsLayerList(parameters, self.LAYERS, context)]
+        try:
+            self._settings = self._view(parameters, context, self._clones)
+        except QgsProcessingException:
+            self._clones = []
+            raise
         return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -147,6 +190,14 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         question = self.parameterAsString(parameters, self.QUESTION, context).strip()
         cancel = CancelToken()
         try:
+            errors = []
+            image = render(self._settings, errors)  # before the engine is asked: a layer may not be readable
+            problem = render_problem(errors)
+            if problem:
+                raise QgsProcessingException(problem)
+            view = View.of(self._settings, image)
+            feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in {view.frame.crs}, "
+                              f"rotation {view.rotation:g}, device pixel ratio {view.dpr:g}")
             try:
                 connection = connect(self.parameterAsString(parameters, self.ENGINE, context),
                                      self.parameterAsString(parameters, self.AUTHCFG, context),
@@ -157,25 +208,19 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             except Cancelled:
                 raise QgsProcessingException("cancelled") from None
             try:
-                return self._ask(parameters, context, feedback, connection, task, question, cancel)
+                return self._ask(parameters, context, feedback, connection, task, question, view, cancel)
             finally:
                 connection.close()
         finally:  # the cloned layers go with the run, whatever ends it
             self._settings, self._clones = None, []
 
-    def _ask(self, parameters, context, feedback, connection, task, question, cancel):
+    def _ask(self, parameters, context, feedback, connection, task, question, view, cancel):
         profile = connection.profile
         if task not in family_tasks(profile):
             raise QgsProcessingException(
                 f"{profile.name} cannot {task!r}; it can: {', '.join(family_tasks(profile))}")
-        image = render(self._settings)
-        view = View.of(self._settings, image)
-        feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in {view.frame.crs}, "
-                          f"rotation {view.rotation:g}, device pixel ratio {view.dpr:g}")
         if task in REGION_TASKS:
             question = self._region(parameters, context, profile, view)
-        elif not question:
-            raise QgsProcessingException(f"the {task} task needs a question")
         lines = LineStream(feedback.pushConsoleInfo)  # the log breaks the line after each push: whole lines
         try:
             source = QImageSource(view.image)
@@ -215,8 +260,6 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
 
     def _region(self, parameters, context, profile, view) -> str:
         geometry = self.parameterAsGeometry(parameters, self.REGION, context)
-        if geometry is None or geometry.isEmpty():
-            raise QgsProcessingException("the identify task needs a REGION (a polygon or rectangle on the map)")
         source_crs = self.parameterAsGeometryCrs(parameters, self.REGION, context)
         target = self._settings.destinationCrs()
         if source_crs.isValid() and source_crs != target:

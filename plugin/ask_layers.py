@@ -46,6 +46,17 @@ class AnswerLayers:
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         self.path, self.temporary = self._where()
 
+    def layer_ids(self) -> List[str]:
+        """The ids of its layers that still exist (one removed from the project may be deleted already)."""
+        ids = []
+        for layer in self.layers:
+            try:
+                if layer is not None:
+                    ids.append(layer.id())
+            except RuntimeError:  # its C++ object was deleted with the project's layer
+                pass
+        return ids
+
     def project_saved(self) -> bool:
         """True when this is a temporary GeoPackage and the project has been saved since (new answers should
         then go beside it)."""

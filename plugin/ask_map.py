@@ -78,9 +78,10 @@ def view_frame(settings: QgsMapSettings) -> ImageFrame:
     return ImageFrame(size.width(), size.height(), logical.scaled(dpr, dpr), crs.authid() or crs.toWkt())
 
 
-def render(settings: QgsMapSettings) -> QImage:
+def render(settings: QgsMapSettings, errors: Optional[list] = None) -> QImage:
     """The view rendered synchronously, deviceOutputSize() pixels (call where the layers may be rendered:
-    the main thread, or a thread that owns clones of them)."""
+    the main thread, or a thread that owns clones of them). `errors` (a list): the render job's layer
+    errors are appended to it as (layer name, message) pairs (`layer_errors`)."""
     image = QImage(settings.deviceOutputSize(), settings.outputImageFormat())
     image.setDevicePixelRatio(settings.devicePixelRatio())
     image.fill(settings.backgroundColor())
@@ -89,7 +90,16 @@ def render(settings: QgsMapSettings) -> QImage:
     job.renderSynchronously()
     painter.end()
     image.setDevicePixelRatio(1.0)
+    if errors is not None:
+        errors.extend(layer_errors(job, settings))
     return image
+
+
+def layer_errors(job, settings: QgsMapSettings) -> List[Tuple[str, str]]:
+    """The layer errors of a finished `QgsMapRendererJob` (a raster whose pixels GDAL cannot read: "IReadBlock
+    failed", a service that did not answer) as (layer name, message) pairs, named from `settings.layers()`."""
+    names = {layer.id(): layer.name() for layer in settings.layers()}
+    return [(names.get(e.layerID, e.layerID), e.message) for e in job.errors()]
 
 
 def png_bytes(image: QImage) -> bytes:

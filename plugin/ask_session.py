@@ -22,19 +22,21 @@ from qgis.PyQt.QtWidgets import QFileDialog
 from ..core.profiles import get_profile
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from . import settings as engine_settings
+from .ask_engine_header import EngineHeader
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes
-from .ask_sources import region_ring, source_settings
-from .ask_task import AskTask, FamilyProbe
-from .engine_manager import engine_manager, state_text
+from .ask_sources import region_ring, source_settings, view_key
+from .ask_task import AskTask
+from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
+from .view_checks import render_problem
 from .view_render import ViewRender
 
 LOG_TAG = "GeoVLM"
 
 
-class AskSession(QObject):
+class AskSession(EngineHeader, QObject):
     """Drives an `ui.ask_dock.AskDock` on `iface`'s canvas. `engine` ("" = the configured one, "local", or
     URLs) and `authcfg` are passed to `engine_access.connect`."""
 
@@ -47,6 +49,7 @@ class AskSession(QObject):
         self.view: Optional[View] = None
         self.image = None
         self.view_source = None
+        self.view_settings: Optional[QgsMapSettings] = None  # those of the pinned view
         self.history: List[Tuple[str, str]] = []
         self.turns: List[Turn] = []
         self.task: Optional[AskTask] = None
@@ -78,80 +81,6 @@ class AskSession(QObject):
         self._engine_state()
         self.refresh_family()
 
-    # ------------------------------------------------------------ engine state
-
-    @property
-    def engine(self) -> str:
-        """"" (the configured engine), "local" or engine URLs; setting it updates the state line."""
-        return self._engine
-
-    @engine.setter
-    def engine(self, value: str) -> None:
-        self._engine = value
-        self._settings_changed()
-
-    def refresh_family(self) -> None:
-        """Ask the engine its family in a QgsTask (a local engine only when it already runs: a probe never
-        starts it); the task picker then offers that family's tasks."""
-        local = self._engine == "local" or (not self._engine and engine_settings.load().mode == "local")
-        if local and not self.manager.running():
-            return
-        self._stop_probe()
-        self._probe = FamilyProbe(self._engine, self.authcfg, "", self.transport)
-        self._probe.found.connect(self._family_found)
-        QgsApplication.taskManager().addTask(self._probe)
-
-    def _family_found(self, family: str) -> None:
-        self._probe = None
-        if family != self.family:
-            self.family = family
-            self.dock.set_tasks(family_tasks(get_profile(family)))
-
-    def _stop_probe(self, wait_ms: int = 0) -> None:
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            try:
-                probe.found.disconnect()
-                probe.cancel()
-                if wait_ms:
-                    probe.waitForFinished(wait_ms)
-            except (RuntimeError, TypeError):  # already finished and deleted by the task manager
-                pass
-
-    def _target(self) -> str:
-        """The engine the next request goes to: "local" or its URLs (comma-separated), "" when none is set."""
-        if self._engine:
-            return self._engine
-        value = engine_settings.load()
-        return "local" if value.mode == "local" else ",".join(e.url for e in value.endpoints)
-
-    def _engine_state(self, *_) -> None:
-        """The header from the current settings (or `engine`) and the last outcome: one state word."""
-        target = self._target()
-        local = target.lower() == "local"
-        if local:
-            state, detail = self.manager.state, self.manager.detail
-            text = f"Engine (local): {state_text(state, detail)}"
-        else:
-            text = f"Engine (remote: {', '.join(target.split(',')) or 'none configured'}): {self._remote_word}"
-        self.dock.restart.setVisible(local and self.manager.state == "down")
-        self.dock.engine_state.setText(text)
-
-    def _remote_state(self, words: str) -> None:
-        self._remote_word = words
-        self._engine_state()
-
-    def _settings_changed(self) -> None:
-        """Options saved (or `engine` set): another engine may serve another family, so the last one's is
-        forgotten (it would be forced on the new engine); the header and task list follow."""
-        self._remote_word = "not asked yet"
-        configured = engine_settings.load().family
-        self.family = configured
-        if configured:
-            self.dock.set_tasks(family_tasks(get_profile(configured)))
-        self._engine_state()
-        self.refresh_family()
-
     # ------------------------------------------------------------ asking
 
     def busy(self) -> bool:
@@ -171,8 +100,7 @@ class AskSession(QObject):
             source = "map" if self.dock.source_key() == "selected" else self.dock.source_key()
             settings = None
             if self.view is None or source != self.view_source:
-                settings = source_settings(source, self.canvas.mapSettings(), self.dock.raster.currentLayer(),
-                                           self.rectangle, task in REGION_TASKS, engine_settings.load())
+                settings = self._source_settings(source, task)
             region = None if task not in REGION_TASKS else region_ring(
                 self.dock.source_key(), self.rectangle, self.canvas.mapSettings().destinationCrs(),
                 self.iface.activeLayer(), settings.destinationCrs() if settings is not None else self._view_crs())
@@ -182,6 +110,9 @@ class AskSession(QObject):
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
         self._streamed = ""
         if settings is None:
+            if self._moved_since(source, task):
+                self._html.append("<p><i>about the earlier view (the map has changed since): New view asks about "
+                                  "the map as it is now</i></p>")
             self._ask(question, task, region)
             return
         self._pending = (question, task, region, source)
@@ -189,12 +120,34 @@ class AskSession(QObject):
         self.renderer.start(settings)
         self._show()
 
-    def _rendered(self, settings: QgsMapSettings, image) -> None:
-        """Main thread (the render job's finished()): the new view, then the question about it."""
+    def _source_settings(self, source: str, task: str) -> QgsMapSettings:
+        """The map settings of the view `source` shows now; ValueError (one line) when it would be blank."""
+        return source_settings(source, self.canvas.mapSettings(), self.dock.raster.currentLayer(), self.rectangle,
+                               task in REGION_TASKS, engine_settings.load())
+
+    def _moved_since(self, source: str, task: str) -> bool:
+        """True when the source now shows another view than the pinned one (panned, turned, another layer)."""
+        answers = {i for kept in [self.layers, *self._retired_layers] if kept for i in kept.layer_ids()}
+        try:  # the answers' own layers, added to the map since, are no change of the view
+            return view_key(self._source_settings(source, task), answers) != view_key(self.view_settings, answers)
+        except ValueError:  # it shows nothing now
+            return True
+
+    def _rendered(self, settings: QgsMapSettings, image, errors) -> None:
+        """Main thread (the render job's finished()): the new view, then the question about it; a view with
+        a layer that could not be read is refused (a blank image would be asked about)."""
         question, task, region, source = self._pending
         self._pending = None
+        problem = render_problem(errors)
+        if problem:
+            self.dock.set_busy(False)
+            self._html.append(f"<p><i>{html.escape(problem)}: nothing was sent</i></p>")
+            self._show()
+            self.error(problem)
+            return
         self.image = image
         self.view, self.view_source, self.history = View.of(settings, image), source, []
+        self.view_settings = settings
         self._ask(question, task, region)
 
     def _cancel_render(self, wait: bool = False) -> None:
@@ -288,7 +241,11 @@ class AskSession(QObject):
         self._show()
 
     def _failed(self, message: str) -> None:
+        """Main thread: the question got no answer. A conversation that never got one does not keep its
+        image: the next Send renders the view as it is then (a follow-up of an answer keeps it)."""
         self.task = None
+        if not self.history:
+            self.view, self.view_source, self.view_settings, self.image = None, None, None, None
         self.dock.set_busy(False)
         self._html.append(f"<p><i>{html.escape(message)}</i></p>")
         self._show()

@@ -3,12 +3,13 @@ own resolution, a rectangle drawn on the map) and the region of an identify ques
 the selected feature of the active layer). Main thread: these read layers and the canvas's settings."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Collection, List, Tuple
 
 from qgis.core import QgsCoordinateTransform, QgsMapLayerType, QgsMapSettings, QgsProject
 from qgis.PyQt.QtCore import QSize
 
 from .ask_map import ring_of, view_settings
+from .view_checks import layers_problem
 
 MAX_RASTER_PIXELS = 4096 * 4096
 
@@ -20,8 +21,28 @@ def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectan
     render_width, render_height, render_dpr) unless the canvas's own is asked for; `raster` (a map layer or
     None) at its own resolution, unrotated; `rectangle` (QgsRectangle in the canvas's CRS, or None) at the
     configured long side, unrotated (for a region task the rectangle is the region, and the view is the
-    map). Raises ValueError with one line saying what to do."""
-    canvas_settings = QgsMapSettings(canvas_settings)
+    map). Raises ValueError with one line saying what to do, also when the view would be blank (a layer
+    that cannot be read, or none that lies in the view: `plugin.view_checks.layers_problem`)."""
+    settings = _source_settings(source, QgsMapSettings(canvas_settings), raster, rectangle, region_task, config)
+    problem = layers_problem(settings, "the view")
+    if problem:
+        raise ValueError(f"{problem}: turn off that layer or fix its source" if "cannot be read" in problem
+                         else f"{problem}: pan or zoom to a layer to ask about it")
+    return settings
+
+
+def view_key(settings: QgsMapSettings, ignored: Collection[str] = ()) -> tuple:
+    """What a view shows, to tell whether the map changed since the view was rendered: its CRS, visible
+    extent, rotation, device output size and layers (ids, but those in `ignored`)."""
+    e = settings.visibleExtent()
+    size = settings.deviceOutputSize()
+    return (settings.destinationCrs().authid() or settings.destinationCrs().toWkt(),
+            (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()), settings.rotation(),
+            (size.width(), size.height()), tuple(lyr.id() for lyr in settings.layers() if lyr.id() not in ignored))
+
+
+def _source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectangle, region_task: bool,
+                     config) -> QgsMapSettings:
     if source == "raster":
         if raster is None or raster.type() != QgsMapLayerType.RasterLayer:
             raise ValueError("choose a raster layer")

@@ -15,17 +15,19 @@ from qgis.core import Qgis, QgsMapRendererSequentialJob, QgsMapSettings, QgsMess
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtGui import QImage
 
+from .ask_map import layer_errors
+
 LOG_TAG = "GeoVLM"
 
 
 class ViewRender(QObject):
     """Renders one view at a time, main thread only. `start(settings)` returns at once; `rendered(settings,
-    image)` follows on the main thread with a copy of the map settings and the image (`deviceOutputSize()`
-    device pixels, device pixel ratio 1, as `ask_map.render` returns it), unless `cancel()` came first:
-    a cancelled render says nothing, ever. Layer errors of the render are logged (tag "GeoVLM"); the image
-    is still what QGIS drew, as in `ask_map.render`."""
+    image, errors)` follows on the main thread with a copy of the map settings, the image (`deviceOutputSize()`
+    device pixels, device pixel ratio 1, as `ask_map.render` returns it) and the render's layer errors
+    ((layer name, message) pairs, as `ask_map.render` collects them; also logged, tag "GeoVLM"), unless
+    `cancel()` came first: a cancelled render says nothing, ever."""
 
-    rendered = pyqtSignal(object, object)
+    rendered = pyqtSignal(object, object, object)
 
     def __init__(self, parent: Optional[QObject] = None):
         super().__init__(parent)
@@ -65,9 +67,9 @@ class ViewRender(QObject):
             return
         self._job = None
         settings, self._settings = self._settings, None
-        for error in job.errors():
-            QgsMessageLog.logMessage(f"rendering the view: {error.layerID}: {error.message}", LOG_TAG,
-                                     Qgis.MessageLevel.Warning)
+        errors = layer_errors(job, settings)
+        for name, message in errors:
+            QgsMessageLog.logMessage(f"rendering the view: {name}: {message}", LOG_TAG, Qgis.MessageLevel.Warning)
         image = QImage(job.renderedImage())
         image.setDevicePixelRatio(1.0)
-        self.rendered.emit(settings, image)
+        self.rendered.emit(settings, image, errors)

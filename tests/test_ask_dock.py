@@ -379,3 +379,90 @@ def test_a_map_showing_no_layer_is_not_asked_about(dock, qgis_iface, qgis_canvas
         assert session.task is None and engine.posts == []
     [message] = qgis_iface.messageBar().get_messages(1)
     assert message == "GeoVLM:the map shows no layer: add a layer, or turn one on, to ask about it"
+
+
+def test_a_failed_first_question_does_not_pin_its_view(dock, qgis_canvas):
+    """The engine is not there for the first question: the next Send, after the map was turned, asks about
+    the map as it is then, not about the view rendered for the question that got no answer."""
+    session = dock.ask
+    with ScriptedEngine("geochat", "") as engine:
+        down = engine.url
+    session.engine = down
+    ask(session, "What is on this map?")
+    assert wait_for(lambda: not session.busy(), 30)
+    assert session.turns[-1].answer == "" and session.view is None  # no answer: no image kept
+    qgis_canvas.setRotation(60)
+    assert wait_for(lambda: qgis_canvas.mapSettings().rotation() == 60, 5)
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        ask(session, "What is on this map?")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert session.view.rotation == 60 and session.turns[-1].answer == ANSWER
+        sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
+        assert sent == padded_input(session.view.image, 504, get_profile("geochat").pad_color)
+    assert "earlier view" not in session.dock.transcript.toPlainText()
+
+
+def test_a_follow_up_keeps_the_answered_view_and_says_so_when_the_map_moved(dock, qgis_canvas):
+    session = dock.ask
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "And the road?", "ask")  # the map has not moved: nothing to say
+        assert wait_for(lambda: not session.busy(), 30)
+        assert "earlier view" not in session.dock.transcript.toPlainText()
+        qgis_canvas.setRotation(0)
+        assert wait_for(lambda: qgis_canvas.mapSettings().rotation() == 0, 5)
+        ask(session, "How many fields are there?", "ask")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.images[2] == engine.images[0] and session.view.rotation == 30  # the same image, on purpose
+        text = session.dock.transcript.toPlainText()
+        assert "about the earlier view (the map has changed since): New view asks about the map as it is now" in text
+        session.new_view()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert session.view.rotation == 0 and engine.images[3] != engine.images[0]
+
+
+def test_a_view_with_no_layer_under_it_is_not_asked_about(dock, qgis_iface, qgis_canvas):
+    session = dock.ask
+    qgis_canvas.setExtent(QgsRectangle(0, 0, 1000, 1000))  # the Gulf of Guinea: cogeo.tif is in Korea
+    assert wait_for(lambda: qgis_canvas.mapSettings().visibleExtent().xMaximum() < 1e5, 5)
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        session.dock.question.setPlainText("What is here?")
+        session.send()
+        assert session.task is None and not session.renderer.active() and engine.posts == []
+    [message] = qgis_iface.messageBar().get_messages(1)
+    assert message == ("GeoVLM:nothing of the layers ('cogeo') lies in the view: pan or zoom to a layer to ask "
+                       "about it")
+
+
+def test_a_layer_that_cannot_be_read_is_not_asked_about(dock, qgis_iface, qgis_canvas, data_dir, tmp_path):
+    session = dock.ask
+    missing = QgsRasterLayer(str(tmp_path / "moved.tif"), "moved")  # a project's layer whose file is gone
+    assert not missing.isValid()
+    QgsProject.instance().addMapLayer(missing)
+    qgis_canvas.setLayers([missing, *qgis_canvas.layers()])
+    corrupt = QgsRasterLayer(str(data_dir / "rasters" / "corrupt.tif"), "corrupt")
+    assert corrupt.isValid()  # its header opens; its full-resolution tiles cannot be read
+    QgsProject.instance().addMapLayer(corrupt)
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        session.dock.question.setPlainText("What is here?")
+        session.send()
+        assert session.task is None and not session.renderer.active()
+        [message] = qgis_iface.messageBar().get_messages(1)
+        assert message.startswith("GeoVLM:layer 'moved' cannot be read") and "\n" not in message
+        assert message.endswith(": turn off that layer or fix its source")
+
+        qgis_iface.messageBar().clear_messages()
+        session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
+        session.dock.raster.setLayer(corrupt)
+        session.send()  # rendered (the render finds the damaged tiles), then refused
+        assert wait_for(lambda: not session.busy(), 30)
+        assert session.task is None and session.view is None and engine.posts == []
+    [message] = qgis_iface.messageBar().get_messages(1)
+    assert message.startswith("GeoVLM:layer 'corrupt' cannot be read: ") and "IReadBlock failed" in message
+    assert "nothing was sent" in session.dock.transcript.toPlainText()

@@ -455,3 +455,68 @@ def test_askmap_in_a_background_task_as_the_processing_dialog_runs_it(plugin, pr
     main_layer = main_layer if isinstance(main_layer, QgsVectorLayer) else QgsVectorLayer(main_layer, "o", "ogr")
     task_layer = QgsProcessingUtils.mapLayerFromString(results["OBJECTS"], context)
     assert len(rings(task_layer)) == 3 and rings(task_layer) == rings(main_layer)
+
+
+def _qgis_process(exe, env, *params):
+    run = subprocess.run([str(exe), "run", "geovlm:askmap", "--", *params], env=env, capture_output=True, text=True,
+                         timeout=180)
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_qgis_process_refuses_a_blank_view_in_one_line_and_asks_nothing(qgis_app, data_dir, qgis_process_env):
+    """An EXTENT that none of the layers meets would be a white image, which a model answers anyway: refused
+    before the engine is asked, the line printed once (QGIS prints an error raised during a run three times:
+    twice from its message log, once from the feedback), and qgis_process exits non-zero."""
+    exe, env = qgis_process_env
+    cogeo = data_dir / "rasters" / "cogeo.tif"
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        code, out = _qgis_process(exe, env, f"LAYERS={cogeo}", "EXTENT=0,10,0,10 [EPSG:4326]",
+                                  "QUESTION=What is on this map?", f"ENGINE={engine.url}")
+        assert engine.posts == [] and engine.images == []
+    line = "nothing of the layers ('cogeo') lies in EXTENT 0,10,0,10 [EPSG:4326]"
+    assert code != 0 and out.count(line) == 1, out[-3000:]
+
+
+def test_qgis_process_refuses_a_layer_that_cannot_be_read_and_asks_nothing(qgis_app, data_dir, qgis_process_env):
+    """corrupt.tif opens (its header is whole) but its full-resolution tiles cannot be read: QGIS draws a white
+    image; the render's layer error refuses the run before the engine is asked."""
+    exe, env = qgis_process_env
+    corrupt = QgsRasterLayer(str(data_dir / "rasters" / "corrupt.tif"), "corrupt")
+    e = corrupt.extent()
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        code, out = _qgis_process(exe, env, f"LAYERS={corrupt.source()}",
+                                  f"EXTENT={e.xMinimum()!r},{e.xMaximum()!r},{e.yMinimum()!r},{e.yMaximum()!r} "
+                                  "[EPSG:3857]", "QUESTION=What is on this map?", f"ENGINE={engine.url}")
+        assert engine.posts == []
+    assert code != 0 and "ERROR:\tlayer 'corrupt' cannot be read: " in out and "IReadBlock failed" in out, out[-3000:]
+
+
+def test_qgis_process_asks_without_an_objects_output(qgis_app, data_dir, tmp_path, qgis_process_env):
+    """OBJECTS is optional, as RELATIONS: an ask for the answer alone writes no file."""
+    exe, env = qgis_process_env
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    extent = view_extent(raster, raster.crs())
+    work = tmp_path / "work"
+    work.mkdir()
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        run = subprocess.run(
+            [str(exe), "--json", "run", "geovlm:askmap", "--", f"LAYERS={raster.source()}",
+             f"EXTENT={extent.xMinimum()!r},{extent.xMaximum()!r},{extent.yMinimum()!r},{extent.yMaximum()!r}"
+             " [EPSG:3857]", "QUESTION=Describe the image", "TASK=1", f"ENGINE={engine.url}"],
+            env=env, capture_output=True, text=True, timeout=180, cwd=work)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(run.stdout)["results"]
+    assert results["ANSWER"] == ANSWER and results["OBJECTS"] is None and results["RELATIONS"] is None
+    assert list(work.iterdir()) == [] and len(engine.posts) == 1
+
+
+def test_processing_run_refuses_an_extent_outside_the_layers(plugin, processing, data_dir):
+    """processing.run (and the dialog) checks the parameters first: one line, and the engine is not asked."""
+    from qgis.core import QgsProcessingException
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        with pytest.raises(QgsProcessingException, match=r"nothing of the layers \('cogeo'\) lies in EXTENT "
+                           r"0,10,0,10 \[EPSG:4326\]"):
+            _run(processing, engine.url, raster, 0, QUESTION="What is here?", EXTENT="0,10,0,10 [EPSG:4326]")
+        assert engine.posts == []

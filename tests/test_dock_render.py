@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _render_async(settings, seconds=60):
     renderer, out = ViewRender(), []
-    renderer.rendered.connect(lambda s, image: out.append((s, image)))
+    renderer.rendered.connect(lambda s, image, errors: out.append((s, image, errors)))
     renderer.start(settings)
     assert renderer.active()
     assert wait_for(lambda: out, seconds)
@@ -41,7 +41,8 @@ def test_the_asynchronous_render_is_the_synchronous_one(qgis_app, data_dir, path
                           e.yMaximum() - e.height() / 10)
     settings = view_settings([layer], layer.crs(), extent, 30.0, 700, 500, 2.0)
     expected = render(settings)
-    rendered_settings, image = _render_async(settings)
+    rendered_settings, image, errors = _render_async(settings)
+    assert errors == []
     assert (image.width(), image.height()) == (1400, 1000) and image.devicePixelRatio() == 1.0
     assert image == expected  # every pixel, and the format
     assert View.of(rendered_settings, image).frame == View.of(settings, expected).frame
