@@ -6,6 +6,7 @@ from qgis.core import (
     Qgis,
     QgsCoordinateTransform,
     QgsFeatureSink,
+    QgsMessageLog,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputString,
@@ -81,7 +82,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "configuration. FAMILY empty: the engine says which. IMAGE (optional PNG): exactly the pixels the "
             "model saw, that fitted input (padding bands and its lower resolution included, which often "
             "explains a missed small object), with the answer's boxes drawn in them; the features carry the "
-            "boxes on the map."
+            "boxes on the map. OBJECTS and RELATIONS are optional (left out: the answer alone). A view that "
+            "would be blank (a layer that cannot be read, an extent none of the layers meets) is refused "
+            "before the engine is asked."
         )
 
     def createInstance(self):  # noqa: N802
@@ -136,6 +139,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
             self._question(parameters, context)
         except QgsProcessingException as exc:
+            # the dialog shows the line in a message box, qgis_process prints it; the "GeoVLM" log keeps it (as
+            # a warning: qgis_process echoes critical messages, which would print it twice)
+            QgsMessageLog.logMessage(f"askmap: {exc}", "GeoVLM", Qgis.MessageLevel.Warning)
             return False, str(exc)
         return True, ""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Tuple
 
-from qgis.core import QgsGeometry, QgsMapSettings
+from qgis.core import QgsGeometry, QgsMapSettings, QgsPointXY
 
 
 def layers_problem(settings: QgsMapSettings, where: str) -> Optional[str]:
@@ -19,7 +19,8 @@ def layers_problem(settings: QgsMapSettings, where: str) -> Optional[str]:
         if not layer.isValid():
             reason = layer.error().summary().strip().splitlines()
             return f"layer {layer.name()!r} cannot be read" + (f" ({reason[-1].strip()})" if reason else "")
-    view = QgsGeometry.fromQPolygonF(settings.visiblePolygon())
+    corners = [QgsPointXY(p.x(), p.y()) for p in settings.visiblePolygon()]
+    view = QgsGeometry.fromPolygonXY([corners + corners[:1]])  # closed: an open ring would be a line
     for layer in layers:
         extent = layer.extent()
         if extent.isNull():

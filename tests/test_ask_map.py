@@ -511,12 +511,23 @@ def test_qgis_process_asks_without_an_objects_output(qgis_app, data_dir, tmp_pat
 
 
 def test_processing_run_refuses_an_extent_outside_the_layers(plugin, processing, data_dir):
-    """processing.run (and the dialog) checks the parameters first: one line, and the engine is not asked."""
-    from qgis.core import QgsProcessingException
+    """processing.run (and the dialog) checks the parameters first: one line, and the engine is not asked; the
+    GUI's "GeoVLM" log keeps the line, as a warning (qgis_process echoes only critical messages)."""
+    from qgis.core import Qgis, QgsApplication, QgsProcessingException
 
     raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
-    with ScriptedEngine("geochat", ANSWER) as engine:
-        with pytest.raises(QgsProcessingException, match=r"nothing of the layers \('cogeo'\) lies in EXTENT "
-                           r"0,10,0,10 \[EPSG:4326\]"):
-            _run(processing, engine.url, raster, 0, QUESTION="What is here?", EXTENT="0,10,0,10 [EPSG:4326]")
-        assert engine.posts == []
+    logged = []
+    log = QgsApplication.messageLog()
+    record = lambda message, tag, level: logged.append((message, tag, level))  # noqa: E731
+    log.messageReceived.connect(record)
+    try:
+        with ScriptedEngine("geochat", ANSWER) as engine:
+            with pytest.raises(QgsProcessingException, match=r"nothing of the layers \('cogeo'\) lies in EXTENT "
+                               r"0,10,0,10 \[EPSG:4326\]"):
+                _run(processing, engine.url, raster, 0, QUESTION="What is here?", EXTENT="0,10,0,10 [EPSG:4326]")
+            assert engine.posts == []
+    finally:
+        log.messageReceived.disconnect(record)
+    ours = [(m, level) for m, tag, level in logged if tag == "GeoVLM"]
+    assert ours == [("askmap: nothing of the layers ('cogeo') lies in EXTENT 0,10,0,10 [EPSG:4326]",
+                     Qgis.MessageLevel.Warning)]
