@@ -237,8 +237,9 @@ def _crs(wkt):
     from ..models.imagery import import_rasterio
 
     crs = import_rasterio().crs.CRS.from_wkt(wkt)
-    epsg = crs.to_epsg()
-    return crs.to_wkt(version="WKT1_GDAL"), epsg, crs_identity(epsg, None if epsg else crs.to_proj4())
+    exact = crs.to_epsg(confidence_threshold=100)  # as QGIS's authid(): see crs_identity
+    return (crs.to_wkt(version="WKT1_GDAL"), crs.to_epsg(),
+            crs_identity(exact, None if exact else crs.to_proj4()))
 
 
 LOG_EVERY_S = 60.0  # a progress line at least this often when stderr is a log file, besides every 10 %

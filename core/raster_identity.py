@@ -19,13 +19,13 @@ the SHA-256 of what they hold:
   GDAL and in rasterio's own (measured on cogeo.tif), which would refuse a resume across the two; the
   stored bytes are the same, and overviews added later do not touch them;
 - in any other raster (VRT, other formats, remote files), the decoded values of every band, little-endian.
-A new acquisition changes every window (sensor noise alone does); an edit confined to the pixels between the
-windows (under 2 % of a big raster) is not seen, which is the price of reading 64 blocks: 0.1-20 ms for the
-shared GeoTIFFs, about 40 ms for a 41k x 41k px VRT (bench/bench_raster_identity.py, two shared CPUs), where
-the file's whole SHA-256 would read every byte of a multi-GB file. A VRT over JPEG-compressed files is
-identified by its decoded values, which QGIS and rasterio decode differently: such a run is resumed by the tool
-that started it only. A window that cannot be read (a damaged file there)
-counts as a fixed marker, so a damaged raster has a stable identity too.
+A new acquisition changes every window (sensor noise alone does); an edit confined to the pixels outside the
+windows (which cover 64 x 32 x 32 px, under 2 % of a raster over 256k px) is not seen, which is the price of
+reading 64 blocks: 0.1-40 ms for the shared GeoTIFFs, 40-100 ms for a 41k x 41k px VRT (docs/benchmarks.md,
+bench/bench_raster_identity.py, two shared CPUs), where the file's whole SHA-256 would read every byte of a
+multi-GB file. A VRT over JPEG-compressed files is identified by its decoded values, which QGIS and rasterio
+decode differently: such a run is resumed by the tool that started it only. A window that cannot be read (a
+damaged file there) counts as a fixed marker, so a damaged raster has a stable identity too.
 """
 from __future__ import annotations
 
@@ -122,12 +122,15 @@ def geotiff_block_reader(path: str, driver: str, width: int, height: int, bands:
 
 
 def crs_identity(epsg: Optional[int], proj: Optional[str]) -> str:
-    """A short, stable name of a CRS that QGIS and rasterio agree on: "EPSG:32616" when the CRS has an EPSG
-    code, else its PROJ string with its parameters sorted and `+type=crs`/`+no_defs` left out (PROJ's own
-    text of the CRS, which both read the same way), or "none" for a raster without a CRS."""
+    """A short, stable name of a CRS that QGIS and rasterio agree on: "EPSG:32616" when the CRS is an EPSG
+    code (rasterio: `to_epsg(confidence_threshold=100)`, QGIS: its `authid()`; a looser match, rasterio's
+    default 70 %, names codes QGIS does not), else its PROJ string with the parameters sorted and what the two
+    write differently left out (`+type=crs`, `+no_defs` or rasterio's `+no_defs=True`, the null
+    `+towgs84=0,0,0,0,0,0,0` QGIS's PROJ adds to GRS80), or "none" for a raster without a CRS."""
     if epsg:
         return f"EPSG:{int(epsg)}"
     if not proj or not proj.strip():
         return "none"
-    parts = sorted(p for p in proj.split() if p not in ("+type=crs", "+no_defs"))
+    parts = sorted(p for p in proj.split()
+                   if p != "+type=crs" and p.split("=")[0] != "+no_defs" and p != "+towgs84=0,0,0,0,0,0,0")
     return " ".join(parts) or "none"

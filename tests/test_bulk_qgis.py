@@ -602,3 +602,25 @@ def test_processing_refuses_a_new_raster_on_the_same_grid_naming_overwrite(plugi
     assert "OVERWRITE=true" in said
     processing.run("geovlm:captiontiles", dict(params, INPUT=str(changed), OVERWRITE=True))
     assert {s for _, s in ledger_rows(out)} == {"ok"} and engine.requests() == 2 * len(ledger_rows(out))
+
+
+@pytest.mark.parametrize("proj", ["+proj=ortho +lat_0=10 +lon_0=5 +datum=WGS84 +units=m",
+                                  "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m",
+                                  "+proj=utm +zone=33 +ellps=intl +towgs84=-87,-98,-121,0,0,0,0 +units=m"])
+def test_qgis_and_the_cli_name_a_crs_without_an_epsg_code_alike(qgis_app, tmp_path, proj):
+    """A custom CRS (no EPSG code; the last one rasterio's default 70 % match takes for EPSG:23033, QGIS not)
+    gets the same name in the plan from QGIS as from the command line."""
+    from rasterio.transform import from_origin
+
+    from geovlm.cli.bulk_cmds import _crs
+    from geovlm.models.imagery import import_rasterio
+    from geovlm.plugin.alg_bulk_tiles import crs_name
+
+    rasterio = import_rasterio()
+    path = tmp_path / "custom.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       crs=rasterio.crs.CRS.from_proj4(proj), transform=from_origin(500, 800, 1, 1)) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+        wkt = dst.crs.to_wkt()
+    name = crs_name(QgsRasterLayer(str(path), "r").crs())
+    assert name == _crs(wkt)[2] and name.startswith("+") and "no_defs" not in name

@@ -294,3 +294,16 @@ def test_every_bad_json_line_is_reported_and_the_good_ones_written(tmp_path, cap
     src.write_text('{"text": "a"}\n{"text": "b"}\n')
     assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "none.gpkg")]) == 1
     assert "nothing written" in capsys.readouterr().err and not (tmp_path / "none.gpkg").exists()
+
+
+def test_ask_out_refuses_an_earlier_output_before_loading_a_model(data_dir, tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    out = tmp_path / "o.gpkg"
+    assert main(["parse", str(src), "--family", "geochat", "--out", str(out)]) == 0
+    capsys.readouterr()
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    assert main(["ask", raster, "what is here?", "--model", str(tmp_path / "no-model"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--overwrite" in err and "no-model" not in err, err
+    assert _count(out) == 1
