@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.answer_files import read_answers
+from ..core.answer_files import MAX_BAD_LINES, read_answers
 from ..core.georef import PIXEL_CRS_WKT, GeoTransform, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile, parse_overrides
@@ -143,8 +143,6 @@ def run(args) -> int:
               "that wrote them", file=sys.stderr)
     return 1 if bad else 0
 
-
-MAX_BAD_LINES = 10
 
 
 def report_bad_lines(bad) -> None:

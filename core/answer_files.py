@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
+MAX_BAD_LINES = 10  # bad lines named one by one (`geovlm parse`, Parse saved answers); the rest are counted
+
 
 def read_answers(path, field: str = "answer", question_field: str = "question",
                  bad: Optional[List[str]] = None) -> Iterator[Tuple[int, str, str]]:

@@ -16,7 +16,7 @@ from qgis.core import (
     QgsSettings,
 )
 
-from ..core.answer_files import read_answers
+from ..core.answer_files import MAX_BAD_LINES, read_answers
 from ..core.georef import PIXEL_CRS_WKT, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
@@ -111,9 +111,16 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         try:
             family = self._family(parameters, context)
             frame = self._frame(parameters, context)
-            answers = list(read_answers(path, field))
+            bad = []
+            answers = list(read_answers(path, field, bad=bad))
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
+        for message in bad[:MAX_BAD_LINES]:  # every bad line named, as `geovlm parse` does; the good ones parsed
+            feedback.reportError(message, False)
+        if len(bad) > MAX_BAD_LINES:
+            feedback.reportError(f"... and {len(bad) - MAX_BAD_LINES} more bad lines", False)
+        if bad and not answers:
+            raise QgsProcessingException(f"No line of {path} could be read: nothing written.")
         profile = get_profile(family)
         remember(dict(parameters, **{self.FAMILY: family_names().index(family)}), context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
@@ -138,7 +145,8 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         if feedback.isCanceled():
             feedback.reportError(f"Cancelled after {done} of {len(answers)} answers: the layers hold those only.")
         feedback.pushInfo(f"{done} answers read: {n_objects} objects, {n_relations} relations, "
-                          f"{skipped} unreadable fragments skipped")
+                          f"{skipped} unreadable fragments skipped"
+                          + (f", {len(bad)} bad {'line' if len(bad) == 1 else 'lines'} left out" if bad else ""))
         if frame.crs == PIXEL_CRS_WKT:
             feedback.pushInfo(f"Coordinates are pixels of a {frame.width}x{frame.height} image (x = column, "
                               "y = -row); give a raster layer to place the boxes on the map.")

@@ -225,6 +225,33 @@ def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_i
         plugin.unload()
 
 
+
+def test_parse_algorithm_names_every_bad_json_line_and_parses_the_good_ones(qgis_iface, processing, tmp_path):
+    from qgis.core import QgsProcessingException
+    from qt_support import RecordingFeedback
+
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        src = tmp_path / "garbage.jsonl"
+        lines = ['{"answer": "{<0><0><50><50>|<90>}"}', "not json", '{"text": "x"}'] + ["{broken"] * 11
+        src.write_text("\n".join(lines + ['{"answer": "{<10><10><20><20>|<0>}"}']) + "\n")
+        params = {"INPUT": str(src), "FAMILY": list(geovlm.core.profiles.family_names()).index("geochat"),
+                  "FIELD": "answer", "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"}
+        feedback = RecordingFeedback()
+        result = processing.run("geovlm:parseanswers", params, feedback=feedback)
+        assert feedback.errors[:2] == [f"{src}:2: not a JSON object (the file looks like JSON lines)",
+                                       f"{src}:3: no field 'answer'"]
+        assert len(feedback.errors) == 11 and feedback.errors[-1] == "... and 3 more bad lines"
+        assert any("2 answers read: 2 objects" in m and "13 bad lines left out" in m for m in feedback.info)
+        assert result["OBJECTS"].featureCount() == 2
+        src.write_text('{"text": "a"}\n')
+        with pytest.raises(QgsProcessingException, match="No line of .* could be read"):
+            processing.run("geovlm:parseanswers", params)
+    finally:
+        plugin.unload()
+
+
 def test_parse_without_a_raster_in_a_geographic_project_says_why_qgis_cannot_show_the_pixels(
         qgis_iface, processing, tmp_path):
     from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingContext
