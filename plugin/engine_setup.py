@@ -188,12 +188,13 @@ def configured_sources(python: str) -> str:
 
 
 class Step(NamedTuple):
-    """One command of a set-up: `title` (shown as the step), `argv`, whether it must succeed, and a `fallback`
-    step run instead when it fails, announced in the log by `fallback_note`."""
+    """One command of a set-up: `title` (shown as the step), `argv`, whether it must succeed, a `note` for the log
+    before it, and a `fallback` step run instead when it fails, announced in the log by `fallback_note`."""
 
     title: str
     argv: List[str]
     required: bool
+    note: str = ""
     fallback: Optional[Step] = None
     fallback_note: str = ""
 
@@ -271,7 +272,9 @@ class SetupPlan:
                             [*pip, TORCH_REQUIREMENT], True)
             quick = ["--retries", str(TORCH_INDEX_RETRIES), "--timeout", str(TORCH_INDEX_TIMEOUT_S)]
             steps.append(Step(f"Installing torch's {self.torch.upper()} build from {index[-1]}",
-                              [*pip, *quick, *index, TORCH_REQUIREMENT], True, fallback,
+                              [*pip, *quick, *index, TORCH_REQUIREMENT], True,
+                              f"torch: from {index[-1]} ({TORCH_INDEX_RETRIES} retry, {TORCH_INDEX_TIMEOUT_S} s "
+                              "timeout), else from pip's configured sources", fallback,
                               f"{index[-1]} did not answer or has no {TORCH_REQUIREMENT}: taking it from pip's "
                               "configured sources"))
         steps.append(Step(f"Installing the engine ({self.runtime.upper()} onnxruntime): torch, transformers…",
@@ -343,9 +346,8 @@ class EngineSetupTask(QgsTask):
             return True
         steps = plan.commands()
         for index, step in enumerate(steps):
-            if step.fallback is not None:
-                self._say(log, f"torch: from {step.argv[step.argv.index('--index-url') + 1]} ({TORCH_INDEX_RETRIES} "
-                          f"retry, {TORCH_INDEX_TIMEOUT_S} s timeout), else from pip's configured sources")
+            if step.note:
+                self._say(log, step.note)
             status = self._step(step, log)
             if status != 0 and step.fallback is not None and not self.isCanceled():
                 sources = configured_sources(step.fallback.argv[0])

@@ -1,13 +1,14 @@
 """"Set up the local engine…": the dialog around `plugin.engine_setup.EngineSetupTask`.
 
-It shows where the engine's venv goes and what state it is in, finds a system Python (in a task, so the GUI
-never waits on it) or lets the user pick one, picks the CPU or GPU onnxruntime by what the machine has (the
-user can override) and lets the user pick torch's build (automatic, CPU or CUDA; remembered in QgsSettings:
-automatic takes the CPU build, from PyTorch's CPU index on Linux, when no NVIDIA GPU is found), notes (without
-blocking) a pick that puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), and runs
-set-up, repair or removal as a `QgsTask`: the progress and every line of pip's output appear as they come,
-Cancel stops the running command. Closing the dialog leaves a running task to the task manager (its progress
-stays in QGIS's status bar).
+It shows where the engine's venv goes and what state it is in (`engine_setup.setup_text`: the words the Options
+page says too), finds a system Python (in a task, so the GUI never waits on it) or lets the user pick one, picks
+the CPU or GPU onnxruntime by what the machine has (the user can override) and lets the user pick torch's build
+(automatic, CPU or CUDA; remembered in QgsSettings: automatic takes the CPU build, from PyTorch's CPU index on
+Linux, else from pip's configured sources, when no NVIDIA GPU is found), notes (without blocking) a pick that
+puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), and runs set-up, repair or
+removal as a `QgsTask`: the progress and every line of pip's output appear as they come, Cancel stops the
+running command (and reads as cancelled, not failed). Closing the dialog leaves a running task to the task
+manager (its progress stays in QGIS's status bar).
 """
 from __future__ import annotations
 
