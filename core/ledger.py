@@ -108,7 +108,7 @@ def plan_differences(theirs: Dict, ours: Dict) -> str:
         return (f"made by another GeoVLM version (plan schema {theirs.get('schema')}, now {ours.get('schema')}), "
                 "which did not record the raster's CRS and pixels")
     parts = []
-    keys = [k for k in _PLAN_NAMES if k in theirs or k in ours] + sorted(set(theirs) | set(ours) - set(_PLAN_NAMES))
+    keys = [k for k in _PLAN_NAMES if k in theirs or k in ours] + sorted((set(theirs) | set(ours)) - set(_PLAN_NAMES))
     for key in keys:
         if theirs.get(key) != ours.get(key):
             parts.append(f"{_PLAN_NAMES.get(key, key)} {_shown(theirs.get(key))} there, {_shown(ours.get(key))} now")

@@ -98,7 +98,8 @@ def test_a_refusal_names_what_differs_in_one_readable_line(tmp_path):
     assert "raster width 560 there, 600 now" in message
     assert "CRS EPSG:3857 there, EPSG:32616 now" in message
     assert f"pixels (sample digest) {'a' * 16} there, {'b' * 16} now" in message
-    assert "height" not in message and "question" not in message  # only what differs
+    assert "height" not in message and "question" not in message  # only what differs, each once
+    assert message.count(" there, ") == 3
     assert message.endswith("(--overwrite)")
     with pytest.raises(LedgerError, match=r"\(tick Overwrite\)$"):
         Ledger(out, RunPlan(**dict(base, pixels="c" * 16)), overwrite_flag="tick Overwrite")
