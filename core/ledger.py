@@ -120,7 +120,7 @@ def _shown(value) -> str:
     if value is None or value == "":
         return "none"
     if isinstance(value, list):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return ",".join(f"{v:.12g}" if isinstance(v, float) else str(v) for v in value)
     if isinstance(value, str) and " " in value and not value.startswith("+"):
         return repr(value)
     return str(value)

@@ -100,6 +100,9 @@ def test_a_refusal_names_what_differs_in_one_readable_line(tmp_path):
     assert f"pixels (sample digest) {'a' * 16} there, {'b' * 16} now" in message
     assert "height" not in message and "question" not in message  # only what differs, each once
     assert message.count(" there, ") == 3
+    with pytest.raises(LedgerError, match=r"geotransform 0\.5,0,500000,0,-0\.5,4100000 there, "
+                       r"0\.5,0,500000\.25,0,-0\.5,4100000 now"):  # every digit that differs is shown
+        Ledger(out, RunPlan(**dict(base, geotransform=GeoTransform(0.5, 0.0, 500000.25, 0.0, -0.5, 4100000.0))))
     assert message.endswith("(--overwrite)")
     with pytest.raises(LedgerError, match=r"\(tick Overwrite\)$"):
         Ledger(out, RunPlan(**dict(base, pixels="c" * 16)), overwrite_flag="tick Overwrite")
