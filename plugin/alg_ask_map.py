@@ -23,6 +23,7 @@ from qgis.core import (
 
 from ..core.client import EngineError
 from ..core.georef import fit_plan
+from ..core.profiles import get_profile
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import (
@@ -37,7 +38,8 @@ from .ask_map import (
     view_settings,
     worded,
 )
-from .engine_access import EngineUnavailable, connect
+from .engine_access import EngineUnavailable, connect, engine_problem
+from .families import family_of
 from .geojson_output import add_sink
 from .image_source import QImageSource
 from .line_stream import LineStream
@@ -138,6 +140,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         try:
             self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
             self._question(parameters, context)
+            self._engine(parameters, context)
         except QgsProcessingException as exc:
             # the dialog shows the line in a message box, qgis_process prints it; the "GeoVLM" log keeps it (as
             # a warning: qgis_process echoes critical messages, which would print it twice)
@@ -178,6 +181,20 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException("the identify task needs a REGION (a polygon or rectangle on the map)")
         elif not self.parameterAsString(parameters, self.QUESTION, context).strip():
             raise QgsProcessingException(f"the {task} task needs a question")
+
+    def _engine(self, parameters, context) -> None:
+        """Raises QgsProcessingException when the engine cannot be reached whatever it serves
+        (`engine_access.engine_problem`: the local engine not set up, a malformed URL, an unknown FAMILY), or
+        when the FAMILY given cannot do the TASK."""
+        family = self.parameterAsString(parameters, self.FAMILY, context).strip()
+        problem = engine_problem(self.parameterAsString(parameters, self.ENGINE, context), family)
+        if problem:
+            raise QgsProcessingException(problem)
+        task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
+        profile = get_profile(family_of(family)) if family else None
+        if profile is not None and task not in family_tasks(profile):
+            raise QgsProcessingException(
+                f"{profile.name} cannot {task!r}; it can: {', '.join(family_tasks(profile))}")
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: clone the layers, so the render in processAlgorithm may run in a worker. The

@@ -132,6 +132,35 @@ def connect(engine: str = "", authcfg: str = "", family: str = "", feedback=None
         raise
 
 
+def engine_problem(engine: str = "", family: str = "") -> Optional[str]:
+    """One line saying why `connect(engine, family=family)` would fail before any engine is reached (an
+    unknown family, a malformed URL, no engine configured, the local engine not set up), or None. Reads the
+    settings only (no request, no process): main thread fine, so a Processing algorithm can refuse in
+    `checkParameterValues`, before its run."""
+    value = engine_settings.load()
+    try:
+        if family.strip():
+            family_of(family)
+        engine = engine.strip() or (LOCAL if value.mode == "local" else ",".join(e.url for e in value.endpoints))
+        if not engine:
+            return _no_engine()
+        if engine.lower() == LOCAL:
+            return None if engine_manager().config_from_settings().python else _not_set_up()
+        _urls(engine)
+    except (ValueError, EngineUnavailable) as exc:
+        return str(exc)
+    return None
+
+
+def _no_engine() -> str:
+    return f"no engine configured: add an engine URL in {engine_settings.OPTIONS_PATH}, or use the local engine"
+
+
+def _not_set_up() -> str:
+    return (f"the local engine is not set up: use {engine_settings.SETUP_MENU_PATH} (or name the engine's Python "
+            f"in {engine_settings.OPTIONS_PATH})")
+
+
 def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> EngineConnection:
     value = engine_settings.load()
     try:
@@ -142,10 +171,7 @@ def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> Eng
     if not engine:
         engine = LOCAL if value.mode == "local" else ",".join(e.url for e in value.endpoints)
         if not engine:
-            raise EngineUnavailable(
-                f"no engine configured: add an engine URL in {engine_settings.OPTIONS_PATH}, or use the local "
-                "engine"
-            )
+            raise EngineUnavailable(_no_engine())
         authcfgs = {e.url.rstrip("/"): e.authcfg for e in value.endpoints if e.authcfg}
     else:
         authcfgs = {}
@@ -176,10 +202,7 @@ def _local_client(value, family, feedback, token, transport) -> EngineClient:
     config = manager.config_from_settings()
     if not config.python:
         manager.refresh()
-        raise EngineUnavailable(
-            f"the local engine is not set up: use {engine_settings.SETUP_MENU_PATH} (or name the engine's Python "
-            f"in {engine_settings.OPTIONS_PATH})"
-        )
+        raise EngineUnavailable(_not_set_up())
     if feedback is not None and not manager.running() and hasattr(feedback, "pushInfo"):
         feedback.pushInfo("Starting the local engine (the first start prepares the model: minutes)…")
     try:

@@ -477,6 +477,23 @@ def test_qgis_process_refuses_a_blank_view_in_one_line_and_asks_nothing(qgis_app
     assert code != 0 and out.count(line) == 1, out[-3000:]
 
 
+def test_qgis_process_prints_an_engine_that_cannot_be_used_once(qgis_app, data_dir, qgis_process_env):
+    """The local engine not set up (a fresh profile), a malformed URL, an unknown family, a task the named
+    family lacks: known before any engine is reached, so refused before the run, each line printed once."""
+    exe, env = qgis_process_env
+    cogeo = data_dir / "rasters" / "cogeo.tif"
+    view = ("QUESTION=What is on this map?", f"LAYERS={cogeo}",
+            "EXTENT=14321853,14322464,4532410,4533021 [EPSG:3857]")
+    for params, line in (
+            (["ENGINE=local"], "the local engine is not set up: use Plugins ▸ GeoVLM ▸ Set up the local engine…"),
+            (["ENGINE=127.0.0.1:8000"], "an engine URL is http://host:port or https://host, not '127.0.0.1:8000'"),
+            (["ENGINE=http://127.0.0.1:9", "FAMILY=gpt4"], "unknown model family 'gpt4': one of llava15"),
+            (["ENGINE=http://127.0.0.1:9", "FAMILY=LLaVA-1.5", "TASK=2"],
+             "llava15 cannot 'find'; it can: ask, describe")):
+        code, out = _qgis_process(exe, env, *view, *params)
+        assert code != 0 and out.count(line) == 1, (params, out[-3000:])
+
+
 def test_qgis_process_refuses_a_layer_that_cannot_be_read_and_asks_nothing(qgis_app, data_dir, qgis_process_env):
     """corrupt.tif opens (its header is whole) but its full-resolution tiles cannot be read: QGIS draws a white
     image; the render's layer error refuses the run before the engine is asked."""
