@@ -38,3 +38,16 @@ def test_engine_bench_smoke_run_prints_every_row_and_equal_tokens():
                 "% of the bound", "| batch 2 |", "cold load", "cold start to one answer",
                 "anonymous memory after one ask"):
         assert row in text, row
+
+
+def test_kernel_bench_smoke_run_prints_every_kernel():
+    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
+        [sys.executable, str(ROOT / "bench" / "bench_kernels.py"), "--smoke"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "SMOKE RUN" in text
+    for row in ("read rate: torch.sum", "GeoVLM's kernel (", "MKL (torch.mv)",
+                "OpenBLAS (numpy.dot)", "MLAS (onnxruntime"):
+        assert row in text, row
