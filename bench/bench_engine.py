@@ -13,6 +13,9 @@ alternately (A B B A ...) in this process, medians over the rounds, with the mac
 - cold load (`VlmPipeline.load` vs `from_pretrained`) and peak / anonymous memory of one ask, each in a fresh
   process.
 
+Both sides run with the OpenMP wait of an engine process (`OMP_WAIT_POLICY=PASSIVE` unless the environment
+chooses one, engine/cpu_threads.py); the benchmarks importing this module do too.
+
     python bench/bench_engine.py [--threads N] [--tokens 64] [--rounds 5]
 """
 
@@ -30,6 +33,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from geovlm.engine.cpu_threads import use_passive_wait  # noqa: E402
+
+use_passive_wait()  # both sides run as an engine process does (engine/cpu_threads.py), before torch loads
 QUESTION = (
     "[grounding]Describe the image in detail: name every building, road, vehicle, tree and field you see, "
     "give the location of each of them, and say how they relate to one another across the whole scene."
@@ -197,8 +203,9 @@ def bandwidth_runs(model, decoder):
                 decoder.linear(v, w)
         return total / (time.perf_counter() - start) / 1e9
 
-    return {"sum over a weight-sized buffer": stream_sum, "bare matrix-vector pass over the weights (torch.mv)":
-            weight_pass, f"bare pass of GeoVLM's products ({decoder.kernel} kernel, stacked matrices)": kernel_pass}
+    return {"sum over a weight-sized buffer (this process)": stream_sum,
+            "bare matrix-vector pass over the weights (torch.mv)": weight_pass,
+            f"bare pass of GeoVLM's products ({decoder.kernel} kernel, stacked matrices)": kernel_pass}
 
 
 # -- encoder --------------------------------------------------------------------------------------------------
@@ -291,6 +298,34 @@ def save_ask(pipe, model_dir: Path) -> None:
     np.save(model_dir / "ask-pixels.npy", normalise([fitted], pipe.encoder.mean, pipe.encoder.std))
 
 
+def read_rate_child(nbytes: int, rounds: int) -> None:
+    """In a fresh process: GB/s of `torch.sum` over an `nbytes` buffer, the median of `rounds`; print JSON."""
+    import torch
+
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    rates = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        buffer.sum()
+        rates.append(nbytes / (time.perf_counter() - start) / 1e9)
+    print(json.dumps({"gb_s": med(rates[1:])}))
+
+
+def default_wait_read_rate(nbytes: int, rounds: int, threads: int) -> float:
+    """The sum's read rate in a fresh process whose OpenMP runtime keeps its own default wait (spinning): a waiting
+    thread that sleeps (the engine's passive wait) wakes late, and a bound must be the machine's best read."""
+    from geovlm.engine.cpu_threads import WAIT_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    env.update(GOMP_SPINCOUNT="300000", BENCH_THREADS=str(threads))  # libgomp's documented default, set so the
+    # engine's passive default is not applied in the child
+    out = subprocess.run(  # nosec B603  # this interpreter and this file, no shell
+        [sys.executable, __file__, "--read-rate", str(nbytes), "--rounds", str(rounds)],
+        check=True, capture_output=True, text=True, env=env, timeout=600,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["gb_s"]
+
+
 def in_fresh_process(kind: str, model_dir: Path, tokens: int, threads: int) -> dict:
     env = dict(os.environ, BENCH_THREADS=str(threads))
     out = subprocess.run(  # nosec B603  # this interpreter and this file, no shell
@@ -315,12 +350,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 round, 3 tokens: checks the script")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--read-rate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.tokens = 1, 3
     if args.child:
         child(args.child, args.model, args.tokens)
+        return
+    if args.read_rate:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "0")) or torch.get_num_threads())
+        read_rate_child(args.read_rate, args.rounds)
         return
     import onnxruntime
     import torch
@@ -362,6 +404,8 @@ def main() -> None:
         print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
         weights_b, kv_b = lm_bytes_per_token(hf_model)
         rates = alternate(bandwidth_runs(hf_model, pipe.lm.decoder), max(args.rounds, 7))
+        spinning = default_wait_read_rate(weights_b, max(args.rounds, 7), args.threads)
+        rates["sum over a weight-sized buffer, fresh process, OpenMP's default (spinning) wait"] = [spinning]
         bandwidth = max(med(v) for v in rates.values())
         kv_mean = kv_b * (prompt_len + args.tokens / 2)
         bound = bandwidth * 1e9 / (weights_b + kv_mean)

@@ -51,3 +51,17 @@ def test_kernel_bench_smoke_run_prints_every_kernel():
     for row in ("read rate: torch.sum", "GeoVLM's kernel (", "MKL (torch.mv)",
                 "OpenBLAS (numpy.dot)", "MLAS (onnxruntime"):
         assert row in text, row
+
+
+def test_threads_bench_smoke_run_prints_every_wait_policy():
+    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
+        [sys.executable, str(ROOT / "bench" / "bench_threads.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "SMOKE RUN" in text and "| 0 busy processes | 1 busy process |" in text
+    for row in ("libgomp's default", "OMP_WAIT_POLICY=PASSIVE (GeoVLM's engine default)", "GOMP_SPINCOUNT=10000",
+                "OMP_WAIT_POLICY=ACTIVE"):
+        assert row in text, row
+    assert "tok/s" in text
