@@ -129,6 +129,8 @@ def cmd_bulk(args) -> int:
     from .parse_cmd import profile_overrides
     from .rasters import open_frame
 
+    if args.question is not None and not args.question.strip():
+        raise CliError("--question is empty: leave it out to ask the family's default prompt")
     if not str(args.out).lower().endswith(".gpkg"):
         raise CliError("--out must be a .gpkg (it is the ledger that lets a run resume)")
     if args.max_new_tokens < 1:  # every tile would fail at the engine (400), the run then "to be resumed"

@@ -313,6 +313,8 @@ def cmd_engine_check(args) -> int:
     from ..models.preprocess import ArraySource
 
     check_generation_args(args.max_tokens, args.temperature, "--max-tokens")
+    if not args.question.strip():
+        raise CliError("--question is empty: ask something, e.g. \"Describe the image.\"")
     client = engine_for(args)
     try:
         health = client.health()

@@ -130,3 +130,15 @@ def test_every_profile_field_type_is_read_from_text():
 def test_serve_refuses_a_bad_set_before_the_model(capsys, monkeypatch):
     line = one_line_refusal(["serve", "--port", "0", "--set", "coord_offset=half"], capsys, monkeypatch)
     assert line == "geovlm serve: profile field 'coord_offset' takes a finite number, not 'half'"
+
+
+@pytest.mark.parametrize("argv", [
+    ["caption", str(COGEO), "--engine", "http://127.0.0.1:9", "--out", "x.gpkg", "--question", " "],
+    ["detect", str(COGEO), "--engine", "http://127.0.0.1:9", "--out", "x.gpkg", "--question", ""],
+    ["engine-check", "--engine", "http://127.0.0.1:9", "--question", "\t"],
+])
+def test_an_empty_question_is_refused_by_the_bulk_and_engine_commands(argv, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_refusal(argv, capsys, monkeypatch)
+    assert f"geovlm {argv[0]}: --question is empty" in line
+    assert not (tmp_path / "x.gpkg").exists()
