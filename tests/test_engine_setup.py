@@ -114,8 +114,9 @@ def test_cancel_stops_the_running_command(venv, wheel, system_python):
     """A cancel stops the command, reads as cancelled with the state it left (in the set-up dialog's words), and
     is no failed task: the QgsTask ends completed, so QGIS shows no "Task failed"."""
     result, lines, _ = run_task(offline_plan(venv, wheel, system_python), cancel_after_line="-m venv")
-    assert result["ok"] is False and result["message"].startswith("cancelled; the local engine is now: ")
-    assert result["message"].endswith(engine_setup.setup_text(venv)) and "fail" not in result["message"]
+    # the state left depends on where the cancel lands (no venv yet, or an unfinished one: "cancelled or failed")
+    assert result["ok"] is False
+    assert result["message"] == "cancelled; the local engine is now: " + engine_setup.setup_text(venv)
     assert result["ended"] == "completed" and result["description"] == "GeoVLM: install the local engine (cancelled)"
     assert result["cancel_s"] < 6
     assert engine_setup.setup_state(venv)[0] in ("missing", "incomplete") and engine_settings.engine_python() == ""
