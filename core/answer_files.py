@@ -15,8 +15,8 @@ MAX_BAD_LINES = 10  # bad lines named one by one (`geovlm parse`, Parse saved an
 
 def read_answers(path, field: str = "answer", question_field: str = "question",
                  bad: Optional[List[str]] = None) -> Iterator[Tuple[int, str, str]]:
-    """(line number from 1, answer text, question text or ''); JSON lines when the first non-empty line parses
-    as a JSON object (a UTF-8 byte-order mark before it is ignored).
+    """(line number from 1, answer text, question text or ''); JSON lines when any line parses as a JSON object
+    (a broken first line does not turn a JSON-lines file into plain text; a UTF-8 byte-order mark is ignored).
 
     A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'") raises
     ValueError with the file and line, or, when a list `bad` is given, is appended to it as that one-line
@@ -25,7 +25,7 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     ValueError in one line either way.
     """
     lines = split_lines(read_text(path))
-    is_jsonl = _is_json_object(next((ln for ln in lines if ln.strip()), ""))
+    is_jsonl = any(_is_json_object(ln) for ln in lines if ln.lstrip().startswith("{"))
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

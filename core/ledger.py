@@ -154,13 +154,28 @@ class TileResult:
     relations: List[Tuple] = field(default_factory=list)
 
 
+def _other_layers(path: str) -> List[str]:
+    """The tables a GeoPackage at `path` lists in gpkg_contents besides a bulk run's own (empty for a file that is
+    not a readable GeoPackage)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            names = [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return []
+    return sorted(n for n in names if n not in (TILES, OBJECTS, RELATIONS, PLAN_TABLE))
+
+
 class Ledger:
     """A bulk run's output GeoPackage at `path`, opened for `plan`.
 
     A new file is created with the plan. An existing file made by the same plan is resumed; one made by
     another plan, or that is not a GeoVLM output, raises `LedgerError` in one line naming what differs and
     `overwrite_flag` (how the caller's user overwrites: "--overwrite" on the command line), unless
-    `overwrite` (then it is deleted first). `crs_wkt`/`epsg` give the layers' CRS. Use from one thread.
+    `overwrite` (then it is deleted first). A GeoPackage holding layers other than a bulk run's is never
+    deleted: LedgerError naming them, overwrite or not. `crs_wkt`/`epsg` give the layers' CRS. Use from one thread.
     """
 
     def __init__(self, path: str, plan: RunPlan, crs_wkt: Optional[str] = None, epsg: Optional[int] = None,
@@ -170,6 +185,10 @@ class Ledger:
         self.plan = plan
         self.overwrite_flag = overwrite_flag
         self.merge_threshold = merge_threshold
+        others = _other_layers(self.path) if os.path.exists(self.path) else []
+        if others:  # never written over, whatever `overwrite` says: a user's own layers would be lost
+            raise LedgerError(f"{self.path} holds other layers ({', '.join(others)}), not only a GeoVLM bulk run's; "
+                              f"choose another output")
         if overwrite and os.path.exists(self.path):
             os.remove(self.path)
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0

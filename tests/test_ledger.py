@@ -115,3 +115,21 @@ def test_a_refusal_names_what_differs_in_one_readable_line(tmp_path):
         Ledger(out, RunPlan(**base))
     with Ledger(out, RunPlan(**base), overwrite=True) as fresh:
         assert not fresh.resumed
+
+
+def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path):
+    """--overwrite replaces a bulk run's output, never a GeoPackage holding the user's own layers."""
+    from geovlm.core import gpkg
+
+    out = tmp_path / "mine.gpkg"
+    con = gpkg.connect(str(out))
+    with con:
+        srs = gpkg.add_srs(con, None, 32631)
+        gpkg.create_table(con, "my_buildings", [("name", str)], "POLYGON", srs)
+    con.close()
+    for overwrite in (False, True):
+        with pytest.raises(LedgerError, match=r"holds other layers \(my_buildings\).*choose another output"):
+            Ledger(str(out), plan(), overwrite=overwrite)
+    check = sqlite3.connect(str(out))
+    assert [r[0] for r in check.execute("SELECT table_name FROM gpkg_contents")] == ["my_buildings"]
+    check.close()

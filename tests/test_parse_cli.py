@@ -307,3 +307,16 @@ def test_ask_out_refuses_an_earlier_output_before_loading_a_model(data_dir, tmp_
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--overwrite" in err and "no-model" not in err, err
     assert _count(out) == 1
+
+
+def test_a_broken_first_line_leaves_a_json_lines_file_json_lines(tmp_path, capsys):
+    """The file's kind is not read from its first line alone: a broken first record is one bad line, not a reason
+    to read every record as plain text (which parsed reference boxes as answers)."""
+    src = tmp_path / "bad_first.jsonl"
+    record = '{"answer": "[[10, 10, 20, 20, 0]]", "gt_bbox": "[[50, 50, 60, 60, 0]]"}\n'
+    src.write_text('{"answer": broken\n' + record * 2)
+    out = tmp_path / "o.gpkg"
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"geovlm parse: {src}:1: not a JSON object (the file looks like JSON lines)"
+    assert sorted(f["line"] for f in _layer(out, "objects").getFeatures()) == [2, 3]
