@@ -158,9 +158,10 @@ def cmd_bulk(args) -> int:
             warn_other_family(details, profile.name)
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
         wkt, epsg, crs_name = _crs(frame.crs)
-        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
+        bands = _bands(args.bands)
+        reader = RasterTiles(args.raster, bands, not args.keep_nodata)
         plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model, crs=crs_name,
-                       pixels=reader.pixel_digest())
+                       pixels=reader.pixel_digest(), bands=bands, keep_nodata=bool(args.keep_nodata))
         try:
             ledger = Ledger(args.out, plan, wkt, epsg, overwrite=args.overwrite,
                             merge_threshold=getattr(args, "merge_overlap", 0.5), overwrite_flag="--overwrite")

@@ -59,7 +59,9 @@ class RunPlan:
     in the raster's pixels, a plan whose `tiles` is the raster itself); `source` "file" (the raster's own
     pixels) or "render" (a web layer rendered at the geotransform's resolution). `crs` is
     `raster_identity.crs_identity` of the raster's CRS, `pixels` its `raster_identity.pixel_digest` (of the
-    whole file, whatever part the plan covers; "" for a rendered layer, whose pixels are the server's)."""
+    whole file, whatever part the plan covers; "" for a rendered layer, whose pixels are the server's). `bands`
+    are the 1-based bands read as red, green, blue (None: the reader's default, 1,2,3 or grey) and `keep_nodata`
+    whether nodata-only tiles are asked rather than skipped."""
 
     kind: str
     tiles: TilePlan
@@ -72,6 +74,8 @@ class RunPlan:
     windows: Tuple[Tuple, ...] = ()
     crs: str = "none"
     pixels: str = ""
+    bands: Optional[Tuple[int, int, int]] = None
+    keep_nodata: bool = False
 
     def to_dict(self) -> Dict:
         gt = self.geotransform
@@ -83,6 +87,12 @@ class RunPlan:
             "tile": self.tiles.tile, "overlap": self.tiles.overlap, "edge": self.tiles.edge,
             "question": self.question, "task": self.task, "family": self.family, "model": self.model,
         }
+        # The bands read as red, green, blue and whether nodata-only tiles are asked change what is sent; recorded
+        # only where they differ from the default, so a default run's plan reads as before.
+        if self.bands is not None and tuple(self.bands) != (1, 2, 3):
+            plan["bands"] = list(self.bands)
+        if self.keep_nodata:
+            plan["nodata_tiles"] = "asked"
         if self.windows:  # a digest: the plan table stays small however many features
             listed = json.dumps([list(w) for w in self.windows]).encode("utf-8")
             plan["windows"] = f"{len(self.windows)} windows, sha256 {hashlib.sha256(listed).hexdigest()[:16]}"
@@ -97,7 +107,10 @@ class RunPlan:
 _PLAN_NAMES = {"kind": "run", "width": "raster width", "height": "raster height", "geotransform": "geotransform",
                "crs": "CRS", "pixels": "pixels (sample digest)", "tile": "tile", "overlap": "overlap",
                "edge": "edge tiles", "question": "question", "task": "task", "family": "family", "model": "model",
-               "source": "pixels from", "windows": "feature windows"}
+               "source": "pixels from", "windows": "feature windows", "bands": "bands (red,green,blue)",
+               "nodata_tiles": "nodata-only tiles"}
+# How a plan without the key reads (keys recorded only where they differ from the default).
+_PLAN_DEFAULTS = {"bands": "default", "nodata_tiles": "skipped"}
 
 
 def plan_differences(theirs: Dict, ours: Dict) -> str:
@@ -111,7 +124,8 @@ def plan_differences(theirs: Dict, ours: Dict) -> str:
     keys = [k for k in _PLAN_NAMES if k in theirs or k in ours] + sorted((set(theirs) | set(ours)) - set(_PLAN_NAMES))
     for key in keys:
         if theirs.get(key) != ours.get(key):
-            parts.append(f"{_PLAN_NAMES.get(key, key)} {_shown(theirs.get(key))} there, {_shown(ours.get(key))} now")
+            there, now = (_shown(side.get(key, _PLAN_DEFAULTS.get(key))) for side in (theirs, ours))
+            parts.append(f"{_PLAN_NAMES.get(key, key)} {there} there, {now} now")
     return "; ".join(parts)
 
 

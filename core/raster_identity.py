@@ -7,8 +7,8 @@ of a scene, a re-processed product, the same pixels in another CRS. The ledger (
 those as another plan instead of resuming with answers about other pixels. The identity must be
 - cheap for a raster of any size: the run may be resumed many times, on a 100 GB mosaic too;
 - the same in QGIS and on the command line, so a run started in one is finished by the other;
-- about the pixels, not the file: building overviews into the file (gdaladdo), or re-encoding it, leaves the
-  answers valid and must not stop a resume, and a VRT's bytes say nothing of the pixels it points to.
+- about the pixels, not the file: building overviews into the file (gdaladdo) leaves the answers valid and
+  must not stop a resume, and a VRT's bytes say nothing of the pixels it points to.
 File bytes fail the last point (and reading them whole fails the first for big files); size and mtime are
 not kept by copies. So: `SAMPLE_GRID` x `SAMPLE_GRID` windows of `SAMPLE_SIDE` pixels, one at the centre of
 each cell of a regular grid over the raster (a raster of at most `WHOLE_PIXELS` pixels: the whole of it), and
@@ -17,7 +17,9 @@ the SHA-256 of what they hold:
   window, at the offsets GDAL reports (`BLOCK_OFFSET_x_y`/`BLOCK_SIZE_x_y`, "TIFF" metadata domain). Not the
   decoded values: a lossy codec (JPEG, the usual COG) decodes differently by a level here and there in QGIS's
   GDAL and in rasterio's own (measured on cogeo.tif), which would refuse a resume across the two; the
-  stored bytes are the same, and overviews added later do not touch them;
+  stored bytes are the same, and overviews added later do not touch them. The price: the same pixels
+  re-encoded (another compression, or re-written tiles) are another plan, a refusal on the safe side
+  (`--overwrite` starts again);
 - in any other raster (VRT, other formats, remote files), the decoded values of every band, little-endian.
 A new acquisition changes every window (sensor noise alone does); an edit confined to the pixels outside the
 windows (which cover 64 x 32 x 32 px, under 2 % of a raster over 256k px) is not seen, which is the price of

@@ -133,3 +133,17 @@ def test_a_geopackage_with_other_layers_is_never_overwritten(tmp_path):
     check = sqlite3.connect(str(out))
     assert [r[0] for r in check.execute("SELECT table_name FROM gpkg_contents")] == ["my_buildings"]
     check.close()
+
+
+def test_bands_and_asked_nodata_tiles_are_part_of_the_plan(tmp_path):
+    """They change what the model is sent: a rerun with other bands, or asking the nodata tiles a first run
+    skipped, is another plan, not a resume of old answers. The default reads as before (explicit 1,2,3 too)."""
+    out = tmp_path / "b.gpkg"
+    base = dict(kind="caption", tiles=TilePlan(560, 320, 320, 80), geotransform=GT, question="q", task="caption",
+                family="geochat", model="m", crs="EPSG:3857", pixels="a" * 16)
+    Ledger(out, RunPlan(**base)).close()
+    Ledger(out, RunPlan(**dict(base, bands=(1, 2, 3)))).close()  # the default named: a resume
+    with pytest.raises(LedgerError, match=r"bands \(red,green,blue\) default there, 3,2,1 now"):
+        Ledger(out, RunPlan(**dict(base, bands=(3, 2, 1))))
+    with pytest.raises(LedgerError, match=r"nodata-only tiles skipped there, asked now"):
+        Ledger(out, RunPlan(**dict(base, keep_nodata=True)))
