@@ -253,6 +253,11 @@ def cmd_ask(args) -> int:
     if not args.engine:  # the model runs here: its devices are checked before anything is read or loaded
         check_device_arg(args.device)
         providers = check_providers_arg(args.providers)
+    else:
+        local = [flag for flag, value in (("--device", args.device), ("--providers", args.providers)) if value]
+        if local:
+            raise CliError(f"{' and '.join(local)} choose where a model runs here; with --engine the engine "
+                           f"chooses (its own `serve` options): leave {'them' if len(local) > 1 else 'it'} out")
     if args.out:
         from .layers_io import check_output
 

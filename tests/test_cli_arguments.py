@@ -142,3 +142,12 @@ def test_an_empty_question_is_refused_by_the_bulk_and_engine_commands(argv, caps
     line = one_line_refusal(argv, capsys, monkeypatch)
     assert f"geovlm {argv[0]}: --question is empty" in line
     assert not (tmp_path / "x.gpkg").exists()
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--device", "tpu"], "--device choose"),
+    (["--device", "cpu", "--providers", "CPU"], "--device and --providers choose"),
+])
+def test_local_device_options_with_a_remote_engine_are_refused(extra, said, capsys, monkeypatch):
+    line = one_line_refusal(["ask", str(COGEO), "q", "--engine", "http://127.0.0.1:9", *extra], capsys, monkeypatch)
+    assert line.startswith(f"geovlm ask: {said} where a model runs here; with --engine the engine chooses")
