@@ -286,3 +286,20 @@ def test_user_facing_menu_paths_start_where_qgis_shows_them():
               for m in re.finditer(r"(?<!▸ )\b(\w+) ▸", f.read_text(encoding="utf-8"))}
     assert ("settings.py", "Plugins") in starts and ("README.md", "Settings") in starts
     assert {word for _, word in starts} <= {"Plugins", "Settings"}, sorted(starts)
+
+
+def test_a_cancelled_setup_does_not_show_a_full_progress_bar(qgis_app, tmp_path, monkeypatch):
+    """QGIS reports 100 % for a task that ends completed, which a cancelled set-up does (no "Task failed"): the
+    bar goes back to where the set-up stopped."""
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: tmp_path / "engine-venv")
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    dialog = EngineSetupDialog()
+    dialog.python.setFilePath(engine_setup.find_system_python())
+    dialog.start("install")
+    task = dialog.task
+    assert wait_for(lambda: task.status() == QgsTask.TaskStatus.Running, 10)
+    dialog.cancel()
+    assert wait_for(lambda: dialog.task is None, 20)
+    assert "Stopped: cancelled" in dialog.log.toPlainText()
+    assert dialog.progress.value() < 100
+    dialog.deleteLater()

@@ -79,6 +79,7 @@ class EngineSetupDialog(QDialog):
         self.runtime.currentIndexChanged.connect(lambda _: self.update_mismatch())
         self.torch.currentIndexChanged.connect(lambda _: self.update_mismatch())
         self.progress = QProgressBar()
+        self._progress_before_end = 0
         self.progress.setRange(0, 100)
         layout.addWidget(self.progress)
         self.step = QLabel()
@@ -157,10 +158,11 @@ class EngineSetupDialog(QDialog):
             return
         self.log.clear()
         self.progress.setValue(0)
+        self._progress_before_end = 0
         task = engine_setup.EngineSetupTask(plan)
         task.logLine.connect(self.append)
         task.stepStarted.connect(self.step.setText)
-        task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        task.progressChanged.connect(self._progressed)
         task.done.connect(self._done)
         self.task = task
         QgsApplication.taskManager().addTask(task)
@@ -186,10 +188,16 @@ class EngineSetupDialog(QDialog):
     def append(self, line: str) -> None:
         self.log.appendPlainText(line)
 
+    def _progressed(self, value: float) -> None:
+        # QGIS's task manager reports 100 % for any task that ends completed, a cancelled set-up included: the
+        # bar keeps the last value the set-up itself reached, shown again if it stopped
+        if value < 100:
+            self._progress_before_end = int(value)
+        self.progress.setValue(int(value))
+
     def _done(self, ok: bool, message: str) -> None:
         self.task = None
         self.step.setText(message)
         self.append(("Done: " if ok else "Stopped: ") + message)
-        if ok:
-            self.progress.setValue(100)
+        self.progress.setValue(100 if ok else self._progress_before_end)
         self.update_state()
