@@ -43,7 +43,14 @@ from .families import family_of
 from .geojson_output import add_sink
 from .image_source import QImageSource
 from .line_stream import LineStream
-from .view_checks import layers_problem, render_problem
+from .view_checks import (
+    blank_problem,
+    drawn_nothing,
+    layers_problem,
+    only_background,
+    render_problem,
+    transparent_settings,
+)
 
 TASKS = tuple(ASK_TASKS)
 
@@ -85,8 +92,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "model saw, that fitted input (padding bands and its lower resolution included, which often "
             "explains a missed small object), with the answer's boxes drawn in them; the features carry the "
             "boxes on the map. OBJECTS and RELATIONS are optional (left out: the answer alone). A view that "
-            "would be blank (a layer that cannot be read, an extent none of the layers meets) is refused "
-            "before the engine is asked."
+            "would be blank (a layer that cannot be read, an extent none of the layers meets, a view in which "
+            "none of the layers drew a pixel: all nodata or transparent) is refused before the engine is asked."
         )
 
     def createInstance(self):  # noqa: N802
@@ -218,6 +225,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             problem = render_problem(errors)
             if problem:
                 raise QgsProcessingException(problem)
+            if only_background(self._settings, image) and drawn_nothing(render(transparent_settings(self._settings))):
+                raise QgsProcessingException(blank_problem("this view"))  # all nodata: a blank image
             view = View.of(self._settings, image)
             feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in {view.frame.crs}, "
                               f"rotation {view.rotation:g}, device pixel ratio {view.dpr:g}")

@@ -30,7 +30,7 @@ from .ask_sources import region_ring, source_settings, view_key
 from .ask_task import AskTask
 from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
-from .view_checks import render_problem
+from .view_checks import blank_problem, render_problem
 from .view_render import ViewRender
 
 LOG_TAG = "GeoVLM"
@@ -133,12 +133,13 @@ class AskSession(EngineHeader, QObject):
         except ValueError:  # it shows nothing now
             return True
 
-    def _rendered(self, settings: QgsMapSettings, image, errors) -> None:
+    def _rendered(self, settings: QgsMapSettings, image, errors, drawn: bool) -> None:
         """Main thread (the render job's finished()): the new view, then the question about it; a view with
-        a layer that could not be read is refused (a blank image would be asked about)."""
+        a layer that could not be read, or in which none of the layers drew a pixel (all nodata), is refused
+        (a blank image would be asked about)."""
         question, task, region, source = self._pending
         self._pending = None
-        problem = render_problem(errors)
+        problem = render_problem(errors) or (None if drawn else blank_problem("the view"))
         if problem:
             self.dock.set_busy(False)
             self._html.append(f"<p><i>{html.escape(problem)}: nothing was sent</i></p>")

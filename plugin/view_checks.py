@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Tuple
 
+import numpy as np
 from qgis.core import QgsGeometry, QgsMapSettings, QgsPointXY
+from qgis.PyQt.QtGui import QColor, QImage
 
 
 def layers_problem(settings: QgsMapSettings, where: str) -> Optional[str]:
@@ -44,3 +46,52 @@ def render_problem(errors: Iterable[Tuple[str, str]]) -> Optional[str]:
     for name, message in errors:
         return f"layer {name!r} cannot be read: {message.strip()}"
     return None
+
+
+def _pixels(image: QImage) -> np.ndarray:
+    """The pixels of `image` as a (height, width) uint32 array of ARGB32_Premultiplied values (a copy)."""
+    if image.format() != QImage.Format.Format_ARGB32_Premultiplied:
+        image = image.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
+    bits = image.constBits()
+    bits.setsize(image.sizeInBytes())
+    rows = np.frombuffer(bits, np.uint8).reshape(image.height(), image.bytesPerLine())
+    return rows[:, :image.width() * 4].copy().view(np.uint32)
+
+
+def only_background(settings: QgsMapSettings, image: QImage) -> bool:
+    """True when every pixel of `image` (a render of `settings`, `plugin.ask_map.render` or
+    `plugin.view_render.ViewRender`) is the background colour the render filled it with
+    (`settings.backgroundColor()`, compared as ARGB32_Premultiplied values, exactly). Such an image may
+    still have been drawn (a layer of exactly that colour): `drawn_nothing` on a render of
+    `transparent_settings(settings)` tells which."""
+    fill = QImage(1, 1, QImage.Format.Format_ARGB32_Premultiplied)
+    fill.fill(settings.backgroundColor())
+    return bool(np.all(_pixels(image) == _pixels(fill)[0, 0]))
+
+
+def transparent_settings(settings: QgsMapSettings) -> QgsMapSettings:
+    """A copy of `settings` whose background is transparent (alpha 0), to tell whether a layer drew."""
+    copy = QgsMapSettings(settings)
+    copy.setBackgroundColor(QColor(0, 0, 0, 0))
+    return copy
+
+
+def drawn_nothing(image: QImage) -> bool:
+    """True when every pixel of `image`, a render of `transparent_settings(...)`, is fully transparent
+    (alpha 0): none of the layers drew a pixel (all nodata, transparent, or outside its data)."""
+    return not np.any(_pixels(image) >> np.uint32(24))
+
+
+def blank_problem(where: str) -> str:
+    """The line refusing a view in which none of the layers drew anything (`where` as in `layers_problem`).
+
+    Why two steps: the image sent is the render on the map's background colour, unchanged (rendering it on
+    a transparent background and filling the background in afterwards would change pixels: layers with a
+    blend mode such as multiply blend with what is under them, and premultiplied compositing rounds
+    differently). A view is blank only when `only_background` holds for that image, and that alone would
+    wrongly refuse a layer drawn in exactly the background colour (a white, saturated raster on white). So
+    only then is the view rendered again on a transparent background, and it is refused only when
+    `drawn_nothing` holds for that render: no layer set the alpha of any pixel, which is exact. The second
+    render costs nothing in the usual case (an image with any pixel off the background skips it)."""
+    return (f"nothing of the layers was drawn in {where}: every pixel is nodata or transparent, so the model "
+            "would see only the background")

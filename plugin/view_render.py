@@ -6,6 +6,10 @@ canvas and map exports do (qgsmaprenderersequentialjob.cpp). Its image is painte
 `ask_map.render` paints: one `QgsMapRendererCustomPainterJob` on a `deviceOutputSize()` image that the job
 fills with the settings' background colour first (qgsmaprenderercustompainterjob.cpp, preparePainter), so
 the pixels and the frame of the view do not change.
+
+A view whose image is only the background colour is rendered a second time on a transparent background, as
+`geovlm:askmap` does, to tell a view in which no layer drew (all nodata) from one drawn in that colour
+(`plugin.view_checks.blank_problem` says why).
 """
 from __future__ import annotations
 
@@ -16,23 +20,27 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtGui import QImage
 
 from .ask_map import layer_errors
+from .view_checks import drawn_nothing, only_background, transparent_settings
 
 LOG_TAG = "GeoVLM"
 
 
 class ViewRender(QObject):
     """Renders one view at a time, main thread only. `start(settings)` returns at once; `rendered(settings,
-    image, errors)` follows on the main thread with a copy of the map settings, the image (`deviceOutputSize()`
-    device pixels, device pixel ratio 1, as `ask_map.render` returns it) and the render's layer errors
-    ((layer name, message) pairs, as `ask_map.render` collects them; also logged, tag "GeoVLM"), unless
-    `cancel()` came first: a cancelled render says nothing, ever."""
+    image, errors, drawn)` follows on the main thread with a copy of the map settings, the image
+    (`deviceOutputSize()` device pixels, device pixel ratio 1, as `ask_map.render` returns it), the render's
+    layer errors ((layer name, message) pairs, as `ask_map.render` collects them; also logged, tag "GeoVLM")
+    and `drawn`: False when none of the layers drew a pixel (the image is only the background colour, and a
+    render on a transparent background is transparent everywhere), unless `cancel()` came first: a cancelled
+    render says nothing, ever."""
 
-    rendered = pyqtSignal(object, object, object)
+    rendered = pyqtSignal(object, object, object, bool)
 
     def __init__(self, parent: Optional[QObject] = None):
         super().__init__(parent)
         self._job: Optional[QgsMapRendererSequentialJob] = None
         self._settings: Optional[QgsMapSettings] = None
+        self._done: Optional[tuple] = None  # (image, errors) of the view, while its transparent render runs
 
     def active(self) -> bool:
         """True from `start()` until `rendered` or `cancel()`."""
@@ -42,8 +50,11 @@ class ViewRender(QObject):
         """Start rendering `settings` (copied). Raises RuntimeError while another render is active."""
         if self._job is not None:
             raise RuntimeError("a view is already being rendered")
-        self._settings = QgsMapSettings(settings)
-        job = QgsMapRendererSequentialJob(self._settings)
+        self._settings, self._done = QgsMapSettings(settings), None
+        self._run(self._settings)
+
+    def _run(self, settings: QgsMapSettings) -> None:
+        job = QgsMapRendererSequentialJob(settings)
         job.setParent(self)  # Qt owns it from here: deleted after its finished(), or with this object
         job.finished.connect(lambda job=job: self._finished(job))
         self._job = job
@@ -66,10 +77,19 @@ class ViewRender(QObject):
         if job is not self._job:  # cancelled
             return
         self._job = None
-        settings, self._settings = self._settings, None
-        errors = layer_errors(job, settings)
+        if self._done is not None:  # the transparent render of a view that is only background
+            (image, errors), self._done = self._done, None
+            settings, self._settings = self._settings, None
+            self.rendered.emit(settings, image, errors, not drawn_nothing(job.renderedImage()))
+            return
+        errors = layer_errors(job, self._settings)
         for name, message in errors:
             QgsMessageLog.logMessage(f"rendering the view: {name}: {message}", LOG_TAG, Qgis.MessageLevel.Warning)
         image = QImage(job.renderedImage())
         image.setDevicePixelRatio(1.0)
-        self.rendered.emit(settings, image, errors)
+        if not errors and only_background(self._settings, image):
+            self._done = (image, errors)
+            self._run(transparent_settings(self._settings))
+            return
+        settings, self._settings = self._settings, None
+        self.rendered.emit(settings, image, errors, True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
 from qgis.PyQt.QtCore import QUrl
-from qgis.PyQt.QtGui import QImage
+from qgis.PyQt.QtGui import QColor, QImage
 
 import geovlm
 from geovlm.core.parsing import parse_answer
@@ -466,3 +466,38 @@ def test_a_layer_that_cannot_be_read_is_not_asked_about(dock, qgis_iface, qgis_c
     [message] = qgis_iface.messageBar().get_messages(1)
     assert message.startswith("GeoVLM:layer 'corrupt' cannot be read: ") and "IReadBlock failed" in message
     assert "nothing was sent" in session.dock.transcript.toPlainText()
+
+
+def test_a_view_in_which_no_layer_drew_is_not_asked_about(dock, qgis_iface, data_dir, tmp_path):
+    """all-nodata.tif lies in the view but draws no pixel: the dock renders it (asynchronously), finds only the
+    background, and refuses in one line, sending nothing. A raster drawn in exactly the background colour
+    (white on white) is asked about."""
+    from test_ask_map import _white_raster
+
+    from geovlm.plugin.view_checks import only_background
+
+    session = dock.ask
+    nodata = QgsRasterLayer(str(data_dir / "rasters" / "all-nodata.tif"), "all-nodata")
+    white = QgsRasterLayer(str(_white_raster(tmp_path / "white.tif", nodata.crs().toWkt(), (342000, 1600000))),
+                           "white")
+    assert nodata.isValid() and white.isValid()
+    QgsProject.instance().addMapLayers([nodata, white])
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        session.dock.question.setPlainText("What is here?")
+        session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
+        session.dock.raster.setLayer(nodata)
+        session.send()
+        assert wait_for(lambda: not session.busy(), 30)
+        assert session.task is None and session.view is None and engine.posts == []
+        [message] = qgis_iface.messageBar().get_messages(1)
+        assert message.startswith("GeoVLM:nothing of the layers was drawn in the view: every pixel is nodata or "
+                                  "transparent") and "\n" not in message
+        assert "nothing was sent" in session.dock.transcript.toPlainText()
+
+        session.dock.raster.setLayer(white)
+        ask(session, "What is here?")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert len(engine.posts) == 1 and session.view is not None
+        assert session.view.image.pixelColor(10, 10) == QColor(255, 255, 255)
+        assert only_background(session.view_settings, session.view.image)  # drawn, in the background colour

@@ -548,3 +548,59 @@ def test_processing_run_refuses_an_extent_outside_the_layers(plugin, processing,
     ours = [(m, level) for m, tag, level in logged if tag == "GeoVLM"]
     assert ours == [("askmap: nothing of the layers ('cogeo') lies in EXTENT 0,10,0,10 [EPSG:4326]",
                      Qgis.MessageLevel.Warning)]
+
+
+NODATA_EXTENT = "341970,342183,1596477,1603902 [EPSG:32628]"  # within all-nodata.tif
+
+
+def test_qgis_process_refuses_an_all_nodata_view_and_asks_nothing(qgis_app, data_dir, qgis_process_env, tmp_path):
+    """all-nodata.tif meets the view but draws no pixel: QGIS renders only the white background, which a model
+    answers anyway. Refused after the render, before the engine is asked; qgis_process exits non-zero."""
+    exe, env = qgis_process_env
+    seen = tmp_path / "seen.png"
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        code, out = _qgis_process(exe, env, f"LAYERS={data_dir / 'rasters' / 'all-nodata.tif'}",
+                                  f"EXTENT={NODATA_EXTENT}", "QUESTION=hi", f"ENGINE={engine.url}",
+                                  f"IMAGE={seen}")
+        assert engine.posts == []
+    line = "nothing of the layers was drawn in this view: every pixel is nodata or transparent"
+    assert code == 1 and line in out and not seen.exists(), out[-3000:]
+
+
+def _white_raster(path, crs_wkt, origin):
+    """A 3-band uint8 GeoTIFF whose every pixel is (255, 255, 255): drawn in exactly the background colour."""
+    from osgeo import gdal
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((origin[0], 10.0, 0.0, origin[1], 0.0, -10.0))
+    ds.SetProjection(crs_wkt)
+    for band in range(1, 4):
+        ds.GetRasterBand(band).Fill(255)
+    ds = None
+    return path
+
+
+def test_processing_run_refuses_all_nodata_but_asks_about_a_drawn_white_view(plugin, processing, data_dir,
+                                                                              tmp_path):
+    """The same refusal through processing.run; a raster drawn in exactly the background colour (every pixel
+    white, on white) is a drawn view: its image is only background, but its transparent render is not, so it
+    is asked about."""
+    from qgis.core import QgsProcessingException
+
+    nodata = QgsRasterLayer(str(data_dir / "rasters" / "all-nodata.tif"), "all-nodata")
+    params = {"LAYERS": [nodata], "EXTENT": NODATA_EXTENT, "WIDTH": 300, "HEIGHT": 300, "QUESTION": "hi",
+              "OBJECTS": "TEMPORARY_OUTPUT", "RELATIONS": "TEMPORARY_OUTPUT"}
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        with pytest.raises(QgsProcessingException, match="^nothing of the layers was drawn in this view: every "
+                                                         "pixel is nodata or transparent"):
+            processing.run("geovlm:askmap", {**params, "ENGINE": engine.url})
+        assert engine.posts == []
+        white = QgsRasterLayer(str(_white_raster(tmp_path / "white.tif", nodata.crs().toWkt(), (342000, 1600000))),
+                               "white")
+        assert white.isValid()
+        result = processing.run("geovlm:askmap", {**params, "LAYERS": [white], "ENGINE": engine.url,
+                                                  "EXTENT": "342100,342500,1599500,1599900 [EPSG:32628]"})
+        assert result["ANSWER"] == ANSWER and len(engine.posts) == 1
+        sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
+        assert {sent.pixel(x, y) for x in range(0, sent.width(), 9) for y in range(0, sent.height(), 9)} == {
+            QColor(255, 255, 255).rgb()}  # only white was sent, and it was asked about

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _render_async(settings, seconds=60):
     renderer, out = ViewRender(), []
-    renderer.rendered.connect(lambda s, image, errors: out.append((s, image, errors)))
+    renderer.rendered.connect(lambda s, image, errors, drawn: out.append((s, image, errors)))
     renderer.start(settings)
     assert renderer.active()
     assert wait_for(lambda: out, seconds)
