@@ -33,6 +33,7 @@ from .tiling import Tile, TilePlan
 
 SCHEMA_VERSION = 2  # 2: the plan names the raster's CRS and pixel digest
 TILES, OBJECTS, RELATIONS, PLAN_TABLE = "tiles", "objects", "relations", "geovlm_plan"
+FEATURES = "features"  # the captioned features geovlm:captionfeatures writes beside its ledger
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 DONE_STATUSES = (OK, SKIPPED)
 
@@ -179,7 +180,7 @@ def _other_layers(path: str) -> List[str]:
             con.close()
     except sqlite3.DatabaseError:
         return []
-    return sorted(n for n in names if n not in (TILES, OBJECTS, RELATIONS, PLAN_TABLE))
+    return sorted(n for n in names if n not in (TILES, OBJECTS, RELATIONS, PLAN_TABLE, FEATURES))
 
 
 class Ledger:

@@ -27,7 +27,7 @@ from qgis.core import (
 
 from ..core.bulk import DEFAULT_CAPTION_QUESTION, EndpointRecorder, counted, run_tiles
 from ..core.client import EngineError
-from ..core.ledger import OK, TILES, Ledger, LedgerError, RunPlan
+from ..core.ledger import FEATURES, OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
 from ..core.transport import Cancelled, CancelToken
 from .alg_bulk_tiles import (
@@ -42,8 +42,6 @@ from .alg_bulk_tiles import (
 )
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
-
-FEATURES = "features"
 
 
 def feature_window(geometry, gt, width: int, height: int, margin: float):
