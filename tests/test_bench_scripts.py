@@ -12,14 +12,18 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_bench_smoke_run_prints_every_table():
+def smoke_run(script: str, *args: str, timeout: int = 600) -> str:
+    """The standard output of `bench/<script> --smoke <args>`, which must exit 0."""
     out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
-        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--smoke", "--rounds", "1", "--new-tokens", "3",
-         "--batch", "2"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", *args],
+        capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout
+    return out.stdout
+
+
+def test_gpu_bench_smoke_run_prints_every_table():
+    text = smoke_run("gpu_bench.py", "--rounds", "1", "--new-tokens", "3", "--batch", "2")
     assert "smoke run" in text and "tiny smoke-run shapes" in text
     for row in ("time to first token, batch 1", "decode tokens/s, batch 2", "% of the bound",
                 "onnxruntime CPU fp32", "torch eager float32"):
@@ -27,12 +31,7 @@ def test_gpu_bench_smoke_run_prints_every_table():
 
 
 def test_engine_bench_smoke_run_prints_every_row_and_equal_tokens():
-    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
-        [sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--smoke"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout
+    text = smoke_run("bench_engine.py")
     assert "SMOKE RUN" in text and "Tokens identical to transformers in every round: yes" in text
     for row in ("decode tokens/s, batch 1", "time to first token, 2 requests", "bare pass of GeoVLM's products",
                 "% of the bound", "| batch 2 |", "cold load", "cold start to one answer",
@@ -41,12 +40,7 @@ def test_engine_bench_smoke_run_prints_every_row_and_equal_tokens():
 
 
 def test_kernel_bench_smoke_run_prints_every_kernel():
-    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
-        [sys.executable, str(ROOT / "bench" / "bench_kernels.py"), "--smoke"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout
+    text = smoke_run("bench_kernels.py", timeout=300)
     assert "SMOKE RUN" in text
     for row in ("read rate: torch.sum", "GeoVLM's kernel (", "MKL (torch.mv)",
                 "OpenBLAS (numpy.dot)", "MLAS (onnxruntime"):
@@ -54,12 +48,7 @@ def test_kernel_bench_smoke_run_prints_every_kernel():
 
 
 def test_threads_bench_smoke_run_prints_every_wait_policy():
-    out = subprocess.run(  # nosec B603  # this interpreter and a file of the repository, no shell
-        [sys.executable, str(ROOT / "bench" / "bench_threads.py"), "--smoke"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout
+    text = smoke_run("bench_threads.py")
     assert "SMOKE RUN" in text and "| 0 busy processes | 1 busy process |" in text
     for row in ("libgomp's default", "OMP_WAIT_POLICY=PASSIVE (GeoVLM's engine default)", "GOMP_SPINCOUNT=10000",
                 "OMP_WAIT_POLICY=ACTIVE"):
