@@ -49,6 +49,12 @@ def dock(qgis_iface, qgis_canvas, qgis_new_project, data_dir, tmp_path):
     QgsProject.instance().setFileName("")
 
 
+def down_engine_url() -> str:
+    """The URL of an engine that has just stopped: nothing listens there."""
+    with ScriptedEngine("geochat", "") as engine:
+        return engine.url
+
+
 def ask(session, question, task="describe"):
     session.dock.question.setPlainText(question)
     session.dock.task.setCurrentText(task)
@@ -137,9 +143,7 @@ def test_stop_cancels_within_a_second(dock):
 
 def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
     session = dock.ask
-    with ScriptedEngine("geochat", "") as engine:
-        url = engine.url
-    session.engine = url
+    session.engine = down_engine_url()
     ask(session, "Describe the image")
     assert wait_for(lambda: not session.busy(), 30)
     [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
@@ -385,9 +389,7 @@ def test_a_failed_first_question_does_not_pin_its_view(dock, qgis_canvas):
     """The engine is not there for the first question: the next Send, after the map was turned, asks about
     the map as it is then, not about the view rendered for the question that got no answer."""
     session = dock.ask
-    with ScriptedEngine("geochat", "") as engine:
-        down = engine.url
-    session.engine = down
+    session.engine = down_engine_url()
     ask(session, "What is on this map?")
     assert wait_for(lambda: not session.busy(), 30)
     assert session.turns[-1].answer == "" and session.view is None  # no answer: no image kept
