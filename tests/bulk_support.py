@@ -75,3 +75,16 @@ def wait_for_rows(path, count, timeout=60.0, status="ok") -> int:
                 return n
         time.sleep(0.05)
     return n
+
+
+def inverted_copy(source, dest):
+    """`dest`: a GeoTIFF on `source`'s grid and CRS whose every pixel is 255 - the source's (a new acquisition
+    of the same grid, as far as a bulk run can tell)."""
+    from geovlm.models.imagery import import_rasterio
+
+    rasterio = import_rasterio()
+    with rasterio.open(source) as src:
+        profile, pixels = src.profile, src.read()
+    with rasterio.open(dest, "w", **profile) as dst:
+        dst.write(255 - pixels)
+    return dest

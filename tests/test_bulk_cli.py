@@ -18,7 +18,7 @@ from geovlm.models.imagery import import_rasterio, read_rgb
 from geovlm.models.preprocess import fit_image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import cli, ledger_rows, run_cli, wait_for_rows  # noqa: E402
+from bulk_support import cli, inverted_copy, ledger_rows, run_cli, wait_for_rows  # noqa: E402
 
 rasterio = import_rasterio()
 from rasterio.windows import Window, bounds  # noqa: E402
@@ -333,11 +333,7 @@ def test_a_new_raster_on_the_same_grid_or_in_another_crs_is_another_plan(engines
     import shutil
 
     source = data_dir / "rasters" / "cogeo.tif"
-    with rasterio.open(source) as src:
-        profile, pixels = src.profile, src.read()
-    changed = tmp_path / "changed.tif"
-    with rasterio.open(changed, "w", **profile) as dst:
-        dst.write(255 - pixels)
+    changed = inverted_copy(source, tmp_path / "changed.tif")
     utm = tmp_path / "utm.tif"
     shutil.copyfile(source, utm)
     with rasterio.open(utm, "r+") as dst:

@@ -26,7 +26,7 @@ from geovlm.core.profiles import get_profile
 from geovlm.core.tiling import TilePlan, plan_for_extent
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ledger_rows, run_cli  # noqa: E402
+from bulk_support import inverted_copy, ledger_rows, run_cli  # noqa: E402
 from qt_support import RecordingFeedback  # noqa: E402
 
 
@@ -582,15 +582,8 @@ def test_qgis_and_the_cli_identify_a_raster_alike(qgis_app, data_dir, name):
 
 def test_processing_refuses_a_new_raster_on_the_same_grid_naming_overwrite(plugin, processing, engines, data_dir,
                                                                            tmp_path):
-    from geovlm.models.imagery import import_rasterio
-
-    rasterio = import_rasterio()
     source = data_dir / "rasters" / "cogeo.tif"
-    with rasterio.open(source) as src:
-        profile, pixels = src.profile, src.read()
-    changed = tmp_path / "changed.tif"
-    with rasterio.open(changed, "w", **profile) as dst:
-        dst.write(255 - pixels)
+    changed = inverted_copy(source, tmp_path / "changed.tif")
     engine = engines()
     out = tmp_path / "c.gpkg"
     params = {"INPUT": str(source), "TILE_SIZE": 512, "ENGINE": engine.url, "FAMILY": "geochat", "OUTPUT": str(out)}
