@@ -169,17 +169,23 @@ class TileResult:
     relations: List[Tuple] = field(default_factory=list)
 
 
-def _other_layers(path: str) -> List[str]:
-    """The tables a GeoPackage at `path` lists in gpkg_contents besides a bulk run's own (empty for a file that is
-    not a readable GeoPackage)."""
+def _read_only_rows(path: str, sql: str) -> Optional[List[Tuple]]:
+    """The rows `sql` reads from the SQLite file at `path`, opened read-only; None for a file that is not a
+    database or lacks the table."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            names = [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")]
+            return con.execute(sql).fetchall()
         finally:
             con.close()
     except sqlite3.DatabaseError:
-        return []
+        return None
+
+
+def _other_layers(path: str) -> List[str]:
+    """The tables a GeoPackage at `path` lists in gpkg_contents besides a bulk run's own (empty for a file that is
+    not a readable GeoPackage)."""
+    names = [r[0] for r in _read_only_rows(path, "SELECT table_name FROM gpkg_contents") or []]
     return sorted(n for n in names if n not in (TILES, OBJECTS, RELATIONS, PLAN_TABLE, FEATURES))
 
 
@@ -234,14 +240,7 @@ class Ledger:
         self.resumed = existed
 
     def _check_existing(self) -> None:
-        try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                row = con.execute("SELECT fingerprint, plan FROM geovlm_plan LIMIT 1").fetchone()
-            finally:
-                con.close()
-        except sqlite3.DatabaseError:
-            row = None
+        row = (_read_only_rows(self.path, "SELECT fingerprint, plan FROM geovlm_plan LIMIT 1") or [None])[0]
         if row is None:
             raise LedgerError(f"{self.path} exists and is not the output of a GeoVLM bulk run; choose another "
                               f"output, or replace it ({self.overwrite_flag})")
