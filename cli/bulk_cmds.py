@@ -43,10 +43,12 @@ def register(sub) -> None:
 
 class RasterTiles:
     """Reads plan tiles of a raster through rasterio windows, in the calling thread, as `ArraySource`s: the
-    client fits each to the model's input (core.client.prepare_image) and sends exactly those pixels."""
+    client fits each to the model's input (core.client.prepare_image) and sends exactly those pixels. `bands`:
+    three 1-based bands as red, green, blue, or None (1,2,3, or grey); `models.imagery.ImageryError` in one line
+    when the raster lacks one of them."""
 
     def __init__(self, path, bands, skip_nodata: bool):
-        from ..models.imagery import import_rasterio, not_georeferenced_ok
+        from ..models.imagery import ImageryError, check_bands, import_rasterio, not_georeferenced_ok
 
         self.rasterio = import_rasterio()
         self.path = path
@@ -54,16 +56,23 @@ class RasterTiles:
         self.skip_nodata = skip_nodata
         with not_georeferenced_ok(self.rasterio):  # open_frame has said in one line what that means
             self.ds = self.rasterio.open(path)
+        try:
+            check_bands(bands, self.ds.count)
+        except ImageryError:
+            self.ds.close()
+            raise
 
     def __call__(self, tile):
+        import numpy as np
         from rasterio.windows import Window
 
-        from ..models.imagery import ImageryError, read_rgb
+        from ..models.imagery import ImageryError, decimated_shape, read_rgb
         from ..models.preprocess import ArraySource
 
         try:
-            if self.skip_nodata and not self.ds.dataset_mask(window=Window(*tile.window)).any():
-                return None
+            if not self.ds.dataset_mask(window=Window(*tile.window)).any():  # nodata only: skipped, or sent black
+                return None if self.skip_nodata else ArraySource(np.zeros((*decimated_shape(
+                    tile.width, tile.height)[::-1], 3), np.uint8))
             rgb = read_rgb(self.path, tile.window, self.bands)
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
@@ -125,6 +134,7 @@ def cmd_bulk(args) -> int:
     from ..core.profiles import get_profile
     from ..core.tiling import TilePlan
     from ..core.transport import CancelToken
+    from ..models.imagery import ImageryError
     from .engine_cmds import STAND_IN_NOTE, _bands, warn_other_family
     from .parse_cmd import profile_overrides
     from .rasters import open_frame
@@ -142,10 +152,14 @@ def cmd_bulk(args) -> int:
         tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    client = _client(args)
-    client.transport = EndpointRecorder(client.transport)
-    reader = None
+    try:  # the bands are checked before an engine is contacted or the output touched
+        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
+    except ImageryError as exc:
+        raise CliError(f"--bands: {exc}") from None
+    client = None
     try:
+        client = _client(args)
+        client.transport = EndpointRecorder(client.transport)
         try:
             family = args.family or client.profile().name
             profile = get_profile(family, **profile_overrides(args))
@@ -158,10 +172,8 @@ def cmd_bulk(args) -> int:
             warn_other_family(details, profile.name)
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
         wkt, epsg, crs_name = _crs(frame.crs)
-        bands = _bands(args.bands)
-        reader = RasterTiles(args.raster, bands, not args.keep_nodata)
         plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model, crs=crs_name,
-                       pixels=reader.pixel_digest(), bands=bands, keep_nodata=bool(args.keep_nodata))
+                       pixels=reader.pixel_digest(), bands=reader.bands, keep_nodata=bool(args.keep_nodata))
         try:
             ledger = Ledger(args.out, plan, wkt, epsg, overwrite=args.overwrite,
                             merge_threshold=getattr(args, "merge_overlap", 0.5), overwrite_flag="--overwrite")
@@ -208,8 +220,7 @@ def cmd_bulk(args) -> int:
             bar.close()
         ledger.close()
     finally:
-        if reader is not None:
-            reader.close()
+        reader.close()
         if getattr(client, "local_engine", None) is not None:
             client.local_engine.stop()
     print(f"geovlm {args.kind}: {stats.summary()}; wrote {args.out}")

@@ -34,6 +34,18 @@ def default_bands(count: int) -> Tuple[int, int, int]:
     return (1, 2, 3) if count >= 3 else (1, 1, 1)
 
 
+def check_bands(bands: Optional[Sequence[int]], count: int) -> Tuple[int, int, int]:
+    """The three 1-based bands of a `count`-band raster read as red, green, blue: `bands` as given, or
+    `default_bands(count)` when None or empty. `ImageryError` in one line when they are not three bands of
+    1..`count` (the command line's --bands and QGIS's band parameters are both checked here)."""
+    chosen = tuple(bands) if bands else default_bands(count)
+    if len(chosen) != 3 or not all(1 <= b <= count for b in chosen):
+        shown = ",".join(str(b) for b in chosen)
+        raise ImageryError(f"the raster has {count} band{'s' if count != 1 else ''}: choose three bands of 1..{count} "
+                           f"as red,green,blue, not {shown}")
+    return chosen
+
+
 def stretch_band(values: np.ndarray, valid: np.ndarray, percentiles=STRETCH) -> np.ndarray:
     """Map the band's [p2, p98] over valid pixels to 0..255 (clipped); invalid pixels become 0, a constant
     band 255 (0 where it is 0)."""
@@ -99,9 +111,7 @@ def read_rgb(
 
     try:
         with not_georeferenced_ok(rasterio), rasterio.open(path) as ds:
-            chosen = tuple(bands) if bands else default_bands(ds.count)
-            if len(chosen) != 3 or not all(1 <= b <= ds.count for b in chosen):
-                raise ImageryError(f"bands must be three of 1..{ds.count}, got {chosen}")
+            chosen = check_bands(bands, ds.count)
             rio_window = None
             if window is not None:
                 col, row, w, h = window

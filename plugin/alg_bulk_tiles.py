@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
@@ -27,6 +28,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.PyQt import sip
+from qgis.PyQt.QtCore import QVariant
 
 from ..core.bulk import (
     DEFAULT_CAPTION_QUESTION,
@@ -44,6 +46,7 @@ from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPla
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
+from ..models.imagery import check_bands
 from .qgis_geometry import raster_frame
 from .tile_sources import GdalTiles, RenderedTiles
 
@@ -161,6 +164,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     INPUT, EXTENT, RESOLUTION, TILE_SIZE, OVERLAP = "INPUT", "EXTENT", "RESOLUTION", "TILE_SIZE", "OVERLAP"
     SKIP_NODATA, QUESTION, FAMILY, ENGINE, AUTHCFG = "SKIP_NODATA", "QUESTION", "FAMILY", "ENGINE", "AUTHCFG"
     CONCURRENCY, OVERWRITE, OUTPUT, TILES = "CONCURRENCY", "OVERWRITE", "OUTPUT", "TILES"
+    BANDS = ("RED_BAND", "GREEN_BAND", "BLUE_BAND")  # the command line's --bands r,g,b
 
     def group(self):
         return "Bulk"
@@ -184,6 +188,10 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
                                                        Qgis.ProcessingNumberParameterType.Integer,
                                                        64 if self.KIND == "detect" else 0, minValue=0))
+        for name, colour, default in zip(self.BANDS, ("red", "green", "blue"), ("1; grey for a one-band raster",
+                                                                              "2", "3")):
+            self.addParameter(QgsProcessingParameterBand(name, f"Band the model sees as {colour} (default: {default})",
+                                                         None, self.INPUT, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
                                                        optional=True))
@@ -198,6 +206,41 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
 
     # ------------------------------------------------------------ the plan and its pixels
 
+    def chosen_bands(self, layer, parameters, context):
+        """The three 1-based bands of `layer` read as red, green, blue, as chosen (RED_BAND, GREEN_BAND,
+        BLUE_BAND), checked by `models.imagery.check_bands`; None when none is chosen (the reader's default:
+        1,2,3, or grey for a raster of one or two bands, as `geovlm caption` without --bands). ValueError in one
+        line when only some are chosen, one is not a band of the raster, or `layer` is a web layer (rendered in
+        its own colours)."""
+        values = [parameters.get(name) for name in self.BANDS]
+        unset = [v is None or v == "" or (isinstance(v, QVariant) and v.isNull()) for v in values]
+        if all(unset):
+            return None
+        if any(unset):
+            raise ValueError("choose a red, a green and a blue band, or none of them (bands 1,2,3, or grey for a "
+                             "one-band raster)")
+        for name, value in zip(self.BANDS, values):
+            if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+                raise ValueError(f"{name} is a band number, not {value!r}")
+        if layer.providerType() != "gdal":
+            raise ValueError(f"{layer.name()!r} is a web layer, rendered in its own colours: leave the bands unset")
+        return check_bands([self.parameterAsInt(parameters, name, context) for name in self.BANDS],
+                           layer.bandCount())
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's checks, then the chosen bands against the raster's (`chosen_bands`): a wrong band is refused
+        here, before an engine is contacted, in the one line qgis_process prints once and the dialog shows."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        try:
+            if layer is not None:
+                self.chosen_bands(layer, parameters, context)
+        except ValueError as exc:
+            return False, str(exc)
+        return True, ""
+
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: read the layer (and clone a web layer's provider) for the run's thread."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -206,12 +249,14 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         skip = self.parameterAsBool(parameters, self.SKIP_NODATA, context)
+        self.keep_nodata = not skip
         extent = None
         if parameters.get(self.EXTENT):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         self.crs_wkt, self.epsg = ledger_crs(layer.crs())
         self.crs_name = crs_name(layer.crs())
         try:
+            self.bands = self.chosen_bands(layer, parameters, context)
             if layer.providerType() == "gdal":
                 self._prepare_file(layer, extent, tile, overlap, skip)
             else:
@@ -242,7 +287,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.tiles = TilePlan(width, height, tile, overlap)
         self.gt = frame.geotransform.window(col0, row0)
         self.source = "file"
-        self.reader = GdalTiles(layer.source(), skip, (col0, row0))
+        self.reader = GdalTiles(layer.source(), skip, (col0, row0), self.bands)
 
     # ------------------------------------------------------------ the run
 
@@ -272,12 +317,13 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         pixels = self.reader.pixel_digest() if self.source == "file" else ""
         plan = RunPlan(self.KIND, self.tiles, self.gt, question, task, profile.name, conn.model, self.source,
-                       crs=self.crs_name, pixels=pixels)
+                       crs=self.crs_name, pixels=pixels, bands=self.bands, keep_nodata=self.keep_nodata)
         try:
             ledger = Ledger(out, plan, self.crs_wkt, self.epsg,
                             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
                             merge_threshold=self.merge_threshold(parameters, context), overwrite_flag=OVERWRITE_FLAG)
-        except LedgerError as exc:
+        except LedgerError as exc:  # qgis_process prints any error raised here 3 times (QGIS 3.40's own echo); the
+            # plan holds the engine's family and model, so it cannot be checked in checkParameterValues (printed once)
             raise QgsProcessingException(str(exc)) from None
         if conn.notice:
             feedback.pushWarning(conn.notice)
@@ -354,8 +400,10 @@ class CaptionTilesAlgorithm(BulkTilesAlgorithm):
     def shortHelpString(self):  # noqa: N802
         return ("Cuts the raster into tiles (a file at its own resolution, a web layer rendered at RESOLUTION) and "
                 "asks the engine for a caption of each: one polygon per tile with its exact footprint, caption, "
-                "status and provenance. OUTPUT is also the ledger: run again with the same parameters to ask "
-                "only for missing or failed tiles; `geovlm caption` on the command line continues the same file.")
+                "status and provenance. The model sees bands 1,2,3 (a one-band raster as grey), or the three "
+                "bands chosen as red, green and blue (2,3,4 of NIR,R,G,B imagery); data other than 8-bit is "
+                "stretched (2-98 %). OUTPUT is also the ledger: run again with the same parameters to ask only "
+                "for missing or failed tiles; `geovlm caption` on the command line continues the same file.")
 
 
 class DetectTilesAlgorithm(BulkTilesAlgorithm):

@@ -17,7 +17,7 @@ from qgis.PyQt.QtGui import QImage
 
 from ..core.georef import GeoTransform
 from ..core.tiling import Tile
-from ..models.imagery import ImageryError, default_bands, to_rgb8
+from ..models.imagery import ImageryError, check_bands, to_rgb8
 from .image_source import QImageSource
 
 
@@ -51,8 +51,9 @@ def _gdal_reason(message: str) -> str:
 
 class GdalTiles:
     """Windows of a file raster read with osgeo.gdal. `offset` (col, row) is added to every tile window (a plan
-    over a part of the raster); `bands` three 1-based bands (default 1,2,3, or grey). A window whose pixels
-    cannot be read raises ValueError (see `read_window`)."""
+    over a part of the raster); `bands` three 1-based bands read as red, green, blue (None: 1,2,3, or grey for a
+    raster of one or two bands), checked by `models.imagery.check_bands` (ImageryError, a ValueError, when the
+    raster lacks one). A window whose pixels cannot be read raises ValueError (see `read_window`)."""
 
     def __init__(self, path: str, skip_nodata: bool, offset: Tuple[int, int] = (0, 0),
                  bands: Optional[Sequence[int]] = None):
@@ -61,7 +62,7 @@ class GdalTiles:
         self.dataset = gdal.Open(path, gdal.GA_ReadOnly)
         if self.dataset is None:
             raise ValueError(f"GDAL cannot open {path}")
-        self.bands = tuple(bands) if bands else default_bands(self.dataset.RasterCount)
+        self.bands = check_bands(bands, self.dataset.RasterCount)
         self.skip_nodata = skip_nodata
         self.offset = offset
 
@@ -77,8 +78,8 @@ class GdalTiles:
             data.append(read_window(band, col, row, w, h))
             valid.append(read_window(band.GetMaskBand(), col, row, w, h) > 0)
         valid = np.stack(valid)
-        if self.skip_nodata and not valid.any():
-            return None
+        if not valid.any():  # nodata only: skipped, or kept and sent black (nodata is drawn black)
+            return None if self.skip_nodata else rgb_source(np.zeros((h, w, 3), np.uint8))
         try:
             rgb = to_rgb8(np.stack(data), valid)
         except ImageryError as exc:

@@ -316,6 +316,10 @@ def test_a_family_other_than_the_engines_is_warned_once(engines, data_dir, tmp_p
     ("caption", ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     ("caption", ["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
     ("detect", ["--merge-overlap", "5"], "--merge-overlap is a share of the smaller object, from 0 to 1, not 5.0"),
+    ("caption", ["--bands", "1,2,9"], "--bands: the raster has 3 bands: choose three bands of 1..3 as red,green,blue, "
+     "not 1,2,9"),
+    ("detect", ["--bands", "0,1,2"], "--bands: the raster has 3 bands: choose three bands of 1..3 as red,green,blue, "
+     "not 0,1,2"),
 ])
 def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_path, capsys, kind, option, message):
     from geovlm.cli import main
