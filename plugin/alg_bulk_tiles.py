@@ -287,7 +287,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.tiles = TilePlan(width, height, tile, overlap)
         self.gt = frame.geotransform.window(col0, row0)
         self.source = "file"
-        self.reader = GdalTiles(layer.source(), skip, (col0, row0), self.bands)
+        self.reader = GdalTiles(layer.source(), skip, (col0, row0), self.bands, black_nodata=True)
 
     # ------------------------------------------------------------ the run
 

@@ -53,10 +53,12 @@ class GdalTiles:
     """Windows of a file raster read with osgeo.gdal. `offset` (col, row) is added to every tile window (a plan
     over a part of the raster); `bands` three 1-based bands read as red, green, blue (None: 1,2,3, or grey for a
     raster of one or two bands), checked by `models.imagery.check_bands` (ImageryError, a ValueError, when the
-    raster lacks one). A window whose pixels cannot be read raises ValueError (see `read_window`)."""
+    raster lacks one). A nodata-only window is None with `skip_nodata`, else sent black with `black_nodata` (a
+    bulk run's kept nodata tiles, as `geovlm caption --keep-nodata`), else a ValueError saying so. A window whose
+    pixels cannot be read raises ValueError (see `read_window`)."""
 
     def __init__(self, path: str, skip_nodata: bool, offset: Tuple[int, int] = (0, 0),
-                 bands: Optional[Sequence[int]] = None):
+                 bands: Optional[Sequence[int]] = None, black_nodata: bool = False):
         from osgeo import gdal
 
         self.dataset = gdal.Open(path, gdal.GA_ReadOnly)
@@ -64,6 +66,7 @@ class GdalTiles:
             raise ValueError(f"GDAL cannot open {path}")
         self.bands = check_bands(bands, self.dataset.RasterCount)
         self.skip_nodata = skip_nodata
+        self.black_nodata = black_nodata
         self.offset = offset
 
     def __call__(self, tile: Tile):
@@ -78,8 +81,10 @@ class GdalTiles:
             data.append(read_window(band, col, row, w, h))
             valid.append(read_window(band.GetMaskBand(), col, row, w, h) > 0)
         valid = np.stack(valid)
-        if not valid.any():  # nodata only: skipped, or kept and sent black (nodata is drawn black)
-            return None if self.skip_nodata else rgb_source(np.zeros((h, w, 3), np.uint8))
+        if self.skip_nodata and not valid.any():
+            return None
+        if self.black_nodata and not valid.any():  # nodata is drawn black, as `to_rgb8` does
+            return rgb_source(np.zeros((h, w, 3), np.uint8))
         try:
             rgb = to_rgb8(np.stack(data), valid)
         except ImageryError as exc:
