@@ -27,11 +27,13 @@ def plugin(qgis_iface, processing, geovlm_settings):
 
 
 def constant_raster(path, values, dtype="uint8", size=256, nodata=None):
-    """A north-up GeoTIFF (EPSG:32633, 10 m) of `size` x `size` px whose band i holds `values[i]` everywhere."""
+    """A north-up GeoTIFF (EPSG:32633, 10 m) of `size` x `size` px whose band i holds `values[i]` everywhere, every
+    band a plain one (a 4-band image as NIR,R,G,B or any multispectral product, not RGBA)."""
     from osgeo import gdal, gdal_array, osr
 
     ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, len(values),
-                                              gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype)))
+                                              gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype)),
+                                              ["PHOTOMETRIC=MINISBLACK"])  # no band taken for alpha
     ds.SetGeoTransform((500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32633)
@@ -152,3 +154,28 @@ def test_qgis_process_with_bands_chosen_on_16_bit_imagery(engines, tmp_path, qgi
     said = "the raster has 4 bands: choose three bands of 1..4 as red,green,blue, not 2,3,7"
     assert bad.returncode != 0 and (bad.stdout + bad.stderr).count(said) == 1, bad.stdout + bad.stderr
     assert engine.requests() == 4
+
+
+def test_the_dialog_offers_the_layers_bands_unset_by_default(plugin, processing, qgis_iface, tmp_path, monkeypatch):
+    """The Processing dialog's band choosers follow INPUT: they list the 4-band layer's bands, start unset (the
+    default 1,2,3), and what is chosen is what the algorithm gets."""
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsBrowserGuiModel
+
+    browser = QgsBrowserGuiModel()  # the dialog asks the interface for one; pytest-qgis's has none
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    layer = QgsRasterLayer(str(constant_raster(tmp_path / "four.tif", (10, 60, 120, 240))), "four")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        dialog = processing.createAlgorithmDialog("geovlm:captiontiles", {"INPUT": layer.id()})
+        wrappers = dialog.mainWidget().wrappers
+        params = dialog.createProcessingParameters()
+        assert [params.get(name) for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND")] == [None] * 3
+        red = wrappers["RED_BAND"]
+        red.setParameterValue(4, dialog.processingContext())
+        combo = red.wrappedWidget()
+        assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
+        assert dialog.createProcessingParameters()["RED_BAND"] == 4
+        dialog.deleteLater()
+    finally:
+        QgsProject.instance().removeAllMapLayers()
