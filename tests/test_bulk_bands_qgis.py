@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qgis.core import QgsProcessingException, QgsVectorLayer
+from qgis.core import QgsApplication, QgsProcessingException, QgsVectorLayer
 
 import geovlm
 
@@ -177,5 +177,26 @@ def test_the_dialog_offers_the_layers_bands_unset_by_default(plugin, processing,
         assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
         assert dialog.createProcessingParameters()["RED_BAND"] == 4
         dialog.deleteLater()
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
+def test_bands_of_a_web_layer_are_refused_in_one_line(plugin, processing, tmp_path):
+    """A web layer is rendered in its own colours: bands chosen for one are refused by the parameter check."""
+    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterLayer
+
+    url = (tmp_path / "tiles").as_uri() + "/{z}/{x}/{y}.png"
+    layer = QgsRasterLayer(f"type=xyz&url={url}&zmax=19", "web", "wms")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        alg = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captiontiles")
+        params = {"INPUT": layer.id(), "RED_BAND": 1, "GREEN_BAND": 1, "BLUE_BAND": 1,
+                  "OUTPUT": str(tmp_path / "w.gpkg")}
+        assert alg.checkParameterValues(params, context) == (
+            False, "'web' is a web layer, rendered in its own colours: leave the bands unset")
+        assert alg.checkParameterValues({k: v for k, v in params.items() if not k.endswith("_BAND")}, context)[0]
     finally:
         QgsProject.instance().removeAllMapLayers()
