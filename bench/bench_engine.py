@@ -170,11 +170,27 @@ def lm_bytes_per_token(model) -> tuple:
     return weights, kv
 
 
+def numba_sum():
+    """`numba`'s parallel sum of a float32 array (the compiler of GeoVLM's CPU step), compiled; None without it."""
+    try:
+        from numba import njit
+    except ImportError:
+        return None
+
+    @njit(fastmath=True, parallel=True)
+    def total(buffer):
+        return buffer.sum()
+
+    return total
+
+
 def bandwidth_runs(model, decoder):
-    """Ways to read memory as fast as this machine allows, each returning GB/s: a sum over a buffer the size of
-    the weights; a bare pass of torch's matrix-vector products (`torch.mv`, MKL on CPU) over the language model's
-    weight matrices; the same pass with GeoVLM's kernel over its stacked matrices (`decoder.linear`, oneDNN on
-    CPU), i.e. a decode step with everything but the weight reads taken out."""
+    """Ways to read memory as fast as this machine allows, each returning GB/s: sums over a buffer the size of
+    the weights (torch's, and numba's where it is installed); a bare pass of torch's matrix-vector products
+    (`torch.mv`, MKL on CPU) over the language model's weight matrices; the same pass over GeoVLM's stacked
+    matrices with its linear kernel (`decoder.linear`, oneDNN on CPU) and, where the compiled CPU step serves,
+    with that step's product (`cpu_decode_step._matvec`): a decode step with everything but the weight reads
+    taken out."""
     import torch
 
     weights = [m.weight for m in model.model.language_model.modules() if isinstance(m, torch.nn.Linear)]
@@ -185,27 +201,46 @@ def bandwidth_runs(model, decoder):
     ours = [m for w in decoder.weights for m in (w.qkv, w.o, w.gate_up, w.down)] + [decoder.lm_head.weight]
     our_vectors = [torch.ones(1, w.shape[1]) for w in ours]
 
-    def stream_sum():
-        start = time.perf_counter()
-        buffer.sum()
-        return total / (time.perf_counter() - start) / 1e9
+    def timed(fn):
+        def run():
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fn()
+            return total / (time.perf_counter() - start) / 1e9
+        return run
 
     def weight_pass():
-        start = time.perf_counter()
         for w, v in zip(weights, vectors):
             torch.mv(w, v)
-        return total / (time.perf_counter() - start) / 1e9
 
     def kernel_pass():
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for w, v in zip(ours, our_vectors):
-                decoder.linear(v, w)
-        return total / (time.perf_counter() - start) / 1e9
+        for w, v in zip(ours, our_vectors):
+            decoder.linear(v, w)
 
-    return {"sum over a weight-sized buffer (this process)": stream_sum,
-            "bare matrix-vector pass over the weights (torch.mv)": weight_pass,
-            f"bare pass of GeoVLM's products ({decoder.kernel} kernel, stacked matrices)": kernel_pass}
+    runs = {"sum over a weight-sized buffer (torch, this process)": timed(buffer.sum)}
+    summed = numba_sum()
+    if summed is not None:
+        array = buffer.numpy()
+        summed(array)  # compiled before it is timed
+        runs["sum over a weight-sized buffer (numba, this process)"] = timed(lambda: summed(array))
+    runs["bare matrix-vector pass over the weights (torch.mv)"] = timed(weight_pass)
+    runs[f"bare pass of GeoVLM's products ({decoder.kernel} kernel, stacked matrices)"] = timed(kernel_pass)
+    if decoder.step_kernel == "numba":
+        import numpy as np
+
+        from geovlm.models.cpu_decode_step import _matvec
+
+        arrays = [w.detach().numpy() for w in ours]
+        inputs = [v[0].numpy() for v in our_vectors]
+        outputs = [np.empty(w.shape[0], np.float32) for w in ours]
+
+        def compiled_pass():
+            for w, v, o in zip(arrays, inputs, outputs):
+                _matvec(w, v, o)
+
+        runs["bare pass of GeoVLM's products (the compiled step's numba kernel, stacked matrices)"] = \
+            timed(compiled_pass)
+    return runs
 
 
 # -- encoder --------------------------------------------------------------------------------------------------
@@ -299,21 +334,29 @@ def save_ask(pipe, model_dir: Path) -> None:
 
 
 def read_rate_child(nbytes: int, rounds: int) -> None:
-    """In a fresh process: GB/s of `torch.sum` over an `nbytes` buffer, the median of `rounds`; print JSON."""
+    """In a fresh process: GB/s of `torch.sum` (and numba's sum, where installed) over an `nbytes` buffer,
+    alternated, medians of `rounds`; print JSON {name: GB/s}."""
     import torch
 
     buffer = torch.ones(nbytes // 4, dtype=torch.float32)
-    rates = []
-    for _ in range(rounds + 1):
-        start = time.perf_counter()
-        buffer.sum()
-        rates.append(nbytes / (time.perf_counter() - start) / 1e9)
-    print(json.dumps({"gb_s": med(rates[1:])}))
+    sums = {"torch": buffer.sum}
+    summed = numba_sum()
+    if summed is not None:
+        array = buffer.numpy()
+        sums["numba"] = lambda: summed(array)
+    rates = {name: [] for name in sums}
+    for r in range(rounds + 1):
+        for name, fn in sums.items() if r % 2 == 0 else reversed(sums.items()):
+            start = time.perf_counter()
+            fn()
+            rates[name].append(nbytes / (time.perf_counter() - start) / 1e9)
+    print(json.dumps({name: med(values[1:]) for name, values in rates.items()}))
 
 
-def default_wait_read_rate(nbytes: int, rounds: int, threads: int) -> float:
-    """The sum's read rate in a fresh process whose OpenMP runtime keeps its own default wait (spinning): a waiting
-    thread that sleeps (the engine's passive wait) wakes late, and a bound must be the machine's best read."""
+def default_wait_read_rate(nbytes: int, rounds: int, threads: int) -> dict:
+    """The sums' read rates ({"torch": GB/s, "numba": GB/s}) in a fresh process whose OpenMP runtime keeps its
+    own default wait (spinning): a waiting thread that sleeps (the engine's passive wait) wakes late, and a bound
+    must be the machine's best read."""
     from geovlm.engine.cpu_threads import WAIT_VARIABLES
 
     env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
@@ -323,7 +366,7 @@ def default_wait_read_rate(nbytes: int, rounds: int, threads: int) -> float:
         [sys.executable, __file__, "--read-rate", str(nbytes), "--rounds", str(rounds)],
         check=True, capture_output=True, text=True, env=env, timeout=600,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["gb_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def in_fresh_process(kind: str, model_dir: Path, tokens: int, threads: int) -> dict:
@@ -388,7 +431,8 @@ def main() -> None:
                 else "Random ViT-B/16 @224 (196 image tokens) + 768x12 Llama")
         print(f"\n{what} (vocab 400), fp32; prompt {prompt_len} "
               f"tokens with the image (row i of a batch: 3*i words fewer), {args.tokens} greedy new tokens; medians "
-              f"of {args.rounds} alternated rounds.\n")
+              f"of {args.rounds} alternated rounds. GeoVLM's batch-1 decode step: "
+              f"{pipe.lm.decoder.step_kernel} (models/cpu_decode_step.py when numba).\n")
         print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|", flush=True)
         lm_rows, same = {}, True
         for batch in batches:
@@ -404,8 +448,8 @@ def main() -> None:
         print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
         weights_b, kv_b = lm_bytes_per_token(hf_model)
         rates = alternate(bandwidth_runs(hf_model, pipe.lm.decoder), max(args.rounds, 7))
-        spinning = default_wait_read_rate(weights_b, max(args.rounds, 7), args.threads)
-        rates["sum over a weight-sized buffer, fresh process, OpenMP's default (spinning) wait"] = [spinning]
+        for name, rate in default_wait_read_rate(weights_b, max(args.rounds, 7), args.threads).items():
+            rates[f"sum over a weight-sized buffer ({name}, fresh process, OpenMP's default spinning wait)"] = [rate]
         bandwidth = max(med(v) for v in rates.values())
         kv_mean = kv_b * (prompt_len + args.tokens / 2)
         bound = bandwidth * 1e9 / (weights_b + kv_mean)
@@ -418,7 +462,7 @@ def main() -> None:
         for side, label in (("geovlm", "GeoVLM"), ("transformers", "transformers generate")):
             print(f"| {label} decode, batch 1 | {lm_rows[1][side][1]:.1f} tokens/s = "
                   f"{100 * lm_rows[1][side][1] / bound:.0f} % of the bound |")
-        kernel = med(rates[next(k for k in rates if k.startswith("bare pass of GeoVLM"))])
+        kernel = med(rates[[k for k in rates if k.startswith("bare pass of GeoVLM")][-1]])  # the step's own
         print(f"| GeoVLM decode against the bare pass of its own products ({kernel * 1e9 / (weights_b + kv_mean):.1f}"
               f" tokens/s) | {100 * lm_rows[1]['geovlm'][1] * (weights_b + kv_mean) / (kernel * 1e9):.0f} % |")
         print(f"| (machine: {load_text()}) | |", flush=True)

@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import cpu_decode_step
+
 log = logging.getLogger(__name__)
 
 # Text models whose decoder layer is Llama's (pre-norm, rotary, gated MLP); others use transformers' forward.
@@ -84,6 +86,10 @@ class StaticDecoder:
         self.gqa = self.kv_heads != self.heads
         self.window = getattr(config, "sliding_window", None)
         self.linear, self.kernel = pick_linear(self.lm_head.weight)
+        # Batch-1 decode steps on CPU in fp32 run as one compiled function (cpu_decode_step), built and compiled
+        # in the background after the stacking; `step_kernel` says which step serves.
+        self.compiled_step_reason = cpu_decode_step.unavailable_reason(self)
+        self._compiled: Optional[cpu_decode_step.CpuDecodeStep] = None
         self._graphs: Dict[Tuple[int, int], _GraphedStep] = {}
         # Each layer's tensors, called through torch.nn.functional (a decode step is a few hundred small
         # operations; module calls and transformers' seven-operation RMSNorm add up). Stacking copies most of the
@@ -100,6 +106,23 @@ class StaticDecoder:
             self._weights = [_layer_weights(layer) for layer in self.layers]
         except BaseException as exc:  # handed to the thread that needs the weights  # noqa: BLE001
             self._stack_error = exc
+            return
+        if self.compiled_step_reason is None:
+            try:
+                compiled = cpu_decode_step.CpuDecodeStep(self, self._weights)
+                compiled.warm_up()
+                self._compiled = compiled
+            except Exception as exc:  # a compiler or layout failure must leave the torch step serving  # noqa: BLE001
+                self.compiled_step_reason = f"compiling it failed: {exc}"
+        if self.compiled_step_reason:
+            log.info("decode steps run as torch operations: the compiled CPU step is unavailable (%s)",
+                     self.compiled_step_reason)
+
+    @property
+    def step_kernel(self) -> str:
+        """What runs a batch-1 decode step: "numba" (the compiled CPU step) or the linear kernel's name."""
+        self._stacking.join()  # the stacking thread compiles the step after the weights are stacked
+        return "numba" if self._compiled is not None else self.kernel
 
     @property
     def weights(self) -> List[_Weights]:
@@ -203,6 +226,16 @@ class StaticDecoder:
         batch = tokens.shape[0]
         pos = cache.positions
         hidden = self.embed(tokens).unsqueeze(1)  # [batch, 1, hidden]
+        layers = self.weights
+        if self.compiled_step_reason is None:
+            self._stacking.join()  # a prefill needs only the weights; a step waits for the compiled step
+        if self._compiled is not None and batch == 1 and not full_span and self._compiled.accepts(cache):
+            cos, sin = self.rotary(hidden, pos.unsqueeze(1))
+            logits = self._compiled(hidden.reshape(-1).numpy(), cos.reshape(-1).numpy(), sin.reshape(-1).numpy(),
+                                    cache, torch.get_num_threads())
+            pos += 1
+            cache.lengths[0] += 1
+            return torch.from_numpy(logits).unsqueeze(0)
         cos, sin = _rotary(self.rotary, hidden, pos.unsqueeze(1))
         # Rows of one length (batch 1 always) attend over the same span unmasked and are written as one slice.
         same = cache.lengths[0] if not full_span and len(set(cache.lengths)) == 1 else None
@@ -211,7 +244,7 @@ class StaticDecoder:
         if same is None:
             mask = (torch.arange(span, device=pos.device).unsqueeze(0) <= pos.unsqueeze(1)).view(batch, 1, 1, span)
             rows = torch.arange(batch, device=pos.device)
-        for i, w in enumerate(self.weights):
+        for i, w in enumerate(layers):
             q, k, v = self._qkv(w, _rms_norm(hidden, w.norm1, w.eps1), batch, 1, cos, sin)
             keys, values = cache.keys[i], cache.values[i]
             if same is None:

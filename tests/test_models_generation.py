@@ -1,5 +1,6 @@
 """Language model path: greedy parity with transformers' generate, batches, stops, streaming, multi-turn."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def test_greedy_tokens_equal_transformers_generate(pipe):
     assert pipe.lm.decoder is not None  # the static-cache decoder is what runs (not transformers' forward)
     if torch.backends.mkldnn.is_available():  # with oneDNN's linear kernel, whose rounding differs from MKL's
         assert pipe.lm.decoder.kernel == "onednn"
+    if importlib.util.find_spec("numba"):  # batch-1 steps run compiled (models/cpu_decode_step.py), sums reordered
+        assert pipe.lm.decoder.step_kernel == "numba", pipe.lm.decoder.compiled_step_reason
     images = ms.cogeo_tiles(3) + [ms.random_image(7)]
     outputs = []
     for image in images:

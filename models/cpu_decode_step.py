@@ -1,0 +1,215 @@
+"""A whole decode step of a Llama-family decoder, batch 1, fp32, on CPU, compiled with numba.
+
+At batch 1 a decode step is memory-bound: it reads every weight once and each product is a matrix-vector product.
+Run as torch operations, a step of the benchmark's 12-layer decoder is ~360 small operations; each pays torch's
+dispatch, and the products run on oneDNN's matrix-vector kernel, which reads 72 % of the rate a plain sum of the
+same bytes reads (`bench/bench_kernels.py`). Here the step is one compiled function (numba, LLVM): per layer
+RMSNorm, the stacked q/k/v product, rotary embedding, the key/value write into the static cache, attention,
+the output product, RMSNorm, the stacked gate/up product, SiLU and the down product; the products and the
+attention are split over the cores (`prange`, numba's OpenMP threading layer where present), the rest runs on
+one core between them. The arithmetic is transformers' Llama (models/llama/modeling_llama.py: LlamaRMSNorm
+in fp32, `apply_rotary_pos_emb`, softmax attention scaled by head_dim^-0.5, `down(silu(gate) * up)`), with sums
+in a different order (vectorised, fastmath): logits agree with the torch step to ~1e-6 relative and greedy
+tokens equal `generate`'s (tests/test_cpu_decode_step.py, tests/test_models_generation.py).
+
+The kernels are compiled on first use and cached on disk by numba (`cache=True`: beside this file, or in the
+user's cache folder where that is read-only); `CpuDecodeStep.warm_up` compiles or loads them in the background
+while the rest of the model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, the
+torch step serves (`unavailable_reason`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+try:
+    import numba
+    import numpy as np
+    from numba import njit, prange
+except ImportError:  # an engine without numba decodes with the torch step
+    numba = None
+
+if numba is not None:
+
+    @njit(fastmath=True, parallel=True, cache=True)
+    def _matvec(weight, x, out):
+        """out[i] = Σ_j weight[i, j]·x[j]; weight `[rows, cols]` C-contiguous, rows split over the cores."""
+        rows, cols = weight.shape
+        for i in prange(rows):
+            acc = np.float32(0.0)
+            for j in range(cols):
+                acc += weight[i, j] * x[j]
+            out[i] = acc
+
+    @njit(fastmath=True, cache=True)
+    def _rms_norm(x, weight, eps, out):
+        """LlamaRMSNorm: out = weight · x / sqrt(mean(x²) + eps)."""
+        total = np.float32(0.0)
+        for i in range(x.shape[0]):
+            total += x[i] * x[i]
+        scale = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[0]) + eps)
+        for i in range(x.shape[0]):
+            out[i] = weight[i] * (x[i] * scale)
+
+    @njit(fastmath=True, cache=True)
+    def _rotate(x, heads, head_dim, cos, sin):
+        """Rotary embedding in place over `heads` consecutive heads of `x`: transformers' apply_rotary_pos_emb,
+        `x·cos + rotate_half(x)·sin`, rotate_half(x) = (-x2, x1)."""
+        half = head_dim // 2
+        for h in range(heads):
+            base = h * head_dim
+            for d in range(half):
+                a = x[base + d]
+                b = x[base + d + half]
+                x[base + d] = a * cos[d] - b * sin[d]
+                x[base + d + half] = b * cos[d + half] + a * sin[d + half]
+
+    @njit(fastmath=True, parallel=True, cache=True)
+    def _attend(q, keys, values, length, scale, out):
+        """Softmax attention of one query per head over the first `length` cached positions, heads split over
+        the cores. q `[heads, head_dim]`; keys, values `[kv_heads, capacity, head_dim]` (a kv head serves
+        heads // kv_heads query heads, grouped-query attention); out `[heads·head_dim]`."""
+        heads, head_dim = q.shape
+        group = heads // keys.shape[0]
+        for h in prange(heads):
+            kv = h // group
+            scores = np.empty(length, np.float32)
+            top = np.float32(-np.inf)
+            for t in range(length):
+                acc = np.float32(0.0)
+                for d in range(head_dim):
+                    acc += q[h, d] * keys[kv, t, d]
+                acc *= scale
+                scores[t] = acc
+                top = max(top, acc)
+            total = np.float32(0.0)
+            for t in range(length):
+                e = np.exp(scores[t] - top)
+                scores[t] = e
+                total += e
+            base = h * head_dim
+            for d in range(head_dim):
+                out[base + d] = 0.0
+            for t in range(length):
+                p = scores[t] / total
+                for d in range(head_dim):
+                    out[base + d] += p * values[kv, t, d]
+
+    @njit(fastmath=True, cache=True)
+    def _decode(hidden, norm1, eps1, qkv, o, norm2, eps2, gate_up, down, keys, values, position, cos, sin,
+                heads, kv_heads, head_dim, final_norm, final_eps, head, logits):
+        """One step over every layer; `hidden` `[hidden]` (the token's embedding) is updated in place, `logits`
+        `[vocab]` written. Per-layer weights come as typed lists; keys, values `[layers, kv_heads, capacity,
+        head_dim]` get this position's key and value."""
+        width = hidden.shape[0]
+        normed = np.empty(width, np.float32)
+        projected = np.empty(qkv[0].shape[0], np.float32)
+        attended = np.empty(heads * head_dim, np.float32)
+        residual = np.empty(width, np.float32)
+        gated = np.empty(gate_up[0].shape[0], np.float32)
+        inter = gated.shape[0] // 2
+        activated = np.empty(inter, np.float32)
+        n_q = heads * head_dim
+        n_kv = kv_heads * head_dim
+        scale = np.float32(head_dim ** -0.5)
+        for i in range(len(qkv)):
+            _rms_norm(hidden, norm1[i], eps1[i], normed)
+            _matvec(qkv[i], normed, projected)
+            _rotate(projected[:n_q], heads, head_dim, cos, sin)
+            _rotate(projected[n_q:n_q + n_kv], kv_heads, head_dim, cos, sin)
+            for g in range(kv_heads):
+                for d in range(head_dim):
+                    keys[i, g, position, d] = projected[n_q + g * head_dim + d]
+                    values[i, g, position, d] = projected[n_q + n_kv + g * head_dim + d]
+            _attend(projected[:n_q].reshape((heads, head_dim)), keys[i], values[i], position + 1, scale, attended)
+            _matvec(o[i], attended, residual)
+            for d in range(width):
+                hidden[d] += residual[d]
+            _rms_norm(hidden, norm2[i], eps2[i], normed)
+            _matvec(gate_up[i], normed, gated)
+            for j in range(inter):
+                g = gated[j]
+                activated[j] = g / (np.float32(1.0) + np.exp(-g)) * gated[inter + j]
+            _matvec(down[i], activated, residual)
+            for d in range(width):
+                hidden[d] += residual[d]
+        _rms_norm(hidden, final_norm, final_eps, normed)
+        _matvec(head, normed, logits)
+
+
+def unavailable_reason(decoder) -> Optional[str]:
+    """Why `decoder` (a StaticDecoder) cannot take the compiled step (None when it can)."""
+    if numba is None:
+        return "numba is not installed"
+    weight = decoder.lm_head.weight
+    import torch
+
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return f"the model is {str(weight.dtype).replace('torch.', '')} on {weight.device.type}, not fp32 on CPU"
+    if decoder.lm_head.bias is not None:
+        return "the output layer has a bias"
+    if decoder.head_dim % 2 or decoder.heads % decoder.kv_heads:
+        return "the heads do not split evenly"
+    return None
+
+
+class CpuDecodeStep:
+    """The compiled step over a StaticDecoder's (stacked) weights, which it reads in place (numpy views of the
+    torch tensors: no copy). Call `unavailable_reason` first; `layers` are the decoder's `_Weights`. Raises
+    ValueError where a layer has biases."""
+
+    def __init__(self, decoder, layers):
+        from numba.typed import List
+
+        def view(tensor):
+            return tensor.detach().contiguous().numpy()
+
+        if any(w.qkv_bias is not None or w.o_bias is not None or w.gate_up_bias is not None
+               or w.down_bias is not None for w in layers):
+            raise ValueError("a layer has biases")
+        self.decoder = decoder
+        self.norm1 = List([view(w.norm1) for w in layers])
+        self.eps1 = np.array([w.eps1 for w in layers], np.float32)
+        self.qkv = List([view(w.qkv) for w in layers])
+        self.o = List([view(w.o) for w in layers])
+        self.norm2 = List([view(w.norm2) for w in layers])
+        self.eps2 = np.array([w.eps2 for w in layers], np.float32)
+        self.gate_up = List([view(w.gate_up) for w in layers])
+        self.down = List([view(w.down) for w in layers])
+        self.final_norm = view(decoder.norm.weight)
+        self.final_eps = np.float32(decoder.norm.variance_epsilon)
+        self.head = view(decoder.lm_head.weight)
+        self._lock = threading.Lock()  # one step at a time: numba's workqueue layer must not be entered twice
+
+    @staticmethod
+    def accepts(cache) -> bool:
+        """Whether `cache` (a KVCache) is one contiguous row: what the compiled step writes into."""
+        return cache.keys.shape[1] == 1 and cache.keys.is_contiguous() and cache.values.is_contiguous()
+
+    def __call__(self, hidden, cos, sin, cache, threads: int):
+        """Logits `[vocab]` (numpy float32, a new array) after the token whose embedding is `hidden` (`[hidden]`
+        float32 numpy, changed in place) at position `cache.lengths[0]`; `cos`, `sin` `[head_dim]` are that
+        position's rotary embedding (transformers' rotary module, unfolded). Writes the key and value there."""
+        d = self.decoder
+        logits = np.empty(self.head.shape[0], np.float32)
+        keys = cache.keys[:, 0].numpy()
+        values = cache.values[:, 0].numpy()
+        with self._lock:
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+            _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
+                    self.down, keys, values, cache.lengths[0], cos, sin, d.heads, d.kv_heads, d.head_dim,
+                    self.final_norm, self.final_eps, self.head, logits)
+        return logits
+
+    def warm_up(self) -> None:
+        """Compile the kernels (or load them from numba's cache) with a step over a one-position scratch cache."""
+        import torch
+
+        from .static_decoder import KVCache
+
+        d = self.decoder
+        shape = (len(self.qkv), 1, d.kv_heads, 1, d.head_dim)
+        scratch = KVCache(torch.zeros(shape), torch.zeros(shape), [0], torch.zeros(1, dtype=torch.long))
+        ones = np.ones(d.head_dim, np.float32)
+        self(np.zeros(self.final_norm.shape[0], np.float32), ones, ones * 0, scratch, 1)

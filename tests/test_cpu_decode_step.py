@@ -1,0 +1,85 @@
+"""The compiled CPU decode step (models/cpu_decode_step.py) against the torch step it replaces at batch 1."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+
+def _llama(**overrides):
+    """A random 3-layer Llama from its config: grouped-query attention (4 query heads over 2 key/value heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = dict(vocab_size=120, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+def _decode(decoder, prompt, tokens):
+    """Logits of the prefill and of a step after each of `tokens`, and the cache, for one row."""
+    cache = decoder.new_cache(1, 32)
+    with torch.inference_mode():
+        logits = [decoder.prefill([prompt], cache)]
+        for token in tokens:
+            logits.append(decoder.step(torch.tensor([token]), cache))
+    return torch.cat(logits), cache
+
+
+def test_the_compiled_step_serves_batch_1_and_equals_the_torch_step():
+    from geovlm.models.static_decoder import StaticDecoder
+
+    compiled = StaticDecoder(_llama())
+    assert compiled.step_kernel == "numba", compiled.compiled_step_reason
+    plain = StaticDecoder(_llama())
+    plain._stacking.join()
+    plain._compiled = None  # the torch step, over the same numbers (the same seed)
+    assert plain.step_kernel != "numba"
+
+    torch.manual_seed(1)
+    prompt = torch.randn(9, 64)
+    tokens = [5, 17, 99, 3, 64, 64, 0]
+    ours, our_cache = _decode(compiled, prompt, tokens)
+    theirs, their_cache = _decode(plain, prompt, tokens)
+    assert our_cache.lengths == their_cache.lengths == [9 + len(tokens)]
+    assert int(our_cache.positions[0]) == 9 + len(tokens)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_cache.keys, their_cache.keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_cache.values, their_cache.values, rtol=1e-5, atol=1e-5)
+    assert ours.argmax(-1).unique().numel() > 1  # the steps' logits differ from each other: not vacuous
+
+
+def test_the_torch_step_serves_where_the_compiled_one_cannot(monkeypatch):
+    from geovlm.models import cpu_decode_step
+    from geovlm.models.static_decoder import StaticDecoder
+
+    biased = StaticDecoder(_llama(attention_bias=True))
+    assert biased.step_kernel != "numba"
+    assert "biases" in biased.compiled_step_reason
+
+    half = StaticDecoder(_llama().to(torch.bfloat16))
+    assert half.step_kernel != "numba"
+    assert half.compiled_step_reason == "the model is bfloat16 on cpu, not fp32 on CPU"
+
+    monkeypatch.setattr(cpu_decode_step, "numba", None)
+    without = StaticDecoder(_llama())
+    assert without.step_kernel != "numba" and without.compiled_step_reason == "numba is not installed"
+    logits, cache = _decode(without, torch.randn(4, 64), [1, 2])
+    assert logits.shape == (3, 120) and cache.lengths == [6]
+
+
+def test_a_batch_of_two_takes_the_torch_step():
+    from geovlm.models.static_decoder import StaticDecoder
+
+    decoder = StaticDecoder(_llama())
+    assert decoder.step_kernel == "numba"
+    calls = []
+    compiled = decoder._compiled
+    decoder._compiled = lambda *args: calls.append(args)  # must not be reached
+    cache = decoder.new_cache(2, 16)
+    assert not compiled.accepts(cache)
+    with torch.inference_mode():
+        decoder.prefill([torch.randn(3, 64), torch.randn(5, 64)], cache)
+        logits = decoder.step(torch.tensor([1, 2]), cache)
+    assert logits.shape == (2, 120) and cache.lengths == [4, 6] and not calls
