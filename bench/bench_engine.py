@@ -8,7 +8,7 @@ alternately (A B B A ...) in this process, medians over the rounds, with the mac
   `LlavaForConditionalGeneration.generate`, greedy, fp32: time to first token and decode tokens/s at batch 1 and
   for 8 requests (GeoVLM's ragged batch vs generate's left-padded batch), tokens compared;
 - the memory-bandwidth bound of decoding measured here (bytes read per token / the best read rate of this
-  machine) and GeoVLM's % of it;
+  machine, read in the same alternation as the batch-1 decode runs) and each side's % of its round's bound;
 - the encoder: onnxruntime vs torch eager, ms/image at batch 1 and 8;
 - cold load (`VlmPipeline.load` vs `from_pretrained`) and peak / anonymous memory of one ask, each in a fresh
   process.
@@ -369,6 +369,33 @@ def default_wait_read_rate(nbytes: int, rounds: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def read_rate_run(nbytes: int, rounds: int, threads: int):
+    """A run giving the machine's best read rate now, GB/s: the fastest of torch's and numba's sums over an
+    `nbytes` buffer in this process (its wait) and in a fresh process with OpenMP's default spinning wait. It
+    runs in the same alternation as the batch-1 decode runs: this virtual machine's read rate changes from
+    minute to minute (24-57 GB/s in one hour), so a bound measured at another time than the decoding is not its
+    bound."""
+    import torch
+
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    sums = [buffer.sum]
+    summed = numba_sum()
+    if summed is not None:
+        array = buffer.numpy()
+        sums.append(lambda: summed(array))
+
+    def run():
+        rates = []
+        for fn in sums:
+            start = time.perf_counter()
+            fn()
+            rates.append(nbytes / (time.perf_counter() - start) / 1e9)
+        rates.extend(default_wait_read_rate(nbytes, rounds, threads).values())
+        return max(rates)
+
+    return run
+
+
 def in_fresh_process(kind: str, model_dir: Path, tokens: int, threads: int) -> dict:
     env = dict(os.environ, BENCH_THREADS=str(threads))
     out = subprocess.run(  # nosec B603  # this interpreter and this file, no shell
@@ -434,11 +461,19 @@ def main() -> None:
               f"of {args.rounds} alternated rounds. GeoVLM's batch-1 decode step: "
               f"{pipe.lm.decoder.step_kernel} (models/cpu_decode_step.py when numba).\n")
         print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|", flush=True)
-        lm_rows, same = {}, True
+        weights_b, kv_b = lm_bytes_per_token(hf_model)
+        kv_mean = kv_b * (prompt_len + args.tokens / 2)
+        lm_rows, same, reads = {}, True, None
         for batch in batches:
             ours, theirs = decoding_runs(pipe, hf_model, images[:batch], args.tokens)
-            got = alternate({"geovlm": ours, "transformers": theirs}, args.rounds)
+            runs = {"geovlm": ours, "transformers": theirs}
+            if batch == 1:  # the bound is read in the same rounds (read_rate_run)
+                runs["read"] = read_rate_run(weights_b, 3, args.threads)
+            got = alternate(runs, args.rounds)
+            reads = got.pop("read", reads)
             lm_rows[batch] = {k: (med([r[0] for r in v]), med([r[1] for r in v])) for k, v in got.items()}
+            if batch == 1:
+                got_one = got
             same &= all(g[2] == t[2] for g, t in zip(got["geovlm"], got["transformers"]))
             g, t = lm_rows[batch]["geovlm"], lm_rows[batch]["transformers"]
             what = "batch 1" if batch == 1 else f"{batch} requests (GeoVLM ragged batch, generate padded batch)"
@@ -446,25 +481,25 @@ def main() -> None:
             print(row(f"time to first token, {what}", g[0], t[0], "s", higher_is_better=False, digits=3))
             print(f"| (machine: {load_text()}) | | | |", flush=True)
         print(f"\nTokens identical to transformers in every round: {'yes' if same else 'NO'}")
-        weights_b, kv_b = lm_bytes_per_token(hf_model)
-        rates = alternate(bandwidth_runs(hf_model, pipe.lm.decoder), max(args.rounds, 7))
-        for name, rate in default_wait_read_rate(weights_b, max(args.rounds, 7), args.threads).items():
-            rates[f"sum over a weight-sized buffer ({name}, fresh process, OpenMP's default spinning wait)"] = [rate]
-        bandwidth = max(med(v) for v in rates.values())
-        kv_mean = kv_b * (prompt_len + args.tokens / 2)
-        bound = bandwidth * 1e9 / (weights_b + kv_mean)
+        per_token = weights_b + kv_mean
+        bounds = [rate * 1e9 / per_token for rate in reads]
         print("\n| memory-bandwidth bound of decoding, batch 1 | value |\n|---|---|")
-        for name, values in rates.items():
-            print(f"| read rate: {name} | {med(values):.1f} GB/s |")
+        print(f"| best read rate of each decode round (sums: torch and numba, this process and a fresh spinning one)"
+              f" | {' / '.join(f'{r:.1f}' for r in reads)} GB/s |")
         print(f"| bytes read per token: weights + KV cache at the mean context | {weights_b / 1e6:.1f} MB + "
               f"{kv_mean / 1e6:.1f} MB |")
-        print(f"| bound (best read rate / bytes per token) | {bound:.1f} tokens/s |")
+        print(f"| bound (read rate / bytes per token), median of the rounds | {med(bounds):.1f} tokens/s |")
         for side, label in (("geovlm", "GeoVLM"), ("transformers", "transformers generate")):
-            print(f"| {label} decode, batch 1 | {lm_rows[1][side][1]:.1f} tokens/s = "
-                  f"{100 * lm_rows[1][side][1] / bound:.0f} % of the bound |")
+            shares = [100 * g[1] / b for g, b in zip(got_one[side], bounds)]
+            print(f"| {label} decode, batch 1 | {lm_rows[1][side][1]:.1f} tokens/s = {med(shares):.0f} % of its "
+                  f"round's bound (median; rounds {min(shares):.0f}-{max(shares):.0f} %) |")
+        rates = alternate(bandwidth_runs(hf_model, pipe.lm.decoder), max(args.rounds, 7))
+        for name, values in rates.items():
+            print(f"| read rate after the decoding: {name} | {med(values):.1f} GB/s |")
         kernel = med(rates[[k for k in rates if k.startswith("bare pass of GeoVLM")][-1]])  # the step's own
-        print(f"| GeoVLM decode against the bare pass of its own products ({kernel * 1e9 / (weights_b + kv_mean):.1f}"
-              f" tokens/s) | {100 * lm_rows[1]['geovlm'][1] * (weights_b + kv_mean) / (kernel * 1e9):.0f} % |")
+        share = 100 * lm_rows[1]["geovlm"][1] * per_token / (kernel * 1e9)
+        print(f"| GeoVLM decode against the bare pass of its own products after the decoding ("
+              f"{kernel * 1e9 / per_token:.1f} tokens/s) | {share:.0f} % |")
         print(f"| (machine: {load_text()}) | |", flush=True)
         print("\n| encoder, ms/image | onnxruntime | torch eager | onnxruntime ahead by | max abs diff |")
         print("|---|---|---|---|---|")

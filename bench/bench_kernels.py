@@ -9,7 +9,8 @@ projections stacked as GeoVLM runs them, and the output head), fp32, one product
 - oneDNN: `torch.ops.mkldnn._linear_pointwise`, the kernel GeoVLM's decoder uses on CPU (`pick_linear`);
 - MKL: `torch.mv`, what torch's `linear` calls for a single vector;
 - OpenBLAS: `numpy.dot` into a preallocated output (numpy's own BLAS);
-- MLAS: onnxruntime, every product in one graph run (no per-call overhead), thread spinning off.
+- MLAS: onnxruntime, every product in one graph run (no per-call overhead), thread spinning off;
+- numba: the product of GeoVLM's compiled CPU step (`cpu_decode_step._matvec`), where numba is installed.
 
 Runs alternate (A B ... B A) in this process with a pause before each, medians, the load printed. The best
 kernel's share of the read rate bounds GeoVLM's % of the decode bound from above: a step also normalises,
@@ -97,6 +98,17 @@ def kernel_runs(shapes) -> tuple:
             "MKL (torch.mv)": rate(mkl),
             "OpenBLAS (numpy.dot)": rate(openblas),
             "MLAS (onnxruntime, all products in one graph)": rate(lambda: session.run(None, feeds))}
+    try:
+        from geovlm.models.cpu_decode_step import _matvec
+    except ImportError:  # numba is not installed: no compiled step
+        return runs, total
+
+    def compiled():
+        for w, v, o in zip(arrays, flat, outs):
+            _matvec(w, v, o)
+
+    compiled()  # compiled (or loaded from numba's cache) before it is timed
+    runs["numba (GeoVLM's compiled CPU step, cpu_decode_step._matvec)"] = rate(compiled)
     return runs, total
 
 

@@ -11,7 +11,9 @@ Measured on 2 shared cores (`bench/bench_threads.py`, docs/benchmarks.md; decode
 other processes spinning): libgomp's default 56.3 / 19.1 / 8.0, PASSIVE 49.0 / 36.8 / 22.4, a short spin
 (GOMP_SPINCOUNT=10000) 53.7 / 17.8 / 21.2. Passive waiting costs 13 % on an idle machine (a sleeping thread takes
 time to wake) and is 1.9x and 2.8x faster beside one or two busy processes; an engine beside QGIS is the case it
-is made for, so it is the default, and a user's own setting of any wait variable wins.
+is made for, so it is the default, and a user's own setting of any wait variable wins. The compiled CPU decode
+step (models/cpu_decode_step.py: numba's OpenMP layer, a second libgomp) reads the same variables: 72.8 / 59.2 /
+32.3 tokens/s passive against 85.8 / 27.6 / 17.8 spinning.
 
 The runtime reads the policy once, when torch's library is loaded, so it must be in the environment before
 `import torch`: `geovlm`'s command line (every engine process, `geovlm serve` included) calls

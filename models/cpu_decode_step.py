@@ -9,20 +9,25 @@ the output product, RMSNorm, the stacked gate/up product, SiLU and the down prod
 attention are split over the cores (`prange`, numba's OpenMP threading layer where present), the rest runs on
 one core between them. The arithmetic is transformers' Llama (models/llama/modeling_llama.py: LlamaRMSNorm
 in fp32, `apply_rotary_pos_emb`, softmax attention scaled by head_dim^-0.5, `down(silu(gate) * up)`), with sums
-in a different order (vectorised, fastmath): logits agree with the torch step to ~1e-6 relative and greedy
+in a different order (vectorised, fastmath): logits agree with the torch step's to 1e-5 and greedy
 tokens equal `generate`'s (tests/test_cpu_decode_step.py, tests/test_models_generation.py).
 
-The kernels are compiled on first use and cached on disk by numba (`cache=True`: beside this file, or in the
-user's cache folder where that is read-only); `CpuDecodeStep.warm_up` compiles or loads them in the background
-while the rest of the model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, the
+The kernels are compiled on first use and cached on disk by numba (`cache=True`) in GeoVLM's cache folder
+(`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins), so a read-only install
+folder still caches; `CpuDecodeStep.warm_up` compiles or loads them in the background while the rest of the
+model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, the
 torch step serves (`unavailable_reason`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Optional
 
+from .file_hashes import cache_dir
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))  # read when numba loads, just below
 try:
     import numba
     import numpy as np
@@ -163,7 +168,9 @@ class CpuDecodeStep:
         from numba.typed import List
 
         def view(tensor):
-            return tensor.detach().contiguous().numpy()
+            if not tensor.is_contiguous():  # a copy would double the memory of the weights
+                raise ValueError("a weight is not contiguous")
+            return tensor.detach().numpy()
 
         if any(w.qkv_bias is not None or w.o_bias is not None or w.gate_up_bias is not None
                or w.down_bias is not None for w in layers):

@@ -10,7 +10,8 @@ once per (batch, capacity) as a CUDA graph and replayed, as gpt-fast and vLLM do
 The query/key/value projections and the MLP's gate/up projections are stacked at load into one matrix each (the
 model's parameters become views of the stacks: one copy, held in memory rather than mapped from the file): a step
 makes 4 matrix products per layer instead of 7, which pays on CPU, where each product's thread fork/join is a
-visible share of a step, and on GPU (fewer, larger kernels). On CPU the products run on oneDNN (`pick_linear`).
+visible share of a step, and on GPU (fewer, larger kernels). On CPU the products run on oneDNN (`pick_linear`);
+a batch-1 fp32 step on CPU runs instead as one function compiled with numba (cpu_decode_step.py).
 The arithmetic is otherwise transformers' (its RMSNorm and rotary embedding, attention by
 `scaled_dot_product_attention` as in its `sdpa` implementation, transformers models/llama/modeling_llama.py), and
 greedy tokens equal `generate`'s in fp32 (a test, batch 1 and a ragged batch of 8).
@@ -231,8 +232,8 @@ class StaticDecoder:
             self._stacking.join()  # a prefill needs only the weights; a step waits for the compiled step
         if self._compiled is not None and batch == 1 and not full_span and self._compiled.accepts(cache):
             cos, sin = self.rotary(hidden, pos.unsqueeze(1))
-            logits = self._compiled(hidden.reshape(-1).numpy(), cos.reshape(-1).numpy(), sin.reshape(-1).numpy(),
-                                    cache, torch.get_num_threads())
+            logits = self._compiled(hidden.detach().reshape(-1).numpy(), cos.detach().reshape(-1).numpy(),
+                                    sin.detach().reshape(-1).numpy(), cache, torch.get_num_threads())
             pos += 1
             cache.lengths[0] += 1
             return torch.from_numpy(logits).unsqueeze(0)
