@@ -1,22 +1,23 @@
-"""A whole decode step of a Llama-family decoder, batch 1, fp32, on CPU, compiled with numba.
+"""A whole decode step of a Llama-family decoder, fp32, on CPU, compiled with numba.
 
-At batch 1 a decode step is memory-bound: it reads every weight once and each product is a matrix-vector product.
-Run as torch operations, a step of the benchmark's 12-layer decoder is ~360 small operations; each pays torch's
-dispatch, and the products run on oneDNN's matrix-vector kernel, which reads 72 % of the rate a plain sum of the
-same bytes reads (`bench/bench_kernels.py`). Here the step is one compiled function (numba, LLVM): per layer
-RMSNorm, the stacked q/k/v product, rotary embedding, the key/value write into the static cache, attention,
-the output product, RMSNorm, the stacked gate/up product, SiLU and the down product; the products and the
-attention are split over the cores (`prange`, numba's OpenMP threading layer where present), the rest runs on
-one core between them. The arithmetic is transformers' Llama (models/llama/modeling_llama.py: LlamaRMSNorm
-in fp32, `apply_rotary_pos_emb`, softmax attention scaled by head_dim^-0.5, `down(silu(gate) * up)`), with sums
-in a different order (vectorised, fastmath): logits agree with the torch step's to 1e-5 and greedy
-tokens equal `generate`'s (tests/test_cpu_decode_step.py, tests/test_models_generation.py).
+A decode step is memory-bound: it reads every weight once and, at batch 1, each product is a matrix-vector
+product. Run as torch operations, a step of the benchmark's 12-layer decoder is ~360 small operations; each pays
+torch's dispatch, and the products run on oneDNN's matrix-vector kernel, which reads 61-72 % of the rate a plain
+sum of the same bytes reads (`bench/bench_kernels.py`). Here the step is one compiled function (numba, LLVM):
+per layer RMSNorm, the stacked q/k/v product, rotary embedding, the key/value write into the static cache,
+attention, the output product, RMSNorm, the stacked gate/up product, SiLU and the down product; the products
+(each weight row read once for every row of the batch) and the attention are split over the cores (`prange`,
+numba's OpenMP threading layer where present), the rest runs on one core between them. Rows of a batch keep
+their own positions (a ragged batch). The arithmetic is transformers' Llama (models/llama/modeling_llama.py:
+LlamaRMSNorm in fp32, `apply_rotary_pos_emb`, softmax attention scaled by head_dim^-0.5, `down(silu(gate) *
+up)`), with sums in a different order (vectorised, fastmath): logits agree with the torch step's to 1e-5 and
+greedy tokens equal `generate`'s (tests/test_cpu_decode_step.py, tests/test_models_generation.py).
 
 The kernels are compiled on first use and cached on disk by numba (`cache=True`) in GeoVLM's cache folder
 (`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins), so a read-only install
 folder still caches; `CpuDecodeStep.warm_up` compiles or loads them in the background while the rest of the
-model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, the
-torch step serves (`unavailable_reason`).
+model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, and for a batch whose
+cache is a view (after a row finished), the torch step serves (`unavailable_reason`, `CpuDecodeStep.accepts`).
 """
 
 from __future__ import annotations
@@ -38,53 +39,62 @@ except ImportError:  # an engine without numba decodes with the torch step
 if numba is not None:
 
     @njit(fastmath=True, parallel=True, cache=True)
-    def _matvec(weight, x, out):
-        """out[i] = Σ_j weight[i, j]·x[j]; weight `[rows, cols]` C-contiguous, rows split over the cores."""
+    def _products(weight, x, out):
+        """out[b, i] = Σ_j weight[i, j]·x[b, j]: weight `[rows, cols]` C-contiguous, x `[batch, cols]`, out
+        `[batch, rows]`; rows split over the cores, each row read from memory once for the whole batch."""
         rows, cols = weight.shape
         for i in prange(rows):
-            acc = np.float32(0.0)
-            for j in range(cols):
-                acc += weight[i, j] * x[j]
-            out[i] = acc
+            for b in range(x.shape[0]):
+                acc = np.float32(0.0)
+                for j in range(cols):
+                    acc += weight[i, j] * x[b, j]
+                out[b, i] = acc
 
     @njit(fastmath=True, cache=True)
     def _rms_norm(x, weight, eps, out):
-        """LlamaRMSNorm: out = weight · x / sqrt(mean(x²) + eps)."""
-        total = np.float32(0.0)
-        for i in range(x.shape[0]):
-            total += x[i] * x[i]
-        scale = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[0]) + eps)
-        for i in range(x.shape[0]):
-            out[i] = weight[i] * (x[i] * scale)
+        """LlamaRMSNorm of each row of x `[batch, width]` into out: weight · x / sqrt(mean(x²) + eps)."""
+        for b in range(x.shape[0]):
+            total = np.float32(0.0)
+            for i in range(x.shape[1]):
+                total += x[b, i] * x[b, i]
+            scale = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[1]) + eps)
+            for i in range(x.shape[1]):
+                out[b, i] = weight[i] * (x[b, i] * scale)
 
     @njit(fastmath=True, cache=True)
-    def _rotate(x, heads, head_dim, cos, sin):
-        """Rotary embedding in place over `heads` consecutive heads of `x`: transformers' apply_rotary_pos_emb,
+    def _rotate(x, start, heads, head_dim, cos, sin):
+        """Rotary embedding in place over `heads` consecutive heads of each row of x `[batch, ...]` from column
+        `start`, row b at its position's cos[b], sin[b] `[head_dim]`: transformers' apply_rotary_pos_emb,
         `x·cos + rotate_half(x)·sin`, rotate_half(x) = (-x2, x1)."""
         half = head_dim // 2
-        for h in range(heads):
-            base = h * head_dim
-            for d in range(half):
-                a = x[base + d]
-                b = x[base + d + half]
-                x[base + d] = a * cos[d] - b * sin[d]
-                x[base + d + half] = b * cos[d + half] + a * sin[d + half]
+        for b in range(x.shape[0]):
+            for h in range(heads):
+                base = start + h * head_dim
+                for d in range(half):
+                    first = x[b, base + d]
+                    second = x[b, base + d + half]
+                    x[b, base + d] = first * cos[b, d] - second * sin[b, d]
+                    x[b, base + d + half] = second * cos[b, d + half] + first * sin[b, d + half]
 
     @njit(fastmath=True, parallel=True, cache=True)
-    def _attend(q, keys, values, length, scale, out):
-        """Softmax attention of one query per head over the first `length` cached positions, heads split over
-        the cores. q `[heads, head_dim]`; keys, values `[kv_heads, capacity, head_dim]` (a kv head serves
-        heads // kv_heads query heads, grouped-query attention); out `[heads·head_dim]`."""
-        heads, head_dim = q.shape
-        group = heads // keys.shape[0]
-        for h in prange(heads):
+    def _attend(q, keys, values, positions, heads, head_dim, scale, out):
+        """Softmax attention of each row's query over its first positions[b] + 1 cached positions, (row, head)
+        pairs split over the cores. q `[batch, ≥ heads·head_dim]` (the queries first); keys, values `[batch,
+        kv_heads, capacity, head_dim]` (a kv head serves heads // kv_heads query heads, grouped-query
+        attention); out `[batch, heads·head_dim]`."""
+        group = heads // keys.shape[1]
+        for task in prange(q.shape[0] * heads):
+            b = task // heads
+            h = task % heads
             kv = h // group
+            length = positions[b] + 1
+            base = h * head_dim
             scores = np.empty(length, np.float32)
             top = np.float32(-np.inf)
             for t in range(length):
                 acc = np.float32(0.0)
                 for d in range(head_dim):
-                    acc += q[h, d] * keys[kv, t, d]
+                    acc += q[b, base + d] * keys[b, kv, t, d]
                 acc *= scale
                 scores[t] = acc
                 top = max(top, acc)
@@ -93,54 +103,55 @@ if numba is not None:
                 e = np.exp(scores[t] - top)
                 scores[t] = e
                 total += e
-            base = h * head_dim
             for d in range(head_dim):
-                out[base + d] = 0.0
+                out[b, base + d] = 0.0
             for t in range(length):
                 p = scores[t] / total
                 for d in range(head_dim):
-                    out[base + d] += p * values[kv, t, d]
+                    out[b, base + d] += p * values[b, kv, t, d]
 
     @njit(fastmath=True, cache=True)
-    def _decode(hidden, norm1, eps1, qkv, o, norm2, eps2, gate_up, down, keys, values, position, cos, sin,
+    def _decode(hidden, norm1, eps1, qkv, o, norm2, eps2, gate_up, down, keys, values, positions, cos, sin,
                 heads, kv_heads, head_dim, final_norm, final_eps, head, logits):
-        """One step over every layer; `hidden` `[hidden]` (the token's embedding) is updated in place, `logits`
-        `[vocab]` written. Per-layer weights come as typed lists; keys, values `[layers, kv_heads, capacity,
-        head_dim]` get this position's key and value."""
-        width = hidden.shape[0]
-        normed = np.empty(width, np.float32)
-        projected = np.empty(qkv[0].shape[0], np.float32)
-        attended = np.empty(heads * head_dim, np.float32)
-        residual = np.empty(width, np.float32)
-        gated = np.empty(gate_up[0].shape[0], np.float32)
-        inter = gated.shape[0] // 2
-        activated = np.empty(inter, np.float32)
+        """One step of every row over every layer. hidden `[batch, hidden]` (each row's token embedding) is
+        updated in place, logits `[batch, vocab]` written. Per-layer weights come as typed lists; keys, values
+        `[layers, batch, kv_heads, capacity, head_dim]` get each row's key and value at positions[b]; cos, sin
+        `[batch, head_dim]` are the rotary embedding at those positions."""
+        batch, width = hidden.shape
+        normed = np.empty((batch, width), np.float32)
+        projected = np.empty((batch, qkv[0].shape[0]), np.float32)
+        attended = np.empty((batch, heads * head_dim), np.float32)
+        residual = np.empty((batch, width), np.float32)
+        gated = np.empty((batch, gate_up[0].shape[0]), np.float32)
+        inter = gated.shape[1] // 2
+        activated = np.empty((batch, inter), np.float32)
         n_q = heads * head_dim
         n_kv = kv_heads * head_dim
         scale = np.float32(head_dim ** -0.5)
         for i in range(len(qkv)):
             _rms_norm(hidden, norm1[i], eps1[i], normed)
-            _matvec(qkv[i], normed, projected)
-            _rotate(projected[:n_q], heads, head_dim, cos, sin)
-            _rotate(projected[n_q:n_q + n_kv], kv_heads, head_dim, cos, sin)
-            for g in range(kv_heads):
-                for d in range(head_dim):
-                    keys[i, g, position, d] = projected[n_q + g * head_dim + d]
-                    values[i, g, position, d] = projected[n_q + n_kv + g * head_dim + d]
-            _attend(projected[:n_q].reshape((heads, head_dim)), keys[i], values[i], position + 1, scale, attended)
-            _matvec(o[i], attended, residual)
-            for d in range(width):
-                hidden[d] += residual[d]
+            _products(qkv[i], normed, projected)
+            _rotate(projected, 0, heads, head_dim, cos, sin)
+            _rotate(projected, n_q, kv_heads, head_dim, cos, sin)
+            for b in range(batch):
+                at = positions[b]
+                for g in range(kv_heads):
+                    for d in range(head_dim):
+                        keys[i, b, g, at, d] = projected[b, n_q + g * head_dim + d]
+                        values[i, b, g, at, d] = projected[b, n_q + n_kv + g * head_dim + d]
+            _attend(projected, keys[i], values[i], positions, heads, head_dim, scale, attended)
+            _products(o[i], attended, residual)
+            hidden += residual
             _rms_norm(hidden, norm2[i], eps2[i], normed)
-            _matvec(gate_up[i], normed, gated)
-            for j in range(inter):
-                g = gated[j]
-                activated[j] = g / (np.float32(1.0) + np.exp(-g)) * gated[inter + j]
-            _matvec(down[i], activated, residual)
-            for d in range(width):
-                hidden[d] += residual[d]
+            _products(gate_up[i], normed, gated)
+            for b in range(batch):
+                for j in range(inter):
+                    g = gated[b, j]
+                    activated[b, j] = g / (np.float32(1.0) + np.exp(-g)) * gated[b, inter + j]
+            _products(down[i], activated, residual)
+            hidden += residual
         _rms_norm(hidden, final_norm, final_eps, normed)
-        _matvec(head, normed, logits)
+        _products(head, normed, logits)
 
 
 def unavailable_reason(decoder) -> Optional[str]:
@@ -191,22 +202,23 @@ class CpuDecodeStep:
 
     @staticmethod
     def accepts(cache) -> bool:
-        """Whether `cache` (a KVCache) is one contiguous row: what the compiled step writes into."""
-        return cache.keys.shape[1] == 1 and cache.keys.is_contiguous() and cache.values.is_contiguous()
+        """Whether `cache` (a KVCache) is contiguous, what the compiled step writes into: a batch's cache until
+        a row is retired (`StaticDecoder.keep_rows` leaves a view of its first rows)."""
+        return cache.keys.is_contiguous() and cache.values.is_contiguous()
 
     def __call__(self, hidden, cos, sin, cache, threads: int):
-        """Logits `[vocab]` (numpy float32, a new array) after the token whose embedding is `hidden` (`[hidden]`
-        float32 numpy, changed in place) at position `cache.lengths[0]`; `cos`, `sin` `[head_dim]` are that
-        position's rotary embedding (transformers' rotary module, unfolded). Writes the key and value there."""
+        """Logits `[batch, vocab]` (numpy float32, a new array) after the tokens whose embeddings are `hidden`
+        (`[batch, hidden]` float32 numpy, changed in place), row b at position `cache.lengths[b]`; `cos`, `sin`
+        `[batch, head_dim]` are those positions' rotary embedding (transformers' rotary module, unfolded).
+        Writes each row's key and value there."""
         d = self.decoder
-        logits = np.empty(self.head.shape[0], np.float32)
-        keys = cache.keys[:, 0].numpy()
-        values = cache.values[:, 0].numpy()
+        logits = np.empty((hidden.shape[0], self.head.shape[0]), np.float32)
+        positions = np.asarray(cache.lengths, np.int64)
         with self._lock:
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
             _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
-                    self.down, keys, values, cache.lengths[0], cos, sin, d.heads, d.kv_heads, d.head_dim,
-                    self.final_norm, self.final_eps, self.head, logits)
+                    self.down, cache.keys.numpy(), cache.values.numpy(), positions, cos, sin, d.heads,
+                    d.kv_heads, d.head_dim, self.final_norm, self.final_eps, self.head, logits)
         return logits
 
     def warm_up(self) -> None:
@@ -218,5 +230,5 @@ class CpuDecodeStep:
         d = self.decoder
         shape = (len(self.qkv), 1, d.kv_heads, 1, d.head_dim)
         scratch = KVCache(torch.zeros(shape), torch.zeros(shape), [0], torch.zeros(1, dtype=torch.long))
-        ones = np.ones(d.head_dim, np.float32)
-        self(np.zeros(self.final_norm.shape[0], np.float32), ones, ones * 0, scratch, 1)
+        ones = np.ones((1, d.head_dim), np.float32)
+        self(np.zeros((1, self.final_norm.shape[0]), np.float32), ones, ones * 0, scratch, 1)

@@ -11,7 +11,7 @@ The query/key/value projections and the MLP's gate/up projections are stacked at
 model's parameters become views of the stacks: one copy, held in memory rather than mapped from the file): a step
 makes 4 matrix products per layer instead of 7, which pays on CPU, where each product's thread fork/join is a
 visible share of a step, and on GPU (fewer, larger kernels). On CPU the products run on oneDNN (`pick_linear`);
-a batch-1 fp32 step on CPU runs instead as one function compiled with numba (cpu_decode_step.py).
+an fp32 decode step on CPU runs instead as one function compiled with numba (cpu_decode_step.py).
 The arithmetic is otherwise transformers' (its RMSNorm and rotary embedding, attention by
 `scaled_dot_product_attention` as in its `sdpa` implementation, transformers models/llama/modeling_llama.py), and
 greedy tokens equal `generate`'s in fp32 (a test, batch 1 and a ragged batch of 8).
@@ -87,8 +87,8 @@ class StaticDecoder:
         self.gqa = self.kv_heads != self.heads
         self.window = getattr(config, "sliding_window", None)
         self.linear, self.kernel = pick_linear(self.lm_head.weight)
-        # Batch-1 decode steps on CPU in fp32 run as one compiled function (cpu_decode_step), built and compiled
-        # in the background after the stacking; `step_kernel` says which step serves.
+        # Decode steps on CPU in fp32 run as one compiled function (cpu_decode_step), built and compiled in the
+        # background after the stacking; `step_kernel` says which step serves.
         self.compiled_step_reason = cpu_decode_step.unavailable_reason(self)
         self._compiled: Optional[cpu_decode_step.CpuDecodeStep] = None
         self._graphs: Dict[Tuple[int, int], _GraphedStep] = {}
@@ -121,7 +121,7 @@ class StaticDecoder:
 
     @property
     def step_kernel(self) -> str:
-        """What runs a batch-1 decode step: "numba" (the compiled CPU step) or the linear kernel's name."""
+        """What runs a decode step: "numba" (the compiled CPU step) or the linear kernel's name."""
         self._stacking.join()  # the stacking thread compiles the step after the weights are stacked
         return "numba" if self._compiled is not None else self.kernel
 
@@ -230,13 +230,13 @@ class StaticDecoder:
         layers = self.weights
         if self.compiled_step_reason is None:
             self._stacking.join()  # a prefill needs only the weights; a step waits for the compiled step
-        if self._compiled is not None and batch == 1 and not full_span and self._compiled.accepts(cache):
+        if self._compiled is not None and not full_span and self._compiled.accepts(cache):
             cos, sin = self.rotary(hidden, pos.unsqueeze(1))
-            logits = self._compiled(hidden.detach().reshape(-1).numpy(), cos.detach().reshape(-1).numpy(),
-                                    sin.detach().reshape(-1).numpy(), cache, torch.get_num_threads())
+            logits = self._compiled(hidden.detach()[:, 0].numpy(), cos.detach()[:, 0].numpy(),
+                                    sin.detach()[:, 0].numpy(), cache, torch.get_num_threads())
             pos += 1
-            cache.lengths[0] += 1
-            return torch.from_numpy(logits).unsqueeze(0)
+            cache.lengths[:] = [n + 1 for n in cache.lengths]
+            return torch.from_numpy(logits)
         cos, sin = _rotary(self.rotary, hidden, pos.unsqueeze(1))
         # Rows of one length (batch 1 always) attend over the same span unmasked and are written as one slice.
         same = cache.lengths[0] if not full_span and len(set(cache.lengths)) == 1 else None

@@ -69,17 +69,45 @@ def test_the_torch_step_serves_where_the_compiled_one_cannot(monkeypatch):
     assert logits.shape == (3, 120) and cache.lengths == [6]
 
 
-def test_a_batch_of_two_takes_the_torch_step():
+def _decode_batch(decoder, prompts, tokens, retire_after=None):
+    """Logits of a ragged batch's prefill and steps (`tokens`: one list per step); after `retire_after` steps
+    the last row is retired from the cache (as the decoding loop does with a finished row)."""
+    cache = decoder.new_cache(len(prompts), 32)
+    out = []
+    with torch.inference_mode():
+        out.append(decoder.prefill(prompts, cache))
+        for n, step_tokens in enumerate(tokens):
+            if n == retire_after:
+                cache = decoder.keep_rows(cache, list(range(len(prompts) - 1)))
+            out.append(decoder.step(torch.tensor(step_tokens[: len(cache.lengths)]), cache))
+    return out, cache
+
+
+def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired():
     from geovlm.models.static_decoder import StaticDecoder
 
-    decoder = StaticDecoder(_llama())
-    assert decoder.step_kernel == "numba"
+    compiled = StaticDecoder(_llama())
+    assert compiled.step_kernel == "numba"
+    plain = StaticDecoder(_llama())
+    plain._stacking.join()
+    plain._compiled = None
     calls = []
-    compiled = decoder._compiled
-    decoder._compiled = lambda *args: calls.append(args)  # must not be reached
-    cache = decoder.new_cache(2, 16)
-    assert not compiled.accepts(cache)
-    with torch.inference_mode():
-        decoder.prefill([torch.randn(3, 64), torch.randn(5, 64)], cache)
-        logits = decoder.step(torch.tensor([1, 2]), cache)
-    assert logits.shape == (2, 120) and cache.lengths == [4, 6] and not calls
+    step = compiled._compiled
+
+    def counted(hidden, *args):
+        calls.append(hidden.shape[0])
+        return step(hidden, *args)
+
+    compiled._compiled = counted
+    compiled._compiled.accepts = step.accepts
+    torch.manual_seed(2)
+    prompts = [torch.randn(n, 64) for n in (5, 11, 2)]  # three lengths: each row attends over its own span
+    tokens = [[7, 8, 9], [1, 2, 3], [4, 5, 6], [10, 11, 12], [13, 14, 15]]
+    ours, our_cache = _decode_batch(compiled, prompts, tokens, retire_after=3)
+    theirs, their_cache = _decode_batch(plain, prompts, tokens, retire_after=3)
+    assert calls == [3, 3, 3]  # the full batch's steps ran compiled; with a row retired, the torch step
+    assert our_cache.lengths == their_cache.lengths == [5 + 5, 11 + 5]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_cache.keys, their_cache.keys, rtol=1e-5, atol=1e-5)
+    assert not ours[1][0].equal(ours[1][1])  # the rows differ: not vacuous
