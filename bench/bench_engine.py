@@ -189,7 +189,7 @@ def bandwidth_runs(model, decoder):
     the weights (torch's, and numba's where it is installed); a bare pass of torch's matrix-vector products
     (`torch.mv`, MKL on CPU) over the language model's weight matrices; the same pass over GeoVLM's stacked
     matrices with its linear kernel (`decoder.linear`, oneDNN on CPU) and, where the compiled CPU step serves,
-    with that step's product (`cpu_decode_step._matvec`): a decode step with everything but the weight reads
+    with that step's product (`cpu_decode_step._products`): a decode step with everything but the weight reads
     taken out."""
     import torch
 
@@ -228,15 +228,15 @@ def bandwidth_runs(model, decoder):
     if decoder.step_kernel == "numba":
         import numpy as np
 
-        from geovlm.models.cpu_decode_step import _matvec
+        from geovlm.models.cpu_decode_step import _products
 
         arrays = [w.detach().numpy() for w in ours]
-        inputs = [v[0].numpy() for v in our_vectors]
-        outputs = [np.empty(w.shape[0], np.float32) for w in ours]
+        inputs = [v.numpy() for v in our_vectors]  # [1, in]: a batch of one row
+        outputs = [np.empty((1, w.shape[0]), np.float32) for w in ours]
 
         def compiled_pass():
             for w, v, o in zip(arrays, inputs, outputs):
-                _matvec(w, v, o)
+                _products(w, v, o)
 
         runs["bare pass of GeoVLM's products (the compiled step's numba kernel, stacked matrices)"] = \
             timed(compiled_pass)

@@ -10,7 +10,7 @@ projections stacked as GeoVLM runs them, and the output head), fp32, one product
 - MKL: `torch.mv`, what torch's `linear` calls for a single vector;
 - OpenBLAS: `numpy.dot` into a preallocated output (numpy's own BLAS);
 - MLAS: onnxruntime, every product in one graph run (no per-call overhead), thread spinning off;
-- numba: the product of GeoVLM's compiled CPU step (`cpu_decode_step._matvec`), where numba is installed.
+- numba: the product of GeoVLM's compiled CPU step (`cpu_decode_step._products`), where numba is installed.
 
 Runs alternate (A B ... B A) in this process with a pause before each, medians, the load printed. The best
 kernel's share of the read rate bounds GeoVLM's % of the decode bound from above: a step also normalises,
@@ -98,17 +98,19 @@ def kernel_runs(shapes) -> tuple:
             "MKL (torch.mv)": rate(mkl),
             "OpenBLAS (numpy.dot)": rate(openblas),
             "MLAS (onnxruntime, all products in one graph)": rate(lambda: session.run(None, feeds))}
-    try:
-        from geovlm.models.cpu_decode_step import _matvec
-    except ImportError:  # numba is not installed: no compiled step
+    from geovlm.models import cpu_decode_step
+
+    if cpu_decode_step.numba is None:  # numba is not installed: no compiled step
         return runs, total
+    rows = [v.numpy() for v in vectors]  # [1, in]: a batch of one row
+    batch_outs = [np.empty((1, s[0]), np.float32) for s in shapes]
 
     def compiled():
-        for w, v, o in zip(arrays, flat, outs):
-            _matvec(w, v, o)
+        for w, v, o in zip(arrays, rows, batch_outs):
+            cpu_decode_step._products(w, v, o)
 
     compiled()  # compiled (or loaded from numba's cache) before it is timed
-    runs["numba (GeoVLM's compiled CPU step, cpu_decode_step._matvec)"] = rate(compiled)
+    runs["numba (GeoVLM's compiled CPU step, cpu_decode_step._products)"] = rate(compiled)
     return runs, total
 
 
