@@ -281,6 +281,8 @@ def cmd_serve(args) -> int:
                                     overrides=overrides, encoder_precision=args.encoder_precision)
     except (OSError, ValueError, CheckpointError, EncoderError) as exc:
         raise CliError(str(exc)) from exc
+    if pipeline.lm.decoder is not None:  # ready only once the compiled CPU step is (the first requests would wait)
+        logging.getLogger("geovlm.engine").info("decode steps: %s", pipeline.lm.decoder.step_kernel)
     settings = Settings(
         api_key=key,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -22,19 +22,26 @@ cache is a view (after a row finished), the torch step serves (`unavailable_reas
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from pathlib import Path
 from typing import Optional
 
 from .file_hashes import cache_dir
 
+log = logging.getLogger(__name__)
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))  # read when numba loads, just below
+LOAD_ERROR: Optional[str] = None  # why an installed numba did not load
 try:
     import numba
     import numpy as np
     from numba import njit, prange
 except ImportError:  # an engine without numba decodes with the torch step
     numba = None
+except Exception as exc:  # numba refuses its configuration, e.g. NUMBA_NUM_THREADS=0  # noqa: BLE001
+    numba = None
+    LOAD_ERROR = f"numba failed to load: {exc}"
 
 if numba is not None:
 
@@ -157,7 +164,9 @@ if numba is not None:
 def unavailable_reason(decoder) -> Optional[str]:
     """Why `decoder` (a StaticDecoder) cannot take the compiled step (None when it can)."""
     if numba is None:
-        return "numba is not installed"
+        return LOAD_ERROR or "numba is not installed"
+    if numba.config.DISABLE_JIT:
+        return "NUMBA_DISABLE_JIT is set: the step would run as Python, hundreds of times slower"
     weight = decoder.lm_head.weight
     import torch
 
@@ -222,7 +231,8 @@ class CpuDecodeStep:
         return logits
 
     def warm_up(self) -> None:
-        """Compile the kernels (or load them from numba's cache) with a step over a one-position scratch cache."""
+        """Compile the kernels (or load them from numba's cache) with a step over a one-position scratch cache;
+        then leave `compile_marker()` so that the next start does not announce a compile."""
         import torch
 
         from .static_decoder import KVCache
@@ -232,3 +242,27 @@ class CpuDecodeStep:
         scratch = KVCache(torch.zeros(shape), torch.zeros(shape), [0], torch.zeros(1, dtype=torch.long))
         ones = np.ones((1, d.head_dim), np.float32)
         self(np.zeros((1, self.final_norm.shape[0]), np.float32), ones, ones * 0, scratch, 1)
+        marker = compile_marker()
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a read-only cache: numba compiles at each start, and it is announced each time
+            pass
+
+
+def compile_marker() -> Path:
+    """The file in numba's cache folder that says the kernels of this file, as it is now, were compiled: keyed as
+    numba keys its cache (this file's size and mtime) and by numba's version."""
+    source = Path(__file__).stat()
+    name = f"geovlm-decode-step-{numba.__version__}-{source.st_size}-{int(source.st_mtime)}.done"
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / name
+
+
+def announce_compile() -> None:
+    """Warn (the command line shows warnings) that the kernels will be compiled, when they were not before: the
+    first start after an install or an update waits seconds for it. Called on the loading thread, before the
+    answer's first token."""
+    marker = compile_marker()
+    if not marker.exists():
+        log.warning("compiling the CPU decode step, once after an install or update (a few seconds); kept in %s",
+                    marker.parent)

@@ -91,6 +91,8 @@ class StaticDecoder:
         # background after the stacking; `step_kernel` says which step serves.
         self.compiled_step_reason = cpu_decode_step.unavailable_reason(self)
         self._compiled: Optional[cpu_decode_step.CpuDecodeStep] = None
+        if self.compiled_step_reason is None:
+            cpu_decode_step.announce_compile()
         self._graphs: Dict[Tuple[int, int], _GraphedStep] = {}
         # Each layer's tensors, called through torch.nn.functional (a decode step is a few hundred small
         # operations; module calls and transformers' seven-operation RMSNorm add up). Stacking copies most of the
@@ -108,16 +110,24 @@ class StaticDecoder:
         except BaseException as exc:  # handed to the thread that needs the weights  # noqa: BLE001
             self._stack_error = exc
             return
+        # numba installed but not serving (it failed to load or compile, or its JIT is off) is worth a warning;
+        # no numba, a GPU or bf16 model, or an architecture it does not take is the expected torch step
+        noticeable = cpu_decode_step.LOAD_ERROR is not None or "NUMBA_DISABLE_JIT" in (self.compiled_step_reason or "")
         if self.compiled_step_reason is None:
             try:
                 compiled = cpu_decode_step.CpuDecodeStep(self, self._weights)
-                compiled.warm_up()
-                self._compiled = compiled
-            except Exception as exc:  # a compiler or layout failure must leave the torch step serving  # noqa: BLE001
-                self.compiled_step_reason = f"compiling it failed: {exc}"
+            except ValueError as exc:  # biases, a weight that is not contiguous
+                self.compiled_step_reason = str(exc)
+            else:
+                try:
+                    compiled.warm_up()
+                    self._compiled = compiled
+                except Exception as exc:  # a compiler failure must leave the torch step serving  # noqa: BLE001
+                    self.compiled_step_reason, noticeable = f"compiling it failed: {exc}", True
         if self.compiled_step_reason:
-            log.info("decode steps run as torch operations: the compiled CPU step is unavailable (%s)",
-                     self.compiled_step_reason)
+            log.log(logging.WARNING if noticeable else logging.INFO,
+                    "decode steps run as torch operations: the compiled CPU step is unavailable (%s)",
+                    self.compiled_step_reason)
 
     @property
     def step_kernel(self) -> str:

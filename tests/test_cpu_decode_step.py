@@ -111,3 +111,52 @@ def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(our_cache.keys, their_cache.keys, rtol=1e-5, atol=1e-5)
     assert not ours[1][0].equal(ours[1][1])  # the rows differ: not vacuous
+
+
+def test_numba_present_but_not_serving_is_a_warning(monkeypatch, caplog):
+    """numba's JIT switched off, or numba failing to load, leaves the torch step serving with a warning (the
+    command line shows warnings); a model the step does not take is only logged at INFO."""
+    import logging
+
+    from geovlm.models import cpu_decode_step
+    from geovlm.models.static_decoder import StaticDecoder
+
+    monkeypatch.setattr(cpu_decode_step.numba.config, "DISABLE_JIT", True)
+    with caplog.at_level(logging.INFO, logger="geovlm"):
+        off = StaticDecoder(_llama())
+        assert off.step_kernel != "numba" and "NUMBA_DISABLE_JIT" in off.compiled_step_reason
+    assert [r.levelno for r in caplog.records if "unavailable" in r.getMessage()] == [logging.WARNING]
+    monkeypatch.undo()
+
+    caplog.clear()
+    monkeypatch.setattr(cpu_decode_step, "numba", None)
+    monkeypatch.setattr(cpu_decode_step, "LOAD_ERROR", "numba failed to load: Number of threads must be > 0")
+    with caplog.at_level(logging.INFO, logger="geovlm"):
+        broken = StaticDecoder(_llama())
+        assert broken.step_kernel != "numba" and broken.compiled_step_reason.startswith("numba failed to load")
+    assert [r.levelno for r in caplog.records if "unavailable" in r.getMessage()] == [logging.WARNING]
+    monkeypatch.undo()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="geovlm"):
+        half = StaticDecoder(_llama().to(torch.bfloat16))
+        assert half.step_kernel != "numba"
+    assert [r.levelno for r in caplog.records if "unavailable" in r.getMessage()] == [logging.INFO]
+
+
+def test_the_first_compile_is_announced_once(tmp_path, monkeypatch, caplog):
+    """Without a marker in numba's cache folder, loading says it compiles (seconds, once); the warm-up leaves the
+    marker and the next load is silent."""
+    import logging
+
+    from geovlm.models.static_decoder import StaticDecoder
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))  # the marker's folder (numba keeps its own setting)
+    with caplog.at_level(logging.WARNING, logger="geovlm"):
+        first = StaticDecoder(_llama())
+        assert first.step_kernel == "numba"
+        second = StaticDecoder(_llama())
+        assert second.step_kernel == "numba"
+    announced = [r.getMessage() for r in caplog.records if "compiling the CPU decode step" in r.getMessage()]
+    assert len(announced) == 1 and str(tmp_path) in announced[0]
+    assert len(list(tmp_path.glob("geovlm-decode-step-*.done"))) == 1
