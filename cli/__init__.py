@@ -62,5 +62,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"geovlm {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"geovlm {args.command}: interrupted", file=sys.stderr)
+        sys.stdout.flush()  # a partial answer's line ends before the message
+        print(f"\ngeovlm {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -66,7 +66,7 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
     if window is not None:
         col, row, w, h = window
         if col + w > width or row + h > height:
-            raise CliError(f"window {window} lies outside the raster ({width}x{height})")
+            raise CliError(f"window {window} reaches outside the raster ({width}x{height})")
         gt, width, height = gt.window(col, row), w, h
     return ImageFrame(width, height, gt, crs)
 

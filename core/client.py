@@ -527,7 +527,8 @@ class EngineClient:
                 delay = min(self.max_backoff, exc.retry_after if exc.retry_after is not None else delay)
                 out_of_time = time.monotonic() + delay > deadline
                 if out_of_time or server_errors > 1 or (self.attempts is not None and attempt >= self.attempts):
-                    spent = f"{attempt} attempts" + (f" in {window:.0f} s" if out_of_time else "")
+                    spent = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+                    spent += f" in {window:.0f} s" if out_of_time else ""
                     raise EngineError(f"gave up after {spent}: {exc}", exc.status) from exc
                 if attempt == 1 and self.on_first_failure is not None:
                     self.on_first_failure(_failure_line(endpoint.url, exc), window)

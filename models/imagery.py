@@ -116,7 +116,7 @@ def read_rgb(
             if window is not None:
                 col, row, w, h = window
                 if col < 0 or row < 0 or w <= 0 or h <= 0 or col + w > ds.width or row + h > ds.height:
-                    raise ImageryError(f"window {window} lies outside the raster ({ds.width}x{ds.height})")
+                    raise ImageryError(f"window {window} reaches outside the raster ({ds.width}x{ds.height})")
                 rio_window = RioWindow(col, row, w, h)
             out_w, out_h = decimated_shape(*((w, h) if window is not None else (ds.width, ds.height)), max_pixels)
             if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:

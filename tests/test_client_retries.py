@@ -414,6 +414,8 @@ def test_retries_run_for_a_window_of_time_not_a_count(serve):
     with pytest.raises(EngineError, match="attempts in 0 s"):
         client.ask(png(), (200, 100), "q", deadline_s=0.2)  # a job's own deadline
     assert len(script.posts) - posts < posts
+    with pytest.raises(EngineError, match=r"gave up after 1 attempt in 0 s"):  # no retry window: one attempt
+        client_for(serve(script), backoff=0.01, retry_window=0.0).ask(png(), (200, 100), "q")
 
 
 def test_an_engine_reported_down_ends_the_retries_at_once(serve):
