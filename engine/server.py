@@ -444,9 +444,10 @@ class _RequestLog:
 def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, graceful_s: float = 15.0,
         max_connections: int = 2048, header_timeout_s: float = 10.0, parent_alive=None) -> None:
     """Serve `app` until SIGINT/SIGTERM, or until `parent_alive()` turns false (checked every second), then
-    finish the requests in flight (up to `graceful_s`). Port 0 takes a free port; once listening, the URL
-    is logged and, with `ready_file`, written there as JSON. At most `max_connections` are open (the file
-    descriptor limit is raised to fit where allowed); request headers must come within `header_timeout_s`."""
+    finish the requests in flight (up to `graceful_s`). Port 0 takes a free port; once listening, the URL is
+    logged and, with `ready_file`, written there as JSON (removed when the server stops). At most
+    `max_connections` are open (the file descriptor limit is raised to fit where allowed); request headers must
+    come within `header_timeout_s`."""
     import uvicorn
 
     max_connections = _fit_descriptors(max_connections)
@@ -477,7 +478,12 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, gracefu
                     self.should_exit = True
                 await asyncio.sleep(1.0)
 
-    Server(config).run(sockets=[sock])
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        if ready_file:  # a stopped engine leaves no file saying it listens
+            with contextlib.suppress(OSError):
+                os.remove(ready_file)
 
 
 def _fit_descriptors(connections: int, spare: int = 128) -> int:

@@ -142,6 +142,7 @@ def test_the_server_stops_when_the_process_that_started_it_is_gone(tmp_path):
         parent.kill()
         parent.wait(10)
         assert server.wait(10) == 0  # a graceful stop within the one-second check and shutdown
+        assert not ready.exists()  # a stopped engine leaves no ready file behind (with a dead pid in it)
     finally:
         for proc in (parent, server):
             proc.kill()
