@@ -22,6 +22,7 @@ cache is a view (after a row finished), the torch step serves (`unavailable_reas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -161,12 +162,23 @@ if numba is not None:
         _products(head, normed, logits)
 
 
+def numba_problem() -> Optional[str]:
+    """Why an installed numba cannot serve the step: it failed to load, or its JIT is switched off (None when it
+    can, and when numba is not installed)."""
+    if LOAD_ERROR:
+        return LOAD_ERROR
+    if numba is not None and numba.config.DISABLE_JIT:
+        return "NUMBA_DISABLE_JIT is set: the step would run as Python, hundreds of times slower"
+    return None
+
+
 def unavailable_reason(decoder) -> Optional[str]:
     """Why `decoder` (a StaticDecoder) cannot take the compiled step (None when it can)."""
+    problem = numba_problem()
+    if problem:
+        return problem
     if numba is None:
-        return LOAD_ERROR or "numba is not installed"
-    if numba.config.DISABLE_JIT:
-        return "NUMBA_DISABLE_JIT is set: the step would run as Python, hundreds of times slower"
+        return "numba is not installed"
     weight = decoder.lm_head.weight
     import torch
 
@@ -182,7 +194,7 @@ def unavailable_reason(decoder) -> Optional[str]:
 class CpuDecodeStep:
     """The compiled step over a StaticDecoder's (stacked) weights, which it reads in place (numpy views of the
     torch tensors: no copy). Call `unavailable_reason` first; `layers` are the decoder's `_Weights`. Raises
-    ValueError where a layer has biases."""
+    ValueError where a layer has biases or a weight is not contiguous."""
 
     def __init__(self, decoder, layers):
         from numba.typed import List
@@ -243,11 +255,9 @@ class CpuDecodeStep:
         ones = np.ones((1, d.head_dim), np.float32)
         self(np.zeros((1, self.final_norm.shape[0]), np.float32), ones, ones * 0, scratch, 1)
         marker = compile_marker()
-        try:
+        with contextlib.suppress(OSError):  # a read-only cache: numba compiles at each start, announced each time
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
-        except OSError:  # a read-only cache: numba compiles at each start, and it is announced each time
-            pass
 
 
 def compile_marker() -> Path:

@@ -112,7 +112,7 @@ class StaticDecoder:
             return
         # numba installed but not serving (it failed to load or compile, or its JIT is off) is worth a warning;
         # no numba, a GPU or bf16 model, or an architecture it does not take is the expected torch step
-        noticeable = cpu_decode_step.LOAD_ERROR is not None or "NUMBA_DISABLE_JIT" in (self.compiled_step_reason or "")
+        noticeable = cpu_decode_step.numba_problem() is not None
         if self.compiled_step_reason is None:
             try:
                 compiled = cpu_decode_step.CpuDecodeStep(self, self._weights)
@@ -237,10 +237,8 @@ class StaticDecoder:
         batch = tokens.shape[0]
         pos = cache.positions
         hidden = self.embed(tokens).unsqueeze(1)  # [batch, 1, hidden]
-        layers = self.weights
-        if self.compiled_step_reason is None:
-            self._stacking.join()  # a prefill needs only the weights; a step waits for the compiled step
-        if self._compiled is not None and not full_span and self._compiled.accepts(cache):
+        layers = self.weights  # a prefill needs only the weights; a step also waits for the compiled step
+        if self.step_kernel == "numba" and not full_span and self._compiled.accepts(cache):
             cos, sin = self.rotary(hidden, pos.unsqueeze(1))
             logits = self._compiled(hidden.detach()[:, 0].numpy(), cos.detach()[:, 0].numpy(),
                                     sin.detach()[:, 0].numpy(), cache, torch.get_num_threads())
