@@ -170,18 +170,26 @@ def lm_bytes_per_token(model) -> tuple:
     return weights, kv
 
 
-def numba_sum():
-    """`numba`'s parallel sum of a float32 array (the compiler of GeoVLM's CPU step), compiled; None without it."""
+def buffer_sums(nbytes: int) -> dict:
+    """{"torch": fn, "numba": fn}: each sums one float32 buffer of `nbytes` (the same buffer), the read rate's
+    measure; numba's (the compiler of GeoVLM's CPU step) where it is installed, compiled before it is returned."""
+    import torch
+
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    sums = {"torch": buffer.sum}
     try:
         from numba import njit
     except ImportError:
-        return None
+        return sums
 
     @njit(fastmath=True, parallel=True)
-    def total(buffer):
-        return buffer.sum()
+    def total(values):
+        return values.sum()
 
-    return total
+    array = buffer.numpy()
+    total(array)
+    sums["numba"] = lambda: total(array)
+    return sums
 
 
 def bandwidth_runs(model, decoder):
@@ -196,7 +204,6 @@ def bandwidth_runs(model, decoder):
     weights = [m.weight for m in model.model.language_model.modules() if isinstance(m, torch.nn.Linear)]
     weights.append(model.lm_head.weight)
     total = sum(w.numel() * w.element_size() for w in weights)
-    buffer = torch.ones(total // 4, dtype=torch.float32)
     vectors = [torch.ones(w.shape[1]) for w in weights]
     ours = [m for w in decoder.weights for m in (w.qkv, w.o, w.gate_up, w.down)] + [decoder.lm_head.weight]
     our_vectors = [torch.ones(1, w.shape[1]) for w in ours]
@@ -217,12 +224,8 @@ def bandwidth_runs(model, decoder):
         for w, v in zip(ours, our_vectors):
             decoder.linear(v, w)
 
-    runs = {"sum over a weight-sized buffer (torch, this process)": timed(buffer.sum)}
-    summed = numba_sum()
-    if summed is not None:
-        array = buffer.numpy()
-        summed(array)  # compiled before it is timed
-        runs["sum over a weight-sized buffer (numba, this process)"] = timed(lambda: summed(array))
+    runs = {f"sum over a weight-sized buffer ({name}, this process)": timed(fn)
+            for name, fn in buffer_sums(total).items()}
     runs["bare matrix-vector pass over the weights (torch.mv)"] = timed(weight_pass)
     runs[f"bare pass of GeoVLM's products ({decoder.kernel} kernel, stacked matrices)"] = timed(kernel_pass)
     if decoder.step_kernel == "numba":
@@ -336,14 +339,7 @@ def save_ask(pipe, model_dir: Path) -> None:
 def read_rate_child(nbytes: int, rounds: int) -> None:
     """In a fresh process: GB/s of `torch.sum` (and numba's sum, where installed) over an `nbytes` buffer,
     alternated, medians of `rounds`; print JSON {name: GB/s}."""
-    import torch
-
-    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
-    sums = {"torch": buffer.sum}
-    summed = numba_sum()
-    if summed is not None:
-        array = buffer.numpy()
-        sums["numba"] = lambda: summed(array)
+    sums = buffer_sums(nbytes)
     rates = {name: [] for name in sums}
     for r in range(rounds + 1):
         for name, fn in sums.items() if r % 2 == 0 else reversed(sums.items()):
@@ -375,14 +371,7 @@ def read_rate_run(nbytes: int, rounds: int, threads: int):
     runs in the same alternation as the batch-1 decode runs: this virtual machine's read rate changes from
     minute to minute (24-57 GB/s in one hour), so a bound measured at another time than the decoding is not its
     bound."""
-    import torch
-
-    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
-    sums = [buffer.sum]
-    summed = numba_sum()
-    if summed is not None:
-        array = buffer.numpy()
-        sums.append(lambda: summed(array))
+    sums = list(buffer_sums(nbytes).values())
 
     def run():
         rates = []
