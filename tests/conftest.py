@@ -75,6 +75,17 @@ def geovlm_settings(qgis_app):
 
 
 @pytest.fixture
+def plugin(qgis_iface, processing, geovlm_settings):
+    """GeoVLM loaded as QGIS loads it (`classFactory`), its Processing provider registered; unloaded after."""
+    import geovlm
+
+    instance = geovlm.classFactory(qgis_iface)
+    instance.initProcessing()
+    yield instance
+    instance.unload()
+
+
+@pytest.fixture
 def engines(tmp_path):
     """`engines(name="a", family=..., delay=..., stand_in=...)` starts a `bulk_support.ScriptedEngine` (its own
     process); all of them are killed after the test."""

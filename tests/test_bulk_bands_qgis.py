@@ -12,18 +12,8 @@ import numpy as np
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsVectorLayer
 
-import geovlm
-
 sys.path.insert(0, str(Path(__file__).parent))
 from bulk_support import ledger_rows, run_cli  # noqa: E402
-
-
-@pytest.fixture
-def plugin(qgis_iface, processing, geovlm_settings):
-    instance = geovlm.classFactory(qgis_iface)
-    instance.initProcessing()
-    yield instance
-    instance.unload()
 
 
 def constant_raster(path, values, dtype="uint8", size=256, nodata=None):

@@ -30,14 +30,6 @@ from bulk_support import inverted_copy, ledger_rows, run_cli  # noqa: E402
 from qt_support import RecordingFeedback  # noqa: E402
 
 
-@pytest.fixture
-def plugin(qgis_iface, processing, geovlm_settings):
-    instance = geovlm.classFactory(qgis_iface)
-    instance.initProcessing()
-    yield instance
-    instance.unload()
-
-
 def footprints(path):
     """{tile_id: (status, bounding box)} of a ledger's tiles layer read by QGIS."""
     layer = QgsVectorLayer(f"{path}|layername=tiles", "tiles", "ogr")

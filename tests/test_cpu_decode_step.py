@@ -17,14 +17,29 @@ def _llama(**overrides):
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()
 
 
-def _decode(decoder, prompt, tokens):
-    """Logits of the prefill and of a step after each of `tokens`, and the cache, for one row."""
-    cache = decoder.new_cache(1, 32)
+def _torch_step():
+    """A decoder of the same model (the same seed) whose steps run as torch operations."""
+    from geovlm.models.static_decoder import StaticDecoder
+
+    plain = StaticDecoder(_llama())
+    plain._stacking.join()
+    plain._compiled = None
+    assert plain.step_kernel != "numba"
+    return plain
+
+
+def _decode(decoder, prompts, tokens, retire_after=None):
+    """Logits of a (ragged) batch's prefill and of each step (`tokens`: one list per step), and the cache; after
+    `retire_after` steps the last row is retired from the cache (as the decoding loop does with a finished row)."""
+    cache = decoder.new_cache(len(prompts), 32)
+    out = []
     with torch.inference_mode():
-        logits = [decoder.prefill([prompt], cache)]
-        for token in tokens:
-            logits.append(decoder.step(torch.tensor([token]), cache))
-    return torch.cat(logits), cache
+        out.append(decoder.prefill(prompts, cache))
+        for n, step_tokens in enumerate(tokens):
+            if n == retire_after:
+                cache = decoder.keep_rows(cache, list(range(len(prompts) - 1)))
+            out.append(decoder.step(torch.tensor(step_tokens[: len(cache.lengths)]), cache))
+    return out, cache
 
 
 def test_the_compiled_step_serves_batch_1_and_equals_the_torch_step():
@@ -32,16 +47,14 @@ def test_the_compiled_step_serves_batch_1_and_equals_the_torch_step():
 
     compiled = StaticDecoder(_llama())
     assert compiled.step_kernel == "numba", compiled.compiled_step_reason
-    plain = StaticDecoder(_llama())
-    plain._stacking.join()
-    plain._compiled = None  # the torch step, over the same numbers (the same seed)
-    assert plain.step_kernel != "numba"
+    plain = _torch_step()
 
     torch.manual_seed(1)
     prompt = torch.randn(9, 64)
     tokens = [5, 17, 99, 3, 64, 64, 0]
-    ours, our_cache = _decode(compiled, prompt, tokens)
-    theirs, their_cache = _decode(plain, prompt, tokens)
+    ours, our_cache = _decode(compiled, [prompt], [[t] for t in tokens])
+    theirs, their_cache = _decode(plain, [prompt], [[t] for t in tokens])
+    ours, theirs = torch.cat(ours), torch.cat(theirs)
     assert our_cache.lengths == their_cache.lengths == [9 + len(tokens)]
     assert int(our_cache.positions[0]) == 9 + len(tokens)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -65,46 +78,30 @@ def test_the_torch_step_serves_where_the_compiled_one_cannot(monkeypatch):
     monkeypatch.setattr(cpu_decode_step, "numba", None)
     without = StaticDecoder(_llama())
     assert without.step_kernel != "numba" and without.compiled_step_reason == "numba is not installed"
-    logits, cache = _decode(without, torch.randn(4, 64), [1, 2])
-    assert logits.shape == (3, 120) and cache.lengths == [6]
+    logits, cache = _decode(without, [torch.randn(4, 64)], [[1], [2]])
+    assert torch.cat(logits).shape == (3, 120) and cache.lengths == [6]
 
 
-def _decode_batch(decoder, prompts, tokens, retire_after=None):
-    """Logits of a ragged batch's prefill and steps (`tokens`: one list per step); after `retire_after` steps
-    the last row is retired from the cache (as the decoding loop does with a finished row)."""
-    cache = decoder.new_cache(len(prompts), 32)
-    out = []
-    with torch.inference_mode():
-        out.append(decoder.prefill(prompts, cache))
-        for n, step_tokens in enumerate(tokens):
-            if n == retire_after:
-                cache = decoder.keep_rows(cache, list(range(len(prompts) - 1)))
-            out.append(decoder.step(torch.tensor(step_tokens[: len(cache.lengths)]), cache))
-    return out, cache
-
-
-def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired():
+def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired(monkeypatch):
+    from geovlm.models import cpu_decode_step
     from geovlm.models.static_decoder import StaticDecoder
 
     compiled = StaticDecoder(_llama())
     assert compiled.step_kernel == "numba"
-    plain = StaticDecoder(_llama())
-    plain._stacking.join()
-    plain._compiled = None
+    plain = _torch_step()
     calls = []
-    step = compiled._compiled
+    kernel = cpu_decode_step._decode
 
     def counted(hidden, *args):
         calls.append(hidden.shape[0])
-        return step(hidden, *args)
+        return kernel(hidden, *args)
 
-    compiled._compiled = counted
-    compiled._compiled.accepts = step.accepts
+    monkeypatch.setattr(cpu_decode_step, "_decode", counted)
     torch.manual_seed(2)
     prompts = [torch.randn(n, 64) for n in (5, 11, 2)]  # three lengths: each row attends over its own span
     tokens = [[7, 8, 9], [1, 2, 3], [4, 5, 6], [10, 11, 12], [13, 14, 15]]
-    ours, our_cache = _decode_batch(compiled, prompts, tokens, retire_after=3)
-    theirs, their_cache = _decode_batch(plain, prompts, tokens, retire_after=3)
+    ours, our_cache = _decode(compiled, prompts, tokens, retire_after=3)
+    theirs, their_cache = _decode(plain, prompts, tokens, retire_after=3)
     assert calls == [3, 3, 3]  # the full batch's steps ran compiled; with a row retired, the torch step
     assert our_cache.lengths == their_cache.lengths == [5 + 5, 11 + 5]
     for a, b in zip(ours, theirs):
