@@ -429,6 +429,7 @@ def main() -> None:
     from transformers import LlavaForConditionalGeneration
 
     from geovlm.models.checkpoints import from_local_folder
+    from geovlm.models.cpu_decode_step import threading_layer
     from geovlm.models.imagery import read_rgb
     from geovlm.models.pipeline import VlmPipeline
 
@@ -448,7 +449,8 @@ def main() -> None:
         print(f"\n{what} (vocab 400), fp32; prompt {prompt_len} "
               f"tokens with the image (row i of a batch: 3*i words fewer), {args.tokens} greedy new tokens; medians "
               f"of {args.rounds} alternated rounds. GeoVLM's batch-1 decode step: "
-              f"{pipe.lm.decoder.step_kernel} (models/cpu_decode_step.py when numba).\n")
+              f"{pipe.lm.decoder.step_kernel} (models/cpu_decode_step.py when numba; its threads: "
+              f"{threading_layer()}).\n")
         print("| measure | GeoVLM | transformers `generate` | GeoVLM ahead by |\n|---|---|---|---|", flush=True)
         weights_b, kv_b = lm_bytes_per_token(hf_model)
         kv_mean = kv_b * (prompt_len + args.tokens / 2)

@@ -1,14 +1,16 @@
-"""Decoding when the engine shares its cores: OpenMP wait policies, quiet and beside busy processes.
+"""Decoding when the engine shares its cores: threading layers and wait policies, quiet and beside busy processes.
 
 An engine rarely has the machine to itself: QGIS renders beside it, a second engine or a bulk run shares the cores.
 torch's CPU kernels run on OpenMP; at the end of each parallel region a thread that is done waits for the others.
 libgomp's default wait spins (GOMP_SPINCOUNT, libgomp manual "GOMP_SPINCOUNT"): a spinning thread holds a core the
 thread it waits for may need, and when another process has taken a core, every product of a decode step waits for
 the scheduler. `OMP_WAIT_POLICY=PASSIVE` (OpenMP 5.2 specification, "OMP_WAIT_POLICY") makes waiting threads
-sleep instead.
+sleep instead, at the cost of a wake-up for each region. The compiled decode step (models/cpu_decode_step.py)
+runs its ~60 regions a step on numba's TBB layer where the `tbb` wheel is installed: TBB's workers spin briefly,
+then sleep. The rows compare that with the step on numba's OpenMP layer (NUMBA_THREADING_LAYER=omp).
 
 Each cell is the decode rate of GeoVLM's pipeline (the `bench_engine.py` model: ViT-B/16 + 768x12 Llama, fp32,
-one 256 px tile, 64 greedy tokens) in a fresh process started with that policy (OpenMP reads it once, at load),
+one 256 px tile, 64 greedy tokens) in a fresh process started with those settings (read once, at load),
 while 0, 1 or 2 other processes spin on the CPU; policies alternate (A B C, C B A, ...), medians of the rounds.
 
     python bench/bench_threads.py [--rounds 3] [--tokens 64] [--smoke]
@@ -31,10 +33,12 @@ from bench_engine import QUESTION, RASTER, build_model, load_text, med  # noqa: 
 from geovlm.engine.cpu_threads import WAIT_VARIABLES  # noqa: E402
 
 POLICIES = {
-    "libgomp's default (GOMP_SPINCOUNT=300000: spin, then sleep)": {"GOMP_SPINCOUNT": "300000"},
-    "OMP_WAIT_POLICY=PASSIVE (GeoVLM's engine default)": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "GOMP_SPINCOUNT=10000 (a short spin, then sleep)": {"GOMP_SPINCOUNT": "10000"},
-    "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "GeoVLM's default: steps on TBB, torch OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "steps on OpenMP, OMP_WAIT_POLICY=PASSIVE (the default before TBB)": {
+        "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_THREADING_LAYER": "omp"},
+    "steps on OpenMP, libgomp's default (GOMP_SPINCOUNT=300000: spin, then sleep)": {
+        "GOMP_SPINCOUNT": "300000", "NUMBA_THREADING_LAYER": "omp"},
+    "steps on TBB, torch spinning (GOMP_SPINCOUNT=300000)": {"GOMP_SPINCOUNT": "300000"},
 }
 BUSY = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end:\n    pass\n"
 
@@ -63,7 +67,7 @@ def child(model_dir: str, tokens: int) -> None:
 
 
 def decode_rate(model_dir: Path, tokens: int, policy: dict) -> float:
-    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES and k != "NUMBA_THREADING_LAYER"}
     env.update(policy)
     out = subprocess.run(  # nosec B603  # this interpreter and this file, no shell
         [sys.executable, __file__, "--child", str(model_dir), "--tokens", str(tokens)],
@@ -103,7 +107,7 @@ def main() -> None:
                     hog.kill()
                     hog.wait()
     header = " | ".join(f"{n} busy process{'es' if n != 1 else ''}" for n in busy_counts)
-    print(f"| OpenMP wait policy | {header} |\n|---|{'---|' * len(busy_counts)}")
+    print(f"| decode step threads, OpenMP wait | {header} |\n|---|{'---|' * len(busy_counts)}")
     for name in names:
         cells = " | ".join(f"{med(table[(name, n)]):.1f} tok/s" for n in busy_counts)
         print(f"| {name} | {cells} |")

@@ -252,6 +252,7 @@ def cmd_serve(args) -> int:
     from ..engine.lifeline import watch_parent
     from ..engine.server import Settings, create_app, run
     from ..models.checkpoints import CheckpointError
+    from ..models.cpu_decode_step import threading_layer
     from ..models.encoder_runtime import EncoderError
     from ..models.pipeline import VlmPipeline
     from .engine_cmds import check_device_arg, ready_demo_model
@@ -282,7 +283,9 @@ def cmd_serve(args) -> int:
     except (OSError, ValueError, CheckpointError, EncoderError) as exc:
         raise CliError(str(exc)) from exc
     if pipeline.lm.decoder is not None:  # ready only once the compiled CPU step is (the first requests would wait)
-        logging.getLogger("geovlm.engine").info("decode steps: %s", pipeline.lm.decoder.step_kernel)
+        kernel = pipeline.lm.decoder.step_kernel
+        threads = f" ({threading_layer()} threads)" if kernel == "numba" else ""
+        logging.getLogger("geovlm.engine").info("decode steps: %s%s", kernel, threads)
     settings = Settings(
         api_key=key,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -7,11 +7,12 @@ sum of the same bytes reads (`bench/bench_kernels.py`). Here the step is one com
 per layer RMSNorm, the stacked q/k/v product, rotary embedding, the key/value write into the static cache,
 attention, the output product, RMSNorm, the stacked gate/up product, SiLU and the down product; the products
 (each weight row read once for every row of the batch) and the attention are split over the cores (`prange`,
-numba's OpenMP threading layer where present), the rest runs on one core between them. Rows of a batch keep
-their own positions (a ragged batch). The arithmetic is transformers' Llama (models/llama/modeling_llama.py:
-LlamaRMSNorm in fp32, `apply_rotary_pos_emb`, softmax attention scaled by head_dim^-0.5, `down(silu(gate) *
-up)`), with sums in a different order (vectorised, fastmath): logits agree with the torch step's to 1e-5 and
-greedy tokens equal `generate`'s (tests/test_cpu_decode_step.py, tests/test_models_generation.py).
+numba's threading layer: TBB where the `tbb` wheel is installed, `load_tbb`, else OpenMP), the rest runs on one
+core between them. Rows of a batch keep their own positions (a ragged batch). The arithmetic is transformers'
+Llama (models/llama/modeling_llama.py: LlamaRMSNorm in fp32, `apply_rotary_pos_emb`, softmax attention scaled by
+head_dim^-0.5, `down(silu(gate) * up)`), with sums in a different order (vectorised, fastmath): logits agree
+with the torch step's to 1e-5 and greedy tokens equal `generate`'s (tests/test_cpu_decode_step.py,
+tests/test_models_generation.py).
 
 The kernels are compiled on first use and cached on disk by numba (`cache=True`) in GeoVLM's cache folder
 (`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins), so a read-only install
@@ -33,6 +34,45 @@ from .file_hashes import cache_dir
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))  # read when numba loads, just below
+# The TBB runtime's file as the `tbb` wheel installs it, per platform (the names numba's TBB layer asks for:
+# numba/np/ufunc/parallel.py, _check_tbb_version_compatible).
+TBB_LIBRARIES = {"linux": "libtbb.so.12", "win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}
+
+
+def load_tbb() -> Optional[str]:
+    """Load the TBB runtime of the `tbb` wheel, so that numba's TBB threading layer (first in its default
+    priority, NUMBA_THREADING_LAYER_PRIORITY) finds it: the wheel puts the library in the environment's `lib`
+    folder, which the dynamic loader does not search (conda's environments put it on the path). Once loaded by
+    path, the loader resolves numba's request for it by name to this copy. Returns the path loaded, or None
+    (no wheel, another platform, or the library refuses to load: numba then takes OpenMP).
+
+    Why TBB: a decode step is ~60 parallel regions. libgomp's passive wait (the engine's default, so that an
+    engine beside QGIS does not spin on its cores: engine/cpu_threads.py) wakes a sleeping thread for each region;
+    TBB's workers spin briefly and then sleep, which keeps both cases. Measured with bench/bench_threads.py
+    (decode tokens/s with 0 / 1 / 2 busy processes, 2 cores): TBB 74.2 / 55.6 / 37.2, OpenMP passive
+    67.9 / 53.9 / 33.0, OpenMP spinning 75.0 / 30.9 / 15.1."""
+    import ctypes
+    import importlib.metadata
+    import sys
+
+    name = TBB_LIBRARIES.get(sys.platform)
+    try:
+        files = importlib.metadata.distribution("tbb").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if name and file.name == name:
+            path = str(file.locate())
+            try:
+                ctypes.CDLL(path)
+            except OSError as exc:
+                log.info("the TBB runtime at %s did not load (%s): numba's steps run on OpenMP", path, exc)
+                return None
+            return path
+    return None
+
+
+TBB_PATH = load_tbb()
 LOAD_ERROR: Optional[str] = None  # why an installed numba did not load
 try:
     import numba
@@ -89,34 +129,38 @@ if numba is not None:
         """Softmax attention of each row's query over its first positions[b] + 1 cached positions, (row, head)
         pairs split over the cores. q `[batch, ≥ heads·head_dim]` (the queries first); keys, values `[batch,
         kv_heads, capacity, head_dim]` (a kv head serves heads // kv_heads query heads, grouped-query
-        attention); out `[batch, heads·head_dim]`."""
+        attention); out `[batch, heads·head_dim]`. The weighted sum of values is kept in a local array and
+        divided by the softmax's total once: written into `out` position by position it ran 2.8x slower (the
+        compiler cannot keep `out`, which may alias `values`, in registers)."""
         group = heads // keys.shape[1]
         for task in prange(q.shape[0] * heads):
             b = task // heads
             h = task % heads
             kv = h // group
             length = positions[b] + 1
-            base = h * head_dim
+            query = q[b, h * head_dim:(h + 1) * head_dim]
             scores = np.empty(length, np.float32)
-            top = np.float32(-np.inf)
             for t in range(length):
+                key = keys[b, kv, t]
                 acc = np.float32(0.0)
                 for d in range(head_dim):
-                    acc += q[b, base + d] * keys[b, kv, t, d]
-                acc *= scale
-                scores[t] = acc
-                top = max(top, acc)
+                    acc += query[d] * key[d]
+                scores[t] = acc * scale
+            top = scores.max()
             total = np.float32(0.0)
             for t in range(length):
                 e = np.exp(scores[t] - top)
                 scores[t] = e
                 total += e
-            for d in range(head_dim):
-                out[b, base + d] = 0.0
+            weighted = np.zeros(head_dim, np.float32)
             for t in range(length):
-                p = scores[t] / total
+                p = scores[t]
+                value = values[b, kv, t]
                 for d in range(head_dim):
-                    out[b, base + d] += p * values[b, kv, t, d]
+                    weighted[d] += p * value[d]
+            inv = np.float32(1.0) / total
+            for d in range(head_dim):
+                out[b, h * head_dim + d] = weighted[d] * inv
 
     @njit(fastmath=True, cache=True)
     def _decode(hidden, norm1, eps1, qkv, o, norm2, eps2, gate_up, down, keys, values, positions, cos, sin,
@@ -160,6 +204,17 @@ if numba is not None:
             hidden += residual
         _rms_norm(hidden, final_norm, final_eps, normed)
         _products(head, normed, logits)
+
+
+def threading_layer() -> Optional[str]:
+    """The threading layer numba's parallel kernels run on ("tbb", "omp" or "workqueue"), once one ran; None
+    before, and without numba."""
+    if numba is None:
+        return None
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
 
 
 def numba_problem() -> Optional[str]:
@@ -219,7 +274,12 @@ class CpuDecodeStep:
         self.final_norm = view(decoder.norm.weight)
         self.final_eps = np.float32(decoder.norm.variance_epsilon)
         self.head = view(decoder.lm_head.weight)
-        self._lock = threading.Lock()  # one step at a time: numba's workqueue layer must not be entered twice
+        self._lock = threading.Lock()  # one step at a time: numba's workqueue layer (its last resort, where neither
+        # TBB nor OpenMP loads) must not be entered twice
+        self.embedding = view(decoder.embed.weight)
+        rope_type = getattr(decoder.rotary, "rope_type", "default")
+        self._rope_changes = "dynamic" in rope_type or rope_type == "longrope"
+        self._cos = self._sin = np.empty((0, decoder.head_dim), np.float32)
 
     @staticmethod
     def accepts(cache) -> bool:
@@ -227,19 +287,41 @@ class CpuDecodeStep:
         a row is retired (`StaticDecoder.keep_rows` leaves a view of its first rows)."""
         return cache.keys.is_contiguous() and cache.values.is_contiguous()
 
-    def __call__(self, hidden, cos, sin, cache, threads: int):
-        """Logits `[batch, vocab]` (numpy float32, a new array) after the tokens whose embeddings are `hidden`
-        (`[batch, hidden]` float32 numpy, changed in place), row b at position `cache.lengths[b]`; `cos`, `sin`
-        `[batch, head_dim]` are those positions' rotary embedding (transformers' rotary module, unfolded).
-        Writes each row's key and value there."""
+    def rotary_at(self, positions):
+        """cos, sin `[batch, head_dim]` (numpy float32) of the decoder's rotary embedding at `positions` (`[batch]`
+        int64 numpy): rows of a table of the first positions, computed by transformers' rotary module and grown by
+        doubling (the same values bit for bit: each is the product of one frequency and one position). Where the
+        scaling changes with the length (transformers' "dynamic" and "longrope", modeling_rope_utils
+        .dynamic_rope_update), computed by the module at each step."""
+        import torch
+
+        rotary = self.decoder.rotary
+        if self._rope_changes:
+            cos, sin = rotary(torch.zeros(1), torch.from_numpy(positions).unsqueeze(1))
+            return cos[:, 0].numpy(), sin[:, 0].numpy()
+        top = int(positions.max()) + 1
+        if top > len(self._cos):
+            cos, sin = rotary(torch.zeros(1), torch.arange(max(top, 2 * len(self._cos), 256)).unsqueeze(0))
+            self._cos, self._sin = cos[0].numpy(), sin[0].numpy()
+        return self._cos[positions], self._sin[positions]
+
+    def step(self, tokens, cache, threads: int):
+        """Logits `[batch, vocab]` (numpy float32, a new array) after `tokens` (`[batch]` long tensor), row b at
+        position `cache.lengths[b]`: writes each row's key and value there and advances `cache.lengths` and
+        `cache.positions`. Numpy and the compiled kernels only, no torch operation: between two steps that read
+        every weight, the few Python operations of a step run on cold caches (~0.35 ms as torch operations)."""
         d = self.decoder
+        hidden = self.embedding[tokens.numpy()]  # a copy, which the step changes in place
+        positions = cache.positions.numpy()  # shares the tensor's memory
+        cos, sin = self.rotary_at(positions)
         logits = np.empty((hidden.shape[0], self.head.shape[0]), np.float32)
-        positions = np.asarray(cache.lengths, np.int64)
         with self._lock:
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
             _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
                     self.down, cache.keys.numpy(), cache.values.numpy(), positions, cos, sin, d.heads,
                     d.kv_heads, d.head_dim, self.final_norm, self.final_eps, self.head, logits)
+        positions += 1
+        cache.lengths[:] = [n + 1 for n in cache.lengths]
         return logits
 
     def warm_up(self) -> None:
@@ -252,8 +334,7 @@ class CpuDecodeStep:
         d = self.decoder
         shape = (len(self.qkv), 1, d.kv_heads, 1, d.head_dim)
         scratch = KVCache(torch.zeros(shape), torch.zeros(shape), [0], torch.zeros(1, dtype=torch.long))
-        ones = np.ones((1, d.head_dim), np.float32)
-        self(np.zeros((1, self.final_norm.shape[0]), np.float32), ones, ones * 0, scratch, 1)
+        self.step(torch.zeros(1, dtype=torch.long), scratch, 1)
         marker = compile_marker()
         with contextlib.suppress(OSError):  # a read-only cache: numba compiles at each start, announced each time
             marker.parent.mkdir(parents=True, exist_ok=True)

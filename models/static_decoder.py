@@ -234,17 +234,13 @@ class StaticDecoder:
         import torch
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
+        # a prefill needs only the weights; a step waits for the compiled step too
+        if self.step_kernel == "numba" and not full_span and self._compiled.accepts(cache):
+            return torch.from_numpy(self._compiled.step(tokens, cache, torch.get_num_threads()))
         batch = tokens.shape[0]
         pos = cache.positions
         hidden = self.embed(tokens).unsqueeze(1)  # [batch, 1, hidden]
-        layers = self.weights  # a prefill needs only the weights; a step also waits for the compiled step
-        if self.step_kernel == "numba" and not full_span and self._compiled.accepts(cache):
-            cos, sin = self.rotary(hidden, pos.unsqueeze(1))
-            logits = self._compiled(hidden.detach()[:, 0].numpy(), cos.detach()[:, 0].numpy(),
-                                    sin.detach()[:, 0].numpy(), cache, torch.get_num_threads())
-            pos += 1
-            cache.lengths[:] = [n + 1 for n in cache.lengths]
-            return torch.from_numpy(logits)
+        layers = self.weights
         cos, sin = _rotary(self.rotary, hidden, pos.unsqueeze(1))
         # Rows of one length (batch 1 always) attend over the same span unmasked and are written as one slice.
         same = cache.lengths[0] if not full_span and len(set(cache.lengths)) == 1 else None

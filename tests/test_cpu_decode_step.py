@@ -17,21 +17,21 @@ def _llama(**overrides):
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()
 
 
-def _torch_step():
+def _torch_step(**overrides):
     """A decoder of the same model (the same seed) whose steps run as torch operations."""
     from geovlm.models.static_decoder import StaticDecoder
 
-    plain = StaticDecoder(_llama())
+    plain = StaticDecoder(_llama(**overrides))
     plain._stacking.join()
     plain._compiled = None
     assert plain.step_kernel != "numba"
     return plain
 
 
-def _decode(decoder, prompts, tokens, retire_after=None):
+def _decode(decoder, prompts, tokens, retire_after=None, capacity=32):
     """Logits of a (ragged) batch's prefill and of each step (`tokens`: one list per step), and the cache; after
     `retire_after` steps the last row is retired from the cache (as the decoding loop does with a finished row)."""
-    cache = decoder.new_cache(len(prompts), 32)
+    cache = decoder.new_cache(len(prompts), capacity)
     out = []
     with torch.inference_mode():
         out.append(decoder.prefill(prompts, cache))
@@ -110,6 +110,26 @@ def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired(monkeypat
     assert not ours[1][0].equal(ours[1][1])  # the rows differ: not vacuous
 
 
+@pytest.mark.parametrize("rope", [None, {"rope_type": "dynamic", "factor": 2.0}])
+def test_rotary_embedding_past_the_first_table_and_with_a_scaling_that_changes_with_length(rope):
+    """The step's rotary table (256 positions at first) grows past a 300-token prompt; transformers' dynamic
+    scaling changes the frequencies past max_position_embeddings (64 here), so it is computed at each step."""
+    from geovlm.models.static_decoder import StaticDecoder
+
+    settings = dict(rope_scaling=rope) if rope else {}
+    compiled = StaticDecoder(_llama(**settings))
+    assert compiled.step_kernel == "numba", compiled.compiled_step_reason
+    assert compiled._compiled._rope_changes == (rope is not None)
+    torch.manual_seed(2)
+    prompt = torch.randn(300, 64)
+    tokens = [[t] for t in (7, 8, 9, 10)]
+    ours, _ = _decode(compiled, [prompt], tokens, capacity=310)
+    theirs, _ = _decode(_torch_step(**settings), [prompt], tokens, capacity=310)
+    torch.testing.assert_close(torch.cat(ours), torch.cat(theirs), rtol=1e-5, atol=1e-5)
+    if rope is None:
+        assert len(compiled._compiled._cos) == 512
+
+
 def test_numba_present_but_not_serving_is_a_warning(monkeypatch, caplog):
     """numba's JIT switched off, or numba failing to load, leaves the torch step serving with a warning (the
     command line shows warnings); a model the step does not take is only logged at INFO."""
@@ -157,3 +177,59 @@ def test_the_first_compile_is_announced_once(tmp_path, monkeypatch, caplog):
     announced = [r.getMessage() for r in caplog.records if "compiling the CPU decode step" in r.getMessage()]
     assert len(announced) == 1 and str(tmp_path) in announced[0]
     assert len(list(tmp_path.glob("geovlm-decode-step-*.done"))) == 1
+
+
+def test_the_step_runs_on_tbb_where_the_tbb_wheel_is_installed():
+    """numba takes TBB first when it can load it (load_tbb makes the wheel's library loadable); without the wheel
+    (or with NUMBA_THREADING_LAYER set) it is OpenMP or numba's own workqueue."""
+    import importlib.metadata
+    import os
+
+    from geovlm.models import cpu_decode_step
+    from geovlm.models.static_decoder import StaticDecoder
+
+    assert StaticDecoder(_llama()).step_kernel == "numba"  # the warm-up ran a parallel kernel
+    try:
+        importlib.metadata.distribution("tbb")
+        wheel = True
+    except importlib.metadata.PackageNotFoundError:
+        wheel = False
+    if wheel and "NUMBA_THREADING_LAYER" not in os.environ:
+        assert cpu_decode_step.TBB_PATH is not None
+        assert cpu_decode_step.threading_layer() == "tbb"
+    else:
+        assert cpu_decode_step.threading_layer() in {"tbb", "omp", "workqueue"}
+
+
+def test_load_tbb_without_the_wheel_or_with_a_broken_library(monkeypatch, caplog):
+    import ctypes
+    import importlib.metadata
+    import logging
+    from pathlib import Path
+
+    from geovlm.models import cpu_decode_step
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.metadata, "distribution", missing)
+        assert cpu_decode_step.load_tbb() is None
+
+    class Wheel:
+        files = [importlib.metadata.PackagePath(f"../../{cpu_decode_step.TBB_LIBRARIES['linux']}")]
+
+        def locate_file(self, path):
+            return Path("/nowhere") / path
+
+    Wheel.files[0].dist = Wheel()
+
+    def refuse(path):
+        raise OSError(f"{path}: wrong ELF class")
+
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: Wheel())
+    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    monkeypatch.setattr("sys.platform", "linux")
+    with caplog.at_level(logging.INFO, logger="geovlm"):
+        assert cpu_decode_step.load_tbb() is None
+    assert any("did not load" in r.getMessage() and "OpenMP" in r.getMessage() for r in caplog.records)
