@@ -471,6 +471,11 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, gracefu
                 if parent_alive is not None:
                     self.lifeline = asyncio.ensure_future(self.watch_parent())
 
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            forget_ready()  # here too: after a SIGTERM uvicorn raises the signal again once shut down (uvicorn
+            # Server.capture_signals), and the process ends before the `finally` below
+
         async def watch_parent(self):
             while not self.should_exit:
                 if not parent_alive():
@@ -478,12 +483,15 @@ def run(app, host: str = "127.0.0.1", port: int = 8000, ready_file=None, gracefu
                     self.should_exit = True
                 await asyncio.sleep(1.0)
 
-    try:
-        Server(config).run(sockets=[sock])
-    finally:
+    def forget_ready():
         if ready_file:  # a stopped engine leaves no file saying it listens
             with contextlib.suppress(OSError):
                 os.remove(ready_file)
+
+    try:
+        Server(config).run(sockets=[sock])
+    finally:
+        forget_ready()
 
 
 def _fit_descriptors(connections: int, spare: int = 128) -> int:

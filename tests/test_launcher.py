@@ -125,6 +125,28 @@ def wait_gone(pid: int, seconds: float) -> None:
         time.sleep(0.1)
 
 
+def test_a_server_stopped_by_sigterm_leaves_no_ready_file(tmp_path):
+    """uvicorn raises a SIGTERM again once it has shut down, so the process ends without unwinding: the ready file
+    must be gone before that (a launcher reading it would find a dead pid)."""
+    if sys.platform == "win32":
+        pytest.skip("no SIGTERM to a process on Windows (terminate() is TerminateProcess)")
+    ready = tmp_path / "ready.json"
+    code = "import sys; from fastapi import FastAPI; from geovlm.engine.server import run; " \
+           "run(FastAPI(), port=0, ready_file=sys.argv[1])"
+    server = subprocess.Popen([sys.executable, "-c", code, str(ready)])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        server.terminate()
+        assert server.wait(10) in (-signal.SIGTERM, 0)
+        assert not ready.exists()
+    finally:
+        server.kill()
+        server.wait(10)
+
+
 def test_the_server_stops_when_the_process_that_started_it_is_gone(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     ready = tmp_path / "ready.json"
