@@ -12,8 +12,10 @@ other processes spinning): libgomp's default 56.3 / 19.1 / 8.0, PASSIVE 49.0 / 3
 (GOMP_SPINCOUNT=10000) 53.7 / 17.8 / 21.2. Passive waiting costs 13 % on an idle machine (a sleeping thread takes
 time to wake) and is 1.9x and 2.8x faster beside one or two busy processes; an engine beside QGIS is the case it
 is made for, so it is the default, and a user's own setting of any wait variable wins. The compiled CPU decode
-step (models/cpu_decode_step.py: numba's OpenMP layer, a second libgomp) reads the same variables: 72.8 / 59.2 /
-32.3 tokens/s passive against 85.8 / 27.6 / 17.8 spinning.
+step (models/cpu_decode_step.py) runs its threads on numba's TBB layer where the `tbb` wheel is installed, whose
+workers spin briefly and then sleep (79.5 / 61.8 / 34.3 tokens/s, against 69.5 / 59.4 / 44.2 on numba's OpenMP
+layer with the passive wait and 77.7 / 25.3 / 22.4 spinning); the wait set here then governs torch's encoder and
+prefill, and the step where TBB is absent.
 
 The runtime reads the policy once, when torch's library is loaded, so it must be in the environment before
 `import torch`: `geovlm`'s command line (every engine process, `geovlm serve` included) calls

@@ -49,8 +49,8 @@ def load_tbb() -> Optional[str]:
     Why TBB: a decode step is ~60 parallel regions. libgomp's passive wait (the engine's default, so that an
     engine beside QGIS does not spin on its cores: engine/cpu_threads.py) wakes a sleeping thread for each region;
     TBB's workers spin briefly and then sleep, which keeps both cases. Measured with bench/bench_threads.py
-    (decode tokens/s with 0 / 1 / 2 busy processes, 2 cores): TBB 74.2 / 55.6 / 37.2, OpenMP passive
-    67.9 / 53.9 / 33.0, OpenMP spinning 75.0 / 30.9 / 15.1."""
+    (decode tokens/s with 0 / 1 / 2 busy processes, 2 cores): TBB 79.5 / 61.8 / 34.3, OpenMP passive
+    69.5 / 59.4 / 44.2, OpenMP spinning 77.7 / 25.3 / 22.4 (docs/benchmarks.md, with an earlier run)."""
     import ctypes
     import importlib.metadata
     import sys
