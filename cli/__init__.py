@@ -2,11 +2,12 @@
 command functions, so `geovlm --help` is instant."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from typing import List, Optional
+
+from .arguments import CommandParser
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES = ("parse_cmd", "engine_cmds", "serve_cmds", "eval_cmd", "bulk_cmds")
@@ -29,10 +30,10 @@ def input_file(path, what: str = "input"):
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(  # its subcommands' parsers too: options may take values beginning with '-'
         prog="geovlm", description="Remote-sensing vision-language models, answered in map coordinates."
     )
     parser.add_argument("--version", action="version", version=f"geovlm {__version__}")

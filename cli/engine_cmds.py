@@ -71,13 +71,15 @@ def register(sub) -> None:
 
     p = sub.add_parser("ask", help="ask a model about a raster; stream the answer, optionally save its boxes")
     p.add_argument("raster")
-    p.add_argument("question", help="the question, with the family's task word if any, e.g. '[grounding]...'")
+    p.add_argument("question", help="the question, with the family's task word if any, e.g. '[grounding]...' "
+                   "(after -- if it begins with '-')")
     p.add_argument("--model", help="checkpoint folder, llava-hf or MiniGPT-v2 (default: the random demo model)")
     p.add_argument("--family", help="model family (default: from the checkpoint's geovlm.json)")
     p.add_argument("--encoder", help="an exported encoder .onnx (default: exported next to the model)")
     add_encoder_precision_arg(p)
-    p.add_argument("--window", help="col,row,width,height of the raster to send")
-    p.add_argument("--bands", default=None, help="three 1-based bands as red,green,blue (default 1,2,3)")
+    p.add_argument("--window", dash_value=True, help="col,row,width,height of the raster to send")
+    p.add_argument("--bands", default=None, dash_value=True,
+                   help="three 1-based bands as red,green,blue (default 1,2,3)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int)

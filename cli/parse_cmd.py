@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--question-field", default="question",
                    help="JSON field holding the question; its <ref>/<p> phrase names unnamed boxes")
     p.add_argument("--raster", help="the raster the answers are about (its size, geotransform and CRS)")
-    p.add_argument("--window", help="with --raster: the window col,row,width,height that was sent")
-    p.add_argument("--geotransform", help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
+    p.add_argument("--window", dash_value=True, help="with --raster: the window col,row,width,height that was sent")
+    p.add_argument("--geotransform", dash_value=True, help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
     p.add_argument("--crs", help="CRS of --geotransform (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--to-crs", help="reproject the output to this CRS (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")

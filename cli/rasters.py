@@ -13,6 +13,9 @@ Window = Tuple[int, int, int, int]  # col, row, width, height
 
 
 def parse_window(text: Optional[str]) -> Optional[Window]:
+    """--window "col,row,width,height" (pixels) as integers, None when not given; CliError in one line for
+    other text or a size that is not positive. A negative col or row is kept: `open_frame` says that such a
+    window reaches outside the raster."""
     if not text:
         return None
     parts = text.split(",")
@@ -22,8 +25,8 @@ def parse_window(text: Optional[str]) -> Optional[Window]:
         col, row, w, h = (int(p) for p in parts)
     except ValueError:
         raise CliError(f"--window needs four integers, got {text!r}") from None
-    if w <= 0 or h <= 0 or col < 0 or row < 0:
-        raise CliError(f"--window {text!r} must have col,row >= 0 and a positive size")
+    if w <= 0 or h <= 0:
+        raise CliError(f"--window {text!r} must have a positive width and height")
     return col, row, w, h
 
 
@@ -65,7 +68,7 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
         gt, crs = pixels.geotransform, pixels.crs
     if window is not None:
         col, row, w, h = window
-        if col + w > width or row + h > height:
+        if col < 0 or row < 0 or col + w > width or row + h > height:
             raise CliError(f"window {window} reaches outside the raster ({width}x{height})")
         gt, width, height = gt.window(col, row), w, h
     return ImageFrame(width, height, gt, crs)

@@ -28,7 +28,7 @@ def register(sub) -> None:
     add_encoder_precision_arg(serve)
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--port", type=port_number, default=8000, help="port; 0 takes a free one (default: 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, dash_value=True, help="port; 0 takes a free one (default: 8000)")
     add_key_args(serve, "require this bearer key")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
@@ -55,7 +55,7 @@ def register(sub) -> None:
         description="Check an engine: health, the served model, and one streamed answer about a test image.",
     )
     add_engine_args(check)
-    check.add_argument("--question", default="Describe the image.", help="the question to ask")
+    check.add_argument("--question", default="Describe the image.", dash_value=True, help="the question to ask")
     check.add_argument("--max-tokens", type=int, default=32)
     check.add_argument("--temperature", type=float, default=0.0, help="0 (greedy) to 2")
     add_retry_window_arg(check, ENGINE_CHECK_RETRY_WINDOW_S, "it is a check: an engine that is down is said "
@@ -91,7 +91,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def add_key_args(parser: argparse.ArgumentParser, what: str = "bearer key of the engine") -> None:
     """--api-key-file and --api-key (the key from the environment is preferred: a flag shows in `ps`)."""
     parser.add_argument("--api-key-file", metavar="FILE", help=f"{what}, read from FILE (first line)")
-    parser.add_argument("--api-key", help=f"{what} (visible to other local users in the process list: prefer "
+    parser.add_argument("--api-key", dash_value=True, help=f"{what} (visible to other local users in the process list: prefer "
                         f"{KEY_VARIABLE} or --api-key-file)")
 
 
