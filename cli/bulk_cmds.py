@@ -22,7 +22,8 @@ def register(sub) -> None:
                        help="pixels shared by neighbouring tiles")
         p.add_argument("--edge", choices=("shift", "partial", "drop"), default="shift",
                        help="edge tiles: moved back inside (default), smaller, or left out")
-        p.add_argument("--question", dash_value=True, help="the question (default: the family's caption or scene-graph prompt)")
+        p.add_argument("--question", dash_value=True,
+                       help="the question (default: the family's caption or scene-graph prompt)")
         p.add_argument("--task", help="the family's task word to add (default: caption; detect: scene_graph "
                        "or grounding)")
         p.add_argument("--keep-nodata", action="store_true", help="ask about nodata-only tiles too")

@@ -28,7 +28,8 @@ def register(sub) -> None:
     add_encoder_precision_arg(serve)
     serve.add_argument("--device", help="language-model device: cuda or cpu (default: cuda when present)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--port", type=port_number, default=8000, dash_value=True, help="port; 0 takes a free one (default: 8000)")
+    serve.add_argument("--port", type=port_number, default=8000, dash_value=True,
+                       help="port; 0 takes a free one (default: 8000)")
     add_key_args(serve, "require this bearer key")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
@@ -91,8 +92,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def add_key_args(parser: argparse.ArgumentParser, what: str = "bearer key of the engine") -> None:
     """--api-key-file and --api-key (the key from the environment is preferred: a flag shows in `ps`)."""
     parser.add_argument("--api-key-file", metavar="FILE", help=f"{what}, read from FILE (first line)")
-    parser.add_argument("--api-key", dash_value=True, help=f"{what} (visible to other local users in the process list: prefer "
-                        f"{KEY_VARIABLE} or --api-key-file)")
+    parser.add_argument("--api-key", dash_value=True, help=f"{what} (visible to other local users in the process "
+                        f"list: prefer {KEY_VARIABLE} or --api-key-file)")
 
 
 def api_key_from(args) -> str | None:
