@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterAuthConfig,
-    QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
@@ -28,7 +27,6 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QVariant
 
 from ..core.bulk import (
     DEFAULT_CAPTION_QUESTION,
@@ -46,7 +44,7 @@ from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPla
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
-from ..models.imagery import check_bands
+from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
 from .qgis_geometry import raster_frame
 from .tile_sources import GdalTiles, RenderedTiles
 
@@ -164,7 +162,6 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     INPUT, EXTENT, RESOLUTION, TILE_SIZE, OVERLAP = "INPUT", "EXTENT", "RESOLUTION", "TILE_SIZE", "OVERLAP"
     SKIP_NODATA, QUESTION, FAMILY, ENGINE, AUTHCFG = "SKIP_NODATA", "QUESTION", "FAMILY", "ENGINE", "AUTHCFG"
     CONCURRENCY, OVERWRITE, OUTPUT, TILES = "CONCURRENCY", "OVERWRITE", "OUTPUT", "TILES"
-    BANDS = ("RED_BAND", "GREEN_BAND", "BLUE_BAND")  # the command line's --bands r,g,b
 
     def group(self):
         return "Bulk"
@@ -188,10 +185,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
                                                        Qgis.ProcessingNumberParameterType.Integer,
                                                        64 if self.KIND == "detect" else 0, minValue=0))
-        for name, colour, default in zip(self.BANDS, ("red", "green", "blue"), ("1; grey for a one-band raster",
-                                                                              "2", "3")):
-            self.addParameter(QgsProcessingParameterBand(name, f"Band the model sees as {colour} (default: {default})",
-                                                         None, self.INPUT, optional=True))
+        add_band_parameters(self, self.INPUT)
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
                                                        optional=True))
@@ -206,40 +200,10 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
 
     # ------------------------------------------------------------ the plan and its pixels
 
-    def chosen_bands(self, layer, parameters, context):
-        """The three 1-based bands of `layer` read as red, green, blue, as chosen (RED_BAND, GREEN_BAND,
-        BLUE_BAND), checked by `models.imagery.check_bands`; None when none is chosen (the reader's default:
-        1,2,3, or grey for a raster of one or two bands, as `geovlm caption` without --bands). ValueError in one
-        line when only some are chosen, one is not a band of the raster, or `layer` is a web layer (rendered in
-        its own colours)."""
-        values = [parameters.get(name) for name in self.BANDS]
-        unset = [v is None or v == "" or (isinstance(v, QVariant) and v.isNull()) for v in values]
-        if all(unset):
-            return None
-        if any(unset):
-            raise ValueError("choose a red, a green and a blue band, or none of them (bands 1,2,3, or grey for a "
-                             "one-band raster)")
-        for name, value in zip(self.BANDS, values):
-            if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-                raise ValueError(f"{name} is a band number, not {value!r}")
-        if layer.providerType() != "gdal":
-            raise ValueError(f"{layer.name()!r} is a web layer, rendered in its own colours: leave the bands unset")
-        return check_bands([self.parameterAsInt(parameters, name, context) for name in self.BANDS],
-                           layer.bandCount())
-
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's checks, then the chosen bands against the raster's (`chosen_bands`): a wrong band is refused
-        here, before an engine is contacted, in the one line qgis_process prints once and the dialog shows."""
+        """QGIS's checks, then the chosen bands against INPUT's (`band_parameters.check_band_parameters`)."""
         ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        try:
-            if layer is not None:
-                self.chosen_bands(layer, parameters, context)
-        except ValueError as exc:
-            return False, str(exc)
-        return True, ""
+        return (ok, message) if not ok else check_band_parameters(self, self.INPUT, parameters, context)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: read the layer (and clone a web layer's provider) for the run's thread."""
@@ -256,7 +220,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.crs_wkt, self.epsg = ledger_crs(layer.crs())
         self.crs_name = crs_name(layer.crs())
         try:
-            self.bands = self.chosen_bands(layer, parameters, context)
+            self.bands = chosen_bands(self, layer, parameters, context)
             if layer.providerType() == "gdal":
                 self._prepare_file(layer, extent, tile, overlap, skip)
             else:

@@ -1,9 +1,10 @@
 """Processing algorithm `geovlm:captionfeatures`: each polygon's window of a raster (its bounding box plus a
-margin, in the raster's pixels) asked for a caption. OUTPUT is a GeoPackage that is also the run's ledger
-(core/ledger.py): its `tiles` layer holds each feature's window with its answer, committed as it arrives, so
-a rerun with the same parameters asks only for the features missing or failed, and another plan is refused
-unless OVERWRITE; its `features` layer, written at the end of every run, is a copy of the features with all
-their attributes and the answer in new fields."""
+margin, in the raster's pixels) asked for a caption, the window read in the bands chosen as red, green, blue
+(RED_BAND, GREEN_BAND, BLUE_BAND: plugin/band_parameters.py, as the tile algorithms). OUTPUT is a GeoPackage
+that is also the run's ledger (core/ledger.py): its `tiles` layer holds each feature's window with its answer,
+committed as it arrives, so a rerun with the same parameters (bands included) asks only for the features
+missing or failed, and another plan is refused unless OVERWRITE; its `features` layer, written at the end of
+every run, is a copy of the features with all their attributes and the answer in new fields."""
 from __future__ import annotations
 
 import math
@@ -40,6 +41,7 @@ from .alg_bulk_tiles import (
     load_on_completion,
     report_outcome,
 )
+from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
 
@@ -78,12 +80,14 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("For each polygon, the raster pixels under its bounding box plus MARGIN (raster map units) are sent "
-                "to the engine, fitted to the model's input. OUTPUT (a GeoPackage) is also the ledger: each answer "
-                "is committed to its `tiles` layer (the feature's window) as it arrives, and a rerun with the same "
-                "parameters asks only for the features missing or failed; another plan is refused unless "
-                "OVERWRITE. Its `features` layer, written at the end of each run, is a copy of the features with "
-                "all their attributes, the caption in a new field, its status in FIELD_status and the model in "
-                "FIELD_model. Features outside the raster get no caption.")
+                "to the engine, fitted to the model's input. The model sees bands 1,2,3 (a one-band raster as "
+                "grey), or the three bands chosen as red, green and blue (2,3,4 of NIR,R,G,B imagery); data other "
+                "than 8-bit is stretched (2-98 %) in each window. OUTPUT (a GeoPackage) is also the ledger: each "
+                "answer is committed to its `tiles` layer (the feature's window) as it arrives, and a rerun with the "
+                "same parameters asks only for the features missing or failed; another plan (other bands "
+                "included) is refused unless OVERWRITE. Its `features` layer, written at the end of each run, is a "
+                "copy of the features with all their attributes, the caption in a new field, its status in "
+                "FIELD_status and the model in FIELD_model. Features outside the raster get no caption.")
 
     def createInstance(self):  # noqa: N802
         return CaptionFeaturesAlgorithm()
@@ -92,6 +96,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(self.INPUT, "Polygon layer",
                                                               [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster (a file)", default_raster_layer()))
+        add_band_parameters(self, self.RASTER)
         self.addParameter(QgsProcessingParameterNumber(self.MARGIN, "Margin around each feature (raster map units)",
                                                        Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterString(self.FIELD, "Field for the answer", "caption"))
@@ -105,13 +110,20 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputVectorLayer(self.WINDOWS, "Windows asked",
                                                       Qgis.ProcessingSourceType.VectorPolygon))
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's checks, then the chosen bands against RASTER's (`band_parameters.check_band_parameters`)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        return (ok, message) if not ok else check_band_parameters(self, self.RASTER, parameters, context)
+
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """On the main thread: RASTER's frame and a reader of its windows in the chosen bands."""
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is None or layer.providerType() != "gdal":
             raise QgsProcessingException("RASTER must be a raster file (GDAL)")
         try:
+            self.bands = chosen_bands(self, layer, parameters, context)
             self.frame = raster_frame(layer)
-            self.reader = GdalTiles(layer.source(), skip_nodata=False)
+            self.reader = GdalTiles(layer.source(), skip_nodata=False, bands=self.bands)
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         self.raster_crs = layer.crs()
@@ -152,7 +164,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             plan = RunPlan("caption-features", TilePlan(width, height, max(width, height)), gt, question,
                            "caption", conn.profile.name, conn.model,
                            windows=tuple((t.id, t.col_off, t.row_off, t.width, t.height) for t in tiles),
-                           crs=crs_name(self.raster_crs), pixels=self.reader.pixel_digest())
+                           crs=crs_name(self.raster_crs), pixels=self.reader.pixel_digest(), bands=self.bands)
             try:
                 ledger = Ledger(out, plan, *ledger_crs(self.raster_crs),
                                 overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),

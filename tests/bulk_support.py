@@ -88,3 +88,40 @@ def inverted_copy(source, dest):
     with rasterio.open(dest, "w", **profile) as dst:
         dst.write(255 - pixels)
     return dest
+
+
+def constant_raster(path, values, dtype="uint8", size=256, nodata=None):
+    """A north-up GeoTIFF (EPSG:32633, 10 m) of `size` x `size` px whose band i holds `values[i]` everywhere, every
+    band a plain one (a 4-band image as NIR,R,G,B or any multispectral product, not RGBA)."""
+    import numpy as np
+    from osgeo import gdal, gdal_array, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, len(values),
+                                              gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype)),
+                                              ["PHOTOMETRIC=MINISBLACK"])  # no band taken for alpha
+    ds.SetGeoTransform((500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    for i, value in enumerate(values, start=1):
+        band = ds.GetRasterBand(i)
+        band.WriteArray(np.full((size, size), value, dtype))
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+    ds = None
+    return path
+
+
+def means(engine, key="mean"):
+    """The mean value of every image the scripted engine was sent, in order (`key` "channels": the mean of each
+    of its red, green and blue)."""
+    return [json.loads(line)[key] for line in engine.log.read_text().splitlines()] if engine.log.exists() else []
+
+
+def stored_plan(out):
+    """The plan a ledger records (`RunPlan.to_dict` of the run that made it), read with plain sqlite."""
+    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    try:
+        return json.loads(con.execute("SELECT plan FROM geovlm_plan").fetchone()[0])
+    finally:
+        con.close()

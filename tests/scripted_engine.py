@@ -12,8 +12,9 @@ HTTP, numpy + PIL to look at the image) that answers in a family's syntax from w
   and columns through the blob's centre (a symmetric resampling kernel puts a step edge's half-way point on
   the edge itself; an edge on the image's border stays there).
 
-Each request is logged as one JSON line (image size, mean, and `bands`: the rows at the top and bottom and
-the columns at the left and right filled wholly with the top-left pixel's colour, the padding) to `--log`.
+Each request is logged as one JSON line (image size, mean, `channels`: the mean of its red, green and blue, and
+`bands`: the rows at the top and bottom and the columns at the left and right filled wholly with the top-left
+pixel's colour, the padding) to `--log`.
 `--stand-in`: /v1/models reports `random_stand_in: true` in its geovlm entry, as a `geovlm serve` of the demo
 model does. Run: `python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE] [--stand-in]`;
 it writes {"url", "pid"} to F once listening.
@@ -120,6 +121,7 @@ def make_handler(family: str, delay: float, log_path: str, stand_in: bool = Fals
             if log_path:
                 with lock, open(log_path, "a") as log:
                     log.write(json.dumps({"size": [image.shape[1], image.shape[0]], "mean": float(image.mean()),
+                                          "channels": image.reshape(-1, 3).mean(axis=0).tolist(),
                                           "bands": padding_bands(image), "pid": os.getpid()}) + "\n")
             self.send_answer(text)
 

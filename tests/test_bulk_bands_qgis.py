@@ -2,52 +2,15 @@
 tiles (SKIP_NODATA), as `geovlm caption --bands r,g,b --keep-nodata` does: what the scripted engine on 127.0.0.1
 receives, the plan both tools record (so either resumes the other's run and refuses another choice), bad bands
 refused in one line before any engine is asked, and qgis_process with bands chosen."""
-import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsVectorLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ledger_rows, run_cli  # noqa: E402
-
-
-def constant_raster(path, values, dtype="uint8", size=256, nodata=None):
-    """A north-up GeoTIFF (EPSG:32633, 10 m) of `size` x `size` px whose band i holds `values[i]` everywhere, every
-    band a plain one (a 4-band image as NIR,R,G,B or any multispectral product, not RGBA)."""
-    from osgeo import gdal, gdal_array, osr
-
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, len(values),
-                                              gdal_array.NumericTypeCodeToGDALTypeCode(np.dtype(dtype)),
-                                              ["PHOTOMETRIC=MINISBLACK"])  # no band taken for alpha
-    ds.SetGeoTransform((500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds.SetProjection(srs.ExportToWkt())
-    for i, value in enumerate(values, start=1):
-        band = ds.GetRasterBand(i)
-        band.WriteArray(np.full((size, size), value, dtype))
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-    ds = None
-    return path
-
-
-def means(engine):
-    """The mean value of every image the scripted engine was sent, in order."""
-    return [json.loads(line)["mean"] for line in engine.log.read_text().splitlines()] if engine.log.exists() else []
-
-
-def stored_plan(out):
-    con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
-    try:
-        return json.loads(con.execute("SELECT plan FROM geovlm_plan").fetchone()[0])
-    finally:
-        con.close()
+from bulk_support import constant_raster, ledger_rows, means, run_cli, stored_plan  # noqa: E402
 
 
 def test_chosen_bands_are_what_the_model_sees_and_the_cli_resumes_the_run(plugin, processing, engines, tmp_path):
