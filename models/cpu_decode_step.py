@@ -17,8 +17,8 @@ tests/test_models_generation.py).
 The kernels are compiled on first use and cached on disk by numba (`cache=True`) in GeoVLM's cache folder
 (`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins), so a read-only install
 folder still caches; `CpuDecodeStep.warm_up` compiles or loads them in the background while the rest of the
-model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, and for a batch whose
-cache is a view (after a row finished), the torch step serves (`unavailable_reason`, `CpuDecodeStep.accepts`).
+model loads. Where numba is missing, or the model is not fp32 on CPU, or has biases, the torch step serves
+(`unavailable_reason`); a batch's cache stays the step's after rows finished (`CpuDecodeStep.whole`).
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ if numba is not None:
                 heads, kv_heads, head_dim, final_norm, final_eps, head, logits):
         """One step of every row over every layer. hidden `[batch, hidden]` (each row's token embedding) is
         updated in place, logits `[batch, vocab]` written. Per-layer weights come as typed lists; keys, values
-        `[layers, batch, kv_heads, capacity, head_dim]` get each row's key and value at positions[b]; cos, sin
+        `[layers, ≥ batch, kv_heads, capacity, head_dim]` (the first `batch` rows are the batch's) get each row's
+        key and value at positions[b]; cos, sin
         `[batch, head_dim]` are the rotary embedding at those positions."""
         batch, width = hidden.shape
         normed = np.empty((batch, width), np.float32)
@@ -282,10 +283,29 @@ class CpuDecodeStep:
         self._cos = self._sin = np.empty((0, decoder.head_dim), np.float32)
 
     @staticmethod
-    def accepts(cache) -> bool:
-        """Whether `cache` (a KVCache) is contiguous, what the compiled step writes into: a batch's cache until
-        a row is retired (`StaticDecoder.keep_rows` leaves a view of its first rows)."""
-        return cache.keys.is_contiguous() and cache.values.is_contiguous()
+    def whole(tensor):
+        """The C-contiguous numpy array `[layers, rows, kv_heads, capacity, head_dim]` whose first rows are
+        `tensor`, sharing its memory: `tensor` itself when it is contiguous, the whole cache when it is a view
+        of a cache's first rows (what `StaticDecoder.keep_rows` leaves after a row of a batch finished; the step
+        then reads and writes only the first `batch` rows). None for any other layout."""
+        import torch
+
+        layers, _, kv_heads, capacity, head_dim = tensor.shape
+        strides = tensor.stride()
+        inner = (kv_heads * capacity * head_dim, capacity * head_dim, head_dim, 1)
+        if tensor.storage_offset() or strides[1:] != inner or strides[0] % inner[0]:
+            return None
+        try:  # torch checks that the whole array lies within the tensor's storage
+            whole = torch.as_strided(tensor, (layers, strides[0] // inner[0], kv_heads, capacity, head_dim), strides)
+        except RuntimeError:
+            return None
+        return whole.numpy()
+
+    @classmethod
+    def accepts(cls, cache) -> bool:
+        """Whether the step can write into `cache` (a KVCache): a batch's cache, also after rows were retired
+        (`whole`)."""
+        return cls.whole(cache.keys) is not None and cls.whole(cache.values) is not None
 
     def rotary_at(self, positions):
         """cos, sin `[batch, head_dim]` (numpy float32) of the decoder's rotary embedding at `positions` (`[batch]`
@@ -318,7 +338,7 @@ class CpuDecodeStep:
         with self._lock:
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
             _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
-                    self.down, cache.keys.numpy(), cache.values.numpy(), positions, cos, sin, d.heads,
+                    self.down, self.whole(cache.keys), self.whole(cache.values), positions, cos, sin, d.heads,
                     d.kv_heads, d.head_dim, self.final_norm, self.final_eps, self.head, logits)
         positions += 1
         cache.lengths[:] = [n + 1 for n in cache.lengths]

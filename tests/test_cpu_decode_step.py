@@ -28,17 +28,20 @@ def _torch_step(**overrides):
     return plain
 
 
-def _decode(decoder, prompts, tokens, retire_after=None, capacity=32):
-    """Logits of a (ragged) batch's prefill and of each step (`tokens`: one list per step), and the cache; after
-    `retire_after` steps the last row is retired from the cache (as the decoding loop does with a finished row)."""
+def _decode(decoder, prompts, tokens, retire_after=None, retire_row=-1, capacity=32):
+    """Logits of a (ragged) batch's prefill and of each step (`tokens`: one list per step, a token per row of the
+    batch), and the cache; after `retire_after` steps row `retire_row` is retired from the cache (as the decoding
+    loop does with a finished row: the rows after it move down)."""
     cache = decoder.new_cache(len(prompts), capacity)
+    rows = list(range(len(prompts)))
     out = []
     with torch.inference_mode():
         out.append(decoder.prefill(prompts, cache))
         for n, step_tokens in enumerate(tokens):
             if n == retire_after:
-                cache = decoder.keep_rows(cache, list(range(len(prompts) - 1)))
-            out.append(decoder.step(torch.tensor(step_tokens[: len(cache.lengths)]), cache))
+                del rows[retire_row]
+                cache = decoder.keep_rows(cache, rows)
+            out.append(decoder.step(torch.tensor([step_tokens[r] for r in rows]), cache))
     return out, cache
 
 
@@ -82,7 +85,10 @@ def test_the_torch_step_serves_where_the_compiled_one_cannot(monkeypatch):
     assert torch.cat(logits).shape == (3, 120) and cache.lengths == [6]
 
 
-def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired(monkeypatch):
+@pytest.mark.parametrize("retire_row", [0, 2])
+def test_a_ragged_batch_takes_the_compiled_step_before_and_after_a_row_is_retired(monkeypatch, retire_row):
+    """Retiring the first row moves the others down within the cache; retiring the last moves nothing. Either
+    way the cache is a view of the first rows, which the step writes into in place (`CpuDecodeStep.whole`)."""
     from geovlm.models import cpu_decode_step
     from geovlm.models.static_decoder import StaticDecoder
 
@@ -100,10 +106,12 @@ def test_a_ragged_batch_takes_the_compiled_step_until_a_row_is_retired(monkeypat
     torch.manual_seed(2)
     prompts = [torch.randn(n, 64) for n in (5, 11, 2)]  # three lengths: each row attends over its own span
     tokens = [[7, 8, 9], [1, 2, 3], [4, 5, 6], [10, 11, 12], [13, 14, 15]]
-    ours, our_cache = _decode(compiled, prompts, tokens, retire_after=3)
-    theirs, their_cache = _decode(plain, prompts, tokens, retire_after=3)
-    assert calls == [3, 3, 3]  # the full batch's steps ran compiled; with a row retired, the torch step
-    assert our_cache.lengths == their_cache.lengths == [5 + 5, 11 + 5]
+    ours, our_cache = _decode(compiled, prompts, tokens, retire_after=3, retire_row=retire_row)
+    theirs, their_cache = _decode(plain, prompts, tokens, retire_after=3, retire_row=retire_row)
+    assert calls == [3, 3, 3, 2, 2]  # every step compiled, before and after the retire
+    kept = [n for i, n in enumerate((5, 11, 2)) if i != retire_row]
+    assert our_cache.lengths == their_cache.lengths == [n + 5 for n in kept]
+    assert not our_cache.keys.is_contiguous()  # a view of the first rows
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(our_cache.keys, their_cache.keys, rtol=1e-5, atol=1e-5)
@@ -233,3 +241,17 @@ def test_load_tbb_without_the_wheel_or_with_a_broken_library(monkeypatch, caplog
     with caplog.at_level(logging.INFO, logger="geovlm"):
         assert cpu_decode_step.load_tbb() is None
     assert any("did not load" in r.getMessage() and "OpenMP" in r.getMessage() for r in caplog.records)
+
+
+def test_whole_takes_a_cache_and_its_first_rows_only():
+    from geovlm.models.cpu_decode_step import CpuDecodeStep
+
+    cache = torch.arange(2 * 4 * 3 * 5 * 2, dtype=torch.float32).view(2, 4, 3, 5, 2)
+    assert CpuDecodeStep.whole(cache).shape == (2, 4, 3, 5, 2)
+    first = CpuDecodeStep.whole(cache[:, :2])
+    assert first.shape == (2, 4, 3, 5, 2) and first.flags.c_contiguous
+    first[1, 3, 2, 4, 1] = -1.0  # the same memory as the cache's
+    assert cache[1, 3, 2, 4, 1] == -1.0
+    assert CpuDecodeStep.whole(cache[:, 1:]) is None  # not the first rows
+    assert CpuDecodeStep.whole(cache[:, :, :, :3]) is None  # a cut along the positions
+    assert CpuDecodeStep.whole(cache.transpose(3, 4).contiguous().transpose(3, 4)) is None
