@@ -111,9 +111,15 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                                                       Qgis.ProcessingSourceType.VectorPolygon))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's checks, then the chosen bands against RASTER's (`band_parameters.check_band_parameters`)."""
+        """QGIS's checks, then that RASTER is a file and the chosen bands are its bands
+        (`band_parameters.check_band_parameters`): refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
-        return (ok, message) if not ok else check_band_parameters(self, self.RASTER, parameters, context)
+        if not ok:
+            return ok, message
+        layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
+        if layer is not None and layer.providerType() != "gdal":
+            return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"
+        return check_band_parameters(self, self.RASTER, parameters, context)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: RASTER's frame and a reader of its windows in the chosen bands."""

@@ -128,7 +128,8 @@ def test_qgis_process_captions_features_of_16_bit_nir_r_g_b_imagery_in_bands_2_3
     exe, env = qgis_process_env
     args = [exe, "run", "geovlm:captionfeatures", "--", f"INPUT={parcels}", f"RASTER={raster}", "RED_BAND=2",
             "GREEN_BAND=3", "BLUE_BAND=4", f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}"]
-    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    dashed = args[:3] + [f"--{a}" for a in args[4:]]  # qgis_process's other spelling: --RED_BAND=2 ...
+    run = subprocess.run(dashed, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert means(engine, "channels") == [pytest.approx([255.0, 255.0, 0.0], abs=0.01)] * 2
     assert {name: status for name, (status, _) in captions(out).items()} == {"a": "ok", "b": "ok"}
@@ -168,5 +169,29 @@ def test_the_dialog_offers_the_rasters_bands_unset_by_default(plugin, processing
         assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
         assert dialog.createProcessingParameters()["GREEN_BAND"] == 3
         dialog.deleteLater()
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
+def test_a_web_layer_is_refused_in_one_line_with_or_without_bands(plugin, processing, tmp_path):
+    """RASTER must be a file: a web layer is refused by the parameter check (printed once by qgis_process)."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProject, QgsRasterLayer
+
+    url = (tmp_path / "tiles").as_uri() + "/{z}/{x}/{y}.png"
+    layer = QgsRasterLayer(f"type=xyz&url={url}&zmax=19", "web", "wms")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        alg = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captionfeatures")
+        params = {"INPUT": str(polygons(tmp_path / "parcels.gpkg", SQUARES)), "RASTER": layer.id(),
+                  "OUTPUT": str(tmp_path / "w.gpkg")}
+        said = (False, "RASTER must be a raster file (GDAL): 'web' is a web layer")
+        assert alg.checkParameterValues(params, context) == said
+        assert alg.checkParameterValues(dict(params, RED_BAND=1, GREEN_BAND=1, BLUE_BAND=1), context) == said
+        raster = constant_raster(tmp_path / "four.tif", (10, 60, 120, 240))
+        assert alg.checkParameterValues(dict(params, RASTER=str(raster), RED_BAND=2, GREEN_BAND=3, BLUE_BAND=4),
+                                        context) == (True, "")
     finally:
         QgsProject.instance().removeAllMapLayers()
