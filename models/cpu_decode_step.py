@@ -352,9 +352,9 @@ class CpuDecodeStep:
         d = self.decoder
         hidden = self.embedding[tokens.numpy()]  # a copy, which the step changes in place
         positions = cache.positions.numpy()  # shares the tensor's memory
-        cos, sin = self.rotary_at(positions)
         logits = np.empty((hidden.shape[0], self.head.shape[0]), np.float32)
         with STEP_LOCK:
+            cos, sin = self.rotary_at(positions)  # may grow the table
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
             _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
                     self.down, self.whole(cache.keys), self.whole(cache.values), positions, cos, sin, d.heads,
