@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from . import CliError
 from .parse_cmd import add_profile_overrides, profile_overrides
@@ -213,6 +214,24 @@ def _bands(text):
     return bands
 
 
+def check_new_tokens(max_new_tokens: int, context: Optional[int], image_tokens: int,
+                     prompt_tokens: Optional[int] = None) -> None:
+    """CliError in one line when --max-new-tokens cannot fit the model's `context` (tokens; None: the model does
+    not say, and nothing is checked) after the prompt: its `prompt_tokens` when known (the question tokenised,
+    which needs the tokenizer), else at least the image's `image_tokens`, known from the checkpoint's description
+    before any weight is loaded. The pipeline refuses the same requests (`VlmPipeline._decoding`)."""
+    if not context:
+        return
+    prompt = prompt_tokens if prompt_tokens is not None else image_tokens
+    if prompt + max_new_tokens <= context:
+        return
+    said = (f"the prompt takes {prompt} tokens (the image's {image_tokens} included)" if prompt_tokens is not None
+            else f"the prompt takes at least {image_tokens} of them (the image's tokens)")
+    room = context - prompt
+    raise CliError(f"--max-new-tokens {max_new_tokens} does not fit the model's context of {context} tokens: {said}, "
+                   + (f"so at most {room} new tokens fit" if room > 0 else "so no new token fits"))
+
+
 def check_device_arg(device) -> None:
     """--device (ask, serve) checked before a model is loaded: CliError in one line for a device type that is
     neither cpu nor cuda, or cuda where torch sees no GPU (`models.language.pick_device`)."""
@@ -241,7 +260,7 @@ def check_providers_arg(text):
 
 def cmd_ask(args) -> int:
     from ..core.parsing import parse_answer
-    from ..models.checkpoints import CheckpointError
+    from ..models.checkpoints import CheckpointError, inspect_checkpoint
     from ..models.encoder_runtime import EncoderError
     from ..models.imagery import ImageryError, read_rgb
     from ..models.pipeline import GenRequest, VlmPipeline
@@ -278,7 +297,9 @@ def cmd_ask(args) -> int:
         return _ask_engine(args, image, frame)
     model_dir = args.model or ready_demo_model()
     try:
-        pipe = VlmPipeline.load(model_dir, args.family, args.encoder, args.device, providers, overrides,
+        checkpoint = inspect_checkpoint(model_dir, args.family)  # the folder's one reading, weights not loaded
+        check_new_tokens(args.max_new_tokens, checkpoint.context_length, checkpoint.image_tokens)
+        pipe = VlmPipeline.load(checkpoint, args.family, args.encoder, args.device, providers, overrides,
                                 args.encoder_precision)
     except (CheckpointError, EncoderError, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -294,6 +315,8 @@ def cmd_ask(args) -> int:
     request = GenRequest(
         image, [("user", args.question)], args.max_new_tokens, args.temperature, seed=args.seed
     )
+    check_new_tokens(args.max_new_tokens, pipe.lm.context_length, pipe.encoder.image_tokens,
+                     len(pipe.prompt_ids(request.messages)))
     result = None
     try:
         for delta in pipe.stream(request):

@@ -33,7 +33,8 @@ def register(sub) -> None:
     add_key_args(serve, "require this bearer key")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="request size limit (default: 32)")
     serve.add_argument("--max-pixels", type=int, default=4096 * 4096, help="image pixel limit")
-    serve.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens accepted")
+    serve.add_argument("--max-tokens", type=int, default=None,
+                       help="largest max_tokens accepted (default: the model's context; 2048 where it does not say)")
     serve.add_argument("--batch-window-ms", type=float, default=10.0, help="batching window (default: 10)")
     serve.add_argument("--max-batch", type=int, default=8, help="largest batch (default: 8)")
     serve.add_argument("--max-queue", type=int, default=256, help="queued requests before 429")
@@ -270,6 +271,8 @@ def cmd_serve(args) -> int:
     _check_port_free(args.host, args.port)  # before the model loads (a minute for a real one), not after
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
              args.memory_budget_mb, args.header_timeout, args.max_connections)
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise CliError("--max-tokens must be at least 1 (or left out: the model's context)")
     if not min(sizes) > 0:
         raise CliError("--max-body-mb, --max-pixels, --max-batch, --max-queue, --max-queued-pixels, "
                        "--memory-budget-mb, --header-timeout and --max-connections must be positive")

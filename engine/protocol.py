@@ -124,11 +124,14 @@ def decode_image(url: str, max_pixels: int) -> np.ndarray:
 
 
 def parse_chat(
-    raw: bytes, max_pixels: int, max_tokens_limit: int, max_text_chars: Optional[int] = None
+    raw: bytes, max_pixels: int, max_tokens_limit: int, max_text_chars: Optional[int] = None,
+    max_tokens_source: str = "",
 ) -> ChatRequest:
     """Read a chat-completions body (bytes of JSON) into a `ChatRequest`. `max_text_chars` bounds the characters
     of all messages together (and their count) before anything is tokenised or decoded (400 beyond); the
-    server derives it from the model's context (`text_limit`)."""
+    server derives it from the model's context (`text_limit`). A max_tokens (or max_completion_tokens) beyond
+    `max_tokens_limit` is refused naming the limit and `max_tokens_source`, what sets it ("the model's
+    context")."""
     try:
         body = json.loads(raw)
     except RecursionError as exc:
@@ -150,7 +153,8 @@ def parse_chat(
         limit = _opt(body, "max_tokens", int)
     if limit is not None:
         if not 1 <= limit <= max_tokens_limit:
-            raise ProtocolError(f"max_tokens must be between 1 and {max_tokens_limit}")
+            source = f" ({max_tokens_source})" if max_tokens_source else ""
+            raise ProtocolError(f"max_tokens must be between 1 and {max_tokens_limit}{source}, not {limit}")
         request.max_tokens = limit
     temperature = _opt(body, "temperature", float)
     top_p = _opt(body, "top_p", float)

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -42,7 +42,7 @@ class Settings:
     api_key: Optional[str] = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 4096 * 4096
-    max_tokens_limit: int = 2048
+    max_tokens_limit: Optional[int] = None  # largest max_tokens: None for the model's context (`token_limit`)
     batch_window_s: float = 0.01
     max_batch: int = 8
     max_queue: int = 256
@@ -54,6 +54,20 @@ class Settings:
     memory_budget_bytes: int = 512 * 1024 * 1024  # request bodies and decoded images held at once (429 beyond)
     header_timeout_s: float = 10.0  # for a connection's request headers (closed after)
     max_connections: int = 2048  # open at once; beyond, the one waiting longest for its headers is closed
+
+
+DEFAULT_MAX_TOKENS = 2048  # the largest max_tokens for a model whose config gives no context length
+
+
+def token_limit(setting: Optional[int], context: Optional[int]) -> Tuple[int, str]:
+    """(the largest max_tokens a request may ask for, what decides it, to say in the 400 beyond it): the model's
+    `context` in tokens (its config's max_position_embeddings) unless `setting` (`geovlm serve --max-tokens`) is
+    smaller; `setting`, else DEFAULT_MAX_TOKENS, for a model whose context is unknown (None)."""
+    if context and (not setting or setting >= context):
+        return int(context), "the model's context"
+    if setting:
+        return int(setting), "this server's --max-tokens"
+    return DEFAULT_MAX_TOKENS, "this server's limit"
 
 
 class ApiError(Exception):
@@ -81,12 +95,17 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     # A stand-in pipeline (tests) may have neither a tokenizer nor a context length.
     context = getattr(getattr(pipeline, "lm", None), "context_length", None)
     max_chars = text_limit(context)
+    max_tokens, limited_by = token_limit(settings.max_tokens_limit, context)
+    info["max_tokens_limit"] = max_tokens
+    if settings.max_tokens_limit and context and settings.max_tokens_limit > context:
+        log.warning("--max-tokens %d is more than the model's context of %d tokens: max_tokens is limited to %d",
+                    settings.max_tokens_limit, context, context)
     tokenize = getattr(pipeline, "prompt_ids", None)
     tokenizer_lock = threading.Lock()  # tokenised off the worker, one prompt at a time
 
     def read_request(raw: bytes):
         """Parse, decode and tokenise one body (in the thread pool, never on the batching worker)."""
-        chat = parse_chat(raw, settings.max_pixels, settings.max_tokens_limit, max_chars)
+        chat = parse_chat(raw, settings.max_pixels, max_tokens, max_chars, limited_by)
         ids = None
         if tokenize is not None:
             with tokenizer_lock:
@@ -102,7 +121,8 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     async def lifespan(app):
         batcher.start()
         stand_in = " (a random stand-in: its answers are noise)" if info.get("random_stand_in") else ""
-        log.info("serving %s, family %s%s", model_name, info.get("family"), stand_in)
+        log.info("serving %s, family %s%s; max_tokens up to %d (%s)", model_name, info.get("family"), stand_in,
+                 max_tokens, limited_by)
         yield
         await run_in_threadpool(batcher.stop, BATCHER_STOP_S)
 

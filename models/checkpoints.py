@@ -40,7 +40,9 @@ class CheckpointInfo:
     image fills in the prompt, `hidden_size` the language model's width (the encoder's output width),
     `image_token_id` the prompt id those positions carry before the features replace them. `vision_file` names
     the one safetensors file holding the vision side (MiniGPT-v2), None where the vision tensors sit among the
-    others (llava-hf). `sources` lists what a conversion was made from, each with its licence.
+    others (llava-hf). `sources` lists what a conversion was made from, each with its licence. `context_length`
+    is the longest sequence in tokens (prompt, image tokens included, plus new tokens) the language model was
+    built for: its config's `max_position_embeddings`, None where config.json does not say.
     """
 
     path: Path
@@ -57,6 +59,7 @@ class CheckpointInfo:
     vision_file: Optional[str] = None
     vision_config: Optional[dict] = None  # MiniGPT-v2's vision_config.json
     sources: Tuple[dict, ...] = ()
+    context_length: Optional[int] = None
 
     @cached_property
     def encoder_hash(self) -> str:
@@ -73,6 +76,7 @@ class CheckpointInfo:
             "fit": get_profile(self.family).fit,
             "image_tokens": self.image_tokens,
             "hidden_size": self.hidden_size,
+            "context_length": self.context_length,
             "licence": self.licence,
             "sources": [dict(s) for s in self.sources],
             "random_stand_in": self.random_stand_in,
@@ -102,6 +106,13 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def _context_length(text_config: dict) -> Optional[int]:
+    """`max_position_embeddings` of a language model's config (a dict from config.json) as a positive int, else
+    None (not given, or not a positive whole number)."""
+    value = text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _check_weights_and_tokenizer(path: Path) -> None:
@@ -164,6 +175,7 @@ def inspect_checkpoint(model_dir, family: Optional[str] = None) -> CheckpointInf
         image_tokens=tokens,
         hidden_size=hidden,
         image_token_id=image_id,
+        context_length=_context_length(text),
     )
 
 
@@ -206,6 +218,7 @@ def _inspect_minigpt(path: Path, config: dict, family: Optional[str]) -> Checkpo
         image_token_id=image_id,
         vision_file=vision_file,
         vision_config=vision,
+        context_length=_context_length(config),
     )
 
 

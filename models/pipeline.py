@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.georef import fit_plan
 from ..core.profiles import Profile, get_profile
-from .checkpoints import CheckpointInfo, as_checkpoint, inspect_checkpoint
+from .checkpoints import CheckpointInfo, as_checkpoint
 from .encoder_runtime import DEFAULT_PROVIDERS, EncodingCache, OnnxEncoder, check_providers
 from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel
@@ -157,18 +157,18 @@ class VlmPipeline:
         cls, model_dir, family=None, encoder_onnx=None, device=None, providers=None, overrides=None,
         encoder_precision: str = "fp32",
     ) -> VlmPipeline:
-        """The pipeline of a checkpoint folder; `overrides` replace profile fields (the encoder's own input size
-        and fit always win: preprocessing must match the graph); `encoder_precision` "int8" asks for the gated
-        int8 encoder on the CPU (`_ensure_encoder_for`; an explicit `encoder_onnx` is used as it is, whatever its
-        precision; ValueError for a precision not in ENCODER_PRECISIONS, for `providers` that name one onnxruntime
-        does not know or none available here (`check_providers`), and for a `device` that is not cpu or cuda[:N]
-        or a CUDA device torch does not see (`pick_device`)). The folder is read once (CheckpointInfo); the
-        language model is loaded without its vision tower (the ONNX encoder serves), the encoder's session built
-        meanwhile in the background; digests of the weights and of the export are computed once per file version
-        (file_hashes)."""
+        """The pipeline of a checkpoint folder, or of its `CheckpointInfo` (read once already); `overrides` replace
+        profile fields (the encoder's own input size and fit always win: preprocessing must match the graph);
+        `encoder_precision` "int8" asks for the gated int8 encoder on the CPU (`_ensure_encoder_for`; an explicit
+        `encoder_onnx` is used as it is, whatever its precision; ValueError for a precision not in ENCODER_PRECISIONS,
+        for `providers` that name one onnxruntime does not know or none available here (`check_providers`), and for a
+        `device` that is not cpu or cuda[:N] or a CUDA device torch does not see (`pick_device`)). The folder is read
+        once (CheckpointInfo); the language model is loaded without its vision tower (the ONNX encoder serves), the
+        encoder's session built meanwhile in the background; digests of the weights and of the export are computed once
+        per file version (file_hashes)."""
         if providers is not None:
             providers = check_providers(providers)  # ValueError for a name onnxruntime does not know
-        checkpoint = inspect_checkpoint(model_dir, family)  # the one reading of the folder
+        checkpoint = as_checkpoint(model_dir, family)  # the one reading of the folder (or the one given)
         if encoder_onnx is None:
             encoder_onnx = _ensure_encoder_for(checkpoint, providers, encoder_precision)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads
