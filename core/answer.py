@@ -6,6 +6,18 @@ from typing import List, Optional, Tuple
 
 from .georef import Point
 
+# Control characters (Unicode category Cc) but tab, line feed and carriage return: C0, DEL and C1. A NUL cuts a
+# GeoPackage text field short (GDAL's strings end at it) and the others move a terminal's cursor or colours.
+_CONTROL_CHARACTERS = {code: "\ufffd" for code in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(code) not in "\t\n\r"}
+
+
+def printable_text(text: str) -> str:
+    """`text` with each control character (NUL and the rest of C0 but tab, line feed and carriage return; DEL;
+    C1) replaced by U+FFFD, the replacement character: one character for one, so character offsets into the text
+    (an object's span) stay valid. For model answers on their way to a terminal or a GeoPackage field."""
+    return text.translate(_CONTROL_CHARACTERS)
+
+
 # Flags an object can carry.
 DEGENERATE = "degenerate"  # zero width or height as written; widened to the smallest valid box
 CLIPPED = "clipped"  # a value lay outside the image and was clipped to it

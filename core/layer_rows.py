@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from .answer import Answer
+from .answer import Answer, printable_text
 from .georef import ImageFrame, Point, centroid
 
 OBJECT_FIELDS = (("line", int), ("object_id", int), ("label", str), ("family", str), ("kind", str),
@@ -20,15 +20,18 @@ Row = Tuple[list, List[Point]]  # attribute values in field order, coordinates
 
 def answer_rows(answer: Answer, frame: ImageFrame, line: int, family: str) -> Tuple[List[Row], List[Row]]:
     """(objects, relations) of one answer: an object's coordinates are the open ring of its corners, a
-    relation's the line from its subject's centre to its object's (relations missing a box are left out)."""
+    relation's the line from its subject's centre to its object's (relations missing a box are left out). The
+    texts (labels, sources, predicates) are `printable_text`: whatever engine or file the answer came from, a
+    layer gets no control character (a NUL would cut a GeoPackage field short)."""
     rings, objects, relations = {}, [], []
     for obj in answer.objects:
         ring = frame.to_map(obj.polygon)
         rings[obj.id] = ring
-        objects.append(([line, obj.id, obj.label, family, obj.kind, obj.angle, ",".join(obj.flags), obj.source],
-                        ring))
+        objects.append(([line, obj.id, printable_text(obj.label), family, obj.kind, obj.angle, ",".join(obj.flags),
+                         printable_text(obj.source)], ring))
     for rel in answer.relations:
         if rel.subject in rings and rel.object in rings:
-            values = [line, rel.subject, rel.predicate, rel.object, rel.subject_label, rel.object_label, family]
+            values = [line, rel.subject, printable_text(rel.predicate), rel.object, printable_text(rel.subject_label),
+                      printable_text(rel.object_label), family]
             relations.append((values, [centroid(rings[rel.subject]), centroid(rings[rel.object])]))
     return objects, relations

@@ -13,6 +13,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.answer import printable_text
 from .checkpoints import load_language, load_tokenizer
 from .static_decoder import StaticDecoder, unsupported_reason
 
@@ -108,14 +109,16 @@ class Decoding:
         return out
 
     def _update(self, row: int, token: int) -> str:
-        """Record one token of `row`; return its new streamable text."""
+        """Record one token of `row`; return its new streamable text. This is where the engine turns tokens into
+        text: a control character a model writes (a NUL, an escape; byte-fallback tokenizers can write any
+        byte) becomes U+FFFD here (`core.answer.printable_text`), so no answer printed or stored carries one."""
         res, s = self.results[row], self.settings[row]
         res.token_ids.append(token)
         if token in self.lm.eos_ids:
             res.finish_reason, res.done = "stop", True
-            text = self.lm.tokenizer.decode(res.token_ids[:-1], skip_special_tokens=True)
+            text = printable_text(self.lm.tokenizer.decode(res.token_ids[:-1], skip_special_tokens=True))
         else:
-            text = self.lm.tokenizer.decode(res.token_ids, skip_special_tokens=True)
+            text = printable_text(self.lm.tokenizer.decode(res.token_ids, skip_special_tokens=True))
             cuts = [text.find(stop) for stop in s.stop if stop and stop in text]
             if cuts:
                 text = text[: min(cuts)]

@@ -4,7 +4,8 @@ the stand-in of this architecture for demos and tests, as models/demo_model.py i
 
 Reduced sizes: EVA width 176 (two heads of 88, as EVA-g's), 3 blocks (2 kept), 56 px patches on 448 px (8x8
 patches from a 4x4 position table: the conversion's resize runs), 16 image tokens; LLaMA width 64, 2 layers, a
-byte-fallback BPE tokenizer trained here (so `<unk>`, the image marker, is never produced from text).
+byte-fallback BPE tokenizer trained here (so `<unk>`, the image marker, is never produced from text) whose tokens
+all decode to printable ASCII (`byte_fallback_tokenizer`).
 Its weights are random: whatever it writes is noise (geovlm.json carries `random_stand_in: true`).
 """
 
@@ -21,6 +22,7 @@ from .demo_model import _CORPUS
 DEMO_NAME = "geovlm-minigptv2-demo-random"
 EVA_WIDTH, EVA_HEADS, EVA_BLOCKS, EVA_PATCH, EVA_MLP, EVA_PRETRAIN_SIZE = 176, 2, 3, 56, 768, 224
 LM_WIDTH, LM_LAYERS, LORA_RANK, LORA_ALPHA = 64, 2, 4, 8.0
+PRINTABLE_BYTES = range(0x20, 0x7F)  # printable ASCII: the bytes the demo tokenizer has byte tokens for
 CORPUS = _CORPUS + [
     "[INST] <Img></Img> [grounding] describe this image in detail [/INST]",
     "<p>a white plane</p> {<49><48><57><56>}<delim>{<35><54><43><62>} [caption] [vqa] [refer] [identify] [detection]",
@@ -29,21 +31,32 @@ SPECIAL = ["<unk>", "<s>", "</s>"]
 
 
 def byte_fallback_tokenizer(corpus=CORPUS, vocab_size: int = 600):
-    """A LLaMA-style BPE tokenizer: `▁` word marks, `<s>` prepended, and the 256 byte tokens `<0x00>`..`<0xFF>`
-    for any character the merges do not cover (sentencepiece's byte fallback, as LLaMA-2's tokenizer has)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A LLaMA-style BPE tokenizer: `▁` word marks, `<s>` prepended, and byte tokens `<0xNN>` for any character
+    the merges do not cover (sentencepiece's byte fallback, as LLaMA-2's tokenizer has).
 
+    LLaMA-2 has all 256 byte tokens; this one has the printable ASCII ones only (`PRINTABLE_BYTES`), and its
+    normalizer writes every whitespace character as a space and every other character outside printable ASCII as
+    '?'. A trained model rarely writes a byte token, but the random stand-in writes any token as often as the
+    next: with all 256 (then 43 % of its vocabulary) its noise held NULs, escapes and broken UTF-8, which break
+    terminals and GeoPackage fields. Now every token decodes to printable ASCII, and text still never becomes
+    `<unk>` (the image marker): whatever the normalizer leaves has a token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s"), " "),
+                                       normalizers.Replace(Regex(r"[^\x20-\x7E]"), "?")])
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))  # nosec B106  # a token, not a password
+    trainer_tok.normalizer = normalizer
     trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
     trainer_tok.train_from_iterator(corpus, trainer=trainer)
     learnt = json.loads(trainer_tok.to_str())["model"]
-    vocab = {name: i for i, name in enumerate(SPECIAL + [f"<0x{b:02X}>" for b in range(256)])}
+    vocab = {name: i for i, name in enumerate(SPECIAL + [f"<0x{b:02X}>" for b in PRINTABLE_BYTES])}
     for token, _ in sorted(learnt["vocab"].items(), key=lambda kv: kv[1]):
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))  # nosec B106
     tok.add_special_tokens(SPECIAL)
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     tok.decoder = decoders.Sequence(  # LLaMA-2's tokenizer.json decoder
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]

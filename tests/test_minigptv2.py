@@ -407,6 +407,17 @@ def test_batched_generation_equals_one_by_one_and_stops_at_the_end_of_turn(pipe)
     assert pipe.lm.image_token_id == pipe.lm.tokenizer.unk_token_id
 
 
+def test_the_random_stand_ins_answers_are_printable_text(pipe):
+    """Its noise was a third byte tokens: NULs, escapes and broken UTF-8 (the demo tokenizer now has printable
+    byte tokens only); greedy and sampled answers about four tiles."""
+    from geovlm.models.pipeline import GenRequest
+
+    requests = [GenRequest(tile, [("user", QUESTION)], max_new_tokens=64, temperature=temperature, seed=1)
+                for tile in ms.cogeo_tiles(4) for temperature in (0.0, 1.5)]
+    texts = [r.text for r in pipe.generate_batch(requests)]
+    assert all(texts) and all(c.isprintable() for text in texts for c in text), texts
+
+
 def test_export_encoder_command_on_a_minigpt_folder(converted, tmp_path, capsys):
     out = tmp_path / "enc.onnx"
     assert main(["export-encoder", "--model", str(converted), "--out", str(out)]) == 0

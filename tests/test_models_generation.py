@@ -266,6 +266,20 @@ def test_stream_holds_back_every_pending_byte(text):
     assert "".join(deltas) == decoding.results[0].text == text
 
 
+def test_a_control_character_the_model_writes_is_streamed_and_kept_as_the_replacement_character():
+    """The tokenizer decodes <0x00> to a NUL and <0x1B> to an escape; the answer carries U+FFFD instead (one for
+    one), streamed or whole: nothing that prints or stores it gets a control character."""
+    from geovlm.models.language import DecodeSettings, Decoding
+
+    lm = _byte_fallback_lm()
+    nul, escape = (lm.tokenizer.convert_tokens_to_ids(t) for t in ("<0x00>", "<0x1B>"))
+    ids = [3, nul, 4, escape, nul, 3]
+    assert lm.tokenizer.decode(ids) == "a\x00b\x1b\x00a"  # what the model wrote
+    decoding = Decoding(lm, [[1]], [None], [DecodeSettings(max_new_tokens=50, stop=("</s>",))])
+    deltas = [decoding._update(0, token) for token in ids + [2]]
+    assert "".join(deltas) == decoding.results[0].text == "a\ufffdb\ufffd\ufffda"
+
+
 def test_special_token_text_from_users_stays_plain_text(pipe):
     """'<image>' or '</s>' typed in a question or an earlier answer is text: never the image slot, never an EOS."""
     from geovlm.models.pipeline import GenRequest
