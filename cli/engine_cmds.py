@@ -347,7 +347,6 @@ def cmd_ask(args) -> int:
 def _ask_engine(args, image, frame) -> int:
     """`ask` through the engine client: the view fitted to the model's input (the exact pixels the model sees,
     whatever the server's own preprocessing) goes out, the answer is georeferenced here."""
-    from ..core.answer import printable_text
     from ..core.client import EngineError
     from ..core.profiles import get_profile
     from ..models.preprocess import ArraySource
@@ -360,7 +359,7 @@ def _ask_engine(args, image, frame) -> int:
     printed = []
 
     def show(piece: str) -> None:
-        print(printable_text(piece), end="", flush=True)  # an engine's answer may hold control characters
+        print(piece, end="", flush=True)
         printed.append(piece)
 
     try:

@@ -318,7 +318,6 @@ def cmd_engine_check(args) -> int:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from ..core.answer import printable_text
     from ..core.client import EngineError
     from ..models.preprocess import ArraySource
 
@@ -335,7 +334,7 @@ def cmd_engine_check(args) -> int:
         text, answer = client.ask(
             ArraySource(np.asarray(image)), None, args.question, max_tokens=args.max_tokens,
             temperature=args.temperature,
-            on_token=lambda piece: print(printable_text(piece), end="", flush=True), on_restart=show_restart,
+            on_token=lambda piece: print(piece, end="", flush=True), on_restart=show_restart,
         )
         print(f"\n-- {answer.summary()}")
     except EngineError as exc:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
-from .answer import Answer
+from .answer import Answer, printable_text
 from .georef import FitPlan, fit_plan
 from .parsing import parse_answer
 from .profiles import Profile, get_profile
@@ -473,11 +473,14 @@ class EngineClient:
             return dict(endpoint.info, id=endpoint.model)
 
     def _complete(self, endpoint, body, on_token, token) -> str:
+        """The answer's text, whole or streamed (each step's text so far to `on_token`); whatever engine wrote it,
+        its control characters are U+FFFD (`printable_text`): a NUL cuts a GeoPackage field short, an escape
+        moves a terminal's cursor."""
         with self._send(endpoint, "POST", "/v1/chat/completions", token, body) as response:
             if not body["stream"]:
                 reply = _json_or_retry(_read(response), endpoint.url)
                 try:
-                    return reply["choices"][0]["message"]["content"] or ""
+                    return printable_text(reply["choices"][0]["message"]["content"] or "")
                 except (KeyError, IndexError, TypeError) as exc:
                     raise EngineError(f"{endpoint.url}: unexpected completion {str(reply)[:200]}") from exc
             text = ""
@@ -494,7 +497,7 @@ class EngineClient:
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
-                        text += delta
+                        text += printable_text(delta)
                         on_token(text)
             if not finished:
                 raise _Retryable(f"{endpoint.url}: stream ended without [DONE]")

@@ -6,6 +6,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -14,6 +15,8 @@ from engine_http import EngineHandler, serve, url_of  # noqa: E402
 
 from geovlm.cli import main  # noqa: E402
 from geovlm.core.answer import printable_text  # noqa: E402
+from geovlm.core.client import EngineClient  # noqa: E402
+from geovlm.models.preprocess import ArraySource  # noqa: E402
 
 COGEO = ms.RASTERS / "cogeo.tif"
 HOSTILE = "<p>a\x00b pl\x1b[2Jane\x07</p> {<10><10><50><50>|<0>}\x85 done\tok\n"
@@ -96,7 +99,9 @@ class NulEngine(EngineHandler):
         self.send_answer(HOSTILE, stream=bool(body.get("stream")))
 
 
-def test_the_cli_prints_and_writes_an_engines_answer_without_control_characters(tmp_path, capsys):
+def test_the_client_reads_an_engines_answer_without_control_characters(tmp_path, capsys):
+    """The CLI prints the stream and writes the layer without them; a whole answer (bulk runs, the plugin) has
+    none either."""
     server = serve(NulEngine)
     out = tmp_path / "o.gpkg"
     try:
@@ -108,6 +113,8 @@ def test_the_cli_prints_and_writes_an_engines_answer_without_control_characters(
         assert main(["engine-check", "--engine", url_of(server)]) == 0
         checked = capsys.readouterr().out
         assert printable_text(HOSTILE) in checked and "\x00" not in checked and "\x1b" not in checked
+        text, answer = EngineClient(url_of(server)).ask(ArraySource(np.zeros((8, 8, 3), np.uint8)), None, "q")
+        assert text == printable_text(HOSTILE) and answer.objects  # whole, not streamed: what bulk runs write
     finally:
         server.shutdown()
     con = sqlite3.connect(out)
