@@ -244,7 +244,9 @@ class SetupPlan:
     pip_args: List[str] = field(default_factory=list)
     package: str = ""
     venv_args: List[str] = field(default_factory=list)
-    check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime")
+    # numba: the engine imports it only optionally (the compiled CPU decode step), so a broken one would slow
+    # decoding silently instead of failing here
+    check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime", "numba")
     torch_index: str = TORCH_CPU_INDEX
 
     def commands(self) -> List[Step]:

@@ -114,6 +114,7 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     assert not engine_setup.check_python(dialog.python.filePath())
     dialog.remove_button.click()
     assert dialog.task is not None and not dialog.setup_button.isEnabled()
+    assert dialog.state.text() == "being removed…"  # not the old state's words while it runs
     assert wait_for(lambda: dialog.task is None)
     assert not venv.exists() and dialog.state.text() == "not set up"
     assert any(f"Removing {venv}" in line for line in dialog.log.toPlainText().splitlines())
@@ -302,4 +303,55 @@ def test_a_cancelled_setup_does_not_show_a_full_progress_bar(qgis_app, tmp_path,
     assert wait_for(lambda: dialog.task is None, 20)
     assert "Stopped: cancelled" in dialog.log.toPlainText()
     assert dialog.progress.value() < 100
+    dialog.deleteLater()
+
+
+def test_the_setup_log_keeps_the_newest_line_in_sight_unless_scrolled_up(qgis_app, tmp_path, monkeypatch):
+    """pip's output as the set-up streams it: the newest line stays in sight whatever the font (QPlainTextEdit's
+    own following stops for good once its last line overhangs the view by a fraction of a pixel: with QGIS's
+    font under Xvfb the final "Done:" was out of sight; here 12 pt does it), while long steps name the venv and
+    after a resize; a user who scrolled up keeps their place until they scroll back down."""
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: tmp_path / "engine-venv")
+    venv = "/home/someone/.local/share/QGIS/QGIS3/profiles/default/geovlm/engine-venv"
+    pip = f"$ {venv}/bin/python -m pip --disable-pip-version-check"
+    output = [  # the start of a real set-up's log (with a real user's paths)
+        "torch: the CPU build (automatic: no NVIDIA GPU found)", f"== Making the virtual environment {venv}",
+        f"$ /usr/bin/python3.11 -m venv {venv}", "== Removing onnxruntime-gpu if present (it owns the same module)",
+        f"{pip} uninstall -y onnxruntime-gpu", "WARNING: Skipping onnxruntime-gpu as it is not installed.",
+        "torch: from https://download.pytorch.org/whl/cpu (1 retry, 20 s timeout), else from pip's configured sources",
+        "== Installing torch's CPU build from https://download.pytorch.org/whl/cpu",
+        f"{pip} install --retries 1 --timeout 20 --index-url https://download.pytorch.org/whl/cpu torch==2.13.0",
+        "Looking in indexes: https://download.pytorch.org/whl/cpu", "Looking in links: /opt/wheels",
+    ]
+    for size in [9.0 + 0.2 * k for k in range(18)]:
+        dialog = EngineSetupDialog()
+        font = dialog.log.font()
+        font.setPointSizeF(size)
+        dialog.log.setFont(font)
+        dialog.show()
+        width = dialog.width()
+        bar = dialog.log.verticalScrollBar()
+        for i in range(60):
+            line = output[i % len(output)]
+            if line.startswith("== "):
+                dialog.step.setText(line[3:])
+            dialog.append(line)
+            if i == 40:
+                dialog.resize(width - 120, dialog.height())
+            QCoreApplication.processEvents()
+            assert bar.value() == bar.maximum(), f"{size:.1f} pt: line {i} is out of sight"
+        assert dialog.width() == width - 120  # a long step wraps instead of widening the dialog
+        if size < 12:
+            dialog.close()
+            dialog.deleteLater()
+    reading = bar.maximum() // 2
+    bar.setValue(reading)  # the user scrolls up to read
+    dialog.append("Collecting one more")
+    QCoreApplication.processEvents()
+    assert bar.value() == reading
+    bar.setValue(bar.maximum())  # and back down: it follows again
+    dialog.append("Done: the local engine is set up")
+    QCoreApplication.processEvents()
+    assert bar.value() == bar.maximum()
+    dialog.close()
     dialog.deleteLater()

@@ -6,7 +6,8 @@ the CPU or GPU onnxruntime by what the machine has (the user can override) and l
 (automatic, CPU or CUDA; remembered in QgsSettings: automatic takes the CPU build, from PyTorch's CPU index on
 Linux, else from pip's configured sources, when no NVIDIA GPU is found), notes (without blocking) a pick that
 puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), and runs set-up, repair or
-removal as a `QgsTask`: the progress and every line of pip's output appear as they come, Cancel stops the
+removal as a `QgsTask`: the progress and every line of pip's output appear as they come (the newest in sight
+unless the user scrolled up), the state reads what runs meanwhile, Cancel stops the
 running command (and reads as cancelled, not failed). Closing the dialog leaves a running task to the task
 manager (its progress stays in QGIS's status bar).
 """
@@ -30,6 +31,7 @@ from ..plugin import engine_setup
 from ..plugin import settings as engine_settings
 
 MAX_LOG_LINES = 5000
+RUNNING_WORDS = {"install": "being set up…", "repair": "being repaired…", "remove": "being removed…"}
 
 
 class EngineSetupDialog(QDialog):
@@ -43,8 +45,8 @@ class EngineSetupDialog(QDialog):
         layout = QVBoxLayout(self)
         intro = QLabel(
             "The engine runs the models in its own Python environment, outside QGIS: this makes it once "
-            "(torch, transformers and onnxruntime are downloaded: hundreds of MB with torch's CPU build, "
-            "several GB with its CUDA build). Without a model folder the "
+            "(torch, transformers and onnxruntime are downloaded: about 500 MB with torch's CPU build, which "
+            "take about 2 GB on disk; several GB with its CUDA build). Without a model folder the "
             "engine serves the demo model, a random stand-in whose answers are noise."
         )
         intro.setWordWrap(True)
@@ -83,10 +85,15 @@ class EngineSetupDialog(QDialog):
         self.progress.setRange(0, 100)
         layout.addWidget(self.progress)
         self.step = QLabel()
+        self.step.setWordWrap(True)  # a step names the venv's path: it must not widen the dialog
         layout.addWidget(self.step)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(MAX_LOG_LINES)
+        self._follow = True  # the log shows its newest line (until the user scrolls up; see `append`)
+        bar = self.log.verticalScrollBar()
+        bar.valueChanged.connect(lambda value: setattr(self, "_follow", value >= bar.maximum()))
+        bar.rangeChanged.connect(lambda _low, high: bar.setValue(high) if self._follow else None)
         layout.addWidget(self.log, 1)
         buttons = QDialogButtonBox()
         self.setup_button = QPushButton("Set up")
@@ -110,8 +117,10 @@ class EngineSetupDialog(QDialog):
 
     def update_state(self) -> None:
         state, _ = engine_setup.setup_state()
-        self.state.setText(engine_setup.setup_text())  # the words the Options page and the Ask dock show too
         running = self.task is not None
+        # the words the Options page and the Ask dock show too; while a task runs, what it does (the old
+        # words would be stale: "Set up again" removes the old venv first)
+        self.state.setText(RUNNING_WORDS[self.task.plan.action] if running else engine_setup.setup_text())
         self.setup_button.setEnabled(not running)
         self.setup_button.setText("Set up again" if state != "missing" else "Set up")
         self.repair_button.setEnabled(not running and state != "missing")
@@ -157,6 +166,7 @@ class EngineSetupDialog(QDialog):
             self.append("Pick a Python 3.10 or newer first.")
             return
         self.log.clear()
+        self._follow = True
         self.progress.setValue(0)
         self._progress_before_end = 0
         task = engine_setup.EngineSetupTask(plan)
@@ -186,7 +196,15 @@ class EngineSetupDialog(QDialog):
         self.task = self._finder = None
 
     def append(self, line: str) -> None:
+        """Add one line of output. The view keeps the newest line in sight until the user scrolls up, and again
+        once they scroll back to the end (the scroll bar's range and value signals): QPlainTextEdit's own
+        following stops for good once its last line overhangs the view by a fraction of a pixel (seen with
+        QGIS's fonts under Xvfb), which left pip's output and the final "Done:" out of sight."""
+        follow = self._follow
         self.log.appendPlainText(line)
+        if follow:
+            bar = self.log.verticalScrollBar()
+            bar.setValue(bar.maximum())
 
     def _progressed(self, value: float) -> None:
         # QGIS's task manager reports 100 % for any task that ends completed, a cancelled set-up included: the
