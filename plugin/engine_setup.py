@@ -11,7 +11,8 @@ when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU, w
 sources instead (its index, find-links), and the log says which; every command is a
 subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
 is terminated; a cancel ends the task as completed, so QGIS does not say "Task failed") and writes
-`geovlm-setup.json` into the venv when everything worked. Repair reinstalls the
+`geovlm-setup.json` into the venv when everything worked (Repair removes it first, so that no engine starts
+from a venv pip is changing, and a cancelled repair reads as unfinished). Repair reinstalls the
 plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
 the venv's Python (`settings.engine_python()`).
 """
@@ -335,9 +336,12 @@ class EngineSetupTask(QgsTask):
             if reason:
                 self.message = reason
                 return False
+        if plan.action == "repair":  # unfinished until it ends: no engine starts from a venv pip is changing, and
+            (plan.venv / MARKER).unlink(missing_ok=True)  # a cancelled repair reads "unfinished", not "set up"
         if plan.action != "install" or plan.venv.exists():
-            self._say(log, "Stopping the local engine")
-            engine_manager().stop()  # it may run from this venv
+            if engine_manager().running():
+                self._say(log, "Stopping the local engine (it runs from this environment)")
+            engine_manager().stop()  # also re-derives its state from the marker's absence
         if plan.action == "install" and plan.venv.exists():
             self._say(log, f"Removing the old {plan.venv}")
             shutil.rmtree(plan.venv)

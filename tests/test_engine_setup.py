@@ -122,6 +122,22 @@ def test_cancel_stops_the_running_command(venv, wheel, system_python):
     assert engine_setup.setup_state(venv)[0] in ("missing", "incomplete") and engine_settings.engine_python() == ""
 
 
+def test_a_repair_is_unfinished_until_it_ends(venv, wheel, system_python):
+    """While a repair runs, pip changes the venv: the set-up reads as unfinished (no engine starts from it), and a
+    repair cancelled in its first command leaves it unfinished, not "set up" (the marker of the set-up before it
+    said so while geovlm could be half reinstalled)."""
+    result, lines, _ = run_task(offline_plan(venv, wheel, system_python))
+    assert result["ok"] and engine_setup.setup_state(venv)[0] == "ready", "\n".join(lines[-20:])
+    repair = offline_plan(venv, wheel, system_python, "repair")
+    result, lines, _ = run_task(repair, cancel_after_line="--force-reinstall")
+    assert result["ok"] is False and result["message"].startswith("cancelled")
+    assert engine_setup.setup_state(venv)[0] == "incomplete" and engine_settings.engine_python() == ""
+    assert "Stopping the local engine (it runs from this environment)" not in lines  # none ran: not said
+    result, _, _ = run_task(offline_plan(venv, wheel, system_python, "repair"))
+    assert result["ok"] and engine_setup.setup_state(venv)[0] == "ready"
+    assert engine_settings.engine_python() == str(engine_settings.venv_python(venv))
+
+
 def test_a_python_too_old_is_refused_in_one_line(venv, tmp_path):
     old = tmp_path / "python3.9"
     old.write_text("#!/bin/sh\necho 3.9\n")

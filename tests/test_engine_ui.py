@@ -4,7 +4,7 @@ Python and removes a set-up engine through its task."""
 import json
 
 import pytest
-from qgis.core import QgsSettings, QgsTask
+from qgis.core import Qgis, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 from qt_support import api_header_config, wait_for
 
@@ -354,4 +354,29 @@ def test_the_setup_log_keeps_the_newest_line_in_sight_unless_scrolled_up(qgis_ap
     QCoreApplication.processEvents()
     assert bar.value() == bar.maximum()
     dialog.close()
+    dialog.deleteLater()
+
+
+def test_a_setup_that_ends_with_its_dialog_closed_says_so_in_the_message_bar(qgis_app, qgis_iface, tmp_path,
+                                                                             monkeypatch):
+    """Closing the dialog leaves the set-up to QGIS's task manager: how it ended (and why, when it failed) then
+    comes in QGIS's message bar, not only in the log."""
+    venv = tmp_path / "engine-venv"
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    python = engine_settings.venv_python(venv)
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    qgis_iface.messageBar().clear_messages()
+    dialog = EngineSetupDialog()
+    dialog.show()
+    dialog.start("remove")
+    dialog.close()  # as the Close button does
+    assert wait_for(lambda: dialog.task is None)
+    assert qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success) == [f"GeoVLM engine set-up:removed {venv}"]
+    dialog.python.setFilePath(str(tmp_path / "no-python"))  # a failure says why
+    dialog.start("install")
+    assert wait_for(lambda: dialog.task is None)
+    [warning] = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
+    assert warning == f"GeoVLM engine set-up:{tmp_path / 'no-python'} does not run"
     dialog.deleteLater()

@@ -9,11 +9,11 @@ puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), 
 removal as a `QgsTask`: the progress and every line of pip's output appear as they come (the newest in sight
 unless the user scrolled up), the state reads what runs meanwhile, Cancel stops the
 running command (and reads as cancelled, not failed). Closing the dialog leaves a running task to the task
-manager (its progress stays in QGIS's status bar).
+manager (its progress stays in QGIS's status bar; QGIS's message bar says how it ended).
 """
 from __future__ import annotations
 
-from qgis.core import QgsApplication, QgsTask
+from qgis.core import Qgis, QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -214,7 +214,15 @@ class EngineSetupDialog(QDialog):
         self.progress.setValue(int(value))
 
     def _done(self, ok: bool, message: str) -> None:
-        self.task = None
+        cancelled, self.task = self.task is not None and self.task.cancelled, None
+        if not self.isVisible():  # closed while it ran: QGIS's message bar says how it ended (and why)
+            from qgis.utils import iface
+
+            level = (Qgis.MessageLevel.Success if ok else Qgis.MessageLevel.Info if cancelled else
+                     Qgis.MessageLevel.Warning)
+            if iface is not None:
+                iface.messageBar().pushMessage("GeoVLM engine set-up", message, level, 0 if level ==
+                                               Qgis.MessageLevel.Warning else 10)
         self.step.setText(message)
         self.append(("Done: " if ok else "Stopped: ") + message)
         self.progress.setValue(100 if ok else self._progress_before_end)
