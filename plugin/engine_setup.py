@@ -11,7 +11,10 @@ when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU, w
 sources instead (its index, find-links), and the log says which; every command is a
 subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
 is terminated; a cancel ends the task as completed, so QGIS does not say "Task failed") and writes
-`geovlm-setup.json` into the venv when everything worked (Repair removes it first, so that no engine starts
+`geovlm-setup.json` into the venv when everything worked. "Set up again" moves a working venv aside
+(`<venv>.previous`) and puts it back when the new set-up fails or is cancelled (offline, it would otherwise cost
+the working engine); a failure says why in one line (pip's last ERROR line, and that pip could not reach a
+package index when it could not connect). Repair removes the marker first, so that no engine starts
 from a venv pip is changing, and a cancelled repair reads as unfinished). Repair reinstalls the
 plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
 the venv's Python (`settings.engine_python()`).
@@ -58,6 +61,10 @@ SETUP_WORDS = {
     "outdated": "set up by another GeoVLM version: Repair updates it",
     "ready": "set up",
 }
+PREVIOUS_SUFFIX = ".previous"  # "Set up again" keeps the old venv beside the new one until the new one is set up
+# pip's words when it cannot connect to an index (urllib3's errors in its "Retrying ... after connection broken
+# by ..." warnings)
+UNREACHABLE_WORDS = ("NewConnectionError", "ConnectTimeoutError", "ProxyError", "Max retries exceeded")
 TORCH_CHOICES = engine_settings.TORCH_BUILDS  # what the user picks; "auto" resolves by `has_nvidia_gpu()`
 NVIDIA_PROC_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU while the Linux driver is loaded
 
@@ -303,6 +310,7 @@ class EngineSetupTask(QgsTask):
         self.message = ""
         self.cancelled = False  # set when a cancel stopped it (the task then ends completed, not terminated)
         self.log_path = engine_settings.data_dir() / "engine-setup.log"
+        self._last_error, self._unreachable = "", False  # of the last command run (`_command`, `_why`)
 
     def run(self) -> bool:
         try:
@@ -342,14 +350,36 @@ class EngineSetupTask(QgsTask):
             if engine_manager().running():
                 self._say(log, "Stopping the local engine (it runs from this environment)")
             engine_manager().stop()  # also re-derives its state from the marker's absence
-        if plan.action == "install" and plan.venv.exists():
-            self._say(log, f"Removing the old {plan.venv}")
-            shutil.rmtree(plan.venv)
         if plan.action == "remove":
             self._say(log, f"Removing {plan.venv}")
             shutil.rmtree(plan.venv, ignore_errors=True)
             self.message = f"removed {plan.venv}"
             return True
+        previous = plan.venv.with_name(plan.venv.name + PREVIOUS_SUFFIX)
+        shutil.rmtree(previous, ignore_errors=True)  # left by a QGIS that ended during a set-up
+        kept = plan.action == "install" and plan.venv.exists()
+        if kept:  # "Set up again" offline must not cost the working engine: it comes back unless this one finishes
+            self._say(log, f"Moving the old {plan.venv} aside ({previous.name}) until the new one is set up")
+            plan.venv.rename(previous)
+        finished = None
+        try:
+            finished = self._run_steps(plan, log)
+        finally:
+            if kept and finished:
+                shutil.rmtree(previous, ignore_errors=True)
+            elif kept:
+                shutil.rmtree(plan.venv, ignore_errors=True)
+                previous.rename(plan.venv)
+                self._say(log, f"The set-up before it is back in {plan.venv}: {setup_text(plan.venv)}")
+        if finished is None:
+            return self._cancelled()
+        if not finished and kept:
+            self.message += "; the set-up before it was kept"
+        return finished
+
+    def _run_steps(self, plan: SetupPlan, log) -> Optional[bool]:
+        """Run the plan's steps and write the marker: True when all succeeded, False when one failed (the reason
+        in `message`), None when cancelled."""
         steps = plan.commands()
         for index, step in enumerate(steps):
             if step.note:
@@ -360,9 +390,9 @@ class EngineSetupTask(QgsTask):
                 self._say(log, f"{step.fallback_note} ({sources})")
                 step, status = step.fallback, self._step(step.fallback, log)
             if self.isCanceled():
-                return self._cancelled()
+                return None
             if status != 0 and step.required:
-                self.message = f"{step.title} failed (status {status}); the log is in {self.log_path}"
+                self.message = f"{step.title} failed (status {status}){self._why()}; the log is in {self.log_path}"
                 return False
             self.setProgress(100.0 * (index + 1) / len(steps))
         marker = {"version": __version__, "runtime": plan.runtime, "torch": plan.torch, "python": plan.python or "",
@@ -370,6 +400,14 @@ class EngineSetupTask(QgsTask):
         (plan.venv / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
         self.message = f"the local engine is set up in {plan.venv}"
         return True
+
+    def _why(self) -> str:
+        """": <the last ERROR line of the failed command's output>", and when pip could not connect, that it could
+        not reach a package index: the reason a one-line message can give (the log has the rest)."""
+        why = f": {self._last_error}" if self._last_error else ""
+        if self._unreachable:
+            why += " (pip could not reach a package index: offline, or a proxy or firewall in the way?)"
+        return why
 
     def _step(self, step: Step, log) -> int:
         self.stepStarted.emit(step.title)
@@ -391,7 +429,9 @@ class EngineSetupTask(QgsTask):
             self.logLine.emit(line)
 
     def _command(self, argv: List[str], log) -> int:
-        """Run one command, streaming its output; terminate it when the task is cancelled."""
+        """Run one command, streaming its output; terminate it when the task is cancelled. Remembers its last
+        "ERROR:" line and whether pip failed to connect (`_why`)."""
+        self._last_error, self._unreachable = "", False
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
         try:
             proc = self._proc = subprocess.Popen(  # nosec B603  # a fixed argument list, no shell
@@ -412,7 +452,11 @@ class EngineSetupTask(QgsTask):
         reader.start()
         while True:
             try:
-                self._say(log, lines.get(timeout=0.1).rstrip("\n"))
+                line = lines.get(timeout=0.1).rstrip("\n")
+                self._say(log, line)
+                if line.startswith("ERROR:"):
+                    self._last_error = line[len("ERROR:"):].strip()
+                self._unreachable = self._unreachable or any(word in line for word in UNREACHABLE_WORDS)
                 continue
             except queue.Empty:
                 pass

@@ -138,6 +138,34 @@ def test_a_repair_is_unfinished_until_it_ends(venv, wheel, system_python):
     assert engine_settings.engine_python() == str(engine_settings.venv_python(venv))
 
 
+def test_setting_up_again_offline_keeps_the_working_engine_and_says_why_it_failed(venv, wheel, system_python,
+                                                                                monkeypatch):
+    """"Set up again" with pip's index out of reach (here a closed port on 127.0.0.1): the new set-up fails, the one
+    before it comes back in place (it was moved aside, not removed), and the message says why in one line (pip's
+    last ERROR line and that pip could not reach an index), not only "failed (status 1)". Cancelled, the same."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured find-links or index but ours
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    result, lines, _ = run_task(offline_plan(venv, wheel, system_python))
+    assert result["ok"], "\n".join(lines[-20:])
+    before = engine_setup.setup_text(venv)
+    offline = SetupPlan(python=system_python, venv=venv, package="geovlm-nowhere", torch="",
+                        pip_args=["--index-url", f"http://127.0.0.1:{closed_port()}/simple", "--retries", "1",
+                                  "--no-deps"])
+    result, lines, _ = run_task(offline)
+    assert result["ok"] is False, result["message"]
+    assert result["message"].startswith("Installing the engine (CPU onnxruntime): torch, transformers… failed "
+                                        "(status 1): No matching distribution found for geovlm-nowhere")
+    assert "(pip could not reach a package index: offline, or a proxy or firewall in the way?)" in result["message"]
+    assert result["message"].endswith("; the set-up before it was kept")
+    assert engine_setup.setup_text(venv) == before and engine_settings.engine_python() == str(
+        engine_settings.venv_python(venv))
+    assert not (venv.parent / (venv.name + engine_setup.PREVIOUS_SUFFIX)).exists()
+    result, _, _ = run_task(offline_plan(venv, wheel, system_python), cancel_after_line="-m venv")
+    assert result["message"] == f"cancelled; the local engine is now: {before}"
+    assert engine_setup.setup_state(venv)[0] == "ready"
+    assert not (venv.parent / (venv.name + engine_setup.PREVIOUS_SUFFIX)).exists()
+
+
 def test_a_python_too_old_is_refused_in_one_line(venv, tmp_path):
     old = tmp_path / "python3.9"
     old.write_text("#!/bin/sh\necho 3.9\n")
