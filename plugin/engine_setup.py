@@ -373,8 +373,8 @@ class EngineSetupTask(QgsTask):
                 self._say(log, f"The set-up before it is back in {plan.venv}: {setup_text(plan.venv)}")
         if finished is None:
             return self._cancelled()
-        if not finished and kept:
-            self.message += "; the set-up before it was kept"
+        if not finished:
+            self.message += ("; the set-up before it was kept" if kept else "") + f"; the log is in {self.log_path}"
         return finished
 
     def _run_steps(self, plan: SetupPlan, log) -> Optional[bool]:
@@ -392,7 +392,7 @@ class EngineSetupTask(QgsTask):
             if self.isCanceled():
                 return None
             if status != 0 and step.required:
-                self.message = f"{step.title} failed (status {status}){self._why()}; the log is in {self.log_path}"
+                self.message = f"{step.title} failed (status {status}){self._why()}"
                 return False
             self.setProgress(100.0 * (index + 1) / len(steps))
         marker = {"version": __version__, "runtime": plan.runtime, "torch": plan.torch, "python": plan.python or "",

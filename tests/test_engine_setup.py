@@ -156,7 +156,7 @@ def test_setting_up_again_offline_keeps_the_working_engine_and_says_why_it_faile
     assert result["message"].startswith("Installing the engine (CPU onnxruntime): torch, transformers… failed "
                                         "(status 1): No matching distribution found for geovlm-nowhere")
     assert "(pip could not reach a package index: offline, or a proxy or firewall in the way?)" in result["message"]
-    assert result["message"].endswith("; the set-up before it was kept")
+    assert result["message"].endswith(f"; the set-up before it was kept; the log is in {venv.parent}/engine-setup.log")
     assert engine_setup.setup_text(venv) == before and engine_settings.engine_python() == str(
         engine_settings.venv_python(venv))
     assert not (venv.parent / (venv.name + engine_setup.PREVIOUS_SUFFIX)).exists()

@@ -372,11 +372,11 @@ def test_a_setup_that_ends_with_its_dialog_closed_says_so_in_the_message_bar(qgi
     dialog.show()
     dialog.start("remove")
     dialog.close()  # as the Close button does
-    assert wait_for(lambda: dialog.task is None)
+    assert wait_for(lambda: qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success))
     assert qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Success) == [f"GeoVLM engine set-up:removed {venv}"]
     dialog.python.setFilePath(str(tmp_path / "no-python"))  # a failure says why
     dialog.start("install")
-    assert wait_for(lambda: dialog.task is None)
+    assert wait_for(lambda: qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning))
     [warning] = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
     assert warning == f"GeoVLM engine set-up:{tmp_path / 'no-python'} does not run"
     dialog.deleteLater()

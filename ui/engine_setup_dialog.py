@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from qgis.core import Qgis, QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
@@ -220,9 +221,9 @@ class EngineSetupDialog(QDialog):
 
             level = (Qgis.MessageLevel.Success if ok else Qgis.MessageLevel.Info if cancelled else
                      Qgis.MessageLevel.Warning)
-            if iface is not None:
-                iface.messageBar().pushMessage("GeoVLM engine set-up", message, level, 0 if level ==
-                                               Qgis.MessageLevel.Warning else 10)
+            if iface is not None:  # after QGIS's own "Task complete/failed" notice, so that it shows on top
+                QTimer.singleShot(0, lambda: iface.messageBar().pushMessage(
+                    "GeoVLM engine set-up", message, level, 0 if level == Qgis.MessageLevel.Warning else 10))
         self.step.setText(message)
         self.append(("Done: " if ok else "Stopped: ") + message)
         self.progress.setValue(100 if ok else self._progress_before_end)
