@@ -10,7 +10,8 @@ when the user picks CPU, or picks automatic and the machine has no NVIDIA GPU, w
 (as `scripts/setup.sh`): when that index does not answer (offline, a firewall), torch comes from pip's configured
 sources instead (its index, find-links), and the log says which; every command is a
 subprocess of `EngineSetupTask`, a `QgsTask` that streams their output, can be cancelled (the running command
-is terminated; a cancel ends the task as completed, so QGIS does not say "Task failed") and writes
+is terminated; on Linux the kernel also ends it should QGIS be killed; a cancel ends the task as completed, so
+QGIS does not say "Task failed") and writes
 `geovlm-setup.json` into the venv when everything worked. "Set up again" moves a working venv aside
 (`<venv>.previous`) and puts it back when the new set-up fails or is cancelled (offline, it would otherwise cost
 the working engine); a failure says why in one line (pip's last ERROR line, and that pip could not reach a
@@ -39,6 +40,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from .. import __version__
 from ..engine.launcher import clean_environment
+from ..engine.lifeline import die_with_parent
 from . import settings as engine_settings
 
 LOG_TAG = "GeoVLM"
@@ -438,6 +440,7 @@ class EngineSetupTask(QgsTask):
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                 errors="replace", env=clean_environment(), cwd=str(engine_settings.data_dir()),
                 start_new_session=os.name == "posix", creationflags=flags,
+                preexec_fn=die_with_parent(),  # QGIS killed mid-set-up: pip does not go on installing by itself
             )
         except OSError as exc:
             self._say(log, f"could not run {argv[0]}: {exc}")

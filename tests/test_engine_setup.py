@@ -375,3 +375,49 @@ def test_setting_up_again_with_a_bad_python_keeps_the_working_engine(venv, tmp_p
     result, lines, _ = run_task(SetupPlan(python=str(tmp_path / "no-such-python"), venv=venv))
     assert result["ok"] is False and (venv / "kept").is_file(), lines
     assert not any(line.startswith("Removing") for line in lines)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_setup_command_ends_when_qgis_is_killed(tmp_path):
+    """QGIS killed outright during a set-up (no unload, no cancel): the running command (pip, here a stand-in
+    Python whose `-m venv` sleeps) is ended by the kernel instead of going on installing by itself."""
+    pidfile = tmp_path / "command.pid"
+    fake = tmp_path / "python3"
+    fake.write_text(f"""#!/bin/sh
+case "$1" in
+  -c) case "$2" in *version_info*) echo 3.11 ;; esac; exit 0 ;;
+  *) echo $$ > {pidfile}; exec sleep 120 ;;
+esac
+""")
+    fake.chmod(0o755)
+    qgis = subprocess.Popen([sys.executable, "-c", f"""
+import os, time
+from qgis.core import QgsApplication
+app = QgsApplication([], False)
+app.initQgis()
+from geovlm.plugin import settings
+settings.data_dir = lambda: __import__("pathlib").Path({str(tmp_path)!r})
+from geovlm.plugin.engine_setup import EngineSetupTask, SetupPlan
+task = EngineSetupTask(SetupPlan(python={str(fake)!r}, venv=settings.data_dir() / "venv", torch=""))
+QgsApplication.taskManager().addTask(task)
+while True:
+    app.processEvents()
+    time.sleep(0.05)
+"""], env=dict(os.environ, QT_QPA_PLATFORM="offscreen"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pidfile.is_file(), "the set-up's first command did not start"
+        time.sleep(0.3)
+        command = int(pidfile.read_text())
+    finally:
+        qgis.kill()
+        qgis.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{command}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = not Path(f"/proc/{command}").exists()
+    if not gone:
+        os.kill(command, 9)
+    assert gone, "the set-up's command outlived QGIS"
