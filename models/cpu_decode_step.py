@@ -72,6 +72,11 @@ def load_tbb() -> Optional[str]:
     return None
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (numba's threading-layer errors span several, with hints)."""
+    return " ".join(str(exc).split())
+
+
 TBB_PATH = load_tbb()
 # One step at a time in the process, whichever model it is for: numba's workqueue layer (its last resort, where
 # neither TBB nor OpenMP loads) must not be entered by two threads at once.
@@ -85,7 +90,27 @@ except ImportError:  # an engine without numba decodes with the torch step
     numba = None
 except Exception as exc:  # numba refuses its configuration, e.g. NUMBA_NUM_THREADS=0  # noqa: BLE001
     numba = None
-    LOAD_ERROR = f"numba failed to load: {exc}"
+    LOAD_ERROR = f"numba failed to load: {one_line(exc)}"
+
+
+def launch_threads_here() -> None:
+    """Start numba's threading layer on the calling thread (called at import on the main thread). Its TBB layer
+    starts with a task run on the thread that launches it and waits for that task when the process exits; where
+    TBB sees one CPU (an affinity or a cgroup quota of one), it has no worker to run the task, so a process whose
+    first parallel kernel ran on another thread (the decode step's warm-up and a server's batches do) hung at exit
+    (numba issue #10556, oneTBB issue #2056). Started here, the main thread runs that task itself. A layer that
+    fails to start is left to fail again at the first kernel (a warning, the torch step serves)."""
+    if numba is None or numba.config.DISABLE_JIT:
+        return
+    try:
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()  # idempotent; what numba's first parallel kernel calls
+    except Exception as exc:  # an unknown or unloadable layer  # noqa: BLE001
+        log.debug("numba's threading layer did not start at import: %s", one_line(exc))
+
+if threading.current_thread() is threading.main_thread():
+    launch_threads_here()
 
 if numba is not None:
 

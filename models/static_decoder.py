@@ -123,7 +123,8 @@ class StaticDecoder:
                     compiled.warm_up()
                     self._compiled = compiled
                 except Exception as exc:  # a compiler failure must leave the torch step serving  # noqa: BLE001
-                    self.compiled_step_reason, noticeable = f"compiling it failed: {exc}", True
+                    reason = cpu_decode_step.one_line(exc)
+                    self.compiled_step_reason, noticeable = f"compiling it failed: {reason}", True
         if self.compiled_step_reason:
             log.log(logging.WARNING if noticeable else logging.INFO,
                     "decode steps run as torch operations: the compiled CPU step is unavailable (%s)",

@@ -255,3 +255,46 @@ def test_whole_takes_a_cache_and_its_first_rows_only():
     assert CpuDecodeStep.whole(cache[:, 1:]) is None  # not the first rows
     assert CpuDecodeStep.whole(cache[:, :, :, :3]) is None  # a cut along the positions
     assert CpuDecodeStep.whole(cache.transpose(3, 4).contiguous().transpose(3, 4)) is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_a_process_on_one_cpu_whose_kernels_ran_on_another_thread_exits():
+    """With one CPU (here an affinity of one; a cgroup quota of one does the same), TBB has no worker thread, and
+    numba's TBB layer waited at exit for a task left on the thread that first ran a parallel kernel: a process
+    whose first kernel ran off the main thread (the step's warm-up, a server's batches) never exited (numba issue
+    #10556). Importing the module on the main thread starts the layer there."""
+    import subprocess
+    import sys
+
+    child = (
+        "import os, threading\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "import numpy as np\n"
+        "from geovlm.models import cpu_decode_step as c\n"
+        "w, x, out = np.ones((8, 8), np.float32), np.ones((1, 8), np.float32), np.zeros((1, 8), np.float32)\n"
+        "t = threading.Thread(target=c._products, args=(w, x, out)); t.start(); t.join()\n"
+        "print(c.threading_layer(), float(out.sum()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    layer, total = done.stdout.split()
+    assert layer in {"tbb", "omp", "workqueue"} and float(total) == 64.0
+
+
+def test_a_compile_failure_is_said_in_one_line(monkeypatch, caplog):
+    """numba's threading-layer errors span lines (a HINT with a shell command); the warning keeps one line."""
+    import logging
+
+    from geovlm.models import cpu_decode_step
+    from geovlm.models.static_decoder import StaticDecoder
+
+    def refuse(self):
+        raise ValueError("No threading layer could be loaded.\nHINT:\nIntel TBB is required, try:\n$ pip install tbb")
+
+    monkeypatch.setattr(cpu_decode_step.CpuDecodeStep, "warm_up", refuse)
+    with caplog.at_level(logging.WARNING, logger="geovlm"):
+        decoder = StaticDecoder(_llama())
+        assert decoder.step_kernel != "numba"
+    assert decoder.compiled_step_reason == ("compiling it failed: No threading layer could be loaded. HINT: Intel TBB "
+                                            "is required, try: $ pip install tbb")
+    assert [r.getMessage().count("\n") for r in caplog.records if "unavailable" in r.getMessage()] == [0]
