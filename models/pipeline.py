@@ -263,8 +263,8 @@ class VlmPipeline:
         return self.lm.decoding(prompts, list(feats), settings), {"preprocess": pre_s, "encode": enc_s}
 
     @staticmethod
-    def _result(decoded, decoding, timings) -> GenResult:
-        timings = dict(timings, prefill=decoding.prefill_s, decode=decoding.decode_s)
+    def _result(decoded, decoding, timings, decode_s=None) -> GenResult:
+        timings = dict(timings, prefill=decoding.prefill_s, decode=decoding.decode_s if decode_s is None else decode_s)
         row = next(i for i, d in enumerate(decoding.results) if d is decoded)
         prompt = len(decoding.prompts[row])
         return GenResult(decoded.text, len(decoded.token_ids), decoded.finish_reason, timings, prompt)
@@ -287,8 +287,19 @@ class VlmPipeline:
         yield StreamDone(self._result(decoding.results[0], decoding, timings))
 
     def stream_batch(self, requests: List[GenRequest]) -> Iterator[List[str]]:
-        """One batched generation step by step: each item holds every request's text delta; the last holds
-        a StreamDone per request, carrying its GenResult."""
+        """One batched generation step by step: each item holds every request's text delta (or ""). After the
+        step that finished a request comes an item holding its StreamDone, which carries its GenResult (with the
+        time it decoded for), so a short answer ends while the batch decodes on for the longer ones."""
         decoding, timings = self._decoding(requests)
-        yield from decoding
-        yield [StreamDone(self._result(d, decoding, timings)) for d in decoding.results]
+        ended = [False] * len(requests)
+        start = None
+        for deltas in decoding:
+            if start is None:
+                start = time.perf_counter()
+            yield deltas
+            now = [d.done and not e for d, e in zip(decoding.results, ended)]
+            if any(now):
+                elapsed = time.perf_counter() - start
+                yield [StreamDone(self._result(d, decoding, timings, elapsed)) if n else ""
+                       for d, n in zip(decoding.results, now)]
+                ended = [e or n for e, n in zip(ended, now)]

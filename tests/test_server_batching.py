@@ -96,6 +96,34 @@ def test_streams_share_a_batch_with_the_others(batcher_for, pipeline):
     assert plain.future.result(60).text == alone[3].text and plain.batch_size == 4
 
 
+def test_a_short_answer_ends_while_its_batch_decodes_on(batcher_for, pipeline):
+    """A 3-token request batched with a 600-token one gets its closing StreamDone (and a plain request its result)
+    after its own last step, not when the batch ends: counted in the batch's steps, so not timing-dependent."""
+    batcher, recorder = batcher_for(window_s=0.3, max_batch=4)
+    steps = []
+    stream_batch = recorder.stream_batch
+
+    def counted(requests):
+        for item in stream_batch(requests):
+            steps.append(item)
+            yield item
+
+    recorder.stream_batch = counted
+    short, plain = batcher.submit_stream(gen(1, tokens=3)), batcher.submit(gen(2, tokens=4))
+    long = batcher.submit_stream(gen(3, tokens=600))
+    short_pieces = list(batcher.pieces(short, timeout=60))
+    long_pieces = list(batcher.pieces(long, timeout=60))
+    assert recorder.calls == [("batch", 3)]
+    ends = [k for k, item in enumerate(steps) for piece in item if getattr(piece, "result", None)]
+    assert short_pieces[-1].result.tokens == 3 and len(ends) == 3  # one StreamDone per request
+    assert ends[0] < 10 < ends[-1] == len(steps) - 1  # the short one's after its own steps, the long one's last
+    assert plain.future.result(60).tokens == 4
+    alone = pipeline.generate_batch([gen(i, tokens=t) for i, t in ((1, 3), (3, 600))])
+    assert "".join(short_pieces) == alone[0].text and "".join(long_pieces) == alone[1].text
+    assert long_pieces[-1].result.tokens == alone[1].tokens > 10
+    assert short_pieces[-1].result.timings["decode"] < long_pieces[-1].result.timings["decode"]
+
+
 def test_cancelled_jobs_are_skipped_and_a_full_queue_refuses(batcher_for):
     batcher, recorder = batcher_for(window_s=0.0, max_queue=2)
     recorder.gate.clear()
