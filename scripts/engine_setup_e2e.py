@@ -103,12 +103,12 @@ def press(dialog, button, tag, cancel_when=None):
     grab(dialog, f"{tag}-done")
 
 
-def record_venv():
+def record_venv(tag):
     from geovlm.plugin import settings as engine_settings
 
     venv = engine_settings.venv_dir()
-    note("venv_mb", megabytes(venv) if venv.exists() else None)
-    note("engine_python", engine_settings.engine_python())
+    note(f"{tag}_venv_mb", megabytes(venv) if venv.exists() else None)
+    note(f"{tag}_engine_python", engine_settings.engine_python())
 
 
 def setup_phase(action):
@@ -119,12 +119,13 @@ def setup_phase(action):
     if action == "cancel":
         press(dialog, dialog.setup_button, "cancel",
               cancel_when=lambda text: "Collecting" in text.partition("== Installing the engine")[2])
-        record_venv()
-        press(dialog, dialog.repair_button, "repair-after-cancel")
+        record_venv("cancel")
+        action = "repair-after-cancel"
+        press(dialog, dialog.repair_button, action)
     else:
         button = {"install": dialog.setup_button, "repair": dialog.repair_button, "remove": dialog.remove_button}
         press(dialog, button[action], action)
-    record_venv()
+    record_venv(action)
     dialog.close()
 
 
@@ -142,7 +143,7 @@ def offline_phase():
     (OUT / "offline-dialog.log").write_text(dialog.log.toPlainText())
     note("offline_message", dialog.step.text())
     note("state_after", dialog.state.text())
-    record_venv()
+    record_venv("offline")
 
 
 def ask(question, tag):
@@ -178,7 +179,7 @@ def ask(question, tag):
 def askrepair_phase():
     from geovlm.plugin.engine_manager import engine_manager
 
-    ask("Describe the image and locate what you name.", "ask")
+    ask("Describe the image and locate what you name.", "ask-first")
     first = engine_manager().engine.pid
     dialog = open_dialog()
     press(dialog, dialog.repair_button, "repair-while-running")
