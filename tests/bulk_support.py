@@ -125,3 +125,15 @@ def stored_plan(out):
         return json.loads(con.execute("SELECT plan FROM geovlm_plan").fetchone()[0])
     finally:
         con.close()
+
+
+def check_band_chooser(dialog, name, band) -> None:
+    """In a Processing dialog of a raster with bands 1-4: no band is chosen at first; choosing `band` in the
+    chooser `name` (RED_BAND, GREEN_BAND or BLUE_BAND) lists the raster's four bands and gives `band`."""
+    params = dialog.createProcessingParameters()
+    assert [params.get(key) for key in ("RED_BAND", "GREEN_BAND", "BLUE_BAND")] == [None] * 3
+    wrapper = dialog.mainWidget().wrappers[name]
+    wrapper.setParameterValue(band, dialog.processingContext())
+    combo = wrapper.wrappedWidget()
+    assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
+    assert dialog.createProcessingParameters()[name] == band

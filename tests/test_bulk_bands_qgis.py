@@ -10,7 +10,7 @@ import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsVectorLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import constant_raster, ledger_rows, means, run_cli, stored_plan  # noqa: E402
+from bulk_support import check_band_chooser, constant_raster, ledger_rows, means, run_cli, stored_plan  # noqa: E402
 
 
 def test_chosen_bands_are_what_the_model_sees_and_the_cli_resumes_the_run(plugin, processing, engines, tmp_path):
@@ -121,14 +121,7 @@ def test_the_dialog_offers_the_layers_bands_unset_by_default(plugin, processing,
     QgsProject.instance().addMapLayer(layer)
     try:
         dialog = processing.createAlgorithmDialog("geovlm:captiontiles", {"INPUT": layer.id()})
-        wrappers = dialog.mainWidget().wrappers
-        params = dialog.createProcessingParameters()
-        assert [params.get(name) for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND")] == [None] * 3
-        red = wrappers["RED_BAND"]
-        red.setParameterValue(4, dialog.processingContext())
-        combo = red.wrappedWidget()
-        assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
-        assert dialog.createProcessingParameters()["RED_BAND"] == 4
+        check_band_chooser(dialog, "RED_BAND", 4)
         dialog.deleteLater()
     finally:
         QgsProject.instance().removeAllMapLayers()

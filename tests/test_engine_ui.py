@@ -100,13 +100,19 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_p
     assert engine_setup.setup_state()[0] in ("missing", "incomplete")
 
 
-def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path, monkeypatch):
+def engine_venv_with_python(tmp_path, monkeypatch):
+    """The engine's venv folder moved under `tmp_path` (GeoVLM's data folder too), holding an (empty) Python."""
     venv = tmp_path / "engine-venv"
     monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     python = engine_settings.venv_python(venv)
     python.parent.mkdir(parents=True)
     python.write_text("")
+    return venv
+
+
+def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path, monkeypatch):
+    venv = engine_venv_with_python(tmp_path, monkeypatch)
     (venv / engine_setup.MARKER).write_text(json.dumps({"version": geovlm.__version__, "runtime": "cpu"}))
     dialog = EngineSetupDialog()
     assert dialog.state.text().startswith("set up (CPU onnxruntime")
@@ -361,12 +367,7 @@ def test_a_setup_that_ends_with_its_dialog_closed_says_so_in_the_message_bar(qgi
                                                                              monkeypatch):
     """Closing the dialog leaves the set-up to QGIS's task manager: how it ended (and why, when it failed) then
     comes in QGIS's message bar, not only in the log."""
-    venv = tmp_path / "engine-venv"
-    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
-    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
-    python = engine_settings.venv_python(venv)
-    python.parent.mkdir(parents=True)
-    python.write_text("")
+    venv = engine_venv_with_python(tmp_path, monkeypatch)
     qgis_iface.messageBar().clear_messages()
     dialog = EngineSetupDialog()
     dialog.show()

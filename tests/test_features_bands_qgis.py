@@ -5,7 +5,7 @@ engine is asked, the dialog's band choosers, and qgis_process on 16-bit NIR,R,G,
 import subprocess
 
 import pytest
-from bulk_support import constant_raster, ledger_rows, means, stored_plan
+from bulk_support import check_band_chooser, constant_raster, ledger_rows, means, stored_plan
 from qgis.core import QgsProcessingException, QgsVectorLayer
 
 # two squares on the pixel edges of `constant_raster`'s grid (origin 500000, 4000000; 10 m): windows of 50 x 50
@@ -162,12 +162,7 @@ def test_the_dialog_offers_the_rasters_bands_unset_by_default(plugin, processing
                                                                              "RASTER": layer.id()})
         params = dialog.createProcessingParameters()
         assert params["RASTER"] == layer.id() and params["INPUT"] == parcels.id()
-        assert [params.get(name) for name in ("RED_BAND", "GREEN_BAND", "BLUE_BAND")] == [None] * 3
-        green = dialog.mainWidget().wrappers["GREEN_BAND"]
-        green.setParameterValue(3, dialog.processingContext())
-        combo = green.wrappedWidget()
-        assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
-        assert dialog.createProcessingParameters()["GREEN_BAND"] == 3
+        check_band_chooser(dialog, "GREEN_BAND", 3)
         dialog.deleteLater()
     finally:
         QgsProject.instance().removeAllMapLayers()

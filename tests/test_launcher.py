@@ -125,6 +125,14 @@ def wait_gone(pid: int, seconds: float) -> None:
         time.sleep(0.1)
 
 
+def wait_ready(server, ready: Path, seconds: float = 30) -> None:
+    """Wait until `server` (a process running `engine.server.run`) has written its ready file."""
+    deadline = time.monotonic() + seconds
+    while not ready.exists():
+        assert server.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_a_server_stopped_by_sigterm_leaves_no_ready_file(tmp_path):
     """uvicorn raises a SIGTERM again once it has shut down, so the process ends without unwinding: the ready file
     must be gone before that (a launcher reading it would find a dead pid)."""
@@ -135,10 +143,7 @@ def test_a_server_stopped_by_sigterm_leaves_no_ready_file(tmp_path):
            "run(FastAPI(), port=0, ready_file=sys.argv[1])"
     server = subprocess.Popen([sys.executable, "-c", code, str(ready)])
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(server, ready)
         server.terminate()
         assert server.wait(10) in (-signal.SIGTERM, 0)
         assert not ready.exists()
@@ -157,10 +162,7 @@ def test_the_server_stops_when_the_process_that_started_it_is_gone(tmp_path):
     )
     server = subprocess.Popen([sys.executable, "-c", code, str(parent.pid), str(ready)])
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(server, ready)
         parent.kill()
         parent.wait(10)
         assert server.wait(10) == 0  # a graceful stop within the one-second check and shutdown

@@ -49,6 +49,20 @@ class Recorder:
         return self.pipeline.stream_batch(requests)
 
 
+def count_steps(recorder) -> list:
+    """A list that collects each item of the recorder's `stream_batch` as the batcher takes it."""
+    steps = []
+    stream_batch = recorder.stream_batch
+
+    def counted(requests):
+        for item in stream_batch(requests):
+            steps.append(item)
+            yield item
+
+    recorder.stream_batch = counted
+    return steps
+
+
 def image(seed):
     return np.random.default_rng(seed).integers(0, 256, (60 + seed, 90, 3), dtype=np.uint8)
 
@@ -100,15 +114,7 @@ def test_a_short_answer_ends_while_its_batch_decodes_on(batcher_for, pipeline):
     """A 3-token request batched with a 600-token one gets its closing StreamDone (and a plain request its result)
     after its own last step, not when the batch ends: counted in the batch's steps, so not timing-dependent."""
     batcher, recorder = batcher_for(window_s=0.3, max_batch=4)
-    steps = []
-    stream_batch = recorder.stream_batch
-
-    def counted(requests):
-        for item in stream_batch(requests):
-            steps.append(item)
-            yield item
-
-    recorder.stream_batch = counted
+    steps = count_steps(recorder)
     short, plain = batcher.submit_stream(gen(1, tokens=3)), batcher.submit(gen(2, tokens=4))
     long = batcher.submit_stream(gen(3, tokens=600))
     short_pieces = list(batcher.pieces(short, timeout=60))
@@ -376,15 +382,7 @@ def test_every_route_but_health_needs_the_key(pipeline):
 
 def test_a_batch_stops_when_every_caller_is_gone(batcher_for):
     batcher, recorder = batcher_for(window_s=0.0)
-    steps = []
-    stream_batch = recorder.stream_batch
-
-    def counted(requests):
-        for item in stream_batch(requests):
-            steps.append(item)
-            yield item
-
-    recorder.stream_batch = counted
+    steps = count_steps(recorder)
     job = batcher.submit_stream(gen(1, tokens=800))  # as many as the demo model's 1024-token context allows
     pieces = batcher.pieces(job, timeout=60)
     next(pieces)
