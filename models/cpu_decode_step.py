@@ -345,12 +345,6 @@ class CpuDecodeStep:
             return None
         return whole.numpy()
 
-    @classmethod
-    def accepts(cls, cache) -> bool:
-        """Whether the step can write into `cache` (a KVCache): a batch's cache, also after rows were retired
-        (`whole`)."""
-        return cls.whole(cache.keys) is not None and cls.whole(cache.values) is not None
-
     def rotary_at(self, positions):
         """cos, sin `[batch, head_dim]` (numpy float32) of the decoder's rotary embedding at `positions` (`[batch]`
         int64 numpy): rows of a table of the first positions, computed by transformers' rotary module and grown by
@@ -372,8 +366,12 @@ class CpuDecodeStep:
     def step(self, tokens, cache, threads: int):
         """Logits `[batch, vocab]` (numpy float32, a new array) after `tokens` (`[batch]` long tensor), row b at
         position `cache.lengths[b]`: writes each row's key and value there and advances `cache.lengths` and
-        `cache.positions`. Numpy and the compiled kernels only, no torch operation: between two steps that read
-        every weight, the few Python operations of a step run on cold caches (~0.35 ms as torch operations)."""
+        `cache.positions`. None, with nothing changed, where the cache is laid out otherwise than `whole` takes.
+        Numpy and the compiled kernels only, no torch operation: between two steps that read every weight, the
+        few Python operations of a step run on cold caches (~0.35 ms as torch operations)."""
+        keys, values = self.whole(cache.keys), self.whole(cache.values)
+        if keys is None or values is None:
+            return None
         d = self.decoder
         hidden = self.embedding[tokens.numpy()]  # a copy, which the step changes in place
         positions = cache.positions.numpy()  # shares the tensor's memory
@@ -382,8 +380,8 @@ class CpuDecodeStep:
             cos, sin = self.rotary_at(positions)  # may grow the table
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
             _decode(hidden, self.norm1, self.eps1, self.qkv, self.o, self.norm2, self.eps2, self.gate_up,
-                    self.down, self.whole(cache.keys), self.whole(cache.values), positions, cos, sin, d.heads,
-                    d.kv_heads, d.head_dim, self.final_norm, self.final_eps, self.head, logits)
+                    self.down, keys, values, positions, cos, sin, d.heads, d.kv_heads, d.head_dim,
+                    self.final_norm, self.final_eps, self.head, logits)
         positions += 1
         cache.lengths[:] = [n + 1 for n in cache.lengths]
         return logits

@@ -236,8 +236,10 @@ class StaticDecoder:
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         # a prefill needs only the weights; a step waits for the compiled step too
-        if self.step_kernel == "numba" and not full_span and self._compiled.accepts(cache):
-            return torch.from_numpy(self._compiled.step(tokens, cache, torch.get_num_threads()))
+        if self.step_kernel == "numba" and not full_span:
+            logits = self._compiled.step(tokens, cache, torch.get_num_threads())
+            if logits is not None:  # else a cache laid out otherwise: the torch step below
+                return torch.from_numpy(logits)
         batch = tokens.shape[0]
         pos = cache.positions
         hidden = self.embed(tokens).unsqueeze(1)  # [batch, 1, hidden]
