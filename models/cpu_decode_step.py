@@ -30,10 +30,10 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from .file_hashes import cache_dir
+from ..core.cache_paths import numba_cache_dir
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))  # read when numba loads, just below
+os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))  # read when numba loads, just below
 # The TBB runtime's file as the `tbb` wheel installs it, per platform (the names numba's TBB layer asks for:
 # numba/np/ufunc/parallel.py, _check_tbb_version_compatible).
 TBB_LIBRARIES = {"linux": "libtbb.so.12", "win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}

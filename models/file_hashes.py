@@ -19,13 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
+from ..core.cache_paths import cache_dir  # where GeoVLM keeps generated files (one rule for engine and plugin)
+
 log = logging.getLogger(__name__)
 HASHES_FILE = "geovlm-hashes.json"
-
-
-def cache_dir() -> Path:
-    """Where GeoVLM keeps generated files: $GEOVLM_CACHE, else ~/.cache/geovlm."""
-    return Path(os.environ.get("GEOVLM_CACHE") or Path.home() / ".cache" / "geovlm")
 
 
 def file_sha256(path) -> str:

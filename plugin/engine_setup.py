@@ -17,7 +17,8 @@ QGIS does not say "Task failed") and writes
 the working engine); a failure says why in one line (pip's last ERROR line, and that pip could not reach a
 package index when it could not connect). Repair removes the marker first, so that no engine starts
 from a venv pip is changing, and a cancelled repair reads as unfinished). Repair reinstalls the
-plugin's copy and fills in missing packages; remove deletes the venv. The launcher then runs the engine with
+plugin's copy and fills in missing packages; remove deletes the venv and GeoVLM's cache of numba's compiled kernels
+(`engine_files`). The launcher then runs the engine with
 the venv's Python (`settings.engine_python()`).
 """
 from __future__ import annotations
@@ -39,9 +40,11 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .. import __version__
+from ..core.cache_paths import numba_cache_dir
 from ..engine.launcher import clean_environment
 from ..engine.lifeline import die_with_parent
 from . import settings as engine_settings
+from .engine_files import PREVIOUS_SUFFIX, EngineFolder, engine_folders, remove_folders
 
 LOG_TAG = "GeoVLM"
 MIN_PYTHON = (3, 10)
@@ -63,7 +66,6 @@ SETUP_WORDS = {
     "outdated": "set up by another GeoVLM version: Repair updates it",
     "ready": "set up",
 }
-PREVIOUS_SUFFIX = ".previous"  # "Set up again" keeps the old venv beside the new one until the new one is set up
 # pip's words when it cannot connect to an index (urllib3's errors in its "Retrying ... after connection broken
 # by ..." warnings)
 UNREACHABLE_WORDS = ("NewConnectionError", "ConnectTimeoutError", "ProxyError", "Max retries exceeded")
@@ -242,7 +244,8 @@ class SetupPlan:
     "" leaves torch to the engine extra's install. `pip_args` go to every pip call (e.g. an index, a proxy, or
     for offline tests `--no-index --find-links DIR`); `venv_args` to `python -m venv`; `package` replaces the
     plugin folder as what pip installs (a built wheel, for tests); `check_modules` are imported by the venv's
-    Python at the end to prove the set-up; `torch_index` replaces PyTorch's CPU index (tests)."""
+    Python at the end to prove the set-up; `torch_index` replaces PyTorch's CPU index (tests); `kernel_cache` is
+    GeoVLM's numba cache folder (`core.cache_paths.numba_cache_dir`), which "remove" deletes with the venv."""
 
     action: str = "install"
     python: str = ""
@@ -258,6 +261,11 @@ class SetupPlan:
     # decoding silently instead of failing here
     check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime", "numba")
     torch_index: str = TORCH_CPU_INDEX
+    kernel_cache: Path = field(default_factory=numba_cache_dir)  # what "remove" deletes beside the venv
+
+    def removes(self) -> List[EngineFolder]:
+        """What "remove" deletes (`engine_files.engine_folders`: those of them that exist)."""
+        return engine_folders(self.venv, self.kernel_cache)
 
     def commands(self) -> List[Step]:
         """Each `Step`; raises ValueError for an unknown action, runtime or torch build."""
@@ -353,9 +361,14 @@ class EngineSetupTask(QgsTask):
                 self._say(log, "Stopping the local engine (it runs from this environment)")
             engine_manager().stop()  # also re-derives its state from the marker's absence
         if plan.action == "remove":
-            self._say(log, f"Removing {plan.venv}")
-            shutil.rmtree(plan.venv, ignore_errors=True)
-            self.message = f"removed {plan.venv}"
+            folders = plan.removes()
+            for folder in folders:
+                self._say(log, f"Removing {folder.path} ({folder.what})")
+            left = remove_folders(folders)
+            if left:
+                self.message = f"could not remove {', '.join(map(str, left))} (in use, or no permission)"
+                return False
+            self.message = f"removed {', '.join(str(f.path) for f in folders) or 'nothing: nothing was there'}"
             return True
         previous = plan.venv.with_name(plan.venv.name + PREVIOUS_SUFFIX)
         shutil.rmtree(previous, ignore_errors=True)  # left by a QGIS that ended during a set-up

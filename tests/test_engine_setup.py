@@ -32,8 +32,10 @@ def wheel(tmp_path_factory):
 
 @pytest.fixture
 def venv(tmp_path, monkeypatch, qgis_app):
-    """The profile's engine venv, moved into a temporary folder."""
+    """The profile's engine venv, moved into a temporary folder (and GeoVLM's cache folder, which a removal
+    empties of numba's kernels)."""
     folder = tmp_path / "engine-venv"
+    monkeypatch.setenv("GEOVLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(engine_settings, "venv_dir", lambda: folder)
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     from qgis.core import QgsSettings
@@ -106,8 +108,12 @@ def test_set_up_repair_and_remove(venv, wheel, system_python):
     assert result["ok"] and steps[0] == "Reinstalling GeoVLM's own files"
     assert engine_setup.setup_state(venv)[0] == "ready"
 
+    kernels = venv.parent / "cache" / "numba"  # what the engine's numba compiled (core.cache_paths.numba_cache_dir)
+    kernels.mkdir(parents=True)
+    (kernels / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k")
     result, _, _ = run_task(SetupPlan(action="remove", venv=venv))
     assert result["ok"] and not venv.exists() and engine_manager().refresh() == "not_set_up"
+    assert not kernels.exists() and result["message"] == f"removed {venv}, {kernels}"
 
 
 def test_cancel_stops_the_running_command(venv, wheel, system_python):

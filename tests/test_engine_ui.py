@@ -6,6 +6,7 @@ import json
 import pytest
 from qgis.core import Qgis, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QMessageBox
 from qt_support import api_header_config, wait_for
 
 import geovlm
@@ -101,8 +102,10 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_p
 
 
 def engine_venv_with_python(tmp_path, monkeypatch):
-    """The engine's venv folder moved under `tmp_path` (GeoVLM's data folder too), holding an (empty) Python."""
+    """The engine's venv folder moved under `tmp_path` (GeoVLM's data folder too, and its cache folder: a removal
+    never touches the real numba cache), holding an (empty) Python."""
     venv = tmp_path / "engine-venv"
+    monkeypatch.setenv("GEOVLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     python = engine_settings.venv_python(venv)
@@ -118,6 +121,7 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     assert dialog.state.text().startswith("set up (CPU onnxruntime")
     assert wait_for(lambda: dialog.python.filePath() != "")  # found in a task
     assert not engine_setup.check_python(dialog.python.filePath())
+    monkeypatch.setattr(QMessageBox, "question", lambda *_: QMessageBox.StandardButton.Yes)
     dialog.remove_button.click()
     assert dialog.task is not None and not dialog.setup_button.isEnabled()
     assert dialog.state.text() == "being removed…"  # not the old state's words while it runs
@@ -125,6 +129,81 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     assert not venv.exists() and dialog.state.text() == "not set up"
     assert any(f"Removing {venv}" in line for line in dialog.log.toPlainText().splitlines())
     assert dialog.progress.value() == 100 and not dialog.remove_button.isEnabled()
+    dialog.deleteLater()
+
+
+def engine_leftovers(tmp_path, monkeypatch):
+    """A set-up engine with all it leaves on disk (venv, a venv kept aside, numba's kernel cache under
+    GEOVLM_CACHE), a symbolic link inside each pointing out of it, and the files beside them that are not the
+    engine's (the set-up log, answers, other caches, a NUMBA_CACHE_DIR of the user's). Returns (engine folders,
+    files that must stay)."""
+    from geovlm.core.cache_paths import numba_cache_dir
+
+    venv = engine_venv_with_python(tmp_path, monkeypatch)
+    (venv / engine_setup.MARKER).write_text(json.dumps({"version": geovlm.__version__, "runtime": "cpu"}))
+    (venv / "lib").mkdir()
+    (venv / "lib" / "torch.so").write_bytes(b"t" * 300_000)
+    previous = venv.with_name(venv.name + engine_setup.PREVIOUS_SUFFIX)
+    previous.mkdir()
+    kernels = numba_cache_dir()
+    assert kernels == tmp_path / "cache" / "numba"
+    kernels.mkdir(parents=True)
+    (kernels / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k" * 5000)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "precious.txt"
+    target.write_text("mine")
+    (venv / "lib" / "link").symlink_to(outside, target_is_directory=True)
+    (kernels / "link.nbc").symlink_to(target)
+    users_numba = tmp_path / "my-numba-cache"  # NUMBA_CACHE_DIR of the user's: numba's, not GeoVLM's
+    users_numba.mkdir()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(users_numba))
+    stay = [target, tmp_path / "engine-setup.log", tmp_path / "answers" / "geovlm_answers.gpkg",
+            tmp_path / "cache" / "hashes" / "h.json", tmp_path / "cache" / "encoders" / "e.onnx",
+            users_numba / "other-project.nbi"]
+    for path in stay[1:]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    return [venv, previous, kernels], stay
+
+
+def test_remove_asks_first_and_a_cancel_deletes_nothing(qgis_app, tmp_path, monkeypatch):
+    """Remove names what it deletes (each folder with its size) and deletes nothing unless confirmed."""
+    folders, stay = engine_leftovers(tmp_path, monkeypatch)
+    asked = []
+
+    def question(parent, title, text, buttons, default):
+        asked.append(text)
+        assert default == QMessageBox.StandardButton.Cancel  # Enter does not delete
+        return QMessageBox.StandardButton.Cancel
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    dialog = EngineSetupDialog()
+    assert dialog.remove_button.isEnabled()
+    dialog.remove_button.click()
+    [text] = asked
+    for folder in folders:
+        assert str(folder) in text
+    assert "(293 KB)" in text and "(5 KB)" in text  # the venv's 300 000 bytes, the kernels' 5000 bytes
+    assert dialog.task is None and dialog.state.text().startswith("set up")
+    assert all(folder.is_dir() for folder in folders) and all(path.exists() for path in stay)
+    dialog.deleteLater()
+
+
+def test_a_confirmed_remove_deletes_the_engine_and_its_kernel_cache_and_nothing_else(qgis_app, tmp_path,
+                                                                                    monkeypatch):
+    """Yes deletes the venv, a venv kept aside and GeoVLM's numba cache; links inside them are unlinked, not
+    followed; the log, answers, other caches and the user's own NUMBA_CACHE_DIR stay."""
+    folders, stay = engine_leftovers(tmp_path, monkeypatch)
+    monkeypatch.setattr(QMessageBox, "question", lambda *_: QMessageBox.StandardButton.Yes)
+    dialog = EngineSetupDialog()
+    dialog.remove_button.click()
+    assert wait_for(lambda: dialog.task is None)
+    assert not any(folder.exists() for folder in folders), [f for f in folders if f.exists()]
+    assert all(path.exists() for path in stay) and stay[0].read_text() == "mine"
+    assert dialog.state.text() == "not set up"
+    log = dialog.log.toPlainText()
+    assert all(f"Removing {folder}" in log for folder in folders)
     dialog.deleteLater()
 
 

@@ -8,7 +8,8 @@ Linux, else from pip's configured sources, when no NVIDIA GPU is found), notes (
 puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), and runs set-up, repair or
 removal as a `QgsTask`: the progress and every line of pip's output appear as they come (the newest in sight
 unless the user scrolled up), the state reads what runs meanwhile, Cancel stops the
-running command (and reads as cancelled, not failed). Closing the dialog leaves a running task to the task
+running command (and reads as cancelled, not failed); Remove asks first, naming what it deletes (the venv and
+numba's kernel cache: `engine_files`) and its size. Closing the dialog leaves a running task to the task
 manager (its progress stays in QGIS's status bar; QGIS's message bar says how it ended).
 """
 from __future__ import annotations
@@ -22,13 +23,14 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
 )
 
-from ..plugin import engine_setup
+from ..plugin import engine_files, engine_setup
 from ..plugin import settings as engine_settings
 
 MAX_LOG_LINES = 5000
@@ -107,7 +109,7 @@ class EngineSetupDialog(QDialog):
         buttons.rejected.connect(self.reject)
         self.setup_button.clicked.connect(lambda: self.start("install"))
         self.repair_button.clicked.connect(lambda: self.start("repair"))
-        self.remove_button.clicked.connect(lambda: self.start("remove"))
+        self.remove_button.clicked.connect(self.remove)
         self.cancel_button.clicked.connect(self.cancel)
         layout.addWidget(buttons)
         self.resize(720, 520)
@@ -178,6 +180,19 @@ class EngineSetupDialog(QDialog):
         self.task = task
         QgsApplication.taskManager().addTask(task)
         self.update_state()
+
+    def remove(self) -> None:
+        """Ask first, naming each folder *Remove* deletes (`SetupPlan.removes`: the venv, a venv kept aside, numba's
+        kernel cache) with its size; the removal starts only on Yes."""
+        folders = engine_setup.SetupPlan(action="remove").removes()
+        text = ("Remove the local engine? This deletes:\n\n" + engine_files.describe(folders) +
+                "\n\nSet up makes it again (a download of about 500 MB). The settings, the set-up log and your "
+                "answers stay.")
+        answer = QMessageBox.question(self, "Remove the local engine", text,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        if answer == QMessageBox.StandardButton.Yes:
+            self.start("remove")
 
     def cancel(self) -> None:
         if self.task is not None:
