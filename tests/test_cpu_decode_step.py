@@ -298,3 +298,29 @@ def test_a_compile_failure_is_said_in_one_line(monkeypatch, caplog):
     assert decoder.compiled_step_reason == ("compiling it failed: No threading layer could be loaded. HINT: Intel TBB "
                                             "is required, try: $ pip install tbb")
     assert [r.getMessage().count("\n") for r in caplog.records if "unavailable" in r.getMessage()] == [0]
+
+
+def test_the_preload_loads_the_kernel_a_models_step_runs():
+    """`preload` (run while a model's weights load) calls the step with a tiny model of zeros: numba keys its
+    kernels by the arguments' types, so a model's step must find the preloaded kernel, not compile another one. In
+    a fresh process (no other test's step ran there)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    child = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from geovlm.models import cpu_decode_step as c\n"
+        "from test_cpu_decode_step import _llama, _decode\n"
+        "from geovlm.models.static_decoder import StaticDecoder\n"
+        "c.preload()\n"
+        "preloaded = list(c._decode.signatures)\n"
+        "decoder = StaticDecoder(_llama())\n"
+        "assert decoder.step_kernel == 'numba', decoder.compiled_step_reason\n"
+        "_decode(decoder, [torch.randn(5, 64)], [[3], [4]])\n"
+        "print(len(preloaded), len(c._decode.signatures), c._decode.signatures == preloaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1", "True"]
