@@ -39,12 +39,12 @@ def state_text(state: str, detail: str = "") -> str:
     the Ask dock show. While the engine would run from the set-up's venv (no engine Python named in the Options),
     "not_set_up" and "stopped" are the set-up's own words (`engine_setup.setup_text`, as the set-up dialog says
     them: "not set up", "an unfinished set-up (cancelled or failed): Repair finishes it", ...), "stopped" adding
-    that it starts on the first question."""
+    that it starts on the first question; while a set-up runs, what it does ("being set up…": `running_text`)."""
     words = STATE_WORDS.get(state, state)
     if state in ("not_set_up", "stopped") and not engine_settings.load().python:
-        from .engine_setup import setup_text
+        from .engine_setup import running_text, setup_text
 
-        words = setup_text() + ("; starts on the first question" if state == "stopped" else "")
+        words = running_text() or setup_text() + ("; starts on the first question" if state == "stopped" else "")
     return f"{words}: {detail}" if detail else words
 
 

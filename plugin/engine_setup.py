@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
@@ -51,6 +51,8 @@ MIN_PYTHON = (3, 10)
 MARKER = engine_settings.SETUP_MARKER
 ACTIONS = ("install", "repair", "remove")
 ORT_PACKAGES = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # the extras of pyproject.toml
+RUNNING_WORDS = {"install": "being set up…", "repair": "being repaired…", "remove": "being removed…"}
+_running: Dict[int, str] = {}  # id of each EngineSetupTask between its run() and finished(): its action
 PLUGIN_DIR = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
 TORCH_REQUIREMENT = "torch==2.13.0"  # the engine extra's pin in pyproject.toml (a test keeps them equal)
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's index of CPU-only wheels
@@ -235,6 +237,14 @@ def setup_text(venv: Optional[Path] = None) -> str:
     return text
 
 
+def running_text() -> str:
+    """What a set-up running in this process does, in the words the set-up dialog shows ("being set up…", "being
+    repaired…", "being removed…"); "" when none runs. The Options page and the Ask dock show them instead of the
+    venv's state meanwhile (`engine_manager.state_text`): a venv being made reads as an unfinished set-up."""
+    actions = list(_running.values())
+    return RUNNING_WORDS[actions[-1]] if actions else ""
+
+
 @dataclass
 class SetupPlan:
     """What the task does. `runtime`: the onnxruntime extra, "cpu" or "gpu". `torch`: the torch build, "cpu"
@@ -323,6 +333,10 @@ class EngineSetupTask(QgsTask):
         self._last_error, self._unreachable = "", False  # of the last command run (`_command`, `_why`)
 
     def run(self) -> bool:
+        from .engine_manager import engine_manager
+
+        _running[id(self)] = self.plan.action
+        engine_manager().refresh()  # the dock and the Options page now say what runs (`running_text`)
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "w", encoding="utf-8") as log:
@@ -495,7 +509,8 @@ class EngineSetupTask(QgsTask):
         QgsMessageLog.logMessage(f"engine set-up ({self.plan.action}): {self.message}", LOG_TAG, level)
         from .engine_manager import engine_manager
 
-        engine_manager().refresh()
+        _running.pop(id(self), None)
+        engine_manager().refresh()  # the state it left, in the dock and the Options page too
         self.done.emit(ok, self.message)
 
 

@@ -503,3 +503,41 @@ def test_a_view_in_which_no_layer_drew_is_not_asked_about(dock, qgis_iface, data
         assert len(engine.posts) == 1 and session.view is not None
         assert session.view.image.pixelColor(10, 10) == QColor(255, 255, 255)
         assert only_background(session.view_settings, session.view.image)  # drawn, in the background colour
+
+
+def test_the_header_says_a_setup_is_running_and_what_it_left_once_it_ends(dock, tmp_path, monkeypatch):
+    """While "Set up the local engine…" runs, the dock's header says so (the dialog's words), not the half-made
+    venv's "unfinished set-up"; once it ends, the state it left."""
+    from geovlm.plugin import engine_setup
+    from geovlm.plugin import settings as engine_settings
+    from geovlm.plugin.engine_manager import state_text
+
+    venv = tmp_path / "engine-venv"
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    slow = tmp_path / "python3"  # a Python whose "-m venv" makes the venv's folder, then takes its time
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then mkdir -p "$3/bin"; touch "$3/bin/python"; sleep 60; '
+                    f'else exec {sys.executable} "$@"; fi\n')
+    slow.chmod(0o755)
+    session, header = dock.ask, dock.ask.dock.engine_state
+    engine_settings.save(engine_settings.EngineSettings(mode="local"))
+    try:
+        session.engine = ""
+        session.manager.refresh()
+        assert wait_for(lambda: header.text() == "Engine (local): not set up", 5), header.text()
+        task = engine_setup.EngineSetupTask(engine_setup.SetupPlan(action="install", python=str(slow), venv=venv,
+                                                                   torch=""))
+        ended = []
+        task.done.connect(lambda ok, message: ended.append(message))
+        QgsApplication.taskManager().addTask(task)
+        assert wait_for(lambda: header.text() == "Engine (local): being set up…", 10), header.text()  # by itself
+        assert wait_for(lambda: engine_settings.venv_python(venv).exists(), 30)  # the venv is half made
+        session._engine_state()  # as any refresh of the header (a question, the Options saved) does
+        assert header.text() == "Engine (local): being set up…"
+        task.cancel()
+        assert wait_for(lambda: ended, 30)
+        words = engine_setup.SETUP_WORDS["incomplete"]  # what the cancelled set-up left
+        assert wait_for(lambda: header.text() == f"Engine (local): {words}", 5), header.text()
+        assert state_text(session.manager.state) == words
+    finally:
+        engine_settings.save(engine_settings.EngineSettings())

@@ -34,7 +34,6 @@ from ..plugin import engine_files, engine_setup
 from ..plugin import settings as engine_settings
 
 MAX_LOG_LINES = 5000
-RUNNING_WORDS = {"install": "being set up…", "repair": "being repaired…", "remove": "being removed…"}
 
 
 class EngineSetupDialog(QDialog):
@@ -123,7 +122,7 @@ class EngineSetupDialog(QDialog):
         running = self.task is not None
         # the words the Options page and the Ask dock show too; while a task runs, what it does (the old
         # words would be stale: "Set up again" removes the old venv first)
-        self.state.setText(RUNNING_WORDS[self.task.plan.action] if running else engine_setup.setup_text())
+        self.state.setText(engine_setup.RUNNING_WORDS[self.task.plan.action] if running else engine_setup.setup_text())
         self.setup_button.setEnabled(not running)
         self.setup_button.setText("Set up again" if state != "missing" else "Set up")
         self.repair_button.setEnabled(not running and state != "missing")
