@@ -31,10 +31,14 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ..core.cache_paths import numba_cache_dir
+from .numba_cache import choose_cache
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))  # read when numba loads, just below
+# Checked before numba loads (just below), which reads NUMBA_CACHE_DIR: numba would cache in the install folder
+# where the folder cannot be written (numba_cache.py). None: no folder can be, the kernels are not cached.
+NUMBA_CACHE = choose_cache()
+if NUMBA_CACHE.folder is not None:
+    os.environ["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE.folder)
 # The TBB runtime's file as the `tbb` wheel installs it, per platform (the names numba's TBB layer asks for:
 # numba/np/ufunc/parallel.py, _check_tbb_version_compatible).
 TBB_LIBRARIES = {"linux": "libtbb.so.12", "win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}
@@ -92,6 +96,8 @@ except ImportError:  # an engine without numba decodes with the torch step
 except Exception as exc:  # numba refuses its configuration, e.g. NUMBA_NUM_THREADS=0  # noqa: BLE001
     numba = None
     LOAD_ERROR = f"numba failed to load: {one_line(exc)}"
+if numba is not None and NUMBA_CACHE.folder is not None:
+    numba.config.CACHE_DIR = str(NUMBA_CACHE.folder)  # numba loaded before this module read the variable earlier
 
 
 def launch_threads_here() -> None:
@@ -253,6 +259,13 @@ if numba is not None:
         _rms_norm(hidden, final_norm, final_eps, normed)
         _products(head, normed, logits)
 
+if numba is not None and NUMBA_CACHE.folder is None:  # no folder can take the kernels: none is cached (numba's
+    # own fallback is the install folder, beside this file)
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for _kernel in [v for v in globals().values() if isinstance(v, Dispatcher)]:
+        _kernel._cache = NullCache()
 
 def threading_layer() -> Optional[str]:
     """The threading layer numba's parallel kernels run on ("tbb", "omp" or "workqueue"), once one ran; None
@@ -451,14 +464,18 @@ def start_preload() -> Optional[threading.Thread]:
 def _leave_compile_marker() -> None:
     """Leave `compile_marker()` once the kernels are compiled, so that the next start does not announce one."""
     marker = compile_marker()
+    if marker is None:
+        return
     with contextlib.suppress(OSError):  # a read-only cache: numba compiles at each start, announced each time
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
 
-def compile_marker() -> Path:
+def compile_marker() -> Optional[Path]:
     """The file in numba's cache folder that says the kernels of this file, as it is now, were compiled: keyed as
-    numba keys its cache (this file's size and mtime) and by numba's version."""
+    numba keys its cache (this file's size and mtime) and by numba's version. None where nothing is cached."""
+    if NUMBA_CACHE.folder is None:
+        return None
     source = Path(__file__).stat()
     name = f"geovlm-decode-step-{numba.__version__}-{source.st_size}-{int(source.st_mtime)}.done"
     return Path(os.environ["NUMBA_CACHE_DIR"]) / name
@@ -470,8 +487,14 @@ _ANNOUNCED = set()  # the markers whose compile this process announced: said onc
 def announce_compile() -> None:
     """Warn (the command line shows warnings) that the kernels will be compiled, when they were not before: the
     first start after an install or an update waits seconds for it. Called on the loading thread, before the
-    answer's first token; once per process and marker."""
+    answer's first token; once per process and marker. Says first, once, where the kernels are cached when it is
+    not the folder asked for (`numba_cache.choose_cache`)."""
+    if NUMBA_CACHE.note and NUMBA_CACHE.note not in _ANNOUNCED:
+        _ANNOUNCED.add(NUMBA_CACHE.note)
+        log.warning("%s", NUMBA_CACHE.note)
     marker = compile_marker()
+    if marker is None:
+        return
     if not marker.exists() and marker not in _ANNOUNCED:
         _ANNOUNCED.add(marker)
         log.warning("compiling the CPU decode step, once after an install or update (a few seconds); kept in %s",
