@@ -105,7 +105,8 @@ def demo_model_dir() -> Path:
 
 def ready_demo_model() -> Path:
     """The demo model, written with its encoder on first use; both are built in a scratch folder that is then
-    renamed, so commands and engines started side by side never see half a model."""
+    renamed, so commands and engines started side by side never see half a model. CliError in one line where its
+    folder cannot be written (a GEOVLM_CACHE that is not a writable folder)."""
     import shutil
     import tempfile
 
@@ -114,8 +115,12 @@ def ready_demo_model() -> Path:
 
     target = demo_model_dir()
     if not (target / "geovlm.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+        except OSError as exc:
+            raise CliError(f"the demo model cannot be written in {target.parent} ({exc.strerror or exc}): set "
+                           "GEOVLM_CACHE to a writable folder, or give --model") from None
         write_demo_model(scratch)
         ensure_encoder(scratch)
         try:

@@ -67,6 +67,17 @@ def test_ask_without_model_uses_the_demo_model(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "cache" / "demo-model" / "geovlm.json").is_file()
 
 
+def test_ask_with_an_unwritable_cache_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """GEOVLM_CACHE under a regular file (unwritable even for root): the demo model cannot be written there."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GEOVLM_CACHE", str(blocker / "cache"))
+    assert main(["ask", str(ms.RASTERS / "sample_geotiff.tif"), "What is this?", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"geovlm ask: the demo model cannot be written in {blocker / 'cache'} (Not a directory): set "
+                       "GEOVLM_CACHE to a writable folder, or give --model")
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
