@@ -349,6 +349,20 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def check_local_model(args) -> None:
+    """For `ask --engine local`: read the description of the checkpoint the local engine will serve (--model, else
+    the demo model, written now if it is not yet: the engine then finds it) once, and refuse in one line
+    (CliError), before the engine process starts, a checkpoint that cannot be read or a --max-new-tokens that
+    cannot fit its context (`check_new_tokens`), which the engine would only refuse after loading (its 400)."""
+    from ..models.checkpoints import CheckpointError, inspect_checkpoint
+
+    try:
+        checkpoint = inspect_checkpoint(args.model or ready_demo_model(), args.family)
+    except (CheckpointError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    check_new_tokens(args.max_new_tokens, checkpoint.context_length, checkpoint.image_tokens)
+
+
 def _ask_engine(args, image, frame) -> int:
     """`ask` through the engine client: the view fitted to the model's input (the exact pixels the model sees,
     whatever the server's own preprocessing) goes out, the answer is georeferenced here."""
@@ -358,6 +372,7 @@ def _ask_engine(args, image, frame) -> int:
     from .serve_cmds import engine_for, show_restart
 
     if args.engine == "local":
+        check_local_model(args)  # before the engine process is started, as in-process before the model loads
         args.engine = None  # engine_for starts the embedded engine
     args.engine_python, args.max_concurrent = None, 1
     client = engine_for(args)

@@ -52,6 +52,25 @@ def test_ask_refuses_more_new_tokens_than_the_context_before_loading_the_weights
         "least 64 of them (the image's tokens), so at most 960 new tokens fit")
 
 
+def test_ask_with_a_local_engine_refuses_before_the_engine_starts(demo, capsys, monkeypatch):
+    """`ask --engine local` refused a --max-new-tokens past the context only as the started engine's 400, after
+    its model loaded; now from the checkpoint's description, before the engine process is started."""
+    from geovlm.engine import launcher
+
+    started = []
+    monkeypatch.setattr(launcher.LocalEngine, "start", lambda self: started.append(self) or pytest.fail("started"))
+    argv = ["ask", str(COGEO), "Describe the image", "--model", str(demo), "--engine", "local",
+            "--max-new-tokens", "5000"]
+    assert main(argv) == 2
+    assert one_line(capsys) == (
+        "geovlm ask: --max-new-tokens 5000 does not fit the model's context of 1024 tokens: the prompt takes at "
+        "least 64 of them (the image's tokens), so at most 960 new tokens fit")
+    assert started == []
+    assert main(argv[:-1] + ["960"] + ["--model", str(demo / "missing")]) == 2  # an unreadable --model too
+    assert one_line(capsys) == f"geovlm ask: model folder {demo / 'missing'} does not exist"
+    assert started == []
+
+
 def test_the_pipeline_is_given_the_description_read_once(demo, capsys, monkeypatch):
     """A request that may fit goes on to load the model with the CheckpointInfo read for the check (the folder
     is not read again); a model whose config gives no context is not refused before loading."""
