@@ -1,10 +1,14 @@
-"""Where the dock's answers go: an objects and a relations layer in a GeoPackage beside the project (or in a
-temporary folder for an unsaved project, which the dock says), made once, added to the project once, and
-appended to after; styled with the QML files in `styles/`."""
+"""Where the dock's answers go: an objects and a relations layer in a GeoPackage beside the project, made once,
+added to the project once, and appended to after; styled with the QML files in `styles/`.
+
+An unsaved project has no folder: its answers go to a new GeoPackage in GeoVLM's folder of the QGIS profile
+(`<profile>/geovlm/answers/`, as Processing keeps its default outputs in the profile), which the dock names. Never
+into a temporary folder: that file would be deleted when QGIS ends, even after the project was saved with its
+layers in it, and QGIS asks on quitting about any layer in a temporary folder (`QgsMapLayer.isTemporary`)."""
 from __future__ import annotations
 
 import re
-import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -21,11 +25,13 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from . import settings as engine_settings
 from .ask_map import ask_fields
 
 STYLES = Path(__file__).resolve().parents[1] / "styles"
 TABLES = (("geovlm_objects", Qgis.WkbType.Polygon, "objects.qml"),
           ("geovlm_relations", Qgis.WkbType.LineString, "relations.qml"))
+ANSWERS_FOLDER = "answers"  # under `settings.data_dir()`: the GeoPackages of unsaved projects' answers
 _HOW_MUCH = re.compile(r"\b(how\s+(many|much|large|big)|count|number\s+of|area|size\s+of)\b", re.IGNORECASE)
 
 
@@ -35,16 +41,15 @@ def asks_how_many(question: str) -> bool:
 
 
 class AnswerLayers:
-    """The two output layers of a project. `path` is the GeoPackage; `temporary` says whether it lies in a
-    temporary folder (unsaved project). Layers are made in the CRS of the first view; features of views in
-    other CRSs are transformed into it. A temporary folder lives as long as this object (keep it for the
-    session: its layers stay in the project)."""
+    """The two output layers of a project. `path` is the GeoPackage: `<project>_geovlm.gpkg` beside a saved
+    project, else a new `answers-<date>-<time>.gpkg` in `settings.data_dir() / "answers"` (`unsaved` is then
+    True). Layers are made in the CRS of the first view; features of views in other CRSs are transformed into
+    it."""
 
     def __init__(self, project: Optional[QgsProject] = None):
         self.project = project or QgsProject.instance()
         self.layers: List[Optional[QgsVectorLayer]] = [None, None]
-        self._tmp: Optional[tempfile.TemporaryDirectory] = None
-        self.path, self.temporary = self._where()
+        self.path, self.unsaved = self._where()
 
     def layer_ids(self) -> List[str]:
         """The ids of its layers that still exist (one removed from the project may be deleted already)."""
@@ -58,17 +63,23 @@ class AnswerLayers:
         return ids
 
     def project_saved(self) -> bool:
-        """True when this is a temporary GeoPackage and the project has been saved since (new answers should
-        then go beside it)."""
-        return self.temporary and bool(self.project.absoluteFilePath())
+        """True when the project had no file when these layers were made and has one now (new answers then go
+        beside it; these layers stay where they are, in the project)."""
+        return self.unsaved and bool(self.project.absoluteFilePath())
 
     def _where(self) -> Tuple[Path, bool]:
         home = self.project.absoluteFilePath()
         if home:
             project = Path(home)
             return project.with_name(f"{project.stem}_geovlm.gpkg"), False
-        self._tmp = tempfile.TemporaryDirectory(prefix="geovlm-")
-        return Path(self._tmp.name) / "geovlm_answers.gpkg", True
+        folder = engine_settings.data_dir() / ANSWERS_FOLDER
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 1000):  # a new file for each: several docks or sessions within one second
+            path = folder / (f"answers-{stamp}.gpkg" if n == 1 else f"answers-{stamp}-{n}.gpkg")
+            if not path.exists():
+                break
+        folder.mkdir(parents=True, exist_ok=True)  # OSError (said in the transcript) when it cannot be made
+        return path, True
 
     def _layer(self, index: int, crs) -> QgsVectorLayer:
         layer = self.layers[index]

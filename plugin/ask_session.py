@@ -54,7 +54,7 @@ class AskSession(EngineHeader, QObject):
         self.turns: List[Turn] = []
         self.task: Optional[AskTask] = None
         self.layers: Optional[AnswerLayers] = None
-        self._retired_layers: List[AnswerLayers] = []  # temporary GeoPackages still in the project
+        self._retired_layers: List[AnswerLayers] = []  # earlier GeoPackages (before the project was saved)
         self.rectangle: Optional[QgsRectangle] = None
         self.family = engine_settings.load().family
         self._html: List[str] = []
@@ -210,13 +210,13 @@ class AskSession(EngineHeader, QObject):
         links = []
         try:
             if self.layers is not None and self.layers.project_saved():
-                self._retired_layers.append(self.layers)  # its folder must outlive its layers in the project
+                self._retired_layers.append(self.layers)  # its layers stay in the project, linked from the transcript
                 self.layers = None
             if self.layers is None:
                 self.layers = AnswerLayers()
-                if self.layers.temporary:
-                    turn.notes.append(f"features go to a temporary GeoPackage ({self.layers.path}): save the "
-                                      "project to keep them beside it")
+                if self.layers.unsaved:
+                    turn.notes.append(f"the project is not saved: features go to {self.layers.path} (kept; once the "
+                                      "project is saved, new answers go beside it)")
                 elif self._retired_layers:
                     turn.notes.append(f"the project is saved: features now go to {self.layers.path}")
             provenance = Provenance(turn.question, turn.task, info["model"], info["family"], info["engine"], text)

@@ -258,7 +258,23 @@ def test_dock_places_each_family_answer_at_the_canvas_pixels(dock, qgis_canvas, 
             assert abs(pixel.x() * dpr - col) < 1e-6 and abs(pixel.y() * dpr - row) < 1e-6
 
 
-def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the_saved_project(dock, tmp_path):
+def test_an_unsaved_projects_answers_are_kept_in_the_profile_then_beside_the_saved_project(dock, tmp_path,
+                                                                                          monkeypatch):
+    """An unsaved project's answers go to a GeoPackage in GeoVLM's profile folder, not a temporary one: QGIS does
+    not ask about them on quitting (`isTemporary`, what its "temporary layers" prompt checks), and they outlive
+    the session: a project saved after them opens with them. Once the project is saved, new answers go beside
+    it."""
+    import gc
+    import tempfile
+
+    from geovlm.plugin import settings as engine_settings
+
+    scratch = tmp_path / "tmp"  # the system's temporary folder for Qt and Python (the test's tmp_path lies in /tmp)
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    profile = tmp_path / "profile-geovlm"
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: profile)
     session = dock.ask
     QgsProject.instance().setFileName("")  # an unsaved project, the usual case
     with ScriptedEngine("geochat", ANSWER) as engine:
@@ -268,18 +284,29 @@ def test_unsaved_project_keeps_answers_in_a_temporary_geopackage_then_beside_the
         [layer] = objects_layers()
         first = Path(layer.source().split("|")[0])
         assert layer.isValid() and layer.featureCount() == 3 and first.is_file()
-        assert "temporary GeoPackage" in session.dock.transcript.toPlainText()
+        assert first.parent == profile / "answers" and first.name.startswith("answers-")
+        assert not layer.isTemporary() and not any(lyr.isTemporary() for lyr in
+                                                   QgsProject.instance().mapLayers().values())
+        assert f"the project is not saved: features go to {first}" in session.dock.transcript.toPlainText()
 
         QgsProject.instance().write(str(tmp_path / "saved.qgz"))  # Ctrl+S
         session.new_view()
         ask(session, "Describe the image")
         assert wait_for(lambda: not session.busy(), 30)
     beside = tmp_path / "saved_geovlm.gpkg"
-    assert beside.is_file() and first.is_file()  # the temporary file lives on for the session
+    assert beside.is_file() and first.is_file()
     layers = {Path(lyr.source().split("|")[0]): lyr for lyr in objects_layers()}
     assert layers[beside].featureCount() == 3 and layers[first].featureCount() == 3
     assert str(beside) in session.dock.transcript.toPlainText()
     assert "could not write" not in " ".join(str(m) for m in dock.iface.messageBar().get_messages(1))
+
+    session.layers, session._retired_layers = None, []  # the session ends (QGIS quits)
+    gc.collect()
+    assert first.is_file()
+    reopened = QgsProject()
+    assert reopened.read(str(tmp_path / "saved.qgz"))
+    [kept] = reopened.mapLayersByName("geovlm_objects")
+    assert kept.isValid() and kept.featureCount() == 3  # the answers asked before the project was saved
 
 
 def test_engine_header_follows_the_options_and_the_engine_used(dock):
