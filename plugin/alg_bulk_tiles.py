@@ -61,6 +61,24 @@ def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: Can
         raise QgsProcessingException(str(exc)) from None
 
 
+GPKG_ONLY = "OUTPUT must be a .gpkg: it is the ledger that lets a run resume"
+
+
+def run_problem(alg, parameters, context) -> str:
+    """One line saying why a bulk run (tiles or features) would stop before asking anything, or "": an OUTPUT
+    that is not a .gpkg, or an engine that cannot be used whatever it serves (`engine_access.engine_problem`:
+    the local engine not set up, a malformed URL, an unknown FAMILY). For `checkParameterValues`, which refuses
+    in the one line qgis_process prints once and the dialog shows in a message box; raised during the run,
+    QGIS 3.40's qgis_process prints an error three times. Reads the settings only: main thread fine."""
+    from .engine_access import engine_problem
+
+    out = alg.parameterAsFileOutput(parameters, "OUTPUT", context)
+    if out and not out.lower().endswith(".gpkg"):
+        return GPKG_ONLY
+    return engine_problem(alg.parameterAsString(parameters, "ENGINE", context),
+                          alg.parameterAsString(parameters, "FAMILY", context)) or ""
+
+
 def add_engine_parameters(alg) -> None:
     """The parameters every bulk run shares, in this order: FAMILY, ENGINE, AUTHCFG (`QgsAuthManager`: never a
     key in a string), CONCURRENCY (requests in flight per engine) and OVERWRITE (an output of another plan)."""
@@ -201,41 +219,60 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     # ------------------------------------------------------------ the plan and its pixels
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's checks, then the chosen bands against INPUT's (`band_parameters.check_band_parameters`)."""
+        """QGIS's checks, then the chosen bands against INPUT's (`band_parameters.check_band_parameters`), the
+        tile plan (an OVERLAP not smaller than TILE_SIZE, an EXTENT off the raster, a web layer without EXTENT
+        and RESOLUTION) and `run_problem`: each refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
-        return (ok, message) if not ok else check_band_parameters(self, self.INPUT, parameters, context)
+        if ok:
+            ok, message = check_band_parameters(self, self.INPUT, parameters, context)
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context) if ok else None
+        if layer is not None:
+            try:
+                self._plan(layer, parameters, context)
+            except ValueError as exc:
+                return False, str(exc)
+        problem = run_problem(self, parameters, context) if ok else ""
+        return (False, problem) if problem else (ok, message)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        """On the main thread: read the layer (and clone a web layer's provider) for the run's thread."""
+        """On the main thread: read the layer (and clone a web layer's provider) for the run's thread. The plan
+        is checked again (a graphical model does not call checkParameterValues for its steps)."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no raster layer given")
-        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
-        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         skip = self.parameterAsBool(parameters, self.SKIP_NODATA, context)
         self.keep_nodata = not skip
-        extent = None
-        if parameters.get(self.EXTENT):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         self.crs_wkt, self.epsg = ledger_crs(layer.crs())
         self.crs_name = crs_name(layer.crs())
         try:
             self.bands = chosen_bands(self, layer, parameters, context)
-            if layer.providerType() == "gdal":
-                self._prepare_file(layer, extent, tile, overlap, skip)
-            else:
-                resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-                if extent is None or extent.isEmpty() or not resolution:
-                    raise QgsProcessingException(
-                        f"{layer.name()!r} is a web layer: give EXTENT and RESOLUTION (map units per pixel)")
-                self.tiles, self.gt = plan_for_extent(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(),
-                                                      extent.yMaximum(), resolution, tile, overlap)
-                self.source, self.reader = "render", RenderedTiles(layer, self.gt, skip)
+            self.tiles, self.gt, offset = self._plan(layer, parameters, context)
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
+        if offset is not None:
+            self.source = "file"
+            self.reader = GdalTiles(layer.source(), skip, offset, self.bands, black_nodata=True)
+        else:
+            self.source, self.reader = "render", RenderedTiles(layer, self.gt, skip)
         return True
 
-    def _prepare_file(self, layer, extent, tile, overlap, skip) -> None:
+    def _plan(self, layer, parameters, context):
+        """(TilePlan, geotransform of its pixel (0, 0), (col, row) of that pixel in the file, or None for a web
+        layer, which is rendered) of a run over `layer` with TILE_SIZE, OVERLAP, EXTENT (in the layer's CRS) and,
+        for a web layer, RESOLUTION (map units per pixel). Raises ValueError with one line: an overlap not
+        smaller than the tile, an extent off the raster, a web layer without extent or resolution."""
+        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        extent = None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        if layer.providerType() != "gdal":
+            resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+            if extent is None or extent.isEmpty() or not resolution:
+                raise ValueError(f"{layer.name()!r} is a web layer: give EXTENT and RESOLUTION (map units per pixel)")
+            tiles, gt = plan_for_extent(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum(),
+                                        resolution, tile, overlap)
+            return tiles, gt, None
         frame = raster_frame(layer)
         col0, row0, width, height = 0, 0, frame.width, frame.height
         if extent is not None and not extent.isEmpty():
@@ -248,17 +285,14 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             if col1 <= col0 or row1 <= row0:
                 raise ValueError("the extent does not overlap the raster")
             width, height = col1 - col0, row1 - row0
-        self.tiles = TilePlan(width, height, tile, overlap)
-        self.gt = frame.geotransform.window(col0, row0)
-        self.source = "file"
-        self.reader = GdalTiles(layer.source(), skip, (col0, row0), self.bands, black_nodata=True)
+        return TilePlan(width, height, tile, overlap), frame.geotransform.window(col0, row0), (col0, row0)
 
     # ------------------------------------------------------------ the run
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not out.lower().endswith(".gpkg"):
-            raise QgsProcessingException("OUTPUT must be a .gpkg: it is the ledger that lets a run resume")
+            raise QgsProcessingException(GPKG_ONLY)
         cancel = CancelToken()
         conn = connect_engine(self.parameterAsString(parameters, self.ENGINE, context),
                               self.parameterAsString(parameters, self.AUTHCFG, context),

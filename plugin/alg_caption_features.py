@@ -32,6 +32,7 @@ from ..core.ledger import FEATURES, OK, TILES, Ledger, LedgerError, RunPlan
 from ..core.tiling import Tile, TilePlan
 from ..core.transport import Cancelled, CancelToken
 from .alg_bulk_tiles import (
+    GPKG_ONLY,
     OVERWRITE_FLAG,
     add_engine_parameters,
     connect_engine,
@@ -40,6 +41,7 @@ from .alg_bulk_tiles import (
     ledger_crs,
     load_on_completion,
     report_outcome,
+    run_problem,
 )
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
 from .qgis_geometry import FIELD_TYPES, raster_frame
@@ -111,15 +113,18 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                                                       Qgis.ProcessingSourceType.VectorPolygon))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's checks, then that RASTER is a file and the chosen bands are its bands
-        (`band_parameters.check_band_parameters`): refused in one line before an engine is contacted."""
+        """QGIS's checks, then that RASTER is a file, the chosen bands are its bands
+        (`band_parameters.check_band_parameters`) and `alg_bulk_tiles.run_problem` (OUTPUT a .gpkg, an engine
+        that can be used): refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is not None and layer.providerType() != "gdal":
             return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"
-        return check_band_parameters(self, self.RASTER, parameters, context)
+        ok, message = check_band_parameters(self, self.RASTER, parameters, context)
+        problem = run_problem(self, parameters, context) if ok else ""
+        return (False, problem) if problem else (ok, message)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: RASTER's frame and a reader of its windows in the chosen bands."""
@@ -139,7 +144,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not out.lower().endswith(".gpkg"):
-            raise QgsProcessingException("OUTPUT must be a .gpkg: it is the ledger that lets a run resume")
+            raise QgsProcessingException(GPKG_ONLY)
         source = self.parameterAsSource(parameters, self.INPUT, context)
         field = self.parameterAsString(parameters, self.FIELD, context).strip() or "caption"
         if source.fields().indexOf(field) >= 0:

@@ -609,3 +609,36 @@ def test_qgis_and_the_cli_name_a_crs_without_an_epsg_code_alike(qgis_app, tmp_pa
         wkt = dst.crs.to_wkt()
     name = crs_name(QgsRasterLayer(str(path), "r").crs())
     assert name == _crs(wkt)[2] and name.startswith("+") and "no_defs" not in name
+
+
+@pytest.mark.parametrize("alg, changed, said", [
+    ("captiontiles", {"OVERLAP": 600}, "overlap must be at least 0 and smaller than the tile size"),
+    ("detecttiles", {"EXTENT": "0,10,0,10 [EPSG:4326]"}, "the extent does not overlap the raster"),
+    ("captiontiles", {"OUTPUT": "c.txt"}, "OUTPUT must be a .gpkg: it is the ledger that lets a run resume"),
+    ("detecttiles", {"ENGINE": "local"}, "the local engine is not set up: use "),
+    ("captiontiles", {"ENGINE": "127.0.0.1:9"}, "an engine URL is http://host:port or https://host, not '127.0.0.1:9'"),
+    ("captionfeatures", {"OUTPUT": "f.txt"}, "OUTPUT must be a .gpkg: it is the ledger that lets a run resume"),
+    ("captionfeatures", {"ENGINE": "local"}, "the local engine is not set up: use "),
+    ("captionfeatures", {"FAMILY": "nope"}, "unknown model family 'nope': one of llava15, geochat"),
+])
+def test_a_run_that_would_stop_before_asking_is_refused_by_the_parameter_check(plugin, processing, data_dir,
+                                                                               tmp_path, alg, changed, said):
+    """A plan that cannot be made (an overlap not smaller than the tile, an EXTENT off the raster), an OUTPUT that
+    is not a .gpkg or an engine that cannot be used is refused by checkParameterValues in one line (printed once
+    by qgis_process, a message box in the dialog), not raised during the run (printed three times)."""
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    rasters = data_dir / "rasters"
+    params = {"INPUT": str(rasters / "cogeo.tif"), "TILE_SIZE": 512, "ENGINE": "http://127.0.0.1:9",
+              "FAMILY": "geochat", "OUTPUT": "out.gpkg"}
+    if alg == "captionfeatures":
+        params = dict(params, INPUT=str(rasters / "geotiff_labels.geojson"), RASTER=str(rasters / "sample_geotiff.tif"))
+    params = {k: str(tmp_path / v) if k == "OUTPUT" else v for k, v in dict(params, **changed).items()}
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    check = QgsApplication.processingRegistry().createAlgorithmById(f"geovlm:{alg}").checkParameterValues
+    ok, message = check(params, context)
+    assert not ok and message.startswith(said), message
+    assert check(dict(params, **{k: v for k, v in {
+        "OVERLAP": 0, "EXTENT": None, "OUTPUT": str(tmp_path / "out.gpkg"), "ENGINE": "http://127.0.0.1:9",
+        "FAMILY": "geochat"}.items() if k in changed}), context) == (True, "")
