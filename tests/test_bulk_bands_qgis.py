@@ -139,7 +139,8 @@ def test_bands_of_a_web_layer_are_refused_in_one_line(plugin, processing, tmp_pa
         context = QgsProcessingContext()
         context.setProject(QgsProject.instance())
         alg = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captiontiles")
-        params = {"INPUT": layer.id(), "RED_BAND": 1, "GREEN_BAND": 1, "BLUE_BAND": 1,
+        params = {"INPUT": layer.id(), "RED_BAND": 1, "GREEN_BAND": 1, "BLUE_BAND": 1, "RESOLUTION": 10.0,
+                  "EXTENT": "0,5120,0,5120 [EPSG:3857]", "ENGINE": "http://127.0.0.1:9",
                   "OUTPUT": str(tmp_path / "w.gpkg")}
         assert alg.checkParameterValues(params, context) == (
             False, "'web' is a web layer, rendered in its own colours: leave the bands unset")

@@ -181,7 +181,7 @@ def test_a_web_layer_is_refused_in_one_line_with_or_without_bands(plugin, proces
         context.setProject(QgsProject.instance())
         alg = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captionfeatures")
         params = {"INPUT": str(polygons(tmp_path / "parcels.gpkg", SQUARES)), "RASTER": layer.id(),
-                  "OUTPUT": str(tmp_path / "w.gpkg")}
+                  "ENGINE": "http://127.0.0.1:9", "OUTPUT": str(tmp_path / "w.gpkg")}
         said = (False, "RASTER must be a raster file (GDAL): 'web' is a web layer")
         assert alg.checkParameterValues(params, context) == said
         assert alg.checkParameterValues(dict(params, RED_BAND=1, GREEN_BAND=1, BLUE_BAND=1), context) == said
