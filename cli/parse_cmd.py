@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--geotransform", dash_value=True, help="a,b,c,d,e,f (x = a*col + b*row + c; y = d*col + e*row + f)")
     p.add_argument("--crs", help="CRS of --geotransform (EPSG:xxxx, WKT, PROJ string)")
     p.add_argument("--to-crs", help="reproject the output to this CRS (EPSG:xxxx, WKT, PROJ string)")
-    p.add_argument("--image-size", default="100x100", help="WxH of the image that was sent (default 100x100)")
+    p.add_argument("--image-size", default="100x100", dash_value=True,
+                   help="WxH of the image that was sent (default 100x100)")
     add_profile_overrides(p)
     p.add_argument("--out", required=True, help="OUT.gpkg or OUT.geojson")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output (never a GeoPackage with "

@@ -15,7 +15,7 @@ from geovlm.cli.arguments import CommandParser  # noqa: E402
 COGEO = ms.RASTERS / "cogeo.tif"
 ANSWERS = ms.RASTERS.parent / "answers" / "earthdial_refer_ship.jsonl"
 # Options whose values may begin with '-' besides the numbers (marked by their type): comma lists and free text.
-DASH_TEXT_OPTIONS = {"--window", "--bands", "--geotransform", "--api-key", "--question"}
+DASH_TEXT_OPTIONS = {"--window", "--bands", "--geotransform", "--api-key", "--question", "--image-size"}
 
 
 def subcommand_parsers(parser=None, path=()):
@@ -55,6 +55,13 @@ def test_parse_takes_a_negative_window_after_a_space_too(tmp_path, capsys):
             "--out", str(out)]
     assert main(argv) == 2 and not out.exists()
     assert "reaches outside the raster" in capsys.readouterr().err
+
+
+def test_a_negative_image_size_is_refused_by_its_own_check_not_as_a_missing_value(tmp_path, capsys):
+    out = tmp_path / "o.gpkg"
+    assert main(["parse", str(ANSWERS), "--family", "earthdial", "--image-size", "-5x10", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "geovlm parse: --image-size: image size must be positive, got '-5x10'" and not out.exists()
 
 
 def test_every_subcommand_reads_dash_values_after_a_space():
