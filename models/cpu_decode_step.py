@@ -29,14 +29,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
-from .numba_cache import choose_cache
+from . import numba_cache
 
 log = logging.getLogger(__name__)
 # Checked before numba loads (just below), which reads NUMBA_CACHE_DIR: numba would cache in the install folder
 # where the folder cannot be written (numba_cache.py). None: no folder can be, the kernels are not cached.
-NUMBA_CACHE = choose_cache()
+NUMBA_CACHE = numba_cache.choose_cache()
 if NUMBA_CACHE.folder is not None:
     os.environ["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE.folder)
 # The TBB runtime's file as the `tbb` wheel installs it, per platform (the names numba's TBB layer asks for:
@@ -455,30 +455,49 @@ def start_preload() -> Optional[threading.Thread]:
             preload()
         except Exception as exc:  # noqa: BLE001  # said by the warm-up, which meets it again
             log.debug("preloading the CPU decode step failed: %s", one_line(exc))
+        prune_cache()
 
     thread = threading.Thread(target=run, name="geovlm-preload-step")
     thread.start()
     return thread
 
 
+def prune_cache() -> List[Path]:
+    """Remove the stale kernels of GeoVLM's numba cache folder (`numba_cache.prune`: those of checkouts, worktrees
+    or installs that are gone, and of earlier states of this source), said at INFO; nothing in a NUMBA_CACHE_DIR
+    of the user's. Returns the files removed; a failure is only logged at DEBUG (pruning is housekeeping)."""
+    if NUMBA_CACHE.folder is None or not NUMBA_CACHE.owned or numba is None:
+        return []
+    try:
+        removed = numba_cache.prune(NUMBA_CACHE.folder)
+    except OSError as exc:
+        log.debug("pruning numba's cache %s failed: %s", NUMBA_CACHE.folder, exc)
+        return []
+    if removed:
+        log.info("removed %d stale files of the CPU decode step's kernels from %s", len(removed), NUMBA_CACHE.folder)
+    return removed
+
+
 def _leave_compile_marker() -> None:
-    """Leave `compile_marker()` once the kernels are compiled, so that the next start does not announce one."""
+    """Leave `compile_marker()` once the kernels are compiled, so that the next start does not announce one; it
+    holds this file's path, which `numba_cache.prune` reads (numba's index does not name its source)."""
     marker = compile_marker()
     if marker is None:
         return
     with contextlib.suppress(OSError):  # a read-only cache: numba compiles at each start, announced each time
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        marker.write_text(os.path.abspath(__file__), encoding="utf-8")
 
 
 def compile_marker() -> Optional[Path]:
-    """The file in numba's cache folder that says the kernels of this file, as it is now, were compiled: keyed as
-    numba keys its cache (this file's size and mtime) and by numba's version. None where nothing is cached."""
+    """The file that says the kernels of this file, as it is now, were compiled (`numba_cache.marker_name`), in
+    the subfolder of numba's cache folder where numba keeps them. None where nothing is cached."""
     if NUMBA_CACHE.folder is None:
         return None
-    source = Path(__file__).stat()
-    name = f"geovlm-decode-step-{numba.__version__}-{source.st_size}-{int(source.st_mtime)}.done"
-    return Path(os.environ["NUMBA_CACHE_DIR"]) / name
+    from numba.core.caching import UserProvidedCacheLocator
+
+    folder = UserProvidedCacheLocator.get_suitable_cache_subpath(__file__)
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / folder / numba_cache.marker_name(Path(__file__), numba.__version__)
 
 
 _ANNOUNCED = set()  # the markers whose compile this process announced: said once (`start_preload`, the decoder)
