@@ -220,7 +220,7 @@ def test_the_setup_dialogs_torch_build_is_remembered_and_automatic_follows_the_g
     dialog.python.setFilePath(str(old))
     dialog.setup_button.click()
     task = dialog.task
-    assert task is not None and task.plan.torch == "auto"
+    assert task is not None  # its plan's torch is "auto" until the task resolves it, which may have happened already
     assert wait_for(lambda: dialog.task is None) and "needs 3.10" in dialog.log.toPlainText()
     assert task.plan.torch == "cpu"  # resolved by the task
     assert "torch: the CPU build (automatic: no NVIDIA GPU found)" in dialog.log.toPlainText()
@@ -460,3 +460,33 @@ def test_a_setup_that_ends_with_its_dialog_closed_says_so_in_the_message_bar(qgi
     [warning] = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
     assert warning == f"GeoVLM engine set-up:{tmp_path / 'no-python'} does not run"
     dialog.deleteLater()
+
+
+def test_a_setup_running_from_another_dialog_reads_as_running_and_none_starts_beside_it(qgis_app, tmp_path,
+                                                                                        monkeypatch):
+    """The menu's dialog and the Options page's are two dialogs: while one runs a set-up, the other says so and
+    starts nothing on the same venv (Remove during an install); it follows when that set-up ends."""
+    import sys
+
+    venv = tmp_path / "engine-venv"
+    monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
+    slow = tmp_path / "python3"  # "-m venv" makes the venv's folder, then takes its time
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then mkdir -p "$3/bin"; touch "$3/bin/python"; sleep 60; '
+                    f'else exec {sys.executable} "$@"; fi\n')
+    slow.chmod(0o755)
+    first = EngineSetupDialog()
+    first.python.setFilePath(str(slow))
+    first.torch.setCurrentIndex(first.torch.findData("cpu"))
+    first.start("install")
+    assert wait_for(lambda: engine_settings.venv_python(venv).exists(), 30)
+    second = EngineSetupDialog()
+    assert second.task is None and second.state.text() == "being set up…"
+    buttons = (second.setup_button, second.repair_button, second.remove_button)
+    assert not any(button.isEnabled() for button in buttons)
+    first.cancel()
+    assert wait_for(lambda: first.task is None, 30)
+    assert wait_for(lambda: second.state.text() == engine_setup.SETUP_WORDS["incomplete"], 5), second.state.text()
+    assert all(button.isEnabled() for button in buttons)
+    first.deleteLater()
+    second.deleteLater()

@@ -9,7 +9,8 @@ puts onnxruntime and torch on different devices (`engine_setup.mismatch_note`), 
 removal as a `QgsTask`: the progress and every line of pip's output appear as they come (the newest in sight
 unless the user scrolled up), the state reads what runs meanwhile, Cancel stops the
 running command (and reads as cancelled, not failed); Remove asks first, naming what it deletes (the venv and
-numba's kernel cache: `engine_files`) and its size. Closing the dialog leaves a running task to the task
+numba's kernel cache: `engine_files`) and its size. A set-up started from another set-up dialog reads as running
+here too, and none starts beside it. Closing the dialog leaves a running task to the task
 manager (its progress stays in QGIS's status bar; QGIS's message bar says how it ended).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..plugin import engine_files, engine_setup
 from ..plugin import settings as engine_settings
+from ..plugin.engine_manager import engine_manager
 
 MAX_LOG_LINES = 5000
 
@@ -113,16 +115,23 @@ class EngineSetupDialog(QDialog):
         layout.addWidget(buttons)
         self.resize(720, 520)
         self._find_python()
+        engine_manager().stateChanged.connect(self.update_state)
         self.update_state()
 
     # ------------------------------------------------------------ state
 
-    def update_state(self) -> None:
+    def update_state(self, *_) -> None:
+        """The state line and buttons; also called on the engine manager's `stateChanged`, which a set-up task
+        tells when it starts and ends: a set-up started from another set-up dialog (the menu's and the Options
+        page's) reads as running here too, and none can be started beside it."""
         state, _ = engine_setup.setup_state()
         running = self.task is not None
+        elsewhere = engine_setup.running_text() if not running else ""
         # the words the Options page and the Ask dock show too; while a task runs, what it does (the old
         # words would be stale: "Set up again" removes the old venv first)
-        self.state.setText(engine_setup.RUNNING_WORDS[self.task.plan.action] if running else engine_setup.setup_text())
+        self.state.setText(engine_setup.RUNNING_WORDS[self.task.plan.action] if running else
+                           elsewhere or engine_setup.setup_text())
+        running = running or bool(elsewhere)
         self.setup_button.setEnabled(not running)
         self.setup_button.setText("Set up again" if state != "missing" else "Set up")
         self.repair_button.setEnabled(not running and state != "missing")
@@ -209,6 +218,10 @@ class EngineSetupDialog(QDialog):
             for signal in (self.task.logLine, self.task.stepStarted, self.task.progressChanged, self.task.done):
                 signal.disconnect()
         self.task = self._finder = None
+        try:
+            engine_manager().stateChanged.disconnect(self.update_state)
+        except TypeError:  # not connected
+            pass
 
     def append(self, line: str) -> None:
         """Add one line of output. The view keeps the newest line in sight until the user scrolls up, and again
