@@ -517,4 +517,4 @@ def announce_compile() -> None:
     if not marker.exists() and marker not in _ANNOUNCED:
         _ANNOUNCED.add(marker)
         log.warning("compiling the CPU decode step, once after an install or update (a few seconds); kept in %s",
-                    marker.parent)
+                    marker.parent.parent)

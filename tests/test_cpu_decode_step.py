@@ -184,7 +184,7 @@ def test_the_first_compile_is_announced_once(tmp_path, monkeypatch, caplog):
         second = StaticDecoder(_llama())
         assert second.step_kernel == "numba"
     announced = [r.getMessage() for r in caplog.records if "compiling the CPU decode step" in r.getMessage()]
-    assert len(announced) == 1 and str(tmp_path) in announced[0]
+    assert len(announced) == 1 and announced[0].endswith(f"kept in {tmp_path}")
     [marker] = tmp_path.glob("*/geovlm-decode-step-*.done")  # beside the kernels, naming their source
     assert marker.read_text() == cpu_decode_step.__file__
 

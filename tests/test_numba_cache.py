@@ -54,6 +54,7 @@ def test_an_unwritable_geovlm_cache_caches_in_a_temporary_folder_said_in_one_lin
                      f"decode step's compiled kernels are cached in {fallback} instead (set GEOVLM_CACHE to a "
                      "writable folder to keep them)"]
     assert all(str(blocker) not in line for line in lines if line not in notes)  # nothing else names it
+    assert f"kept in {fallback}" in done.stdout  # the compile's announcement names the folder used
     paths = next(line for line in lines if line.startswith("paths ")).split()[1:]
     assert len(paths) == 1 and Path(paths[0]).parent == fallback, paths
     assert list(Path(paths[0]).glob("cpu_decode_step._decode-*.nbi"))  # really cached there
