@@ -28,6 +28,7 @@ from .encoder_runtime import DEFAULT_PROVIDERS, EncodingCache, OnnxEncoder, chec
 from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel, pick_device
 from .preprocess import check_rgb, fit_image, normalise
+from .static_decoder import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 _SLOT = "\x00"  # stands for the user's text while the prompt template is cut around it
@@ -131,6 +132,19 @@ def _ensure_encoder_for(checkpoint, providers, precision: str = "fp32") -> Path:
     return ensure_encoder(checkpoint)
 
 
+def may_take_compiled_step(config: dict) -> bool:
+    """Whether a checkpoint's config.json (`config`) describes a language model the compiled CPU step may serve
+    (models/cpu_decode_step.py): a text model of `static_decoder.ARCHITECTURES` (llava-hf's `text_config`, whose
+    type defaults to llama, or the config itself for a bare causal LM) without biases. Read before the weights
+    load, so that the step's kernels are not loaded, or compiled, for a model that will not use them."""
+    if isinstance(config.get("text_config"), dict):
+        text = config["text_config"]
+        kind = text.get("model_type", "llama")
+    else:
+        text, kind = config, config.get("model_type")
+    return kind in ARCHITECTURES and not text.get("attention_bias") and not text.get("mlp_bias")
+
+
 def _turns(messages) -> List[Tuple[str, str]]:
     turns = []
     for m in messages:
@@ -172,8 +186,8 @@ class VlmPipeline:
         if providers is not None:
             providers = check_providers(providers)  # ValueError for a name onnxruntime does not know
         checkpoint = as_checkpoint(model_dir, family)  # the one reading of the folder (or the one given)
-        if pick_device(device)[0] == "cpu":  # the compiled CPU step's kernels load beside the weights
-            cpu_decode_step.start_preload()
+        if pick_device(device)[0] == "cpu" and may_take_compiled_step(checkpoint.config):
+            cpu_decode_step.start_preload()  # the compiled CPU step's kernels load beside the weights
         if encoder_onnx is None:
             encoder_onnx = _ensure_encoder_for(checkpoint, providers, encoder_precision)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads

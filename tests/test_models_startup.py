@@ -139,3 +139,17 @@ def test_the_first_answer_reports_the_background_loading_as_load_not_decode(tmp_
     assert first.timings["load"] >= 0.5, first.timings
     assert first.timings["decode"] < 0.4 + 3 * later.timings["decode"], (first.timings, later.timings)
     assert "load" not in later.timings
+
+
+def test_the_step_kernels_are_preloaded_only_for_a_model_that_may_take_the_step():
+    """The preload (numba's kernels loaded, or compiled the first time, beside the weights) is for a Llama-family
+    text model without biases; a Qwen2 one (biases) or a model of another kind would only pay for it."""
+    from geovlm.models.pipeline import may_take_compiled_step
+
+    assert may_take_compiled_step({"model_type": "llava", "text_config": {"model_type": "llama"}})
+    assert may_take_compiled_step({"model_type": "llava", "text_config": {"model_type": "mistral"}})
+    assert may_take_compiled_step({"model_type": "llava", "text_config": {}})  # llava-hf's default text model
+    assert may_take_compiled_step({"model_type": "llama"})  # MiniGPT-v2's bare LLaMA
+    assert not may_take_compiled_step({"model_type": "llava", "text_config": {"model_type": "qwen2"}})
+    assert not may_take_compiled_step({"model_type": "llama", "attention_bias": True})
+    assert not may_take_compiled_step({"model_type": "qwen2_5_vl"})
