@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 # Checked before numba loads (just below), which reads NUMBA_CACHE_DIR: numba would cache in the install folder
 # where the folder cannot be written (numba_cache.py). None: no folder can be, the kernels are not cached.
 NUMBA_CACHE = numba_cache.choose_cache()
-if NUMBA_CACHE.folder is not None:
-    os.environ["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE.folder)
+numba_cache.use(NUMBA_CACHE)
 # The TBB runtime's file as the `tbb` wheel installs it, per platform (the names numba's TBB layer asks for:
 # numba/np/ufunc/parallel.py, _check_tbb_version_compatible).
 TBB_LIBRARIES = {"linux": "libtbb.so.12", "win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}

@@ -30,6 +30,9 @@ from typing import List, Mapping, Optional
 
 from ..core.cache_paths import numba_cache_dir
 
+SET_BY_GEOVLM = "GEOVLM_NUMBA_CACHE_DIR"  # the NUMBA_CACHE_DIR a GeoVLM process chose, so that its child
+# processes (the engine `ask --engine local` starts) do not take it for the user's (`use`)
+
 
 @dataclass(frozen=True)
 class CacheChoice:
@@ -41,6 +44,15 @@ class CacheChoice:
     folder: Optional[Path]
     note: Optional[str] = None
     owned: bool = True
+
+
+def use(choice: CacheChoice, environ=None) -> None:
+    """Hand `choice` to numba through NUMBA_CACHE_DIR of `environ` (default this process's environment, which
+    numba reads as it loads and child processes inherit), marked as GeoVLM's choice (SET_BY_GEOVLM); nothing
+    where no folder can be written."""
+    env = os.environ if environ is None else environ
+    if choice.folder is not None:
+        env["NUMBA_CACHE_DIR"] = env[SET_BY_GEOVLM] = str(choice.folder)
 
 
 def unwritable_reason(folder: Path) -> Optional[str]:
@@ -80,6 +92,8 @@ def choose_cache(environ: Optional[Mapping[str, str]] = None, temp_root: Optiona
     is used instead."""
     env = os.environ if environ is None else environ
     users = env.get("NUMBA_CACHE_DIR")
+    if users and users == env.get(SET_BY_GEOVLM):  # inherited from a GeoVLM process (`ask` starting an engine)
+        users = None
     wanted = Path(users) if users else numba_cache_dir(env)
     problem = unwritable_reason(wanted)
     if problem is None:

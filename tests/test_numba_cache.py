@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from geovlm.models.numba_cache import CacheChoice, choose_cache, private_temp_folder
+from geovlm.models.numba_cache import CacheChoice, choose_cache, private_temp_folder, use
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -222,3 +222,14 @@ def test_only_geovlms_own_folder_is_pruned(tmp_path, monkeypatch):
     assert cpu_decode_step.prune_cache() == [] and len(_names(gone)) == 2
     monkeypatch.setattr(cpu_decode_step, "NUMBA_CACHE", CacheChoice(root))
     assert len(cpu_decode_step.prune_cache()) == 2 and not gone.exists()
+
+
+def test_a_folder_a_geovlm_parent_chose_is_not_taken_for_the_users(tmp_path):
+    """`ask --engine local` imports the step's module and then starts the engine with its environment: the
+    NUMBA_CACHE_DIR it set there is GeoVLM's (pruned), not the user's; one the user set stays the user's."""
+    env = {"GEOVLM_CACHE": str(tmp_path / "cache")}
+    use(choose_cache(env), env)
+    assert env["NUMBA_CACHE_DIR"] == str(tmp_path / "cache" / "numba")
+    assert choose_cache(env) == CacheChoice(tmp_path / "cache" / "numba", owned=True)
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")  # the user's own, set afterwards
+    assert choose_cache(env) == CacheChoice(tmp_path / "mine", owned=False)
