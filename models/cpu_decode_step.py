@@ -15,8 +15,10 @@ with the torch step's to 1e-5 and greedy tokens equal `generate`'s (tests/test_c
 tests/test_models_generation.py).
 
 The kernels are compiled on first use and cached on disk by numba (`cache=True`) in GeoVLM's cache folder
-(`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins), so a read-only install
-folder still caches; `start_preload` compiles or loads them (and numba's typed lists) in the background while
+(`$GEOVLM_CACHE/numba`, else ~/.cache/geovlm/numba; a NUMBA_CACHE_DIR of the user's wins; where it cannot be
+written, a private temporary folder, else none, never the install folder: numba_cache.py, which also prunes the
+kernels of sources that are gone or changed, `prune_cache`), so a read-only install folder still caches;
+`start_preload` compiles or loads them (and numba's typed lists) in the background while
 a model's weights load, and `CpuDecodeStep.warm_up` runs the model's own first step. Where numba is missing, or
 the model is not fp32 on CPU, or has biases, the torch step serves (`unavailable_reason`); a batch's cache stays
 the step's after rows finished (`CpuDecodeStep.whole`).
@@ -265,6 +267,7 @@ if numba is not None and NUMBA_CACHE.folder is None:  # no folder can take the k
 
     for _kernel in [v for v in globals().values() if isinstance(v, Dispatcher)]:
         _kernel._cache = NullCache()
+
 
 def threading_layer() -> Optional[str]:
     """The threading layer numba's parallel kernels run on ("tbb", "omp" or "workqueue"), once one ran; None
