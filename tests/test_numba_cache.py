@@ -224,6 +224,22 @@ def test_only_geovlms_own_folder_is_pruned(tmp_path, monkeypatch):
     assert len(cpu_decode_step.prune_cache()) == 2 and not gone.exists()
 
 
+def test_pruning_never_raises_when_numbas_cache_internals_change(tmp_path, monkeypatch, caplog):
+    """Pruning is housekeeping after the preload: numba's cache internals it reads (a private index reader)
+    changing in a numba release gives a DEBUG line, not a traceback from the preload thread."""
+    pytest.importorskip("numba")
+    from geovlm.models import cpu_decode_step, numba_cache
+
+    def changed(root, now=None):
+        raise AttributeError("type object 'IndexDataCacheFile' has no attribute '_load_index'")
+
+    monkeypatch.setattr(numba_cache, "prune", changed)
+    monkeypatch.setattr(cpu_decode_step, "NUMBA_CACHE", CacheChoice(tmp_path / "numba"))
+    with caplog.at_level("DEBUG", logger=cpu_decode_step.log.name):
+        assert cpu_decode_step.prune_cache() == []
+    assert "_load_index" in caplog.text
+
+
 def test_a_folder_a_geovlm_parent_chose_is_not_taken_for_the_users(tmp_path):
     """`ask --engine local` imports the step's module and then starts the engine with its environment: the
     NUMBA_CACHE_DIR it set there is GeoVLM's (pruned), not the user's; one the user set stays the user's."""
