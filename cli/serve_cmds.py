@@ -225,12 +225,11 @@ def port_number(text: str) -> int:
 
 def _check_port_free(host: str, port: int) -> None:
     """CliError in one line when `host`:`port` cannot be listened on (another server holds it, or the address
-    is not this machine's). Bound as uvicorn binds (SO_REUSEADDR), then closed; port 0 is always free."""
+    is not this machine's). Bound as uvicorn binds (SO_REUSEADDR), then closed; port 0 (any free port) is bound
+    too, which checks the address."""
     import errno
     import socket
 
-    if port == 0:
-        return
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
@@ -264,11 +263,11 @@ def cmd_serve(args) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     parent_alive = watch_parent(args.parent_pid) if args.parent_pid else None
     key = api_key_from(args)
-    if not _is_loopback(args.host) and not key:
-        print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     check_device_arg(args.device)
     overrides = profile_overrides(args)
     _check_port_free(args.host, args.port)  # before the model loads (a minute for a real one), not after
+    if not _is_loopback(args.host) and not key:
+        print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
              args.memory_budget_mb, args.header_timeout, args.max_connections)
     if args.max_tokens is not None and args.max_tokens < 1:

@@ -215,6 +215,12 @@ def test_serve_on_a_port_in_use_or_out_of_range_is_one_line_before_the_model_loa
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"geovlm serve: cannot listen on 127.0.0.1:{port}: ") and "another --port" in err
     assert "\n" not in err
+    # an address not of this machine (TEST-NET-1, RFC 5737: never assigned), with port 0 (any free port) too
+    for port in ("0", "8123"):
+        assert main(["serve", "--host", "192.0.2.1", "--port", port, "--model", "/nonexistent"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"geovlm serve: cannot listen on 192.0.2.1:{port}: Cannot assign requested address; is "
+                       "192.0.2.1 an address of this machine?"), err
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--port", "99999"])
     assert exited.value.code == 2 and "a port is 0 to 65535, not 99999" in capsys.readouterr().err
