@@ -12,6 +12,7 @@ from qgis.core import (
     QgsApplication,
     QgsMapSettings,
     QgsMessageLog,
+    QgsProject,
     QgsRectangle,
 )
 from qgis.gui import QgsMapToolExtent
@@ -223,7 +224,8 @@ class AskSession(EngineHeader, QObject):
             turn.time = provenance.time
             objects, relations = ask_features(answer, self.view, len(self.turns), provenance)
             ids, layer = self.layers.add(objects, relations, self._view_crs())
-            links = [(obj, fid) for obj, fid in zip(answer.objects, ids)]
+            # the layer's id too: an earlier GeoPackage (before the project was saved) has its own feature ids
+            links = [(obj, f"{layer.id()}/{fid}") for obj, fid in zip(answer.objects, ids)]
             if ids and asks_how_many(turn.question):
                 count, area = self.layers.total_area(layer, ids)
                 turn.notes.append(f"{count} objects, {area} in all (ellipsoidal)")
@@ -304,12 +306,15 @@ class AskSession(EngineHeader, QObject):
         self.dock.draw.setChecked(False)
 
     def _link(self, url) -> None:
-        if self.layers is None or self.layers.layers[0] is None:
+        """A transcript link, `geovlm:<layer id>/<feature id>`: pan the map to that feature and flash it; one
+        line when its layer was removed from the project."""
+        layer_id, _, fid = url.toString().split(":", 1)[1].rpartition("/")
+        layer = QgsProject.instance().mapLayer(layer_id)
+        if layer is None:
+            self.error("the layer of that answer is no longer in the project: add its GeoPackage again to see it")
             return
-        fid = int(url.toString().split(":", 1)[1])
-        layer = self.layers.layers[0]
-        self.canvas.panToFeatureIds(layer, [fid], False)
-        self.canvas.flashFeatureIds(layer, [fid])
+        self.canvas.panToFeatureIds(layer, [int(fid)], False)
+        self.canvas.flashFeatureIds(layer, [int(fid)])
 
     def error(self, message: str) -> None:
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)

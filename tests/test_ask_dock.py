@@ -97,7 +97,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
 
         # Its link pans the map to the feature (and flashes it).
         road = next(f for f in layer.getFeatures() if f["object_id"] == 2)
-        session.dock.transcript.anchorClicked.emit(QUrl(f"geovlm:{road.id()}"))
+        session.dock.transcript.anchorClicked.emit(QUrl(f"geovlm:{layer.id()}/{road.id()}"))
         assert road.geometry().boundingBox().contains(qgis_canvas.center())
 
         # A follow-up: the same image, the conversation so far, features appended to the same layer.
@@ -568,3 +568,46 @@ def test_the_header_says_a_setup_is_running_and_what_it_left_once_it_ends(dock, 
         assert state_text(session.manager.state) == words
     finally:
         engine_settings.save(engine_settings.EngineSettings())
+
+
+def _links(session):
+    """The transcript's feature links, in order: their hrefs."""
+    import re
+
+    return re.findall(r'href="(geovlm:[^"]+)"', session.dock.transcript.toHtml())
+
+
+def test_an_earlier_answers_link_pans_to_its_own_feature(dock, qgis_canvas, tmp_path, monkeypatch):
+    """Once the project is saved, new answers go to another GeoPackage, whose feature ids start again at 1: a
+    link of an answer asked before must still pan to that answer's feature, in the layer it was written to. A
+    link whose layer was removed from the project says so in one line (no Python error)."""
+    from geovlm.plugin import settings as engine_settings
+
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path / "profile-geovlm")
+    session = dock.ask
+    QgsProject.instance().setFileName("")  # unsaved: the first answer goes to the profile's GeoPackage
+    later = "a pond {<70><70><90><90>|<90>}"
+    with ScriptedEngine("geochat", [ANSWER, later]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        [first] = objects_layers()
+        QgsProject.instance().write(str(tmp_path / "saved.qgz"))
+        session.new_view()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+    assert len(objects_layers()) == 2
+    links = _links(session)
+    assert len(links) == 4  # three objects of the first answer, one of the second
+    road = next(f for f in first.getFeatures() if f["object_id"] == 2)
+    session.dock.transcript.anchorClicked.emit(QUrl(links[2]))
+    assert road.geometry().boundingBox().contains(qgis_canvas.center())
+
+    QgsProject.instance().removeMapLayer(first.id())
+    qgis_iface = dock.iface
+    qgis_iface.messageBar().clear_messages()
+    centre = qgis_canvas.center()
+    session._link(QUrl(links[0]))  # the slot itself: an exception would reach the test
+    assert qgis_canvas.center() == centre
+    said = " ".join(str(m) for m in qgis_iface.messageBar().get_messages(1))
+    assert "no longer in the project" in said
