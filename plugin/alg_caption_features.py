@@ -113,8 +113,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                                                       Qgis.ProcessingSourceType.VectorPolygon))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's checks, then that RASTER is a file, the chosen bands are its bands
-        (`band_parameters.check_band_parameters`) and `alg_bulk_tiles.run_problem` (OUTPUT a .gpkg, an engine
+        """QGIS's checks, then that RASTER is a file with a geotransform (`raster_frame`), the chosen bands are its
+        bands (`band_parameters.check_band_parameters`) and `alg_bulk_tiles.run_problem` (OUTPUT a .gpkg, an engine
         that can be used): refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
@@ -123,6 +123,11 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         if layer is not None and layer.providerType() != "gdal":
             return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"
         ok, message = check_band_parameters(self, self.RASTER, parameters, context)
+        try:
+            if ok and layer is not None:
+                raster_frame(layer)  # a raster georeferenced by GCPs only is refused here
+        except ValueError as exc:
+            return False, str(exc)
         problem = run_problem(self, parameters, context) if ok else ""
         return (False, problem) if problem else (ok, message)
 

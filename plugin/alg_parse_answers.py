@@ -84,14 +84,22 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """As Processing checks them, with FAMILY also given by name or title (qgis_process FAMILY=geochat):
-        an unknown one is refused in one line that lists the names."""
+        an unknown one is refused in one line that lists the names; so is a RASTER whose frame cannot be read
+        (`raster_frame`: one georeferenced by GCPs only)."""
         raw = parameters.get(self.FAMILY)
         if isinstance(raw, str) and not raw.strip().isdigit():
             try:
                 parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw, numbers=True))})
             except ValueError as exc:
                 return False, str(exc)
-        return super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(parameters, context)
+        layer = self.parameterAsRasterLayer(parameters, self.RASTER, context) if ok else None
+        try:
+            if layer is not None:
+                raster_frame(layer)
+        except ValueError as exc:
+            return False, str(exc)
+        return ok, message
 
     def _family(self, parameters, context) -> str:
         raw = parameters.get(self.FAMILY)

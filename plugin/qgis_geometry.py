@@ -51,7 +51,8 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
     A file read by GDAL gives its grid as GDAL reads it (through QGIS's own `osgeo.gdal`), rotation and shear
     included: for a rotated raster QGIS shows a north-up warped copy (its `extent()`, `width()` and `height()`
     are those of the copy), which would misplace every box. Other providers (WMS, XYZ, ...) are north-up, so
-    their extent is exact. Raises ValueError when the layer has no pixels.
+    their extent is exact. Raises ValueError when the layer has no pixels, or when its file is georeferenced by
+    GCPs only (QGIS shows a warped copy whose grid is not the file's: the CLI refuses it too, cli/rasters.py).
     """
     crs = layer.crs()
     crs_text = (crs.authid() or crs.toWkt()) if crs.isValid() else None
@@ -69,7 +70,7 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
 
 def _gdal_grid(layer: QgsRasterLayer):
     """(width, height, GeoTransform) of the layer's file as GDAL reads it, or None for a non-GDAL layer or a
-    file without a geotransform."""
+    file without a geotransform; ValueError for a file georeferenced by GCPs only."""
     if layer.providerType() != "gdal":
         return None
     from osgeo import gdal
@@ -85,6 +86,8 @@ def _gdal_grid(layer: QgsRasterLayer):
         return None
     values = dataset.GetGeoTransform(can_return_null=True)
     if not values:
+        if dataset.GetGCPCount():
+            raise ValueError(f"raster {layer.source()} is georeferenced by GCPs only; warp it to a geotransform first")
         return None
     return dataset.RasterXSize, dataset.RasterYSize, GeoTransform.from_gdal(values)
 

@@ -642,3 +642,39 @@ def test_a_run_that_would_stop_before_asking_is_refused_by_the_parameter_check(p
     assert check(dict(params, **{k: v for k, v in {
         "OVERLAP": 0, "EXTENT": None, "OUTPUT": str(tmp_path / "out.gpkg"), "ENGINE": "http://127.0.0.1:9",
         "FAMILY": "geochat"}.items() if k in changed}), context) == (True, "")
+
+
+@pytest.mark.parametrize("alg", ["captiontiles", "detecttiles", "captionfeatures", "parseanswers"])
+def test_a_raster_georeferenced_by_gcps_only_is_refused_as_the_cli_refuses_it(plugin, processing, data_dir,
+                                                                              tmp_path, alg):
+    """QGIS shows a raster with GCPs and no geotransform as a warped copy: its grid (1399 px square for cogeo.tif
+    turned 30°) is not the file's (1024 px), so tiles were cut on the copy's grid, read from the file's pixels
+    (5 of 9 "damaged") and placed on the copy, and boxes were placed on it. Refused in one line before the run,
+    as `geovlm caption`/`parse --raster` refuse it."""
+    import math
+
+    from osgeo import gdal
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    turn, size = math.radians(30), 0.6
+    gcps = [gdal.GCP(14321853.0 + size * (c * math.cos(turn) - r * math.sin(turn)),
+                     4533021.0 - size * (c * math.sin(turn) + r * math.cos(turn)), 0, c, r)
+            for c, r in ((0, 0), (1024, 0), (0, 1024), (1024, 1024))]
+    raster = tmp_path / "gcps.tif"
+    gdal.Translate(str(raster), str(data_dir / "rasters" / "cogeo.tif"), GCPs=gcps, outputSRS="EPSG:3857")
+    params = {"INPUT": str(raster), "TILE_SIZE": 512, "ENGINE": "http://127.0.0.1:9", "FAMILY": "geochat",
+              "OUTPUT": str(tmp_path / "out.gpkg")}
+    if alg == "captionfeatures":
+        params = dict(params, INPUT=str(data_dir / "rasters" / "geotiff_labels.geojson"), RASTER=str(raster))
+    elif alg == "parseanswers":
+        params = {"INPUT": str(data_dir / "answers" / "earthdial_refer_ship.jsonl"), "FAMILY": "earthdial",
+                  "RASTER": str(raster), "OBJECTS": str(tmp_path / "o.gpkg")}
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    said = f"raster {raster} is georeferenced by GCPs only; warp it to a geotransform first"
+    check = QgsApplication.processingRegistry().createAlgorithmById(f"geovlm:{alg}").checkParameterValues
+    assert check(params, context) == (False, said)
+    answers = data_dir / "answers" / "earthdial_refer_ship.jsonl"
+    cli = subprocess.run([sys.executable, "-m", "geovlm", "parse", str(answers), "--family", "earthdial", "--raster",
+                          str(raster), "--out", str(tmp_path / "cli.gpkg")], capture_output=True, text=True)
+    assert cli.stderr.strip() == f"geovlm parse: {said}"
