@@ -14,6 +14,7 @@ from qgis.core import (
     QgsMessageLog,
     QgsProject,
     QgsRectangle,
+    QgsReferencedRectangle,
 )
 from qgis.gui import QgsMapToolExtent
 from qgis.PyQt.QtCore import QObject
@@ -56,7 +57,7 @@ class AskSession(EngineHeader, QObject):
         self.task: Optional[AskTask] = None
         self.layers: Optional[AnswerLayers] = None
         self._retired_layers: List[AnswerLayers] = []  # earlier GeoPackages (before the project was saved)
-        self.rectangle: Optional[QgsRectangle] = None
+        self.rectangle: Optional[QgsReferencedRectangle] = None  # as drawn, in the map's CRS of then
         self.family = engine_settings.load().family
         self._html: List[str] = []
         self._streamed = ""
@@ -300,8 +301,8 @@ class AskSession(EngineHeader, QObject):
             self._tool = None
 
     def _drawn(self, extent: QgsRectangle) -> None:
-        if not extent.isEmpty():
-            self.rectangle = QgsRectangle(extent)
+        if not extent.isEmpty():  # in the map's CRS of now: the project's CRS may change before it is asked about
+            self.rectangle = QgsReferencedRectangle(extent, self.canvas.mapSettings().destinationCrs())
             self.view = None if self.view_source == "rectangle" else self.view
         self.dock.draw.setChecked(False)
 

@@ -611,3 +611,51 @@ def test_an_earlier_answers_link_pans_to_its_own_feature(dock, qgis_canvas, tmp_
     assert qgis_canvas.center() == centre
     said = " ".join(str(m) for m in qgis_iface.messageBar().get_messages(1))
     assert "no longer in the project" in said
+
+
+def test_a_rectangle_drawn_before_the_maps_crs_changed_is_the_same_ground(dock, qgis_canvas):
+    """A rectangle is drawn in the map's CRS of the time (metres of EPSG:3857 here); the project is then set to
+    EPSG:4326. The view of that rectangle, and the region of an identify question about it, are the same ground,
+    not its numbers read as degrees."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    session = dock.ask
+    qgis_canvas.setRotation(0)
+    e = qgis_canvas.extent()
+    drawn = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
+    session._drawn(drawn)  # as the Draw rectangle tool reports it, in the canvas's CRS (EPSG:3857)
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    qgis_canvas.setDestinationCrs(wgs84)
+    assert wait_for(lambda: qgis_canvas.mapSettings().destinationCrs() == wgs84, 5)
+    qgis_canvas.zoomToFullExtent()
+    expected = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:3857"), wgs84,
+                                      QgsProject.instance()).transformBoundingBox(drawn)
+    with ScriptedEngine("geochat", ["a field {<10><20><40><60>|<90>}", "a roof"]) as engine:
+        session.engine = engine.url
+        session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        xmin, ymin, xmax, ymax = session.view.extent
+        assert session.view.frame.crs == "EPSG:4326"
+        for got, want in zip((xmin, ymin, xmax, ymax), (expected.xMinimum(), expected.yMinimum(),
+                                                        expected.xMaximum(), expected.yMaximum())):
+            assert got == pytest.approx(want, abs=expected.width() * 1e-6)
+
+        # identify about the rectangle: the region is where it lies in the view (the map, now in EPSG:4326)
+        session.new_view()
+        session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+        ask(session, "", "identify")
+        assert wait_for(lambda: not session.busy(), 30)
+        asked = engine.posts[1]["messages"][0]["content"][1]["text"]
+        from geovlm.core.parsing import parse_answer
+        from geovlm.core.profiles import get_profile
+
+        frame = session.view.frame
+        [region] = parse_answer(asked, get_profile("geochat"), (frame.width, frame.height)).objects
+        ring = frame.to_map(region.polygon)
+        xs, ys = [x for x, _ in ring], [y for _, y in ring]
+        tolerance = max(frame.width, frame.height) * frame.geotransform.pixel_size[0] / 100  # GeoChat's unit
+        assert min(xs) == pytest.approx(expected.xMinimum(), abs=tolerance)
+        assert max(xs) == pytest.approx(expected.xMaximum(), abs=tolerance)
+        assert min(ys) == pytest.approx(expected.yMinimum(), abs=tolerance)
+        assert max(ys) == pytest.approx(expected.yMaximum(), abs=tolerance)
