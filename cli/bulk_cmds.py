@@ -131,7 +131,7 @@ def cmd_bulk(args) -> int:
         run_tiles,
     )
     from ..core.client import EngineError
-    from ..core.ledger import Ledger, LedgerError, RunPlan
+    from ..core.ledger import Ledger, LedgerError, RunPlan, output_problem
     from ..core.profiles import get_profile
     from ..core.tiling import TilePlan
     from ..core.transport import CancelToken
@@ -144,6 +144,9 @@ def cmd_bulk(args) -> int:
         raise CliError("--question is empty: leave it out to ask the family's default prompt")
     if not str(args.out).lower().endswith(".gpkg"):
         raise CliError("--out must be a .gpkg (it is the ledger that lets a run resume)")
+    problem = output_problem(args.out)  # before an engine starts, not after
+    if problem:
+        raise CliError(problem)
     if args.max_new_tokens < 1:  # every tile would fail at the engine (400), the run then "to be resumed"
         raise CliError("--max-new-tokens must be at least 1")
     if not 0.0 <= getattr(args, "merge_overlap", 0.5) <= 1.0:

@@ -189,6 +189,27 @@ def _other_layers(path: str) -> List[str]:
     return sorted(n for n in names if n not in (TILES, OBJECTS, RELATIONS, PLAN_TABLE, FEATURES))
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database (sqlite.org/fileformat.html)
+
+
+def output_problem(path: str) -> Optional[str]:
+    """One line saying why `path` can never be a bulk run's output, `--overwrite` or not, or None: a folder, or
+    an existing file that is not an SQLite database at all (a text file named .gpkg: `--overwrite` would delete
+    it; a damaged earlier output still has SQLite's header and may be replaced). Checked before any engine is
+    asked (`geovlm caption`/`detect`, the QGIS algorithms' parameter check) and by `Ledger`."""
+    if os.path.isdir(path):
+        return f"{path} is a folder: give a .gpkg file as the output"
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        try:
+            with open(path, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            return f"{path} exists and cannot be read ({exc.strerror}): choose another output"
+        if header != SQLITE_HEADER:
+            return f"{path} exists and is not a GeoPackage: choose another output (it is left as it is)"
+    return None
+
+
 class Ledger:
     """A bulk run's output GeoPackage at `path`, opened for `plan`.
 
@@ -196,7 +217,9 @@ class Ledger:
     another plan, or that is not a GeoVLM output, raises `LedgerError` in one line naming what differs and
     `overwrite_flag` (how the caller's user overwrites: "--overwrite" on the command line), unless
     `overwrite` (then it is deleted first). A GeoPackage holding layers other than a bulk run's is never
-    deleted: LedgerError naming them, overwrite or not. `crs_wkt`/`epsg` give the layers' CRS. Use from one thread.
+    deleted: LedgerError naming them, overwrite or not; nor is a folder or a file that is not a database
+    (`output_problem`). A missing parent folder is made, as `geovlm parse --out` makes it. `crs_wkt`/`epsg` give
+    the layers' CRS. Use from one thread.
     """
 
     def __init__(self, path: str, plan: RunPlan, crs_wkt: Optional[str] = None, epsg: Optional[int] = None,
@@ -206,6 +229,9 @@ class Ledger:
         self.plan = plan
         self.overwrite_flag = overwrite_flag
         self.merge_threshold = merge_threshold
+        problem = output_problem(self.path)
+        if problem:
+            raise LedgerError(problem)
         others = _other_layers(self.path) if os.path.exists(self.path) else []
         if others:  # never written over, whatever `overwrite` says: a user's own layers would be lost
             raise LedgerError(f"{self.path} holds other layers ({', '.join(others)}), not only a GeoVLM bulk run's; "
@@ -215,6 +241,10 @@ class Ledger:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if existed:
             self._check_existing()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot make the folder of {self.path}: {exc.strerror}") from None
         try:
             self.con = gpkg.connect(self.path)
         except sqlite3.DatabaseError as exc:

@@ -40,7 +40,7 @@ from ..core.bulk import (
     run_tiles,
 )
 from ..core.client import EngineError
-from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan
+from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan, output_problem
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
@@ -66,7 +66,8 @@ GPKG_ONLY = "OUTPUT must be a .gpkg: it is the ledger that lets a run resume"
 
 def run_problem(alg, parameters, context) -> str:
     """One line saying why a bulk run (tiles or features) would stop before asking anything, or "": an OUTPUT
-    that is not a .gpkg, or an engine that cannot be used whatever it serves (`engine_access.engine_problem`:
+    that is not a .gpkg or can never be one (`core.ledger.output_problem`: a folder, a file that is not a
+    database), or an engine that cannot be used whatever it serves (`engine_access.engine_problem`:
     the local engine not set up, a malformed URL, an unknown FAMILY). For `checkParameterValues`, which refuses
     in the one line qgis_process prints once and the dialog shows in a message box; raised during the run,
     QGIS 3.40's qgis_process prints an error three times. Reads the settings only: main thread fine."""
@@ -75,6 +76,8 @@ def run_problem(alg, parameters, context) -> str:
     out = alg.parameterAsFileOutput(parameters, "OUTPUT", context)
     if out and not out.lower().endswith(".gpkg"):
         return GPKG_ONLY
+    if out and output_problem(out):
+        return output_problem(out)
     return engine_problem(alg.parameterAsString(parameters, "ENGINE", context),
                           alg.parameterAsString(parameters, "FAMILY", context)) or ""
 

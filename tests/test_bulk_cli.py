@@ -380,3 +380,19 @@ def test_progress_into_a_log_file_is_a_bounded_number_of_lines(engines, data_dir
     progress = [line for line in stderr.splitlines() if "/225 tiles" in line]
     assert "\r" not in stderr and 3 <= len(progress) <= 12, stderr
     assert progress[-1].startswith("geovlm caption: 225/225 tiles, failed 0")
+
+
+def test_an_output_that_is_a_folder_or_not_a_geopackage_is_refused_before_any_engine_is_asked(data_dir, tmp_path):
+    """With --overwrite too: a text file named .gpkg was deleted, a folder named .gpkg raised IsADirectoryError
+    (a traceback), each after the engine was reached; now one line, exit 2, no engine contacted (the URL below
+    would take the retry window to give up on), the file and the folder left as they are."""
+    text, folder = tmp_path / "notes.gpkg", tmp_path / "dir.gpkg"
+    text.write_text("hello\n")
+    folder.mkdir()
+    for out, said in ((text, f"{text} exists and is not a GeoPackage: choose another output (it is left as it is)"),
+                      (folder, f"{folder} is a folder: give a .gpkg file as the output")):
+        code, stdout, stderr = run_cli("detect", data_dir / "rasters" / "cogeo.tif", "--out", out, "--overwrite",
+                                       "--engine", "http://127.0.0.1:9", "--retry-window", "60", "--no-progress",
+                                       timeout=30)
+        assert (code, stdout, stderr.strip()) == (2, "", f"geovlm detect: {said}")
+    assert text.read_text() == "hello\n" and folder.is_dir()

@@ -147,3 +147,36 @@ def test_bands_and_asked_nodata_tiles_are_part_of_the_plan(tmp_path):
         Ledger(out, RunPlan(**dict(base, bands=(3, 2, 1))))
     with pytest.raises(LedgerError, match=r"nodata-only tiles skipped there, asked now"):
         Ledger(out, RunPlan(**dict(base, keep_nodata=True)))
+
+
+def test_a_folder_or_a_file_that_is_not_a_database_is_never_overwritten_and_a_missing_folder_is_made(tmp_path):
+    """`--overwrite` replaces a bulk run's output only: a folder named .gpkg (which raised IsADirectoryError) and a
+    text file named .gpkg (which was deleted) are refused in one line and left as they are; a damaged earlier
+    output (SQLite's header, nothing readable) may still be replaced; a missing parent folder is made, as
+    `geovlm parse --out` makes it."""
+    from geovlm.core.ledger import output_problem
+
+    folder = tmp_path / "dir.gpkg"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("mine")
+    text = tmp_path / "notes.gpkg"
+    text.write_text("hello\n")
+    for path, said in ((folder, f"{folder} is a folder: give a .gpkg file as the output"),
+                       (text, f"{text} exists and is not a GeoPackage: choose another output (it is left as it is)")):
+        assert output_problem(str(path)) == said
+        for overwrite in (False, True):
+            with pytest.raises(LedgerError) as refused:
+                Ledger(path, plan(), overwrite=overwrite)
+            assert str(refused.value) == said
+    assert (folder / "kept.txt").read_text() == "mine" and text.read_text() == "hello\n"
+    damaged = tmp_path / "damaged.gpkg"
+    with Ledger(damaged, plan()):
+        pass
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert output_problem(str(damaged)) is None
+    with Ledger(damaged, plan(), overwrite=True) as ledger:
+        assert not ledger.resumed
+    deep = tmp_path / "new" / "folder" / "run.gpkg"
+    with Ledger(deep, plan()):
+        pass
+    assert deep.is_file()
