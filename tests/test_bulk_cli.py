@@ -89,7 +89,7 @@ def test_another_plan_on_the_same_output_is_refused_unless_overwritten(engines, 
     assert {tid.split(":")[0] for tid, _ in ledger_rows(out)} == {TilePlan(791, 718, 400).fingerprint}
     (tmp_path / "other.gpkg").write_bytes(b"not a geopackage at all" * 100)
     code, _, stderr = run_cli(*base[:-3], "--out", tmp_path / "other.gpkg", "--tile", 256, "--no-progress")
-    assert code == 2 and "not the output of a GeoVLM bulk run" in stderr
+    assert code == 2 and "other.gpkg exists and is not a GeoPackage: choose another output" in stderr
 
 
 def _every_tile_once(out, plan):
