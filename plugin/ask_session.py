@@ -27,8 +27,8 @@ from . import settings as engine_settings
 from .ask_engine_header import EngineHeader
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
-from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes
-from .ask_sources import region_ring, source_settings, view_key
+from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view_frame
+from .ask_sources import check_region_in_view, region_ring, source_settings, view_key
 from .ask_task import AskTask
 from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
@@ -106,6 +106,9 @@ class AskSession(EngineHeader, QObject):
             region = None if task not in REGION_TASKS else region_ring(
                 self.dock.source_key(), self.rectangle, self.canvas.mapSettings().destinationCrs(),
                 self.iface.activeLayer(), settings.destinationCrs() if settings is not None else self._view_crs())
+            if region is not None:
+                frame = view_frame(settings) if settings is not None else self.view.frame
+                check_region_in_view(self.dock.source_key(), region, frame, pinned=settings is None)
         except ValueError as exc:
             self.error(str(exc))
             return

@@ -7,8 +7,10 @@ from typing import Collection, List, Tuple
 
 from qgis.core import (
     QgsCoordinateTransform,
+    QgsGeometry,
     QgsMapLayerType,
     QgsMapSettings,
+    QgsPointXY,
     QgsProject,
     QgsRectangle,
     QgsReferencedRectangle,
@@ -108,3 +110,19 @@ def region_ring(source: str, rectangle, canvas_crs, active_layer, view_crs) -> L
             return ring_of(geometry)
     raise ValueError("identify needs a region: draw a rectangle or select a feature of the active layer")
 
+
+
+def check_region_in_view(source: str, ring: List[Tuple[float, float]], frame, pinned: bool) -> None:
+    """Raises ValueError with one line when the region of an identify question (`ring`, vertices in the CRS of
+    `frame`, a `core.georef.ImageFrame`: the view's) lies wholly outside the view's image: its box would be
+    squeezed onto the image's border. `pinned`: the view is the earlier one a follow-up is about (the line
+    then names New view). `source`: "rectangle" or "selected", to name the region."""
+    pixels = [QgsPointXY(*frame.geotransform.to_pixel(x, y)) for x, y in ring]
+    hull = QgsGeometry.fromMultiPointXY(pixels).convexHull()
+    if hull.intersects(QgsGeometry.fromRect(QgsRectangle(0, 0, frame.width, frame.height))):
+        return
+    what = "the drawn rectangle" if source == "rectangle" else "the selected feature"
+    if pinned:
+        raise ValueError(f"{what} lies outside the view this conversation is about: New view asks about the "
+                         "map as it is now")
+    raise ValueError(f"{what} lies outside the view: pan or zoom to it to ask about it")

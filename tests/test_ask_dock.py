@@ -659,3 +659,46 @@ def test_a_rectangle_drawn_before_the_maps_crs_changed_is_the_same_ground(dock, 
         assert max(xs) == pytest.approx(expected.xMaximum(), abs=tolerance)
         assert min(ys) == pytest.approx(expected.yMinimum(), abs=tolerance)
         assert max(ys) == pytest.approx(expected.yMaximum(), abs=tolerance)
+
+
+def test_an_identify_region_outside_the_view_is_not_asked_about(dock, qgis_iface, qgis_canvas):
+    """A selected feature that lies wholly outside the view (off the visible map, or off the earlier view a
+    follow-up is about, after the map was panned to it) would be sent as a box squeezed onto the image's border:
+    it is refused in one line that says what to do, and nothing is sent."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    session = dock.ask
+    raster = QgsProject.instance().mapLayersByName("cogeo")[0].extent()
+    parcels = QgsVectorLayer("Polygon?crs=EPSG:3857", "parcels", "memory")
+    corner = QgsFeature()  # the raster's top-left corner: outside the view of its middle half
+    corner.setGeometry(QgsGeometry.fromRect(QgsRectangle(raster.xMinimum() + 5, raster.yMaximum() - 45,
+                                                         raster.xMinimum() + 45, raster.yMaximum() - 5)))
+    parcels.dataProvider().addFeatures([corner])
+    QgsProject.instance().addMapLayer(parcels)
+    parcels.selectAll()
+    qgis_iface.setActiveLayer(parcels)
+    with ScriptedEngine("geochat", ["a field {<10><20><40><60>|<90>}", "a roof"]) as engine:
+        session.engine = engine.url
+        session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
+        session.dock.task.setCurrentText("identify")
+        session.send()
+        assert not session.busy() and engine.posts == []
+        [message] = qgis_iface.messageBar().get_messages(1)
+        assert "the selected feature lies outside the view" in message and "pan" in message
+
+        # a follow-up about the earlier view, after the map was panned to the feature: the region lies off that view
+        session.dock.source.setCurrentIndex(session.dock.source.findData("map"))
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        qgis_canvas.setCenter(corner.geometry().centroid().asPoint())
+        session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
+        qgis_iface.messageBar().clear_messages()
+        session.dock.task.setCurrentText("identify")
+        session.send()
+        assert not session.busy() and len(engine.posts) == 1
+        [message] = qgis_iface.messageBar().get_messages(1)
+        assert "outside the view this conversation is about" in message and "New view" in message
+        session.new_view()
+        ask(session, "", "identify")  # the map as it is now: the feature is in it
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.posts[1]["messages"][0]["content"][1]["text"].startswith("[identify] What is the object")
