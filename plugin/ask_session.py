@@ -283,8 +283,10 @@ class AskSession(EngineHeader, QObject):
         return str(writer([t for t in self.turns if t.answer], path))
 
     def _export_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.dock, "Export the conversation", "",
-                                              "Markdown (*.md);;HTML (*.html)")
+        path, chosen = QFileDialog.getSaveFileName(self.dock, "Export the conversation", "",
+                                                   "Markdown (*.md);;HTML (*.html)")
+        if path and not path.lower().endswith((".md", ".html", ".htm")):  # a name typed without its suffix:
+            path += ".html" if chosen.startswith("HTML") else ".md"  # the format chosen, not Markdown always
         if path:
             try:
                 self.iface.messageBar().pushSuccess("GeoVLM", f"conversation written to {self.export(path)}")

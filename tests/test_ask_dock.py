@@ -702,3 +702,18 @@ def test_an_identify_region_outside_the_view_is_not_asked_about(dock, qgis_iface
         ask(session, "", "identify")  # the map as it is now: the feature is in it
         assert wait_for(lambda: not session.busy(), 30)
         assert engine.posts[1]["messages"][0]["content"][1]["text"].startswith("[identify] What is the object")
+
+
+def test_export_takes_the_chosen_format_when_the_name_has_no_suffix(dock, tmp_path, monkeypatch):
+    """A name typed without a suffix in Export… (Qt's own dialog adds none) was written as Markdown under that bare
+    name whatever format was chosen: it gets the chosen format and its suffix."""
+    from qgis.PyQt.QtWidgets import QFileDialog
+
+    session = dock.ask
+    for name, chosen, written in (("talk", "HTML (*.html)", "talk.html"), ("notes", "Markdown (*.md)", "notes.md"),
+                                  ("page.htm", "Markdown (*.md)", "page.htm")):
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, n=name, c=chosen, **k: (str(tmp_path / n), c))
+        session._export_dialog()
+        assert (tmp_path / written).is_file() and (name == written or not (tmp_path / name).exists())
+        text = (tmp_path / written).read_text()
+        assert text.lstrip().lower().startswith("<!doctype html") == written.endswith((".html", ".htm")), text[:80]
