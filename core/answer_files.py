@@ -17,6 +17,9 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
                  bad: Optional[List[str]] = None) -> Iterator[Tuple[int, str, str]]:
     """(line number from 1, answer text, question text or ''); JSON lines when any line parses as a JSON object
     (a broken first line does not turn a JSON-lines file into plain text; a UTF-8 byte-order mark is ignored).
+    A file that is one JSON array of records written over several lines (pretty-printed) gives its records, the
+    number being the element's from 1 ("FILE: element N: no field 'answer'"); one pretty-printed object, one
+    record (each of their lines is not an answer).
 
     A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'") raises
     ValueError with the file and line, or, when a list `bad` is given, is appended to it as that one-line
@@ -24,25 +27,32 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by mistake) raises
     ValueError in one line either way.
     """
-    lines = split_lines(read_text(path))
-    is_jsonl = any(_is_json_object(ln) for ln in lines if ln.lstrip().startswith("{"))
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    text = read_text(path)
+    lines = split_lines(text)
+    whole = _one_json_value(text, lines)
+    if whole is not None:  # one JSON document over several lines: an array of records, or one record
+        entries = list(enumerate(whole if isinstance(whole, list) else [whole], start=1))
+        where, expected = ("element", "a JSON array") if isinstance(whole, list) else ("record", "one JSON object")
+    else:  # each line: its text, read below as JSON or taken as a plain-text answer
+        entries = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+        where, expected = "", "JSON lines"
+    is_jsonl = whole is not None or any(_is_json_object(ln) for ln in lines if ln.lstrip().startswith("{"))
+    for number, entry in entries:
         if not is_jsonl:
-            yield number, line, ""
+            yield number, entry, ""
             continue
         try:
-            record = json.loads(line)
-            problem = None if isinstance(record, dict) else "not a JSON object (the file looks like JSON lines)"
+            record = entry if whole is not None else json.loads(entry)
+            problem = None if isinstance(record, dict) else f"not a JSON object (the file looks like {expected})"
         except ValueError:
-            problem = "not a JSON object (the file looks like JSON lines)"
+            problem = f"not a JSON object (the file looks like {expected})"
         if problem is None and field not in record:
             problem = f"no field {field!r}"
         if problem is not None:
+            message = f"{path}: {where} {number}: {problem}" if where else f"{path}:{number}: {problem}"
             if bad is None:
-                raise ValueError(f"{path}:{number}: {problem}")
-            bad.append(f"{path}:{number}: {problem}")
+                raise ValueError(message)
+            bad.append(message)
             continue
         question = record.get(question_field)
         yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
@@ -72,6 +82,19 @@ def _text_of(path: Path, data: bytes) -> str:
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not text in UTF-8 (byte {exc.start} is 0x{data[exc.start]:02x}): give saved "
                          "answers as JSON lines or plain text in UTF-8, one answer a line") from None
+
+
+def _one_json_value(text: str, lines: List[str]):
+    """The file's one JSON value when the whole file is a single JSON array or object written over several lines
+    (a pretty-printed results file, as `json.dump(results, f, indent=...)` writes it), else None (JSON lines,
+    plain text, or a one-line value, which the line-by-line reading takes)."""
+    if sum(1 for line in lines if line.strip()) < 2 or text.lstrip()[:1] not in "[{":
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, (list, dict)) else None
 
 
 def _is_json_object(line: str) -> bool:

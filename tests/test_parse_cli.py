@@ -320,3 +320,29 @@ def test_a_broken_first_line_leaves_a_json_lines_file_json_lines(tmp_path, capsy
     captured = capsys.readouterr()
     assert captured.err.strip() == f"geovlm parse: {src}:1: not a JSON object (the file looks like JSON lines)"
     assert sorted(f["line"] for f in _layer(out, "objects").getFeatures()) == [2, 3]
+
+
+def test_a_pretty_printed_json_array_is_read_as_its_records_not_its_lines(data_dir, tmp_path, capsys):
+    """A results file written with json.dump(results, f, indent=1) (one array over many lines) gave each of its
+    lines as a plain-text answer (23 "answers" from 3 records); it gives its records, numbered from 1, the same
+    objects as the JSON lines they came from, and a bad element is named by its number."""
+    records = [json.loads(line) for line in (data_dir / "answers" / "earthdial_refer_ship.jsonl").read_text(
+        encoding="utf-8").splitlines()[:3]]
+    lines, array = tmp_path / "three.jsonl", tmp_path / "three.json"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    array.write_text(json.dumps(records + [{"text": "x"}, "a string"], indent=1))
+    assert main(["parse", str(lines), "--family", "earthdial", "--out", str(tmp_path / "a.gpkg")]) == 0
+    expected = capsys.readouterr().out.splitlines()[0]
+    assert main(["parse", str(array), "--family", "earthdial", "--out", str(tmp_path / "b.gpkg")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(expected.split(" ->")[0]) and "2 bad lines left out" in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"geovlm parse: {array}: element 4: no field 'answer'",
+        f"geovlm parse: {array}: element 5: not a JSON object (the file looks like a JSON array)"]
+
+    def rings(path):
+        return [(f["line"], f.geometry().asWkt(3)) for f in _layer(path, "objects").getFeatures()]
+    assert rings(tmp_path / "b.gpkg") == rings(tmp_path / "a.gpkg") and len(rings(tmp_path / "a.gpkg")) == 3
+    (tmp_path / "one.json").write_text(json.dumps(records[0], indent=2))  # one pretty-printed record
+    assert main(["parse", str(tmp_path / "one.json"), "--family", "earthdial", "--out", str(tmp_path / "c.gpkg")]) == 0
+    assert capsys.readouterr().out.startswith("1 answers, 1 objects")
