@@ -156,10 +156,15 @@ class AnswerLayers:
 
     def total_area(self, layer: QgsVectorLayer, ids: List[int]) -> Tuple[int, str]:
         """(count, total ellipsoidal area formatted in the project's area units) of the given features
-        (QgsDistanceArea with the project's ellipsoid)."""
+        (QgsDistanceArea with the project's ellipsoid; for a project set to "None / Planimetric", the ellipsoid
+        of the layer's CRS, else WGS 84: a planar area of the layer's CRS is no ground area: square degrees, or
+        Web Mercator's 1/cos² of the latitude, 1.6 times too large at 37°)."""
+        ellipsoid = self.project.ellipsoid()
+        if not ellipsoid or ellipsoid.upper() == "NONE":
+            ellipsoid = layer.crs().ellipsoidAcronym() or "EPSG:7030"
         area = QgsDistanceArea()
         area.setSourceCrs(layer.crs(), self.project.transformContext())
-        area.setEllipsoid(self.project.ellipsoid() or "EPSG:7030")
+        area.setEllipsoid(ellipsoid)
         total = 0.0
         for feature in layer.getFeatures(QgsFeatureRequest().setFilterFids(ids)):
             total += area.measureArea(feature.geometry())

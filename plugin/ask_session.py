@@ -232,7 +232,7 @@ class AskSession(EngineHeader, QObject):
             links = [(obj, f"{layer.id()}/{fid}") for obj, fid in zip(answer.objects, ids)]
             if ids and asks_how_many(turn.question):
                 count, area = self.layers.total_area(layer, ids)
-                turn.notes.append(f"{count} objects, {area} in all (ellipsoidal)")
+                turn.notes.append(f"{count} object{'' if count == 1 else 's'}, {area} in all (ellipsoidal)")
         except OSError as exc:
             self.error(str(exc))
         if info.get("notice"):

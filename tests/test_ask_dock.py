@@ -717,3 +717,35 @@ def test_export_takes_the_chosen_format_when_the_name_has_no_suffix(dock, tmp_pa
         assert (tmp_path / written).is_file() and (name == written or not (tmp_path / name).exists())
         text = (tmp_path / written).read_text()
         assert text.lstrip().lower().startswith("<!doctype html") == written.endswith((".html", ".htm")), text[:80]
+
+
+@pytest.mark.parametrize("ellipsoid", ["NONE", "EPSG:7030"])
+def test_how_large_one_object_reads_as_one_and_its_area_is_the_grounds(dock, ellipsoid):
+    """A "how large" question about one object: "1 object, <area> in all" (not "1 objects"), and that area is
+    the ground's, as the transcript says (ellipsoidal): the Web Mercator area of the feature times cos² of its
+    latitude (within 1 %), also in a project whose ellipsoid is "None / Planimetric" (its planar Web Mercator
+    area would be 1/cos² = 1.6 times too large here)."""
+    import math
+    import re
+
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    session = dock.ask
+    QgsProject.instance().setEllipsoid(ellipsoid)
+    with ScriptedEngine("geochat", "a roof {<30><30><60><50>|<90>}") as engine:
+        session.engine = engine.url
+        ask(session, "How large is the roof?", "ask")
+        assert wait_for(lambda: not session.busy(), 30)
+    text = session.dock.transcript.toPlainText()
+    assert "1 objects" not in text
+    said = re.search(r"1 object, ([\d,.]+) (m²|km²|ha) in all", text)
+    assert said, text
+    [feature] = objects_layers()[0].getFeatures()
+    geometry = feature.geometry()
+    centre = geometry.centroid().asPoint()
+    latitude = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:3857"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"),
+                                      QgsProject.instance()).transform(centre).y()
+    ground = geometry.area() * math.cos(math.radians(latitude)) ** 2
+    value = float(said.group(1).replace(",", "")) * {"m²": 1, "km²": 1e6, "ha": 1e4}[said.group(2)]
+    assert value == pytest.approx(ground, rel=0.01)
