@@ -116,12 +116,16 @@ def check_region_in_view(source: str, ring: List[Tuple[float, float]], frame, pi
     """Raises ValueError with one line when the region of an identify question (`ring`, vertices in the CRS of
     `frame`, a `core.georef.ImageFrame`: the view's) lies wholly outside the view's image: its box would be
     squeezed onto the image's border. `pinned`: the view is the earlier one a follow-up is about (the line
-    then names New view). `source`: "rectangle" or "selected", to name the region."""
+    then names New view). `source`: "rectangle" or "selected", to name the region. A region without area in
+    the image (under a millionth of a pixel: a point, points on a line) is refused too."""
     pixels = [QgsPointXY(*frame.geotransform.to_pixel(x, y)) for x, y in ring]
     hull = QgsGeometry.fromMultiPointXY(pixels).convexHull()
+    what = "the drawn rectangle" if source == "rectangle" else "the selected feature"
+    if hull.area() < 1e-6:  # a point, or points on a line: a box of zero size, about which a model can only guess
+        raise ValueError(f"{what} has no area (a point or a straight line): select a polygon, or draw a rectangle "
+                         "around what to identify")
     if hull.intersects(QgsGeometry.fromRect(QgsRectangle(0, 0, frame.width, frame.height))):
         return
-    what = "the drawn rectangle" if source == "rectangle" else "the selected feature"
     if pinned:
         raise ValueError(f"{what} lies outside the view this conversation is about: New view asks about the "
                          "map as it is now")

@@ -749,3 +749,35 @@ def test_how_large_one_object_reads_as_one_and_its_area_is_the_grounds(dock, ell
     ground = geometry.area() * math.cos(math.radians(latitude)) ** 2
     value = float(said.group(1).replace(",", "")) * {"m²": 1, "km²": 1e6, "ha": 1e4}[said.group(2)]
     assert value == pytest.approx(ground, rel=0.01)
+
+
+def test_an_identify_region_without_area_is_not_asked_about(dock, qgis_iface, qgis_canvas):
+    """A selected point (or a straight line) has no area: sent, it was a box of zero size ({<50><50><50><50>|<90>}),
+    about which a model can only guess. It is refused in one line that says what to select instead, and
+    nothing is sent."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+
+    session = dock.ask
+    c = qgis_canvas.center()
+    trees = QgsVectorLayer("Point?crs=EPSG:3857", "trees", "memory")
+    tree = QgsFeature()
+    tree.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(c)))
+    fence = QgsFeature()
+    fence.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(c.x() - 30, c.y()), QgsPointXY(c.x() + 30, c.y())]))
+    fences = QgsVectorLayer("LineString?crs=EPSG:3857", "fences", "memory")
+    trees.dataProvider().addFeatures([tree])
+    fences.dataProvider().addFeatures([fence])
+    QgsProject.instance().addMapLayers([trees, fences])
+    qgis_canvas.setRotation(0)
+    with ScriptedEngine("geochat", "a tree") as engine:
+        session.engine = engine.url
+        session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
+        for layer in (trees, fences):
+            layer.selectAll()
+            qgis_iface.setActiveLayer(layer)
+            qgis_iface.messageBar().clear_messages()
+            session.dock.task.setCurrentText("identify")
+            session.send()
+            assert not session.busy() and engine.posts == []
+            [message] = qgis_iface.messageBar().get_messages(1)
+            assert "the selected feature has no area" in message and "draw a rectangle" in message
