@@ -38,7 +38,7 @@ from .ask_map import (
     view_settings,
     worded,
 )
-from .engine_access import EngineUnavailable, connect, engine_problem
+from .engine_access import EngineUnavailable, authcfg_problem, connect, engine_problem
 from .families import family_of
 from .geojson_output import add_sink
 from .image_source import QImageSource
@@ -191,10 +191,11 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
 
     def _engine(self, parameters, context) -> None:
         """Raises QgsProcessingException when the engine cannot be reached whatever it serves
-        (`engine_access.engine_problem`: the local engine not set up, a malformed URL, an unknown FAMILY), or
-        when the FAMILY given cannot do the TASK."""
+        (`engine_access.engine_problem`: the local engine not set up, a malformed URL, an unknown FAMILY; an
+        AUTHCFG that does not exist), or when the FAMILY given cannot do the TASK."""
         family = self.parameterAsString(parameters, self.FAMILY, context).strip()
-        problem = engine_problem(self.parameterAsString(parameters, self.ENGINE, context), family)
+        problem = (engine_problem(self.parameterAsString(parameters, self.ENGINE, context), family)
+                   or authcfg_problem(self.parameterAsString(parameters, self.AUTHCFG, context)))
         if problem:
             raise QgsProcessingException(problem)
         task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]

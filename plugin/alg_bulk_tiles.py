@@ -68,18 +68,20 @@ def run_problem(alg, parameters, context) -> str:
     """One line saying why a bulk run (tiles or features) would stop before asking anything, or "": an OUTPUT
     that is not a .gpkg or can never be one (`core.ledger.output_problem`: a folder, a file that is not a
     database), or an engine that cannot be used whatever it serves (`engine_access.engine_problem`:
-    the local engine not set up, a malformed URL, an unknown FAMILY). For `checkParameterValues`, which refuses
+    the local engine not set up, a malformed URL, an unknown FAMILY; `authcfg_problem`: an AUTHCFG that does not
+    exist). For `checkParameterValues`, which refuses
     in the one line qgis_process prints once and the dialog shows in a message box; raised during the run,
     QGIS 3.40's qgis_process prints an error three times. Reads the settings only: main thread fine."""
-    from .engine_access import engine_problem
+    from .engine_access import authcfg_problem, engine_problem
 
     out = alg.parameterAsFileOutput(parameters, "OUTPUT", context)
     if out and not out.lower().endswith(".gpkg"):
         return GPKG_ONLY
     if out and output_problem(out):
         return output_problem(out)
-    return engine_problem(alg.parameterAsString(parameters, "ENGINE", context),
-                          alg.parameterAsString(parameters, "FAMILY", context)) or ""
+    return (engine_problem(alg.parameterAsString(parameters, "ENGINE", context),
+                           alg.parameterAsString(parameters, "FAMILY", context))
+            or authcfg_problem(alg.parameterAsString(parameters, "AUTHCFG", context)) or "")
 
 
 def add_engine_parameters(alg) -> None:

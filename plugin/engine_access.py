@@ -152,6 +152,20 @@ def engine_problem(engine: str = "", family: str = "") -> Optional[str]:
     return None
 
 
+def authcfg_problem(authcfg: str) -> Optional[str]:
+    """One line when `authcfg` names no configuration of QGIS's `QgsAuthManager` (a typo, or one made in another
+    profile), else None: said before a run instead of as "could not be applied" once the engine is reached.
+    Reads the configuration ids only (no master password asked): main thread fine."""
+    from qgis.core import QgsApplication
+
+    authcfg = (authcfg or "").strip()
+    manager = QgsApplication.authManager()
+    if not authcfg or manager is None or manager.isDisabled() or authcfg in manager.configIds():
+        return None
+    return (f"the authentication configuration {authcfg!r} does not exist in this QGIS profile (Settings ▸ "
+            "Options ▸ Authentication lists them)")
+
+
 def _no_engine() -> str:
     return f"no engine configured: add an engine URL in {engine_settings.OPTIONS_PATH}, or use the local engine"
 

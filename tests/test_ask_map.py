@@ -201,6 +201,20 @@ def test_a_task_the_family_lacks_is_refused_clearly(plugin, processing, data_dir
         assert engine.posts == []
 
 
+def test_an_authentication_configuration_that_does_not_exist_is_refused_before_the_run(plugin, processing,
+                                                                                        data_dir):
+    """AUTHCFG with a typo was found only once the view was rendered and the engine reached ("could not be
+    applied", printed three times by qgis_process); it is refused by the parameter check, nothing sent."""
+    from qgis.core import QgsProcessingException
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", "x") as engine:
+        with pytest.raises(QgsProcessingException, match="the authentication configuration 'nope123' does not exist "
+                           "in this QGIS profile"):
+            _run(processing, engine.url, raster, 0, QUESTION="What is here?", AUTHCFG="nope123")
+        assert engine.posts == []
+
+
 @pytest.fixture(scope="module")
 def demo_engine():
     with DemoEngine() as engine:
