@@ -162,8 +162,8 @@ def authcfg_problem(authcfg: str) -> Optional[str]:
     manager = QgsApplication.authManager()
     if not authcfg or manager is None or manager.isDisabled() or authcfg in manager.configIds():
         return None
-    return (f"the authentication configuration {authcfg!r} does not exist in this QGIS profile (Settings ▸ "
-            "Options ▸ Authentication lists them)")
+    return (f"the authentication configuration {authcfg!r} does not exist in this QGIS profile "
+            "(Settings ▸ Options ▸ Authentication lists them)")
 
 
 def _no_engine() -> str:
