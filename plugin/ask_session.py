@@ -28,6 +28,7 @@ from .ask_engine_header import EngineHeader
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view_frame
+from .ask_rectangle import RectangleBand
 from .ask_sources import check_region_in_view, region_ring, source_settings, view_key
 from .ask_task import AskTask
 from .engine_manager import engine_manager
@@ -74,6 +75,9 @@ class AskSession(EngineHeader, QObject):
         dock.copy.clicked.connect(self.copy_answer)
         dock.export.clicked.connect(self._export_dialog)
         dock.draw.toggled.connect(self._draw)
+        self.band = RectangleBand(self.canvas)  # the drawn rectangle stays seen while it is the source
+        dock.source.currentIndexChanged.connect(self._band_visible)
+        dock.visibilityChanged.connect(self._band_visible)
         dock.transcript.anchorClicked.connect(self._link)
         self.manager = engine_manager()
         self._remote_word = "not asked yet"
@@ -309,7 +313,12 @@ class AskSession(EngineHeader, QObject):
         if not extent.isEmpty():  # in the map's CRS of now: the project's CRS may change before it is asked about
             self.rectangle = QgsReferencedRectangle(extent, self.canvas.mapSettings().destinationCrs())
             self.view = None if self.view_source == "rectangle" else self.view
+            self.band.show(self.rectangle)
+            self._band_visible()
         self.dock.draw.setChecked(False)
+
+    def _band_visible(self, *_) -> None:
+        self.band.set_visible(self.dock.isVisible() and self.dock.source_key() == "rectangle")
 
     def _link(self, url) -> None:
         """A transcript link, `geovlm:<layer id>/<feature id>`: pan the map to that feature and flash it; one
@@ -348,3 +357,4 @@ class AskSession(EngineHeader, QObject):
         if self._tool is not None:
             self.canvas.unsetMapTool(self._tool)
             self._tool = None
+        self.band.remove()

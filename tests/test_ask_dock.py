@@ -781,3 +781,39 @@ def test_an_identify_region_without_area_is_not_asked_about(dock, qgis_iface, qg
             assert not session.busy() and engine.posts == []
             [message] = qgis_iface.messageBar().get_messages(1)
             assert "the selected feature has no area" in message and "draw a rectangle" in message
+
+
+def test_the_drawn_rectangle_stays_on_the_map_while_it_is_the_source(dock, qgis_canvas):
+    """QGIS's extent tool clears its outline on release: the rectangle the next question is about stays drawn (a
+    rubber band on the canvas, not in the view sent), on the same ground after the map's CRS changes, hidden while
+    another source is chosen, and gone when the plugin unloads."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+    from qgis.gui import QgsRubberBand
+
+    def bands():
+        return [item for item in qgis_canvas.scene().items() if isinstance(item, QgsRubberBand)]
+
+    session = dock.ask
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    qgis_canvas.setRotation(0)
+    e = qgis_canvas.extent()
+    drawn = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
+    assert bands() == []
+    session._drawn(drawn)
+    [band] = bands()
+    assert band.isVisible() and band.asGeometry().boundingBox().toString(3) == drawn.toString(3)
+
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    qgis_canvas.setDestinationCrs(wgs84)
+    expected = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:3857"), wgs84,
+                                      QgsProject.instance()).transformBoundingBox(drawn)
+    got = band.asGeometry().boundingBox()
+    assert got.xMinimum() == pytest.approx(expected.xMinimum(), abs=1e-9)
+    assert got.yMaximum() == pytest.approx(expected.yMaximum(), abs=1e-9)
+
+    session.dock.source.setCurrentIndex(session.dock.source.findData("map"))
+    assert not band.isVisible()
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    assert band.isVisible()
+    dock.unload()  # the fixture's own unload after this finds nothing left to do
+    assert bands() == []
