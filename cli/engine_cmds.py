@@ -130,6 +130,25 @@ def ready_demo_model() -> Path:
     return target
 
 
+def _check_demo_target(folder: Path) -> None:
+    """CliError in one line when writing the demo model into `folder` would replace what is there: a file, or a
+    folder holding anything but an earlier demo model (its geovlm.json says `random_stand_in`), such as a real
+    checkpoint, whose config.json, weights and tokenizer the random stand-in would overwrite."""
+    import json
+
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"{folder} is a file: give a new or empty folder for the demo model")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        stand_in = json.loads((folder / "geovlm.json").read_text(encoding="utf-8")).get("random_stand_in") is True
+    except (OSError, ValueError, AttributeError):
+        stand_in = False
+    if not stand_in:
+        raise CliError(f"{folder} is not empty and holds no earlier demo model: the random stand-in would replace "
+                       "its files (config.json, weights, tokenizer); give a new or empty folder")
+
+
 def cmd_demo_model(args) -> int:
     from ..core.profiles import get_profile
     from ..models.checkpoints import ARCHITECTURES
@@ -139,6 +158,7 @@ def cmd_demo_model(args) -> int:
         family = get_profile(args.family).name
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    _check_demo_target(Path(args.dir))
     if family in ARCHITECTURES["minigptv2"]:
         from ..models.minigpt_demo import write_minigpt_demo
 

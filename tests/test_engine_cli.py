@@ -18,6 +18,27 @@ def demo(tmp_path_factory):
     return ms.demo_dir(tmp_path_factory)
 
 
+def test_demo_model_never_writes_over_a_folder_that_holds_something_else(tmp_path, capsys):
+    """`geovlm demo-model DIR` on a real checkpoint folder replaced its config.json and model.safetensors with the
+    random stand-in's: a folder holding anything but an earlier demo model (or a file) is refused in one line and
+    left as it is; an empty folder, or an earlier demo model, is written."""
+    real = tmp_path / "llava-1.5-7b-hf"
+    real.mkdir()
+    (real / "config.json").write_text('{"model_type": "llava"}')
+    (real / "model.safetensors").write_bytes(b"real weights")
+    assert main(["demo-model", str(real)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"geovlm demo-model: {real} is not empty and holds no earlier demo model: the random stand-in would replace "
+        "its files (config.json, weights, tokenizer); give a new or empty folder")
+    assert (real / "config.json").read_text() == '{"model_type": "llava"}'
+    assert (real / "model.safetensors").read_bytes() == b"real weights"
+    assert main(["demo-model", str(real / "config.json")]) == 2
+    assert "is a file: give a new or empty folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["demo-model", str(tmp_path / "empty"), "--seed", "1"]) == 0
+    assert main(["demo-model", str(tmp_path / "empty"), "--seed", "2"]) == 0  # an earlier demo model: rewritten
+
+
 def test_demo_model_command(tmp_path, capsys):
     assert main(["demo-model", str(tmp_path / "d"), "--seed", "3"]) == 0
     out = capsys.readouterr().out
