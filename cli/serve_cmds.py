@@ -266,6 +266,8 @@ def cmd_serve(args) -> int:
     check_device_arg(args.device)
     overrides = profile_overrides(args)
     _check_port_free(args.host, args.port)  # before the model loads (a minute for a real one), not after
+    if args.ready_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.ready_file))):
+        raise CliError(f"--ready-file: the folder of {args.ready_file} does not exist")  # found once listening
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,

@@ -221,6 +221,10 @@ def test_serve_on_a_port_in_use_or_out_of_range_is_one_line_before_the_model_loa
         err = capsys.readouterr().err.strip()
         assert err == (f"geovlm serve: cannot listen on 192.0.2.1:{port}: Cannot assign requested address; is "
                        "192.0.2.1 an address of this machine?"), err
+    # a --ready-file whose folder does not exist: said before the model loads, not as a traceback once listening
+    assert main(["serve", "--port", "0", "--ready-file", "/nonexistent-folder/ready.json", "--model", "/x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "geovlm serve: --ready-file: the folder of /nonexistent-folder/ready.json does not exist")
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--port", "99999"])
     assert exited.value.code == 2 and "a port is 0 to 65535, not 99999" in capsys.readouterr().err
