@@ -103,7 +103,12 @@ class AskSession(EngineHeader, QObject):
         try:
             if not question and task not in REGION_TASKS:
                 raise ValueError("type a question")
-            source = "map" if self.dock.source_key() == "selected" else self.dock.source_key()
+            # The kind of view: a region's question (the selected feature, or a rectangle unless the conversation
+            # is about that rectangle's image) is about the map, so a question about the rectangle next renders it.
+            source = self.dock.source_key()
+            if source == "selected" or (source == "rectangle" and task in REGION_TASKS
+                                        and self.view_source != "rectangle"):
+                source = "map"
             settings = None
             if self.view is None or source != self.view_source:
                 settings = self._source_settings(source, task)
@@ -312,7 +317,8 @@ class AskSession(EngineHeader, QObject):
     def _drawn(self, extent: QgsRectangle) -> None:
         if not extent.isEmpty():  # in the map's CRS of now: the project's CRS may change before it is asked about
             self.rectangle = QgsReferencedRectangle(extent, self.canvas.mapSettings().destinationCrs())
-            self.view = None if self.view_source == "rectangle" else self.view
+            if self.view_source == "rectangle":  # the conversation was about the old rectangle's image
+                self.view, self.view_source = None, None
             self.band.show(self.rectangle)
             self._band_visible()
         self.dock.draw.setChecked(False)

@@ -817,3 +817,35 @@ def test_the_drawn_rectangle_stays_on_the_map_while_it_is_the_source(dock, qgis_
     assert band.isVisible()
     dock.unload()  # the fixture's own unload after this finds nothing left to do
     assert bands() == []
+
+
+def test_after_identify_about_a_rectangle_a_question_about_the_rectangle_sees_it(dock, qgis_canvas):
+    """identify about a drawn rectangle asks about the map (the rectangle is the region); a "describe" about
+    that rectangle next must render the rectangle, not follow up on the map's image; identify then follows up
+    on the rectangle's image, until a new rectangle is drawn."""
+    session = dock.ask
+    qgis_canvas.setRotation(0)
+    e = qgis_canvas.extent()
+    drawn = QgsRectangle(e.xMinimum() + e.width() / 4, e.yMinimum() + e.height() / 4, e.center().x(),
+                         e.center().y())
+    session._drawn(drawn)
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    with ScriptedEngine("geochat", ["a roof", "a field {<10><20><40><60>|<90>}", "a shed", "a pond"]) as engine:
+        session.engine = engine.url
+        ask(session, "", "identify")
+        assert wait_for(lambda: not session.busy(), 30)
+        map_extent = session.view.extent
+        ask(session, "Describe the image", "describe")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.images[1] != engine.images[0]
+        xmin, ymin, xmax, ymax = session.view.extent
+        assert (xmin, ymin, xmax, ymax) != map_extent
+        assert xmin == pytest.approx(drawn.xMinimum()) and ymax == pytest.approx(drawn.yMaximum())
+        ask(session, "", "identify")  # the same rectangle: a follow-up on its own image
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.images[2] == engine.images[1]
+        session._drawn(QgsRectangle(drawn.xMinimum() + 10, drawn.yMinimum() + 10, drawn.xMinimum() + 60,
+                                    drawn.yMinimum() + 60))
+        ask(session, "", "identify")  # a new rectangle ends the conversation about the old one's image: the map
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.images[3] != engine.images[1] and session.view.extent == map_extent
