@@ -29,7 +29,7 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     """
     text = read_text(path)
     lines = split_lines(text)
-    whole = _one_json_value(text, lines)
+    whole = one_json_value(text, lines)
     if whole is not None:  # one JSON document over several lines: an array of records, or one record
         entries = list(enumerate(whole if isinstance(whole, list) else [whole], start=1))
         where, expected = ("element", "a JSON array") if isinstance(whole, list) else ("record", "one JSON object")
@@ -84,7 +84,7 @@ def _text_of(path: Path, data: bytes) -> str:
                          "answers as JSON lines or plain text in UTF-8, one answer a line") from None
 
 
-def _one_json_value(text: str, lines: List[str]):
+def one_json_value(text: str, lines: List[str]):
     """The file's one JSON value when the whole file is a single JSON array or object written over several lines
     (a pretty-printed results file, as `json.dump(results, f, indent=...)` writes it), else None (JSON lines,
     plain text, or a one-line value, which the line-by-line reading takes)."""

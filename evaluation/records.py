@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..core.answer_files import read_text, split_lines
+from ..core.answer_files import one_json_value, read_text, split_lines
 
 
 class RecordError(ValueError):
@@ -16,16 +16,27 @@ class RecordError(ValueError):
 
 
 def read_records(path) -> Iterator[Tuple[int, dict]]:
-    """(line number from 1, the JSON object) for every non-empty line of a JSON-lines file.
+    """(line number from 1, the JSON object) for every non-empty line of a JSON-lines file; for a file that is
+    one JSON array of objects written over several lines (a pretty-printed results file, `json.dump(results, f,
+    indent=...)`), (the element's number from 1, the object), as `geovlm parse` reads it
+    (`core.answer_files.one_json_value`).
 
-    A UTF-8 byte-order mark is accepted. Raises RecordError for an unreadable file or a line that is not a JSON
-    object."""
+    A UTF-8 byte-order mark is accepted. Raises RecordError for an unreadable file or a line (element) that is
+    not a JSON object."""
     path = Path(path)
     try:
         text = read_text(path)
     except ValueError as exc:  # a folder, an unreadable file, or one that is not text (an image given by mistake)
         raise RecordError(str(exc)) from None
-    for number, line in enumerate(split_lines(text), start=1):  # "\n" only: JSON strings may hold U+2028
+    lines = split_lines(text)  # "\n" only: JSON strings may hold U+2028
+    whole = one_json_value(text, lines)
+    if whole is not None:
+        for number, record in enumerate(whole if isinstance(whole, list) else [whole], start=1):
+            if not isinstance(record, dict):
+                raise RecordError(f"{path}: element {number}: not a JSON object (expected an array of objects)")
+            yield number, record
+        return
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

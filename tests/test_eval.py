@@ -464,3 +464,20 @@ def test_a_bulk_runs_tiles_are_not_scored_as_boxes(tmp_path, capsys):
     assert "has no objects layer, only the tiles of a bulk run" in err and "\n" not in err
     scores = run_json(capsys, "detection", str(ledger), "--reference", str(refs), "--layer", "tiles")  # on purpose
     assert scores["overall"] == 1.0
+
+
+def test_a_pretty_printed_json_array_of_answers_scores_as_its_json_lines(capsys, data_dir, tmp_path):
+    """A results file written as one JSON array over many lines (json.dump(results, f, indent=2)) stopped at its
+    first line ("not a JSON object"); its objects are scored as the same JSON lines are, and an element that is not
+    an object is named by its number."""
+    src = data_dir / "answers" / "earthdial_refer_ship.jsonl"
+    records = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    array = tmp_path / "refer_ship.json"
+    array.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    expected = run_json(capsys, "detection", str(src), "--family", "earthdial")
+    assert run_json(capsys, "detection", str(array), "--family", "earthdial") == expected
+    assert expected["small"] == pytest.approx(PUBLISHED_DETECTION["earthdial_refer_ship.jsonl"]["small"], abs=1e-3)
+    array.write_text(json.dumps(records[:2] + [[1, 2]], indent=2), encoding="utf-8")
+    assert main(["eval", "detection", str(array), "--family", "earthdial"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"geovlm eval: {array}: element 3: not a JSON object (expected an array of objects)")
