@@ -137,11 +137,15 @@ class AskSession(EngineHeader, QObject):
     def _source_settings(self, source: str, task: str) -> QgsMapSettings:
         """The map settings of the view `source` shows now; ValueError (one line) when it would be blank."""
         return source_settings(source, self.canvas.mapSettings(), self.dock.raster.currentLayer(), self.rectangle,
-                               task in REGION_TASKS, engine_settings.load())
+                               task in REGION_TASKS, engine_settings.load(), self._answer_layer_ids())
+
+    def _answer_layer_ids(self) -> set:
+        """The ids of this dock's answer layers (also those of earlier GeoPackages): never part of a view."""
+        return {i for kept in [self.layers, *self._retired_layers] if kept for i in kept.layer_ids()}
 
     def _moved_since(self, source: str, task: str) -> bool:
         """True when the source now shows another view than the pinned one (panned, turned, another layer)."""
-        answers = {i for kept in [self.layers, *self._retired_layers] if kept for i in kept.layer_ids()}
+        answers = self._answer_layer_ids()
         try:  # the answers' own layers, added to the map since, are no change of the view
             return view_key(self._source_settings(source, task), answers) != view_key(self.view_settings, answers)
         except ValueError:  # it shows nothing now

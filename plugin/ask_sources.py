@@ -24,7 +24,7 @@ MAX_RASTER_PIXELS = 4096 * 4096
 
 
 def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectangle, region_task: bool,
-                    config) -> QgsMapSettings:
+                    config, ignored: Collection[str] = ()) -> QgsMapSettings:
     """The map settings of the view of `source` ("map", "raster", "rectangle"): `canvas_settings` (the
     canvas's, copied) with the size of `config` (`plugin.settings.EngineSettings`: render_from_canvas,
     render_width, render_height, render_dpr) unless the canvas's own is asked for; `raster` (a map layer or
@@ -32,8 +32,11 @@ def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectan
     QgsReferencedRectangle in its own, or None) at the configured long side, unrotated (for a region task the
     rectangle is the region, and the view is the map). Raises ValueError with one line saying what to do, also
     when the view would be blank (a layer that cannot be read, or none that lies in the view:
-    `plugin.view_checks.layers_problem`)."""
-    settings = _source_settings(source, QgsMapSettings(canvas_settings), raster, rectangle, region_task, config)
+    `plugin.view_checks.layers_problem`). `ignored`: ids of layers left out of the view (the dock's own answer
+    layers: a model shown its earlier boxes and their labels is led by them, and they hide the imagery)."""
+    canvas_settings = QgsMapSettings(canvas_settings)
+    canvas_settings.setLayers([layer for layer in canvas_settings.layers() if layer.id() not in ignored])
+    settings = _source_settings(source, canvas_settings, raster, rectangle, region_task, config)
     problem = layers_problem(settings, "the view")
     if problem:
         raise ValueError(f"{problem}: turn off that layer or fix its source" if "cannot be read" in problem

@@ -849,3 +849,26 @@ def test_after_identify_about_a_rectangle_a_question_about_the_rectangle_sees_it
         ask(session, "", "identify")  # a new rectangle ends the conversation about the old one's image: the map
         assert wait_for(lambda: not session.busy(), 30)
         assert engine.images[3] != engine.images[1] and session.view.extent == map_extent
+
+
+def test_a_new_view_does_not_show_the_model_its_earlier_answers(dock):
+    """The dock's answer layers join the map (outlines and labels): a new view of the same map is the same image,
+    without them (a model shown its earlier boxes and their labels is led by them), also when only an answer layer
+    would be left in the view."""
+    session = dock.ask
+    with ScriptedEngine("geochat", [ANSWER, "a road"]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        [layer] = objects_layers()
+        assert layer.featureCount() == 3 and layer in dock.iface.mapCanvas().layers()
+        session.new_view()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        assert engine.images[1] == engine.images[0]
+        assert layer.id() not in [lyr.id() for lyr in session.view_settings.layers()]
+        dock.iface.mapCanvas().setLayers([layer])  # only the answers are shown: nothing to ask about
+        session.new_view()
+        session.dock.question.setPlainText("Describe the image")
+        session.send()
+        assert not session.busy() and len(engine.posts) == 2
