@@ -111,11 +111,16 @@ def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None, overwri
             obj_df, rel_df = obj_df.to_crs(to_crs), rel_df.to_crs(to_crs)
         except Exception as exc:  # pyproj raises several types for a bad CRS
             raise CliError(f"cannot reproject to {to_crs!r}: {exc}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # Pixel-space output has no CRS on purpose; pyogrio warns about that.
-        warnings.filterwarnings("ignore", message="'crs' was not provided")
-        return _write(obj_df, rel_df, out)
+    from pyogrio.errors import DataSourceError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # Pixel-space output has no CRS on purpose; pyogrio warns about that.
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            return _write(obj_df, rel_df, out)
+    except (OSError, DataSourceError) as exc:  # a folder that cannot be made or written (read-only, /proc...)
+        raise CliError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _write(obj_df, rel_df, out: Path) -> dict:

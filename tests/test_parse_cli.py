@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from qgis.core import QgsVectorLayer
@@ -346,3 +347,16 @@ def test_a_pretty_printed_json_array_is_read_as_its_records_not_its_lines(data_d
     (tmp_path / "one.json").write_text(json.dumps(records[0], indent=2))  # one pretty-printed record
     assert main(["parse", str(tmp_path / "one.json"), "--family", "earthdial", "--out", str(tmp_path / "c.gpkg")]) == 0
     assert capsys.readouterr().out.startswith("1 answers, 1 objects")
+
+
+def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(data_dir, tmp_path, capsys):
+    """A folder that cannot be made (a file in the way) or a place where no file can be created (/proc) raised
+    pyogrio's or the OS's traceback, for `ask --out` too (after the answer was streamed); now one line, exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    answers = str(data_dir / "answers" / "earthdial_refer_ship.jsonl")
+    outs = [blocker / "x.gpkg"] + ([Path("/proc/geovlm-test.gpkg")] if Path("/proc/self").exists() else [])
+    for out in outs:
+        assert main(["parse", answers, "--family", "earthdial", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"geovlm parse: cannot write {out}: ") and "\n" not in err, err
