@@ -84,6 +84,7 @@ class AskSession(EngineHeader, QObject):
         self.manager.stateChanged.connect(self._engine_state)
         self.manager.settingsChanged.connect(self._settings_changed)
         dock.restart.clicked.connect(self.manager.restart)
+        QgsProject.instance().cleared.connect(self._project_cleared)
         self._engine_state()
         self.refresh_family()
 
@@ -285,6 +286,16 @@ class AskSession(EngineHeader, QObject):
         self._html.append("<hr><p><i>New view: the next question renders the map again.</i></p>")
         self._show()
 
+    def _project_cleared(self) -> None:
+        """A new project (New in the Project menu), or another one opened: the layers of the view and of the
+        answers are deleted. The question in flight stops; the next one is about the new project's map, and its
+        answers go where that project's go."""
+        self.stop()
+        self.view, self.view_source, self.view_settings, self.image, self.history = None, None, None, None, []
+        self.layers, self._retired_layers = None, []
+        self._html.append("<hr><p><i>Another project: the next question renders its map.</i></p>")
+        self._show()
+
     def copy_answer(self) -> None:
         answered = [t for t in self.turns if t.answer]
         if answered:
@@ -359,7 +370,8 @@ class AskSession(EngineHeader, QObject):
             task.cancel()
             task.waitForFinished(wait_ms)
         for signal, slot in ((self.manager.stateChanged, self._engine_state),
-                             (self.manager.settingsChanged, self._settings_changed)):
+                             (self.manager.settingsChanged, self._settings_changed),
+                             (QgsProject.instance().cleared, self._project_cleared)):
             try:
                 signal.disconnect(slot)
             except TypeError:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
+from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QColor, QImage
 
@@ -872,3 +872,42 @@ def test_a_new_view_does_not_show_the_model_its_earlier_answers(dock):
         session.dock.question.setPlainText("Describe the image")
         session.send()
         assert not session.busy() and len(engine.posts) == 2
+
+
+def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgis_canvas, tmp_path, monkeypatch):
+    """A new project (New in the Project menu), or opening another, clears the project: its layers are deleted.
+    The next question is about the new project's map, and its answers go where the new project's go (an unsaved
+    one's to the profile), never appended to the previous project's GeoPackage nor to a deleted layer (a Python
+    error)."""
+    import sys as _sys
+
+    from geovlm.plugin import settings as engine_settings
+
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path / "profile-geovlm")
+    errors = []
+    monkeypatch.setattr(_sys, "excepthook", lambda *info: errors.append(info))
+    session = dock.ask
+    with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        beside = tmp_path / "project_geovlm.gpkg"
+        assert beside.is_file()
+
+        QgsProject.instance().clear()  # New in the Project menu
+        raster = QgsRasterLayer(str(Path(__file__).resolve().parents[2] / "shared" / "data" / "rasters"
+                                    / "cogeo.tif"), "cogeo")
+        QgsProject.instance().addMapLayer(raster)
+        qgis_canvas.setDestinationCrs(raster.crs())
+        qgis_canvas.setLayers([raster])
+        qgis_canvas.setExtent(raster.extent())
+        session.dock.question.setPlainText("Describe the image")
+        session.send()
+        assert wait_for(lambda: not session.busy(), 30)
+    assert errors == []
+    assert len(engine.posts) == 2 and [m["role"] for m in engine.posts[1]["messages"]] == ["user"]  # a new talk
+    [layer] = objects_layers()
+    assert layer.featureCount() == 1
+    assert Path(layer.source().split("|")[0]).parent == tmp_path / "profile-geovlm" / "answers"
+    kept = QgsVectorLayer(f"{beside}|layername=geovlm_objects", "kept", "ogr")
+    assert kept.featureCount() == 3
