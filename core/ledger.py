@@ -245,9 +245,12 @@ class Ledger:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot make the folder of {self.path}: {exc.strerror}") from None
+        present = os.path.exists(self.path)
         try:
             self.con = gpkg.connect(self.path)
         except sqlite3.DatabaseError as exc:
+            if not present:  # nothing there: the place cannot hold a file (read-only, /proc...)
+                raise LedgerError(f"cannot create {self.path}: {exc}; choose another output") from None
             raise LedgerError(f"{self.path} is not a GeoPackage ({exc}); choose another output") from None
         # Write-ahead log, synced at checkpoints: a commit costs no fsync and survives a killed process
         # (SQLite's WAL with synchronous=NORMAL is durable against application crashes); close() checkpoints

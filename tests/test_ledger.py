@@ -1,6 +1,7 @@
 """The ledger (core/ledger.py) and the merge rule (core/dedupe.py) on their own: resume rule, one row per
 tile, plan refusal, and duplicates merged the same whichever tile is committed first."""
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,11 @@ def test_a_folder_or_a_file_that_is_not_a_database_is_never_overwritten_and_a_mi
     with Ledger(deep, plan()):
         pass
     assert deep.is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc, where no file can be created")
+def test_an_output_that_cannot_be_created_is_said_so_not_called_a_damaged_geopackage():
+    out = "/proc/geovlm-ledger-test.gpkg"
+    with pytest.raises(LedgerError) as refused:
+        Ledger(out, plan())
+    assert str(refused.value).startswith(f"cannot create {out}: ") and not Path(out).exists()
