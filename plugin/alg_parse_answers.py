@@ -51,9 +51,10 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return (
-            "Reads saved answers of a vision-language model (JSON lines with the answer in a field, or one "
-            "answer a line) and writes every box as a polygon and every relation as a line. With a raster "
-            "layer the boxes are placed on it (its true geotransform, rotated rasters included); without one "
+            "Reads saved answers of a vision-language model (JSON lines with the answer in a field, one JSON "
+            "array of such objects, or one answer a line) and writes every box as a polygon and every relation "
+            "as a line. With a raster layer the boxes are placed on it (its true geotransform, rotated rasters "
+            "included; one georeferenced by GCPs only is refused: warp it first); without one "
             "they stay in the pixel space of the image size, written upright (x = column, y = -row) in a local "
             "engineering CRS in pixels, never taken for degrees. FAMILY: the model family, from the list, or "
             "by name (qgis_process FAMILY=geochat, as the other GeoVLM algorithms take it) or number. Relations "
