@@ -156,6 +156,10 @@ def cmd_bulk(args) -> int:
         tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if not len(tiles):  # --edge drop on a raster smaller than a tile: an empty run would "succeed"
+        raise CliError(f"no tile to ask: the raster ({frame.width}x{frame.height} px) is smaller than one "
+                       f"{args.tile} px tile, and --edge drop leaves partial tiles out; give a smaller --tile or "
+                       "another --edge")
     try:  # the bands are checked before an engine is contacted or the output touched
         reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
     except ImageryError as exc:

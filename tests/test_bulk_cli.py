@@ -396,3 +396,13 @@ def test_an_output_that_is_a_folder_or_not_a_geopackage_is_refused_before_any_en
                                        timeout=30)
         assert (code, stdout, stderr.strip()) == (2, "", f"geovlm detect: {said}")
     assert text.read_text() == "hello\n" and folder.is_dir()
+
+
+def test_edge_drop_on_a_raster_smaller_than_a_tile_is_refused_not_an_empty_run(data_dir, tmp_path):
+    """`--edge drop` with a tile larger than the raster planned 0 tiles and "wrote" an empty output (exit 0)."""
+    out = tmp_path / "drop.gpkg"
+    code, stdout, stderr = run_cli("caption", data_dir / "rasters" / "RGB.byte.tif", "--tile", 1024, "--edge", "drop",
+                                   "--engine", "http://127.0.0.1:9", "--out", out, "--no-progress", timeout=30)
+    assert (code, stdout) == (2, "") and not out.exists()
+    assert stderr.strip() == ("geovlm caption: no tile to ask: the raster (791x718 px) is smaller than one 1024 px "
+                              "tile, and --edge drop leaves partial tiles out; give a smaller --tile or another --edge")
