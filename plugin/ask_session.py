@@ -63,6 +63,7 @@ class AskSession(EngineHeader, QObject):
         self._html: List[str] = []
         self._streamed = ""
         self._tool = None
+        self._previous_tool = None
         self._probe = None
         self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
         self.renderer.rendered.connect(self._rendered)
@@ -320,14 +321,24 @@ class AskSession(EngineHeader, QObject):
     # ------------------------------------------------------------ map interaction
 
     def _draw(self, on: bool) -> None:
+        """Draw rectangle on: the extent tool borrows the map. Off (the rectangle drawn, or the button): the tool
+        the user had is the map's again, unless another was picked meanwhile (which turns the button off)."""
         if on:
             self._previous_tool = self.canvas.mapTool()
             self._tool = QgsMapToolExtent(self.canvas)
             self._tool.extentChanged.connect(self._drawn)
+            self._tool.deactivated.connect(lambda: self.dock.draw.setChecked(False))
             self.canvas.setMapTool(self._tool)
         elif self._tool is not None:
-            self.canvas.unsetMapTool(self._tool)
-            self._tool = None
+            tool, self._tool = self._tool, None
+            previous, self._previous_tool = self._previous_tool, None
+            if self.canvas.mapTool() is tool:
+                self.canvas.unsetMapTool(tool)
+                try:
+                    if previous is not None:
+                        self.canvas.setMapTool(previous)
+                except RuntimeError:  # that tool was deleted meanwhile (its plugin unloaded)
+                    pass
 
     def _drawn(self, extent: QgsRectangle) -> None:
         if not extent.isEmpty():  # in the map's CRS of now: the project's CRS may change before it is asked about

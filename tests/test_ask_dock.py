@@ -911,3 +911,26 @@ def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgi
     assert Path(layer.source().split("|")[0]).parent == tmp_path / "profile-geovlm" / "answers"
     kept = QgsVectorLayer(f"{beside}|layername=geovlm_objects", "kept", "ogr")
     assert kept.featureCount() == 3
+
+
+def test_drawing_a_rectangle_gives_the_map_tool_back(dock, qgis_canvas):
+    """Draw rectangle borrows the map: once the rectangle is drawn (or Draw is turned off), the tool the user had
+    (pan, here) is the map's tool again, not none (the map would no longer pan)."""
+    from qgis.gui import QgsMapToolPan, QgsMapToolZoom
+
+    session = dock.ask
+    pan = QgsMapToolPan(qgis_canvas)
+    qgis_canvas.setMapTool(pan)
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    for finish in ("drawn", "off"):
+        session.dock.draw.setChecked(True)
+        assert qgis_canvas.mapTool() is not pan
+        if finish == "drawn":
+            session._tool.extentChanged.emit(qgis_canvas.extent().buffered(-50))
+        else:
+            session.dock.draw.setChecked(False)
+        assert qgis_canvas.mapTool() is pan
+    session.dock.draw.setChecked(True)  # another tool picked while drawing: it stays, and Draw turns off
+    zoom = QgsMapToolZoom(qgis_canvas, False)
+    qgis_canvas.setMapTool(zoom)
+    assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is zoom
