@@ -63,6 +63,20 @@ def feature_window(geometry, gt, width: int, height: int, margin: float):
     return col0, row0, col1 - col0, row1 - row0
 
 
+
+def field_problem(fields, field: str) -> str:
+    """One line when the answer's fields (`field`, `field`_status, `field`_model) cannot be added to `fields` (the
+    input layer's), else "": a name the layer has, compared without case as a GeoPackage (SQLite) compares
+    column names (FIELD=BUILDING beside `building` wrote no features layer at all), or `fid`, the GeoPackage's
+    feature id column."""
+    have = {f.name().lower() for f in fields}
+    for name in (field, f"{field}_status", f"{field}_model"):
+        if name.lower() == "fid":
+            return f"{name!r} is the GeoPackage's feature id: name another FIELD"
+        if name.lower() in have:
+            return f"the layer already has a field {name!r} (names are compared without case); name another FIELD"
+    return ""
+
 class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
     INPUT, RASTER, MARGIN, FIELD, QUESTION = "INPUT", "RASTER", "MARGIN", "FIELD", "QUESTION"
     FAMILY, ENGINE, AUTHCFG, CONCURRENCY, OUTPUT = "FAMILY", "ENGINE", "AUTHCFG", "CONCURRENCY", "OUTPUT"
@@ -123,6 +137,12 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         if layer is not None and layer.providerType() != "gdal":
             return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"
         ok, message = check_band_parameters(self, self.RASTER, parameters, context)
+        source = self.parameterAsSource(parameters, self.INPUT, context) if ok else None
+        if source is not None:
+            problem = field_problem(source.fields(),
+                                    self.parameterAsString(parameters, self.FIELD, context).strip() or "caption")
+            if problem:
+                return False, problem
         try:
             if ok and layer is not None:
                 raster_frame(layer)  # a raster georeferenced by GCPs only is refused here
@@ -152,8 +172,9 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(GPKG_ONLY)
         source = self.parameterAsSource(parameters, self.INPUT, context)
         field = self.parameterAsString(parameters, self.FIELD, context).strip() or "caption"
-        if source.fields().indexOf(field) >= 0:
-            raise QgsProcessingException(f"the layer already has a field {field!r}; name another FIELD")
+        problem = field_problem(source.fields(), field)
+        if problem:
+            raise QgsProcessingException(problem)
         margin = self.parameterAsDouble(parameters, self.MARGIN, context)
         to_raster = QgsCoordinateTransform(source.sourceCrs(), self.raster_crs, context.transformContext())
         features, tiles = [], []
@@ -246,6 +267,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 out_feature.setGeometry(feature.geometry())
                 out_feature.setAttributes(list(feature.attributes()) + [caption if status == OK else None, status,
                                                                         model])
-                writer.addFeature(out_feature)
+                if not writer.addFeature(out_feature):  # the answers are in the tiles layer all the same
+                    raise QgsProcessingException(
+                        f"cannot write the features layer of {out}: {writer.errorMessage() or 'a feature was refused'}")
         finally:
             del writer

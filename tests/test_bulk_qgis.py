@@ -622,6 +622,11 @@ def test_qgis_and_the_cli_name_a_crs_without_an_epsg_code_alike(qgis_app, tmp_pa
     ("captionfeatures", {"FAMILY": "nope"}, "unknown model family 'nope': one of llava15, geochat"),
     ("detecttiles", {"OUTPUT": "dir.gpkg"}, "is a folder: give a .gpkg file as the output"),
     ("captionfeatures", {"AUTHCFG": "nope123"}, "the authentication configuration 'nope123' does not exist in"),
+    # a field the layer has under another case (no features layer was written at all) or the GeoPackage's fid
+    # (refused once every answer had been asked)
+    ("captionfeatures", {"FIELD": "BUILDING"}, "the layer already has a field 'BUILDING' (names are compared "
+                                               "without case); name another FIELD"),
+    ("captionfeatures", {"FIELD": "fid"}, "'fid' is the GeoPackage's feature id: name another FIELD"),
 ])
 def test_a_run_that_would_stop_before_asking_is_refused_by_the_parameter_check(plugin, processing, data_dir,
                                                                                tmp_path, alg, changed, said):
@@ -644,7 +649,7 @@ def test_a_run_that_would_stop_before_asking_is_refused_by_the_parameter_check(p
     assert not ok and message.removeprefix(str(tmp_path / "dir.gpkg") + " ").startswith(said), message
     assert check(dict(params, **{k: v for k, v in {
         "OVERLAP": 0, "EXTENT": None, "OUTPUT": str(tmp_path / "out.gpkg"), "ENGINE": "http://127.0.0.1:9",
-        "FAMILY": "geochat", "AUTHCFG": ""}.items() if k in changed}), context) == (True, "")
+        "FAMILY": "geochat", "AUTHCFG": "", "FIELD": "caption"}.items() if k in changed}), context) == (True, "")
 
 
 @pytest.mark.parametrize("alg", ["captiontiles", "detecttiles", "captionfeatures", "parseanswers"])
