@@ -2,6 +2,8 @@
 and write the answer's boxes and relations as features where QGIS drew what the model saw."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (
     Qgis,
     QgsCoordinateTransform,
@@ -20,6 +22,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
+from qgis.PyQt.QtGui import QImageWriter
 
 from ..core.client import EngineError
 from ..core.georef import fit_plan
@@ -55,6 +58,14 @@ from .view_checks import (
 TASKS = tuple(ASK_TASKS)
 
 
+
+def image_format(path: str) -> str:
+    """The format IMAGE is written in: the one its suffix names where Qt can write it (seen.jpg as JPEG), else
+    PNG (no suffix, or one Qt cannot write)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    written = {bytes(f).decode().lower() for f in QImageWriter.supportedImageFormats()}
+    return suffix.upper() if suffix in written else "PNG"
+
 class AskMapAlgorithm(QgsProcessingAlgorithm):
     LAYERS, EXTENT, ROTATION, WIDTH, HEIGHT = "LAYERS", "EXTENT", "ROTATION", "WIDTH", "HEIGHT"
     DPR, QUESTION, TASK, REGION = "DEVICE_PIXEL_RATIO", "QUESTION", "TASK", "REGION"
@@ -88,7 +99,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "budget for Qwen2-VL/2.5-VL), so boxes land right whichever server answers. "
             "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
             "ENGINE is 'local' or engine URLs (comma-separated); keys only through an authentication "
-            "configuration. FAMILY empty: the engine says which. IMAGE (optional PNG): exactly the pixels the "
+            "configuration. FAMILY empty: the engine says which. IMAGE (optional; PNG, or the format its "
+            "suffix names, e.g. .jpg): exactly the pixels the "
             "model saw, that fitted input (padding bands and its lower resolution included, which often "
             "explains a missed small object), with the answer's boxes drawn in them; the features carry the "
             "boxes on the map. OBJECTS and RELATIONS are optional (left out: the answer alone). A view that "
@@ -132,7 +144,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
                                                             Qgis.ProcessingSourceType.VectorLine, optional=True,
                                                             createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.IMAGE, "What the model saw, with its boxes (PNG)", "PNG images (*.png)", optional=True,
+            self.IMAGE, "What the model saw, with its boxes (PNG)", "PNG images (*.png);;JPEG images (*.jpg *.jpeg)",
+            optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.ANSWER, "Answer"))
 
@@ -286,7 +299,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         if path:
             plan = fit_plan(profile, view.frame.width, view.frame.height)
             seen = draw_boxes(source.fitted_image(plan, profile.pad_color), answer, plan)
-            if not seen.save(path, "PNG"):
+            if not seen.save(path, image_format(path)):
                 raise QgsProcessingException(f"could not write the image {path}")
             results[self.IMAGE] = path
         return results

@@ -215,6 +215,15 @@ def test_an_authentication_configuration_that_does_not_exist_is_refused_before_t
         assert engine.posts == []
 
 
+def test_image_is_written_in_the_format_its_name_says(plugin, processing, data_dir, tmp_path):
+    """IMAGE=seen.jpg held PNG bytes (always written as PNG); a suffix Qt writes gives that format, no suffix PNG."""
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", "A road {<10><10><40><40>|<90>}.") as engine:
+        for name, magic in (("seen.jpg", b"\xff\xd8\xff"), ("seen.png", b"\x89PNG"), ("seen", b"\x89PNG")):
+            _run(processing, engine.url, raster, 0, QUESTION="What is here?", IMAGE=str(tmp_path / name))
+            assert (tmp_path / name).read_bytes()[:len(magic)] == magic, name
+
+
 @pytest.fixture(scope="module")
 def demo_engine():
     with DemoEngine() as engine:
