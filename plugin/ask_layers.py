@@ -83,8 +83,11 @@ class AnswerLayers:
 
     def _layer(self, index: int, crs) -> QgsVectorLayer:
         layer = self.layers[index]
-        if layer is not None and self.project.mapLayer(layer.id()) is not None:
-            return layer
+        try:
+            if layer is not None and self.project.mapLayer(layer.id()) is not None:
+                return layer
+        except RuntimeError:  # removed from the project, which deleted it: added again from the same file below
+            self.layers[index] = None
         table, geometry_type, style = TABLES[index]
         uri = f"{self.path}|layername={table}"
         found = QgsVectorLayer(uri, table, "ogr")

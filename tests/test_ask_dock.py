@@ -934,3 +934,25 @@ def test_drawing_a_rectangle_gives_the_map_tool_back(dock, qgis_canvas):
     zoom = QgsMapToolZoom(qgis_canvas, False)
     qgis_canvas.setMapTool(zoom)
     assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is zoom
+
+
+def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, monkeypatch):
+    """The user removes geovlm_objects from the project (which deletes that layer): the next answer adds it again,
+    from the same GeoPackage, with the earlier features kept (no 'wrapped C/C++ object ... has been deleted')."""
+    import sys as _sys
+
+    errors = []
+    monkeypatch.setattr(_sys, "excepthook", lambda *info: errors.append(info))
+    session = dock.ask
+    with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 30)
+        [layer] = objects_layers()
+        QgsProject.instance().removeMapLayer(layer.id())
+        assert objects_layers() == []
+        ask(session, "Where is the road?", "ask")
+        assert wait_for(lambda: not session.busy(), 30)
+    assert errors == []
+    [layer] = objects_layers()
+    assert layer.featureCount() == 4 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
