@@ -13,10 +13,8 @@ from qgis.core import (
     QgsMapSettings,
     QgsMessageLog,
     QgsProject,
-    QgsRectangle,
     QgsReferencedRectangle,
 )
-from qgis.gui import QgsMapToolExtent
 from qgis.PyQt.QtCore import QObject
 from qgis.PyQt.QtGui import QGuiApplication, QPixmap
 from qgis.PyQt.QtWidgets import QFileDialog
@@ -28,7 +26,7 @@ from .ask_engine_header import EngineHeader
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view_frame
-from .ask_rectangle import RectangleBand
+from .ask_rectangle import RectangleDrawing
 from .ask_sources import check_region_in_view, region_ring, source_settings, view_key
 from .ask_task import AskTask
 from .engine_manager import engine_manager
@@ -62,8 +60,6 @@ class AskSession(EngineHeader, QObject):
         self.family = engine_settings.load().family
         self._html: List[str] = []
         self._streamed = ""
-        self._tool = None
-        self._previous_tool = None
         self._probe = None
         self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
         self.renderer.rendered.connect(self._rendered)
@@ -75,8 +71,8 @@ class AskSession(EngineHeader, QObject):
         dock.new_view.clicked.connect(self.new_view)
         dock.copy.clicked.connect(self.copy_answer)
         dock.export.clicked.connect(self._export_dialog)
-        dock.draw.toggled.connect(self._draw)
-        self.band = RectangleBand(self.canvas)  # the drawn rectangle stays seen while it is the source
+        self.drawing = RectangleDrawing(self.canvas, dock.draw)  # Draw rectangle; it stays seen while the source
+        self.drawing.drawn.connect(self._drawn)
         dock.source.currentIndexChanged.connect(self._band_visible)
         dock.visibilityChanged.connect(self._band_visible)
         dock.transcript.anchorClicked.connect(self._link)
@@ -320,37 +316,14 @@ class AskSession(EngineHeader, QObject):
 
     # ------------------------------------------------------------ map interaction
 
-    def _draw(self, on: bool) -> None:
-        """Draw rectangle on: the extent tool borrows the map. Off (the rectangle drawn, or the button): the tool
-        the user had is the map's again, unless another was picked meanwhile (which turns the button off)."""
-        if on:
-            self._previous_tool = self.canvas.mapTool()
-            self._tool = QgsMapToolExtent(self.canvas)
-            self._tool.extentChanged.connect(self._drawn)
-            self._tool.deactivated.connect(lambda: self.dock.draw.setChecked(False))
-            self.canvas.setMapTool(self._tool)
-        elif self._tool is not None:
-            tool, self._tool = self._tool, None
-            previous, self._previous_tool = self._previous_tool, None
-            if self.canvas.mapTool() is tool:
-                self.canvas.unsetMapTool(tool)
-                try:
-                    if previous is not None:
-                        self.canvas.setMapTool(previous)
-                except RuntimeError:  # that tool was deleted meanwhile (its plugin unloaded)
-                    pass
-
-    def _drawn(self, extent: QgsRectangle) -> None:
-        if not extent.isEmpty():  # in the map's CRS of now: the project's CRS may change before it is asked about
-            self.rectangle = QgsReferencedRectangle(extent, self.canvas.mapSettings().destinationCrs())
-            if self.view_source == "rectangle":  # the conversation was about the old rectangle's image
-                self.view, self.view_source = None, None
-            self.band.show(self.rectangle)
-            self._band_visible()
-        self.dock.draw.setChecked(False)
+    def _drawn(self, rectangle: QgsReferencedRectangle) -> None:
+        self.rectangle = rectangle  # in the map's CRS of then: the project's CRS may change before it is asked about
+        if self.view_source == "rectangle":  # the conversation was about the old rectangle's image
+            self.view, self.view_source = None, None
+        self._band_visible()
 
     def _band_visible(self, *_) -> None:
-        self.band.set_visible(self.dock.isVisible() and self.dock.source_key() == "rectangle")
+        self.drawing.band.set_visible(self.dock.isVisible() and self.dock.source_key() == "rectangle")
 
     def _link(self, url) -> None:
         """A transcript link, `geovlm:<layer id>/<feature id>`: pan the map to that feature and flash it; one
@@ -387,7 +360,4 @@ class AskSession(EngineHeader, QObject):
                 signal.disconnect(slot)
             except TypeError:
                 pass
-        if self._tool is not None:
-            self.canvas.unsetMapTool(self._tool)
-            self._tool = None
-        self.band.remove()
+        self.drawing.remove()

@@ -623,7 +623,7 @@ def test_a_rectangle_drawn_before_the_maps_crs_changed_is_the_same_ground(dock, 
     qgis_canvas.setRotation(0)
     e = qgis_canvas.extent()
     drawn = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
-    session._drawn(drawn)  # as the Draw rectangle tool reports it, in the canvas's CRS (EPSG:3857)
+    session.drawing.extent_drawn(drawn)  # as the Draw rectangle tool reports it, in the canvas's CRS (EPSG:3857)
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
     qgis_canvas.setDestinationCrs(wgs84)
     assert wait_for(lambda: qgis_canvas.mapSettings().destinationCrs() == wgs84, 5)
@@ -799,7 +799,7 @@ def test_the_drawn_rectangle_stays_on_the_map_while_it_is_the_source(dock, qgis_
     e = qgis_canvas.extent()
     drawn = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
     assert bands() == []
-    session._drawn(drawn)
+    session.drawing.extent_drawn(drawn)
     [band] = bands()
     assert band.isVisible() and band.asGeometry().boundingBox().toString(3) == drawn.toString(3)
 
@@ -828,7 +828,7 @@ def test_after_identify_about_a_rectangle_a_question_about_the_rectangle_sees_it
     e = qgis_canvas.extent()
     drawn = QgsRectangle(e.xMinimum() + e.width() / 4, e.yMinimum() + e.height() / 4, e.center().x(),
                          e.center().y())
-    session._drawn(drawn)
+    session.drawing.extent_drawn(drawn)
     session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
     with ScriptedEngine("geochat", ["a roof", "a field {<10><20><40><60>|<90>}", "a shed", "a pond"]) as engine:
         session.engine = engine.url
@@ -844,7 +844,7 @@ def test_after_identify_about_a_rectangle_a_question_about_the_rectangle_sees_it
         ask(session, "", "identify")  # the same rectangle: a follow-up on its own image
         assert wait_for(lambda: not session.busy(), 30)
         assert engine.images[2] == engine.images[1]
-        session._drawn(QgsRectangle(drawn.xMinimum() + 10, drawn.yMinimum() + 10, drawn.xMinimum() + 60,
+        session.drawing.extent_drawn(QgsRectangle(drawn.xMinimum() + 10, drawn.yMinimum() + 10, drawn.xMinimum() + 60,
                                     drawn.yMinimum() + 60))
         ask(session, "", "identify")  # a new rectangle ends the conversation about the old one's image: the map
         assert wait_for(lambda: not session.busy(), 30)
@@ -926,7 +926,7 @@ def test_drawing_a_rectangle_gives_the_map_tool_back(dock, qgis_canvas):
         session.dock.draw.setChecked(True)
         assert qgis_canvas.mapTool() is not pan
         if finish == "drawn":
-            session._tool.extentChanged.emit(qgis_canvas.extent().buffered(-50))
+            session.drawing._tool.extentChanged.emit(qgis_canvas.extent().buffered(-50))
         else:
             session.dock.draw.setChecked(False)
         assert qgis_canvas.mapTool() is pan
