@@ -10,6 +10,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.client import EngineError
+from ..core.parsing import referred_phrase
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import View, region_question, worded
 from .engine_access import EngineUnavailable, connect
@@ -80,6 +81,9 @@ class AskTask(EngineTask):
                 self.text, self.answer = connection.client.ask(
                     QImageSource(self.view.image), size, turns, profile, on_token=self.token.emit,
                     on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens)
+            phrase = referred_phrase(self.info["worded"])  # a referring question's boxes are of what it names
+            for obj in self.answer.objects:  # GeoChat and EarthDial answer it with boxes only: named as parse does
+                obj.label = obj.label or phrase
             return True
         except Cancelled:  # the user's Stop is no failure: the task ends as completed ("Task failed" otherwise)
             self.error = "stopped"

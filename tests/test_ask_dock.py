@@ -956,3 +956,19 @@ def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, mo
     assert errors == []
     [layer] = objects_layers()
     assert layer.featureCount() == 4 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
+
+
+@pytest.mark.parametrize("family, answer", [("earthdial", "[[10, 20, 40, 60, 0]]"),
+                                            ("geochat", "{<10><20><40><60>|<90>}")])
+def test_find_names_its_boxes_after_what_was_asked_for(dock, family, answer):
+    """GeoChat and EarthDial answer a referring question with boxes only (shared/data/answers: EarthDial's
+    refer answers hold no phrase): the features of "find" are named after the phrase asked for, as `geovlm
+    parse` names them, not left without a label (the styled layer showed none, the transcript "0 rbox")."""
+    session = dock.ask
+    with ScriptedEngine(family, answer) as engine:
+        session.engine = engine.url
+        ask(session, "storage tanks", "find")
+        assert wait_for(lambda: not session.busy(), 30)
+    [feature] = objects_layers()[0].getFeatures()
+    assert feature["label"] == "storage tanks"
+    assert "0 storage tanks" in session.dock.transcript.toPlainText()
