@@ -37,8 +37,7 @@ def build_parser() -> CommandParser:
         prog="geovlm", description="Remote-sensing vision-language models, answered in map coordinates."
     )
     parser.add_argument("--version", action="version", version=f"geovlm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # none given: main prints the help
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f".{name}", __name__)
@@ -56,7 +55,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     use_passive_wait()  # before any command imports torch (engine/cpu_threads.py)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # plain `geovlm`: the help (its list of commands), not a usage error; exit 2
+        parser.print_help()
+        return 2
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

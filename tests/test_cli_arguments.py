@@ -151,3 +151,13 @@ def test_an_empty_question_is_refused_by_the_bulk_and_engine_commands(argv, caps
 def test_local_device_options_with_a_remote_engine_are_refused(extra, said, capsys, monkeypatch):
     line = one_line_refusal(["ask", str(COGEO), "q", "--engine", "http://127.0.0.1:9", *extra], capsys, monkeypatch)
     assert line.startswith(f"geovlm ask: {said} where a model runs here; with --engine the engine chooses")
+
+
+def test_geovlm_with_no_arguments_prints_the_help_not_a_usage_error(capsys):
+    """Plain `geovlm` prints the full help (every command) on stdout and exits 2, with no "error:" line."""
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert "error" not in out + err
+    for command in ("parse", "ask", "serve", "caption", "detect", "eval"):
+        assert f"\n    {command} " in out, out
+    assert out.startswith("usage: geovlm")
