@@ -243,8 +243,12 @@ def test_the_setup_dialogs_torch_build_is_remembered_and_automatic_follows_the_g
 
 def test_the_authentication_cell_of_a_new_endpoint_row_is_wide_enough(qgis_app):
     """A row added to the remote-engine table shows its whole authentication picker ("No Authentication"),
-    not a squeezed "No A…"."""
-    from qgis.PyQt.QtWidgets import QComboBox
+    not a squeezed "No A…". Measured with Qt's own sizes, not a guessed margin: the cell (its column less the
+    grid line) holds the picker's size hint, the combo box its size hint (its widest entry, arrow and frame;
+    the module's `auth_id` configuration, when another test made it, is one of those entries) and its text field
+    the current text. (A margin of 30 px passed only after `auth_id` had added a longer entry, and the cell was
+    1 px short of the picker's size hint.)"""
+    from qgis.PyQt.QtWidgets import QComboBox, QStyle, QStyleOptionComboBox
 
     page = GeoVlmOptionsPage()
     page.resize(700, 600)
@@ -256,8 +260,14 @@ def test_the_authentication_cell_of_a_new_endpoint_row_is_wide_enough(qgis_app):
         select = table.cellWidget(0, 1)
         combo = select.findChild(QComboBox)
         assert table.columnWidth(1) >= select.sizeHint().width()
+        assert select.width() >= select.sizeHint().width() and select.height() >= select.sizeHint().height()
         assert combo.currentText() == "No Authentication"
-        assert combo.width() >= combo.fontMetrics().horizontalAdvance(combo.currentText()) + 30  # + arrow, frame
+        assert combo.width() >= combo.sizeHint().width()
+        option = QStyleOptionComboBox()
+        option.initFrom(combo)
+        field = combo.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, option,
+                                             QStyle.SubControl.SC_ComboBoxEditField, combo)
+        assert field.width() >= combo.fontMetrics().horizontalAdvance(combo.currentText())
         assert table.columnWidth(0) > 150  # the URL column keeps room
     finally:
         page.hide()

@@ -61,8 +61,9 @@ class EndpointTable(QTableWidget):
         select.setConfigId(authcfg)
         select.selectedConfigIdChanged.connect(lambda config_id: item.setData(Qt.ItemDataRole.UserRole, config_id))
         self.setCellWidget(row, 1, select)
-        self.setRowHeight(row, max(self.rowHeight(row), select.sizeHint().height()))
-        self.setColumnWidth(1, max(self.columnWidth(1), select.sizeHint().width()))
+        grid = 1 if self.showGrid() else 0  # a cell is its column (row) less the grid line (QTableView::visualRect)
+        self.setRowHeight(row, max(self.rowHeight(row), select.sizeHint().height() + grid))
+        self.setColumnWidth(1, max(self.columnWidth(1), select.sizeHint().width() + grid))
 
     def remove_selected(self) -> None:
         for row in sorted({index.row() for index in self.selectedIndexes()}, reverse=True):
