@@ -972,3 +972,23 @@ def test_find_names_its_boxes_after_what_was_asked_for(dock, family, answer):
     [feature] = objects_layers()[0].getFeatures()
     assert feature["label"] == "storage tanks"
     assert "0 storage tanks" in session.dock.transcript.toPlainText()
+
+
+def test_another_source_or_closing_the_dock_while_drawing_gives_the_map_tool_back(dock, qgis_canvas):
+    """Draw rectangle on, then another source chosen, or the dock closed: the map is not left with the extent tool
+    (of a disabled button, or of a hidden dock)."""
+    from qgis.gui import QgsMapToolPan
+
+    session = dock.ask
+    pan = QgsMapToolPan(qgis_canvas)
+    qgis_canvas.setMapTool(pan)
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    session.dock.draw.setChecked(True)
+    assert qgis_canvas.mapTool() is not pan
+    session.dock.source.setCurrentIndex(session.dock.source.findData("map"))
+    assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is pan
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    session.dock.draw.setChecked(True)
+    assert qgis_canvas.mapTool() is not pan
+    session.dock.close()
+    assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is pan

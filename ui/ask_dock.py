@@ -108,6 +108,7 @@ class AskDock(QgsDockWidget):
         self.setWidget(body)
         self.source.currentIndexChanged.connect(self._source_changed)
         self._source_changed()
+        self.closed.connect(lambda: self.draw.setChecked(False))  # a hidden dock does not keep the map's tool
 
     def source_key(self) -> str:
         return self.source.currentData()
@@ -116,6 +117,8 @@ class AskDock(QgsDockWidget):
         key = self.source_key()
         self.raster.setEnabled(key == "raster")
         self.draw.setEnabled(key == "rectangle")
+        if key != "rectangle":
+            self.draw.setChecked(False)
 
     def set_tasks(self, tasks) -> None:
         """Offer these task words, keeping the current one when it stays available."""
