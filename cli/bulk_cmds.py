@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from . import CliError
 from .parse_cmd import add_profile_overrides
@@ -227,6 +228,12 @@ def cmd_bulk(args) -> int:
         if bar is not None:
             bar.close()
         ledger.close()
+    except KeyboardInterrupt:  # before the first tile was asked (the local engine starting, most often)
+        kept = (f"the tiles answered by earlier runs stay in {args.out}" if Path(args.out).exists()
+                else "nothing was written")
+        print(f"\ngeovlm {args.kind}: stopped before any tile was asked; {kept}. Resume with the same command.",
+              file=sys.stderr)
+        return 130
     finally:
         reader.close()
         if getattr(client, "local_engine", None) is not None:

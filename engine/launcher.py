@@ -122,7 +122,9 @@ class LocalEngine:
         return args + self.extra_args
 
     def start(self) -> str:
-        """Start the engine and wait until it answers /health; returns its URL."""
+        """Start the engine and wait until it answers /health; returns its URL. Interrupted while it waits
+        (Ctrl-C: KeyboardInterrupt), it stops the engine it was starting (and removes its folder) before the
+        interruption goes on: no engine is left loading a model for nobody."""
         with self._start_lock:
             with self._lock:
                 if self._proc is not None and self._proc.poll() is None:
@@ -139,7 +141,11 @@ class LocalEngine:
                     target=self._supervise, args=(started,), name="geovlm-engine-watch", daemon=True
                 )
                 self._watcher.start()
-            error = started.get()
+            try:
+                error = started.get()
+            except BaseException:  # Ctrl-C while it loads: the engine answers no request yet, so a short stop
+                self.stop(timeout=5)
+                raise
             if error is not None:
                 self.stop()
                 raise error

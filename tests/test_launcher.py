@@ -295,3 +295,88 @@ def test_pythonpath_only_when_geovlm_is_not_importable_otherwise(fake_python, im
     package_parent = str(Path(launcher.__file__).resolve().parents[2])  # the folder holding the package
     assert seen.get("PYTHONPATH") == (None if importable else package_parent)
     assert not set(QGIS_VARIABLES) - {"PYTHONPATH"} & set(seen)
+
+
+SLOW_ENGINE = """
+import os, sys, time
+if sys.argv[1] == "-c":  # the launcher asks whether geovlm can be imported
+    sys.exit(0)
+with open(os.environ["SLOW_PID_FILE"], "w") as out:
+    out.write(str(os.getpid()))
+time.sleep(120)  # loading a model: no ready file, no /health
+"""
+
+
+@pytest.fixture
+def slow_python(tmp_path):
+    """A stand-in for the engine's Python that never gets ready; it writes its process id to the returned file."""
+    script = tmp_path / "slow-python"
+    script.write_text(f"#!{sys.executable}\n{SLOW_ENGINE}")
+    script.chmod(0o755)
+    return str(script), tmp_path / "engine.pid"
+
+
+def _wait_for_file(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie not yet reaped by init counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_while_the_engine_starts_stops_it(slow_python):
+    """KeyboardInterrupt in start() (Ctrl-C while the model loads) stops the engine being started and removes its
+    folder before it goes on: it used to keep loading, unowned, until the process exited."""
+    python, pid_file = slow_python
+    engine = LocalEngine(python=python, env={**os.environ, "SLOW_PID_FILE": str(pid_file)}, start_timeout=60)
+    began = time.monotonic()
+
+    def interrupt():
+        _wait_for_file(pid_file)
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the main thread's wait, as Ctrl-C does
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.start()
+        pid = int(pid_file.read_text())
+        assert time.monotonic() - began < 30  # interrupted, not given up at start_timeout
+        assert _gone(pid) and not engine.running() and engine.log_path is None
+    finally:
+        engine.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_while_a_bulk_runs_local_engine_starts_says_how_to_resume(slow_python, data_dir, tmp_path):
+    """`geovlm caption` interrupted (SIGINT) while its local engine loads says what a Ctrl-C mid-run says (resume
+    with the same command, nothing lost), exits 130, and leaves no engine process or engine folder behind."""
+    python, pid_file = slow_python
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "c.gpkg"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geovlm", "caption", str(data_dir / "rasters" / "RGB.byte.tif"), "--out", str(out),
+         "--family", "geochat", "--no-progress", "--engine-python", python],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SLOW_PID_FILE": str(pid_file), "TMPDIR": str(temp)},
+    )
+    try:
+        pid = int(_wait_for_file(pid_file, timeout=60))
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert ("geovlm caption: stopped before any tile was asked; nothing was written. Resume with the same "
+            "command.") in stderr and "Traceback" not in stderr
+    assert _gone(pid) and not list(temp.glob("geovlm-engine-*")) and not out.exists()
