@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 from qgis.core import (
     Qgis,
@@ -20,6 +20,7 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsGeometry,
     QgsProject,
+    QgsProviderRegistry,
     QgsUnitTypes,
     QgsVectorFileWriter,
     QgsVectorLayer,
@@ -90,8 +91,8 @@ class AnswerLayers:
             self.layers[index] = None
         table, geometry_type, style = TABLES[index]
         uri = f"{self.path}|layername={table}"
-        found = QgsVectorLayer(uri, table, "ogr")
-        if not found.isValid():
+        found = QgsVectorLayer(uri, table, "ogr") if table in self._tables() else None
+        if found is None or not found.isValid():
             del found  # release its OGR connection to the file before writing it
             options = QgsVectorFileWriter.SaveVectorOptions()
             options.driverName = "GPKG"
@@ -123,6 +124,14 @@ class AnswerLayers:
         self.project.addMapLayer(found)
         self.layers[index] = found
         return found
+
+    def _tables(self) -> Set[str]:
+        """The names of the GeoPackage's tables; none when the file does not exist yet or is empty. A layer is
+        opened only on a table found here: OGR asked to open a missing file or table logs "Cannot open ..." in
+        QGIS's log (on every first answer of an unsaved project, whose file is new)."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return set()
+        return {found.name() for found in QgsProviderRegistry.instance().querySublayers(str(self.path))}
 
     def add(self, objects: List[QgsFeature], relations: List[QgsFeature], crs) -> Tuple[List[int], QgsVectorLayer]:
         """Append one answer's features (in `crs`, the view's); returns the new objects' feature ids and the

@@ -992,3 +992,33 @@ def test_another_source_or_closing_the_dock_while_drawing_gives_the_map_tool_bac
     assert qgis_canvas.mapTool() is not pan
     session.dock.close()
     assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is pan
+
+
+def test_the_first_answer_of_an_unsaved_project_logs_no_ogr_warning(dock, tmp_path, monkeypatch):
+    """The first answer makes the profile's new GeoPackage without OGR opening it before it exists: QGIS's log
+    said "[OGR] Cannot open .../answers-....gpkg.()" on every first answer. Later answers append to it silently
+    too (the relations table is made in the existing file)."""
+    from geovlm.plugin import settings as engine_settings
+
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path / "profile-geovlm")
+    QgsProject.instance().setFileName("")
+    logged = []
+    log = QgsApplication.messageLog()
+    record = lambda message, tag, level: logged.append(f"[{tag}] {message}")  # noqa: E731
+    log.messageReceived.connect(record)
+    try:
+        graph = ("<ref>cars</ref><rbox>({<30><40><20><10>|<90>})</rbox> <rel>parked alongside with</rel> "
+                 "<ref>car_parking</ref><rbox>({<50><50><60><60>|<90>})</rbox>.")
+        with ScriptedEngine("skysensegpt", graph) as engine:
+            dock.ask.engine = engine.url
+            ask(dock.ask, "Describe the image")
+            assert wait_for(lambda: not dock.ask.busy(), 30)
+            ask(dock.ask, "And now?")
+            assert wait_for(lambda: not dock.ask.busy(), 30)
+    finally:
+        log.messageReceived.disconnect(record)
+    [layer] = objects_layers()
+    [relations] = QgsProject.instance().mapLayersByName("geovlm_relations")
+    assert layer.featureCount() == 4 and relations.featureCount() == 2, dock.ask.dock.transcript.toPlainText()
+    assert Path(layer.source().split("|")[0]).parent == tmp_path / "profile-geovlm" / "answers"
+    assert [line for line in logged if "OGR" in line or "Cannot open" in line] == []
