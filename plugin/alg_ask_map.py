@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsReferencedRectangle,
 )
 from qgis.PyQt.QtGui import QImageWriter
 
@@ -29,6 +30,7 @@ from ..core.georef import fit_plan
 from ..core.profiles import get_profile
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from ..core.transport import Cancelled, CancelToken
+from .alg_bulk_tiles import default_raster_layer
 from .ask_map import (
     Provenance,
     View,
@@ -66,6 +68,21 @@ def image_format(path: str) -> str:
     written = {bytes(f).decode().lower() for f in QImageWriter.supportedImageFormats()}
     return suffix.upper() if suffix in written else "PNG"
 
+def default_view():
+    """(layer ids, extent, rotation) the dialog starts with: the bulk dialogs' raster (`default_raster_layer`: the
+    active layer when it is a raster, else the project's first), and the view the map canvas shows: its extent
+    (a `QgsReferencedRectangle` in the canvas's CRS, unrotated, as `QgsMapSettings.extent`) and rotation.
+    ([], None, 0.0) without a raster; the extent None without a canvas showing one (qgis_process)."""
+    from qgis.utils import iface
+
+    layer = default_raster_layer()
+    canvas = iface.mapCanvas() if iface is not None and layer is not None else None
+    if canvas is None or canvas.extent().isEmpty():
+        return ([layer] if layer else []), None, 0.0
+    settings = canvas.mapSettings()
+    return [layer], QgsReferencedRectangle(settings.extent(), settings.destinationCrs()), settings.rotation()
+
+
 class AskMapAlgorithm(QgsProcessingAlgorithm):
     LAYERS, EXTENT, ROTATION, WIDTH, HEIGHT = "LAYERS", "EXTENT", "ROTATION", "WIDTH", "HEIGHT"
     DPR, QUESTION, TASK, REGION = "DEVICE_PIXEL_RATIO", "QUESTION", "TASK", "REGION"
@@ -97,6 +114,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "model saw. The engine receives the view fitted to the model's input (padded to a square with the "
             "family's colour and resized for the LLaVA families, resized to multiples of 28 within the pixel "
             "budget for Qwen2-VL/2.5-VL), so boxes land right whichever server answers. "
+            "The dialog starts with the active raster layer and the map's view (its extent and rotation). "
             "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
             "ENGINE is 'local' or engine URLs (comma-separated); keys only through an authentication "
             "configuration. FAMILY empty: the engine says which. IMAGE (optional; PNG, or the format its "
@@ -112,11 +130,12 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         return AskMapAlgorithm()
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        layers, extent, rotation = default_view()  # each dialog makes a fresh instance: the map as it is now
         self.addParameter(QgsProcessingParameterMultipleLayers(self.LAYERS, "Layers to render",
-                                                               Qgis.ProcessingSourceType.MapLayer))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "View extent (its CRS is the image's)"))
+                                                               Qgis.ProcessingSourceType.MapLayer, layers or None))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "View extent (its CRS is the image's)", extent))
         self.addParameter(QgsProcessingParameterNumber(self.ROTATION, "Map rotation (degrees, clockwise)",
-                                                       Qgis.ProcessingNumberParameterType.Double, 0.0,
+                                                       Qgis.ProcessingNumberParameterType.Double, rotation,
                                                        minValue=-360.0, maxValue=360.0))
         for key, title in ((self.WIDTH, "Width (pixels)"), (self.HEIGHT, "Height (pixels)")):
             self.addParameter(QgsProcessingParameterNumber(key, title, Qgis.ProcessingNumberParameterType.Integer,
@@ -173,6 +192,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         view would be blank (`plugin.view_checks.layers_problem`) or has no size."""
         if not layers:
             raise QgsProcessingException("no layers to render: give at least one")
+        if parameters.get(self.EXTENT) is None:  # QGIS reads an extent's default only in the dialog: the map's view
+            parameters = {**parameters, self.EXTENT: self.parameterDefinition(self.EXTENT).defaultValue()}
         crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
         extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
         try:

@@ -627,3 +627,52 @@ def test_processing_run_refuses_all_nodata_but_asks_about_a_drawn_white_view(plu
         sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
         assert {sent.pixel(x, y) for x in range(0, sent.width(), 9) for y in range(0, sent.height(), 9)} == {
             QColor(255, 255, 255).rgb()}  # only white was sent, and it was asked about
+
+
+def test_the_askmap_dialog_starts_with_the_active_raster_and_the_canvas_view(plugin, processing, qgis_iface,
+                                                                             qgis_canvas, data_dir, monkeypatch):
+    """As the bulk dialogs start with the active raster, `geovlm:askmap` starts with it and the view the map
+    shows (its extent in the canvas's CRS, and its rotation); a run given only the question and the engine asks
+    about that view. With no raster in the project it starts empty, as before."""
+    from qgis.core import QgsApplication, QgsProject, QgsReferencedRectangle
+    from qgis.gui import QgsBrowserGuiModel
+
+    registry = QgsApplication.processingRegistry()
+
+    def defaults():
+        alg = registry.createAlgorithmById("geovlm:askmap")  # what the dialog makes when it opens
+        return [alg.parameterDefinition(name).defaultValue() for name in ("LAYERS", "EXTENT", "ROTATION")]
+
+    QgsProject.instance().removeAllMapLayers()
+    assert defaults() == [None, None, 0.0]
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    QgsProject.instance().addMapLayer(raster)
+    try:
+        QgsProject.instance().setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))  # the canvas shows the project's
+        qgis_canvas.setDestinationCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+        qgis_canvas.setLayers([raster])
+        extent = view_extent(raster, QgsCoordinateReferenceSystem("EPSG:3857"))
+        qgis_canvas.setExtent(extent)
+        qgis_canvas.setRotation(ROTATION)
+        qgis_iface.setActiveLayer(raster)
+        layers, start, rotation = defaults()
+        assert layers == [raster.id()] and rotation == ROTATION
+        assert isinstance(start, QgsReferencedRectangle) and start.crs().authid() == "EPSG:3857"
+        assert start == qgis_canvas.mapSettings().extent() and start.intersects(extent)
+        browser = QgsBrowserGuiModel()  # QGIS's own; the test interface has none
+        monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+        dialog = processing.createAlgorithmDialog("geovlm:askmap")  # the dialog the Processing toolbox opens
+        try:
+            shown = dialog.mainWidget().createProcessingParameters()
+        finally:
+            dialog.deleteLater()
+        assert shown["LAYERS"] in ([raster.id()], [raster.source()]) and shown["ROTATION"] == ROTATION, shown
+        asked = {"QUESTION": "What is here?", "TASK": 0, "OBJECTS": "TEMPORARY_OUTPUT", "FAMILY": "geochat"}
+        with ScriptedEngine("geochat", ANSWER) as engine:
+            for given in (shown, {}):  # the dialog's values; processing.run with the defaults, as in the console
+                result = processing.run("geovlm:askmap", {**given, **asked, "ENGINE": engine.url})
+                assert result["OBJECTS"].featureCount() == 3 and result["OBJECTS"].crs().authid() == "EPSG:3857"
+    finally:
+        qgis_canvas.setLayers([])
+        qgis_canvas.setRotation(0)
+        QgsProject.instance().removeAllMapLayers()
