@@ -285,10 +285,7 @@ def check_providers_arg(text):
 
 def cmd_ask(args) -> int:
     from ..core.parsing import parse_answer
-    from ..models.checkpoints import CheckpointError, inspect_checkpoint
-    from ..models.encoder_runtime import EncoderError
     from ..models.imagery import ImageryError, read_rgb
-    from ..models.pipeline import GenRequest, VlmPipeline
     from .rasters import frame_of_image, open_frame, parse_window
 
     args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
@@ -318,8 +315,12 @@ def cmd_ask(args) -> int:
         print(f"[{frame.width}x{frame.height} px are more than the engine takes: sent decimated to "
               f"{image.shape[1]}x{image.shape[0]} px; objects are placed on the raster all the same]", file=sys.stderr)
         frame = frame_of_image(frame, image.shape[1], image.shape[0])
-    if args.engine:
+    if args.engine:  # the model runs elsewhere: torch, numba and its threads are not loaded here
         return _ask_engine(args, image, frame)
+    from ..models.checkpoints import CheckpointError, inspect_checkpoint
+    from ..models.encoder_runtime import EncoderError
+    from ..models.pipeline import GenRequest, VlmPipeline
+
     model_dir = args.model or ready_demo_model()
     try:
         checkpoint = inspect_checkpoint(model_dir, args.family)  # the folder's one reading, weights not loaded

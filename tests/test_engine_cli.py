@@ -144,6 +144,23 @@ def test_ask_with_an_engine_that_is_down_says_so(tmp_path, capsys):
     assert "geovlm ask: gave up after" in err and f"127.0.0.1:{port}" in err
 
 
+def test_ask_through_an_engine_loads_neither_torch_nor_numba_here():
+    """With --engine the model runs in the engine: `ask` here reads the raster and georeferences the answer. It
+    loaded the in-process pipeline's modules all the same, numba among them, whose threads then made the local
+    engine's start print "Numba: Attempted to fork from a non-main thread" (the engine is launched from the
+    launcher's watch thread)."""
+    import os
+    import subprocess
+
+    code = ("import sys; from geovlm.cli import main; "
+            f"rc = main(['ask', {str(COGEO)!r}, 'q', '--window', '0,0,64,64', '--engine', 'http://127.0.0.1:9', "
+            "'--family', 'geochat', '--retry-window', '0']); "
+            "print(rc, sorted(m for m in ('numba', 'torch', 'transformers', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,  # nosec B603
+                         env={**os.environ, "GDAL_PAM_ENABLED": "NO"})
+    assert out.stdout.strip().splitlines()[-1] == "2 []", out.stdout + out.stderr
+
+
 def test_ask_profile_overrides_reach_prompt_and_parsing(demo, tmp_path, capsys):
     from geovlm.models.pipeline import VlmPipeline
 
