@@ -68,6 +68,15 @@ def objects_layers():
     return QgsProject.instance().mapLayersByName("geovlm_objects")
 
 
+@pytest.fixture()
+def python_errors(monkeypatch):
+    """The exceptions a Qt slot raised during the test (PyQt hands them to sys.excepthook, which would only print
+    them): a list of (type, value, traceback)."""
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: errors.append(info))
+    return errors
+
+
 def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canvas, tmp_path):
     session = dock.ask
     with ScriptedEngine("geochat", ANSWER, piece_delay=0.002) as engine:
@@ -874,18 +883,15 @@ def test_a_new_view_does_not_show_the_model_its_earlier_answers(dock):
         assert not session.busy() and len(engine.posts) == 2
 
 
-def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgis_canvas, tmp_path, monkeypatch):
+def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgis_canvas, tmp_path, monkeypatch,
+                                                                      python_errors):
     """A new project (New in the Project menu), or opening another, clears the project: its layers are deleted.
     The next question is about the new project's map, and its answers go where the new project's go (an unsaved
     one's to the profile), never appended to the previous project's GeoPackage nor to a deleted layer (a Python
     error)."""
-    import sys as _sys
-
     from geovlm.plugin import settings as engine_settings
 
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path / "profile-geovlm")
-    errors = []
-    monkeypatch.setattr(_sys, "excepthook", lambda *info: errors.append(info))
     session = dock.ask
     with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
         session.engine = engine.url
@@ -904,7 +910,7 @@ def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgi
         session.dock.question.setPlainText("Describe the image")
         session.send()
         assert wait_for(lambda: not session.busy(), 30)
-    assert errors == []
+    assert python_errors == []
     assert len(engine.posts) == 2 and [m["role"] for m in engine.posts[1]["messages"]] == ["user"]  # a new talk
     [layer] = objects_layers()
     assert layer.featureCount() == 1
@@ -936,13 +942,9 @@ def test_drawing_a_rectangle_gives_the_map_tool_back(dock, qgis_canvas):
     assert not session.dock.draw.isChecked() and qgis_canvas.mapTool() is zoom
 
 
-def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, monkeypatch):
+def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, python_errors):
     """The user removes geovlm_objects from the project (which deletes that layer): the next answer adds it again,
     from the same GeoPackage, with the earlier features kept (no 'wrapped C/C++ object ... has been deleted')."""
-    import sys as _sys
-
-    errors = []
-    monkeypatch.setattr(_sys, "excepthook", lambda *info: errors.append(info))
     session = dock.ask
     with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
         session.engine = engine.url
@@ -953,7 +955,7 @@ def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, mo
         assert objects_layers() == []
         ask(session, "Where is the road?", "ask")
         assert wait_for(lambda: not session.busy(), 30)
-    assert errors == []
+    assert python_errors == []
     [layer] = objects_layers()
     assert layer.featureCount() == 4 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
 

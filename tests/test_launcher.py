@@ -248,13 +248,17 @@ server.serve_forever()
 """
 
 
+def _python_script(path, body: str) -> str:
+    """Write `body` to `path` as an executable script run by this Python (a stand-in for the engine's); its path."""
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+    return str(path)
+
+
 @pytest.fixture
 def fake_python(tmp_path):
     """A stand-in for the engine's Python: answers /health at once and records its environment."""
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!{sys.executable}\n{FAKE_ENGINE}")
-    script.chmod(0o755)
-    return str(script), tmp_path / "environment.json"
+    return _python_script(tmp_path / "fake-python", FAKE_ENGINE), tmp_path / "environment.json"
 
 
 def test_restarts_count_anew_after_a_healthy_while_and_giving_up_is_reported(fake_python):
@@ -310,10 +314,7 @@ time.sleep(120)  # loading a model: no ready file, no /health
 @pytest.fixture
 def slow_python(tmp_path):
     """A stand-in for the engine's Python that never gets ready; it writes its process id to the returned file."""
-    script = tmp_path / "slow-python"
-    script.write_text(f"#!{sys.executable}\n{SLOW_ENGINE}")
-    script.chmod(0o755)
-    return str(script), tmp_path / "engine.pid"
+    return _python_script(tmp_path / "slow-python", SLOW_ENGINE), tmp_path / "engine.pid"
 
 
 def _wait_for_file(path, timeout=30.0):
