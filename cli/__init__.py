@@ -31,6 +31,9 @@ def input_file(path, what: str = "input"):
 
 
 def build_parser() -> CommandParser:
+    """The `geovlm` argument parser: --version and one subcommand per module of COMMAND_MODULES that this build
+    holds (a group whose module is missing is left out). No command given parses to `command` None (`main`
+    prints the help)."""
     from .. import __version__
 
     parser = CommandParser(  # its subcommands' parsers too: options may take values beginning with '-'
@@ -50,6 +53,9 @@ def build_parser() -> CommandParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run `geovlm` with `argv` (default sys.argv[1:]); returns the exit status: the command's (0 done), 2 for
+    a CliError (said in one line, "geovlm COMMAND: ...") or no command (the help printed), 130 for Ctrl-C.
+    Hugging Face libraries are kept offline unless the environment says otherwise."""
     from ..engine.cpu_threads import use_passive_wait
 
     use_passive_wait()  # before any command imports torch (engine/cpu_threads.py)

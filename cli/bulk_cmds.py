@@ -120,6 +120,11 @@ def served_model(client):
 
 
 def cmd_bulk(args) -> int:
+    """`geovlm caption` / `geovlm detect` (`args.kind`): ask the engine about each tile of the raster's plan
+    (`core.tiling.TilePlan`, pixels) and write each answer to --out, a GeoPackage that is also the ledger a rerun
+    resumes from (`core.ledger.Ledger`). 0 when every tile is answered, 1 when some failed or the run halted
+    (resume with the same command), 130 for Ctrl-C; CliError (one line) for bad input, before any engine is
+    contacted or the output touched."""
     from ..core.bulk import (
         DEFAULT_CAPTION_QUESTION,
         DEFAULT_GRAPH_QUESTION,

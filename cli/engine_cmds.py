@@ -150,6 +150,10 @@ def _check_demo_target(folder: Path) -> None:
 
 
 def cmd_demo_model(args) -> int:
+    """`geovlm demo-model DIR`: write a small model of random weights with FAMILY's architecture into DIR (a
+    stand-in for tests and demos: its answers mean nothing); 0. CliError for an unknown family, and for a DIR
+    that is a file or holds anything but an earlier demo model (`_check_demo_target`), before anything is
+    written."""
     from ..core.profiles import get_profile
     from ..models.checkpoints import ARCHITECTURES
     from ..models.demo_model import write_demo_model
@@ -284,6 +288,10 @@ def check_providers_arg(text):
 
 
 def cmd_ask(args) -> int:
+    """`geovlm ask`: one question about a raster's window, answered by the model in this process (--model, else
+    the demo model) or by an engine (--engine URL or local: `_ask_engine`, where torch and numba are not loaded
+    here); the answer's boxes, in pixels of the image sent, are placed on the raster's frame. 0 once answered;
+    CliError (one line) for bad input, an unreadable checkpoint or a failed generation."""
     from ..core.parsing import parse_answer
     from ..models.imagery import ImageryError, read_rgb
     from .rasters import frame_of_image, open_frame, parse_window

@@ -250,6 +250,10 @@ def add_encoder_precision_arg(parser) -> None:
 
 
 def cmd_serve(args) -> int:
+    """`geovlm serve`: load the model (--model, else the demo model) and serve it over HTTP on --host:--port
+    (loopback by default) until stopped; 0 then. CliError (one line) for bad options, an address that cannot
+    be listened on or a --ready-file without its folder, each before the model loads, and for a model that
+    cannot be loaded."""
     from ..engine.lifeline import watch_parent
     from ..engine.server import Settings, create_app, run
     from ..models.checkpoints import CheckpointError

@@ -120,8 +120,10 @@ LEGACY_AGE_S = 30 * 86400.0  # a subfolder without a marker (left by a version b
 
 
 def marker_name(source: Path, numba_version: str) -> str:
-    """The compile marker's file name for `source` (the step's .py file) as it is now: keyed as numba keys its
-    cache (the file's size and mtime) and by numba's version."""
+    """The compile marker's file name for `source` (the step's .py file) as it is now: keyed by the file's size
+    and mtime (numba's stamp before 0.61; from 0.61 numba's stamp is the content's sha256, so a file only
+    touched gets a new marker: one compile is announced that numba then loads from its cache) and by numba's
+    version."""
     info = Path(source).stat()
     return f"{MARKER_PREFIX}{numba_version}-{info.st_size}-{int(info.st_mtime)}.done"
 

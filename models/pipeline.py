@@ -50,6 +50,9 @@ class GenRequest:
 
 @dataclass
 class GenResult:
+    """One answer: its `text`, the number of generated `tokens`, why generation ended (`finish_reason`), the
+    seconds of each phase (`timings`) and the prompt's length in tokens (`prompt_tokens`)."""
+
     text: str
     tokens: int
     finish_reason: str  # "stop" | "length"

@@ -60,7 +60,6 @@ from .view_checks import (
 TASKS = tuple(ASK_TASKS)
 
 
-
 def image_format(path: str) -> str:
     """The format IMAGE is written in: the one its suffix names where Qt can write it (seen.jpg as JPEG), else
     PNG (no suffix, or one Qt cannot write)."""
@@ -68,11 +67,13 @@ def image_format(path: str) -> str:
     written = {bytes(f).decode().lower() for f in QImageWriter.supportedImageFormats()}
     return suffix.upper() if suffix in written else "PNG"
 
+
 def default_view():
     """(layer ids, extent, rotation) the dialog starts with: the bulk dialogs' raster (`default_raster_layer`: the
     active layer when it is a raster, else the project's first), and the view the map canvas shows: its extent
-    (a `QgsReferencedRectangle` in the canvas's CRS, unrotated, as `QgsMapSettings.extent`) and rotation.
-    ([], None, 0.0) without a raster; the extent None without a canvas showing one (qgis_process)."""
+    (a `QgsReferencedRectangle` in the canvas's CRS, unrotated, as `QgsMapSettings.extent`) and rotation (degrees
+    clockwise, `QgsMapSettings.rotation`). ([], None, 0.0) without a raster; the extent None without a canvas
+    showing one (qgis_process)."""
     from qgis.utils import iface
 
     layer = default_raster_layer()
@@ -84,6 +85,12 @@ def default_view():
 
 
 class AskMapAlgorithm(QgsProcessingAlgorithm):
+    """geovlm:askmap, the Processing algorithm behind the Ask dock's single questions: renders LAYERS over EXTENT
+    (its CRS, ROTATION degrees clockwise, WIDTH x HEIGHT pixels times DEVICE_PIXEL_RATIO), asks the engine and
+    writes the answer's boxes and relations as OBJECTS and RELATIONS features in the extent's CRS (what
+    `shortHelpString` tells the user). Problems found before the run are refused by `checkParameterValues`; the
+    run raises QgsProcessingException in one line."""
+
     LAYERS, EXTENT, ROTATION, WIDTH, HEIGHT = "LAYERS", "EXTENT", "ROTATION", "WIDTH", "HEIGHT"
     DPR, QUESTION, TASK, REGION = "DEVICE_PIXEL_RATIO", "QUESTION", "TASK", "REGION"
     ENGINE, AUTHCFG, FAMILY, MAX_TOKENS = "ENGINE", "AUTHCFG", "FAMILY", "MAX_TOKENS"

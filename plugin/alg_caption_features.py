@@ -78,6 +78,11 @@ def field_problem(fields, field: str) -> str:
     return ""
 
 class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
+    """geovlm:captionfeatures: each polygon of INPUT is captioned from RASTER's pixels under its bounding box
+    (plus MARGIN in the raster's map units), written to OUTPUT, a GeoPackage that is also the ledger a rerun
+    resumes from (`core.ledger.Ledger`); `shortHelpString` is the user's description. Problems found before the
+    run are refused by `checkParameterValues`; the run raises QgsProcessingException in one line."""
+
     INPUT, RASTER, MARGIN, FIELD, QUESTION = "INPUT", "RASTER", "MARGIN", "FIELD", "QUESTION"
     FAMILY, ENGINE, AUTHCFG, CONCURRENCY, OUTPUT = "FAMILY", "ENGINE", "AUTHCFG", "CONCURRENCY", "OUTPUT"
     OVERWRITE, FEATURES, WINDOWS = "OVERWRITE", "FEATURES", "WINDOWS"

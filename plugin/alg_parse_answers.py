@@ -29,6 +29,11 @@ REMEMBERED = ("INPUT", "FAMILY", "FIELD", "RASTER", "IMAGE_SIZE")
 
 
 class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
+    """geovlm:parseanswers: saved answers (`core.answer_files.read_answers`) parsed with FAMILY's syntax into
+    OBJECTS (polygons) and RELATIONS (lines), placed on RASTER's geotransform, else left in the pixel space of
+    IMAGE_SIZE (x = column, y = -row, a local engineering CRS in pixels); `shortHelpString` is the user's
+    description."""
+
     INPUT = "INPUT"
     FAMILY = "FAMILY"
     FIELD = "FIELD"

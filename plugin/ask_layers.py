@@ -45,7 +45,7 @@ class AnswerLayers:
     """The two output layers of a project. `path` is the GeoPackage: `<project>_geovlm.gpkg` beside a saved
     project, else a new `answers-<date>-<time>.gpkg` in `settings.data_dir() / "answers"` (`unsaved` is then
     True). Layers are made in the CRS of the first view; features of views in other CRSs are transformed into
-    it."""
+    it. Raises OSError when the profile's answers folder of an unsaved project cannot be made."""
 
     def __init__(self, project: Optional[QgsProject] = None):
         self.project = project or QgsProject.instance()

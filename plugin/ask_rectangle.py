@@ -26,6 +26,8 @@ class RectangleBand:
         canvas.destinationCrsChanged.connect(self._place)
 
     def show(self, rectangle: QgsReferencedRectangle) -> None:
+        """Outline `rectangle` (map units of its own CRS) instead of the earlier one; the band is made on first
+        use."""
         self.rectangle = rectangle
         if self._band is None:
             self._band = QgsRubberBand(self.canvas, Qgis.GeometryType.Polygon)
@@ -35,6 +37,7 @@ class RectangleBand:
         self._place()
 
     def set_visible(self, visible: bool) -> None:
+        """Show or hide the outline (kept, not removed); nothing before a rectangle was shown."""
         if self._band is not None:
             self._band.setVisible(visible)
 
@@ -44,6 +47,7 @@ class RectangleBand:
             self._band.setToGeometry(QgsGeometry.fromRect(self.rectangle), self.rectangle.crs())
 
     def remove(self) -> None:
+        """Take the outline off the canvas and stop following its CRS (unload)."""
         try:
             self.canvas.destinationCrsChanged.disconnect(self._place)
         except TypeError:
@@ -96,6 +100,8 @@ class RectangleDrawing(QObject):
                     pass
 
     def remove(self) -> None:
+        """Give up the extent tool if it is on (without giving a tool back: the plugin unloads) and remove the
+        outline."""
         if self._tool is not None:
             self.canvas.unsetMapTool(self._tool)
             self._tool = None
