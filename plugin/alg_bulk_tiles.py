@@ -77,8 +77,9 @@ def run_problem(alg, parameters, context) -> str:
     out = alg.parameterAsFileOutput(parameters, "OUTPUT", context)
     if out and not out.lower().endswith(".gpkg"):
         return GPKG_ONLY
-    if out and output_problem(out):
-        return output_problem(out)
+    problem = output_problem(out) if out else None  # reads the file's header: once
+    if problem:
+        return problem
     return (engine_problem(alg.parameterAsString(parameters, "ENGINE", context),
                            alg.parameterAsString(parameters, "FAMILY", context))
             or authcfg_problem(alg.parameterAsString(parameters, "AUTHCFG", context)) or "")

@@ -333,6 +333,9 @@ class EngineSetupTask(QgsTask):
         self._last_error, self._unreachable = "", False  # of the last command run (`_command`, `_why`)
 
     def run(self) -> bool:
+        """QgsTask's work, off the GUI thread: marks the task as running (`running_text`, told to the engine
+        manager's `stateChanged`), then runs the plan's steps, writing every line to `log_path`. True when done;
+        False with `message` saying why (an OSError or ValueError is caught and said, not raised)."""
         from .engine_manager import engine_manager
 
         _running[id(self)] = self.plan.action
@@ -498,6 +501,9 @@ class EngineSetupTask(QgsTask):
         return proc.returncode
 
     def finished(self, result: bool) -> None:  # noqa: D401 (QgsTask's name), on the GUI thread
+        """On the GUI thread once `run` returned (or the task was cancelled before it ran): logs the outcome to
+        QgsMessageLog (tag "GeoVLM"), ends the running mark, refreshes the engine manager's state and emits
+        `done(ok, message)`."""
         if not result and self.isCanceled():  # cancelled before it ran (a queued task is terminated by QGIS)
             self.cancelled = True
             self.message = f"cancelled; the local engine is now: {setup_text(self.plan.venv)}"

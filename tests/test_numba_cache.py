@@ -156,7 +156,7 @@ def test_stale_kernels_are_pruned_and_nothing_else(tmp_path):
     from geovlm.models.numba_cache import prune
 
     root = tmp_path / "numba"
-    old_source, old = _cache_entry(root, tmp_path / "old-checkout")
+    _, old = _cache_entry(root, tmp_path / "old-checkout")
     live_source, live = _cache_entry(root, tmp_path / "live-checkout")
     assert old != live and [n for n in _names(old) if n.endswith(".nbi")] == ["cpu_decode_step._products-4.py"
                                                                               f"{sys.version_info[0]}"
