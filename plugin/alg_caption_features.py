@@ -63,7 +63,6 @@ def feature_window(geometry, gt, width: int, height: int, margin: float):
     return col0, row0, col1 - col0, row1 - row0
 
 
-
 def field_problem(fields, field: str) -> str:
     """One line when the answer's fields (`field`, `field`_status, `field`_model) cannot be added to `fields` (the
     input layer's), else "": a name the layer has, compared without case as a GeoPackage (SQLite) compares
@@ -76,6 +75,7 @@ def field_problem(fields, field: str) -> str:
         if name.lower() in have:
             return f"the layer already has a field {name!r} (names are compared without case); name another FIELD"
     return ""
+
 
 class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
     """geovlm:captionfeatures: each polygon of INPUT is captioned from RASTER's pixels under its bounding box

@@ -114,7 +114,6 @@ def region_ring(source: str, rectangle, canvas_crs, active_layer, view_crs) -> L
     raise ValueError("identify needs a region: draw a rectangle or select a feature of the active layer")
 
 
-
 def check_region_in_view(source: str, ring: List[Tuple[float, float]], frame, pinned: bool) -> None:
     """Raises ValueError with one line when the region of an identify question (`ring`, vertices in the CRS of
     `frame`, a `core.georef.ImageFrame`: the view's) lies wholly outside the view's image: its box would be
