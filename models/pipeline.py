@@ -20,12 +20,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.cache_paths import cache_dir
 from ..core.georef import fit_plan
 from ..core.profiles import Profile, get_profile
 from . import cpu_decode_step
 from .checkpoints import CheckpointInfo, as_checkpoint
 from .encoder_runtime import DEFAULT_PROVIDERS, EncodingCache, OnnxEncoder, check_providers
-from .file_hashes import cache_dir
 from .language import DecodeSettings, LanguageModel, pick_device
 from .preprocess import check_rgb, fit_image, normalise
 from .static_decoder import ARCHITECTURES
