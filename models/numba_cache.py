@@ -10,11 +10,12 @@ under the system's temporary folder, else none (the kernels are compiled at each
 saying which (`CacheChoice.note`).
 
 numba names a function's cache files for the source file's folder (a subfolder `<parent>_<sha1 of the folder>`)
-and keys its index by the source's stamp (its content's hash; numba < 0.61: its mtime and size), so each checkout,
-worktree or install of GeoVLM, and each edit of the step's source, leaves its own files (a few MB), which numba
-never removes; and its index does not name the source file. So GeoVLM's compile marker (`marker_name`), left in
-the subfolder once the kernels are compiled, holds the source's path, and `prune` removes the kernels of a source
-that is gone, and the indexes (with their data files) that numba itself would no longer load.
+and keys its index by the source's stamp (the sha256 of its content since numba PR #10659, which numba 0.68
+has; before it, its mtime and size), so each checkout, worktree or install of GeoVLM, and each edit of the step's
+source, leaves its own files (a few MB), which numba never removes; and its index does not name the source
+file. So GeoVLM's compile marker (`marker_name`), left in the subfolder once the kernels are compiled, holds the
+source's path, and `prune` removes the kernels of a source that is gone, and the indexes (with their data files)
+that numba itself would no longer load.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ LEGACY_AGE_S = 30 * 86400.0  # a subfolder without a marker (left by a version b
 
 def marker_name(source: Path, numba_version: str) -> str:
     """The compile marker's file name for `source` (the step's .py file) as it is now: keyed by the file's size
-    and mtime (numba's stamp before 0.61; from 0.61 numba's stamp is the content's sha256, so a file only
-    touched gets a new marker: one compile is announced that numba then loads from its cache) and by numba's
+    and mtime (numba's stamp before numba PR #10659; since it, numba's stamp is the content's sha256, so a file
+    only touched gets a new marker: one compile is announced that numba then loads from its cache) and by numba's
     version."""
     info = Path(source).stat()
     return f"{MARKER_PREFIX}{numba_version}-{info.st_size}-{int(info.st_mtime)}.done"
