@@ -168,7 +168,6 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         self.raster_crs = layer.crs()
-        self.raster_source = layer.source()
         return True
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
