@@ -259,6 +259,7 @@ class EngineClient:
             raise ValueError("retry_window must be a number of seconds, 0 or more")
         for url in urls:
             check_engine_url(url)
+        check_distinct_urls(urls)
         self.endpoints = [Endpoint(u, max_concurrent=max_concurrent) for u in urls]
         self.api_key = api_key
         self._profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -563,6 +564,21 @@ def check_engine_url(url: str) -> str:
     except ValueError:
         raise ValueError(f"the engine URL {url!r} has an invalid port") from None
     return url
+
+
+def check_distinct_urls(urls: Sequence[str]) -> None:
+    """`ValueError` in one line when two of `urls` name the same engine (scheme, host and port compared
+    without case, the default port filled in, a trailing `/` ignored): a URL listed twice would get twice the
+    requests at once (each URL gets `max_concurrent` of them) and count as two engines."""
+    seen: Dict[tuple, str] = {}
+    for url in urls:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        key = (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
+        if key in seen:
+            raise ValueError(f"{url!r} is listed twice (also as {seen[key]!r}): name each engine once "
+                             "(the requests each engine gets at once are set by the concurrency)")
+        seen[key] = url
 
 
 # ------------------------------------------------------------ helpers

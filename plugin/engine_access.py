@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from ..core.client import EngineClient, EngineError
+from ..core.client import EngineClient, EngineError, check_distinct_urls
 from ..core.profiles import Profile
 from ..core.transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport
 from ..engine.launcher import EngineStartError
@@ -206,7 +206,9 @@ def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> Eng
 def _urls(engine: str) -> List[str]:
     urls = [u.strip() for u in engine.split(",") if u.strip()]
     try:
-        return [engine_settings.check_url(u) for u in urls]
+        urls = [engine_settings.check_url(u) for u in urls]
+        check_distinct_urls(urls)
+        return urls
     except ValueError as exc:
         raise EngineUnavailable(str(exc)) from None
 

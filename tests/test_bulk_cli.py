@@ -315,6 +315,9 @@ def test_a_family_other_than_the_engines_is_warned_once(engines, data_dir, tmp_p
 @pytest.mark.parametrize("kind, option, message", [
     ("caption", ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     ("caption", ["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+    ("caption", ["--engine", "http://127.0.0.1:9,http://127.0.0.1:9/"], "--engine: 'http://127.0.0.1:9/' is listed "
+     "twice (also as 'http://127.0.0.1:9'): name each engine once (the requests each engine gets at once are set by "
+     "the concurrency)"),
     ("detect", ["--merge-overlap", "5"], "--merge-overlap is a share of the smaller object, from 0 to 1, not 5.0"),
     ("caption", ["--bands", "1,2,9"], "--bands: the raster has 3 bands: choose three bands of 1..3 as red,green,blue, "
      "not 1,2,9"),

@@ -125,6 +125,7 @@ def test_a_url_that_is_not_an_engine():
 @pytest.mark.parametrize("engine, message", [
     ("ftp://example.org", "an engine URL is http://host:port"),
     ("", "no engine configured"),
+    ("http://127.0.0.1:9,HTTP://127.0.0.1:9/", "is listed twice"),
 ])
 def test_bad_engine_strings(engine, message):
     engine_settings.save(engine_settings.EngineSettings(mode="remote"))
