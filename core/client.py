@@ -490,7 +490,12 @@ class EngineClient:
                 if event == "[DONE]":
                     finished = True
                     break
-                chunk = json.loads(event)
+                try:
+                    chunk = json.loads(event)
+                except ValueError:  # a garbled stream (a broken proxy): retried as an unreadable reply is
+                    raise _Retryable(f"{endpoint.url}: unreadable stream event {event[:60]!r}") from None
+                if not isinstance(chunk, dict):
+                    raise _Retryable(f"{endpoint.url}: unreadable stream event {event[:60]!r}")
                 if "error" in chunk:  # the model failed on this request: sending it again would not help
                     code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
                     status = code if isinstance(code, int) else None
@@ -576,7 +581,8 @@ def check_distinct_urls(urls: Sequence[str]) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         key = (parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/"))
         if key in seen:
-            raise ValueError(f"{url!r} is listed twice (also as {seen[key]!r}): name each engine once "
+            also = "" if seen[key] == url else f" (also as {seen[key]!r})"
+            raise ValueError(f"{url!r} is listed twice{also}: name each engine once "
                              "(the requests each engine gets at once are set by the concurrency)")
         seen[key] = url
 

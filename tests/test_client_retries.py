@@ -501,3 +501,26 @@ def test_ask_through_an_engine_serving_the_demo_model_says_so(serve, capsys, dat
     assert "check that --family" not in err  # the stand-in's noise is no family's syntax
     assert main([*argv, "--engine", serve(Script())]) == 0
     assert STAND_IN_NOTE not in capsys.readouterr().err
+
+
+def test_a_malformed_stream_event_is_one_line_naming_the_engine():
+    """An engine whose stream holds an event that is not JSON (a broken proxy, a garbage stand-in) is said as
+    that engine's unreadable event and retried like any unreadable reply, never as a bare JSON error."""
+
+    class Garbled(Transport):
+        def __init__(self):
+            self.posts = 0
+
+        def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+            if url.endswith("/v1/models"):
+                return HttpResponse(200, {}, iter([json.dumps({"data": [{"id": "g"}]}).encode()]), lambda: None)
+            self.posts += 1
+            events = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: {not json\n\ndata: [DONE]\n\n'
+            return HttpResponse(200, {}, iter([events]), lambda: None)
+
+    transport = Garbled()
+    client = EngineClient("http://127.0.0.1:9", profile="geochat", transport=transport, retry_window=0.5,
+                          backoff=0.01)
+    with pytest.raises(EngineError, match=r"http://127\.0\.0\.1:9: unreadable stream event '\{not json'") as caught:
+        client.ask(png(), (200, 100), "q", on_token=lambda text: None)
+    assert "\n" not in str(caught.value) and transport.posts >= 2
