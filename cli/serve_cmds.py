@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 from ..engine.launcher import KEY_VARIABLE
@@ -139,10 +140,12 @@ def engine_for(args):
         raise CliError("--retry-window must be 0 or more seconds")
     if getattr(args, "engine", None):
         urls = [u.strip() for u in args.engine.split(",") if u.strip()]
+        key = api_key_from(args)
         try:
-            client = EngineClient(urls, api_key=api_key_from(args), profile=family, max_concurrent=concurrent)
+            client = EngineClient(urls, api_key=key, profile=family, max_concurrent=concurrent)
         except ValueError as exc:  # not an http(s) URL, or an unknown family
             raise CliError(f"--engine: {exc}") from None
+        _warn_plain_http(urls, key)
         client.local_engine = None
         return _with_retry_options(client, args)
     engine = LocalEngine(
@@ -367,6 +370,19 @@ def show_restart() -> None:
     """A streamed answer broke and is asked again: end the broken line and say so."""
     print(flush=True)
     print("[stream broke; answer restarted]", file=sys.stderr, flush=True)
+
+
+def _warn_plain_http(urls, key) -> None:
+    """One warning line on stderr for each plain-http URL of another machine: the images (and the key, when
+    one is given) cross the network unencrypted, and an engine reached without a key is open to anyone who
+    can reach it, as `geovlm serve` warns when it listens off loopback without one."""
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+            continue
+        what = "the images and the API key" if key else "the images, with no API key,"
+        print(f"geovlm: warning: {url} is plain http to another machine: {what} cross the network unencrypted "
+              "(use https, or an SSH tunnel to a loopback port)", file=sys.stderr)
 
 
 def _is_loopback(host: str) -> bool:

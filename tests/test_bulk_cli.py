@@ -409,3 +409,24 @@ def test_edge_drop_on_a_raster_smaller_than_a_tile_is_refused_not_an_empty_run(d
     assert (code, stdout) == (2, "") and not out.exists()
     assert stderr.strip() == ("geovlm caption: no tile to ask: the raster (791x718 px) is smaller than one 1024 px "
                               "tile, and --edge drop leaves partial tiles out; give a smaller --tile or another --edge")
+
+
+@pytest.mark.parametrize("engines, key, warned", [
+    ("http://127.0.0.1:9,http://localhost:10,https://192.0.2.1:9", None, []),
+    ("http://192.0.2.1:9,http://127.0.0.1:9", None, ["http://192.0.2.1:9 is plain http to another machine: the "
+                                                      "images, with no API key, cross the network unencrypted"]),
+    ("http://engine.example:8000", "k", ["http://engine.example:8000 is plain http to another machine: the images "
+                                         "and the API key cross the network unencrypted"]),
+])
+def test_plain_http_to_another_machine_is_warned(capsys, monkeypatch, engines, key, warned):
+    import argparse
+
+    from geovlm.cli.serve_cmds import engine_for
+
+    if key:
+        monkeypatch.setenv("GEOVLM_API_KEY", key)
+    else:
+        monkeypatch.delenv("GEOVLM_API_KEY", raising=False)
+    engine_for(argparse.Namespace(engine=engines, api_key=None, api_key_file=None, max_concurrent=1))
+    lines = capsys.readouterr().err.splitlines()  # said before any engine is reached: none of these answers
+    assert [line.split(" (use https")[0] for line in lines] == [f"geovlm: warning: {w}" for w in warned]
