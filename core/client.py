@@ -482,8 +482,9 @@ class EngineClient:
                 reply = _json_or_retry(_read(response), endpoint.url)
                 try:
                     return printable_text(reply["choices"][0]["message"]["content"] or "")
-                except (KeyError, IndexError, TypeError) as exc:
-                    raise EngineError(f"{endpoint.url}: unexpected completion {str(reply)[:200]}") from exc
+                except (KeyError, IndexError, TypeError):  # a proxy's page or a garbled reply: as unreadable JSON,
+                    # retried (on another engine, when there is one) rather than failing the request at once
+                    raise _Retryable(f"{endpoint.url}: unexpected completion {str(reply)[:200]}") from None
             text = ""
             finished = False
             for event in _sse_events(_guarded(response.chunks())):

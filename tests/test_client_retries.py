@@ -524,3 +524,28 @@ def test_a_malformed_stream_event_is_one_line_naming_the_engine():
     with pytest.raises(EngineError, match=r"http://127\.0\.0\.1:9: unreadable stream event '\{not json'") as caught:
         client.ask(png(), (200, 100), "q", on_token=lambda text: None)
     assert "\n" not in str(caught.value) and transport.posts >= 2
+
+
+def test_a_reply_that_is_no_completion_is_retried():
+    """JSON that is not a completion (`{}`, a proxy's own object) is retried like an unreadable reply, so
+    another try (or another engine) answers the request instead of failing it at once."""
+
+    class Empty(Transport):
+        def __init__(self, empty_replies):
+            self.empty_replies = empty_replies
+            self.posts = 0
+
+        def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+            if url.endswith("/v1/models"):
+                return HttpResponse(200, {}, iter([json.dumps({"data": [{"id": "e"}]}).encode()]), lambda: None)
+            self.posts += 1
+            data = {} if self.posts <= self.empty_replies else {"choices": [{"message": {"content": BOX_TEXT}}]}
+            return HttpResponse(200, {}, iter([json.dumps(data).encode()]), lambda: None)
+
+    once = Empty(1)
+    client = EngineClient("http://127.0.0.1:9", profile="geochat", transport=once, backoff=0.01)
+    assert client.ask(png(), (200, 100), "q")[0] == BOX_TEXT and once.posts == 2
+    always = EngineClient("http://127.0.0.1:9", profile="geochat", retry_window=0.3, backoff=0.01,
+                          transport=Empty(10**6))
+    with pytest.raises(EngineError, match=r"http://127\.0\.0\.1:9: unexpected completion \{\}"):
+        always.ask(png(), (200, 100), "q")
