@@ -515,7 +515,8 @@ class EngineClient:
         retry window (or `deadline_s`) has passed, `attempts` tries were made, or the engine is down."""
         token = cancel or CancelToken()
         window = self.retry_window if deadline_s is None else deadline_s
-        deadline = time.monotonic() + window
+        started = time.monotonic()
+        deadline = started + window
         last: Optional[Endpoint] = None
         server_errors = 0
         attempt = 0
@@ -538,7 +539,8 @@ class EngineClient:
                 out_of_time = time.monotonic() + delay > deadline
                 if out_of_time or server_errors > 1 or (self.attempts is not None and attempt >= self.attempts):
                     spent = f"{attempt} attempt{'s' if attempt > 1 else ''}"
-                    spent += f" in {window:.0f} s" if out_of_time else ""
+                    # the time it took, not the window: one attempt may outlast the window (a request timeout)
+                    spent += f" in {time.monotonic() - started:.0f} s" if out_of_time else ""
                     raise EngineError(f"gave up after {spent}: {exc}", exc.status) from exc
                 if attempt == 1 and self.on_first_failure is not None:
                     self.on_first_failure(_failure_line(endpoint.url, exc), window)

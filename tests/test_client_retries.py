@@ -12,7 +12,7 @@ from PIL import Image
 
 from geovlm.core.client import AskJob, Cancelled, CancelToken, EngineClient, EngineError, image_size_of
 from geovlm.core.profiles import get_profile
-from geovlm.core.transport import HttpResponse, Transport
+from geovlm.core.transport import HttpResponse, Transport, TransportError
 
 GEOCHAT = get_profile("geochat")
 BOX_TEXT = "a plane {<10><20><50><60>|<90>}"
@@ -549,3 +549,19 @@ def test_a_reply_that_is_no_completion_is_retried():
                           transport=Empty(10**6))
     with pytest.raises(EngineError, match=r"http://127\.0\.0\.1:9: unexpected completion \{\}"):
         always.ask(png(), (200, 100), "q")
+
+
+def test_giving_up_says_the_time_it_took_not_the_window():
+    """A request that times out after the retry window has passed (a slow engine: the request timeout is
+    longer than the window) is said with the seconds it took, not those of the window."""
+
+    class Slow(Transport):
+        def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+            if url.endswith("/v1/models"):
+                return HttpResponse(200, {}, iter([json.dumps({"data": [{"id": "s"}]}).encode()]), lambda: None)
+            time.sleep(2.2)  # as a request timeout would
+            raise TransportError(f"{method} {url}: timed out")
+
+    client = EngineClient("http://127.0.0.1:9", profile="geochat", transport=Slow(), retry_window=0.5)
+    with pytest.raises(EngineError, match=r"gave up after 1 attempt in 2 s: POST .*: timed out"):
+        client.ask(png(), (200, 100), "q")
