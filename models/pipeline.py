@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,7 +29,7 @@ from .checkpoints import CheckpointInfo, as_checkpoint
 from .encoder_runtime import DEFAULT_PROVIDERS, EncodingCache, OnnxEncoder, check_providers
 from .language import DecodeSettings, LanguageModel, pick_device
 from .preprocess import check_rgb, fit_image, normalise
-from .static_decoder import ARCHITECTURES
+from .static_decoder import unsupported_reason
 
 log = logging.getLogger(__name__)
 _SLOT = "\x00"  # stands for the user's text while the prompt template is cut around it
@@ -137,15 +138,17 @@ def _ensure_encoder_for(checkpoint, providers, precision: str = "fp32") -> Path:
 
 def may_take_compiled_step(config: dict) -> bool:
     """Whether a checkpoint's config.json (`config`) describes a language model the compiled CPU step may serve
-    (models/cpu_decode_step.py): a text model of `static_decoder.ARCHITECTURES` (llava-hf's `text_config`, whose
-    type defaults to llama, or the config itself for a bare causal LM) without biases. Read before the weights
-    load, so that the step's kernels are not loaded, or compiled, for a model that will not use them."""
+    (models/cpu_decode_step.py): a text model the static decoder runs (`static_decoder.unsupported_reason`, the rule
+    the loaded model is held to; llava-hf's `text_config`, whose type defaults to llama, or the config itself for a
+    bare causal LM) without biases. Read before the weights load, so that the step's kernels are not loaded, or
+    compiled, for a model that will not use them."""
     if isinstance(config.get("text_config"), dict):
         text = config["text_config"]
         kind = text.get("model_type", "llama")
     else:
         text, kind = config, config.get("model_type")
-    return kind in ARCHITECTURES and not text.get("attention_bias") and not text.get("mlp_bias")
+    described = SimpleNamespace(**dict(text, model_type=kind))  # as transformers' config object reads
+    return unsupported_reason(described) is None and not text.get("attention_bias") and not text.get("mlp_bias")
 
 
 def _turns(messages) -> List[Tuple[str, str]]:
