@@ -6,6 +6,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 
+def _run_python(code: str, timeout: float) -> str:
+    """The standard output of `code` run by this interpreter in a fresh process; fails the test with its standard
+    error where it exits with another status than 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)  # nosec
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _llama(**overrides):
     """A random 3-layer Llama from its config: grouped-query attention (4 query heads over 2 key/value heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -265,9 +276,6 @@ def test_a_process_on_one_cpu_whose_kernels_ran_on_another_thread_exits():
     numba's TBB layer waited at exit for a task left on the thread that first ran a parallel kernel: a process
     whose first kernel ran off the main thread (the step's warm-up, a server's batches) never exited (numba issue
     #10556). Importing the module on the main thread starts the layer there."""
-    import subprocess
-    import sys
-
     child = (
         "import os, threading\n"
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
@@ -277,9 +285,7 @@ def test_a_process_on_one_cpu_whose_kernels_ran_on_another_thread_exits():
         "t = threading.Thread(target=c._products, args=(w, x, out)); t.start(); t.join()\n"
         "print(c.threading_layer(), float(out.sum()))\n"
     )
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, done.stderr
-    layer, total = done.stdout.split()
+    layer, total = _run_python(child, timeout=90).split()
     assert layer in {"tbb", "omp", "workqueue"} and float(total) == 64.0
 
 
@@ -306,8 +312,6 @@ def test_the_preload_loads_the_kernel_a_models_step_runs():
     """`preload` (run while a model's weights load) calls the step with a tiny model of zeros: numba keys its
     kernels by the arguments' types, so a model's step must find the preloaded kernel, not compile another one. In
     a fresh process (no other test's step ran there)."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     child = (
@@ -323,6 +327,4 @@ def test_the_preload_loads_the_kernel_a_models_step_runs():
         "_decode(decoder, [torch.randn(5, 64)], [[3], [4]])\n"
         "print(len(preloaded), len(c._decode.signatures), c._decode.signatures == preloaded)\n"
     )
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "1", "True"]
+    assert _run_python(child, timeout=180).split() == ["1", "1", "True"]
