@@ -499,7 +499,7 @@ def compile_marker() -> Optional[Path]:
     from numba.core.caching import UserProvidedCacheLocator
 
     folder = UserProvidedCacheLocator.get_suitable_cache_subpath(__file__)
-    return Path(NUMBA_CACHE.folder) / folder / numba_cache.marker_name(Path(__file__), numba.__version__)
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / folder / numba_cache.marker_name(Path(__file__), numba.__version__)
 
 
 _ANNOUNCED = set()  # the markers whose compile this process announced: said once (`start_preload`, the decoder)
