@@ -55,13 +55,18 @@ def down_engine_url() -> str:
         return engine.url
 
 
-def ask(session, question, task="describe"):
+def ask(session, question, task="describe", wait=False):
+    """Type `question`, pick `task` and Send; returns the AskTask once the view is rendered and the question
+    asked. `wait`: also wait (30 s at most) until the answer or the failure is in, and assert that it came."""
     session.dock.question.setPlainText(question)
     session.dock.task.setCurrentText(task)
     session.send()
     assert wait_for(lambda: not session.renderer.active(), 30)  # the view is rendered, then the question asked
     assert session.task is not None
-    return session.task
+    task = session.task
+    if wait:
+        assert wait_for(lambda: not session.busy(), 30)
+    return task
 
 
 def objects_layers():
@@ -110,8 +115,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
         assert road.geometry().boundingBox().contains(qgis_canvas.center())
 
         # A follow-up: the same image, the conversation so far, features appended to the same layer.
-        ask(session, "How many fields are there?", "ask")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "How many fields are there?", "ask", wait=True)
         assert engine.images[1] == engine.images[0]
         roles = [m["role"] for m in engine.posts[1]["messages"]]
         assert roles == ["user", "assistant", "user"]
@@ -122,8 +126,7 @@ def test_dock_streams_in_order_and_adds_features_once_per_answer(dock, qgis_canv
 
         # New view: rendered again, a new conversation.
         session.new_view()
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         assert [m["role"] for m in engine.posts[2]["messages"]] == ["user"]
     md = session.export(str(tmp_path / "talk.md"))
     assert "How many fields" in Path(md).read_text() and (tmp_path / "talk_images" / "turn1.png").is_file()
@@ -153,8 +156,7 @@ def test_stop_cancels_within_a_second(dock):
 def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
     session = dock.ask
     session.engine = down_engine_url()
-    ask(session, "Describe the image")
-    assert wait_for(lambda: not session.busy(), 30)
+    ask(session, "Describe the image", wait=True)
     [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
     assert "down or unreachable" in message and "Traceback" not in message
     assert session.dock.send.isEnabled()
@@ -199,8 +201,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         session.engine = engine.url
         session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
         session.dock.raster.setLayer(QgsProject.instance().mapLayersByName("cogeo")[0])
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         view = session.view.frame
         assert (view.width, view.height) == (1024, 1024)  # the raster at its own resolution
         assert image_size_of(engine.images[0]) == (504, 504)  # sent as GeoChat's input
@@ -208,8 +209,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         e = qgis_canvas.extent()
         session.rectangle = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x(), e.center().y())
         session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         width, height = session.view.frame.width, session.view.frame.height
         assert width / height == pytest.approx(session.rectangle.width() / session.rectangle.height(), rel=0.01)
         assert image_size_of(engine.images[1]) == (504, 504)
@@ -223,8 +223,7 @@ def test_sources_raster_rectangle_and_selected_feature(dock, qgis_iface, qgis_ca
         polygons.selectAll()
         qgis_iface.setActiveLayer(polygons)
         session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
-        ask(session, "", "identify")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "", "identify", wait=True)
         asked = engine.posts[2]["messages"][0]["content"][1]["text"]
         assert asked.startswith("[identify] What is the object present at {<")
         assert engine.images[2] != engine.images[1]  # the visible map, rendered for this view
@@ -251,8 +250,7 @@ def test_dock_places_each_family_answer_at_the_canvas_pixels(dock, qgis_canvas, 
     session = dock.ask
     with ScriptedEngine(family, answer) as engine:
         session.engine = engine.url
-        ask(session, "What is here?", "ask")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "What is here?", "ask", wait=True)
     settings = qgis_canvas.mapSettings()
     size = (settings.deviceOutputSize().width(), settings.deviceOutputSize().height())
     expected = parse_answer(answer, get_profile(family), size).objects
@@ -288,8 +286,7 @@ def test_an_unsaved_projects_answers_are_kept_in_the_profile_then_beside_the_sav
     QgsProject.instance().setFileName("")  # an unsaved project, the usual case
     with ScriptedEngine("geochat", ANSWER) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         [layer] = objects_layers()
         first = Path(layer.source().split("|")[0])
         assert layer.isValid() and layer.featureCount() == 3 and first.is_file()
@@ -300,8 +297,7 @@ def test_an_unsaved_projects_answers_are_kept_in_the_profile_then_beside_the_sav
 
         QgsProject.instance().write(str(tmp_path / "saved.qgz"))  # Ctrl+S
         session.new_view()
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
     beside = tmp_path / "saved_geovlm.gpkg"
     assert beside.is_file() and first.is_file()
     layers = {Path(lyr.source().split("|")[0]): lyr for lyr in objects_layers()}
@@ -335,8 +331,7 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             page.endpoints.add(first.url)
             page.apply()
             assert header.text() == f"Engine (remote: {first.url}): not asked yet"
-            ask(session, "Describe the image")
-            assert wait_for(lambda: not session.busy(), 30)
+            ask(session, "Describe the image", wait=True)
             assert header.text() == f"Engine (remote: {first.url}): ready" and len(first.posts) == 1
 
             page.endpoints.item(0, 0).setText(second.url)
@@ -344,15 +339,13 @@ def test_engine_header_follows_the_options_and_the_engine_used(dock):
             assert header.text() == f"Engine (remote: {second.url}): not asked yet"
             tasks = session.dock.task
             assert wait_for(lambda: [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"], 10)
-            ask(session, "Describe the image", "describe")
-            assert wait_for(lambda: not session.busy(), 30)
+            ask(session, "Describe the image", "describe", wait=True)
             assert header.text() == f"Engine (remote: {second.url}): ready" and len(second.posts) == 1
             assert [tasks.itemText(i) for i in range(tasks.count())] == ["ask", "describe"]
 
             page.endpoints.item(0, 0).setText(first.url)
             page.apply()
-            ask(session, "Describe the image", "describe")  # at once: the last engine's family is not forced
-            assert wait_for(lambda: not session.busy(), 30)
+            ask(session, "Describe the image", "describe", wait=True)  # at once: the last engine's family is not forced
             sent = first.posts[-1]["messages"][0]["content"][1]["text"]
             assert sent == worded(get_profile("geochat"), "describe", "Describe the image")
 
@@ -426,15 +419,13 @@ def test_a_failed_first_question_does_not_pin_its_view(dock, qgis_canvas):
     the map as it is then, not about the view rendered for the question that got no answer."""
     session = dock.ask
     session.engine = down_engine_url()
-    ask(session, "What is on this map?")
-    assert wait_for(lambda: not session.busy(), 30)
+    ask(session, "What is on this map?", wait=True)
     assert session.turns[-1].answer == "" and session.view is None  # no answer: no image kept
     qgis_canvas.setRotation(60)
     assert wait_for(lambda: qgis_canvas.mapSettings().rotation() == 60, 5)
     with ScriptedEngine("geochat", ANSWER) as engine:
         session.engine = engine.url
-        ask(session, "What is on this map?")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "What is on this map?", wait=True)
         assert session.view.rotation == 60 and session.turns[-1].answer == ANSWER
         sent = QImage.fromData(engine.images[0], "PNG").convertToFormat(QImage.Format.Format_RGB32)
         assert sent == padded_input(session.view.image, 504, get_profile("geochat").pad_color)
@@ -445,21 +436,17 @@ def test_a_follow_up_keeps_the_answered_view_and_says_so_when_the_map_moved(dock
     session = dock.ask
     with ScriptedEngine("geochat", ANSWER) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
-        ask(session, "And the road?", "ask")  # the map has not moved: nothing to say
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
+        ask(session, "And the road?", "ask", wait=True)  # the map has not moved: nothing to say
         assert "earlier view" not in session.dock.transcript.toPlainText()
         qgis_canvas.setRotation(0)
         assert wait_for(lambda: qgis_canvas.mapSettings().rotation() == 0, 5)
-        ask(session, "How many fields are there?", "ask")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "How many fields are there?", "ask", wait=True)
         assert engine.images[2] == engine.images[0] and session.view.rotation == 30  # the same image, on purpose
         text = session.dock.transcript.toPlainText()
         assert "about the earlier view (the map has changed since): New view asks about the map as it is now" in text
         session.new_view()
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         assert session.view.rotation == 0 and engine.images[3] != engine.images[0]
 
 
@@ -534,8 +521,7 @@ def test_a_view_in_which_no_layer_drew_is_not_asked_about(dock, qgis_iface, data
         assert "nothing was sent" in session.dock.transcript.toPlainText()
 
         session.dock.raster.setLayer(white)
-        ask(session, "What is here?")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "What is here?", wait=True)
         assert len(engine.posts) == 1 and session.view is not None
         assert session.view.image.pixelColor(10, 10) == QColor(255, 255, 255)
         assert only_background(session.view_settings, session.view.image)  # drawn, in the background colour
@@ -598,13 +584,11 @@ def test_an_earlier_answers_link_pans_to_its_own_feature(dock, qgis_canvas, tmp_
     later = "a pond {<70><70><90><90>|<90>}"
     with ScriptedEngine("geochat", [ANSWER, later]) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         [first] = objects_layers()
         QgsProject.instance().write(str(tmp_path / "saved.qgz"))
         session.new_view()
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
     assert len(objects_layers()) == 2
     links = _links(session)
     assert len(links) == 4  # three objects of the first answer, one of the second
@@ -642,8 +626,7 @@ def test_a_rectangle_drawn_before_the_maps_crs_changed_is_the_same_ground(dock, 
     with ScriptedEngine("geochat", ["a field {<10><20><40><60>|<90>}", "a roof"]) as engine:
         session.engine = engine.url
         session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         xmin, ymin, xmax, ymax = session.view.extent
         assert session.view.frame.crs == "EPSG:4326"
         for got, want in zip((xmin, ymin, xmax, ymax), (expected.xMinimum(), expected.yMinimum(),
@@ -653,8 +636,7 @@ def test_a_rectangle_drawn_before_the_maps_crs_changed_is_the_same_ground(dock, 
         # identify about the rectangle: the region is where it lies in the view (the map, now in EPSG:4326)
         session.new_view()
         session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
-        ask(session, "", "identify")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "", "identify", wait=True)
         asked = engine.posts[1]["messages"][0]["content"][1]["text"]
         from geovlm.core.parsing import parse_answer
         from geovlm.core.profiles import get_profile
@@ -697,8 +679,7 @@ def test_an_identify_region_outside_the_view_is_not_asked_about(dock, qgis_iface
 
         # a follow-up about the earlier view, after the map was panned to the feature: the region lies off that view
         session.dock.source.setCurrentIndex(session.dock.source.findData("map"))
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         qgis_canvas.setCenter(corner.geometry().centroid().asPoint())
         session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
         qgis_iface.messageBar().clear_messages()
@@ -708,8 +689,7 @@ def test_an_identify_region_outside_the_view_is_not_asked_about(dock, qgis_iface
         [message] = qgis_iface.messageBar().get_messages(1)
         assert "outside the view this conversation is about" in message and "New view" in message
         session.new_view()
-        ask(session, "", "identify")  # the map as it is now: the feature is in it
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "", "identify", wait=True)  # the map as it is now: the feature is in it
         assert engine.posts[1]["messages"][0]["content"][1]["text"].startswith("[identify] What is the object")
 
 
@@ -743,8 +723,7 @@ def test_how_large_one_object_reads_as_one_and_its_area_is_the_grounds(dock, ell
     QgsProject.instance().setEllipsoid(ellipsoid)
     with ScriptedEngine("geochat", "a roof {<30><30><60><50>|<90>}") as engine:
         session.engine = engine.url
-        ask(session, "How large is the roof?", "ask")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "How large is the roof?", "ask", wait=True)
     text = session.dock.transcript.toPlainText()
     assert "1 objects" not in text
     said = re.search(r"1 object, ([\d,.]+) (m²|km²|ha) in all", text)
@@ -841,22 +820,19 @@ def test_after_identify_about_a_rectangle_a_question_about_the_rectangle_sees_it
     session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
     with ScriptedEngine("geochat", ["a roof", "a field {<10><20><40><60>|<90>}", "a shed", "a pond"]) as engine:
         session.engine = engine.url
-        ask(session, "", "identify")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "", "identify", wait=True)
         map_extent = session.view.extent
-        ask(session, "Describe the image", "describe")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", "describe", wait=True)
         assert engine.images[1] != engine.images[0]
         xmin, ymin, xmax, ymax = session.view.extent
         assert (xmin, ymin, xmax, ymax) != map_extent
         assert xmin == pytest.approx(drawn.xMinimum()) and ymax == pytest.approx(drawn.yMaximum())
-        ask(session, "", "identify")  # the same rectangle: a follow-up on its own image
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "", "identify", wait=True)  # the same rectangle: a follow-up on its own image
         assert engine.images[2] == engine.images[1]
         session.drawing.extent_drawn(QgsRectangle(drawn.xMinimum() + 10, drawn.yMinimum() + 10, drawn.xMinimum() + 60,
                                     drawn.yMinimum() + 60))
-        ask(session, "", "identify")  # a new rectangle ends the conversation about the old one's image: the map
-        assert wait_for(lambda: not session.busy(), 30)
+        # a new rectangle ends the conversation about the old one's image: the map
+        ask(session, "", "identify", wait=True)
         assert engine.images[3] != engine.images[1] and session.view.extent == map_extent
 
 
@@ -867,13 +843,11 @@ def test_a_new_view_does_not_show_the_model_its_earlier_answers(dock):
     session = dock.ask
     with ScriptedEngine("geochat", [ANSWER, "a road"]) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         [layer] = objects_layers()
         assert layer.featureCount() == 3 and layer in dock.iface.mapCanvas().layers()
         session.new_view()
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         assert engine.images[1] == engine.images[0]
         assert layer.id() not in [lyr.id() for lyr in session.view_settings.layers()]
         dock.iface.mapCanvas().setLayers([layer])  # only the answers are shown: nothing to ask about
@@ -895,8 +869,7 @@ def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgi
     session = dock.ask
     with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         beside = tmp_path / "project_geovlm.gpkg"
         assert beside.is_file()
 
@@ -948,13 +921,11 @@ def test_answers_after_their_layer_was_removed_go_to_it_again(dock, tmp_path, py
     session = dock.ask
     with ScriptedEngine("geochat", [ANSWER, "a road {<5><70><95><90>|<60>}"]) as engine:
         session.engine = engine.url
-        ask(session, "Describe the image")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Describe the image", wait=True)
         [layer] = objects_layers()
         QgsProject.instance().removeMapLayer(layer.id())
         assert objects_layers() == []
-        ask(session, "Where is the road?", "ask")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "Where is the road?", "ask", wait=True)
     assert python_errors == []
     [layer] = objects_layers()
     assert layer.featureCount() == 4 and Path(layer.source().split("|")[0]) == tmp_path / "project_geovlm.gpkg"
@@ -969,8 +940,7 @@ def test_find_names_its_boxes_after_what_was_asked_for(dock, family, answer):
     session = dock.ask
     with ScriptedEngine(family, answer) as engine:
         session.engine = engine.url
-        ask(session, "storage tanks", "find")
-        assert wait_for(lambda: not session.busy(), 30)
+        ask(session, "storage tanks", "find", wait=True)
     [feature] = objects_layers()[0].getFeatures()
     assert feature["label"] == "storage tanks"
     assert "0 storage tanks" in session.dock.transcript.toPlainText()
@@ -1013,10 +983,8 @@ def test_the_first_answer_of_an_unsaved_project_logs_no_ogr_warning(dock, tmp_pa
                  "<ref>car_parking</ref><rbox>({<50><50><60><60>|<90>})</rbox>.")
         with ScriptedEngine("skysensegpt", graph) as engine:
             dock.ask.engine = engine.url
-            ask(dock.ask, "Describe the image")
-            assert wait_for(lambda: not dock.ask.busy(), 30)
-            ask(dock.ask, "And now?")
-            assert wait_for(lambda: not dock.ask.busy(), 30)
+            ask(dock.ask, "Describe the image", wait=True)
+            ask(dock.ask, "And now?", wait=True)
     finally:
         log.messageReceived.disconnect(record)
     [layer] = objects_layers()
