@@ -102,7 +102,13 @@ def score_records(args, path: Path) -> dict:
         raise CliError(str(exc)) from None
     if not items:
         raise CliError(f"{path}: no answers")
-    return score_items(task, items, profile, args.iou)
+    scores = score_items(task, items, profile, args.iou)
+    if scores.get("reference_boxes", scores.get("reference_triplets")) == 0:
+        # every score would be 0 by construction, which reads as a model that found nothing
+        what = "box" if task == "detection" else "triplet"
+        raise CliError(f"no reference {what} in {path} could be read with --family {args.family}: check --family "
+                       "(references are read in the answers' syntax) or --reference-field")
+    return scores
 
 
 def short_item(task: str, answer, answer_field: str, answer_where: str, record: dict, ref_fields,

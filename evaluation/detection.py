@@ -113,10 +113,13 @@ class PrecisionTally:
     correct: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KEYS, 0))
     predicted: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(KEYS, 0))
     questions: int = 0
+    reference_boxes: int = 0
 
-    def add(self, groups: Iterable[str], correct: int, predicted: int) -> None:
-        """Count one question's predictions in each of `groups` (unknown group names are ignored) and overall."""
+    def add(self, groups: Iterable[str], correct: int, predicted: int, references: int = 0) -> None:
+        """Count one question's predictions in each of `groups` (unknown group names are ignored) and overall,
+        and its `references` reference boxes."""
         self.questions += 1
+        self.reference_boxes += references
         for group in set(groups) | {"overall"}:
             if group in self.correct:
                 self.correct[group] += correct
@@ -124,10 +127,12 @@ class PrecisionTally:
 
     def scores(self) -> Dict[str, float]:
         """Precision per group (0 for a group without predictions, as EarthDial prints it), plus the counts
-        `questions` and `predicted_boxes`."""
+        `questions`, `predicted_boxes` and `reference_boxes` (none read at all: the family's syntax is not the
+        file's)."""
         out = {k: (self.correct[k] / self.predicted[k] if self.predicted[k] else 0.0) for k in KEYS}
         out["questions"] = self.questions
         out["predicted_boxes"] = self.predicted["overall"]
+        out["reference_boxes"] = self.reference_boxes
         return out
 
 
@@ -143,11 +148,11 @@ def precision_at_iou(records: Iterable[Tuple[str, str, Optional[str]]], profile:
                      threshold: float = IOU_THRESHOLD) -> Dict[str, float]:
     """Precision@`threshold` over (answer text, reference text, size group or None) triples, both texts in the
     family's box syntax and numbers. Returns {small, medium, large, single, multiple, overall, questions,
-    predicted_boxes}."""
+    predicted_boxes, reference_boxes}."""
     tally = PrecisionTally()
     for answer, reference, size_group in records:
         predicted = box_polygons(answer, profile)
         refs = box_polygons(reference, profile)
         tally.add(reference_groups(size_group, len(refs)), correct_predictions(predicted, refs, threshold),
-                  len(predicted))
+                  len(predicted), len(refs))
     return tally.scores()

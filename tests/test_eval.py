@@ -282,6 +282,23 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, argv, message):
     assert message in err and "\n" not in err
 
 
+@pytest.mark.parametrize("task, family, what", [("detection", "geochat", "box"), ("detection", "qwen25vl", "box"),
+                                                ("scene-graph", "skysensegpt", "triplet")])
+def test_references_no_box_of_which_reads_in_the_family_are_one_line_not_zero_scores(data_dir, capsys, task,
+                                                                                       family, what):
+    # EarthDial's real referring answers scored as another family's: nothing reads, answers nor references, so
+    # every precision would be 0 by construction and look like a model that found nothing
+    path = data_dir / "answers" / "earthdial_refer_ship.jsonl"
+    field = ["--reference-field", "gt_bbox"] if task == "scene-graph" else []
+    assert main(["eval", task, str(path), "--family", family, *field]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err
+    assert f"no reference {what} in {path} could be read with --family {family}: check --family" in err
+    # read in their own family, the same references count
+    assert run_json(capsys, "detection", str(path), "--family", "earthdial")["reference_boxes"] == 464
+
+
 def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
     path = tmp_path / "a.jsonl"
     path.write_text('{"answer": "yes", "annotation": "yes"}\nnot json\n', encoding="utf-8")
