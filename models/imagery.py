@@ -74,7 +74,11 @@ def decimated_shape(width: int, height: int, max_pixels: int = MAX_PIXELS) -> Tu
 
 def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """[3, H, W] band data and its validity mask -> HxWx3 uint8; 8-bit data is kept, other types stretched.
-    NaN and infinite values count as nodata, declared or not."""
+    NaN and infinite values count as nodata, declared or not. Complex data (SAR single-look complex, GDAL's
+    CInt16/CFloat32) is read as its amplitude |z|, as SAR viewers show it (ESA SNAP's Amplitude band), not its
+    real part, which numpy's cast would keep."""
+    if np.iscomplexobj(bands):
+        bands = np.abs(bands)
     if np.issubdtype(bands.dtype, np.floating):
         valid = valid & np.isfinite(bands)
     if not valid.any():

@@ -1,6 +1,7 @@
 """Rasters to RGB (band choice, grey, percentile stretch, nodata) and preprocessing geometry."""
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,21 @@ def test_non_finite_values_are_nodata_declared_or_not(tmp_path):
             ds.write(np.full((3, 20, 30), np.nan, np.float32))
         with pytest.raises(ImageryError, match="nodata .or not a finite number."):
             read_rgb(nan_only)
+
+
+def test_complex_sar_data_is_read_as_its_amplitude(tmp_path):
+    # single-look complex SAR (CFloat32): purely imaginary samples whose amplitude grows along the rows. Their
+    # real part is 0 everywhere, which a plain cast would keep (with a ComplexWarning) and draw black.
+    rasterio = _rio()
+    amplitude = np.repeat(np.linspace(1, 100, 20, dtype=np.float32)[:, None], 30, axis=1)
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=30, height=20, count=1, dtype="complex64") as ds:
+        ds.write((1j * amplitude).astype(np.complex64), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        image = read_rgb(path)
+    assert image[0].max() == 0 and image[-1].min() == 255  # 2-98 % stretch of the amplitude, grey
+    assert (np.diff(image[:, 0, 0].astype(int)) >= 0).all() and (image[..., 0] == image[..., 2]).all()
 
 
 def test_a_png_named_tif_says_in_one_line_it_has_no_georeferencing(tmp_path, capsys):
