@@ -156,6 +156,37 @@ def test_to_crs_reprojects_every_vertex(data_dir, tmp_path):
     assert main(["parse", str(src), "--family", "geochat", "--to-crs", "EPSG:4326", "--out", str(wgs84)]) == 2
 
 
+@pytest.mark.parametrize("to_crs, world", [("EPSG:4326", 360.0), ("EPSG:3857", 2 * 20037508.342789244)])
+def test_to_crs_keeps_a_box_over_the_antimeridian_whole(tmp_path, to_crs, world):
+    # a 400 m wide raster in UTM zone 60S over Fiji, across 180 degrees (x = 819451.55 at its rows)
+    from osgeo import gdal, osr
+    from pyproj import Transformer
+
+    raster = tmp_path / "fiji.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 200, 100, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((819300, 2, 0, 8118100, 0, -2))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32760)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]][[0, 0, 10, 10, 0]]"}) + "\n")
+    out = tmp_path / "a.geojson"
+    assert main(["parse", str(src), "--family", "earthdial", "--raster", str(raster), "--to-crs", to_crs,
+                 "--out", str(out)]) == 0
+    whole, west = [f["geometry"]["coordinates"][0] for f in json.loads(out.read_text())["features"]]
+    utm = [(819300, 8118100), (819700, 8118100), (819700, 8117900), (819300, 8117900), (819300, 8118100)]
+    wrapped = [Transformer.from_crs("EPSG:32760", to_crs, always_xy=True).transform(x, y) for x, y in utm]
+    assert min(x for x, _ in wrapped) < 0 < max(x for x, _ in wrapped)  # PROJ's own vertices: both world edges
+    # the box stays one box at the edge of the world: each vertex PROJ's, or PROJ's plus one world's width
+    assert max(x for x, _ in whole) - min(x for x, _ in whole) < world / 1e4
+    for (x, y), (px, py) in zip(whole, wrapped):
+        turns = (x - px) / world
+        assert y == pytest.approx(py, abs=1e-6) and turns == pytest.approx(round(turns), abs=1e-12)
+    # a box that does not cross keeps PROJ's vertices as they are
+    assert all(0 < x < world / 2 for x, _ in west)
+
+
 def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><100><100>|<90>}\n")
