@@ -50,7 +50,7 @@ lint: setup
 zip:
 	python3 scripts/make_zip.py dist/geovlm.zip
 
-# Screenshots of the "Ask the map" dock for the README, under Xvfb (apt-get install xvfb).
+# Screenshots for the README (the Ask dock, a scene graph, bulk captions) on the shared rasters, under Xvfb.
 screenshots: setup
 	@command -v xvfb-run >/dev/null || { S=; [ "$$(id -u)" -eq 0 ] || S=sudo; \
 		DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq --no-install-recommends xvfb xauth; }

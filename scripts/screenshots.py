@@ -1,29 +1,92 @@
-"""Screenshots of the "Ask the map" dock in use on a real raster, for the README (`make screenshots`, run
-under Xvfb). A QGIS application with a map canvas and the plugin's dock, asking (1) a scripted stand-in
-engine that answers a recorded GeoChat-syntax text (the boxes were written for this scene by hand: it shows
-placement, not a model's skill) and (2) the real engine with the demo model (a random stand-in: noise).
+"""Screenshots of GeoVLM in use on real rasters, for the README (`make screenshots`, run under Xvfb). Each is a
+QGIS application window (a Layers panel, the map canvas, GeoVLM's dock or an attribute table) after:
 
-Usage: python scripts/screenshots.py OUT_DIR [RASTER]
+- `dock_demo_model.png`: the Ask dock asking the real engine (`geovlm serve`) with the demo model, a random
+  stand-in whose text is noise (the dock says so), about `cogeo.tif`;
+- `dock_scripted.png`, `dock_followup.png`: the Ask dock asking a scripted stand-in engine that answers a
+  recorded GeoChat-syntax text (its boxes written for this scene by hand: placement, not a model's skill) about
+  `cogeo.tif`, then a "how large" follow-up;
+- `dock_scene_graph.png`: the Ask dock's *scene graph* task to a scripted SkySenseGPT-syntax stand-in about
+  `sample_geotiff.tif`, whose boxes are the bounding boxes of the scene's real building footprints
+  (`geotiff_labels.geojson`) in the view's pixels; the script checks that each object lands on its building;
+- `bulk_captions.png`: *Caption raster tiles* (`geovlm:captiontiles`, run as its dialog runs it, results loaded
+  and styled) over `cogeo.tif` with a scripted stand-in that answers a caption written by hand for each tile,
+  and the tiles layer's attribute table.
+
+The rasters are read in place from the shared data (`GEOVLM_SHARED`, else `../shared`).
+
+Usage: python scripts/screenshots.py OUT_DIR
 """
 from __future__ import annotations
 
+import io
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append("/usr/share/qgis/python/plugins")  # QGIS's processing package
 
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer  # noqa: E402
-from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsMapCanvas, QgsMessageBar  # noqa: E402
-from qgis.PyQt.QtCore import QCoreApplication, Qt  # noqa: E402
-from qgis.PyQt.QtGui import QImage  # noqa: E402
-from qgis.PyQt.QtWidgets import QMainWindow, QVBoxLayout, QWidget  # noqa: E402
+from qgis.core import (  # noqa: E402
+    QgsApplication,
+    QgsContrastEnhancement,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsLayerTreeModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterMinMaxOrigin,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsVectorLayerCache,
+)
+from qgis.gui import (  # noqa: E402
+    QgsAttributeTableFilterModel,
+    QgsAttributeTableModel,
+    QgsAttributeTableView,
+    QgsLayerTreeMapCanvasBridge,
+    QgsLayerTreeView,
+    QgsMapCanvas,
+    QgsMessageBar,
+)
+from qgis.PyQt.QtCore import QBuffer, QCoreApplication, QIODevice, Qt  # noqa: E402
+from qgis.PyQt.QtGui import QColor  # noqa: E402
+from qgis.PyQt.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget  # noqa: E402
 
-SCRIPTED = ["A road {<47><3><100><50>|<90>} climbs through snow-covered fields to a tunnel portal "
-            "{<44><40><56><50>|<90>}; forest {<0><45><75><100>|<90>} covers the lower slopes.",
-            "The forest {<0><45><75><100>|<90>} covers about half of the image."]
+DATA = Path(os.environ.get("GEOVLM_SHARED", ROOT.parent / "shared")) / "data"
+COGEO = DATA / "rasters" / "cogeo.tif"
+BUILDINGS_RASTER = DATA / "rasters" / "sample_geotiff.tif"
+BUILDINGS = DATA / "rasters" / "geotiff_labels.geojson"
+
+# GeoChat's grounded description: phrases in <p>..</p>, each followed by its box (answer-formats.md).
+SCRIPTED = ["A <p>road</p> {<47><3><100><50>|<90>} climbs through snow-covered fields to a <p>tunnel portal</p> "
+            "{<44><40><56><50>|<90>}, and <p>forest</p> {<0><45><75><100>|<90>} covers the lower slopes.",
+            "The <p>forest</p> {<0><45><75><100>|<90>} covers about half of the image."]
+# A caption for each 256-pixel tile of cogeo.tif, written by hand from the tile, by (row, col).
+CAPTIONS = {
+    (0, 0): "Snow-covered field at the edge of a dark conifer forest.",
+    (0, 1): "Dense conifer forest beside a snowy field.",
+    (0, 2): "Snow-covered field crossed by a dirt track.",
+    (0, 3): "A divided highway curves past bare brown fields.",
+    (1, 0): "Conifer forest with a strip of snowy field.",
+    (1, 1): "Earthworks at a tunnel portal below a forest edge.",
+    (1, 2): "A road climbs across snow-covered fields.",
+    (1, 3): "Snowy slope with brown fields and a forest edge.",
+    (2, 0): "Dense conifer forest on a slope.",
+    (2, 1): "Conifer forest with a snowy clearing.",
+    (2, 2): "Conifer forest with snow between the trees.",
+    (2, 3): "Forest edge beside a snow-covered field.",
+    (3, 0): "Dense conifer forest.",
+    (3, 1): "Conifer forest with patches of snow.",
+    (3, 2): "Mixed forest with bare deciduous trees.",
+    (3, 3): "Bare deciduous trees on a snowy slope.",
+}
+GRAPH_QUESTION = "Generate the scene graph of the image: the objects with their boxes and their relations."
 
 
 class Iface:
@@ -51,10 +114,67 @@ class Iface:
         self.window.removeDockWidget(dock)
 
 
-def save(window, path: Path) -> None:
-    """The window as a PNG, 1100 px wide with a 256-colour palette (a README image, not an archive)."""
-    image = window.grab().toImage().scaledToWidth(1100, Qt.TransformationMode.SmoothTransformation)
-    image.convertToFormat(QImage.Format.Format_Indexed8).save(str(path), "PNG")
+class Window:
+    """A window laid out as QGIS's: a Layers panel (the project's layer tree with its legend) on the left, the
+    message bar and a square map canvas (`side` pixels: a square raster fills it) in the middle; docks added
+    right or below. One per screenshot."""
+
+    def __init__(self, side: int = 660, below: int = 0):
+        self.window = QMainWindow()
+        central = QWidget(self.window)
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.bar = QgsMessageBar(central)
+        self.canvas = QgsMapCanvas(central)
+        self.canvas.setFixedSize(side, side)
+        self.canvas.setSelectionColor(QColor(255, 255, 0, 110))  # the project's selection colour, see-through
+        layout.addWidget(self.bar)
+        layout.addWidget(self.canvas, 1)
+        self.window.setCentralWidget(central)
+        root = QgsProject.instance().layerTreeRoot()
+        self.model = QgsLayerTreeModel(root, self.window)
+        self.model.setFlag(QgsLayerTreeModel.Flag.AllowNodeChangeVisibility)
+        self.tree = QgsLayerTreeView(self.window)
+        self.tree.setModel(self.model)
+        layers = QDockWidget("Layers", self.window)
+        layers.setObjectName("Layers")
+        layers.setWidget(self.tree)
+        layers.setFixedWidth(210)
+        self.window.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, layers)
+        self.bridge = QgsLayerTreeMapCanvasBridge(root, self.canvas)  # the canvas shows the tree's layers
+        self.iface = Iface(self.window, self.canvas, self.bar)
+        self.below = below  # the height of the docks below the map
+
+    def show(self, extent: QgsRectangle, crs) -> None:
+        self.canvas.setDestinationCrs(crs)
+        self.window.adjustSize()
+        self.window.resize(self.window.width(), self.window.height() + self.below)
+        self.window.show()
+        settle(1.0)
+        self.canvas.setExtent(extent)
+        self.canvas.refresh()
+        settle(1.0)
+
+    def save(self, path: Path) -> None:
+        """The window as a PNG, at most 1200 px wide, with a 256-colour palette of its own (a README image)."""
+        self.tree.expandAll()
+        settle(0.5)
+        image = self.window.grab().toImage()
+        if image.width() > 1200:
+            image = image.scaledToWidth(1200, Qt.TransformationMode.SmoothTransformation)
+        buffer = QBuffer()
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+        image.save(buffer, "PNG")
+        # Pillow's palette is the image's own (maximum coverage): the widgets' flat colours and the legend's pure
+        # red, green and blue are in it exactly, so only the photo is dithered (Qt's Indexed8 takes a fixed
+        # palette and speckles the white; median cut turns the legend's red orange)
+        with Image.open(io.BytesIO(bytes(buffer.data()))) as full:
+            full.convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE).save(path, optimize=True)
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+    def close(self) -> None:
+        self.window.close()
+        del self.bridge
 
 
 def wait_for(condition, timeout):
@@ -67,75 +187,236 @@ def wait_for(condition, timeout):
     return False
 
 
-def ask(session, question, task, timeout=240):
-    session.dock.question.setPlainText(question)
-    session.dock.task.setCurrentText(task)
-    session.send()
-    if not wait_for(lambda: not session.busy(), timeout):
-        raise SystemExit("the engine did not answer in time")
-    wait_for(lambda: False, 0.5)  # let the canvas repaint
+def settle(seconds: float) -> None:
+    """Process events for `seconds` (the canvas repaints, tasks end)."""
+    wait_for(lambda: False, seconds)
 
 
-def main(out: Path, raster_path: Path) -> None:
-    from ask_engines import DemoEngine, ScriptedEngine
-
-    from geovlm.plugin.ask_session import AskSession
-    from geovlm.plugin.qgis_transport import stop_network_thread
-    from geovlm.ui.ask_dock import AskDock
-
-    app = QgsApplication([], True)
-    app.initQgis()
-    out.mkdir(parents=True, exist_ok=True)
-    window = QMainWindow()
-    central = QWidget(window)
-    layout = QVBoxLayout(central)
-    bar = QgsMessageBar(central)
-    canvas = QgsMapCanvas(central)
-    layout.addWidget(bar)
-    layout.addWidget(canvas, 1)
-    window.setCentralWidget(central)
-    window.resize(1400, 860)
+def new_project(work: Path, name: str, raster_path: Path) -> QgsRasterLayer:
+    """A fresh project saved as `work/name.qgz` (the dock's answers go beside it) holding the raster."""
+    QgsProject.instance().clear()
+    QgsProject.instance().setFileName(str(work / f"{name}.qgz"))
     raster = QgsRasterLayer(str(raster_path), raster_path.stem)
     if not raster.isValid():
         raise SystemExit(f"cannot open {raster_path}")
     QgsProject.instance().addMapLayer(raster)
-    work = tempfile.TemporaryDirectory(prefix="geovlm-shots-")
-    QgsProject.instance().setFileName(str(Path(work.name) / "shots.qgz"))  # the answers' GeoPackage: beside it
-    canvas.setDestinationCrs(raster.crs())
-    bridge = QgsLayerTreeMapCanvasBridge(QgsProject.instance().layerTreeRoot(), canvas)  # as QGIS shows layers
-    iface = Iface(window, canvas, bar)
-    dock = AskDock(window)
-    dock.setMinimumWidth(520)
-    iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-    session = AskSession(iface, dock)
-    window.show()
-    wait_for(lambda: False, 1.0)
-    canvas.setExtent(raster.extent())
-    canvas.refresh()
-    wait_for(lambda: False, 1.0)
-    # The canvas is square-ish but not square: the view shows the raster with margins, as a user sees it.
-    with ScriptedEngine("geochat", SCRIPTED, piece_delay=0.01) as engine:
-        session.engine = engine.url
-        ask(session, "Describe the image and locate what you name.", "describe")
-        save(window, out / "dock_scripted.png")
-        ask(session, "How large is the forest?", "ask")
-        save(window, out / "dock_followup.png")
-    session.new_view()
+    QgsProject.instance().setCrs(raster.crs())
+    return raster
+
+
+class Asking:
+    """The Ask dock and its session on a window, as the plugin makes them."""
+
+    def __init__(self, shot: Window):
+        from geovlm.plugin.ask_session import AskSession
+        from geovlm.ui.ask_dock import AskDock
+
+        self.dock = AskDock(shot.window)
+        self.dock.setFixedWidth(470)
+        shot.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.session = AskSession(shot.iface, self.dock)
+
+    def use(self, url: str, family: str) -> None:
+        """Ask the engine at `url`; returns once the dock has read its family (the task picker follows)."""
+        self.session.engine = url
+        if not wait_for(lambda: self.session.family == family, 30):
+            raise SystemExit(f"the dock did not read the family {family!r} from {url}")
+
+    def ask(self, question, task, timeout=240):
+        self.dock.question.setPlainText(question)
+        self.dock.task.setCurrentText(task)
+        if self.dock.task.currentText() != task:
+            raise SystemExit(f"the dock offers no task {task!r}")
+        self.session.send()
+        if not wait_for(lambda: not self.session.busy(), timeout):
+            raise SystemExit("the engine did not answer in time")
+        settle(1.0)  # the canvas repaints with the new features
+
+    def close(self) -> None:
+        self.session.shutdown()
+
+
+def demo_model(out: Path, work: Path) -> None:
+    from ask_engines import DemoEngine
+
+    raster = new_project(work, "demo", COGEO)
+    shot = Window()
+    asking = Asking(shot)
+    shot.show(raster.extent(), raster.crs())
     with DemoEngine() as engine:
-        session.engine, session.max_tokens = engine.url, 48
-        ask(session, "Describe the image and locate what you name.", "describe")
-        save(window, out / "dock_demo_model.png")
-    session.shutdown()
-    print(f"wrote dock_scripted.png, dock_followup.png and dock_demo_model.png into {out}")
-    window.close()
-    del session, dock, bridge, window
-    QgsProject.instance().clear()
+        asking.use(engine.url, "geochat")
+        asking.session.max_tokens = 48
+        asking.ask("Describe the image and locate what you name.", "describe")
+        shot.save(out / "dock_demo_model.png")
+    asking.close()
+    shot.close()
+
+
+def scripted(out: Path, work: Path) -> None:
+    from ask_engines import ScriptedEngine
+
+    raster = new_project(work, "ask", COGEO)
+    shot = Window()
+    asking = Asking(shot)
+    shot.show(raster.extent(), raster.crs())
+    with ScriptedEngine("geochat", SCRIPTED, piece_delay=0.01) as engine:
+        asking.use(engine.url, "geochat")
+        asking.ask("Describe the image and locate what you name.", "describe")
+        shot.save(out / "dock_scripted.png")
+        asking.ask("How large is the forest?", "ask")
+        shot.save(out / "dock_followup.png")
+    asking.close()
+    shot.close()
+
+
+def building_boxes(view: QgsRectangle, crs):
+    """[(footprint geometry in `crs`, (cx, cy, w, h) in 0-100 of the view)] of the real buildings lying wholly in
+    `view` (a north-up extent in `crs`), in a nearest-neighbour path from the west-most."""
+    labels = QgsVectorLayer(str(BUILDINGS), "buildings", "ogr")
+    to_view = QgsCoordinateTransform(labels.crs(), crs, QgsProject.instance())
+    found = []
+    for feature in labels.getFeatures():
+        geometry = feature.geometry()
+        geometry.transform(to_view)
+        box = geometry.boundingBox()
+        if view.contains(box):
+            found.append((geometry, box))
+    path = [min(found, key=lambda item: item[1].xMinimum())]
+    rest = [item for item in found if item is not path[0]]
+    while rest:
+        last = path[-1][1].center()
+        nearest = min(rest, key=lambda item: item[1].center().sqrDist(last))
+        path.append(nearest)
+        rest.remove(nearest)
+    out = []
+    for geometry, box in path:
+        cx = 100 * (box.center().x() - view.xMinimum()) / view.width()
+        cy = 100 * (view.yMaximum() - box.center().y()) / view.height()
+        out.append((geometry, (cx, cy, 100 * box.width() / view.width(), 100 * box.height() / view.height())))
+    return out
+
+
+def graph_answer(boxes) -> str:
+    """SkySenseGPT's image-level scene graph (answer-formats.md): one sentence a relation, `<ref>label</ref>
+    <rbox>({<cx><cy><h><w>|<90>})</rbox> <rel>predicate</rel> <ref>label</ref><rbox>(..)</rbox>.` (an upright box
+    comes out as 90 with w and h swapped), here `adjacent` for each pair of neighbours along `boxes`."""
+    sentences = [f"<ref>building</ref><rbox>({{<{cx:.2f}><{cy:.2f}><{h:.2f}><{w:.2f}>|<90>}})</rbox>"
+                 for _, (cx, cy, w, h) in boxes]
+    pairs = [f"{a} <rel>adjacent</rel> {b}." for a, b in zip(sentences[0::2], sentences[1::2])]
+    return " ".join(pairs + ([sentences[-1] + "."] if len(sentences) % 2 else []))
+
+
+def scene_graph(out: Path, work: Path) -> None:
+    from ask_engines import ScriptedEngine
+
+    raster = new_project(work, "graph", BUILDINGS_RASTER)
+    # 16-bit panchromatic: stretched 2-98 % (cumulative cut), as QGIS stretches a single band by default
+    raster.setContrastEnhancement(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum,
+                                  QgsRasterMinMaxOrigin.Limits.CumulativeCut)
+    shot = Window()
+    asking = Asking(shot)
+    full = raster.extent()  # two rows of houses in the upper middle of the scene
+    shot.show(QgsRectangle(full.xMinimum() + 180, full.yMaximum() - 160, full.xMinimum() + 300,
+                           full.yMaximum() - 40), raster.crs())
+    view = shot.canvas.mapSettings().visibleExtent()
+    boxes = building_boxes(view, raster.crs())
+    with ScriptedEngine("skysensegpt", graph_answer(boxes), piece_delay=0.005) as engine:
+        asking.use(engine.url, "skysensegpt")
+        asking.ask(GRAPH_QUESTION, "scene graph")
+    [objects] = QgsProject.instance().mapLayersByName("geovlm_objects")
+    [relations] = QgsProject.instance().mapLayersByName("geovlm_relations")
+    placed = [f.geometry() for f in objects.getFeatures()]
+    if len(placed) != len(boxes) or relations.featureCount() != len(boxes) // 2:
+        raise SystemExit(f"{len(placed)} objects and {relations.featureCount()} relations for {len(boxes)} buildings")
+    for footprint, _ in boxes:  # each object is its building's bounding box, to a small fraction of it
+        box = QgsGeometry.fromRect(footprint.boundingBox())
+        best = max(placed, key=lambda g: g.intersection(box).area())
+        iou = best.intersection(box).area() / best.combine(box).area()
+        if iou < 0.9:
+            raise SystemExit(f"a box lies off its building (IoU {iou:.2f} with its bounding box)")
+    shot.save(out / "dock_scene_graph.png")
+    asking.close()
+    shot.close()
+
+
+def table_dock(shot: Window, layer: QgsVectorLayer, columns) -> QgsAttributeTableView:
+    """The attribute table of `layer` (only `columns`, in that order) in a dock below the map."""
+    cache = QgsVectorLayerCache(layer, 100, shot.window)
+    model = QgsAttributeTableModel(cache, shot.window)
+    model.loadLayer()
+    filtered = QgsAttributeTableFilterModel(shot.canvas, model, shot.window)
+    config = layer.attributeTableConfig()
+    config.update(layer.fields())
+    kept = []
+    for column in config.columns():
+        column.hidden = column.name not in columns
+        kept.append(column)
+    kept.sort(key=lambda c: columns.index(c.name) if c.name in columns else len(columns))
+    config.setColumns(kept)
+    filtered.setAttributeTableConfig(config)
+    view = QgsAttributeTableView(shot.window)
+    view.setModel(filtered)
+    view.horizontalHeader().setStretchLastSection(True)
+    dock = QDockWidget(f"{layer.name()} — Features Total: {layer.featureCount()}", shot.window)
+    dock.setWidget(view)
+    shot.window.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+    shot.keep = (cache, model, filtered)
+    return view
+
+
+def bulk_captions(out: Path, work: Path) -> None:
+    import processing
+    from ask_engines import ScriptedEngine
+    from processing.core.Processing import Processing
+
+    from geovlm.plugin.provider import GeoVlmProvider
+
+    Processing.initialize()
+    provider = GeoVlmProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    raster = new_project(work, "captions", COGEO)
+    answers = [CAPTIONS[key] for key in sorted(CAPTIONS)]  # one request at a time: tiles in row-major order
+    with ScriptedEngine("geochat", answers) as engine:
+        processing.runAndLoadResults("geovlm:captiontiles", {
+            "INPUT": raster, "TILE_SIZE": 256, "ENGINE": engine.url, "FAMILY": "geochat", "CONCURRENCY": 1,
+            "QUESTION": "Describe the image in one sentence.", "OUTPUT": str(work / "captions.gpkg")})
+    [tiles] = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsVectorLayer)]
+    for feature in tiles.getFeatures():
+        if feature["caption"] != CAPTIONS[(feature["row"], feature["col"])]:
+            raise SystemExit(f"tile {feature['tile_id']} got another tile's caption: {feature['caption']!r}")
+    shot = Window(side=600, below=300)
+    table = table_dock(shot, tiles, ["tile_id", "status", "caption", "model", "seconds"])
+    shot.show(raster.extent(), raster.crs())
+    shot.window.resizeDocks([table.parent()], [shot.window.height()], Qt.Orientation.Vertical)  # the rest
+    tunnel = next(f.id() for f in tiles.getFeatures() if (f["row"], f["col"]) == (1, 1))
+    tiles.selectByIds([tunnel])
+    table.resizeColumnsToContents()
+    table.scrollToFeature(tunnel)
+    shot.canvas.refresh()
+    settle(1.0)
+    shot.save(out / "bulk_captions.png")
+    shot.close()
+    QgsApplication.processingRegistry().removeProvider(provider)
+
+
+def main(out: Path) -> None:
+    from geovlm.plugin.qgis_transport import stop_network_thread
+
+    app = QgsApplication([], True)
+    app.initQgis()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="geovlm-shots-") as folder:
+        work = Path(folder)
+        demo_model(out, work)
+        scripted(out, work)
+        scene_graph(out, work)
+        bulk_captions(out, work)
+        QgsProject.instance().clear()
     stop_network_thread()  # the dock's requests ran there (QGIS's network stack): ended before QGIS exits
     app.exitQgis()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    default = ROOT.parent / "shared" / "data" / "rasters" / "cogeo.tif"
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else default)
+    main(Path(sys.argv[1]))
