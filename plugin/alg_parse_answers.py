@@ -161,16 +161,22 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"{done} answers read: {n_objects} objects, {n_relations} relations, "
                           f"{skipped} unreadable fragments skipped"
                           + (f", {len(bad)} bad {'line' if len(bad) == 1 else 'lines'} left out" if bad else ""))
-        if frame.crs == PIXEL_CRS_WKT:
+        raster = self.parameterAsRasterLayer(parameters, self.RASTER, context)
+        if frame.crs == PIXEL_CRS_WKT and raster is not None:
+            feedback.pushInfo(f"{raster.name()} has no georeferencing (no geotransform, no CRS): coordinates are "
+                              f"its pixels ({frame.width}x{frame.height}; x = column, y = -row), as `geovlm parse "
+                              "--raster` writes them.")
+        elif frame.crs == PIXEL_CRS_WKT:
             feedback.pushInfo(f"Coordinates are pixels of a {frame.width}x{frame.height} image (x = column, "
                               "y = -row); give a raster layer to place the boxes on the map.")
+        if frame.crs == PIXEL_CRS_WKT:
             project_crs = context.project().crs() if context.project() is not None else None
             if project_crs is not None and project_crs.isValid() and project_crs != crs:
                 feedback.pushWarning(
                     f"The layers are in image pixels, which no transform relates to the project's "
                     f"{project_crs.authid() or project_crs.description()}: QGIS will say \"No transform "
-                    "available\" and cannot show them over the map. Give a raster layer to place them, or open "
-                    "them in a new project (its CRS becomes the pixels').")
+                    "available\" and cannot show them over the map. Give a georeferenced raster layer to place them, "
+                    "or open them in a new project (its CRS becomes the pixels').")
         if not answers:
             feedback.pushWarning(f"{path} holds no answers (it is empty, or blank lines only): the layers are empty.")
         if done and n_objects == 0:

@@ -12,7 +12,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QMetaType
 
-from ..core.georef import GeoTransform, ImageFrame
+from ..core.georef import GeoTransform, ImageFrame, pixel_frame
 from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 
 # QgsField takes QMetaType.Type from QGIS 3.38 on, and only that under Qt 6 (QVariant.Type is gone in PyQt6).
@@ -46,7 +46,9 @@ def relation_fields() -> QgsFields:
 
 def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
     """The frame of a raster layer's own pixel grid: its size in pixels, its true six-coefficient geotransform
-    and its CRS.
+    and its CRS; for a file without georeferencing (no geotransform, no CRS, no GCPs) the pixel frame
+    (`core.georef.pixel_frame`: x = column, y = -row in GeoVLM's pixel CRS), as the command line gives it, never
+    QGIS's unknown CRS, which a GeoPackage writes as an undefined geographic (degrees) one.
 
     A file read by GDAL gives its grid as GDAL reads it (through QGIS's own `osgeo.gdal`), rotation and shear
     included: for a rotated raster QGIS shows a north-up warped copy (its `extent()`, `width()` and `height()`
@@ -57,6 +59,8 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
     crs = layer.crs()
     crs_text = (crs.authid() or crs.toWkt()) if crs.isValid() else None
     grid = _gdal_grid(layer)
+    if grid is not None and grid[2] is None:  # no georeferencing at all: its pixels, as `geovlm parse --raster`
+        return pixel_frame(grid[0], grid[1])
     if grid is not None:
         return ImageFrame(grid[0], grid[1], grid[2], crs_text)
     width, height = layer.width(), layer.height()
@@ -69,8 +73,9 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
 
 
 def _gdal_grid(layer: QgsRasterLayer):
-    """(width, height, GeoTransform) of the layer's file as GDAL reads it, or None for a non-GDAL layer or a
-    file without a geotransform; ValueError for a file georeferenced by GCPs only."""
+    """(width, height, GeoTransform) of the layer's file as GDAL reads it; (width, height, None) for a file with
+    no georeferencing at all (no geotransform, no CRS, no GCPs: a PNG named .tif); None for a non-GDAL layer or
+    a file with a CRS but no geotransform; ValueError for a file georeferenced by GCPs only."""
     if layer.providerType() != "gdal":
         return None
     from osgeo import gdal
@@ -88,7 +93,7 @@ def _gdal_grid(layer: QgsRasterLayer):
     if not values:
         if dataset.GetGCPCount():
             raise ValueError(f"raster {layer.source()} is georeferenced by GCPs only; warp it to a geotransform first")
-        return None
+        return (dataset.RasterXSize, dataset.RasterYSize, None) if not dataset.GetProjection() else None
     return dataset.RasterXSize, dataset.RasterYSize, GeoTransform.from_gdal(values)
 
 

@@ -188,6 +188,46 @@ def test_plugin_and_cli_place_boxes_alike_on_a_rotated_raster(qgis_iface, proces
         assert min((x - corner[0]) ** 2 + (y - corner[1]) ** 2 for x, y in ring) < 1e-18
 
 
+def test_a_raster_without_georeferencing_gives_pixel_layers_as_the_cli_does(qgis_iface, processing, tmp_path):
+    """A TIFF with no geotransform, no CRS and no GCPs (a PNG renamed): QGIS's CRS for it is unknown, which a
+    GeoPackage wrote as an undefined geographic SRS (degrees); the layers are in GeoVLM's pixel CRS instead, the
+    boxes where `geovlm parse --raster` puts them, and the log says why."""
+    from osgeo import gdal
+    from qgis.core import QgsCoordinateReferenceSystem
+    from qt_support import RecordingFeedback
+
+    from geovlm.cli import main
+    from geovlm.core.georef import PIXEL_CRS_WKT
+
+    raster_path = tmp_path / "photo.tif"
+    gdal.GetDriverByName("GTiff").Create(str(raster_path), 200, 100, 3, gdal.GDT_Byte).FlushCache()
+    answers = tmp_path / "a.txt"
+    answers.write_text("[[10, 20, 30, 40, 90]]\n")
+    cli_out = tmp_path / "cli.gpkg"
+    assert main(["parse", str(answers), "--family", "earthdial", "--raster", str(raster_path),
+                 "--out", str(cli_out)]) == 0
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    feedback = RecordingFeedback()
+    try:
+        raster = QgsRasterLayer(str(raster_path), "photo")
+        assert raster.isValid() and not raster.crs().isValid()
+        QgsProject.instance().addMapLayer(raster)
+        result = processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": "earthdial", "RASTER": raster,
+            "OBJECTS": str(tmp_path / "plugin.gpkg")}, feedback=feedback)
+        QgsProject.instance().removeMapLayer(raster.id())
+    finally:
+        plugin.unload()
+    from_plugin = QgsVectorLayer(result["OBJECTS"], "p", "ogr")
+    from_cli = QgsVectorLayer(f"{cli_out}|layername=objects", "c", "ogr")
+    pixels = QgsCoordinateReferenceSystem.fromWkt(PIXEL_CRS_WKT).description()
+    assert from_plugin.crs().description() == from_cli.crs().description() == pixels
+    assert not from_plugin.crs().isGeographic()
+    assert _rings(from_plugin) == _rings(from_cli) == [(1, 0, [(20, -20), (60, -20), (60, -40), (20, -40)])]
+    assert any("photo has no georeferencing" in text for text in feedback.info)
+
+
 def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
     from qgis.core import QgsProcessingContext, QgsProcessingOutputLayerDefinition
     from qt_support import RecordingFeedback
