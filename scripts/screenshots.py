@@ -9,9 +9,10 @@ QGIS application window (a Layers panel, the map canvas, GeoVLM's dock or an att
 - `dock_scene_graph.png`: the Ask dock's *scene graph* task to a scripted SkySenseGPT-syntax stand-in about
   `sample_geotiff.tif`, whose boxes are the bounding boxes of the scene's real building footprints
   (`geotiff_labels.geojson`) in the view's pixels; the script checks that each object lands on its building;
-- `bulk_captions.png`: *Caption raster tiles* (`geovlm:captiontiles`, run as its dialog runs it, results loaded
-  and styled) over `cogeo.tif` with a scripted stand-in that answers a caption written by hand for each tile,
-  and the tiles layer's attribute table.
+- `bulk_captions_dialog.png`, `bulk_captions.png`: *Caption raster tiles* (`geovlm:captiontiles`) run from
+  Processing's own dialog over `cogeo.tif`, against a scripted stand-in that answers a caption written by hand
+  for each tile (the script checks that each tile got its own): the dialog's log after the run, then the tiles
+  layer it loaded (styled by status) with its attribute table.
 
 The rasters are read in place from the shared data (`GEOVLM_SHARED`, else `../shared`).
 
@@ -49,6 +50,7 @@ from qgis.gui import (  # noqa: E402
     QgsAttributeTableFilterModel,
     QgsAttributeTableModel,
     QgsAttributeTableView,
+    QgsBrowserGuiModel,
     QgsLayerTreeMapCanvasBridge,
     QgsLayerTreeView,
     QgsMapCanvas,
@@ -90,10 +92,25 @@ GRAPH_QUESTION = "Generate the scene graph of the image: the objects with their 
 
 
 class Iface:
-    """The part of QgisInterface the dock uses, on a plain main window."""
+    """The part of QgisInterface that the dock and Processing's algorithm dialog use, on a plain main window."""
 
-    def __init__(self, window, canvas, bar):
-        self.window, self.canvas, self.bar = window, canvas, bar
+    def __init__(self, window, canvas, bar, tree):
+        self.window, self.canvas, self.bar, self.tree = window, canvas, bar, tree
+        self.browser = None
+        self.active = None
+
+    def browserModel(self):  # noqa: N802
+        if self.browser is None:
+            self.browser = QgsBrowserGuiModel(self.window)
+            self.browser.initialize()
+        return self.browser
+
+    def layerTreeView(self):  # noqa: N802
+        return self.tree
+
+    def setActiveLayer(self, layer):  # noqa: N802
+        self.active = layer
+        return True
 
     def mapCanvas(self):  # noqa: N802
         return self.canvas
@@ -105,7 +122,7 @@ class Iface:
         return self.bar
 
     def activeLayer(self):  # noqa: N802
-        return None
+        return self.active
 
     def addDockWidget(self, area, dock):  # noqa: N802
         self.window.addDockWidget(area, dock)
@@ -142,39 +159,48 @@ class Window:
         layers.setFixedWidth(210)
         self.window.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, layers)
         self.bridge = QgsLayerTreeMapCanvasBridge(root, self.canvas)  # the canvas shows the tree's layers
-        self.iface = Iface(self.window, self.canvas, self.bar)
+        self.iface = Iface(self.window, self.canvas, self.bar, self.tree)
         self.below = below  # the height of the docks below the map
 
     def show(self, extent: QgsRectangle, crs) -> None:
         self.canvas.setDestinationCrs(crs)
-        self.window.adjustSize()
-        self.window.resize(self.window.width(), self.window.height() + self.below)
+        self.fit()
         self.window.show()
         settle(1.0)
         self.canvas.setExtent(extent)
         self.canvas.refresh()
         settle(1.0)
 
+    def fit(self) -> None:
+        """The window at the least size of its widgets, plus `below` for the docks below the map."""
+        self.window.adjustSize()
+        self.window.resize(self.window.width(), self.window.height() + self.below)
+
     def save(self, path: Path) -> None:
-        """The window as a PNG, at most 1200 px wide, with a 256-colour palette of its own (a README image)."""
+        """The window as a README image (`save`), its layer tree unfolded."""
         self.tree.expandAll()
         settle(0.5)
-        image = self.window.grab().toImage()
-        if image.width() > 1200:
-            image = image.scaledToWidth(1200, Qt.TransformationMode.SmoothTransformation)
-        buffer = QBuffer()
-        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-        image.save(buffer, "PNG")
-        # Pillow's palette is the image's own (maximum coverage): the widgets' flat colours and the legend's pure
-        # red, green and blue are in it exactly, so only the photo is dithered (Qt's Indexed8 takes a fixed
-        # palette and speckles the white; median cut turns the legend's red orange)
-        with Image.open(io.BytesIO(bytes(buffer.data()))) as full:
-            full.convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE).save(path, optimize=True)
-        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+        save(self.window, path)
 
     def close(self) -> None:
         self.window.close()
         del self.bridge
+
+
+def save(widget, path: Path) -> None:
+    """`widget` as a PNG, at most 1200 px wide, with a 256-colour palette of its own (a README image)."""
+    image = widget.grab().toImage()
+    if image.width() > 1200:
+        image = image.scaledToWidth(1200, Qt.TransformationMode.SmoothTransformation)
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG")
+    # Pillow's palette is the image's own (maximum coverage): the widgets' flat colours and the legend's pure
+    # red, green and blue are in it exactly, so only the photo is dithered (Qt's Indexed8 takes a fixed
+    # palette and speckles the white; median cut turns the legend's red orange)
+    with Image.open(io.BytesIO(bytes(buffer.data()))) as full:
+        full.convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE).save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
 def wait_for(condition, timeout):
@@ -365,38 +391,59 @@ def table_dock(shot: Window, layer: QgsVectorLayer, columns) -> QgsAttributeTabl
 
 
 def bulk_captions(out: Path, work: Path) -> None:
-    import processing
+    """Caption raster tiles from its dialog, as a user runs it: parameters set, Run, the log; the tiles layer
+    it loads (styled by status) with its attribute table."""
+    import qgis.utils
     from ask_engines import ScriptedEngine
-    from processing.core.Processing import Processing
 
     from geovlm.plugin.provider import GeoVlmProvider
+
+    raster = new_project(work, "captions", COGEO)
+    shot = Window(side=600, below=340)
+    qgis.utils.iface = shot.iface  # before Processing's GUI modules are imported: they keep the iface they find
+    from processing.core.Processing import Processing
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
 
     Processing.initialize()
     provider = GeoVlmProvider()
     QgsApplication.processingRegistry().addProvider(provider)
-    raster = new_project(work, "captions", COGEO)
+    shot.show(raster.extent(), raster.crs())
     answers = [CAPTIONS[key] for key in sorted(CAPTIONS)]  # one request at a time: tiles in row-major order
-    with ScriptedEngine("geochat", answers) as engine:
-        processing.runAndLoadResults("geovlm:captiontiles", {
-            "INPUT": raster, "TILE_SIZE": 256, "ENGINE": engine.url, "FAMILY": "geochat", "CONCURRENCY": 1,
-            "QUESTION": "Describe the image in one sentence.", "OUTPUT": str(work / "captions.gpkg")})
-    [tiles] = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsVectorLayer)]
+    dialog = AlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("geovlm:captiontiles"),
+                             parent=shot.window)
+    with ScriptedEngine("geochat", answers, piece_delay=0.005) as engine:
+        dialog.setParameters({"INPUT": raster, "TILE_SIZE": 256, "ENGINE": engine.url, "FAMILY": "geochat",
+                              "CONCURRENCY": 1, "QUESTION": "Describe the image in one sentence.",
+                              "OUTPUT": str(work / "captions.gpkg")})
+        dialog.resize(900, 640)
+        dialog.show()
+        settle(0.5)
+        dialog.runAlgorithm()
+        if not wait_for(lambda: vector_layers(), 120):
+            raise SystemExit("the captiontiles dialog loaded no layer: " + dialog.feedback.textLog()[-2000:])
+        settle(1.0)
+    save(dialog, out / "bulk_captions_dialog.png")
+    dialog.close()
+    [tiles] = vector_layers()
     for feature in tiles.getFeatures():
         if feature["caption"] != CAPTIONS[(feature["row"], feature["col"])]:
             raise SystemExit(f"tile {feature['tile_id']} got another tile's caption: {feature['caption']!r}")
-    shot = Window(side=600, below=300)
     table = table_dock(shot, tiles, ["tile_id", "status", "caption", "model", "seconds"])
-    shot.show(raster.extent(), raster.crs())
+    shot.fit()
     shot.window.resizeDocks([table.parent()], [shot.window.height()], Qt.Orientation.Vertical)  # the rest
     tunnel = next(f.id() for f in tiles.getFeatures() if (f["row"], f["col"]) == (1, 1))
     tiles.selectByIds([tunnel])
     table.resizeColumnsToContents()
-    table.scrollToFeature(tunnel)
     shot.canvas.refresh()
     settle(1.0)
     shot.save(out / "bulk_captions.png")
     shot.close()
     QgsApplication.processingRegistry().removeProvider(provider)
+
+
+def vector_layers():
+    """The project's vector layers."""
+    return [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsVectorLayer)]
 
 
 def main(out: Path) -> None:
