@@ -20,8 +20,11 @@ STAND_IN_NOTE = (
 def register(sub) -> None:
     p = sub.add_parser("demo-model", help="write the tiny random stand-in checkpoint (for demos and tests)")
     p.add_argument("dir", help="folder to write the checkpoint into (llava-hf; MiniGPT-v2 for minigptv2/skyeyegpt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--family", default="geochat", help="family whose input size and prompts it follows")
+    from ..models.checkpoints import ARCHITECTURES  # standard library only
+
+    p.add_argument("--family", default="geochat", help="family whose input size and prompts it follows (default "
+                   f"geochat): {', '.join(name for names in ARCHITECTURES.values() for name in names)}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("convert", help="convert a checkpoint to a safetensors layout the engine loads")
@@ -162,6 +165,11 @@ def cmd_demo_model(args) -> int:
         family = get_profile(args.family).name
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    served = [name for names in ARCHITECTURES.values() for name in names]
+    if family not in served:  # no checkpoint of our engine has its architecture: `ask` would refuse the folder
+        raise CliError(f"the demo model is a checkpoint of the engine's architectures (LLaVA, MiniGPT-v2), which "
+                       f"serve {', '.join(served)}, not {family}: its models are reached through another server "
+                       "(--engine URL --family " + family + ")")
     _check_demo_target(Path(args.dir))
     if family in ARCHITECTURES["minigptv2"]:
         from ..models.minigpt_demo import write_minigpt_demo

@@ -39,6 +39,18 @@ def test_demo_model_never_writes_over_a_folder_that_holds_something_else(tmp_pat
     assert main(["demo-model", str(tmp_path / "empty"), "--seed", "2"]) == 0  # an earlier demo model: rewritten
 
 
+@pytest.mark.parametrize("family", ["qwen25vl", "florence2", "earthdial"])
+def test_demo_model_of_a_family_the_engine_does_not_serve_is_one_line_and_writes_nothing(tmp_path, capsys,
+                                                                                          family):
+    # qwen25vl (no fixed input size) ended in a TypeError traceback after making the folder; florence2 wrote a
+    # folder that `geovlm ask --model` then refused ("not served by the LLaVA engine")
+    target = tmp_path / "d"
+    assert main(["demo-model", str(target), "--family", family]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("geovlm demo-model: the demo model is a checkpoint of the engine's")
+    assert f"not {family}" in err and "minigptv2" in err and not target.exists()
+
+
 def test_demo_model_command(tmp_path, capsys):
     assert main(["demo-model", str(tmp_path / "d"), "--seed", "3"]) == 0
     out = capsys.readouterr().out
