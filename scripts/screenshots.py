@@ -136,7 +136,7 @@ class Window:
     message bar and a square map canvas (`side` pixels: a square raster fills it) in the middle; docks added
     right or below. One per screenshot."""
 
-    def __init__(self, side: int = 660, below: int = 0):
+    def __init__(self, side: int = 700, below: int = 0):
         self.window = QMainWindow()
         central = QWidget(self.window)
         layout = QVBoxLayout(central)
