@@ -152,31 +152,43 @@ def is_temporary(out: str) -> bool:
 
 
 def report_outcome(feedback, stats, out: str, unit: str) -> None:
-    """The errors of a bulk run in the Processing log: the `unit`s ("tiles", "features") whose pixels could not
-    be read (a rerun will not help those), then how to ask again for the rest: raised as a
-    QgsProcessingException when the run was cancelled (after everything answered is committed), so that
-    qgis_process exits non-zero, as the dialog already counts a cancelled run failed (QgsProcessingAlgRunnerTask
-    returns false once its feedback is cancelled); logged when it stopped (no engine answered) or the engine
-    failed some. A temporary OUTPUT is said to be one: a rerun will not reuse it."""
+    """End a bulk run whose answers are all committed (and its layers written): return when every `unit`
+    ("tiles", "features") is answered or skipped; else raise a QgsProcessingException in one line saying how
+    many failed, that the answered ones are kept in `out`, and whether a rerun with the same parameters asks
+    again for the rest (engine failures, a halt, a cancel) or will not help (pixels that cannot be read, whose
+    ids are logged first with `reportError`). A temporary OUTPUT is said to be one: a rerun will not reuse it.
+
+    Failing the run is the QGIS convention for a job left partly undone (native:package writes every layer it
+    can, then raises "Error obtained while packaging one or more layers"): qgis_process exits 1 (it exits 0
+    whenever the algorithm returns, whatever `reportError` said), `processing.run` raises, and a graphical
+    model stops, as `geovlm caption` exits 1; the dialog says "Execution failed", stays open with the log so
+    Run resumes, and, as for any failed run, loads no layer (QgsProcessingAlgRunnerTask post-processes only a
+    successful run): the message names the file that holds the answered ones."""
     if stats.unreadable:
         feedback.reportError(stats.unreadable_note(unit) + ".", False)
+    if not (stats.failed or stats.halted or stats.cancelled):
+        return
     if is_temporary(out):  # no "run again": a rerun writes another temporary file and asks everything again
         kept = (f"the answered {unit} are in a temporary file ({out}) that QGIS deletes when it closes and a rerun "
                 "will not reuse; choose a .gpkg file as the output to be able to resume.")
-        cancelled = stopped = failed = kept
+        cancelled = stopped = failed = unreadable = kept
     else:
         kept = f"the answered {unit} are kept in {out}"
         cancelled = f"{kept}; run again with the same parameters to ask only for the rest."
         stopped = f"{kept}; run again with the same parameters once an engine answers."
-        failed = "run again with the same parameters to ask them again."
+        failed = f"{kept}; run again with the same parameters to ask them again."
+        unreadable = f"{kept}."
     if stats.cancelled:
         raise QgsProcessingException(f"Cancelled: {cancelled}")
     if stats.halted:
-        feedback.reportError(f"Stopped: {stats.halted}. {stopped[0].upper()}{stopped[1:]}", False)
-    elif stats.engine_failed:
+        raise QgsProcessingException(f"Stopped: {stats.halted}. {stopped[0].upper()}{stopped[1:]}")
+    if stats.engine_failed:
         first = next((e for e in stats.errors if not e.startswith("pixels cannot be read")), "")
-        feedback.reportError(f"{counted(stats.engine_failed, unit)} failed at the engine (first: {first}); {failed}",
-                             False)
+        also = f" ({len(stats.unreadable)} more could not be read)" if stats.unreadable else ""
+        raise QgsProcessingException(f"{counted(stats.engine_failed, unit)} failed at the engine{also} (first: "
+                                     f"{first}); {failed}")
+    raise QgsProcessingException(f"{counted(len(stats.unreadable), unit)} could not be read (a rerun will not help "
+                                 f"those); {unreadable}")
 
 
 class BulkTilesAlgorithm(QgsProcessingAlgorithm):
@@ -407,7 +419,9 @@ class CaptionTilesAlgorithm(BulkTilesAlgorithm):
                 "status and provenance. The model sees bands 1,2,3 (a one-band raster as grey), or the three "
                 "bands chosen as red, green and blue (2,3,4 of NIR,R,G,B imagery); data other than 8-bit is "
                 "stretched (2-98 %). OUTPUT is also the ledger: run again with the same parameters to ask only "
-                "for missing or failed tiles; `geovlm caption` on the command line continues the same file.")
+                "for missing or failed tiles; `geovlm caption` on the command line continues the same file. A run "
+                "that leaves tiles failed or missing ends as failed (qgis_process exits 1) once every answer is "
+                "committed: the message names the output that holds them.")
 
 
 class DetectTilesAlgorithm(BulkTilesAlgorithm):

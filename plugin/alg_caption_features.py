@@ -108,7 +108,9 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 "same parameters asks only for the features missing or failed; another plan (other bands "
                 "included) is refused unless OVERWRITE. Its `features` layer, written at the end of each run, is a "
                 "copy of the features with all their attributes, the caption in a new field, its status in "
-                "FIELD_status and the model in FIELD_model. Features outside the raster get no caption.")
+                "FIELD_status and the model in FIELD_model. Features outside the raster get no caption. A run that "
+                "leaves features failed or missing ends as failed (qgis_process exits 1) once both layers are "
+                "written.")
 
     def createInstance(self):  # noqa: N802
         return CaptionFeaturesAlgorithm()

@@ -16,12 +16,14 @@ HERE = Path(__file__).resolve().parent
 class ScriptedEngine:
     """tests/scripted_engine.py in its own process (so it can be SIGKILLed); `url`, `requests()`, `kill()`."""
 
-    def __init__(self, tmp: Path, name: str, family: str = "geochat", delay: float = 0.0, stand_in: bool = False):
+    def __init__(self, tmp: Path, name: str, family: str = "geochat", delay: float = 0.0, stand_in: bool = False,
+                 refuse_first: int = 0):
         self.ready = tmp / f"{name}.ready"
         self.log = tmp / f"{name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "scripted_engine.py"), "--family", family, "--delay", str(delay),
-             "--log", str(self.log), "--ready-file", str(self.ready), "--lifetime", "240"]
+             "--log", str(self.log), "--ready-file", str(self.ready), "--lifetime", "240",
+             "--refuse-first", str(refuse_first)]
             + (["--stand-in"] if stand_in else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30

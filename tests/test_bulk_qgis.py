@@ -318,6 +318,26 @@ def test_caption_features_cancel_says_how_to_resume_and_the_rerun_asks_the_rest(
     assert engine.requests() - asked_before == labels.featureCount() - len(first)
 
 
+def test_caption_features_failed_at_the_engine_fail_the_run_with_their_features_written(plugin, processing, engines,
+                                                                                         data_dir, tmp_path):
+    """captionfeatures whose engine refuses one window: the features layer is written (that feature `failed`,
+    the others captioned), then the run fails naming the output; the rerun asks for that window only."""
+    labels = QgsVectorLayer(str(data_dir / "rasters" / "geotiff_labels.geojson"), "labels", "ogr")
+    engine = engines(refuse_first=1)
+    out = tmp_path / "f.gpkg"
+    params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "ENGINE": engine.url,
+              "FAMILY": "geochat", "OUTPUT": str(out)}
+    with pytest.raises(QgsProcessingException, match=rf"^1 feature failed at the engine \(first: .*HTTP 400"
+                       rf"\); the answered features are kept in {out}; run again"):
+        processing.run("geovlm:captionfeatures", params)
+    features = QgsVectorLayer(f"{out}|layername=features", "features", "ogr")
+    statuses = [f["caption_status"] for f in features.getFeatures()]
+    assert statuses.count("failed") == 1 and statuses.count("ok") == labels.featureCount() - 1
+    asked = engine.requests()
+    processing.run("geovlm:captionfeatures", params)
+    assert engine.requests() - asked == 1 and {s for _, s in ledger_rows(out)} == {"ok"}
+
+
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path, qgis_process_env):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""
@@ -397,35 +417,60 @@ def test_a_damaged_raster_fails_its_unreadable_tiles_in_qgis_as_in_the_cli(engin
                                                                            qgis_process_env):
     """qgis_process on corrupt.tif: no traceback; every tile recorded, those GDAL cannot read `failed` with
     the reason (the same tiles as the command line's), named apart from engine failures, without the advice to
-    rerun for them."""
-    import json
-
+    rerun for them; it exits 1 as `geovlm caption` does, and a rerun asks the engine nothing more."""
     raster = data_dir / "rasters" / "corrupt.tif"
     engine = engines()
     code, _, stderr = run_cli("caption", raster, "--tile", 256, "--engine", engine.url, "--family", "geochat",
                               "--out", tmp_path / "cli.gpkg", "--no-progress")
     assert code == 1, stderr
     theirs = dict(ledger_rows(tmp_path / "cli.gpkg"))
-    run = qgis_process(qgis_process_env, "geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=256",
-                       f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={tmp_path / 'qgis.gpkg'}")
-    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout[-3000:] + run.stderr
+    args = ("geovlm:captiontiles", "--", f"INPUT={raster}", "TILE_SIZE=256", f"ENGINE={engine.url}", "FAMILY=geochat",
+            f"OUTPUT={tmp_path / 'qgis.gpkg'}")
+    run = qgis_process(qgis_process_env, *args)
+    said = run.stdout + run.stderr
+    assert run.returncode == 1 and "Traceback" not in said, run.stdout[-3000:] + run.stderr
     rows = ledger_rows(tmp_path / "qgis.gpkg", columns="tile_id, status, error")
     assert {r[0]: r[1] for r in rows} == theirs and "ok" in theirs.values()
     failed = [r for r in rows if r[1] == "failed"]
     assert failed and all(r[2].startswith("pixels cannot be read") for r in failed)
-    log = json.loads(run.stdout)["log"]
-    errors = json.dumps(log)
-    assert f"{len(failed)} tiles could not be read" in errors and "a rerun will not help those" in errors
-    assert "ask them again" not in errors
+    assert f"{len(failed)} tiles could not be read (" in said and "a rerun will not help those" in said
+    assert f"the answered tiles are kept in {tmp_path / 'qgis.gpkg'}." in said and "ask them again" not in said
+    asked = engine.requests()
+    again = qgis_process(qgis_process_env, *args)
+    assert again.returncode == 1 and engine.requests() == asked  # resumed: only the unreadable tiles read again
+
+
+def test_tiles_failed_at_the_engine_fail_the_run_then_a_rerun_asks_only_them(engines, data_dir, tmp_path,
+                                                                             qgis_process_env):
+    """qgis_process whose engine refuses two tiles (HTTP 400): every answer is committed, the run exits 1
+    (as `geovlm caption`; scripts can tell) saying how many failed, where the answered ones are and to run
+    again; the same command then asks for those two only and exits 0."""
+    engine = engines(refuse_first=2)
+    out = tmp_path / "e.gpkg"
+    args = ("geovlm:captiontiles", "--", f"INPUT={data_dir / 'rasters' / 'RGB.byte.tif'}", "TILE_SIZE=256",
+            f"ENGINE={engine.url}", "FAMILY=geochat", f"OUTPUT={out}")
+    run = qgis_process(qgis_process_env, *args)
+    said = run.stdout + run.stderr
+    assert run.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert (f"2 tiles failed at the engine (first: {engine.url}/v1/chat/completions: HTTP 400); "
+            f"the answered tiles are kept in {out}; run again with the same parameters to ask them again.") in said
+    statuses = [s for _, s in ledger_rows(out)]
+    assert statuses.count("failed") == 2 and statuses.count("ok") == len(statuses) - 2 > 0
+    asked = engine.requests()
+    rerun = qgis_process(qgis_process_env, *args)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert engine.requests() - asked == 2 and {s for _, s in ledger_rows(out)} == {"ok"}
 
 
 def test_detect_tiles_on_a_damaged_raster_goes_on_past_unreadable_tiles(plugin, processing, engines, data_dir,
                                                                         tmp_path):
     feedback = RecordingFeedback()
-    processing.run("geovlm:detecttiles", {
-        "INPUT": str(data_dir / "rasters" / "corrupt.tif"), "TILE_SIZE": 256, "OVERLAP": 0,
-        "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "d.gpkg")},
-        feedback=feedback)
+    with pytest.raises(QgsProcessingException, match=r"^4 tiles could not be read \(a rerun will not help those\); "
+                       f"the answered tiles are kept in {tmp_path / 'd.gpkg'}"):
+        processing.run("geovlm:detecttiles", {
+            "INPUT": str(data_dir / "rasters" / "corrupt.tif"), "TILE_SIZE": 256, "OVERLAP": 0,
+            "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(tmp_path / "d.gpkg")},
+            feedback=feedback)
     rows = ledger_rows(tmp_path / "d.gpkg", columns="tile_id, status, error")
     statuses = [r[1] for r in rows]
     assert len(rows) == 16 and 0 < statuses.count("failed") < 16 and statuses.count("ok") > 0
