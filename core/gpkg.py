@@ -97,6 +97,16 @@ def create_table(con: sqlite3.Connection, name: str, fields: Sequence[Tuple[str,
         con.execute("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, ?, 0, 0)", (name, geometry, srs_id))
 
 
+def add_columns(con: sqlite3.Connection, name: str, fields: Sequence[Tuple[str, type]]) -> List[str]:
+    """Add to table `name` those of `fields` it lacks (an output written by an earlier version), each empty
+    (NULL) in the rows already there; the names added, in `fields` order."""
+    have = {row[1] for row in con.execute(f'PRAGMA table_info("{name}")')}
+    added = [(field, kind) for field, kind in fields if field not in have]
+    for field, kind in added:
+        con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{field}" {_SQL_TYPES[kind]}')
+    return [field for field, _ in added]
+
+
 def geometry_blob(kind: str, points: Sequence[Point], srs_id: int) -> bytes:
     """GeoPackageBinary of a polygon (its ring closed here if open) or a line string, little-endian, with its
     xy envelope (spec 2.1.3: magic "GP", version 0, flags 0b011 = envelope [minx, maxx, miny, maxy] + LE)."""

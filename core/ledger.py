@@ -4,7 +4,9 @@ One definition, for the command line and the QGIS plugin alike, of:
 - the schema: a `tiles` layer (one polygon per tile of the plan, its exact footprint, with `tile_id`, `row`,
   `col`, the window, `caption`, `answer`, `status` ok/failed/skipped, `error` and the provenance of the answer:
   `question`, `model`, `family`, `engine`, `time` (UTC, ISO 8601), `seconds`); for scene graphs also an
-  `objects` layer (polygons) and a `relations` layer (subject centre -> object centre lines); and a
+  `objects` layer (polygons) and a `relations` layer (subject centre -> object centre lines), each row with
+  the provenance of the tile answer that gave it (`question`, `model`, `family`, `engine`, `time`, `seconds`,
+  as its tile's row, joined on `tile_id`); and a
   `geovlm_plan` table holding the plan and its fingerprint;
 - the plan fingerprint: a hash of what decides the answers (kind of run, raster size, geotransform, CRS and a
   digest of a sample of its pixels (core/raster_identity.py), tile plan, question, task, family, model, how
@@ -45,7 +47,7 @@ TILE_FIELDS = (("tile_id", str), ("row", int), ("col", int), ("col_off", int), (
 OBJECT_FIELDS = (("object_id", str), ("tile_id", str), ("label", str), ("kind", str), ("angle", float),
                  ("flags", str), ("source", str), ("edge_distance", float), ("merged", int)) + PROVENANCE_FIELDS
 RELATION_FIELDS = (("tile_id", str), ("subject_id", str), ("predicate", str), ("object_id", str),
-                   ("subject_label", str), ("object_label", str), ("family", str))
+                   ("subject_label", str), ("object_label", str)) + PROVENANCE_FIELDS
 PLAN_FIELDS = (("fingerprint", str), ("plan", str), ("created", str), ("schema", int))
 
 
@@ -263,6 +265,7 @@ class Ledger:
             if plan.kind == "detect":
                 gpkg.create_table(self.con, OBJECTS, OBJECT_FIELDS, "POLYGON", srs, unique=("object_id",))
                 gpkg.create_table(self.con, RELATIONS, RELATION_FIELDS, "LINESTRING", srs)
+                _add_relation_provenance(self.con)
             gpkg.create_table(self.con, PLAN_TABLE, PLAN_FIELDS, None)
             if not existed:
                 self.con.execute("INSERT INTO geovlm_plan (fingerprint, plan, created, schema) VALUES (?,?,?,?)",
@@ -371,7 +374,7 @@ class Ledger:
             self.con.execute(_insert(RELATIONS, RELATION_FIELDS),
                              [gpkg.geometry_blob("LINESTRING", [a, b], self.srs_id), tile.id,
                               local_to_global[subject], predicate, local_to_global[obj], subject_label,
-                              object_label, self.plan.family])
+                              object_label] + provenance)
             gpkg.update_extent(self.con, RELATIONS, [a, b])
 
     def _centre(self, object_id: str) -> Point:
@@ -401,6 +404,17 @@ class Ledger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _add_relation_provenance(con: sqlite3.Connection) -> None:
+    """Give the `relations` of an output written before relations carried provenance (they had `family`
+    only) the PROVENANCE_FIELDS columns, filled from their tile's row (a relation is stated by its tile's
+    answer), so a resumed run writes rows alike and every relation says where it came from."""
+    added = gpkg.add_columns(con, RELATIONS, RELATION_FIELDS)
+    if added:
+        names = ", ".join(f'"{name}"' for name in added)  # names from PROVENANCE_FIELDS only
+        con.execute(f"UPDATE relations SET ({names}) = (SELECT {names} FROM tiles "  # nosec B608  # constant names
+                    "WHERE tiles.tile_id = relations.tile_id)")
 
 
 def _insert(table: str, fields) -> str:

@@ -220,6 +220,11 @@ def test_detect_links_objects_and_relations_and_merges_duplicates(engines, tmp_p
         assert (x0, y0) == pytest.approx((centres[rel.subject_id].x, centres[rel.subject_id].y), abs=1e-6)
         assert (x1, y1) == pytest.approx((centres[rel.object_id].x, centres[rel.object_id].y), abs=1e-6)
         assert rel.predicate == "adjacent"
+    # each relation has the provenance of the tile answer that gave it, as objects do
+    provenance = ["question", "model", "family", "engine", "time", "seconds"]
+    by_tile = tiles.set_index("tile_id")[provenance]
+    assert relations[provenance].notna().all().all() and (relations.engine == engine.url).all()
+    assert (relations[provenance].values == by_tile.loc[relations.tile_id].values).all()
     # the kept copy of a merged object is the one farther from its own tile's edge
     assert (objects[objects.merged > 0].edge_distance > 0).all()
 

@@ -187,6 +187,14 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
     ids = {f["object_id"] for f in objects.getFeatures()}
     assert all(f["subject_id"] in ids and f["object_id"] in ids for f in relations.getFeatures())
     assert objects.crs().authid() == "EPSG:32633"
+    # relations say which engine, model and question gave them, as objects do (their tile's answer)
+    provenance = ["question", "model", "family", "engine", "time", "seconds"]
+    tiles = {f["tile_id"]: [f[name] for name in provenance]
+             for f in QgsVectorLayer(f"{out}|layername=tiles", "tiles", "ogr").getFeatures()}
+    assert set(provenance) <= set(relations.fields().names())
+    for f in relations.getFeatures():
+        assert [f[name] for name in provenance] == tiles[f["tile_id"]] and f["engine"] == engine.url
+        assert f["model"] == "scripted-skysensegpt"
     # the command line finds the same merged objects at the same places
     code, _, stderr = run_cli("detect", raster, "--tile", 320, "--overlap", 80, "--engine", engine.url,
                               "--out", tmp_path / "cli.gpkg", "--no-progress")

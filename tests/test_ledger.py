@@ -86,6 +86,62 @@ def test_duplicates_merge_the_same_in_either_order_and_relations_follow(tmp_path
     assert rel == [(f"{tiles[0].id}/1", f"{tiles[1].id}/0")]
 
 
+PROVENANCE = "question, model, family, engine, time, seconds"
+
+
+def graph_results(tiles):
+    """Tile 0 answers a car beside a building, tile 1 a building linked to itself: two relations, one a tile."""
+    return [TileResult(tiles[0], OK, engine="http://127.0.0.1:1", seconds=1.5,
+                       objects=[(0, "building", "rbox", 0.0, "", "", box(20, 250, 20, 30)),
+                                (1, "car", "rbox", 0.0, "", "", box(40, 40, 30, 50))],
+                       relations=[(1, "adjacent", 0, "car", "building")]),
+            TileResult(tiles[1], OK, engine="http://127.0.0.1:2", seconds=2.5,
+                       objects=[(0, "building", "rbox", 0.0, "", "", box(500, 250, 40, 30))],
+                       relations=[(0, "near", 0, "building", "building")])]
+
+
+def test_relations_carry_the_provenance_their_objects_and_tile_carry(tmp_path):
+    p = plan("detect")
+    tiles = list(p.tiles.tiles())
+    out = tmp_path / "g.gpkg"
+    with Ledger(out, p, epsg=32633) as ledger:
+        for i, result in enumerate(graph_results(tiles)):
+            ledger.record(result, f"q{i}", "m", "skysensegpt")
+    con = sqlite3.connect(out)
+    tile_rows = {row[0]: row[1:] for row in con.execute(f"SELECT tile_id, {PROVENANCE} FROM tiles")}
+    relations = con.execute(f"SELECT tile_id, predicate, {PROVENANCE} FROM relations ORDER BY fid").fetchall()
+    assert [(r[0], r[1]) for r in relations] == [(tiles[0].id, "adjacent"), (tiles[1].id, "near")]
+    assert all(r[2:] == tile_rows[r[0]] for r in relations)
+    assert relations[0][2:6] == ("q0", "m", "skysensegpt", "http://127.0.0.1:1") and relations[1][7] == 2.5
+    objects = con.execute(f"SELECT tile_id, {PROVENANCE} FROM objects").fetchall()
+    assert all(o[1:] == tile_rows[o[0]] for o in objects)
+
+
+def test_an_output_whose_relations_had_family_only_gets_their_provenance_on_resume(tmp_path):
+    """An output written when relations had `family` only: resuming it adds the provenance columns, filled
+    from each relation's tile, and the new tile's relations are written with theirs."""
+    p = plan("detect")
+    tiles = list(p.tiles.tiles())
+    first, second = graph_results(tiles)
+    out = tmp_path / "old.gpkg"
+    with Ledger(out, p, epsg=32633) as ledger:
+        ledger.record(first, "q", "m", "skysensegpt")
+    con = sqlite3.connect(out)
+    with con:  # the relations table as the earlier version made it
+        con.execute("CREATE TABLE old AS SELECT fid, geom, tile_id, subject_id, predicate, object_id, "
+                    "subject_label, object_label, family FROM relations")
+        con.execute("DROP TABLE relations")
+        con.execute("ALTER TABLE old RENAME TO relations")
+    con.close()
+    with Ledger(out, p) as ledger:
+        assert ledger.resumed
+        ledger.record(second, "q", "m", "skysensegpt")
+    con = sqlite3.connect(out)
+    tile_rows = {row[0]: row[1:] for row in con.execute(f"SELECT tile_id, {PROVENANCE} FROM tiles")}
+    relations = con.execute(f"SELECT tile_id, {PROVENANCE} FROM relations").fetchall()
+    assert len(relations) == 2 and all(r[1:] == tile_rows[r[0]] and None not in r for r in relations)
+
+
 def test_a_refusal_names_what_differs_in_one_readable_line(tmp_path):
     out = tmp_path / "l.gpkg"
     base = dict(kind="caption", tiles=TilePlan(560, 320, 320, 80), geotransform=GT, question="q", task="caption",
