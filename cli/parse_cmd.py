@@ -53,6 +53,9 @@ def profile_overrides(args) -> dict:
 def frame_from_args(args) -> ImageFrame:
     if args.raster and args.geotransform:
         raise CliError("give --raster or --geotransform, not both")
+    if args.window and not args.raster:  # it was ignored: the boxes were placed on the whole image instead
+        raise CliError("--window needs --raster: it is the window of that raster that was sent (without a raster, "
+                       "--image-size gives the size of the image)")
     if args.raster:
         from .rasters import open_frame, parse_window
 

@@ -187,6 +187,17 @@ def test_to_crs_keeps_a_box_over_the_antimeridian_whole(tmp_path, to_crs, world)
     assert all(0 < x < world / 2 for x, _ in west)
 
 
+@pytest.mark.parametrize("place", [[], ["--geotransform", "2,0,1000,0,-2,5000", "--crs", "EPSG:32631"]])
+def test_a_window_without_a_raster_is_one_line_not_ignored(tmp_path, capsys, place):
+    # --window was silently dropped without --raster: the boxes landed on the whole image, not the window
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    out = tmp_path / "a.gpkg"
+    assert main(["parse", str(src), "--family", "geochat", "--window", "10,10,50,50", *place, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geovlm parse: --window needs --raster") and "\n" not in err and not out.exists()
+
+
 def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><100><100>|<90>}\n")
