@@ -60,6 +60,7 @@ class AskSession(EngineHeader, QObject):
         self.family = engine_settings.load().family
         self._html: List[str] = []
         self._streamed = ""
+        self._retry_note = ""  # the last failed attempt of the question in flight ("… retrying (2)…")
         self._probe = None
         self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
         self.renderer.rendered.connect(self._rendered)
@@ -120,7 +121,7 @@ class AskSession(EngineHeader, QObject):
             self.error(str(exc))
             return
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
-        self._streamed = ""
+        self._streamed, self._retry_note = "", ""
         if settings is None:
             if self._moved_since(source, task):
                 self._html.append("<p><i>about the earlier view (the map has changed since): New view asks about "
@@ -186,6 +187,7 @@ class AskSession(EngineHeader, QObject):
                             self.family, self.max_tokens, self.transport)
         self.task.token.connect(self._token)
         self.task.restarted.connect(self._restart_stream)
+        self.task.retrying.connect(self._retrying)
         self.task.connected.connect(lambda info: self._remote_state("busy"))
         self.task.answered.connect(self._answered)
         self.task.failed.connect(self._failed)
@@ -198,6 +200,15 @@ class AskSession(EngineHeader, QObject):
 
     def _token(self, piece: str) -> None:
         self._streamed += piece
+        if self._retry_note:  # a retry got through
+            self._retry_note = ""
+            self._remote_state("busy")
+        self._show()
+
+    def _retrying(self, line: str) -> None:
+        """An attempt failed and is retried (`ask_patience.retry_line`): said below the question until text comes."""
+        self._retry_note = line
+        self._remote_state("not answering, retrying…")
         self._show()
 
     def _restart_stream(self) -> None:
@@ -205,7 +216,8 @@ class AskSession(EngineHeader, QObject):
         self._show()
 
     def _show(self) -> None:
-        streaming = (f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
+        note = f"<p><i>{html.escape(self._retry_note)}</i></p>" if self._retry_note and self.task is not None else ""
+        streaming = (f"{note}<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
                      "<p><i>Rendering the view…</i></p>" if self.renderer.active() else "")
         self.dock.transcript.setHtml("".join(self._html) + streaming)
         bar = self.dock.transcript.verticalScrollBar()
@@ -265,7 +277,8 @@ class AskSession(EngineHeader, QObject):
         if not self.history:
             self.view, self.view_source, self.view_settings, self.image = None, None, None, None
         self.dock.set_busy(False)
-        self._html.append(f"<p><i>{html.escape(message)}</i></p>")
+        kept = "" if message == "stopped" else ": the question is still in the box, Send asks it again"
+        self._html.append(f"<p><i>{html.escape(message + kept)}</i></p>")
         self._show()
         self._remote_state("ready" if message == "stopped" else f"down — {message}")
         if message != "stopped":
@@ -346,7 +359,7 @@ class AskSession(EngineHeader, QObject):
         self._cancel_render(wait=True)
         task, self.task = self.task, None
         if task is not None:
-            for signal in (task.token, task.restarted, task.connected, task.answered, task.failed):
+            for signal in (task.token, task.restarted, task.retrying, task.connected, task.answered, task.failed):
                 try:
                     signal.disconnect()
                 except TypeError:

@@ -13,6 +13,7 @@ from ..core.client import EngineError
 from ..core.parsing import referred_phrase
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import View, region_question, worded
+from .ask_patience import INTERACTIVE_RETRY_S, PatientTransport, retry_line
 from .engine_access import EngineUnavailable, connect
 from .image_source import QImageSource
 
@@ -34,9 +35,11 @@ class EngineTask(QgsTask):
         self.cancel_token.cancel()
         super().cancel()
 
-    def open_engine(self):
-        """`engine_access.connect(...)` for this task (a context manager; raises EngineUnavailable)."""
-        return connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token, transport=self.transport)
+    def open_engine(self, wrap=None):
+        """`engine_access.connect(...)` for this task (a context manager; raises EngineUnavailable); `wrap` as
+        `connect` takes it."""
+        return connect(self.engine, self.authcfg, self.family, cancel=self.cancel_token, transport=self.transport,
+                       wrap=wrap)
 
 
 class AskTask(EngineTask):
@@ -47,14 +50,17 @@ class AskTask(EngineTask):
 
     `engine`, `authcfg`, `family` as `engine_access.connect` takes them. Signals (delivered queued to the
     GUI thread): `token(str)` per streamed piece, `restarted()` when a broken stream is sent again (clear
-    what was shown), `connected(info)` once the engine is reached (model, family, engine, notice),
-    `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the history),
-    `failed(message)` with one line, never a traceback. `cancel()` aborts the request within a fraction of
-    a second; then `failed("stopped")`, and the QgsTask itself ends completed, not terminated (QGIS would
-    say "Task failed")."""
+    what was shown), `retrying(line)` at each failed attempt (`ask_patience.retry_line`: the engine's address,
+    the cause, the attempt about to be made), `connected(info)` once the engine is reached (model, family,
+    engine, notice), `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the
+    history), `failed(message)` with one line, never a traceback. The engine is waited for as a person at the
+    dock can wait (`ask_patience`: retries for INTERACTIVE_RETRY_S, REPLY_WAIT_S for a reply to begin), not as
+    a bulk job. `cancel()` aborts the request within a fraction of a second; then `failed("stopped")`, and the
+    QgsTask itself ends completed, not terminated (QGIS would say "Task failed")."""
 
     token = pyqtSignal(str)
     restarted = pyqtSignal()
+    retrying = pyqtSignal(str)
     connected = pyqtSignal(dict)
     answered = pyqtSignal(str, object, dict)
     failed = pyqtSignal(str)
@@ -70,7 +76,7 @@ class AskTask(EngineTask):
 
     def run(self) -> bool:
         try:
-            with self.open_engine() as connection:
+            with self.open_engine(self._patient) as connection:
                 self.info = dict(connection.describe(), notice=connection.notice)
                 self.connected.emit(self.info)
                 profile = connection.profile
@@ -80,7 +86,8 @@ class AskTask(EngineTask):
                 size = (self.view.frame.width, self.view.frame.height)
                 self.text, self.answer = connection.client.ask(
                     QImageSource(self.view.image), size, turns, profile, on_token=self.token.emit,
-                    on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens)
+                    on_restart=self.restarted.emit, cancel=self.cancel_token, max_tokens=self.max_tokens,
+                    deadline_s=INTERACTIVE_RETRY_S)
             phrase = referred_phrase(self.info["worded"])  # a referring question's boxes are of what it names
             for obj in self.answer.objects:  # GeoChat and EarthDial answer it with boxes only: named as parse does
                 obj.label = obj.label or phrase
@@ -94,6 +101,11 @@ class AskTask(EngineTask):
             self.error = f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}"
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
         return False
+
+    def _patient(self, transport):
+        """The connection's transport as a person at the dock waits on it (`ask_patience.PatientTransport`)."""
+        return PatientTransport(transport, lambda url, reason, failures: self.retrying.emit(
+            retry_line(url, reason, failures + 1)))
 
     def finished(self, result: bool) -> None:
         """Main thread."""

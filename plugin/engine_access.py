@@ -8,7 +8,7 @@ get there is one `EngineUnavailable` line.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..core.client import EngineClient, EngineError, check_distinct_urls
 from ..core.profiles import Profile
@@ -112,7 +112,8 @@ class EngineConnection:
 
 
 def connect(engine: str = "", authcfg: str = "", family: str = "", feedback=None,
-            cancel: Optional[CancelToken] = None, transport: Optional[Transport] = None) -> EngineConnection:
+            cancel: Optional[CancelToken] = None, transport: Optional[Transport] = None,
+            wrap: Optional[Callable[[Transport], Transport]] = None) -> EngineConnection:
     """Reach an engine and read what it serves.
 
     engine: "" = the configured default (Settings ▸ Options ▸ GeoVLM), "local" = the plugin's local engine (started now
@@ -120,13 +121,16 @@ def connect(engine: str = "", authcfg: str = "", family: str = "", feedback=None
     `QgsAuthManager` configuration id applied to remote requests (for the configured endpoints, each one's
     own). family: a family name, else the one the engine reports. feedback: a `QgsFeedback`/
     `QgsProcessingFeedback` (progress text; its cancel cancels `cancel` until `close`). transport: replaces
-    the default (QGIS's network stack for URLs, the standard library for the loopback local engine).
+    the default (QGIS's network stack for URLs, the standard library for the loopback local engine). wrap: a
+    function of the transport in use that returns the one to use instead (the dock's
+    `ask_patience.PatientTransport`), for every request of the connection, /v1/models included.
     Safe from worker threads; never call it on the GUI thread with the local engine stopped (it would block).
     Raises `EngineUnavailable` (one line) and `Cancelled`."""
     token = cancel or CancelToken()
     unlink = _link_feedback(feedback, token)
     try:
-        return _connect(engine.strip(), authcfg, family.strip(), feedback, token, transport, unlink)
+        return _connect(engine.strip(), authcfg, family.strip(), feedback, token, transport, unlink,
+                        wrap or (lambda used: used))
     except BaseException:
         unlink()
         raise
@@ -175,7 +179,7 @@ def _not_set_up() -> str:
             f"in {engine_settings.OPTIONS_PATH})")
 
 
-def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> EngineConnection:
+def _connect(engine, authcfg, family, feedback, token, transport, unlink, wrap) -> EngineConnection:
     value = engine_settings.load()
     try:
         family = family_of(family) if family else ""
@@ -190,13 +194,13 @@ def _connect(engine, authcfg, family, feedback, token, transport, unlink) -> Eng
     else:
         authcfgs = {}
     if engine.lower() == LOCAL:
-        client = _local_client(value, family, feedback, token, transport)
+        client = _local_client(value, family, feedback, token, transport, wrap)
     else:
         urls = _urls(engine)
         if authcfg:
             authcfgs.update({u.rstrip("/"): authcfg for u in urls})
         client = EngineClient(urls, profile=family or None, timeout=value.request_timeout_s,
-                              transport=transport or QgisTransport(authcfgs))
+                              transport=wrap(transport or QgisTransport(authcfgs)))
     info = _probe(client, token)
     profile = _profile_of(client, token)
     return EngineConnection(client, profile, str(info.get("id") or ""), LOCAL if engine.lower() == LOCAL else engine,
@@ -213,7 +217,7 @@ def _urls(engine: str) -> List[str]:
         raise EngineUnavailable(str(exc)) from None
 
 
-def _local_client(value, family, feedback, token, transport) -> EngineClient:
+def _local_client(value, family, feedback, token, transport, wrap) -> EngineClient:
     manager = engine_manager()
     config = manager.config_from_settings()
     if not config.python:
@@ -230,7 +234,7 @@ def _local_client(value, family, feedback, token, transport) -> EngineClient:
     # command line's local engine does; when the launcher gives up, the manager tells the client at once.
     client = EngineClient(url, api_key=key, profile=family or None, timeout=value.request_timeout_s,
                           retry_window=config.start_timeout_s + 30.0,
-                          transport=_CountingTransport(transport or HttpClientTransport(), manager))
+                          transport=wrap(_CountingTransport(transport or HttpClientTransport(), manager)))
     manager.watch(client)
     return client
 

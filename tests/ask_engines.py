@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -19,11 +20,15 @@ class ScriptedEngine:
     `answer`: one text, a list answered in turn (the last one again after), or a function of the PNG bytes
     received that returns the text (a stand-in model that looks at the image). `piece_delay` seconds between
     streamed pieces of four characters; `posts` holds every request body and `images` the PNG bytes each
-    carried."""
+    carried. `failing` (set it any time) makes it an engine whose HTTP front is up (/v1/models answers) but whose
+    chat completions fail: "drop" reads each request and closes the connection without a reply, "silent" reads it
+    and never answers (until the block ends); `dropped` counts those requests."""
 
     def __init__(self, family: str, answer: str, piece_delay: float = 0.0, model: str = "scripted"):
         self.family, self.answer, self.piece_delay, self.model = family, answer, piece_delay, model
         self.posts, self.images = [], []
+        self.failing, self.dropped = None, 0
+        self._closing = threading.Event()
         self.server = None
 
     def __enter__(self) -> ScriptedEngine:
@@ -34,6 +39,13 @@ class ScriptedEngine:
                 return {"id": engine.model, "object": "model", "geovlm": {"family": engine.family}}
 
             def do_POST(self):  # noqa: N802
+                if engine.failing:
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                    engine.dropped += 1
+                    if engine.failing == "silent":
+                        engine._closing.wait(120)
+                    self.close_connection = True
+                    return
                 body, image = self.read_chat()
                 engine.posts.append(body)
                 engine.images.append(image)
@@ -52,6 +64,7 @@ class ScriptedEngine:
         return url_of(self.server)
 
     def __exit__(self, *exc):
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
 

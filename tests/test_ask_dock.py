@@ -992,3 +992,43 @@ def test_the_first_answer_of_an_unsaved_project_logs_no_ogr_warning(dock, tmp_pa
     assert layer.featureCount() == 4 and relations.featureCount() == 2, dock.ask.dock.transcript.toPlainText()
     assert Path(layer.source().split("|")[0]).parent == tmp_path / "profile-geovlm" / "answers"
     assert [line for line in logged if "OGR" in line or "Cannot open" in line] == []
+
+
+@pytest.mark.parametrize("failing", ["drop", "silent"])
+def test_an_engine_that_does_not_answer_is_given_up_soon_and_nothing_is_lost(dock, qgis_iface, failing):
+    """An engine whose HTTP front is up (/v1/models answers) but which drops every chat request, or never answers
+    one: the dock says at once what is happening (the engine by its address, "retrying (2)…"), gives up soon
+    (plugin.ask_patience: retries for 15 s, 10 s for a reply to begin; a bulk job's client retries for 120 s and
+    waits the 300 s request timeout), keeps the question in the box and the conversation so far, and Send asks
+    it again, as the same follow-up, once the engine answers."""
+    from geovlm.plugin.ask_patience import INTERACTIVE_RETRY_S, REPLY_WAIT_S
+
+    session = dock.ask
+    with ScriptedEngine("geochat", [ANSWER, "a road"]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+        engine.failing = failing
+        seen = []
+        started = time.monotonic()
+        ask(session, "And the road?", "ask")
+        assert wait_for(lambda: seen.append(session.dock.transcript.toPlainText()) or not session.busy(), 60)
+        took = time.monotonic() - started
+        bound = INTERACTIVE_RETRY_S if failing == "drop" else 2 * REPLY_WAIT_S
+        assert took < bound + 3 and engine.dropped >= 2, (took, engine.dropped)
+        reason = "no reply within 10 s" if failing == "silent" else ""
+        assert any(f"engine {engine.url} not answering ({reason}" in text and "retrying (2)…" in text
+                   for text in seen)
+        text = session.dock.transcript.toPlainText()
+        assert "gave up after" in text and "the question is still in the box, Send asks it again" in text
+        assert "retrying (" not in text  # the note goes with the question in flight
+        assert session.dock.question.toPlainText() == "And the road?" and session.dock.send.isEnabled()
+        assert len(session.history) == 2 and session.view is not None  # the conversation so far is kept
+        [message] = qgis_iface.messageBar().get_messages(1)
+        assert "gave up after" in message
+
+        engine.failing = None
+        session.send()  # the question still in the box, as a user presses Send
+        assert wait_for(lambda: not session.busy(), 30)
+    assert session.turns[-1].answer == "a road" and len(engine.posts) == 2
+    assert [m["role"] for m in engine.posts[1]["messages"]] == ["user", "assistant", "user"]
+    assert engine.images[1] == engine.images[0]
