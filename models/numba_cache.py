@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional
 
-from ..core.cache_paths import numba_cache_dir
+from ..core.cache_paths import KERNEL_MARKER_PREFIX, numba_cache_dir, numba_temp_dir
 
 SET_BY_GEOVLM = "GEOVLM_NUMBA_CACHE_DIR"  # the NUMBA_CACHE_DIR a GeoVLM process chose, so that its child
 # processes (the engine `ask --engine local` starts) do not take it for the user's (`use`)
@@ -74,7 +74,7 @@ def private_temp_folder(root: Optional[Path] = None) -> Path:
     where `root` takes no folder."""
     root = Path(root or tempfile.gettempdir())
     uid = os.getuid() if hasattr(os, "getuid") else None
-    folder = root / f"geovlm-numba-{uid if uid is not None else 'user'}"
+    folder = numba_temp_dir(root)  # the name the plugin's Remove looks for (core.cache_paths)
     try:
         folder.mkdir(mode=0o700)
     except FileExistsError:
@@ -114,7 +114,7 @@ def choose_cache(environ: Optional[Mapping[str, str]] = None, temp_root: Optiona
                              "compiled at each start, not cached")
 
 
-MARKER_PREFIX = "geovlm-decode-step-"  # GeoVLM's compile marker: `marker_name`
+MARKER_PREFIX = KERNEL_MARKER_PREFIX  # GeoVLM's compile marker: `marker_name` (core.cache_paths, read by the plugin)
 KERNEL_FILES = ("cpu_decode_step.*.nbi", "cpu_decode_step.*.nbc")  # numba's files of the step's module
 LEGACY_AGE_S = 30 * 86400.0  # a subfolder without a marker (left by a version before markers named the source)
 # whose files are all older than this is removed; a live one of that version compiles again once (seconds)

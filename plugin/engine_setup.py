@@ -17,8 +17,8 @@ QGIS does not say "Task failed") and writes
 the working engine); a failure says why in one line (pip's last ERROR line, and that pip could not reach a
 package index when it could not connect). Repair removes the marker first, so that no engine starts
 from a venv pip is changing, and a cancelled repair reads as unfinished). Repair reinstalls the
-plugin's copy and fills in missing packages; remove deletes the venv and GeoVLM's cache of numba's compiled kernels
-(`engine_files`). The launcher then runs the engine with
+plugin's copy and fills in missing packages; remove deletes the venv and numba's kernels compiled from it, and keeps
+what a command-line GeoVLM shares (`engine_files`). The launcher then runs the engine with
 the venv's Python (`settings.engine_python()`).
 """
 from __future__ import annotations
@@ -40,11 +40,11 @@ from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .. import __version__
-from ..core.cache_paths import numba_cache_dir
+from ..core.cache_paths import cache_dir, numba_cache_dir, numba_temp_dir
 from ..engine.launcher import clean_environment
 from ..engine.lifeline import die_with_parent
 from . import settings as engine_settings
-from .engine_files import PREVIOUS_SUFFIX, EngineFolder, engine_folders, remove_folders
+from .engine_files import PREVIOUS_SUFFIX, EngineFolder, engine_folders, remove_folders, shared_folders
 
 LOG_TAG = "GeoVLM"
 MIN_PYTHON = (3, 10)
@@ -254,8 +254,10 @@ class SetupPlan:
     "" leaves torch to the engine extra's install. `pip_args` go to every pip call (e.g. an index, a proxy, or
     for offline tests `--no-index --find-links DIR`); `venv_args` to `python -m venv`; `package` replaces the
     plugin folder as what pip installs (a built wheel, for tests); `check_modules` are imported by the venv's
-    Python at the end to prove the set-up; `torch_index` replaces PyTorch's CPU index (tests); `kernel_cache` is
-    GeoVLM's numba cache folder (`core.cache_paths.numba_cache_dir`), which "remove" deletes with the venv."""
+    Python at the end to prove the set-up; `torch_index` replaces PyTorch's CPU index (tests); `kernel_caches` are
+    GeoVLM's numba cache folders (`core.cache_paths.numba_cache_dir` and its temporary fallback `numba_temp_dir`),
+    in which "remove" deletes the kernels compiled from the venv's code; `cache` is GeoVLM's cache folder
+    (`core.cache_paths.cache_dir`), whose shared contents "remove" names and keeps (`engine_files`)."""
 
     action: str = "install"
     python: str = ""
@@ -271,11 +273,16 @@ class SetupPlan:
     # decoding silently instead of failing here
     check_modules: Tuple[str, ...] = ("geovlm.engine.server", "geovlm.models.pipeline", "onnxruntime", "numba")
     torch_index: str = TORCH_CPU_INDEX
-    kernel_cache: Path = field(default_factory=numba_cache_dir)  # what "remove" deletes beside the venv
+    kernel_caches: Tuple[Path, ...] = field(default_factory=lambda: (numba_cache_dir(), numba_temp_dir()))
+    cache: Path = field(default_factory=cache_dir)
 
     def removes(self) -> List[EngineFolder]:
         """What "remove" deletes (`engine_files.engine_folders`: those of them that exist)."""
-        return engine_folders(self.venv, self.kernel_cache)
+        return engine_folders(self.venv, self.kernel_caches)
+
+    def keeps(self) -> List[EngineFolder]:
+        """What "remove" leaves, shared with any GeoVLM (`engine_files.shared_folders`: those that exist)."""
+        return shared_folders(self.cache, self.venv, self.kernel_caches)
 
     def commands(self) -> List[Step]:
         """Each `Step`; raises ValueError for an unknown action, runtime or torch build."""
@@ -381,7 +388,9 @@ class EngineSetupTask(QgsTask):
             folders = plan.removes()
             for folder in folders:
                 self._say(log, f"Removing {folder.path} ({folder.what})")
-            left = remove_folders(folders)
+            for folder in plan.keeps():
+                self._say(log, f"Keeping {folder.path} ({folder.what})")
+            left = remove_folders(folders, plan.kernel_caches)
             if left:
                 self.message = f"could not remove {', '.join(map(str, left))} (in use, or no permission)"
                 return False

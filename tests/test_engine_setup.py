@@ -108,12 +108,17 @@ def test_set_up_repair_and_remove(venv, wheel, system_python):
     assert result["ok"] and steps[0] == "Reinstalling GeoVLM's own files"
     assert engine_setup.setup_state(venv)[0] == "ready"
 
-    kernels = venv.parent / "cache" / "numba"  # what the engine's numba compiled (core.cache_paths.numba_cache_dir)
-    kernels.mkdir(parents=True)
-    (kernels / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k")
-    result, _, _ = run_task(SetupPlan(action="remove", venv=venv))
+    # what the engine's numba compiled from the venv's code (core.cache_paths.numba_cache_dir), with GeoVLM's
+    # compile marker naming that code, beside the kernels of a command-line GeoVLM, which stay
+    root = venv.parent / "cache" / "numba"
+    kernels, cli = root / "models_1", root / "models_2"
+    for folder, source in ((kernels, package_file), (cli, "/opt/cli-venv/geovlm/models/cpu_decode_step.py")):
+        folder.mkdir(parents=True)
+        (folder / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k")
+        (folder / "geovlm-decode-step-0.61.0-1-1.done").write_text(str(source))
+    result, _, _ = run_task(SetupPlan(action="remove", venv=venv, kernel_caches=(root,)))
     assert result["ok"] and not venv.exists() and engine_manager().refresh() == "not_set_up"
-    assert not kernels.exists() and result["message"] == f"removed {venv}, {kernels}"
+    assert not kernels.exists() and result["message"] == f"removed {venv}, {kernels}" and cli.is_dir()
 
 
 def test_cancel_stops_the_running_command(venv, wheel, system_python):

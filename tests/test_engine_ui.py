@@ -102,10 +102,14 @@ def test_the_plugin_registers_and_unregisters_its_options_page(qgis_iface, tmp_p
 
 
 def engine_venv_with_python(tmp_path, monkeypatch):
-    """The engine's venv folder moved under `tmp_path` (GeoVLM's data folder too, and its cache folder: a removal
-    never touches the real numba cache), holding an (empty) Python."""
+    """The engine's venv folder moved under `tmp_path` (GeoVLM's data folder too, its cache folder and the system's
+    temporary folder: a removal never touches the real numba caches), holding an (empty) Python."""
+    import tempfile
+
     venv = tmp_path / "engine-venv"
     monkeypatch.setenv("GEOVLM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.setattr(engine_settings, "venv_dir", lambda: venv)
     monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path)
     python = engine_settings.venv_python(venv)
@@ -132,12 +136,25 @@ def test_the_setup_dialog_finds_python_and_removes_the_engine(qgis_app, tmp_path
     dialog.deleteLater()
 
 
+def kernels_of(root, source, size=5000):
+    """A numba cache subfolder under `root` as the engine leaves it: numba's index of the decode step (`size`
+    bytes) and GeoVLM's compile marker naming `source`. Returns the subfolder."""
+    from geovlm.core.cache_paths import KERNEL_MARKER_PREFIX
+
+    folder = root / f"models_{abs(hash(str(source))):040d}"[:48]
+    folder.mkdir(parents=True)
+    (folder / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k" * size)
+    (folder / f"{KERNEL_MARKER_PREFIX}0.61.0-100-1.done").write_text(str(source))
+    return folder
+
+
 def engine_leftovers(tmp_path, monkeypatch):
-    """A set-up engine with all it leaves on disk (venv, a venv kept aside, numba's kernel cache under
-    GEOVLM_CACHE), a symbolic link inside each pointing out of it, and the files beside them that are not the
-    engine's (the set-up log, answers, other caches, a NUMBA_CACHE_DIR of the user's). Returns (engine folders,
-    files that must stay)."""
-    from geovlm.core.cache_paths import numba_cache_dir
+    """A set-up engine with all it leaves on disk (venv, a venv kept aside, numba's kernels compiled from their code
+    in GeoVLM's cache folder and in its temporary fallback), a symbolic link inside each pointing out of it, and
+    the files beside them that are not only the engine's: the set-up log, answers, the encoders and hashes a
+    command-line GeoVLM shares, its kernels, and a NUMBA_CACHE_DIR of the user's. Returns (engine folders, files
+    that must stay)."""
+    from geovlm.core.cache_paths import numba_cache_dir, numba_temp_dir
 
     venv = engine_venv_with_python(tmp_path, monkeypatch)
     (venv / engine_setup.MARKER).write_text(json.dumps({"version": geovlm.__version__, "runtime": "cpu"}))
@@ -145,10 +162,11 @@ def engine_leftovers(tmp_path, monkeypatch):
     (venv / "lib" / "torch.so").write_bytes(b"t" * 300_000)
     previous = venv.with_name(venv.name + engine_setup.PREVIOUS_SUFFIX)
     previous.mkdir()
-    kernels = numba_cache_dir()
-    assert kernels == tmp_path / "cache" / "numba"
-    kernels.mkdir(parents=True)
-    (kernels / "cpu_decode_step._decode-212.py310.nbi").write_bytes(b"k" * 5000)
+    assert numba_cache_dir() == tmp_path / "cache" / "numba" and numba_temp_dir().parent == tmp_path / "tmp"
+    step = "lib/python3.12/site-packages/geovlm/models/cpu_decode_step.py"
+    kernels = kernels_of(numba_cache_dir(), venv / step)
+    fallback = kernels_of(numba_temp_dir(), previous / step, 100)  # the cache folder could not be written then
+    cli = kernels_of(numba_cache_dir(), tmp_path / "cli-venv" / step, 7000)  # `pip install geovlm`'s engine
     outside = tmp_path / "outside"
     outside.mkdir()
     target = outside / "precious.txt"
@@ -160,11 +178,12 @@ def engine_leftovers(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(users_numba))
     stay = [target, tmp_path / "engine-setup.log", tmp_path / "answers" / "geovlm_answers.gpkg",
             tmp_path / "cache" / "hashes" / "h.json", tmp_path / "cache" / "encoders" / "e.onnx",
-            users_numba / "other-project.nbi"]
-    for path in stay[1:]:
+            users_numba / "other-project.nbi", *cli.iterdir()]
+    for path in stay[1:6]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-    return [venv, previous, kernels], stay
+    (tmp_path / "cache" / "encoders" / "e.onnx").write_bytes(b"e" * 40_000)
+    return [venv, previous, kernels, fallback], stay
 
 
 def test_remove_asks_first_and_a_cancel_deletes_nothing(qgis_app, tmp_path, monkeypatch):
@@ -182,9 +201,15 @@ def test_remove_asks_first_and_a_cancel_deletes_nothing(qgis_app, tmp_path, monk
     assert dialog.remove_button.isEnabled()
     dialog.remove_button.click()
     [text] = asked
+    deleted, kept = text.split("these stay")
     for folder in folders:
-        assert str(folder) in text
-    assert "(293 KB)" in text and "(5 KB)" in text  # the venv's 300 000 bytes, the kernels' 5000 bytes
+        assert str(folder) in deleted and str(folder) not in kept
+    assert "(293 KB)" in deleted and "(5 KB)" in deleted  # the venv's 300 000 bytes, the kernels' 5000 bytes
+    # what a command-line GeoVLM shares is named, with its size and why it stays
+    cache = tmp_path / "cache"
+    assert f"• {cache / 'encoders'} (39 KB): vision encoders exported to ONNX" in kept
+    assert f"• {cache / 'hashes'} (1 B" in kept and "shared with any GeoVLM on this machine" in kept
+    assert f"(7 KB): numba's compiled kernels of {tmp_path / 'cli-venv'}" in kept
     assert dialog.task is None and dialog.state.text().startswith("set up")
     assert all(folder.is_dir() for folder in folders) and all(path.exists() for path in stay)
     dialog.deleteLater()
@@ -192,8 +217,10 @@ def test_remove_asks_first_and_a_cancel_deletes_nothing(qgis_app, tmp_path, monk
 
 def test_a_confirmed_remove_deletes_the_engine_and_its_kernel_cache_and_nothing_else(qgis_app, tmp_path,
                                                                                     monkeypatch):
-    """Yes deletes the venv, a venv kept aside and GeoVLM's numba cache; links inside them are unlinked, not
-    followed; the log, answers, other caches and the user's own NUMBA_CACHE_DIR stay."""
+    """Yes deletes the venv, a venv kept aside and numba's kernels compiled from their code (in GeoVLM's cache
+    folder and its temporary fallback, which is left empty and goes too); links inside them are unlinked, not
+    followed; the log, answers, what a command-line GeoVLM shares (encoders, hashes, its kernels) and the user's
+    own NUMBA_CACHE_DIR stay."""
     folders, stay = engine_leftovers(tmp_path, monkeypatch)
     monkeypatch.setattr(QMessageBox, "question", lambda *_: QMessageBox.StandardButton.Yes)
     dialog = EngineSetupDialog()
@@ -201,9 +228,11 @@ def test_a_confirmed_remove_deletes_the_engine_and_its_kernel_cache_and_nothing_
     assert wait_for(lambda: dialog.task is None)
     assert not any(folder.exists() for folder in folders), [f for f in folders if f.exists()]
     assert all(path.exists() for path in stay) and stay[0].read_text() == "mine"
+    assert not folders[3].parent.exists()  # the temporary fallback, emptied
     assert dialog.state.text() == "not set up"
     log = dialog.log.toPlainText()
     assert all(f"Removing {folder}" in log for folder in folders)
+    assert f"Keeping {tmp_path / 'cache' / 'encoders'} (vision encoders" in log
     dialog.deleteLater()
 
 

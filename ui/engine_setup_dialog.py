@@ -191,11 +191,17 @@ class EngineSetupDialog(QDialog):
 
     def remove(self) -> None:
         """Ask first, naming each folder *Remove* deletes (`SetupPlan.removes`: the venv, a venv kept aside, numba's
-        kernel cache) with its size; the removal starts only on Yes."""
-        folders = engine_setup.SetupPlan(action="remove").removes()
-        text = ("Remove the local engine? This deletes:\n\n" + engine_files.describe(folders) +
+        kernels compiled from it) and each it keeps because other GeoVLM installs share it (`SetupPlan.keeps`:
+        encoders, hashes, their kernels), with sizes; the removal starts only on Yes."""
+        plan = engine_setup.SetupPlan(action="remove")
+        kept = plan.keeps()
+        text = ("Remove the local engine? This deletes:\n\n" + engine_files.describe(plan.removes()) +
                 "\n\nSet up makes it again (a download of about 500 MB). The settings, the set-up log and your "
                 "answers stay.")
+        if kept:
+            text += ("\n\nGeoVLM's cache folder is shared by every GeoVLM on this machine (a command-line install "
+                     "uses it too), so these stay (delete them by hand if no other GeoVLM needs them):\n\n"
+                     + engine_files.describe(kept))
         answer = QMessageBox.question(self, "Remove the local engine", text,
                                       QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
                                       QMessageBox.StandardButton.Cancel)
