@@ -68,14 +68,19 @@ class RasterTiles:
         import numpy as np
         from rasterio.windows import Window
 
-        from ..models.imagery import ImageryError, decimated_shape, read_rgb
+        from ..models.imagery import ImageryError, NoDataError, decimated_shape, read_rgb
         from ..models.preprocess import ArraySource
 
+        def nodata():  # skipped, or sent black
+            return None if self.skip_nodata else ArraySource(np.zeros((*decimated_shape(
+                tile.width, tile.height)[::-1], 3), np.uint8))
+
         try:
-            if not self.ds.dataset_mask(window=Window(*tile.window)).any():  # nodata only: skipped, or sent black
-                return None if self.skip_nodata else ArraySource(np.zeros((*decimated_shape(
-                    tile.width, tile.height)[::-1], 3), np.uint8))
+            if not self.ds.dataset_mask(window=Window(*tile.window)).any():
+                return nodata()
             rgb = read_rgb(self.path, tile.window, self.bands)
+        except NoDataError:  # NaN or infinite values only, which the mask does not show: nodata all the same
+            return nodata()
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
         except self.rasterio.errors.RasterioError:  # the mask of a damaged window

@@ -20,6 +20,11 @@ class ImageryError(ValueError):
     """A raster or window that cannot become an RGB image, with the reason."""
 
 
+class NoDataError(ImageryError):
+    """An image every pixel of which is nodata: declared or masked, or a NaN or infinite value (which a
+    raster's mask does not show, so a bulk run learns it only here and skips the tile as nodata)."""
+
+
 def import_rasterio():
     """rasterio, with PROJ_LIB/PROJ_DATA unset first: a QGIS or system PROJ breaks rasterio's bundled one."""
     for var in ("PROJ_LIB", "PROJ_DATA"):
@@ -74,15 +79,15 @@ def decimated_shape(width: int, height: int, max_pixels: int = MAX_PIXELS) -> Tu
 
 def to_rgb8(bands: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """[3, H, W] band data and its validity mask -> HxWx3 uint8; 8-bit data is kept, other types stretched.
-    NaN and infinite values count as nodata, declared or not. Complex data (SAR single-look complex, GDAL's
-    CInt16/CFloat32) is read as its amplitude |z|, as SAR viewers show it (ESA SNAP's Amplitude band), not its
-    real part, which numpy's cast would keep."""
+    NaN and infinite values count as nodata, declared or not; `NoDataError` when no pixel is left. Complex data
+    (SAR single-look complex, GDAL's CInt16/CFloat32) is read as its amplitude |z|, as SAR viewers show it (ESA
+    SNAP's Amplitude band), not its real part, which numpy's cast would keep."""
     if np.iscomplexobj(bands):
         bands = np.abs(bands)
     if np.issubdtype(bands.dtype, np.floating):
         valid = valid & np.isfinite(bands)
     if not valid.any():
-        raise ImageryError("every pixel of the image is nodata (or not a finite number)")
+        raise NoDataError("every pixel of the image is nodata (or not a finite number)")
     if bands.dtype == np.uint8:
         out = np.where(valid, bands, 0).astype(np.uint8)
     else:

@@ -17,7 +17,7 @@ from qgis.PyQt.QtGui import QImage
 
 from ..core.georef import GeoTransform
 from ..core.tiling import Tile
-from ..models.imagery import ImageryError, check_bands, to_rgb8
+from ..models.imagery import ImageryError, NoDataError, check_bands, to_rgb8
 from .image_source import QImageSource
 
 
@@ -87,6 +87,12 @@ class GdalTiles:
             return rgb_source(np.zeros((h, w, 3), np.uint8))
         try:
             rgb = to_rgb8(np.stack(data), valid)
+        except NoDataError as exc:  # NaN or infinite values only, which the mask band does not show
+            if self.skip_nodata:
+                return None
+            if self.black_nodata:
+                return rgb_source(np.zeros((h, w, 3), np.uint8))
+            raise ValueError(str(exc)) from None
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
         return rgb_source(rgb)

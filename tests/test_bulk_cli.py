@@ -293,6 +293,24 @@ def test_a_damaged_raster_names_its_unreadable_tiles_apart_from_engine_failures(
     assert "rerun the same command" not in stderr, stderr
 
 
+def test_tiles_of_nan_only_are_nodata_skipped_not_failed_as_damaged(engines, tmp_path):
+    """A float raster whose top half is NaN, with no nodata declared (its mask says every pixel is valid): the
+    NaN-only tiles are nodata, skipped (sent black with --keep-nodata), not failed as 'damaged' with exit 1."""
+    raster = tmp_path / "nan_top.tif"
+    values = np.linspace(0, 1, 128 * 256, dtype=np.float32).reshape(128, 256)
+    values[:64] = np.nan
+    with rasterio.open(raster, "w", driver="GTiff", width=256, height=128, count=1, dtype="float32",
+                       crs="EPSG:32616", transform=rasterio.transform.from_origin(500000, 4100000, 1, 1)) as ds:
+        ds.write(values, 1)
+    for keep, skipped, asked in (([], 4, 4), (["--keep-nodata"], 0, 8)):
+        out = tmp_path / f"n{len(keep)}.gpkg"
+        code, stdout, stderr = run_cli("caption", raster, "--tile", 64, "--engine", engines().url, "--family",
+                                       "geochat", "--out", out, "--no-progress", *keep)
+        assert code == 0, stderr
+        assert f"8 tiles: {asked} asked, {asked} answered, {skipped} skipped (nodata), 0 failed" in stdout
+        assert "damaged" not in stderr
+
+
 def test_a_bulk_run_against_the_demo_model_says_so_once(engines, data_dir, tmp_path):
     from geovlm.cli.engine_cmds import STAND_IN_NOTE
 

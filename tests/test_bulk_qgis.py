@@ -562,6 +562,29 @@ def test_a_one_tile_run_says_1_tile_in_the_log(plugin, processing, engines, data
     assert any(line.startswith("1 tile: 1 asked") for line in said) and not any("1 tiles" in s for s in said)
 
 
+def test_tiles_of_nan_only_are_nodata_skipped_in_qgis_as_in_the_cli(plugin, processing, engines, tmp_path):
+    """A float raster whose top half is NaN with no nodata declared (its mask band says valid): those tiles are
+    skipped as nodata (SKIP_NODATA) or sent black, not failed as unreadable, as `geovlm caption` does."""
+    from osgeo import gdal, osr
+
+    raster = tmp_path / "nan_top.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 256, 128, 1, gdal.GDT_Float32)
+    ds.SetGeoTransform((500000, 1, 0, 4100000, 0, -1))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32616)
+    ds.SetProjection(srs.ExportToWkt())
+    values = np.linspace(0, 1, 128 * 256, dtype=np.float32).reshape(128, 256)
+    values[:64] = np.nan
+    ds.GetRasterBand(1).WriteArray(values)
+    ds = None
+    for skip, statuses in ((True, {"skipped": 4, "ok": 4}), (False, {"ok": 8})):
+        out = tmp_path / f"q{int(skip)}.gpkg"
+        processing.run("geovlm:captiontiles", {"INPUT": str(raster), "TILE_SIZE": 64, "SKIP_NODATA": skip,
+                                               "ENGINE": engines().url, "FAMILY": "geochat", "OUTPUT": str(out)})
+        rows = [status for _, status in ledger_rows(out)]
+        assert {s: rows.count(s) for s in set(rows)} == statuses
+
+
 def test_a_cancelled_run_into_a_temporary_file_says_a_rerun_will_not_reuse_it(plugin, processing, engines,
                                                                               data_dir):
     engine = engines(delay=0.4)
