@@ -77,8 +77,8 @@ def _mean(values: Sequence[float]) -> float:
 
 def caption_scores(pairs: Iterable[Tuple[str, Sequence[str]]], style: EarthDialStyle) -> Dict[str, float]:
     """Scores of (answer, references) pairs: the CAPTION_KEYS (ROUGE and METEOR means over answers; BLEU and
-    CIDEr at corpus level) and `answers`, the number of pairs. Every answer needs at least one reference
-    (ValueError otherwise). Needs WordNet 3.0 (evaluation.wordnet; WordNetMissing when absent)."""
+    CIDEr at corpus level) and `answers`, the number of pairs. Every answer needs at least one reference, and
+    some reference a word (ValueError otherwise). Needs WordNet 3.0 (evaluation.wordnet; WordNetMissing when absent)."""
     from nltk.translate.meteor_score import meteor_score
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -108,6 +108,10 @@ def caption_scores(pairs: Iterable[Tuple[str, Sequence[str]]], style: EarthDialS
                                                  style.meteor_tokens(answer), wordnet=wordnet))
         gts[i] = [coco_tokens(r) for r in references]
         res[i] = [coco_tokens(answer)]
+    if res and not any(ref.split() for refs in gts.values() for ref in refs):
+        # pycocoevalcap's CIDEr then fails on max() of no document frequency
+        raise ValueError("no reference text has a word (every one is empty or punctuation only): nothing to score "
+                         "against; check which field holds the references")
     out = {key: _mean(values) for key, values in per_answer.items()}
     if res:
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

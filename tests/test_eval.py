@@ -299,6 +299,21 @@ def test_references_no_box_of_which_reads_in_the_family_are_one_line_not_zero_sc
     assert run_json(capsys, "detection", str(path), "--family", "earthdial")["reference_boxes"] == 464
 
 
+@pytest.mark.parametrize("task", ["region-caption", "caption"])
+def test_references_without_a_word_are_one_clear_line(tmp_path, capsys, task):
+    # every reference empty (a wrong field filled by a script, say): it ended in "max() arg is an empty sequence"
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"answer": "a plane", "annotation": ""}) + "\n"
+                    + json.dumps({"answer": "a ship", "annotation": " . "}) + "\n", encoding="utf-8")
+    assert main(["eval", task, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geovlm eval: no reference text has a word") and "\n" not in err
+    # one empty reference among others is scored, as EarthDial's scripts score it
+    path.write_text(json.dumps({"answer": "a plane", "annotation": ""}) + "\n"
+                    + json.dumps({"answer": "a ship", "annotation": "a ship"}) + "\n", encoding="utf-8")
+    assert run_json(capsys, task, str(path))["answers"] == 2
+
+
 def test_a_line_that_is_not_json_is_named(tmp_path, capsys):
     path = tmp_path / "a.jsonl"
     path.write_text('{"answer": "yes", "annotation": "yes"}\nnot json\n', encoding="utf-8")
