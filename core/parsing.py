@@ -406,7 +406,8 @@ _QWEN25_KEY = re.compile(r"\"bbox_2d\"")
 def read_qwen25(text: str, profile: Profile) -> Reading:
     """Qwen2.5-VL: a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."} in input pixels; each object
     is found by `json_object_spans` (braces and brackets inside its strings are text) and read by `json.loads`.
-    A `"bbox_2d"` that no closed object holds is reported as an incomplete JSON object."""
+    A `"bbox_2d"` that no closed object holds is reported as an incomplete JSON object, and an object with a
+    `"point_2d"` (its pointing answers) as a point, not a box."""
     reading = Reading()
     covered = json_object_spans(text, "bbox_2d")
     for span in covered:
@@ -424,6 +425,10 @@ def read_qwen25(text: str, profile: Profile) -> Reading:
         label = item.get("label", "")
         reading.boxes.append(RawBox(values, None, "xyxy", span, str(label)))
     reading.skipped += _skip_unmatched(text, _QWEN25_KEY, covered, "incomplete JSON object")
+    # Qwen2.5-VL's pointing answers ({"point_2d": [x, y], "label": ...}, its grounding cookbook) place no box
+    for span in json_object_spans(text, "point_2d"):
+        if not any(a <= span[0] and span[1] <= b for a, b in covered):
+            reading.skipped.append(Skipped(text[span[0] : span[1]], span, "point_2d is a point, not a box"))
     return reading
 
 

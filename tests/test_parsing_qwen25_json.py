@@ -108,3 +108,15 @@ def test_any_labels_read_back_exactly(items, indent, ensure_ascii, before, after
     assert reading.skipped == []
     assert [(b.values, b.label) for b in reading.boxes] == [(tuple(map(float, v)), label) for v, label in items]
     assert [json.loads(text[a:b]) for a, b in (box.span for box in reading.boxes)] == objects
+
+
+def test_a_pointing_answer_is_reported_as_points_not_dropped_in_silence():
+    # Qwen2.5-VL answers "point to ..." with point_2d objects: no box to place, so each is said in Answer.skipped
+    # (it read as an answer with nothing in it); a point beside a box does not hide the box
+    text = ('```json\n[{"point_2d": [120, 48], "label": "car"}, {"point_2d": [300, 310], "label": "bus"},\n'
+            ' {"bbox_2d": [10, 20, 30, 40], "label": "ship", "point_2d": [20, 30]}]\n```')
+    a = parse_answer(text, QWEN25, (1008, 1008))
+    assert [o.label for o in a.objects] == ["ship"]
+    assert [(k.reason, k.fragment) for k in a.skipped] == [
+        ("point_2d is a point, not a box", '{"point_2d": [120, 48], "label": "car"}'),
+        ("point_2d is a point, not a box", '{"point_2d": [300, 310], "label": "bus"}')]
