@@ -13,7 +13,6 @@ from qgis.core import (
     QgsMapSettings,
     QgsMessageLog,
     QgsProject,
-    QgsReferencedRectangle,
 )
 from qgis.PyQt.QtCore import QObject
 from qgis.PyQt.QtGui import QGuiApplication, QPixmap
@@ -29,6 +28,7 @@ from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view
 from .ask_rectangle import RectangleDrawing
 from .ask_sources import check_region_in_view, region_ring, source_settings, view_key
 from .ask_task import AskTask
+from .drawn_rectangle import DrawnRectangle
 from .engine_manager import engine_manager
 from .qgis_geometry import qgis_crs
 from .view_checks import blank_problem, render_problem
@@ -56,7 +56,7 @@ class AskSession(EngineHeader, QObject):
         self.task: Optional[AskTask] = None
         self.layers: Optional[AnswerLayers] = None
         self._retired_layers: List[AnswerLayers] = []  # earlier GeoPackages (before the project was saved)
-        self.rectangle: Optional[QgsReferencedRectangle] = None  # as drawn, in the map's CRS of then
+        self.rectangle: Optional[DrawnRectangle] = None  # as dragged on screen, in the map's CRS of then
         self.family = engine_settings.load().family
         self._html: List[str] = []
         self._streamed = ""
@@ -329,7 +329,7 @@ class AskSession(EngineHeader, QObject):
 
     # ------------------------------------------------------------ map interaction
 
-    def _drawn(self, rectangle: QgsReferencedRectangle) -> None:
+    def _drawn(self, rectangle: DrawnRectangle) -> None:
         self.rectangle = rectangle  # in the map's CRS of then: the project's CRS may change before it is asked about
         if self.view_source == "rectangle":  # the conversation was about the old rectangle's image
             self.view, self.view_source = None, None

@@ -13,11 +13,11 @@ from qgis.core import (
     QgsPointXY,
     QgsProject,
     QgsRectangle,
-    QgsReferencedRectangle,
 )
 from qgis.PyQt.QtCore import QSize
 
 from .ask_map import ring_of, view_settings
+from .drawn_rectangle import DrawnRectangle
 from .view_checks import layers_problem
 
 MAX_RASTER_PIXELS = 4096 * 4096
@@ -28,10 +28,11 @@ def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectan
     """The map settings of the view of `source` ("map", "raster", "rectangle"): `canvas_settings` (the
     canvas's, copied) with the size of `config` (`plugin.settings.EngineSettings`: render_from_canvas,
     render_width, render_height, render_dpr) unless the canvas's own is asked for; `raster` (a map layer or
-    None) at its own resolution, unrotated; `rectangle` (QgsRectangle in the canvas's CRS, a
-    QgsReferencedRectangle in its own, or None) at the configured long side, unrotated (for a region task the
-    rectangle is the region, and the view is the map). Raises ValueError with one line saying what to do, also
-    when the view would be blank (a layer that cannot be read, or none that lies in the view:
+    None) at its own resolution, unrotated; `rectangle` (a `drawn_rectangle.DrawnRectangle`, a QgsRectangle in
+    the canvas's CRS, a QgsReferencedRectangle in its own, or None) at the configured long side, turned as the
+    canvas was when it was drawn, so the view is exactly the screen rectangle dragged (`DrawnRectangle.view`; for
+    a region task the rectangle is the region, and the view is the map). Raises ValueError with one line saying
+    what to do, also when the view would be blank (a layer that cannot be read, or none that lies in the view:
     `plugin.view_checks.layers_problem`). `ignored`: ids of layers left out of the view (the dock's own answer
     layers: a model shown its earlier boxes and their labels is led by them, and they hide the imagery)."""
     canvas_settings = QgsMapSettings(canvas_settings)
@@ -67,9 +68,10 @@ def _source_settings(source: str, canvas_settings: QgsMapSettings, raster, recta
         raise ValueError("the map shows no layer: add a layer, or turn one on, to ask about it")
     if source == "rectangle" and rectangle is not None and not region_task:
         long_side = max(config.render_width, config.render_height)
-        r = rectangle_in(rectangle, canvas_settings.destinationCrs())
+        crs = canvas_settings.destinationCrs()
+        r, rotation = DrawnRectangle.of(rectangle, crs).view(crs)  # turned as the canvas was when it was drawn
         scale = long_side / max(r.width(), r.height())
-        return view_settings(canvas_settings.layers(), canvas_settings.destinationCrs(), r, 0.0,
+        return view_settings(canvas_settings.layers(), crs, r, rotation,
                              max(16, round(r.width() * scale)), max(16, round(r.height() * scale)),
                              config.render_dpr)
     if source == "rectangle" and rectangle is None:
@@ -80,31 +82,13 @@ def _source_settings(source: str, canvas_settings: QgsMapSettings, raster, recta
     return canvas_settings
 
 
-def _crs_of(rectangle, default):
-    """The CRS of a drawn rectangle: its own (a QgsReferencedRectangle, as the dock keeps one), else `default`."""
-    crs = rectangle.crs() if isinstance(rectangle, QgsReferencedRectangle) else None
-    return crs if crs is not None and crs.isValid() else default
-
-
-def rectangle_in(rectangle, crs) -> QgsRectangle:
-    """A drawn rectangle (QgsRectangle in `crs`, or a QgsReferencedRectangle in its own CRS, as it was drawn
-    before the map's CRS changed) as the bounding box of the same ground in `crs`."""
-    own = _crs_of(rectangle, crs)
-    if own == crs:
-        return QgsRectangle(rectangle)
-    return QgsCoordinateTransform(own, crs, QgsProject.instance()).transformBoundingBox(rectangle)
-
-
 def region_ring(source: str, rectangle, canvas_crs, active_layer, view_crs) -> List[Tuple[float, float]]:
-    """The region of an identify question as vertices in `view_crs`: for `source` "rectangle" the drawn
-    `rectangle` (in its own CRS when it is a QgsReferencedRectangle, else in `canvas_crs`), for "selected" the
+    """The region of an identify question as vertices in `view_crs`: for `source` "rectangle" the corners of the
+    drawn `rectangle` (a `DrawnRectangle`, turned as the canvas was; a QgsReferencedRectangle in its own CRS; a
+    QgsRectangle in `canvas_crs`), for "selected" the
     first selected feature of `active_layer` (a vector layer). Raises ValueError when there is none."""
     if source == "rectangle" and rectangle is not None:
-        r = rectangle
-        corners = [(r.xMinimum(), r.yMinimum()), (r.xMaximum(), r.yMinimum()), (r.xMaximum(), r.yMaximum()),
-                   (r.xMinimum(), r.yMaximum())]
-        transform = QgsCoordinateTransform(_crs_of(rectangle, canvas_crs), view_crs, QgsProject.instance())
-        return [(p.x(), p.y()) for p in (transform.transform(x, y) for x, y in corners)]
+        return DrawnRectangle.of(rectangle, canvas_crs).ring(view_crs)
     if source == "selected" and active_layer is not None and active_layer.type() == QgsMapLayerType.VectorLayer:
         selected = active_layer.selectedFeatures()
         if selected:

@@ -1,6 +1,7 @@
 """The "Ask the map" dock with a real canvas (rotated 30 degrees) over a real raster: a scripted engine and
 the real demo-model engine; streamed text in order, features added once per answer where mapToPixel puts
 them, follow-ups about the same image, Stop within a second, engine down, unload during an answer."""
+import math
 import sys
 import time
 from pathlib import Path
@@ -905,7 +906,8 @@ def test_drawing_a_rectangle_gives_the_map_tool_back(dock, qgis_canvas):
         session.dock.draw.setChecked(True)
         assert qgis_canvas.mapTool() is not pan
         if finish == "drawn":
-            session.drawing._tool.extentChanged.emit(qgis_canvas.extent().buffered(-50))
+            size = qgis_canvas.mapSettings().outputSize()
+            drag(qgis_canvas, (50, 50), (size.width() - 50, size.height() - 50))
         else:
             session.dock.draw.setChecked(False)
         assert qgis_canvas.mapTool() is pan
@@ -1032,3 +1034,93 @@ def test_an_engine_that_does_not_answer_is_given_up_soon_and_nothing_is_lost(doc
     assert session.turns[-1].answer == "a road" and len(engine.posts) == 2
     assert [m["role"] for m in engine.posts[1]["messages"]] == ["user", "assistant", "user"]
     assert engine.images[1] == engine.images[0]
+
+
+def drag(canvas, start, end, steps=5):
+    """A drag with the left button from `start` to `end` (logical pixels of the canvas), as a user makes it:
+    mouse events on the canvas's viewport, whichever map tool is on."""
+    from qgis.PyQt.QtCore import QEvent, QPointF, Qt
+    from qgis.PyQt.QtGui import QMouseEvent
+    from qgis.PyQt.QtWidgets import QApplication
+
+    left, none, plain = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier
+    path = [(start[0] + (end[0] - start[0]) * i / steps, start[1] + (end[1] - start[1]) * i / steps)
+            for i in range(1, steps + 1)]
+    events = ([(QEvent.Type.MouseButtonPress, start, left, left)]
+              + [(QEvent.Type.MouseMove, p, none, left) for p in path]
+              + [(QEvent.Type.MouseButtonRelease, end, left, none)])
+    for kind, (x, y), button, buttons in events:
+        QApplication.sendEvent(canvas.viewport(), QMouseEvent(kind, QPointF(x, y), button, buttons, plain))
+        QgsApplication.processEvents()
+
+
+def _red_box_model(png: bytes) -> str:
+    """A stand-in LLaVA-1.5 that answers the box of the red pixels of the image it receives, in LLaVA-1.5's
+    [x0, y0, x1, y1] fractions of its input (the plugin sends the view padded to a square of 336 px)."""
+    image = QImage.fromData(png, "PNG").convertToFormat(QImage.Format.Format_RGB32)
+    red = [(x, y) for y in range(image.height()) for x in range(image.width())
+           if (lambda c: c.red() > 200 and c.green() < 80 and c.blue() < 80)(image.pixelColor(x, y))]
+    if not red:
+        return "I see no roof."
+    xs, ys = [p[0] for p in red], [p[1] for p in red]
+    w, h = image.width(), image.height()
+    return f"the roof [{min(xs) / w:.4f}, {min(ys) / h:.4f}, {(max(xs) + 1) / w:.4f}, {(max(ys) + 1) / h:.4f}]"
+
+
+def test_a_rectangle_dragged_on_a_turned_map_is_what_the_model_sees_and_its_box_lands_right(dock, qgis_canvas):
+    """On a canvas turned 30 degrees, Draw rectangle's region is the rectangle dragged on screen (turned on the
+    ground), not a map-aligned rectangle through the drag's corners (QGIS's extent tool): its outline, the view
+    rendered for it (turned as the canvas, its corners at the dragged corners) and so what the model sees. A
+    stand-in model answers the box of the red roof it sees; that box, georeferenced, covers the roof as the canvas
+    shows it, to a pixel of the model's input."""
+    from qgis.core import QgsFeature, QgsFillSymbol, QgsGeometry
+    from qgis.gui import QgsRubberBand
+
+    session = dock.ask
+    assert qgis_canvas.rotation() == 30
+    m2p = qgis_canvas.mapSettings().mapToPixel()
+    width, height = qgis_canvas.mapSettings().outputSize().width(), qgis_canvas.mapSettings().outputSize().height()
+    centre = m2p.toMapCoordinates(width // 2 + 30, height // 2 - 20)  # the roof: 40 px wide on the screen
+    half = 20 * m2p.mapUnitsPerPixel()
+    roof = QgsVectorLayer("Polygon?crs=EPSG:3857", "roof", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(centre.x() - half, centre.y() - half,
+                                                          centre.x() + half, centre.y() + half)))
+    roof.dataProvider().addFeatures([feature])
+    roof.renderer().setSymbol(QgsFillSymbol.createSimple({"color": "255,0,0,255", "outline_style": "no"}))
+    QgsProject.instance().addMapLayer(roof)
+    qgis_canvas.setLayers([roof])  # on white: the only red there is
+    screen_roof = [m2p.transform(QgsPointXY(p)) for p in feature.geometry().asPolygon()[0][:4]]
+    roof_box = (min(p.x() for p in screen_roof), min(p.y() for p in screen_roof),
+                max(p.x() for p in screen_roof), max(p.y() for p in screen_roof))
+
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    session.dock.draw.setChecked(True)
+    start, end = (width // 2 - 150, height // 2 - 110), (width // 2 + 170, height // 2 + 80)
+    drag(qgis_canvas, start, end)
+    assert not session.dock.draw.isChecked() and session.rectangle is not None
+    dragged = [m2p.toMapCoordinates(x, y) for x, y in ((start[0], start[1]), (end[0], start[1]),
+                                                       (end[0], end[1]), (start[0], end[1]))]
+    [band] = [i for i in qgis_canvas.scene().items() if isinstance(i, QgsRubberBand) and i.isVisible()]
+    geometry = band.asGeometry()
+    outline = [QgsPointXY(v) for v in geometry.vertices()]
+    assert len(outline) == 5 and max(min(p.distance(q) for q in outline) for p in dragged) < 1e-6  # map units
+
+    with ScriptedEngine("llava15", _red_box_model) as engine:
+        session.engine = engine.url
+        ask(session, "Where is the roof?", "ask", wait=True)
+    view = session.view
+    assert view.rotation == 30  # turned as the canvas was: the screen rectangle, not a north-up one around it
+    gt, frame = view.frame.geotransform, view.frame
+    pixel = gt.pixel_size[0]  # ground length of one pixel of the view
+    corners = [gt.to_map(c, r) for c, r in ((0, 0), (frame.width, 0), (frame.width, frame.height), (0, frame.height))]
+    assert max(math.dist(c, (p.x(), p.y())) for c, p in zip(corners, dragged)) < pixel  # the view is the drag
+
+    [layer] = objects_layers()
+    [found] = list(layer.getFeatures())
+    placed = [m2p.transform(QgsPointXY(p)) for p in found.geometry().asPolygon()[0][:4]]
+    box = (min(p.x() for p in placed), min(p.y() for p in placed), max(p.x() for p in placed),
+           max(p.y() for p in placed))
+    input_pixel = max(frame.width, frame.height) / 336 * (end[0] - start[0]) / frame.width  # in canvas pixels
+    assert box == pytest.approx(roof_box, abs=1.5 * input_pixel), (box, roof_box, engine.posts and session.turns[-1])
+    assert all(min(abs(p.y() - box[1]), abs(p.y() - box[3])) < 1e-4 for p in placed)  # upright on the screen
