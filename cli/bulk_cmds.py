@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import CliError
 from .parse_cmd import add_profile_overrides
-from .serve_cmds import add_engine_args
+from .serve_cmds import add_engine_args, add_request_timeout_arg, request_timeout
 
 
 def register(sub) -> None:
@@ -34,6 +34,7 @@ def register(sub) -> None:
         p.add_argument("--retry-window", type=float, default=None, metavar="S",
                        help="seconds a tile's request is retried while no engine answers (default: 120); "
                        "after that the run stops, to be resumed")
+        add_request_timeout_arg(p)
         if kind == "detect":
             p.add_argument("--merge-overlap", type=float, default=0.5,
                            help="same-label objects overlapping more than this (of the smaller) are merged")
@@ -162,6 +163,7 @@ def cmd_bulk(args) -> int:
         raise CliError("--max-new-tokens must be at least 1")
     if not 0.0 <= getattr(args, "merge_overlap", 0.5) <= 1.0:
         raise CliError(f"--merge-overlap is a share of the smaller object, from 0 to 1, not {args.merge_overlap}")
+    request_timeout(args)
     frame = open_frame(args.raster)
     try:
         tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)

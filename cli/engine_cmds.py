@@ -9,7 +9,14 @@ from typing import Optional
 
 from . import CliError
 from .parse_cmd import add_profile_overrides, profile_overrides
-from .serve_cmds import add_encoder_precision_arg, add_key_args, add_retry_window_arg, check_generation_args
+from .serve_cmds import (
+    add_encoder_precision_arg,
+    add_key_args,
+    add_request_timeout_arg,
+    add_retry_window_arg,
+    check_generation_args,
+    request_timeout,
+)
 
 STAND_IN_NOTE = (
     "NOTE: this is the demo model, a tiny randomly initialised stand-in: its answers are noise, "
@@ -94,6 +101,7 @@ def register(sub) -> None:
     p.add_argument("--engine", metavar="URL[,URL...]|local",
                    help="ask an engine over HTTP (ours, vLLM, SGLang; 'local' starts one) instead of in-process")
     add_retry_window_arg(p)
+    add_request_timeout_arg(p)
     add_key_args(p)
     add_profile_overrides(p)
     p.set_defaults(func=cmd_ask)
@@ -313,6 +321,7 @@ def cmd_ask(args) -> int:
         check_device_arg(args.device)
         providers = check_providers_arg(args.providers)
     else:
+        request_timeout(args)
         local = [flag for flag, value in (("--device", args.device), ("--providers", args.providers)) if value]
         if local:
             raise CliError(f"{' and '.join(local)} choose where a model runs here; with --engine the engine "

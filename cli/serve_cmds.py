@@ -81,6 +81,29 @@ def add_retry_window_arg(parser: argparse.ArgumentParser, default=None, why: str
                         + (f"; {why}" if why else ", time for an engine to restart") + ")")
 
 
+def add_request_timeout_arg(parser: argparse.ArgumentParser) -> None:
+    """--request-timeout S: how long one attempt of a request waits for the engine (`engine_for` applies it)."""
+    from ..core.client import DEFAULT_REQUEST_TIMEOUT_S, MAX_REQUEST_TIMEOUT_S
+
+    parser.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                        help=f"seconds one attempt waits for the engine to connect or send its answer before it is "
+                        f"given up and retried within --retry-window (default: {DEFAULT_REQUEST_TIMEOUT_S:g}; more "
+                        f"than 0, at most {MAX_REQUEST_TIMEOUT_S:g})")
+
+
+def request_timeout(args) -> float | None:
+    """The --request-timeout of `args` (None when not given); CliError in one line when it is not a number of
+    seconds more than 0 and at most `core.client.MAX_REQUEST_TIMEOUT_S`. Commands call it with their other
+    checks, before any raster is read or engine contacted; `engine_for` applies it."""
+    from ..core.client import MAX_REQUEST_TIMEOUT_S
+
+    timeout = getattr(args, "request_timeout", None)
+    if timeout is not None and not 0 < timeout <= MAX_REQUEST_TIMEOUT_S:
+        raise CliError(f"--request-timeout is the seconds one attempt waits, more than 0 and at most "
+                       f"{MAX_REQUEST_TIMEOUT_S:g}, not {timeout:g}")
+    return timeout
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """The options `engine_for` reads: --engine, --api-key, --family, --model, --engine-python."""
     parser.add_argument("--engine", metavar="URL[,URL...]", help="engine URL(s); default: a local one")
@@ -138,6 +161,7 @@ def engine_for(args):
     window = getattr(args, "retry_window", None)
     if window is not None and not window >= 0:
         raise CliError("--retry-window must be 0 or more seconds")
+    request_timeout(args)
     if getattr(args, "engine", None):
         urls = [u.strip() for u in args.engine.split(",") if u.strip()]
         key = api_key_from(args)
@@ -161,14 +185,17 @@ def engine_for(args):
 
 
 def _with_retry_options(client, args):
-    """`client` with the --retry-window of `args` (when given) and a first-failure line on stderr: one line as
-    soon as a request first fails ("cannot reach URL: connection refused; retrying for up to 120 s ..."),
-    so that nobody waits out the retry window in silence."""
+    """`client` with the --retry-window and --request-timeout of `args` (when given) and a first-failure line on
+    stderr: one line as soon as a request first fails ("cannot reach URL: connection refused; retrying for up to
+    120 s ..."), so that nobody waits out the retry window in silence."""
     import threading
 
     window = getattr(args, "retry_window", None)
     if window is not None:
         client.retry_window = window
+    timeout = request_timeout(args)
+    if timeout is not None:
+        client.timeout = timeout
     said = threading.Event()
 
     def say(message: str, window_s: float) -> None:

@@ -44,6 +44,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Messages = Sequence[Tuple[str, str]]
 
 
+DEFAULT_REQUEST_TIMEOUT_S = 120.0  # one attempt's wait to connect or for data: a whole answer when not streamed
+MAX_REQUEST_TIMEOUT_S = 3600.0  # an hour for one attempt: a long answer of a 7B model on a slow CPU fits
 DEFAULT_RETRY_WINDOW_S = 120.0  # an engine restart: process start plus the model load (a 7B model on a GPU
 # server loads in 30-90 s; the demo model restarts in 5-10 s on a busy laptop)
 
@@ -242,7 +244,7 @@ class EngineClient:
         profile: Optional[Union[str, Profile]] = None,
         model: Optional[str] = None,
         max_concurrent: int = 4,
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         attempts: Optional[int] = None,
         backoff: float = 0.25,
         max_backoff: float = 8.0,

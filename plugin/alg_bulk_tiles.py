@@ -39,7 +39,7 @@ from ..core.bulk import (
     graph_rows,
     run_tiles,
 )
-from ..core.client import EngineError
+from ..core.client import MAX_REQUEST_TIMEOUT_S, EngineError
 from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan, output_problem
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
@@ -87,7 +87,8 @@ def run_problem(alg, parameters, context) -> str:
 
 def add_engine_parameters(alg) -> None:
     """The parameters every bulk run shares, in this order: FAMILY, ENGINE, AUTHCFG (`QgsAuthManager`: never a
-    key in a string), CONCURRENCY (requests in flight per engine) and OVERWRITE (an output of another plan)."""
+    key in a string), CONCURRENCY (requests in flight per engine), OVERWRITE (an output of another plan) and,
+    advanced, REQUEST_TIMEOUT (`apply_request_timeout`)."""
     alg.addParameter(QgsProcessingParameterString("FAMILY", "Model family (default: what the engine reports)",
                                                   optional=True))
     alg.addParameter(QgsProcessingParameterString("ENGINE", "Engine: local, or comma-separated URLs "
@@ -98,6 +99,21 @@ def add_engine_parameters(alg) -> None:
                                                   Qgis.ProcessingNumberParameterType.Integer, 4, minValue=1,
                                                   maxValue=64))
     alg.addParameter(QgsProcessingParameterBoolean("OVERWRITE", "Overwrite an output of another plan", False))
+    timeout = QgsProcessingParameterNumber(
+        "REQUEST_TIMEOUT", "Request timeout: seconds one attempt waits for the engine (default: Settings ▸ Options "
+        "▸ GeoVLM)", Qgis.ProcessingNumberParameterType.Double, optional=True, minValue=1.0,
+        maxValue=MAX_REQUEST_TIMEOUT_S)
+    timeout.setFlags(timeout.flags() | Qgis.ProcessingParameterFlag.Advanced)
+    alg.addParameter(timeout)
+
+
+def apply_request_timeout(alg, parameters, context, client) -> None:
+    """REQUEST_TIMEOUT, when given (1 to `core.client.MAX_REQUEST_TIMEOUT_S` seconds, checked by QGIS before the
+    run), as `client`'s bound on the connect and each wait for data of one attempt; a request whose attempt
+    times out is retried within the client's retry window, as `geovlm caption --request-timeout` does. Left
+    empty: the engine settings' timeout (Settings ▸ Options ▸ GeoVLM) that `connect` gave the client."""
+    if parameters.get("REQUEST_TIMEOUT") not in (None, ""):
+        client.timeout = alg.parameterAsDouble(parameters, "REQUEST_TIMEOUT", context)
 
 
 def default_raster_layer():
@@ -324,6 +340,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         profile, client = conn.profile, conn.client
         for endpoint in client.endpoints:
             endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
+        apply_request_timeout(self, parameters, context, client)
         client.transport = EndpointRecorder(client.transport)
         question = self.parameterAsString(parameters, self.QUESTION, context) or (
             DEFAULT_CAPTION_QUESTION if self.KIND == "caption" else DEFAULT_GRAPH_QUESTION)

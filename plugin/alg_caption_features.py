@@ -35,6 +35,7 @@ from .alg_bulk_tiles import (
     GPKG_ONLY,
     OVERWRITE_FLAG,
     add_engine_parameters,
+    apply_request_timeout,
     connect_engine,
     crs_name,
     default_raster_layer,
@@ -231,6 +232,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         """Ask for every window the ledger does not hold yet, each answer committed as it arrives."""
         for endpoint in conn.client.endpoints:
             endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
+        apply_request_timeout(self, parameters, context, conn.client)
         conn.client.transport = EndpointRecorder(conn.client.transport)
         if conn.notice:
             feedback.pushWarning(conn.notice)

@@ -14,16 +14,18 @@ HERE = Path(__file__).resolve().parent
 
 
 class ScriptedEngine:
-    """tests/scripted_engine.py in its own process (so it can be SIGKILLed); `url`, `requests()`, `kill()`."""
+    """tests/scripted_engine.py in its own process (so it can be SIGKILLed); `url`, `requests()`, `arrivals()`,
+    `kill()`."""
 
     def __init__(self, tmp: Path, name: str, family: str = "geochat", delay: float = 0.0, stand_in: bool = False,
                  refuse_first: int = 0):
         self.ready = tmp / f"{name}.ready"
         self.log = tmp / f"{name}.log"
+        self.arrived = tmp / f"{name}.arrived"
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "scripted_engine.py"), "--family", family, "--delay", str(delay),
              "--log", str(self.log), "--ready-file", str(self.ready), "--lifetime", "240",
-             "--refuse-first", str(refuse_first)]
+             "--refuse-first", str(refuse_first), "--arrivals", str(self.arrived)]
             + (["--stand-in"] if stand_in else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -34,7 +36,12 @@ class ScriptedEngine:
         self.url = json.loads(self.ready.read_text())["url"]
 
     def requests(self) -> int:
+        """Requests answered (logged once their delay has passed)."""
         return len(self.log.read_text().splitlines()) if self.log.exists() else 0
+
+    def arrivals(self) -> int:
+        """Chat requests received, answered or not (a client that gave up waiting sent them too)."""
+        return len(self.arrived.read_text().splitlines()) if self.arrived.exists() else 0
 
     def kill(self) -> None:
         if self.proc.poll() is None:

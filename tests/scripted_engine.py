@@ -16,9 +16,11 @@ Each request is logged as one JSON line (image size, mean, `channels`: the mean 
 `bands`: the rows at the top and bottom and the columns at the left and right filled wholly with the top-left
 pixel's colour, the padding) to `--log`.
 `--stand-in`: /v1/models reports `random_stand_in: true` in its geovlm entry, as a `geovlm serve` of the demo
-model does. `--refuse-first N`: the first N chat requests are refused with HTTP 400 (a request the engine
-rejects; the client does not retry it), unlogged. Run: `python scripted_engine.py --ready-file F [--delay S]
-[--family F] [--log FILE] [--stand-in] [--refuse-first N]`; it writes {"url", "pid"} to F once listening.
+model does. `--arrivals FILE`: a line is appended to FILE as each chat request arrives (before any delay), so a
+test can count the attempts of a client that gives up waiting. `--refuse-first N`: the first N chat requests
+are refused with HTTP 400 (a request the engine rejects; the client does not retry it), unlogged. Run:
+`python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE] [--arrivals FILE] [--stand-in]
+[--refuse-first N]`; it writes {"url", "pid"} to F once listening.
 """
 from __future__ import annotations
 
@@ -106,7 +108,8 @@ def describe(image: np.ndarray, family: str) -> str:
     return "".join(parts) if len(parts) > 1 else parts[0] + "."
 
 
-def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False, refuse_first: int = 0):
+def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False, refuse_first: int = 0,
+                 arrivals: str = ""):
     lock = threading.Lock()
     refused = [0]
 
@@ -117,6 +120,9 @@ def make_handler(family: str, delay: float, log_path: str, stand_in: bool = Fals
 
         def do_POST(self):  # noqa: N802
             _, data = self.read_chat()
+            if arrivals:
+                with lock, open(arrivals, "a") as log:
+                    log.write(f"{time.monotonic()}\n")
             with lock:
                 refuse = refused[0] < refuse_first
                 refused[0] += refuse
@@ -143,10 +149,12 @@ def main() -> None:
     parser.add_argument("--log", default="")
     parser.add_argument("--ready-file", required=True)
     parser.add_argument("--stand-in", action="store_true", help="report the model as a random stand-in")
+    parser.add_argument("--arrivals", default="", help="append a line to this file as each request arrives")
     parser.add_argument("--refuse-first", type=int, default=0, help="refuse the first N chat requests (400)")
     parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this many seconds")
     args = parser.parse_args()
-    server = serve(make_handler(args.family, args.delay, args.log, args.stand_in, args.refuse_first), in_thread=False)
+    handler = make_handler(args.family, args.delay, args.log, args.stand_in, args.refuse_first, args.arrivals)
+    server = serve(handler, in_thread=False)
     threading.Timer(args.lifetime, server.shutdown).start()
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:

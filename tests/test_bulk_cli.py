@@ -346,6 +346,14 @@ def test_a_family_other_than_the_engines_is_warned_once(engines, data_dir, tmp_p
      "not 1,2,9"),
     ("detect", ["--bands", "0,1,2"], "--bands: the raster has 3 bands: choose three bands of 1..3 as red,green,blue, "
      "not 0,1,2"),
+    ("caption", ["--request-timeout", "0"], "--request-timeout is the seconds one attempt waits, more than 0 and at "
+     "most 3600, not 0"),
+    ("detect", ["--request-timeout", "-5"], "--request-timeout is the seconds one attempt waits, more than 0 and at "
+     "most 3600, not -5"),
+    ("caption", ["--request-timeout", "1e9"], "--request-timeout is the seconds one attempt waits, more than 0 and at "
+     "most 3600, not 1e+09"),
+    ("caption", ["--request-timeout", "nan"], "--request-timeout is the seconds one attempt waits, more than 0 and at "
+     "most 3600, not nan"),
 ])
 def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_path, capsys, kind, option, message):
     from geovlm.cli import main
@@ -355,6 +363,26 @@ def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_pat
     assert main([*argv, *option]) == 2
     assert capsys.readouterr().err.strip() == f"geovlm {kind}: {message}"
     assert not out.exists()
+
+
+def test_a_request_timeout_gives_up_on_a_slow_engine_within_it_as_the_client_retries(engines, data_dir, tmp_path):
+    """An engine that takes 60 s to answer, --request-timeout 1 and --retry-window 3: each attempt is given up
+    after 1 s and retried (as a connection that times out is) until the window has passed, then the run stops,
+    to be resumed: exit 1 in seconds, not after the default 120 s per attempt."""
+    engine = engines(delay=60.0)
+    out = tmp_path / "slow.gpkg"
+    started = time.monotonic()
+    code, stdout, stderr = run_cli("caption", data_dir / "rasters" / "RGB.byte.tif", "--tile", 1024, "--engine",
+                                   engine.url, "--family", "geochat", "--out", out, "--no-progress",
+                                   "--request-timeout", 1, "--retry-window", 3, timeout=60)
+    took = time.monotonic() - started
+    assert code == 1, stderr
+    assert "timed out; retrying for up to 3 s" in stderr, stderr  # the first attempt's failure, said at once
+    spent = [line for line in stdout.splitlines() if "stopped: no engine answered (gave up after" in line]
+    assert spent and "timed out" in spent[0], stdout
+    attempts, seconds = (int(v) for v in spent[0].split("gave up after ")[1].split(" s:")[0].split(" attempts in "))
+    assert attempts >= 2 and seconds <= 3 + 1 and took < 30, (spent, took)  # the window plus one attempt at most
+    assert ledger_rows(out) == [(ledger_rows(out)[0][0], "failed")]
 
 
 def test_a_new_raster_on_the_same_grid_or_in_another_crs_is_another_plan(engines, data_dir, tmp_path):

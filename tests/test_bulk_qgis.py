@@ -346,6 +346,30 @@ def test_caption_features_failed_at_the_engine_fail_the_run_with_their_features_
     assert engine.requests() - asked == 1 and {s for _, s in ledger_rows(out)} == {"ok"}
 
 
+def test_request_timeout_gives_up_each_attempt_on_a_slow_engine_and_retries(plugin, processing, engines, data_dir,
+                                                                            tmp_path):
+    """REQUEST_TIMEOUT=1 against an engine that takes 60 s per answer: each attempt is given up after a second
+    and sent again (the engine sees one attempt after another), as `geovlm caption --request-timeout` does;
+    left empty, the settings' timeout (300 s) holds and the first attempt is still waiting. Out of range
+    (0) is refused before any engine is asked."""
+    engine = engines(delay=60.0)
+    params = {"INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 1024, "ENGINE": engine.url,
+              "FAMILY": "geochat", "CONCURRENCY": 1}
+    with pytest.raises(QgsProcessingException):
+        processing.run("geovlm:captiontiles", dict(params, REQUEST_TIMEOUT=0, OUTPUT=str(tmp_path / "zero.gpkg")))
+    assert engine.arrivals() == 0 and not (tmp_path / "zero.gpkg").exists()
+    for timeout, seconds, attempts in ((1.0, 5.0, range(3, 7)), (None, 3.0, range(1, 2))):
+        before = engine.arrivals()
+        feedback = RecordingFeedback()
+        threading.Timer(seconds, feedback.cancel).start()
+        run = dict(params, OUTPUT=str(tmp_path / f"{timeout}.gpkg"))
+        if timeout is not None:
+            run["REQUEST_TIMEOUT"] = timeout
+        with pytest.raises(QgsProcessingException, match="^Cancelled:"):
+            processing.run("geovlm:captiontiles", run, feedback=feedback)
+        assert engine.arrivals() - before in attempts, (timeout, engine.arrivals() - before)
+
+
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path, qgis_process_env):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""

@@ -115,6 +115,8 @@ def test_ask_with_an_unwritable_cache_says_so_in_one_line(tmp_path, capsys, monk
     "argv,message",
     [
         (["ask", str(ms.RASTERS / "corrupt.tif"), "q"], "cannot read raster"),
+        (["ask", str(ms.RASTERS / "missing.tif"), "q", "--engine", "http://127.0.0.1:9", "--request-timeout", "0"],
+         "--request-timeout is the seconds one attempt waits, more than 0 and at most 3600, not 0"),
         (["ask", str(ms.RASTERS / "all-nodata.tif"), "q"], "nodata"),
         (["ask", str(ms.RASTERS / "missing.tif"), "q"], "not found"),
         (["ask", str(COGEO), "q", "--window", "1000,0,100,100"], "outside"),
