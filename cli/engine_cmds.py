@@ -307,7 +307,31 @@ def cmd_ask(args) -> int:
     """`geovlm ask`: one question about a raster's window, answered by the model in this process (--model, else
     the demo model) or by an engine (--engine URL or local: `_ask_engine`, where torch and numba are not loaded
     here); the answer's boxes, in pixels of the image sent, are placed on the raster's frame. 0 once answered;
-    CliError (one line) for bad input, an unreadable checkpoint or a failed generation."""
+    CliError (one line) for bad input, an unreadable checkpoint or a failed generation; 130 for Ctrl-C, said in
+    one line (`interrupted_line`)."""
+    try:
+        return _ask(args)
+    except KeyboardInterrupt:
+        sys.stdout.flush()  # a partial answer's line ends before the message
+        print(f"\n{interrupted_line(args)}", file=sys.stderr)
+        return 130
+
+
+def interrupted_line(args) -> str:
+    """What `geovlm ask` stopped by Ctrl-C lost and kept, and how to ask again, in one line: an answer is parsed
+    and its objects written to --out only once it is complete, so any text shown is cut short and --out is not
+    written (an earlier file there is left as it was)."""
+    if not args.out:
+        kept = "nothing was saved"
+    elif Path(args.out).exists():
+        kept = f"{args.out} was not written (the file there is left as it was)"
+    else:
+        kept = f"{args.out} was not written"
+    return (f"geovlm ask: stopped before the answer was complete: any text above is cut short and was not parsed, "
+            f"{kept}; run the same command to ask again")
+
+
+def _ask(args) -> int:
     from ..core.parsing import parse_answer
     from ..models.imagery import ImageryError, read_rgb
     from .rasters import frame_of_image, open_frame, parse_window

@@ -304,3 +304,48 @@ def test_a_raster_without_georeferencing_is_read_for_tiles_without_rasterios_war
         warnings.simplefilter("always")
         RasterTiles(png, None, True).close()
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_ask_interrupted_says_in_one_line_what_was_lost_and_kept_and_how_to_ask_again(tmp_path, out_exists):
+    """Ctrl-C (SIGINT) while `ask --engine` waits on a slow engine (loopback): exit 130, no traceback, and one
+    line saying the answer was not complete, nothing was parsed or written to --out (an earlier file left as it
+    was), and to run the same command again; said within seconds of the signal."""
+    import signal
+    import subprocess
+    import time
+
+    from bulk_support import ScriptedEngine
+
+    engine = ScriptedEngine(tmp_path, "slow", delay=60.0)
+    out = tmp_path / "objects.gpkg"
+    argv = ["ask", str(COGEO), "Describe the image", "--window", "0,0,64,64", "--engine", engine.url,
+            "--family", "geochat", "--out", str(out)]
+    if out_exists:  # an earlier output (empty layers), replaced only once an answer is complete
+        from geovlm.cli.layers_io import write_layers
+
+        write_layers([], out)
+        earlier = out.read_bytes()
+        argv.append("--overwrite")
+    proc = subprocess.Popen([sys.executable, "-m", "geovlm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while engine.arrivals() < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.arrivals() == 1, proc.communicate(timeout=30) if proc.poll() is not None else "no request"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        engine.kill()
+    kept = (f"{out} was not written (the file there is left as it was)" if out_exists else f"{out} was not written")
+    assert proc.returncode == 130 and took < 5, (proc.returncode, took, stderr)
+    assert stderr.strip().splitlines()[-1] == (
+        "geovlm ask: stopped before the answer was complete: any text above is cut short and was not parsed, "
+        f"{kept}; run the same command to ask again")
+    assert "Traceback" not in stderr and "geovlm ask: interrupted" not in stderr
+    assert (out.read_bytes() == earlier) if out_exists else not out.exists()
