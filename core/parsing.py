@@ -638,17 +638,50 @@ def repetition_warning(text: str, min_repeats: int = 3) -> Optional[str]:
     return None
 
 
+_REMNANTS = r"\((?:[\s,]|{m})*\)|\[(?:[\s,]|{m})*\]|\{{(?:\s|{m})*\}}|\|\s*<\s*\d+\s*>"
+
+
 def plain_text(text: str, boxes: Sequence[RawBox]) -> str:
-    """The answer without box syntax, for display."""
+    """The answer without box syntax, for display.
+
+    Each removed piece (a box's span, a tag such as `<p>` or `<|box_start|>`, the empty brackets a removed box
+    leaves, as `<rbox>()</rbox>`) is first replaced by a marker, then a run of markers and the spaces and tabs
+    around it becomes: nothing before punctuation (`portal {<..>}, and` -> `portal, and`; `<p>x</p> {<..>}.` ->
+    `x.`), after an opening bracket, at the start or end of a line or of the text, and after a colon that ends a
+    sentence with it (`in the image: <rbox>(..)</rbox>.` -> `in the image.`); one space elsewhere, also between
+    two words it glued together (Florence-2's `car<loc_1>..<loc_4>truck` -> `car truck`); nothing between two
+    other characters. Spacing the model wrote itself (EarthDial's `farmland .`) is left as written, except that
+    runs of spaces and tabs become one space."""
+    # the marker: a private-use character the text does not hold; in a text that holds all 6400 of them, the
+    # first, replaced in the text by U+FFFD (one character for one: the boxes' spans stay where they were)
+    used = set(text)
+    mark = next((chr(c) for c in range(0xE000, 0xF900) if chr(c) not in used), "\ue000")
+    text = text.replace(mark, "\ufffd")
     pieces, pos = [], 0
     for a, b in sorted({box.span for box in boxes}):
         if a >= pos:
             pieces.append(text[pos:a])
+            pieces.append(mark)
             pos = b
     pieces.append(text[pos:])
-    out = _TAGS.sub("", "".join(pieces))
-    out = re.sub(r"\(\s*(?:,\s*)*\)|\[\s*(?:,\s*)*\]|\{\s*\}|\|\s*<\s*\d+\s*>", "", out)
-    return re.sub(r"[ \t]{2,}", " ", out).strip()
+    out = _TAGS.sub(mark, "".join(pieces))
+    out = re.sub(_REMNANTS.format(m=mark), mark, out)
+    out = re.sub(r"[ \t]{2,}", " ", out)  # first, so that the run below is matched in linear time
+    run = rf"[ \t]?{mark}(?:[ \t]?{mark})*[ \t]?"
+
+    def join(m: re.Match[str]) -> str:
+        before, after = out[m.start() - 1 : m.start()], out[m.end() : m.end() + 1]
+        if m.group(1) and after in (".", "!", "?"):
+            return ""  # "in the image: <box>." -> "in the image."
+        if not before or not after or before in "\n([" or after in "\n.,;:!?)]":
+            return m.group(1) or ""
+        if before.isspace() or after.isspace():
+            return ""
+        if m.group(0).strip(mark):  # spaces or tabs stood around the removed piece
+            return (m.group(1) or "") + " "
+        return (m.group(1) or "") + (" " if (before.isalnum() and after.isalnum()) else "")
+
+    return re.sub(rf"(:?){run}", join, out).strip()
 
 
 def referred_phrase(question: str) -> str:
