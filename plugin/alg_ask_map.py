@@ -47,6 +47,7 @@ from .engine_access import EngineUnavailable, authcfg_problem, connect, engine_p
 from .families import family_of
 from .geojson_output import add_sink
 from .image_source import QImageSource
+from .layer_files import parameters_problem
 from .line_stream import LineStream
 from .view_checks import (
     blank_problem,
@@ -182,7 +183,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         line once (an exception raised during the run, QGIS logs and prints three times)."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            return ok, message
+            return ok, parameters_problem(parameters, [self.LAYERS]) or message
         try:
             self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
             self._question(parameters, context)

@@ -45,6 +45,7 @@ from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
+from .layer_files import parameters_problem
 from .qgis_geometry import raster_frame
 from .tile_sources import GdalTiles, RenderedTiles
 
@@ -257,6 +258,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         tile plan (an OVERLAP not smaller than TILE_SIZE, an EXTENT off the raster, a web layer without EXTENT
         and RESOLUTION) and `run_problem`: each refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            message = parameters_problem(parameters, [self.INPUT]) or message
         if ok:
             ok, message = check_band_parameters(self, self.INPUT, parameters, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context) if ok else None

@@ -45,6 +45,7 @@ from .alg_bulk_tiles import (
     run_problem,
 )
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
+from .layer_files import parameters_problem
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
 
@@ -140,7 +141,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         that can be used): refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            return ok, message
+            return ok, parameters_problem(parameters, [self.RASTER, self.INPUT]) or message
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is not None and layer.providerType() != "gdal":
             return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"

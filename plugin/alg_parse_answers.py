@@ -22,6 +22,7 @@ from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
 from .families import family_of
 from .geojson_output import add_sink
+from .layer_files import parameters_problem
 from .qgis_geometry import answer_features, object_fields, qgis_crs, raster_frame, relation_fields
 
 SETTINGS_KEY = "geovlm/parseanswers/last"
@@ -99,6 +100,8 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             except ValueError as exc:
                 return False, str(exc)
         ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            message = parameters_problem(parameters, [self.RASTER]) or message
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context) if ok else None
         try:
             if layer is not None:

@@ -786,3 +786,39 @@ def test_a_raster_georeferenced_by_gcps_only_is_refused_as_the_cli_refuses_it(pl
     cli = subprocess.run([sys.executable, "-m", "geovlm", "parse", str(answers), "--family", "earthdial", "--raster",
                           str(raster), "--out", str(tmp_path / "cli.gpkg")], capture_output=True, text=True)
     assert cli.stderr.strip() == f"geovlm parse: {said}"
+
+
+@pytest.mark.parametrize("alg", ["captiontiles", "detecttiles", "captionfeatures", "parseanswers", "askmap"])
+def test_a_raster_file_qgis_cannot_load_is_named_with_the_reason_not_as_not_found(plugin, processing, data_dir,
+                                                                                  tmp_path, alg):
+    """QGIS's own check said "Could not load source layer for INPUT: x.tif not found" (askmap: "Incorrect
+    parameter value for LAYERS") for a file that is there but empty or of another format: the line now says
+    what `geovlm ask` says about it; a path that does not exist keeps QGIS's "not found"."""
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    empty, text = tmp_path / "empty.tif", tmp_path / "notes.tif"
+    empty.write_bytes(b"")
+    text.write_text("hello\n")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    check = QgsApplication.processingRegistry().createAlgorithmById(f"geovlm:{alg}").checkParameterValues
+    name = {"captionfeatures": "RASTER", "parseanswers": "RASTER", "askmap": "LAYERS"}.get(alg, "INPUT")
+
+    def params(raster):
+        base = {"TILE_SIZE": 512, "ENGINE": "http://127.0.0.1:9", "FAMILY": "geochat",
+                "OUTPUT": str(tmp_path / "out.gpkg"), name: str(raster)}
+        if alg == "captionfeatures":
+            base["INPUT"] = str(data_dir / "rasters" / "geotiff_labels.geojson")
+        elif alg == "parseanswers":
+            base = {"INPUT": str(data_dir / "answers" / "earthdial_refer_ship.jsonl"), "FAMILY": "earthdial",
+                    "RASTER": str(raster), "OBJECTS": str(tmp_path / "o.gpkg")}
+        elif alg == "askmap":
+            base = {"LAYERS": [str(raster)], "EXTENT": "0,1,0,1 [EPSG:4326]", "QUESTION": "hi",
+                    "ENGINE": "http://127.0.0.1:9"}
+        return base
+
+    assert check(params(empty), context) == (False, f"{name}: {empty} is an empty file (0 bytes)")
+    ok, said = check(params(text), context)
+    assert not ok and said.startswith(f"{name}: cannot read {text}: ") and "not recognized" in said
+    ok, said = check(params(tmp_path / "missing.tif"), context)
+    assert not ok and "cannot read" not in said and "empty file" not in said
