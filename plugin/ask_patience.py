@@ -24,7 +24,8 @@ engine/server.py `_sse`; vLLM's OpenAI server does the same), and answers /v1/mo
 seconds without one means the engine is not answering (a hung process, a proxy holding the connection), not that
 the model is slow. The waits between tokens keep the settings' request timeout. With an engine that never answers,
 the dock gives up after about 20 s (the connection's two /v1/models tries, `engine_access.PROBE_ATTEMPTS`, or
-two chat attempts); with one that drops every request, after about 15 s.
+two chat attempts); with one that drops every request, within 15 s (no attempt starts later: 7 attempts in 11 s,
+measured in QGIS with a loopback engine that closes each connection).
 """
 from __future__ import annotations
 

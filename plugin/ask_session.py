@@ -216,8 +216,9 @@ class AskSession(EngineHeader, QObject):
         self._show()
 
     def _show(self) -> None:
-        note = f"<p><i>{html.escape(self._retry_note)}</i></p>" if self._retry_note and self.task is not None else ""
-        streaming = (f"{note}<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
+        retrying = self._retry_note and self.task is not None and not self._streamed  # said instead of "Model:"
+        streaming = (f"<p><i>{html.escape(self._retry_note)}</i></p>" if retrying else
+                     f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
                      "<p><i>Rendering the view…</i></p>" if self.renderer.active() else "")
         self.dock.transcript.setHtml("".join(self._html) + streaming)
         bar = self.dock.transcript.verticalScrollBar()
@@ -277,7 +278,7 @@ class AskSession(EngineHeader, QObject):
         if not self.history:
             self.view, self.view_source, self.view_settings, self.image = None, None, None, None
         self.dock.set_busy(False)
-        kept = "" if message == "stopped" else ": the question is still in the box, Send asks it again"
+        kept = "" if message == "stopped" else " — the question is still in the box: Send asks it again"
         self._html.append(f"<p><i>{html.escape(message + kept)}</i></p>")
         self._show()
         self._remote_state("ready" if message == "stopped" else f"down — {message}")

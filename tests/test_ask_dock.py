@@ -1021,7 +1021,7 @@ def test_an_engine_that_does_not_answer_is_given_up_soon_and_nothing_is_lost(doc
         assert any(f"engine {engine.url} not answering ({reason}" in text and "retrying (2)…" in text
                    for text in seen)
         text = session.dock.transcript.toPlainText()
-        assert "gave up after" in text and "the question is still in the box, Send asks it again" in text
+        assert "gave up after" in text and "the question is still in the box: Send asks it again" in text
         assert "retrying (" not in text  # the note goes with the question in flight
         assert session.dock.question.toPlainText() == "And the road?" and session.dock.send.isEnabled()
         assert len(session.history) == 2 and session.view is not None  # the conversation so far is kept
