@@ -285,9 +285,14 @@ def _follow_gui_proxy(manager: QgsNetworkAccessManager) -> None:
 
 
 def _is_http_status_error(error) -> bool:
-    """Qt reports 4xx/5xx answers as content errors (201-299) and server errors (401-499): they are HTTP
-    answers, returned as responses like any other (QNetworkReply::NetworkError)."""
-    return 200 < int(error) < 300 or 400 < int(error) < 500
+    """Qt reports 4xx/5xx answers as content errors (201-299) and server errors (401-499), except 400 and 418
+    (ProtocolInvalidOperationError) and 407 (ProxyAuthenticationRequiredError) (Qt's statusCodeFromHttp, in
+    qhttpthreaddelegate.cpp): they are HTTP answers, returned as responses like any other, their body the
+    server's reason (QNetworkReply::NetworkError)."""
+    error = QNetworkReply.NetworkError(int(error))
+    return (200 < int(error) < 300 or 400 < int(error) < 500
+            or error in (QNetworkReply.NetworkError.ProtocolInvalidOperationError,
+                         QNetworkReply.NetworkError.ProxyAuthenticationRequiredError))
 
 
 def _on_gui_thread() -> bool:

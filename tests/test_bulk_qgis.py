@@ -335,8 +335,8 @@ def test_caption_features_failed_at_the_engine_fail_the_run_with_their_features_
     out = tmp_path / "f.gpkg"
     params = {"INPUT": labels, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "ENGINE": engine.url,
               "FAMILY": "geochat", "OUTPUT": str(out)}
-    with pytest.raises(QgsProcessingException, match=rf"^1 feature failed at the engine \(first: .*HTTP 400"
-                       rf"\); the answered features are kept in {out}; run again"):
+    with pytest.raises(QgsProcessingException, match=rf"^1 feature failed at the engine \(first: .*HTTP 400 "
+                       rf"scripted refusal\); the answered features are kept in {out}; run again"):
         processing.run("geovlm:captionfeatures", params)
     features = QgsVectorLayer(f"{out}|layername=features", "features", "ogr")
     statuses = [f["caption_status"] for f in features.getFeatures()]
@@ -484,7 +484,7 @@ def test_tiles_failed_at_the_engine_fail_the_run_then_a_rerun_asks_only_them(eng
     run = qgis_process(qgis_process_env, *args)
     said = run.stdout + run.stderr
     assert run.returncode == 1 and "Traceback" not in said, said[-3000:]
-    assert (f"2 tiles failed at the engine (first: {engine.url}/v1/chat/completions: HTTP 400); "
+    assert (f"2 tiles failed at the engine (first: {engine.url}/v1/chat/completions: HTTP 400 scripted refusal); "
             f"the answered tiles are kept in {out}; run again with the same parameters to ask them again.") in said
     statuses = [s for _, s in ledger_rows(out)]
     assert statuses.count("failed") == 2 and statuses.count("ok") == len(statuses) - 2 > 0

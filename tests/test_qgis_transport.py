@@ -18,15 +18,16 @@ GAP_S = 0.3
 
 class Scripted(http.server.BaseHTTPRequestHandler):
     """/stream: PIECES chunks GAP_S apart; /hang: one chunk, then nothing for 20 s; /slow: headers after
-    2 s; /missing: 404 with a JSON body. Every wait is bounded and ends when the server stops."""
+    2 s; /missing: 404 with a JSON body, /status/N: status N with one. Every wait is bounded and ends when the
+    server stops."""
 
     protocol_version = "HTTP/1.1"
     stop = threading.Event()
 
     def do_GET(self):  # noqa: N802
-        if self.path == "/missing":
+        if self.path == "/missing" or self.path.startswith("/status/"):
             body = b'{"error": {"message": "nothing here"}}'
-            self.send_response(404)
+            self.send_response(int(self.path.split("/")[-1]) if self.path.startswith("/status/") else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -181,6 +182,19 @@ def test_an_http_error_is_a_response(base):
 
     (status, body), _ = in_thread(read)
     assert status == 404 and b"nothing here" in body
+
+
+@pytest.mark.parametrize("status", [400, 401, 407, 409, 418, 422, 429, 500, 502, 503, 504])
+def test_every_http_error_status_is_a_response_with_its_body(base, status):
+    """Qt maps some statuses to errors outside its content and server ranges (400 and 418 to
+    ProtocolInvalidOperationError, 407 to ProxyAuthenticationRequiredError): those are HTTP answers too, their
+    body the engine's reason (a 400's "max_tokens too large" was read as no body: "HTTP 400" alone)."""
+    def read():
+        with QgisTransport().request("GET", f"{base}/status/{status}", {}, timeout=5) as response:
+            return response.status, response.read()
+
+    (got, body), _ = in_thread(read)
+    assert got == status and b"nothing here" in body
 
 
 def test_a_refused_connection_is_a_transport_error():
