@@ -132,6 +132,7 @@ class RectangleDrawing(QObject):
         self.canvas, self.button = canvas, button
         self.band = RectangleBand(canvas)
         self._tool: Optional[ScreenRectangleTool] = None
+        self._spent: Optional[ScreenRectangleTool] = None
         self._previous = None
         button.toggled.connect(self._toggle)
 
@@ -162,6 +163,7 @@ class RectangleDrawing(QObject):
                 except RuntimeError:  # that tool was deleted meanwhile (its plugin unloaded)
                     pass
             tool.remove()
+            self._spent = tool  # kept until the next drawing: this may run inside the tool's own mouse event
 
     def remove(self) -> None:
         """Give up the drawing tool if it is on (without giving a tool back: the plugin unloads) and remove the
