@@ -1,7 +1,6 @@
 """Writing parsed answers as GIS layers (geopandas/pyogrio, engine side): `objects` and `relations`."""
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from ..core.answer import Answer
 from ..core.georef import ImageFrame
 from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 from . import CliError
+from .reprojection import reprojected
 
 GPKG_OPTIONS = {"VERSION": "1.3"}  # QGIS 3.22 opens GeoPackage 1.3 without warnings
 
@@ -98,7 +98,8 @@ def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None, overwri
     """Write `objects` and `relations`; a .gpkg holds both layers, .geojson writes OUT and OUT_relations.
     An existing output is replaced only with `overwrite` (see `check_output`).
 
-    With `to_crs`, every vertex is reprojected (pyproj) from the images' CRS."""
+    With `to_crs`, the layers are reprojected from the images' CRS (`reprojection.reprojected`: edges bent as
+    the projection bends them, a box over the antimeridian kept whole)."""
     records = list(records)
     out = check_output(out_path, overwrite)
     crs_set = {r.frame.crs for r in records if r.frame.crs}
@@ -122,53 +123,6 @@ def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None, overwri
             return _write(obj_df, rel_df, out)
     except (OSError, DataSourceError) as exc:  # a folder that cannot be made or written (read-only, /proc...)
         raise CliError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def reprojected(frame, to_crs):
-    """`frame` (a GeoDataFrame with a CRS) in `to_crs`, every vertex through pyproj as `GeoDataFrame.to_crs`,
-    except that a geometry the target's longitude wrap would tear apart is kept whole.
-
-    PROJ brings every longitude into [-180, 180) about the target's central meridian, so a box over the
-    antimeridian (a raster in UTM zone 60 or EPSG:4326 near 180 degrees, taken to EPSG:4326 or EPSG:3857) had
-    corners on both edges of the world and became a polygon across all of it. Such a geometry takes the vertices
-    of the same transformation with PROJ's `+over` (no wrap: longitudes, and x of a cylindrical projection, go
-    on past the edge, as QGIS draws them), chosen when they span less than half the wrapped ones' width in x;
-    a geometry that does not cross keeps the wrapped vertices, so coordinates stay in the usual range."""
-    import geopandas as gpd
-    import numpy as np
-    import shapely
-    from pyproj import CRS, Transformer
-
-    target = CRS.from_user_input(to_crs)
-    plain = Transformer.from_crs(frame.crs, target, always_xy=True)
-    unwrapped = _without_wrap(plain)
-
-    def move(coords):
-        x, y = plain.transform(coords[:, 0], coords[:, 1])
-        if unwrapped is not None and len(coords) > 1:
-            ox, oy = unwrapped.transform(coords[:, 0], coords[:, 1])
-            if np.ptp(ox) < np.ptp(x) / 2:
-                x, y = ox, oy
-        return np.column_stack([x, y])
-
-    geometries = [None if g is None else shapely.transform(g, move) for g in frame.geometry]
-    moved = gpd.GeoSeries(geometries, index=frame.index, crs=target)
-    return gpd.GeoDataFrame(frame.drop(columns=frame.geometry.name), geometry=moved, crs=target)
-
-
-def _without_wrap(transformer):
-    """The transformation of `transformer` with PROJ's `+over` on each step (no longitude wrap), or None where
-    its pipeline cannot be written as a PROJ string."""
-    from pyproj import Transformer
-    from pyproj.exceptions import ProjError
-
-    try:
-        pipeline = transformer.to_proj4()
-        if not pipeline:
-            return None
-        return Transformer.from_pipeline(re.sub(r"(\+proj=(?!pipeline\b)\S+)", r"\1 +over", pipeline))
-    except ProjError:
-        return None
 
 
 def _write(obj_df, rel_df, out: Path) -> dict:

@@ -198,6 +198,26 @@ def test_a_window_without_a_raster_is_one_line_not_ignored(tmp_path, capsys, pla
     assert err.startswith("geovlm parse: --window needs --raster") and "\n" not in err and not out.exists()
 
 
+def test_to_crs_bends_the_edges_of_a_large_box_and_keeps_a_small_box_four_corners(tmp_path):
+    # a 1-degree raster in EPSG:4326 at 45 N: the straight edges of a box over all of it are curves in UTM 32N
+    # (the image of the top edge's midpoint lies 120 m off the chord between its corners' images)
+    from pyproj import Transformer
+    from shapely.geometry import Point, Polygon
+
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]][[50, 50, 51, 51, 0]]"}) + "\n")
+    out = tmp_path / "a.geojson"
+    assert main(["parse", str(src), "--family", "earthdial", "--geotransform", "0.001,0,9,0,-0.001,45.5",
+                 "--crs", "EPSG:4326", "--image-size", "1000x1000", "--to-crs", "EPSG:32632", "--out",
+                 str(out)]) == 0
+    whole, small = [Polygon(f["geometry"]["coordinates"][0]) for f in json.loads(out.read_text())["features"]]
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True)
+    for lon, lat in ((9.5, 45.5), (10, 45), (9.5, 44.5), (9, 45), (9.25, 45.5), (9.9, 44.5)):  # edge points
+        # within 1e-4 of an edge's length (11 m of 111 km: reprojection.EDGE_TOLERANCE), against 120 m unbent
+        assert whole.exterior.distance(Point(to_utm.transform(lon, lat))) < 12
+    assert whole.is_valid and len(small.exterior.coords) == 5  # four corners, closed
+
+
 def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><100><100>|<90>}\n")

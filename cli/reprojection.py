@@ -1,0 +1,105 @@
+"""Answer layers taken to another CRS (`geovlm parse --to-crs`; pyproj, engine side): every vertex through PROJ,
+a box's edges bent as the projection bends them, and a box over the antimeridian kept whole."""
+from __future__ import annotations
+
+import math
+import re
+
+# A reprojected edge is split at its midpoint while that midpoint's image lies farther than this fraction of the
+# edge's image length from the straight edge's midpoint (GDAL's ogr2ogr -segmentize and QGIS's densify take a
+# fixed step instead; here a box edge that stays straight keeps its two vertices), at most EDGE_DEPTH times.
+# 1e-4 of an edge is a twentieth of a pixel for an edge of 500 pixels, a pixel for one of 10,000.
+EDGE_TOLERANCE = 1e-4
+EDGE_DEPTH = 8
+
+
+def reprojected(frame, to_crs):
+    """`frame` (a GeoDataFrame of Polygons and LineStrings with a CRS) in `to_crs`, each vertex through pyproj
+    as `GeoDataFrame.to_crs` takes it, with two differences.
+
+    Edges are bent: a box is straight in the pixels of its image, so in another CRS its edges are curves (a box
+    across a 110 km UTM tile bends 340 m in EPSG:3857; a 1-degree box of an EPSG:4326 raster 120 m in UTM). An
+    edge gets the image of its midpoint as a vertex where the straight line between its ends' images misses
+    that image by more than EDGE_TOLERANCE of its length, and so on for each half (`_bent`); a small box, whose
+    edges stay straight, keeps its four corners.
+
+    A geometry the target's longitude wrap would tear is kept whole: PROJ brings every longitude into [-180,
+    180) about the target's central meridian, so a box over the antimeridian (a raster in UTM zone 60 or
+    EPSG:4326 near 180 degrees, taken to EPSG:4326 or EPSG:3857) had corners on both edges of the world and
+    became a polygon across all of it. Such a geometry takes the same transformation with PROJ's `+over` (no
+    wrap: longitudes, and x of a cylindrical projection, go on past the edge, as QGIS draws them), chosen when
+    its vertices span less than half the wrapped ones' width in x; a geometry that does not cross keeps the
+    wrapped vertices, so coordinates stay in the usual range."""
+    import geopandas as gpd
+    import numpy as np
+    from pyproj import CRS, Transformer
+    from shapely.geometry import LineString, Polygon
+
+    target = CRS.from_user_input(to_crs)
+    plain = Transformer.from_crs(frame.crs, target, always_xy=True)
+    unwrapped = _without_wrap(plain)
+
+    def transform_of(coords):
+        if unwrapped is not None and len(coords) > 1:
+            x = plain.transform(coords[:, 0], coords[:, 1])[0]
+            if np.ptp(unwrapped.transform(coords[:, 0], coords[:, 1])[0]) < np.ptp(x) / 2:
+                return unwrapped.transform
+        return plain.transform
+
+    def move(geometry):
+        if geometry is None or geometry.is_empty:
+            return geometry
+        if geometry.geom_type == "Polygon" and not geometry.interiors:
+            coords = np.asarray(geometry.exterior.coords)
+            return Polygon(_bent(coords, transform_of(coords)))
+        if geometry.geom_type == "LineString":
+            coords = np.asarray(geometry.coords)
+            return LineString(_bent(coords, transform_of(coords)))
+        raise ValueError(f"cannot reproject a {geometry.geom_type} here")
+
+    moved = gpd.GeoSeries([move(g) for g in frame.geometry], index=frame.index, crs=target)
+    return gpd.GeoDataFrame(frame.drop(columns=frame.geometry.name), geometry=moved, crs=target)
+
+
+def _bent(coords, transform):
+    """The (M, 2) target vertices of the (N, 2) source vertices `coords` (a path; a ring repeats its first
+    vertex last) through `transform(xs, ys)`: each edge's ends, and between them the images of the midpoints
+    (in source coordinates) of its halves, quarters... where the image bends away from the straight edge by more
+    than EDGE_TOLERANCE of its length, EDGE_DEPTH levels at most. One `transform` call per level."""
+    import numpy as np
+
+    xs, ys = transform(coords[:, 0], coords[:, 1])
+    known = [{0.0: (xs[i], ys[i]), 1.0: (xs[i + 1], ys[i + 1])} for i in range(len(coords) - 1)]
+    pending = [(i, 0.0, 1.0) for i in range(len(known))]
+    for _ in range(EDGE_DEPTH):
+        if not pending:
+            break
+        edge = np.array([i for i, _, _ in pending])
+        middle = np.array([(t0 + t1) / 2 for _, t0, t1 in pending])
+        at = coords[edge] + (coords[edge + 1] - coords[edge]) * middle[:, None]
+        mx, my = transform(at[:, 0], at[:, 1])
+        bending = []
+        for (i, t0, t1), t, x, y in zip(pending, middle, mx, my):
+            (x0, y0), (x1, y1) = known[i][t0], known[i][t1]
+            off = math.hypot(x - (x0 + x1) / 2, y - (y0 + y1) / 2)
+            if off > EDGE_TOLERANCE * math.hypot(x1 - x0, y1 - y0):  # NaN (no image) is never bending
+                known[i][float(t)] = (x, y)
+                bending += [(i, t0, float(t)), (i, float(t), t1)]
+        pending = bending
+    points = [known[i][t] for i in range(len(known)) for t in sorted(known[i]) if t < 1.0]
+    return points + [known[-1][1.0]] if known else [(xs[0], ys[0])]
+
+
+def _without_wrap(transformer):
+    """The transformation of `transformer` with PROJ's `+over` on each step (no longitude wrap), or None where
+    its pipeline cannot be written as a PROJ string."""
+    from pyproj import Transformer
+    from pyproj.exceptions import ProjError
+
+    try:
+        pipeline = transformer.to_proj4()
+        if not pipeline:
+            return None
+        return Transformer.from_pipeline(re.sub(r"(\+proj=(?!pipeline\b)\S+)", r"\1 +over", pipeline))
+    except ProjError:
+        return None
