@@ -189,19 +189,6 @@ def reproject(polygon: Iterable[Point], transform: Callable[[float, float], Poin
     return [transform(x, y) for x, y in polygon]
 
 
-def densify(polygon: Sequence[Point], steps: int) -> List[Point]:
-    """Insert `steps - 1` points on each edge, so that a curved reprojection keeps its shape."""
-    if steps <= 1:
-        return list(polygon)
-    out = []
-    n = len(polygon)
-    for i in range(n):
-        (x0, y0), (x1, y1) = polygon[i], polygon[(i + 1) % n]
-        for k in range(steps):
-            out.append((x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps))
-    return out
-
-
 def signed_area(polygon: Sequence[Point]) -> float:
     n = len(polygon)
     return 0.5 * sum(
