@@ -1,5 +1,6 @@
-"""Where the dock's answers go: an objects and a relations layer in a GeoPackage beside the project, made once,
-added to the project once, and appended to after; styled with the QML files in `styles/`.
+"""Where the dock's answers go: an objects and a relations layer in a GeoPackage beside the project, each made
+and added to the project with the first answer that has features for it (an answer without boxes adds no empty
+layer), and appended to after; styled with the QML files in `styles/`.
 
 An unsaved project has no folder: its answers go to a new GeoPackage in GeoVLM's folder of the QGIS profile
 (`<profile>/geovlm/answers/`, as Processing keeps its default outputs in the profile), which the dock names. Never
@@ -44,8 +45,8 @@ def asks_how_many(question: str) -> bool:
 class AnswerLayers:
     """The two output layers of a project. `path` is the GeoPackage: `<project>_geovlm.gpkg` beside a saved
     project, else a new `answers-<date>-<time>.gpkg` in `settings.data_dir() / "answers"` (`unsaved` is then
-    True). Layers are made in the CRS of the first view; features of views in other CRSs are transformed into
-    it. Raises OSError when the profile's answers folder of an unsaved project cannot be made."""
+    True). Each layer is made in the CRS of the view of its first features; features of views in other CRSs are
+    transformed into it. Raises OSError when the profile's answers folder of an unsaved project cannot be made."""
 
     def __init__(self, project: Optional[QgsProject] = None):
         self.project = project or QgsProject.instance()
@@ -133,13 +134,16 @@ class AnswerLayers:
             return set()
         return {found.name() for found in QgsProviderRegistry.instance().querySublayers(str(self.path))}
 
-    def add(self, objects: List[QgsFeature], relations: List[QgsFeature], crs) -> Tuple[List[int], QgsVectorLayer]:
+    def add(self, objects: List[QgsFeature], relations: List[QgsFeature],
+            crs) -> Tuple[List[int], Optional[QgsVectorLayer]]:
         """Append one answer's features (in `crs`, the view's); returns the new objects' feature ids and the
-        objects layer. Raises OSError when the GeoPackage cannot be written."""
+        objects layer (None when the answer has no objects). A layer is made, and added to the project, only
+        for an answer that has features for it: an answer without boxes adds no empty layer. Raises OSError
+        when the GeoPackage cannot be written."""
         ids: List[int] = []
-        objects_layer = self._layer(0, crs)
+        objects_layer = None
         for index, features in ((0, objects), (1, relations)):
-            if not features and index == 1:
+            if not features:
                 continue
             layer = self._layer(index, crs)
             transform = (QgsCoordinateTransform(crs, layer.crs(), self.project.transformContext())
@@ -149,7 +153,7 @@ class AnswerLayers:
             if not ok:
                 raise OSError(f"could not append to {self.path}: {layer.dataProvider().lastError()}")
             if index == 0:
-                ids = [f.id() for f in added]
+                ids, objects_layer = [f.id() for f in added], layer
             layer.updateExtents()
             layer.triggerRepaint()
         return ids, objects_layer

@@ -69,3 +69,20 @@ def test_a_reader_opened_when_the_layer_joins_the_project_sees_every_feature(pro
         project.layersAdded.disconnect(open_reader)
         readers.clear()
     assert counts == {"geovlm_objects": 5, "geovlm_relations": 1}
+
+
+def test_a_layer_joins_the_project_only_with_features_for_it(project, tmp_path):
+    """An answer without boxes adds no empty layer; the first answer with objects (then with relations) does."""
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    layers = AnswerLayers(project)
+    assert layers.add([], [], crs) == ([], None)
+    assert project.mapLayers() == {} and not (tmp_path / "p_geovlm.gpkg").exists()
+    ids, layer = layers.add(_objects(2), [], crs)
+    assert len(ids) == 2 and layer.featureCount() == 2
+    assert sorted(found.name() for found in project.mapLayers().values()) == ["geovlm_objects"]
+    assert layers.add([], [], crs) == ([], None)
+    relation = QgsFeature(ask_fields()[1])
+    relation.setGeometry(QgsGeometry.fromWkt("LINESTRING(0 0, 1 1)"))
+    ids, same = layers.add(_objects(1), [relation], crs)
+    assert len(ids) == 1 and same.id() == layer.id() and layer.featureCount() == 3
+    assert sorted(found.name() for found in project.mapLayers().values()) == ["geovlm_objects", "geovlm_relations"]
