@@ -138,7 +138,7 @@ def cmd_bulk(args) -> int:
         ProgressLog,
         counted,
         default_task,
-        eta_seconds,
+        eta_text,
         graph_rows,
         run_tiles,
     )
@@ -207,15 +207,13 @@ def cmd_bulk(args) -> int:
             finished = stats.done + stats.failed
             if bar is not None:
                 bar.n = finished
-                eta = eta_seconds(stats, time.monotonic() - started)
-                bar.set_postfix_str(f"failed {stats.failed}" + (f", eta {eta:.0f}s" if eta is not None else ""),
-                                    refresh=False)
+                left = eta_text(stats, time.monotonic() - started)
+                bar.set_postfix_str(f"failed {stats.failed}" + (f", {left}" if left else ""), refresh=False)
                 bar.refresh()
             elif lines is not None and lines.due(finished):
-                eta = eta_seconds(stats, time.monotonic() - started)
-                print(f"geovlm {args.kind}: {finished}/{counted(stats.total, 'tiles')}, failed {stats.failed}" + (
-                    f", about {eta:.0f} s left" if eta is not None and finished < stats.total else ""),
-                    file=sys.stderr, flush=True)
+                left = eta_text(stats, time.monotonic() - started)
+                print(f"geovlm {args.kind}: {finished}/{counted(stats.total, 'tiles')}, failed {stats.failed}"
+                      + (f", {left}" if left else ""), file=sys.stderr, flush=True)
 
         if details.get("random_stand_in"):
             print(STAND_IN_NOTE, file=sys.stderr)

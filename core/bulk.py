@@ -240,6 +240,16 @@ def eta_seconds(stats: RunStats, elapsed: float) -> Optional[float]:
     return left * elapsed / finished
 
 
+def eta_text(stats: RunStats, elapsed: float) -> str:
+    """The time left, for a progress line (the command line's and QGIS's alike): "about 12 s left" (seconds
+    from `eta_seconds`, rounded), "under 1 s left" for an estimate below one second (which "about 0 s" would
+    misstate), and "" before the first tile is finished (no pace yet) or once every tile is."""
+    eta = eta_seconds(stats, elapsed)
+    if eta is None or stats.done + stats.failed >= stats.total:
+        return ""
+    return "under 1 s left" if eta < 1 else f"about {eta:.0f} s left"
+
+
 class ProgressLog:
     """When a progress line is worth logging: on the first tile finished, each time another `step` share of
     the plan (0.1: every 10 %) is finished, when `every_s` seconds have passed since the last line, and at the
@@ -295,4 +305,4 @@ def graph_rows(tile: Tile, answer: Answer, gt: GeoTransform) -> Tuple[List[tuple
 
 
 __all__ = ["DEFAULT_CAPTION_QUESTION", "DEFAULT_GRAPH_QUESTION", "EndpointRecorder", "OK", "ProgressLog", "RunStats",
-           "counted", "default_task", "eta_seconds", "graph_rows", "run_tiles"]
+           "counted", "default_task", "eta_seconds", "eta_text", "graph_rows", "run_tiles"]

@@ -35,7 +35,7 @@ from ..core.bulk import (
     ProgressLog,
     counted,
     default_task,
-    eta_seconds,
+    eta_text,
     graph_rows,
     run_tiles,
 )
@@ -375,9 +375,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             finished = stats.done + stats.failed
             feedback.setProgress(100.0 * finished / max(1, stats.total))
             if lines.due(finished):  # the Processing log keeps every progress text: about ten lines a run
-                eta = eta_seconds(stats, time.monotonic() - started)
-                feedback.setProgressText(f"{finished}/{counted(stats.total, 'tiles')}" + (
-                    f", about {eta:.0f} s left" if eta is not None and finished < stats.total else ""))
+                left = eta_text(stats, time.monotonic() - started)
+                feedback.setProgressText(f"{finished}/{counted(stats.total, 'tiles')}" + (f", {left}" if left else ""))
 
         graph = (lambda tile, answer: graph_rows(tile, answer, self.gt)) if self.KIND == "detect" else None
         try:

@@ -2,6 +2,7 @@
 exact footprint, resume after SIGKILL of the command or of the engine, two endpoints with one killed, a
 refused plan change, and scene graphs merged across tile overlaps."""
 import json
+import re
 import signal
 import sys
 import time
@@ -434,6 +435,8 @@ def test_progress_into_a_log_file_is_a_bounded_number_of_lines(engines, data_dir
     progress = [line for line in stderr.splitlines() if "/225 tiles" in line]
     assert "\r" not in stderr and 3 <= len(progress) <= 12, stderr
     assert progress[-1].startswith("geovlm caption: 225/225 tiles, failed 0")
+    left = re.compile(r"geovlm caption: \d+/225 tiles, failed 0(, about [1-9]\d* s left|, under 1 s left)?")
+    assert all(left.fullmatch(line) for line in progress), stderr  # never "about 0 s left"
 
 
 def test_an_output_that_is_a_folder_or_not_a_geopackage_is_refused_before_any_engine_is_asked(data_dir, tmp_path):

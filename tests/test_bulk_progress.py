@@ -1,6 +1,6 @@
 """core.bulk's run accounting without an engine: when a progress line is logged (ProgressLog, on a fake clock)
 and how unreadable tiles are told apart from the engine's failures (RunStats)."""
-from geovlm.core.bulk import ProgressLog, RunStats, counted
+from geovlm.core.bulk import ProgressLog, RunStats, counted, eta_text
 
 
 def test_progress_lines_every_tenth_or_after_a_pause_never_twice():
@@ -33,3 +33,13 @@ def test_counts_take_the_singular_for_one():
     one.unreadable = {"r0c0": "damaged"}
     assert one.summary().startswith("1 tile: 1 asked") and one.summary_of("features").startswith("1 feature: ")
     assert one.unreadable_note().startswith("1 tile could not be read (r0c0)")
+
+
+def test_the_time_left_below_a_second_is_said_so_not_0_s():
+    """The screenshot review's bulk log said "15/16 tiles, about 0 s left" (0.4 s at this pace)."""
+    assert eta_text(RunStats(total=16, ok=15), elapsed=6.0) == "under 1 s left"
+    assert eta_text(RunStats(total=16, ok=14), elapsed=14.0) == "about 2 s left"
+    assert eta_text(RunStats(total=16, ok=14), elapsed=3.0) == "under 1 s left"
+    assert eta_text(RunStats(total=16, ok=4, failed=2), elapsed=6.0) == "about 10 s left"
+    assert eta_text(RunStats(total=16), elapsed=6.0) == ""  # no tile finished: no pace yet
+    assert eta_text(RunStats(total=16, ok=15, failed=1), elapsed=6.0) == ""  # every tile finished
