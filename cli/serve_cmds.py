@@ -190,6 +190,8 @@ def _with_retry_options(client, args):
     120 s ..."), so that nobody waits out the retry window in silence."""
     import threading
 
+    from ..core.client import NO_ANSWER
+
     window = getattr(args, "retry_window", None)
     if window is not None:
         client.retry_window = window
@@ -201,7 +203,8 @@ def _with_retry_options(client, args):
     def say(message: str, window_s: float) -> None:
         if not said.is_set():
             said.set()
-            print(f"geovlm: {message}; retrying for up to {window_s:.0f} s (--retry-window to change, "
+            slow = " (--request-timeout to change)" if NO_ANSWER in message else ""
+            print(f"geovlm: {message}{slow}; retrying for up to {window_s:.0f} s (--retry-window to change, "
                   "Ctrl-C to stop)", file=sys.stderr, flush=True)
 
     client.on_first_failure = say

@@ -33,7 +33,15 @@ from .answer import Answer, printable_text
 from .georef import FitPlan, fit_plan
 from .parsing import parse_answer
 from .profiles import Profile, get_profile
-from .transport import Cancelled, CancelToken, HttpClientTransport, HttpResponse, Transport, TransportError
+from .transport import (
+    AnswerTimeout,
+    Cancelled,
+    CancelToken,
+    HttpClientTransport,
+    HttpResponse,
+    Transport,
+    TransportError,
+)
 
 __all__ = [
     "AskJob", "Cancelled", "CancelToken", "EngineClient", "EngineError", "Endpoint", "ImageSource",
@@ -595,11 +603,17 @@ def check_distinct_urls(urls: Sequence[str]) -> None:
 # ------------------------------------------------------------ helpers
 
 
+NO_ANSWER = "sent no answer within"  # a first-failure line about a slow engine: "URL sent no answer within S s"
+
+
 def _failure_line(url: str, exc: _Retryable) -> str:
     """One line for a failed attempt: the endpoint and the cause, the operating system's words for a
-    connection that could not be made ("connection refused"), the status for an HTTP answer."""
+    connection that could not be made ("connection refused"), the status for an HTTP answer, and for an
+    engine that was reached but sent nothing within the request timeout "URL sent no answer within S s"."""
     if exc.status is not None:
         return f"{url} answered HTTP {exc.status}"
+    if isinstance(exc.__cause__, AnswerTimeout):
+        return f"{url} {NO_ANSWER} {exc.__cause__.seconds:g} s"
     cause: Optional[BaseException] = exc
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__

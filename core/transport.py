@@ -22,6 +22,15 @@ class TransportError(Exception):
     """No HTTP answer came back: refused, reset, dropped or timed out. Always worth a retry elsewhere."""
 
 
+class AnswerTimeout(TransportError):
+    """The engine took the connection and the request but sent nothing for `seconds` (the request timeout):
+    slow (a long answer, a busy model), not unreachable."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+
+
 class CancelToken:
     """Cancels a request from any thread: wakes backoff sleeps and aborts the connection in use."""
 
@@ -142,8 +151,10 @@ class HttpClientTransport(Transport):
             remove()
             conn.close()
 
+        connected = False
         try:
             conn.connect()
+            connected = True
             with lock:
                 if aborted:
                     raise Cancelled("request cancelled")
@@ -155,16 +166,21 @@ class HttpClientTransport(Transport):
         except (OSError, http.client.HTTPException) as exc:
             close()
             cancel.check()
+            if connected and isinstance(exc, socket.timeout):
+                raise AnswerTimeout(f"{method} {url}: no answer within {timeout:g} s", timeout) from exc
             raise TransportError(f"{method} {url}: {exc or type(exc).__name__}") from exc
         response_headers = {k.lower(): v for k, v in raw.getheaders()}
-        return HttpResponse(raw.status, response_headers, self._chunks(raw, url, cancel), close)
+        return HttpResponse(raw.status, response_headers, self._chunks(raw, url, cancel, timeout), close)
 
-    def _chunks(self, raw: http.client.HTTPResponse, url: str, cancel: CancelToken) -> Iterator[bytes]:
+    def _chunks(self, raw: http.client.HTTPResponse, url: str, cancel: CancelToken,
+                timeout: float) -> Iterator[bytes]:
         while True:
             try:
                 chunk = raw.read1(self.chunk_size)
             except (OSError, http.client.HTTPException) as exc:
                 cancel.check()
+                if isinstance(exc, socket.timeout):
+                    raise AnswerTimeout(f"reading {url}: no data within {timeout:g} s", timeout) from exc
                 raise TransportError(f"reading {url}: {exc or type(exc).__name__}") from exc
             cancel.check()
             if not chunk:

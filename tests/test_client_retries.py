@@ -458,6 +458,21 @@ def test_the_first_failure_of_each_request_is_reported_at_once_and_retries_go_on
     assert len(calls) == 2  # a new request reports its own first failure
 
 
+def test_an_engine_reached_but_silent_past_the_timeout_is_said_slow_not_unreachable(serve):
+    """A connection taken but no answer within `timeout`: each attempt is given up after it and retried
+    within the window; the first-failure line and the final error say the engine sent no answer within the
+    timeout, not that it cannot be reached (a slow model wants a longer timeout, not another URL)."""
+    url = serve(Script(default="slow"))  # 3 s before any answer
+    calls = []
+    client = client_for(url, timeout=0.5, retry_window=1.2, on_first_failure=lambda *a: calls.append(a))
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=rf"gave up after \d attempts in \d s: POST {url}/v1/chat/completions: "
+                       r"no answer within 0.5 s$"):
+        client.ask(png(), (200, 100), "q", profile=get_profile("geochat"))
+    assert time.monotonic() - started < 2.5  # the window and one more attempt at most, not the engine's 3 s
+    assert [message for message, _ in calls] == [f"{url} sent no answer within 0.5 s"]
+
+
 def test_no_failure_is_reported_for_a_request_that_succeeds_at_once_or_is_not_retried(serve):
     calls = []
     client = client_for(serve(Script()), on_first_failure=lambda *a: calls.append(a))
