@@ -494,6 +494,38 @@ def test_tiles_failed_at_the_engine_fail_the_run_then_a_rerun_asks_only_them(eng
     assert engine.requests() - asked == 2 and {s for _, s in ledger_rows(out)} == {"ok"}
 
 
+def test_the_dialogs_task_fails_a_partial_run_and_loads_its_layers_only_once_whole(plugin, processing, engines,
+                                                                                   data_dir, tmp_path):
+    """As the dialog runs it (QgsProcessingAlgRunnerTask): a run with tiles failed at the engine ends failed,
+    its one line in the log naming the output, no layer to load (QGIS loads a failed run's none) and its
+    answered tiles in the file; run again, it asks for the rest, succeeds and its tiles layer is loaded."""
+    from qgis.core import QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProject
+
+    alg = QgsApplication.processingRegistry().algorithmById("geovlm:captiontiles")
+    engine = engines(refuse_first=2)
+    out = tmp_path / "dialog.gpkg"
+    params = {"INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 256, "ENGINE": engine.url,
+              "FAMILY": "geochat", "OUTPUT": str(out)}
+    for expected in (False, True):
+        context, feedback, done = QgsProcessingContext(), RecordingFeedback(), []
+        context.setProject(QgsProject.instance())
+        task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
+        task.executed.connect(lambda ok, results, done=done: done.append(ok))
+        QgsApplication.taskManager().addTask(task)
+        deadline = time.monotonic() + 120
+        while not done and time.monotonic() < deadline:
+            QgsApplication.processEvents()
+            time.sleep(0.02)
+        assert done == [expected], feedback.errors
+        loaded = list(context.layersToLoadOnCompletion())
+        statuses = [s for _, s in ledger_rows(out)]
+        if not expected:
+            assert loaded == [] and statuses.count("failed") == 2 and statuses.count("ok") == len(statuses) - 2
+            assert feedback.errors[-1].startswith("2 tiles failed at the engine") and str(out) in feedback.errors[-1]
+        else:
+            assert loaded == [f"{out}|layername=tiles"] and set(statuses) == {"ok"}
+
+
 def test_detect_tiles_on_a_damaged_raster_goes_on_past_unreadable_tiles(plugin, processing, engines, data_dir,
                                                                         tmp_path):
     feedback = RecordingFeedback()
