@@ -4,8 +4,12 @@ HTTP, numpy + PIL to look at the image) that answers in a family's syntax from w
 - caption family (any): "scripted caption of a WxH image, mean M" (M: the image's mean value).
 - `--family skysensegpt`: every colour blob (a unique non-black RGB value) becomes an object whose label
   comes from its red value (255: "storage_tank", 200: "car", else "building") with its upright box as
-  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the image), and
-  consecutive objects are linked by `<rel>adjacent</rel>`. The client sends images resampled to the model's
+  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the image). The
+  objects, in the order of their colours (the smallest RGB first), are paired, first with second, third with
+  fourth, ..., each pair one sentence `<ref>A</ref><rbox>(..)</rbox> <rel>adjacent</rel> <ref>B</ref><rbox>(..)</rbox>.`
+  as SkySenseGPT writes its image-level scene graphs (one relation a sentence, each object written once); an
+  odd last object is a detection sentence `<ref>C</ref><rbox>(..)</rbox>.` (shared/reference/answer-formats.md,
+  "SkySenseGPT scene graph (image level)"). The client sends images resampled to the model's
   input, so a blob is found as a model would see it: its colour is one that fills 3x3 neighbourhoods (the
   interior survives resampling), each pixel's share of that colour is its projection on it, and each edge of
   the box is where that share crosses one half, interpolated between the two pixels around it on the rows
@@ -102,10 +106,10 @@ def describe(image: np.ndarray, family: str) -> str:
         sentences.append(f"<ref>{label}</ref><rbox>({{<{cx:.2f}><{cy:.2f}><{h:.2f}><{w:.2f}>|<90>}})</rbox>")
     if not sentences:
         return "I'm sorry, I cannot answer as the given image does not contain any given objects."
-    parts = [sentences[0]]
-    for sentence in sentences[1:]:
-        parts.append(f" <rel>adjacent</rel> {sentence}.")
-    return "".join(parts) if len(parts) > 1 else parts[0] + "."
+    # SkySenseGPT's image-level scene graph: one relation a sentence, "<ref>A</ref><rbox>(..)</rbox> <rel>R</rel>
+    # <ref>B</ref><rbox>(..)</rbox>.", mixed with detection sentences "<ref>C</ref><rbox>(..)</rbox>."
+    parts = [f"{sentences[i]} <rel>adjacent</rel> {sentences[i + 1]}." for i in range(0, len(sentences) - 1, 2)]
+    return " ".join(parts + ([f"{sentences[-1]}."] if len(sentences) % 2 else []))
 
 
 def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False, refuse_first: int = 0,

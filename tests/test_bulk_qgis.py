@@ -172,7 +172,8 @@ def test_cancel_stops_within_a_second_and_a_rerun_resumes(plugin, processing, en
 
 
 def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, engines, tmp_path):
-    from test_bulk_cli import BLOBS, _scene_raster
+    import pyogrio
+    from test_bulk_cli import BLOBS, EXPECTED_GRAPH, _scene_raster, scene_graph
 
     raster = tmp_path / "scene.tif"
     transform = _scene_raster(raster)
@@ -183,7 +184,9 @@ def test_detect_tiles_writes_linked_objects_and_relations(plugin, processing, en
     objects = QgsVectorLayer(result["OBJECTS"], "objects", "ogr")
     relations = QgsVectorLayer(result["RELATIONS"], "relations", "ogr")
     assert objects.isValid() and relations.isValid()
-    assert objects.featureCount() == len(BLOBS) and relations.featureCount() > 0
+    assert objects.featureCount() == len(BLOBS)
+    assert sorted(scene_graph(pyogrio.read_dataframe(out, layer="objects"), pyogrio.read_dataframe(
+        out, layer="relations"), transform)) == EXPECTED_GRAPH  # each (subject, predicate, object) of the answers
     ids = {f["object_id"] for f in objects.getFeatures()}
     assert all(f["subject_id"] in ids and f["object_id"] in ids for f in relations.getFeatures())
     assert objects.crs().authid() == "EPSG:32633"
