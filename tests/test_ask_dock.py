@@ -1124,3 +1124,28 @@ def test_a_rectangle_dragged_on_a_turned_map_is_what_the_model_sees_and_its_box_
     input_pixel = max(frame.width, frame.height) / 336 * (end[0] - start[0]) / frame.width  # in canvas pixels
     assert box == pytest.approx(roof_box, abs=1.5 * input_pixel), (box, roof_box, engine.posts and session.turns[-1])
     assert all(min(abs(p.y() - box[1]), abs(p.y() - box[3])) < 1e-4 for p in placed)  # upright on the screen
+
+
+def test_identify_about_a_rectangle_dragged_on_a_turned_map_asks_about_the_dragged_pixels(dock, qgis_canvas):
+    """identify with a rectangle dragged on a canvas turned 30 degrees: the view is the map as the canvas shows it,
+    and the region sent is the dragged screen rectangle, upright in the view's pixels (the pixels the user dragged,
+    scaled to the view's size), not the turned outline of a north-up rectangle."""
+    session = dock.ask
+    size = qgis_canvas.mapSettings().outputSize()
+    start, end = (size.width() // 2 - 120, size.height() // 2 - 60), (size.width() // 2 + 90, size.height() // 2 + 70)
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    session.dock.draw.setChecked(True)
+    drag(qgis_canvas, start, end)
+    with ScriptedEngine("geochat", "a roof") as engine:
+        session.engine = engine.url
+        ask(session, "", "identify", wait=True)
+        sent = engine.posts[0]["messages"][0]["content"][1]["text"]
+    frame = session.view.frame
+    assert session.view.rotation == 30
+    sx, sy = frame.width / size.width(), frame.height / size.height()
+    [region] = parse_answer(sent, get_profile("geochat"), (frame.width, frame.height)).objects
+    xs, ys = [p[0] for p in region.polygon], [p[1] for p in region.polygon]
+    got = (min(xs), min(ys), max(xs), max(ys))
+    expected = (start[0] * sx, start[1] * sy, end[0] * sx, end[1] * sy)
+    assert got == pytest.approx(expected, abs=0.01 * max(frame.width, frame.height)), (sent, got, expected)
+    assert "|<90>}" in sent or "|<0>}" in sent  # upright in the view
