@@ -241,13 +241,23 @@ def eta_seconds(stats: RunStats, elapsed: float) -> Optional[float]:
 
 
 def eta_text(stats: RunStats, elapsed: float) -> str:
-    """The time left, for a progress line (the command line's and QGIS's alike): "about 12 s left" (seconds
-    from `eta_seconds`, rounded), "under 1 s left" for an estimate below one second (which "about 0 s" would
-    misstate), and "" before the first tile is finished (no pace yet) or once every tile is."""
+    """The time left, for a progress line (the command line's and QGIS's alike), from `eta_seconds`: "under 1 s
+    left" for an estimate below one second (which "about 0 s" would misstate), "about 12 s left" below a minute,
+    "about 7 min left" below an hour and "about 3 h 38 min left" beyond (rounded to the unit shown: a long run's
+    estimate in seconds, "about 13080 s", reads as noise); "" before the first tile is finished (no pace yet) or
+    once every tile is."""
     eta = eta_seconds(stats, elapsed)
     if eta is None or stats.done + stats.failed >= stats.total:
         return ""
-    return "under 1 s left" if eta < 1 else f"about {eta:.0f} s left"
+    if eta < 1:
+        return "under 1 s left"
+    if eta < 59.5:
+        return f"about {eta:.0f} s left"
+    minutes = round(eta / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    hours, minutes = divmod(minutes, 60)
+    return f"about {hours} h {minutes} min left" if minutes else f"about {hours} h left"
 
 
 class ProgressLog:

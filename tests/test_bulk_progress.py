@@ -43,3 +43,12 @@ def test_the_time_left_below_a_second_is_said_so_not_0_s():
     assert eta_text(RunStats(total=16, ok=4, failed=2), elapsed=6.0) == "about 10 s left"
     assert eta_text(RunStats(total=16), elapsed=6.0) == ""  # no tile finished: no pace yet
     assert eta_text(RunStats(total=16, ok=15, failed=1), elapsed=6.0) == ""  # every tile finished
+
+
+def test_a_long_run_says_its_time_left_in_minutes_or_hours_not_thousands_of_seconds():
+    """A run of 10 000 tiles at 2.5 s a tile said "about 24998 s left"."""
+    assert eta_text(RunStats(total=10_000, ok=1), elapsed=2.5) == "about 6 h 57 min left"
+    assert eta_text(RunStats(total=100, ok=40), elapsed=120.0) == "about 3 min left"
+    assert eta_text(RunStats(total=100, ok=50), elapsed=59.0) == "about 59 s left"
+    assert eta_text(RunStats(total=100, ok=50), elapsed=59.8) == "about 1 min left"  # not "about 60 s"
+    assert eta_text(RunStats(total=121, ok=1), elapsed=30.0) == "about 1 h left"  # 3600 s: no "0 min"
