@@ -9,6 +9,15 @@ from typing import List, Optional
 
 from .arguments import CommandParser
 
+# What `geovlm --help` shows to try first: each line runs as it is in a clone, from its root (make demo runs the
+# first two; tests/test_cli_help.py runs every example of every help).
+EXAMPLES = """examples (in a clone, from its root; each writes its output in the current folder):
+  geovlm ask sample/aerial.tif "[grounding]Describe the image and locate what you name." --family geochat --out ask.gpkg
+  geovlm parse sample/earthdial_refer.jsonl --family earthdial --image-size 800x800 --out earthdial_refer.gpkg
+  geovlm eval detection sample/earthdial_refer.jsonl --family earthdial
+
+`geovlm COMMAND --help` gives each command's options (and examples)."""
+
 # Modules that define `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES = ("parse_cmd", "engine_cmds", "serve_cmds", "eval_cmd", "bulk_cmds")
 
@@ -37,7 +46,8 @@ def build_parser() -> CommandParser:
     from .. import __version__
 
     parser = CommandParser(  # its subcommands' parsers too: options may take values beginning with '-'
-        prog="geovlm", description="Remote-sensing vision-language models, answered in map coordinates."
+        prog="geovlm", description="Remote-sensing vision-language models, answered in map coordinates.",
+        epilog=EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"geovlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # none given: main prints the help

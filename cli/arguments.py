@@ -16,12 +16,24 @@ import sys
 from typing import List, Optional, Sequence
 
 
+class ExamplesFormatter(argparse.HelpFormatter):
+    """argparse's help layout, except that a text of several lines (an epilog of examples) keeps its lines as
+    written, so that each example can be pasted; one-line texts (descriptions) are wrapped as argparse wraps
+    them."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class CommandParser(argparse.ArgumentParser):
     """An `argparse.ArgumentParser` (its subcommand parsers are of this class too, as `add_subparsers` makes
     them of the parser's class) whose options marked `dash_value` take a value beginning with '-' after a
     space: see the module's docstring."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", ExamplesFormatter)
         super().__init__(*args, **kwargs)
         self.dash_value_options: List[str] = []  # option strings whose value may begin with '-'
 

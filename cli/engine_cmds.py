@@ -80,7 +80,14 @@ def register(sub) -> None:
     p.add_argument("--family", help="model family, when the folder has no geovlm.json")
     p.set_defaults(func=cmd_export_encoder)
 
-    p = sub.add_parser("ask", help="ask a model about a raster; stream the answer, optionally save its boxes")
+    p = sub.add_parser(
+        "ask", help="ask a model about a raster; stream the answer, optionally save its boxes",
+        description="Ask a model about a raster (or a window of it): the answer streams, and --out writes its "
+        "boxes on the raster's map. Without --model or --engine it asks the demo model, a random stand-in.",
+        epilog="""examples (in a clone, from its root):
+  geovlm ask sample/aerial.tif "[grounding]Describe the image and locate what you name." --family geochat --out ask.gpkg
+  geovlm ask sample/aerial.tif "[refer] the road" --family geochat --window 0,0,384,384 --max-new-tokens 32""",
+    )
     p.add_argument("raster")
     p.add_argument("question", help="the question, with the family's task word if any, e.g. '[grounding]...' "
                    "(after -- if it begins with '-')")

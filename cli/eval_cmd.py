@@ -30,6 +30,9 @@ def register(sub) -> None:
         description="Score answers against references. FILE is JSON lines holding each answer with its "
         "reference (as the models' evaluation scripts write them), or, with --reference, a layer of answers "
         "(what `geovlm parse`/`ask` write) scored against a layer of references matched by location.",
+        epilog="""examples (in a clone, from its root):
+  geovlm eval detection sample/earthdial_refer.jsonl --family earthdial
+  geovlm eval detection sample/earthdial_refer.jsonl --family earthdial --iou 0.3 --json""",
     )
     p.add_argument("task", choices=TASKS, help="what to score")
     p.add_argument("file", help="answers: JSON lines, or a GeoPackage/GeoJSON layer with --reference")

@@ -17,6 +17,10 @@ def register(sub) -> None:
         help="turn saved answers into GIS layers",
         description="Parse saved answers (JSON lines or one answer a line) into `objects` and `relations` "
         "layers. Without --raster or --geotransform, coordinates stay in the pixel space of --image-size.",
+        epilog="""examples (in a clone, from its root):
+  geovlm parse sample/earthdial_refer.jsonl --family earthdial --image-size 800x800 --out refer_pixels.gpkg
+  geovlm parse sample/earthdial_refer.jsonl --family earthdial --image-size 800x800 \\
+      --geotransform 0.5,0,500000,0,-0.5,4100000 --crs EPSG:32616 --to-crs EPSG:4326 --out refer_wgs84.gpkg""",
     )
     p.add_argument("input", help="JSON lines (answer in --field) or plain text, one answer a line")
     p.add_argument("--family", required=True, help=f"model family: {', '.join(family_names())}")

@@ -1,0 +1,57 @@
+"""`geovlm --help` and each command's help: every example they show runs as shown, pasted in a clone's root."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from geovlm.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def helps():
+    """{command: its --help text}, "" for `geovlm --help` itself, for every command and `convert` kind."""
+    parser = build_parser()
+    out = {"": parser.format_help()}
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse has no public way to them
+    for name, command in sub.choices.items():
+        out[name] = command.format_help()
+    return out
+
+
+def examples(text):
+    """The example command lines of a help text: lines beginning `  geovlm `, with their `\\` continuations."""
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith("  geovlm "):
+            command = line.strip()
+            while command.endswith("\\"):
+                i += 1
+                command = command[:-1].rstrip() + " " + lines[i].strip()
+            out.append(command)
+    return out
+
+
+ALL = [(name, command) for name, text in helps().items() for command in examples(text)]
+
+
+def test_the_main_help_and_the_commands_a_new_user_starts_with_show_examples():
+    shown = {name for name, _ in ALL}
+    assert {"", "parse", "eval", "ask"} <= shown
+    assert "geovlm COMMAND --help" in helps()[""]
+
+
+@pytest.mark.parametrize("name, command", ALL, ids=[f"{n or 'geovlm'}-{i}" for i, (n, _) in enumerate(ALL)])
+def test_every_example_in_the_help_runs_as_shown(tmp_path, name, command):
+    (tmp_path / "sample").symlink_to(ROOT / "sample", target_is_directory=True)
+    words = shlex.split(command)
+    assert words[0] == "geovlm"
+    run = subprocess.run([sys.executable, "-m", "geovlm", *words[1:]], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = re.search(r"--out (\S+)", command)
+    if out:
+        assert (tmp_path / out.group(1)).is_file()
