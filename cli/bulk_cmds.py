@@ -28,7 +28,8 @@ def register(sub) -> None:
         p.add_argument("--task", help="the family's task word to add (default: caption; detect: scene_graph "
                        "or grounding)")
         p.add_argument("--keep-nodata", action="store_true", help="ask about nodata-only tiles too")
-        p.add_argument("--bands", dash_value=True, help="three 1-based bands as red,green,blue (default 1,2,3)")
+        p.add_argument("--bands", dash_value=True, help="three 1-based bands as red,green,blue (default 1,2,3; "
+                       "band 1 as grey where the raster has one or two)")
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--overwrite", action="store_true", help="replace an output made by another plan")
         p.add_argument("--retry-window", type=float, default=None, metavar="S",

@@ -97,7 +97,8 @@ def register(sub) -> None:
     add_encoder_precision_arg(p)
     p.add_argument("--window", dash_value=True, help="col,row,width,height of the raster to send")
     p.add_argument("--bands", default=None, dash_value=True,
-                   help="three 1-based bands as red,green,blue (default 1,2,3)")
+                   help="three 1-based bands as red,green,blue (default 1,2,3; band 1 as grey "
+                   "where the raster has one or two)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int)
