@@ -59,8 +59,9 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
 
 
 def read_text(path) -> str:
-    """The text of a saved file (UTF-8, a byte-order mark dropped). Raises ValueError in one line for a folder,
-    a file that cannot be read, and a file that is not text (NUL bytes, or bytes that are not UTF-8)."""
+    """The text of a saved file (UTF-8, a byte-order mark dropped; UTF-16 with its byte-order mark). Raises
+    ValueError in one line for a folder, a file that cannot be read, and a file that is not text (NUL bytes, or
+    bytes that are not UTF-8)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give a file of saved answers (JSON lines or plain text)")
@@ -72,7 +73,15 @@ def read_text(path) -> str:
 
 
 def _text_of(path: Path, data: bytes) -> str:
-    """`data` decoded as UTF-8 (a byte-order mark dropped); ValueError in one line when it is not text."""
+    """`data` decoded as UTF-8 (a byte-order mark dropped), or as UTF-16 where it begins with UTF-16's byte-order
+    mark (what Windows PowerShell 5's `>` and Notepad's "Unicode" write); ValueError in one line when it is not
+    text."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not text in UTF-16, which its first bytes announce (byte {exc.start}): "
+                             "give saved answers as JSON lines or plain text in UTF-8, one answer a line") from None
     nul = data.find(b"\x00")
     if nul >= 0:
         raise ValueError(f"{path} is not text (it contains NUL bytes, first at byte {nul}): give saved answers "

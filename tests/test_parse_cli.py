@@ -218,6 +218,24 @@ def test_to_crs_bends_the_edges_of_a_large_box_and_keeps_a_small_box_four_corner
     assert whole.is_valid and len(small.exterior.coords) == 5  # four corners, closed
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_answers_saved_in_utf16_with_its_byte_order_mark_are_read(tmp_path, capsys, encoding):
+    # Windows PowerShell 5's `python eval.py > answers.jsonl` writes UTF-16 LE with a byte-order mark: it was
+    # refused as "not text (it contains NUL bytes ...)"
+    src = tmp_path / "a.jsonl"
+    rows = [{"answer": "[[10, 10, 20, 20, 0]]", "gt_bbox": "[[10, 10, 20, 20, 0]]", "size_group": "small"},
+            {"answer": "café [[50, 50, 60, 60, 0]]", "gt_bbox": "[[0, 0, 5, 5, 0]]", "size_group": "small"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows)
+    src.write_bytes((b"\xfe\xff" if encoding.endswith("be") else b"") + text.encode(encoding))
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(tmp_path / "a.gpkg")]) == 0
+    assert capsys.readouterr().out.startswith("2 answers, 2 objects")
+    assert main(["eval", "detection", str(src), "--family", "earthdial", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["small"] == 0.5
+    src.write_bytes(b"\xff\xfe" + "[[1, 2".encode("utf-16-le") + b"\x00")  # an odd byte: not UTF-16 after all
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(tmp_path / "b.gpkg")]) == 2
+    assert "is not text in UTF-16" in capsys.readouterr().err
+
+
 def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><100><100>|<90>}\n")
