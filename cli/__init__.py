@@ -64,7 +64,8 @@ def build_parser() -> CommandParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run `geovlm` with `argv` (default sys.argv[1:]); returns the exit status: the command's (0 done), 2 for
-    a CliError (said in one line, "geovlm COMMAND: ...") or no command (the help printed), 130 for Ctrl-C.
+    a CliError (said in one line, "geovlm COMMAND: ...") or no command (the help printed), 130 for Ctrl-C, 141
+    (128 + SIGPIPE) when the reader of the standard output left (`| head`), without a traceback.
     Hugging Face libraries are kept offline unless the environment says otherwise."""
     from ..engine.cpu_threads import use_passive_wait
 
@@ -85,3 +86,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.flush()  # a partial answer's line ends before the message
         print(f"\ngeovlm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `geovlm eval ... | head -3`: the reader left; end quietly, as a tool SIGPIPE ends
+        _stdout_to_devnull()
+        return 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point the standard output at the null device, so that Python's flush at exit does not fail on the closed
+    pipe a second time ("Exception ignored ... BrokenPipeError"; the `signal` module's documentation, "Note on
+    SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

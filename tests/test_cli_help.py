@@ -55,3 +55,16 @@ def test_every_example_in_the_help_runs_as_shown(tmp_path, name, command):
     out = re.search(r"--out (\S+)", command)
     if out:
         assert (tmp_path / out.group(1)).is_file()
+
+
+@pytest.mark.parametrize("argv", [["eval", "detection", "sample/earthdial_refer.jsonl", "--family", "earthdial"],
+                                  ["parse", "sample/earthdial_refer.jsonl", "--family", "earthdial", "--out",
+                                   "x.gpkg"]])
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path, argv):
+    # `geovlm eval ... | head -1` printed a BrokenPipeError traceback, and another at exit
+    (tmp_path / "sample").symlink_to(ROOT / "sample", target_is_directory=True)
+    proc = subprocess.Popen([sys.executable, "-m", "geovlm", *argv], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
