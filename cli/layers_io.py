@@ -47,7 +47,8 @@ def check_output(out_path, overwrite: bool = False) -> Path:
     writing it loses nothing unasked; CliError in one line otherwise: an earlier output (a GeoPackage holding
     only `objects` and `relations`, or a GeoJSON file or its `_relations` companion) is replaced only with
     `overwrite` (--overwrite, as `caption`/`detect` replace an output only when told), and a GeoPackage with
-    other layers (a bulk run's ledger, a user's data) is never written over."""
+    other layers (a bulk run's ledger, a user's data) or a JSON file that is not such a GeoJSON output (the
+    answers being parsed, a user's GeoJSON) is never written over."""
     out = Path(out_path)
     if out.suffix.lower() not in (".gpkg", ".geojson", ".json"):
         raise CliError(f"output must be .gpkg or .geojson, not {out.suffix or out.name!r}")
@@ -57,12 +58,35 @@ def check_output(out_path, overwrite: bool = False) -> Path:
             held = ", ".join(f"{n} {name}" for name, n in counts.items())
             raise CliError(f"{out} exists (an earlier output: {held}): rerun with --overwrite to replace it, or "
                            "choose another output")
-    elif out.suffix.lower() != ".gpkg" and not overwrite:
+    elif out.suffix.lower() != ".gpkg":
         existing = [p for p in (out, _relations_path(out)) if p.exists()]
-        if existing:
+        for path in existing:
+            _refuse_foreign_geojson(path)
+        if existing and not overwrite:
             raise CliError(f"{' and '.join(map(str, existing))} exist{'s' if len(existing) == 1 else ''}: rerun "
                            "with --overwrite to replace, or choose another output")
     return out
+
+
+def _refuse_foreign_geojson(path: Path) -> None:
+    """Nothing when `path` is an earlier output of `write_layers` in GeoJSON (a FeatureCollection whose features
+    carry only the `objects` or `relations` fields), which may be replaced; CliError otherwise: the file is
+    rewritten whole, so the answers file being parsed (`parse results.json --out results.json`) or a user's own
+    GeoJSON would be lost."""
+    import json
+
+    names = {name for name, _ in OBJECT_FIELDS} | {name for name, _ in RELATION_FIELDS}
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+        ours = (isinstance(data, dict) and data.get("type") == "FeatureCollection"
+                and all(isinstance(f, dict) and set(f.get("properties") or {}) <= names
+                        for f in data.get("features") or []))
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise CliError(f"{path} exists and is not an earlier output of GeoVLM's layers, which writing it would "
+                       "replace: choose another output (it is left as it is)")
 
 
 def _relations_path(out: Path) -> Path:

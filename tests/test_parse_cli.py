@@ -347,6 +347,33 @@ def test_an_earlier_output_is_replaced_only_with_overwrite(data_dir, tmp_path, c
     assert _count(out) == 1
 
 
+@pytest.mark.parametrize("name", ["results.json", "parcels.geojson"])
+def test_overwrite_never_replaces_json_that_is_not_an_earlier_output(tmp_path, capsys, name):
+    # `parse results.json --out results.json --overwrite` replaced the answers being parsed with the layer made
+    # of them, and --overwrite replaced a user's own GeoJSON: only an earlier output may be replaced
+    rows = [{"answer": "[[10, 10, 20, 20, 0]]"}]
+    mine = tmp_path / name
+    if name.endswith(".geojson"):
+        mine.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {
+            "parcel": "12/3"}, "geometry": {"type": "Point", "coordinates": [1, 2]}}]}))
+        src = tmp_path / "a.jsonl"
+        src.write_text(json.dumps(rows[0]) + "\n")
+    else:
+        mine.write_text(json.dumps(rows, indent=2))
+        src = mine
+    before = mine.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["parse", str(src), "--family", "earthdial", "--out", str(mine), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{mine} exists and is not an earlier output" in err, err
+        assert mine.read_bytes() == before
+    # its relations companion is guarded too
+    (tmp_path / "out_relations.geojson").write_bytes(before)
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(tmp_path / "out.geojson"),
+                 "--overwrite"]) == 2
+    assert not (tmp_path / "out.geojson").exists()
+
+
 def _count(out):
     """Objects in a parse output."""
     if out.suffix == ".gpkg":
