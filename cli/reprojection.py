@@ -42,8 +42,9 @@ def reprojected(frame, to_crs):
     def transform_of(coords):
         if unwrapped is not None and len(coords) > 1:
             x = plain.transform(coords[:, 0], coords[:, 1])[0]
-            if np.ptp(unwrapped.transform(coords[:, 0], coords[:, 1])[0]) < np.ptp(x) / 2:
-                return unwrapped.transform
+            with np.errstate(invalid="ignore"):  # no image (inf): both spans NaN, the plain transformation
+                if np.ptp(unwrapped.transform(coords[:, 0], coords[:, 1])[0]) < np.ptp(x) / 2:
+                    return unwrapped.transform
         return plain.transform
 
     def move(geometry):
@@ -58,6 +59,10 @@ def reprojected(frame, to_crs):
         raise ValueError(f"cannot reproject a {geometry.geom_type} here")
 
     moved = gpd.GeoSeries([move(g) for g in frame.geometry], index=frame.index, crs=target)
+    lost = sum(1 for g in moved if g is not None and not np.isfinite(np.asarray(g.bounds)).all())
+    if lost:  # PROJ's infinity for a point the projection cannot show (the far side of an orthographic view...)
+        raise ValueError(f"{lost} of {len(moved)} features have no coordinates there (the CRS cannot show that "
+                         "part of the Earth): choose a CRS that covers the image")
     return gpd.GeoDataFrame(frame.drop(columns=frame.geometry.name), geometry=moved, crs=target)
 
 
@@ -68,7 +73,7 @@ def _bent(coords, transform):
     than EDGE_TOLERANCE of its length, EDGE_DEPTH levels at most. One `transform` call per level."""
     import numpy as np
 
-    xs, ys = transform(coords[:, 0], coords[:, 1])
+    xs, ys = (np.asarray(v).tolist() for v in transform(coords[:, 0], coords[:, 1]))
     known = [{0.0: (xs[i], ys[i]), 1.0: (xs[i + 1], ys[i + 1])} for i in range(len(coords) - 1)]
     pending = [(i, 0.0, 1.0) for i in range(len(known))]
     for _ in range(EDGE_DEPTH):
@@ -79,8 +84,8 @@ def _bent(coords, transform):
         at = coords[edge] + (coords[edge + 1] - coords[edge]) * middle[:, None]
         mx, my = transform(at[:, 0], at[:, 1])
         bending = []
-        for (i, t0, t1), t, x, y in zip(pending, middle, mx, my):
-            (x0, y0), (x1, y1) = known[i][t0], known[i][t1]
+        for (i, t0, t1), t, x, y in zip(pending, middle, mx.tolist(), my.tolist()):  # Python floats: inf - inf
+            (x0, y0), (x1, y1) = known[i][t0], known[i][t1]  # is NaN without numpy's RuntimeWarning
             off = math.hypot(x - (x0 + x1) / 2, y - (y0 + y1) / 2)
             if off > EDGE_TOLERANCE * math.hypot(x1 - x0, y1 - y0):  # NaN (no image) is never bending
                 known[i][float(t)] = (x, y)

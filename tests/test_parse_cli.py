@@ -236,6 +236,17 @@ def test_answers_saved_in_utf16_with_its_byte_order_mark_are_read(tmp_path, caps
     assert "is not text in UTF-16" in capsys.readouterr().err
 
 
+def test_to_crs_that_cannot_show_the_image_is_one_line_not_infinite_coordinates(data_dir, tmp_path, capsys):
+    # an orthographic view of the other side of the Earth: PROJ gives inf for every vertex, which was written
+    # into the layer as POLYGON ((Infinity Infinity, ...))
+    out = tmp_path / "far.gpkg"
+    assert main(["parse", str(data_dir / "answers" / "earthdial_refer_ship.jsonl"), "--family", "earthdial",
+                 "--raster", str(data_dir / "rasters" / "sample_geotiff.tif"), "--to-crs",
+                 "+proj=ortho +lat_0=-37 +lon_0=93", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "462 of 462 features have no coordinates there" in err and not out.exists()
+
+
 def test_a_raster_without_crs_is_placed_by_its_geotransform_and_said_so(data_dir, tmp_path, capsys):
     src = tmp_path / "a.txt"
     src.write_text("{<0><0><100><100>|<90>}\n")
