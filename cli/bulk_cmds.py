@@ -70,7 +70,7 @@ class RasterTiles:
         import numpy as np
         from rasterio.windows import Window
 
-        from ..models.imagery import ImageryError, NoDataError, decimated_shape, read_rgb
+        from ..models.imagery import ImageryError, NoDataError, decimated_shape, read_failure, read_rgb
         from ..models.preprocess import ArraySource
 
         def nodata():  # skipped, or sent black
@@ -85,9 +85,8 @@ class RasterTiles:
             return nodata()
         except ImageryError as exc:
             raise ValueError(str(exc)) from None
-        except self.rasterio.errors.RasterioError:  # the mask of a damaged window
-            raise ValueError(f"cannot read raster {self.path}: its header opens but its pixels cannot be read "
-                             "(a truncated or damaged file)") from None
+        except self.rasterio.errors.RasterioError as exc:  # the mask of a damaged window
+            raise ValueError(f"cannot read raster {self.path}: {read_failure(exc)}") from None
         return ArraySource(rgb)
 
     def pixel_digest(self) -> str:

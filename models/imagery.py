@@ -133,12 +133,21 @@ def read_rgb(
             else:
                 data = ds.read(list(chosen), window=rio_window, masked=True, out_shape=(3, out_h, out_w))
     except rasterio.errors.RasterioError as exc:
-        detail = str(exc)
-        if detail.startswith("Read failed"):
-            detail = "its header opens but its pixels cannot be read (a truncated or damaged file)"
-        raise ImageryError(f"cannot read raster {path}: {detail}") from None
+        raise ImageryError(f"cannot read raster {path}: {read_failure(exc)}") from None
     valid = ~np.ma.getmaskarray(data)
     return to_rgb8(np.ma.getdata(data), valid)
+
+
+def read_failure(exc: Exception) -> str:
+    """Why rasterio could not read a raster's pixels, for one line: a file the raster takes its pixels from
+    that GDAL cannot open (a VRT's moved source) is named; another failed read is a truncated or damaged file;
+    any other error says itself."""
+    detail = str(exc)
+    if not detail.startswith("Read failed"):
+        return detail
+    if type(exc.__cause__).__name__ == "CPLE_OpenFailedError":  # rasterio._err's, raised from GDAL's error
+        return f"its pixels are in a file that cannot be opened ({exc.__cause__})"
+    return "its header opens but its pixels cannot be read (a truncated or damaged file)"
 
 
 @contextlib.contextmanager

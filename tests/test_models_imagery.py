@@ -205,6 +205,21 @@ def test_complex_sar_data_is_read_as_its_amplitude(tmp_path):
     assert (np.diff(image[:, 0, 0].astype(int)) >= 0).all() and (image[..., 0] == image[..., 2]).all()
 
 
+def test_a_vrt_whose_source_is_missing_names_the_missing_file(tmp_path):
+    # it was said to be "a truncated or damaged file", sending the user to check a VRT that is fine
+    missing = tmp_path / "moved_away.tif"
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f"""<VRTDataset rasterXSize="64" rasterYSize="64">
+  <VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="0">{missing}</SourceFilename>
+  <SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="64" ySize="64"/><DstRect xOff="0" yOff="0" xSize="64"
+  ySize="64"/></SimpleSource></VRTRasterBand></VRTDataset>""")
+    with pytest.raises(ImageryError) as caught:
+        read_rgb(vrt)
+    said = str(caught.value)
+    assert said.startswith(f"cannot read raster {vrt}: its pixels are in a file that cannot be opened (")
+    assert str(missing) in said and "damaged" not in said and "\n" not in said
+
+
 def test_a_png_named_tif_says_in_one_line_it_has_no_georeferencing(tmp_path, capsys):
     import warnings
 
