@@ -61,3 +61,13 @@ def test_threads_bench_smoke_run_prints_every_wait_policy(monkeypatch):
     for row in bench_threads.POLICIES:
         assert f"| {row} | " in text, row
     assert text.count(" tok/s |") == 2 * len(bench_threads.POLICIES)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "rasters" / "cogeo.tif").exists(),
+                    reason="needs the shared rasters (../shared/data/rasters)")
+def test_int8_boxes_bench_smoke_run_trains_and_compares_both_encoders():
+    text = smoke_run("bench_int8_boxes.py", timeout=300)
+    assert "SMOKE RUN" in text and "trained 3 steps of 4" in text
+    for row in ("features: per-token cosine worst / mean", "IoU with the marker", "answers token for token identical",
+                "boxes that moved / largest corner shift", "steps where int8 picks fp32's token"):
+        assert row in text, row
