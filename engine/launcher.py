@@ -66,7 +66,9 @@ class LocalEngine:
     environment to clean (default: this process's); `api_key` defaults to a fresh random one. `restarts`
     counts the restarts since the engine last ran `healthy_s` without crashing; past `max_restarts` the
     launcher gives up, says why in one line in `down_reason`, and calls `on_down(last_error)` from its watcher
-    thread."""
+    thread. From that thread too: `on_restart(line)` as a crashed engine is started again ("was killed by signal
+    9; restart 1 of 3", before its model loads), and `on_restarted()` once the restarted engine answers /health
+    (a restart that fails is a crash again: the next restart, or `on_down`)."""
 
     def __init__(
         self,
@@ -80,6 +82,8 @@ class LocalEngine:
         api_key: Optional[str] = None,
         healthy_s: float = 300.0,
         on_down: Optional[Callable[[str], None]] = None,
+        on_restart: Optional[Callable[[str], None]] = None,
+        on_restarted: Optional[Callable[[], None]] = None,
     ):
         self.python = python or sys.executable
         self.model = model
@@ -92,6 +96,7 @@ class LocalEngine:
         self.restarts = 0
         self.healthy_s = healthy_s
         self.on_down = on_down
+        self.on_restart, self.on_restarted = on_restart, on_restarted
         self._up_since = 0.0
         self.last_error: Optional[str] = None
         self.down_reason: Optional[str] = None
@@ -260,20 +265,28 @@ class LocalEngine:
                     self.on_down(self.last_error)
                 return
             self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(f"{_ended(proc.returncode)}; restart {self.restarts} of {self.max_restarts}")
             try:
                 self._launch(int(self.url.rsplit(":", 1)[1]))
             except EngineStartError as exc:
                 log.error("restarting the local engine failed: %s", exc)
-
+                continue
+            if self.on_restarted is not None and not self._stopping.is_set():
+                self.on_restarted()
 
     def _one_line(self, status: int) -> str:
         """Why the engine is down, in one line: how it ended, its restarts, the last error line it wrote."""
         lines = [line.strip() for line in (self.last_error or "").splitlines()[1:] if line.strip()]
         errors = [line for line in lines if _ERROR_LINE.search(line)]
         said = f"; its last error: {errors[-1][:300]}" if errors else ""
-        ended = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         restarts = f"after {self.restarts} restart{'s' if self.restarts != 1 else ''}" if self.restarts else "at once"
-        return f"the local engine {ended} and was given up {restarts}{said}"
+        return f"the local engine {_ended(status)} and was given up {restarts}{said}"
+
+
+def _ended(status: int) -> str:
+    """How an engine process ended, from its return code: "was killed by signal 9", "exited with status 1"."""
+    return f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
 
 
 def remove_leftovers(folder: Optional[Path] = None) -> List[Path]:

@@ -22,6 +22,7 @@ from ..core.profiles import get_profile
 from ..core.regions import ASK_TASKS, REGION_TASKS, family_tasks
 from . import settings as engine_settings
 from .ask_engine_header import EngineHeader
+from .ask_engine_wait import QuestionHold
 from .ask_export import Turn, to_html, to_markdown
 from .ask_layers import AnswerLayers, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view_frame
@@ -37,9 +38,10 @@ from .view_render import ViewRender
 LOG_TAG = "GeoVLM"
 
 
-class AskSession(EngineHeader, QObject):
+class AskSession(EngineHeader, QuestionHold, QObject):
     """Drives an `ui.ask_dock.AskDock` on `iface`'s canvas. `engine` ("" = the configured one, "local", or
-    URLs) and `authcfg` are passed to `engine_access.connect`."""
+    URLs) and `authcfg` are passed to `engine_access.connect`. A question for the plugin's local engine while it
+    starts or restarts waits for it (`ask_engine_wait.QuestionHold`)."""
 
     def __init__(self, iface, dock, engine: str = "", authcfg: str = ""):
         super().__init__(dock)
@@ -65,6 +67,9 @@ class AskSession(EngineHeader, QObject):
         self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
         self.renderer.rendered.connect(self._rendered)
         self._pending: Optional[tuple] = None  # (question, task, region, source) of the view being rendered
+        self._asked: Optional[tuple] = None  # (question, task, region) of the question in hand
+        self._hold = None  # an ask_engine_wait.EngineWait while the question waits for the local engine
+        self._reasks = 0  # times the question in hand was asked again after its local engine crashed
         self.dock.set_tasks(family_tasks(get_profile(self.family)) if self.family else list(ASK_TASKS))
         dock.send.clicked.connect(self.send)
         dock.stop.clicked.connect(self.stop)
@@ -80,6 +85,7 @@ class AskSession(EngineHeader, QObject):
         self.manager = engine_manager()
         self._remote_word = "not asked yet"
         self.manager.stateChanged.connect(self._engine_state)
+        self.manager.stateChanged.connect(self._engine_progress)
         self.manager.settingsChanged.connect(self._settings_changed)
         dock.restart.clicked.connect(self.manager.restart)
         QgsProject.instance().cleared.connect(self._project_cleared)
@@ -90,7 +96,7 @@ class AskSession(EngineHeader, QObject):
 
     def busy(self) -> bool:
         """True while the view is being rendered or a question is being answered."""
-        return self.renderer.active() or self.task is not None
+        return self.renderer.active() or self.task is not None or self._hold is not None
 
     def send(self) -> None:
         """Ask the dock's question: about the conversation's view, or a new view rendered first (without
@@ -121,7 +127,7 @@ class AskSession(EngineHeader, QObject):
             self.error(str(exc))
             return
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
-        self._streamed, self._retry_note = "", ""
+        self._streamed, self._retry_note, self._reasks = "", "", 0
         if settings is None:
             if self._moved_since(source, task):
                 self._html.append("<p><i>about the earlier view (the map has changed since): New view asks about "
@@ -180,6 +186,10 @@ class AskSession(EngineHeader, QObject):
         self._show()
 
     def _ask(self, question: str, task: str, region) -> None:
+        self._asked = (question, task, region)
+        if self._local_coming():  # the plugin's local engine starts or restarts: sent once it is up
+            self._hold_question()
+            return
         self.turns.append(Turn(question or "(the region)", task, view_extent=",".join(
             f"{v:.17g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
             image_size=f"{self.view.frame.width}x{self.view.frame.height}"))
@@ -190,7 +200,7 @@ class AskSession(EngineHeader, QObject):
         self.task.retrying.connect(self._retrying)
         self.task.connected.connect(lambda info: self._remote_state("busy"))
         self.task.answered.connect(self._answered)
-        self.task.failed.connect(self._failed)
+        self.task.failed.connect(self._task_failed)
         self.dock.set_busy(True)
         self._show()
         QgsApplication.taskManager().addTask(self.task)
@@ -211,6 +221,11 @@ class AskSession(EngineHeader, QObject):
         self._remote_state("not answering, retrying…")
         self._show()
 
+    def _engine_progress(self, *_) -> None:
+        """The local engine's state changed: the transcript's waiting line follows it."""
+        if self.task is not None or self._hold is not None:
+            self._show()
+
     def _restart_stream(self) -> None:
         self._streamed = ""
         self._show()
@@ -220,6 +235,10 @@ class AskSession(EngineHeader, QObject):
         streaming = (f"<p><i>{html.escape(self._retry_note)}</i></p>" if retrying else
                      f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
                      "<p><i>Rendering the view…</i></p>" if self.renderer.active() else "")
+        waiting = self._waiting_note()  # the local engine starts: said below what streamed before it went down
+        if waiting:
+            streaming = (f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self._streamed else "") + \
+                f"<p><i>{html.escape(waiting)}</i></p>"
         self.dock.transcript.setHtml("".join(self._html) + streaming)
         bar = self.dock.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
@@ -286,8 +305,9 @@ class AskSession(EngineHeader, QObject):
             self.error(message)
 
     def stop(self) -> None:
-        """Stop the render in progress (nothing is sent), or the request in flight."""
+        """Stop the render in progress (nothing is sent), the wait for the local engine, or the request in flight."""
         self._cancel_render()
+        self._stop_hold()
         if self.task is not None:
             self.task.cancel()
 
@@ -358,6 +378,7 @@ class AskSession(EngineHeader, QObject):
         """Unload: cancel a request in flight and wait for its worker; nothing keeps running."""
         self._stop_probe(wait_ms)
         self._cancel_render(wait=True)
+        self._stop_hold(say=False)
         task, self.task = self.task, None
         if task is not None:
             for signal in (task.token, task.restarted, task.retrying, task.connected, task.answered, task.failed):
@@ -368,6 +389,7 @@ class AskSession(EngineHeader, QObject):
             task.cancel()
             task.waitForFinished(wait_ms)
         for signal, slot in ((self.manager.stateChanged, self._engine_state),
+                             (self.manager.stateChanged, self._engine_progress),
                              (self.manager.settingsChanged, self._settings_changed),
                              (QgsProject.instance().cleared, self._project_cleared)):
             try:

@@ -7,7 +7,9 @@ own atexit hook). States:
 
 - "not_set_up": no engine Python (neither configured nor made by "Set up the local engine…");
 - "stopped": set up, not running (it starts on the first request);
-- "starting": the launcher is waiting for /health;
+- "starting": the launcher is waiting for /health (the model loads): after a start, `detail` "loading the model:
+  <model folder or demo model>"; after a crash, as the launcher starts it again, "<how it ended>; restart 1 of 3;
+  loading the model: ..." (`starting_text` words either for a person);
 - "ready": running; `model` and `device` say what it serves;
 - "busy": running, with requests in flight;
 - "down": the start failed or the engine crashed more often than the launcher restarts it; `detail` is the
@@ -56,6 +58,11 @@ class LocalConfig:
     model_dir: str
     family: str
     start_timeout_s: float
+
+
+def loading(config: Optional[LocalConfig]) -> str:
+    """What a starting engine loads, in words: "loading the model: <model folder>" or "...: demo model"."""
+    return f"loading the model: {(config.model_dir if config else '') or 'demo model'}"
 
 
 def last_line(text: str) -> str:
@@ -137,11 +144,12 @@ class EngineManager(QObject):
                 engine.stop()
             engine = LocalEngine(
                 python=config.python, model=config.model_dir or None, family=config.family or None,
-                start_timeout=config.start_timeout_s, on_down=self._on_down,
+                start_timeout=config.start_timeout_s, on_down=self._on_down, on_restart=self._on_restart,
+                on_restarted=self._on_restarted,
             )
             with self._lock:
                 self._engine, self._config = engine, config
-            self._set("starting", config.model_dir or "demo model")
+            self._set("starting", loading(config))
             remove = cancel.on_cancel(engine.stop) if cancel is not None else (lambda: None)
             try:
                 url = engine.start()
@@ -188,6 +196,31 @@ class EngineManager(QObject):
             client.engine_down(f"the local engine is down: {reason}")
         self._set("down", reason)
         QgsMessageLog.logMessage(f"the local engine is down: {error}", LOG_TAG, Qgis.MessageLevel.Critical)
+
+    def _on_restart(self, line: str) -> None:
+        """The launcher's watcher starts a crashed engine again (`line`: "was killed by signal 9; restart 1 of
+        3"): "starting" until `_on_restarted` or `_on_down`."""
+        with self._lock:
+            config = self._config
+        self._set("starting", f"{line}; {loading(config)}")
+        QgsMessageLog.logMessage(f"the local engine {line}", LOG_TAG, Qgis.MessageLevel.Warning)
+
+    def _on_restarted(self) -> None:
+        """The restarted engine answers /health: what it serves, then "ready" (or "busy")."""
+        with self._lock:
+            engine = self._engine
+        if engine is not None and engine.url:
+            self._describe(engine.url, engine.api_key)
+
+    def starting_text(self) -> str:
+        """While "starting": what the engine does, for a person: "starting (loading the model: demo model)" or
+        "restarting: it was killed by signal 9; restart 1 of 3 (loading the model: demo model)"."""
+        with self._lock:
+            detail = self.detail
+        head, _, model = detail.rpartition("; ")
+        if not head:
+            return f"starting ({model})" if model else "starting"
+        return f"restarting: it {head} ({model})"
 
     def running(self) -> bool:
         with self._lock:

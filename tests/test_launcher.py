@@ -263,10 +263,11 @@ def fake_python(tmp_path):
 
 def test_restarts_count_anew_after_a_healthy_while_and_giving_up_is_reported(fake_python):
     python, env_file = fake_python
-    down = []
+    down, restarting, restarted = [], [], []
     engine = LocalEngine(
         python=python, env={**os.environ, "FAKE_ENV_FILE": str(env_file)}, max_restarts=1, healthy_s=1.0,
-        on_down=down.append,
+        on_down=down.append, on_restart=restarting.append,
+        on_restarted=lambda: restarted.append(engine.running() and engine.pid),
     )
 
     def crash(restarted: bool) -> None:
@@ -282,10 +283,13 @@ def test_restarts_count_anew_after_a_healthy_while_and_giving_up_is_reported(fak
         crash(restarted=True)
         assert engine.restarts == 1
         time.sleep(1.2)  # healthy for longer than healthy_s
+        # the restart told as it began (how the engine ended), and once the restarted engine answered /health
+        assert restarting == ["was killed by signal 9; restart 1 of 1"] and len(restarted) == 1 and restarted[0]
         crash(restarted=True)  # a new count: restarted again
         assert engine.restarts == 1 and not down
         crash(restarted=False)  # a second crash in a row: it gives up
         assert not engine.running() and "crashed" in down[0]
+        assert restarting == ["was killed by signal 9; restart 1 of 1"] * 2
     finally:
         engine.stop()
 

@@ -1,0 +1,203 @@
+"""The Ask dock with the plugin's own local engine (the real `geovlm serve` with the demo model, started by the
+plugin's launcher) while it starts or restarts: a question waits for it instead of giving up after the dock's
+15 s of retries (plugin.ask_engine_wait), is answered without Send pressed again once the engine is up, Stop
+ends the wait with nothing sent, and a restart that fails gives the question back with one line."""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from geovlm.core.transport import HttpClientTransport, HttpResponse, Transport
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_ask_dock  # noqa: E402
+from qt_support import wait_for  # noqa: E402
+from test_ask_dock import ask  # noqa: E402
+
+dock = test_ask_dock.dock  # the dock fixture: a real canvas over cogeo.tif, the plugin loaded
+
+RESTART_LOAD_S = 20.0  # a restart's model load: longer than the dock's 15 s of retries (ask_patience)
+
+
+def engine_python(folder: Path, load_s: float, fails: bool = False) -> str:
+    """An engine Python (Settings ▸ Options ▸ GeoVLM) that runs this venv's `geovlm serve`: the first start at
+    once, each later one (the launcher's restart after a crash) only after `load_s` seconds, as a model that
+    takes that long to load; with `fails`, a later one then exits 1 with one error line instead."""
+    marker = folder / "served-once"
+    later = ('sys.exit("geovlm serve: cannot load the model: CUDA out of memory")' if fails else
+             'sys.argv = ["geovlm"] + sys.argv[3:]; runpy.run_module("geovlm", run_name="__main__", alter_sys=True)')
+    script = folder / "engine-python"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$3" = serve ]; then\n'
+        f"  if [ -e {marker} ]; then\n"  # exec: the launcher's signals reach the Python that loads
+        f"    exec {sys.executable} -c 'import runpy, sys, time; time.sleep({load_s}); {later}' \"$@\"\n"
+        "  fi\n"
+        f"  touch {marker}\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture()
+def local_settings(geovlm_settings):
+    """`use(python)`: the dock's engine is the local one, run by `python`; the settings are cleared after."""
+    from geovlm.plugin import settings as engine_settings
+
+    def use(python: str) -> None:
+        engine_settings.save(engine_settings.EngineSettings(mode="local", python=python))
+
+    return use
+
+
+def transcripts(session, seen):
+    """A wait_for predicate's side effect: every transcript shown meanwhile, kept in `seen`."""
+    seen.append(session.dock.transcript.toPlainText())
+
+
+def send(session, question, task="ask"):
+    """Type `question`, pick `task` and Send; returns once the view is rendered (the question is then asked,
+    or held for the engine)."""
+    session.dock.question.setPlainText(question)
+    session.dock.task.setCurrentText(task)
+    session.send()
+    assert wait_for(lambda: not session.renderer.active(), 30)
+
+
+def kill(manager) -> int:
+    """SIGKILL the local engine (a crash: its launcher starts it again); its pid."""
+    pid = manager.engine.pid
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+class CrashingTransport(Transport):
+    """The local engine's standard-library transport (`core.transport.HttpClientTransport`), which kills the
+    engine (SIGKILL, `kill`) as the first streamed chat answer's first piece arrives: a crash while it answers,
+    at a known point (the demo model answers in about a second). `killed`: the pid killed."""
+
+    def __init__(self, manager):
+        self.inner, self.manager, self.killed = HttpClientTransport(), manager, []
+
+    def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+        response = self.inner.request(method, url, headers, body, timeout, cancel)
+        if self.killed or not url.endswith("/chat/completions"):
+            return response
+
+        def chunks():
+            for chunk in response.chunks():
+                if not self.killed:
+                    self.killed.append(kill(self.manager))
+                yield chunk
+
+        return HttpResponse(response.status, response.headers, chunks(), response.close)
+
+
+def test_a_question_pending_while_the_local_engine_is_killed_and_restarted_is_answered(dock, local_settings,
+                                                                                       tmp_path):
+    """The engine killed while it streams its answer, its restart taking longer than the dock's 15 s of retries: the
+    transcript says the engine restarts and loads its model, and the question is answered once it is up,
+    Send not pressed again, as the same turn. Then a question sent while it restarts after another kill waits
+    for it and is answered."""
+    local_settings(engine_python(tmp_path, RESTART_LOAD_S))
+    session = dock.ask
+    session.engine, session.max_tokens = "local", 800
+    manager = session.manager
+    seen = []
+    ask(session, "Describe the image")  # the engine is stopped: this question starts it
+    assert wait_for(lambda: transcripts(session, seen) or not session.busy(), 300)
+    assert session.turns[-1].answer, seen[-1]
+    assert any("local engine starting (loading the model: demo model)… the question is sent as soon as it is "
+               "ready (at most 600 s, its start timeout)" in text for text in seen)
+
+    session.new_view()  # a question without the conversation's long answer: within the demo model's context
+    session.transport = crashing = CrashingTransport(manager)
+    ask(session, "And the roads?", "ask")
+    seen = []
+    assert wait_for(lambda: transcripts(session, seen) or crashing.killed, 120), seen[-1]
+    [first], killed_at = crashing.killed, time.monotonic()
+    assert wait_for(lambda: transcripts(session, seen) or not session.busy(), RESTART_LOAD_S + 240)
+    took = time.monotonic() - killed_at
+    text = session.dock.transcript.toPlainText()
+    assert session.turns[-1].answer and took > RESTART_LOAD_S, (took, text[-400:])
+    assert manager.engine.restarts == 1 and manager.engine.pid != first and manager.state == "ready"
+    assert any("local engine restarting: it was killed by signal 9; restart 1 of 3 (loading the model: demo "
+               "model)… the question is sent as soon as it is ready" in t for t in seen), seen[-1]
+    assert "Send asks it again" not in text and "gave up" not in text
+    assert len(session.turns) == 2 and len(session.history) == 2  # one turn: asked again, not twice
+    assert text.count("You (ask): And the roads?") == 1
+
+    kill(manager)
+    assert wait_for(lambda: manager.state == "starting", 10)
+    seen = []
+    session.new_view()
+    send(session, "Any water?")
+    assert session.task is None and session.busy()  # held, not sent to an engine loading its model
+    assert wait_for(lambda: transcripts(session, seen) or not session.busy(), RESTART_LOAD_S + 240)
+    assert session.turns[-1].question == "Any water?" and session.turns[-1].answer
+    assert any("restart 2 of 3" in t and "the question is sent as soon as it is ready" in t for t in seen)
+    assert len(session.turns) == 3 and "Send asks it again" not in session.dock.transcript.toPlainText()
+
+
+def test_stop_ends_the_wait_and_a_restart_that_fails_gives_the_question_back(dock, local_settings, tmp_path,
+                                                                             qgis_iface):
+    """A question sent while the local engine restarts: Stop ends its wait (nothing sent, the question in the
+    box); sent again, it waits until the launcher gives the engine up (each restart fails to load the model) and
+    then the failure is one line, with the engine's own error, and the question stays in the box."""
+    local_settings(engine_python(tmp_path, 3.0, fails=True))
+    session = dock.ask
+    session.engine, session.max_tokens = "local", 8
+    manager = session.manager
+    ask(session, "Describe the image", wait=True)  # starts the engine
+    assert session.turns[-1].answer
+    kill(manager)
+    assert wait_for(lambda: manager.state == "starting", 10)
+    send(session, "And the roads?")
+    assert session.busy() and session.task is None
+    text = session.dock.transcript.toPlainText()
+    assert "local engine restarting: it was killed by signal 9; restart 1 of 3" in text
+    started = time.monotonic()
+    session.dock.stop.click()
+    assert not session.busy() and time.monotonic() - started < 1
+    text = session.dock.transcript.toPlainText()
+    assert text.endswith("stopped while waiting for the local engine to start: nothing was sent")
+    assert session.dock.send.isEnabled() and session.dock.question.toPlainText() == "And the roads?"
+    assert len(session.turns) == 1
+
+    qgis_iface.messageBar().clear_messages()
+    session.send()  # as a user presses Send again
+    assert session.busy() and session.task is None
+    assert wait_for(lambda: not session.busy(), 60)
+    assert manager.state == "down"
+    text = session.dock.transcript.toPlainText()
+    line = ("the local engine did not start: geovlm serve: cannot load the model: CUDA out of memory — the "
+            "question is still in the box: Send asks it again")
+    assert text.endswith(line), text[-300:]
+    assert session.dock.question.toPlainText() == "And the roads?" and session.dock.send.isEnabled()
+    [message] = qgis_iface.messageBar().get_messages(1)
+    assert message == "GeoVLM:the local engine did not start: geovlm serve: cannot load the model: CUDA out of memory"
+    assert len(session.turns) == 1 and len(session.history) == 2  # nothing of the failed question kept
+
+
+def test_the_wait_is_bounded_by_the_engines_start_timeout(qgis_app):
+    """An engine said starting that never comes up: the wait ends after its start timeout, in one line."""
+    from geovlm.plugin.ask_engine_wait import EngineWait
+    from geovlm.plugin.engine_manager import EngineManager
+
+    manager = EngineManager()
+    manager._set("starting", "loading the model: demo model")
+    wait = EngineWait(manager, timeout_s=0.5)
+    ready, failed = [], []
+    wait.ready.connect(lambda: ready.append(True))
+    wait.failed.connect(failed.append)
+    started = time.monotonic()
+    wait.start()
+    assert wait_for(lambda: failed, 5) and not ready
+    assert 0.45 <= time.monotonic() - started < 1.5  # a coarse Qt timer fires within 5 %
+    assert failed == ["the local engine was not ready within 0.5 s (its start timeout, Settings ▸ Options ▸ GeoVLM)"]
+    manager._set("ready", "demo")  # after the end: nothing more is said
+    assert not wait_for(lambda: ready or len(failed) > 1, 0.2)
