@@ -52,6 +52,13 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
         if path.stat().st_size == 0:
             raise CliError(f"raster {path} is an empty file (0 bytes)") from None
         raise CliError(f"cannot read raster {path}: {exc}") from None
+    if not bare:
+        try:
+            GeoTransform(affine.a, affine.b, affine.c, affine.d, affine.e, affine.f)
+        except ValueError as exc:  # a header whose pixels have no size, or NaN: no box can be placed through it
+            raise CliError(f"raster {path} cannot place anything: its {exc} ({affine.a}, {affine.b}, {affine.c}, "
+                           f"{affine.d}, {affine.e}, {affine.f}); set its georeferencing right, or remove it "
+                           "(gdal_edit.py -unsetgt) to work in its pixels") from None
     if bare:
         print(f"note: {path} has no georeferencing (no geotransform, no CRS): objects are written in its pixel "
               "coordinates (x = column, y = -row, a local pixel CRS), not on a map", file=sys.stderr)

@@ -75,7 +75,8 @@ def raster_frame(layer: QgsRasterLayer) -> ImageFrame:
 def _gdal_grid(layer: QgsRasterLayer):
     """(width, height, GeoTransform) of the layer's file as GDAL reads it; (width, height, None) for a file with
     no georeferencing at all (no geotransform, no CRS, no GCPs: a PNG named .tif); None for a non-GDAL layer or
-    a file with a CRS but no geotransform; ValueError for a file georeferenced by GCPs only."""
+    a file with a CRS but no geotransform; ValueError for a file georeferenced by GCPs only, and for one whose
+    geotransform is singular or not finite."""
     if layer.providerType() != "gdal":
         return None
     from osgeo import gdal
@@ -94,7 +95,12 @@ def _gdal_grid(layer: QgsRasterLayer):
         if dataset.GetGCPCount():
             raise ValueError(f"raster {layer.source()} is georeferenced by GCPs only; warp it to a geotransform first")
         return (dataset.RasterXSize, dataset.RasterYSize, None) if not dataset.GetProjection() else None
-    return dataset.RasterXSize, dataset.RasterYSize, GeoTransform.from_gdal(values)
+    try:
+        gt = GeoTransform.from_gdal(values)
+    except ValueError as exc:  # pixels of no size, or NaN: no box can be placed through it (the CLI says the same)
+        raise ValueError(f"raster {layer.source()} cannot place anything: its {exc}; set its georeferencing right, "
+                         "or remove it (gdal_edit.py -unsetgt) to work in its pixels") from None
+    return dataset.RasterXSize, dataset.RasterYSize, gt
 
 
 def answer_features(answer, frame: ImageFrame, line: int, family: str, obj_fields, rel_fields):

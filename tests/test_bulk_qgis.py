@@ -857,3 +857,40 @@ def test_a_raster_file_qgis_cannot_load_is_named_with_the_reason_not_as_not_foun
     assert not ok and said.startswith(f"{name}: cannot read {text}: ") and "not recognized" in said
     ok, said = check(params(tmp_path / "missing.tif"), context)
     assert not ok and "cannot read" not in said and "empty file" not in said
+
+
+@pytest.mark.parametrize("alg", ["captiontiles", "parseanswers"])
+@pytest.mark.parametrize("geotransform, said", [((500000, 0, 0, 4100000, 0, 0), "is singular"),
+                                                ((500000, float("nan"), 0, 4100000, 0, -1), "non-finite")])
+def test_a_raster_whose_geotransform_places_nothing_is_one_line_as_in_the_cli(plugin, processing, data_dir,
+                                                                               tmp_path, alg, geotransform, said):
+    """A header with pixels of no size (or NaN): the command line ended in a ValueError traceback; both now
+    name the raster and what to do, in one line, before anything runs."""
+    from osgeo import gdal, osr
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    raster = tmp_path / "bad_header.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 20, 10, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(geotransform)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32616)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    answers = data_dir / "answers" / "earthdial_refer_ship.jsonl"
+    cli = subprocess.run([sys.executable, "-m", "geovlm", "parse", str(answers), "--family", "earthdial", "--raster",
+                          str(raster), "--out", str(tmp_path / "cli.gpkg")], capture_output=True, text=True)
+    err = cli.stderr.strip().splitlines()
+    assert cli.returncode == 2 and len(err) == 1 and "Traceback" not in cli.stderr, cli.stderr
+    assert err[0].startswith(f"geovlm parse: raster {raster} cannot place anything: its geotransform ")
+    assert said in err[0]
+    params = {"INPUT": str(raster), "TILE_SIZE": 512, "ENGINE": "http://127.0.0.1:9", "FAMILY": "geochat",
+              "OUTPUT": str(tmp_path / "out.gpkg")}
+    if alg == "parseanswers":
+        params = {"INPUT": str(answers), "FAMILY": "earthdial", "RASTER": str(raster),
+                  "OBJECTS": str(tmp_path / "o.gpkg")}
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    ok, message = QgsApplication.processingRegistry().createAlgorithmById(f"geovlm:{alg}").checkParameterValues(
+        params, context)
+    assert not ok and message.startswith(f"raster {raster} cannot place anything: its geotransform ")
+    assert said in message
