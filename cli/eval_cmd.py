@@ -84,7 +84,7 @@ def score_records(args, path: Path) -> dict:
     profile = profile_of(args) if task in BOX_TASKS else None
     items = []
     try:
-        for number, record in read_records(path):
+        for number, record in read_records(path, answer_field):
             if answer_field not in record:
                 raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
             if task in SHORT_ANSWER_TASKS:  # EarthDial's scorer reads strings: anything else is named, not scored

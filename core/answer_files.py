@@ -19,7 +19,8 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     (a broken first line does not turn a JSON-lines file into plain text; a UTF-8 byte-order mark is ignored).
     A file that is one JSON array of records written over several lines (pretty-printed) gives its records, the
     number being the element's from 1 ("FILE: element N: no field 'answer'"); one pretty-printed object, one
-    record (each of their lines is not an answer).
+    record (each of their lines is not an answer); one object around the records, on one line or several
+    ({"results": [...]}, {"0": {...}, ...}: `records_of`), those records.
 
     A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'") raises
     ValueError with the file and line, or, when a list `bad` is given, is appended to it as that one-line
@@ -30,9 +31,12 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     text = read_text(path)
     lines = split_lines(text)
     whole = one_json_value(text, lines)
-    if whole is not None:  # one JSON document over several lines: an array of records, or one record
-        entries = list(enumerate(whole if isinstance(whole, list) else [whole], start=1))
-        where, expected = ("element", "a JSON array") if isinstance(whole, list) else ("record", "one JSON object")
+    if whole is None:
+        whole = wrapped_records_line(lines, field)
+    if whole is not None:  # one JSON document: an array of records, one record, or an object around records
+        records, where = records_of(whole, field)
+        entries = list(enumerate(records, start=1))
+        expected = "a JSON array" if where == "element" else "one JSON object"
     else:  # each line: its text, read below as JSON or taken as a plain-text answer
         entries = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
         where, expected = "", "JSON lines"
@@ -104,6 +108,37 @@ def one_json_value(text: str, lines: List[str]):
     except ValueError:
         return None
     return value if isinstance(value, (list, dict)) else None
+
+
+def records_of(value, field: str) -> Tuple[list, str]:
+    """(records, what each is called in messages) of a file that is one JSON value (`one_json_value`): an array
+    as it is ("element"); an object holding `field`, one record ("record"); an object around the records, as
+    scripts save results, each record an "element": {"results": [records]} (its one array of objects, some of
+    which hold `field`) or {"0": record, "1": record, ...} (every value an object holding `field`: pandas'
+    `to_json(orient="index")`). Any other object is one record, which then lacks `field`."""
+    if isinstance(value, list):
+        return value, "element"
+    if field in value:
+        return [value], "record"
+    arrays = [v for v in value.values() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+    if len(arrays) == 1 and any(field in r for r in arrays[0]):
+        return arrays[0], "element"
+    if value and all(isinstance(v, dict) and field in v for v in value.values()):
+        return list(value.values()), "element"
+    return [value], "record"
+
+
+def wrapped_records_line(lines: List[str], field: str):
+    """The object of a file of one line that is one JSON object around records (`records_of`: it lacks `field`
+    and holds records that have it), which JSON lines would read as one record without the field; else None."""
+    filled = [line for line in lines if line.strip()]
+    if len(filled) != 1 or not filled[0].lstrip().startswith("{"):
+        return None
+    try:
+        value = json.loads(filled[0])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and records_of(value, field)[1] == "element" else None
 
 
 def _is_json_object(line: str) -> bool:

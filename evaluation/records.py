@@ -8,18 +8,18 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..core.answer_files import one_json_value, read_text, split_lines
+from ..core.answer_files import one_json_value, read_text, records_of, split_lines, wrapped_records_line
 
 
 class RecordError(ValueError):
     """A file or line that cannot be read as answers with references; the message names the file and line."""
 
 
-def read_records(path) -> Iterator[Tuple[int, dict]]:
+def read_records(path, field: str = "answer") -> Iterator[Tuple[int, dict]]:
     """(line number from 1, the JSON object) for every non-empty line of a JSON-lines file; for a file that is
     one JSON array of objects written over several lines (a pretty-printed results file, `json.dump(results, f,
-    indent=...)`), (the element's number from 1, the object), as `geovlm parse` reads it
-    (`core.answer_files.one_json_value`).
+    indent=...)`), or one object around the records ({"results": [...]}: `core.answer_files.records_of`, which
+    tells them by the answer `field`), (the element's number from 1, the object), as `geovlm parse` reads it.
 
     A UTF-8 byte-order mark is accepted. Raises RecordError for an unreadable file or a line (element) that is
     not a JSON object."""
@@ -30,8 +30,10 @@ def read_records(path) -> Iterator[Tuple[int, dict]]:
         raise RecordError(str(exc)) from None
     lines = split_lines(text)  # "\n" only: JSON strings may hold U+2028
     whole = one_json_value(text, lines)
+    if whole is None:
+        whole = wrapped_records_line(lines, field)
     if whole is not None:
-        for number, record in enumerate(whole if isinstance(whole, list) else [whole], start=1):
+        for number, record in enumerate(records_of(whole, field)[0], start=1):
             if not isinstance(record, dict):
                 raise RecordError(f"{path}: element {number}: not a JSON object (expected an array of objects)")
             yield number, record

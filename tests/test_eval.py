@@ -513,3 +513,21 @@ def test_a_pretty_printed_json_array_of_answers_scores_as_its_json_lines(capsys,
     assert main(["eval", "detection", str(array), "--family", "earthdial"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"geovlm eval: {array}: element 3: not a JSON object (expected an array of objects)")
+
+
+@pytest.mark.parametrize("shape", ["results", "index", "results one line"])
+def test_results_saved_as_one_object_around_the_records_score_as_their_json_lines(capsys, tmp_path, shape):
+    # {"results": [...]} and pandas' to_json(orient="index") were read as one record: "no field 'answer'
+    # (choose it with --field)", advice that could not help; parse reads them alike
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample" / "earthdial_refer.jsonl"
+    rows = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()]
+    value = {"model": "EarthDial-4B", "results": rows} if shape.startswith("results") else {
+        str(i): row for i, row in enumerate(rows)}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(value, indent=None if shape.endswith("one line") else 2), encoding="utf-8")
+    assert run_json(capsys, "detection", str(path), "--family", "earthdial") == run_json(
+        capsys, "detection", str(sample), "--family", "earthdial")
+    assert main(["parse", str(path), "--family", "earthdial", "--out", str(tmp_path / "p.gpkg")]) == 0
+    assert capsys.readouterr().out.startswith("60 answers, 94 objects")
