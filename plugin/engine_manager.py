@@ -41,7 +41,10 @@ def state_text(state: str, detail: str = "") -> str:
     the Ask dock show. While the engine would run from the set-up's venv (no engine Python named in the Options),
     "not_set_up" and "stopped" are the set-up's own words (`engine_setup.setup_text`, as the set-up dialog says
     them: "not set up", "an unfinished set-up (cancelled or failed): Repair finishes it", ...), "stopped" adding
-    that it starts on the first question; while a set-up runs, what it does ("being set up…": `running_text`)."""
+    that it starts on the first question; while a set-up runs, what it does ("being set up…": `running_text`).
+    "starting" with its detail reads as `starting_words` says it, then "…"."""
+    if state == "starting" and detail:
+        return starting_words(detail) + "…"
     words = STATE_WORDS.get(state, state)
     if state in ("not_set_up", "stopped") and not engine_settings.load().python:
         from .engine_setup import running_text, setup_text
@@ -58,6 +61,16 @@ class LocalConfig:
     model_dir: str
     family: str
     start_timeout_s: float
+
+
+def starting_words(detail: str) -> str:
+    """A "starting" state's `detail` ("loading the model: X", or after a crash "was killed by signal 9; restart 1
+    of 3; loading the model: X") for a person: "starting (loading the model: X)" or "restarting: it was killed
+    by signal 9; restart 1 of 3 (loading the model: X)"."""
+    head, _, model = detail.rpartition("; ")
+    if not head:
+        return f"starting ({model})" if model else "starting"
+    return f"restarting: it {head} ({model})"
 
 
 def loading(config: Optional[LocalConfig]) -> str:
@@ -213,14 +226,10 @@ class EngineManager(QObject):
             self._describe(engine.url, engine.api_key)
 
     def starting_text(self) -> str:
-        """While "starting": what the engine does, for a person: "starting (loading the model: demo model)" or
-        "restarting: it was killed by signal 9; restart 1 of 3 (loading the model: demo model)"."""
+        """While "starting": what the engine does, for a person (`starting_words` of its detail)."""
         with self._lock:
             detail = self.detail
-        head, _, model = detail.rpartition("; ")
-        if not head:
-            return f"starting ({model})" if model else "starting"
-        return f"restarting: it {head} ({model})"
+        return starting_words(detail)
 
     def running(self) -> bool:
         with self._lock:

@@ -55,8 +55,8 @@ def local_settings(geovlm_settings):
 
 
 def transcripts(session, seen):
-    """A wait_for predicate's side effect: every transcript shown meanwhile, kept in `seen`."""
-    seen.append(session.dock.transcript.toPlainText())
+    """A wait_for predicate's side effect: every header and transcript shown meanwhile, kept in `seen`."""
+    seen.append(session.dock.engine_state.text() + "\n" + session.dock.transcript.toPlainText())
 
 
 def send(session, question, task="ask"):
@@ -127,6 +127,8 @@ def test_a_question_pending_while_the_local_engine_is_killed_and_restarted_is_an
     assert manager.engine.restarts == 1 and manager.engine.pid != first and manager.state == "ready"
     assert any("local engine restarting: it was killed by signal 9; restart 1 of 3 (loading the model: demo "
                "model)… the question is sent as soon as it is ready" in t for t in seen), seen[-1]
+    assert any(t.startswith("Engine (local): restarting: it was killed by signal 9; restart 1 of 3 (loading the "
+                            "model: demo model)…\n") for t in seen)  # the header says it too
     assert "Send asks it again" not in text and "gave up" not in text
     assert len(session.turns) == 2 and len(session.history) == 2  # one turn: asked again, not twice
     assert text.count("You (ask): And the roads?") == 1
