@@ -89,7 +89,8 @@ MAX_REASKS = 3  # a question whose local engine crashed under it is asked again 
 
 class QuestionHold:
     """Mixed into `ask_session.AskSession` (which holds `dock`, `manager`, `task`, `turns`, `_html`, `_streamed`,
-    `_retry_note`, `_asked` = (question, task, region) of the question in hand, `_hold` and `_reasks`, and has
+    `_retry_note`, `_asked` = (question, task, region) of the question in hand, `_hold`, `_reasks` and
+    `_restart_mark` (the manager's `restart_count` when the question's task began), and has
     `_ask`, `_failed`, `_show` and `_target`): a question for the local engine while it starts or restarts waits
     for it (`EngineWait`) and is sent once it is up, and one whose engine crashed under it is asked again once
     the launcher has restarted it; Stop ends the wait, nothing sent."""
@@ -129,8 +130,12 @@ class QuestionHold:
     def _task_failed(self, message: str) -> None:
         """The question's task failed: when the local engine went down under it and is being restarted (the
         launcher restarts a crashed engine), the question is asked again once the engine is up (at most
-        MAX_REASKS times), as the same turn; any other failure is said (`_failed`)."""
-        if message != "stopped" and self._local_coming() and self._reasks < MAX_REASKS:
+        MAX_REASKS times), as the same turn; so is one whose engine was restarted while it ran and is up again
+        already (its retries ran out just before); any other failure is said (`_failed`)."""
+        up_again = self.manager.restart_count != self._restart_mark and self.manager.state in UP_STATES
+        local = self._target().lower() == "local"
+        if (message != "stopped" and local and (up_again or engine_coming(self.manager))
+                and self._reasks < MAX_REASKS):
             self._reasks += 1
             self.task = None
             self.turns.pop()  # _ask makes the turn again
@@ -138,6 +143,11 @@ class QuestionHold:
             self._ask(*self._asked)
             return
         self._failed(message)
+
+    def _engine_progress(self, *_) -> None:
+        """The local engine's state changed: the transcript's waiting line follows it."""
+        if self.task is not None or self._hold is not None:
+            self._show()
 
     def _waiting_note(self) -> str:
         """The transcript's line while a question waits for the local engine to come up ("" when none does)."""

@@ -70,6 +70,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._asked: Optional[tuple] = None  # (question, task, region) of the question in hand
         self._hold = None  # an ask_engine_wait.EngineWait while the question waits for the local engine
         self._reasks = 0  # times the question in hand was asked again after its local engine crashed
+        self._restart_mark = 0  # the engine manager's restart_count when the question's task began
         self.dock.set_tasks(family_tasks(get_profile(self.family)) if self.family else list(ASK_TASKS))
         dock.send.clicked.connect(self.send)
         dock.stop.clicked.connect(self.stop)
@@ -190,6 +191,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         if self._local_coming():  # the plugin's local engine starts or restarts: sent once it is up
             self._hold_question()
             return
+        self._restart_mark = self.manager.restart_count
         self.turns.append(Turn(question or "(the region)", task, view_extent=",".join(
             f"{v:.17g}" for v in self.view.extent), view_crs=self.view.frame.crs, view_rotation=self.view.rotation,
             image_size=f"{self.view.frame.width}x{self.view.frame.height}"))
@@ -220,11 +222,6 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._retry_note = line
         self._remote_state("not answering, retrying…")
         self._show()
-
-    def _engine_progress(self, *_) -> None:
-        """The local engine's state changed: the transcript's waiting line follows it."""
-        if self.task is not None or self._hold is not None:
-            self._show()
 
     def _restart_stream(self) -> None:
         self._streamed = ""

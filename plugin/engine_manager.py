@@ -104,6 +104,7 @@ class EngineManager(QObject):
         self.model = ""
         self.device = ""
         self.stand_in = False
+        self.restart_count = 0  # the launcher's restarts of a crashed engine in this process, all engines together
         self._task: Optional[QgsTask] = None
 
     # ------------------------------------------------------------ state
@@ -215,6 +216,7 @@ class EngineManager(QObject):
         3"): "starting" until `_on_restarted` or `_on_down`."""
         with self._lock:
             config = self._config
+            self.restart_count += 1
         self._set("starting", f"{line}; {loading(config)}")
         QgsMessageLog.logMessage(f"the local engine {line}", LOG_TAG, Qgis.MessageLevel.Warning)
 

@@ -168,7 +168,8 @@ def test_local_engine_started_on_demand_shared_and_stopped():
         manager.restart()  # the dock's Restart button: a task, the GUI does not wait
         assert manager.state in ("stopped", "starting", "ready")
         engine = lambda: manager.engine  # noqa: E731
-        assert wait_for(lambda: manager.state == "ready" and engine() and engine().pid not in (None, pid), 120)
+        assert wait_for(lambda: manager.state == "ready" and engine() and engine().pid not in (None, pid)
+                        and states[-1:] == ["ready"], 120)  # the state is set before its queued signal arrives
         assert states[-3:] == ["stopped", "starting", "ready"]
     finally:
         manager.shutdown()
