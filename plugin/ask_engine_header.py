@@ -14,7 +14,7 @@ from .engine_manager import state_text
 
 class EngineHeader:
     """Mixed into AskSession, which holds `dock`, `manager` (plugin.engine_manager), `_engine`, `authcfg`,
-    `transport`, `family`, `_probe` and `_remote_word`."""
+    `transport`, `family`, `_probe` and `_remote_word`, and has `_engine_moved` (`ask_engine_wait.QuestionHold`)."""
 
     @property
     def engine(self) -> str:
@@ -87,3 +87,4 @@ class EngineHeader:
             self.dock.set_tasks(family_tasks(get_profile(configured)))
         self._engine_state()
         self.refresh_family()
+        self._engine_moved()

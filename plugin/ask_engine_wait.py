@@ -116,6 +116,13 @@ class QuestionHold:
         self._hold = None
         self._failed(message)
 
+    def _engine_moved(self) -> None:
+        """The Options were saved, or `engine` set, while a question waits for the local engine: when the dock's
+        engine is another one now (or the local one is no longer coming), the question goes at once."""
+        if self._hold is not None and not self._local_coming():
+            self._hold.cancel()
+            self._engine_up()
+
     def _stop_hold(self, say: bool = True) -> None:
         """Stop (or unload): the held question is not sent; it stays in the box."""
         hold, self._hold = self._hold, None

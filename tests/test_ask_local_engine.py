@@ -203,3 +203,25 @@ def test_the_wait_is_bounded_by_the_engines_start_timeout(qgis_app):
     assert failed == ["the local engine was not ready within 0.5 s (its start timeout, Settings ▸ Options ▸ GeoVLM)"]
     manager._set("ready", "demo")  # after the end: nothing more is said
     assert not wait_for(lambda: ready or len(failed) > 1, 0.2)
+
+
+def test_a_question_waiting_for_the_local_engine_goes_to_the_engine_chosen_meanwhile(dock, local_settings):
+    """While a question waits for the local engine (said starting), the dock's engine is set to a remote one
+    (as the Options' OK does): the question goes there at once, not after the local engine's start."""
+    from ask_engines import ScriptedEngine
+
+    local_settings(sys.executable)
+    session = dock.ask
+    session.engine = "local"
+    manager = session.manager
+    manager._set("starting", "loading the model: demo model")  # as the launcher's restart says it
+    try:
+        send(session, "Describe the image", "describe")
+        assert session.busy() and session.task is None
+        assert "local engine starting (loading the model: demo model)…" in session.dock.transcript.toPlainText()
+        with ScriptedEngine("geochat", "a road") as engine:
+            session.engine = engine.url
+            assert wait_for(lambda: not session.busy(), 30)
+        assert session.turns[-1].answer == "a road" and len(engine.posts) == 1
+    finally:
+        manager.refresh()
