@@ -224,7 +224,7 @@ def cmd_bulk(args) -> int:
         lines = None if bar is not None or args.no_progress else ProgressLog(len(tiles), every_s=LOG_EVERY_S)
         started = time.monotonic()
         try:
-            stats = run_tiles(client, ledger, list(tiles.tiles()), reader, question, task, profile, model,
+            stats = run_tiles(client, ledger, tiles, reader, question, task, profile, model,
                               graph=graph, cancel=cancel, on_progress=progress, max_tokens=args.max_new_tokens)
         except KeyboardInterrupt:
             cancel.cancel()

@@ -3,7 +3,9 @@
 Reading pixels and writing the ledger happen in the calling thread (QGIS forbids layer access elsewhere and
 an sqlite connection belongs to one thread); only the requests run in worker threads, through
 `EngineClient.ask`, which spreads them over the endpoints (least busy first, failover). At most
-`2 x capacity` tiles are read ahead, so memory stays flat however long the plan. Each tile is submitted
+`2 x capacity` tiles are read ahead, and a `TilePlan` is walked lazily (its tiles made one at a time, never
+listed), so memory stays flat and the first tile is asked at once however large the plan (3.8 million tiles of
+a 10^6 x 10^6 px VRT included: bench/bench_huge_plan.py). Each tile is submitted
 once; a tile whose request fails after the client's retries is recorded `failed` (asked again on resume). A
 tile whose pixels cannot be read (the reader raises ValueError: a damaged file there) is recorded `failed` too,
 and `RunStats.unreadable` keeps it apart from the engine's failures: a rerun reads it again, but will not help.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -26,7 +27,7 @@ from .client import EngineClient, EngineError, ImageSource, _Retryable
 from .georef import GeoTransform, ImageFrame
 from .ledger import FAILED, OK, SKIPPED, Ledger, TileResult
 from .profiles import Profile
-from .tiling import Tile
+from .tiling import Tile, TilePlan
 from .transport import Cancelled, CancelToken, Transport
 
 # read(tile) -> an ImageSource of the tile's pixels (fitted to the model's input by the client before it is
@@ -119,7 +120,7 @@ class EndpointRecorder(Transport):
 def run_tiles(
     client: EngineClient,
     ledger: Ledger,
-    tiles: Sequence[Tile],
+    tiles: Union[TilePlan, Sequence[Tile]],
     read: TileReader,
     question: str,
     task: Optional[str],
@@ -130,7 +131,8 @@ def run_tiles(
     on_progress: Optional[Callable[[RunStats], None]] = None,
     max_tokens: int = 256,
 ) -> RunStats:
-    """Ask about every tile of `tiles` that the ledger does not hold yet and commit each answer at once.
+    """Ask about every tile of `tiles` (a `TilePlan`, walked lazily in plan order, or a sequence of tiles) that the
+    ledger does not hold yet and commit each answer at once.
 
     `question` goes with the family's `task` word (None: as is). `graph`, for scene graphs, turns an answer
     into object and relation rows in map coordinates. `on_progress(stats)` is called in this thread after
@@ -139,8 +141,15 @@ def run_tiles(
     cancel = cancel or CancelToken()
     started = time.monotonic()
     stats = RunStats(total=len(tiles))
-    todo = deque(ledger.pending(tiles))
-    stats.resumed = stats.total - len(todo)
+    if isinstance(tiles, TilePlan):  # every row of the ledger is one of the plan's tiles (its fingerprint says so)
+        counts = ledger.counts()
+        stats.resumed = sum(counts.get(status, 0) for status in (OK, SKIPPED))
+        todo = ledger.pending(tiles.tiles())
+    else:
+        pending = list(ledger.pending(tiles))
+        stats.resumed = stats.total - len(pending)
+        todo = iter(pending)
+    following = next(todo, None)  # the next tile to ask (None: none left)
     recorder = client.transport if isinstance(client.transport, EndpointRecorder) else None
     ahead = 2 * max(1, sum(e.max_concurrent for e in client.endpoints))
 
@@ -168,9 +177,9 @@ def run_tiles(
     last_report = 0.0
     with ThreadPoolExecutor(max_workers=ahead // 2) as pool:
         try:
-            while ((todo and not stats.halted) or inflight) and not cancel.cancelled:
-                while todo and len(inflight) < ahead and not cancel.cancelled and not stats.halted:
-                    tile = todo.popleft()
+            while ((following is not None and not stats.halted) or inflight) and not cancel.cancelled:
+                while following is not None and len(inflight) < ahead and not cancel.cancelled and not stats.halted:
+                    tile, following = following, next(todo, None)
                     t0 = time.monotonic()
                     try:
                         image = read(tile)

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from . import gpkg
 from .dedupe import DEFAULT_THRESHOLD, Detection, edge_distance, find_duplicate
@@ -293,10 +293,11 @@ class Ledger:
         rows = self.con.execute("SELECT tile_id FROM tiles WHERE status IN ('ok', 'skipped')")
         return {r[0] for r in rows}
 
-    def pending(self, tiles: Iterable[Tile]) -> List[Tile]:
-        """The tiles still to ask (missing or failed), in plan order."""
+    def pending(self, tiles: Iterable[Tile]) -> Iterator[Tile]:
+        """The tiles of `tiles` still to ask (missing or failed), in their order, as they are reached: `tiles` is
+        walked lazily (a plan's millions of tiles are never listed); the ids done are read once, here."""
         done = self.done_ids()
-        return [t for t in tiles if t.id not in done]
+        return (t for t in tiles if t.id not in done)
 
     def results(self) -> Dict[str, Tuple[str, str, str]]:
         """{tile_id: (status, caption, model)} of every committed tile."""

@@ -380,7 +380,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
 
         graph = (lambda tile, answer: graph_rows(tile, answer, self.gt)) if self.KIND == "detect" else None
         try:
-            stats = run_tiles(client, ledger, list(self.tiles.tiles()), self.reader, question, task, profile,
+            stats = run_tiles(client, ledger, self.tiles, self.reader, question, task, profile,
                               conn.model, graph=graph, cancel=cancel, on_progress=progress)
         except (EngineError, Cancelled) as exc:
             raise QgsProcessingException(str(exc)) from None

@@ -46,13 +46,13 @@ def test_resume_rule_one_row_per_tile_and_plan_refusal(tmp_path):
     first, second = list(p.tiles.tiles())
     with Ledger(out, p, epsg=32633, crs_wkt="EPSG:32633 stand-in") as ledger:
         ledger.record(TileResult(first, FAILED, error="HTTP 503"), "q", "m", "geochat")
-        assert ledger.pending(p.tiles.tiles()) == [first, second]
+        assert list(ledger.pending(p.tiles.tiles())) == [first, second]
         assert ledger.record(TileResult(first, OK, caption="a field"), "q", "m", "geochat")
         # a second run on the same output that answered the same tile later writes nothing
         with Ledger(out, p) as other:
             assert not other.record(TileResult(first, OK, caption="again"), "q", "m", "geochat")
             assert not other.record(TileResult(first, FAILED, error="late"), "q", "m", "geochat")
-        assert ledger.pending(p.tiles.tiles()) == [second]
+        assert list(ledger.pending(p.tiles.tiles())) == [second]
     with Ledger(out, p) as again:
         assert again.resumed and again.counts() == {"ok": 1}
     with pytest.raises(LedgerError, match="question"):
