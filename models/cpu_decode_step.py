@@ -444,10 +444,11 @@ def preload() -> None:
 
 def start_preload() -> Optional[threading.Thread]:
     """Announce a compile (`announce_compile`) and start `preload` on a thread, where numba can serve; None where
-    it cannot (not installed, failed to load, JIT off). Called by `VlmPipeline.load` for a model on the CPU before
-    the weights load: the kernels load (or compile) beside them. A failure is only logged at DEBUG: the model's
-    warm-up meets it again and says it. The thread is not a daemon (a process exiting while numba compiles
-    aborts)."""
+    it cannot (not installed, failed to load, JIT off). Called by `VlmPipeline.load` for a model on the CPU once
+    the weights are loaded: the kernels load (or compile) beside the first image's encoding and prefill (beside
+    the weights, numba's loading held the GIL that `from_pretrained` needs, and the load took 3x as long). A
+    failure is only logged at DEBUG: the model's warm-up meets it again and says it. The thread is not a daemon
+    (a process exiting while numba compiles aborts)."""
     if numba is None or numba_problem():
         return None
     announce_compile()

@@ -140,8 +140,8 @@ def may_take_compiled_step(config: dict) -> bool:
     """Whether a checkpoint's config.json (`config`) describes a language model the compiled CPU step may serve
     (models/cpu_decode_step.py): a text model the static decoder runs (`static_decoder.unsupported_reason`, the rule
     the loaded model is held to; llava-hf's `text_config`, whose type defaults to llama, or the config itself for a
-    bare causal LM) without biases. Read before the weights load, so that the step's kernels are not loaded, or
-    compiled, for a model that will not use them."""
+    bare causal LM) without biases, so that the step's kernels are not loaded, or compiled, for a model that will not
+    use them."""
     if isinstance(config.get("text_config"), dict):
         text = config["text_config"]
         kind = text.get("model_type", "llama")
@@ -192,12 +192,15 @@ class VlmPipeline:
         if providers is not None:
             providers = check_providers(providers)  # ValueError for a name onnxruntime does not know
         checkpoint = as_checkpoint(model_dir, family)  # the one reading of the folder (or the one given)
-        if pick_device(device)[0] == "cpu" and may_take_compiled_step(checkpoint.config):
-            cpu_decode_step.start_preload()  # the compiled CPU step's kernels load beside the weights
         if encoder_onnx is None:
             encoder_onnx = _ensure_encoder_for(checkpoint, providers, encoder_precision)
         encoder = OnnxEncoder(encoder_onnx, providers=providers)  # its session is built while the LM loads
         lm = LanguageModel.load(checkpoint, device)
+        if pick_device(device)[0] == "cpu" and may_take_compiled_step(checkpoint.config):
+            # The compiled CPU step's kernels load after the weights, beside the first image's encoding and
+            # prefill: loaded beside the weights, numba held the GIL that from_pretrained needs (load 0.18 ->
+            # 0.55 s, docs/benchmarks.md).
+            cpu_decode_step.start_preload()
         encoder.check_fits(checkpoint.hidden_size, checkpoint.image_tokens, checkpoint.encoder_hash)
         profile = get_profile(checkpoint.family, **(overrides or {}))
         if (profile.input_size, profile.fit) != (encoder.input_size, encoder.fit):
