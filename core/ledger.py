@@ -195,10 +195,11 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 
 
 def output_problem(path: str) -> Optional[str]:
-    """One line saying why `path` can never be a bulk run's output, `--overwrite` or not, or None: a folder, or
-    an existing file that is not an SQLite database at all (a text file named .gpkg: `--overwrite` would delete
-    it; a damaged earlier output still has SQLite's header and may be replaced). Checked before any engine is
-    asked (`geovlm caption`/`detect`, the QGIS algorithms' parameter check) and by `Ledger`."""
+    """One line saying why `path` can never be a bulk run's output, `--overwrite` or not, or None: a folder, an
+    existing file that is not an SQLite database at all (a text file named .gpkg: `--overwrite` would delete
+    it; a damaged earlier output still has SQLite's header and may be replaced), or a GeoPackage holding layers
+    other than a bulk run's (the user's own: never written over). Checked before any engine is asked or started
+    (`geovlm caption`/`detect`, the QGIS algorithms' parameter check) and by `Ledger`."""
     if os.path.isdir(path):
         return f"{path} is a folder: give a .gpkg file as the output"
     if os.path.isfile(path) and os.path.getsize(path) > 0:
@@ -209,6 +210,10 @@ def output_problem(path: str) -> Optional[str]:
             return f"{path} exists and cannot be read ({exc.strerror}): choose another output"
         if header != SQLITE_HEADER:
             return f"{path} exists and is not a GeoPackage: choose another output (it is left as it is)"
+        others = _other_layers(path)
+        if others:
+            return (f"{path} holds other layers ({', '.join(others)}), not only a GeoVLM bulk run's; choose another "
+                    "output")
     return None
 
 
@@ -231,13 +236,9 @@ class Ledger:
         self.plan = plan
         self.overwrite_flag = overwrite_flag
         self.merge_threshold = merge_threshold
-        problem = output_problem(self.path)
+        problem = output_problem(self.path)  # a user's own layers among them: never written over, `overwrite` or not
         if problem:
             raise LedgerError(problem)
-        others = _other_layers(self.path) if os.path.exists(self.path) else []
-        if others:  # never written over, whatever `overwrite` says: a user's own layers would be lost
-            raise LedgerError(f"{self.path} holds other layers ({', '.join(others)}), not only a GeoVLM bulk run's; "
-                              f"choose another output")
         if overwrite and os.path.exists(self.path):
             os.remove(self.path)
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0

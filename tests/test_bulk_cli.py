@@ -480,6 +480,31 @@ def test_an_output_that_is_a_folder_or_not_a_geopackage_is_refused_before_any_en
     assert text.read_text() == "hello\n" and folder.is_dir()
 
 
+@pytest.mark.parametrize("kind", ["caption", "detect"])
+def test_a_geopackage_of_the_users_own_layers_is_refused_before_any_engine_is_asked(data_dir, tmp_path, kind):
+    """It was refused only once the engine had answered (a local engine started first: slow); now one line,
+    exit 2, no engine contacted (the URL below would take the retry window to give up on), --overwrite or not,
+    and the user's layer left as it was."""
+    import sqlite3
+
+    from geovlm.core import gpkg
+
+    out = tmp_path / "mine.gpkg"
+    con = gpkg.connect(str(out))
+    with con:
+        gpkg.create_table(con, "my_fields", [("name", str)], "POLYGON", gpkg.add_srs(con, None, 32618))
+    con.close()
+    for overwrite in ((), ("--overwrite",)):
+        code, stdout, stderr = run_cli(kind, data_dir / "rasters" / "cogeo.tif", "--out", out, *overwrite,
+                                       "--engine", "http://127.0.0.1:9", "--retry-window", "60", "--no-progress",
+                                       timeout=30)
+        assert (code, stdout, stderr.strip()) == (2, "", f"geovlm {kind}: {out} holds other layers (my_fields), not "
+                                                  "only a GeoVLM bulk run's; choose another output")
+    con = sqlite3.connect(out)
+    assert [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")] == ["my_fields"]
+    con.close()
+
+
 def test_edge_drop_on_a_raster_smaller_than_a_tile_is_refused_not_an_empty_run(data_dir, tmp_path):
     """`--edge drop` with a tile larger than the raster planned 0 tiles and "wrote" an empty output (exit 0)."""
     out = tmp_path / "drop.gpkg"
