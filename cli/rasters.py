@@ -89,14 +89,3 @@ def frame_of_image(frame: ImageFrame, width: int, height: int) -> ImageFrame:
     gt = frame.geotransform.scaled(width / frame.width, height / frame.height) if frame.geotransform else None
     return ImageFrame(width, height, gt, frame.crs)
 
-
-def tile_has_data(path, window: Window, max_side: int = 64) -> bool:
-    """False when every pixel of the window is nodata (read decimated: a mask, not the pixels, matters)."""
-    rasterio = import_rasterio()
-    from rasterio.windows import Window as RioWindow
-
-    col, row, w, h = window
-    shape = (max(1, min(h, max_side)), max(1, min(w, max_side)))
-    with not_georeferenced_ok(rasterio), rasterio.open(path) as ds:
-        mask = ds.dataset_mask(window=RioWindow(col, row, w, h), out_shape=shape)
-    return bool(mask.any())

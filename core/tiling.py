@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .georef import GeoTransform
 
@@ -86,10 +86,6 @@ class TilePlan:
 
     def __len__(self) -> int:
         return len(self._starts(self.height)) * len(self._starts(self.width))
-
-    def select(self, keep: Callable[[Tile], bool]) -> List[Tile]:
-        """The tiles for which `keep` is true (e.g. not nodata-only)."""
-        return [t for t in self.tiles() if keep(t)]
 
 
 def tile_pixels_for_ground(size: float, gt: GeoTransform) -> int:

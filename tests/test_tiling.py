@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geovlm.cli.rasters import open_frame, tile_has_data
+from geovlm.cli.bulk_cmds import RasterTiles
+from geovlm.cli.rasters import open_frame
 from geovlm.core.georef import GeoTransform
 from geovlm.core.tiling import TilePlan, plan_for_extent, plan_for_raster
 
@@ -74,15 +75,20 @@ def test_bad_plans_are_refused(bad):
 
 
 def test_nodata_only_tiles_are_skipped(data_dir):
+    """The bulk runs' reader (cli.bulk_cmds.RasterTiles) gives None (skipped) for a tile of nodata only."""
     empty = data_dir / "rasters" / "all-nodata.tif"
     frame = open_frame(empty)
     plan = TilePlan(frame.width, frame.height, 256)
-    assert plan.select(lambda t: tile_has_data(empty, t.window)) == []
+    reader = RasterTiles(empty, None, skip_nodata=True)
+    assert [t for t in plan.tiles() if reader(t) is not None] == []
+    reader.close()
 
     landsat = data_dir / "rasters" / "RGB.byte.tif"
     frame = open_frame(landsat)
     plan = TilePlan(frame.width, frame.height, 64)
-    kept = plan.select(lambda t: tile_has_data(landsat, t.window))
+    reader = RasterTiles(landsat, None, skip_nodata=True)
+    kept = [t for t in plan.tiles() if reader(t) is not None]
+    reader.close()
     assert 0 < len(kept) < len(plan)  # the scene's nodata corners are left out
     corner = next(t for t in plan.tiles() if t.row == 0 and t.col == 0)
     assert corner not in kept
