@@ -1,4 +1,5 @@
-"""Answer layers taken to another CRS (`geovlm parse --to-crs`; pyproj, engine side): every vertex through PROJ,
+"""Answer layers taken to another CRS (`geovlm parse --to-crs`, and `geovlm eval --reference`'s reference layer
+taken to the answers' CRS: evaluation/layers.py; pyproj, engine side): every vertex through PROJ,
 a box's edges bent as the projection bends them, and a box over the antimeridian kept whole."""
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ EDGE_DEPTH = 8
 
 
 def reprojected(frame, to_crs):
-    """`frame` (a GeoDataFrame of Polygons and LineStrings with a CRS) in `to_crs`, each vertex through pyproj
+    """`frame` (a GeoDataFrame with a CRS: polygons, holes included, lines, points and their multi-part kinds) in
+    `to_crs`, each vertex through pyproj
     as `GeoDataFrame.to_crs` takes it, with two differences.
 
     Edges are bent: a box is straight in the pixels of its image, so in another CRS its edges are curves (a box
@@ -33,7 +35,7 @@ def reprojected(frame, to_crs):
     import geopandas as gpd
     import numpy as np
     from pyproj import CRS, Transformer
-    from shapely.geometry import LineString, Polygon
+    from shapely.geometry import LineString, Point, Polygon
 
     target = CRS.from_user_input(to_crs)
     plain = Transformer.from_crs(frame.crs, target, always_xy=True)
@@ -50,12 +52,18 @@ def reprojected(frame, to_crs):
     def move(geometry):
         if geometry is None or geometry.is_empty:
             return geometry
-        if geometry.geom_type == "Polygon" and not geometry.interiors:
+        if geometry.geom_type == "Polygon":  # holes take the transformation chosen for the outer ring
             coords = np.asarray(geometry.exterior.coords)
-            return Polygon(_bent(coords, transform_of(coords)))
+            transform = transform_of(coords)
+            return Polygon(_bent(coords, transform), [_bent(np.asarray(ring.coords), transform)
+                                                      for ring in geometry.interiors])
         if geometry.geom_type == "LineString":
             coords = np.asarray(geometry.coords)
             return LineString(_bent(coords, transform_of(coords)))
+        if geometry.geom_type == "Point":
+            return Point(plain.transform(geometry.x, geometry.y))
+        if hasattr(geometry, "geoms"):  # Multi*, GeometryCollection: each part on its own
+            return type(geometry)([move(part) for part in geometry.geoms])
         raise ValueError(f"cannot reproject a {geometry.geom_type} here")
 
     moved = gpd.GeoSeries([move(g) for g in frame.geometry], index=frame.index, crs=target)

@@ -1,7 +1,8 @@
 """Scoring GeoVLM's own layers: answers (what `geovlm parse` / `ask` write) against a layer of reference boxes
 or captions, matched by location. For a user's own labelled data, where no benchmark file exists.
 
-Matching rules (both layers in one CRS: the references are reprojected to the answers' CRS when both have one):
+Matching rules (both layers in one CRS: the references are reprojected to the answers' CRS when both have one,
+by `cli.reprojection.reprojected`, as `geovlm parse --to-crs` reprojects):
 - boxes (`detection`): every answer polygon is one prediction; it is correct when its IoU with at least one
   reference polygon is >= the threshold (0.5), the rule of `evaluation.detection` (EarthDial's precision@0.5)
   with the whole layer as one question. `recall` is the share of reference polygons that some answer polygon
@@ -39,7 +40,9 @@ class Features:
 def read_features(path, layer: Optional[str] = None, default_layer: Optional[str] = None,
                   to_crs=None) -> Features:
     """A layer's features (pyogrio): `layer`, else `default_layer` when the file has it, else its first layer;
-    reprojected to `to_crs` when given and the layer has a CRS. Raises LayerError."""
+    reprojected to `to_crs` when given and the layer has a CRS, as `geovlm parse --to-crs` reprojects
+    (`cli.reprojection.reprojected`: edges bent as the projection bends them, a box over the antimeridian kept
+    whole). Raises LayerError."""
     import geopandas as gpd
     import pyogrio
 
@@ -57,7 +60,12 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     except Exception as exc:
         raise LayerError(f"cannot read {path} layer {name}: {exc}") from None
     if to_crs is not None and frame.crs is not None and frame.crs != to_crs:
-        frame = frame.to_crs(to_crs)
+        from ..cli.reprojection import reprojected  # what `parse --to-crs` does: bent edges, antimeridian whole
+
+        try:
+            frame = reprojected(frame, to_crs)
+        except ValueError as exc:
+            raise LayerError(f"cannot take {path} layer {name} to the answers' CRS: {exc}") from None
     keep = frame.geometry.notna() & ~frame.geometry.is_empty
     frame = frame[keep]
     return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")

@@ -531,3 +531,49 @@ def test_results_saved_as_one_object_around_the_records_score_as_their_json_line
         capsys, "detection", str(sample), "--family", "earthdial")
     assert main(["parse", str(path), "--family", "earthdial", "--out", str(tmp_path / "p.gpkg")]) == 0
     assert capsys.readouterr().out.startswith("60 answers, 94 objects")
+
+
+def test_references_over_the_antimeridian_are_reprojected_as_parse_reprojects(tmp_path, capsys):
+    """The reference layer is taken to the answers' CRS by `parse --to-crs`'s code (cli/reprojection.py), not
+    plain `to_crs`: a reference box in UTM zone 60S across 180 degrees stays one box beside the answer box that
+    `parse --to-crs EPSG:4326` kept whole there; plain `to_crs` tore it across the world (IoU ~0: 0 correct)."""
+    from osgeo import gdal, osr
+    from shapely.geometry import Polygon
+
+    raster = tmp_path / "fiji.tif"  # 400 m x 200 m over Fiji, across 180 degrees
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 200, 100, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((819300, 2, 0, 8118100, 0, -2))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32760)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]]"}) + "\n", encoding="utf-8")
+    gpkg = tmp_path / "answers.gpkg"
+    assert main(["parse", str(answers), "--family", "earthdial", "--raster", str(raster), "--to-crs", "EPSG:4326",
+                 "--out", str(gpkg)]) == 0
+    capsys.readouterr()
+    whole = Polygon([(819300, 8118100), (819700, 8118100), (819700, 8117900), (819300, 8117900)])
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["island"]}, [whole], crs="EPSG:32760")
+    scores = run_json(capsys, "detection", str(gpkg), "--reference", str(refs), "--iou", "0.99")
+    assert scores["overall"] == 1.0 and scores["recall"] == 1.0
+
+
+def test_reference_layers_of_holes_multipolygons_and_points_are_reprojected(tmp_path):
+    """A user's reference layer is not only boxes: a polygon with a hole, a multipolygon and a point come
+    through `read_features(to_crs=...)` with their kind and parts, where PROJ puts their vertices."""
+    import geopandas as gpd
+    from shapely.geometry import MultiPolygon, Point, Polygon
+
+    from geovlm.evaluation.layers import read_features
+
+    ring = [(500000, 4100000), (500040, 4100000), (500040, 4100040), (500000, 4100040)]
+    holed = Polygon(ring, [[(500010, 4100010), (500020, 4100010), (500020, 4100020), (500010, 4100020)]])
+    parts = MultiPolygon([Polygon(ring), Polygon([(x + 100, y) for x, y in ring])])
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["a", "b", "c"]}, [holed, parts, Point(500005, 4100005)])
+    got = read_features(refs, to_crs="EPSG:4326").geometries
+    plain = list(gpd.GeoSeries([holed, parts, Point(500005, 4100005)], crs="EPSG:32616").to_crs("EPSG:4326"))
+    assert [g.geom_type for g in got] == ["Polygon", "MultiPolygon", "Point"]
+    assert len(got[0].interiors) == 1 and len(got[1].geoms) == 2
+    for mine, theirs in zip(got, plain):
+        assert mine.hausdorff_distance(theirs) < 1e-9  # degrees: small shapes, whose edges stay straight
