@@ -1,6 +1,7 @@
 """Writing parsed answers as GIS layers (geopandas/pyogrio, engine side): `objects` and `relations`."""
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from ..core.answer import Answer
 from ..core.georef import ImageFrame
 from ..core.layer_rows import OBJECT_FIELDS, RELATION_FIELDS, answer_rows
 from . import CliError
-from .reprojection import reprojected
+from .reprojection import beyond_area_of_use, reprojected
 
 GPKG_OPTIONS = {"VERSION": "1.3"}  # QGIS 3.22 opens GeoPackage 1.3 without warnings
 
@@ -134,9 +135,12 @@ def write_layers(records: Iterable[ParsedRecord], out_path, to_crs=None, overwri
         if obj_df.crs is None:
             raise CliError("--to-crs needs answers about a georeferenced image with a CRS")
         try:
+            beyond = beyond_area_of_use((obj_df, rel_df), to_crs)
             obj_df, rel_df = reprojected(obj_df, to_crs), reprojected(rel_df, to_crs)
         except Exception as exc:  # pyproj raises several types for a bad CRS
             raise CliError(f"cannot reproject to {to_crs!r}: {exc}") from None
+        if beyond:
+            print(f"geovlm parse: warning: {beyond}", file=sys.stderr)
     from pyogrio.errors import DataSourceError
 
     try:

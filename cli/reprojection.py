@@ -74,6 +74,33 @@ def reprojected(frame, to_crs):
     return gpd.GeoDataFrame(frame.drop(columns=frame.geometry.name), geometry=moved, crs=target)
 
 
+def beyond_area_of_use(frames, to_crs) -> str:
+    """One line (for a warning) when features of `frames` (GeoDataFrames with a CRS, as given to `reprojected`)
+    reach latitudes outside `to_crs`'s area of use (pyproj's `CRS.area_of_use`, from the EPSG registry), "" when
+    none do or the CRS states no area. Past its latitudes a CRS's coordinates are valid numbers but stretched
+    beyond use: Web Mercator (EPSG:3857, 85.06 degrees S to N) gives y = 3.0e7 m at 89.9 degrees and more
+    without bound. Where PROJ gives no coordinates at all, `reprojected` refuses instead. Longitudes are not
+    checked: a zone's CRS (UTM) used beside its zone is common and stays usable."""
+    from pyproj import CRS
+
+    target = CRS.from_user_input(to_crs)
+    area = target.area_of_use
+    if area is None:
+        return ""
+    beyond = total = 0
+    for frame in frames:
+        shown = frame.geometry[frame.geometry.notna() & ~frame.geometry.is_empty]
+        bounds = shown.to_crs("EPSG:4326").bounds
+        total += len(bounds)
+        beyond += int(((bounds["miny"] < area.south - 1e-9) | (bounds["maxy"] > area.north + 1e-9)).sum())
+    if not beyond:
+        return ""
+    name = target.to_string() if target.to_epsg() is None else f"EPSG:{target.to_epsg()}"
+    return (f"{beyond} of {total} features reach latitudes outside {name}'s area of use ({area.south:g} to "
+            f"{area.north:g} degrees), where its coordinates are stretched beyond use; choose a CRS that covers "
+            "them (EPSG:4326, or a polar one such as EPSG:3413 or EPSG:3031)")
+
+
 def _bent(coords, transform):
     """The (M, 2) target vertices of the (N, 2) source vertices `coords` (a path; a ring repeats its first
     vertex last) through `transform(xs, ys)`: each edge's ends, and between them the images of the midpoints

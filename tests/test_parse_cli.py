@@ -478,3 +478,22 @@ def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(data_dir, 
         assert main(["parse", answers, "--family", "earthdial", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"geovlm parse: cannot write {out}: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("north, warned", [(88.5, True), (45.5, False)])
+def test_to_crs_web_mercator_past_85_degrees_is_warned_in_one_line(tmp_path, capsys, north, warned):
+    # EPSG:3857 covers 85.06 S to 85.06 N: a box at 87.5-88.5 N came out at y = 2.1e7-2.4e7 m without a word
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]][[0, 0, 10, 10, 0]]"}) + "\n")
+    out = tmp_path / "a.geojson"
+    assert main(["parse", str(src), "--family", "earthdial", "--geotransform", f"0.001,0,9,0,-0.001,{north}",
+                 "--crs", "EPSG:4326", "--image-size", "1000x1000", "--to-crs", "EPSG:3857", "--out",
+                 str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    if warned:
+        assert err == ["geovlm parse: warning: 2 of 2 features reach latitudes outside EPSG:3857's area of use "
+                       "(-85.06 to 85.06 degrees), where its coordinates are stretched beyond use; choose a CRS "
+                       "that covers them (EPSG:4326, or a polar one such as EPSG:3413 or EPSG:3031)"]
+    else:
+        assert err == []
+    assert len(json.loads(out.read_text())["features"]) == 2  # written all the same
