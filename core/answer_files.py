@@ -22,7 +22,8 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
     record (each of their lines is not an answer); one object around the records, on one line or several
     ({"results": [...]}, {"0": {...}, ...}: `records_of`), those records.
 
-    A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'") raises
+    A line that is not readable as such ("FILE:N: not a JSON object ...", "FILE:N: no field 'answer'", "FILE:N:
+    field 'answer' is null, not an answer text": a number, true/false, a list or an object neither) raises
     ValueError with the file and line, or, when a list `bad` is given, is appended to it as that one-line
     message and skipped, so that every bad line can be reported at once and the good ones used. A file that is
     not text (NUL bytes, or bytes that are not UTF-8: an image or other binary file given by mistake) raises
@@ -52,6 +53,8 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
             problem = f"not a JSON object (the file looks like {expected})"
         if problem is None and field not in record:
             problem = f"no field {field!r}"
+        if problem is None and not isinstance(record[field], str):
+            problem = f"field {field!r} is {_kind_of(record[field])}, not an answer text"
         if problem is not None:
             message = f"{path}: {where} {number}: {problem}" if where else f"{path}:{number}: {problem}"
             if bad is None:
@@ -59,7 +62,14 @@ def read_answers(path, field: str = "answer", question_field: str = "question",
             bad.append(message)
             continue
         question = record.get(question_field)
-        yield number, "" if record[field] is None else str(record[field]), "" if question is None else str(question)
+        yield number, record[field], "" if question is None else str(question)
+
+
+def _kind_of(value) -> str:
+    """What a JSON value that is not a string is, in a message ("null", "a number", ...)."""
+    kinds = {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "a list",
+             dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def read_text(path) -> str:

@@ -497,3 +497,24 @@ def test_to_crs_web_mercator_past_85_degrees_is_warned_in_one_line(tmp_path, cap
     else:
         assert err == []
     assert len(json.loads(out.read_text())["features"]) == 2  # written all the same
+
+
+def test_records_whose_answer_is_not_a_text_are_named_not_skipped_silently(tmp_path, capsys):
+    src = tmp_path / "odd.jsonl"
+    src.write_text('{"answer": "[[10, 10, 20, 20, 0]]"}\n{"answer": 42}\n{"answer": null}\n'
+                   '{"answer": ["[[1, 1, 2, 2, 0]]"]}\n{"answer": true}\n')
+    out = tmp_path / "o.gpkg"
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"geovlm parse: {src}:2: field 'answer' is a number, not an answer text",
+        f"geovlm parse: {src}:3: field 'answer' is null, not an answer text",
+        f"geovlm parse: {src}:4: field 'answer' is a list, not an answer text",
+        f"geovlm parse: {src}:5: field 'answer' is true/false, not an answer text"]
+    assert captured.out.startswith("1 answers, 1 objects") and "4 bad lines left out" in captured.out
+    # one pretty-printed array: each such element named by its number
+    src = tmp_path / "odd.json"
+    src.write_text(json.dumps([{"answer": None}, {"answer": "[[10, 10, 20, 20, 0]]"}], indent=1))
+    assert main(["parse", str(src), "--family", "earthdial", "--out", str(tmp_path / "a.gpkg")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"geovlm parse: {src}: element 1: field 'answer' is null, not an answer text")
