@@ -52,6 +52,8 @@ class AnswerLayers:
         self.project = project or QgsProject.instance()
         self.layers: List[Optional[QgsVectorLayer]] = [None, None]
         self.path, self.unsaved = self._where()
+        # (feature ids, relations layer) of the last `add`'s relations, in their order; ([], None) without any
+        self.added_relations: Tuple[List[int], Optional[QgsVectorLayer]] = ([], None)
 
     def layer_ids(self) -> List[str]:
         """The ids of its layers that still exist (one removed from the project may be deleted already)."""
@@ -137,11 +139,12 @@ class AnswerLayers:
     def add(self, objects: List[QgsFeature], relations: List[QgsFeature],
             crs) -> Tuple[List[int], Optional[QgsVectorLayer]]:
         """Append one answer's features (in `crs`, the view's); returns the new objects' feature ids and the
-        objects layer (None when the answer has no objects). A layer is made, and added to the project, only
-        for an answer that has features for it: an answer without boxes adds no empty layer. Raises OSError
-        when the GeoPackage cannot be written."""
+        objects layer (None when the answer has no objects); the relations' feature ids and layer are kept in
+        `added_relations`. A layer is made, and added to the project, only for an answer that has features for
+        it: an answer without boxes adds no empty layer. Raises OSError when the GeoPackage cannot be written."""
         ids: List[int] = []
         objects_layer = None
+        self.added_relations = ([], None)
         for index, features in ((0, objects), (1, relations)):
             if not features:
                 continue
@@ -154,6 +157,8 @@ class AnswerLayers:
                 raise OSError(f"could not append to {self.path}: {layer.dataProvider().lastError()}")
             if index == 0:
                 ids, objects_layer = [f.id() for f in added], layer
+            else:
+                self.added_relations = ([f.id() for f in added], layer)
             layer.updateExtents()
             layer.triggerRepaint()
         return ids, objects_layer

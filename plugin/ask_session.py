@@ -38,6 +38,18 @@ from .view_render import ViewRender
 LOG_TAG = "GeoVLM"
 
 
+def relation_links(answer, fids: List[int], layer) -> List[Tuple[str, str]]:
+    """[(text, "<layer id>/<feature id>")] of an answer's relations that became features of `layer` (those
+    whose subject and object both have a box, in the answer's order, as `core.layer_rows.answer_rows` makes
+    them; `fids` their feature ids): "0 building — adjacent → 2 building", the transcript's link to each."""
+    if layer is None:
+        return []
+    names = {obj.id: f"{obj.id} {obj.label or obj.kind}" for obj in answer.objects}
+    drawn = [rel for rel in answer.relations if rel.subject in names and rel.object in names]
+    return [(f"{names[rel.subject]} — {rel.predicate} → {names[rel.object]}", f"{layer.id()}/{fid}")
+            for rel, fid in zip(drawn, fids)]
+
+
 class AskSession(EngineHeader, QuestionHold, QObject):
     """Drives an `ui.ask_dock.AskDock` on `iface`'s canvas. `engine` ("" = the configured one, "local", or
     URLs) and `authcfg` are passed to `engine_access.connect`. A question for the plugin's local engine while it
@@ -269,7 +281,9 @@ class AskSession(EngineHeader, QuestionHold, QObject):
             objects, relations = ask_features(answer, self.view, len(self.turns), provenance)
             ids, layer = self.layers.add(objects, relations, self._view_crs())
             # the layer's id too: an earlier GeoPackage (before the project was saved) has its own feature ids
-            links = [(obj, f"{layer.id()}/{fid}") for obj, fid in zip(answer.objects, ids)]
+            links = [(f"{obj.id} {obj.label or obj.kind}", f"{layer.id()}/{fid}")
+                     for obj, fid in zip(answer.objects, ids)]
+            links += relation_links(answer, *self.layers.added_relations)
             if ids and asks_how_many(turn.question):
                 count, area = self.layers.total_area(layer, ids)
                 turn.notes.append(f"{count} object{'' if count == 1 else 's'}, {area} in all (ellipsoidal)")
@@ -280,8 +294,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         boxed = draw_boxes(self.image, answer)
         turn.image_png = png_bytes(boxed) if first else b""
         self.dock.show_preview(QPixmap.fromImage(boxed))
-        items = "".join(f'<li><a href="geovlm:{fid}">{obj.id} {html.escape(obj.label or obj.kind)}</a></li>'
-                        for obj, fid in links)
+        items = "".join(f'<li><a href="geovlm:{fid}">{html.escape(name)}</a></li>' for name, fid in links)
         notes = "".join(f"<li><i>{html.escape(n)}</i></li>" for n in turn.notes)
         self._html.append(f"<p><b>Model:</b> {html.escape(answer.plain_text or text)}</p>"
                           + (f"<ul>{items}{notes}</ul>" if items or notes else ""))

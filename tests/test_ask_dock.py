@@ -996,6 +996,31 @@ def test_the_first_answer_of_an_unsaved_project_logs_no_ogr_warning(dock, tmp_pa
     assert [line for line in logged if "OGR" in line or "Cannot open" in line] == []
 
 
+def test_a_scene_graphs_relations_are_listed_and_linked_to_their_features(dock, qgis_canvas):
+    """A scene-graph answer lists its relations beside its objects ("0 building — adjacent → 1 building"), each a
+    link that pans the map to its relation feature, as the object links do to theirs."""
+    graph = ("<ref>building</ref><rbox>({<20><20><10><10>|<90>})</rbox> <rel>adjacent</rel> "
+             "<ref>building</ref><rbox>({<40><20><10><10>|<90>})</rbox>. "
+             "<ref>car</ref><rbox>({<70><70><6><6>|<90>})</rbox> <rel>parked alongside with</rel> "
+             "<ref>road</ref><rbox>({<80><80><8><30>|<90>})</rbox>.")
+    session = dock.ask
+    with ScriptedEngine("skysensegpt", graph) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+    [relations] = QgsProject.instance().mapLayersByName("geovlm_relations")
+    assert relations.featureCount() == 2
+    text = session.dock.transcript.toPlainText()
+    assert "0 building — adjacent → 1 building" in text, text
+    assert "2 car — parked alongside with → 3 road" in text, text
+    html_text = session.dock.transcript.toHtml()
+    for feature in relations.getFeatures():
+        href = f"geovlm:{relations.id()}/{feature.id()}"
+        assert href in html_text
+        qgis_canvas.setCenter(QgsPointXY(0, 0))
+        session.dock.transcript.anchorClicked.emit(QUrl(href))
+        assert feature.geometry().boundingBox().buffered(1e-6).contains(qgis_canvas.center())
+
+
 @pytest.mark.parametrize("failing", ["drop", "silent"])
 def test_an_engine_that_does_not_answer_is_given_up_soon_and_nothing_is_lost(dock, qgis_iface, failing):
     """An engine whose HTTP front is up (/v1/models answers) but which drops every chat request, or never answers

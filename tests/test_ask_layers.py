@@ -86,3 +86,7 @@ def test_a_layer_joins_the_project_only_with_features_for_it(project, tmp_path):
     ids, same = layers.add(_objects(1), [relation], crs)
     assert len(ids) == 1 and same.id() == layer.id() and layer.featureCount() == 3
     assert sorted(found.name() for found in project.mapLayers().values()) == ["geovlm_objects", "geovlm_relations"]
+    rel_ids, relations = layers.added_relations  # what the dock links its relations to
+    assert relations.name() == "geovlm_relations" and [f.id() for f in relations.getFeatures()] == rel_ids
+    layers.add(_objects(1), [], crs)
+    assert layers.added_relations == ([], None)
