@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..core.georef import GeoTransform, ImageFrame, pixel_frame
-from ..models.imagery import import_rasterio, not_georeferenced_ok
+from ..models.imagery import import_rasterio, not_georeferenced_ok, vector_file_summary
 from . import CliError
 
 Window = Tuple[int, int, int, int]  # col, row, width, height
@@ -34,7 +34,8 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
     """Size, geotransform and CRS of a raster (or of a window of it), with clear errors for bad files. A raster
     without georeferencing (no geotransform, no CRS, no GCPs: a PNG named .tif) gets the pixel frame
     (`core.georef.pixel_frame`: x = column, y = -row, a local pixel CRS), and one line on stderr says so; so
-    does one for a raster with a geotransform but no CRS (its layers are placed but carry no CRS)."""
+    does one for a raster with a geotransform but no CRS (its layers are placed but carry no CRS). A vector file
+    (GeoJSON, a Shapefile, a vector-only GeoPackage) is refused as such in one line."""
     rasterio = import_rasterio()
     path = Path(path)
     if not path.exists():
@@ -51,6 +52,10 @@ def open_frame(path, window: Optional[Window] = None) -> ImageFrame:
             raise CliError(f"raster {path} is a folder that GDAL cannot open as a raster: give a raster file") from None
         if path.stat().st_size == 0:
             raise CliError(f"raster {path} is an empty file (0 bytes)") from None
+        vector = vector_file_summary(path)
+        if vector is not None:
+            raise CliError(f"{path} is a vector file ({vector}), not a raster: give a raster image "
+                           "(GeoTIFF, PNG, JPEG, VRT...)") from None
         raise CliError(f"cannot read raster {path}: {exc}") from None
     if not bare:
         try:

@@ -150,6 +150,22 @@ def read_failure(exc: Exception) -> str:
     return "its header opens but its pixels cannot be read (a truncated or damaged file)"
 
 
+def vector_file_summary(path) -> Optional[str]:
+    """What a file that GDAL could not open as a raster holds when OGR opens it as vector data (pyogrio's
+    `list_layers`), in a few words ("GeoJSON, 1 layer: labels (Polygon)"); None when it is no vector file
+    either. For the one line that says a vector file was given where a raster was wanted."""
+    import pyogrio
+
+    try:
+        layers = pyogrio.list_layers(path)
+        driver = pyogrio.read_info(path, layer=0)["driver"] if len(layers) else "no layers"
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, OSError, ValueError):
+        return None
+    named = ", ".join(f"{name} ({kind or 'no geometry'})" for name, kind in layers[:3])
+    more = f", and {len(layers) - 3} more" if len(layers) > 3 else ""
+    return f"{driver}, {len(layers)} {'layer' if len(layers) == 1 else 'layers'}: {named}{more}"
+
+
 @contextlib.contextmanager
 def not_georeferenced_ok(rasterio):
     """A context in which rasterio's two-line NotGeoreferencedWarning is not printed: the CLI says in one line

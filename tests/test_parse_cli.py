@@ -518,3 +518,20 @@ def test_records_whose_answer_is_not_a_text_are_named_not_skipped_silently(tmp_p
     assert main(["parse", str(src), "--family", "earthdial", "--out", str(tmp_path / "a.gpkg")]) == 1
     assert capsys.readouterr().err.strip() == (
         f"geovlm parse: {src}: element 1: field 'answer' is null, not an answer text")
+
+
+@pytest.mark.parametrize("command", [["parse", "ANSWERS", "--family", "geochat", "--raster"],
+                                     ["ask", "--model", "NOMODEL", "--out", "OUT", "--", "RASTER_ARG", "what?"]])
+def test_a_vector_file_given_as_the_raster_is_said_to_be_one(data_dir, tmp_path, capsys, command):
+    vector = data_dir / "rasters" / "geotiff_labels.geojson"
+    src = tmp_path / "a.txt"
+    src.write_text("{<0><0><50><50>|<90>}\n")
+    args = [str(src) if a == "ANSWERS" else str(tmp_path / "m") if a == "NOMODEL" else
+            str(tmp_path / "o.gpkg") if a == "OUT" else str(vector) if a == "RASTER_ARG" else a for a in command]
+    if command[0] == "parse":
+        args += [str(vector), "--out", str(tmp_path / "o.gpkg")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geovlm {command[0]}: {vector} is a vector file (GeoJSON, 1 layer: geotiff_labels (Polygon)), "
+                   "not a raster: give a raster image (GeoTIFF, PNG, JPEG, VRT...)"), err
+    assert not (tmp_path / "o.gpkg").exists()
