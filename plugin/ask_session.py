@@ -70,6 +70,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self.task: Optional[AskTask] = None
         self.layers: Optional[AnswerLayers] = None
         self._retired_layers: List[AnswerLayers] = []  # earlier GeoPackages (before the project was saved)
+        self._where_note = ""  # where the features go, said with the first answer that has some for `layers`
         self.rectangle: Optional[DrawnRectangle] = None  # as dragged on screen, in the map's CRS of then
         self.family = engine_settings.load().family
         self._html: List[str] = []
@@ -271,15 +272,17 @@ class AskSession(EngineHeader, QuestionHold, QObject):
                 self.layers = None
             if self.layers is None:
                 self.layers = AnswerLayers()
-                if self.layers.unsaved:
-                    turn.notes.append(f"the project is not saved: features go to {self.layers.path} (kept; once the "
-                                      "project is saved, new answers go beside it)")
-                elif self._retired_layers:
-                    turn.notes.append(f"the project is saved: features now go to {self.layers.path}")
+                self._where_note = (
+                    f"the project is not saved: features go to {self.layers.path} (kept; once the project is saved, "
+                    "new answers go beside it)" if self.layers.unsaved else
+                    f"the project is saved: features now go to {self.layers.path}" if self._retired_layers else "")
             provenance = Provenance(turn.question, turn.task, info["model"], info["family"], info["engine"], text)
             turn.time = provenance.time
             objects, relations = ask_features(answer, self.view, len(self.turns), provenance)
             ids, layer = self.layers.add(objects, relations, self._view_crs())
+            if self._where_note and (ids or self.layers.added_relations[0]):  # said when the file is written
+                turn.notes.append(self._where_note)
+                self._where_note = ""
             # the layer's id too: an earlier GeoPackage (before the project was saved) has its own feature ids
             links = [(f"{obj.id} {obj.label or obj.kind}", f"{layer.id()}/{fid}")
                      for obj, fid in zip(answer.objects, ids)]

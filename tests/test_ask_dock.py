@@ -315,6 +315,28 @@ def test_an_unsaved_projects_answers_are_kept_in_the_profile_then_beside_the_sav
     assert kept.isValid() and kept.featureCount() == 3  # the answers asked before the project was saved
 
 
+def test_an_unsaved_projects_file_is_named_with_the_first_answer_that_has_features(dock, tmp_path, monkeypatch):
+    """The GeoPackage of an unsaved project is written only with the first features: an answer without boxes
+    does not name it; the first answer with boxes does, once."""
+    from geovlm.plugin import settings as engine_settings
+
+    monkeypatch.setattr(engine_settings, "data_dir", lambda: tmp_path / "profile-geovlm")
+    QgsProject.instance().setFileName("")
+    session = dock.ask
+    with ScriptedEngine("geochat", ["Fields and a road.", ANSWER, ANSWER]) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+        assert "features go to" not in session.dock.transcript.toPlainText() and not objects_layers()
+        ask(session, "And the fields?", "ask", wait=True)
+        [layer] = objects_layers()
+        path = Path(layer.source().split("|")[0])
+        assert path.is_file()
+        assert session.turns[1].notes[0].startswith(f"the project is not saved: features go to {path}")
+        assert not any("features go to" in note for note in session.turns[0].notes)
+        ask(session, "And again?", "ask", wait=True)
+    assert session.dock.transcript.toPlainText().count("features go to") == 1
+
+
 def test_engine_header_follows_the_options_and_the_engine_used(dock):
     """Settings ▸ Options ▸ GeoVLM saved (OK): the header names the engine now configured, once, with one state word."""
     from geovlm.plugin import settings as engine_settings
