@@ -43,7 +43,9 @@ def register(sub) -> None:
 
 def add_profile_overrides(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field, e.g. --set angle_sense=-1 --set upright_angle=0")
+                        help="override a profile field (repeatable), e.g. --family earthdial --set angle_mode=offset "
+                        "--set upright_angle=90: only a written angle of 90 is upright, 0 a quarter turn (by default "
+                        "both are upright: the nearest axis)")
 
 
 def profile_overrides(args) -> dict:

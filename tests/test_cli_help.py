@@ -1,4 +1,5 @@
 """`geovlm --help` and each command's help: every example they show runs as shown, pasted in a clone's root."""
+import json
 import re
 import shlex
 import subprocess
@@ -68,3 +69,25 @@ def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path, argv):
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_the_set_example_in_the_help_does_what_it_says_for_its_family(tmp_path):
+    # the example was `--set angle_sense=-1 --set upright_angle=0`, and upright_angle moves nothing for the
+    # families that read angles by the nearest axis (geochat, earthdial)
+    text = " ".join(helps()["parse"].split())
+    example = re.search(r"e\.g\. --family (\w+)((?: --set \S+)+): only a written angle of 90 is upright, 0 a "
+                        r"quarter turn \(by default both are upright", text)
+    assert example, text
+    family, sets = example.group(1), example.group(2).rstrip(":").split()
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"answer": "[[10, 10, 50, 30, 0]][[10, 10, 50, 30, 90]]"}) + "\n")
+
+    def angles(*extra):
+        out = tmp_path / f"o{len(extra)}.geojson"
+        run = subprocess.run([sys.executable, "-m", "geovlm", "parse", str(src), "--family", family, *extra,
+                              "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return [f["properties"]["angle"] for f in json.loads(out.read_text())["features"]]
+
+    assert angles() == [0, 0]  # both upright by default
+    assert [abs(a) for a in angles(*sets)] == [90, 0]  # with the example: 90 upright, 0 a quarter turn
