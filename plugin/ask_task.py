@@ -55,8 +55,9 @@ class AskTask(EngineTask):
     engine, notice), `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the
     history), `failed(message)` with one line, never a traceback. The engine is waited for as a person at the
     dock can wait (`ask_patience`: retries for INTERACTIVE_RETRY_S, REPLY_WAIT_S for a reply to begin), not as
-    a bulk job. `cancel()` aborts the request within a fraction of a second; then `failed("stopped")`, and the
-    QgsTask itself ends completed, not terminated (QGIS would say "Task failed")."""
+    a bulk job. `cancel()` aborts the request within a fraction of a second; then `failed("stopped")`. The
+    QgsTask itself ends completed, not terminated, after a stop and after a failure `failed` reports (the engine
+    down, given up on): QGIS would say "Task failed" beside the dock's own line for the same failure."""
 
     token = pyqtSignal(str)
     restarted = pyqtSignal()
@@ -100,7 +101,9 @@ class AskTask(EngineTask):
         except Exception as exc:  # a worker must not raise into the task manager: one line, logged
             self.error = f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}"
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)
-        return False
+        # A failure handled here (the engine down, given up on, an error) is said once, by whoever takes `failed`:
+        # the task itself ends completed, or QGIS would say "Task failed" beside that line, for the same failure.
+        return True
 
     def _patient(self, transport):
         """The connection's transport as a person at the dock waits on it (`ask_patience.PatientTransport`)."""

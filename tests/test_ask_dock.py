@@ -4,10 +4,19 @@ them, follow-ups about the same image, Stop within a second, engine down, unload
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from qgis.core import (
+    QgsApplication,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsTask,
+    QgsVectorLayer,
+)
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QColor, QImage
 
@@ -154,12 +163,27 @@ def test_stop_cancels_within_a_second(dock):
     assert session.dock.send.isEnabled() and not objects_layers()
 
 
+@contextmanager
+def task_statuses():
+    """`with task_statuses() as statuses:` the QgsTask statuses the task manager reports within the block."""
+    statuses = []
+    record = lambda task_id, status: statuses.append(status)  # noqa: E731
+    QgsApplication.taskManager().statusChanged.connect(record)
+    try:
+        yield statuses
+    finally:
+        QgsApplication.taskManager().statusChanged.disconnect(record)
+
+
 def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
+    """One message: the dock's. The task ends completed: a terminated one makes QGIS say "Task failed" too."""
     session = dock.ask
     session.engine = down_engine_url()
-    ask(session, "Describe the image", wait=True)
+    with task_statuses() as statuses:
+        ask(session, "Describe the image", wait=True)
     [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
     assert "down or unreachable" in message and "Traceback" not in message
+    assert QgsTask.TaskStatus.Complete in statuses and QgsTask.TaskStatus.Terminated not in statuses, statuses
     assert session.dock.send.isEnabled()
 
 
@@ -1059,8 +1083,11 @@ def test_an_engine_that_does_not_answer_is_given_up_soon_and_nothing_is_lost(doc
         engine.failing = failing
         seen = []
         started = time.monotonic()
-        ask(session, "And the road?", "ask")
-        assert wait_for(lambda: seen.append(session.dock.transcript.toPlainText()) or not session.busy(), 60)
+        with task_statuses() as statuses:
+            ask(session, "And the road?", "ask")
+            assert wait_for(lambda: seen.append(session.dock.transcript.toPlainText()) or not session.busy(), 60)
+        # the dock's line is the only message: the task ends completed (QGIS says "Task failed" for a terminated one)
+        assert QgsTask.TaskStatus.Complete in statuses and QgsTask.TaskStatus.Terminated not in statuses, statuses
         took = time.monotonic() - started
         bound = INTERACTIVE_RETRY_S if failing == "drop" else 2 * REPLY_WAIT_S
         assert took < bound + 3 and engine.dropped >= 2, (took, engine.dropped)
