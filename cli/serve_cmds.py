@@ -63,6 +63,7 @@ def register(sub) -> None:
     check.add_argument("--temperature", type=float, default=0.0, help="0 (greedy) to 2")
     add_retry_window_arg(check, ENGINE_CHECK_RETRY_WINDOW_S, "it is a check: an engine that is down is said "
                          "so soon")
+    add_request_timeout_arg(check)
     check.set_defaults(func=cmd_engine_check)
 
 
@@ -363,6 +364,7 @@ def cmd_engine_check(args) -> int:
     check_generation_args(args.max_tokens, args.temperature, "--max-tokens")
     if not args.question.strip():
         raise CliError("--question is empty: ask something, e.g. \"Describe the image.\"")
+    request_timeout(args)  # said before any engine is started or reached, as ask does
     client = engine_for(args)
     try:
         health = client.health()

@@ -1,6 +1,7 @@
 """`geovlm demo-model`, `export-encoder`, `ask` end to end on the demo model and the shared rasters."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,23 @@ def test_ask_interrupted_says_in_one_line_what_was_lost_and_kept_and_how_to_ask_
         f"{kept}; run the same command to ask again")
     assert "Traceback" not in stderr and "geovlm ask: interrupted" not in stderr
     assert (out.read_bytes() == earlier) if out_exists else not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1e9", "nan"])
+def test_engine_check_refuses_a_request_timeout_as_ask_does(capsys, value):
+    # no engine is started or reached: the value is refused first
+    assert main(["engine-check", "--engine", "http://127.0.0.1:9", "--request-timeout", value]) == 2
+    assert capsys.readouterr().err.strip() == ("geovlm engine-check: --request-timeout is the seconds one attempt "
+                                               f"waits, more than 0 and at most 3600, not {float(value):g}")
+
+
+def test_engine_check_gives_up_on_a_slow_engine_within_its_request_timeout(engines):
+    """An engine that takes 60 s to answer: --request-timeout 1 --retry-window 2 gives up in seconds, saying so."""
+    from bulk_support import run_cli
+
+    engine = engines(delay=60.0)
+    started = time.monotonic()
+    code, _, stderr = run_cli("engine-check", "--engine", engine.url, "--request-timeout", 1, "--retry-window", 2,
+                              timeout=60)
+    assert code == 2 and time.monotonic() - started < 30, stderr
+    assert f"geovlm: {engine.url} sent no answer within 1 s (--request-timeout to change)" in stderr, stderr
