@@ -124,7 +124,7 @@ class AskTask(EngineTask):
 class FamilyProbe(EngineTask):
     """Reads which model family an engine serves (its /v1/models), so the dock offers only that family's
     tasks before the first question. `found(family)` on success (GUI thread); failures stay silent here
-    (the question itself reports them)."""
+    (the question itself reports them): the task ends completed, or QGIS would say "Task failed" for it."""
 
     found = pyqtSignal(str)
 
@@ -138,8 +138,9 @@ class FamilyProbe(EngineTask):
                 self.result_family = connection.profile.name
             return True
         except Exception:  # any failure: the dock keeps the tasks it shows  # noqa: BLE001
-            return False
+            self.result_family = ""
+        return True
 
     def finished(self, result: bool) -> None:
-        if result:
+        if result and self.result_family:
             self.found.emit(self.result_family)
