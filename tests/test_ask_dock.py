@@ -1065,6 +1065,9 @@ def test_a_scene_graphs_relations_are_listed_and_linked_to_their_features(dock, 
         qgis_canvas.setCenter(QgsPointXY(0, 0))
         session.dock.transcript.anchorClicked.emit(QUrl(href))
         assert feature.geometry().boundingBox().buffered(1e-6).contains(qgis_canvas.center())
+    from qgis.gui import QgsRubberBand  # the flashes end (a later test counts the canvas's rubber bands)
+    assert wait_for(lambda: not [i for i in qgis_canvas.scene().items()
+                                 if isinstance(i, QgsRubberBand) and i.isVisible()], 10)
 
 
 @pytest.mark.parametrize("failing", ["drop", "silent"])
