@@ -2,6 +2,7 @@
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("GDAL_PAM_ENABLED", "NO")
 for var in ("PROJ_LIB", "PROJ_DATA"):
     os.environ.pop(var, None)
+# A suite started in the background by a script (`make test &`, nohup) has SIGINT ignored, and every process it
+# starts inherits that: the Ctrl-C tests' commands would never see their SIGINT. A handler (unlike SIG_IGN) is
+# not inherited across exec, so the children start with SIGINT as a terminal's foreground job has it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = str(Path(__file__).resolve().parent)
