@@ -160,23 +160,10 @@ def train(model, pipe, prompt, feats, boxes, steps: int, batch: int, minutes: fl
     return len(losses), sum(losses[:50]) / min(50, len(losses)), sum(losses[-50:]) / min(50, len(losses))
 
 
-def iou(a, b) -> float:
-    """IoU of two x0,y0,x1,y1 boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def bounds(obj):
-    xs, ys = [p[0] for p in obj.polygon], [p[1] for p in obj.polygon]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
 def compare(pipe, pipe_int8, prompt, tiles, tokens: int) -> dict:
     """Greedy answers through fp32 and int8 features on each tile, parsed and compared (see the module doc)."""
     from geovlm.core.parsing import parse_answer
+    from geovlm.evaluation.detection import polygon_iou
     from geovlm.models.language import DecodeSettings
 
     out = {"n": len(tiles), "identical": 0, "parsed": 0, "count_differs": 0, "shifts": [], "ious": [],
@@ -196,7 +183,8 @@ def compare(pipe, pipe_int8, prompt, tiles, tokens: int) -> dict:
         out["identical"] += ids[0] == ids[1]
         if parsed[0].objects:
             out["parsed"] += 1
-            out["ious"].append(iou(bounds(parsed[0].objects[0]), truth))
+            x0, y0, x1, y1 = truth
+            out["ious"].append(polygon_iou(parsed[0].objects[0].polygon, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]))
         if len(parsed[0].objects) != len(parsed[1].objects):
             out["count_differs"] += 1
         elif parsed[0].objects:
