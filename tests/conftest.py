@@ -37,6 +37,22 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture
+def antimeridian_raster(tmp_path) -> Path:
+    """A 3-band GeoTIFF of 200 x 100 px at 2 m in UTM zone 60S (EPSG:32760) over Fiji, 400 m wide across 180
+    degrees (x = 819451.55 at its rows), for the tests of reprojection across the antimeridian."""
+    from osgeo import gdal, osr
+
+    raster = tmp_path / "fiji.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 200, 100, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((819300, 2, 0, 8118100, 0, -2))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32760)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    return raster
+
+
 @pytest.fixture(scope="module")
 def processing(qgis_app):
     """QGIS's `processing` module (processing.run, ...), its framework initialised in this process."""

@@ -533,20 +533,14 @@ def test_results_saved_as_one_object_around_the_records_score_as_their_json_line
     assert capsys.readouterr().out.startswith("60 answers, 94 objects")
 
 
-def test_references_over_the_antimeridian_are_reprojected_as_parse_reprojects(tmp_path, capsys):
+def test_references_over_the_antimeridian_are_reprojected_as_parse_reprojects(tmp_path, capsys,
+                                                                            antimeridian_raster):
     """The reference layer is taken to the answers' CRS by `parse --to-crs`'s code (cli/reprojection.py), not
     plain `to_crs`: a reference box in UTM zone 60S across 180 degrees stays one box beside the answer box that
     `parse --to-crs EPSG:4326` kept whole there; plain `to_crs` tore it across the world (IoU ~0: 0 correct)."""
-    from osgeo import gdal, osr
     from shapely.geometry import Polygon
 
-    raster = tmp_path / "fiji.tif"  # 400 m x 200 m over Fiji, across 180 degrees
-    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 200, 100, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((819300, 2, 0, 8118100, 0, -2))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32760)
-    ds.SetProjection(srs.ExportToWkt())
-    ds = None
+    raster = antimeridian_raster  # 400 m x 200 m over Fiji, across 180 degrees
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]]"}) + "\n", encoding="utf-8")
     gpkg = tmp_path / "answers.gpkg"

@@ -157,18 +157,11 @@ def test_to_crs_reprojects_every_vertex(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("to_crs, world", [("EPSG:4326", 360.0), ("EPSG:3857", 2 * 20037508.342789244)])
-def test_to_crs_keeps_a_box_over_the_antimeridian_whole(tmp_path, to_crs, world):
+def test_to_crs_keeps_a_box_over_the_antimeridian_whole(tmp_path, to_crs, world, antimeridian_raster):
     # a 400 m wide raster in UTM zone 60S over Fiji, across 180 degrees (x = 819451.55 at its rows)
-    from osgeo import gdal, osr
     from pyproj import Transformer
 
-    raster = tmp_path / "fiji.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 200, 100, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((819300, 2, 0, 8118100, 0, -2))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32760)
-    ds.SetProjection(srs.ExportToWkt())
-    ds = None
+    raster = antimeridian_raster
     src = tmp_path / "a.jsonl"
     src.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]][[0, 0, 10, 10, 0]]"}) + "\n")
     out = tmp_path / "a.geojson"
