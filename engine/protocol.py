@@ -241,6 +241,7 @@ def _read_messages(messages, max_pixels: int) -> Tuple[np.ndarray, List[Tuple[st
                 raise ProtocolError("exactly one image is supported, in the first user message")
             image = decode_image(urls[0], max_pixels)
         text = "\n".join(t.strip() for t in texts if t.strip())
+        _check_unicode(text, f"messages[{i}]")
         if IMAGE_MARKER in text:
             raise ProtocolError(f"text must not contain {IMAGE_MARKER!r}; send the image as image_url")
         if not turns and role != "user":
@@ -253,6 +254,17 @@ def _read_messages(messages, max_pixels: int) -> Tuple[np.ndarray, List[Tuple[st
     if turns[-1][0] != "user":
         raise ProtocolError("the last message must be a user message")
     return image, turns
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """Refuse (400) a text holding a lone UTF-16 surrogate (JSON's "\\ud800" escape without its pair): Python's
+    JSON reader accepts it, but it is no character, and the tokenizer (Rust strings) cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise ProtocolError(f"{where}: the text holds a lone surrogate (\\u{code:04x}), which is not a character: "
+                            "send valid UTF-8 (JSON escapes of surrogates come in pairs)") from None
 
 
 def _read_content(content, index: int) -> Tuple[List[str], List[str]]:

@@ -84,6 +84,10 @@ def test_jpeg_and_a_multi_turn_conversation_without_system_messages():
         (body([first_turn()], seed=2**64), "seed"),
         (body([first_turn()], seed=-(2**63) - 1), "seed"),
         (body([first_turn()], stop=["a", "b", "c", "d", "e"]), "stop"),
+        # JSON's "\ud800" without its pair: Python reads it, the tokenizer raised TypeError (a 500)
+        (body([first_turn("ships \ud800 here")]), r"messages\[0\]: the text holds a lone surrogate \(\\ud800\)"),
+        (body([first_turn(), {"role": "assistant", "content": "x\udfff"}, {"role": "user", "content": "y"}]),
+         r"messages\[1\]: .*lone surrogate"),
     ],
 )
 def test_malformed_bodies_are_clear_400s(raw, message):
