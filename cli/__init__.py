@@ -39,6 +39,20 @@ def input_file(path, what: str = "input"):
     return path
 
 
+def check_text_argument(text: str, what: str) -> None:
+    """CliError in one line when a text argument (`what`, e.g. "the question") holds bytes that are not UTF-8.
+    Python keeps such bytes of `sys.argv` as lone surrogates (U+DC80..U+DCFF, PEP 383's surrogateescape), which
+    no tokenizer takes (the Rust tokenizers raised a TypeError after the model had loaded) and JSON cannot carry
+    to an engine."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        shown = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"\\u{char:04x}"
+        raise CliError(f"{what} is not UTF-8 text ({shown} at character {exc.start + 1}): set the terminal to "
+                       "UTF-8, or write the text again") from None
+
+
 def build_parser() -> CommandParser:
     """The `geovlm` argument parser: --version and one subcommand per module of COMMAND_MODULES that this build
     holds (a group whose module is missing is left out). No command given parses to `command` None (`main`

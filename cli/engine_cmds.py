@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import CliError
+from . import CliError, check_text_argument
 from .parse_cmd import add_profile_overrides, profile_overrides
 from .serve_cmds import (
     add_encoder_precision_arg,
@@ -347,6 +347,7 @@ def _ask(args) -> int:
     args.temperature = check_generation_args(args.max_new_tokens, args.temperature, "--max-new-tokens")
     if not args.question.strip():
         raise CliError("the question is empty: ask something about the raster, e.g. \"Describe the image\"")
+    check_text_argument(args.question, "the question")
     overrides = profile_overrides(args)
     providers = None
     if not args.engine:  # the model runs here: its devices are checked before anything is read or loaded

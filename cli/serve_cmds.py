@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..engine.launcher import KEY_VARIABLE
-from . import CliError
+from . import CliError, check_text_argument
 from .parse_cmd import add_profile_overrides, profile_overrides
 
 
@@ -364,6 +364,7 @@ def cmd_engine_check(args) -> int:
     check_generation_args(args.max_tokens, args.temperature, "--max-tokens")
     if not args.question.strip():
         raise CliError("--question is empty: ask something, e.g. \"Describe the image.\"")
+    check_text_argument(args.question, "--question")
     request_timeout(args)  # said before any engine is started or reached, as ask does
     client = engine_for(args)
     try:

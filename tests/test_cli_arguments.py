@@ -90,6 +90,18 @@ def test_an_empty_question_is_refused(question, capsys, monkeypatch):
     assert line.startswith("geovlm ask: the question is empty")
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["ask", str(COGEO), "ships \udcff here"], "geovlm ask: the question is not UTF-8 text (byte 0xff at character 7)"),
+    (["engine-check", "--engine", "http://127.0.0.1:9", "--question", "\udce9t\u00e9"],
+     "geovlm engine-check: --question is not UTF-8 text (byte 0xe9 at character 1)"),
+])
+def test_a_question_of_bytes_that_are_not_utf8_is_refused_before_the_model(argv, said, capsys, monkeypatch):
+    # A Latin-1 terminal's "\xff" reaches sys.argv as U+DCFF (surrogateescape); the tokenizer raised a TypeError
+    # traceback once the model had loaded.
+    line = one_line_refusal(argv, capsys, monkeypatch)
+    assert line.startswith(said), line
+
+
 @pytest.mark.parametrize("override, said", [
     ("angle_sense=abc", "profile field 'angle_sense' takes 1 or -1, not 'abc'"),
     ("angle_sense=2", "profile field 'angle_sense' takes 1 or -1, not '2'"),
