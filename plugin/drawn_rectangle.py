@@ -1,6 +1,7 @@
 """A rectangle drawn on the map canvas, kept as the user saw it dragged: screen-aligned. On a canvas turned by a
 rotation that is a rectangle turned by the same angle on the ground, which the dock renders turned as the canvas
-shows it (`view`) and whose corners are the region of an identify question (`ring`)."""
+shows it (`view`) and whose corners are the region of an identify question (`ring`). After the project's CRS
+changes it stays the same ground, its view turned as its dragged top edge runs in the new CRS."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ from typing import List, Sequence, Tuple
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsCsException,
     QgsGeometry,
     QgsPointXY,
     QgsProject,
@@ -53,27 +55,51 @@ class DrawnRectangle:
         return cls([(p.x(), p.y()) for p in corners], crs, map_to_pixel.mapRotation())
 
     def ring(self, crs: QgsCoordinateReferenceSystem) -> List[Point]:
-        """The four corners in `crs` (each transformed: in another CRS the edges between them may bend)."""
+        """The four corners in `crs` (each transformed: in another CRS the edges between them may bend). Raises
+        ValueError (one line) when a corner has no place in `crs` (a projection that cannot show that ground)."""
         if crs == self.crs:
             return list(self.corners)
-        transform = QgsCoordinateTransform(self.crs, crs, QgsProject.instance())
-        return [(p.x(), p.y()) for p in (transform.transform(x, y) for x, y in self.corners)]
+        return self._transformed(self.corners, crs)
 
+    def _transformed(self, points: Sequence[Point], crs: QgsCoordinateReferenceSystem) -> List[Point]:
+        """`points` (map units of the rectangle's CRS) in `crs`; ValueError (one line) when one cannot be
+        transformed or lands on no finite coordinates."""
+        transform = QgsCoordinateTransform(self.crs, crs, QgsProject.instance())
+        try:
+            moved = [transform.transform(x, y) for x, y in points]
+        except QgsCsException:
+            moved = []
+        if not moved or not all(math.isfinite(p.x()) and math.isfinite(p.y()) for p in moved):
+            raise ValueError(f"the drawn rectangle ({self.crs.authid() or 'its CRS'}) has no place in the map's "
+                             f"CRS ({crs.authid() or crs.description()}): draw it again")
+        return [(p.x(), p.y()) for p in moved]
     def geometry(self) -> QgsGeometry:
         """The rectangle as a polygon in its own CRS."""
         return QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in self.corners + self.corners[:1]]])
 
     def view(self, crs: QgsCoordinateReferenceSystem) -> Tuple[QgsRectangle, float]:
-        """(extent, rotation) of map settings that show exactly this rectangle (`ask_map.view_settings`): in its own
-        CRS, the extent of the turned frame (centred on the rectangle, its width along the dragged top edge and its
-        height along the side, as `QgsMapSettings.extent()` is under a rotation) and the canvas's rotation of then;
-        in another CRS (the project's changed since), the bounding box of the same ground (edges densified), not
-        turned."""
-        if crs != self.crs:
-            ground = self.geometry().densifyByCount(32)
-            ground.transform(QgsCoordinateTransform(self.crs, crs, QgsProject.instance()))
-            return ground.boundingBox(), 0.0
-        (x0, y0), (x1, y1), (x2, y2), _ = self.corners
-        width, height = math.hypot(x1 - x0, y1 - y0), math.hypot(x2 - x1, y2 - y1)
-        cx, cy = (x0 + x2) / 2.0, (y0 + y2) / 2.0
-        return QgsRectangle(cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), self.rotation
+        """(extent, rotation) of map settings that show exactly this rectangle (`ask_map.view_settings`), in
+        `crs`: the extent of the turned frame (centred on the rectangle, its width along the dragged top edge and
+        its height along the side, as `QgsMapSettings.extent()` is under a rotation) and its rotation (degrees,
+        clockwise on screen). In its own CRS that rotation is the canvas's of then. In another CRS (the project's
+        changed since) it is the same ground: the outline (31 points added to each edge) transformed, turned
+        as its transformed top edge runs (a map rotation of r degrees runs the screen's top edge r degrees
+        counter-clockwise from the map's x axis: `QgsMapToPixel`), and the frame the least one at that turn that
+        holds it all (in a conformal CRS, as UTM from Web Mercator, the rectangle itself; in one that shears that
+        ground, such as degrees of EPSG:4326 on a turned map, the rectangle around it). Raises ValueError (one
+        line) when that ground has no place in `crs`."""
+        if crs == self.crs:
+            outline, rotation = self.corners, self.rotation
+        else:
+            ring = self.geometry().densifyByCount(31).asPolygon()[0][:-1]
+            outline = self._transformed([(p.x(), p.y()) for p in ring], crs)
+            (x0, y0), (x1, y1) = self._transformed(self.corners[:2], crs)
+            rotation = math.degrees(math.atan2(y1 - y0, x1 - x0))
+        turn = math.radians(rotation)
+        cos, sin = math.cos(turn), math.sin(turn)
+        along = [x * cos + y * sin for x, y in outline]  # the screen's x axis, in map units
+        across = [y * cos - x * sin for x, y in outline]  # its y axis, upwards
+        u, v = (min(along) + max(along)) / 2.0, (min(across) + max(across)) / 2.0
+        width, height = max(along) - min(along), max(across) - min(across)
+        cx, cy = u * cos - v * sin, u * sin + v * cos
+        return QgsRectangle(cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), rotation

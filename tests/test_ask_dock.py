@@ -1226,3 +1226,58 @@ def test_identify_about_a_rectangle_dragged_on_a_turned_map_asks_about_the_dragg
     expected = (start[0] * sx, start[1] * sy, end[0] * sx, end[1] * sy)
     assert got == pytest.approx(expected, abs=0.01 * max(frame.width, frame.height)), (sent, got, expected)
     assert "|<90>}" in sent or "|<0>}" in sent  # upright in the view
+
+
+def test_a_rectangle_dragged_on_a_turned_map_stays_the_same_ground_after_the_crs_changes(dock, qgis_canvas):
+    """A rectangle dragged on a canvas turned 30 degrees (EPSG:3857), then the map set to UTM zone 52N (EPSG:32652,
+    conformal as Web Mercator is: the rectangle stays a rectangle on the ground): the view rendered for it is that
+    ground, turned as its top edge runs in UTM (30 degrees and the meridians' convergence there), its corners at the
+    dragged corners to a pixel; not the north-up box around it. Set to a CRS that cannot show that ground (an
+    orthographic view of the other hemisphere), the question is refused in one line and nothing is sent."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    session = dock.ask
+    m2p = qgis_canvas.mapSettings().mapToPixel()
+    size = qgis_canvas.mapSettings().outputSize()
+    start, end = (size.width() // 2 - 150, size.height() // 2 - 90), (size.width() // 2 + 130, size.height() // 2 + 70)
+    session.dock.source.setCurrentIndex(session.dock.source.findData("rectangle"))
+    session.dock.draw.setChecked(True)
+    drag(qgis_canvas, start, end)
+    mercator = QgsCoordinateReferenceSystem("EPSG:3857")
+    dragged = [m2p.toMapCoordinates(x, y) for x, y in ((start[0], start[1]), (end[0], start[1]),
+                                                       (end[0], end[1]), (start[0], end[1]))]
+    utm = QgsCoordinateReferenceSystem("EPSG:32652")
+    qgis_canvas.setDestinationCrs(utm)
+    assert wait_for(lambda: qgis_canvas.mapSettings().destinationCrs() == utm, 5)
+    back = QgsCoordinateTransform(utm, mercator, QgsProject.instance())
+    with ScriptedEngine("geochat", "a roof") as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", "describe", wait=True)
+        view = session.view
+        assert view.frame.crs == "EPSG:32652" and len(engine.posts) == 1
+        # turned as dragged: 30 degrees, less the convergence of UTM's grid to the meridians there (0.21 degrees at
+        # 128.66 E, 37.67 N) and Web Mercator's own departure from conformality on the ellipsoid
+        assert 29.5 < view.rotation < 30
+        gt, frame = view.frame.geotransform, view.frame
+        corners = [back.transform(*gt.to_map(c, r))
+                   for c, r in ((0, 0), (frame.width, 0), (frame.width, frame.height), (0, frame.height))]
+        # Web Mercator is not conformal on the ellipsoid (its north-south scale is 0.4 % off its east-west one
+        # here): the rectangle dragged is a slightly sheared one on the ground, which the view holds all of
+        pixel = m2p.mapUnitsPerPixel()  # a pixel of the canvas it was dragged on, in EPSG:3857 metres
+        assert max(p.distance(q) for p, q in zip(corners, dragged)) < pixel
+        there = QgsCoordinateTransform(mercator, utm, QgsProject.instance())
+        inside = [gt.to_pixel(*(lambda p: (p.x(), p.y()))(there.transform(q))) for q in dragged]
+        assert all(-1e-6 <= c <= frame.width + 1e-6 and -1e-6 <= r <= frame.height + 1e-6 for c, r in inside)
+
+        qgis_iface = dock.iface
+        qgis_iface.messageBar().clear_messages()
+        other_side = QgsCoordinateReferenceSystem.fromProj("+proj=ortho +lat_0=-40 +lon_0=-50 +datum=WGS84 +units=m")
+        qgis_canvas.setDestinationCrs(other_side)
+        assert wait_for(lambda: qgis_canvas.mapSettings().destinationCrs() == other_side, 5)
+        session.new_view()
+        session.dock.question.setPlainText("Describe the image")
+        session.send()
+        assert not session.busy() and len(engine.posts) == 1
+        [said] = qgis_iface.messageBar().get_messages(1)
+        assert said.startswith("GeoVLM:the drawn rectangle (EPSG:3857) has no place in the map's CRS (")
+        assert said.endswith("): draw it again") and "\n" not in said
