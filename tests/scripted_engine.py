@@ -18,13 +18,15 @@ HTTP, numpy + PIL to look at the image) that answers in a family's syntax from w
 
 Each request is logged as one JSON line (image size, mean, `channels`: the mean of its red, green and blue, and
 `bands`: the rows at the top and bottom and the columns at the left and right filled wholly with the top-left
-pixel's colour, the padding) to `--log`.
+pixel's colour, the padding; `stream`: whether the answer was streamed) to `--log`.
 `--stand-in`: /v1/models reports `random_stand_in: true` in its geovlm entry, as a `geovlm serve` of the demo
 model does. `--arrivals FILE`: a line is appended to FILE as each chat request arrives (before any delay), so a
 test can count the attempts of a client that gives up waiting. `--refuse-first N`: the first N chat requests
-are refused with HTTP 400 (a request the engine rejects; the client does not retry it), unlogged. Run:
+are refused with HTTP 400 (a request the engine rejects; the client does not retry it), unlogged. A request
+with `"stream": true` (`geovlm ask`, `engine-check`, the dock) is answered as server-sent events of four
+characters each, `--piece-delay S` apart, as `geovlm serve` streams; others whole (bulk runs). Run:
 `python scripted_engine.py --ready-file F [--delay S] [--family F] [--log FILE] [--arrivals FILE] [--stand-in]
-[--refuse-first N]`; it writes {"url", "pid"} to F once listening.
+[--refuse-first N] [--piece-delay S]`; it writes {"url", "pid"} to F once listening.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def describe(image: np.ndarray, family: str) -> str:
 
 
 def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False, refuse_first: int = 0,
-                 arrivals: str = ""):
+                 arrivals: str = "", piece_delay: float = 0.0):
     lock = threading.Lock()
     refused = [0]
 
@@ -123,7 +125,7 @@ def make_handler(family: str, delay: float, log_path: str, stand_in: bool = Fals
             return {"id": f"scripted-{family}", "object": "model", "geovlm": details}
 
         def do_POST(self):  # noqa: N802
-            _, data = self.read_chat()
+            body, data = self.read_chat()
             if arrivals:
                 with lock, open(arrivals, "a") as log:
                     log.write(f"{time.monotonic()}\n")
@@ -140,8 +142,9 @@ def make_handler(family: str, delay: float, log_path: str, stand_in: bool = Fals
                 with lock, open(log_path, "a") as log:
                     log.write(json.dumps({"size": [image.shape[1], image.shape[0]], "mean": float(image.mean()),
                                           "channels": image.reshape(-1, 3).mean(axis=0).tolist(),
-                                          "bands": padding_bands(image), "pid": os.getpid()}) + "\n")
-            self.send_answer(text)
+                                          "bands": padding_bands(image), "pid": os.getpid(),
+                                          "stream": bool(body.get("stream"))}) + "\n")
+            self.send_answer(text, stream=bool(body.get("stream")), piece_delay=piece_delay)
 
     return Handler
 
@@ -155,9 +158,11 @@ def main() -> None:
     parser.add_argument("--stand-in", action="store_true", help="report the model as a random stand-in")
     parser.add_argument("--arrivals", default="", help="append a line to this file as each request arrives")
     parser.add_argument("--refuse-first", type=int, default=0, help="refuse the first N chat requests (400)")
+    parser.add_argument("--piece-delay", type=float, default=0.0, help="seconds between streamed pieces")
     parser.add_argument("--lifetime", type=float, default=300.0, help="exit after this many seconds")
     args = parser.parse_args()
-    handler = make_handler(args.family, args.delay, args.log, args.stand_in, args.refuse_first, args.arrivals)
+    handler = make_handler(args.family, args.delay, args.log, args.stand_in, args.refuse_first, args.arrivals,
+                           args.piece_delay)
     server = serve(handler, in_thread=False)
     threading.Timer(args.lifetime, server.shutdown).start()
     tmp = args.ready_file + ".tmp"
