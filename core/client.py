@@ -56,6 +56,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 120.0  # one attempt's wait to connect or for data: 
 MAX_REQUEST_TIMEOUT_S = 3600.0  # an hour for one attempt: a long answer of a 7B model on a slow CPU fits
 DEFAULT_RETRY_WINDOW_S = 120.0  # an engine restart: process start plus the model load (a 7B model on a GPU
 # server loads in 30-90 s; the demo model restarts in 5-10 s on a busy laptop)
+MAX_RETRY_WINDOW_S = 86400.0  # a day: an engine host rebooted overnight; beyond that a run waits for nothing
 
 
 class EngineError(Exception):

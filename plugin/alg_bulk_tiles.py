@@ -39,7 +39,7 @@ from ..core.bulk import (
     graph_rows,
     run_tiles,
 )
-from ..core.client import MAX_REQUEST_TIMEOUT_S, EngineError
+from ..core.client import DEFAULT_RETRY_WINDOW_S, MAX_REQUEST_TIMEOUT_S, MAX_RETRY_WINDOW_S, EngineError
 from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan, output_problem
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
@@ -89,7 +89,7 @@ def run_problem(alg, parameters, context) -> str:
 def add_engine_parameters(alg) -> None:
     """The parameters every bulk run shares, in this order: FAMILY, ENGINE, AUTHCFG (`QgsAuthManager`: never a
     key in a string), CONCURRENCY (requests in flight per engine), OVERWRITE (an output of another plan) and,
-    advanced, REQUEST_TIMEOUT (`apply_request_timeout`)."""
+    advanced, REQUEST_TIMEOUT and RETRY_WINDOW (`apply_request_timeout`)."""
     alg.addParameter(QgsProcessingParameterString("FAMILY", "Model family (default: what the engine reports)",
                                                   optional=True))
     alg.addParameter(QgsProcessingParameterString("ENGINE", "Engine: local, or comma-separated URLs "
@@ -106,15 +106,51 @@ def add_engine_parameters(alg) -> None:
         maxValue=MAX_REQUEST_TIMEOUT_S)
     timeout.setFlags(timeout.flags() | Qgis.ProcessingParameterFlag.Advanced)
     alg.addParameter(timeout)
+    window = QgsProcessingParameterNumber(
+        "RETRY_WINDOW", f"Retry window: seconds a tile is retried while no engine answers (default: "
+        f"{DEFAULT_RETRY_WINDOW_S:g}; the local engine: its start timeout plus 30)",
+        Qgis.ProcessingNumberParameterType.Double, optional=True, minValue=0.0, maxValue=MAX_RETRY_WINDOW_S)
+    window.setFlags(window.flags() | Qgis.ProcessingParameterFlag.Advanced)
+    alg.addParameter(window)
 
 
 def apply_request_timeout(alg, parameters, context, client) -> None:
-    """REQUEST_TIMEOUT, when given (1 to `core.client.MAX_REQUEST_TIMEOUT_S` seconds, checked by QGIS before the
-    run), as `client`'s bound on the connect and each wait for data of one attempt; a request whose attempt
-    times out is retried within the client's retry window, as `geovlm caption --request-timeout` does. Left
-    empty: the engine settings' timeout (Settings ▸ Options ▸ GeoVLM) that `connect` gave the client."""
+    """REQUEST_TIMEOUT and RETRY_WINDOW, each when given, on `client` (a `core.client.EngineClient`), as
+    `geovlm caption --request-timeout S --retry-window S` set them (cli/serve_cmds.py `_with_retry_options`).
+
+    REQUEST_TIMEOUT (1 to `core.client.MAX_REQUEST_TIMEOUT_S` seconds) bounds the connect and each wait for data
+    of one attempt; empty: the engine settings' timeout (Settings ▸ Options ▸ GeoVLM) that `connect` gave the
+    client. RETRY_WINDOW (0 to `core.client.MAX_RETRY_WINDOW_S` seconds; 0: one attempt) is how long a tile's
+    request is retried after an attempt times out or finds no engine (refused, 502/503/504: an engine down or
+    restarting) before that tile fails and the run stops, to be resumed; empty: the client's window
+    (`DEFAULT_RETRY_WINDOW_S` for engine URLs, the local engine's start timeout plus 30 s). Both bounds are
+    checked by QGIS's parameter check, before any engine is contacted."""
     if parameters.get("REQUEST_TIMEOUT") not in (None, ""):
         client.timeout = alg.parameterAsDouble(parameters, "REQUEST_TIMEOUT", context)
+    if parameters.get("RETRY_WINDOW") not in (None, ""):
+        client.retry_window = alg.parameterAsDouble(parameters, "RETRY_WINDOW", context)
+
+
+ENGINE_NUMBERS = ("REQUEST_TIMEOUT", "RETRY_WINDOW")
+# the help's sentence on them, shared by the three bulk algorithms
+RETRY_HELP = (f" Advanced: REQUEST_TIMEOUT is how long one attempt waits for the engine (1 to "
+              f"{MAX_REQUEST_TIMEOUT_S:g} s; empty: the settings'), RETRY_WINDOW how long a tile is retried after an "
+              f"attempt timed out or found no engine (down or restarting) before the run stops, to be resumed (0 to "
+              f"{MAX_RETRY_WINDOW_S:g} s, 0 for one attempt; empty: {DEFAULT_RETRY_WINDOW_S:g} s for engine URLs, "
+              "the start timeout plus 30 s for the local engine), as `--request-timeout` and `--retry-window` on "
+              "the command line.")
+
+
+def check_engine_numbers(alg, parameters, context) -> None:
+    """Raise QgsProcessingException in one line when REQUEST_TIMEOUT or RETRY_WINDOW is out of its bounds: the
+    parameter check refuses them already, but a graphical model does not call it for its steps; called by
+    `prepareAlgorithm`, before any engine is contacted or output touched."""
+    for name in ENGINE_NUMBERS:
+        value = parameters.get(name)
+        definition = alg.parameterDefinition(name)
+        if value not in (None, "") and not definition.checkValueIsAcceptable(value, context):
+            raise QgsProcessingException(f"{name} must be a number of seconds from {definition.minimum():g} to "
+                                         f"{definition.maximum():g}, not {value}")
 
 
 def default_raster_layer():
@@ -274,6 +310,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: read the layer (and clone a web layer's provider) for the run's thread. The plan
         is checked again (a graphical model does not call checkParameterValues for its steps)."""
+        check_engine_numbers(self, parameters, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no raster layer given")
@@ -440,7 +477,7 @@ class CaptionTilesAlgorithm(BulkTilesAlgorithm):
                 "stretched (2-98 %). OUTPUT is also the ledger: run again with the same parameters to ask only "
                 "for missing or failed tiles; `geovlm caption` on the command line continues the same file. A run "
                 "that leaves tiles failed or missing ends as failed (qgis_process exits 1) once every answer is "
-                "committed: the message names the output that holds them.")
+                "committed: the message names the output that holds them." + RETRY_HELP)
 
 
 class DetectTilesAlgorithm(BulkTilesAlgorithm):
@@ -458,7 +495,7 @@ class DetectTilesAlgorithm(BulkTilesAlgorithm):
                 "(label, tile, provenance), RELATIONS lines from subject to object with the predicate and both "
                 "object ids. Objects found twice where tiles overlap (same label, overlapping more than "
                 "MERGE_OVERLAP of the smaller) are merged, keeping the copy farther from its tile's edge. "
-                "Resumes like Caption raster tiles.")
+                "Resumes like Caption raster tiles." + RETRY_HELP)
 
     def add_kind_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterNumber(

@@ -34,8 +34,10 @@ from ..core.transport import Cancelled, CancelToken
 from .alg_bulk_tiles import (
     GPKG_ONLY,
     OVERWRITE_FLAG,
+    RETRY_HELP,
     add_engine_parameters,
     apply_request_timeout,
+    check_engine_numbers,
     connect_engine,
     crs_name,
     default_raster_layer,
@@ -112,7 +114,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 "copy of the features with all their attributes, the caption in a new field, its status in "
                 "FIELD_status and the model in FIELD_model. Features outside the raster get no caption. A run that "
                 "leaves features failed or missing ends as failed (qgis_process exits 1) once both layers are "
-                "written.")
+                "written." + RETRY_HELP)
 
     def createInstance(self):  # noqa: N802
         return CaptionFeaturesAlgorithm()
@@ -162,6 +164,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: RASTER's frame and a reader of its windows in the chosen bands."""
+        check_engine_numbers(self, parameters, context)
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is None or layer.providerType() != "gdal":
             raise QgsProcessingException("RASTER must be a raster file (GDAL)")

@@ -373,6 +373,44 @@ def test_request_timeout_gives_up_each_attempt_on_a_slow_engine_and_retries(plug
         assert engine.arrivals() - before in attempts, (timeout, engine.arrivals() - before)
 
 
+def test_retry_window_stops_a_run_whose_engine_never_answers_in_time(plugin, processing, engines, data_dir,
+                                                                     tmp_path):
+    """RETRY_WINDOW=3 with REQUEST_TIMEOUT=1 against an engine that takes 60 s per answer: the tile is retried
+    for 3 s (a few attempts, each given up after a second), then the run stops by itself, saying it gave up,
+    as `geovlm caption --retry-window 3` does; without RETRY_WINDOW the client's 120 s window would keep it
+    retrying until the Cancel at 20 s. Out of bounds (below 0, beyond a day) is refused before any engine is
+    asked, by the parameter check and by prepareAlgorithm (a graphical model's steps skip the check)."""
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    engine = engines(delay=60.0)
+    params = {"INPUT": str(data_dir / "rasters" / "RGB.byte.tif"), "TILE_SIZE": 1024, "ENGINE": engine.url,
+              "FAMILY": "geochat", "CONCURRENCY": 1, "REQUEST_TIMEOUT": 1}
+    alg = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captiontiles")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    for bad in (-1, 86401):
+        run = dict(params, RETRY_WINDOW=bad, OUTPUT=str(tmp_path / "bad.gpkg"))
+        with pytest.raises(QgsProcessingException):
+            processing.run("geovlm:captiontiles", run)
+        with pytest.raises(QgsProcessingException, match=rf"^RETRY_WINDOW must be a number of seconds from 0 to "
+                           rf"86400, not {bad}$"):
+            alg.prepareAlgorithm(run, context, RecordingFeedback())
+    assert engine.arrivals() == 0 and not (tmp_path / "bad.gpkg").exists()
+    feedback = RecordingFeedback()
+    cancel = threading.Timer(20.0, feedback.cancel)
+    cancel.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(QgsProcessingException, match=r"gave up after [2-6] attempts in [3-5] s") as stopped:
+            processing.run("geovlm:captiontiles", dict(params, RETRY_WINDOW=3, OUTPUT=str(tmp_path / "w.gpkg")),
+                           feedback=feedback)
+    finally:
+        cancel.cancel()
+    assert time.monotonic() - started < 15, str(stopped.value)
+    assert not str(stopped.value).startswith("Cancelled") and 2 <= engine.arrivals() <= 6
+    assert [s for _, s in ledger_rows(tmp_path / "w.gpkg")] == ["failed"]
+
+
 def test_qgis_killed_half_way_then_the_cli_finishes_the_run(engines, data_dir, tmp_path, qgis_process_env):
     """A run started by qgis_process, SIGKILLed, is finished by `geovlm caption` (a server taking over):
     every tile exactly once, and the command line asks only for what QGIS had not committed."""
