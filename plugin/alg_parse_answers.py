@@ -23,7 +23,14 @@ from ..core.profiles import family_names, get_profile
 from .families import family_of
 from .geojson_output import add_sink
 from .layer_files import parameters_problem
-from .qgis_geometry import answer_features, object_fields, qgis_crs, raster_frame, relation_fields
+from .qgis_geometry import (
+    NO_CRS_MAP_WKT,
+    answer_features,
+    object_fields,
+    qgis_crs,
+    raster_frame,
+    relation_fields,
+)
 
 SETTINGS_KEY = "geovlm/parseanswers/last"
 REMEMBERED = ("INPUT", "FAMILY", "FIELD", "RASTER", "IMAGE_SIZE")
@@ -141,7 +148,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         profile = get_profile(family)
         remember(dict(parameters, **{self.FAMILY: family_names().index(family)}), context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
-        crs = qgis_crs(frame.crs)
+        crs = qgis_crs(frame.crs or NO_CRS_MAP_WKT)  # a raster with a geotransform but no CRS: its map units
         obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
         rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
                                     crs)
@@ -169,6 +176,10 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(f"{raster.name()} has no georeferencing (no geotransform, no CRS): coordinates are "
                               f"its pixels ({frame.width}x{frame.height}; x = column, y = -row), as `geovlm parse "
                               "--raster` writes them.")
+        elif frame.crs is None and raster is not None:
+            feedback.pushInfo(f"{raster.name()} has no CRS: the layers are placed by its geotransform, in its map "
+                              "units, and carry an undefined Cartesian CRS (never degrees), as `geovlm parse "
+                              "--raster` writes them; set the raster's CRS and run again to place them on a map.")
         elif frame.crs == PIXEL_CRS_WKT:
             feedback.pushInfo(f"Coordinates are pixels of a {frame.width}x{frame.height} image (x = column, "
                               "y = -row); give a raster layer to place the boxes on the map.")

@@ -26,6 +26,17 @@ def _fields(spec) -> QgsFields:
     return fields
 
 
+# The CRS of layers placed on a raster that has a geotransform but no CRS (rasterio's `rotated.tif`): a plane in
+# the raster's own map units. QGIS's unknown CRS is written by a GeoPackage as its "Undefined geographic SRS", in
+# degrees, where y = 4,100,000 is no latitude; `geovlm parse --raster` writes such layers with no CRS, which GDAL
+# records as a Cartesian "Undefined SRS".
+NO_CRS_MAP_WKT = (
+    'ENGCRS["Undefined: map units of a raster without a CRS",EDATUM["unknown"],'
+    'CS[Cartesian,2],AXIS["x",east,ORDER[1],LENGTHUNIT["unknown",1]],'
+    'AXIS["y",north,ORDER[2],LENGTHUNIT["unknown",1]]]'
+)
+
+
 def qgis_crs(definition) -> QgsCoordinateReferenceSystem:
     """A QGIS CRS from an ImageFrame's CRS string (an authority id such as EPSG:3857, or WKT); None or an
     empty string gives an invalid (unknown) CRS."""

@@ -228,6 +228,43 @@ def test_a_raster_without_georeferencing_gives_pixel_layers_as_the_cli_does(qgis
     assert any("photo has no georeferencing" in text for text in feedback.info)
 
 
+def test_a_raster_with_a_geotransform_but_no_crs_gives_layers_in_its_map_units_not_degrees(
+        qgis_iface, processing, tmp_path):
+    """A rotated raster with a geotransform and no CRS (as rasterio's rotated.tif): QGIS's unknown CRS was written
+    by the GeoPackage as its "Undefined geographic SRS", so y = 4,100,000 read as a latitude, and nothing was said.
+    The layers are in a Cartesian CRS of the raster's map units, the boxes where `geovlm parse --raster` puts
+    them, and the log says so."""
+    from osgeo import gdal
+    from qt_support import RecordingFeedback
+
+    from geovlm.cli import main
+
+    raster_path = tmp_path / "rotated.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster_path), 120, 80, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000, 0.8, 0.6, 4100000, 0.6, -0.8))
+    ds = None
+    answers = tmp_path / "a.txt"
+    answers.write_text("[[10, 20, 30, 40, 0]]\n")
+    cli_out = tmp_path / "cli.gpkg"
+    assert main(["parse", str(answers), "--family", "earthdial", "--raster", str(raster_path),
+                 "--out", str(cli_out)]) == 0
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    feedback = RecordingFeedback()
+    try:
+        result = processing.run("geovlm:parseanswers", {
+            "INPUT": str(answers), "FAMILY": "earthdial", "RASTER": str(raster_path),
+            "OBJECTS": str(tmp_path / "plugin.gpkg")}, feedback=feedback)
+    finally:
+        plugin.unload()
+    from_plugin = QgsVectorLayer(result["OBJECTS"], "p", "ogr")
+    from_cli = QgsVectorLayer(f"{cli_out}|layername=objects", "c", "ogr")
+    assert from_plugin.crs().isValid() and not from_plugin.crs().isGeographic()
+    assert not from_cli.crs().isGeographic()
+    assert _rings(from_plugin) == _rings(from_cli)
+    assert any("rotated has no CRS: the layers are placed by its geotransform" in text for text in feedback.info)
+
+
 def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
     from qgis.core import QgsProcessingContext, QgsProcessingOutputLayerDefinition
     from qt_support import RecordingFeedback
