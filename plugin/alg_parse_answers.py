@@ -101,7 +101,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         an unknown one is refused in one line that lists the names; so is a RASTER whose frame cannot be read
         (`raster_frame`: one georeferenced by GCPs only)."""
         raw = parameters.get(self.FAMILY)
-        if isinstance(raw, str) and not raw.strip().isdigit():
+        if isinstance(raw, (str, int)) and not isinstance(raw, bool):  # FAMILY=99 too: one line with the names
             try:
                 parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw, numbers=True))})
             except ValueError as exc:

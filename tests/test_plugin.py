@@ -80,6 +80,9 @@ def test_algorithm_runs_from_qgis_process(data_dir, tmp_path, qgis_process_env):
     refused, out = run("gpt4")
     assert refused.returncode != 0 and not out.exists()
     assert "unknown model family 'gpt4': one of llava15, geochat," in refused.stdout + refused.stderr
+    refused, out = run("99")  # a number past the list: the same line, not "Incorrect parameter value for FAMILY"
+    assert refused.returncode != 0 and not out.exists()
+    assert "unknown model family '99': one of llava15," in refused.stdout + refused.stderr
 
 
 def test_a_family_given_by_name_is_remembered_as_the_dialogs_number(qgis_iface, processing, tmp_path):
