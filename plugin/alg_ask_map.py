@@ -49,6 +49,7 @@ from .geojson_output import add_sink
 from .image_source import QImageSource
 from .layer_files import parameters_problem
 from .line_stream import LineStream
+from .qgis_geometry import NO_CRS_MAP_WKT, qgis_crs
 from .view_checks import (
     blank_problem,
     drawn_nothing,
@@ -271,7 +272,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             if only_background(self._settings, image) and drawn_nothing(render(transparent_settings(self._settings))):
                 raise QgsProcessingException(blank_problem("this view"))  # all nodata: a blank image
             view = View.of(self._settings, image)
-            feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in {view.frame.crs}, "
+            feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in "
+                              f"{view.frame.crs or 'no CRS (the map units of layers without one)'}, "
                               f"rotation {view.rotation:g}, device pixel ratio {view.dpr:g}")
             try:
                 connection = connect(self.parameterAsString(parameters, self.ENGINE, context),
@@ -317,6 +319,10 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         objects, relations = ask_features(answer, view, 1, provenance)
         obj_fields, rel_fields = ask_fields()
         crs = self._settings.destinationCrs()
+        if not crs.isValid():  # an EXTENT with no CRS: QGIS's unknown CRS would be written as degrees
+            crs = qgis_crs(NO_CRS_MAP_WKT)
+            feedback.pushInfo("the view has no CRS: the layers are in its map units, with an undefined Cartesian "
+                              "CRS (never degrees); give EXTENT a CRS ([EPSG:...]) to place them on a map")
         obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
         rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
                                     crs)

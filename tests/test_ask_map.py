@@ -300,6 +300,40 @@ def test_each_family_answer_lands_at_map_to_pixel(plugin, processing, data_dir, 
     assert relations.featureCount() == (1 if family == "skysensegpt" else 0)
 
 
+def gdal_crs_is_geographic(path) -> bool:
+    """Whether GDAL reads the CRS of the first layer of `path` as geographic (QGIS's isGeographic() says False
+    for a GeoPackage's "Undefined geographic SRS")."""
+    from osgeo import ogr
+
+    data = ogr.Open(str(path))  # held: a layer of a dataset already collected crashes
+    srs = data.GetLayer(0).GetSpatialRef()
+    return bool(srs is not None and srs.IsGeographic())
+
+
+def test_a_view_without_a_crs_writes_layers_in_map_units_not_degrees(plugin, processing, data_dir, tmp_path):
+    """EXTENT taken from rotated.tif, which has a geotransform and no CRS: the view's CRS is QGIS's unknown one,
+    which a GeoPackage wrote as its "Undefined geographic SRS" (degrees) and the log read "rendered ... in ,".
+    The objects are in a Cartesian CRS of the map units, on the raster, and the log says so."""
+    from qt_support import RecordingFeedback
+
+    raster_path = data_dir / "rasters" / "rotated.tif"
+    raster = QgsRasterLayer(str(raster_path), "rotated")
+    assert raster.isValid() and not raster.crs().isValid()
+    feedback = RecordingFeedback()
+    with ScriptedEngine("geochat", "a roof {<10><20><40><60>|<90>}") as engine:
+        result = processing.run("geovlm:askmap", {
+            "LAYERS": [raster], "EXTENT": str(raster_path), "WIDTH": 200, "HEIGHT": 200, "QUESTION": "What?",
+            "ENGINE": engine.url, "OBJECTS": str(tmp_path / "o.gpkg")}, feedback=feedback)
+    layer = QgsVectorLayer(result["OBJECTS"], "o", "ogr")
+    assert layer.featureCount() == 1
+    assert not gdal_crs_is_geographic(result["OBJECTS"]), "written as degrees"
+    extent = raster.extent()  # about square, as the view: the box (10-40 % across, 20-60 % down) lies in it
+    box = layer.getFeature(1).geometry().boundingBox()
+    assert extent.buffered(1.0).contains(box) and box.width() > 0.2 * extent.width()
+    assert any("no CRS (the map units" in text for text in feedback.info), feedback.info
+    assert any("the view has no CRS: the layers are in its map units" in text for text in feedback.info)
+
+
 def _centre_cropping_model(png: bytes) -> str:
     """A stand-in for vLLM serving a llava-hf LLaVA-1.5: its processor resizes the short side to 336 and
     cuts out the centre 336 x 336 (CLIP's processor, not LLaVA's padding), then the "model" answers the box
