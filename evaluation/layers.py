@@ -59,6 +59,10 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
         frame = gpd.read_file(str(path), layer=name, engine="pyogrio", fid_as_index=True)
     except Exception as exc:
         raise LayerError(f"cannot read {path} layer {name}: {exc}") from None
+    # Features without a geometry (null or empty) have no place to be matched at: left out before reprojecting,
+    # which took an empty one for a feature the CRS cannot show and refused the layer. Tested one by one:
+    # GeoSeries.notna() warns (a multi-line UserWarning) on a series that holds empty geometries.
+    frame = frame[[geometry is not None and not geometry.is_empty for geometry in frame.geometry]]
     if to_crs is not None and frame.crs is not None and frame.crs != to_crs:
         from ..cli.reprojection import reprojected  # what `parse --to-crs` does: bent edges, antimeridian whole
 
@@ -66,8 +70,6 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
             frame = reprojected(frame, to_crs)
         except ValueError as exc:
             raise LayerError(f"cannot take {path} layer {name} to the answers' CRS: {exc}") from None
-    keep = frame.geometry.notna() & ~frame.geometry.is_empty
-    frame = frame[keep]
     return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")
 
 

@@ -380,6 +380,22 @@ def test_captions_are_paired_with_the_answer_that_overlaps_most(tmp_path, capsys
     assert scores["accuracy"] == 0.5 and scores["answers"] == 2
 
 
+def test_references_without_a_geometry_are_left_out_before_reprojecting(tmp_path, capsys):
+    """A reference layer in another CRS holding a null and an empty geometry (a hand-made layer): they were taken
+    for features the answers' CRS cannot show ("1 of 4 features have no coordinates there"), the layer refused,
+    after a multi-line geopandas UserWarning on stderr. They are left out; the rest is scored."""
+    from shapely.geometry import Polygon
+
+    answers = write_layer(tmp_path / "answers.gpkg", {"label": ["a", "b"]},
+                          [utm_box(10, 10, 30, 30), utm_box(40, 40, 50, 50)], layer="objects")
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["a", "none", "empty", "c"]},
+                       [utm_box(11, 11, 30, 30), None, Polygon(), utm_box(80, 0, 99, 10)], to_crs="EPSG:4326")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # geopandas' UserWarning about notna() on empty geometries
+        scores = run_json(capsys, "detection", str(answers), "--reference", str(refs))
+    assert scores["reference_boxes"] == 2 and scores["overall"] == 0.5 and scores["recall"] == 0.5
+
+
 @pytest.mark.parametrize("argv, message", [
     (["scene-graph", "{a}", "--reference", "{r}"], "JSON lines"),
     (["caption", "{a}", "--reference", "{r}", "--field", "text"], "no field 'text'"),
