@@ -11,9 +11,7 @@ from pathlib import Path
 from qgis.core import (
     Qgis,
     QgsProcessingAlgorithm,
-    QgsProcessingContext,
     QgsProcessingException,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
@@ -45,11 +43,10 @@ from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
 from ..core.transport import Cancelled, CancelToken
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
+from .bulk_outputs import FailedRunLayers, OutputLayers, finish_run
 from .layer_files import parameters_problem
 from .qgis_geometry import raster_frame
 from .tile_sources import GdalTiles, RenderedTiles
-
-STYLES = Path(__file__).resolve().parents[1] / "styles"
 
 
 def connect_engine(engine: str, authcfg: str, family: str, feedback, cancel: CancelToken):
@@ -187,16 +184,6 @@ def crs_name(crs) -> str:
 OVERWRITE_FLAG = 'tick "Overwrite an output of another plan", OVERWRITE=true in qgis_process'
 
 
-def load_on_completion(out: str, layer: str, style: str, context) -> str:
-    """The URI of `layer` of the GeoPackage `out`, loaded on completion with its QML style from styles/ (when
-    styles/`style`.qml exists)."""
-    uri = f"{out}|layername={layer}"
-    details = QgsProcessingContext.LayerDetails(f"{Path(out).stem} {layer}", context.project(), layer)
-    details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
-    context.addLayerToLoadOnCompletion(uri, details)
-    return uri
-
-
 def is_temporary(out: str) -> bool:
     """Whether `out` lies in QGIS's temporary Processing folder (OUTPUT left at "Save to a temporary file"):
     QGIS deletes it at exit, and a rerun gets a new file, so a run there cannot be resumed."""
@@ -215,8 +202,8 @@ def report_outcome(feedback, stats, out: str, unit: str) -> None:
     can, then raises "Error obtained while packaging one or more layers"): qgis_process exits 1 (it exits 0
     whenever the algorithm returns, whatever `reportError` said), `processing.run` raises, and a graphical
     model stops, as `geovlm caption` exits 1; the dialog says "Execution failed", stays open with the log so
-    Run resumes, and, as for any failed run, loads no layer (QgsProcessingAlgRunnerTask post-processes only a
-    successful run): the message names the file that holds the answered ones."""
+    Run resumes, and loads the output's layers all the same (`bulk_outputs.finish_run`), so that the answered
+    ones can be seen; the message names the file that holds them."""
     if stats.unreadable:
         feedback.reportError(stats.unreadable_note(unit) + ".", False)
     if not (stats.failed or stats.halted or stats.cancelled):
@@ -308,9 +295,11 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         return (False, problem) if problem else (ok, message)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        """On the main thread: read the layer (and clone a web layer's provider) for the run's thread. The plan
-        is checked again (a graphical model does not call checkParameterValues for its steps)."""
+        """On the main thread: read the layer (and clone a web layer's provider) for the run's thread, and keep
+        `context` for the layers of a run that fails with answers committed (`bulk_outputs.FailedRunLayers`).
+        The plan is checked again (a graphical model does not call checkParameterValues for its steps)."""
         check_engine_numbers(self, parameters, context)
+        self.failed_layers = FailedRunLayers(context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no raster layer given")
@@ -424,40 +413,16 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         finally:
             ledger.close()
         feedback.pushInfo(stats.summary())
-        report_outcome(feedback, stats, out, "tiles")
-        return self.outputs(out, context)
+        outputs = finish_run(lambda: report_outcome(feedback, stats, out, "tiles"), out, self.output_layers(),
+                             context, getattr(self, "failed_layers", None))
+        return dict(outputs, **{self.OUTPUT: out})
 
     def merge_threshold(self, parameters, context) -> float:
         return 0.5
 
-    def outputs(self, out: str, context) -> dict:
-        return {self.OUTPUT: out, self.TILES: self.load(out, TILES, "tiles", context)}
-
-    def load(self, out: str, layer: str, style: str, context) -> str:
-        """The layer's URI, loaded on completion with its QML style from styles/."""
-        return load_on_completion(out, layer, style, context)
-
-
-class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Applies a QML style to a layer loaded on completion; the instances are kept alive here, since
-    Processing holds only a plain pointer to them."""
-
-    _alive = []
-
-    def __init__(self, qml: Path):
-        super().__init__()
-        self.qml = qml
-
-    @classmethod
-    def create(cls, qml: Path):
-        instance = cls(qml)
-        cls._alive[:] = cls._alive[-15:] + [instance]
-        return instance
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        if self.qml.is_file():
-            layer.loadNamedStyle(str(self.qml))
-            layer.triggerRepaint()
+    def output_layers(self) -> OutputLayers:
+        """(output, GeoPackage layer, style) of each layer the run loads."""
+        return [(self.TILES, TILES, "tiles")]
 
 
 class CaptionTilesAlgorithm(BulkTilesAlgorithm):
@@ -477,7 +442,8 @@ class CaptionTilesAlgorithm(BulkTilesAlgorithm):
                 "stretched (2-98 %). OUTPUT is also the ledger: run again with the same parameters to ask only "
                 "for missing or failed tiles; `geovlm caption` on the command line continues the same file. A run "
                 "that leaves tiles failed or missing ends as failed (qgis_process exits 1) once every answer is "
-                "committed: the message names the output that holds them." + RETRY_HELP)
+                "committed: the message names the output that holds them, and the dialog loads its layers all the "
+                "same, to show what was done while Run resumes the rest." + RETRY_HELP)
 
 
 class DetectTilesAlgorithm(BulkTilesAlgorithm):
@@ -509,11 +475,9 @@ class DetectTilesAlgorithm(BulkTilesAlgorithm):
     def merge_threshold(self, parameters, context) -> float:
         return self.parameterAsDouble(parameters, self.MERGE_OVERLAP, context)
 
-    def outputs(self, out: str, context) -> dict:
-        result = super().outputs(out, context)
-        result[self.OBJECTS] = self.load(out, OBJECTS, "objects", context)
-        result[self.RELATIONS] = self.load(out, RELATIONS, "relations", context)
-        return result
+    def output_layers(self) -> OutputLayers:
+        return [*super().output_layers(), (self.OBJECTS, OBJECTS, "objects"), (self.RELATIONS, RELATIONS,
+                                                                               "relations")]
 
 
 __all__ = ["CaptionTilesAlgorithm", "DetectTilesAlgorithm"]

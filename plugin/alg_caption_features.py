@@ -42,11 +42,11 @@ from .alg_bulk_tiles import (
     crs_name,
     default_raster_layer,
     ledger_crs,
-    load_on_completion,
     report_outcome,
     run_problem,
 )
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
+from .bulk_outputs import FailedRunLayers, finish_run
 from .layer_files import parameters_problem
 from .qgis_geometry import FIELD_TYPES, raster_frame
 from .tile_sources import GdalTiles
@@ -114,7 +114,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 "copy of the features with all their attributes, the caption in a new field, its status in "
                 "FIELD_status and the model in FIELD_model. Features outside the raster get no caption. A run that "
                 "leaves features failed or missing ends as failed (qgis_process exits 1) once both layers are "
-                "written." + RETRY_HELP)
+                "written; the dialog loads them all the same, to show what was done while Run resumes the rest."
+                + RETRY_HELP)
 
     def createInstance(self):  # noqa: N802
         return CaptionFeaturesAlgorithm()
@@ -163,8 +164,10 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         return (False, problem) if problem else (ok, message)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        """On the main thread: RASTER's frame and a reader of its windows in the chosen bands."""
+        """On the main thread: RASTER's frame and a reader of its windows in the chosen bands, and `context` kept
+        for the layers of a run that fails with answers committed (`bulk_outputs.FailedRunLayers`)."""
         check_engine_numbers(self, parameters, context)
+        self.failed_layers = FailedRunLayers(context)
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is None or layer.providerType() != "gdal":
             raise QgsProcessingException("RASTER must be a raster file (GDAL)")
@@ -228,9 +231,10 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             conn.close()
         self._write_features(out, source, features, {t.id for t in tiles}, field, results, context)
         feedback.pushInfo(stats.summary_of("features"))
-        report_outcome(feedback, stats, out, "features")
-        return {self.OUTPUT: out, self.FEATURES: load_on_completion(out, FEATURES, FEATURES, context),
-                self.WINDOWS: load_on_completion(out, TILES, TILES, context)}
+        outputs = finish_run(lambda: report_outcome(feedback, stats, out, "features"), out,
+                             [(self.FEATURES, FEATURES, FEATURES), (self.WINDOWS, TILES, TILES)], context,
+                             getattr(self, "failed_layers", None))
+        return dict(outputs, **{self.OUTPUT: out})
 
     def _ask(self, parameters, context, feedback, conn, cancel, ledger, tiles, question, plan):
         """Ask for every window the ledger does not hold yet, each answer committed as it arrives."""
