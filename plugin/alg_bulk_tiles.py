@@ -414,7 +414,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             ledger.close()
         feedback.pushInfo(stats.summary())
         outputs = finish_run(lambda: report_outcome(feedback, stats, out, "tiles"), out, self.output_layers(),
-                             context, getattr(self, "failed_layers", None))
+                             context, self.failed_layers)
         return dict(outputs, **{self.OUTPUT: out})
 
     def merge_threshold(self, parameters, context) -> float:

@@ -233,7 +233,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(stats.summary_of("features"))
         outputs = finish_run(lambda: report_outcome(feedback, stats, out, "features"), out,
                              [(self.FEATURES, FEATURES, FEATURES), (self.WINDOWS, TILES, TILES)], context,
-                             getattr(self, "failed_layers", None))
+                             self.failed_layers)
         return dict(outputs, **{self.OUTPUT: out})
 
     def _ask(self, parameters, context, feedback, conn, cancel, ledger, tiles, question, plan):

@@ -41,7 +41,8 @@ class FailedRunLayers(QObject):
     caller's thread delivers before the task's end (posted earlier), so the dialog loads them, styled as on
     success; a run in the caller's thread (`processing.run`, `qgis_process`, a graphical model's step)
     registers them at once on the context that its caller then discards, as for any failed run, and those
-    still end failed, loading nothing."""
+    still end failed, loading nothing. After Cancel the dialog loads no layer at all (`handleAlgorithmResults`
+    stops for a cancelled feedback), as for any algorithm."""
 
     requested = pyqtSignal(str, str, str)
 
@@ -64,13 +65,12 @@ def finish_run(report, out: str, layers: OutputLayers, context, failed_layers) -
     """The outputs of a bulk run whose answers are all committed to `out`: {output name: layer URI}, each
     layer loaded on completion with `context` (the run's). `report()` (`alg_bulk_tiles.report_outcome`) raises
     QgsProcessingException when tiles or features were left undone; the layers are then handed to
-    `failed_layers` (a `FailedRunLayers`, None when the run was not prepared) before the exception goes on."""
+    `failed_layers` (the `FailedRunLayers` of the run's `prepareAlgorithm`) before the exception goes on."""
     outputs = {name: load_on_completion(out, layer, style, context) for name, layer, style in layers}
     try:
         report()
     except QgsProcessingException:
-        if failed_layers is not None:
-            failed_layers.load(out, layers)
+        failed_layers.load(out, layers)
         raise
     return outputs
 
