@@ -88,8 +88,10 @@ def _jpeg_too_short(data: bytes) -> Optional[str]:
 
 
 def decode_image(url: str, max_pixels: int) -> np.ndarray:
-    """An HxWx3 uint8 RGB array from a PNG or JPEG data URI; the pixel count is checked before decoding, and a
-    JPEG too short for the size it claims is refused (`ProtocolError`, 400) instead of decoded as grey."""
+    """An HxWx3 uint8 RGB array from a PNG or JPEG data URI; the pixel count is checked before decoding (413
+    naming `max_pixels`, also for an image past Pillow's own bound, `2 * PIL.Image.MAX_IMAGE_PIXELS`, which
+    Pillow checks as it opens the file; `allow_pixels` raises that bound to a server's limit), and a JPEG too
+    short for the size it claims is refused (`ProtocolError`, 400) instead of decoded as grey."""
     from PIL import Image, UnidentifiedImageError
 
     match = _DATA_URI.match(url)
@@ -115,12 +117,23 @@ def decode_image(url: str, max_pixels: int) -> np.ndarray:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except ProtocolError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ProtocolError(f"image is too large: {exc}", status=413) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, checked as it opens: say the server's
+        raise ProtocolError(f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}",
+                            status=413) from exc
     except UnidentifiedImageError as exc:  # its message shows the BytesIO's repr, which says nothing
         raise ProtocolError(f"image could not be decoded: its {len(data)} bytes are neither PNG nor JPEG") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ProtocolError(f"image could not be decoded as PNG or JPEG: {exc}") from exc
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images of up to `max_pixels` pixels without its decompression-bomb warning (from
+    PIL.Image.MAX_IMAGE_PIXELS, 89 M) or error (twice that): the server's own limit, checked by `decode_image`
+    before any pixel is decoded, is the one that applies. Never lowers Pillow's bound (process-wide)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
 def parse_chat(

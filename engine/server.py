@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 from .batching import END, Batcher, Busy
 from .connections import guarded_protocol
 from .memory import MemoryBudget, OverBudget
-from .protocol import ChatRequest, ProtocolError, parse_chat, text_limit
+from .protocol import ChatRequest, ProtocolError, allow_pixels, parse_chat, text_limit
 
 log = logging.getLogger("geovlm.engine")
 BATCHER_STOP_S = 5.0  # after the graceful period, for the batcher to finish; both within the launcher's wait
@@ -85,6 +85,7 @@ def create_app(pipeline, settings: Optional[Settings] = None):
     from ..models.pipeline import GenRequest
 
     settings = settings or Settings()
+    allow_pixels(settings.max_pixels)  # --max-pixels above Pillow's own bound (179 M) is the server's to refuse
     info = dict(pipeline.info())
     model_name = str(info.get("model") or "geovlm")
     batcher = Batcher(

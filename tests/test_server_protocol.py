@@ -111,6 +111,36 @@ def test_pixel_limit_is_checked_before_decoding():
     assert decode_image(url, max_pixels=20_000).shape == (100, 200, 3)
 
 
+def png_claiming(width, height):
+    """A PNG of a header claiming width x height pixels and no pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b"")
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def test_an_image_past_pillows_own_bound_names_the_servers_limit(monkeypatch):
+    """Pillow refuses 30000 x 30000 as it opens the file ("exceeds limit of 178956970 pixels, could be
+    decompression bomb DOS attack"): the 413 named Pillow's bound, not the server's --max-pixels. And a
+    --max-pixels above that bound (a 15000 x 15000 image) is the server's to apply, not Pillow's."""
+    from PIL import Image
+
+    from geovlm.engine.protocol import allow_pixels
+
+    with pytest.raises(ProtocolError) as caught:
+        decode_image(png_claiming(30000, 30000), max_pixels=1000)
+    assert caught.value.status == 413 and str(caught.value).endswith("the limit is 1000"), str(caught.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    allow_pixels(300_000_000)
+    with pytest.raises(ProtocolError) as caught:  # through the pixel check: only the missing data is refused
+        decode_image(png_claiming(15000, 15000), max_pixels=300_000_000)
+    assert caught.value.status == 400 and "decoded" in str(caught.value)
+    allow_pixels(1000)  # never lowered
+    assert Image.MAX_IMAGE_PIXELS == 300_000_000
+
+
 def test_truncated_png_is_a_400():
     url, _ = data_uri(64, 64)
     raw = base64.b64decode(url.split(",", 1)[1])
