@@ -43,6 +43,10 @@ DIR_PREFIX = "geovlm-engine-"
 _ERROR_LINE = re.compile(r" (ERROR|CRITICAL) |^[\w.]*(Error|Exception): |^geovlm \w+: ")  # a log level, a
 # Python exception, a CLI error (not a logger named uvicorn.error)
 OWNER_FILE = "launcher.json"  # {"pid": the launcher's process id}, in each engine's temporary folder
+PROBE_TIMEOUT_S = 60.0  # the most the check whether the engine's Python imports geovlm takes (`_imports_geovlm`)
+LAUNCH_END_S = 15.0  # the most a launch takes beyond its start timeout to end and be followed by the next step:
+# a last /health check (2 s), SIGTERM then SIGKILL of an engine that did not answer (5 s each, `_terminate`), the
+# watcher's next look (0.25 s), and the next engine's spawn (about 2 s to spare)
 
 
 class EngineStartError(RuntimeError):
@@ -108,6 +112,8 @@ class LocalEngine:
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: Optional[threading.Thread] = None
+        self._give_up_at: Optional[float] = None  # `give_up_by`
+        self._watching = False  # the engine came up and the watcher restarts it when it crashes
 
     @property
     def pid(self) -> Optional[int]:
@@ -135,7 +141,8 @@ class LocalEngine:
                 if self._proc is not None and self._proc.poll() is None:
                     return self.url
                 self._stopping.clear()
-                self.down_reason = None
+                self.down_reason, self._watching = None, False
+                self._give_up_at = time.monotonic() + PROBE_TIMEOUT_S + self.start_timeout + LAUNCH_END_S
                 remove_leftovers()
                 self._dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
                 (self._dir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid()}), encoding="utf-8")
@@ -152,6 +159,7 @@ class LocalEngine:
                 self.stop(timeout=5)
                 raise
             if error is not None:
+                self._give_up_at = None
                 self.stop()
                 raise error
             atexit.register(self.stop)
@@ -161,6 +169,7 @@ class LocalEngine:
         """Stop the engine (SIGTERM, so requests in flight finish; killed after `timeout`, longer than the
         engine's own graceful stop)."""
         self._stopping.set()
+        self._give_up_at = None
         with self._lock:
             if self._proc is not None:
                 _terminate(self._proc, timeout)
@@ -175,6 +184,19 @@ class LocalEngine:
     def running(self) -> bool:
         with self._lock:
             return self._proc is not None and self._proc.poll() is None
+
+    def give_up_by(self) -> Optional[float]:
+        """While the engine starts (`start`, or the watcher's restart of a crashed engine): the `time.monotonic()`
+        by which this launcher has it answering /health, or has given it up (`start` raised, or `on_down` was
+        called). That is the running launch's /health deadline (`start_timeout` after its spawn), the time to end
+        it (LAUNCH_END_S), and one more start timeout and end for each restart left after it (`max_restarts` less
+        `restarts`: none after the first start, whose failure `start` raises); before the first launch, also the
+        check of the engine's Python (PROBE_TIMEOUT_S). None while no start is under way (up, stopped, given up)."""
+        return self._give_up_at
+
+    def restarts_left(self) -> int:
+        """Restarts the watcher may still make after the running launch (0 during `start`)."""
+        return max(0, self.max_restarts - self.restarts) if self._watching else 0
 
     def __enter__(self) -> LocalEngine:
         self.start()
@@ -193,6 +215,7 @@ class LocalEngine:
         except Exception as exc:  # handed to start()
             started.put(exc if isinstance(exc, EngineStartError) else EngineStartError(str(exc)))
             return
+        self._watching = True
         started.put(None)
         self._watch()
 
@@ -220,6 +243,7 @@ class LocalEngine:
             except OSError as exc:
                 raise EngineStartError(f"could not run {self.python}: {exc}") from exc
         deadline = time.monotonic() + self.start_timeout
+        self._give_up_at = deadline + LAUNCH_END_S + self.restarts_left() * (self.start_timeout + LAUNCH_END_S)
         while time.monotonic() < deadline and not self._stopping.is_set():
             if proc.poll() is not None:
                 raise EngineStartError(self._failure(f"the engine exited with status {proc.returncode}"))
@@ -227,12 +251,13 @@ class LocalEngine:
                 url = json.loads(ready.read_text(encoding="utf-8"))["url"]
                 if _healthy(url):
                     self.url = url
-                    self._up_since = time.monotonic()
+                    self._up_since, self._give_up_at = time.monotonic(), None
                     log.info("local engine %s running at %s", proc.pid, url)
                     return
             time.sleep(0.1)
         _terminate(proc, 5)
         if self._stopping.is_set():
+            self._give_up_at = None
             raise EngineStartError("the engine was stopped while starting")
         raise EngineStartError(self._failure(f"no answer on /health within {self.start_timeout:.0f} s"))
 
@@ -259,12 +284,14 @@ class LocalEngine:
             if self.restarts >= self.max_restarts:
                 log.error("not restarting the local engine: %d restarts already", self.restarts)
                 self.down_reason = self._one_line(proc.returncode)
+                self._give_up_at = None
                 with self._lock:
                     self._proc = None
                 if self.on_down is not None:
                     self.on_down(self.last_error)
                 return
             self.restarts += 1
+            self._give_up_at = time.monotonic() + (self.restarts_left() + 1) * (self.start_timeout + LAUNCH_END_S)
             if self.on_restart is not None:
                 self.on_restart(f"{_ended(proc.returncode)}; restart {self.restarts} of {self.max_restarts}")
             try:

@@ -201,7 +201,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
 
     def _ask(self, question: str, task: str, region) -> None:
         self._asked = (question, task, region)
-        if self._local_coming():  # the plugin's local engine starts or restarts: sent once it is up
+        if self._local_starts():  # the plugin's local engine starts or restarts: sent once it is up
             self._hold_question()
             return
         self._restart_mark = self.manager.restart_count

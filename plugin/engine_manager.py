@@ -143,8 +143,9 @@ class EngineManager(QObject):
         """Start the engine (or reuse the running one with the same config); returns (url, api_key).
 
         Blocks until /health answers (minutes on a first start that prepares the demo model). Raises
-        `EngineStartError` with the engine's own output when it does not come up, `RuntimeError` when no
-        engine Python is set up. A cancelled `cancel` stops a start in progress."""
+        `EngineStartError` with the engine's own output when it does not come up ("down"), `RuntimeError` when no
+        engine Python is set up. A cancelled `cancel` stops a start in progress, as `stop` does: then the state is
+        "stopped" again (it starts on the next request), not "down", and `EngineStartError` is raised."""
         config = config or self.config_from_settings()
         if not config.python:
             self._set("not_set_up")
@@ -168,6 +169,13 @@ class EngineManager(QObject):
             try:
                 url = engine.start()
             except EngineStartError as exc:
+                with self._lock:
+                    stopped = (cancel is not None and cancel.cancelled) or self._engine is not engine
+                    if stopped and self._engine is engine:
+                        self._engine, self._config = None, None
+                if stopped:  # cancelled, or stopped (`stop`, unload): not down, it starts on the next request
+                    self.refresh()
+                    raise
                 self._set("down", last_line(exc))
                 QgsMessageLog.logMessage(f"the local engine did not start: {exc}", LOG_TAG, Qgis.MessageLevel.Critical)
                 raise
@@ -226,6 +234,54 @@ class EngineManager(QObject):
             engine = self._engine
         if engine is not None and engine.url:
             self._describe(engine.url, engine.api_key)
+
+    def start_later(self) -> bool:
+        """Start the engine with the current settings in a `QgsTask` (the caller does not wait; `stateChanged`
+        tells how it goes), unless it runs with them already. "starting" is said at once, so a caller that waits
+        for it (`ask_engine_wait.EngineWait`) waits from now. A start that fails reads "down" with its last
+        error line; `shutdown` (unload) stops it. Returns whether a start is under way now (False: the engine
+        runs with these settings, or no engine Python is set up: the request itself says so)."""
+        config = self.config_from_settings()
+        with self._lock:
+            if self.state == "starting":
+                return True
+            if not config.python or (self._engine is not None and self._engine.running() and self._config == config):
+                return False
+            if self._task is not None:  # a restart is under way: it stops the engine, then starts it
+                return True
+
+            def run(_task):
+                try:
+                    self.start(config)
+                except RuntimeError:  # EngineStartError: said by the state ("down", or "stopped" when stopped), logged
+                    return False
+                return True
+
+            task = self._task = QgsTask.fromFunction("Start the GeoVLM engine", run, on_finished=self._started)
+        self._set("starting", loading(config))
+        from qgis.core import QgsApplication
+
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _started(self, exception, _result=None) -> None:
+        self._task = None
+        if exception is not None:
+            QgsMessageLog.logMessage(f"starting the local engine failed: {exception}", LOG_TAG,
+                                     Qgis.MessageLevel.Warning)
+
+    def give_up_by(self) -> Optional[float]:
+        """While the local engine starts or restarts: the `time.monotonic()` by which its launcher has it up or has
+        given it up (`LocalEngine.give_up_by`); None when no launch is under way, or none is known yet."""
+        with self._lock:
+            engine = self._engine
+        return engine.give_up_by() if engine is not None else None
+
+    def restarts_left(self) -> int:
+        """The restarts the launcher may still make after the one under way (0 during a first start)."""
+        with self._lock:
+            engine = self._engine
+        return engine.restarts_left() if engine is not None else 0
 
     def starting_text(self) -> str:
         """While "starting": what the engine does, for a person (`starting_words` of its detail)."""
