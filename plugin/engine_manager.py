@@ -250,7 +250,9 @@ class EngineManager(QObject):
             if self._task is not None:  # a restart is under way: it stops the engine, then starts it
                 return True
 
-            def run(_task):
+            def run(task):
+                if task.isCanceled():  # unloaded before it ran: no engine
+                    return False
                 try:
                     self.start(config)
                 except RuntimeError:  # EngineStartError: said by the state ("down", or "stopped" when stopped), logged
