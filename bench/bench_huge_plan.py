@@ -1,6 +1,7 @@
 """A bulk run over a huge plan: how long `geovlm caption` takes to commit its first tile, and how much memory the
 command holds meanwhile, for a VRT claiming --side x --side pixels (default 10^6 x 10^6: 3.8 million tiles of
-512 px) over the shared RGB.byte.tif, against a stub engine on 127.0.0.1 that answers at once.
+512 px) over the shared RGB.byte.tif, against a stub engine on 127.0.0.1 that answers at once (--max-tiles raised to
+let it start: by default such a plan is refused before any engine is asked).
 
 The command runs in a subprocess; its resident memory is sampled every 0.1 s (/proc) until the ledger holds
 --tiles committed tiles or --timeout seconds pass, then it is stopped (SIGINT: its clean stop).
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         vrt, out = Path(tmp) / "huge.vrt", Path(tmp) / "out.gpkg"
         huge_vrt(vrt, args.side)
         cmd = [sys.executable, "-m", "geovlm", "caption", str(vrt), "--out", str(out), "--engine", url,
-               "--family", "geochat", "--no-progress", "--keep-nodata"]
+               "--family", "geochat", "--no-progress", "--keep-nodata", "--max-tiles", str(args.side ** 2)]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # nosec B603
         peak, first, done = 0.0, None, 0

@@ -10,17 +10,37 @@ from . import CliError
 from .parse_cmd import add_profile_overrides
 from .serve_cmds import add_engine_args, add_request_timeout_arg, request_timeout
 
+# Each runs in a clone's root, against the local demo model (tests/test_cli_help.py runs them).
+BULK_EXAMPLES = {
+    "caption": """examples (in a clone, from its root):
+  geovlm caption sample/aerial.tif --tile 256 --family geochat --max-new-tokens 8 --out captions.gpkg
+  geovlm caption sample/aerial.tif --extent '128.657,128.659,37.668,37.669 [EPSG:4326]' --tile 256 \\
+      --family geochat --max-new-tokens 8 --out part.gpkg""",
+    "detect": """examples (in a clone, from its root):
+  geovlm detect sample/aerial.tif --extent '14322000,14322200,4532600,4532800' --tile 256 --family skysensegpt \\
+      --max-new-tokens 16 --out objects.gpkg""",
+}
+
 
 def register(sub) -> None:
     for name, kind, text in (("caption", "caption", "caption every tile of a raster into a GeoPackage"),
                              ("detect", "detect", "find objects and relations in every tile of a raster")):
         p = sub.add_parser(name, help=text, description=text + ". Rerun with the same --out to resume: only "
-                           "missing or failed tiles are asked again.")
+                           "missing or failed tiles are asked again. Without --engine or --model it asks the demo "
+                           "model, a random stand-in.", epilog=BULK_EXAMPLES[kind])
         p.add_argument("raster")
         p.add_argument("--out", required=True, help="OUT.gpkg: the result and the ledger of the run")
         p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")
         p.add_argument("--overlap", type=int, default=64 if kind == "detect" else 0,
                        help="pixels shared by neighbouring tiles")
+        p.add_argument("--extent", dash_value=True, metavar="'XMIN,XMAX,YMIN,YMAX [CRS]'",
+                       help="ask only the part of the raster covering this rectangle, written as QGIS writes an "
+                       "extent (the bulk algorithms' EXTENT in qgis_process; not gdal_translate -projwin's ulx "
+                       "uly lrx lry): in the raster's CRS, or in the CRS in brackets, e.g. '128.656,128.658,"
+                       "37.667,37.669 [EPSG:4326]'; rerun with the same extent to resume")
+        p.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, metavar="N",
+                       help=f"refuse a plan of more than N tiles before any engine starts (default: "
+                       f"{DEFAULT_MAX_TILES:,}, about a 160,000 px square raster in 512 px tiles)")
         p.add_argument("--edge", choices=("shift", "partial", "drop"), default="shift",
                        help="edge tiles: moved back inside (default), smaller, or left out")
         p.add_argument("--question", dash_value=True,
@@ -45,19 +65,27 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_bulk, kind=kind)
 
 
+# The most tiles a plan may have unless --max-tiles says more: no scene an aerial or satellite sensor delivers
+# reaches it at 512 px (a 41k x 41k px scene is 6,561 tiles, 26,896 at 256 px), while a mosaic VRT of a
+# country or a mistaken --tile 16 does, and would keep an engine busy for days (100,000 tiles at 1 s each).
+DEFAULT_MAX_TILES = 100_000
+
+
 class RasterTiles:
     """Reads plan tiles of a raster through rasterio windows, in the calling thread, as `ArraySource`s: the
     client fits each to the model's input (core.client.prepare_image) and sends exactly those pixels. `bands`:
     three 1-based bands as red, green, blue, or None (1,2,3, or grey); `models.imagery.ImageryError` in one line
-    when the raster lacks one of them."""
+    when the raster lacks one of them. `offset` (col, row) is where the plan's pixel (0, 0) lies in the raster
+    (a plan over part of it: --extent)."""
 
-    def __init__(self, path, bands, skip_nodata: bool):
+    def __init__(self, path, bands, skip_nodata: bool, offset=(0, 0)):
         from ..models.imagery import ImageryError, check_bands, import_rasterio, not_georeferenced_ok
 
         self.rasterio = import_rasterio()
         self.path = path
         self.bands = bands
         self.skip_nodata = skip_nodata
+        self.offset = tuple(offset)
         with not_georeferenced_ok(self.rasterio):  # open_frame has said in one line what that means
             self.ds = self.rasterio.open(path)
         try:
@@ -77,10 +105,11 @@ class RasterTiles:
             return None if self.skip_nodata else ArraySource(np.zeros((*decimated_shape(
                 tile.width, tile.height)[::-1], 3), np.uint8))
 
+        window = (tile.col_off + self.offset[0], tile.row_off + self.offset[1], tile.width, tile.height)
         try:
-            if not self.ds.dataset_mask(window=Window(*tile.window)).any():
+            if not self.ds.dataset_mask(window=Window(*window)).any():
                 return nodata()
-            rgb = read_rgb(self.path, tile.window, self.bands)
+            rgb = read_rgb(self.path, window, self.bands)
         except NoDataError:  # NaN or infinite values only, which the mask does not show: nodata all the same
             return nodata()
         except ImageryError as exc:
@@ -150,7 +179,7 @@ def cmd_bulk(args) -> int:
     from ..models.imagery import ImageryError
     from .engine_cmds import STAND_IN_NOTE, _bands, warn_other_family
     from .parse_cmd import profile_overrides
-    from .rasters import open_frame
+    from .rasters import extent_window, open_frame, parse_extent
 
     if args.question is not None and not args.question.strip():
         raise CliError("--question is empty: leave it out to ask the family's default prompt")
@@ -164,17 +193,26 @@ def cmd_bulk(args) -> int:
     if not 0.0 <= getattr(args, "merge_overlap", 0.5) <= 1.0:
         raise CliError(f"--merge-overlap is a share of the smaller object, from 0 to 1, not {args.merge_overlap}")
     request_timeout(args)
+    if args.max_tiles < 1:
+        raise CliError(f"--max-tiles must be at least 1, not {args.max_tiles}")
+    extent = parse_extent(args.extent)
     frame = open_frame(args.raster)
+    col0, row0, width, height = extent_window(frame, extent) if extent else (0, 0, frame.width, frame.height)
+    area = f"the extent's {width}x{height} px of the raster" if extent else f"the raster ({width}x{height} px)"
+    gt = frame.geotransform.window(col0, row0) if extent else frame.geotransform  # where the plan's pixel (0, 0) is
     try:
-        tiles = TilePlan(frame.width, frame.height, args.tile, args.overlap, args.edge)
+        tiles = TilePlan(width, height, args.tile, args.overlap, args.edge)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not len(tiles):  # --edge drop on a raster smaller than a tile: an empty run would "succeed"
-        raise CliError(f"no tile to ask: the raster ({frame.width}x{frame.height} px) is smaller than one "
-                       f"{args.tile} px tile, and --edge drop leaves partial tiles out; give a smaller --tile or "
-                       "another --edge")
+        raise CliError(f"no tile to ask: {area} is smaller than one {args.tile} px tile, and --edge drop leaves "
+                       "partial tiles out; give a smaller --tile or another --edge")
+    if len(tiles) > args.max_tiles:  # a mosaic of a country: refused before an engine starts, not left running
+        raise CliError(f"the plan has {len(tiles):,} tiles of {args.tile} px over {area}, more than --max-tiles "
+                       f"{args.max_tiles:,}: ask part of it (--extent 'xmin,xmax,ymin,ymax [CRS]'), take larger "
+                       "tiles (--tile), or raise --max-tiles")
     try:  # the bands are checked before an engine is contacted or the output touched
-        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata)
+        reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata, (col0, row0))
     except ImageryError as exc:
         raise CliError(f"--bands: {exc}") from None
     client = None
@@ -193,14 +231,14 @@ def cmd_bulk(args) -> int:
             warn_other_family(details, profile.name)
         question = args.question or (DEFAULT_CAPTION_QUESTION if args.kind == "caption" else DEFAULT_GRAPH_QUESTION)
         wkt, epsg, crs_name = _crs(frame.crs)
-        plan = RunPlan(args.kind, tiles, frame.geotransform, question, task, profile.name, model, crs=crs_name,
+        plan = RunPlan(args.kind, tiles, gt, question, task, profile.name, model, crs=crs_name,
                        pixels=reader.pixel_digest(), bands=reader.bands, keep_nodata=bool(args.keep_nodata))
         try:
             ledger = Ledger(args.out, plan, wkt, epsg, overwrite=args.overwrite,
                             merge_threshold=getattr(args, "merge_overlap", 0.5), overwrite_flag="--overwrite")
         except LedgerError as exc:
             raise CliError(str(exc)) from None
-        graph = (lambda tile, answer: graph_rows(tile, answer, frame.geotransform)) if args.kind == "detect" else None
+        graph = (lambda tile, answer: graph_rows(tile, answer, gt)) if args.kind == "detect" else None
         cancel = CancelToken()
 
         def progress(stats):
@@ -217,7 +255,9 @@ def cmd_bulk(args) -> int:
 
         if details.get("random_stand_in"):
             print(STAND_IN_NOTE, file=sys.stderr)
-        print(f"geovlm {args.kind}: {counted(len(tiles), 'tiles')} of {tiles.tile} px (overlap {tiles.overlap}), "
+        part = f" over pixels {col0},{row0} to {col0 + width},{row0 + height} of the raster (--extent)"
+        print(f"geovlm {args.kind}: {counted(len(tiles), 'tiles')} of {tiles.tile} px (overlap {tiles.overlap})"
+              f"{part if extent else ''}, "
               f"{profile.name} '{model}' on {', '.join(e.url for e in client.endpoints)}; plan "
               f"{plan.fingerprint}{' (resuming)' if ledger.resumed else ''}", file=sys.stderr)
         bar = _progress(args, len(tiles))

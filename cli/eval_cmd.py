@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..core.profiles import family_names, get_profile
@@ -176,6 +177,9 @@ def score_layers(args) -> dict:
         # no `objects` layer, so the first one was taken: a bulk run's tile footprints, which are not boxes
         raise CliError(f"{args.file} has no objects layer, only the tiles of a bulk run (their footprints are not "
                        "boxes): score the output of `geovlm detect` or `geovlm parse`, or name a layer with --layer")
+    if refs.beyond:  # as `parse --to-crs` warns: the references taken where the answers' CRS stretches them
+        print(f"geovlm eval: warning: {refs.path} taken to the answers' CRS: {refs.beyond}; the layers are "
+              "compared in the answers' CRS, which geovlm parse --to-crs chooses", file=sys.stderr)
     if (answers.crs is None) != (refs.crs is None):
         with_crs = answers.path if answers.crs is not None else refs.path
         raise CliError(f"only {with_crs} has a CRS: both layers must be in map coordinates, or both in pixels")

@@ -31,7 +31,12 @@ def reprojected(frame, to_crs):
     became a polygon across all of it. Such a geometry takes the same transformation with PROJ's `+over` (no
     wrap: longitudes, and x of a cylindrical projection, go on past the edge, as QGIS draws them), chosen when
     its vertices span less than half the wrapped ones' width in x; a geometry that does not cross keeps the
-    wrapped vertices, so coordinates stay in the usual range."""
+    wrapped vertices, so coordinates stay in the usual range.
+
+    A valid polygon that the projection makes invalid, or all but invalid, is mended (`_mended`): an image of a
+    whole polar cap (EPSG:4326 from 180 W to 180 E up to 90 N) taken to a polar projection (EPSG:3413, EPSG:3031)
+    has its west and east edges on the same meridian, a ring that runs out to the pole and back along one line
+    (a slit, exact or 1e-10 m wide), and its top edge collapsed into the pole; it becomes the disc it covers."""
     import geopandas as gpd
     import numpy as np
     from pyproj import CRS, Transformer
@@ -55,8 +60,9 @@ def reprojected(frame, to_crs):
         if geometry.geom_type == "Polygon":  # holes take the transformation chosen for the outer ring
             coords = np.asarray(geometry.exterior.coords)
             transform = transform_of(coords)
-            return Polygon(_bent(coords, transform), [_bent(np.asarray(ring.coords), transform)
-                                                      for ring in geometry.interiors])
+            moved = Polygon(_bent(coords, transform), [_bent(np.asarray(ring.coords), transform)
+                                                       for ring in geometry.interiors])
+            return _mended(moved) if geometry.is_valid else moved
         if geometry.geom_type == "LineString":
             coords = np.asarray(geometry.coords)
             return LineString(_bent(coords, transform_of(coords)))
@@ -99,6 +105,35 @@ def beyond_area_of_use(frames, to_crs) -> str:
     return (f"{beyond} of {total} features reach latitudes outside {name}'s area of use ({area.south:g} to "
             f"{area.north:g} degrees), where its coordinates are stretched beyond use; choose a CRS that covers "
             "them (EPSG:4326, or a polar one such as EPSG:3413 or EPSG:3031)")
+
+
+# Vertices of a reprojected polygon closer than this share of its extent are taken as one when its validity is
+# checked (`_mended`): PROJ puts the two sides of a seam (longitude -180 and 180 in a polar projection) 1e-10 m
+# apart, a slit that shapely holds valid; a real polygon has no parts that thin.
+SEAM_TOLERANCE = 1e-9
+
+
+def _mended(polygon):
+    """`polygon` (a reprojected Polygon) as it is when it is valid with its vertices on a grid of SEAM_TOLERANCE
+    of its extent (shapely `set_precision`, pointwise), else the polygonal part of shapely's `make_valid` of it
+    on that grid (GEOS's "linework" repair: a slit or a collapsed edge, which covers no area, is dropped as a
+    line): a Polygon, or a MultiPolygon where the ring crossed itself into several pieces; `polygon` itself when
+    the repair leaves no area."""
+    from shapely import get_parts, make_valid, set_precision
+    from shapely.geometry import MultiPolygon
+
+    xmin, ymin, xmax, ymax = polygon.bounds
+    extent = max(xmax - xmin, ymax - ymin)
+    if not math.isfinite(extent) or extent <= 0:
+        return polygon
+    snapped = set_precision(polygon, extent * SEAM_TOLERANCE, mode="pointwise")
+    if polygon.is_valid and snapped.is_valid:
+        return polygon
+    pieces = [p for p in get_parts(make_valid(snapped)) if p.geom_type in ("Polygon", "MultiPolygon")]
+    polygons = [q for p in pieces for q in get_parts(p)]
+    if not polygons:
+        return polygon
+    return polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
 
 
 def _bent(coords, transform):

@@ -125,11 +125,42 @@ def plan_differences(theirs: Dict, ours: Dict) -> str:
                 "which did not record the raster's CRS and pixels")
     parts = []
     keys = [k for k in _PLAN_NAMES if k in theirs or k in ours] + sorted((set(theirs) | set(ours)) - set(_PLAN_NAMES))
+    differing = {key for key in keys if theirs.get(key) != ours.get(key)}
+    if differing & _AREA_KEYS and not differing & {"crs", "pixels"} and _same_grid(theirs, ours):
+        # the same raster (its CRS and pixels), another part of it: an extent
+        parts.append(f"extent {_plan_extent(theirs)} there, {_plan_extent(ours)} now")
+        keys = [key for key in keys if key not in _AREA_KEYS]
     for key in keys:
         if theirs.get(key) != ours.get(key):
             there, now = (_shown(side.get(key, _PLAN_DEFAULTS.get(key))) for side in (theirs, ours))
             parts.append(f"{_PLAN_NAMES.get(key, key)} {there} there, {now} now")
     return "; ".join(parts)
+
+
+_AREA_KEYS = {"width", "height", "geotransform"}  # what another part of the same raster (an extent) changes
+
+
+def _same_grid(theirs: Dict, ours: Dict) -> bool:
+    """Whether two plans' pixels are windows of one grid: geotransforms with the same pixel size and rotation
+    whose corners lie a whole number of pixels apart (a sub-pixel shift is the raster georeferenced anew)."""
+    try:
+        a, b, c, d, e, f = theirs["geotransform"]
+        if [a, b, d, e] != [ours["geotransform"][i] for i in (0, 1, 3, 4)]:
+            return False
+        col, row = GeoTransform(a, b, c, d, e, f).to_pixel(ours["geotransform"][2], ours["geotransform"][5])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+    return abs(col - round(col)) < 1e-3 and abs(row - round(row)) < 1e-3  # the plan keeps 12 digits
+
+
+def _plan_extent(plan: Dict) -> str:
+    """The map rectangle a plan's pixels cover, as QGIS writes an extent: "xmin,xmax,ymin,ymax" (rotation
+    included: the bounding rectangle of the four corners)."""
+    a, b, c, d, e, f = plan["geotransform"]
+    corners = [(a * col + b * row + c, d * col + e * row + f) for col in (0, plan["width"])
+               for row in (0, plan["height"])]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return ",".join(f"{v:.12g}" for v in (min(xs), max(xs), min(ys), max(ys)))
 
 
 def _shown(value) -> str:

@@ -35,6 +35,7 @@ class Features:
     table: object
     crs: object
     path: str
+    beyond: str = ""  # reprojected: `cli.reprojection.beyond_area_of_use`'s line, "" when within the CRS's area
 
 
 def read_features(path, layer: Optional[str] = None, default_layer: Optional[str] = None,
@@ -42,7 +43,8 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     """A layer's features (pyogrio): `layer`, else `default_layer` when the file has it, else its first layer;
     reprojected to `to_crs` when given and the layer has a CRS, as `geovlm parse --to-crs` reprojects
     (`cli.reprojection.reprojected`: edges bent as the projection bends them, a box over the antimeridian kept
-    whole). Raises LayerError."""
+    whole), and `beyond` then says (as `parse --to-crs` warns) when features reach latitudes outside `to_crs`'s
+    area of use. Raises LayerError."""
     import geopandas as gpd
     import pyogrio
 
@@ -63,14 +65,17 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     # which took an empty one for a feature the CRS cannot show and refused the layer. Tested one by one:
     # GeoSeries.notna() warns (a multi-line UserWarning) on a series that holds empty geometries.
     frame = frame[[geometry is not None and not geometry.is_empty for geometry in frame.geometry]]
+    beyond = ""
     if to_crs is not None and frame.crs is not None and frame.crs != to_crs:
-        from ..cli.reprojection import reprojected  # what `parse --to-crs` does: bent edges, antimeridian whole
+        # what `parse --to-crs` does: bent edges, antimeridian whole, a warning past the CRS's area of use
+        from ..cli.reprojection import beyond_area_of_use, reprojected
 
         try:
+            beyond = beyond_area_of_use([frame], to_crs)
             frame = reprojected(frame, to_crs)
         except ValueError as exc:
             raise LayerError(f"cannot take {path} layer {name} to the answers' CRS: {exc}") from None
-    return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}")
+    return Features(list(frame.geometry), frame, frame.crs, f"{path}|layername={name}", beyond)
 
 
 def answered(features: Features) -> Features:

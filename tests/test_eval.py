@@ -587,3 +587,29 @@ def test_reference_layers_of_holes_multipolygons_and_points_are_reprojected(tmp_
     assert len(got[0].interiors) == 1 and len(got[1].geoms) == 2
     for mine, theirs in zip(got, plain):
         assert mine.hausdorff_distance(theirs) < 1e-9  # degrees: small shapes, whose edges stay straight
+
+
+@pytest.mark.parametrize("north, warned", [(88.5, True), (45.5, False)])
+def test_references_taken_past_the_answers_crs_area_of_use_are_warned_as_parse_warns(tmp_path, capsys, north, warned):
+    """Answers in EPSG:3857 (85.06 S to 85.06 N), references in EPSG:4326 at 87.5-88.5 N: taken to EPSG:3857 they
+    were scored there without a word (y = 2.1e7-2.4e7 m); now the line `parse --to-crs` gives, naming the layer,
+    and the scores all the same."""
+    from shapely.geometry import box
+
+    lat = [box(9.0, north - 1, 9.5, north), box(9.5, north - 1, 10.0, north)]
+    answers = write_layer(tmp_path / "answers.gpkg", {"label": ["a", "b"]}, lat, crs="EPSG:4326",
+                          to_crs="EPSG:3857", layer="objects")
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["a"]}, lat[:1], crs="EPSG:4326")
+    assert main(["eval", "detection", str(answers), "--reference", str(refs), "--json"]) == 0
+    captured = capsys.readouterr()
+    scores = json.loads(captured.out)
+    assert scores["recall"] == 1.0 and scores["overall"] == 0.5
+    said = [line for line in captured.err.splitlines() if "warning" in line]
+    if warned:
+        assert said == [f"geovlm eval: warning: {refs}|layername=refs taken to the answers' CRS: 1 of 1 features "
+                        "reach latitudes outside EPSG:3857's area of use (-85.06 to 85.06 degrees), where its "
+                        "coordinates are stretched beyond use; choose a CRS that covers them (EPSG:4326, or a polar "
+                        "one such as EPSG:3413 or EPSG:3031); the layers are compared in the answers' CRS, which "
+                        "geovlm parse --to-crs chooses"]
+    else:
+        assert said == []

@@ -245,3 +245,20 @@ def test_an_output_that_cannot_be_created_is_said_so_not_called_a_damaged_geopac
     with pytest.raises(LedgerError) as refused:
         Ledger(out, plan())
     assert str(refused.value).startswith(f"cannot create {out}: ") and not Path(out).exists()
+
+
+def test_another_part_of_the_same_raster_is_named_as_another_extent(tmp_path):
+    """Plans over windows of one raster (an extent: the QGIS algorithms' EXTENT, the command line's --extent)
+    differ in size and corner only; the refusal names the two map rectangles, in QGIS's extent order, rather
+    than widths, heights and geotransforms."""
+    out = tmp_path / "part.gpkg"
+    base = dict(kind="caption", tiles=TilePlan(560, 320, 320, 80), geotransform=GT, question="q", task="caption",
+                family="geochat", model="m", crs="EPSG:32616", pixels="a" * 16)
+    Ledger(out, RunPlan(**base)).close()
+    window = dict(base, tiles=TilePlan(200, 320, 320, 80), geotransform=GT.window(100, 0))
+    with pytest.raises(LedgerError) as refused:
+        Ledger(out, RunPlan(**window))
+    assert ("another plan (extent 500000,500280,4099840,4100000 there, 500050,500150,4099840,4100000 now); "
+            in str(refused.value))
+    with pytest.raises(LedgerError, match=r"extent .* there, .* now; question q there, 'what now\?' now\)"):
+        Ledger(out, RunPlan(**dict(window, question="what now?")))

@@ -528,3 +528,37 @@ def test_a_vector_file_given_as_the_raster_is_said_to_be_one(data_dir, tmp_path,
     assert err == (f"geovlm {command[0]}: {vector} is a vector file (GeoJSON, 1 layer: geotiff_labels (Polygon)), "
                    "not a raster: give a raster image (GeoTIFF, PNG, JPEG, VRT...)"), err
     assert not (tmp_path / "o.gpkg").exists()
+
+
+@pytest.mark.parametrize("north, to_crs", [(True, "EPSG:3413"), (False, "EPSG:3031")])
+def test_a_whole_polar_cap_in_a_polar_projection_is_a_valid_disc(tmp_path, north, to_crs):
+    """A raster of a whole polar cap (EPSG:4326, 180 W to 180 E, 60 to 90 degrees): its full-image box taken to a
+    polar projection had its west and east edges on one meridian, a ring out to the pole and back along a line
+    (a slit: shapely's "Ring Self-intersection"), its top edge collapsed into the pole. Now a valid polygon, the
+    disc inside the 60th parallel (its area to 0.1 %, the edges bent as the projection bends them); a box off
+    the seam keeps its four bent edges, as before."""
+    import math
+
+    from osgeo import gdal, osr
+    from pyproj import Transformer
+    from shapely.geometry import shape
+
+    raster = tmp_path / "cap.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 360, 30, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((-180, 1, 0, 90, 0, -1) if north else (-180, 1, 0, -60, 0, -1))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"answer": "[[0, 0, 100, 100, 0]][[40, 10, 60, 90, 0]]"}) + "\n")
+    out = tmp_path / "cap.geojson"
+    assert main(["parse", str(src), "--family", "earthdial", "--raster", str(raster), "--to-crs", to_crs,
+                 "--out", str(out)]) == 0
+    disc, box = [shape(f["geometry"]) for f in json.loads(out.read_text())["features"]]
+    assert disc.is_valid and disc.geom_type == "Polygon" and not disc.interiors
+    x, y = Transformer.from_crs("EPSG:4326", to_crs, always_xy=True).transform(0, 60 if north else -60)
+    radius = math.hypot(x, y)
+    assert disc.area == pytest.approx(math.pi * radius ** 2, rel=1e-3)
+    assert disc.contains(shape({"type": "Point", "coordinates": (0, 0)}).buffer(radius * 0.99))
+    assert box.is_valid and box.area < disc.area / 4
