@@ -36,8 +36,8 @@ def register(sub) -> None:
         p.add_argument("--extent", dash_value=True, metavar="'XMIN,XMAX,YMIN,YMAX [CRS]'",
                        help="ask only the part of the raster covering this rectangle, written as QGIS writes an "
                        "extent (the bulk algorithms' EXTENT in qgis_process; not gdal_translate -projwin's ulx "
-                       "uly lrx lry): in the raster's CRS, or in the CRS in brackets, e.g. '128.656,128.658,"
-                       "37.667,37.669 [EPSG:4326]'; rerun with the same extent to resume")
+                       "uly lrx lry): in the raster's CRS, or in the CRS in brackets, e.g. '128.657,128.659,"
+                       "37.668,37.669 [EPSG:4326]'; rerun with the same extent to resume")
         p.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, metavar="N",
                        help=f"refuse a plan of more than N tiles before any engine starts (default: "
                        f"{DEFAULT_MAX_TILES:,}, about a 160,000 px square raster in 512 px tiles)")
@@ -66,7 +66,7 @@ def register(sub) -> None:
 
 
 # The most tiles a plan may have unless --max-tiles says more: no scene an aerial or satellite sensor delivers
-# reaches it at 512 px (a 41k x 41k px scene is 6,561 tiles, 26,896 at 256 px), while a mosaic VRT of a
+# reaches it at 512 px (a 41k x 41k px scene is 6,561 tiles, 25,921 at 256 px), while a mosaic VRT of a
 # country or a mistaken --tile 16 does, and would keep an engine busy for days (100,000 tiles at 1 s each).
 DEFAULT_MAX_TILES = 100_000
 
