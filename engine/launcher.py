@@ -5,7 +5,8 @@ environment (no QGIS PYTHONPATH, no PROJ/GDAL/Qt or library-path variables; PYTH
 cannot import geovlm by itself, as in a plugin-only install), binds port 0 on 127.0.0.1 and reports its URL
 through a ready file; the launcher then waits for /health. A failed start raises `EngineStartError` with
 the end of the engine's own output. A crashed engine is started again on the same port (a few times at
-most), and the engine is stopped when the launcher stops or the interpreter exits; should this process be
+most; `give_up_by` says by when it is up or given up, for whoever waits for it), and the engine is stopped when
+the launcher stops or the interpreter exits; should this process be
 killed outright, the engine sees it gone and exits by itself; the temporary folder it leaves
 (`geovlm-engine-*`, with the log) is removed by the next launcher that starts. Each launch gets a random API
 key, handed over in the environment (never on the command line), so other local users cannot use it.

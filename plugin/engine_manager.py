@@ -259,16 +259,18 @@ class EngineManager(QObject):
                     return False
                 return True
 
-            task = self._task = QgsTask.fromFunction("Start the GeoVLM engine", run, on_finished=self._started)
+            task = self._task = QgsTask.fromFunction("Start the GeoVLM engine", run,
+                                                     on_finished=lambda exc, _result=None: self._started(task, exc))
         self._set("starting", loading(config))
         from qgis.core import QgsApplication
 
         QgsApplication.taskManager().addTask(task)
         return True
 
-    def _started(self, exception, _result=None) -> None:
-        self._task = None
-        if exception is not None:
+    def _started(self, task: QgsTask, exception) -> None:
+        if self._task is task:  # not a restart begun since
+            self._task = None
+        if exception is not None and not task.isCanceled():  # unexpected: a failed start is said by the state
             QgsMessageLog.logMessage(f"starting the local engine failed: {exception}", LOG_TAG,
                                      Qgis.MessageLevel.Warning)
 

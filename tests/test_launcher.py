@@ -385,3 +385,31 @@ def test_ctrl_c_while_a_bulk_runs_local_engine_starts_says_how_to_resume(slow_py
     assert ("geovlm caption: stopped before any tile was asked; nothing was written. Resume with the same "
             "command.") in stderr and "Traceback" not in stderr
     assert _gone(pid) and not list(temp.glob("geovlm-engine-*")) and not out.exists()
+
+
+def test_give_up_by_is_the_launchers_bound_while_it_starts(slow_python):
+    """`give_up_by` while the engine loads: no later than its start timeout (and the time to end it) after the
+    spawn, no restarts counted on a first start (its failure is raised); None once stopped."""
+    from geovlm.engine.launcher import LAUNCH_END_S, EngineStartError
+
+    python, pid_file = slow_python
+    engine = LocalEngine(python=python, env={**os.environ, "SLOW_PID_FILE": str(pid_file)}, start_timeout=60)
+    assert engine.give_up_by() is None
+    raised = []
+
+    def start():
+        try:
+            engine.start()
+        except EngineStartError as exc:
+            raised.append(str(exc))
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        _wait_for_file(pid_file)
+        left = engine.give_up_by() - time.monotonic()
+        assert 55 < left <= 60 + LAUNCH_END_S and engine.restarts_left() == 0
+    finally:
+        engine.stop()
+        starter.join(30)
+    assert raised == ["the engine was stopped while starting"] and engine.give_up_by() is None
