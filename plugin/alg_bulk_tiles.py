@@ -5,6 +5,7 @@ caption`/`geovlm detect` read and write the same ledger."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -37,7 +38,13 @@ from ..core.bulk import (
     graph_rows,
     run_tiles,
 )
-from ..core.client import DEFAULT_RETRY_WINDOW_S, MAX_REQUEST_TIMEOUT_S, MAX_RETRY_WINDOW_S, EngineError
+from ..core.client import (
+    DEFAULT_RETRY_WINDOW_S,
+    MAX_REQUEST_TIMEOUT_S,
+    MAX_RETRY_WINDOW_S,
+    NO_ANSWER,
+    EngineError,
+)
 from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan, output_problem
 from ..core.raster_identity import crs_identity
 from ..core.tiling import TilePlan, plan_for_extent
@@ -86,7 +93,7 @@ def run_problem(alg, parameters, context) -> str:
 def add_engine_parameters(alg) -> None:
     """The parameters every bulk run shares, in this order: FAMILY, ENGINE, AUTHCFG (`QgsAuthManager`: never a
     key in a string), CONCURRENCY (requests in flight per engine), OVERWRITE (an output of another plan) and,
-    advanced, REQUEST_TIMEOUT and RETRY_WINDOW (`apply_request_timeout`)."""
+    advanced, REQUEST_TIMEOUT and RETRY_WINDOW (`apply_retry_parameters`)."""
     alg.addParameter(QgsProcessingParameterString("FAMILY", "Model family (default: what the engine reports)",
                                                   optional=True))
     alg.addParameter(QgsProcessingParameterString("ENGINE", "Engine: local, or comma-separated URLs "
@@ -111,9 +118,13 @@ def add_engine_parameters(alg) -> None:
     alg.addParameter(window)
 
 
-def apply_request_timeout(alg, parameters, context, client) -> None:
+def apply_retry_parameters(alg, parameters, context, client, feedback) -> None:
     """REQUEST_TIMEOUT and RETRY_WINDOW, each when given, on `client` (a `core.client.EngineClient`), as
-    `geovlm caption --request-timeout S --retry-window S` set them (cli/serve_cmds.py `_with_retry_options`).
+    `geovlm caption --request-timeout S --retry-window S` set them (cli/serve_cmds.py `_with_retry_options`),
+    and, as there, one warning in the log as soon as a request first fails in a way that is retried ("URL sent
+    no answer within 1 s (REQUEST_TIMEOUT to change); retrying for up to 3 s (RETRY_WINDOW to change, Cancel
+    to stop)"), so that a run waiting for an engine that is down says so and which setting to change; said
+    once a run, from whichever request thread fails first.
 
     REQUEST_TIMEOUT (1 to `core.client.MAX_REQUEST_TIMEOUT_S` seconds) bounds the connect and each wait for data
     of one attempt; empty: the engine settings' timeout (Settings ▸ Options ▸ GeoVLM) that `connect` gave the
@@ -126,6 +137,15 @@ def apply_request_timeout(alg, parameters, context, client) -> None:
         client.timeout = alg.parameterAsDouble(parameters, "REQUEST_TIMEOUT", context)
     if parameters.get("RETRY_WINDOW") not in (None, ""):
         client.retry_window = alg.parameterAsDouble(parameters, "RETRY_WINDOW", context)
+    said = threading.Lock()
+
+    def say(message: str, window_s: float) -> None:
+        if said.acquire(blocking=False):  # never released: the first failing request says it, the others not
+            slow = " (REQUEST_TIMEOUT to change)" if NO_ANSWER in message else ""
+            feedback.pushWarning(f"{message}{slow}; retrying for up to {window_s:.0f} s (RETRY_WINDOW to change, "
+                                 "Cancel to stop)")
+
+    client.on_first_failure = say
 
 
 ENGINE_NUMBERS = ("REQUEST_TIMEOUT", "RETRY_WINDOW")
@@ -369,7 +389,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         profile, client = conn.profile, conn.client
         for endpoint in client.endpoints:
             endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
-        apply_request_timeout(self, parameters, context, client)
+        apply_retry_parameters(self, parameters, context, client, feedback)
         client.transport = EndpointRecorder(client.transport)
         question = self.parameterAsString(parameters, self.QUESTION, context) or (
             DEFAULT_CAPTION_QUESTION if self.KIND == "caption" else DEFAULT_GRAPH_QUESTION)

@@ -36,7 +36,7 @@ from .alg_bulk_tiles import (
     OVERWRITE_FLAG,
     RETRY_HELP,
     add_engine_parameters,
-    apply_request_timeout,
+    apply_retry_parameters,
     check_engine_numbers,
     connect_engine,
     crs_name,
@@ -240,7 +240,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         """Ask for every window the ledger does not hold yet, each answer committed as it arrives."""
         for endpoint in conn.client.endpoints:
             endpoint.max_concurrent = self.parameterAsInt(parameters, self.CONCURRENCY, context)
-        apply_request_timeout(self, parameters, context, conn.client)
+        apply_retry_parameters(self, parameters, context, conn.client, feedback)
         conn.client.transport = EndpointRecorder(conn.client.transport)
         if conn.notice:
             feedback.pushWarning(conn.notice)

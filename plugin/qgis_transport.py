@@ -42,7 +42,7 @@ from qgis.PyQt.QtCore import (
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
 from ..core.client import EngineError
-from ..core.transport import CancelToken, HttpResponse, Transport, TransportError
+from ..core.transport import AnswerTimeout, CancelToken, HttpResponse, Transport, TransportError
 
 QGIS_TIMEOUT_TIMER = "timeoutTimer"  # the QTimer QgsNetworkAccessManager::createRequest parents to a reply
 POLL_S = 0.05  # how often a waiting caller looks at its token and at the network thread
@@ -150,8 +150,12 @@ class _Dispatcher(QObject):
         error = reply.error()
         if error == QNetworkReply.NetworkError.NoError or (job.sent_headers and _is_http_status_error(error)):
             job.events.put(("end",))
+        elif error == QNetworkReply.NetworkError.OperationCanceledError and not job.dropped:
+            # Qt's transfer timeout or QGIS's timer: no data within the request timeout (a slow engine)
+            seconds = job.timeout_ms / 1000
+            job.events.put(("error", AnswerTimeout(f"timed out: no data within {seconds:g} s", seconds)))
         elif error == QNetworkReply.NetworkError.OperationCanceledError:
-            job.events.put(("error", TransportError("timed out or aborted")))
+            job.events.put(("error", TransportError("aborted")))
         else:
             job.events.put(("error", TransportError(reply.errorString() or "no answer")))
 
@@ -342,7 +346,7 @@ class QgisTransport(Transport):
         except TransportError as exc:
             close()
             cancel.check()  # an abort we asked for is a cancellation
-            raise TransportError(f"{method} {url}: {exc}") from None
+            raise _with_place(exc, f"{method} {url}") from None
         except BaseException:
             close()
             raise
@@ -373,6 +377,14 @@ def _chunks(job: _Job, net: _NetworkThread, cancel: CancelToken, url: str, close
                 return
             elif event[0] == "error":
                 cancel.check()
-                raise TransportError(f"reading {url}: {event[1]}")
+                raise _with_place(event[1], f"reading {url}")
     finally:
         close()
+
+
+def _with_place(error: TransportError, place: str) -> TransportError:
+    """`error` said with where it happened ("POST URL", "reading URL"), an `AnswerTimeout` (which the client
+    reports as a slow engine, not an unreachable one) still one, with its seconds."""
+    if isinstance(error, AnswerTimeout):
+        return AnswerTimeout(f"{place}: {error}", error.seconds)
+    return TransportError(f"{place}: {error}")

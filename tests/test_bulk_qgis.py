@@ -377,9 +377,10 @@ def test_retry_window_stops_a_run_whose_engine_never_answers_in_time(plugin, pro
                                                                      tmp_path):
     """RETRY_WINDOW=3 with REQUEST_TIMEOUT=1 against an engine that takes 60 s per answer: the tile is retried
     for 3 s (a few attempts, each given up after a second), then the run stops by itself, saying it gave up,
-    as `geovlm caption --retry-window 3` does; without RETRY_WINDOW the client's 120 s window would keep it
-    retrying until the Cancel at 20 s. Out of bounds (below 0, beyond a day) is refused before any engine is
-    asked, by the parameter check and by prepareAlgorithm (a graphical model's steps skip the check)."""
+    as `geovlm caption --retry-window 3` does, having said once at the first failure which settings to change;
+    without RETRY_WINDOW the client's 120 s window would keep it retrying until the Cancel at 20 s. Out of
+    bounds (below 0, beyond a day) is refused before any engine is asked, by the parameter check and by
+    prepareAlgorithm (a graphical model's steps skip the check)."""
     from qgis.core import QgsProcessingContext, QgsProject
 
     engine = engines(delay=60.0)
@@ -401,13 +402,17 @@ def test_retry_window_stops_a_run_whose_engine_never_answers_in_time(plugin, pro
     cancel.start()
     started = time.monotonic()
     try:
-        with pytest.raises(QgsProcessingException, match=r"gave up after [2-6] attempts in [3-5] s") as stopped:
+        with pytest.raises(QgsProcessingException,
+                           match=r"^Stopped: no engine answered \(gave up after [2-6] attempts in [2-5] s") as stopped:
             processing.run("geovlm:captiontiles", dict(params, RETRY_WINDOW=3, OUTPUT=str(tmp_path / "w.gpkg")),
                            feedback=feedback)
     finally:
         cancel.cancel()
     assert time.monotonic() - started < 15, str(stopped.value)
     assert not str(stopped.value).startswith("Cancelled") and 2 <= engine.arrivals() <= 6
+    said = [w for w in feedback.warnings if "retrying" in w]  # at once, not after the window: which setting
+    assert said == [f"{engine.url} sent no answer within 1 s (REQUEST_TIMEOUT to change); retrying for up to 3 s "
+                    "(RETRY_WINDOW to change, Cancel to stop)"], feedback.warnings
     assert [s for _, s in ledger_rows(tmp_path / "w.gpkg")] == ["failed"]
 
 

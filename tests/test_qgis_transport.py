@@ -9,7 +9,7 @@ import pytest
 from qgis.core import QgsApplication, QgsNetworkAccessManager, QgsTask
 from qgis.PyQt.QtCore import QCoreApplication
 
-from geovlm.core.transport import Cancelled, CancelToken, TransportError
+from geovlm.core.transport import AnswerTimeout, Cancelled, CancelToken, TransportError
 from geovlm.plugin.qgis_transport import QgisTransport
 
 PIECES = 5
@@ -171,6 +171,7 @@ def test_the_request_timeout_replaces_qgis_network_timeout(base):
         assert read(8.0)() == body  # from the GUI thread too
         error, seconds = in_thread(read(0.5))
         assert isinstance(error, TransportError) and "timed out" in str(error) and seconds < 1.8
+        assert isinstance(error, AnswerTimeout) and error.seconds == 0.5  # the client says: a slow engine
     finally:
         QgsNetworkAccessManager.setTimeout(before)
 
