@@ -4,6 +4,7 @@ features left undone), by the Processing dialog all the same, so that what was d
 resumes the rest."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
@@ -78,9 +79,11 @@ def finish_run(report, out: str, layers: OutputLayers, context, failed_layers) -
 class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Applies a QML style to a layer loaded on completion and rereads its data (a layer loaded by an earlier,
     failed run of the same output is the one QGIS hands back: its features have changed since); the instances
-    are kept alive here, since Processing holds only a plain pointer to them."""
+    are kept alive here (the last 32: made by the runs' threads and the caller's, hence the lock), since
+    Processing holds only a plain pointer to them."""
 
     _alive = []
+    _lock = threading.Lock()
 
     def __init__(self, qml: Path):
         super().__init__()
@@ -89,7 +92,8 @@ class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
     @classmethod
     def create(cls, qml: Path):
         instance = cls(qml)
-        cls._alive[:] = cls._alive[-31:] + [instance]
+        with cls._lock:
+            cls._alive[:] = cls._alive[-31:] + [instance]
         return instance
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
