@@ -111,7 +111,7 @@ def add_engine_parameters(alg) -> None:
     timeout.setFlags(timeout.flags() | Qgis.ProcessingParameterFlag.Advanced)
     alg.addParameter(timeout)
     window = QgsProcessingParameterNumber(
-        "RETRY_WINDOW", f"Retry window: seconds a tile is retried while no engine answers (default: "
+        "RETRY_WINDOW", f"Retry window: seconds a request is retried while no engine answers (default: "
         f"{DEFAULT_RETRY_WINDOW_S:g}; the local engine: its start timeout plus 30)",
         Qgis.ProcessingNumberParameterType.Double, optional=True, minValue=0.0, maxValue=MAX_RETRY_WINDOW_S)
     window.setFlags(window.flags() | Qgis.ProcessingParameterFlag.Advanced)
@@ -151,11 +151,11 @@ def apply_retry_parameters(alg, parameters, context, client, feedback) -> None:
 ENGINE_NUMBERS = ("REQUEST_TIMEOUT", "RETRY_WINDOW")
 # the help's sentence on them, shared by the three bulk algorithms
 RETRY_HELP = (f" Advanced: REQUEST_TIMEOUT is how long one attempt waits for the engine (1 to "
-              f"{MAX_REQUEST_TIMEOUT_S:g} s; empty: the settings'), RETRY_WINDOW how long a tile is retried after an "
-              f"attempt timed out or found no engine (down or restarting) before the run stops, to be resumed (0 to "
-              f"{MAX_RETRY_WINDOW_S:g} s, 0 for one attempt; empty: {DEFAULT_RETRY_WINDOW_S:g} s for engine URLs, "
-              "the start timeout plus 30 s for the local engine), as `--request-timeout` and `--retry-window` on "
-              "the command line.")
+              f"{MAX_REQUEST_TIMEOUT_S:g} s; empty: the settings'), RETRY_WINDOW how long a request (a tile, a "
+              "feature) is retried after an attempt timed out or found no engine (down or restarting) before the "
+              f"run stops, to be resumed (0 to {MAX_RETRY_WINDOW_S:g} s, 0 for one attempt; empty: "
+              f"{DEFAULT_RETRY_WINDOW_S:g} s for engine URLs, the start timeout plus 30 s for the local engine), as "
+              "`--request-timeout` and `--retry-window` on the command line.")
 
 
 def check_engine_numbers(alg, parameters, context) -> None:
