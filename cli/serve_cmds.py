@@ -309,13 +309,9 @@ def cmd_serve(args) -> int:
         raise CliError(f"--ready-file: the folder of {args.ready_file} does not exist")  # found once listening
     if not _is_loopback(args.host) and not key:
         print(f"geovlm serve: warning: listening on {args.host} without an API key", file=sys.stderr)
-    sizes = (args.max_body_mb, args.max_pixels, args.max_batch, args.max_queue, args.max_queued_pixels,
-             args.memory_budget_mb, args.header_timeout, args.max_connections)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise CliError("--max-tokens must be at least 1 (or left out: the model's context)")
-    if not min(sizes) > 0:
-        raise CliError("--max-body-mb, --max-pixels, --max-batch, --max-queue, --max-queued-pixels, "
-                       "--memory-budget-mb, --header-timeout and --max-connections must be positive")
+    _check_serve_limits(args)
     model = args.model
     if model is None:
         model = ready_demo_model()
@@ -350,6 +346,27 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     return 0
+
+
+# Options of `serve` that are sizes, counts or times: each must be a finite number above 0 (the batching window
+# may be 0: no waiting). Checked one by one, so that nan (which no comparison refuses) and inf (which int() of
+# the bytes cannot take) are named in one line before the model loads.
+POSITIVE_LIMITS = ("max_body_mb", "max_pixels", "max_batch", "max_queue", "max_queued_pixels", "memory_budget_mb",
+                   "header_timeout", "max_connections", "request_timeout")
+
+
+def _check_serve_limits(args) -> None:
+    """CliError naming the first of `serve`'s limits that is not a finite number above 0 (--batch-window-ms: not
+    below 0)."""
+    import math
+
+    for name in POSITIVE_LIMITS + ("batch_window_ms",):
+        value = getattr(args, name)
+        low_ok = value >= 0 if name == "batch_window_ms" else value > 0
+        if not (math.isfinite(value) and low_ok):
+            flag = "--" + name.replace("_", "-")
+            wanted = "0 or more" if name == "batch_window_ms" else "more than 0"
+            raise CliError(f"{flag} must be a finite number, {wanted}, not {value}")
 
 
 def cmd_engine_check(args) -> int:

@@ -139,6 +139,21 @@ def test_every_profile_field_type_is_read_from_text():
     assert set(FIELD_CHOICES) <= {f.name for f in dataclasses.fields(Profile)}
 
 
+@pytest.mark.parametrize("option, value, said", [
+    ("--header-timeout", "nan", "--header-timeout must be a finite number, more than 0, not nan"),  # was served
+    ("--request-timeout", "-1", "--request-timeout must be a finite number, more than 0, not -1.0"),  # was served
+    ("--max-body-mb", "inf", "--max-body-mb must be a finite number, more than 0, not inf"),  # was OverflowError
+    ("--memory-budget-mb", "inf", "--memory-budget-mb must be a finite number"),
+    ("--batch-window-ms", "-5", "--batch-window-ms must be a finite number, 0 or more, not -5.0"),  # a traceback
+    ("--batch-window-ms", "nan", "--batch-window-ms must be a finite number"),
+    ("--max-queue", "0", "--max-queue must be a finite number, more than 0, not 0"),
+])
+def test_serve_refuses_a_limit_that_is_not_a_finite_positive_number_before_the_model(option, value, said, capsys,
+                                                                                    monkeypatch):
+    line = one_line_refusal(["serve", "--port", "0", option, value], capsys, monkeypatch)
+    assert line == f"geovlm serve: {said}" or line.startswith(f"geovlm serve: {said}"), line
+
+
 def test_serve_refuses_a_bad_set_before_the_model(capsys, monkeypatch):
     line = one_line_refusal(["serve", "--port", "0", "--set", "coord_offset=half"], capsys, monkeypatch)
     assert line == "geovlm serve: profile field 'coord_offset' takes a finite number, not 'half'"
