@@ -2,6 +2,8 @@
 and write the answer's boxes and relations as features where QGIS drew what the model saw."""
 from __future__ import annotations
 
+import math
+import tempfile
 from pathlib import Path
 
 from qgis.core import (
@@ -188,6 +190,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         try:
             self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
             self._question(parameters, context)
+            self._image_destination(parameters, context)
             self._engine(parameters, context)
         except QgsProcessingException as exc:
             # the dialog shows the line in a message box, qgis_process prints it; the "GeoVLM" log keeps it (as
@@ -205,12 +208,17 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             parameters = {**parameters, self.EXTENT: self.parameterDefinition(self.EXTENT).defaultValue()}
         crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
         extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+        rotation = self.parameterAsDouble(parameters, self.ROTATION, context)
+        dpr = self.parameterAsDouble(parameters, self.DPR, context)
+        for name, value in ((self.ROTATION, rotation), (self.DPR, dpr)):  # nan passes QGIS's range check
+            if not math.isfinite(value):  # a DEVICE_PIXEL_RATIO of nan hung the render; a ROTATION of nan
+                raise QgsProcessingException(f"{name} must be a number, not {value}")  # read as "outside"
         try:
             settings = view_settings(
-                layers, crs, extent, self.parameterAsDouble(parameters, self.ROTATION, context),
+                layers, crs, extent, rotation,
                 self.parameterAsInt(parameters, self.WIDTH, context),
                 self.parameterAsInt(parameters, self.HEIGHT, context),
-                self.parameterAsDouble(parameters, self.DPR, context))
+                dpr)
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from None
         settings.setTransformContext(context.transformContext())
@@ -232,6 +240,22 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         elif not self.parameterAsString(parameters, self.QUESTION, context).strip():
             raise QgsProcessingException(f"the {task} task needs a question")
 
+    def _image_destination(self, parameters, context) -> None:
+        """Raises QgsProcessingException when IMAGE names a file in a folder that does not exist or cannot be
+        written: found only after the engine had answered ("could not write the image"), which failed the run
+        whose objects were already written."""
+        path = self.parameterAsFileOutput(parameters, self.IMAGE, context)
+        if not path:
+            return
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise QgsProcessingException(f"IMAGE: the folder of {path} does not exist")
+        try:  # a file made and removed there: os.access says yes to root for folders no file can be made in
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise QgsProcessingException(f"IMAGE: the folder of {path} cannot be written ({exc.strerror})") from None
+
     def _engine(self, parameters, context) -> None:
         """Raises QgsProcessingException when the engine cannot be reached whatever it serves
         (`engine_access.engine_problem`: the local engine not set up, a malformed URL, an unknown FAMILY; an
@@ -251,6 +275,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         """On the main thread: clone the layers, so the render in processAlgorithm may run in a worker. The
         checks of checkParameterValues are made again (a graphical model does not call it for its steps)."""
         self._question(parameters, context)
+        self._image_destination(parameters, context)
         self._clones = [layer.clone() for layer in self.parameterAsLayerList(parameters, self.LAYERS, context)]
         try:
             self._settings = self._view(parameters, context, self._clones)

@@ -300,6 +300,40 @@ def test_each_family_answer_lands_at_map_to_pixel(plugin, processing, data_dir, 
     assert relations.featureCount() == (1 if family == "skysensegpt" else 0)
 
 
+@pytest.mark.parametrize("name", ["DEVICE_PIXEL_RATIO", "ROTATION"])
+def test_a_view_number_that_is_nan_is_refused_by_the_parameter_check(plugin, data_dir, name):
+    """nan passes QGIS's range check of a number parameter: DEVICE_PIXEL_RATIO=nan hung the render (QPainter:
+    "Paint device returned engine == 0"), ROTATION=nan was refused as an extent the layers do not meet."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    alg = QgsApplication.processingRegistry().algorithmById("geovlm:askmap")
+    context = QgsProcessingContext()
+    params = {"LAYERS": [raster], "EXTENT": raster, "QUESTION": "What?", "ENGINE": "http://127.0.0.1:9",
+              name: float("nan")}
+    ok, message = alg.checkParameterValues(params, context)
+    assert not ok and message == f"{name} must be a number, not nan", message
+
+
+@pytest.mark.parametrize("image, said", [("missing-folder/seen.png", "does not exist"),
+                                         ("/proc/seen.png", "cannot be written")])
+def test_an_image_that_cannot_be_written_is_refused_before_the_engine_is_asked(plugin, processing, data_dir,
+                                                                               tmp_path, image, said):
+    """IMAGE in a folder that does not exist or cannot be written: the engine answered, the objects were written,
+    and then the run failed ("could not write the image"). Refused before the engine is asked."""
+    from qgis.core import QgsProcessingException
+
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    path = tmp_path / image if not image.startswith("/") else Path(image)
+    with ScriptedEngine("geochat", "a roof {<10><20><40><60>|<90>}") as engine:
+        with pytest.raises(QgsProcessingException, match=f"IMAGE: the folder of {path} {said}"):
+            processing.run("geovlm:askmap", {"LAYERS": [raster], "EXTENT": raster, "QUESTION": "What?",
+                                             "ENGINE": engine.url, "OBJECTS": str(tmp_path / "o.gpkg"),
+                                             "IMAGE": str(path)})
+        assert engine.posts == []
+    assert not (tmp_path / "o.gpkg").exists()
+
+
 def gdal_crs_is_geographic(path) -> bool:
     """Whether GDAL reads the CRS of the first layer of `path` as geographic (QGIS's isGeographic() says False
     for a GeoPackage's "Undefined geographic SRS")."""
