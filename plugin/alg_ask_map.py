@@ -42,6 +42,7 @@ from .ask_map import (
     region_question,
     render,
     ring_of,
+    view_frame,
     view_settings,
     worded,
 )
@@ -188,8 +189,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         if not ok:
             return ok, parameters_problem(parameters, [self.LAYERS]) or message
         try:
-            self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
+            settings = self._view(parameters, context, self.parameterAsLayerList(parameters, self.LAYERS, context))
             self._question(parameters, context)
+            self._region_in_view(parameters, context, settings)
             self._image_destination(parameters, context)
             self._engine(parameters, context)
         except QgsProcessingException as exc:
@@ -240,6 +242,34 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         elif not self.parameterAsString(parameters, self.QUESTION, context).strip():
             raise QgsProcessingException(f"the {task} task needs a question")
 
+    def _region_in_view(self, parameters, context, settings) -> None:
+        """Raises QgsProcessingException when the identify task's REGION lies wholly outside the view or covers no
+        area of it (a point, a line along an axis): the family's numbers of such a region are clipped to the
+        image's edge or of zero size, and the model was asked about what it cannot see."""
+        if TASKS[self.parameterAsEnum(parameters, self.TASK, context)] not in REGION_TASKS:
+            return
+        frame = view_frame(settings)
+        pixels = [frame.geotransform.to_pixel(x, y) for x, y in ring_of(self._region_geometry(parameters, context,
+                                                                                              settings))]
+        if not pixels:
+            return  # no region at all: _question says so
+        cols, rows = [c for c, _ in pixels], [r for _, r in pixels]
+        if max(cols) <= 0 or min(cols) >= frame.width or max(rows) <= 0 or min(rows) >= frame.height:
+            raise QgsProcessingException("REGION lies outside the view (EXTENT, ROTATION): the model would be asked "
+                                         "about what it does not see; draw the region inside the view")
+        if max(cols) - min(cols) <= 0 or max(rows) - min(rows) <= 0:
+            raise QgsProcessingException("REGION covers no area of the view (a point, or a line along an axis): "
+                                         "give a polygon or a rectangle")
+
+    def _region_geometry(self, parameters, context, settings):
+        """REGION in the view's CRS."""
+        geometry = self.parameterAsGeometry(parameters, self.REGION, context)
+        source_crs = self.parameterAsGeometryCrs(parameters, self.REGION, context)
+        target = settings.destinationCrs()
+        if source_crs.isValid() and target.isValid() and source_crs != target:
+            geometry.transform(QgsCoordinateTransform(source_crs, target, context.transformContext()))
+        return geometry
+
     def _image_destination(self, parameters, context) -> None:
         """Raises QgsProcessingException when IMAGE names a file in a folder that does not exist or cannot be
         written: found only after the engine had answered ("could not write the image"), which failed the run
@@ -279,6 +309,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         self._clones = [layer.clone() for layer in self.parameterAsLayerList(parameters, self.LAYERS, context)]
         try:
             self._settings = self._view(parameters, context, self._clones)
+            self._region_in_view(parameters, context, self._settings)
         except QgsProcessingException:
             self._clones = []
             raise
@@ -365,11 +396,7 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         return results
 
     def _region(self, parameters, context, profile, view) -> str:
-        geometry = self.parameterAsGeometry(parameters, self.REGION, context)
-        source_crs = self.parameterAsGeometryCrs(parameters, self.REGION, context)
-        target = self._settings.destinationCrs()
-        if source_crs.isValid() and source_crs != target:
-            geometry.transform(QgsCoordinateTransform(source_crs, target, context.transformContext()))
+        geometry = self._region_geometry(parameters, context, self._settings)
         try:
             return region_question(profile, view.frame, ring_of(geometry))
         except ValueError as exc:

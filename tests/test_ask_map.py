@@ -177,6 +177,27 @@ def test_identify_sends_the_region_in_the_family_syntax(plugin, processing, data
     assert result["ANSWER"] == "a building"
 
 
+@pytest.mark.parametrize("wkt, said", [
+    ("POLYGON((0 0, 100 0, 100 100, 0 0))", "REGION lies outside the view"),  # the view is at x 14.3e6
+    ("POINT(14322100 4532600)", "REGION covers no area of the view"),
+    ("POLYGON((14322100 4532600, 14322100 4532600, 14322100 4532600, 14322100 4532600))",
+     "REGION covers no area of the view"),
+])
+def test_an_identify_region_outside_the_view_or_without_area_is_refused_before_asking(plugin, processing,
+                                                                                      data_dir, wkt, said):
+    """Such a region was sent clipped to the image's edge (or as a zero-size box): the model was asked about
+    what it cannot see. Refused in one line by the parameter check; the engine is not asked."""
+    from qgis.core import QgsProcessingException
+
+    from geovlm.plugin.alg_ask_map import TASKS
+
+    raster = QgsRasterLayer(str(data_dir / "rasters" / "cogeo.tif"), "cogeo")
+    with ScriptedEngine("geochat", "a building") as engine:
+        with pytest.raises(QgsProcessingException, match=said):
+            _run(processing, engine.url, raster, TASKS.index("identify"), REGION=f"CRS=EPSG:3857;{wkt}")
+        assert engine.posts == []
+
+
 def test_engine_down_is_one_clear_line(plugin, processing, data_dir):
     from qgis.core import QgsProcessingException
 
