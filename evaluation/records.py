@@ -51,9 +51,14 @@ def read_records(path, field: str = "answer") -> Iterator[Tuple[int, dict]]:
 
 
 def text_of(value) -> str:
-    """A field's value as text ('' for a missing or null value, a NaN of a layer's table included)."""
+    """A field's value as text ('' for a missing or null value, a NaN of a layer's table included); a JSON array
+    or object as JSON (a Qwen2.5-VL answer saved parsed, `[{"bbox_2d": [...], "label": ...}]`, reads in the
+    family's JSON syntax, as a reference saved so is read; Python's repr of it, with single quotes, read as no
+    box)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
     return value if isinstance(value, str) else str(value)
 
 

@@ -103,6 +103,16 @@ def test_earthdial_boxes_are_read_as_earthdials_script_reads_them():
     assert four["predicted_boxes"] == 1 and four["overall"] == 0.0
 
 
+def test_an_answer_saved_as_parsed_json_is_read_as_the_reference_is(tmp_path, capsys):
+    """A Qwen2.5-VL answer saved parsed (a JSON array, not a string) was read as Python's repr of the list, with
+    single quotes: no box, precision 0, while the same array as the reference was read."""
+    boxes = [{"bbox_2d": [10, 20, 110, 220], "label": "car"}]
+    path = tmp_path / "qwen.jsonl"
+    path.write_text(json.dumps({"answer": boxes, "gt_bbox": boxes}) + "\n", encoding="utf-8")
+    scores = run_json(capsys, "detection", str(path), "--family", "qwen25vl")
+    assert scores["predicted_boxes"] == 1 and scores["overall"] == 1.0
+
+
 def test_detection_reference_may_be_a_json_array(tmp_path, capsys):
     path = tmp_path / "refer.jsonl"
     rows = [{"answer": "[[10, 10, 20, 20, 0]]", "gt_bbox": [[10, 10, 20, 20, 0]], "size_group": "small"},
