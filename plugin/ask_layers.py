@@ -37,6 +37,25 @@ ANSWERS_FOLDER = "answers"  # under `settings.data_dir()`: the GeoPackages of un
 _HOW_MUCH = re.compile(r"\b(how\s+(many|much|large|big)|count|number\s+of|area|size\s+of)\b", re.IGNORECASE)
 
 
+def answer_table(layer) -> str:
+    """The answer table a project layer shows (`geovlm_objects` or `geovlm_relations` of a GeoPackage, as the
+    dock writes them: `AnswerLayers`), else "". Such a layer may come from the project file (saved with an
+    earlier session's answers) or from the plugin before it was reloaded, not only from this dock."""
+    try:
+        if layer.providerType() != "ogr":
+            return ""
+        table = QgsProviderRegistry.instance().decodeUri("ogr", layer.source()).get("layerName") or ""
+    except RuntimeError:  # its C++ object was deleted with the project's layer
+        return ""
+    return table if table in {name for name, _, _ in TABLES} else ""
+
+
+def answer_layer_ids(project: QgsProject) -> Set[str]:
+    """The ids of the project's layers that show answer tables (`answer_table`): never part of a view sent to
+    a model, which would be led by its earlier boxes and their labels."""
+    return {layer_id for layer_id, layer in project.mapLayers().items() if answer_table(layer)}
+
+
 def asks_how_many(question: str) -> bool:
     """True for "how many / how large" questions, which get a count and a total area."""
     return bool(_HOW_MUCH.search(question or ""))
@@ -93,6 +112,12 @@ class AnswerLayers:
         except RuntimeError:  # removed from the project, which deleted it: added again from the same file below
             self.layers[index] = None
         table, geometry_type, style = TABLES[index]
+        shown = self._shown(table)
+        if shown is not None:  # the project's own (opened with it, or added before the plugin was reloaded)
+            if not shown.dataProvider().enterUpdateMode():
+                raise OSError(f"could not open {table} in {self.path} for writing")
+            self.layers[index] = shown
+            return shown
         uri = f"{self.path}|layername={table}"
         found = QgsVectorLayer(uri, table, "ogr") if table in self._tables() else None
         if found is None or not found.isValid():
@@ -127,6 +152,15 @@ class AnswerLayers:
         self.project.addMapLayer(found)
         self.layers[index] = found
         return found
+
+    def _shown(self, table: str) -> Optional[QgsVectorLayer]:
+        """The project's layer of `table` in this GeoPackage, if it has one: appended to, not added twice."""
+        for layer in self.project.mapLayers().values():
+            if answer_table(layer) == table:
+                path = QgsProviderRegistry.instance().decodeUri("ogr", layer.source()).get("path") or ""
+                if path and Path(path).resolve() == self.path.resolve():
+                    return layer
+        return None
 
     def _tables(self) -> Set[str]:
         """The names of the GeoPackage's tables; none when the file does not exist yet or is empty. A layer is

@@ -24,7 +24,7 @@ from . import settings as engine_settings
 from .ask_engine_header import EngineHeader
 from .ask_engine_wait import QuestionHold
 from .ask_export import Turn, to_html, to_markdown
-from .ask_layers import AnswerLayers, asks_how_many
+from .ask_layers import AnswerLayers, answer_layer_ids, asks_how_many
 from .ask_map import Provenance, View, ask_features, draw_boxes, png_bytes, view_frame
 from .ask_rectangle import RectangleDrawing
 from .ask_sources import check_region_in_view, region_ring, source_settings, view_key
@@ -159,8 +159,10 @@ class AskSession(EngineHeader, QuestionHold, QObject):
                                task in REGION_TASKS, engine_settings.load(), self._answer_layer_ids())
 
     def _answer_layer_ids(self) -> set:
-        """The ids of this dock's answer layers (also those of earlier GeoPackages): never part of a view."""
-        return {i for kept in [self.layers, *self._retired_layers] if kept for i in kept.layer_ids()}
+        """The ids of this dock's answer layers (also those of earlier GeoPackages) and of the project's other
+        answer layers (saved with the project, or made before the plugin was reloaded): never part of a view."""
+        return ({i for kept in [self.layers, *self._retired_layers] if kept for i in kept.layer_ids()}
+                | answer_layer_ids(QgsProject.instance()))
 
     def _moved_since(self, source: str, task: str) -> bool:
         """True when the source now shows another view than the pinned one (panned, turned, another layer)."""

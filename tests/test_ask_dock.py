@@ -1281,3 +1281,29 @@ def test_a_rectangle_dragged_on_a_turned_map_stays_the_same_ground_after_the_crs
         [said] = qgis_iface.messageBar().get_messages(1)
         assert said.startswith("GeoVLM:the drawn rectangle (EPSG:3857) has no place in the map's CRS (")
         assert said.endswith("): draw it again") and "\n" not in said
+
+
+def test_a_reopened_projects_answer_layers_are_not_shown_to_the_model_nor_added_twice(dock, qgis_iface,
+                                                                                      qgis_canvas, tmp_path):
+    """A project saved with the dock's answer layers and opened again (or the plugin reloaded): those layers are
+    the project's, not the new dock's. The model must not see their boxes and labels (the view is the same image
+    as before them), and the next answers are appended to them, not to a second `geovlm_objects` layer."""
+    session = dock.ask
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+        [layer] = objects_layers()
+        assert QgsProject.instance().write()
+        dock.unload()  # QGIS closed, or the plugin reloaded
+        QgsProject.instance().clear()
+        assert QgsProject.instance().read(str(tmp_path / "project.qgz"))
+        [reopened] = objects_layers()
+        [raster] = QgsProject.instance().mapLayersByName("cogeo")
+        qgis_canvas.setLayers([reopened, raster])  # as the Layers panel shows them: the answers on top
+        dock.initGui()
+        dock.open_ask_dock()
+        session = dock.ask
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+    assert len(engine.images) == 2 and engine.images[1] == engine.images[0]
+    assert [lyr.id() for lyr in objects_layers()] == [reopened.id()] and reopened.featureCount() == 6
