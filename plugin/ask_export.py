@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
@@ -33,18 +34,36 @@ class Turn:
                 f"image {self.image_size} px; {self.model} ({self.family}) at {self.engine}, {self.time}")
 
 
+def markdown_text(text: str) -> str:
+    """`text` as one line of literal Markdown inside a line (after a heading's or list item's marker): line breaks
+    become spaces and the characters that start emphasis, code, links, HTML, entities, tables or a heading's closing
+    sequence are backslash-escaped (CommonMark 0.31, "Backslash escapes"), so a question's `*`, `#` or `<p>` is
+    text."""
+    return re.sub(r"([\\`*_\[\]<>|~&#])", r"\\\1", " ".join(text.split()))
+
+
+def markdown_block(text: str) -> List[str]:
+    """`text` as a fenced code block (CommonMark 0.31, "Fenced code blocks"): a model's answer exactly as it was
+    written, its box syntax and tags (`<p>`, `<ref>`, `{<40><40>...}`) shown, not read as HTML. The fence is longer
+    than any run of backticks in the text."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return [f"{fence}text", text, fence]
+
+
 def to_markdown(turns: List[Turn], path: Path) -> Path:
-    """Write `path` (.md) and its images into `<stem>_images/`; returns the path written."""
+    """Write `path` (.md) and its images into `<stem>_images/`; returns the path written. Questions and notes
+    are literal text (`markdown_text`), each answer the model's text as it came (`markdown_block`)."""
     path = Path(path)
     images = path.with_name(f"{path.stem}_images")
     lines = ["# GeoVLM conversation", ""]
     for n, turn in enumerate(turns, 1):
-        lines += [f"## {n}. {turn.task}: {turn.question}", ""]
+        lines += [f"## {n}. {markdown_text(turn.task)}: {markdown_text(turn.question)}", ""]
         if turn.image_png:
             images.mkdir(parents=True, exist_ok=True)
             (images / f"turn{n}.png").write_bytes(turn.image_png)
             lines += [f"![what the model saw]({images.name}/turn{n}.png)", ""]
-        lines += [turn.answer, "", *[f"- {note}" for note in turn.notes], f"*{turn.view_line()}*", ""]
+        lines += [*markdown_block(turn.answer), "", *[f"- {markdown_text(note)}" for note in turn.notes],
+                  f"*{markdown_text(turn.view_line())}*", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
