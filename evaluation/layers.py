@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
@@ -51,7 +52,12 @@ def read_features(path, layer: Optional[str] = None, default_layer: Optional[str
     try:
         names = [row[0] for row in pyogrio.list_layers(str(path))]
     except Exception as exc:  # pyogrio raises DataSourceError and others for unreadable files
-        raise LayerError(f"cannot open {path}: {exc}") from None
+        reason = str(exc).split("; It might help", 1)[0]  # GDAL's hint to name a driver ("CSV:path") misleads
+        if not Path(path).exists():
+            raise LayerError(f"cannot open {path}: no such file") from None
+        raise LayerError(f"cannot open {path} as a layer ({reason}): --reference scores a layer of answers against a "
+                         "layer of references (GeoPackage, GeoJSON, ...) matched by location; answers saved with "
+                         "their references in JSON lines are scored without --reference") from None
     if layer is not None and layer not in names:
         raise LayerError(f"{path} has no layer {layer!r} (it has {', '.join(names)})")
     name = layer or (default_layer if default_layer in names else (names[0] if names else None))

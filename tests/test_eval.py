@@ -422,6 +422,21 @@ def test_bad_layers_get_one_clear_line(tmp_path, capsys, argv, message):
     assert message in err and "\n" not in err
 
 
+def test_json_lines_given_to_reference_say_what_reference_takes(tmp_path, capsys):
+    """Answers and references in two JSON-lines files (a researcher's layout): GDAL's "not recognized as being in a
+    supported file format ... prefixing the file path with '<DRIVER>:', e.g. 'CSV:path'" was all that was said."""
+    answers, refs = tmp_path / "answers.jsonl", tmp_path / "refs.jsonl"
+    answers.write_text('{"question_id": 1, "answer": "yes"}\n', encoding="utf-8")
+    refs.write_text('{"question_id": 1, "annotation": "yes"}\n', encoding="utf-8")
+    assert main(["eval", "vqa", str(answers), "--reference", str(refs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"geovlm eval: cannot open {answers} as a layer (") and "\n" not in err
+    assert "CSV:path" not in err and "scored without --reference" in err
+    layer = write_layer(tmp_path / "a.gpkg", {"label": ["x"]}, [utm_box(0, 0, 10, 10)], layer="objects")
+    assert main(["eval", "detection", str(layer), "--reference", str(tmp_path / "nope.gpkg")]) == 2
+    assert capsys.readouterr().err.strip() == f"geovlm eval: cannot open {tmp_path / 'nope.gpkg'}: no such file"
+
+
 @pytest.mark.parametrize("task, answers, references, message", [
     ("vqa", ["yes", None], ["yes", "no"], "{a}|layername=captions feature 2: answer field 'answer' is null"),
     ("vqa", [1.0, 0.5], ["1", "no"], "{a}|layername=captions feature 2: answer field 'answer' is a number, not a text"),
