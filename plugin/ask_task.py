@@ -115,10 +115,8 @@ class AskTask(EngineTask):
         if result and self.error is None:
             self.answered.emit(self.text, self.answer, self.info)
             return
-        message = self.error or ("stopped" if self.isCanceled() else "the request failed")
-        if message != "stopped":
-            QgsMessageLog.logMessage(f"ask: {message}", LOG_TAG, Qgis.MessageLevel.Warning)
-        self.failed.emit(message)
+        # said (message bar and GeoVLM log) by the dock that takes `failed`: logged here too, it read twice
+        self.failed.emit(self.error or ("stopped" if self.isCanceled() else "the request failed"))
 
 
 class FamilyProbe(EngineTask):

@@ -176,13 +176,22 @@ def task_statuses():
 
 
 def test_engine_down_gives_a_message_and_no_exception(dock, qgis_iface):
-    """One message: the dock's. The task ends completed: a terminated one makes QGIS say "Task failed" too."""
+    """One message: the dock's (in the message bar and once in the GeoVLM log). The task ends completed: a
+    terminated one makes QGIS say "Task failed" too."""
     session = dock.ask
     session.engine = down_engine_url()
-    with task_statuses() as statuses:
-        ask(session, "Describe the image", wait=True)
+    logged = []
+    record = lambda message, tag, level: logged.append(message) if tag == "GeoVLM" else None  # noqa: E731
+    QgsApplication.messageLog().messageReceived.connect(record)
+    try:
+        with task_statuses() as statuses:
+            ask(session, "Describe the image", wait=True)
+    finally:
+        QgsApplication.messageLog().messageReceived.disconnect(record)
     [message] = qgis_iface.messageBar().get_messages(2) or qgis_iface.messageBar().get_messages(1)
     assert "down or unreachable" in message and "Traceback" not in message
+    [line] = [line for line in logged if "down or unreachable" in line]  # the log says it once too
+    assert message.endswith(line)
     assert QgsTask.TaskStatus.Complete in statuses and QgsTask.TaskStatus.Terminated not in statuses, statuses
     assert session.dock.send.isEnabled()
 
