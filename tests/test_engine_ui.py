@@ -318,6 +318,26 @@ def test_an_unusable_engine_url_keeps_the_options_open_and_says_why(qgis_app, ge
         page.hide()
 
 
+def test_remote_engines_without_a_url_keep_the_options_open_and_say_why(qgis_app, geovlm_settings):
+    """*Remote engines* ticked with no URL (none added, or an empty row) was saved, and every question then failed
+    with "no engine configured": the page says so at OK instead, until a URL is given or the local engine chosen."""
+    page = GeoVlmOptionsPage()
+    page.show()
+    try:
+        page.remote_radio.setChecked(True)
+        page.endpoints.add("")
+        assert not page.isValid() and page.url_problem.isVisible()
+        assert page.url_problem.text() == ("Not saved: Remote engines needs at least one engine URL (Add, then "
+                                           "http://host:port), or choose the local engine")
+        page.endpoints.item(0, 0).setText("http://127.0.0.1:8000")
+        assert page.isValid() and not page.url_problem.isVisible()
+        page.endpoints.item(0, 0).setText("")
+        page.local_radio.setChecked(True)
+        assert page.isValid()
+    finally:
+        page.hide()
+
+
 def test_the_options_page_is_found_by_its_name(qgis_app):
     """QGIS's Options dialog finds pages by object name: to open on GeoVLM's and to show it when isValid()
     keeps the dialog open (an unnamed page left the user on another page, with OK doing nothing)."""

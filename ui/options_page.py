@@ -182,8 +182,12 @@ class GeoVlmOptionsPage(QgsOptionsPageWidget):
 
     def isValid(self) -> bool:  # noqa: N802 (QGIS's name)
         """QGIS keeps the Options dialog open on this page while it is False: an engine URL that cannot be used
-        (say `127.0.0.1:8000`, without http://) is shown under the table, never dropped unseen at OK."""
-        _, refused = self.endpoints.endpoints()
+        (say `127.0.0.1:8000`, without http://) is shown under the table, never dropped unseen at OK; so is
+        *Remote engines* chosen with no URL (every question would fail with "no engine configured")."""
+        endpoints, refused = self.endpoints.endpoints()
+        if not endpoints and not refused and not self.local_radio.isChecked():
+            refused = ["Remote engines needs at least one engine URL (Add, then http://host:port), or choose the "
+                       "local engine"]
         self.url_problem.setText("Not saved: " + "; ".join(refused) if refused else "")
         self.url_problem.setVisible(bool(refused))
         return not refused
