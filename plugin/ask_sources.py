@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Collection, List, Tuple
 
 from qgis.core import (
+    Qgis,
     QgsCoordinateTransform,
     QgsGeometry,
     QgsMapLayerType,
@@ -34,10 +35,14 @@ def source_settings(source: str, canvas_settings: QgsMapSettings, raster, rectan
     a region task the rectangle is the region, and the view is the map). Raises ValueError with one line saying
     what to do, also when the view would be blank (a layer that cannot be read, or none that lies in the view:
     `plugin.view_checks.layers_problem`). `ignored`: ids of layers left out of the view (the dock's own answer
-    layers: a model shown its earlier boxes and their labels is led by them, and they hide the imagery)."""
+    layers: a model shown its earlier boxes and their labels is led by them, and they hide the imagery). Selected
+    features are drawn as unselected ones."""
     canvas_settings = QgsMapSettings(canvas_settings)
     canvas_settings.setLayers([layer for layer in canvas_settings.layers() if layer.id() not in ignored])
     settings = _source_settings(source, canvas_settings, raster, rectangle, region_task, config)
+    # The selection is the map's state, not its content: QGIS fills selected features with its selection colour,
+    # which would hide from the model the very feature an identify question asks about.
+    settings.setFlag(Qgis.MapSettingsFlag.DrawSelection, False)
     problem = layers_problem(settings, "the view")
     if problem:
         raise ValueError(f"{problem}: turn off that layer or fix its source" if "cannot be read" in problem

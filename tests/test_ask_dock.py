@@ -1316,3 +1316,29 @@ def test_a_reopened_projects_answer_layers_are_not_shown_to_the_model_nor_added_
         ask(session, "Describe the image", wait=True)
     assert len(engine.images) == 2 and engine.images[1] == engine.images[0]
     assert [lyr.id() for lyr in objects_layers()] == [reopened.id()] and reopened.featureCount() == 6
+
+
+def test_the_selection_highlight_is_not_drawn_into_the_image_the_model_sees(dock, qgis_iface, qgis_canvas):
+    """QGIS draws selected features filled with its selection colour (opaque yellow). An identify question about
+    the selected feature then showed the model a yellow blob where the object to identify is: the image sent is the
+    map without the highlight, the same image as before the feature was selected."""
+    from qgis.core import QgsFeature, QgsFillSymbol, QgsGeometry, QgsSingleSymbolRenderer, QgsVectorLayer
+
+    session = dock.ask
+    outlines = QgsVectorLayer("Polygon?crs=EPSG:3857", "parcels", "memory")
+    outlines.setRenderer(QgsSingleSymbolRenderer(QgsFillSymbol.createSimple({"style": "no", "outline_style": "no"})))
+    feature = QgsFeature()
+    c = qgis_canvas.center()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(c.x() - 40, c.y() - 40, c.x() + 40, c.y() + 40)))
+    outlines.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(outlines)
+    qgis_canvas.setLayers([outlines, *qgis_canvas.layers()])
+    qgis_iface.setActiveLayer(outlines)
+    with ScriptedEngine("geochat", "a roof") as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+        outlines.selectAll()
+        session.new_view()
+        session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
+        ask(session, "", "identify", wait=True)
+    assert len(engine.images) == 2 and engine.images[1] == engine.images[0]
