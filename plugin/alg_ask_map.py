@@ -379,9 +379,10 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             crs = qgis_crs(NO_CRS_MAP_WKT)
             feedback.pushInfo("the view has no CRS: the layers are in its map units, with an undefined Cartesian "
                               "CRS (never degrees); give EXTENT a CRS ([EPSG:...]) to place them on a map")
-        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
+        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs,
+                                    feedback)
         rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
-                                    crs)
+                                    crs, feedback)
         for sink, features in ((obj_sink, objects), (rel_sink, relations)):
             sink.addFeatures(features, QgsFeatureSink.Flag.FastInsert)
             sink.close()

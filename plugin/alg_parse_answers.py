@@ -149,9 +149,10 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         remember(dict(parameters, **{self.FAMILY: family_names().index(family)}), context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
         crs = qgis_crs(frame.crs or NO_CRS_MAP_WKT)  # a raster with a geotransform but no CRS: its map units
-        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs)
+        obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs,
+                                    feedback)
         rel_sink, rel_id = add_sink(self, parameters, self.RELATIONS, context, rel_fields, Qgis.WkbType.LineString,
-                                    crs)
+                                    crs, feedback)
         name_outputs(context, Path(path).stem, {obj_id: "objects", rel_id: "relations"})
         skipped = n_objects = n_relations = done = 0
         for i, (line, text, question) in enumerate(answers):

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from osgeo import gdal
-from qgis.core import Qgis, QgsFeatureSink, QgsProcessingException, QgsProcessingOutputLayerDefinition, QgsProperty
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsFeatureSink,
+    QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
+    QgsProperty,
+)
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 SEQUENCE_SUFFIXES = (".geojsonl", ".geojsons")  # GeoJSONSeq: one feature a line (after an RS for .geojsons)
@@ -88,14 +95,24 @@ class StringKeepingSink:
             restore_strings(Path(self.path), self.kept, self._count)
 
 
-def add_sink(alg, parameters, name: str, context, fields, geometry_type,
-             crs) -> Tuple[StringKeepingSink, Optional[str]]:
+def add_sink(alg, parameters, name: str, context, fields, geometry_type, crs,
+             feedback=None) -> Tuple[StringKeepingSink, Optional[str]]:
     """`alg.parameterAsSink(...)` for the output `name`, as a `StringKeepingSink`, and its destination id (None
     for an optional output that was not asked for: then the sink drops what it is given). A GeoJSON file is
     made with `KEEP_STRINGS_OPTION` on GDAL >= 3.8, and has its strings restored on `close()` on older GDALs;
-    any other output is made as Processing makes it."""
+    any other output is made as Processing makes it. A GeoJSON sequence (.geojsonl, .geojsons) of coordinates in
+    an engineering CRS (image pixels, or map units of a raster without a CRS) is written without a CRS, with a
+    warning to `feedback`: GDAL's GeoJSONSeq writer, whose output is WGS 84 by definition (RFC 8142), refused the
+    layer ("Failed to create coordinate transformation ... WGS84")."""
+    destination = _destination(parameters, name, context)
+    if _is_sequence(destination) and crs.isValid() and crs.type() == Qgis.CrsType.Engineering:
+        crs = QgsCoordinateReferenceSystem()
+        if feedback is not None:
+            feedback.pushWarning(f"{name}: a GeoJSON sequence is in WGS 84 by definition, which these coordinates "
+                                 "(image pixels or map units) are not: written without a CRS; write a GeoPackage "
+                                 "(.gpkg) to keep it")
     keeps = gdal_keeps_strings()
-    options = [KEEP_STRINGS_OPTION] if keeps and geojson_path(_destination(parameters, name, context)) else []
+    options = [KEEP_STRINGS_OPTION] if keeps and geojson_path(destination) else []
     sink, dest_id = alg.parameterAsSink(parameters, name, context, fields, geometry_type, crs,
                                         QgsFeatureSink.SinkFlags(), {}, [], options)
     if sink is None:
@@ -104,6 +121,10 @@ def add_sink(alg, parameters, name: str, context, fields, geometry_type,
             return StringKeepingSink(None), None  # an optional output not asked for: its features are dropped
         raise QgsProcessingException(f"cannot write the output {name}")
     return StringKeepingSink(sink, "" if keeps else geojson_path(dest_id)), dest_id  # a file's id is its path
+
+
+def _is_sequence(destination: str) -> bool:
+    return geojson_path(destination).lower().endswith(SEQUENCE_SUFFIXES)
 
 
 def _destination(parameters, name: str, context) -> str:

@@ -270,6 +270,35 @@ def test_a_raster_with_a_geotransform_but_no_crs_gives_layers_in_its_map_units_n
     assert any("rotated has no CRS: the layers are placed by its geotransform" in text for text in feedback.info)
 
 
+@pytest.mark.parametrize("with_raster", [False, True])
+def test_pixel_or_map_unit_layers_written_as_a_geojson_sequence(qgis_iface, processing, tmp_path, with_raster):
+    """A GeoJSON sequence is WGS 84 by definition: GDAL refused layers in an engineering CRS (image pixels, or the
+    map units of a raster without a CRS): "Could not create layer ...: Failed to create coordinate transformation
+    ... WGS84", nothing written. They are written without a CRS, and the log says so."""
+    from osgeo import gdal
+    from qt_support import RecordingFeedback
+
+    answers = tmp_path / "a.txt"
+    answers.write_text("[[10, 20, 30, 40, 0]]\n[[50, 50, 60, 70, 0]]\n")
+    params = {"INPUT": str(answers), "FAMILY": "earthdial", "OBJECTS": str(tmp_path / "o.geojsonl")}
+    if with_raster:
+        raster_path = tmp_path / "rotated.tif"
+        ds = gdal.GetDriverByName("GTiff").Create(str(raster_path), 120, 80, 1, gdal.GDT_Byte)
+        ds.SetGeoTransform((500000, 0.8, 0.6, 4100000, 0.6, -0.8))
+        ds = None
+        params["RASTER"] = str(raster_path)
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initProcessing()
+    feedback = RecordingFeedback()
+    try:
+        processing.run("geovlm:parseanswers", params, feedback=feedback)
+    finally:
+        plugin.unload()
+    lines = [json.loads(line.lstrip("\x1e")) for line in (tmp_path / "o.geojsonl").read_text().splitlines() if line]
+    assert [f["properties"]["line"] for f in lines] == [1, 2]
+    assert any("OBJECTS: a GeoJSON sequence is in WGS 84 by definition" in w for w in feedback.warnings)
+
+
 def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_iface, processing, tmp_path):
     from qgis.core import QgsProcessingContext, QgsProcessingOutputLayerDefinition
     from qt_support import RecordingFeedback
