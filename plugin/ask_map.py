@@ -113,7 +113,8 @@ def png_bytes(image: QImage) -> bytes:
 
 
 def draw_boxes(image: QImage, answer, plan: Optional[FitPlan] = None) -> QImage:
-    """A copy of the image with the answer's objects outlined and labelled. The objects are in pixels of the
+    """A copy of the image with the answer's objects outlined and labelled (above the box's top corner, inside it
+    for a box at the image's top edge). The objects are in pixels of the
     view; `plan` (core.georef.FitPlan): the image is the view fitted to the model's input, and each corner is
     drawn at `plan.image_to_input` of it; None: the image is the view itself."""
     out = image.convertToFormat(QImage.Format.Format_ARGB32)
@@ -128,7 +129,9 @@ def draw_boxes(image: QImage, answer, plan: Optional[FitPlan] = None) -> QImage:
         polygon = [plan.image_to_input(x, y) for x, y in obj.polygon] if plan else obj.polygon
         painter.drawPolygon(QPolygonF([QPointF(x, y) for x, y in polygon]))
         x, y = min(polygon, key=lambda p: (p[1], p[0]))
-        painter.drawText(QPointF(x + 2, y - 4), f"{obj.id} {obj.label}".strip())
+        # above its top corner, or just inside it where the box touches the image's top (the label would be cut off)
+        baseline = y - 4 if y - 4 - font.pixelSize() >= 0 else y + font.pixelSize() + 2
+        painter.drawText(QPointF(x + 2, baseline), f"{obj.id} {obj.label}".strip())
     painter.end()
     return out
 
