@@ -312,6 +312,8 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         if not self.history:
             self.view, self.view_source, self.view_settings, self.image = None, None, None, None
         self.dock.set_busy(False)
+        if self._streamed:  # read as it came: it stays, but cut short it is not parsed, nor placed on the map
+            self._html.append(f"<p><b>Model (cut short, not placed on the map):</b> {html.escape(self._streamed)}</p>")
         kept = "" if message == "stopped" else " — the question is still in the box: Send asks it again"
         self._html.append(f"<p><i>{html.escape(message + kept)}</i></p>")
         self._show()

@@ -1342,3 +1342,21 @@ def test_the_selection_highlight_is_not_drawn_into_the_image_the_model_sees(dock
         session.dock.source.setCurrentIndex(session.dock.source.findData("selected"))
         ask(session, "", "identify", wait=True)
     assert len(engine.images) == 2 and engine.images[1] == engine.images[0]
+
+
+def test_what_streamed_before_a_stop_stays_in_the_transcript(dock):
+    """Stop mid-answer: the text that had streamed (read by the user as it came) vanished, leaving "stopped". It
+    stays, said to be cut short and not placed on the map; the question stays in the box."""
+    session = dock.ask
+    with ScriptedEngine("geochat", "a field beside a road " * 60, piece_delay=0.05) as engine:
+        session.engine = engine.url
+        pieces = []
+        ask(session, "Describe the image").token.connect(pieces.append)
+        assert wait_for(lambda: len(pieces) >= 6, 30)
+        session.dock.stop.click()
+        assert wait_for(lambda: not session.busy(), 5)
+    shown = session.dock.transcript.toPlainText()
+    streamed = "".join(pieces)
+    assert f"Model (cut short, not placed on the map): {streamed}" in shown.replace("\n", " ")
+    assert shown.rstrip().endswith("stopped") and session.dock.question.toPlainText() == "Describe the image"
+    assert not objects_layers()
