@@ -124,22 +124,33 @@ def add_key_args(parser: argparse.ArgumentParser, what: str = "bearer key of the
 
 def api_key_from(args) -> str | None:
     """The key of --api-key-file, else of --api-key (with a warning: other users can read it in `ps`), else
-    of the GEOVLM_API_KEY environment variable; None when none is given."""
+    of the GEOVLM_API_KEY environment variable; None when none is given. CliError in one line for a file that
+    cannot be read (or is not UTF-8 text) and for a key that is not printable ASCII: it travels in an HTTP
+    header (`Authorization: Bearer KEY`), where a client would send "é" as one Latin-1 byte and the server
+    compare it with its two UTF-8 bytes, refusing every request."""
     path = getattr(args, "api_key_file", None)
     if path:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:  # a UnicodeDecodeError has no strerror
+            raise CliError(f"cannot read the API key file {path}: {getattr(exc, 'strerror', None) or exc}") from None
         key = lines[0].strip() if lines else ""
         if not key:
             raise CliError(f"the API key file {path} is empty")
-        return key
+        return _ascii_key(key, f"the API key file {path}")
     if getattr(args, "api_key", None):
         print(f"geovlm: warning: --api-key shows the key to every local user in the process list; set "
               f"{KEY_VARIABLE} or use --api-key-file instead", file=sys.stderr)
-        return args.api_key
-    return os.environ.get(KEY_VARIABLE) or None
+        return _ascii_key(args.api_key, "--api-key")
+    key = os.environ.get(KEY_VARIABLE) or None
+    return key if key is None else _ascii_key(key, KEY_VARIABLE)
+
+
+def _ascii_key(key: str, where: str) -> str:
+    if not (key.isascii() and key.isprintable()):
+        raise CliError(f"{where} holds a key that is not printable ASCII: an API key travels in an HTTP header; "
+                       "use letters, digits and punctuation")
+    return key
 
 
 def engine_for(args):

@@ -147,6 +147,29 @@ def test_an_api_key_flag_warns_that_ps_shows_it(capsys, tmp_path):
     assert api_key_from(Args()) == "from-file" and capsys.readouterr().err == ""
 
 
+def test_an_api_key_that_is_not_utf8_or_not_ascii_is_one_line(capsys, tmp_path, monkeypatch):
+    """A key file that is not UTF-8 ended in AttributeError ('UnicodeDecodeError' has no 'strerror'); a key
+    with "é" would be sent by a client as one Latin-1 byte and compared by the server with two UTF-8 bytes."""
+    from geovlm.cli import CliError
+    from geovlm.cli.serve_cmds import api_key_from
+
+    class Args:
+        api_key, api_key_file = None, None
+
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xff\xfekey\n")
+    Args.api_key_file = str(key_file)
+    with pytest.raises(CliError, match=f"cannot read the API key file {key_file}: 'utf-8' codec can't decode"):
+        api_key_from(Args())
+    key_file.write_text("caf\u00e9\n", encoding="utf-8")
+    with pytest.raises(CliError, match="holds a key that is not printable ASCII"):
+        api_key_from(Args())
+    Args.api_key_file = None
+    monkeypatch.setenv("GEOVLM_API_KEY", "tab\there")
+    with pytest.raises(CliError, match="GEOVLM_API_KEY holds a key that is not printable ASCII"):
+        api_key_from(Args())
+
+
 def test_ask_with_a_local_engine_killed_until_the_launcher_gives_up(data_dir):
     """`geovlm ask --engine local`, its engine SIGKILLed mid-answer, then each restarted one as soon as it
     listens (four kills: the launcher restarts it three times): each crash is one line, the end is one line
