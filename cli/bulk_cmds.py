@@ -6,9 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.client import MAX_RETRY_WINDOW_S
+from ..core.tiling import DEFAULT_MAX_TILES, PlanOptions
 from . import CliError
 from .parse_cmd import add_profile_overrides
-from .serve_cmds import add_engine_args, add_request_timeout_arg, request_timeout
+from .serve_cmds import add_engine_args, add_request_timeout_arg, request_timeout, retry_window
 
 # Each runs in a clone's root, against the local demo model (tests/test_cli_help.py runs them).
 BULK_EXAMPLES = {
@@ -53,8 +55,8 @@ def register(sub) -> None:
         p.add_argument("--max-new-tokens", type=int, default=256)
         p.add_argument("--overwrite", action="store_true", help="replace an output made by another plan")
         p.add_argument("--retry-window", type=float, default=None, metavar="S",
-                       help="seconds a tile's request is retried while no engine answers (default: 120); "
-                       "after that the run stops, to be resumed")
+                       help="seconds a tile's request is retried while no engine answers (default: 120; 0 to "
+                       f"{MAX_RETRY_WINDOW_S:g}); after that the run stops, to be resumed")
         add_request_timeout_arg(p)
         if kind == "detect":
             p.add_argument("--merge-overlap", type=float, default=0.5,
@@ -65,10 +67,8 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_bulk, kind=kind)
 
 
-# The most tiles a plan may have unless --max-tiles says more: no scene an aerial or satellite sensor delivers
-# reaches it at 512 px (a 41k x 41k px scene is 6,561 tiles, 25,921 at 256 px), while a mosaic VRT of a
-# country or a mistaken --tile 16 does, and would keep an engine busy for days (100,000 tiles at 1 s each).
-DEFAULT_MAX_TILES = 100_000
+# How the refusal of a plan too large (core.tiling.too_many_tiles) names the ways on, on the command line.
+CLI_PLAN_OPTIONS = PlanOptions("--extent 'xmin,xmax,ymin,ymax [CRS]'", "--tile", "--max-tiles")
 
 
 class RasterTiles:
@@ -174,7 +174,7 @@ def cmd_bulk(args) -> int:
     from ..core.client import EngineError
     from ..core.ledger import Ledger, LedgerError, RunPlan, output_problem
     from ..core.profiles import get_profile
-    from ..core.tiling import TilePlan
+    from ..core.tiling import TilePlan, max_tiles_problem, plan_area, too_many_tiles
     from ..core.transport import CancelToken
     from ..models.imagery import ImageryError
     from .engine_cmds import STAND_IN_NOTE, _bands, warn_other_family
@@ -193,12 +193,14 @@ def cmd_bulk(args) -> int:
     if not 0.0 <= getattr(args, "merge_overlap", 0.5) <= 1.0:
         raise CliError(f"--merge-overlap is a share of the smaller object, from 0 to 1, not {args.merge_overlap}")
     request_timeout(args)
-    if args.max_tiles < 1:
-        raise CliError(f"--max-tiles must be at least 1, not {args.max_tiles}")
+    retry_window(args)
+    problem = max_tiles_problem(args.max_tiles, CLI_PLAN_OPTIONS)
+    if problem:
+        raise CliError(problem)
     extent = parse_extent(args.extent)
     frame = open_frame(args.raster)
     col0, row0, width, height = extent_window(frame, extent) if extent else (0, 0, frame.width, frame.height)
-    area = f"the extent's {width}x{height} px of the raster" if extent else f"the raster ({width}x{height} px)"
+    area = plan_area(width, height, bool(extent))
     gt = frame.geotransform.window(col0, row0) if extent else frame.geotransform  # where the plan's pixel (0, 0) is
     try:
         tiles = TilePlan(width, height, args.tile, args.overlap, args.edge)
@@ -207,10 +209,9 @@ def cmd_bulk(args) -> int:
     if not len(tiles):  # --edge drop on a raster smaller than a tile: an empty run would "succeed"
         raise CliError(f"no tile to ask: {area} is smaller than one {args.tile} px tile, and --edge drop leaves "
                        "partial tiles out; give a smaller --tile or another --edge")
-    if len(tiles) > args.max_tiles:  # a mosaic of a country: refused before an engine starts, not left running
-        raise CliError(f"the plan has {len(tiles):,} tiles of {args.tile} px over {area}, more than --max-tiles "
-                       f"{args.max_tiles:,}: ask part of it (--extent 'xmin,xmax,ymin,ymax [CRS]'), take larger "
-                       "tiles (--tile), or raise --max-tiles")
+    problem = too_many_tiles(tiles, area, args.max_tiles, CLI_PLAN_OPTIONS)
+    if problem:  # a mosaic of a country: refused before an engine starts, not left running
+        raise CliError(problem)
     try:  # the bands are checked before an engine is contacted or the output touched
         reader = RasterTiles(args.raster, _bands(args.bands), not args.keep_nodata, (col0, row0))
     except ImageryError as exc:

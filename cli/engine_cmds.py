@@ -16,6 +16,7 @@ from .serve_cmds import (
     add_retry_window_arg,
     check_generation_args,
     request_timeout,
+    retry_window,
 )
 
 STAND_IN_NOTE = (
@@ -355,6 +356,7 @@ def _ask(args) -> int:
         providers = check_providers_arg(args.providers)
     else:
         request_timeout(args)
+        retry_window(args)
         local = [flag for flag, value in (("--device", args.device), ("--providers", args.providers)) if value]
         if local:
             raise CliError(f"{' and '.join(local)} choose where a model runs here; with --engine the engine "

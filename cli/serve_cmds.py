@@ -74,12 +74,13 @@ QUIET_LOGGERS = ("onnxscript", "onnx_ir")
 
 def add_retry_window_arg(parser: argparse.ArgumentParser, default=None, why: str = "") -> None:
     """--retry-window S: how long a request is retried while no engine answers (`engine_for` applies it)."""
-    from ..core.client import DEFAULT_RETRY_WINDOW_S
+    from ..core.client import DEFAULT_RETRY_WINDOW_S, MAX_RETRY_WINDOW_S
 
     shown = default if default is not None else DEFAULT_RETRY_WINDOW_S
     parser.add_argument("--retry-window", type=float, default=default, metavar="S",
                         help=f"seconds a request is retried while no engine answers (default: {shown:g}"
-                        + (f"; {why}" if why else ", time for an engine to restart") + ")")
+                        + (f"; {why}" if why else ", time for an engine to restart")
+                        + f"; 0 to {MAX_RETRY_WINDOW_S:g})")
 
 
 def add_request_timeout_arg(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +104,19 @@ def request_timeout(args) -> float | None:
         raise CliError(f"--request-timeout is the seconds one attempt waits, more than 0 and at most "
                        f"{MAX_REQUEST_TIMEOUT_S:g}, not {timeout:g}")
     return timeout
+
+
+def retry_window(args) -> float | None:
+    """The --retry-window of `args` (None when not given); CliError in one line when it is not a number of seconds
+    from 0 to `core.client.MAX_RETRY_WINDOW_S` (a day, the bound of the bulk algorithms' RETRY_WINDOW). Commands
+    call it with their other checks, before any raster is read or engine contacted; `engine_for` applies it."""
+    from ..core.client import MAX_RETRY_WINDOW_S
+
+    window = getattr(args, "retry_window", None)
+    if window is not None and not 0 <= window <= MAX_RETRY_WINDOW_S:
+        raise CliError(f"--retry-window must be 0 or more seconds, at most {MAX_RETRY_WINDOW_S:g} (a day), "
+                       f"not {window:g}")
+    return window
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -170,9 +184,7 @@ def engine_for(args):
     concurrent = getattr(args, "max_concurrent", 4)
     if concurrent < 1:
         raise CliError("--max-concurrent must be at least 1")
-    window = getattr(args, "retry_window", None)
-    if window is not None and not window >= 0:
-        raise CliError("--retry-window must be 0 or more seconds")
+    retry_window(args)
     request_timeout(args)
     if getattr(args, "engine", None):
         urls = [u.strip() for u in args.engine.split(",") if u.strip()]
@@ -204,7 +216,7 @@ def _with_retry_options(client, args):
 
     from ..core.client import NO_ANSWER
 
-    window = getattr(args, "retry_window", None)
+    window = retry_window(args)
     if window is not None:
         client.retry_window = window
     timeout = request_timeout(args)
@@ -394,6 +406,7 @@ def cmd_engine_check(args) -> int:
         raise CliError("--question is empty: ask something, e.g. \"Describe the image.\"")
     check_text_argument(args.question, "--question")
     request_timeout(args)  # said before any engine is started or reached, as ask does
+    retry_window(args)
     client = engine_for(args)
     try:
         health = client.health()

@@ -129,3 +129,44 @@ def plan_for_extent(
     height = max(1, math.ceil((ymax - ymin) / resolution - 1e-9))
     gt = GeoTransform(resolution, 0.0, xmin, 0.0, -resolution, ymax)
     return TilePlan(width, height, tile, overlap, edge), gt
+
+
+# The most tiles a plan may have unless the user says more (`geovlm caption/detect --max-tiles`, the bulk
+# algorithms' MAX_TILES): no scene an aerial or satellite sensor delivers reaches it at 512 px (a 41k x 41k px
+# scene is 6,561 tiles, 25,921 at 256 px), while a mosaic VRT of a country or a mistaken tile size of 16 px does,
+# and would keep an engine busy for days (100,000 tiles at 1 s each).
+DEFAULT_MAX_TILES = 100_000
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a user changes a plan's size where the refusal is read: `extent` asks part of the raster (the command
+    line's "--extent 'xmin,xmax,ymin,ymax [CRS]'", QGIS's "EXTENT"), `tile` takes larger tiles ("--tile",
+    "TILE_SIZE"), `cap` raises the cap ("--max-tiles", "MAX_TILES")."""
+
+    extent: str
+    tile: str
+    cap: str
+
+
+def plan_area(width: int, height: int, part: bool, what: str = "the raster") -> str:
+    """What a plan of `width` x `height` pixels covers, in words for a one-line message: "the raster (791x718
+    px)", or "the extent's 1200x800 px of the raster" when `part` (an extent's window of `what`)."""
+    return f"the extent's {width}x{height} px of {what}" if part else f"{what} ({width}x{height} px)"
+
+
+def max_tiles_problem(max_tiles: int, options: PlanOptions) -> str:
+    """One line when `max_tiles` cannot be a cap (less than 1), else ""."""
+    return f"{options.cap} must be at least 1, not {max_tiles}" if max_tiles < 1 else ""
+
+
+def too_many_tiles(plan: TilePlan, area: str, max_tiles: int, options: PlanOptions) -> str:
+    """One line refusing `plan` when it has more than `max_tiles` tiles (`len(plan)`: counted, never listed),
+    else "": the count, the tile size, `area` (`plan_area`) and the three ways on, each named as `options` say
+    the reader sets it. `geovlm caption/detect` and QGIS's bulk algorithms both word it here, so that a refusal
+    reads the same in a terminal and in QGIS's log, but for the names of the settings."""
+    count = len(plan)
+    if count <= max_tiles:
+        return ""
+    return (f"the plan has {count:,} tiles of {plan.tile} px over {area}, more than {options.cap} {max_tiles:,}: "
+            f"ask part of it ({options.extent}), take larger tiles ({options.tile}), or raise {options.cap}")

@@ -4,6 +4,7 @@ refused plan change, and scene graphs merged across tile overlaps."""
 import json
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -386,6 +387,20 @@ def test_bad_run_options_are_one_line_before_any_tile_is_asked(data_dir, tmp_pat
     argv = [kind, str(data_dir / "rasters" / "cogeo.tif"), "--engine", "http://127.0.0.1:9", "--out", str(out)]
     assert main([*argv, *option]) == 2
     assert capsys.readouterr().err.strip() == f"geovlm {kind}: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind, value", [("caption", "86401"), ("detect", "inf"), ("caption", "-1"),
+                                         ("detect", "nan")])
+def test_a_retry_window_past_a_day_is_one_line_before_any_engine_is_asked(data_dir, tmp_path, kind, value):
+    """--retry-window is bounded as the bulk algorithms' RETRY_WINDOW (core.client.MAX_RETRY_WINDOW_S): a window of
+    weeks, or for ever, is refused at once, not waited out at the first tile the dead engine below fails."""
+    out = tmp_path / "run.gpkg"
+    run = subprocess.run([sys.executable, "-m", "geovlm", kind, str(data_dir / "rasters" / "cogeo.tif"), "--engine",
+                          "http://127.0.0.1:9", "--out", str(out), "--no-progress", "--retry-window", value],
+                         capture_output=True, text=True, timeout=60)  # killed and failed if it retries
+    assert (run.returncode, run.stderr.strip()) == (2, f"geovlm {kind}: --retry-window must be 0 or more seconds, "
+                                                       f"at most 86400 (a day), not {float(value):g}")
     assert not out.exists()
 
 

@@ -1,5 +1,6 @@
 """`geovlm demo-model`, `export-encoder`, `ask` end to end on the demo model and the shared rasters."""
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,17 @@ def test_ask_interrupted_says_in_one_line_what_was_lost_and_kept_and_how_to_ask_
         f"{kept}; run the same command to ask again")
     assert "Traceback" not in stderr and "geovlm ask: interrupted" not in stderr
     assert (out.read_bytes() == earlier) if out_exists else not out.exists()
+
+
+@pytest.mark.parametrize("command", [["engine-check"], ["ask", str(COGEO), "hi", "--window", "0,0,64,64"]])
+@pytest.mark.parametrize("value", ["86401", "inf", "-1"])
+def test_ask_and_engine_check_refuse_a_retry_window_past_a_day_before_any_engine_is_asked(command, value):
+    """--retry-window is bounded as the bulk algorithms' RETRY_WINDOW (core.client.MAX_RETRY_WINDOW_S): said in one
+    line, at once (a dead URL asked would be retried for the whole window)."""
+    run = subprocess.run([sys.executable, "-m", "geovlm", *command, "--engine", "http://127.0.0.1:9",
+                          "--retry-window", value], capture_output=True, text=True, timeout=60)  # killed if it retries
+    assert (run.returncode, run.stderr.strip()) == (2, f"geovlm {command[0]}: --retry-window must be 0 or more "
+                                                       f"seconds, at most 86400 (a day), not {float(value):g}")
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1e9", "nan"])
