@@ -47,7 +47,15 @@ from ..core.client import (
 )
 from ..core.ledger import OBJECTS, RELATIONS, TILES, Ledger, LedgerError, RunPlan, output_problem
 from ..core.raster_identity import crs_identity
-from ..core.tiling import TilePlan, plan_for_extent
+from ..core.tiling import (
+    DEFAULT_MAX_TILES,
+    PlanOptions,
+    TilePlan,
+    max_tiles_problem,
+    plan_area,
+    plan_for_extent,
+    too_many_tiles,
+)
 from ..core.transport import Cancelled, CancelToken
 from .band_parameters import add_band_parameters, check_band_parameters, chosen_bands
 from .bulk_outputs import FailedRunLayers, OutputLayers, finish_run
@@ -158,6 +166,13 @@ RETRY_HELP = (f" Advanced: REQUEST_TIMEOUT is how long one attempt waits for the
               "`--request-timeout` and `--retry-window` on the command line.")
 
 
+# the help's sentence on MAX_TILES, shared by the two tile algorithms
+MAX_TILES_HELP = (f" Advanced: MAX_TILES ({DEFAULT_MAX_TILES:,} by default, about a 160,000 px square raster in 512 "
+                  "px tiles) refuses a larger plan in one line before any engine is started or asked, as `--max-tiles` "
+                  "on the command line: ask part of the raster (EXTENT), take larger tiles (TILE_SIZE), or raise "
+                  "MAX_TILES.")
+
+
 def check_engine_numbers(alg, parameters, context) -> None:
     """Raise QgsProcessingException in one line when REQUEST_TIMEOUT or RETRY_WINDOW is out of its bounds: the
     parameter check refuses them already, but a graphical model does not call it for its steps; called by
@@ -258,6 +273,10 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     INPUT, EXTENT, RESOLUTION, TILE_SIZE, OVERLAP = "INPUT", "EXTENT", "RESOLUTION", "TILE_SIZE", "OVERLAP"
     SKIP_NODATA, QUESTION, FAMILY, ENGINE, AUTHCFG = "SKIP_NODATA", "QUESTION", "FAMILY", "ENGINE", "AUTHCFG"
     CONCURRENCY, OVERWRITE, OUTPUT, TILES = "CONCURRENCY", "OVERWRITE", "OUTPUT", "TILES"
+    MAX_TILES = "MAX_TILES"
+    # how the refusal of a plan too large (core.tiling.too_many_tiles, as `geovlm caption --max-tiles`) names the
+    # ways on
+    PLAN_OPTIONS = PlanOptions(EXTENT, TILE_SIZE, MAX_TILES)
 
     def group(self):
         return "Bulk"
@@ -281,6 +300,11 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.OVERLAP, "Overlap (pixels)",
                                                        Qgis.ProcessingNumberParameterType.Integer,
                                                        64 if self.KIND == "detect" else 0, minValue=0))
+        cap = QgsProcessingParameterNumber(
+            self.MAX_TILES, "Most tiles a run may plan (a larger plan is refused before any engine is asked)",
+            Qgis.ProcessingNumberParameterType.Integer, DEFAULT_MAX_TILES, minValue=1)
+        cap.setFlags(cap.flags() | Qgis.ProcessingParameterFlag.Advanced)
+        self.addParameter(cap)
         add_band_parameters(self, self.INPUT)
         self.addParameter(QgsProcessingParameterBoolean(self.SKIP_NODATA, "Skip nodata-only tiles", True))
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question (default: the family's prompt)",
@@ -299,7 +323,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """QGIS's checks, then the chosen bands against INPUT's (`band_parameters.check_band_parameters`), the
         tile plan (an OVERLAP not smaller than TILE_SIZE, an EXTENT off the raster, a web layer without EXTENT
-        and RESOLUTION) and `run_problem`: each refused in one line before an engine is contacted."""
+        and RESOLUTION, more tiles than MAX_TILES) and `run_problem`: each refused in one line before an engine
+        is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             message = parameters_problem(parameters, [self.INPUT]) or message
@@ -317,7 +342,9 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
         """On the main thread: read the layer (and clone a web layer's provider) for the run's thread, and keep
         `context` for the layers of a run that fails with answers committed (`bulk_outputs.FailedRunLayers`).
-        The plan is checked again (a graphical model does not call checkParameterValues for its steps)."""
+        The plan is checked again, its size against MAX_TILES included (a graphical model does not call
+        checkParameterValues for its steps): a plan too large is refused here, before `processAlgorithm`
+        starts or asks any engine."""
         check_engine_numbers(self, parameters, context)
         self.failed_layers = FailedRunLayers(context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -343,7 +370,19 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         """(TilePlan, geotransform of its pixel (0, 0), (col, row) of that pixel in the file, or None for a web
         layer, which is rendered) of a run over `layer` with TILE_SIZE, OVERLAP, EXTENT (in the layer's CRS) and,
         for a web layer, RESOLUTION (map units per pixel). Raises ValueError with one line: an overlap not
-        smaller than the tile, an extent off the raster, a web layer without extent or resolution."""
+        smaller than the tile, an extent off the raster, a web layer without extent or resolution, a MAX_TILES
+        below 1, or a plan of more than MAX_TILES tiles (`core.tiling.too_many_tiles`, worded as `geovlm
+        caption` words it, naming EXTENT, TILE_SIZE and MAX_TILES; the plan is counted, never listed)."""
+        tiles, gt, offset, area = self._planned(layer, parameters, context)
+        cap = self.parameterAsInt(parameters, self.MAX_TILES, context)
+        problem = max_tiles_problem(cap, self.PLAN_OPTIONS) or too_many_tiles(tiles, area, cap, self.PLAN_OPTIONS)
+        if problem:
+            raise ValueError(problem)
+        return tiles, gt, offset
+
+    def _planned(self, layer, parameters, context):
+        """`_plan`'s (plan, geotransform, offset) and what the plan covers in words (`core.tiling.plan_area`),
+        its size not checked."""
         tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
         overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
         extent = None
@@ -355,7 +394,8 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
                 raise ValueError(f"{layer.name()!r} is a web layer: give EXTENT and RESOLUTION (map units per pixel)")
             tiles, gt = plan_for_extent(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum(),
                                         resolution, tile, overlap)
-            return tiles, gt, None
+            return tiles, gt, None, plan_area(tiles.width, tiles.height, True, f"the web layer at {resolution:g} "
+                                              "map units per pixel")
         frame = raster_frame(layer)
         col0, row0, width, height = 0, 0, frame.width, frame.height
         if extent is not None and not extent.isEmpty():
@@ -368,7 +408,9 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
             if col1 <= col0 or row1 <= row0:
                 raise ValueError("the extent does not overlap the raster")
             width, height = col1 - col0, row1 - row0
-        return TilePlan(width, height, tile, overlap), frame.geotransform.window(col0, row0), (col0, row0)
+        part = extent is not None and not extent.isEmpty()
+        return (TilePlan(width, height, tile, overlap), frame.geotransform.window(col0, row0), (col0, row0),
+                plan_area(width, height, part))
 
     # ------------------------------------------------------------ the run
 
@@ -463,7 +505,7 @@ class CaptionTilesAlgorithm(BulkTilesAlgorithm):
                 "for missing or failed tiles; `geovlm caption` on the command line continues the same file. A run "
                 "that leaves tiles failed or missing ends as failed (qgis_process exits 1) once every answer is "
                 "committed: the message names the output that holds them, and the dialog loads its layers all the "
-                "same, to show what was done while Run resumes the rest." + RETRY_HELP)
+                "same, to show what was done while Run resumes the rest." + MAX_TILES_HELP + RETRY_HELP)
 
 
 class DetectTilesAlgorithm(BulkTilesAlgorithm):
@@ -481,7 +523,7 @@ class DetectTilesAlgorithm(BulkTilesAlgorithm):
                 "(label, tile, provenance), RELATIONS lines from subject to object with the predicate and both "
                 "object ids. Objects found twice where tiles overlap (same label, overlapping more than "
                 "MERGE_OVERLAP of the smaller) are merged, keeping the copy farther from its tile's edge. "
-                "Resumes like Caption raster tiles." + RETRY_HELP)
+                "Resumes like Caption raster tiles." + MAX_TILES_HELP + RETRY_HELP)
 
     def add_kind_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterNumber(

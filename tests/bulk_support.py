@@ -61,6 +61,15 @@ def run_cli(*args, timeout=180):
     return proc.returncode, out, err
 
 
+def huge_vrt(path, side=1_000_000):
+    """A 3-band VRT of side x side px in EPSG:32618 at 300 m (zeros: no source), as bench/bench_huge_plan.py's:
+    3,818,116 tiles of 512 px by default, made in no time and no space."""
+    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{b}"/>' for b in (1, 2, 3))
+    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>EPSG:32618</SRS>'
+                    f'<GeoTransform>101985, 300, 0, 2826915, 0, -300</GeoTransform>{bands}</VRTDataset>')
+    return path
+
+
 def ledger_rows(path, table="tiles", columns="tile_id, status"):
     """Rows of a ledger table read with plain sqlite (works while another process writes)."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)

@@ -13,20 +13,12 @@ from geovlm.core.tiling import TilePlan
 from geovlm.models.imagery import import_rasterio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ledger_rows, run_cli  # noqa: E402
+from bulk_support import huge_vrt, ledger_rows, run_cli  # noqa: E402
 
 rasterio = import_rasterio()
 from rasterio.windows import Window, bounds  # noqa: E402
 
 DEAD = "http://127.0.0.1:9"  # nothing listens: a run that reached it would retry for --retry-window
-
-
-def huge_vrt(path, side=1_000_000):
-    """A 3-band VRT of side x side px in EPSG:32618 at 300 m (zeros: no source), as bench/bench_huge_plan.py's."""
-    bands = "".join(f'<VRTRasterBand dataType="Byte" band="{b}"/>' for b in (1, 2, 3))
-    path.write_text(f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><SRS>EPSG:32618</SRS>'
-                    f'<GeoTransform>101985, 300, 0, 2826915, 0, -300</GeoTransform>{bands}</VRTDataset>')
-    return path
 
 
 def read_tiles(path):
