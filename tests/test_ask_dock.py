@@ -1,6 +1,7 @@
 """The "Ask the map" dock with a real canvas (rotated 30 degrees) over a real raster: a scripted engine and
 the real demo-model engine; streamed text in order, features added once per answer where mapToPixel puts
 them, follow-ups about the same image, Stop within a second, engine down, unload during an answer."""
+import json
 import math
 import sys
 import time
@@ -1360,3 +1361,26 @@ def test_what_streamed_before_a_stop_stays_in_the_transcript(dock):
     assert f"Model (cut short, not placed on the map): {streamed}" in shown.replace("\n", " ")
     assert shown.rstrip().endswith("stopped") and session.dock.question.toPlainText() == "Describe the image"
     assert not objects_layers()
+
+
+def test_ctrl_enter_in_the_question_box_sends_it(dock):
+    """Enter makes a new line of the question; Ctrl+Enter sends it, as Send does (nothing while a question runs)."""
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtTest import QTest
+
+    session = dock.ask
+    session.dock.show()
+    with ScriptedEngine("geochat", "a field", piece_delay=0.2) as engine:
+        session.engine = engine.url
+        box = session.dock.question
+        box.setFocus()
+        QTest.keyClicks(box, "Describe")
+        QTest.keyClick(box, Qt.Key.Key_Return)
+        QTest.keyClicks(box, "the image")
+        assert box.toPlainText() == "Describe\nthe image" and not session.busy()
+        QTest.keyClick(box, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+        assert session.busy()
+        QTest.keyClick(box, Qt.Key.Key_Enter, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.KeypadModifier)
+        assert wait_for(lambda: not session.busy(), 30)
+    assert len(engine.posts) == 1 and "Describe\nthe image" in json.dumps(engine.posts[0]["messages"]).replace(
+        "\\n", "\n")

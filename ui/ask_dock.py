@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qgis.core import Qgis
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QEvent, Qt
 from qgis.PyQt.QtGui import QPixmap
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -57,8 +57,8 @@ class AskDock(QgsDockWidget):
         layout.addWidget(splitter, 1)
 
         self.question = QPlainTextEdit(body)
-        self.question.setPlaceholderText("Question (for identify: the region is the rectangle or the selected "
-                                         "feature)")
+        self.question.setPlaceholderText("Question (Ctrl+Enter sends it; for identify: the region is the rectangle or "
+                                         "the selected feature)")
         self.question.setMaximumHeight(70)
         layout.addWidget(self.question)
 
@@ -99,6 +99,9 @@ class AskDock(QgsDockWidget):
         self.export = QPushButton("Export…", body)
         for button in (self.send, self.stop, self.new_view):
             buttons.addWidget(button)
+        # Enter is a new line of the question (it may have several); Ctrl+Enter sends it, as Send does when enabled
+        self.send.setToolTip("Ask the question (Ctrl+Enter in the question box)")
+        self.question.installEventFilter(self)
         layout.addLayout(buttons)
         keep = QHBoxLayout()  # a second row: five buttons in one would set the dock's least width
         keep.addStretch(1)
@@ -109,6 +112,15 @@ class AskDock(QgsDockWidget):
         self.source.currentIndexChanged.connect(self._source_changed)
         self._source_changed()
         self.closed.connect(lambda: self.draw.setChecked(False))  # a hidden dock does not keep the map's tool
+
+    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+        """Ctrl+Enter (either Enter key) in the question box clicks Send, which does nothing while it is disabled."""
+        if (watched is self.question and event.type() == QEvent.Type.KeyPress
+                and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and event.modifiers() & Qt.KeyboardModifier.ControlModifier):
+            self.send.click()
+            return True
+        return super().eventFilter(watched, event)
 
     def source_key(self) -> str:
         return self.source.currentData()
