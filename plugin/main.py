@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QAction, QIcon
 from .provider import ICON, GeoVlmProvider
 
 LOG_TAG = "GeoVLM"
+ASK_ICON = ICON.with_name("ask.svg")  # the toolbar's "Ask the map…": not the same picture as "Parse saved answers…"
 # Bulk runs in the GeoVLM menu: each opens its Processing algorithm's dialog (history, batch mode, resume).
 BULK_MENU = (("geovlm:captiontiles", "Caption raster tiles…"),
              ("geovlm:detecttiles", "Find objects and relations in raster tiles…"),
@@ -37,7 +38,7 @@ class GeoVlmPlugin:
 
         self.engine_ui = EngineUi(self.iface)  # Options page and "Set up the local engine…"
         self.engine_ui.init_gui()
-        ask = QAction(QIcon(str(ICON)), "Ask the map…", self.iface.mainWindow())
+        ask = QAction(QIcon(str(ASK_ICON)), "Ask the map…", self.iface.mainWindow())
         ask.triggered.connect(self.open_ask_dock)
         self.iface.addPluginToMenu("&GeoVLM", ask)
         self.iface.addToolBarIcon(ask)

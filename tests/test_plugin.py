@@ -20,6 +20,20 @@ def test_plugin_loads_and_unloads_twice(qgis_iface):
         assert plugin.actions == []
 
 
+def test_the_two_toolbar_buttons_look_different(qgis_iface):
+    """The toolbar gets two GeoVLM buttons, *Parse saved answers into layers…* and *Ask the map…*: with one icon
+    for both, a user could tell them apart only by hovering over each."""
+    plugin = geovlm.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        by_text = {action.text(): action for action in plugin.actions}
+        parse, ask = by_text["Parse saved answers into layers…"], by_text["Ask the map…"]
+        images = [action.icon().pixmap(32, 32).toImage() for action in (parse, ask)]
+        assert not images[0].isNull() and not images[1].isNull() and images[0] != images[1]
+    finally:
+        plugin.unload()
+
+
 def test_parse_algorithm_places_answers_on_a_raster(qgis_iface, processing, data_dir, tmp_path):
     plugin = geovlm.classFactory(qgis_iface)
     plugin.initProcessing()
