@@ -120,3 +120,29 @@ def test_qgis_process_refuses_a_huge_plan_once_and_exits_1(engines, tmp_path, qg
     shown = subprocess.run([exe, "help", "geovlm:captiontiles"], env=env, capture_output=True, text=True,
                            timeout=120).stdout
     assert "MAX_TILES" in shown and "100,000 by default" in shown
+
+
+def test_a_web_layer_rendered_over_a_huge_extent_is_refused_alike(plugin, tmp_path):
+    """A web layer's plan is its EXTENT at RESOLUTION: a country at 0.5 m (400 x 300 km: 800,000 x 600,000 px) is
+    1,831,836 tiles of 512 px, refused naming the extent's pixels of the web layer at that resolution, before
+    any tile is rendered or engine asked (the XYZ URL below has no tile at all)."""
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=19", "web", "wms")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        params = {"INPUT": layer.id(), "EXTENT": "0,400000,6000000,6300000 [EPSG:3857]", "RESOLUTION": 0.5,
+                  "ENGINE": "http://127.0.0.1:9", "FAMILY": "geochat", "OUTPUT": str(tmp_path / "web.gpkg")}
+        said = ("the plan has 1,831,836 tiles of 512 px over the extent's 800000x600000 px of the web layer at 0.5 "
+                "map units per pixel, more than MAX_TILES 100,000: ask part of it (EXTENT), take larger tiles "
+                "(TILE_SIZE), or raise MAX_TILES")
+        made = QgsApplication.processingRegistry().createAlgorithmById("geovlm:captiontiles")
+        assert made.checkParameterValues(params, context()) == (False, said)
+        with pytest.raises(QgsProcessingException) as refused:
+            made.prepareAlgorithm(params, context(), RecordingFeedback())
+        assert str(refused.value) == said
+        assert made.checkParameterValues(dict(params, MAX_TILES=2_000_000), context()) == (True, "")
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    assert not (tmp_path / "web.gpkg").exists()
