@@ -326,7 +326,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             if problem:
                 raise QgsProcessingException(problem)
             if only_background(self._settings, image) and drawn_nothing(render(transparent_settings(self._settings))):
-                raise QgsProcessingException(blank_problem("this view"))  # all nodata: a blank image
+                # all nodata (a blank image), or complex values, which QGIS does not draw
+                raise QgsProcessingException(blank_problem("this view", self._settings.layers()))
             view = View.of(self._settings, image)
             feedback.pushInfo(f"rendered {view.frame.width}x{view.frame.height} pixels in "
                               f"{view.frame.crs or 'no CRS (the map units of layers without one)'}, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
-from qgis.core import QgsGeometry, QgsMapSettings, QgsPointXY
+from qgis.core import Qgis, QgsGeometry, QgsMapSettings, QgsPointXY, QgsRasterLayer
 from qgis.PyQt.QtGui import QColor, QImage
 
 
@@ -82,8 +82,18 @@ def drawn_nothing(image: QImage) -> bool:
     return not np.any(_pixels(image) >> np.uint32(24))
 
 
-def blank_problem(where: str) -> str:
-    """The line refusing a view in which none of the layers drew anything (`where` as in `layers_problem`).
+def complex_rasters(layers) -> list:
+    """The names of the raster layers among `layers` whose first band holds complex values (CInt16 ... CFloat64:
+    SAR single-look complex data), which QGIS's raster renderers do not draw."""
+    kinds = {Qgis.DataType.CInt16, Qgis.DataType.CInt32, Qgis.DataType.CFloat32, Qgis.DataType.CFloat64}
+    return [layer.name() for layer in layers if isinstance(layer, QgsRasterLayer) and layer.dataProvider() is not None
+            and layer.dataProvider().dataType(1) in kinds]
+
+
+def blank_problem(where: str, layers=()) -> str:
+    """The line refusing a view in which none of the layers drew anything (`where` as in `layers_problem`); when
+    some of `layers` hold complex values (`complex_rasters`), the line says that QGIS does not draw them, which
+    is why, and how to look at them (their amplitude: what `geovlm ask` and the bulk algorithms read).
 
     Why two steps: the image sent is the render on the map's background colour, unchanged (rendering it on
     a transparent background and filling the background in afterwards would change pixels: layers with a
@@ -93,5 +103,11 @@ def blank_problem(where: str) -> str:
     only then is the view rendered again on a transparent background, and it is refused only when
     `drawn_nothing` holds for that render: no layer set the alpha of any pixel, which is exact. The second
     render costs nothing in the usual case (an image with any pixel off the background skips it)."""
+    complex_names = complex_rasters(layers)
+    if complex_names:
+        names = ", ".join(repr(name) for name in complex_names)
+        return (f"nothing of the layers was drawn in {where}: {names} holds complex values (SAR single-look "
+                "complex), which QGIS does not draw; make an amplitude raster of it (Raster calculator: abs) or "
+                "ask about it with geovlm:captiontiles or `geovlm ask`, which read its amplitude")
     return (f"nothing of the layers was drawn in {where}: every pixel is nodata or transparent, so the model "
             "would see only the background")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -353,6 +354,28 @@ def test_an_image_that_cannot_be_written_is_refused_before_the_engine_is_asked(p
                                              "IMAGE": str(path)})
         assert engine.posts == []
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_a_complex_raster_that_qgis_does_not_draw_is_said_so(plugin, processing, tmp_path):
+    """A SAR single-look complex raster (CFloat32): QGIS draws none of it, and the refusal said "every pixel is
+    nodata or transparent", which it is not; it says that QGIS does not draw complex values, and what reads them."""
+    from osgeo import gdal, osr
+    from qgis.core import QgsProcessingException
+
+    path = tmp_path / "slc.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 1, gdal.GDT_CFloat32)
+    ds.SetGeoTransform((500000, 1, 0, 4100000, 0, -1))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32616)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    ds.GetRasterBand(1).WriteArray((rng.normal(size=(64, 64)) + 1j * rng.normal(size=(64, 64))).astype(np.complex64))
+    ds = None
+    with ScriptedEngine("geochat", "a ship") as engine:
+        with pytest.raises(QgsProcessingException, match="'slc' holds complex values .*which QGIS does not draw"):
+            processing.run("geovlm:askmap", {"LAYERS": [str(path)], "EXTENT": str(path), "QUESTION": "What?",
+                                             "ENGINE": engine.url})
+        assert engine.posts == []
 
 
 def gdal_crs_is_geographic(path) -> bool:
