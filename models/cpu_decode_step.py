@@ -117,6 +117,7 @@ def launch_threads_here() -> None:
     except Exception as exc:  # an unknown or unloadable layer  # noqa: BLE001
         log.debug("numba's threading layer did not start at import: %s", one_line(exc))
 
+
 if threading.current_thread() is threading.main_thread():
     launch_threads_here()
 

@@ -24,7 +24,6 @@ class EncoderError(RuntimeError):
     """An encoder file that cannot be used, or one that does not fit the language model."""
 
 
-
 def check_providers(names: Sequence[str]) -> List[str]:
     """onnxruntime execution providers asked for by name, in the order given (a preference: the first available
     one runs), as onnxruntime names them. A name may be given in any case and without "ExecutionProvider"

@@ -297,7 +297,6 @@ def test_special_token_text_from_users_stays_plain_text(pipe):
         assert ids.count(eos) == separators  # the template's turn separator only
 
 
-
 def test_the_tests_pipeline_stays_on_the_cpu_beside_a_gpu(pipe, monkeypatch):
     """The parity tests compare with fp32 CPU torch: on a GPU machine the shared pipeline must not go to CUDA."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

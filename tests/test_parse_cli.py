@@ -282,14 +282,12 @@ def test_a_folder_or_an_empty_raster_is_said_so(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"geovlm parse: raster {empty} is an empty file (0 bytes)"
 
 
-
 def test_an_empty_answers_file_is_said_to_be_empty(tmp_path, capsys):
     src = tmp_path / "empty.jsonl"
     src.write_text("\n\n")
     assert main(["parse", str(src), "--family", "geochat", "--out", str(tmp_path / "o.gpkg")]) == 0
     err = capsys.readouterr().err
     assert f"note: {src} holds no answers (it is empty, or blank lines only)" in err
-
 
 
 def test_an_output_format_it_cannot_write_is_the_only_line(tmp_path, capsys):

@@ -350,7 +350,6 @@ def test_parse_algorithm_names_outputs_after_the_input_and_reports_counts(qgis_i
         plugin.unload()
 
 
-
 def test_parse_algorithm_names_every_bad_json_line_and_parses_the_good_ones(qgis_iface, processing, tmp_path):
     from qgis.core import QgsProcessingException
     from qt_support import RecordingFeedback
