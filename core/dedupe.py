@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .georef import Point, centroid, signed_area
 
@@ -118,26 +118,3 @@ def find_duplicate(new: Detection, existing: Sequence[Detection],
             best, best_overlap = other, overlap
     return best
 
-
-def merge_detections(detections: Sequence[Detection],
-                     threshold: float = DEFAULT_THRESHOLD) -> Tuple[List[Detection], Dict[str, str]]:
-    """All detections merged in order: (the kept ones, {dropped id: kept id}). Each detection is compared
-    with those kept so far; of a duplicate pair the one farther from its tile's edge stays, and anything
-    merged into the dropped one follows it to the kept one."""
-    kept: List[Detection] = []
-    merged: Dict[str, str] = {}
-    for det in detections:
-        other = find_duplicate(det, kept, threshold)
-        if other is None:
-            kept.append(det)
-            continue
-        if det.edge_distance > other.edge_distance:
-            kept[kept.index(other)] = det
-            winner, loser = det, other
-        else:
-            winner, loser = other, det
-        merged[loser.object_id] = winner.object_id
-        for dropped, target in merged.items():
-            if target == loser.object_id:
-                merged[dropped] = winner.object_id
-    return kept, merged

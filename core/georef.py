@@ -50,9 +50,6 @@ class GeoTransform:
     def identity(cls) -> GeoTransform:
         return cls(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
-    def to_gdal(self) -> Tuple[float, ...]:
-        return (self.c, self.a, self.b, self.f, self.d, self.e)
-
     @property
     def determinant(self) -> float:
         return self.a * self.e - self.b * self.d

@@ -22,7 +22,6 @@ ARCHITECTURES = {
     "llava": ("llava15", "geochat", "skysensegpt", "rsllava"),
     "minigptv2": ("minigptv2", "skyeyegpt"),
 }
-LLAVA_FAMILIES = ARCHITECTURES["llava"]
 META_FILE = "geovlm.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 MINIGPT_VISION_CONFIG = "vision_config.json"  # beside a MiniGPT-v2 folder's LLaMA config.json

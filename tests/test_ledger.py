@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from geovlm.core.dedupe import Detection, convex_intersection, merge_detections, overlap_of_smaller
+from geovlm.core.dedupe import convex_intersection, overlap_of_smaller
 from geovlm.core.georef import GeoTransform
 from geovlm.core.ledger import FAILED, OK, Ledger, LedgerError, RunPlan, TileResult
 from geovlm.core.tiling import TilePlan
@@ -28,16 +28,6 @@ def test_overlap_of_smaller_and_intersection():
     assert overlap_of_smaller(box(0, 0, 10, 10), box(5, 5, 10, 10)) == pytest.approx(0.25)
     assert overlap_of_smaller(box(0, 0, 10, 10), box(20, 0, 10, 10)) == 0.0
     assert len(convex_intersection(box(0, 0, 10, 10), box(5, 5, 10, 10))) == 4
-
-
-def test_merge_keeps_the_copy_farther_from_its_tile_edge_and_follows_chains():
-    cut = Detection("a", "car", box(300, 250, 20, 30), 5.0)
-    whole = Detection("b", "car", box(300, 250, 40, 30), 40.0)
-    other = Detection("c", "tank", box(300, 250, 40, 30), 1.0)  # another label: never merged
-    kept, merged = merge_detections([cut, whole, other])
-    assert [d.object_id for d in kept] == ["b", "c"] and merged == {"a": "b"}
-    kept, merged = merge_detections([whole, cut])
-    assert [d.object_id for d in kept] == ["b"] and merged == {"a": "b"}
 
 
 def test_resume_rule_one_row_per_tile_and_plan_refusal(tmp_path):
