@@ -73,6 +73,9 @@ class Skipped:
 
 @dataclass
 class Answer:
+    """One model answer read into geometry (`core.parsing.parse_answer`): the objects and relations it names,
+    in pixels of the image that was sent, the fragments that could not be read, and notes about the reading."""
+
     text: str
     plain_text: str  # the text with box syntax removed, for display
     objects: List[GeoObject] = field(default_factory=list)
@@ -81,6 +84,7 @@ class Answer:
     warnings: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line of counts, e.g. "3 objects, 1 relations, 0 skipped fragments"."""
         return (
             f"{len(self.objects)} objects, {len(self.relations)} relations, "
             f"{len(self.skipped)} skipped fragments"

@@ -66,9 +66,11 @@ class RunStats:
 
     @property
     def done(self) -> int:
+        """Tiles that need no more asking: resumed, answered or skipped (nodata)."""
         return self.resumed + self.ok + self.skipped
 
     def summary(self) -> str:
+        """`summary_of("tiles")`."""
         return self.summary_of("tiles")
 
     def summary_of(self, unit: str) -> str:
@@ -109,11 +111,13 @@ class EndpointRecorder(Transport):
         self._local = threading.local()
 
     def request(self, method, url, headers, body=None, timeout=60.0, cancel=None):
+        """The inner transport's `request`, after noting the endpoint (`url` up to "/v1/") for this thread."""
         self._local.url = url.split("/v1/")[0]
         return self.inner.request(method, url, headers, body, timeout, cancel)
 
     @property
     def last_url(self) -> str:
+        """The endpoint (base URL) of this thread's last request, "" before its first."""
         return getattr(self._local, "url", "")
 
 

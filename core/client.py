@@ -105,7 +105,9 @@ class ImageSource(Protocol):
 
     size: Tuple[int, int]
 
-    def fitted(self, plan: FitPlan, pad_color: Tuple[int, int, int]) -> bytes: ...
+    def fitted(self, plan: FitPlan, pad_color: Tuple[int, int, int]) -> bytes:
+        """Encoded PNG or JPEG bytes of the view fitted as `plan` says (see the class)."""
+        ...
 
 
 def prepare_image(image: Union[bytes, ImageSource], image_size: Optional[Tuple[int, int]],

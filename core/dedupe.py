@@ -96,6 +96,7 @@ def edge_distance(polygon: Sequence[Point], tile_footprint: Sequence[Point]) -> 
 
 
 def bbox(polygon: Sequence[Point]) -> Tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a polygon's vertices, in the polygon's own units; ValueError when it has none."""
     xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
     return min(xs), min(ys), max(xs), max(ys)
 

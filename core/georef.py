@@ -17,7 +17,10 @@ Point = Tuple[float, float]
 
 @dataclass(frozen=True)
 class GeoTransform:
-    """An affine pixel -> map transform: x = a*col + b*row + c; y = d*col + e*row + f."""
+    """An affine pixel -> map transform: x = a*col + b*row + c; y = d*col + e*row + f (rasterio's `Affine`
+    coefficients; GDAL orders the same six as c, a, b, f, d, e). (col, row) = (0, 0) is the top-left corner of
+    the top-left pixel, as in GDAL; x, y are in the CRS's units. Raises ValueError for a non-finite coefficient or
+    a singular transform (determinant 0)."""
 
     a: float
     b: float
@@ -48,14 +51,17 @@ class GeoTransform:
 
     @classmethod
     def identity(cls) -> GeoTransform:
+        """x = col, y = row."""
         return cls(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
     @property
     def determinant(self) -> float:
+        """a*e - b*d: the signed map area of one pixel (negative for the usual north-up, rows-down rasters)."""
         return self.a * self.e - self.b * self.d
 
     @property
     def is_north_up(self) -> bool:
+        """True when the transform has no rotation or shear (b = d = 0)."""
         return self.b == 0 and self.d == 0
 
     @property
@@ -64,9 +70,11 @@ class GeoTransform:
         return math.hypot(self.a, self.d), math.hypot(self.b, self.e)
 
     def to_map(self, col: float, row: float) -> Point:
+        """Map (x, y) of a pixel position (col, row), fractional positions included."""
         return (self.a * col + self.b * row + self.c, self.d * col + self.e * row + self.f)
 
     def to_pixel(self, x: float, y: float) -> Point:
+        """Pixel (col, row) of a map point: the inverse of `to_map`."""
         det = self.determinant
         dx, dy = x - self.c, y - self.f
         return ((self.e * dx - self.b * dy) / det, (self.a * dy - self.d * dx) / det)
@@ -100,14 +108,19 @@ class FitPlan:
     mode: str
 
     def input_to_image(self, x: float, y: float) -> Point:
+        """A point in pixels of the model's input -> pixels of the image (may fall outside it, in the pad)."""
         return (x / self.scale_x - self.offset_x, y / self.scale_y - self.offset_y)
 
     def image_to_input(self, x: float, y: float) -> Point:
+        """A point in pixels of the image -> pixels of the model's input: the inverse of `input_to_image`."""
         return ((x + self.offset_x) * self.scale_x, (y + self.offset_y) * self.scale_y)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> Tuple[int, int]:
-    """Qwen2-VL's dynamic resolution: sides multiple of `factor`, area within [min_pixels, max_pixels]."""
+    """Qwen2-VL's dynamic resolution: (height, width) in pixels, each a multiple of `factor`, their product within
+    [min_pixels, max_pixels], the aspect ratio kept as nearly as that allows (`smart_resize` of transformers'
+    models/qwen2_vl/image_processing_qwen2_vl.py). Raises ValueError for a side of 0 or less or an aspect ratio
+    over 200."""
     if min(height, width) <= 0:
         raise ValueError("image has no pixels")
     if max(height, width) / min(height, width) > 200:
@@ -126,7 +139,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 
 
 def fit_plan(profile: Profile, width: int, height: int) -> FitPlan:
-    """The exact geometry of the family's preprocessing for an image of width x height."""
+    """The exact geometry of the family's preprocessing (`profile.fit`: pad, stretch, crop or dynamic) for an
+    image of width x height pixels. Raises ValueError for a size that is not positive (and, for dynamic, an
+    aspect ratio over 200)."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     mode = profile.fit
@@ -178,6 +193,7 @@ def rotated_corners(cx: float, cy: float, w: float, h: float, turn_ccw_deg: floa
 
 
 def polygon_to_map(polygon: Iterable[Point], gt: GeoTransform) -> List[Point]:
+    """Every (col, row) vertex through `gt` to map (x, y)."""
     return [gt.to_map(x, y) for x, y in polygon]
 
 
@@ -187,6 +203,8 @@ def reproject(polygon: Iterable[Point], transform: Callable[[float, float], Poin
 
 
 def signed_area(polygon: Sequence[Point]) -> float:
+    """The shoelace formula over an open ring: positive when the vertices run counter-clockwise in a y-up plane
+    (clockwise on screen for pixel rows that grow downwards), in the square of the vertices' units."""
     n = len(polygon)
     return 0.5 * sum(
         polygon[i][0] * polygon[(i + 1) % n][1] - polygon[(i + 1) % n][0] * polygon[i][1] for i in range(n)
@@ -232,6 +250,8 @@ class ImageFrame:
     crs: Optional[str] = None  # any string the caller's CRS library understands (WKT, EPSG:xxxx)
 
     def to_map(self, polygon: Sequence[Point]) -> List[Point]:
+        """A polygon in pixels of this image (col, row) -> map (x, y) in `crs`; with no geotransform the
+        pixel coordinates themselves, as floats."""
         if self.geotransform is None:
             return [(float(x), float(y)) for x, y in polygon]
         return polygon_to_map(polygon, self.geotransform)

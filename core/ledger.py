@@ -81,6 +81,8 @@ class RunPlan:
     keep_nodata: bool = False
 
     def to_dict(self) -> Dict:
+        """The plan as JSON-ready values (the ledger's plan table row; geotransform coefficients rounded in
+        `_round`, the feature windows as a count and a digest), keys that keep their default left out."""
         gt = self.geotransform
         plan = {
             "schema": SCHEMA_VERSION, "kind": self.kind, "source": self.source,
@@ -103,6 +105,8 @@ class RunPlan:
 
     @property
     def fingerprint(self) -> str:
+        """16 hex digits of the SHA-256 of `to_dict()` as sorted-key JSON: an output resumes only a run of the
+        same fingerprint."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -426,6 +430,7 @@ class Ledger:
                              (subject, obj, gpkg.geometry_blob("LINESTRING", [a, b], self.srs_id), fid))
 
     def close(self) -> None:
+        """Leave WAL mode (so the GeoPackage is one file again, unless a reader still holds it) and close."""
         try:
             self.con.execute("PRAGMA journal_mode = DELETE")
         except sqlite3.OperationalError:  # another connection (a reader) still has the file open

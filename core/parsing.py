@@ -459,6 +459,7 @@ def read_florence2(text: str, profile: Profile) -> Reading:
 
 
 def read_none(text: str, profile: Profile) -> Reading:
+    """The grammar of families whose answers carry no boxes: nothing to read."""
     return Reading()
 
 

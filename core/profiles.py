@@ -90,6 +90,7 @@ class Profile:
 
     @property
     def tasks(self) -> Tuple[str, ...]:
+        """The task names this family has a task word for, in the profile's order."""
         return tuple(self.task_words)
 
     def question(self, task: str, text: str) -> str:
@@ -127,6 +128,7 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Every field by name (`dataclasses.asdict`)."""
         return dataclasses.asdict(self)
 
 
@@ -328,11 +330,13 @@ ALIASES = {
 
 
 def family_names() -> Tuple[str, ...]:
+    """The canonical names of the known families (not their aliases), in the table's order."""
     return tuple(_PROFILES)
 
 
 def get_profile(name: str, **overrides) -> Profile:
-    """The profile of a family by name or alias, with optional field overrides."""
+    """The profile of a family by name or alias (any case), with optional field overrides
+    (`Profile.with_overrides`). Raises ValueError for an unknown family or field."""
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in _PROFILES:

@@ -18,6 +18,9 @@ EDGE_MODES = ("shift", "partial", "drop")
 
 @dataclass(frozen=True)
 class Tile:
+    """One tile of a TilePlan: its grid row and column, and its window in raster pixels (offsets of its
+    top-left pixel, width and height)."""
+
     id: str  # "<plan fingerprint>:r<row>c<col>"
     row: int
     col: int
@@ -28,6 +31,7 @@ class Tile:
 
     @property
     def window(self) -> Tuple[int, int, int, int]:
+        """(col_off, row_off, width, height) in raster pixels, GDAL's window order."""
         return (self.col_off, self.row_off, self.width, self.height)
 
 
@@ -57,6 +61,7 @@ class TilePlan:
 
     @property
     def stride(self) -> int:
+        """Pixels from one tile's start to the next one's: `tile - overlap`."""
         return self.tile - self.overlap
 
     @property
@@ -79,6 +84,7 @@ class TilePlan:
         return [(s, min(self.tile, length - s)) for s in starts]
 
     def tiles(self) -> Iterator[Tile]:
+        """The tiles row by row, left to right, ids "<fingerprint>:r<row>c<col>"."""
         fp = self.fingerprint
         for r, (row_off, h) in enumerate(self._starts(self.height)):
             for c, (col_off, w) in enumerate(self._starts(self.width)):

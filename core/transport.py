@@ -41,9 +41,11 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
+        """Whether `cancel` has been called."""
         return self._event.is_set()
 
     def cancel(self) -> None:
+        """Cancel (once; later calls do nothing more) and run the callbacks registered with `on_cancel`."""
         with self._lock:
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
@@ -85,12 +87,15 @@ class HttpResponse:
         self._close = close
 
     def chunks(self) -> Iterator[bytes]:
+        """The body's bytes as they arrive (one pass only)."""
         return self._chunks
 
     def read(self) -> bytes:
+        """The rest of the body, whole."""
         return b"".join(self._chunks)
 
     def close(self) -> None:
+        """Release the connection."""
         self._close()
 
     def __enter__(self) -> HttpResponse:
@@ -113,6 +118,8 @@ class Transport:
         timeout: float = 60.0,
         cancel: Optional[CancelToken] = None,
     ) -> HttpResponse:
+        """Send `body` (bytes or None) to `url` and return the response once its status and headers are in;
+        `timeout` in seconds bounds the connect and each wait for data."""
         raise NotImplementedError
 
 
@@ -123,6 +130,7 @@ class HttpClientTransport(Transport):
     chunk_size = 16384
 
     def request(self, method, url, headers, body=None, timeout=60.0, cancel=None) -> HttpResponse:
+        """`Transport.request`; ValueError for a URL that is not http or https."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"engine URL must be http or https, not {url!r}")
