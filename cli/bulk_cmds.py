@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.client import MAX_RETRY_WINDOW_S
 from ..core.tiling import DEFAULT_MAX_TILES, PlanOptions
-from . import CliError
+from . import CliError, check_text_argument
 from .parse_cmd import add_profile_overrides
 from .serve_cmds import add_engine_args, add_request_timeout_arg, request_timeout, retry_window
 
@@ -183,6 +183,8 @@ def cmd_bulk(args) -> int:
 
     if args.question is not None and not args.question.strip():
         raise CliError("--question is empty: leave it out to ask the family's default prompt")
+    if args.question is not None:  # before any raster is read or engine asked; the ledger could not store it
+        check_text_argument(args.question, "--question")
     if not str(args.out).lower().endswith(".gpkg"):
         raise CliError("--out must be a .gpkg (it is the ledger that lets a run resume)")
     problem = output_problem(args.out)  # before an engine starts, not after

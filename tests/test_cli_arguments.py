@@ -171,6 +171,22 @@ def test_an_empty_question_is_refused_by_the_bulk_and_engine_commands(argv, caps
     assert not (tmp_path / "x.gpkg").exists()
 
 
+@pytest.mark.parametrize("command", ["caption", "detect"])
+def test_a_bulk_question_of_bytes_that_are_not_utf8_is_refused_before_the_raster(command, capsys, monkeypatch,
+                                                                                 tmp_path):
+    # $'caf\xe9' from a Latin-1 terminal: the ledger (core/ledger.py) raised a UnicodeEncodeError traceback.
+    from geovlm.cli import rasters
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rasters, "open_frame", lambda *a, **k: pytest.fail("the raster was read"))
+    argv = [command, str(COGEO), "--tile", "64", "--engine", "http://127.0.0.1:9", "--family", "geochat",
+            "--question", "caf\udce9", "--out", "c.gpkg"]
+    line = one_line_refusal(argv, capsys, monkeypatch)
+    assert line == (f"geovlm {command}: --question is not UTF-8 text (byte 0xe9 at character 4): set the terminal "
+                    "to UTF-8, or write the text again")
+    assert not (tmp_path / "c.gpkg").exists()
+
+
 @pytest.mark.parametrize("extra, said", [
     (["--device", "tpu"], "--device choose"),
     (["--device", "cpu", "--providers", "CPU"], "--device and --providers choose"),
