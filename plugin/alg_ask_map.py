@@ -128,7 +128,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "budget for Qwen2-VL/2.5-VL), so boxes land right whichever server answers. "
             "The dialog starts with the active raster layer and the map's view (its extent and rotation). "
             "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
-            "ENGINE is 'local' or engine URLs (comma-separated); keys only through an authentication "
+            "ENGINE is 'local' or engine URLs (comma-separated), empty for the engine of Settings ▸ Options ▸ "
+            "GeoVLM; keys only through an authentication "
             "configuration. FAMILY empty: the engine says which. IMAGE (optional; PNG, or the format its "
             "suffix names, e.g. .jpg): exactly the pixels the "
             "model saw, that fitted input (padding bands and its lower resolution included, which often "
@@ -158,8 +159,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.QUESTION, "Question", multiLine=True, optional=True))
         self.addParameter(QgsProcessingParameterEnum(self.TASK, "Task", options=list(TASKS), defaultValue=0))
         self.addParameter(QgsProcessingParameterGeometry(self.REGION, "Region (identify)", optional=True))
-        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine ('local' or URLs)",
-                                                       defaultValue="local"))
+        self.addParameter(QgsProcessingParameterString(self.ENGINE, "Engine: local, or comma-separated URLs "
+                                                       "(default: Settings ▸ Options ▸ GeoVLM)", optional=True))
         self.addParameter(QgsProcessingParameterAuthConfig(self.AUTHCFG, "Engine authentication", optional=True))
         self.addParameter(QgsProcessingParameterString(self.FAMILY, "Model family (empty: the engine's)",
                                                        defaultValue="", optional=True))

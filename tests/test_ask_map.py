@@ -788,3 +788,20 @@ def test_the_askmap_dialog_starts_with_the_active_raster_and_the_canvas_view(plu
         qgis_canvas.setLayers([])
         qgis_canvas.setRotation(0)
         QgsProject.instance().removeAllMapLayers()
+
+
+def test_without_engine_it_asks_the_engine_of_the_options(plugin, processing, data_dir):
+    """ENGINE defaulted to 'local': a user who set remote engines in Settings ▸ Options ▸ GeoVLM (as the dock and
+    the bulk algorithms use them) was told in the dialog that the local engine is not set up. Left empty, it is the
+    Options' engine, as in the bulk algorithms."""
+    from geovlm.plugin import settings as engine_settings
+
+    assert not plugin.provider.algorithm("askmap").parameterDefinition("ENGINE").defaultValue()
+    raster = str(data_dir / "rasters" / "cogeo.tif")
+    with ScriptedEngine("geochat", "a road {<5><70><95><90>|<60>}") as engine:
+        engine_settings.save(engine_settings.EngineSettings(mode="remote",
+                                                            endpoints=[engine_settings.Endpoint(engine.url)]))
+        result = processing.run("geovlm:askmap", {"LAYERS": [raster], "EXTENT": raster, "WIDTH": 256, "HEIGHT": 256,
+                                                  "QUESTION": "Describe the image", "TASK": 1,
+                                                  "OBJECTS": "TEMPORARY_OUTPUT"})
+    assert len(engine.posts) == 1 and result["OBJECTS"].featureCount() == 1
