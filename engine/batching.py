@@ -28,6 +28,9 @@ class Busy(Exception):
 
 @dataclass
 class Job:
+    """One queued request and the way its answer goes back: a `future` (batch jobs) or a queue of text
+    `pieces` (streaming jobs)."""
+
     request: GenRequest
     future: Optional[Future] = None  # batch jobs
     pieces: Optional[queue.Queue] = None  # streaming jobs: text pieces, then END or an exception
@@ -39,6 +42,7 @@ class Job:
 
     @property
     def pixels(self) -> int:
+        """The image's pixel count (height x width): what the job holds against `Batcher.max_pixels`."""
         return int(self.request.image.shape[0]) * int(self.request.image.shape[1])
 
     def cancel(self) -> None:
@@ -54,11 +58,13 @@ class Job:
         return not self.cancelled.is_set()
 
     def feed(self, delta: str) -> None:
+        """Pass on a streaming job's text piece (nothing for batch jobs, empty pieces, or a cancelled job)."""
         if self.pieces is not None and delta and not self.cancelled.is_set():
             self.streamed = True
             self._put(delta)
 
     def finish(self, result: GenResult, done: str) -> None:
+        """Deliver the result: to the future, or as `done` (the StreamDone carrying it) then END."""
         self.finished = True
         if self.future is not None:
             self.future.set_result(result)
@@ -67,6 +73,7 @@ class Job:
             self._put(END)
 
     def fail(self, exc: BaseException) -> None:
+        """Deliver the error: set on the future, or put as the stream's last item."""
         self.finished = True
         if self.future is not None:
             self.future.set_exception(exc)
@@ -81,6 +88,8 @@ class Job:
 
 @dataclass
 class Stats:
+    """Counts since start: requests run, batches run, and the most requests one batch held."""
+
     requests: int = 0
     batches: int = 0
     largest_batch: int = 0
@@ -108,6 +117,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="geovlm-batcher", daemon=True)
 
     def start(self) -> None:
+        """Start the worker thread (once)."""
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -125,6 +135,7 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
+        """Jobs queued and not yet taken into a batch."""
         return len(self._jobs)
 
     def submit(self, request: GenRequest) -> Job:

@@ -118,13 +118,17 @@ class LocalEngine:
 
     @property
     def pid(self) -> Optional[int]:
+        """The engine process's id, None while none was started (or after `stop`)."""
         return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Optional[Path]:
+        """The engine's output (engine.log in its temporary folder), None before `start` and after `stop`."""
         return self._dir / "engine.log" if self._dir else None
 
     def command(self, port: int) -> List[str]:
+        """The argument list that starts `geovlm serve` on 127.0.0.1:`port` (0: any free port) with this launcher's
+        Python, model, family and extra arguments, its ready file and this process as the parent to watch."""
         args = [self.python, "-m", "geovlm", "serve", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--ready-file", str(self._dir / "ready.json"), "--parent-pid", str(os.getpid())]
         if self.model:
@@ -183,6 +187,7 @@ class LocalEngine:
             self._watcher.join(5)
 
     def running(self) -> bool:
+        """Whether the engine process exists and has not exited."""
         with self._lock:
             return self._proc is not None and self._proc.poll() is None
 

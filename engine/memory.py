@@ -103,6 +103,7 @@ class Reservation:
             self.size = nbytes
 
     def close(self) -> None:
+        """Give the whole share back (the body no longer arriving, 0 bytes held)."""
         self.reading(False)
         self.resize(0)
 

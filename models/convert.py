@@ -82,6 +82,8 @@ class ShardWriter:
         self.out, self.pending, self.size, self.files, self.index = out, {}, 0, [], {}
 
     def add(self, key: str, tensor) -> None:
+        """Queue a torch tensor under `key` (written contiguous); a shard is written once the queued bytes
+        reach SHARD_BYTES. ConversionError for a key added twice."""
         if key in self.index or key in self.pending:
             raise ConversionError(f"weight {key} appears twice")
         self.pending[key] = tensor.contiguous()
@@ -101,6 +103,8 @@ class ShardWriter:
         self.pending, self.size = {}, 0
 
     def close(self) -> None:
+        """Write what is queued; a single shard becomes model.safetensors, several get
+        model.safetensors.index.json (total_size in bytes, weight_map: key -> shard), as transformers reads them."""
         self._flush()
         if len(self.files) == 1:
             (self.out / self.files[0]).rename(self.out / "model.safetensors")

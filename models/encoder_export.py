@@ -156,6 +156,9 @@ def _write_metadata(path: Path, props: Dict[str, str]) -> None:
 
 @dataclass
 class ExportReport:
+    """What `export_encoder` wrote (`path`), how far its outputs lay from torch's per batch size checked
+    (`max_abs_diff`, feature units), the `tolerance` they passed, and the metadata stamped in the file."""
+
     path: Path
     max_abs_diff: Dict[int, float]  # batch size -> max |onnx - torch|
     tolerance: float

@@ -63,6 +63,7 @@ class FeatureAgreement:
         return out
 
     def as_dict(self) -> Dict[str, float]:
+        """The four figures by field name, rounded to 6 decimals (the `geovlm.int8_gate` metadata)."""
         return {k: round(float(v), 6) for k, v in vars(self).items()}
 
 
@@ -105,6 +106,8 @@ def encoder_pixels(encoder, images: Sequence[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class QuantisationReport:
+    """What `quantise_encoder` wrote (`path`) and how its features agreed with the fp32 encoder's."""
+
     path: Path
     agreement: FeatureAgreement
     images: int  # how many gate images were compared

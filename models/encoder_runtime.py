@@ -287,12 +287,14 @@ class EncodingCache:
 
     @staticmethod
     def key(image: np.ndarray, encoder_hash: str) -> str:
+        """SHA-256 hex digest of the encoder's hash, the image's shape and dtype, and its bytes (C order)."""
         digest = hashlib.sha256(encoder_hash.encode())
         digest.update(f"{image.shape}:{image.dtype}".encode())
         digest.update(np.ascontiguousarray(image).tobytes())
         return digest.hexdigest()
 
     def get(self, key: str) -> Optional[np.ndarray]:
+        """The encoding stored under `key` (now the most recently used), or None; counted in hits/misses."""
         item = self._items.get(key)
         if item is None:
             self.misses += 1
@@ -302,6 +304,7 @@ class EncodingCache:
         return item
 
     def put(self, key: str, value: np.ndarray) -> None:
+        """Store an encoding, dropping the least recently used beyond `capacity` entries."""
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:

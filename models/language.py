@@ -50,6 +50,10 @@ def pick_device(device: Optional[str] = None):
 
 @dataclass
 class DecodeSettings:
+    """One sequence's sampling: at most `max_new_tokens` tokens; `temperature` 0 is greedy (argmax), above it
+    softmax sampling within the nucleus `top_p` (Holtzman et al. 2020, "The Curious Case of Neural Text
+    Degeneration"); text ends before the first of `stop`; `seed` None draws a random one."""
+
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
@@ -173,6 +177,7 @@ class Decoding:
         self.decode_s = time.perf_counter() - start
 
     def run(self) -> List[Decoded]:
+        """Decode to the end without streaming; one Decoded per prompt, in order."""
         for _ in self:
             pass
         return self.results
@@ -359,4 +364,6 @@ class LanguageModel:
         return embeds, mask
 
     def decoding(self, prompts, features, settings: Sequence[DecodeSettings]) -> Decoding:
+        """A batched generation of `prompts` (token id lists) with their image `features` (`[image_tokens,
+        hidden]` each, or None; see `embed_rows`), one DecodeSettings per prompt."""
         return Decoding(self, prompts, features, settings)

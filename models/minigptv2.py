@@ -58,14 +58,17 @@ class VisionConfig:
 
     @property
     def grid(self) -> int:
+        """Patches along a side of the input: image_size // patch_size."""
         return self.image_size // self.patch_size
 
     @property
     def image_tokens(self) -> int:
+        """Positions the image fills in the prompt: grid² patches, `merge_tokens` concatenated into one."""
         return self.grid * self.grid // self.merge_tokens
 
     @classmethod
     def from_dict(cls, data: dict) -> VisionConfig:
+        """From a vision_config.json's values; keys that are not fields are ignored."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("mean", "std"):
             if key in known:
@@ -73,6 +76,7 @@ class VisionConfig:
         return cls(**known)
 
     def write(self, folder: Path) -> None:
+        """Write every field as `folder`/vision_config.json."""
         (Path(folder) / MINIGPT_VISION_CONFIG).write_text(json.dumps(asdict(self), indent=2))
 
 

@@ -38,6 +38,8 @@ LOAD_WAIT_SHOWN_S = 0.005  # a wait for the background loading this long or long
 
 @dataclass
 class GenRequest:
+    """One question about one image, with its sampling options (see DecodeSettings)."""
+
     image: np.ndarray  # HxWx3 uint8 RGB, the exact image whose pixels the client georeferences
     messages: list  # [("user", text), ("assistant", text), ("user", text), ...]; the image is in the first turn
     max_new_tokens: int = 256

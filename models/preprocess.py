@@ -89,6 +89,7 @@ class ArraySource:
         self.size = (int(self.image.shape[1]), int(self.image.shape[0]))
 
     def fitted(self, plan: FitPlan, pad_color: Tuple[int, int, int]) -> bytes:
+        """PNG bytes of the view fitted as `plan` says (`plan.input_width` x `plan.input_height` pixels)."""
         return encode_png(fit_image(self.image, plan, pad_color))
 
 

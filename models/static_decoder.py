@@ -57,6 +57,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
+        """Positions each row can hold."""
         return int(self.keys.shape[3])
 
 
