@@ -67,6 +67,52 @@ def feature_window(geometry, gt, width: int, height: int, margin: float):
     return col0, row0, col1 - col0, row1 - row0
 
 
+# Why a feature is not asked: (its status in FIELD_status, what the warning says it has, a hint or "").
+UNASKED = {
+    "no geometry": ("no geometry", ""),
+    "empty geometry": ("an empty geometry", ""),
+    "invalid coordinates": ("coordinates that are not finite numbers", ""),
+    "no area": ("no area", "; give a MARGIN to caption the pixels around them"),
+}
+
+
+def unasked_status(geometry, gt, width: int, height: int, margin: float) -> tuple:
+    """(window, status) of one feature's `geometry` (a QgsGeometry in the raster's CRS; gt its geotransform, width
+    x height pixels; margin in map units): the `feature_window` and "" when it is asked, else None and why not:
+    "no geometry", "empty geometry" (POLYGON EMPTY, whose box is NaN), "invalid coordinates", "no area" (a polygon
+    of zero area over the raster with no margin: its window would be a line of pixels or none) or "outside the
+    raster"."""
+    if geometry.isNull():
+        return None, "no geometry"
+    if geometry.isEmpty():
+        return None, "empty geometry"
+    box = geometry.boundingBox()
+    if not all(math.isfinite(v) for v in (box.xMinimum(), box.xMaximum(), box.yMinimum(), box.yMaximum())):
+        return None, "invalid coordinates"
+    if margin <= 0 and geometry.area() == 0:
+        corners = [gt.to_pixel(x, y) for x in (box.xMinimum(), box.xMaximum())
+                   for y in (box.yMinimum(), box.yMaximum())]
+        over = (min(c for c, _ in corners) <= width and max(c for c, _ in corners) >= 0
+                and min(r for _, r in corners) <= height and max(r for _, r in corners) >= 0)
+        return None, "no area" if over else "outside the raster"
+    window = feature_window(geometry, gt, width, height, margin)
+    return window, "" if window is not None else "outside the raster"
+
+
+def unasked_warnings(unasked: dict) -> list:
+    """One line per reason of UNASKED for the features `unasked` ({feature id: status}) that it holds, naming how
+    many and up to 5 of their ids; "outside the raster" is said elsewhere (once, when no feature lies over it)."""
+    lines = []
+    for status, (what, hint) in UNASKED.items():
+        ids = [fid for fid, s in unasked.items() if s == status]
+        if not ids:
+            continue
+        shown = ", ".join(str(i) for i in ids[:5]) + (", …" if len(ids) > 5 else "")
+        who = f"Feature {ids[0]} has" if len(ids) == 1 else f"{len(ids)} features ({shown}) have"
+        lines.append(f"{who} {what}: not asked, marked \"{status}\"{hint}")
+    return lines
+
+
 def field_problem(fields, field: str) -> str:
     """One line when the answer's fields (`field`, `field`_status, `field`_model) cannot be added to `fields` (the
     input layer's), else "": a name the layer has, compared without case as a GeoPackage (SQLite) compares
@@ -112,7 +158,8 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 "same parameters asks only for the features missing or failed; another plan (other bands "
                 "included) is refused unless OVERWRITE. Its `features` layer, written at the end of each run, is a "
                 "copy of the features with all their attributes, the caption in a new field, its status in "
-                "FIELD_status and the model in FIELD_model. Features outside the raster get no caption. A run that "
+                "FIELD_status and the model in FIELD_model. Features outside the raster, empty ones and polygons of "
+                "zero area (unless MARGIN > 0) get no caption, their status says why. A run that "
                 "leaves features failed or missing ends as failed (qgis_process exits 1) once both layers are "
                 "written; the dialog loads them all the same, to show what was done while Run resumes the rest."
                 + RETRY_HELP)
@@ -191,17 +238,22 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(problem)
         margin = self.parameterAsDouble(parameters, self.MARGIN, context)
         to_raster = QgsCoordinateTransform(source.sourceCrs(), self.raster_crs, context.transformContext())
-        features, tiles = [], []
+        features, tiles, unasked = [], [], {}
         gt, width, height = self.frame.geotransform, self.frame.width, self.frame.height
         for feature in source.getFeatures():
             geometry = feature.geometry()
-            if not geometry.isNull():
+            if not geometry.isNull() and not geometry.isEmpty():
                 geometry.transform(to_raster)
-            window = None if geometry.isNull() else feature_window(geometry, gt, width, height, margin)
+            window, status = unasked_status(geometry, gt, width, height, margin)
             features.append(feature)
             if window is not None:
                 tiles.append(Tile(f"f{feature.id()}", 0, len(tiles), *window))
-        if features and not tiles:  # nothing to ask: say why at once, not "0 features" after reaching the engine
+            else:
+                unasked[feature.id()] = status
+        for line in unasked_warnings(unasked):
+            feedback.pushWarning(line)
+        outside = sum(status == "outside the raster" for status in unasked.values())
+        if features and outside == len(features):  # nothing to ask: say why at once, not "0 features" later
             feedback.pushWarning(
                 f"None of the {len(features)} features lies over the raster (features in "
                 f"{source.sourceCrs().authid() or 'no CRS'}, raster in {self.raster_crs.authid() or 'no CRS'}): "
@@ -229,7 +281,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
                 ledger.close()
         finally:
             conn.close()
-        self._write_features(out, source, features, {t.id for t in tiles}, field, results, context)
+        self._write_features(out, source, features, unasked, field, results, context)
         feedback.pushInfo(stats.summary_of("features"))
         outputs = finish_run(lambda: report_outcome(feedback, stats, out, "features"), out,
                              [(self.FEATURES, FEATURES, FEATURES), (self.WINDOWS, TILES, TILES)], context,
@@ -258,10 +310,10 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         except (EngineError, Cancelled) as exc:
             raise QgsProcessingException(str(exc)) from None
 
-    def _write_features(self, out, source, features, asked, field, results, context) -> None:
+    def _write_features(self, out, source, features, unasked, field, results, context) -> None:
         """(Re)write the `features` layer of `out`: each feature with its attributes and its committed answer
-        (caption, status: ok, failed, skipped, missing, outside the raster, no geometry; model). `asked`: the
-        ids of the features with a window on the raster."""
+        (caption, status: ok, failed, skipped, missing, or why it was not asked: `unasked`, {feature id: status of
+        `unasked_status`}; model)."""
         fields = QgsFields(source.fields())
         for name in (field, f"{field}_status", f"{field}_model"):
             fields.append(QgsField(name, FIELD_TYPES[str]))
@@ -275,10 +327,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         try:
             for feature in features:
                 status, caption, model = results.get(f"f{feature.id()}", ("missing", None, None))
-                if not feature.hasGeometry():
-                    status = "no geometry"
-                elif f"f{feature.id()}" not in asked:
-                    status = "outside the raster"
+                status = unasked.get(feature.id(), status)
                 out_feature = QgsFeature(fields)
                 out_feature.setGeometry(feature.geometry())
                 out_feature.setAttributes(list(feature.attributes()) + [caption if status == OK else None, status,

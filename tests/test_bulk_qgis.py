@@ -657,6 +657,41 @@ def test_caption_features_of_another_place_say_that_none_lies_over_the_raster(pl
     assert statuses == {"outside the raster"}
 
 
+def test_caption_features_skip_empty_and_zero_area_polygons_with_a_status_and_caption_the_rest(plugin, processing,
+                                                                                            engines, data_dir,
+                                                                                            tmp_path):
+    # POLYGON EMPTY ended in "cannot convert float NaN to integer"; a zero-area polygon over the raster was marked
+    # "outside the raster".
+    from qgis.core import QgsFeature, QgsFeatureRequest, QgsProcessingContext
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32616&field=name:string", "mixed", "memory")
+    wkts = {"empty": "POLYGON EMPTY",
+            "flat": "POLYGON((733700 3725000, 733800 3725000, 733750 3725000, 733700 3725000))",  # on a pixel edge
+            "flat2": "POLYGON((733700 3725000.2, 733800 3725000.2, 733700 3725000.2))",  # inside a pixel row
+            "square": "POLYGON((733700 3725000, 733750 3725000, 733750 3725050, 733700 3725050, 733700 3725000))",
+            "far": "POLYGON((100 100, 100 100, 100 100, 100 100))"}  # zero area, far from the raster
+    for name, wkt in wkts.items():
+        feature = QgsFeature(layer.fields())
+        feature.setAttributes([name])
+        feature.setGeometry(QgsGeometry.fromWkt(wkt))
+        assert layer.dataProvider().addFeature(feature)
+    engine = engines()
+    feedback = RecordingFeedback()
+    context = QgsProcessingContext()  # as qgis_process ran it: QGIS's own check of valid geometries left off
+    context.setInvalidGeometryCheck(QgsFeatureRequest.InvalidGeometryCheck.GeometryNoCheck)
+    result = processing.run("geovlm:captionfeatures", {
+        "INPUT": layer, "RASTER": str(data_dir / "rasters" / "sample_geotiff.tif"), "ENGINE": engine.url,
+        "FAMILY": "geochat", "OUTPUT": str(tmp_path / "f.gpkg")}, context=context, feedback=feedback)
+    out = QgsVectorLayer(result["FEATURES"], "f", "ogr")
+    statuses = {f["name"]: f["caption_status"] for f in out.getFeatures()}
+    assert statuses == {"empty": "empty geometry", "flat": "no area", "flat2": "no area", "square": "ok",
+                        "far": "outside the raster"}
+    assert engine.requests() == 1
+    assert "Feature 1 has an empty geometry: not asked, marked \"empty geometry\"" in feedback.warnings
+    assert ("2 features (2, 3) have no area: not asked, marked \"no area\"; give a MARGIN to caption the pixels "
+            "around them") in feedback.warnings
+
+
 def test_a_one_tile_run_says_1_tile_in_the_log(plugin, processing, engines, data_dir, tmp_path):
     feedback = RecordingFeedback()
     processing.run("geovlm:captiontiles", {
