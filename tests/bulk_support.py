@@ -155,3 +155,23 @@ def check_band_chooser(dialog, name, band) -> None:
     combo = wrapper.wrappedWidget()
     assert [combo.itemText(i).split(" (")[0] for i in range(1, combo.count())] == [f"Band {b}" for b in range(1, 5)]
     assert dialog.createProcessingParameters()[name] == band
+
+
+def browser_model_for_dialogs(qgis_iface, monkeypatch):
+    """Give the test interface a QgsBrowserGuiModel for the test's length: a Processing dialog asks the interface
+    for one, and pytest-qgis's has none. Returns the model (kept alive by the patched method)."""
+    from qgis.gui import QgsBrowserGuiModel
+
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    return browser
+
+
+def empty_web_layer(folder: Path):
+    """A valid XYZ web layer (QGIS's "wms" provider, zoom 0 to 19) named "web" over `folder`/{z}/{x}/{y}.png,
+    where there is no tile: for the checks that refuse or plan a web layer before anything is rendered."""
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(f"type=xyz&url={Path(folder).as_uri()}/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=19", "web", "wms")
+    assert layer.isValid()
+    return layer

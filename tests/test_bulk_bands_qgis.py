@@ -10,7 +10,16 @@ import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsVectorLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import check_band_chooser, constant_raster, ledger_rows, means, run_cli, stored_plan  # noqa: E402
+from bulk_support import (  # noqa: E402
+    browser_model_for_dialogs,
+    check_band_chooser,
+    constant_raster,
+    empty_web_layer,
+    ledger_rows,
+    means,
+    run_cli,
+    stored_plan,
+)
 
 
 def test_chosen_bands_are_what_the_model_sees_and_the_cli_resumes_the_run(plugin, processing, engines, tmp_path):
@@ -113,10 +122,8 @@ def test_the_dialog_offers_the_layers_bands_unset_by_default(plugin, processing,
     """The Processing dialog's band choosers follow INPUT: they list the 4-band layer's bands, start unset (the
     default 1,2,3), and what is chosen is what the algorithm gets."""
     from qgis.core import QgsProject, QgsRasterLayer
-    from qgis.gui import QgsBrowserGuiModel
 
-    browser = QgsBrowserGuiModel()  # the dialog asks the interface for one; pytest-qgis's has none
-    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    browser_model_for_dialogs(qgis_iface, monkeypatch)
     layer = QgsRasterLayer(str(constant_raster(tmp_path / "four.tif", (10, 60, 120, 240))), "four")
     QgsProject.instance().addMapLayer(layer)
     try:
@@ -129,11 +136,9 @@ def test_the_dialog_offers_the_layers_bands_unset_by_default(plugin, processing,
 
 def test_bands_of_a_web_layer_are_refused_in_one_line(plugin, processing, tmp_path):
     """A web layer is rendered in its own colours: bands chosen for one are refused by the parameter check."""
-    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterLayer
+    from qgis.core import QgsProcessingContext, QgsProject
 
-    url = (tmp_path / "tiles").as_uri() + "/{z}/{x}/{y}.png"
-    layer = QgsRasterLayer(f"type=xyz&url={url}&zmax=19", "web", "wms")
-    assert layer.isValid()
+    layer = empty_web_layer(tmp_path / "tiles")
     QgsProject.instance().addMapLayer(layer)
     try:
         context = QgsProcessingContext()

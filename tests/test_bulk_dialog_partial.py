@@ -9,7 +9,7 @@ import pytest
 from qgis.core import QgsApplication, QgsProject, QgsVectorLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import ledger_rows, wait_for_rows  # noqa: E402
+from bulk_support import browser_model_for_dialogs, ledger_rows, wait_for_rows  # noqa: E402
 
 STYLES = Path(__file__).resolve().parents[1] / "styles"
 
@@ -69,10 +69,7 @@ def test_a_failed_dialog_run_shows_what_it_committed_and_a_resumed_run_no_second
     """The dialog's run with two requests refused by the engine: Execution failed, yet each layer of OUTPUT is
     in the project once, styled as a successful run styles it (styles/), holding the answered and the failed;
     Run again asks for the two, succeeds, and the same layers (no second copy) show every answer."""
-    from qgis.gui import QgsBrowserGuiModel
-
-    browser = QgsBrowserGuiModel()  # the dialog asks the interface for one; pytest-qgis's has none
-    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    browser_model_for_dialogs(qgis_iface, monkeypatch)
     engine = engines(refuse_first=2)
     out = tmp_path / "dialog.gpkg"
     QgsProject.instance().removeAllMapLayers()
@@ -111,10 +108,7 @@ def test_a_stopped_dialog_run_shows_its_tiles_and_the_resumed_run_grows_the_same
     """The engine killed half-way (RETRY_WINDOW=1: the run stops a second later, the rest not asked): the tiles
     answered so far are the loaded layer, its count theirs; Run again against another engine asks the rest and
     the same layer, reread, counts and spans every tile."""
-    from qgis.gui import QgsBrowserGuiModel
-
-    browser = QgsBrowserGuiModel()
-    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    browser_model_for_dialogs(qgis_iface, monkeypatch)
     first_engine, second_engine = engines("a", delay=0.3), engines("b")
     out = tmp_path / "stopped.gpkg"
     params = {"INPUT": str(data_dir / "rasters" / "sample_geotiff.tif"), "TILE_SIZE": 128,

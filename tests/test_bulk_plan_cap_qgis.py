@@ -14,7 +14,7 @@ import pytest
 from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProject
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bulk_support import huge_vrt, ledger_rows, run_cli  # noqa: E402
+from bulk_support import empty_web_layer, huge_vrt, ledger_rows, run_cli  # noqa: E402
 from qt_support import RecordingFeedback  # noqa: E402
 
 
@@ -126,10 +126,7 @@ def test_a_web_layer_rendered_over_a_huge_extent_is_refused_alike(plugin, tmp_pa
     """A web layer's plan is its EXTENT at RESOLUTION: a country at 0.5 m (400 x 300 km: 800,000 x 600,000 px) is
     1,831,836 tiles of 512 px, refused naming the extent's pixels of the web layer at that resolution, before
     any tile is rendered or engine asked (the XYZ URL below has no tile at all)."""
-    from qgis.core import QgsRasterLayer
-
-    layer = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=19", "web", "wms")
-    assert layer.isValid()
+    layer = empty_web_layer(tmp_path)
     QgsProject.instance().addMapLayer(layer)
     try:
         params = {"INPUT": layer.id(), "EXTENT": "0,400000,6000000,6300000 [EPSG:3857]", "RESOLUTION": 0.5,

@@ -5,7 +5,15 @@ engine is asked, the dialog's band choosers, and qgis_process on 16-bit NIR,R,G,
 import subprocess
 
 import pytest
-from bulk_support import check_band_chooser, constant_raster, ledger_rows, means, stored_plan
+from bulk_support import (
+    browser_model_for_dialogs,
+    check_band_chooser,
+    constant_raster,
+    empty_web_layer,
+    ledger_rows,
+    means,
+    stored_plan,
+)
 from qgis.core import QgsProcessingException, QgsVectorLayer
 
 # two squares on the pixel edges of `constant_raster`'s grid (origin 500000, 4000000; 10 m): windows of 50 x 50
@@ -150,10 +158,8 @@ def test_the_dialog_offers_the_rasters_bands_unset_by_default(plugin, processing
     """The Processing dialog's band choosers follow RASTER: they list the 4-band layer's bands, start unset (the
     default 1,2,3), and what is chosen is what the algorithm gets."""
     from qgis.core import QgsProject, QgsRasterLayer
-    from qgis.gui import QgsBrowserGuiModel
 
-    browser = QgsBrowserGuiModel()  # the dialog asks the interface for one; pytest-qgis's has none
-    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    browser_model_for_dialogs(qgis_iface, monkeypatch)
     layer = QgsRasterLayer(str(constant_raster(tmp_path / "four.tif", (10, 60, 120, 240))), "four")
     parcels = QgsVectorLayer(f"{polygons(tmp_path / 'parcels.gpkg', SQUARES)}|layername=parcels", "parcels", "ogr")
     QgsProject.instance().addMapLayers([layer, parcels])
@@ -170,11 +176,9 @@ def test_the_dialog_offers_the_rasters_bands_unset_by_default(plugin, processing
 
 def test_a_web_layer_is_refused_in_one_line_with_or_without_bands(plugin, processing, tmp_path):
     """RASTER must be a file: a web layer is refused by the parameter check (printed once by qgis_process)."""
-    from qgis.core import QgsApplication, QgsProcessingContext, QgsProject, QgsRasterLayer
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 
-    url = (tmp_path / "tiles").as_uri() + "/{z}/{x}/{y}.png"
-    layer = QgsRasterLayer(f"type=xyz&url={url}&zmax=19", "web", "wms")
-    assert layer.isValid()
+    layer = empty_web_layer(tmp_path / "tiles")
     QgsProject.instance().addMapLayer(layer)
     try:
         context = QgsProcessingContext()
