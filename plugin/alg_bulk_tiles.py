@@ -156,7 +156,9 @@ def apply_retry_parameters(alg, parameters, context, client, feedback) -> None:
     client.on_first_failure = say
 
 
-ENGINE_NUMBERS = ("REQUEST_TIMEOUT", "RETRY_WINDOW")
+# the bulk algorithms' number parameters, checked by `number_problem`: what each is, for its one line
+BULK_NUMBERS = {"REQUEST_TIMEOUT": "a number of seconds", "RETRY_WINDOW": "a number of seconds",
+                "MERGE_OVERLAP": "a share of the smaller object"}
 # the help's sentence on them, shared by the three bulk algorithms
 RETRY_HELP = (f" Advanced: REQUEST_TIMEOUT is how long one attempt waits for the engine (1 to "
               f"{MAX_REQUEST_TIMEOUT_S:g} s; empty: the settings'), RETRY_WINDOW how long a request (a tile, a "
@@ -173,16 +175,28 @@ MAX_TILES_HELP = (f" Advanced: MAX_TILES ({DEFAULT_MAX_TILES:,} by default, abou
                   "MAX_TILES.")
 
 
-def check_engine_numbers(alg, parameters, context) -> None:
-    """Raise QgsProcessingException in one line when REQUEST_TIMEOUT or RETRY_WINDOW is out of its bounds: the
-    parameter check refuses them already, but a graphical model does not call it for its steps; called by
-    `prepareAlgorithm`, before any engine is contacted or output touched."""
-    for name in ENGINE_NUMBERS:
-        value = parameters.get(name)
+def number_problem(alg, parameters, context) -> str:
+    """One line when a number parameter of BULK_NUMBERS that `alg` has (REQUEST_TIMEOUT, RETRY_WINDOW,
+    MERGE_OVERLAP) is out of its bounds or not a finite number, else "". QGIS's own check lets nan through (every
+    comparison with it is false), so this is called by `checkParameterValues` too; a graphical model does not call
+    that for its steps, hence `check_engine_numbers` in `prepareAlgorithm`."""
+    for name, what in BULK_NUMBERS.items():
         definition = alg.parameterDefinition(name)
-        if value not in (None, "") and not definition.checkValueIsAcceptable(value, context):
-            raise QgsProcessingException(f"{name} must be a number of seconds from {definition.minimum():g} to "
-                                         f"{definition.maximum():g}, not {value}")
+        value = parameters.get(name)
+        if definition is None or value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if (not definition.checkValueIsAcceptable(value, context)
+                or not math.isfinite(alg.parameterAsDouble(parameters, name, context))):
+            return f"{name} must be {what} from {definition.minimum():g} to {definition.maximum():g}, not {value}"
+    return ""
+
+
+def check_engine_numbers(alg, parameters, context) -> None:
+    """Raise QgsProcessingException with `number_problem`'s line, if any: called by `prepareAlgorithm`, before
+    any engine is contacted or output touched."""
+    problem = number_problem(alg, parameters, context)
+    if problem:
+        raise QgsProcessingException(problem)
 
 
 def default_raster_layer():
@@ -328,6 +342,9 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             message = parameters_problem(parameters, [self.INPUT]) or message
+        problem = number_problem(self, parameters, context) if ok else ""
+        if problem:
+            return False, problem
         if ok:
             ok, message = check_band_parameters(self, self.INPUT, parameters, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context) if ok else None

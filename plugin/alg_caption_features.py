@@ -42,6 +42,7 @@ from .alg_bulk_tiles import (
     crs_name,
     default_raster_layer,
     ledger_crs,
+    number_problem,
     report_outcome,
     run_problem,
 )
@@ -192,6 +193,9 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, parameters_problem(parameters, [self.RASTER, self.INPUT]) or message
+        problem = number_problem(self, parameters, context)
+        if problem:
+            return False, problem
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         if layer is not None and layer.providerType() != "gdal":
             return False, f"RASTER must be a raster file (GDAL): {layer.name()!r} is a web layer"

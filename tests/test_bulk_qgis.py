@@ -869,6 +869,33 @@ def test_a_run_that_would_stop_before_asking_is_refused_by_the_parameter_check(p
         "FAMILY": "geochat", "AUTHCFG": "", "FIELD": "caption"}.items() if k in changed}), context) == (True, "")
 
 
+@pytest.mark.parametrize("alg, name, value, said", [
+    ("detecttiles", "MERGE_OVERLAP", "nan", "MERGE_OVERLAP must be a share of the smaller object from 0 to 1, not nan"),
+    ("detecttiles", "MERGE_OVERLAP", float("nan"),
+     "MERGE_OVERLAP must be a share of the smaller object from 0 to 1, not nan"),
+    ("captiontiles", "REQUEST_TIMEOUT", "nan", "REQUEST_TIMEOUT must be a number of seconds from 1 to 3600, not nan"),
+    ("detecttiles", "RETRY_WINDOW", float("nan"), "RETRY_WINDOW must be a number of seconds from 0 to 86400, not nan"),
+    ("captionfeatures", "RETRY_WINDOW", "nan", "RETRY_WINDOW must be a number of seconds from 0 to 86400, not nan"),
+])
+def test_a_number_that_is_nan_is_refused_by_the_parameter_check_and_prepare(plugin, processing, data_dir, tmp_path,
+                                                                            alg, name, value, said):
+    # nan passes QGIS's range check (every comparison with it is false): MERGE_OVERLAP=nan ran and exited 0.
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    params = {"INPUT": str(data_dir / "rasters" / "cogeo.tif"), "TILE_SIZE": 512, "ENGINE": "http://127.0.0.1:9",
+              "FAMILY": "geochat", "OUTPUT": str(tmp_path / "out.gpkg"), name: value}
+    if alg == "captionfeatures":
+        params.update(INPUT=str(data_dir / "rasters" / "geotiff_labels.geojson"),
+                      RASTER=str(data_dir / "rasters" / "sample_geotiff.tif"))
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    made = QgsApplication.processingRegistry().createAlgorithmById(f"geovlm:{alg}")
+    assert made.checkParameterValues(params, context) == (False, said)
+    with pytest.raises(QgsProcessingException, match=f"^{said}$"):
+        made.prepareAlgorithm(params, context, RecordingFeedback())
+    assert not (tmp_path / "out.gpkg").exists()
+
+
 @pytest.mark.parametrize("alg", ["captiontiles", "detecttiles", "captionfeatures", "parseanswers"])
 def test_a_raster_georeferenced_by_gcps_only_is_refused_as_the_cli_refuses_it(plugin, processing, data_dir,
                                                                               tmp_path, alg):
