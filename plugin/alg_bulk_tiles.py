@@ -341,7 +341,7 @@ class BulkTilesAlgorithm(QgsProcessingAlgorithm):
         is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            message = parameters_problem(parameters, [self.INPUT]) or message
+            message = parameters_problem(parameters, [self.INPUT], [self.INPUT]) or message
         problem = number_problem(self, parameters, context) if ok else ""
         if problem:
             return False, problem

@@ -192,7 +192,7 @@ class CaptionFeaturesAlgorithm(QgsProcessingAlgorithm):
         that can be used): refused in one line before an engine is contacted."""
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            return ok, parameters_problem(parameters, [self.RASTER, self.INPUT]) or message
+            return ok, parameters_problem(parameters, [self.RASTER, self.INPUT], [self.RASTER]) or message
         problem = number_problem(self, parameters, context)
         if problem:
             return False, problem

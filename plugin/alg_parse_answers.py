@@ -108,7 +108,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
                 return False, str(exc)
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
-            message = parameters_problem(parameters, [self.RASTER]) or message
+            message = parameters_problem(parameters, [self.RASTER], [self.RASTER]) or message
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context) if ok else None
         try:
             if layer is not None:

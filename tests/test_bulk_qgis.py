@@ -966,6 +966,11 @@ def test_a_raster_file_qgis_cannot_load_is_named_with_the_reason_not_as_not_foun
     assert not ok and said.startswith(f"{name}: cannot read {text}: ") and "not recognized" in said
     ok, said = check(params(tmp_path / "missing.tif"), context)
     assert not ok and "cannot read" not in said and "empty file" not in said
+    if alg != "askmap":  # a vector file where a raster is wanted: said as `geovlm parse --raster` says it
+        vector = data_dir / "rasters" / "geotiff_labels.geojson"
+        assert check(params(vector), context) == (
+            False, f"{name}: {vector} is a vector file (GeoJSON, 1 layer: geotiff_labels (Polygon)), not a raster: "
+            "give a raster image (GeoTIFF, PNG, JPEG, VRT...)")
 
 
 @pytest.mark.parametrize("alg", ["captiontiles", "parseanswers"])
