@@ -92,8 +92,12 @@ def score_records(args, path: Path) -> dict:
                 where = f"{path}:{number}"
                 answer, refs = short_item(task, record[answer_field], answer_field, where, record, ref_fields, where)
             elif task in BOX_TASKS:  # one string of boxes; a JSON array of boxes is read as written
-                answer = text_of(record[answer_field])
                 names = [f for f in ref_fields or REFERENCE_FIELDS[task] if f in record][:1]
+                null = next((f"{kind} field {name!r}" for kind, name in [("answer", answer_field)]
+                             + [("reference", n) for n in names] if record[name] is None), None)
+                if null:  # scored as no box it would read as a miss: a missing answer or reference is named
+                    raise RecordError(f"{path}:{number}: {null} is null, not a text")
+                answer = text_of(record[answer_field])
                 refs = [v if isinstance(v, str) else json.dumps(v) for v in (record[n] for n in names)] or None
             else:
                 answer = text_of(record[answer_field])

@@ -214,6 +214,21 @@ def test_short_answers_that_are_not_texts_are_named_by_line(tmp_path, capsys, ta
     assert f"{path}:2: {message}" in err and "\n" not in err, err
 
 
+@pytest.mark.parametrize("task, row, message", [
+    ("detection", {"answer": "[[1,2,30,40,0]]", "gt_bbox": None}, "reference field 'gt_bbox' is null, not a text"),
+    ("detection", {"answer": None, "gt_bbox": "[[1,2,30,40,0]]"}, "answer field 'answer' is null, not a text"),
+    ("scene-graph", {"answer": None, "ground_truth": "[[1,2,30,40,0]]"}, "answer field 'answer' is null"),
+    ("scene-graph", {"answer": "[[1,2,30,40,0]]", "ground_truth": None}, "reference field 'ground_truth' is null"),
+])
+def test_box_answers_or_references_that_are_null_are_named_by_line(tmp_path, capsys, task, row, message):
+    # A null reference was scored as no box (0.5 over these two lines, exit 0), as was a null answer.
+    first = {"answer": "[[1,2,30,40,0]]", "gt_bbox": "[[1,2,30,40,0]]", "ground_truth": "[[1,2,30,40,0]]"}
+    path = write_jsonl(tmp_path, [first, row])
+    assert main(["eval", task, str(path), "--family", "earthdial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}:2: {message}" in err and "\n" not in err, err
+
+
 SKY = get_profile("skysensegpt")
 CARS = ("<ref>cars</ref><rbox>({<20.00><30.00><4.00><2.00>|<90>}, {<26.00><30.00><4.00><2.00>|<90>})</rbox> "
         "<rel>parked alongside with</rel> <ref>car_parking</ref><rbox>({<40.00><40.00><30.00><20.00>|<90>})</rbox>.")
