@@ -64,6 +64,9 @@ def _source_settings(source: str, canvas_settings: QgsMapSettings, raster, recta
                      config) -> QgsMapSettings:
     if source == "raster":
         if raster is None or raster.type() != QgsMapLayerType.RasterLayer:
+            if not any(layer.type() == QgsMapLayerType.RasterLayer
+                       for layer in QgsProject.instance().mapLayers().values()):
+                raise ValueError("the project has no raster layer: add one, or choose another source (Visible map)")
             raise ValueError("choose a raster layer")
         if raster.width() * raster.height() > MAX_RASTER_PIXELS:
             raise ValueError(f"{raster.name()} has {raster.width()}x{raster.height()} pixels, more than one "

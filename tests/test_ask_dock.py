@@ -1384,3 +1384,16 @@ def test_ctrl_enter_in_the_question_box_sends_it(dock):
         assert wait_for(lambda: not session.busy(), 30)
     assert len(engine.posts) == 1 and "Describe\nthe image" in json.dumps(engine.posts[0]["messages"]).replace(
         "\\n", "\n")
+
+
+def test_the_raster_source_in_a_project_without_a_raster_says_so(dock, qgis_iface):
+    """Source "One raster layer" in a project of vector layers only: "choose a raster layer" named nothing the user
+    could choose; the line says that the project has none and what to do."""
+    session = dock.ask
+    QgsProject.instance().removeMapLayers([lyr.id() for lyr in QgsProject.instance().mapLayersByName("cogeo")])
+    session.dock.source.setCurrentIndex(session.dock.source.findData("raster"))
+    session.dock.question.setPlainText("Describe the image")
+    session.send()
+    [message] = qgis_iface.messageBar().get_messages(1)
+    assert message.endswith("the project has no raster layer: add one, or choose another source (Visible map)")
+    assert not session.busy()
