@@ -341,6 +341,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self.stop()
         self.view, self.view_source, self.view_settings, self.image, self.history = None, None, None, None, []
         self.layers, self._retired_layers = None, []
+        self.dock.clear_preview()  # it showed the other project's map
         self._html.append("<hr><p><i>Another project: the next question renders its map.</i></p>")
         self._show()
 

@@ -930,7 +930,9 @@ def test_a_new_project_starts_a_new_conversation_and_new_answer_layers(dock, qgi
         beside = tmp_path / "project_geovlm.gpkg"
         assert beside.is_file()
 
+        assert not session.dock.preview.pixmap().isNull()
         QgsProject.instance().clear()  # New in the Project menu
+        assert session.dock.preview.pixmap() is None or session.dock.preview.pixmap().isNull()  # not the old map
         raster = QgsRasterLayer(str(Path(__file__).resolve().parents[2] / "shared" / "data" / "rasters"
                                     / "cogeo.tif"), "cogeo")
         QgsProject.instance().addMapLayer(raster)

@@ -147,6 +147,11 @@ class AskDock(QgsDockWidget):
         self.stop.setEnabled(busy)
         self.new_view.setEnabled(not busy)
 
+    def clear_preview(self) -> None:
+        """No picture: the last answer's was of a project that is gone."""
+        self._pixmap = None
+        self.preview.clear()
+
     def show_preview(self, pixmap: QPixmap) -> None:
         self._pixmap = pixmap
         self._fit_preview()
