@@ -307,7 +307,8 @@ DEFAULT_GRAPH_QUESTION = "Generate the scene graph of the image: the objects wit
 
 def default_task(profile: Profile, kind: str) -> str:
     """The family's task for a run: "caption" for captions; for detection its scene-graph task, else its
-    grounding task (what places the objects it names)."""
+    grounding task (what places the objects it names). ValueError for a family with none of those (it writes no
+    boxes)."""
     if kind == "caption":
         return "caption"
     for task in ("scene_graph", "grounding", "detection"):

@@ -159,7 +159,8 @@ class AskJob:
 
 
 def image_size_of(data: bytes) -> Tuple[int, int]:
-    """(width, height) read from a PNG or JPEG header."""
+    """(width, height) in pixels read from a PNG header (IHDR) or a JPEG's first start-of-frame marker (SOF0 to
+    SOF15 but DHT, JPG and DAC). ValueError for bytes that are neither, or whose size cannot be read."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"\xff\xd8":
@@ -304,7 +305,8 @@ class EngineClient:
         return self._with_retries(lambda ep, token: self._get_json(ep, "/health", token), cancel)
 
     def profile(self, cancel: Optional[CancelToken] = None) -> Profile:
-        """The family profile: the one configured, else the one the engine reports."""
+        """The family profile: the one configured, else the one the engine reports (asked once, with the client's
+        retries). EngineError when the engine reports no family or cannot be reached."""
         if self._profile is None:
             info = self._with_retries(lambda ep, token: self._model_info(ep, token), cancel)
             family = info.get("family")

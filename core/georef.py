@@ -43,7 +43,8 @@ class GeoTransform:
 
     @classmethod
     def parse(cls, text: str) -> GeoTransform:
-        """From 'a,b,c,d,e,f' (rasterio's affine order)."""
+        """From 'a,b,c,d,e,f' (rasterio's affine order; spaces ignored). ValueError for other than six numbers, or
+        a transform `__post_init__` refuses."""
         parts = [p for p in text.replace(" ", "").split(",") if p]
         if len(parts) != 6:
             raise ValueError(f"a geotransform needs six numbers a,b,c,d,e,f, got {len(parts)}")
@@ -230,7 +231,7 @@ def centroid(polygon: Sequence[Point]) -> Point:
 
 
 def parse_image_size(text: str) -> Tuple[int, int]:
-    """'WxH' -> (width, height), both positive."""
+    """'WxH' (x in any case) -> (width, height) in pixels. ValueError unless both are positive integers."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:

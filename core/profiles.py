@@ -94,7 +94,8 @@ class Profile:
         return tuple(self.task_words)
 
     def question(self, task: str, text: str) -> str:
-        """The question with the family's task word for `task` (vqa and caption may have none)."""
+        """The question with the family's task word for `task` (vqa and caption may have none). ValueError for a
+        task the family does not have."""
         if task not in self.task_words:
             raise ValueError(f"{self.name} has no task {task!r}; it knows {', '.join(self.task_words)}")
         return self.task_words[task].format(question=text)

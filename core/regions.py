@@ -159,7 +159,8 @@ def region_text(values: Sequence[float], angle: Optional[float], profile: Profil
     """Numbers in the family's box syntax, as its region questions and answers write them (sources: GeoChat's
     and MiniGPT-v2's `{<x1><y1><x2><y2>|<θ>}`, SkySenseGPT's `<rbox>`, EarthDial's `[[x1, y1, x2, y2, θ]]`,
     Qwen2-VL's box tokens, Qwen2.5-VL's `bbox_2d` JSON, Florence-2's `<loc_N>`; see
-    shared/reference/answer-formats.md)."""
+    shared/reference/answer-formats.md). `values` are x1, y1, x2, y2 in the family's numbers (`region_numbers`),
+    `angle` degrees or None. ValueError for a family that writes no boxes."""
     a, b, c, d = (_num(v) for v in values)
     syntax = profile.box_syntax
     tail = f"|<{_num(angle)}>" if angle is not None else ""

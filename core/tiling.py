@@ -37,7 +37,9 @@ class Tile:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """Tiles of `tile` x `tile` pixels with `overlap` pixels shared between neighbours.
+    """Tiles of `tile` x `tile` pixels with `overlap` pixels shared between neighbours, over a raster of `width` x
+    `height` pixels. ValueError for a size or tile that is not positive, an overlap outside 0..tile-1, or an
+    unknown edge mode.
 
     Edge tiles: "shift" moves the last tile back inside the raster (all tiles full size where the raster is
     large enough), "partial" keeps a smaller last tile, "drop" leaves the uncovered strip out.
@@ -95,7 +97,8 @@ class TilePlan:
 
 
 def tile_pixels_for_ground(size: float, gt: GeoTransform) -> int:
-    """A tile side in pixels for a side in ground units (the larger pixel side counts)."""
+    """A tile side in pixels for a side in ground units (the larger pixel side counts), at least 1. ValueError for
+    a size that is not positive."""
     if size <= 0:
         raise ValueError("tile size in ground units must be positive")
     return max(1, math.ceil(size / max(gt.pixel_size) - 1e-9))
@@ -110,7 +113,9 @@ def plan_for_raster(
     gt: Optional[GeoTransform] = None,
     edge: str = "shift",
 ) -> TilePlan:
-    """A plan with sizes in pixels or in ground units (then `gt` gives the pixel size)."""
+    """A plan of a `width` x `height` px raster with `tile` and `overlap` in pixels (`units` "pixels") or in ground
+    units ("ground": `gt` gives the pixel size; the overlap rounds down). ValueError for other units, for ground
+    units without `gt`, or for a plan TilePlan refuses."""
     if units == "pixels":
         return TilePlan(width, height, int(tile), int(overlap), edge)
     if units != "ground":
@@ -126,7 +131,9 @@ def plan_for_extent(
     xmin: float, ymin: float, xmax: float, ymax: float, resolution: float, tile: int, overlap: int = 0,
     edge: str = "shift",
 ) -> Tuple[TilePlan, GeoTransform]:
-    """A plan over a north-up map extent rendered at `resolution` ground units per pixel (e.g. a canvas)."""
+    """A plan over a north-up map extent rendered at `resolution` ground units per pixel (e.g. a canvas), and the
+    geotransform of that rendering (top-left corner at (xmin, ymax)); the sides round up to whole pixels.
+    ValueError for an empty extent, a resolution that is not positive, or a plan TilePlan refuses."""
     if xmax <= xmin or ymax <= ymin:
         raise ValueError("extent is empty")
     if resolution <= 0:

@@ -21,7 +21,8 @@ log = logging.getLogger("geovlm.engine")
 
 
 def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
-    """An `H11Protocol` subclass with these limits (seconds, connections), for `uvicorn.Config(http=...)`."""
+    """An `H11Protocol` subclass with these limits (seconds, connections), for `uvicorn.Config(http=...)`.
+    ValueError for a timeout that is not positive or fewer than 1 connection."""
     if header_timeout_s <= 0 or max_connections < 1:
         raise ValueError("header_timeout_s must be positive and max_connections at least 1")
 

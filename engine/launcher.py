@@ -140,7 +140,8 @@ class LocalEngine:
     def start(self) -> str:
         """Start the engine and wait until it answers /health; returns its URL. Interrupted while it waits
         (Ctrl-C: KeyboardInterrupt), it stops the engine it was starting (and removes its folder) before the
-        interruption goes on: no engine is left loading a model for nobody."""
+        interruption goes on: no engine is left loading a model for nobody. EngineStartError when it does not come
+        up (with the end of the engine's output, where it ran)."""
         with self._start_lock:
             with self._lock:
                 if self._proc is not None and self._proc.poll() is None:

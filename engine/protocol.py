@@ -144,7 +144,7 @@ def parse_chat(
     of all messages together (and their count) before anything is tokenised or decoded (400 beyond); the
     server derives it from the model's context (`text_limit`). A max_tokens (or max_completion_tokens) beyond
     `max_tokens_limit` is refused naming the limit and `max_tokens_source`, what sets it ("the model's
-    context")."""
+    context"). Every refusal is a ProtocolError (one line; `status` 400, or 413 for an image over `max_pixels`)."""
     try:
         body = json.loads(raw)
     except RecursionError as exc:

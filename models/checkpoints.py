@@ -260,8 +260,8 @@ def _encoder_weights_sha256(files, every_key: bool = False) -> str:
 def from_local_folder(cls, folder, **kwargs):
     """`cls.from_pretrained` on a local folder only: never the hub, never remote code.
 
-    Every load of GeoVLM goes through here. The folder must exist; `local_files_only` and HF_HUB_OFFLINE stop
-    any download, so there is no hub revision to pin.
+    Every load of GeoVLM goes through here. The folder must exist (CheckpointError otherwise); `local_files_only`
+    and HF_HUB_OFFLINE stop any download, so there is no hub revision to pin.
     """
     path = Path(folder).resolve()
     if not path.is_dir():
@@ -311,7 +311,8 @@ def load_model(model_dir, dtype=None, device: str = "cpu", language_only: bool =
 def load_vision_model(model_dir):
     """The LlavaForConditionalGeneration of a checked folder with only its vision tower and projector loaded, in
     fp32 on the CPU; the language model stays on the meta device and takes no memory. Enough for
-    `get_image_features` and the encoder export."""
+    `get_image_features` and the encoder export. CheckpointError when the folder is missing or the vision tower's
+    or projector's weights do not fit its config."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModel, LlavaForConditionalGeneration

@@ -31,7 +31,9 @@ class ConversionError(ValueError):
 
 
 def read_tensors(folder: Path, pattern: Optional[str] = None) -> Iterator[Tuple[str, object]]:
-    """(name, tensor) of a folder's weights: safetensors, else pickles read with weights_only=True."""
+    """(name, tensor) of a folder's weights: the files matching `pattern` (default *.safetensors) when they are
+    safetensors, else the pickles (`pattern`, or PICKLED) read with weights_only=True. ConversionError when there
+    are none or a pickle is refused (`load_pickled_weights`)."""
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -115,7 +117,9 @@ class ShardWriter:
 
 
 def resize_position_table(weight, grid: int):
-    """CLS row + the patch rows resized bicubically (align_corners=True) to grid x grid, as GeoChat does."""
+    """A ViT position table `[1 + old², hidden]` -> `[1 + grid², hidden]` in its own dtype: the CLS row kept, the
+    patch rows resized bicubically (align_corners=True) as a grid, as GeoChat does. ConversionError when the rows
+    are not 1 + a square."""
     import torch
 
     old = int(math.isqrt(weight.shape[0] - 1))
@@ -273,7 +277,8 @@ def _vocab_rows(tok) -> int:
 
 
 def convert_geochat(src, clip, out, family: str = "geochat", image_size: int = 504) -> Path:
-    """GeoChat/SkySenseGPT (original layout) + CLIP -> llava-hf folder at `image_size` px."""
+    """GeoChat/SkySenseGPT (original layout) + CLIP -> llava-hf folder at `image_size` px; returns the folder.
+    ConversionError for a source that is not a GeoChat/LLaVA model or a file missing or unreadable."""
     from transformers import LlamaConfig
 
     src, clip = Path(src), Path(clip)
@@ -309,7 +314,9 @@ def _merge_lora(base_key: str, tensor, lora: Dict[str, object], scale: float):
 
 
 def convert_rsllava(lora_dir, base, clip, out) -> Path:
-    """RS-LLaVA: LoRA merged onto the base (Mistral) + projector + CLIP (336 px) -> llava-hf folder."""
+    """RS-LLaVA: LoRA merged onto the base (Mistral) + projector + CLIP (336 px) -> llava-hf folder; returns the
+    folder. The LoRA scale is alpha / r, or alpha / sqrt(r) with `use_rslora` (as PEFT computes it).
+    ConversionError for a file missing or unreadable."""
     from transformers import AutoConfig
 
     lora_dir, base, clip = Path(lora_dir), Path(base), Path(clip)
@@ -354,7 +361,8 @@ def convert_rsllava(lora_dir, base, clip, out) -> Path:
 
 
 def convert_safetensors(src, out) -> Path:
-    """A llava-hf folder with pickled weights -> the same folder with safetensors (weights_only loading)."""
+    """A llava-hf folder with pickled weights -> the same folder with safetensors (weights_only loading); returns
+    the new folder. ConversionError when `src` has no pickled weights or one is refused."""
     src = Path(src)
     if not list(src.glob(PICKLED)):
         raise ConversionError(f"{src} has no {PICKLED} weights to convert")

@@ -49,7 +49,9 @@ def _mean_std(checkpoint: CheckpointInfo):
 
 
 def vision_encoder(model):
-    """A torch module computing exactly what `model.get_image_features` gives, as one tensor."""
+    """A torch module computing exactly what `model.get_image_features` gives, as one tensor: pixel_values
+    `[n, 3, size, size]` -> float32 features `[n, image_tokens, hidden]` (the projector's output). ExportError for
+    a list of feature layers or an unknown vision_feature_select_strategy."""
     import torch
 
     config = model.config
@@ -178,7 +180,8 @@ def export_encoder(
     `model_dir` is a checkpoint folder or its CheckpointInfo; `model` its loaded vision model (see `vision_of`),
     when the caller has it. The graph appears at `out_path`, its weights beside it (`weights_path`, see
     `place_encoder`), only once checked: both are written in a scratch folder beside them, removed if anything
-    fails."""
+    fails. CheckpointError for a folder that cannot be read (`as_checkpoint`); ExportError for a vision side the
+    exporter does not handle (`vision_encoder`) or a graph that differs from torch by more than the tolerance."""
     checkpoint = as_checkpoint(model_dir, family)  # clear errors before any loading
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,8 @@ class FeatureAgreement:
 
 
 def feature_agreement(reference: np.ndarray, candidate: np.ndarray) -> FeatureAgreement:
-    """Compare two float arrays of features [n, tokens, hidden]; a token of zero norm counts as cosine 0."""
+    """Compare two float arrays of features [n, tokens, hidden]; a token of zero norm counts as cosine 0.
+    ValueError for arrays of different shapes."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.shape != candidate.shape:

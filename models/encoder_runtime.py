@@ -209,7 +209,8 @@ class OnnxEncoder:
 
     @property
     def session(self):
-        """The onnxruntime InferenceSession (waits for its construction)."""
+        """The onnxruntime InferenceSession (waits for its construction). EncoderError when the file could not be
+        opened as an ONNX model."""
         self._opening.join()
         if self._error is not None:
             raise self._error
@@ -264,7 +265,8 @@ class OnnxEncoder:
             )
 
     def run(self, pixel_values: np.ndarray) -> np.ndarray:
-        """[n, 3, size, size] float32 -> [n, tokens, hidden] float32, in chunks of at most `max_batch`."""
+        """[n, 3, size, size] float32 -> [n, tokens, hidden] float32, in chunks of at most `max_batch`. EncoderError
+        for another input shape or a file that could not be opened."""
         pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
         size = self.input_size
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, size, size):

@@ -27,6 +27,7 @@ def fit_image(image: np.ndarray, plan: FitPlan, pad_color: Tuple[int, int, int])
     `smart_resize` size); crop: resized by (scale_x, scale_y), then the window at -offset * scale cut out.
     Resizing is bicubic, as CLIP's processor does. An image that already has the input's size (the client
     sends fitted images: core.client.prepare_image) comes back as it is: every mode is the identity there.
+    ValueError for an image that is not HxWx3 uint8 (`check_rgb`) or not of the plan's width x height.
     """
     from PIL import Image
 

@@ -196,7 +196,8 @@ class StaticDecoder:
 
     def prefill(self, rows: Sequence, cache: KVCache):
         """Run each row's prompt embeddings (`[length, hidden]`) packed into one sequence; fill `cache` rows
-        from position 0. Returns `[batch, vocab]` float32 logits of each row's last prompt token."""
+        from position 0. Returns `[batch, vocab]` float32 logits of each row's last prompt token. ValueError for a
+        prompt longer than the model's sliding window."""
         import torch
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
