@@ -190,6 +190,9 @@ def score_layers(args) -> dict:
     if not refs.geometries:
         raise CliError(f"{refs.path} has no features")
     if task == "detection":
+        if answers.geometries and not layers.overlapping_pairs(answers.geometries, refs.geometries):
+            raise CliError("no answer overlaps a reference: are both layers of the same place? "
+                           f"({answers.path} spans {_span(answers)}, {refs.path} {_span(refs)})")
         return layers.box_scores(answers.geometries, refs.geometries, args.iou)
     answers = layers.answered(answers)
     answer_field = args.field or ("caption" if "caption" in answers.table.columns else "answer")
@@ -221,6 +224,15 @@ def score_layers(args) -> dict:
     scores = score_items(task, items, None, args.iou)
     scores["unmatched_references"] = len(refs.geometries) - len(pairs)
     return scores
+
+
+def _span(features) -> str:
+    """A layer's extent as "xmin..xmax, ymin..ymax" in its CRS (the answers' CRS once read), for the one line
+    that says two layers are not of the same place."""
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds(features.geometries)
+    return f"{x0:.10g}..{x1:.10g}, {y0:.10g}..{y1:.10g}"
 
 
 def _no_transform(answers_path, reference_path, answers_crs, exc) -> str:

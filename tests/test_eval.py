@@ -544,6 +544,30 @@ def test_answers_in_pixels_against_references_on_the_map_get_one_clear_line(data
     assert "\n" not in err and f"{gpkg} is in image pixels and {refs} in map coordinates" in err
 
 
+def parsed_layers(tmp_path, capsys, *names_and_geotransforms):
+    """{name: GeoPackage} of one EarthDial answer parsed with each geotransform (EPSG:32616; None: no raster, so
+    in GeoVLM's pixel CRS), as `geovlm parse a.txt --geotransform ... --out NAME.gpkg` writes them."""
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(json.dumps({"answer": "[[10, 10, 30, 30, 0]]"}) + "\n", encoding="utf-8")
+    out = {}
+    for name, geotransform in names_and_geotransforms:
+        out[name] = tmp_path / f"{name}.gpkg"
+        place = ["--geotransform", geotransform, "--crs", "EPSG:32616"] if geotransform else []
+        assert main(["parse", str(answers), "--family", "earthdial", *place, "--out", str(out[name])]) == 0
+    capsys.readouterr()
+    return out
+
+
+def test_detection_layers_that_do_not_overlap_at_all_are_one_line_not_a_zero_score(tmp_path, capsys):
+    # 100 km apart: scored 0 with exit 0, which reads as a model that found nothing
+    made = parsed_layers(tmp_path, capsys, ("utm", GT), ("far", GT.replace("500000", "600000")))
+    assert main(["eval", "detection", str(made["utm"]), "--reference", str(made["far"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geovlm eval: no answer overlaps a reference: are both layers of the same place? "
+                          f"({made['utm']}|layername=objects spans ") and "\n" not in err, err
+    assert run_json(capsys, "detection", str(made["utm"]), "--reference", str(made["utm"]))["overall"] == 1.0
+
+
 def test_a_bulk_runs_tiles_are_not_scored_as_boxes(tmp_path, capsys):
     ledger = write_layer(tmp_path / "captions.gpkg", {"caption": ["a field"]}, [utm_box(0, 0, 50, 50)], layer="tiles")
     refs = write_layer(tmp_path / "refs.gpkg", {"label": ["field"]}, [utm_box(0, 0, 50, 50)])
