@@ -176,7 +176,11 @@ def score_layers(args) -> dict:
     except layers.LayerError as exc:
         raise CliError(str(exc)) from None
     except RuntimeError as exc:  # pyproj's ProjError: no transformation between the two CRSs
-        raise CliError(_no_transform(args.file, args.reference, answers.crs, exc)) from None
+        try:  # read again as it is, for its CRS: a layer in pixels gets the hint
+            reference_crs = layers.read_features(args.reference, args.reference_layer, None).crs
+        except layers.LayerError:
+            reference_crs = None
+        raise CliError(_no_transform(args.file, args.reference, answers.crs, reference_crs, exc)) from None
     if task == "detection" and args.layer is None and answers.path.endswith("|layername=tiles"):
         # no `objects` layer, so the first one was taken: a bulk run's tile footprints, which are not boxes
         raise CliError(f"{args.file} has no objects layer, only the tiles of a bulk run (their footprints are not "
@@ -235,13 +239,16 @@ def _span(features) -> str:
     return f"{x0:.10g}..{x1:.10g}, {y0:.10g}..{y1:.10g}"
 
 
-def _no_transform(answers_path, reference_path, answers_crs, exc) -> str:
-    """One line for references that cannot be brought into the answers' CRS. The usual case: answers parsed
-    without a raster are in GeoVLM's pixel CRS (core.georef.PIXEL_CRS_WKT, an engineering CRS), which nothing
-    relates to a map CRS."""
+def _no_transform(answers_path, reference_path, answers_crs, reference_crs, exc) -> str:
+    """One line for references that cannot be brought into the answers' CRS. The usual case: answers (or
+    references) parsed without a raster are in GeoVLM's pixel CRS (core.georef.PIXEL_CRS_WKT, an engineering
+    CRS), which nothing relates to a map CRS."""
     if getattr(answers_crs, "is_engineering", False):
         return (f"{answers_path} is in image pixels and {reference_path} in map coordinates: place the answers "
                 "on the map first (geovlm parse --raster or --geotransform), or give references in pixels")
+    if getattr(reference_crs, "is_engineering", False):
+        return (f"{reference_path} is in image pixels and {answers_path} in map coordinates: place the references "
+                "on the map first (geovlm parse --raster or --geotransform), or give answers in pixels")
     name = getattr(answers_crs, "name", answers_crs)
     return f"cannot bring {reference_path} into the CRS of {answers_path} ({name}): {' '.join(str(exc).split())}"
 

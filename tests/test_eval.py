@@ -568,6 +568,15 @@ def test_detection_layers_that_do_not_overlap_at_all_are_one_line_not_a_zero_sco
     assert run_json(capsys, "detection", str(made["utm"]), "--reference", str(made["utm"]))["overall"] == 1.0
 
 
+def test_references_in_pixels_against_answers_on_the_map_get_the_pixel_hint(tmp_path, capsys):
+    # said "cannot bring ... Error creating Transformer from CRS."; answers in pixels got the hint already
+    made = parsed_layers(tmp_path, capsys, ("utm", GT), ("px", None))
+    assert main(["eval", "detection", str(made["utm"]), "--reference", str(made["px"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geovlm eval: {made['px']} is in image pixels and {made['utm']} in map coordinates: place the "
+                   "references on the map first (geovlm parse --raster or --geotransform), or give answers in pixels")
+
+
 def test_a_bulk_runs_tiles_are_not_scored_as_boxes(tmp_path, capsys):
     ledger = write_layer(tmp_path / "captions.gpkg", {"caption": ["a field"]}, [utm_box(0, 0, 50, 50)], layer="tiles")
     refs = write_layer(tmp_path / "refs.gpkg", {"label": ["field"]}, [utm_box(0, 0, 50, 50)])
