@@ -60,10 +60,20 @@ def run(args) -> int:
         scores = score_layers(args)
     else:
         if path.suffix.lower() in LAYER_SUFFIXES and path.suffix.lower() != ".json":
-            raise CliError(f"{path.name} is a layer: give the reference layer with --reference")
+            raise CliError(layer_without_reference(path))
         scores = score_records(args, path)
     print_scores(scores, args.json)
     return 0
+
+
+GEOJSON_TYPES = ("FeatureCollection", "Feature")  # a record of this "type" is GeoJSON (RFC 7946), not an answer
+
+
+def layer_without_reference(path: Path) -> str:
+    """The one line for a layer (a GeoPackage, or GeoJSON: also when named .json) given as FILE without
+    --reference, which JSON lines alone do not need."""
+    return (f"{path.name} is a layer: score a layer of answers against a layer of references with --reference LAYER "
+            "(matched by location); answers with their references in JSON lines need none")
 
 
 def profile_of(args):
@@ -86,6 +96,8 @@ def score_records(args, path: Path) -> dict:
     items = []
     try:
         for number, record in read_records(path, answer_field):
+            if answer_field not in record and record.get("type") in GEOJSON_TYPES:
+                raise CliError(layer_without_reference(path))
             if answer_field not in record:
                 raise RecordError(f"{path}:{number}: no field {answer_field!r} (choose it with --field)")
             if task in SHORT_ANSWER_TASKS:  # EarthDial's scorer reads strings: anything else is named, not scored

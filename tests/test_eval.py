@@ -577,6 +577,27 @@ def test_references_in_pixels_against_answers_on_the_map_get_the_pixel_hint(tmp_
                    "references on the map first (geovlm parse --raster or --geotransform), or give answers in pixels")
 
 
+@pytest.mark.parametrize("name", ["ref.json", "ref.geojson", "ref.gpkg"])
+def test_a_layer_given_as_file_without_reference_says_how_layers_are_scored(tmp_path, capsys, name):
+    # a GeoJSON file named .json said "ref.json:1: no field 'answer'"
+    import shutil
+
+    made = parsed_layers(tmp_path, capsys, ("utm", GT))
+    layer = tmp_path / name
+    if name == "ref.gpkg":
+        shutil.copy(made["utm"], layer)
+    else:
+        assert main(["parse", str(tmp_path / "a.jsonl"), "--family", "earthdial", "--geotransform", GT, "--crs",
+                     "EPSG:32616", "--out", str(tmp_path / "ref.geojson")]) == 0
+        if name == "ref.json":
+            (tmp_path / "ref.geojson").rename(layer)
+        capsys.readouterr()
+    assert main(["eval", "detection", str(layer), "--family", "earthdial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"geovlm eval: {name} is a layer: score a layer of answers against a layer of references with "
+                   "--reference LAYER (matched by location); answers with their references in JSON lines need none")
+
+
 def test_a_bulk_runs_tiles_are_not_scored_as_boxes(tmp_path, capsys):
     ledger = write_layer(tmp_path / "captions.gpkg", {"caption": ["a field"]}, [utm_box(0, 0, 50, 50)], layer="tiles")
     refs = write_layer(tmp_path / "refs.gpkg", {"label": ["field"]}, [utm_box(0, 0, 50, 50)])
