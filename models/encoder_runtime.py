@@ -279,7 +279,8 @@ class OnnxEncoder:
 
 
 class EncodingCache:
-    """Image encodings keyed by image content and encoder hash, least recently used dropped first."""
+    """Image encodings (each one image's `[tokens, hidden]` float32 features) keyed by image content and encoder
+    hash, at most `capacity` of them, least recently used dropped first. Not thread-safe: the pipeline locks it."""
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
