@@ -9,7 +9,6 @@ digest. Medians of --rounds alternated rounds, in milliseconds (a shared machine
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import sys
@@ -42,19 +41,12 @@ def mosaic_vrt(tile: Path, folder: Path, copies: int = 40) -> Path:
     return path
 
 
-def file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     from geovlm.cli.bulk_cmds import RasterTiles
+    from geovlm.models.file_hashes import file_sha256
     from geovlm.plugin.tile_sources import GdalTiles
 
     rasters = sorted(p for p in (SHARED / "data" / "rasters").glob("*.tif"))
@@ -75,7 +67,7 @@ def main() -> None:
                 digests["gdal"] = GdalTiles(str(path), False).pixel_digest()
                 times["gdal"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                file_sha(path)
+                file_sha256(path)
                 times["file"].append(time.perf_counter() - t)
             med = {k: 1000 * statistics.median(v) for k, v in times.items()}
             from osgeo import gdal
