@@ -170,7 +170,8 @@ def _read_inline_boxes(text: str, pattern: re.Pattern) -> Reading:
 
 
 def read_geochat(text: str, profile: Profile) -> Reading:
-    """GeoChat and MiniGPT-v2: {<x1><y1><x2><y2>|<angle>}, groups joined by }{, <delim> or ', '."""
+    """GeoChat and MiniGPT-v2: {<x1><y1><x2><y2>|<angle>}, groups joined by }{, <delim> or ', '. Numbers are kept
+    as written; the profile's coord_mode/coord_scale say what they mean (0..100 of the input for both)."""
     reading = _read_inline_boxes(text, _GEOCHAT_BOX)
     covered = [b.span for b in reading.boxes]
     reading.skipped += _skip_unmatched(text, _GEOCHAT_START, covered, "incomplete {<..>} box")
@@ -182,7 +183,8 @@ _EARTHDIAL_START = re.compile(rf"\[\s*\[|\[\s*{NUM}\s*,")
 
 
 def read_earthdial(text: str, profile: Profile) -> Reading:
-    """EarthDial: [[x1, y1, x2, y2, angle]], several as [[..]][[..]] or [[..], [..]]."""
+    """EarthDial: [[x1, y1, x2, y2, angle]], several as [[..]][[..]] or [[..], [..]]. Numbers are kept as written
+    (the profile's coord_mode/coord_scale say what they mean)."""
     reading = _read_inline_boxes(text, _EARTHDIAL_BOX)
     covered = [b.span for b in reading.boxes]
     # A group opener "[[" (or "[[[") is covered when the box right after it matched.

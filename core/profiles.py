@@ -30,7 +30,12 @@ ANGLE_MODES = ("offset", "nearest_axis")
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything GeoVLM needs to know about a model family."""
+    """Everything GeoVLM needs to know about a model family: its prompt and task words, how its preprocessing fits an
+    image to the input (`fit`, `input_size`: `core.georef.fit_plan`), and how its answers write boxes (`box_syntax`,
+    `box_layout`) and what their numbers mean (`coord_mode`, `coord_scale`, `coord_offset`:
+    `core.georef.model_to_input`; angles: `angle_mode`, `angle_sense`). Each family's values follow its own
+    repository's code and answer format (shared/reference/answer-formats.md; comments in the table below).
+    ValueError for a field outside its allowed values."""
 
     name: str
     title: str
