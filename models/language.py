@@ -63,7 +63,8 @@ class DecodeSettings:
 
 @dataclass
 class Decoded:
-    """One sequence's outcome."""
+    """One sequence's outcome: the generated `token_ids` (the end-of-sequence token included when it came),
+    their `text`, and `finish_reason` "stop" (end of sequence or a stop string) or "length" (max_new_tokens)."""
 
     token_ids: List[int] = field(default_factory=list)
     text: str = ""

@@ -166,7 +166,9 @@ def _turns(messages) -> List[Tuple[str, str]]:
 
 
 class VlmPipeline:
-    """An ONNX vision encoder and a llava-hf language model, prompted by the family profile."""
+    """An ONNX vision encoder and the checkpoint's language model (`LanguageModel`: a llava-hf model's, or
+    MiniGPT-v2's LLaMA), prompted by the family profile. Images go in as HxWx3 uint8 RGB in the pixels the client
+    georeferences; they are fitted and normalised here as the encoder's metadata says."""
 
     def __init__(self, checkpoint: CheckpointInfo, profile: Profile, lm: LanguageModel, encoder: OnnxEncoder):
         self.checkpoint = checkpoint
