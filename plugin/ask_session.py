@@ -14,7 +14,7 @@ from qgis.core import (
     QgsMessageLog,
     QgsProject,
 )
-from qgis.PyQt.QtCore import QObject
+from qgis.PyQt.QtCore import QObject, QTimer
 from qgis.PyQt.QtGui import QGuiApplication, QPixmap
 from qgis.PyQt.QtWidgets import QFileDialog
 
@@ -36,6 +36,7 @@ from .view_checks import blank_problem, render_problem
 from .view_render import ViewRender
 
 LOG_TAG = "GeoVLM"
+STREAM_REDRAW_MS = 50  # the transcript shows streamed text at most this often
 
 
 def relation_links(answer, fids: List[int], layer) -> List[Tuple[str, str]]:
@@ -76,6 +77,9 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._html: List[str] = []
         self._streamed = ""
         self._retry_note = ""  # the last failed attempt of the question in flight ("… retrying (2)…")
+        # Streamed pieces are shown at most every 50 ms: redrawing the whole transcript for each one (thousands in a
+        # long answer from a fast engine) froze QGIS (26 s for a 22,000-character answer)
+        self._streaming = QTimer(self, singleShot=True, interval=STREAM_REDRAW_MS, timeout=self._show)
         self._probe = None
         self.renderer = ViewRender(self)  # the view is drawn in QGIS's render thread; the question waits here
         self.renderer.rendered.connect(self._rendered)
@@ -230,7 +234,8 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         if self._retry_note:  # a retry got through
             self._retry_note = ""
             self._remote_state("busy")
-        self._show()
+        if not self._streaming.isActive():
+            self._streaming.start()
 
     def _retrying(self, line: str) -> None:
         """An attempt failed and is retried (`ask_patience.retry_line`): said below the question until text comes."""
@@ -243,6 +248,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._show()
 
     def _show(self) -> None:
+        self._streaming.stop()  # what it would show is shown now
         retrying = self._retry_note and self.task is not None and not self._streamed  # said instead of "Model:"
         streaming = (f"<p><i>{html.escape(self._retry_note)}</i></p>" if retrying else
                      f"<p><b>Model:</b> {html.escape(self._streamed)}</p>" if self.task is not None else
@@ -394,6 +400,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
 
     def shutdown(self, wait_ms: int = 5000) -> None:
         """Unload: cancel a request in flight and wait for its worker; nothing keeps running."""
+        self._streaming.stop()
         self._stop_probe(wait_ms)
         self._cancel_render(wait=True)
         self._stop_hold(say=False)

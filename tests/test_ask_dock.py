@@ -1399,3 +1399,22 @@ def test_the_raster_source_in_a_project_without_a_raster_says_so(dock, qgis_ifac
     [message] = qgis_iface.messageBar().get_messages(1)
     assert message.endswith("the project has no raster layer: add one, or choose another source (Visible map)")
     assert not session.busy()
+
+
+def test_a_long_fast_answer_redraws_the_transcript_a_bounded_number_of_times(dock, monkeypatch):
+    """A 22,000-character answer streamed as fast as an engine can: the whole transcript was set again for each
+    four-character piece (5,500 times, each longer than the last), which froze QGIS for 26 s in a real QGIS. It is
+    redrawn at most every 50 ms, and ends whole."""
+    session = dock.ask
+    answer = "a field beside a road " * 1000
+    sets = []
+    set_html = session.dock.transcript.setHtml
+    monkeypatch.setattr(session.dock.transcript, "setHtml", lambda text: (sets.append(len(text)), set_html(text)))
+    with ScriptedEngine("geochat", answer) as engine:
+        session.engine = engine.url
+        started = time.monotonic()
+        ask(session, "Describe the image")
+        assert wait_for(lambda: not session.busy(), 60)
+        took = time.monotonic() - started
+    assert len(sets) <= took / 0.05 + 10, (len(sets), took)  # 5,500 pieces
+    assert answer.strip() in session.dock.transcript.toPlainText()
