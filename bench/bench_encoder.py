@@ -337,5 +337,6 @@ def main() -> None:
             "int8 encoder as served (--encoder-precision int8)": ("ask", int8_path),
         }, model_dir, args)
 
+
 if __name__ == "__main__":
     main()

@@ -522,5 +522,6 @@ def main() -> None:
             print(f"| {label} | {g:.0f} MiB | {t:.0f} MiB | {g / t:.2f}x |")
         print(f"| (machine: {load_text()}) | | | |")
 
+
 if __name__ == "__main__":
     main()
