@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 from .georef import GeoTransform
 
@@ -94,37 +94,6 @@ class TilePlan:
 
     def __len__(self) -> int:
         return len(self._starts(self.height)) * len(self._starts(self.width))
-
-
-def tile_pixels_for_ground(size: float, gt: GeoTransform) -> int:
-    """A tile side in pixels for a side in ground units (the larger pixel side counts), at least 1. ValueError for
-    a size that is not positive."""
-    if size <= 0:
-        raise ValueError("tile size in ground units must be positive")
-    return max(1, math.ceil(size / max(gt.pixel_size) - 1e-9))
-
-
-def plan_for_raster(
-    width: int,
-    height: int,
-    tile: float,
-    overlap: float = 0,
-    units: str = "pixels",
-    gt: Optional[GeoTransform] = None,
-    edge: str = "shift",
-) -> TilePlan:
-    """A plan of a `width` x `height` px raster with `tile` and `overlap` in pixels (`units` "pixels") or in ground
-    units ("ground": `gt` gives the pixel size; the overlap rounds down). ValueError for other units, for ground
-    units without `gt`, or for a plan TilePlan refuses."""
-    if units == "pixels":
-        return TilePlan(width, height, int(tile), int(overlap), edge)
-    if units != "ground":
-        raise ValueError("units must be 'pixels' or 'ground'")
-    if gt is None:
-        raise ValueError("tiling in ground units needs a geotransform")
-    tile_px = tile_pixels_for_ground(tile, gt)
-    overlap_px = math.floor(overlap / max(gt.pixel_size) + 1e-9) if overlap else 0
-    return TilePlan(width, height, tile_px, overlap_px, edge)
 
 
 def plan_for_extent(

@@ -1,12 +1,11 @@
-"""Tiling plans: coverage, overlap, edges, stable ids, ground units, nodata-only tiles."""
+"""Tiling plans: coverage, overlap, edges, stable ids, map extents, nodata-only tiles."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geovlm.cli.bulk_cmds import RasterTiles
 from geovlm.cli.rasters import open_frame
-from geovlm.core.georef import GeoTransform
-from geovlm.core.tiling import TilePlan, plan_for_extent, plan_for_raster
+from geovlm.core.tiling import TilePlan, plan_for_extent
 
 
 @settings(max_examples=300, deadline=None)
@@ -49,14 +48,6 @@ def test_ids_are_stable_and_depend_on_the_plan():
     c = [t.id for t in TilePlan(900, 900, 256, 0).tiles()]
     assert a == b and not set(a) & set(c)
     assert a[0].endswith(":r0c0") and a[-1].endswith(":r3c3")
-
-
-def test_ground_units_use_the_pixel_size():
-    gt = GeoTransform(0.5, 0, 0, 0, -0.5, 0)
-    plan = plan_for_raster(900, 900, 100, 10, units="ground", gt=gt)
-    assert (plan.tile, plan.overlap) == (200, 20)
-    with pytest.raises(ValueError, match="geotransform"):
-        plan_for_raster(900, 900, 100, units="ground")
 
 
 def test_extent_plan():
