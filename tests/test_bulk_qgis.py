@@ -967,7 +967,10 @@ def test_a_raster_file_qgis_cannot_load_is_named_with_the_reason_not_as_not_foun
     ok, said = check(params(tmp_path / "missing.tif"), context)
     assert not ok and "cannot read" not in said and "empty file" not in said
     if alg != "askmap":  # a vector file where a raster is wanted: said as `geovlm parse --raster` says it
+        from geovlm.models.imagery import vector_file_summary
+
         vector = data_dir / "rasters" / "geotiff_labels.geojson"
+        assert vector_file_summary(vector) == "GeoJSON, 1 layer: geotiff_labels (Polygon)"  # the CLI's words
         assert check(params(vector), context) == (
             False, f"{name}: {vector} is a vector file (GeoJSON, 1 layer: geotiff_labels (Polygon)), not a raster: "
             "give a raster image (GeoTIFF, PNG, JPEG, VRT...)")
