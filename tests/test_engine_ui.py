@@ -549,3 +549,19 @@ def test_a_setup_running_from_another_dialog_reads_as_running_and_none_starts_be
     assert all(button.isEnabled() for button in buttons)
     first.deleteLater()
     second.deleteLater()
+
+
+def test_the_image_size_row_keeps_the_times_sign_between_its_two_sizes(qgis_app, geovlm_settings):
+    """"Otherwise, width × height": the × label took the row's spare room, so the height box stood far to the right
+    of it. The two boxes share the row and the × sits between them, as wide as it needs."""
+    page = GeoVlmOptionsPage()
+    page.resize(900, 700)
+    page.show()
+    try:
+        QCoreApplication.processEvents()
+        times, width, height = page.times_label, page.width_spin, page.height_spin
+        assert times.width() <= times.sizeHint().width() + 2
+        assert abs(width.width() - height.width()) <= 2
+        assert height.x() - (times.x() + times.width()) <= 12
+    finally:
+        page.hide()

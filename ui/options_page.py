@@ -201,9 +201,10 @@ class GeoVlmOptionsPage(QgsOptionsPageWidget):
         self.width_spin = _pixels(value.render_width)
         self.height_spin = _pixels(value.render_height)
         size = QHBoxLayout()
-        size.addWidget(self.width_spin)
-        size.addWidget(QLabel("×"))
-        size.addWidget(self.height_spin)
+        self.times_label = QLabel("×")
+        size.addWidget(self.width_spin, 1)  # the spin boxes share the room; the × sits between them
+        size.addWidget(self.times_label, 0)
+        size.addWidget(self.height_spin, 1)
         form.addRow("Otherwise, width × height", size)
         self.dpr = QDoubleSpinBox()
         self.dpr.setRange(0.5, 4.0)
