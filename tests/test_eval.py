@@ -563,9 +563,18 @@ def test_detection_layers_that_do_not_overlap_at_all_are_one_line_not_a_zero_sco
     made = parsed_layers(tmp_path, capsys, ("utm", GT), ("far", GT.replace("500000", "600000")))
     assert main(["eval", "detection", str(made["utm"]), "--reference", str(made["far"])]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("geovlm eval: no answer overlaps a reference: are both layers of the same place? "
-                          f"({made['utm']}|layername=objects spans ") and "\n" not in err, err
+    assert err.startswith("geovlm eval: the answers' and the references' extents do not overlap: are both layers "
+                          f"of the same place? ({made['utm']}|layername=objects spans ") and "\n" not in err, err
     assert run_json(capsys, "detection", str(made["utm"]), "--reference", str(made["utm"]))["overall"] == 1.0
+
+
+def test_detection_answers_that_miss_every_reference_of_their_place_score_zero(tmp_path, capsys):
+    # the same place, no box on a reference: a model that found nothing, scored 0 (not refused as another place)
+    answers = write_layer(tmp_path / "answers.gpkg", {"label": ["car", "car"]},
+                          [utm_box(0, 0, 10, 10), utm_box(80, 80, 90, 90)], layer="objects")
+    refs = write_layer(tmp_path / "refs.gpkg", {"label": ["car"]}, [utm_box(40, 40, 50, 50)])
+    scores = run_json(capsys, "detection", str(answers), "--reference", str(refs))
+    assert scores["overall"] == 0.0 and scores["recall"] == 0.0 and scores["predicted_boxes"] == 2
 
 
 def test_references_in_pixels_against_answers_on_the_map_get_the_pixel_hint(tmp_path, capsys):
