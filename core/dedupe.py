@@ -23,7 +23,8 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass
 class Detection:
-    """One object: its id, label, polygon and its centre's distance from the edge of the tile it came from."""
+    """One object: its id, label, polygon (vertices in map coordinates, open or closed) and its centre's distance
+    from the edge of the tile it came from (map units, `edge_distance`)."""
 
     object_id: str
     label: str
@@ -44,7 +45,9 @@ def _ccw(polygon: Sequence[Point]) -> List[Point]:
 
 
 def convex_intersection(a: Sequence[Point], b: Sequence[Point]) -> List[Point]:
-    """The intersection of two convex polygons (Sutherland-Hodgman clipping of `a` by each edge of `b`)."""
+    """The intersection of two convex polygons (Sutherland-Hodgman clipping of `a` by each edge of `b`): an open
+    ring, counter-clockwise in a y-up plane, in the polygons' own coordinates; [] (or a ring of no area, where they
+    only touch) when they do not overlap."""
     out = _ccw(a)
     clip = _ccw(b)
     for i in range(len(clip)):
