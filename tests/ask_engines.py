@@ -61,6 +61,7 @@ class ScriptedEngine:
 
     @property
     def url(self) -> str:
+        """The engine's base URL on 127.0.0.1."""
         return url_of(self.server)
 
     def __exit__(self, *exc):

@@ -44,6 +44,7 @@ class ScriptedEngine:
         return len(self.arrived.read_text().splitlines()) if self.arrived.exists() else 0
 
     def kill(self) -> None:
+        """SIGKILL the engine (as a crash would end it) and reap it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -56,6 +57,7 @@ def cli(*args, env=None) -> subprocess.Popen:
 
 
 def run_cli(*args, timeout=180):
+    """(exit status, stdout, stderr) of `geovlm ...` run to its end (`timeout` seconds at most)."""
     proc = cli(*args)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err

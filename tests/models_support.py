@@ -35,6 +35,8 @@ def pipeline(model_dir: str):
 
 @functools.cache
 def hf_model(model_dir: str):
+    """The checkpoint's whole LlavaForConditionalGeneration in fp32 on the CPU (`load_model`), loaded once per
+    folder: the torch model the encoder tests export the ONNX encoder from and compare it with."""
     from geovlm.models.checkpoints import load_model
 
     return load_model(model_dir)
@@ -52,6 +54,7 @@ def cogeo_tiles(n: int, size: int = 160):
 
 
 def random_image(seed: int, h: int = 90, w: int = 130) -> np.ndarray:
+    """An h x w x 3 uint8 image of uniform noise, the same for the same seed."""
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 

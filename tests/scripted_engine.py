@@ -116,6 +116,10 @@ def describe(image: np.ndarray, family: str) -> str:
 
 def make_handler(family: str, delay: float, log_path: str, stand_in: bool = False, refuse_first: int = 0,
                  arrivals: str = "", piece_delay: float = 0.0):
+    """The request handler of a scripted engine of `family`: it answers each chat request with a description of
+    the image it got (`describe`) after `delay` seconds, refuses the first `refuse_first` with a 400, appends a
+    line per request to `arrivals` on arrival and, once answered, what it saw (size, means, padding) to
+    `log_path`; a streamed answer waits `piece_delay` seconds between pieces."""
     lock = threading.Lock()
     refused = [0]
 
@@ -150,6 +154,8 @@ def make_handler(family: str, delay: float, log_path: str, stand_in: bool = Fals
 
 
 def main() -> None:
+    """Serve a scripted engine on a free loopback port until `--lifetime` seconds pass, its URL and process id
+    written to `--ready-file` once it listens."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--family", default="geochat")
     parser.add_argument("--delay", type=float, default=0.0)
