@@ -14,6 +14,13 @@ LLAVA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
+# The first turn of LLaVA's v1 conversation (conv_mode llava_v1 in LLaVA's llava/conversation.py; llava-hf's
+# LLaVA-1.5 model card writes the same), the one that carries the image: LLaVA-1.5, GeoChat, SkySenseGPT, RS-LLaVA.
+LLAVA_V1_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+# Qwen2-VL's and Qwen2.5-VL's ChatML: the user's turn with the image, then the assistant's turn opened.
+QWEN_CHATML_PROMPT = (
+    "<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+)
 
 # How the exported image was fitted into the model's input.
 FIT_MODES = ("pad", "stretch", "crop", "dynamic")
@@ -151,7 +158,7 @@ _PROFILES = {
     "llava15": Profile(
         name="llava15",
         title="LLaVA-1.5 (llava-hf)",
-        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        prompt_template=LLAVA_V1_PROMPT,
         task_words={"caption": "{question}", "vqa": "{question}"},
         input_size=336,
         fit="pad",
@@ -163,7 +170,7 @@ _PROFILES = {
         name="geochat",
         title="GeoChat",
         system=LLAVA_SYSTEM,
-        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        prompt_template=LLAVA_V1_PROMPT,
         task_words=dict(_GEOCHAT_TASKS),
         input_size=504,
         fit="pad",
@@ -179,7 +186,7 @@ _PROFILES = {
         name="skysensegpt",
         title="SkySenseGPT (FIT-RS)",
         system=LLAVA_SYSTEM,
-        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        prompt_template=LLAVA_V1_PROMPT,
         task_words={
             **_GEOCHAT_TASKS,
             "detection": "[detection]{question}",
@@ -195,7 +202,7 @@ _PROFILES = {
     "rsllava": Profile(
         name="rsllava",
         title="RS-LLaVA",
-        prompt_template="USER: <image>\n{question} ASSISTANT:",
+        prompt_template=LLAVA_V1_PROMPT,
         task_words={"caption": "{question}", "vqa": "{question}"},
         input_size=336,
         fit="pad",
@@ -248,8 +255,7 @@ _PROFILES = {
     "qwen2vl": Profile(
         name="qwen2vl",
         title="Qwen2-VL",
-        prompt_template="<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n"
-        "<|im_start|>assistant\n",
+        prompt_template=QWEN_CHATML_PROMPT,
         task_words={
             "grounding": "{question} Give the bounding boxes of what you name.",
             "refer": "Locate {question} in the image.",
@@ -269,8 +275,7 @@ _PROFILES = {
     "qwen25vl": Profile(
         name="qwen25vl",
         title="Qwen2.5-VL",
-        prompt_template="<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n"
-        "<|im_start|>assistant\n",
+        prompt_template=QWEN_CHATML_PROMPT,
         task_words={
             "grounding": "{question} Output the bounding boxes in JSON format.",
             "refer": "Locate {question}, output its bbox coordinates using JSON format.",
