@@ -71,10 +71,20 @@ def load_pickled_weights(file: Path) -> dict:
     return state
 
 
-def _json(path: Path) -> dict:
+def _json(path: Path, missing_ok: bool = False) -> dict:
+    """The JSON object in `path` (a checkpoint's config); {} for a missing file when `missing_ok`. ConversionError
+    in one line for a file that is missing (unless `missing_ok`), not UTF-8, not JSON or not a JSON object."""
     if not path.is_file():
+        if missing_ok:
+            return {}
         raise ConversionError(f"{path} is missing")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a JSON {type(data).__name__}, not the object a config is")
+    return data
 
 
 class ShardWriter:
@@ -193,7 +203,7 @@ def _finish(out: Path, writer, config, tok, family: str, name: str, source: str,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     ).save_pretrained(out)
     pre = clip_dir / "preprocessor_config.json"
-    pre_data = json.loads(pre.read_text()) if pre.is_file() else {}
+    pre_data = _json(pre, missing_ok=True)
     size = config.vision_config.image_size
     (out / "preprocessor_config.json").write_text(
         json.dumps(
@@ -321,9 +331,15 @@ def convert_rsllava(lora_dir, base, clip, out) -> Path:
 
     lora_dir, base, clip = Path(lora_dir), Path(base), Path(clip)
     adapter = _json(lora_dir / "adapter_config.json")
-    rank, alpha = int(adapter["r"]), float(adapter["lora_alpha"])
+    try:
+        rank, alpha = int(adapter["r"]), float(adapter["lora_alpha"])
+    except (KeyError, TypeError, ValueError):
+        raise ConversionError(f"{lora_dir / 'adapter_config.json'} gives no LoRA rank and alpha as numbers "
+                              "(fields \"r\", \"lora_alpha\")") from None
+    if rank <= 0:
+        raise ConversionError(f"{lora_dir / 'adapter_config.json'}: LoRA rank r={rank}, not a positive number")
     scale = alpha / math.sqrt(rank) if adapter.get("use_rslora") else alpha / rank
-    src_config = json.loads((lora_dir / "config.json").read_text()) if (lora_dir / "config.json").is_file() else {}
+    src_config = _json(lora_dir / "config.json", missing_ok=True)
     _check_projector(src_config)
     lora = dict(read_tensors(lora_dir, "adapter_model.*"))
     extra = sorted(lora_dir.glob("non_lora_trainables.*"))

@@ -308,3 +308,23 @@ def test_cls_patch_features_count_the_cls_token(tmp_path):
     assert config["vision_feature_select_strategy"] == "full"
     features = torch_image_features(load_vision_model(out), torch.zeros(1, 3, 504, 504))
     assert features.shape[1] == config["image_seq_length"] == 12 * 12 + 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "adapter_config.json is not readable JSON"),
+    ("[1, 2]", "adapter_config.json holds a JSON list, not the object a config is"),
+    ('{"lora_alpha": 16}', 'adapter_config.json gives no LoRA rank and alpha as numbers'),
+    ('{"r": 0, "lora_alpha": 16}', "LoRA rank r=0, not a positive number"),
+])
+def test_a_broken_config_is_one_line_not_a_traceback(tmp_path, capsys, text, message):
+    from geovlm.cli import main
+
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(text, encoding="utf-8")
+    argv = ["convert", "rsllava", "--lora", str(lora), "--base", str(tmp_path / "base"), "--clip",
+            str(tmp_path / "clip"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
