@@ -55,7 +55,6 @@ def profile_overrides(args) -> dict:
         raise CliError(str(exc)) from None
 
 
-
 def frame_from_args(args) -> ImageFrame:
     if args.raster and args.geotransform:
         raise CliError("give --raster or --geotransform, not both")
@@ -152,7 +151,6 @@ def run(args) -> int:
         print(f"note: no box found in {len(records)} answers: check that --family {profile.name} is the family "
               "that wrote them", file=sys.stderr)
     return 1 if bad else 0
-
 
 
 def report_bad_lines(bad) -> None:

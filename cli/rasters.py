@@ -97,7 +97,6 @@ def frame_of_image(frame: ImageFrame, width: int, height: int) -> ImageFrame:
     return ImageFrame(width, height, gt, frame.crs)
 
 
-
 class Extent(NamedTuple):
     """A map rectangle as QGIS writes an extent (`QgsProcessingParameterExtent`, qgis_process's `EXTENT=`):
     xmin, xmax, ymin, ymax in the units of `crs` (an authority code or any text pyproj reads), or of the

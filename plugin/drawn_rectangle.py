@@ -73,6 +73,7 @@ class DrawnRectangle:
             raise ValueError(f"the drawn rectangle ({self.crs.authid() or 'its CRS'}) has no place in the map's "
                              f"CRS ({crs.authid() or crs.description()}): draw it again")
         return [(p.x(), p.y()) for p in moved]
+
     def geometry(self) -> QgsGeometry:
         """The rectangle as a polygon in its own CRS."""
         return QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in self.corners + self.corners[:1]]])
