@@ -26,7 +26,8 @@ class EngineTask(QgsTask):
     request in flight through `cancel_token` (`core.transport.CancelToken`), within a fraction of a second."""
 
     def __init__(self, description: str, engine: str = "", authcfg: str = "", family: str = "", transport=None):
-        super().__init__(description, QgsTask.Flag.CanCancel)
+        # Silent: the dock says how each question ended; QGIS would add a "Task complete" notification for each
+        super().__init__(description, QgsTask.Flag.CanCancel | QgsTask.Flag.Silent)
         self.engine, self.authcfg, self.family = engine, authcfg, family
         self.transport = transport  # None: engine_access's (QGIS's network stack for URLs)
         self.cancel_token = CancelToken()

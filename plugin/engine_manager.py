@@ -259,8 +259,11 @@ class EngineManager(QObject):
                     return False
                 return True
 
-            task = self._task = QgsTask.fromFunction("Start the GeoVLM engine", run,
-                                                     on_finished=lambda exc, _result=None: self._started(task, exc))
+            # Silent: the dock, the Options page and the log say how the start went (QGIS would add "Task
+            # complete" or "Task failed" notifications beside them)
+            task = self._task = QgsTask.fromFunction(
+                "Start the GeoVLM engine", run, on_finished=lambda exc, _result=None: self._started(task, exc),
+                flags=QgsTask.Flag.CanCancel | QgsTask.Flag.CancelWithoutPrompt | QgsTask.Flag.Silent)
         self._set("starting", loading(config))
         from qgis.core import QgsApplication
 

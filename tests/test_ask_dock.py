@@ -1418,3 +1418,14 @@ def test_a_long_fast_answer_redraws_the_transcript_a_bounded_number_of_times(doc
         took = time.monotonic() - started
     assert len(sets) <= took / 0.05 + 10, (len(sets), took)  # 5,500 pieces
     assert answer.strip() in session.dock.transcript.toPlainText()
+
+
+def test_the_docks_tasks_leave_their_outcome_to_the_dock(dock):
+    """QGIS notifies "Task complete" (in its message bar where the desktop shows no notifications) for every
+    task that is not silent: after each answer of a few seconds (seen in a real QGIS under Xvfb), beside the
+    answer in the transcript. The dock's question and the family probe are silent tasks."""
+    session = dock.ask
+    with ScriptedEngine("geochat", "a road") as engine:
+        session.engine = engine.url
+        task = ask(session, "Describe the image", wait=True)
+    assert task.flags() & QgsTask.Flag.Silent and task.flags() & QgsTask.Flag.CanCancel
