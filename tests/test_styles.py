@@ -58,3 +58,17 @@ def test_each_relation_arrow_is_labelled_with_its_predicate(qgis_app):
     assert len(differ) > 100, "no label drawn"
     # one label near each of the two arrows (at y = 20 and 60 map units: pixel rows 300 and 100)
     assert any(abs(y - 300) < 40 for _, y in differ) and any(abs(y - 100) < 40 for _, y in differ)
+
+
+def test_the_label_fonts_are_the_systems_own(qgis_app):
+    """The styles named the font "DejaVu LGC Sans", which few systems have (not Debian 12's QGIS, nor Windows or
+    macOS): QGIS substituted it and, at every opening of a project with answer layers, warned in its message bar
+    "Loading layer geovlm_objects: Font "DejaVu LGC Sans" not available on system" (seen in a real QGIS). They name
+    no font: the labels use QGIS's own, which every system has."""
+    for name, geometry in (("objects.qml", "Polygon"), ("relations.qml", "LineString")):
+        assert "fontFamily=" not in (STYLES / name).read_text(encoding="utf-8"), name
+        layer = QgsVectorLayer(f"{geometry}?crs=EPSG:3857&field=label:string&field=predicate:string", "l", "memory")
+        message, ok = layer.loadNamedStyle(str(STYLES / name))
+        assert ok, message
+        text = layer.labeling().settings().format()
+        assert text.fontFound(), (name, text.resolvedFontFamily())
