@@ -3,12 +3,15 @@ goes to, its state word in the dock's header, and the family whose tasks the tas
 the engine in a `FamilyProbe` task)."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 from qgis.core import QgsApplication
 
 from ..core.profiles import get_profile
 from ..core.regions import family_tasks
 from . import settings as engine_settings
 from .ask_task import FamilyProbe
+from .engine_access import authcfg_problem, engine_problem
 from .engine_manager import state_text
 
 
@@ -60,6 +63,21 @@ class EngineHeader:
             return self._engine
         value = engine_settings.load()
         return "local" if value.mode == "local" else ",".join(e.url for e in value.endpoints)
+
+    def _send_problem(self) -> Optional[Tuple[str, str]]:
+        """(line, state word) when the next question would be refused before any request goes out, else None:
+        the engine's settings (`engine_access.engine_problem`: none configured, a malformed URL, the local engine
+        not set up) or an authentication configuration that does not exist (`engine_access.authcfg_problem`: the
+        dock's `authcfg`, or a configured endpoint's). Reads settings and configuration ids only (main thread)."""
+        problem = engine_problem(self._engine)
+        if problem:
+            return problem, f"not sent — {problem}"
+        value = engine_settings.load()
+        configured = [e.authcfg for e in value.endpoints] if not self._engine and value.mode != "local" else []
+        for authcfg in [self.authcfg, *configured]:
+            if authcfg_problem(authcfg):
+                return authcfg_problem(authcfg), f"authcfg {authcfg.strip()!r} not found"
+        return None
 
     def _engine_state(self, *_) -> None:
         """The header from the current settings (or `engine`) and the last outcome: one state word."""

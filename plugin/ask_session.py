@@ -141,8 +141,12 @@ class AskSession(EngineHeader, QuestionHold, QObject):
             if region is not None:
                 frame = view_frame(settings) if settings is not None else self.view.frame
                 check_region_in_view(self.dock.source_key(), region, frame, pinned=settings is None)
+            refused = self._send_problem()
+            if refused:
+                self._remote_state(refused[1])
+                raise ValueError(refused[0])
         except ValueError as exc:
-            self.error(str(exc))
+            self._refused(str(exc))
             return
         self._html.append(f"<p><b>You ({html.escape(task)}):</b> {html.escape(question or '(the region)')}</p>")
         self._streamed, self._retry_note, self._reasks = "", "", 0
@@ -156,6 +160,13 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self.dock.set_busy(True)
         self.renderer.start(settings)
         self._show()
+
+    def _refused(self, problem: str) -> None:
+        """Send found a problem before anything went out: one line in the transcript (a user who looked away from
+        the message bar still reads it), the message bar and the log; the question stays in the box."""
+        self._html.append(f"<p><i>{html.escape(problem)}: nothing was sent — the question is still in the box</i></p>")
+        self._show()
+        self.error(problem)
 
     def _source_settings(self, source: str, task: str) -> QgsMapSettings:
         """The map settings of the view `source` shows now; ValueError (one line) when it would be blank."""
@@ -314,6 +325,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
     def _failed(self, message: str) -> None:
         """Main thread: the question got no answer. A conversation that never got one does not keep its
         image: the next Send renders the view as it is then (a follow-up of an answer keeps it)."""
+        refusal = getattr(self.task, "refusal", "")  # the engine is up but refused the request: not "down"
         self.task = None
         if not self.history:
             self.view, self.view_source, self.view_settings, self.image = None, None, None, None
@@ -323,7 +335,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         kept = "" if message == "stopped" else " — the question is still in the box: Send asks it again"
         self._html.append(f"<p><i>{html.escape(message + kept)}</i></p>")
         self._show()
-        self._remote_state("ready" if message == "stopped" else f"down — {message}")
+        self._remote_state("ready" if message == "stopped" else refusal or f"down — {message}")
         if message != "stopped":
             self.error(message)
 

@@ -14,7 +14,7 @@ from ..core.parsing import referred_phrase
 from ..core.transport import Cancelled, CancelToken
 from .ask_map import View, region_question, worded
 from .ask_patience import INTERACTIVE_RETRY_S, PatientTransport, retry_line
-from .engine_access import EngineUnavailable, connect
+from .engine_access import EngineRefused, EngineUnavailable, connect
 from .image_source import QImageSource
 
 LOG_TAG = "GeoVLM"
@@ -49,16 +49,17 @@ class AskTask(EngineTask):
     the family's words (the image goes with the first turn). `region`: for a region task, the region's
     vertices in the view's CRS, written in the family's syntax once the engine says which family it is.
 
-    `engine`, `authcfg`, `family` as `engine_access.connect` takes them. Signals (delivered queued to the
-    GUI thread): `token(str)` per streamed piece, `restarted()` when a broken stream is sent again (clear
-    what was shown), `retrying(line)` at each failed attempt (`ask_patience.retry_line`: the engine's address,
-    the cause, the attempt about to be made), `connected(info)` once the engine is reached (model, family,
-    engine, notice), `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the
-    history), `failed(message)` with one line, never a traceback. The engine is waited for as a person at the
-    dock can wait (`ask_patience`: retries for INTERACTIVE_RETRY_S, REPLY_WAIT_S for a reply to begin), not as
-    a bulk job. `cancel()` aborts the request within a fraction of a second; then `failed("stopped")`. The
-    QgsTask itself ends completed, not terminated, after a stop and after a failure `failed` reports (the engine
-    down, given up on): QGIS would say "Task failed" beside the dock's own line for the same failure."""
+    `engine`, `authcfg`, `family` as `engine_access.connect` takes them. Signals (delivered queued to the GUI
+    thread): `token(str)` per streamed piece, `restarted()` when a broken stream is sent again (clear what was
+    shown), `retrying(line)` at each failed attempt (`ask_patience.retry_line`: the engine's address, the cause, the
+    attempt about to be made), `connected(info)` once the engine is reached (model, family, engine, notice),
+    `answered(text, answer, info)` on success (info["worded"]: the question as sent, for the history),
+    `failed(message)` with one line, never a traceback (`refusal` then says, in a few words, what the engine refused
+    when it is up and refused the request: `engine_access.EngineRefused`). The engine is waited for as a person at
+    the dock can wait (`ask_patience`: retries for INTERACTIVE_RETRY_S, REPLY_WAIT_S for a reply to begin), not as a
+    bulk job. `cancel()` aborts the request within a fraction of a second; then `failed("stopped")`. The QgsTask
+    itself ends completed, not terminated, after a stop and after a failure `failed` reports (the engine down, given
+    up on): QGIS would say "Task failed" beside the dock's own line for the same failure."""
 
     token = pyqtSignal(str)
     restarted = pyqtSignal()
@@ -75,6 +76,7 @@ class AskTask(EngineTask):
         self.max_tokens = max_tokens
         self.text, self.answer, self.info = "", None, {}
         self.error: Optional[str] = None
+        self.refusal = ""  # the engine is up but refused the request (`EngineRefused.word`): the dock's state word
 
     def run(self) -> bool:
         try:
@@ -99,6 +101,7 @@ class AskTask(EngineTask):
             return True
         except (EngineUnavailable, EngineError, ValueError) as exc:
             self.error = " ".join(str(exc).split()) or type(exc).__name__
+            self.refusal = exc.word if isinstance(exc, EngineRefused) else ""
         except Exception as exc:  # a worker must not raise into the task manager: one line, logged
             self.error = f"unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())}"
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.MessageLevel.Critical)

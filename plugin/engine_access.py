@@ -27,6 +27,16 @@ class EngineUnavailable(EngineError):
     """No usable engine: not set up, did not start, down, or a URL that is not an engine. One line."""
 
 
+class EngineRefused(EngineUnavailable):
+    """The engine is up, but the request was refused before the question went out: its key refused (HTTP 401/403
+    on /v1/models) or the authentication configuration could not be applied. `word`: what is wrong in a few words
+    for a state line ("key refused (HTTP 401)"); the message is the whole line."""
+
+    def __init__(self, message: str, word: str):
+        super().__init__(message)
+        self.word = word
+
+
 class _CountingTransport(Transport):
     """The local engine's transport: tells the manager when requests start and end (its "busy" state)."""
 
@@ -251,7 +261,12 @@ def _probe(client: EngineClient, token: CancelToken) -> Dict:
     except Cancelled:
         raise
     except EngineError as exc:
-        raise EngineUnavailable(_one_line(exc, [e.url for e in client.endpoints])) from None
+        line, status = _one_line(exc, [e.url for e in client.endpoints]), getattr(exc, "status", None)
+        if status in (401, 403):
+            raise EngineRefused(line, f"key refused (HTTP {status})") from None
+        if isinstance(exc, AuthConfigError):
+            raise EngineRefused(line, "authentication configuration not applied") from None
+        raise EngineUnavailable(line) from None
     finally:
         client.attempts = attempts
 
