@@ -27,6 +27,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QImageWriter
 
+from ..core.bulk import DEFAULT_GRAPH_QUESTION
 from ..core.client import EngineError
 from ..core.georef import fit_plan
 from ..core.profiles import get_profile
@@ -127,7 +128,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
             "family's colour and resized for the LLaVA families, resized to multiples of 28 within the pixel "
             "budget for Qwen2-VL/2.5-VL), so boxes land right whichever server answers. "
             "The dialog starts with the active raster layer and the map's view (its extent and rotation). "
-            "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph. "
+            "Tasks are the family's: ask, describe, find, identify (of the region) and scene graph "
+            "(with no question: the scene-graph question Find objects and relations in raster tiles asks). "
             "ENGINE is 'local' or engine URLs (comma-separated), empty for the engine of Settings ▸ Options ▸ "
             "GeoVLM; keys only through an authentication "
             "configuration. FAMILY empty: the engine says which. IMAGE (optional; PNG, or the format its "
@@ -234,13 +236,14 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
 
     def _question(self, parameters, context) -> None:
         """Raises QgsProcessingException when the task lacks what it asks about: identify its REGION, the
-        others their QUESTION."""
+        others their QUESTION, but for the scene graph, which asks `core.bulk.DEFAULT_GRAPH_QUESTION` without
+        one, as geovlm:detecttiles does."""
         task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
         if task in REGION_TASKS:
             geometry = self.parameterAsGeometry(parameters, self.REGION, context)
             if geometry is None or geometry.isEmpty():
                 raise QgsProcessingException("the identify task needs a REGION (a polygon or rectangle on the map)")
-        elif not self.parameterAsString(parameters, self.QUESTION, context).strip():
+        elif task != "scene graph" and not self.parameterAsString(parameters, self.QUESTION, context).strip():
             raise QgsProcessingException(f"the {task} task needs a question")
 
     def _region_in_view(self, parameters, context, settings) -> None:
@@ -319,6 +322,9 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
         question = self.parameterAsString(parameters, self.QUESTION, context).strip()
+        if task == "scene graph" and not question:
+            question = DEFAULT_GRAPH_QUESTION
+            feedback.pushInfo(f"no QUESTION: asking the scene graph task's default, {question!r}")
         cancel = CancelToken()
         try:
             errors = []
