@@ -279,6 +279,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._remote_state("ready")
         turn = self.turns[-1]
         turn.answer, turn.model, turn.family, turn.engine = text, info["model"], info["family"], info["engine"]
+        self.dock.copy.setEnabled(True)  # there is an answer to copy now
         if self.family != info["family"]:
             self.family = info["family"]
             self.dock.set_tasks(family_tasks(get_profile(self.family)))
@@ -364,6 +365,7 @@ class AskSession(EngineHeader, QuestionHold, QObject):
         self._show()
 
     def copy_answer(self) -> None:
+        """Put the last answer's raw text (as the model wrote it: what `geovlm parse` reads) on the clipboard."""
         answered = [t for t in self.turns if t.answer]
         if answered:
             QGuiApplication.clipboard().setText(answered[-1].answer)

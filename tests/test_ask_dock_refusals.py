@@ -66,3 +66,18 @@ def test_a_refused_key_reads_key_refused_not_down(dock):  # noqa: F811
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_copy_answer_is_enabled_once_there_is_an_answer_and_copies_its_raw_text(dock):  # noqa: F811
+    from qgis.PyQt.QtGui import QGuiApplication
+
+    session = dock.ask
+    copy = session.dock.copy
+    assert not copy.isEnabled() and "geovlm parse" in copy.toolTip()
+    with ScriptedEngine("geochat", ANSWER) as engine:
+        session.engine = engine.url
+        ask(session, "Describe the image", wait=True)
+    assert copy.isEnabled()
+    QGuiApplication.clipboard().clear()
+    copy.click()
+    assert QGuiApplication.clipboard().text() == ANSWER

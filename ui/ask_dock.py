@@ -96,6 +96,9 @@ class AskDock(QgsDockWidget):
         self.new_view = QPushButton("New view", body)
         self.new_view.setToolTip("Forget the conversation's image: the next question renders the map again")
         self.copy = QPushButton("Copy answer", body)
+        self.copy.setToolTip("Copy the last answer as the model wrote it (its raw text, box syntax included), "
+                             "which `geovlm parse` reads")
+        self.copy.setEnabled(False)  # until there is an answer: a click before it would copy nothing, silently
         self.export = QPushButton("Export…", body)
         for button in (self.send, self.stop, self.new_view):
             buttons.addWidget(button)
