@@ -1,12 +1,13 @@
 """A scripted stand-in engine for bulk-run tests: an OpenAI-compatible server on 127.0.0.1 (standard library
-HTTP, numpy + PIL to look at the image) that answers in a family's syntax from what the image really shows.
+HTTP, numpy, scipy and PIL to look at the image) that answers in a family's syntax from what the image really shows.
 
 - caption family (any): "scripted caption of a WxH image, mean M" (M: the image's mean value).
-- `--family skysensegpt`: every colour blob (a unique non-black RGB value) becomes an object whose label
-  comes from its red value (255: "storage_tank", 200: "car", else "building") with its upright box as
-  SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90 with w and h swapped, 0-100 of the image). The
-  objects, in the order of their colours (the smallest RGB first), are paired, first with second, third with
-  fourth, ..., each pair one sentence `<ref>A</ref><rbox>(..)</rbox> <rel>adjacent</rel> <ref>B</ref><rbox>(..)</rbox>.`
+- `--family skysensegpt`: every colour blob (a connected patch of one non-black RGB value: two separate patches of
+  one colour are two blobs) becomes an object whose label comes from its red value (255: "storage_tank", 200:
+  "car", else "building") with its upright box as SkySenseGPT writes one (`{<cx><cy><h><w>|<90>}`: upright is 90
+  with w and h swapped, 0-100 of the image). The objects, in the order of their colours (the smallest RGB first;
+  one colour's from the top), are paired, first with second, third with fourth, ..., each pair one sentence
+  `<ref>A</ref><rbox>(..)</rbox> <rel>adjacent</rel> <ref>B</ref><rbox>(..)</rbox>.`
   as SkySenseGPT writes its image-level scene graphs (one relation a sentence, each object written once); an
   odd last object is a detection sentence `<ref>C</ref><rbox>(..)</rbox>.` (shared/reference/answer-formats.md,
   "SkySenseGPT scene graph (image level)"). The client sends images resampled to the model's
@@ -40,18 +41,27 @@ import time
 import numpy as np
 from engine_http import EngineHandler, serve, url_of
 from PIL import Image
+from scipy import ndimage
 
 LABELS = {255: "storage_tank", 200: "car"}
 
 
-def pure_colours(image: np.ndarray) -> np.ndarray:
-    """The non-black colours that fill some 3x3 neighbourhood of an HxWx3 image (k x 3 uint8)."""
+def pure_pixels(image: np.ndarray) -> np.ndarray:
+    """HxW bool of an HxWx3 image: True where a non-black pixel's 3x3 neighbourhood is all its colour (False on
+    the border)."""
     centre = image[1:-1, 1:-1]
     same = np.ones(centre.shape[:2], bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             same &= np.all(image[dy:dy + centre.shape[0], dx:dx + centre.shape[1]] == centre, axis=2)
-    found = centre[same & centre.any(axis=2)]
+    pure = np.zeros(image.shape[:2], bool)
+    pure[1:-1, 1:-1] = same & centre.any(axis=2)
+    return pure
+
+
+def pure_colours(image: np.ndarray) -> np.ndarray:
+    """The non-black colours that fill some 3x3 neighbourhood of an HxWx3 image (k x 3 uint8)."""
+    found = image[pure_pixels(image)]
     return np.unique(found, axis=0) if len(found) else np.zeros((0, 3), np.uint8)
 
 
@@ -69,18 +79,29 @@ def _crossing(share: np.ndarray, first: int, last: int):
 
 
 def blob_boxes(image: np.ndarray):
-    """[(colour, x0, y0, x1, y1)] in pixels of the image (sub-pixel edges) of its colour blobs."""
+    """[(colour, x0, y0, x1, y1)] in pixels of the image (sub-pixel edges) of its colour blobs: one a connected
+    patch of a colour's pixels (4-connected, `scipy.ndimage.label`) with a pure pixel (`pure_pixels`), so two
+    separate patches of one colour are two blobs; in the order of their colours, then of their first pixel (rows
+    from the top). The edges are measured along the row and the column through the middle of the patch's box.
+    Raises nothing for any HxWx3 uint8 image (one colour's separate patches made numpy's "zero-size array" before)."""
     pixels = image.astype(np.float64)
+    pure = pure_pixels(image)
     boxes = []
     for colour in pure_colours(image):
-        rows, cols = np.nonzero(np.all(image == colour, axis=2))
-        row, col = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
-        c = colour.astype(np.float64)
-        across, down = pixels[row] @ c / (c @ c), pixels[:, col] @ c / (c @ c)
-        on_row, on_col = cols[rows == row], rows[cols == col]
-        left, right = _crossing(across, on_row.min(), on_row.max())
-        top, bottom = _crossing(down, on_col.min(), on_col.max())
-        boxes.append((tuple(int(v) for v in colour), left, top, right, bottom))
+        patches, count = ndimage.label(np.all(image == colour, axis=2))
+        for index in range(1, count + 1):
+            patch = patches == index
+            if not (patch & pure).any():  # resampling's fringe, no blob of its own
+                continue
+            rows, cols = np.nonzero(patch)
+            # a connected patch has pixels on every row and column its box spans: the middle ones too
+            row, col = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
+            c = colour.astype(np.float64)
+            across, down = pixels[row] @ c / (c @ c), pixels[:, col] @ c / (c @ c)
+            on_row, on_col = cols[rows == row], rows[cols == col]
+            left, right = _crossing(across, on_row.min(), on_row.max())
+            top, bottom = _crossing(down, on_col.min(), on_col.max())
+            boxes.append((tuple(int(v) for v in colour), left, top, right, bottom))
     return boxes
 
 
