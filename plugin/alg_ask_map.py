@@ -47,6 +47,7 @@ from .ask_map import (
     view_settings,
     worded,
 )
+from .bulk_outputs import style_on_completion
 from .engine_access import EngineUnavailable, authcfg_problem, connect, engine_problem
 from .families import family_of
 from .geojson_output import add_sink
@@ -394,6 +395,8 @@ class AskMapAlgorithm(QgsProcessingAlgorithm):
         for sink, features in ((obj_sink, objects), (rel_sink, relations)):
             sink.addFeatures(features, QgsFeatureSink.Flag.FastInsert)
             sink.close()
+        style_on_completion(context, obj_id, "objects")
+        style_on_completion(context, rel_id, "relations")
         results = {self.OBJECTS: obj_id, self.RELATIONS: rel_id, self.ANSWER: text}
         path = self.parameterAsFileOutput(parameters, self.IMAGE, context)
         if path:

@@ -20,6 +20,7 @@ from ..core.answer_files import MAX_BAD_LINES, read_answers
 from ..core.georef import PIXEL_CRS_WKT, ImageFrame, parse_image_size, pixel_frame
 from ..core.parsing import parse_answer, referred_phrase
 from ..core.profiles import family_names, get_profile
+from .bulk_outputs import style_on_completion
 from .families import family_of
 from .geojson_output import add_sink
 from .layer_files import parameters_problem
@@ -201,10 +202,12 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
 
 
 def name_outputs(context, stem: str, names) -> None:
-    """Name the layers loaded on completion after the input ("<stem> objects"), not "Objects" each time."""
+    """Name the layers loaded on completion after the input ("<stem> objects"), not "Objects" each time, and
+    style them from styles/`what`.qml (`what`: "objects" or "relations")."""
     for dest_id, what in names.items():
         if dest_id and context.willLoadLayerOnCompletion(dest_id):
             context.layerToLoadOnCompletionDetails(dest_id).name = f"{stem} {what}"
+            style_on_completion(context, dest_id, what)
 
 
 def remember(parameters, context, alg) -> None:

@@ -29,6 +29,16 @@ def load_on_completion(out: str, layer: str, style: str, context) -> str:
     return uri
 
 
+def style_on_completion(context, dest_id, style: str) -> None:
+    """Give the layer `dest_id` that `context` loads on completion (a Processing dialog's output left to load,
+    `processing.runAndLoadResults`) the QML style styles/`style`.qml, as the bulk runs' layers get: objects
+    labelled, relations as arrows labelled with the predicate. Nothing for an output not loaded (None, or
+    not asked to load)."""
+    if dest_id and context.willLoadLayerOnCompletion(dest_id):
+        details = context.layerToLoadOnCompletionDetails(dest_id)
+        details.setPostProcessor(_StylePostProcessor.create(STYLES / f"{style}.qml"))
+
+
 class FailedRunLayers(QObject):
     """Hands the layers of a run that is about to fail to the context the run was prepared with, in that
     context's own thread.
