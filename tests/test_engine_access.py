@@ -16,7 +16,7 @@ from qt_support import api_header_config, wait_for
 
 from geovlm.engine.launcher import LocalEngine
 from geovlm.plugin import settings as engine_settings
-from geovlm.plugin.engine_access import EngineUnavailable, connect
+from geovlm.plugin.engine_access import EngineRefused, EngineUnavailable, connect
 from geovlm.plugin.engine_manager import engine_manager
 
 
@@ -72,11 +72,13 @@ def test_without_the_authcfg_the_key_is_missing(server):
     with pytest.raises(EngineUnavailable, match=r"refused the request \(HTTP 401\)") as err:
         connect(server.url)
     assert "\n" not in str(err.value)
+    assert isinstance(err.value, EngineRefused) and err.value.word == "key refused (HTTP 401)"  # up, not down
 
 
 def test_an_unknown_authcfg_is_one_line(server):
-    with pytest.raises(EngineUnavailable, match="authentication configuration 'nosuch1' could not be applied"):
+    with pytest.raises(EngineUnavailable, match="authentication configuration 'nosuch1' could not be applied") as err:
         connect(server.url, authcfg="nosuch1")
+    assert isinstance(err.value, EngineRefused) and err.value.word == "authentication configuration not applied"
 
 
 def test_connect_from_a_qgis_task(server, auth_config):
