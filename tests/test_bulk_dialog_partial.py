@@ -62,7 +62,7 @@ def feature_params(data_dir, engine, out):
 @pytest.mark.parametrize("alg_id, make_params, expected", [
     ("geovlm:captiontiles", tile_params, {"tiles": "tiles"}),
     ("geovlm:detecttiles", tile_params, {"tiles": "tiles", "objects": "objects", "relations": "relations"}),
-    ("geovlm:captionfeatures", feature_params, {"tiles": "tiles", "features": None}),
+    ("geovlm:captionfeatures", feature_params, {"tiles": "tiles", "features": "features"}),
 ])
 def test_a_failed_dialog_run_shows_what_it_committed_and_a_resumed_run_no_second_copy(
         plugin, processing, qgis_iface, engines, data_dir, tmp_path, monkeypatch, alg_id, make_params, expected):
@@ -87,7 +87,8 @@ def test_a_failed_dialog_run_shows_what_it_committed_and_a_resumed_run_no_second
             if style:
                 geometry = "LineString" if name == "relations" else "Polygon"
                 assert loaded[name][0].renderer().type() == renderer_of(style, geometry)
-        if "features" in loaded:
+        if "features" in loaded:  # outlines over the raster (styles/features.qml), not QGIS's random opaque fill
+            assert loaded["features"][0].renderer().symbol().color().alpha() == 0
             answers = [f["caption_status"] for f in loaded["features"][0].getFeatures()]
             assert answers.count("failed") == 2 and answers.count("ok") == len(answers) - 2
         ok, _ = run_dialog(dialog)  # Run again: the two failed are asked again, the run succeeds
