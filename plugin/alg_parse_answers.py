@@ -70,9 +70,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
             "as a line. With a raster layer the boxes are placed on it (its true geotransform, rotated rasters "
             "included; one georeferenced by GCPs only is refused: warp it first); without one "
             "they stay in the pixel space of the image size, written upright (x = column, y = -row) in a local "
-            "engineering CRS in pixels, never taken for degrees. FAMILY: the model family, from the list, or "
-            "by name (qgis_process FAMILY=geochat, as the other GeoVLM algorithms take it) or number. Relations "
-            "are optional: left out, only the objects are written."
+            "engineering CRS in pixels, never taken for degrees. FAMILY: the model family's name, from the list "
+            "(qgis_process FAMILY=geochat, as the other GeoVLM algorithms take it); its title (GeoChat) and the "
+            "list's old number (1) are read too. Relations are optional: left out, only the objects are written."
         )
 
     def createInstance(self):  # noqa: N802
@@ -82,9 +82,9 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             self.INPUT, "Answers file", Qgis.ProcessingFileParameterBehavior.File,
             fileFilter="JSON lines (*.jsonl *.json);;Text, one answer a line (*.txt);;All files (*)"))
-        titles = [get_profile(name).title for name in family_names()]
-        self.addParameter(QgsProcessingParameterEnum(self.FAMILY, "Model family", options=titles,
-                                                     defaultValue=family_names().index("geochat")))
+        # the names are the values (a dialog, Batch row, History or model given FAMILY=earthdial gets EarthDial)
+        self.addParameter(QgsProcessingParameterEnum(self.FAMILY, "Model family", options=list(family_names()),
+                                                     defaultValue="geochat", usesStaticStrings=True))
         self.addParameter(QgsProcessingParameterString(self.FIELD, "JSON field holding the answer",
                                                        defaultValue="answer"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.RASTER, "Raster the answers are about",
@@ -98,13 +98,14 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
                                                             createByDefault=True))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """As Processing checks them, with FAMILY also given by name or title (qgis_process FAMILY=geochat):
-        an unknown one is refused in one line that lists the names; so is a RASTER whose frame cannot be read
+        """As Processing checks them, with FAMILY also given by title or by the list's old number (an int or
+        digits, as scripts and models saved before the names were the values hold it; `family_of`): an unknown
+        one is refused in one line that lists the names; so is a RASTER whose frame cannot be read
         (`raster_frame`: one georeferenced by GCPs only)."""
         raw = parameters.get(self.FAMILY)
         if isinstance(raw, (str, int)) and not isinstance(raw, bool):  # FAMILY=99 too: one line with the names
             try:
-                parameters = dict(parameters, **{self.FAMILY: family_names().index(family_of(raw, numbers=True))})
+                parameters = dict(parameters, **{self.FAMILY: family_of(raw, numbers=True)})
             except ValueError as exc:
                 return False, str(exc)
         ok, message = super().checkParameterValues(parameters, context)
@@ -119,10 +120,22 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         return ok, message
 
     def _family(self, parameters, context) -> str:
+        """FAMILY's name (one of `family_names()`): given as a name, title or old number (`family_of`), else
+        as Processing reads the enum (an expression in a model, the default). Raises ValueError on an unknown
+        one, in one line listing the names."""
         raw = parameters.get(self.FAMILY)
-        if isinstance(raw, str) and not raw.strip().isdigit():
+        if isinstance(raw, (str, int)) and not isinstance(raw, bool):
             return family_of(raw, numbers=True)
-        return family_names()[self.parameterAsEnum(parameters, self.FAMILY, context)]
+        return family_of(self.parameterAsEnumString(parameters, self.FAMILY, context), numbers=True)
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        """Refuse an unknown FAMILY before any output is made, however the run was started (the old numbers and
+        the titles are read, as in `checkParameterValues`)."""
+        try:
+            self._family(parameters, context)
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return True
 
     def _frame(self, parameters, context) -> ImageFrame:
         layer = self.parameterAsRasterLayer(parameters, self.RASTER, context)
@@ -147,7 +160,7 @@ class ParseAnswersAlgorithm(QgsProcessingAlgorithm):
         if bad and not answers:
             raise QgsProcessingException(f"No line of {path} could be read: nothing written.")
         profile = get_profile(family)
-        remember(dict(parameters, **{self.FAMILY: family_names().index(family)}), context, self)
+        remember(dict(parameters, **{self.FAMILY: family}), context, self)
         obj_fields, rel_fields = object_fields(), relation_fields()
         crs = qgis_crs(frame.crs or NO_CRS_MAP_WKT)  # a raster with a geotransform but no CRS: its map units
         obj_sink, obj_id = add_sink(self, parameters, self.OBJECTS, context, obj_fields, Qgis.WkbType.Polygon, crs,
@@ -223,13 +236,18 @@ def remember(parameters, context, alg) -> None:
 
 
 def remembered() -> dict:
-    """The inputs of the last run (only those that still make sense: an existing answers file)."""
+    """The inputs of the last run (only those that still make sense: an existing answers file; FAMILY as its
+    name, also when an older GeoVLM kept the list's number)."""
     settings = QgsSettings()
     values = {}
     for name in REMEMBERED:
         value = settings.value(f"{SETTINGS_KEY}/{name}")
         if value not in (None, ""):
-            values[name] = int(value) if name == "FAMILY" else value
+            values[name] = value
+    try:
+        values["FAMILY"] = family_of(values["FAMILY"], numbers=True)
+    except (KeyError, ValueError):
+        values.pop("FAMILY", None)
     if "INPUT" in values and not Path(values["INPUT"]).is_file():
         values.pop("INPUT")
     return values

@@ -99,7 +99,7 @@ def test_algorithm_runs_from_qgis_process(data_dir, tmp_path, qgis_process_env):
     assert "unknown model family '99': one of llava15," in refused.stdout + refused.stderr
 
 
-def test_a_family_given_by_name_is_remembered_as_the_dialogs_number(qgis_iface, processing, tmp_path):
+def test_a_family_given_by_title_is_remembered_as_its_name(qgis_iface, processing, tmp_path):
     from geovlm.plugin.alg_parse_answers import remembered
     from geovlm.plugin.families import family_of
 
@@ -124,7 +124,7 @@ def test_a_family_given_by_name_is_remembered_as_the_dialogs_number(qgis_iface, 
     assert result["RELATIONS"] is None
     [feature] = QgsVectorLayer(result["OBJECTS"], "o", "ogr").getFeatures()
     assert feature["family"] == "qwen25vl" and feature["label"] == "car"
-    assert remembered()["FAMILY"] == names.index("qwen25vl")  # the toolbar dialog's enum opens on it
+    assert remembered()["FAMILY"] == "qwen25vl"  # the toolbar dialog's enum opens on it (its value: the name)
 
 
 @pytest.mark.parametrize("size, message", [("axb", "WxH"), ("0x100", "positive")])
