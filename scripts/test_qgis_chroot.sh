@@ -14,7 +14,7 @@ SHARED=${GEOVLM_SHARED:-../shared}
 [ "$(id -u)" -eq 0 ] || { echo "test-qgis-chroot: needs root (debootstrap, chroot)" >&2; exit 1; }
 command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
 
-if ! chroot "$ROOT" dpkg -s qgis python3-qgis proj-data proj-bin python3-geopandas >/dev/null 2>&1; then
+if ! chroot "$ROOT" dpkg -s qgis python3-qgis proj-data proj-bin python3-geopandas python3-scipy >/dev/null 2>&1; then
     echo "test-qgis-chroot: debootstrap $SUITE into $ROOT (first run: several minutes)"
     mkdir -p "$ROOT"
     [ -x "$ROOT/usr/bin/apt-get" ] || debootstrap --variant=minbase \
@@ -26,7 +26,7 @@ if ! chroot "$ROOT" dpkg -s qgis python3-qgis proj-data proj-bin python3-geopand
     DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get $APT_OPTS install -y -qq --no-install-recommends \
         qgis python3-qgis qgis-providers python3-venv python3-pip python3-pytest python3-hypothesis \
         python3-geopandas python3-pyogrio python3-rasterio python3-pyproj python3-shapely python3-numpy \
-        proj-data proj-bin ca-certificates >/dev/null
+        python3-scipy proj-data proj-bin ca-certificates >/dev/null
 fi
 if ! chroot "$ROOT" /opt/geovlm-venv/bin/python -c "import pytest_qgis" 2>/dev/null; then
     # pytest-qgis (pure Python) is fetched by this machine's pip, with its own index and certificate settings,

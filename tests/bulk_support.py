@@ -160,19 +160,13 @@ def check_band_chooser(dialog, name, band) -> None:
 
 
 def browser_model_for_dialogs(qgis_iface, monkeypatch):
-    """Give the test interface what a Processing dialog asks it for, for the test's length: a QgsBrowserGuiModel,
-    and a QgsLayerTreeView over the project's layer tree (QGIS 3.44's dialog hands `layerTreeView()` to
-    `QgsProcessingGuiUtils.addResultLayers`, which refuses pytest-qgis's mock and aborts the process; 3.40 calls
-    its methods). Returns the browser model (both kept alive by the patched methods)."""
-    from qgis.core import QgsLayerTreeModel, QgsProject
-    from qgis.gui import QgsBrowserGuiModel, QgsLayerTreeView
+    """Give the test interface a QgsBrowserGuiModel for the test's length: a Processing dialog asks the interface
+    for one, and pytest-qgis's has none. Returns the model (kept alive by the patched method). (The layer tree
+    view that loading results asks for comes with the `plugin` fixture.)"""
+    from qgis.gui import QgsBrowserGuiModel
 
     browser = QgsBrowserGuiModel()
     monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
-    view = QgsLayerTreeView()
-    model = QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view)
-    view.setModel(model)
-    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
     return browser
 
 

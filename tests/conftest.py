@@ -97,10 +97,20 @@ def geovlm_settings(qgis_app):
 
 
 @pytest.fixture
-def plugin(qgis_iface, processing, geovlm_settings):
-    """GeoVLM loaded as QGIS loads it (`classFactory`), its Processing provider registered; unloaded after."""
+def plugin(qgis_iface, processing, geovlm_settings, monkeypatch):
+    """GeoVLM loaded as QGIS loads it (`classFactory`), its Processing provider registered; unloaded after. The
+    test interface gets a real QgsLayerTreeView over the project's layer tree: loading an algorithm's results
+    (the dialog, `processing.runAndLoadResults`) asks for `iface.layerTreeView()`, and QGIS 3.44 hands it to
+    `QgsProcessingGuiUtils.addResultLayers`, which refuses pytest-qgis's mock (a Python exception there aborts
+    the process); 3.40 calls its methods."""
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsLayerTreeView
+
     import geovlm
 
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
     instance = geovlm.classFactory(qgis_iface)
     instance.initProcessing()
     yield instance
